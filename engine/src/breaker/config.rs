@@ -1,0 +1,573 @@
+//! Breaker configuration: a builder in user terms (percentages, `Duration`s)
+//! that validates into a [`BreakerConfig`] in engine terms (parts per million,
+//! nanoseconds, a precomputed table of open durations).
+
+use core::time::Duration;
+
+use strength_reduce::StrengthReducedU64;
+
+use crate::error::ConfigError;
+use crate::time::checked_nanos;
+
+/// Most buckets a sliding window may have.
+#[cfg(not(tenlives_loom))]
+pub const MAX_BUCKETS: usize = 16;
+/// Most buckets a sliding window may have (kept small under loom).
+#[cfg(tenlives_loom)]
+pub const MAX_BUCKETS: usize = 4;
+
+/// Most half-open probes (the probe counters are 10 bits wide).
+pub const MAX_PROBES: u32 = 1000;
+
+/// Largest consecutive-failures threshold (the counter is 24 bits wide).
+pub const MAX_CONSECUTIVE_FAILURES: u32 = (1 << 24) - 1;
+
+/// Largest count-based window, in calls.
+pub const MAX_WINDOW_CALLS: u32 = 1 << 30;
+
+/// Number of distinct open durations kept: trips beyond this reuse the last.
+pub(crate) const OPEN_STEPS: usize = 32;
+
+const PPM: u64 = 1_000_000;
+
+/// How the breaker measures its failure and slow-call rates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowSpec {
+    /// The most recent `calls` calls, kept in `buckets` buckets of
+    /// `calls / buckets` calls each. The window holds between
+    /// `calls - calls / buckets + 1` and `calls` of the latest calls; with
+    /// `buckets == calls` it is exact.
+    Count {
+        /// Window size in calls.
+        calls: u32,
+        /// Number of buckets; must divide `calls`.
+        buckets: u32,
+    },
+    /// The calls that completed in the last `length`, kept in `buckets`
+    /// buckets of `length / buckets` each (the newest bucket partly filled).
+    Time {
+        /// Window length.
+        length: Duration,
+        /// Number of buckets; must divide `length` in nanoseconds.
+        buckets: u32,
+    },
+}
+
+/// Builder for [`BreakerConfig`]. Start from [`BreakerConfig::builder`].
+///
+/// Defaults: open at a failure rate of 50 % over a 10-second time window of
+/// 10 buckets once at least 20 calls were seen there; stay open 5 seconds;
+/// then let 3 probe calls through.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct BreakerConfigBuilder {
+    failure_rate: Option<f64>,
+    slow_calls: Option<(f64, Duration)>,
+    consecutive_failures: Option<u32>,
+    window: WindowSpec,
+    minimum_calls: u32,
+    open_duration: Duration,
+    open_backoff: Option<(f64, Duration)>,
+    probes: u32,
+    reopen_on_first_failure: bool,
+}
+
+impl Default for BreakerConfigBuilder {
+    fn default() -> Self {
+        BreakerConfigBuilder {
+            failure_rate: Some(50.0),
+            slow_calls: None,
+            consecutive_failures: None,
+            window: WindowSpec::Time { length: Duration::from_secs(10), buckets: 10 },
+            minimum_calls: 20,
+            open_duration: Duration::from_secs(5),
+            open_backoff: None,
+            probes: 3,
+            reopen_on_first_failure: false,
+        }
+    }
+}
+
+impl BreakerConfigBuilder {
+    /// Open when at least `percent` % of the calls in the window failed
+    /// (and the window holds at least [`minimum_calls`](Self::minimum_calls)).
+    pub fn failure_rate(mut self, percent: f64) -> Self {
+        self.failure_rate = Some(percent);
+        self
+    }
+
+    /// Do not open on the failure rate (keep the other rules).
+    pub fn without_failure_rate(mut self) -> Self {
+        self.failure_rate = None;
+        self
+    }
+
+    /// Open when at least `percent` % of the calls in the window took
+    /// `threshold` or longer, successful or not.
+    pub fn slow_calls(mut self, percent: f64, threshold: Duration) -> Self {
+        self.slow_calls = Some((percent, threshold));
+        self
+    }
+
+    /// Open after `n` failures in a row (a success resets the count).
+    pub fn consecutive_failures(mut self, n: u32) -> Self {
+        self.consecutive_failures = Some(n);
+        self
+    }
+
+    /// Measure rates over the most recent `calls` calls in `buckets` buckets.
+    pub fn count_window(mut self, calls: u32, buckets: u32) -> Self {
+        self.window = WindowSpec::Count { calls, buckets };
+        self
+    }
+
+    /// Measure rates over the calls of the last `length`, in `buckets` buckets.
+    pub fn time_window(mut self, length: Duration, buckets: u32) -> Self {
+        self.window = WindowSpec::Time { length, buckets };
+        self
+    }
+
+    /// Rates are judged only once the window holds at least `n` calls.
+    pub fn minimum_calls(mut self, n: u32) -> Self {
+        self.minimum_calls = n;
+        self
+    }
+
+    /// How long the breaker stays open after a trip.
+    pub fn open_duration(mut self, d: Duration) -> Self {
+        self.open_duration = d;
+        self
+    }
+
+    /// Grow the open duration on consecutive trips (a failed half-open test
+    /// re-trips): each trip multiplies it by `multiplier`, up to `cap`. A
+    /// close resets it.
+    pub fn open_backoff(mut self, multiplier: f64, cap: Duration) -> Self {
+        self.open_backoff = Some((multiplier, cap));
+        self
+    }
+
+    /// How many probe calls the half-open state admits before deciding.
+    pub fn half_open_probes(mut self, n: u32) -> Self {
+        self.probes = n;
+        self
+    }
+
+    /// Reopen at the first failed probe instead of waiting for all probes.
+    pub fn reopen_on_first_failure(mut self, yes: bool) -> Self {
+        self.reopen_on_first_failure = yes;
+        self
+    }
+
+    /// Validates the settings.
+    pub fn build(self) -> Result<BreakerConfig, ConfigError> {
+        let failure_rate_ppm = self.failure_rate.map(|p| percent_to_ppm("failure_rate", p)).transpose()?;
+        let (slow_rate_ppm, slow_call_ns) = match self.slow_calls {
+            Some((p, d)) => {
+                let ppm = percent_to_ppm("slow_call_rate", p)?;
+                let ns = checked_nanos("slow_call_duration", d)?;
+                if ns == 0 {
+                    return Err(ConfigError::ZeroDuration { field: "slow_call_duration" });
+                }
+                (Some(ppm), ns)
+            }
+            None => (None, u64::MAX),
+        };
+        if let Some(n) = self.consecutive_failures {
+            check_range("consecutive_failures", n, MAX_CONSECUTIVE_FAILURES)?;
+        }
+        if failure_rate_ppm.is_none() && slow_rate_ppm.is_none() && self.consecutive_failures.is_none() {
+            return Err(ConfigError::NoTripRule);
+        }
+        let window = Window::new(self.window)?;
+        if self.minimum_calls == 0 {
+            return Err(ConfigError::Zero { field: "minimum_calls" });
+        }
+        if let WindowSpec::Count { calls, .. } = self.window {
+            let rate_rule = failure_rate_ppm.is_some() || slow_rate_ppm.is_some();
+            if rate_rule && self.minimum_calls > calls {
+                return Err(ConfigError::TooLarge {
+                    field: "minimum_calls",
+                    value: self.minimum_calls.into(),
+                    max: calls.into(),
+                });
+            }
+        }
+        check_range("half_open_probes", self.probes, MAX_PROBES)?;
+        let open_ns = open_table(self.open_duration, self.open_backoff)?;
+        Ok(BreakerConfig {
+            failure_rate_ppm,
+            slow_rate_ppm,
+            slow_call_ns,
+            consecutive_failures: self.consecutive_failures,
+            window,
+            minimum_calls: self.minimum_calls,
+            open_ns,
+            probes: self.probes,
+            reopen_on_first_failure: self.reopen_on_first_failure,
+        })
+    }
+}
+
+fn check_range(field: &'static str, n: u32, max: u32) -> Result<(), ConfigError> {
+    if n == 0 {
+        Err(ConfigError::Zero { field })
+    } else if n > max {
+        Err(ConfigError::TooLarge { field, value: n.into(), max: max.into() })
+    } else {
+        Ok(())
+    }
+}
+
+fn percent_to_ppm(field: &'static str, percent: f64) -> Result<u32, ConfigError> {
+    // `!(x > 0.0)` also rejects NaN.
+    if !(percent > 0.0 && percent <= 100.0) {
+        return Err(ConfigError::RateOutOfRange { field, value: percent });
+    }
+    // In (0, 1_000_000]; at least 1 ppm so that a tiny rate is not "always".
+    Ok(((percent * 10_000.0 + 0.5) as u32).max(1))
+}
+
+fn open_table(base: Duration, backoff: Option<(f64, Duration)>) -> Result<[u64; OPEN_STEPS], ConfigError> {
+    let base_ns = checked_nanos("open_duration", base)?;
+    if base_ns == 0 {
+        return Err(ConfigError::ZeroDuration { field: "open_duration" });
+    }
+    let mut table = [base_ns; OPEN_STEPS];
+    if let Some((multiplier, cap)) = backoff {
+        if !(multiplier.is_finite() && multiplier >= 1.0) {
+            return Err(ConfigError::InvalidMultiplier { field: "open_backoff multiplier", value: multiplier });
+        }
+        let cap_ns = checked_nanos("open_backoff cap", cap)?;
+        if cap_ns < base_ns {
+            return Err(ConfigError::CapBelowBase { field: "open_backoff cap" });
+        }
+        let mut current = base_ns as f64;
+        for slot in table.iter_mut() {
+            // `as` saturates, and the cap bounds it anyway.
+            *slot = (current as u64).min(cap_ns);
+            current *= multiplier;
+        }
+    }
+    Ok(table)
+}
+
+/// The shape of a validated window, in engine units.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum WindowKind {
+    /// Buckets of `bucket_calls` calls, advanced by a shared bucket counter.
+    Count { bucket_calls: u64 },
+    /// Buckets of a fixed length; the bucket index is `now / length`.
+    Time { bucket: StrengthReducedU64 },
+}
+
+/// A validated window.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    pub(crate) kind: WindowKind,
+    pub(crate) buckets: u32,
+    pub(crate) spec: WindowSpec,
+}
+
+impl Window {
+    fn new(spec: WindowSpec) -> Result<Self, ConfigError> {
+        let (total, buckets) = match spec {
+            WindowSpec::Count { calls, buckets } => {
+                check_range("window calls", calls, MAX_WINDOW_CALLS)?;
+                (u64::from(calls), buckets)
+            }
+            WindowSpec::Time { length, buckets } => {
+                let ns = checked_nanos("window length", length)?;
+                if ns == 0 {
+                    return Err(ConfigError::ZeroDuration { field: "window length" });
+                }
+                (ns, buckets)
+            }
+        };
+        check_range("window buckets", buckets, MAX_BUCKETS as u32)?;
+        if total % u64::from(buckets) != 0 || total < u64::from(buckets) {
+            return Err(ConfigError::UnevenBuckets { window: total, buckets: buckets.into() });
+        }
+        let per_bucket = total / u64::from(buckets);
+        let kind = match spec {
+            WindowSpec::Count { .. } => WindowKind::Count { bucket_calls: per_bucket },
+            WindowSpec::Time { .. } => WindowKind::Time { bucket: StrengthReducedU64::new(per_bucket) },
+        };
+        Ok(Window { kind, buckets, spec })
+    }
+}
+
+/// A validated circuit-breaker configuration.
+///
+/// ```
+/// use core::time::Duration;
+/// use tenlives_engine::breaker::BreakerConfig;
+///
+/// let config = BreakerConfig::builder()
+///     .failure_rate(25.0)
+///     .count_window(100, 10)
+///     .minimum_calls(10)
+///     .consecutive_failures(5)
+///     .open_duration(Duration::from_secs(2))
+///     .open_backoff(2.0, Duration::from_secs(60))
+///     .build()
+///     .expect("valid");
+/// assert_eq!(config.open_duration(3), Duration::from_secs(8));
+///
+/// // Bad input is a typed error, never a panic.
+/// let err = BreakerConfig::builder().failure_rate(120.0).build().unwrap_err();
+/// assert_eq!(err.to_string(), "`failure_rate` is 120%, outside the accepted range (0, 100]");
+/// ```
+#[derive(Clone, Debug)]
+pub struct BreakerConfig {
+    pub(crate) failure_rate_ppm: Option<u32>,
+    pub(crate) slow_rate_ppm: Option<u32>,
+    /// Calls taking at least this long are slow (`u64::MAX` when no slow rule).
+    pub(crate) slow_call_ns: u64,
+    pub(crate) consecutive_failures: Option<u32>,
+    pub(crate) window: Window,
+    pub(crate) minimum_calls: u32,
+    pub(crate) open_ns: [u64; OPEN_STEPS],
+    pub(crate) probes: u32,
+    pub(crate) reopen_on_first_failure: bool,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        match BreakerConfigBuilder::default().build() {
+            Ok(c) => c,
+            // The defaults are constants that pass validation (checked by a test).
+            Err(_) => unreachable!("default breaker configuration is valid"),
+        }
+    }
+}
+
+/// What the half-open state decides once its probes have reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Wait for more probes.
+    Pending,
+    /// Close the breaker.
+    Close,
+    /// Open it again, for longer if backoff is configured.
+    Reopen,
+}
+
+impl BreakerConfig {
+    /// A builder with the defaults described on [`BreakerConfigBuilder`].
+    pub fn builder() -> BreakerConfigBuilder {
+        BreakerConfigBuilder::default()
+    }
+
+    /// The window the rates are measured over.
+    pub fn window(&self) -> WindowSpec {
+        self.window.spec
+    }
+
+    /// How many half-open probes are admitted.
+    pub fn half_open_probes(&self) -> u32 {
+        self.probes
+    }
+
+    /// How long the breaker stays open after its `trips`-th consecutive trip
+    /// (1 for the first trip).
+    pub fn open_duration(&self, trips: u32) -> Duration {
+        Duration::from_nanos(self.open_ns_for(trips))
+    }
+
+    #[inline]
+    pub(crate) fn open_ns_for(&self, trips: u32) -> u64 {
+        let i = (trips.max(1) - 1) as usize;
+        self.open_ns[i.min(OPEN_STEPS - 1)]
+    }
+
+    /// Whether a call that took `elapsed_ns` counts as slow.
+    #[inline]
+    pub(crate) fn is_slow(&self, elapsed_ns: u64) -> bool {
+        self.slow_rate_ppm.is_some() && elapsed_ns >= self.slow_call_ns
+    }
+
+    /// Whether the window's counts break a rate rule.
+    pub(crate) fn rate_tripped(&self, calls: u64, failures: u64, slow: u64) -> bool {
+        if calls < u64::from(self.minimum_calls) {
+            return false;
+        }
+        at_or_above(failures, calls, self.failure_rate_ppm) || at_or_above(slow, calls, self.slow_rate_ppm)
+    }
+
+    /// The half-open decision after `succeeded + failed` probes reported.
+    pub(crate) fn probe_verdict(&self, succeeded: u32, failed: u32, slow: u32, just_failed: bool) -> Verdict {
+        if just_failed && self.reopen_on_first_failure {
+            return Verdict::Reopen;
+        }
+        let done = succeeded + failed;
+        if done < self.probes {
+            return Verdict::Pending;
+        }
+        let (done, failed, slow) = (u64::from(done), u64::from(failed), u64::from(slow));
+        let failed_too_often = match self.failure_rate_ppm {
+            Some(_) => at_or_above(failed, done, self.failure_rate_ppm),
+            // Without a rate rule, any failed probe means "not recovered" when
+            // failures are what trips this breaker.
+            None => self.consecutive_failures.is_some() && failed > 0,
+        };
+        if failed_too_often || at_or_above(slow, done, self.slow_rate_ppm) {
+            Verdict::Reopen
+        } else {
+            Verdict::Close
+        }
+    }
+}
+
+/// `part / whole >= threshold` with the threshold in parts per million.
+#[inline]
+fn at_or_above(part: u64, whole: u64, threshold_ppm: Option<u32>) -> bool {
+    match threshold_ppm {
+        Some(t) => whole > 0 && u128::from(part) * u128::from(PPM) >= u128::from(whole) * u128::from(t),
+        None => false,
+    }
+}
+
+#[cfg(all(test, not(tenlives_loom)))]
+mod tests {
+    use std::string::ToString;
+
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = BreakerConfig::default();
+        assert_eq!(c.failure_rate_ppm, Some(500_000));
+        assert_eq!(c.open_duration(1), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn rejects_bad_rates() {
+        for bad in [0.0, -1.0, 100.5, f64::NAN, f64::INFINITY] {
+            let e = BreakerConfig::builder().failure_rate(bad).build().unwrap_err();
+            assert!(matches!(e, ConfigError::RateOutOfRange { field: "failure_rate", .. }), "{bad}");
+        }
+        let e = BreakerConfig::builder().slow_calls(0.0, Duration::from_secs(1)).build().unwrap_err();
+        assert!(matches!(e, ConfigError::RateOutOfRange { field: "slow_call_rate", .. }));
+        let e = BreakerConfig::builder().slow_calls(10.0, Duration::ZERO).build().unwrap_err();
+        assert_eq!(e, ConfigError::ZeroDuration { field: "slow_call_duration" });
+    }
+
+    #[test]
+    fn rejects_bad_windows() {
+        let b = || BreakerConfig::builder().minimum_calls(1);
+        assert_eq!(b().count_window(0, 1).build().unwrap_err(), ConfigError::Zero { field: "window calls" });
+        assert_eq!(
+            b().count_window(10, 0).build().unwrap_err(),
+            ConfigError::Zero { field: "window buckets" }
+        );
+        assert_eq!(
+            b().count_window(10, 3).build().unwrap_err(),
+            ConfigError::UnevenBuckets { window: 10, buckets: 3 }
+        );
+        assert!(matches!(
+            b().count_window(100, 17).build().unwrap_err(),
+            ConfigError::TooLarge { field: "window buckets", .. }
+        ));
+        assert_eq!(
+            b().time_window(Duration::ZERO, 1).build().unwrap_err(),
+            ConfigError::ZeroDuration { field: "window length" }
+        );
+        assert_eq!(
+            b().time_window(Duration::MAX, 1).build().unwrap_err(),
+            ConfigError::DurationOverflow { field: "window length" }
+        );
+        assert!(matches!(
+            BreakerConfig::builder().count_window(10, 10).minimum_calls(11).build().unwrap_err(),
+            ConfigError::TooLarge { field: "minimum_calls", value: 11, max: 10 }
+        ));
+        assert_eq!(
+            BreakerConfig::builder().minimum_calls(0).build().unwrap_err(),
+            ConfigError::Zero { field: "minimum_calls" }
+        );
+    }
+
+    #[test]
+    fn rejects_bad_durations_probes_and_rules() {
+        let b = BreakerConfig::builder;
+        assert_eq!(
+            b().open_duration(Duration::ZERO).build().unwrap_err(),
+            ConfigError::ZeroDuration { field: "open_duration" }
+        );
+        assert_eq!(
+            b().open_duration(Duration::MAX).build().unwrap_err(),
+            ConfigError::DurationOverflow { field: "open_duration" }
+        );
+        assert!(matches!(
+            b().open_backoff(0.5, Duration::from_secs(60)).build().unwrap_err(),
+            ConfigError::InvalidMultiplier { .. }
+        ));
+        assert!(matches!(
+            b().open_backoff(f64::NAN, Duration::from_secs(60)).build().unwrap_err(),
+            ConfigError::InvalidMultiplier { .. }
+        ));
+        assert!(matches!(
+            b().open_backoff(2.0, Duration::from_secs(1)).build().unwrap_err(),
+            ConfigError::CapBelowBase { .. }
+        ));
+        assert_eq!(b().half_open_probes(0).build().unwrap_err(), ConfigError::Zero { field: "half_open_probes" });
+        assert!(matches!(b().half_open_probes(1001).build().unwrap_err(), ConfigError::TooLarge { .. }));
+        assert_eq!(b().without_failure_rate().build().unwrap_err(), ConfigError::NoTripRule);
+        assert_eq!(
+            b().consecutive_failures(0).build().unwrap_err(),
+            ConfigError::Zero { field: "consecutive_failures" }
+        );
+        // Every error explains itself.
+        let msg = ConfigError::NoTripRule.to_string();
+        assert!(msg.contains("no trip rule"));
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let c = BreakerConfig::builder()
+            .open_duration(Duration::from_secs(1))
+            .open_backoff(1.5, Duration::from_secs(10))
+            .build()
+            .unwrap();
+        assert_eq!(c.open_duration(0), Duration::from_secs(1));
+        assert_eq!(c.open_duration(1), Duration::from_secs(1));
+        assert_eq!(c.open_duration(2), Duration::from_millis(1500));
+        assert_eq!(c.open_duration(3), Duration::from_millis(2250));
+        assert_eq!(c.open_duration(10), Duration::from_secs(10));
+        assert_eq!(c.open_duration(u32::MAX), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn rates_compare_exactly() {
+        let c = BreakerConfig::builder().failure_rate(50.0).minimum_calls(4).build().unwrap();
+        assert!(!c.rate_tripped(3, 3, 0), "below minimum calls");
+        assert!(c.rate_tripped(4, 2, 0), "50% is at the threshold");
+        assert!(!c.rate_tripped(5, 2, 0));
+        assert!(!c.rate_tripped(u64::MAX, u64::MAX / 2, 0));
+        assert!(c.rate_tripped(u64::MAX, u64::MAX / 2 + 1, 0));
+    }
+
+    #[test]
+    fn probe_verdicts() {
+        let c = BreakerConfig::builder().failure_rate(50.0).half_open_probes(4).build().unwrap();
+        assert_eq!(c.probe_verdict(1, 1, 0, true), Verdict::Pending);
+        assert_eq!(c.probe_verdict(3, 1, 0, false), Verdict::Close);
+        assert_eq!(c.probe_verdict(2, 2, 0, true), Verdict::Reopen);
+        let c = BreakerConfig::builder()
+            .without_failure_rate()
+            .consecutive_failures(3)
+            .half_open_probes(2)
+            .reopen_on_first_failure(true)
+            .build()
+            .unwrap();
+        assert_eq!(c.probe_verdict(0, 1, 0, true), Verdict::Reopen);
+        let c = BreakerConfig::builder()
+            .without_failure_rate()
+            .slow_calls(50.0, Duration::from_millis(100))
+            .half_open_probes(2)
+            .build()
+            .unwrap();
+        assert_eq!(c.probe_verdict(1, 1, 0, false), Verdict::Close, "failures do not trip a slow-only breaker");
+        assert_eq!(c.probe_verdict(2, 0, 1, false), Verdict::Reopen);
+    }
+}

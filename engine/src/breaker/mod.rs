@@ -1,0 +1,647 @@
+//! A lock-free circuit breaker.
+//!
+//! A breaker watches the outcomes of calls to a dependency and, when the
+//! dependency looks unhealthy, rejects calls for a while instead of letting
+//! them pile onto it; then it lets a few probe calls through to test whether
+//! the dependency recovered.
+//!
+//! ```
+//! use core::time::Duration;
+//! use tenlives_engine::breaker::{BreakerConfig, BreakerState, CircuitBreaker, RejectReason};
+//! use tenlives_engine::time::{Clock, ManualClock};
+//!
+//! let breaker = CircuitBreaker::new(
+//!     BreakerConfig::builder()
+//!         .without_failure_rate()
+//!         .consecutive_failures(3)
+//!         .open_duration(Duration::from_secs(10))
+//!         .half_open_probes(1)
+//!         .build()?,
+//! );
+//! let clock = ManualClock::new();
+//!
+//! // Three failures in a row open the breaker...
+//! for _ in 0..3 {
+//!     let permit = breaker.try_acquire(clock.now()).expect("closed");
+//!     permit.failure(clock.now());
+//! }
+//! assert_eq!(breaker.state(), BreakerState::Open);
+//!
+//! // ...which then rejects calls, saying why and for how long.
+//! clock.advance(Duration::from_secs(4));
+//! let rejected = breaker.try_acquire(clock.now()).unwrap_err();
+//! assert_eq!(rejected.reason(), RejectReason::Open);
+//! assert_eq!(rejected.retry_after(), Some(Duration::from_secs(6)));
+//!
+//! // Once the open duration is over, one probe is let through; its success
+//! // closes the breaker.
+//! clock.advance(Duration::from_secs(6));
+//! let probe = breaker.try_acquire(clock.now()).expect("probe");
+//! assert!(probe.is_probe());
+//! probe.success(clock.now());
+//! assert_eq!(breaker.state(), BreakerState::Closed);
+//! # Ok::<(), tenlives_engine::ConfigError>(())
+//! ```
+//!
+//! The protocol of the state word is documented in `word.rs`, and the
+//! invariants in `docs/guarantees.md`.
+
+mod config;
+mod model;
+mod window;
+mod word;
+
+use core::fmt;
+use core::time::Duration;
+
+use crossbeam_utils::CachePadded;
+
+pub use config::{BreakerConfig, BreakerConfigBuilder, MAX_BUCKETS, MAX_CONSECUTIVE_FAILURES, MAX_PROBES, WindowSpec};
+pub use model::{BreakerModel, ModelPermit};
+pub use window::WindowCounts;
+
+use config::Verdict;
+use window::StripedWindow;
+use word::{
+    KIND_CLOSED, KIND_DISABLED, KIND_FORCED_OPEN, KIND_HALF_OPEN, KIND_METRICS_ONLY, KIND_OPEN, KIND_OPENING,
+    MAX_TRIPS, ProbeWord, StateWord, is_newer,
+};
+
+use crate::sync::{AtomicU64, Ordering, spin_hint};
+use crate::time::Timestamp;
+
+/// The observable state of a breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BreakerState {
+    /// Calls pass and are measured.
+    Closed,
+    /// Calls are rejected until the open duration ends.
+    Open,
+    /// A limited number of probe calls pass; their outcomes decide.
+    HalfOpen,
+    /// Held open by an explicit call; rejects until told otherwise.
+    ForcedOpen,
+    /// Lets every call through and measures nothing.
+    Disabled,
+    /// Lets every call through and measures it, but never trips.
+    MetricsOnly,
+}
+
+impl BreakerState {
+    fn from_kind(kind: u64) -> Self {
+        match kind {
+            KIND_CLOSED => BreakerState::Closed,
+            KIND_OPENING | KIND_OPEN => BreakerState::Open,
+            KIND_HALF_OPEN => BreakerState::HalfOpen,
+            KIND_FORCED_OPEN => BreakerState::ForcedOpen,
+            KIND_DISABLED => BreakerState::Disabled,
+            _ => BreakerState::MetricsOnly,
+        }
+    }
+}
+
+impl fmt::Display for BreakerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half-open",
+            BreakerState::ForcedOpen => "forced open",
+            BreakerState::Disabled => "disabled",
+            BreakerState::MetricsOnly => "metrics only",
+        })
+    }
+}
+
+/// How a call ended, as the caller's classifier sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The dependency did its job.
+    Success,
+    /// The dependency failed in a way that counts against its health.
+    Failure,
+    /// The call says nothing about the dependency's health (for example a
+    /// client error); it is not counted, and a probe slot it held is freed.
+    Ignored,
+}
+
+/// Why a call was rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// The breaker tripped and is waiting out its open duration.
+    Open,
+    /// An operator forced the breaker open.
+    ForcedOpen,
+    /// The breaker is testing the dependency and all probe slots are taken.
+    HalfOpenFull,
+}
+
+/// A rejected admission: why, and when trying again makes sense.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Rejected {
+    reason: RejectReason,
+    retry_after: Option<Duration>,
+}
+
+impl Rejected {
+    /// Why the call was rejected.
+    pub fn reason(&self) -> RejectReason {
+        self.reason
+    }
+
+    /// How long until the breaker may admit calls again: the rest of the open
+    /// duration when [`RejectReason::Open`]; `None` when unknown (forced open,
+    /// or half-open waiting for probes to report).
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.reason {
+            RejectReason::Open => f.write_str("circuit breaker is open")?,
+            RejectReason::ForcedOpen => f.write_str("circuit breaker is forced open")?,
+            RejectReason::HalfOpenFull => f.write_str("circuit breaker is half-open and all probe slots are taken")?,
+        }
+        if let Some(d) = self.retry_after {
+            write!(f, "; retry after {d:?}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for Rejected {}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PermitKind {
+    /// Admitted while closed: measured, may trip.
+    Closed,
+    /// A half-open probe: holds a probe slot.
+    Probe,
+    /// Admitted while metrics-only: measured, never trips.
+    Metrics,
+    /// Admitted while disabled: not measured.
+    Passthrough,
+}
+
+/// The low-level admission token, for adapters that keep the breaker behind
+/// their own handle.
+///
+/// It holds no reference to the breaker, so it must be handed back to
+/// [`CircuitBreaker::record`] or [`CircuitBreaker::release`] of the breaker
+/// that issued it; dropping it instead leaks a half-open probe slot. Prefer
+/// [`Permit`], which does this on drop.
+#[must_use = "a raw permit must be recorded or released, or a probe slot leaks"]
+#[derive(Debug, PartialEq, Eq)]
+pub struct RawPermit {
+    generation: u32,
+    kind: PermitKind,
+    admitted_at: Timestamp,
+}
+
+impl RawPermit {
+    /// The breaker generation the permit was granted in.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+    /// Whether this is a half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.kind == PermitKind::Probe
+    }
+    /// When the call was admitted (the `now` given to the admission).
+    pub fn admitted_at(&self) -> Timestamp {
+        self.admitted_at
+    }
+}
+
+/// Permission to make one call, stamped with the breaker's generation.
+///
+/// Report how the call went with [`record`](Permit::record) (or
+/// [`success`](Permit::success) / [`failure`](Permit::failure)). Dropping the
+/// permit without reporting — the call was cancelled, or panicked — counts as
+/// neither success nor failure and frees its half-open slot if it held one.
+#[must_use = "dropping a permit unreported counts the call as neither success nor failure"]
+#[derive(Debug)]
+pub struct Permit<'a> {
+    breaker: &'a CircuitBreaker,
+    raw: Option<RawPermit>,
+}
+
+impl<'a> Permit<'a> {
+    /// Reports the call's outcome; `now` is when it completed.
+    pub fn record(mut self, outcome: Outcome, now: Timestamp) {
+        if let Some(raw) = self.raw.take() {
+            self.breaker.record(raw, outcome, now);
+        }
+    }
+    /// Reports a success.
+    pub fn success(self, now: Timestamp) {
+        self.record(Outcome::Success, now);
+    }
+    /// Reports a failure.
+    pub fn failure(self, now: Timestamp) {
+        self.record(Outcome::Failure, now);
+    }
+    /// Whether this is a half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.raw.as_ref().is_some_and(RawPermit::is_probe)
+    }
+    /// The breaker generation the permit was granted in.
+    pub fn generation(&self) -> u32 {
+        self.raw.as_ref().map_or(0, RawPermit::generation)
+    }
+    /// Gives up the automatic release, returning the low-level token.
+    pub fn into_raw(mut self) -> RawPermit {
+        match self.raw.take() {
+            Some(raw) => raw,
+            // `raw` is only taken by methods that consume `self`.
+            None => unreachable!("permit already consumed"),
+        }
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if let Some(raw) = self.raw.take() {
+            self.breaker.release(raw);
+        }
+    }
+}
+
+/// A point-in-time view of a breaker, for metrics and dashboards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The state.
+    pub state: BreakerState,
+    /// The generation (bumped by every transition).
+    pub generation: u32,
+    /// Calls, failures and slow calls in the current window (closed and
+    /// metrics-only states; zero otherwise).
+    pub window: WindowCounts,
+    /// Consecutive failures so far (closed state).
+    pub consecutive_failures: u32,
+    /// Probes admitted (half-open state).
+    pub probes_admitted: u32,
+    /// Trips since the breaker last closed.
+    pub trips: u32,
+    /// How long until an open breaker admits a probe.
+    pub retry_after: Option<Duration>,
+}
+
+/// The words that change on transitions, on their own cache line.
+struct Core {
+    /// The packed state word; see `word.rs` for its layout and protocol.
+    state: AtomicU64,
+    /// When the current open period ends (nanoseconds); meaningful in `Open`.
+    open_until: AtomicU64,
+    /// Outcomes of the current half-open probes; see `word.rs`.
+    probes: AtomicU64,
+}
+
+/// A lock-free circuit breaker. See the [module documentation](self).
+///
+/// All methods take `&self`; share it between threads by reference, in an
+/// `Arc`, or in a `static`. It never allocates, never blocks and never reads
+/// a clock: every time-dependent method takes `now`.
+pub struct CircuitBreaker {
+    core: CachePadded<Core>,
+    window: StripedWindow,
+    config: BreakerConfig,
+}
+
+impl fmt::Debug for CircuitBreaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreaker").field("state", &self.state()).field("config", &self.config).finish()
+    }
+}
+
+impl CircuitBreaker {
+    /// A closed breaker.
+    pub fn new(config: BreakerConfig) -> Self {
+        CircuitBreaker {
+            core: CachePadded::new(Core {
+                state: AtomicU64::new(StateWord::new(KIND_CLOSED, 0, 0, 0).0),
+                open_until: AtomicU64::new(0),
+                probes: AtomicU64::new(ProbeWord::fresh(0).0),
+            }),
+            window: StripedWindow::new(),
+            config,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BreakerConfig {
+        &self.config
+    }
+
+    #[inline]
+    fn load(&self) -> StateWord {
+        // ordering: Acquire, pairs with the Release of the Opening -> Open
+        // exchange so that a reader of `Open` sees its `open_until`.
+        StateWord(self.core.state.load(Ordering::Acquire))
+    }
+
+    #[inline]
+    fn exchange(&self, current: StateWord, new: StateWord) -> Result<(), StateWord> {
+        // ordering: AcqRel on success (publishes what was written before a
+        // transition, sees what the previous one published); Acquire on failure
+        // because the caller re-decides from the returned word.
+        self.core
+            .state
+            .compare_exchange(current.0, new.0, Ordering::AcqRel, Ordering::Acquire)
+            .map(|_| ())
+            .map_err(StateWord)
+    }
+
+    /// The current state.
+    pub fn state(&self) -> BreakerState {
+        BreakerState::from_kind(self.load().kind())
+    }
+
+    /// The current generation.
+    pub fn generation(&self) -> u32 {
+        self.load().generation()
+    }
+
+    /// Asks to make a call at `now`. The returned [`Permit`] reports the
+    /// outcome (or releases on drop).
+    #[inline]
+    pub fn try_acquire(&self, now: Timestamp) -> Result<Permit<'_>, Rejected> {
+        self.try_acquire_raw(now).map(|raw| Permit { breaker: self, raw: Some(raw) })
+    }
+
+    /// Like [`try_acquire`](Self::try_acquire), but returns the low-level
+    /// token that does not borrow the breaker.
+    #[inline]
+    pub fn try_acquire_raw(&self, now: Timestamp) -> Result<RawPermit, Rejected> {
+        let mut s = self.load();
+        loop {
+            let kind = match s.kind() {
+                KIND_CLOSED => PermitKind::Closed,
+                KIND_DISABLED => PermitKind::Passthrough,
+                KIND_METRICS_ONLY => PermitKind::Metrics,
+                KIND_FORCED_OPEN => return Err(Rejected { reason: RejectReason::ForcedOpen, retry_after: None }),
+                KIND_OPENING => {
+                    let full = self.config.open_ns_for(s.trips());
+                    return Err(Rejected { reason: RejectReason::Open, retry_after: Some(Duration::from_nanos(full)) });
+                }
+                KIND_OPEN => {
+                    // ordering: Relaxed; the Acquire load of `Open` made the
+                    // tripping thread's store visible.
+                    let until = self.core.open_until.load(Ordering::Relaxed);
+                    if now.as_nanos() < until {
+                        let left = Duration::from_nanos(until - now.as_nanos());
+                        return Err(Rejected { reason: RejectReason::Open, retry_after: Some(left) });
+                    }
+                    let half_open = s.next(KIND_HALF_OPEN, s.trips(), 1);
+                    match self.exchange(s, half_open) {
+                        Ok(()) => return Ok(self.permit(half_open, PermitKind::Probe, now)),
+                        Err(actual) => {
+                            s = actual;
+                            continue;
+                        }
+                    }
+                }
+                _ => {
+                    // KIND_HALF_OPEN
+                    let admitted = s.payload();
+                    if admitted >= self.config.probes {
+                        return Err(Rejected { reason: RejectReason::HalfOpenFull, retry_after: None });
+                    }
+                    match self.exchange(s, s.with_payload(admitted + 1)) {
+                        Ok(()) => return Ok(self.permit(s, PermitKind::Probe, now)),
+                        Err(actual) => {
+                            s = actual;
+                            spin_hint();
+                            continue;
+                        }
+                    }
+                }
+            };
+            return Ok(self.permit(s, kind, now));
+        }
+    }
+
+    #[inline]
+    fn permit(&self, s: StateWord, kind: PermitKind, now: Timestamp) -> RawPermit {
+        RawPermit { generation: s.generation(), kind, admitted_at: now }
+    }
+
+    /// Reports the outcome of the call `permit` admitted; `now` is when it
+    /// completed. A permit from an older generation changes nothing.
+    #[inline]
+    pub fn record(&self, permit: RawPermit, outcome: Outcome, now: Timestamp) {
+        let failed = match outcome {
+            Outcome::Success => false,
+            Outcome::Failure => true,
+            Outcome::Ignored => return self.release(permit),
+        };
+        let slow = self.config.is_slow(now.as_nanos().saturating_sub(permit.admitted_at.as_nanos()));
+        match permit.kind {
+            PermitKind::Closed => self.record_closed(permit.generation, failed, slow, now),
+            PermitKind::Probe => self.record_probe(permit.generation, failed, slow, now),
+            PermitKind::Metrics => {
+                if self.load().generation() == permit.generation {
+                    let pos = self.window.position(&self.config.window, now);
+                    self.window.record(&self.config.window, permit.generation, pos, failed, slow);
+                }
+            }
+            PermitKind::Passthrough => {}
+        }
+    }
+
+    /// Gives a permit back unreported: it counts as neither success nor
+    /// failure, and frees its half-open probe slot.
+    pub fn release(&self, permit: RawPermit) {
+        if permit.kind != PermitKind::Probe {
+            return;
+        }
+        let mut s = self.load();
+        while s.generation() == permit.generation && s.kind() == KIND_HALF_OPEN && s.payload() > 0 {
+            match self.exchange(s, s.with_payload(s.payload() - 1)) {
+                Ok(()) => return,
+                Err(actual) => s = actual,
+            }
+        }
+    }
+
+    #[inline]
+    fn record_closed(&self, generation: u32, failed: bool, slow: bool, now: Timestamp) {
+        let cfg = &self.config;
+        let s = self.load();
+        if s.generation() != generation {
+            return; // late: the breaker moved on since this call was admitted
+        }
+        let pos = self.window.position(&cfg.window, now);
+        self.window.record(&cfg.window, generation, pos, failed, slow);
+        if !failed && !slow {
+            if cfg.consecutive_failures.is_some() && s.payload() != 0 {
+                self.reset_consecutive(generation);
+            }
+            return;
+        }
+        self.judge_closed(generation, failed, pos, now);
+    }
+
+    /// A success ends a run of failures. Only writes when there is a run.
+    #[inline]
+    fn reset_consecutive(&self, generation: u32) {
+        let mut s = self.load();
+        while s.generation() == generation && s.kind() == KIND_CLOSED && s.payload() != 0 {
+            match self.exchange(s, s.with_payload(0)) {
+                Ok(()) => return,
+                Err(actual) => s = actual,
+            }
+        }
+    }
+
+    /// After a failure or a slow call: does a rule now say open?
+    #[cold]
+    fn judge_closed(&self, generation: u32, failed: bool, pos: window::Position, now: Timestamp) {
+        let cfg = &self.config;
+        let mut s = self.load();
+        if s.generation() != generation || s.kind() != KIND_CLOSED {
+            return;
+        }
+        let rates = cfg.failure_rate_ppm.is_some() || cfg.slow_rate_ppm.is_some();
+        let rate_trip = rates && {
+            let c = self.window.sum(&cfg.window, generation, pos);
+            cfg.rate_tripped(c.calls, c.failures, c.slow)
+        };
+        while s.generation() == generation && s.kind() == KIND_CLOSED {
+            let run = if failed { s.payload().saturating_add(1) } else { 0 };
+            let run_trip = cfg.consecutive_failures.is_some_and(|limit| run >= limit);
+            let new = if rate_trip || run_trip {
+                s.next(KIND_OPENING, 1, 0)
+            } else if run != s.payload() {
+                s.with_payload(run)
+            } else {
+                return;
+            };
+            match self.exchange(s, new) {
+                Ok(()) => {
+                    if new.kind() == KIND_OPENING {
+                        self.finish_opening(new, now);
+                    }
+                    return;
+                }
+                Err(actual) => s = actual,
+            }
+        }
+    }
+
+    /// Second step of a trip: publish the deadline, then `Opening -> Open`.
+    fn finish_opening(&self, opening: StateWord, now: Timestamp) {
+        let until = now.as_nanos().saturating_add(self.config.open_ns_for(opening.trips()));
+        // ordering: Relaxed; published by the Release of the exchange below.
+        self.core.open_until.store(until, Ordering::Relaxed);
+        let open = StateWord::new(KIND_OPEN, opening.trips(), 0, opening.generation());
+        // A failure means an operator moved the breaker meanwhile; theirs wins.
+        let _ = self.exchange(opening, open);
+    }
+
+    #[cold]
+    fn record_probe(&self, generation: u32, failed: bool, slow: bool, now: Timestamp) {
+        // ordering: AcqRel/Acquire like the state word: the reporter that
+        // completes the test must see every earlier report.
+        let mut w = ProbeWord(self.core.probes.load(Ordering::Acquire));
+        let report = loop {
+            if is_newer(w.generation(), generation) {
+                return; // a later half-open period: this probe is late
+            }
+            let base = if w.generation() == generation { w } else { ProbeWord::fresh(generation) };
+            let new = base.add(failed, slow);
+            match self.core.probes.compare_exchange_weak(w.0, new.0, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break new,
+                Err(actual) => {
+                    w = ProbeWord(actual);
+                    spin_hint();
+                }
+            }
+        };
+        let verdict = self.config.probe_verdict(report.succeeded(), report.failed(), report.slow(), failed);
+        if verdict == Verdict::Pending {
+            return;
+        }
+        let mut s = self.load();
+        while s.generation() == generation && s.kind() == KIND_HALF_OPEN {
+            let new = match verdict {
+                Verdict::Close => s.next(KIND_CLOSED, 0, 0),
+                _ => s.next(KIND_OPENING, (s.trips() + 1).min(MAX_TRIPS), 0),
+            };
+            match self.exchange(s, new) {
+                Ok(()) => {
+                    if new.kind() == KIND_OPENING {
+                        self.finish_opening(new, now);
+                    }
+                    return;
+                }
+                Err(actual) => s = actual,
+            }
+        }
+    }
+
+    fn force(&self, kind: u64) {
+        let mut s = self.load();
+        loop {
+            match self.exchange(s, s.next(kind, 0, 0)) {
+                Ok(()) => return,
+                Err(actual) => s = actual,
+            }
+        }
+    }
+
+    /// Holds the breaker open (rejecting with [`RejectReason::ForcedOpen`])
+    /// until another explicit call.
+    pub fn force_open(&self) {
+        self.force(KIND_FORCED_OPEN);
+    }
+
+    /// Lets every call through without measuring, until another explicit call.
+    pub fn disable(&self) {
+        self.force(KIND_DISABLED);
+    }
+
+    /// Lets every call through and measures it, never tripping, until another
+    /// explicit call.
+    pub fn metrics_only(&self) {
+        self.force(KIND_METRICS_ONLY);
+    }
+
+    /// Closes the breaker with an empty window and no trip history.
+    pub fn reset(&self) {
+        self.force(KIND_CLOSED);
+    }
+
+    /// A point-in-time view for metrics. Reads every stripe: not for the
+    /// request path.
+    pub fn snapshot(&self, now: Timestamp) -> Snapshot {
+        let s = self.load();
+        let kind = s.kind();
+        let window = if kind == KIND_CLOSED || kind == KIND_METRICS_ONLY {
+            self.window.latest(&self.config.window, s.generation(), now)
+        } else {
+            WindowCounts::default()
+        };
+        let retry_after = match kind {
+            KIND_OPENING => Some(self.config.open_ns_for(s.trips())),
+            // ordering: Relaxed; see `try_acquire_raw`.
+            KIND_OPEN => Some(self.core.open_until.load(Ordering::Relaxed).saturating_sub(now.as_nanos())),
+            _ => None,
+        };
+        Snapshot {
+            state: BreakerState::from_kind(kind),
+            generation: s.generation(),
+            window,
+            consecutive_failures: if kind == KIND_CLOSED { s.payload() } else { 0 },
+            probes_admitted: if kind == KIND_HALF_OPEN { s.payload() } else { 0 },
+            trips: s.trips(),
+            retry_after: retry_after.map(Duration::from_nanos),
+        }
+    }
+}
+
+#[cfg(all(test, not(tenlives_loom)))]
+mod tests;

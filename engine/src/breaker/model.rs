@@ -1,0 +1,268 @@
+//! The sequential reference model of the breaker.
+//!
+//! Same rules as [`CircuitBreaker`](super::CircuitBreaker), written with plain
+//! integers and `&mut self`: no atomics, no stripes, no tags. The property
+//! tests run both side by side on the same operations and require the same
+//! states, rejections and retry-after times; simulations can use it directly.
+//!
+//! Where the atomic breaker lets two generations or two stripes share a slot
+//! word and sorts them out with tags, the model keeps the full epoch and
+//! generation of each bucket and compares them exactly.
+
+use core::time::Duration;
+
+use super::config::{BreakerConfig, MAX_BUCKETS, Verdict, WindowKind};
+use super::word::MAX_TRIPS;
+use super::{BreakerState, Outcome, RejectReason, Rejected, WindowCounts};
+use crate::time::Timestamp;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Closed { run: u32 },
+    Open { until: u64, trips: u32 },
+    HalfOpen { trips: u32, admitted: u32, succeeded: u32, failed: u32, slow: u32 },
+    ForcedOpen,
+    Disabled,
+    MetricsOnly,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Bucket {
+    epoch: u64,
+    generation: u32,
+    counts: WindowCounts,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Closed,
+    Probe,
+    Metrics,
+    Passthrough,
+}
+
+/// A permit issued by the [`BreakerModel`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelPermit {
+    generation: u32,
+    kind: Kind,
+    admitted_at: u64,
+}
+
+impl ModelPermit {
+    /// The generation it was granted in.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+    /// Whether it is a half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.kind == Kind::Probe
+    }
+}
+
+/// The breaker as a plain sequential state machine.
+#[derive(Clone, Debug)]
+pub struct BreakerModel {
+    config: BreakerConfig,
+    state: State,
+    generation: u32,
+    count_epoch: u64,
+    buckets: [Bucket; MAX_BUCKETS],
+}
+
+impl BreakerModel {
+    /// A closed model breaker.
+    pub fn new(config: BreakerConfig) -> Self {
+        BreakerModel {
+            config,
+            state: State::Closed { run: 0 },
+            generation: 0,
+            count_epoch: 0,
+            buckets: [Bucket::default(); MAX_BUCKETS],
+        }
+    }
+
+    /// The state.
+    pub fn state(&self) -> BreakerState {
+        match self.state {
+            State::Closed { .. } => BreakerState::Closed,
+            State::Open { .. } => BreakerState::Open,
+            State::HalfOpen { .. } => BreakerState::HalfOpen,
+            State::ForcedOpen => BreakerState::ForcedOpen,
+            State::Disabled => BreakerState::Disabled,
+            State::MetricsOnly => BreakerState::MetricsOnly,
+        }
+    }
+
+    /// The generation.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    fn go(&mut self, state: State) {
+        self.state = state;
+        self.generation = self.generation.wrapping_add(1);
+    }
+
+    fn epoch(&self, now: u64) -> u64 {
+        match self.config.window.kind {
+            WindowKind::Time { bucket } => now / bucket.get(),
+            WindowKind::Count { .. } => self.count_epoch,
+        }
+    }
+
+    /// Admission at `now`.
+    pub fn try_acquire(&mut self, now: Timestamp) -> Result<ModelPermit, Rejected> {
+        let now = now.as_nanos();
+        let kind = match self.state {
+            State::Closed { .. } => Kind::Closed,
+            State::Disabled => Kind::Passthrough,
+            State::MetricsOnly => Kind::Metrics,
+            State::ForcedOpen => return Err(Rejected { reason: RejectReason::ForcedOpen, retry_after: None }),
+            State::Open { until, trips } => {
+                if now < until {
+                    let left = Some(Duration::from_nanos(until - now));
+                    return Err(Rejected { reason: RejectReason::Open, retry_after: left });
+                }
+                self.go(State::HalfOpen { trips, admitted: 1, succeeded: 0, failed: 0, slow: 0 });
+                Kind::Probe
+            }
+            State::HalfOpen { ref mut admitted, .. } => {
+                if *admitted >= self.config.probes {
+                    return Err(Rejected { reason: RejectReason::HalfOpenFull, retry_after: None });
+                }
+                *admitted += 1;
+                Kind::Probe
+            }
+        };
+        Ok(ModelPermit { generation: self.generation, kind, admitted_at: now })
+    }
+
+    /// Reports an outcome.
+    pub fn record(&mut self, permit: ModelPermit, outcome: Outcome, now: Timestamp) {
+        let now = now.as_nanos();
+        let failed = match outcome {
+            Outcome::Success => false,
+            Outcome::Failure => true,
+            Outcome::Ignored => return self.release(permit),
+        };
+        if permit.generation != self.generation {
+            return;
+        }
+        let slow = self.config.is_slow(now.saturating_sub(permit.admitted_at));
+        match (permit.kind, self.state) {
+            (Kind::Closed, State::Closed { run }) => {
+                let epoch = self.epoch(now);
+                self.count(epoch, failed, slow);
+                let run = if failed { run.saturating_add(1) } else { 0 };
+                self.state = State::Closed { run };
+                if failed || slow {
+                    let c = self.window_counts(epoch);
+                    let by_rate = self.config.rate_tripped(c.calls, c.failures, c.slow);
+                    let by_run = self.config.consecutive_failures.is_some_and(|limit| run >= limit);
+                    if by_rate || by_run {
+                        self.trip(1, now);
+                    }
+                }
+            }
+            (Kind::Metrics, State::MetricsOnly) => {
+                let epoch = self.epoch(now);
+                self.count(epoch, failed, slow);
+            }
+            (Kind::Probe, State::HalfOpen { trips, admitted, succeeded, failed: f, slow: s }) => {
+                let (succeeded, f, s) = (succeeded + u32::from(!failed), f + u32::from(failed), s + u32::from(slow));
+                self.state = State::HalfOpen { trips, admitted, succeeded, failed: f, slow: s };
+                match self.config.probe_verdict(succeeded, f, s, failed) {
+                    Verdict::Pending => {}
+                    Verdict::Close => self.go(State::Closed { run: 0 }),
+                    Verdict::Reopen => self.trip((trips + 1).min(MAX_TRIPS), now),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn trip(&mut self, trips: u32, now: u64) {
+        let until = now.saturating_add(self.config.open_ns_for(trips));
+        self.go(State::Open { until, trips });
+    }
+
+    /// Gives a permit back unreported.
+    pub fn release(&mut self, permit: ModelPermit) {
+        if permit.kind != Kind::Probe || permit.generation != self.generation {
+            return;
+        }
+        if let State::HalfOpen { ref mut admitted, .. } = self.state {
+            *admitted = admitted.saturating_sub(1);
+        }
+    }
+
+    fn count(&mut self, epoch: u64, failed: bool, slow: bool) {
+        let n = u64::from(self.config.window.buckets);
+        let generation = self.generation;
+        let b = &mut self.buckets[(epoch % n) as usize];
+        if b.epoch != epoch || b.generation != generation {
+            *b = Bucket { epoch, generation, counts: WindowCounts::default() };
+        }
+        b.counts.calls += 1;
+        b.counts.failures += u64::from(failed);
+        b.counts.slow += u64::from(slow);
+        if let WindowKind::Count { bucket_calls } = self.config.window.kind {
+            if b.counts.calls >= bucket_calls {
+                self.count_epoch += 1;
+            }
+        }
+    }
+
+    fn window_counts(&self, newest: u64) -> WindowCounts {
+        self.window_counts_from(newest, u64::from(self.config.window.buckets))
+    }
+
+    fn window_counts_from(&self, newest: u64, buckets: u64) -> WindowCounts {
+        let n = u64::from(self.config.window.buckets);
+        let mut total = WindowCounts::default();
+        for back in 0..buckets {
+            let Some(epoch) = newest.checked_sub(back) else { break };
+            let b = &self.buckets[(epoch % n) as usize];
+            if b.epoch == epoch && b.generation == self.generation {
+                total.calls += b.counts.calls;
+                total.failures += b.counts.failures;
+                total.slow += b.counts.slow;
+            }
+        }
+        total
+    }
+
+    /// The window's totals at `now` (closed and metrics-only states).
+    pub fn window(&self, now: Timestamp) -> WindowCounts {
+        match self.state {
+            State::Closed { .. } | State::MetricsOnly => {
+                let epoch = self.epoch(now.as_nanos());
+                let newest_empty = self.window_counts_from(epoch, 1).calls == 0;
+                match self.config.window.kind {
+                    // Report the last full window, not one bucket fewer.
+                    WindowKind::Count { .. } if newest_empty && epoch > 0 => self.window_counts(epoch - 1),
+                    _ => self.window_counts(epoch),
+                }
+            }
+            _ => WindowCounts::default(),
+        }
+    }
+
+    /// Holds the breaker open.
+    pub fn force_open(&mut self) {
+        self.go(State::ForcedOpen);
+    }
+    /// Lets everything through unmeasured.
+    pub fn disable(&mut self) {
+        self.go(State::Disabled);
+    }
+    /// Measures but never trips.
+    pub fn metrics_only(&mut self) {
+        self.go(State::MetricsOnly);
+    }
+    /// Closes with an empty window.
+    pub fn reset(&mut self) {
+        self.go(State::Closed { run: 0 });
+    }
+}

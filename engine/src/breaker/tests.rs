@@ -1,0 +1,262 @@
+//! Scenario tests of the breaker's rules, one rule at a time.
+
+use core::time::Duration;
+
+use std::string::ToString;
+
+use super::*;
+use crate::time::{Clock, ManualClock};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn breaker(b: BreakerConfigBuilder) -> CircuitBreaker {
+    CircuitBreaker::new(b.build().expect("valid config"))
+}
+
+fn call(b: &CircuitBreaker, clock: &ManualClock, outcome: Outcome) -> Result<(), Rejected> {
+    let p = b.try_acquire(clock.now())?;
+    p.record(outcome, clock.now());
+    Ok(())
+}
+
+#[test]
+fn consecutive_failures_trip_and_success_resets_the_run() {
+    let b = breaker(BreakerConfig::builder().without_failure_rate().consecutive_failures(3));
+    let c = ManualClock::new();
+    call(&b, &c, Outcome::Failure).unwrap();
+    call(&b, &c, Outcome::Failure).unwrap();
+    call(&b, &c, Outcome::Success).unwrap();
+    assert_eq!(b.snapshot(c.now()).consecutive_failures, 0);
+    call(&b, &c, Outcome::Failure).unwrap();
+    call(&b, &c, Outcome::Failure).unwrap();
+    assert_eq!(b.state(), BreakerState::Closed);
+    call(&b, &c, Outcome::Failure).unwrap();
+    assert_eq!(b.state(), BreakerState::Open);
+    let r = call(&b, &c, Outcome::Success).unwrap_err();
+    assert_eq!(r.reason(), RejectReason::Open);
+    assert_eq!(r.retry_after(), Some(Duration::from_secs(5)));
+}
+
+#[test]
+fn failure_rate_over_count_window_needs_minimum_calls() {
+    let b = breaker(BreakerConfig::builder().failure_rate(50.0).count_window(10, 10).minimum_calls(4));
+    let c = ManualClock::new();
+    for _ in 0..3 {
+        call(&b, &c, Outcome::Failure).unwrap();
+    }
+    assert_eq!(b.state(), BreakerState::Closed, "three calls are below the minimum");
+    call(&b, &c, Outcome::Failure).unwrap();
+    assert_eq!(b.state(), BreakerState::Open);
+}
+
+#[test]
+fn count_window_forgets_old_calls() {
+    // Window of the last 4 calls, exact (4 buckets of 1).
+    let b = breaker(BreakerConfig::builder().failure_rate(75.0).count_window(4, 4).minimum_calls(4));
+    let c = ManualClock::new();
+    for o in [Outcome::Failure, Outcome::Failure, Outcome::Success, Outcome::Success, Outcome::Failure] {
+        call(&b, &c, o).unwrap();
+    }
+    // The last four calls: F S S F.
+    assert_eq!(b.snapshot(c.now()).window, WindowCounts { calls: 4, failures: 2, slow: 0 });
+    call(&b, &c, Outcome::Failure).unwrap(); // S S F F
+    assert_eq!(b.state(), BreakerState::Closed);
+    call(&b, &c, Outcome::Failure).unwrap(); // S F F F = 75 %
+    assert_eq!(b.state(), BreakerState::Open);
+}
+
+#[test]
+fn a_success_never_opens_the_breaker() {
+    // 3 failures out of 3 calls is 100 % but below the minimum of 4; the
+    // fourth call succeeds: 75 % over 4 calls breaks the 50 % rule, yet a
+    // success does not trip. The next failure does.
+    let b = breaker(BreakerConfig::builder().failure_rate(50.0).count_window(10, 10).minimum_calls(4));
+    let c = ManualClock::new();
+    for _ in 0..3 {
+        call(&b, &c, Outcome::Failure).unwrap();
+    }
+    call(&b, &c, Outcome::Success).unwrap();
+    assert_eq!(b.state(), BreakerState::Closed);
+    call(&b, &c, Outcome::Failure).unwrap();
+    assert_eq!(b.state(), BreakerState::Open);
+}
+
+#[test]
+fn time_window_expires_old_buckets() {
+    let b = breaker(
+        BreakerConfig::builder().failure_rate(50.0).time_window(Duration::from_secs(10), 10).minimum_calls(4),
+    );
+    let c = ManualClock::new();
+    for _ in 0..3 {
+        call(&b, &c, Outcome::Failure).unwrap();
+    }
+    c.advance(Duration::from_secs(10));
+    // The three failures fell out of the window.
+    assert_eq!(b.snapshot(c.now()).window.calls, 0);
+    for _ in 0..3 {
+        call(&b, &c, Outcome::Success).unwrap();
+    }
+    call(&b, &c, Outcome::Failure).unwrap();
+    assert_eq!(b.state(), BreakerState::Closed, "1 failure in 4 is 25 %");
+    c.advance(Duration::from_secs(9));
+    // Still inside the window: 2 failures in 5 calls is 40 %.
+    call(&b, &c, Outcome::Failure).unwrap();
+    assert_eq!(b.state(), BreakerState::Closed);
+    // 3 in 6 is 50 %.
+    call(&b, &c, Outcome::Failure).unwrap();
+    assert_eq!(b.state(), BreakerState::Open);
+}
+
+#[test]
+fn time_window_drops_a_bucket_when_it_leaves() {
+    let b = breaker(
+        BreakerConfig::builder().failure_rate(50.0).time_window(Duration::from_secs(10), 10).minimum_calls(2),
+    );
+    let c = ManualClock::new();
+    call(&b, &c, Outcome::Failure).unwrap();
+    c.advance(Duration::from_secs(10));
+    call(&b, &c, Outcome::Success).unwrap();
+    call(&b, &c, Outcome::Success).unwrap();
+    call(&b, &c, Outcome::Failure).unwrap();
+    // Had the first failure still counted, 2 in 4 would have tripped.
+    assert_eq!(b.state(), BreakerState::Closed);
+}
+
+#[test]
+fn slow_calls_trip_on_their_own_rate() {
+    let b = breaker(
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .slow_calls(50.0, ms(100))
+            .count_window(4, 4)
+            .minimum_calls(4),
+    );
+    let c = ManualClock::new();
+    for slow in [false, true, false, true] {
+        let p = b.try_acquire(c.now()).unwrap();
+        if slow {
+            c.advance(ms(100));
+        }
+        p.success(c.now());
+    }
+    assert_eq!(b.state(), BreakerState::Open, "2 slow calls in 4, both successes");
+}
+
+#[test]
+fn half_open_admits_exactly_the_probes_then_closes() {
+    let b = breaker(
+        BreakerConfig::builder().without_failure_rate().consecutive_failures(1).half_open_probes(2),
+    );
+    let c = ManualClock::new();
+    call(&b, &c, Outcome::Failure).unwrap();
+    c.advance(Duration::from_secs(5));
+    let p1 = b.try_acquire(c.now()).unwrap();
+    let p2 = b.try_acquire(c.now()).unwrap();
+    assert!(p1.is_probe() && p2.is_probe());
+    let full = b.try_acquire(c.now()).unwrap_err();
+    assert_eq!(full.reason(), RejectReason::HalfOpenFull);
+    assert_eq!(full.retry_after(), None);
+    p1.success(c.now());
+    assert_eq!(b.state(), BreakerState::HalfOpen);
+    p2.success(c.now());
+    assert_eq!(b.state(), BreakerState::Closed);
+}
+
+#[test]
+fn dropped_probe_frees_its_slot_and_counts_nothing() {
+    let b = breaker(
+        BreakerConfig::builder().without_failure_rate().consecutive_failures(1).half_open_probes(1),
+    );
+    let c = ManualClock::new();
+    call(&b, &c, Outcome::Failure).unwrap();
+    c.advance(Duration::from_secs(5));
+    let p = b.try_acquire(c.now()).unwrap();
+    assert_eq!(b.try_acquire(c.now()).unwrap_err().reason(), RejectReason::HalfOpenFull);
+    drop(p);
+    assert_eq!(b.state(), BreakerState::HalfOpen);
+    let p = b.try_acquire(c.now()).expect("slot freed");
+    p.record(Outcome::Ignored, c.now());
+    let p = b.try_acquire(c.now()).expect("ignored frees the slot too");
+    p.success(c.now());
+    assert_eq!(b.state(), BreakerState::Closed);
+}
+
+#[test]
+fn failed_test_reopens_for_longer() {
+    let b = breaker(
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .consecutive_failures(1)
+            .half_open_probes(2)
+            .reopen_on_first_failure(true)
+            .open_duration(Duration::from_secs(1))
+            .open_backoff(2.0, Duration::from_secs(3)),
+    );
+    let c = ManualClock::new();
+    call(&b, &c, Outcome::Failure).unwrap();
+    assert_eq!(b.try_acquire(c.now()).unwrap_err().retry_after(), Some(Duration::from_secs(1)));
+    for expected in [2, 3, 3] {
+        c.advance(Duration::from_secs(3));
+        let p = b.try_acquire(c.now()).unwrap();
+        p.failure(c.now());
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.try_acquire(c.now()).unwrap_err().retry_after(), Some(Duration::from_secs(expected)));
+    }
+    // A passing test closes and resets the backoff.
+    c.advance(Duration::from_secs(3));
+    b.try_acquire(c.now()).unwrap().success(c.now());
+    b.try_acquire(c.now()).unwrap().success(c.now());
+    assert_eq!(b.state(), BreakerState::Closed);
+    call(&b, &c, Outcome::Failure).unwrap();
+    assert_eq!(b.try_acquire(c.now()).unwrap_err().retry_after(), Some(Duration::from_secs(1)));
+}
+
+#[test]
+fn late_outcome_from_an_older_generation_changes_nothing() {
+    let b = breaker(BreakerConfig::builder().without_failure_rate().consecutive_failures(1).half_open_probes(1));
+    let c = ManualClock::new();
+    let old = b.try_acquire(c.now()).unwrap();
+    call(&b, &c, Outcome::Failure).unwrap();
+    c.advance(Duration::from_secs(5));
+    let probe = b.try_acquire(c.now()).unwrap();
+    probe.success(c.now());
+    assert_eq!(b.state(), BreakerState::Closed);
+    let generation = b.generation();
+    old.failure(c.now()); // from the first closed period
+    assert_eq!(b.state(), BreakerState::Closed);
+    assert_eq!(b.generation(), generation);
+    assert_eq!(b.snapshot(c.now()).window.calls, 0);
+}
+
+#[test]
+fn explicit_states() {
+    let b = breaker(BreakerConfig::builder().without_failure_rate().consecutive_failures(1));
+    let c = ManualClock::new();
+    b.force_open();
+    let r = b.try_acquire(c.now()).unwrap_err();
+    assert_eq!((r.reason(), r.retry_after()), (RejectReason::ForcedOpen, None));
+    b.disable();
+    for _ in 0..5 {
+        call(&b, &c, Outcome::Failure).unwrap();
+    }
+    assert_eq!(b.state(), BreakerState::Disabled);
+    b.metrics_only();
+    for _ in 0..5 {
+        call(&b, &c, Outcome::Failure).unwrap();
+    }
+    assert_eq!(b.state(), BreakerState::MetricsOnly);
+    assert_eq!(b.snapshot(c.now()).window.failures, 5);
+    b.reset();
+    assert_eq!(b.state(), BreakerState::Closed);
+    assert_eq!(b.snapshot(c.now()).window.calls, 0, "reset starts an empty window");
+    call(&b, &c, Outcome::Failure).unwrap();
+    assert_eq!(b.state(), BreakerState::Open);
+}
+
+#[test]
+fn rejection_messages_are_readable() {
+    let r = Rejected { reason: RejectReason::Open, retry_after: Some(Duration::from_secs(2)) };
+    assert_eq!(r.to_string(), "circuit breaker is open; retry after 2s");
+}

@@ -1,0 +1,35 @@
+//! # tenlives-engine
+//!
+//! Lock-free resilience primitives that cost nanoseconds, never block, never
+//! allocate on the request path, and never read a clock themselves.
+//!
+//! - [`breaker`]: a circuit breaker (closed, open, half-open, forced open,
+//!   disabled, metrics-only) with consecutive-failure, failure-rate and
+//!   slow-call-rate rules over count- or time-based sliding windows.
+//! - [`time`]: time as a value ([`time::Timestamp`]), the [`time::Clock`]
+//!   trait, a manual clock for tests and a monotonic clock under `std`.
+//!
+//! The crate is always `#![no_std]`. Features:
+//!
+//! - `alloc`: heap-owned storage where a primitive offers it.
+//! - `std` (default): implies `alloc`; adds [`time::MonotonicClock`],
+//!   per-thread stripe assignment and `std::error::Error` impls.
+//!
+//! Invariants, and the tests that check each, are listed in
+//! `docs/guarantees.md`.
+#![no_std]
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(any(feature = "std", test))]
+extern crate std;
+
+pub mod breaker;
+mod error;
+mod stripe;
+mod sync;
+pub mod time;
+
+pub use error::ConfigError;

@@ -1,0 +1,26 @@
+//! The one place that decides where atomics come from.
+//!
+//! Normal builds take them from [`portable_atomic`] (so that every target with
+//! compare-and-swap works, including those without native 64-bit atomics);
+//! builds with `--cfg tenlives_loom` take them from [`loom`] so that the loom
+//! models in `loom-tests/` explore every interleaving of the real engine code.
+//! No other file names the origin of an atomic type: they all import
+//! `crate::sync::*`.
+
+#[cfg(not(tenlives_loom))]
+pub(crate) use portable_atomic::AtomicU64;
+
+#[cfg(tenlives_loom)]
+pub(crate) use loom::sync::atomic::AtomicU64;
+
+pub(crate) use core::sync::atomic::Ordering;
+
+/// Hints the CPU that we are in a retry loop. Under loom it yields to the
+/// model scheduler instead, so that a CAS loop cannot spin forever in a model.
+#[inline]
+pub(crate) fn spin_hint() {
+    #[cfg(not(tenlives_loom))]
+    core::hint::spin_loop();
+    #[cfg(tenlives_loom)]
+    loom::thread::yield_now();
+}
