@@ -282,8 +282,11 @@ pub struct Snapshot {
     pub window: WindowCounts,
     /// Consecutive failures so far (closed state).
     pub consecutive_failures: u32,
-    /// Probes admitted (half-open state).
+    /// Probes admitted and not released (half-open state): those that
+    /// reported plus those still in flight.
     pub probes_admitted: u32,
+    /// Probes that reported an outcome (half-open state).
+    pub probes_reported: u32,
     /// Trips since the breaker last closed.
     pub trips: u32,
     /// How long until an open breaker admits a probe.
@@ -615,6 +618,12 @@ impl CircuitBreaker {
         self.force(KIND_CLOSED);
     }
 
+    fn probe_reports(&self, generation: u32) -> u32 {
+        // ordering: Acquire, like the reporters' exchange.
+        let w = ProbeWord(self.core.probes.load(Ordering::Acquire));
+        if w.generation() == generation { w.succeeded() + w.failed() } else { 0 }
+    }
+
     /// A point-in-time view for metrics. Reads every stripe: not for the
     /// request path.
     pub fn snapshot(&self, now: Timestamp) -> Snapshot {
@@ -637,6 +646,7 @@ impl CircuitBreaker {
             window,
             consecutive_failures: if kind == KIND_CLOSED { s.payload() } else { 0 },
             probes_admitted: if kind == KIND_HALF_OPEN { s.payload() } else { 0 },
+            probes_reported: if kind == KIND_HALF_OPEN { self.probe_reports(s.generation()) } else { 0 },
             trips: s.trips(),
             retry_after: retry_after.map(Duration::from_nanos),
         }

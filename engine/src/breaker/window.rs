@@ -18,9 +18,11 @@
 //! +----------------+----------------+
 //! ```
 //!
-//! with `tag = low32(e) + generation * buckets` (wrapping). Adding
-//! `generation * buckets` moves every tag of a new breaker generation at least
-//! a whole window away from the old generation's tags, so a close (or any
+//! with `tag = low32(e) + generation * 2 * buckets` (wrapping). The shift
+//! moves every tag of a new breaker generation two whole windows away from the
+//! old generation's tags: a window read by generation `g + 1` ending at epoch
+//! `E` (or at `E - 1`, see [`StripedWindow::latest`]) covers tags above any that
+//! generation `g` wrote up to epoch `E + buckets - 1`. So a close (or any
 //! transition) starts from an empty window without clearing anything, and a
 //! late record from an older generation lands in a tag the readers ignore.
 //! A writer that finds an older tag resets the slot to `(its tag, 1)`; one
@@ -110,7 +112,7 @@ impl StripedWindow {
 
     #[inline]
     fn tag(cfg: &WindowConfig, generation: u32, epoch: u64) -> u32 {
-        (epoch as u32).wrapping_add(generation.wrapping_mul(cfg.buckets))
+        (epoch as u32).wrapping_add(generation.wrapping_mul(2 * cfg.buckets))
     }
 
     #[inline]
