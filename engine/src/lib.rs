@@ -23,7 +23,7 @@
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
-#[cfg(any(feature = "std", test))]
+#[cfg(any(feature = "std", test, tenlives_loom))]
 extern crate std;
 
 pub mod breaker;

@@ -5,7 +5,8 @@
 //! a thread-local: two threads land on different stripes until there are more
 //! threads than stripes. Without `std` (and under loom, whose threads share one
 //! OS thread) the stripe is derived from the address of a stack slot, which
-//! differs between threads because each has its own stack.
+//! differs between threads because each has its own stack. Under loom it is a
+//! hash of loom's thread id, which is deterministic across executions.
 //!
 //! A stripe is only a hint for spreading writes: correctness never depends on
 //! which stripe a thread picks, or on two threads picking different ones.
@@ -52,7 +53,35 @@ mod imp {
     }
 }
 
-#[cfg(any(not(feature = "std"), tenlives_loom))]
+#[cfg(tenlives_loom)]
+mod imp {
+    use super::STRIPES;
+    use core::fmt::Write;
+
+    /// Folds the bytes written to it (FNV-1a).
+    struct Fold(u64);
+
+    impl Write for Fold {
+        fn write_str(&mut self, s: &str) -> core::fmt::Result {
+            for b in s.bytes() {
+                self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+            }
+            Ok(())
+        }
+    }
+
+    /// loom numbers its threads deterministically within an execution, and
+    /// shows only that number in `Debug` (its `Hash` also covers the execution,
+    /// which differs every time). Hashing the `Debug` text gives every
+    /// execution of a model the same stripes, as loom requires.
+    pub(super) fn current() -> usize {
+        let mut fold = Fold(0xcbf2_9ce4_8422_2325);
+        let _ = write!(fold, "{:?}", loom::thread::current().id());
+        (fold.0 as usize) % STRIPES
+    }
+}
+
+#[cfg(all(not(feature = "std"), not(tenlives_loom)))]
 mod imp {
     use super::STRIPES;
 

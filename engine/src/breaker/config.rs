@@ -16,6 +16,9 @@ pub const MAX_BUCKETS: usize = 16;
 #[cfg(tenlives_loom)]
 pub const MAX_BUCKETS: usize = 4;
 
+/// Buckets of the default window (fewer under loom, where windows are small).
+const DEFAULT_BUCKETS: u32 = if MAX_BUCKETS >= 10 { 10 } else { MAX_BUCKETS as u32 };
+
 /// Most half-open probes (the probe counters are 10 bits wide).
 pub const MAX_PROBES: u32 = 1000;
 
@@ -78,7 +81,7 @@ impl Default for BreakerConfigBuilder {
             failure_rate: Some(50.0),
             slow_calls: None,
             consecutive_failures: None,
-            window: WindowSpec::Time { length: Duration::from_secs(10), buckets: 10 },
+            window: WindowSpec::Time { length: Duration::from_secs(10), buckets: DEFAULT_BUCKETS },
             minimum_calls: 20,
             open_duration: Duration::from_secs(5),
             open_backoff: None,

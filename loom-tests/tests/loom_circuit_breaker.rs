@@ -1,0 +1,165 @@
+//! loom models of the circuit breaker protocol (engine/src/breaker/word.rs).
+//!
+//! Each model is small on purpose: loom explores every interleaving of the
+//! real engine code (its atomics come from loom under `--cfg tenlives_loom`)
+//! up to the preemption bound given to `model`.
+#![cfg(tenlives_loom)]
+
+use std::time::Duration;
+
+use loom::sync::Arc;
+use loom::thread;
+use tenlives_engine::breaker::{BreakerConfig, BreakerState, CircuitBreaker, Outcome};
+use tenlives_engine::time::Timestamp;
+use tenlives_loom_tests::model;
+
+const T0: Timestamp = Timestamp::ZERO;
+/// Past the 1 s open duration used below.
+const LATER: Timestamp = Timestamp::from_nanos(2_000_000_000);
+
+fn consecutive(n: u32, probes: u32) -> BreakerConfig {
+    BreakerConfig::builder()
+        .without_failure_rate()
+        .consecutive_failures(n)
+        .open_duration(Duration::from_secs(1))
+        .half_open_probes(probes)
+        .reopen_on_first_failure(true)
+        .build()
+        .unwrap()
+}
+
+/// A breaker tripped at `T0`; at `LATER` it admits probes.
+fn tripped(probes: u32) -> Arc<CircuitBreaker> {
+    let b = Arc::new(CircuitBreaker::new(consecutive(1, probes)));
+    b.try_acquire(T0).unwrap().failure(T0);
+    assert_eq!(b.state(), BreakerState::Open);
+    b
+}
+
+/// B6: with the half-open state allowing k = 2 probes and 3 threads asking
+/// (one of which makes the Open -> HalfOpen transition), exactly 2 are admitted.
+#[test]
+fn half_open_admits_exactly_k_probes() {
+    model(3, || {
+        let b = tripped(2);
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                let b = b.clone();
+                thread::spawn(move || b.try_acquire_raw(LATER).ok())
+            })
+            .collect();
+        let permits: Vec<_> = handles.into_iter().filter_map(|h| h.join().unwrap()).collect();
+        assert_eq!(permits.len(), 2);
+        assert!(permits.iter().all(|p| p.is_probe()));
+        assert_eq!(b.snapshot(LATER).probes_admitted, 2);
+        for p in permits {
+            b.release(p);
+        }
+    });
+}
+
+/// B4: a late success from an older generation cannot close (or reset the
+/// failure run of) a breaker another thread just opened.
+#[test]
+fn late_closed_success_cannot_undo_a_trip() {
+    model(3, || {
+        let b = Arc::new(CircuitBreaker::new(consecutive(1, 1)));
+        let early = b.try_acquire_raw(T0).unwrap();
+        let tripper = {
+            let b = b.clone();
+            thread::spawn(move || b.try_acquire(T0).unwrap().failure(T0))
+        };
+        b.record(early, Outcome::Success, T0);
+        tripper.join().unwrap();
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.generation(), 1);
+    });
+}
+
+/// B4: a probe's success racing another probe's failure (which reopens at
+/// once) never leaves the breaker closed.
+#[test]
+fn late_probe_success_cannot_close_a_reopened_breaker() {
+    model(3, || {
+        let b = tripped(2);
+        let good = b.try_acquire_raw(LATER).unwrap();
+        let bad = b.try_acquire_raw(LATER).unwrap();
+        let failing = {
+            let b = b.clone();
+            thread::spawn(move || b.record(bad, Outcome::Failure, LATER))
+        };
+        b.record(good, Outcome::Success, LATER);
+        failing.join().unwrap();
+        assert_eq!(b.state(), BreakerState::Open);
+    });
+}
+
+/// B1: two failures racing across the consecutive-failures threshold make
+/// exactly one Closed -> Open transition.
+#[test]
+fn racing_failures_trip_once_consecutive_rule() {
+    model(3, || {
+        let b = Arc::new(CircuitBreaker::new(consecutive(2, 1)));
+        let p1 = b.try_acquire_raw(T0).unwrap();
+        let p2 = b.try_acquire_raw(T0).unwrap();
+        let other = {
+            let b = b.clone();
+            thread::spawn(move || b.record(p1, Outcome::Failure, T0))
+        };
+        b.record(p2, Outcome::Failure, T0);
+        other.join().unwrap();
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.generation(), 1, "exactly one transition");
+    });
+}
+
+/// B1, B2: two failures racing across a failure-rate threshold over the
+/// striped window: neither record is missed by both judges (no store
+/// buffering), so the breaker trips, and it trips exactly once.
+#[test]
+fn racing_failures_trip_once_rate_rule() {
+    model(2, || {
+        let config = BreakerConfig::builder()
+            .failure_rate(100.0)
+            .count_window(2, 2)
+            .minimum_calls(2)
+            .open_duration(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let b = Arc::new(CircuitBreaker::new(config));
+        let p1 = b.try_acquire_raw(T0).unwrap();
+        let p2 = b.try_acquire_raw(T0).unwrap();
+        let other = {
+            let b = b.clone();
+            thread::spawn(move || b.record(p1, Outcome::Failure, T0))
+        };
+        b.record(p2, Outcome::Failure, T0);
+        other.join().unwrap();
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.generation(), 1, "exactly one transition");
+    });
+}
+
+/// B5: a dropped half-open permit frees its slot, even while another thread
+/// is asking for one; afterwards the slot can be taken again.
+#[test]
+fn dropped_probe_frees_its_slot() {
+    model(3, || {
+        let b = tripped(1);
+        let ask_and_drop = || {
+            let b = b.clone();
+            thread::spawn(move || match b.try_acquire(LATER) {
+                Ok(p) => {
+                    drop(p); // cancelled before reporting
+                    true
+                }
+                Err(_) => false,
+            })
+        };
+        let (first, second) = (ask_and_drop(), ask_and_drop());
+        let admitted = [first.join().unwrap(), second.join().unwrap()];
+        assert!(admitted.contains(&true), "the free slot went to someone");
+        assert_eq!(b.snapshot(LATER).probes_admitted, 0);
+        assert!(b.try_acquire(LATER).is_ok(), "the slot is free again");
+    });
+}
