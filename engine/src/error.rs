@@ -69,21 +69,33 @@ impl fmt::Display for ConfigError {
         match self {
             ConfigError::Zero { field } => write!(f, "`{field}` must be at least 1"),
             ConfigError::TooLarge { field, value, max } => {
-                write!(f, "`{field}` is {value}, above the supported maximum of {max}")
+                write!(
+                    f,
+                    "`{field}` is {value}, above the supported maximum of {max}"
+                )
             }
             ConfigError::RateOutOfRange { field, value } => {
-                write!(f, "`{field}` is {value}%, outside the accepted range (0, 100]")
+                write!(
+                    f,
+                    "`{field}` is {value}%, outside the accepted range (0, 100]"
+                )
             }
             ConfigError::ZeroDuration { field } => write!(f, "`{field}` must be longer than zero"),
             ConfigError::DurationOverflow { field } => {
-                write!(f, "`{field}` does not fit in 64 bits of nanoseconds (about 584 years)")
+                write!(
+                    f,
+                    "`{field}` does not fit in 64 bits of nanoseconds (about 584 years)"
+                )
             }
             ConfigError::UnevenBuckets { window, buckets } => write!(
                 f,
                 "a window of {window} cannot be split evenly into {buckets} buckets"
             ),
             ConfigError::InvalidMultiplier { field, value } => {
-                write!(f, "`{field}` is {value}; it must be a finite number of at least 1")
+                write!(
+                    f,
+                    "`{field}` is {value}; it must be a finite number of at least 1"
+                )
             }
             ConfigError::CapBelowBase { field } => {
                 write!(f, "`{field}` must be at least the value it caps")

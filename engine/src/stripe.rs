@@ -109,8 +109,9 @@ mod tests {
     #[test]
     fn threads_spread_over_stripes() {
         let mut seen = [false; super::STRIPES];
-        let handles: std::vec::Vec<_> =
-            (0..super::STRIPES).map(|_| std::thread::spawn(super::current)).collect();
+        let handles: std::vec::Vec<_> = (0..super::STRIPES)
+            .map(|_| std::thread::spawn(super::current))
+            .collect();
         for h in handles {
             seen[h.join().unwrap()] = true;
         }

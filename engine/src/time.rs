@@ -102,7 +102,9 @@ impl ManualClock {
 
     /// A clock standing at `start`.
     pub fn starting_at(start: Timestamp) -> Self {
-        ManualClock { nanos: AtomicU64::new(start.0) }
+        ManualClock {
+            nanos: AtomicU64::new(start.0),
+        }
     }
 
     /// Moves the clock `d` forward (saturating) and returns the new instant.
@@ -112,7 +114,9 @@ impl ManualClock {
         // fetch_update keeps every advance (no lost update between threads).
         let prev = self
             .nanos
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_add(step)))
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_add(step))
+            })
             .unwrap_or_else(|n| n);
         Timestamp(prev.saturating_add(step))
     }
@@ -144,7 +148,9 @@ pub struct MonotonicClock {
 impl MonotonicClock {
     /// A clock whose origin is now.
     pub fn new() -> Self {
-        MonotonicClock { origin: std::time::Instant::now() }
+        MonotonicClock {
+            origin: std::time::Instant::now(),
+        }
     }
 
     /// The `std` instant that [`Timestamp::ZERO`] stands for.
@@ -174,13 +180,22 @@ mod tests {
 
     #[test]
     fn arithmetic_saturates() {
-        assert_eq!(Timestamp::MAX.saturating_add(Duration::from_secs(1)), Timestamp::MAX);
-        assert_eq!(Timestamp::ZERO.saturating_duration_since(Timestamp::from_nanos(9)), Duration::ZERO);
+        assert_eq!(
+            Timestamp::MAX.saturating_add(Duration::from_secs(1)),
+            Timestamp::MAX
+        );
+        assert_eq!(
+            Timestamp::ZERO.saturating_duration_since(Timestamp::from_nanos(9)),
+            Duration::ZERO
+        );
         assert_eq!(
             Timestamp::from_nanos(10).saturating_duration_since(Timestamp::from_nanos(3)),
             Duration::from_nanos(7)
         );
-        assert_eq!(Timestamp::ZERO.saturating_add(Duration::MAX), Timestamp::MAX);
+        assert_eq!(
+            Timestamp::ZERO.saturating_add(Duration::MAX),
+            Timestamp::MAX
+        );
     }
 
     #[test]
@@ -195,7 +210,10 @@ mod tests {
 
     #[test]
     fn checked_nanos_rejects_overflow() {
-        assert_eq!(checked_nanos("x", Duration::from_secs(1)), Ok(1_000_000_000));
+        assert_eq!(
+            checked_nanos("x", Duration::from_secs(1)),
+            Ok(1_000_000_000)
+        );
         assert_eq!(
             checked_nanos("x", Duration::MAX),
             Err(ConfigError::DurationOverflow { field: "x" })

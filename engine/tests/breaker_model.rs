@@ -82,7 +82,11 @@ fn cfg() -> impl Strategy<Value = Cfg> {
             )| Cfg {
                 failure_rate,
                 slow,
-                consecutive: if failure_rate.is_none() && slow.is_none() { Some(consecutive.unwrap_or(3)) } else { consecutive },
+                consecutive: if failure_rate.is_none() && slow.is_none() {
+                    Some(consecutive.unwrap_or(3))
+                } else {
+                    consecutive
+                },
                 count_window,
                 buckets,
                 per_bucket,
@@ -106,17 +110,29 @@ fn build(c: &Cfg) -> BreakerConfig {
     if let Some(n) = c.consecutive {
         b = b.consecutive_failures(n);
     }
-    let minimum = if c.count_window { c.minimum_calls.min(c.buckets * c.per_bucket) } else { c.minimum_calls };
+    let minimum = if c.count_window {
+        c.minimum_calls.min(c.buckets * c.per_bucket)
+    } else {
+        c.minimum_calls
+    };
     b = if c.count_window {
         b.count_window(c.buckets * c.per_bucket, c.buckets)
     } else {
-        b.time_window(Duration::from_millis(u64::from(c.buckets * c.per_bucket) * 100), c.buckets)
+        b.time_window(
+            Duration::from_millis(u64::from(c.buckets * c.per_bucket) * 100),
+            c.buckets,
+        )
     };
-    b = b.minimum_calls(minimum).open_duration(Duration::from_millis(c.open_ms)).half_open_probes(c.probes);
+    b = b
+        .minimum_calls(minimum)
+        .open_duration(Duration::from_millis(c.open_ms))
+        .half_open_probes(c.probes);
     if let Some((m, cap)) = c.backoff {
         b = b.open_backoff(m, Duration::from_millis(cap.max(c.open_ms)));
     }
-    b.reopen_on_first_failure(c.reopen_first).build().expect("generated configs are valid")
+    b.reopen_on_first_failure(c.reopen_first)
+        .build()
+        .expect("generated configs are valid")
 }
 
 proptest! {

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use tenlives_engine::breaker::{BreakerConfig, BreakerState, CircuitBreaker, Outcome, WindowCounts};
+use tenlives_engine::breaker::{
+    BreakerConfig, BreakerState, CircuitBreaker, Outcome, WindowCounts,
+};
 use tenlives_engine::time::{Clock, ManualClock, Timestamp};
 
 const THREADS: usize = 4;
@@ -45,7 +47,7 @@ fn every_record_is_counted() {
                         let mut failures = 0;
                         for _ in 0..per_thread {
                             let p = breaker.try_acquire(now).unwrap();
-                            if next() % 3 == 0 {
+                            if next().is_multiple_of(3) {
                                 failures += 1;
                                 p.record(Outcome::Failure, now);
                             } else {
@@ -58,8 +60,16 @@ fn every_record_is_counted() {
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).sum()
         });
-        let expected = WindowCounts { calls: (THREADS * per_thread) as u64, failures: failures as u64, slow: 0 };
-        assert_eq!(breaker.snapshot(now).window, expected, "count window: {count_window}");
+        let expected = WindowCounts {
+            calls: (THREADS * per_thread) as u64,
+            failures: failures as u64,
+            slow: 0,
+        };
+        assert_eq!(
+            breaker.snapshot(now).window,
+            expected,
+            "count window: {count_window}"
+        );
     }
 }
 
@@ -75,7 +85,10 @@ fn half_open_never_admits_more_than_its_probes() {
             .build()
             .unwrap(),
     );
-    breaker.try_acquire(Timestamp::ZERO).unwrap().failure(Timestamp::ZERO);
+    breaker
+        .try_acquire(Timestamp::ZERO)
+        .unwrap()
+        .failure(Timestamp::ZERO);
     assert_eq!(breaker.state(), BreakerState::Open);
     let now = Timestamp::from_nanos(2_000_000_000);
     let out = AtomicUsize::new(0);
@@ -98,14 +111,21 @@ fn half_open_never_admits_more_than_its_probes() {
     });
     let snap = breaker.snapshot(now);
     assert_eq!(snap.state, BreakerState::HalfOpen);
-    assert_eq!(snap.probes_admitted, 0, "every dropped probe gave its slot back");
+    assert_eq!(
+        snap.probes_admitted, 0,
+        "every dropped probe gave its slot back"
+    );
     assert!(granted.load(Ordering::Relaxed) >= probes as usize);
 }
 
 #[test]
 fn concurrent_failures_trip_exactly_once() {
     let breaker = CircuitBreaker::new(
-        BreakerConfig::builder().without_failure_rate().consecutive_failures(2).build().unwrap(),
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .consecutive_failures(2)
+            .build()
+            .unwrap(),
     );
     let barrier = Barrier::new(THREADS);
     let now = Timestamp::from_nanos(1);
@@ -122,7 +142,11 @@ fn concurrent_failures_trip_exactly_once() {
             }
         });
         assert_eq!(breaker.state(), BreakerState::Open);
-        assert_eq!(breaker.generation(), generation.wrapping_add(1), "one transition, not several");
+        assert_eq!(
+            breaker.generation(),
+            generation.wrapping_add(1),
+            "one transition, not several"
+        );
     }
 }
 
@@ -148,7 +172,9 @@ fn a_mixed_workload_leaves_no_phantom_probes() {
                 let mut next = rng(t as u64 + 7);
                 for _ in 0..100_000 {
                     let now = clock.advance(Duration::from_nanos(next() % 200));
-                    let Ok(p) = breaker.try_acquire(now) else { continue };
+                    let Ok(p) = breaker.try_acquire(now) else {
+                        continue;
+                    };
                     if p.is_probe() {
                         probes.fetch_add(1, Ordering::Relaxed);
                     }
@@ -162,7 +188,10 @@ fn a_mixed_workload_leaves_no_phantom_probes() {
             });
         }
     });
-    assert!(probes.load(Ordering::Relaxed) > 0, "the workload reached the half-open state");
+    assert!(
+        probes.load(Ordering::Relaxed) > 0,
+        "the workload reached the half-open state"
+    );
     // Nothing is in flight any more, so a half-open breaker's admitted probes
     // are exactly those that reported: no slot leaked, none double-freed.
     let snap = breaker.snapshot(clock.now());

@@ -48,7 +48,10 @@ fn half_open_admits_exactly_k_probes() {
                 thread::spawn(move || b.try_acquire_raw(LATER).ok())
             })
             .collect();
-        let permits: Vec<_> = handles.into_iter().filter_map(|h| h.join().unwrap()).collect();
+        let permits: Vec<_> = handles
+            .into_iter()
+            .filter_map(|h| h.join().unwrap())
+            .collect();
         assert_eq!(permits.len(), 2);
         assert!(permits.iter().all(|p| p.is_probe()));
         assert_eq!(b.snapshot(LATER).probes_admitted, 2);

@@ -11,9 +11,9 @@
 
 use core::time::Duration;
 
+use tenlives_engine::ConfigError;
 use tenlives_engine::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 use tenlives_engine::time::{Clock, ManualClock};
-use tenlives_engine::ConfigError;
 
 /// Trips a breaker with three failures and returns the state it ends in
 /// (open) and the retry-after the next rejection carries.
@@ -31,7 +31,10 @@ pub fn trip_a_breaker() -> Result<(BreakerState, Option<Duration>), ConfigError>
             permit.failure(clock.now());
         }
     }
-    let retry_after = breaker.try_acquire(clock.now()).err().and_then(|r| r.retry_after());
+    let retry_after = breaker
+        .try_acquire(clock.now())
+        .err()
+        .and_then(|r| r.retry_after());
     Ok((breaker.state(), retry_after))
 }
 
@@ -41,7 +44,10 @@ mod tests {
     fn the_breaker_trips_without_std() {
         assert_eq!(
             super::trip_a_breaker(),
-            Ok((super::BreakerState::Open, Some(core::time::Duration::from_secs(1))))
+            Ok((
+                super::BreakerState::Open,
+                Some(core::time::Duration::from_secs(1))
+            ))
         );
     }
 }

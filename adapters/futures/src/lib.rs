@@ -72,13 +72,24 @@ enum State<'b> {
 /// Wraps `future` so that it runs only if `breaker` admits it, and reports its
 /// outcome (as judged by `classify`) and latency (measured with `clock`) when
 /// it completes.
-pub fn guard<'b, F, C, K>(breaker: &'b CircuitBreaker, clock: C, classify: K, future: F) -> Guarded<'b, F, C, K>
+pub fn guard<'b, F, C, K>(
+    breaker: &'b CircuitBreaker,
+    clock: C,
+    classify: K,
+    future: F,
+) -> Guarded<'b, F, C, K>
 where
     F: Future,
     C: Clock,
     K: FnMut(&F::Output) -> Outcome,
 {
-    Guarded { inner: future, breaker, clock, classify, state: State::Idle }
+    Guarded {
+        inner: future,
+        breaker,
+        clock,
+        classify,
+        state: State::Idle,
+    }
 }
 
 impl<F, C, K> Future for Guarded<'_, F, C, K>
@@ -129,7 +140,9 @@ mod tests {
     use futures::executor::block_on;
     use futures::future::{FutureExt, pending, poll_fn};
     use futures::task::noop_waker;
-    use tenlives_engine::breaker::{BreakerConfig, BreakerState, CircuitBreaker, Outcome, RejectReason};
+    use tenlives_engine::breaker::{
+        BreakerConfig, BreakerState, CircuitBreaker, Outcome, RejectReason,
+    };
     use tenlives_engine::time::{Clock, ManualClock};
 
     use super::guard;
@@ -159,7 +172,11 @@ mod tests {
         let b = half_open_breaker(&clock);
         let mut fut = Box::pin(guard(&b, &clock, ok, pending::<()>()));
         let waker = noop_waker();
-        assert!(fut.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+        assert!(
+            fut.as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
         assert_eq!(b.snapshot(clock.now()).probes_admitted, 1);
         drop(fut);
         assert_eq!(b.snapshot(clock.now()).probes_admitted, 0);
@@ -180,7 +197,9 @@ mod tests {
         let clock = ManualClock::new();
         let b = half_open_breaker(&clock);
         let result = catch_unwind(AssertUnwindSafe(|| {
-            block_on(guard(&b, &clock, ok, async { panic!("the inner call panicked") }))
+            block_on(guard(&b, &clock, ok, async {
+                panic!("the inner call panicked")
+            }))
         }));
         assert!(result.is_err());
         assert_eq!(b.snapshot(clock.now()).probes_admitted, 0);
@@ -219,7 +238,9 @@ mod tests {
         let b = half_open_breaker(&clock);
         b.force_open();
         let mut ran = false;
-        let result = block_on(guard(&b, &clock, ok, async { ran = true }).map(|r| r.map_err(|e| e.reason())));
+        let result = block_on(
+            guard(&b, &clock, ok, async { ran = true }).map(|r| r.map_err(|e| e.reason())),
+        );
         assert_eq!(result, Err(RejectReason::ForcedOpen));
         assert!(!ran);
     }

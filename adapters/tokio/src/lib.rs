@@ -41,7 +41,9 @@ pub struct TokioClock {
 impl TokioClock {
     /// A clock whose origin is tokio's now.
     pub fn new() -> Self {
-        TokioClock { origin: Instant::now() }
+        TokioClock {
+            origin: Instant::now(),
+        }
     }
 
     /// The tokio instant that [`Timestamp::ZERO`] stands for.
@@ -54,7 +56,9 @@ impl TokioClock {
     /// breaker's retry time.
     pub fn instant_at(&self, t: Timestamp) -> Instant {
         let d = std::time::Duration::from_nanos(t.as_nanos());
-        self.origin.checked_add(d).unwrap_or_else(|| self.origin + std::time::Duration::from_secs(86_400 * 365 * 30))
+        self.origin
+            .checked_add(d)
+            .unwrap_or_else(|| self.origin + std::time::Duration::from_secs(86_400 * 365 * 30))
     }
 }
 

@@ -17,7 +17,11 @@ pub const MAX_BUCKETS: usize = 16;
 pub const MAX_BUCKETS: usize = 4;
 
 /// Buckets of the default window (fewer under loom, where windows are small).
-const DEFAULT_BUCKETS: u32 = if MAX_BUCKETS >= 10 { 10 } else { MAX_BUCKETS as u32 };
+const DEFAULT_BUCKETS: u32 = if MAX_BUCKETS >= 10 {
+    10
+} else {
+    MAX_BUCKETS as u32
+};
 
 /// Most half-open probes (the probe counters are 10 bits wide).
 pub const MAX_PROBES: u32 = 1000;
@@ -81,7 +85,10 @@ impl Default for BreakerConfigBuilder {
             failure_rate: Some(50.0),
             slow_calls: None,
             consecutive_failures: None,
-            window: WindowSpec::Time { length: Duration::from_secs(10), buckets: DEFAULT_BUCKETS },
+            window: WindowSpec::Time {
+                length: Duration::from_secs(10),
+                buckets: DEFAULT_BUCKETS,
+            },
             minimum_calls: 20,
             open_duration: Duration::from_secs(5),
             open_backoff: None,
@@ -164,13 +171,18 @@ impl BreakerConfigBuilder {
 
     /// Validates the settings.
     pub fn build(self) -> Result<BreakerConfig, ConfigError> {
-        let failure_rate_ppm = self.failure_rate.map(|p| percent_to_ppm("failure_rate", p)).transpose()?;
+        let failure_rate_ppm = self
+            .failure_rate
+            .map(|p| percent_to_ppm("failure_rate", p))
+            .transpose()?;
         let (slow_rate_ppm, slow_call_ns) = match self.slow_calls {
             Some((p, d)) => {
                 let ppm = percent_to_ppm("slow_call_rate", p)?;
                 let ns = checked_nanos("slow_call_duration", d)?;
                 if ns == 0 {
-                    return Err(ConfigError::ZeroDuration { field: "slow_call_duration" });
+                    return Err(ConfigError::ZeroDuration {
+                        field: "slow_call_duration",
+                    });
                 }
                 (Some(ppm), ns)
             }
@@ -179,12 +191,17 @@ impl BreakerConfigBuilder {
         if let Some(n) = self.consecutive_failures {
             check_range("consecutive_failures", n, MAX_CONSECUTIVE_FAILURES)?;
         }
-        if failure_rate_ppm.is_none() && slow_rate_ppm.is_none() && self.consecutive_failures.is_none() {
+        if failure_rate_ppm.is_none()
+            && slow_rate_ppm.is_none()
+            && self.consecutive_failures.is_none()
+        {
             return Err(ConfigError::NoTripRule);
         }
         let window = Window::new(self.window)?;
         if self.minimum_calls == 0 {
-            return Err(ConfigError::Zero { field: "minimum_calls" });
+            return Err(ConfigError::Zero {
+                field: "minimum_calls",
+            });
         }
         if let WindowSpec::Count { calls, .. } = self.window {
             let rate_rule = failure_rate_ppm.is_some() || slow_rate_ppm.is_some();
@@ -216,7 +233,11 @@ fn check_range(field: &'static str, n: u32, max: u32) -> Result<(), ConfigError>
     if n == 0 {
         Err(ConfigError::Zero { field })
     } else if n > max {
-        Err(ConfigError::TooLarge { field, value: n.into(), max: max.into() })
+        Err(ConfigError::TooLarge {
+            field,
+            value: n.into(),
+            max: max.into(),
+        })
     } else {
         Ok(())
     }
@@ -225,25 +246,38 @@ fn check_range(field: &'static str, n: u32, max: u32) -> Result<(), ConfigError>
 fn percent_to_ppm(field: &'static str, percent: f64) -> Result<u32, ConfigError> {
     // `!(x > 0.0)` also rejects NaN.
     if !(percent > 0.0 && percent <= 100.0) {
-        return Err(ConfigError::RateOutOfRange { field, value: percent });
+        return Err(ConfigError::RateOutOfRange {
+            field,
+            value: percent,
+        });
     }
     // In (0, 1_000_000]; at least 1 ppm so that a tiny rate is not "always".
     Ok(((percent * 10_000.0 + 0.5) as u32).max(1))
 }
 
-fn open_table(base: Duration, backoff: Option<(f64, Duration)>) -> Result<[u64; OPEN_STEPS], ConfigError> {
+fn open_table(
+    base: Duration,
+    backoff: Option<(f64, Duration)>,
+) -> Result<[u64; OPEN_STEPS], ConfigError> {
     let base_ns = checked_nanos("open_duration", base)?;
     if base_ns == 0 {
-        return Err(ConfigError::ZeroDuration { field: "open_duration" });
+        return Err(ConfigError::ZeroDuration {
+            field: "open_duration",
+        });
     }
     let mut table = [base_ns; OPEN_STEPS];
     if let Some((multiplier, cap)) = backoff {
         if !(multiplier.is_finite() && multiplier >= 1.0) {
-            return Err(ConfigError::InvalidMultiplier { field: "open_backoff multiplier", value: multiplier });
+            return Err(ConfigError::InvalidMultiplier {
+                field: "open_backoff multiplier",
+                value: multiplier,
+            });
         }
         let cap_ns = checked_nanos("open_backoff cap", cap)?;
         if cap_ns < base_ns {
-            return Err(ConfigError::CapBelowBase { field: "open_backoff cap" });
+            return Err(ConfigError::CapBelowBase {
+                field: "open_backoff cap",
+            });
         }
         let mut current = base_ns as f64;
         for slot in table.iter_mut() {
@@ -282,21 +316,34 @@ impl Window {
             WindowSpec::Time { length, buckets } => {
                 let ns = checked_nanos("window length", length)?;
                 if ns == 0 {
-                    return Err(ConfigError::ZeroDuration { field: "window length" });
+                    return Err(ConfigError::ZeroDuration {
+                        field: "window length",
+                    });
                 }
                 (ns, buckets)
             }
         };
         check_range("window buckets", buckets, MAX_BUCKETS as u32)?;
         if total % u64::from(buckets) != 0 || total < u64::from(buckets) {
-            return Err(ConfigError::UnevenBuckets { window: total, buckets: buckets.into() });
+            return Err(ConfigError::UnevenBuckets {
+                window: total,
+                buckets: buckets.into(),
+            });
         }
         let per_bucket = total / u64::from(buckets);
         let kind = match spec {
-            WindowSpec::Count { .. } => WindowKind::Count { bucket_calls: per_bucket },
-            WindowSpec::Time { .. } => WindowKind::Time { bucket: StrengthReducedU64::new(per_bucket) },
+            WindowSpec::Count { .. } => WindowKind::Count {
+                bucket_calls: per_bucket,
+            },
+            WindowSpec::Time { .. } => WindowKind::Time {
+                bucket: StrengthReducedU64::new(per_bucket),
+            },
         };
-        Ok(Window { kind, buckets, spec })
+        Ok(Window {
+            kind,
+            buckets,
+            spec,
+        })
     }
 }
 
@@ -395,11 +442,18 @@ impl BreakerConfig {
         if calls < u64::from(self.minimum_calls) {
             return false;
         }
-        at_or_above(failures, calls, self.failure_rate_ppm) || at_or_above(slow, calls, self.slow_rate_ppm)
+        at_or_above(failures, calls, self.failure_rate_ppm)
+            || at_or_above(slow, calls, self.slow_rate_ppm)
     }
 
     /// The half-open decision after `succeeded + failed` probes reported.
-    pub(crate) fn probe_verdict(&self, succeeded: u32, failed: u32, slow: u32, just_failed: bool) -> Verdict {
+    pub(crate) fn probe_verdict(
+        &self,
+        succeeded: u32,
+        failed: u32,
+        slow: u32,
+        just_failed: bool,
+    ) -> Verdict {
         if just_failed && self.reopen_on_first_failure {
             return Verdict::Reopen;
         }
@@ -426,7 +480,9 @@ impl BreakerConfig {
 #[inline]
 fn at_or_above(part: u64, whole: u64, threshold_ppm: Option<u32>) -> bool {
     match threshold_ppm {
-        Some(t) => whole > 0 && u128::from(part) * u128::from(PPM) >= u128::from(whole) * u128::from(t),
+        Some(t) => {
+            whole > 0 && u128::from(part) * u128::from(PPM) >= u128::from(whole) * u128::from(t)
+        }
         None => false,
     }
 }
@@ -447,46 +503,105 @@ mod tests {
     #[test]
     fn rejects_bad_rates() {
         for bad in [0.0, -1.0, 100.5, f64::NAN, f64::INFINITY] {
-            let e = BreakerConfig::builder().failure_rate(bad).build().unwrap_err();
-            assert!(matches!(e, ConfigError::RateOutOfRange { field: "failure_rate", .. }), "{bad}");
+            let e = BreakerConfig::builder()
+                .failure_rate(bad)
+                .build()
+                .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    ConfigError::RateOutOfRange {
+                        field: "failure_rate",
+                        ..
+                    }
+                ),
+                "{bad}"
+            );
         }
-        let e = BreakerConfig::builder().slow_calls(0.0, Duration::from_secs(1)).build().unwrap_err();
-        assert!(matches!(e, ConfigError::RateOutOfRange { field: "slow_call_rate", .. }));
-        let e = BreakerConfig::builder().slow_calls(10.0, Duration::ZERO).build().unwrap_err();
-        assert_eq!(e, ConfigError::ZeroDuration { field: "slow_call_duration" });
+        let e = BreakerConfig::builder()
+            .slow_calls(0.0, Duration::from_secs(1))
+            .build()
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            ConfigError::RateOutOfRange {
+                field: "slow_call_rate",
+                ..
+            }
+        ));
+        let e = BreakerConfig::builder()
+            .slow_calls(10.0, Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            e,
+            ConfigError::ZeroDuration {
+                field: "slow_call_duration"
+            }
+        );
     }
 
     #[test]
     fn rejects_bad_windows() {
         let b = || BreakerConfig::builder().minimum_calls(1);
-        assert_eq!(b().count_window(0, 1).build().unwrap_err(), ConfigError::Zero { field: "window calls" });
+        assert_eq!(
+            b().count_window(0, 1).build().unwrap_err(),
+            ConfigError::Zero {
+                field: "window calls"
+            }
+        );
         assert_eq!(
             b().count_window(10, 0).build().unwrap_err(),
-            ConfigError::Zero { field: "window buckets" }
+            ConfigError::Zero {
+                field: "window buckets"
+            }
         );
         assert_eq!(
             b().count_window(10, 3).build().unwrap_err(),
-            ConfigError::UnevenBuckets { window: 10, buckets: 3 }
+            ConfigError::UnevenBuckets {
+                window: 10,
+                buckets: 3
+            }
         );
         assert!(matches!(
             b().count_window(100, 17).build().unwrap_err(),
-            ConfigError::TooLarge { field: "window buckets", .. }
+            ConfigError::TooLarge {
+                field: "window buckets",
+                ..
+            }
         ));
         assert_eq!(
             b().time_window(Duration::ZERO, 1).build().unwrap_err(),
-            ConfigError::ZeroDuration { field: "window length" }
+            ConfigError::ZeroDuration {
+                field: "window length"
+            }
         );
         assert_eq!(
             b().time_window(Duration::MAX, 1).build().unwrap_err(),
-            ConfigError::DurationOverflow { field: "window length" }
+            ConfigError::DurationOverflow {
+                field: "window length"
+            }
         );
         assert!(matches!(
-            BreakerConfig::builder().count_window(10, 10).minimum_calls(11).build().unwrap_err(),
-            ConfigError::TooLarge { field: "minimum_calls", value: 11, max: 10 }
+            BreakerConfig::builder()
+                .count_window(10, 10)
+                .minimum_calls(11)
+                .build()
+                .unwrap_err(),
+            ConfigError::TooLarge {
+                field: "minimum_calls",
+                value: 11,
+                max: 10
+            }
         ));
         assert_eq!(
-            BreakerConfig::builder().minimum_calls(0).build().unwrap_err(),
-            ConfigError::Zero { field: "minimum_calls" }
+            BreakerConfig::builder()
+                .minimum_calls(0)
+                .build()
+                .unwrap_err(),
+            ConfigError::Zero {
+                field: "minimum_calls"
+            }
         );
     }
 
@@ -495,30 +610,53 @@ mod tests {
         let b = BreakerConfig::builder;
         assert_eq!(
             b().open_duration(Duration::ZERO).build().unwrap_err(),
-            ConfigError::ZeroDuration { field: "open_duration" }
+            ConfigError::ZeroDuration {
+                field: "open_duration"
+            }
         );
         assert_eq!(
             b().open_duration(Duration::MAX).build().unwrap_err(),
-            ConfigError::DurationOverflow { field: "open_duration" }
+            ConfigError::DurationOverflow {
+                field: "open_duration"
+            }
         );
         assert!(matches!(
-            b().open_backoff(0.5, Duration::from_secs(60)).build().unwrap_err(),
+            b().open_backoff(0.5, Duration::from_secs(60))
+                .build()
+                .unwrap_err(),
             ConfigError::InvalidMultiplier { .. }
         ));
         assert!(matches!(
-            b().open_backoff(f64::NAN, Duration::from_secs(60)).build().unwrap_err(),
+            b().open_backoff(f64::NAN, Duration::from_secs(60))
+                .build()
+                .unwrap_err(),
             ConfigError::InvalidMultiplier { .. }
         ));
         assert!(matches!(
-            b().open_backoff(2.0, Duration::from_secs(1)).build().unwrap_err(),
+            b().open_backoff(2.0, Duration::from_secs(1))
+                .build()
+                .unwrap_err(),
             ConfigError::CapBelowBase { .. }
         ));
-        assert_eq!(b().half_open_probes(0).build().unwrap_err(), ConfigError::Zero { field: "half_open_probes" });
-        assert!(matches!(b().half_open_probes(1001).build().unwrap_err(), ConfigError::TooLarge { .. }));
-        assert_eq!(b().without_failure_rate().build().unwrap_err(), ConfigError::NoTripRule);
+        assert_eq!(
+            b().half_open_probes(0).build().unwrap_err(),
+            ConfigError::Zero {
+                field: "half_open_probes"
+            }
+        );
+        assert!(matches!(
+            b().half_open_probes(1001).build().unwrap_err(),
+            ConfigError::TooLarge { .. }
+        ));
+        assert_eq!(
+            b().without_failure_rate().build().unwrap_err(),
+            ConfigError::NoTripRule
+        );
         assert_eq!(
             b().consecutive_failures(0).build().unwrap_err(),
-            ConfigError::Zero { field: "consecutive_failures" }
+            ConfigError::Zero {
+                field: "consecutive_failures"
+            }
         );
         // Every error explains itself.
         let msg = ConfigError::NoTripRule.to_string();
@@ -542,7 +680,11 @@ mod tests {
 
     #[test]
     fn rates_compare_exactly() {
-        let c = BreakerConfig::builder().failure_rate(50.0).minimum_calls(4).build().unwrap();
+        let c = BreakerConfig::builder()
+            .failure_rate(50.0)
+            .minimum_calls(4)
+            .build()
+            .unwrap();
         assert!(!c.rate_tripped(3, 3, 0), "below minimum calls");
         assert!(c.rate_tripped(4, 2, 0), "50% is at the threshold");
         assert!(!c.rate_tripped(5, 2, 0));
@@ -552,7 +694,11 @@ mod tests {
 
     #[test]
     fn probe_verdicts() {
-        let c = BreakerConfig::builder().failure_rate(50.0).half_open_probes(4).build().unwrap();
+        let c = BreakerConfig::builder()
+            .failure_rate(50.0)
+            .half_open_probes(4)
+            .build()
+            .unwrap();
         assert_eq!(c.probe_verdict(1, 1, 0, true), Verdict::Pending);
         assert_eq!(c.probe_verdict(3, 1, 0, false), Verdict::Close);
         assert_eq!(c.probe_verdict(2, 2, 0, true), Verdict::Reopen);
@@ -570,7 +716,11 @@ mod tests {
             .half_open_probes(2)
             .build()
             .unwrap();
-        assert_eq!(c.probe_verdict(1, 1, 0, false), Verdict::Close, "failures do not trip a slow-only breaker");
+        assert_eq!(
+            c.probe_verdict(1, 1, 0, false),
+            Verdict::Close,
+            "failures do not trip a slow-only breaker"
+        );
         assert_eq!(c.probe_verdict(2, 0, 1, false), Verdict::Reopen);
     }
 }

@@ -56,15 +56,18 @@ use core::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
-pub use config::{BreakerConfig, BreakerConfigBuilder, MAX_BUCKETS, MAX_CONSECUTIVE_FAILURES, MAX_PROBES, WindowSpec};
+pub use config::{
+    BreakerConfig, BreakerConfigBuilder, MAX_BUCKETS, MAX_CONSECUTIVE_FAILURES, MAX_PROBES,
+    WindowSpec,
+};
 pub use model::{BreakerModel, ModelPermit};
 pub use window::WindowCounts;
 
 use config::Verdict;
 use window::StripedWindow;
 use word::{
-    KIND_CLOSED, KIND_DISABLED, KIND_FORCED_OPEN, KIND_HALF_OPEN, KIND_METRICS_ONLY, KIND_OPEN, KIND_OPENING,
-    MAX_TRIPS, ProbeWord, StateWord, is_newer,
+    KIND_CLOSED, KIND_DISABLED, KIND_FORCED_OPEN, KIND_HALF_OPEN, KIND_METRICS_ONLY, KIND_OPEN,
+    KIND_OPENING, MAX_TRIPS, ProbeWord, StateWord, is_newer,
 };
 
 use crate::sync::{AtomicU64, Ordering, spin_hint};
@@ -162,7 +165,9 @@ impl fmt::Display for Rejected {
         match self.reason {
             RejectReason::Open => f.write_str("circuit breaker is open")?,
             RejectReason::ForcedOpen => f.write_str("circuit breaker is forced open")?,
-            RejectReason::HalfOpenFull => f.write_str("circuit breaker is half-open and all probe slots are taken")?,
+            RejectReason::HalfOpenFull => {
+                f.write_str("circuit breaker is half-open and all probe slots are taken")?
+            }
         }
         if let Some(d) = self.retry_after {
             write!(f, "; retry after {d:?}")?;
@@ -316,7 +321,10 @@ pub struct CircuitBreaker {
 
 impl fmt::Debug for CircuitBreaker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CircuitBreaker").field("state", &self.state()).field("config", &self.config).finish()
+        f.debug_struct("CircuitBreaker")
+            .field("state", &self.state())
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -372,7 +380,10 @@ impl CircuitBreaker {
     /// outcome (or releases on drop).
     #[inline]
     pub fn try_acquire(&self, now: Timestamp) -> Result<Permit<'_>, Rejected> {
-        self.try_acquire_raw(now).map(|raw| Permit { breaker: self, raw: Some(raw) })
+        self.try_acquire_raw(now).map(|raw| Permit {
+            breaker: self,
+            raw: Some(raw),
+        })
     }
 
     /// Like [`try_acquire`](Self::try_acquire), but returns the low-level
@@ -385,10 +396,18 @@ impl CircuitBreaker {
                 KIND_CLOSED => PermitKind::Closed,
                 KIND_DISABLED => PermitKind::Passthrough,
                 KIND_METRICS_ONLY => PermitKind::Metrics,
-                KIND_FORCED_OPEN => return Err(Rejected { reason: RejectReason::ForcedOpen, retry_after: None }),
+                KIND_FORCED_OPEN => {
+                    return Err(Rejected {
+                        reason: RejectReason::ForcedOpen,
+                        retry_after: None,
+                    });
+                }
                 KIND_OPENING => {
                     let full = self.config.open_ns_for(s.trips());
-                    return Err(Rejected { reason: RejectReason::Open, retry_after: Some(Duration::from_nanos(full)) });
+                    return Err(Rejected {
+                        reason: RejectReason::Open,
+                        retry_after: Some(Duration::from_nanos(full)),
+                    });
                 }
                 KIND_OPEN => {
                     // ordering: Relaxed; the Acquire load of `Open` made the
@@ -396,7 +415,10 @@ impl CircuitBreaker {
                     let until = self.core.open_until.load(Ordering::Relaxed);
                     if now.as_nanos() < until {
                         let left = Duration::from_nanos(until - now.as_nanos());
-                        return Err(Rejected { reason: RejectReason::Open, retry_after: Some(left) });
+                        return Err(Rejected {
+                            reason: RejectReason::Open,
+                            retry_after: Some(left),
+                        });
                     }
                     let half_open = s.next(KIND_HALF_OPEN, s.trips(), 1);
                     match self.exchange(s, half_open) {
@@ -411,7 +433,10 @@ impl CircuitBreaker {
                     // KIND_HALF_OPEN
                     let admitted = s.payload();
                     if admitted >= self.config.probes {
-                        return Err(Rejected { reason: RejectReason::HalfOpenFull, retry_after: None });
+                        return Err(Rejected {
+                            reason: RejectReason::HalfOpenFull,
+                            retry_after: None,
+                        });
                     }
                     match self.exchange(s, s.with_payload(admitted + 1)) {
                         Ok(()) => return Ok(self.permit(s, PermitKind::Probe, now)),
@@ -429,7 +454,11 @@ impl CircuitBreaker {
 
     #[inline]
     fn permit(&self, s: StateWord, kind: PermitKind, now: Timestamp) -> RawPermit {
-        RawPermit { generation: s.generation(), kind, admitted_at: now }
+        RawPermit {
+            generation: s.generation(),
+            kind,
+            admitted_at: now,
+        }
     }
 
     /// Reports the outcome of the call `permit` admitted; `now` is when it
@@ -441,14 +470,17 @@ impl CircuitBreaker {
             Outcome::Failure => true,
             Outcome::Ignored => return self.release(permit),
         };
-        let slow = self.config.is_slow(now.as_nanos().saturating_sub(permit.admitted_at.as_nanos()));
+        let slow = self
+            .config
+            .is_slow(now.as_nanos().saturating_sub(permit.admitted_at.as_nanos()));
         match permit.kind {
             PermitKind::Closed => self.record_closed(permit.generation, failed, slow, now),
             PermitKind::Probe => self.record_probe(permit.generation, failed, slow, now),
             PermitKind::Metrics => {
                 if self.load().generation() == permit.generation {
                     let pos = self.window.position(&self.config.window, now);
-                    self.window.record(&self.config.window, permit.generation, pos, failed, slow);
+                    self.window
+                        .record(&self.config.window, permit.generation, pos, failed, slow);
                 }
             }
             PermitKind::Passthrough => {}
@@ -478,7 +510,8 @@ impl CircuitBreaker {
             return; // late: the breaker moved on since this call was admitted
         }
         let pos = self.window.position(&cfg.window, now);
-        self.window.record(&cfg.window, generation, pos, failed, slow);
+        self.window
+            .record(&cfg.window, generation, pos, failed, slow);
         if !failed && !slow {
             if cfg.consecutive_failures.is_some() && s.payload() != 0 {
                 self.reset_consecutive(generation);
@@ -514,7 +547,11 @@ impl CircuitBreaker {
             cfg.rate_tripped(c.calls, c.failures, c.slow)
         };
         while s.generation() == generation && s.kind() == KIND_CLOSED {
-            let run = if failed { s.payload().saturating_add(1) } else { 0 };
+            let run = if failed {
+                s.payload().saturating_add(1)
+            } else {
+                0
+            };
             let run_trip = cfg.consecutive_failures.is_some_and(|limit| run >= limit);
             let new = if rate_trip || run_trip {
                 s.next(KIND_OPENING, 1, 0)
@@ -537,7 +574,9 @@ impl CircuitBreaker {
 
     /// Second step of a trip: publish the deadline, then `Opening -> Open`.
     fn finish_opening(&self, opening: StateWord, now: Timestamp) {
-        let until = now.as_nanos().saturating_add(self.config.open_ns_for(opening.trips()));
+        let until = now
+            .as_nanos()
+            .saturating_add(self.config.open_ns_for(opening.trips()));
         // ordering: Relaxed; published by the Release of the exchange below.
         self.core.open_until.store(until, Ordering::Relaxed);
         let open = StateWord::new(KIND_OPEN, opening.trips(), 0, opening.generation());
@@ -554,9 +593,18 @@ impl CircuitBreaker {
             if is_newer(w.generation(), generation) {
                 return; // a later half-open period: this probe is late
             }
-            let base = if w.generation() == generation { w } else { ProbeWord::fresh(generation) };
+            let base = if w.generation() == generation {
+                w
+            } else {
+                ProbeWord::fresh(generation)
+            };
             let new = base.add(failed, slow);
-            match self.core.probes.compare_exchange_weak(w.0, new.0, Ordering::AcqRel, Ordering::Acquire) {
+            match self.core.probes.compare_exchange_weak(
+                w.0,
+                new.0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => break new,
                 Err(actual) => {
                     w = ProbeWord(actual);
@@ -564,7 +612,9 @@ impl CircuitBreaker {
                 }
             }
         };
-        let verdict = self.config.probe_verdict(report.succeeded(), report.failed(), report.slow(), failed);
+        let verdict =
+            self.config
+                .probe_verdict(report.succeeded(), report.failed(), report.slow(), failed);
         if verdict == Verdict::Pending {
             return;
         }
@@ -621,7 +671,11 @@ impl CircuitBreaker {
     fn probe_reports(&self, generation: u32) -> u32 {
         // ordering: Acquire, like the reporters' exchange.
         let w = ProbeWord(self.core.probes.load(Ordering::Acquire));
-        if w.generation() == generation { w.succeeded() + w.failed() } else { 0 }
+        if w.generation() == generation {
+            w.succeeded() + w.failed()
+        } else {
+            0
+        }
     }
 
     /// A point-in-time view for metrics. Reads every stripe: not for the
@@ -637,7 +691,12 @@ impl CircuitBreaker {
         let retry_after = match kind {
             KIND_OPENING => Some(self.config.open_ns_for(s.trips())),
             // ordering: Relaxed; see `try_acquire_raw`.
-            KIND_OPEN => Some(self.core.open_until.load(Ordering::Relaxed).saturating_sub(now.as_nanos())),
+            KIND_OPEN => Some(
+                self.core
+                    .open_until
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(now.as_nanos()),
+            ),
             _ => None,
         };
         Snapshot {
@@ -645,8 +704,16 @@ impl CircuitBreaker {
             generation: s.generation(),
             window,
             consecutive_failures: if kind == KIND_CLOSED { s.payload() } else { 0 },
-            probes_admitted: if kind == KIND_HALF_OPEN { s.payload() } else { 0 },
-            probes_reported: if kind == KIND_HALF_OPEN { self.probe_reports(s.generation()) } else { 0 },
+            probes_admitted: if kind == KIND_HALF_OPEN {
+                s.payload()
+            } else {
+                0
+            },
+            probes_reported: if kind == KIND_HALF_OPEN {
+                self.probe_reports(s.generation())
+            } else {
+                0
+            },
             trips: s.trips(),
             retry_after: retry_after.map(Duration::from_nanos),
         }

@@ -18,9 +18,20 @@ use crate::time::Timestamp;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    Closed { run: u32 },
-    Open { until: u64, trips: u32 },
-    HalfOpen { trips: u32, admitted: u32, succeeded: u32, failed: u32, slow: u32 },
+    Closed {
+        run: u32,
+    },
+    Open {
+        until: u64,
+        trips: u32,
+    },
+    HalfOpen {
+        trips: u32,
+        admitted: u32,
+        succeeded: u32,
+        failed: u32,
+        slow: u32,
+    },
     ForcedOpen,
     Disabled,
     MetricsOnly,
@@ -118,24 +129,47 @@ impl BreakerModel {
             State::Closed { .. } => Kind::Closed,
             State::Disabled => Kind::Passthrough,
             State::MetricsOnly => Kind::Metrics,
-            State::ForcedOpen => return Err(Rejected { reason: RejectReason::ForcedOpen, retry_after: None }),
+            State::ForcedOpen => {
+                return Err(Rejected {
+                    reason: RejectReason::ForcedOpen,
+                    retry_after: None,
+                });
+            }
             State::Open { until, trips } => {
                 if now < until {
                     let left = Some(Duration::from_nanos(until - now));
-                    return Err(Rejected { reason: RejectReason::Open, retry_after: left });
+                    return Err(Rejected {
+                        reason: RejectReason::Open,
+                        retry_after: left,
+                    });
                 }
-                self.go(State::HalfOpen { trips, admitted: 1, succeeded: 0, failed: 0, slow: 0 });
+                self.go(State::HalfOpen {
+                    trips,
+                    admitted: 1,
+                    succeeded: 0,
+                    failed: 0,
+                    slow: 0,
+                });
                 Kind::Probe
             }
-            State::HalfOpen { ref mut admitted, .. } => {
+            State::HalfOpen {
+                ref mut admitted, ..
+            } => {
                 if *admitted >= self.config.probes {
-                    return Err(Rejected { reason: RejectReason::HalfOpenFull, retry_after: None });
+                    return Err(Rejected {
+                        reason: RejectReason::HalfOpenFull,
+                        retry_after: None,
+                    });
                 }
                 *admitted += 1;
                 Kind::Probe
             }
         };
-        Ok(ModelPermit { generation: self.generation, kind, admitted_at: now })
+        Ok(ModelPermit {
+            generation: self.generation,
+            kind,
+            admitted_at: now,
+        })
     }
 
     /// Reports an outcome.
@@ -159,7 +193,10 @@ impl BreakerModel {
                 if failed || slow {
                     let c = self.window_counts(epoch);
                     let by_rate = self.config.rate_tripped(c.calls, c.failures, c.slow);
-                    let by_run = self.config.consecutive_failures.is_some_and(|limit| run >= limit);
+                    let by_run = self
+                        .config
+                        .consecutive_failures
+                        .is_some_and(|limit| run >= limit);
                     if by_rate || by_run {
                         self.trip(1, now);
                     }
@@ -169,9 +206,28 @@ impl BreakerModel {
                 let epoch = self.epoch(now);
                 self.count(epoch, failed, slow);
             }
-            (Kind::Probe, State::HalfOpen { trips, admitted, succeeded, failed: f, slow: s }) => {
-                let (succeeded, f, s) = (succeeded + u32::from(!failed), f + u32::from(failed), s + u32::from(slow));
-                self.state = State::HalfOpen { trips, admitted, succeeded, failed: f, slow: s };
+            (
+                Kind::Probe,
+                State::HalfOpen {
+                    trips,
+                    admitted,
+                    succeeded,
+                    failed: f,
+                    slow: s,
+                },
+            ) => {
+                let (succeeded, f, s) = (
+                    succeeded + u32::from(!failed),
+                    f + u32::from(failed),
+                    s + u32::from(slow),
+                );
+                self.state = State::HalfOpen {
+                    trips,
+                    admitted,
+                    succeeded,
+                    failed: f,
+                    slow: s,
+                };
                 match self.config.probe_verdict(succeeded, f, s, failed) {
                     Verdict::Pending => {}
                     Verdict::Close => self.go(State::Closed { run: 0 }),
@@ -192,7 +248,10 @@ impl BreakerModel {
         if permit.kind != Kind::Probe || permit.generation != self.generation {
             return;
         }
-        if let State::HalfOpen { ref mut admitted, .. } = self.state {
+        if let State::HalfOpen {
+            ref mut admitted, ..
+        } = self.state
+        {
             *admitted = admitted.saturating_sub(1);
         }
     }
@@ -202,15 +261,19 @@ impl BreakerModel {
         let generation = self.generation;
         let b = &mut self.buckets[(epoch % n) as usize];
         if b.epoch != epoch || b.generation != generation {
-            *b = Bucket { epoch, generation, counts: WindowCounts::default() };
+            *b = Bucket {
+                epoch,
+                generation,
+                counts: WindowCounts::default(),
+            };
         }
         b.counts.calls += 1;
         b.counts.failures += u64::from(failed);
         b.counts.slow += u64::from(slow);
-        if let WindowKind::Count { bucket_calls } = self.config.window.kind {
-            if b.counts.calls >= bucket_calls {
-                self.count_epoch += 1;
-            }
+        if let WindowKind::Count { bucket_calls } = self.config.window.kind
+            && b.counts.calls >= bucket_calls
+        {
+            self.count_epoch += 1;
         }
     }
 
@@ -222,7 +285,9 @@ impl BreakerModel {
         let n = u64::from(self.config.window.buckets);
         let mut total = WindowCounts::default();
         for back in 0..buckets {
-            let Some(epoch) = newest.checked_sub(back) else { break };
+            let Some(epoch) = newest.checked_sub(back) else {
+                break;
+            };
             let b = &self.buckets[(epoch % n) as usize];
             if b.epoch == epoch && b.generation == self.generation {
                 total.calls += b.counts.calls;
@@ -241,7 +306,9 @@ impl BreakerModel {
                 let newest_empty = self.window_counts_from(epoch, 1).calls == 0;
                 match self.config.window.kind {
                     // Report the last full window, not one bucket fewer.
-                    WindowKind::Count { .. } if newest_empty && epoch > 0 => self.window_counts(epoch - 1),
+                    WindowKind::Count { .. } if newest_empty && epoch > 0 => {
+                        self.window_counts(epoch - 1)
+                    }
                     _ => self.window_counts(epoch),
                 }
             }

@@ -23,7 +23,11 @@ fn call(b: &CircuitBreaker, clock: &ManualClock, outcome: Outcome) -> Result<(),
 
 #[test]
 fn consecutive_failures_trip_and_success_resets_the_run() {
-    let b = breaker(BreakerConfig::builder().without_failure_rate().consecutive_failures(3));
+    let b = breaker(
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .consecutive_failures(3),
+    );
     let c = ManualClock::new();
     call(&b, &c, Outcome::Failure).unwrap();
     call(&b, &c, Outcome::Failure).unwrap();
@@ -41,12 +45,21 @@ fn consecutive_failures_trip_and_success_resets_the_run() {
 
 #[test]
 fn failure_rate_over_count_window_needs_minimum_calls() {
-    let b = breaker(BreakerConfig::builder().failure_rate(50.0).count_window(10, 10).minimum_calls(4));
+    let b = breaker(
+        BreakerConfig::builder()
+            .failure_rate(50.0)
+            .count_window(10, 10)
+            .minimum_calls(4),
+    );
     let c = ManualClock::new();
     for _ in 0..3 {
         call(&b, &c, Outcome::Failure).unwrap();
     }
-    assert_eq!(b.state(), BreakerState::Closed, "three calls are below the minimum");
+    assert_eq!(
+        b.state(),
+        BreakerState::Closed,
+        "three calls are below the minimum"
+    );
     call(&b, &c, Outcome::Failure).unwrap();
     assert_eq!(b.state(), BreakerState::Open);
 }
@@ -54,13 +67,31 @@ fn failure_rate_over_count_window_needs_minimum_calls() {
 #[test]
 fn count_window_forgets_old_calls() {
     // Window of the last 4 calls, exact (4 buckets of 1).
-    let b = breaker(BreakerConfig::builder().failure_rate(75.0).count_window(4, 4).minimum_calls(4));
+    let b = breaker(
+        BreakerConfig::builder()
+            .failure_rate(75.0)
+            .count_window(4, 4)
+            .minimum_calls(4),
+    );
     let c = ManualClock::new();
-    for o in [Outcome::Failure, Outcome::Failure, Outcome::Success, Outcome::Success, Outcome::Failure] {
+    for o in [
+        Outcome::Failure,
+        Outcome::Failure,
+        Outcome::Success,
+        Outcome::Success,
+        Outcome::Failure,
+    ] {
         call(&b, &c, o).unwrap();
     }
     // The last four calls: F S S F.
-    assert_eq!(b.snapshot(c.now()).window, WindowCounts { calls: 4, failures: 2, slow: 0 });
+    assert_eq!(
+        b.snapshot(c.now()).window,
+        WindowCounts {
+            calls: 4,
+            failures: 2,
+            slow: 0
+        }
+    );
     call(&b, &c, Outcome::Failure).unwrap(); // S S F F
     assert_eq!(b.state(), BreakerState::Closed);
     call(&b, &c, Outcome::Failure).unwrap(); // S F F F = 75 %
@@ -72,7 +103,12 @@ fn a_success_never_opens_the_breaker() {
     // 3 failures out of 3 calls is 100 % but below the minimum of 4; the
     // fourth call succeeds: 75 % over 4 calls breaks the 50 % rule, yet a
     // success does not trip. The next failure does.
-    let b = breaker(BreakerConfig::builder().failure_rate(50.0).count_window(10, 10).minimum_calls(4));
+    let b = breaker(
+        BreakerConfig::builder()
+            .failure_rate(50.0)
+            .count_window(10, 10)
+            .minimum_calls(4),
+    );
     let c = ManualClock::new();
     for _ in 0..3 {
         call(&b, &c, Outcome::Failure).unwrap();
@@ -86,7 +122,10 @@ fn a_success_never_opens_the_breaker() {
 #[test]
 fn time_window_expires_old_buckets() {
     let b = breaker(
-        BreakerConfig::builder().failure_rate(50.0).time_window(Duration::from_secs(10), 10).minimum_calls(4),
+        BreakerConfig::builder()
+            .failure_rate(50.0)
+            .time_window(Duration::from_secs(10), 10)
+            .minimum_calls(4),
     );
     let c = ManualClock::new();
     for _ in 0..3 {
@@ -112,7 +151,10 @@ fn time_window_expires_old_buckets() {
 #[test]
 fn time_window_drops_a_bucket_when_it_leaves() {
     let b = breaker(
-        BreakerConfig::builder().failure_rate(50.0).time_window(Duration::from_secs(10), 10).minimum_calls(2),
+        BreakerConfig::builder()
+            .failure_rate(50.0)
+            .time_window(Duration::from_secs(10), 10)
+            .minimum_calls(2),
     );
     let c = ManualClock::new();
     call(&b, &c, Outcome::Failure).unwrap();
@@ -141,13 +183,20 @@ fn slow_calls_trip_on_their_own_rate() {
         }
         p.success(c.now());
     }
-    assert_eq!(b.state(), BreakerState::Open, "2 slow calls in 4, both successes");
+    assert_eq!(
+        b.state(),
+        BreakerState::Open,
+        "2 slow calls in 4, both successes"
+    );
 }
 
 #[test]
 fn half_open_admits_exactly_the_probes_then_closes() {
     let b = breaker(
-        BreakerConfig::builder().without_failure_rate().consecutive_failures(1).half_open_probes(2),
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .consecutive_failures(1)
+            .half_open_probes(2),
     );
     let c = ManualClock::new();
     call(&b, &c, Outcome::Failure).unwrap();
@@ -167,13 +216,19 @@ fn half_open_admits_exactly_the_probes_then_closes() {
 #[test]
 fn dropped_probe_frees_its_slot_and_counts_nothing() {
     let b = breaker(
-        BreakerConfig::builder().without_failure_rate().consecutive_failures(1).half_open_probes(1),
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .consecutive_failures(1)
+            .half_open_probes(1),
     );
     let c = ManualClock::new();
     call(&b, &c, Outcome::Failure).unwrap();
     c.advance(Duration::from_secs(5));
     let p = b.try_acquire(c.now()).unwrap();
-    assert_eq!(b.try_acquire(c.now()).unwrap_err().reason(), RejectReason::HalfOpenFull);
+    assert_eq!(
+        b.try_acquire(c.now()).unwrap_err().reason(),
+        RejectReason::HalfOpenFull
+    );
     drop(p);
     assert_eq!(b.state(), BreakerState::HalfOpen);
     let p = b.try_acquire(c.now()).expect("slot freed");
@@ -196,13 +251,19 @@ fn failed_test_reopens_for_longer() {
     );
     let c = ManualClock::new();
     call(&b, &c, Outcome::Failure).unwrap();
-    assert_eq!(b.try_acquire(c.now()).unwrap_err().retry_after(), Some(Duration::from_secs(1)));
+    assert_eq!(
+        b.try_acquire(c.now()).unwrap_err().retry_after(),
+        Some(Duration::from_secs(1))
+    );
     for expected in [2, 3, 3] {
         c.advance(Duration::from_secs(3));
         let p = b.try_acquire(c.now()).unwrap();
         p.failure(c.now());
         assert_eq!(b.state(), BreakerState::Open);
-        assert_eq!(b.try_acquire(c.now()).unwrap_err().retry_after(), Some(Duration::from_secs(expected)));
+        assert_eq!(
+            b.try_acquire(c.now()).unwrap_err().retry_after(),
+            Some(Duration::from_secs(expected))
+        );
     }
     // A passing test closes and resets the backoff.
     c.advance(Duration::from_secs(3));
@@ -210,12 +271,20 @@ fn failed_test_reopens_for_longer() {
     b.try_acquire(c.now()).unwrap().success(c.now());
     assert_eq!(b.state(), BreakerState::Closed);
     call(&b, &c, Outcome::Failure).unwrap();
-    assert_eq!(b.try_acquire(c.now()).unwrap_err().retry_after(), Some(Duration::from_secs(1)));
+    assert_eq!(
+        b.try_acquire(c.now()).unwrap_err().retry_after(),
+        Some(Duration::from_secs(1))
+    );
 }
 
 #[test]
 fn late_outcome_from_an_older_generation_changes_nothing() {
-    let b = breaker(BreakerConfig::builder().without_failure_rate().consecutive_failures(1).half_open_probes(1));
+    let b = breaker(
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .consecutive_failures(1)
+            .half_open_probes(1),
+    );
     let c = ManualClock::new();
     let old = b.try_acquire(c.now()).unwrap();
     call(&b, &c, Outcome::Failure).unwrap();
@@ -232,11 +301,18 @@ fn late_outcome_from_an_older_generation_changes_nothing() {
 
 #[test]
 fn explicit_states() {
-    let b = breaker(BreakerConfig::builder().without_failure_rate().consecutive_failures(1));
+    let b = breaker(
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .consecutive_failures(1),
+    );
     let c = ManualClock::new();
     b.force_open();
     let r = b.try_acquire(c.now()).unwrap_err();
-    assert_eq!((r.reason(), r.retry_after()), (RejectReason::ForcedOpen, None));
+    assert_eq!(
+        (r.reason(), r.retry_after()),
+        (RejectReason::ForcedOpen, None)
+    );
     b.disable();
     for _ in 0..5 {
         call(&b, &c, Outcome::Failure).unwrap();
@@ -250,13 +326,20 @@ fn explicit_states() {
     assert_eq!(b.snapshot(c.now()).window.failures, 5);
     b.reset();
     assert_eq!(b.state(), BreakerState::Closed);
-    assert_eq!(b.snapshot(c.now()).window.calls, 0, "reset starts an empty window");
+    assert_eq!(
+        b.snapshot(c.now()).window.calls,
+        0,
+        "reset starts an empty window"
+    );
     call(&b, &c, Outcome::Failure).unwrap();
     assert_eq!(b.state(), BreakerState::Open);
 }
 
 #[test]
 fn rejection_messages_are_readable() {
-    let r = Rejected { reason: RejectReason::Open, retry_after: Some(Duration::from_secs(2)) };
+    let r = Rejected {
+        reason: RejectReason::Open,
+        retry_after: Some(Duration::from_secs(2)),
+    };
     assert_eq!(r.to_string(), "circuit breaker is open; retry after 2s");
 }

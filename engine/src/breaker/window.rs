@@ -122,39 +122,62 @@ impl StripedWindow {
 
     /// Counts one call into this thread's stripe at `pos`.
     #[inline]
-    pub(crate) fn record(&self, cfg: &WindowConfig, generation: u32, pos: Position, failed: bool, slow: bool) {
+    pub(crate) fn record(
+        &self,
+        cfg: &WindowConfig,
+        generation: u32,
+        pos: Position,
+        failed: bool,
+        slow: bool,
+    ) {
         let tag = Self::tag(cfg, generation, pos.epoch);
         let slot = &self.stripes[stripe::current()].slots[Self::slot_index(cfg, pos.epoch)];
-        let Some(calls) = bump(&slot.calls, tag) else { return };
+        let Some(calls) = bump(&slot.calls, tag) else {
+            return;
+        };
         if failed {
             bump(&slot.failures, tag);
         }
         if slow {
             bump(&slot.slow, tag);
         }
-        if let WindowKind::Count { bucket_calls } = cfg.kind {
-            if u64::from(calls) >= bucket_calls {
-                self.advance_count_epoch(pos.epoch);
-            }
+        if let WindowKind::Count { bucket_calls } = cfg.kind
+            && u64::from(calls) >= bucket_calls
+        {
+            self.advance_count_epoch(pos.epoch);
         }
     }
 
     fn advance_count_epoch(&self, from: u64) {
         // ordering: SeqCst, like every window access. A failed exchange means
         // someone else moved the bucket on already.
-        let _ = self.count_epoch.compare_exchange(from, from + 1, Ordering::SeqCst, Ordering::SeqCst);
+        let _ =
+            self.count_epoch
+                .compare_exchange(from, from + 1, Ordering::SeqCst, Ordering::SeqCst);
     }
 
     /// Totals over the latest window at `now`, for reports. A count window
     /// whose newest bucket is still empty reports the window ending at the
     /// bucket before, so that right after a bucket fills it shows the last
     /// full `calls` calls rather than one bucket fewer.
-    pub(crate) fn latest(&self, cfg: &WindowConfig, generation: u32, now: Timestamp) -> WindowCounts {
+    pub(crate) fn latest(
+        &self,
+        cfg: &WindowConfig,
+        generation: u32,
+        now: Timestamp,
+    ) -> WindowCounts {
         let pos = self.position(cfg, now);
         let (total, newest) = self.sum_with_newest(cfg, generation, pos);
         match cfg.kind {
             WindowKind::Count { .. } if newest == 0 && pos.epoch > 0 => {
-                self.sum_with_newest(cfg, generation, Position { epoch: pos.epoch - 1 }).0
+                self.sum_with_newest(
+                    cfg,
+                    generation,
+                    Position {
+                        epoch: pos.epoch - 1,
+                    },
+                )
+                .0
             }
             _ => total,
         }
@@ -167,11 +190,18 @@ impl StripedWindow {
         self.sum_with_newest(cfg, generation, pos).0
     }
 
-    fn sum_with_newest(&self, cfg: &WindowConfig, generation: u32, pos: Position) -> (WindowCounts, u64) {
+    fn sum_with_newest(
+        &self,
+        cfg: &WindowConfig,
+        generation: u32,
+        pos: Position,
+    ) -> (WindowCounts, u64) {
         let mut total = WindowCounts::default();
         let mut newest_calls = 0;
         for back in 0..u64::from(cfg.buckets) {
-            let Some(epoch) = pos.epoch.checked_sub(back) else { break };
+            let Some(epoch) = pos.epoch.checked_sub(back) else {
+                break;
+            };
             let tag = Self::tag(cfg, generation, epoch);
             let index = Self::slot_index(cfg, epoch);
             for stripe in &self.stripes {
@@ -188,10 +218,10 @@ impl StripedWindow {
                 }
             }
         }
-        if let WindowKind::Count { bucket_calls } = cfg.kind {
-            if newest_calls >= bucket_calls {
-                self.advance_count_epoch(pos.epoch);
-            }
+        if let WindowKind::Count { bucket_calls } = cfg.kind
+            && newest_calls >= bucket_calls
+        {
+            self.advance_count_epoch(pos.epoch);
         }
         (total, newest_calls)
     }
@@ -229,5 +259,9 @@ fn bump(word: &AtomicU64, tag: u32) -> Option<u32> {
 fn read(word: &AtomicU64, tag: u32) -> u64 {
     // ordering: SeqCst, see the module docs.
     let w = word.load(Ordering::SeqCst);
-    if (w >> 32) as u32 == tag { w & COUNT_MASK } else { 0 }
+    if (w >> 32) as u32 == tag {
+        w & COUNT_MASK
+    } else {
+        0
+    }
 }

@@ -191,7 +191,10 @@ mod tests {
         assert_eq!(n.generation(), 0, "generation wraps");
         assert_eq!(n.kind(), KIND_CLOSED);
         let p = w.with_payload(7);
-        assert_eq!((p.kind(), p.trips(), p.payload(), p.generation()), (KIND_HALF_OPEN, 31, 7, u32::MAX));
+        assert_eq!(
+            (p.kind(), p.trips(), p.payload(), p.generation()),
+            (KIND_HALF_OPEN, 31, 7, u32::MAX)
+        );
     }
 
     #[test]
@@ -200,7 +203,10 @@ mod tests {
         for i in 0..1000 {
             p = p.add(i % 3 == 0, i % 2 == 0);
         }
-        assert_eq!((p.succeeded(), p.failed(), p.slow(), p.generation()), (666, 334, 500, 9));
+        assert_eq!(
+            (p.succeeded(), p.failed(), p.slow(), p.generation()),
+            (666, 334, 500, 9)
+        );
     }
 
     #[test]
