@@ -33,3 +33,8 @@ mod sync;
 pub mod time;
 
 pub use error::ConfigError;
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
