@@ -303,6 +303,8 @@ pub(crate) enum WindowKind {
 pub(crate) struct Window {
     pub(crate) kind: WindowKind,
     pub(crate) buckets: u32,
+    /// `buckets` as a divisor without a `div` instruction (slot = epoch % buckets).
+    pub(crate) buckets_divisor: StrengthReducedU64,
     pub(crate) spec: WindowSpec,
 }
 
@@ -342,6 +344,7 @@ impl Window {
         Ok(Window {
             kind,
             buckets,
+            buckets_divisor: StrengthReducedU64::new(buckets.into()),
             spec,
         })
     }

@@ -117,7 +117,7 @@ impl StripedWindow {
 
     #[inline]
     fn slot_index(cfg: &WindowConfig, epoch: u64) -> usize {
-        (epoch % u64::from(cfg.buckets)) as usize
+        (epoch % cfg.buckets_divisor) as usize
     }
 
     /// Counts one call into this thread's stripe at `pos`.
