@@ -1,1 +1,300 @@
-fn main() {}
+//! The circuit breaker's request path, tenlives beside failsafe 1.3.
+//!
+//! What is measured, per operation:
+//!
+//! - `breaker/closed_success`: one call admitted by a closed breaker and
+//!   reported as a success (`try_acquire` + `Permit::success` for tenlives,
+//!   `CircuitBreaker::call` with a closure returning `Ok` for failsafe, which
+//!   is its `is_call_permitted` + `on_success`). Subjects: tenlives with the
+//!   consecutive-failures rule alone, with a failure rate over a time window
+//!   (the default configuration) and over a count window (100 calls in 10
+//!   buckets); failsafe with its consecutive-failures policy and with its
+//!   default configuration (success rate over a time window, or else
+//!   consecutive failures); and a floor, one `fetch_add(1, Relaxed)` on a
+//!   shared `AtomicU64`. Each runs on 1 thread (`1_thread`) and on 2 threads
+//!   sharing one breaker (`2_threads`, reported as nanoseconds per operation
+//!   per thread: the wall time for both threads to do `iters` operations
+//!   each, divided by `iters`).
+//! - `breaker/open_rejection`: one admission refused by an open breaker,
+//!   tenlives force-opened and tripped, failsafe tripped.
+//! - `breaker/half_open_admission`: tenlives only: one probe admitted by a
+//!   half-open breaker and dropped unreported, which frees its slot.
+//!
+//! tenlives never reads a clock: it is given `now`, here a counter advanced by
+//! 1 ns per operation, so no clock read is measured. failsafe reads
+//! `Instant::now()` itself wherever its design needs it (its rate window on
+//! every success, its open state on every admission); those reads are part
+//! of its cost as a user pays it, so they stay in its figures.
+
+use std::hint::black_box;
+use std::sync::Barrier;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use criterion::{
+    BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
+};
+use failsafe::CircuitBreaker as _;
+use failsafe::failure_policy::FailurePolicy;
+use tenlives_engine::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+use tenlives_engine::time::Timestamp;
+
+/// Where the benchmarks' timestamps start: an hour after the clock's origin,
+/// as a monotonic clock of a running process would read.
+const START_NS: u64 = 3_600_000_000_000;
+
+/// How long a tripped breaker stays open: far longer than any run.
+const OPEN: Duration = Duration::from_secs(60);
+
+/// One call through a closed breaker that succeeds, at `t` nanoseconds.
+trait ClosedSuccess: Sync {
+    fn succeed(&self, t: u64);
+}
+
+impl ClosedSuccess for CircuitBreaker {
+    #[inline]
+    fn succeed(&self, t: u64) {
+        let now = Timestamp::from_nanos(t);
+        let permit = self.try_acquire(now).expect("a closed breaker admits");
+        permit.success(now);
+    }
+}
+
+impl<P> ClosedSuccess for failsafe::StateMachine<P, ()>
+where
+    P: FailurePolicy + Send,
+{
+    #[inline]
+    fn succeed(&self, _t: u64) {
+        // failsafe reads its own clock; `t` has no use here.
+        let result = self.call(|| Ok::<(), ()>(()));
+        assert!(result.is_ok(), "a closed breaker admits");
+    }
+}
+
+/// The floor: the cheapest shared write a breaker could make.
+impl ClosedSuccess for AtomicU64 {
+    #[inline]
+    fn succeed(&self, _t: u64) {
+        black_box(self.fetch_add(1, Ordering::Relaxed));
+    }
+}
+
+/// tenlives, consecutive-failures rule only.
+fn tenlives_consecutive() -> CircuitBreaker {
+    CircuitBreaker::new(
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .consecutive_failures(5)
+            .open_duration(OPEN)
+            .build()
+            .expect("valid config"),
+    )
+}
+
+/// failsafe, consecutive-failures policy only.
+fn failsafe_consecutive() -> impl ClosedSuccess + failsafe::CircuitBreaker {
+    failsafe::Config::new()
+        .failure_policy(failsafe::failure_policy::consecutive_failures(
+            5,
+            failsafe::backoff::constant(OPEN),
+        ))
+        .build()
+}
+
+/// `subject` on 1 thread and on 2 threads.
+fn closed_success<S: ClosedSuccess>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    subject: &S,
+) {
+    group.bench_function(format!("{name}/1_thread"), |b| {
+        let mut t = START_NS;
+        b.iter(|| {
+            t += 1;
+            subject.succeed(black_box(t));
+        });
+    });
+    group.bench_function(format!("{name}/2_threads"), |b| {
+        b.iter_custom(|iters| two_threads(subject, iters));
+    });
+}
+
+/// Runs `iters` successes on each of 2 threads sharing `subject`, started
+/// together, and returns the wall time from the first start to the last end:
+/// divided by `iters`, the time per operation per thread.
+fn two_threads<S: ClosedSuccess>(subject: &S, iters: u64) -> Duration {
+    let barrier = Barrier::new(2);
+    let spans: Vec<(Instant, Instant)> = thread::scope(|scope| {
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| {
+                    barrier.wait();
+                    let start = Instant::now();
+                    let mut t = START_NS;
+                    for _ in 0..iters {
+                        t += 1;
+                        subject.succeed(black_box(t));
+                    }
+                    (start, Instant::now())
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("worker panicked"))
+            .collect()
+    });
+    let first_start = spans.iter().map(|s| s.0).min().expect("two spans");
+    let last_end = spans.iter().map(|s| s.1).max().expect("two spans");
+    last_end - first_start
+}
+
+fn bench_closed_success(c: &mut Criterion) {
+    let mut group = c.benchmark_group("breaker/closed_success");
+
+    let floor = AtomicU64::new(0);
+    closed_success(&mut group, "floor_fetch_add", &floor);
+
+    let b = tenlives_consecutive();
+    closed_success(&mut group, "tenlives_consecutive", &b);
+    assert_eq!(b.state(), BreakerState::Closed);
+
+    let b = CircuitBreaker::new(BreakerConfig::default());
+    closed_success(&mut group, "tenlives_rate_time_window", &b);
+    assert_eq!(b.state(), BreakerState::Closed);
+
+    let b = CircuitBreaker::new(
+        BreakerConfig::builder()
+            .failure_rate(50.0)
+            .count_window(100, 10)
+            .build()
+            .expect("valid config"),
+    );
+    closed_success(&mut group, "tenlives_rate_count_window", &b);
+    assert_eq!(b.state(), BreakerState::Closed);
+
+    let f = failsafe_consecutive();
+    closed_success(&mut group, "failsafe_consecutive", &f);
+    assert!(f.is_call_permitted());
+
+    let f = failsafe::Config::new().build();
+    closed_success(&mut group, "failsafe_default", &f);
+    assert!(f.is_call_permitted());
+
+    group.finish();
+}
+
+fn bench_open_rejection(c: &mut Criterion) {
+    let mut group = c.benchmark_group("breaker/open_rejection");
+
+    let b = tenlives_consecutive();
+    b.force_open();
+    group.bench_function("tenlives_forced_open", |bench| {
+        let mut t = START_NS;
+        bench.iter(|| {
+            t += 1;
+            b.try_acquire(Timestamp::from_nanos(black_box(t))).err()
+        });
+    });
+    assert_eq!(b.state(), BreakerState::ForcedOpen);
+
+    let b = tenlives_consecutive();
+    let tripped_at = Timestamp::from_nanos(START_NS);
+    for _ in 0..5 {
+        b.try_acquire(tripped_at)
+            .expect("closed")
+            .failure(tripped_at);
+    }
+    assert_eq!(b.state(), BreakerState::Open);
+    group.bench_function("tenlives_tripped", |bench| {
+        let mut t = START_NS;
+        bench.iter(|| {
+            t += 1;
+            b.try_acquire(Timestamp::from_nanos(black_box(t))).err()
+        });
+    });
+    assert_eq!(b.state(), BreakerState::Open);
+
+    let f = failsafe_consecutive();
+    for _ in 0..5 {
+        assert!(f.call(|| Err::<(), ()>(())).is_err());
+    }
+    assert!(!f.is_call_permitted());
+    group.bench_function("failsafe_tripped", |bench| {
+        // Reads `Instant::now()` on every call: failsafe's open state
+        // compares its deadline with its own clock.
+        bench.iter(|| f.is_call_permitted());
+    });
+    assert!(!f.is_call_permitted());
+
+    group.finish();
+}
+
+fn bench_half_open_admission(c: &mut Criterion) {
+    // failsafe is left out: its half-open state admits every call, with no
+    // slot to take or give back, and the first outcome reported decides the
+    // state, so it has no operation that matches "admit a probe, free its
+    // slot" and stays half-open.
+    let mut group = c.benchmark_group("breaker/half_open_admission");
+
+    let b = CircuitBreaker::new(
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .consecutive_failures(1)
+            .open_duration(OPEN)
+            .half_open_probes(1000)
+            .build()
+            .expect("valid config"),
+    );
+    let tripped_at = Timestamp::from_nanos(START_NS);
+    b.try_acquire(tripped_at)
+        .expect("closed")
+        .failure(tripped_at);
+    // The first admission after the open duration moves the breaker to
+    // half-open; from then on each admission takes a slot and each drop frees it.
+    let half_open_at = START_NS + OPEN.as_nanos() as u64;
+    let first = b
+        .try_acquire(Timestamp::from_nanos(half_open_at))
+        .expect("probe");
+    assert!(first.is_probe());
+    drop(first);
+    assert_eq!(b.state(), BreakerState::HalfOpen);
+
+    group.bench_function("tenlives_probe_drop", |bench| {
+        let mut t = half_open_at;
+        bench.iter(|| {
+            t += 1;
+            let probe = b
+                .try_acquire(Timestamp::from_nanos(black_box(t)))
+                .expect("a probe slot is free");
+            drop(black_box(probe));
+        });
+    });
+    assert_eq!(b.state(), BreakerState::HalfOpen);
+    assert_eq!(
+        b.snapshot(Timestamp::from_nanos(half_open_at))
+            .probes_admitted,
+        0,
+        "every dropped probe freed its slot"
+    );
+
+    group.finish();
+}
+
+/// The harness. A module of its own because `criterion_group!` makes a `pub`
+/// function it cannot document; here it is not exported, so it needs no doc.
+mod harness {
+    use super::*;
+
+    criterion_group! {
+        name = benches;
+        config = Criterion::default()
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(2))
+            .sample_size(30);
+        targets = bench_closed_success, bench_open_rejection, bench_half_open_admission
+    }
+}
+criterion_main!(harness::benches);

@@ -434,6 +434,12 @@ impl BreakerConfig {
         self.open_ns[i.min(OPEN_STEPS - 1)]
     }
 
+    /// Whether a failure-rate or slow-call-rate rule needs the window.
+    #[inline]
+    pub(crate) fn has_rate_rule(&self) -> bool {
+        self.failure_rate_ppm.is_some() || self.slow_rate_ppm.is_some()
+    }
+
     /// Whether a call that took `elapsed_ns` counts as slow.
     #[inline]
     pub(crate) fn is_slow(&self, elapsed_ns: u64) -> bool {

@@ -282,8 +282,10 @@ pub struct Snapshot {
     pub state: BreakerState,
     /// The generation (bumped by every transition).
     pub generation: u32,
-    /// Calls, failures and slow calls in the current window (closed and
-    /// metrics-only states; zero otherwise).
+    /// Calls, failures and slow calls in the current window: in the closed
+    /// state when the breaker has a rate rule (a consecutive-failures-only
+    /// breaker keeps no window, to keep its success path a single load), and
+    /// in the metrics-only state; zero otherwise.
     pub window: WindowCounts,
     /// Consecutive failures so far (closed state).
     pub consecutive_failures: u32,
@@ -510,8 +512,10 @@ impl CircuitBreaker {
             return; // late: the breaker moved on since this call was admitted
         }
         let pos = self.window.position(&cfg.window, now);
-        self.window
-            .record(&cfg.window, generation, pos, failed, slow);
+        if cfg.has_rate_rule() {
+            self.window
+                .record(&cfg.window, generation, pos, failed, slow);
+        }
         if !failed && !slow {
             if cfg.consecutive_failures.is_some() && s.payload() != 0 {
                 self.reset_consecutive(generation);
@@ -541,8 +545,7 @@ impl CircuitBreaker {
         if s.generation() != generation || s.kind() != KIND_CLOSED {
             return;
         }
-        let rates = cfg.failure_rate_ppm.is_some() || cfg.slow_rate_ppm.is_some();
-        let rate_trip = rates && {
+        let rate_trip = cfg.has_rate_rule() && {
             let c = self.window.sum(&cfg.window, generation, pos);
             cfg.rate_tripped(c.calls, c.failures, c.slow)
         };

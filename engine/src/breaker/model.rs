@@ -187,7 +187,9 @@ impl BreakerModel {
         match (permit.kind, self.state) {
             (Kind::Closed, State::Closed { run }) => {
                 let epoch = self.epoch(now);
-                self.count(epoch, failed, slow);
+                if self.config.has_rate_rule() {
+                    self.count(epoch, failed, slow);
+                }
                 let run = if failed { run.saturating_add(1) } else { 0 };
                 self.state = State::Closed { run };
                 if failed || slow {
