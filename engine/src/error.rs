@@ -62,6 +62,13 @@ pub enum ConfigError {
     },
     /// The breaker has no rule that could ever open it.
     NoTripRule,
+    /// A size that must be a power of two (of at least 2) was not.
+    NotPowerOfTwo {
+        /// The offending setting.
+        field: &'static str,
+        /// What was asked for.
+        value: u64,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -99,6 +106,12 @@ impl fmt::Display for ConfigError {
             }
             ConfigError::CapBelowBase { field } => {
                 write!(f, "`{field}` must be at least the value it caps")
+            }
+            ConfigError::NotPowerOfTwo { field, value } => {
+                write!(
+                    f,
+                    "`{field}` is {value}; it must be a power of two of at least 2"
+                )
             }
             ConfigError::NoTripRule => write!(
                 f,

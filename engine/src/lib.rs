@@ -28,6 +28,7 @@ extern crate std;
 
 pub mod breaker;
 mod error;
+pub mod events;
 mod stripe;
 mod sync;
 pub mod time;

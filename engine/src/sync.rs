@@ -15,6 +15,11 @@ pub(crate) use loom::sync::atomic::AtomicU64;
 
 pub(crate) use core::sync::atomic::Ordering;
 
+#[cfg(not(tenlives_loom))]
+pub(crate) use core::sync::atomic::fence;
+#[cfg(tenlives_loom)]
+pub(crate) use loom::sync::atomic::fence;
+
 /// Hints the CPU that we are in a retry loop. Under loom it yields to the
 /// model scheduler instead, so that a CAS loop cannot spin forever in a model.
 #[inline]

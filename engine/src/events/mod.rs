@@ -1,0 +1,118 @@
+//! Telemetry events: what the primitives report, and where it goes.
+//!
+//! An [`Event`] is a small `Copy` record (kind, source, time, two payload
+//! words). Primitives emit events into an [`EventSink`]; the sink of choice is
+//! an [`EventRing`], a fixed-capacity broadcast ring that producers never wait
+//! on and from which any number of [`Consumer`]s read at their own pace,
+//! learning exactly how many events they missed. With [`NoSink`] (the
+//! default) the emission code compiles away.
+//!
+//! The schema — every kind and what its payload words mean — is in
+//! `docs/events.md`.
+
+mod ring;
+
+pub use ring::{Consumer, EventRing, Received, Slot};
+
+use crate::time::Timestamp;
+
+/// What happened. A `u16` code; codes below [`EventKind::USER`] are reserved
+/// for tenlives, codes from it up are free for applications.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(transparent)]
+pub struct EventKind(pub u16);
+
+impl EventKind {
+    /// A breaker opened. Payload: `[consecutive trips, open duration in ns]`.
+    pub const BREAKER_OPENED: EventKind = EventKind(1);
+    /// A breaker moved to half-open. Payload: `[consecutive trips, probes allowed]`.
+    pub const BREAKER_HALF_OPENED: EventKind = EventKind(2);
+    /// A breaker closed after a passing test. Payload: `[probes succeeded, probes failed]`.
+    pub const BREAKER_CLOSED: EventKind = EventKind(3);
+    /// An operator changed a breaker's state. Payload: `[new state code, 0]`
+    /// (see `docs/events.md` for the codes).
+    pub const BREAKER_FORCED: EventKind = EventKind(4);
+    /// A breaker rejected a call. Payload: `[reason code, retry-after in ns or u64::MAX if unknown]`.
+    pub const BREAKER_REJECTED: EventKind = EventKind(5);
+    /// First code free for applications.
+    pub const USER: EventKind = EventKind(0x8000);
+}
+
+/// One telemetry record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Event {
+    /// What happened.
+    pub kind: EventKind,
+    /// Which policy instance it happened in (an id the application assigns).
+    pub source: u32,
+    /// When it happened, on the clock the primitive was given.
+    pub time: Timestamp,
+    /// Kind-specific data; see the kind's documentation.
+    pub payload: [u64; 2],
+}
+
+impl Event {
+    /// An event of `kind` from `source` at `time` with `payload`.
+    #[inline]
+    pub const fn new(kind: EventKind, source: u32, time: Timestamp, payload: [u64; 2]) -> Self {
+        Event {
+            kind,
+            source,
+            time,
+            payload,
+        }
+    }
+}
+
+/// Where a primitive sends its events.
+///
+/// Implementations must not block and should not allocate: `emit` runs on
+/// the request path.
+pub trait EventSink {
+    /// Whether emitting does anything. Primitives skip building events when
+    /// this is `false`; for [`NoSink`] it is a constant, so the whole emission
+    /// compiles away.
+    #[inline]
+    fn enabled(&self) -> bool {
+        true
+    }
+
+    /// Records one event.
+    fn emit(&self, event: Event);
+}
+
+/// The sink that drops everything, at no cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NoSink;
+
+impl EventSink for NoSink {
+    #[inline(always)]
+    fn enabled(&self) -> bool {
+        false
+    }
+    #[inline(always)]
+    fn emit(&self, _event: Event) {}
+}
+
+impl<T: EventSink + ?Sized> EventSink for &T {
+    #[inline]
+    fn enabled(&self) -> bool {
+        (**self).enabled()
+    }
+    #[inline]
+    fn emit(&self, event: Event) {
+        (**self).emit(event);
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl<T: EventSink + ?Sized> EventSink for alloc::sync::Arc<T> {
+    #[inline]
+    fn enabled(&self) -> bool {
+        (**self).enabled()
+    }
+    #[inline]
+    fn emit(&self, event: Event) {
+        (**self).emit(event);
+    }
+}
