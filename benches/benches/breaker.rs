@@ -190,7 +190,7 @@ fn bench_open_rejection(c: &mut Criterion) {
     let mut group = c.benchmark_group("breaker/open_rejection");
 
     let b = tenlives_consecutive();
-    b.force_open();
+    b.force_open(Timestamp::ZERO);
     group.bench_function("tenlives_forced_open", |bench| {
         let mut t = START_NS;
         bench.iter(|| {

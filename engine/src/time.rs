@@ -121,10 +121,11 @@ impl ManualClock {
         Timestamp(prev.saturating_add(step))
     }
 
-    /// Moves the clock to `t` if `t` is later than now (it never goes back).
-    pub fn advance_to(&self, t: Timestamp) {
+    /// Moves the clock to `t` if `t` is later than now (it never goes back),
+    /// and returns the new instant.
+    pub fn advance_to(&self, t: Timestamp) -> Timestamp {
         // ordering: Relaxed; see `advance`.
-        self.nanos.fetch_max(t.0, Ordering::Relaxed);
+        Timestamp(self.nanos.fetch_max(t.0, Ordering::Relaxed).max(t.0))
     }
 }
 

@@ -179,10 +179,10 @@ proptest! {
                     clock.advance(Duration::from_millis(ms));
                 }
                 Op::Explicit { which } => match which {
-                    0 => { breaker.force_open(); model.force_open(); }
-                    1 => { breaker.disable(); model.disable(); }
-                    2 => { breaker.metrics_only(); model.metrics_only(); }
-                    3 => { breaker.reset(); model.reset(); }
+                    0 => { breaker.force_open(now); model.force_open(); }
+                    1 => { breaker.disable(now); model.disable(); }
+                    2 => { breaker.metrics_only(now); model.metrics_only(); }
+                    3 => { breaker.reset(now); model.reset(); }
                     _ => {}
                 },
             }

@@ -35,7 +35,7 @@ fn every_record_is_counted() {
             b.time_window(Duration::from_secs(10), 10)
         };
         let breaker = CircuitBreaker::new(b.build().unwrap());
-        breaker.metrics_only();
+        breaker.metrics_only(Timestamp::ZERO);
         let now = Timestamp::from_nanos(1_000_000_000);
         let per_thread = 100_000;
         let failures: usize = thread::scope(|s| {
@@ -130,7 +130,7 @@ fn concurrent_failures_trip_exactly_once() {
     let barrier = Barrier::new(THREADS);
     let now = Timestamp::from_nanos(1);
     for _round in 0..500 {
-        breaker.reset();
+        breaker.reset(Timestamp::ZERO);
         let generation = breaker.generation();
         thread::scope(|s| {
             for _ in 0..THREADS {

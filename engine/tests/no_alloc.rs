@@ -88,13 +88,13 @@ fn the_request_path_never_allocates() {
     let mut t = 1_000_000_000;
     for b in &breakers {
         drive(b, t, 2_000); // trips, rejects, probes, closes, trips again...
-        b.metrics_only();
+        b.metrics_only(Timestamp::from_nanos(t));
         drive(b, t + 3_000_000_000, 100);
-        b.disable();
+        b.disable(Timestamp::from_nanos(t));
         drive(b, t + 4_000_000_000, 100);
-        b.force_open();
+        b.force_open(Timestamp::from_nanos(t));
         drive(b, t + 5_000_000_000, 100);
-        b.reset();
+        b.reset(Timestamp::from_nanos(t));
         std::hint::black_box(b.snapshot(Timestamp::from_nanos(t)));
         t += 10_000_000_000;
     }

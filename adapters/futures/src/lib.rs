@@ -41,6 +41,7 @@ use core::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
 use tenlives_engine::breaker::{CircuitBreaker, Outcome, Permit, Rejected};
+use tenlives_engine::events::EventSink;
 use tenlives_engine::time::Clock;
 
 pin_project! {
@@ -49,22 +50,22 @@ pin_project! {
     /// Resolves to `Ok(output)` when the breaker admitted the call, or to
     /// `Err(Rejected)` without polling the inner future when it did not.
     #[must_use = "futures do nothing unless polled"]
-    pub struct Guarded<'b, F, C, K> {
+    pub struct Guarded<'b, F, C, K, S: EventSink> {
         #[pin]
         inner: F,
-        breaker: &'b CircuitBreaker,
+        breaker: &'b CircuitBreaker<S>,
         clock: C,
         classify: K,
-        state: State<'b>,
+        state: State<'b, S>,
     }
 }
 
-enum State<'b> {
+enum State<'b, S: EventSink> {
     /// Not polled yet: admission happens on the first poll, not at creation,
     /// so a future built and never polled holds nothing.
     Idle,
     /// Admitted; the permit is released if the future is dropped here.
-    Running(Permit<'b>),
+    Running(Permit<'b, S>),
     /// Resolved.
     Done,
 }
@@ -72,13 +73,14 @@ enum State<'b> {
 /// Wraps `future` so that it runs only if `breaker` admits it, and reports its
 /// outcome (as judged by `classify`) and latency (measured with `clock`) when
 /// it completes.
-pub fn guard<'b, F, C, K>(
-    breaker: &'b CircuitBreaker,
+pub fn guard<'b, F, C, K, S>(
+    breaker: &'b CircuitBreaker<S>,
     clock: C,
     classify: K,
     future: F,
-) -> Guarded<'b, F, C, K>
+) -> Guarded<'b, F, C, K, S>
 where
+    S: EventSink,
     F: Future,
     C: Clock,
     K: FnMut(&F::Output) -> Outcome,
@@ -92,8 +94,9 @@ where
     }
 }
 
-impl<F, C, K> Future for Guarded<'_, F, C, K>
+impl<F, C, K, S> Future for Guarded<'_, F, C, K, S>
 where
+    S: EventSink,
     F: Future,
     C: Clock,
     K: FnMut(&F::Output) -> Outcome,
@@ -236,7 +239,7 @@ mod tests {
     fn rejections_do_not_run_the_inner_future() {
         let clock = ManualClock::new();
         let b = half_open_breaker(&clock);
-        b.force_open();
+        b.force_open(clock.now());
         let mut ran = false;
         let result = block_on(
             guard(&b, &clock, ok, async { ran = true }).map(|r| r.map_err(|e| e.reason())),

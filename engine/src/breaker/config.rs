@@ -6,6 +6,7 @@ use core::time::Duration;
 
 use strength_reduce::StrengthReducedU64;
 
+use super::TripReason;
 use crate::error::ConfigError;
 use crate::time::checked_nanos;
 
@@ -51,7 +52,11 @@ pub enum WindowSpec {
         buckets: u32,
     },
     /// The calls that completed in the last `length`, kept in `buckets`
-    /// buckets of `length / buckets` each (the newest bucket partly filled).
+    /// buckets of `length / buckets` each. The window is the current bucket
+    /// (partly filled) and the `buckets - 1` before it, so it covers between
+    /// `length - length / buckets` and `length` of history, and a whole
+    /// bucket leaves it at once when a new one starts: rates move in steps of
+    /// one bucket. More buckets make the steps smaller.
     Time {
         /// Window length.
         length: Duration,
@@ -158,6 +163,16 @@ impl BreakerConfigBuilder {
     }
 
     /// How many probe calls the half-open state admits before deciding.
+    ///
+    /// Once all `n` probes reported, the breaker closes unless the probes
+    /// themselves break a rate rule: the share of failed probes is at or above
+    /// the failure-rate threshold (or, without a failure-rate rule but with a
+    /// consecutive-failures rule, any probe failed), or the share of slow
+    /// probes is at or above the slow-call-rate threshold. Otherwise it opens
+    /// again, for longer if [`open_backoff`](Self::open_backoff) is set. With
+    /// 3 probes and a 50 % failure rate, one failed probe out of three closes
+    /// the breaker; two reopen it. Probes dropped unreported, or reported as
+    /// `Ignored`, free their slot for another probe and count for nothing.
     pub fn half_open_probes(mut self, n: u32) -> Self {
         self.probes = n;
         self
@@ -422,6 +437,37 @@ impl BreakerConfig {
         self.probes
     }
 
+    /// The failure-rate threshold in percent, if that rule is on.
+    pub fn failure_rate(&self) -> Option<f64> {
+        self.failure_rate_ppm.map(|p| f64::from(p) / 10_000.0)
+    }
+
+    /// The slow-call-rate threshold in percent and the slow-call duration, if
+    /// that rule is on.
+    pub fn slow_calls(&self) -> Option<(f64, Duration)> {
+        self.slow_rate_ppm.map(|p| {
+            (
+                f64::from(p) / 10_000.0,
+                Duration::from_nanos(self.slow_call_ns),
+            )
+        })
+    }
+
+    /// The consecutive-failures threshold, if that rule is on.
+    pub fn consecutive_failures(&self) -> Option<u32> {
+        self.consecutive_failures
+    }
+
+    /// The fewest calls in the window for the rate rules to judge.
+    pub fn minimum_calls(&self) -> u32 {
+        self.minimum_calls
+    }
+
+    /// Whether the first failed probe reopens the breaker at once.
+    pub fn reopen_on_first_failure(&self) -> bool {
+        self.reopen_on_first_failure
+    }
+
     /// How long the breaker stays open after its `trips`-th consecutive trip
     /// (1 for the first trip).
     pub fn open_duration(&self, trips: u32) -> Duration {
@@ -448,11 +494,20 @@ impl BreakerConfig {
 
     /// Whether the window's counts break a rate rule.
     pub(crate) fn rate_tripped(&self, calls: u64, failures: u64, slow: u64) -> bool {
+        self.rate_trip(calls, failures, slow).is_some()
+    }
+
+    /// Which rate rule, if any, the window's counts break.
+    pub(crate) fn rate_trip(&self, calls: u64, failures: u64, slow: u64) -> Option<TripReason> {
         if calls < u64::from(self.minimum_calls) {
-            return false;
+            None
+        } else if at_or_above(failures, calls, self.failure_rate_ppm) {
+            Some(TripReason::FailureRate)
+        } else if at_or_above(slow, calls, self.slow_rate_ppm) {
+            Some(TripReason::SlowCallRate)
+        } else {
+            None
         }
-        at_or_above(failures, calls, self.failure_rate_ppm)
-            || at_or_above(slow, calls, self.slow_rate_ppm)
     }
 
     /// The half-open decision after `succeeded + failed` probes reported.

@@ -70,6 +70,7 @@ use word::{
     KIND_OPENING, MAX_TRIPS, ProbeWord, StateWord, is_newer,
 };
 
+use crate::events::{Event, EventKind, EventSink, NoSink};
 use crate::sync::{AtomicU64, Ordering, spin_hint};
 use crate::time::Timestamp;
 
@@ -228,13 +229,12 @@ impl RawPermit {
 /// permit without reporting — the call was cancelled, or panicked — counts as
 /// neither success nor failure and frees its half-open slot if it held one.
 #[must_use = "dropping a permit unreported counts the call as neither success nor failure"]
-#[derive(Debug)]
-pub struct Permit<'a> {
-    breaker: &'a CircuitBreaker,
+pub struct Permit<'a, S: EventSink = NoSink> {
+    breaker: &'a CircuitBreaker<S>,
     raw: Option<RawPermit>,
 }
 
-impl<'a> Permit<'a> {
+impl<S: EventSink> Permit<'_, S> {
     /// Reports the call's outcome; `now` is when it completed.
     pub fn record(mut self, outcome: Outcome, now: Timestamp) {
         if let Some(raw) = self.raw.take() {
@@ -267,7 +267,15 @@ impl<'a> Permit<'a> {
     }
 }
 
-impl Drop for Permit<'_> {
+impl<S: EventSink> fmt::Debug for Permit<'_, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("raw", &self.raw)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: EventSink> Drop for Permit<'_, S> {
     fn drop(&mut self) {
         if let Some(raw) = self.raw.take() {
             self.breaker.release(raw);
@@ -315,13 +323,15 @@ struct Core {
 /// All methods take `&self`; share it between threads by reference, in an
 /// `Arc`, or in a `static`. It never allocates, never blocks and never reads
 /// a clock: every time-dependent method takes `now`.
-pub struct CircuitBreaker {
+pub struct CircuitBreaker<S: EventSink = NoSink> {
     core: CachePadded<Core>,
     window: StripedWindow,
     config: BreakerConfig,
+    sink: S,
+    source: u32,
 }
 
-impl fmt::Debug for CircuitBreaker {
+impl<S: EventSink> fmt::Debug for CircuitBreaker<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreaker")
             .field("state", &self.state())
@@ -331,8 +341,69 @@ impl fmt::Debug for CircuitBreaker {
 }
 
 impl CircuitBreaker {
-    /// A closed breaker.
+    /// A closed breaker that emits no events.
     pub fn new(config: BreakerConfig) -> Self {
+        CircuitBreaker::with_sink(config, NoSink, 0)
+    }
+}
+
+/// Why a breaker opened: the low byte of the first payload word of an
+/// [`EventKind::BREAKER_OPENED`] event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum TripReason {
+    /// The consecutive-failures rule.
+    ConsecutiveFailures = 1,
+    /// The failure-rate rule.
+    FailureRate = 2,
+    /// The slow-call-rate rule.
+    SlowCallRate = 3,
+    /// The half-open test failed.
+    FailedTest = 4,
+}
+
+impl TripReason {
+    /// The reason in the low byte of an event payload word, if it is one.
+    pub fn from_code(code: u64) -> Option<Self> {
+        match code & 0xff {
+            1 => Some(TripReason::ConsecutiveFailures),
+            2 => Some(TripReason::FailureRate),
+            3 => Some(TripReason::SlowCallRate),
+            4 => Some(TripReason::FailedTest),
+            _ => None,
+        }
+    }
+}
+
+impl BreakerState {
+    /// The code of this state in [`EventKind::BREAKER_FORCED`] events.
+    pub fn code(self) -> u64 {
+        match self {
+            BreakerState::Closed => 0,
+            BreakerState::Open => 1,
+            BreakerState::HalfOpen => 2,
+            BreakerState::ForcedOpen => 3,
+            BreakerState::Disabled => 4,
+            BreakerState::MetricsOnly => 5,
+        }
+    }
+}
+
+impl RejectReason {
+    /// The code of this reason in [`EventKind::BREAKER_REJECTED`] events.
+    pub fn code(self) -> u64 {
+        match self {
+            RejectReason::Open => 1,
+            RejectReason::ForcedOpen => 2,
+            RejectReason::HalfOpenFull => 3,
+        }
+    }
+}
+
+impl<S: EventSink> CircuitBreaker<S> {
+    /// A closed breaker that reports transitions and rejections to `sink`,
+    /// tagged with `source` (an id of your choosing; see `docs/events.md`).
+    pub fn with_sink(config: BreakerConfig, sink: S, source: u32) -> Self {
         CircuitBreaker {
             core: CachePadded::new(Core {
                 state: AtomicU64::new(StateWord::new(KIND_CLOSED, 0, 0, 0).0),
@@ -341,6 +412,37 @@ impl CircuitBreaker {
             }),
             window: StripedWindow::new(),
             config,
+            sink,
+            source,
+        }
+    }
+
+    /// The sink events go to.
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+
+    #[inline]
+    fn emit(&self, kind: EventKind, now: Timestamp, payload: [u64; 2]) {
+        if self.sink.enabled() {
+            self.sink.emit(Event::new(kind, self.source, now, payload));
+        }
+    }
+
+    #[inline]
+    fn reject(
+        &self,
+        reason: RejectReason,
+        retry_after: Option<Duration>,
+        now: Timestamp,
+    ) -> Rejected {
+        if self.sink.enabled() {
+            let retry = retry_after.map_or(u64::MAX, crate::time::saturating_nanos);
+            self.emit(EventKind::BREAKER_REJECTED, now, [reason.code(), retry]);
+        }
+        Rejected {
+            reason,
+            retry_after,
         }
     }
 
@@ -381,7 +483,7 @@ impl CircuitBreaker {
     /// Asks to make a call at `now`. The returned [`Permit`] reports the
     /// outcome (or releases on drop).
     #[inline]
-    pub fn try_acquire(&self, now: Timestamp) -> Result<Permit<'_>, Rejected> {
+    pub fn try_acquire(&self, now: Timestamp) -> Result<Permit<'_, S>, Rejected> {
         self.try_acquire_raw(now).map(|raw| Permit {
             breaker: self,
             raw: Some(raw),
@@ -398,18 +500,11 @@ impl CircuitBreaker {
                 KIND_CLOSED => PermitKind::Closed,
                 KIND_DISABLED => PermitKind::Passthrough,
                 KIND_METRICS_ONLY => PermitKind::Metrics,
-                KIND_FORCED_OPEN => {
-                    return Err(Rejected {
-                        reason: RejectReason::ForcedOpen,
-                        retry_after: None,
-                    });
-                }
+                KIND_FORCED_OPEN => return Err(self.reject(RejectReason::ForcedOpen, None, now)),
                 KIND_OPENING => {
                     let full = self.config.open_ns_for(s.trips());
-                    return Err(Rejected {
-                        reason: RejectReason::Open,
-                        retry_after: Some(Duration::from_nanos(full)),
-                    });
+                    let full = Some(Duration::from_nanos(full));
+                    return Err(self.reject(RejectReason::Open, full, now));
                 }
                 KIND_OPEN => {
                     // ordering: Relaxed; the Acquire load of `Open` made the
@@ -417,14 +512,19 @@ impl CircuitBreaker {
                     let until = self.core.open_until.load(Ordering::Relaxed);
                     if now.as_nanos() < until {
                         let left = Duration::from_nanos(until - now.as_nanos());
-                        return Err(Rejected {
-                            reason: RejectReason::Open,
-                            retry_after: Some(left),
-                        });
+                        return Err(self.reject(RejectReason::Open, Some(left), now));
                     }
                     let half_open = s.next(KIND_HALF_OPEN, s.trips(), 1);
                     match self.exchange(s, half_open) {
-                        Ok(()) => return Ok(self.permit(half_open, PermitKind::Probe, now)),
+                        Ok(()) => {
+                            let probes = u64::from(self.config.probes);
+                            self.emit(
+                                EventKind::BREAKER_HALF_OPENED,
+                                now,
+                                [u64::from(s.trips()), probes],
+                            );
+                            return Ok(self.permit(half_open, PermitKind::Probe, now));
+                        }
                         Err(actual) => {
                             s = actual;
                             continue;
@@ -435,10 +535,7 @@ impl CircuitBreaker {
                     // KIND_HALF_OPEN
                     let admitted = s.payload();
                     if admitted >= self.config.probes {
-                        return Err(Rejected {
-                            reason: RejectReason::HalfOpenFull,
-                            retry_after: None,
-                        });
+                        return Err(self.reject(RejectReason::HalfOpenFull, None, now));
                     }
                     match self.exchange(s, s.with_payload(admitted + 1)) {
                         Ok(()) => return Ok(self.permit(s, PermitKind::Probe, now)),
@@ -545,9 +642,11 @@ impl CircuitBreaker {
         if s.generation() != generation || s.kind() != KIND_CLOSED {
             return;
         }
-        let rate_trip = cfg.has_rate_rule() && {
+        let rate_trip = if cfg.has_rate_rule() {
             let c = self.window.sum(&cfg.window, generation, pos);
-            cfg.rate_tripped(c.calls, c.failures, c.slow)
+            cfg.rate_trip(c.calls, c.failures, c.slow)
+        } else {
+            None
         };
         while s.generation() == generation && s.kind() == KIND_CLOSED {
             let run = if failed {
@@ -556,7 +655,12 @@ impl CircuitBreaker {
                 0
             };
             let run_trip = cfg.consecutive_failures.is_some_and(|limit| run >= limit);
-            let new = if rate_trip || run_trip {
+            let reason = if run_trip {
+                Some(TripReason::ConsecutiveFailures)
+            } else {
+                rate_trip
+            };
+            let new = if reason.is_some() {
                 s.next(KIND_OPENING, 1, 0)
             } else if run != s.payload() {
                 s.with_payload(run)
@@ -565,8 +669,8 @@ impl CircuitBreaker {
             };
             match self.exchange(s, new) {
                 Ok(()) => {
-                    if new.kind() == KIND_OPENING {
-                        self.finish_opening(new, now);
+                    if let Some(reason) = reason {
+                        self.finish_opening(new, now, reason);
                     }
                     return;
                 }
@@ -576,15 +680,16 @@ impl CircuitBreaker {
     }
 
     /// Second step of a trip: publish the deadline, then `Opening -> Open`.
-    fn finish_opening(&self, opening: StateWord, now: Timestamp) {
-        let until = now
-            .as_nanos()
-            .saturating_add(self.config.open_ns_for(opening.trips()));
+    fn finish_opening(&self, opening: StateWord, now: Timestamp, reason: TripReason) {
+        let open_ns = self.config.open_ns_for(opening.trips());
+        let until = now.as_nanos().saturating_add(open_ns);
         // ordering: Relaxed; published by the Release of the exchange below.
         self.core.open_until.store(until, Ordering::Relaxed);
         let open = StateWord::new(KIND_OPEN, opening.trips(), 0, opening.generation());
         // A failure means an operator moved the breaker meanwhile; theirs wins.
         let _ = self.exchange(opening, open);
+        let what = reason as u64 | (u64::from(opening.trips()) << 32);
+        self.emit(EventKind::BREAKER_OPENED, now, [what, open_ns]);
     }
 
     #[cold]
@@ -630,7 +735,10 @@ impl CircuitBreaker {
             match self.exchange(s, new) {
                 Ok(()) => {
                     if new.kind() == KIND_OPENING {
-                        self.finish_opening(new, now);
+                        self.finish_opening(new, now, TripReason::FailedTest);
+                    } else {
+                        let (ok, bad) = (report.succeeded().into(), report.failed().into());
+                        self.emit(EventKind::BREAKER_CLOSED, now, [ok, bad]);
                     }
                     return;
                 }
@@ -639,36 +747,41 @@ impl CircuitBreaker {
         }
     }
 
-    fn force(&self, kind: u64) {
+    fn force(&self, kind: u64, now: Timestamp) {
         let mut s = self.load();
         loop {
             match self.exchange(s, s.next(kind, 0, 0)) {
-                Ok(()) => return,
+                Ok(()) => break,
                 Err(actual) => s = actual,
             }
         }
+        self.emit(
+            EventKind::BREAKER_FORCED,
+            now,
+            [BreakerState::from_kind(kind).code(), 0],
+        );
     }
 
     /// Holds the breaker open (rejecting with [`RejectReason::ForcedOpen`])
-    /// until another explicit call.
-    pub fn force_open(&self) {
-        self.force(KIND_FORCED_OPEN);
+    /// until another explicit call. `now` only timestamps the event.
+    pub fn force_open(&self, now: Timestamp) {
+        self.force(KIND_FORCED_OPEN, now);
     }
 
     /// Lets every call through without measuring, until another explicit call.
-    pub fn disable(&self) {
-        self.force(KIND_DISABLED);
+    pub fn disable(&self, now: Timestamp) {
+        self.force(KIND_DISABLED, now);
     }
 
     /// Lets every call through and measures it, never tripping, until another
     /// explicit call.
-    pub fn metrics_only(&self) {
-        self.force(KIND_METRICS_ONLY);
+    pub fn metrics_only(&self, now: Timestamp) {
+        self.force(KIND_METRICS_ONLY, now);
     }
 
     /// Closes the breaker with an empty window and no trip history.
-    pub fn reset(&self) {
-        self.force(KIND_CLOSED);
+    pub fn reset(&self, now: Timestamp) {
+        self.force(KIND_CLOSED, now);
     }
 
     fn probe_reports(&self, generation: u32) -> u32 {

@@ -15,7 +15,11 @@ fn breaker(b: BreakerConfigBuilder) -> CircuitBreaker {
     CircuitBreaker::new(b.build().expect("valid config"))
 }
 
-fn call(b: &CircuitBreaker, clock: &ManualClock, outcome: Outcome) -> Result<(), Rejected> {
+fn call<S: EventSink>(
+    b: &CircuitBreaker<S>,
+    clock: &ManualClock,
+    outcome: Outcome,
+) -> Result<(), Rejected> {
     let p = b.try_acquire(clock.now())?;
     p.record(outcome, clock.now());
     Ok(())
@@ -307,24 +311,24 @@ fn explicit_states() {
             .consecutive_failures(1),
     );
     let c = ManualClock::new();
-    b.force_open();
+    b.force_open(c.now());
     let r = b.try_acquire(c.now()).unwrap_err();
     assert_eq!(
         (r.reason(), r.retry_after()),
         (RejectReason::ForcedOpen, None)
     );
-    b.disable();
+    b.disable(c.now());
     for _ in 0..5 {
         call(&b, &c, Outcome::Failure).unwrap();
     }
     assert_eq!(b.state(), BreakerState::Disabled);
-    b.metrics_only();
+    b.metrics_only(c.now());
     for _ in 0..5 {
         call(&b, &c, Outcome::Failure).unwrap();
     }
     assert_eq!(b.state(), BreakerState::MetricsOnly);
     assert_eq!(b.snapshot(c.now()).window.failures, 5);
-    b.reset();
+    b.reset(c.now());
     assert_eq!(b.state(), BreakerState::Closed);
     assert_eq!(
         b.snapshot(c.now()).window.calls,
@@ -342,4 +346,77 @@ fn rejection_messages_are_readable() {
         retry_after: Some(Duration::from_secs(2)),
     };
     assert_eq!(r.to_string(), "circuit breaker is open; retry after 2s");
+}
+
+#[test]
+fn transitions_and_rejections_are_emitted() {
+    use crate::events::{EventKind, EventRing, Received};
+
+    let ring = EventRing::with_capacity(64).unwrap();
+    let b = CircuitBreaker::with_sink(
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .consecutive_failures(2)
+            .half_open_probes(1)
+            .open_duration(Duration::from_secs(1))
+            .build()
+            .unwrap(),
+        &ring,
+        42,
+    );
+    let mut events = ring.consumer();
+    let c = ManualClock::new();
+    call(&b, &c, Outcome::Failure).unwrap();
+    call(&b, &c, Outcome::Failure).unwrap();
+    assert!(call(&b, &c, Outcome::Success).is_err());
+    c.advance(Duration::from_secs(1));
+    call(&b, &c, Outcome::Success).unwrap();
+    b.force_open(c.now());
+
+    let mut got = std::vec::Vec::new();
+    while let Some(Received::Event(e)) = events.try_recv() {
+        assert_eq!(e.source, 42);
+        got.push((e.kind, e.payload));
+    }
+    let open_ns = 1_000_000_000;
+    assert_eq!(
+        got,
+        [
+            (
+                EventKind::BREAKER_OPENED,
+                [TripReason::ConsecutiveFailures as u64 | (1 << 32), open_ns]
+            ),
+            (
+                EventKind::BREAKER_REJECTED,
+                [RejectReason::Open.code(), open_ns]
+            ),
+            (EventKind::BREAKER_HALF_OPENED, [1, 1]),
+            (EventKind::BREAKER_CLOSED, [1, 0]),
+            (
+                EventKind::BREAKER_FORCED,
+                [BreakerState::ForcedOpen.code(), 0]
+            ),
+        ]
+    );
+    assert_eq!(
+        TripReason::from_code(got[0].1[0]),
+        Some(TripReason::ConsecutiveFailures)
+    );
+}
+
+#[test]
+fn config_reads_back() {
+    let c = BreakerConfig::builder()
+        .failure_rate(25.0)
+        .slow_calls(80.0, ms(300))
+        .consecutive_failures(4)
+        .minimum_calls(7)
+        .reopen_on_first_failure(true)
+        .build()
+        .unwrap();
+    assert_eq!(c.failure_rate(), Some(25.0));
+    assert_eq!(c.slow_calls(), Some((80.0, ms(300))));
+    assert_eq!(c.consecutive_failures(), Some(4));
+    assert_eq!(c.minimum_calls(), 7);
+    assert!(c.reopen_on_first_failure());
 }
