@@ -55,6 +55,13 @@ pub enum ConfigError {
         /// What was asked for.
         value: f64,
     },
+    /// A fraction was outside its range (`(0, 1)` unless stated), or not a number.
+    InvalidFraction {
+        /// The offending setting.
+        field: &'static str,
+        /// What was asked for.
+        value: f64,
+    },
     /// A cap was below the value it caps.
     CapBelowBase {
         /// The offending setting.
@@ -102,6 +109,12 @@ impl fmt::Display for ConfigError {
                 write!(
                     f,
                     "`{field}` is {value}; it must be a finite number of at least 1"
+                )
+            }
+            ConfigError::InvalidFraction { field, value } => {
+                write!(
+                    f,
+                    "`{field}` is {value}; it must be a number between 0 and 1"
                 )
             }
             ConfigError::CapBelowBase { field } => {

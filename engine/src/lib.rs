@@ -26,11 +26,15 @@ extern crate alloc;
 #[cfg(any(feature = "std", test, tenlives_loom))]
 extern crate std;
 
+pub mod adaptive;
 pub mod breaker;
+pub mod bulkhead;
 mod error;
 pub mod events;
+mod rng;
 mod stripe;
 mod sync;
+pub mod throttle;
 pub mod time;
 
 pub use error::ConfigError;

@@ -29,3 +29,41 @@ pub(crate) fn spin_hint() {
     #[cfg(tenlives_loom)]
     loom::thread::yield_now();
 }
+
+/// An `UnsafeCell` that loom can check: `with_mut` hands out `&mut T`, and the
+/// caller promises (in a `SAFETY:` comment) that nothing else can be inside
+/// `with_mut` on the same cell at the same time.
+#[derive(Debug)]
+pub(crate) struct ExclusiveCell<T> {
+    #[cfg(not(tenlives_loom))]
+    inner: core::cell::UnsafeCell<T>,
+    #[cfg(tenlives_loom)]
+    inner: loom::cell::UnsafeCell<T>,
+}
+
+impl<T> ExclusiveCell<T> {
+    pub(crate) fn new(value: T) -> Self {
+        ExclusiveCell {
+            #[cfg(not(tenlives_loom))]
+            inner: core::cell::UnsafeCell::new(value),
+            #[cfg(tenlives_loom)]
+            inner: loom::cell::UnsafeCell::new(value),
+        }
+    }
+
+    /// # Safety
+    ///
+    /// No other call to `with_mut` or `with` on this cell may overlap this one.
+    pub(crate) unsafe fn with_mut<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        #[cfg(not(tenlives_loom))]
+        {
+            // SAFETY: the caller guarantees exclusive access for this call.
+            f(unsafe { &mut *self.inner.get() })
+        }
+        #[cfg(tenlives_loom)]
+        {
+            // SAFETY: the caller guarantees exclusive access; loom checks it.
+            self.inner.with_mut(|p| f(unsafe { &mut *p }))
+        }
+    }
+}

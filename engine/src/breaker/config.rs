@@ -324,7 +324,7 @@ pub(crate) struct Window {
 }
 
 impl Window {
-    fn new(spec: WindowSpec) -> Result<Self, ConfigError> {
+    pub(crate) fn new(spec: WindowSpec) -> Result<Self, ConfigError> {
         let (total, buckets) = match spec {
             WindowSpec::Count { calls, buckets } => {
                 check_range("window calls", calls, MAX_WINDOW_CALLS)?;

@@ -34,6 +34,11 @@ impl EventKind {
     pub const BREAKER_FORCED: EventKind = EventKind(4);
     /// A breaker rejected a call. Payload: `[reason code, retry-after in ns or u64::MAX if unknown]`.
     pub const BREAKER_REJECTED: EventKind = EventKind(5);
+    /// A bulkhead refused a call. Payload: `[permits asked, the packed state
+    /// word seen (in-flight << 32 | limit)]`.
+    pub const BULKHEAD_REJECTED: EventKind = EventKind(16);
+    /// A bulkhead's limit changed. Payload: `[old limit, new limit]`.
+    pub const BULKHEAD_LIMIT_CHANGED: EventKind = EventKind(17);
     /// First code free for applications.
     pub const USER: EventKind = EventKind(0x8000);
 }

@@ -1,0 +1,419 @@
+//! Client-side throttling (adaptive admission control), after the Google SRE
+//! book's "adaptive throttling" and Envoy's admission control filter.
+//!
+//! A client that sees its backend reject more and more requests starts
+//! rejecting requests itself, before they leave, with probability
+//!
+//! ```text
+//! p = max(0, (requests - K * accepts) / (requests + 1))
+//! ```
+//!
+//! over a sliding time window, where `requests` counts the requests the
+//! application tried (including those this throttle rejected) and `accepts`
+//! those the backend accepted. With `K = 2` the client lets through about
+//! twice what the backend has been accepting; a healthy backend (`accepts ≈
+//! requests`) gives `p = 0`. Rejections start only once the window holds at
+//! least `minimum_requests` requests.
+//!
+//! Requests are counted when they end (accepted, refused by the backend, or
+//! rejected here), in the same striped time window as the circuit breaker's,
+//! so the request path writes only its own thread's stripe. The random draw
+//! comes from one seedable SplitMix64 stream, advanced only while the
+//! probability is above zero: a single-threaded run with the same seed and
+//! the same timestamps makes the same decisions.
+//!
+//! ```
+//! use core::time::Duration;
+//! use tenlives_engine::throttle::{Throttle, ThrottleConfig};
+//! use tenlives_engine::time::Timestamp;
+//!
+//! let throttle = Throttle::new(ThrottleConfig::builder().k(2.0).minimum_requests(10).seed(7).build()?);
+//! let now = Timestamp::from_nanos(1_000_000_000);
+//! // The backend refuses everything for a while...
+//! for _ in 0..100 {
+//!     if let Ok(ticket) = throttle.try_admit(now) {
+//!         ticket.refused(now);
+//!     }
+//! }
+//! // ...so the throttle now rejects most requests locally.
+//! assert!(throttle.probability(now) > 0.9);
+//! # Ok::<(), tenlives_engine::ConfigError>(())
+//! ```
+
+use core::fmt;
+use core::time::Duration;
+
+use crossbeam_utils::CachePadded;
+
+use crate::breaker::WindowSpec;
+use crate::breaker::config::Window;
+use crate::breaker::window::StripedWindow;
+use crate::error::ConfigError;
+use crate::rng::SplitMix64;
+use crate::sync::{AtomicU64, Ordering};
+use crate::time::Timestamp;
+
+/// The SplitMix64 increment: each draw advances a stripe's state by it.
+const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// Builder for [`ThrottleConfig`].
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct ThrottleConfigBuilder {
+    k: f64,
+    window: (Duration, u32),
+    minimum_requests: u32,
+    seed: u64,
+}
+
+/// A validated throttle configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct ThrottleConfig {
+    /// K in thousandths.
+    k_milli: u64,
+    window: Window,
+    minimum_requests: u64,
+    seed: u64,
+}
+
+impl ThrottleConfig {
+    /// Defaults: K = 2, a 60-second window in 12 buckets, rejections only
+    /// once 20 requests were seen, seed 0.
+    pub fn builder() -> ThrottleConfigBuilder {
+        ThrottleConfigBuilder {
+            k: 2.0,
+            window: (Duration::from_secs(60), 12),
+            minimum_requests: 20,
+            seed: 0,
+        }
+    }
+
+    /// K, the multiplier on accepts.
+    pub fn k(&self) -> f64 {
+        self.k_milli as f64 / 1000.0
+    }
+}
+
+impl ThrottleConfigBuilder {
+    /// The multiplier on accepts, at least 1 (1 is aggressive, 2 is usual).
+    pub fn k(mut self, k: f64) -> Self {
+        self.k = k;
+        self
+    }
+    /// The sliding window: its length and buckets (as for the breaker's time
+    /// window; `buckets` must divide the length and be at most 16).
+    pub fn window(mut self, length: Duration, buckets: u32) -> Self {
+        self.window = (length, buckets);
+        self
+    }
+    /// Reject nothing until the window holds this many requests.
+    pub fn minimum_requests(mut self, n: u32) -> Self {
+        self.minimum_requests = n;
+        self
+    }
+    /// Seed of the random draws.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+    /// Validates the settings.
+    pub fn build(self) -> Result<ThrottleConfig, ConfigError> {
+        if !(self.k.is_finite() && self.k >= 1.0 && self.k <= 1_000_000.0) {
+            return Err(ConfigError::InvalidMultiplier {
+                field: "k",
+                value: self.k,
+            });
+        }
+        let (length, buckets) = self.window;
+        let window = Window::new(WindowSpec::Time { length, buckets })?;
+        Ok(ThrottleConfig {
+            k_milli: (self.k * 1000.0 + 0.5) as u64,
+            window,
+            minimum_requests: self.minimum_requests.into(),
+            seed: self.seed,
+        })
+    }
+}
+
+/// A request rejected locally, with the rejection probability at the time.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Throttled {
+    probability: f64,
+}
+
+impl Throttled {
+    /// The rejection probability when this request was rejected.
+    pub fn probability(&self) -> f64 {
+        self.probability
+    }
+}
+
+impl fmt::Display for Throttled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "throttled locally: the backend has been refusing requests (rejecting {:.0} % here)",
+            self.probability * 100.0
+        )
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for Throttled {}
+
+/// The client-side throttle. See the [module documentation](self).
+pub struct Throttle {
+    window: StripedWindow,
+    config: ThrottleConfig,
+    /// SplitMix64 state, shared: it is only advanced when the probability is
+    /// above zero, and one stream (rather than one per stripe) makes a
+    /// single-threaded run reproducible whichever stripe its thread got.
+    rng: CachePadded<AtomicU64>,
+}
+
+impl fmt::Debug for Throttle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Throttle")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A request let through: report how the backend answered.
+#[must_use = "report the backend's answer, or the request counts for nothing"]
+#[derive(Debug)]
+pub struct ThrottleTicket<'a> {
+    throttle: &'a Throttle,
+}
+
+impl ThrottleTicket<'_> {
+    /// The backend accepted the request (answered it, even with an error of
+    /// the caller's making).
+    pub fn accepted(self, now: Timestamp) {
+        self.throttle.count(now, true);
+    }
+    /// The backend refused the request (overloaded, unavailable, timed out).
+    pub fn refused(self, now: Timestamp) {
+        self.throttle.count(now, false);
+    }
+}
+
+impl Throttle {
+    /// A throttle with nothing in its window.
+    pub fn new(config: ThrottleConfig) -> Self {
+        Throttle {
+            window: StripedWindow::new(),
+            rng: CachePadded::new(AtomicU64::new(config.seed)),
+            config,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ThrottleConfig {
+        &self.config
+    }
+
+    fn count(&self, now: Timestamp, accepted: bool) {
+        let pos = self.window.position(&self.config.window, now);
+        // "failed" marks a request the backend did not accept.
+        self.window
+            .record(&self.config.window, 0, pos, !accepted, false);
+    }
+
+    /// `(requests, accepts)` in the window at `now`.
+    pub fn counts(&self, now: Timestamp) -> (u64, u64) {
+        let pos = self.window.position(&self.config.window, now);
+        let c = self.window.sum(&self.config.window, 0, pos);
+        (c.calls, c.calls - c.failures)
+    }
+
+    /// The rejection probability at `now` as a fraction `(numerator,
+    /// denominator)`; zero below the minimum number of requests.
+    fn odds(&self, now: Timestamp) -> (u64, u64) {
+        let (requests, accepts) = self.counts(now);
+        if requests < self.config.minimum_requests {
+            return (0, 1);
+        }
+        let over = (requests * 1000).saturating_sub(self.config.k_milli.saturating_mul(accepts));
+        (over, (requests + 1) * 1000)
+    }
+
+    /// The probability that a request at `now` is rejected locally.
+    pub fn probability(&self, now: Timestamp) -> f64 {
+        let (num, den) = self.odds(now);
+        num as f64 / den as f64
+    }
+
+    /// Lets a request through, or rejects it locally (which counts as a
+    /// request the backend did not accept).
+    pub fn try_admit(&self, now: Timestamp) -> Result<ThrottleTicket<'_>, Throttled> {
+        let (num, den) = self.odds(now);
+        if num == 0 {
+            return Ok(ThrottleTicket { throttle: self });
+        }
+        // ordering: Relaxed; the state only feeds the random stream.
+        let state = self.rng.fetch_add(GAMMA, Ordering::Relaxed);
+        let draw = SplitMix64::new(state).next_u64() % den;
+        if draw < num {
+            self.count(now, false);
+            Err(Throttled {
+                probability: num as f64 / den as f64,
+            })
+        } else {
+            Ok(ThrottleTicket { throttle: self })
+        }
+    }
+}
+
+#[cfg(all(test, not(tenlives_loom)))]
+mod tests {
+    use super::*;
+
+    fn secs(s: u64) -> Timestamp {
+        Timestamp::from_nanos(s * 1_000_000_000)
+    }
+
+    #[test]
+    fn healthy_backend_is_never_throttled() {
+        let t = Throttle::new(
+            ThrottleConfig::builder()
+                .minimum_requests(1)
+                .build()
+                .unwrap(),
+        );
+        for _ in 0..1000 {
+            t.try_admit(secs(1)).unwrap().accepted(secs(1));
+        }
+        assert_eq!(t.probability(secs(1)), 0.0);
+    }
+
+    #[test]
+    fn probability_follows_the_formula() {
+        let t = Throttle::new(
+            ThrottleConfig::builder()
+                .k(2.0)
+                .minimum_requests(1)
+                .build()
+                .unwrap(),
+        );
+        // 10 accepted, 40 refused: requests 50, accepts 10.
+        for i in 0..50 {
+            let ticket = t.try_admit(secs(1));
+            // Below the point where p > 0 everything passes.
+            match ticket {
+                Ok(ticket) if i < 10 => ticket.accepted(secs(1)),
+                Ok(ticket) => ticket.refused(secs(1)),
+                Err(_) => {}
+            }
+        }
+        let (requests, accepts) = t.counts(secs(1));
+        assert_eq!((requests, accepts), (50, 10));
+        let expected = (50.0 - 2.0 * 10.0) / 51.0;
+        assert!((t.probability(secs(1)) - expected).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_window_forgets() {
+        let t = Throttle::new(
+            ThrottleConfig::builder()
+                .window(Duration::from_secs(10), 10)
+                .minimum_requests(1)
+                .build()
+                .unwrap(),
+        );
+        for _ in 0..100 {
+            if let Ok(ticket) = t.try_admit(secs(0)) {
+                ticket.refused(secs(0));
+            }
+        }
+        assert!(t.probability(secs(0)) > 0.9);
+        assert_eq!(
+            t.probability(secs(10)),
+            0.0,
+            "ten seconds later the window is empty"
+        );
+    }
+
+    #[test]
+    fn same_seed_same_decisions() {
+        let decide = |seed| {
+            let t = Throttle::new(
+                ThrottleConfig::builder()
+                    .seed(seed)
+                    .minimum_requests(1)
+                    .build()
+                    .unwrap(),
+            );
+            (0..500)
+                .map(|_| match t.try_admit(secs(1)) {
+                    Ok(ticket) => {
+                        ticket.refused(secs(1));
+                        true
+                    }
+                    Err(_) => false,
+                })
+                .collect::<std::vec::Vec<_>>()
+        };
+        assert_eq!(decide(3), decide(3));
+        assert_ne!(decide(3), decide(4));
+    }
+
+    #[test]
+    fn rejection_rate_matches_the_probability() {
+        // Keep the counts fixed by measuring against a frozen window: the
+        // local rejections counted as requests push p up, so compare the
+        // empirical rate with the mean of p over the draws.
+        let t = Throttle::new(
+            ThrottleConfig::builder()
+                .minimum_requests(1)
+                .seed(11)
+                .build()
+                .unwrap(),
+        );
+        for i in 0..300 {
+            if let Ok(ticket) = t.try_admit(secs(1)) {
+                if i % 3 == 0 {
+                    ticket.accepted(secs(1))
+                } else {
+                    ticket.refused(secs(1))
+                }
+            }
+        }
+        let (mut rejected, mut expected) = (0.0, 0.0);
+        for _ in 0..20_000 {
+            expected += t.probability(secs(1));
+            match t.try_admit(secs(1)) {
+                Ok(ticket) => ticket.accepted(secs(1)),
+                Err(_) => rejected += 1.0,
+            }
+        }
+        assert!(
+            (rejected - expected).abs() / expected < 0.05,
+            "{rejected} vs {expected}"
+        );
+    }
+
+    #[test]
+    fn bad_config_is_refused() {
+        assert!(matches!(
+            ThrottleConfig::builder().k(0.5).build().unwrap_err(),
+            ConfigError::InvalidMultiplier { .. }
+        ));
+        assert!(matches!(
+            ThrottleConfig::builder().k(f64::NAN).build().unwrap_err(),
+            ConfigError::InvalidMultiplier { .. }
+        ));
+        assert!(
+            ThrottleConfig::builder()
+                .window(Duration::ZERO, 1)
+                .build()
+                .is_err()
+        );
+        assert!(
+            ThrottleConfig::builder()
+                .window(Duration::from_secs(10), 3)
+                .build()
+                .is_err()
+        );
+    }
+}
