@@ -66,20 +66,24 @@
 //!
 //! The alternative acquire is wait-free: `fetch_add(1 << 32)`, and if the
 //! value before shows the bulkhead full, `fetch_sub` it back. It was measured
-//! (the `bulkhead/*/design_fetch_add_undo` rows of `benches/benches/bulkhead.rs`):
-//! about 15 % cheaper per acquire + release, because it skips the load before
-//! the compare-and-swap. It was not taken, because:
+//! beside this one (the `design_fetch_add_undo` rows of
+//! `benches/benches/bulkhead.rs`, numbers in `docs/limits.md`): no cheaper
+//! on one thread, about a third cheaper per operation on two threads
+//! hammering one bulkhead, because it never loses a race and never loads the
+//! line before writing it. It was not taken, because:
 //!
 //! - it refuses calls that should pass: while a refused caller has not yet
-//!   undone its increment, `in_flight` counts a permit nobody holds, and a
-//!   third caller can be refused although a permit was free during its whole
-//!   call. With the compare-and-swap a refusal always means the bulkhead was
-//!   full at the instant of the refusal;
+//!   undone its increment, `in_flight` counts a permit nobody holds, and
+//!   another caller can be refused although a permit was free during its
+//!   whole call. Under a storm of refused callers (the overload a bulkhead
+//!   exists for), their pending increments can keep the word at the limit
+//!   while no permit is held, refusing everyone: throughput collapses. With
+//!   the compare-and-swap a refusal always means the bulkhead was full at the
+//!   instant of the refusal, and a release is always usable by the next caller;
 //! - [`in_flight`](Bulkhead::in_flight) would read above the permits held
 //!   (and above the limit) while undos are pending; here it is exact;
-//! - a refusal would cost two writes to the shared line, exactly when the
-//!   bulkhead is overloaded and refusals are most of the traffic; here a
-//!   refusal is one load and writes nothing.
+//! - a refusal would write the shared line twice, exactly when refusals are
+//!   most of the traffic; here a refusal is one load and writes nothing.
 
 use core::fmt;
 

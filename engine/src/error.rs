@@ -67,6 +67,15 @@ pub enum ConfigError {
         /// The offending setting.
         field: &'static str,
     },
+    /// A ratio was negative, above its maximum, or not a number.
+    RatioOutOfRange {
+        /// The offending setting.
+        field: &'static str,
+        /// What was asked for.
+        value: f64,
+        /// The largest accepted value.
+        max: f64,
+    },
     /// The breaker has no rule that could ever open it.
     NoTripRule,
     /// A size that must be a power of two (of at least 2) was not.
@@ -119,6 +128,12 @@ impl fmt::Display for ConfigError {
             }
             ConfigError::CapBelowBase { field } => {
                 write!(f, "`{field}` must be at least the value it caps")
+            }
+            ConfigError::RatioOutOfRange { field, value, max } => {
+                write!(
+                    f,
+                    "`{field}` is {value}; it must be a number from 0 to {max}"
+                )
             }
             ConfigError::NotPowerOfTwo { field, value } => {
                 write!(

@@ -6,6 +6,10 @@
 //! - [`breaker`]: a circuit breaker (closed, open, half-open, forced open,
 //!   disabled, metrics-only) with consecutive-failure, failure-rate and
 //!   slow-call-rate rules over count- or time-based sliding windows.
+//! - [`bulkhead`]: a limit on concurrent calls (an atomic permit counter
+//!   whose limit can change at run time).
+//! - [`retry`]: backoff schedules with seedable jitter, and a lock-free retry
+//!   budget.
 //! - [`time`]: time as a value ([`time::Timestamp`]), the [`time::Clock`]
 //!   trait, a manual clock for tests and a monotonic clock under `std`.
 //!
@@ -31,6 +35,7 @@ pub mod breaker;
 pub mod bulkhead;
 mod error;
 pub mod events;
+pub mod retry;
 mod rng;
 mod stripe;
 mod sync;

@@ -39,6 +39,9 @@ impl EventKind {
     pub const BULKHEAD_REJECTED: EventKind = EventKind(16);
     /// A bulkhead's limit changed. Payload: `[old limit, new limit]`.
     pub const BULKHEAD_LIMIT_CHANGED: EventKind = EventKind(17);
+    /// A retry budget refused a withdrawal. Payload: `[withdrawals in the
+    /// window, deposits in the window]`.
+    pub const RETRY_BUDGET_EXHAUSTED: EventKind = EventKind(32);
     /// First code free for applications.
     pub const USER: EventKind = EventKind(0x8000);
 }
