@@ -27,10 +27,8 @@
 //! of its cost as a user pays it, so they stay in its figures.
 
 use std::hint::black_box;
-use std::sync::Barrier;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{
     BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
@@ -39,6 +37,8 @@ use failsafe::CircuitBreaker as _;
 use failsafe::failure_policy::FailurePolicy;
 use tenlives_engine::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 use tenlives_engine::time::Timestamp;
+
+mod support;
 
 /// Where the benchmarks' timestamps start: an hour after the clock's origin,
 /// as a monotonic clock of a running process would read.
@@ -117,38 +117,8 @@ fn closed_success<S: ClosedSuccess>(
         });
     });
     group.bench_function(format!("{name}/2_threads"), |b| {
-        b.iter_custom(|iters| two_threads(subject, iters));
+        b.iter_custom(|iters| support::two_threads(iters, START_NS, 1, |t| subject.succeed(t)));
     });
-}
-
-/// Runs `iters` successes on each of 2 threads sharing `subject`, started
-/// together, and returns the wall time from the first start to the last end:
-/// divided by `iters`, the time per operation per thread.
-fn two_threads<S: ClosedSuccess>(subject: &S, iters: u64) -> Duration {
-    let barrier = Barrier::new(2);
-    let spans: Vec<(Instant, Instant)> = thread::scope(|scope| {
-        let workers: Vec<_> = (0..2)
-            .map(|_| {
-                scope.spawn(|| {
-                    barrier.wait();
-                    let start = Instant::now();
-                    let mut t = START_NS;
-                    for _ in 0..iters {
-                        t += 1;
-                        subject.succeed(black_box(t));
-                    }
-                    (start, Instant::now())
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("worker panicked"))
-            .collect()
-    });
-    let first_start = spans.iter().map(|s| s.0).min().expect("two spans");
-    let last_end = spans.iter().map(|s| s.1).max().expect("two spans");
-    last_end - first_start
 }
 
 fn bench_closed_success(c: &mut Criterion) {
@@ -290,10 +260,7 @@ mod harness {
 
     criterion_group! {
         name = benches;
-        config = Criterion::default()
-            .warm_up_time(Duration::from_secs(1))
-            .measurement_time(Duration::from_secs(2))
-            .sample_size(30);
+        config = support::config();
         targets = bench_closed_success, bench_open_rejection, bench_half_open_admission
     }
 }

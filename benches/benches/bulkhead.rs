@@ -23,10 +23,8 @@
 
 use std::cell::Cell;
 use std::hint::black_box;
-use std::sync::Barrier;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{
     BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
@@ -34,6 +32,8 @@ use criterion::{
 use tenlives_engine::bulkhead::Bulkhead;
 use tenlives_engine::retry::{RetryBudget, RetryBudgetConfig};
 use tenlives_engine::time::Timestamp;
+
+mod support;
 
 /// Where the budget's timestamps start: an hour after the clock's origin.
 const START_NS: u64 = 3_600_000_000_000;
@@ -139,40 +139,9 @@ fn both<S: Operation>(
         b.iter_custom(|iters| {
             let start = clock.get();
             clock.set(start + iters * step);
-            two_threads(subject, iters, start, step)
+            support::two_threads(iters, start, step, |t| subject.run(t))
         });
     });
-}
-
-/// Runs `iters` operations on each of 2 threads sharing `subject`, started
-/// together at a barrier, time going from `start` by `step` on each; returns
-/// the wall time from the first start to the last end, which divided by
-/// `iters` is the time per operation per thread.
-fn two_threads<S: Operation>(subject: &S, iters: u64, start: u64, step: u64) -> Duration {
-    let barrier = Barrier::new(2);
-    let spans: Vec<(Instant, Instant)> = thread::scope(|scope| {
-        let workers: Vec<_> = (0..2)
-            .map(|_| {
-                scope.spawn(|| {
-                    barrier.wait();
-                    let began = Instant::now();
-                    let mut t = start;
-                    for _ in 0..iters {
-                        t += step;
-                        subject.run(black_box(t));
-                    }
-                    (began, Instant::now())
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("worker panicked"))
-            .collect()
-    });
-    let first_start = spans.iter().map(|s| s.0).min().expect("two spans");
-    let last_end = spans.iter().map(|s| s.1).max().expect("two spans");
-    last_end - first_start
 }
 
 fn bench_bulkhead(c: &mut Criterion) {
@@ -217,10 +186,7 @@ mod harness {
 
     criterion_group! {
         name = benches;
-        config = Criterion::default()
-            .warm_up_time(Duration::from_secs(1))
-            .measurement_time(Duration::from_secs(2))
-            .sample_size(30);
+        config = support::config();
         targets = bench_bulkhead, bench_retry_budget
     }
 }

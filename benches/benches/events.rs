@@ -47,6 +47,8 @@ use crossbeam_queue::ArrayQueue;
 use tenlives_engine::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 use tenlives_engine::events::{Event, EventKind, EventRing, EventSink, Received, Slot};
 use tenlives_engine::time::Timestamp;
+
+mod support;
 use tokio::sync::broadcast;
 
 /// Where the benchmarks' timestamps start: an hour after the clock's origin,
@@ -416,10 +418,7 @@ mod harness {
 
     criterion_group! {
         name = benches;
-        config = Criterion::default()
-            .warm_up_time(Duration::from_secs(1))
-            .measurement_time(Duration::from_secs(2))
-            .sample_size(30);
+        config = support::config();
         targets = bench_emit, bench_consume, bench_sink, bench_emit_capacity
     }
 }
