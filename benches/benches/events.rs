@@ -268,15 +268,19 @@ fn bench_emit(c: &mut Criterion) {
 
     let ring = Ring::with_capacity(CAPACITY).expect("a power of two");
     emit(&mut group, "tenlives_ring", &ring);
-    assert!(ring.emitted() > CAPACITY as u64);
+    // Either filtered out (`cargo bench -- <filter>`) or long enough to lap.
+    assert!(ring.emitted() == 0 || ring.emitted() > CAPACITY as u64);
 
     let broadcast = Broadcast::new();
     emit(&mut group, "tokio_broadcast", &broadcast);
-    assert_eq!(broadcast.tx.len(), CAPACITY, "full, overwriting");
+    assert!(
+        matches!(broadcast.tx.len(), 0 | CAPACITY),
+        "untouched, or full and overwriting"
+    );
 
     let queue = ArrayQueue::new(CAPACITY);
     emit(&mut group, "crossbeam_array_queue", &queue);
-    assert!(queue.is_full());
+    assert!(queue.is_empty() || queue.is_full());
 
     let channel = SyncChannel::new();
     emit(&mut group, "std_sync_channel", &channel);
@@ -394,8 +398,9 @@ fn bench_sink(c: &mut Criterion) {
     );
     let emitted = ring.emitted();
     rejection(&mut group, "rejection_ring_sink", &b);
-    // One BREAKER_FORCED, then one BREAKER_REJECTED per rejection.
-    assert!(ring.emitted() > emitted + 1, "rejections emit");
+    // One BREAKER_FORCED, then (unless filtered out) one BREAKER_REJECTED
+    // per rejection.
+    assert!(ring.emitted() > emitted, "the sink is wired");
 
     group.finish();
 }
