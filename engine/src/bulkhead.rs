@@ -432,7 +432,13 @@ impl<S: EventSink> Bulkhead<S> {
                 Ordering::Acquire,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    if self.sink.enabled() {
+                        let in_flight = u64::from(new.in_flight());
+                        self.emit(EventKind::BULKHEAD_ACQUIRED, [u64::from(n), in_flight]);
+                    }
+                    return Ok(());
+                }
                 Err(actual) => current = Word(actual),
             }
         }
@@ -477,6 +483,10 @@ impl<S: EventSink> Bulkhead<S> {
             "released {n} permits with {} in flight: a permit from another bulkhead?",
             before.in_flight()
         );
+        if self.sink.enabled() {
+            let in_flight = u64::from(before.in_flight().wrapping_sub(n));
+            self.emit(EventKind::BULKHEAD_RELEASED, [u64::from(n), in_flight]);
+        }
     }
 
     /// Changes the limit, returning the previous one. A `limit` of zero is

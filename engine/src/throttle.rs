@@ -49,6 +49,7 @@ use crate::breaker::WindowSpec;
 use crate::breaker::config::Window;
 use crate::breaker::window::StripedWindow;
 use crate::error::ConfigError;
+use crate::events::{Event, EventKind, EventSink, NoSink};
 use crate::rng::SplitMix64;
 use crate::sync::{AtomicU64, Ordering};
 use crate::time::Timestamp;
@@ -162,16 +163,18 @@ impl fmt::Display for Throttled {
 impl std::error::Error for Throttled {}
 
 /// The client-side throttle. See the [module documentation](self).
-pub struct Throttle {
+pub struct Throttle<S: EventSink = NoSink> {
     window: StripedWindow,
     config: ThrottleConfig,
+    sink: S,
+    source: u32,
     /// SplitMix64 state, shared: it is only advanced when the probability is
     /// above zero, and one stream (rather than one per stripe) makes a
     /// single-threaded run reproducible whichever stripe its thread got.
     rng: CachePadded<AtomicU64>,
 }
 
-impl fmt::Debug for Throttle {
+impl<S: EventSink> fmt::Debug for Throttle<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Throttle")
             .field("config", &self.config)
@@ -181,12 +184,17 @@ impl fmt::Debug for Throttle {
 
 /// A request let through: report how the backend answered.
 #[must_use = "report the backend's answer, or the request counts for nothing"]
-#[derive(Debug)]
-pub struct ThrottleTicket<'a> {
-    throttle: &'a Throttle,
+pub struct ThrottleTicket<'a, S: EventSink = NoSink> {
+    throttle: &'a Throttle<S>,
 }
 
-impl ThrottleTicket<'_> {
+impl<S: EventSink> fmt::Debug for ThrottleTicket<'_, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThrottleTicket").finish_non_exhaustive()
+    }
+}
+
+impl<S: EventSink> ThrottleTicket<'_, S> {
     /// The backend accepted the request (answered it, even with an error of
     /// the caller's making).
     pub fn accepted(self, now: Timestamp) {
@@ -199,9 +207,19 @@ impl ThrottleTicket<'_> {
 }
 
 impl Throttle {
-    /// A throttle with nothing in its window.
+    /// A throttle with nothing in its window, emitting no events.
     pub fn new(config: ThrottleConfig) -> Self {
+        Throttle::with_sink(config, NoSink, 0)
+    }
+}
+
+impl<S: EventSink> Throttle<S> {
+    /// A throttle that reports its local rejections to `sink` as
+    /// [`EventKind::THROTTLED`] events, tagged with `source`.
+    pub fn with_sink(config: ThrottleConfig, sink: S, source: u32) -> Self {
         Throttle {
+            sink,
+            source,
             window: StripedWindow::new(),
             rng: CachePadded::new(AtomicU64::new(config.seed)),
             config,
@@ -246,7 +264,7 @@ impl Throttle {
 
     /// Lets a request through, or rejects it locally (which counts as a
     /// request the backend did not accept).
-    pub fn try_admit(&self, now: Timestamp) -> Result<ThrottleTicket<'_>, Throttled> {
+    pub fn try_admit(&self, now: Timestamp) -> Result<ThrottleTicket<'_, S>, Throttled> {
         let (num, den) = self.odds(now);
         if num == 0 {
             return Ok(ThrottleTicket { throttle: self });
@@ -256,6 +274,17 @@ impl Throttle {
         let draw = SplitMix64::new(state).next_u64() % den;
         if draw < num {
             self.count(now, false);
+            if self.sink.enabled() {
+                let ppm = u64::try_from(u128::from(num) * 1_000_000 / u128::from(den))
+                    .unwrap_or(u64::MAX);
+                let requests = den / 1000 - 1;
+                self.sink.emit(Event::new(
+                    EventKind::THROTTLED,
+                    self.source,
+                    now,
+                    [ppm, requests],
+                ));
+            }
             Err(Throttled {
                 probability: num as f64 / den as f64,
             })
@@ -391,6 +420,43 @@ mod tests {
             (rejected - expected).abs() / expected < 0.05,
             "{rejected} vs {expected}"
         );
+    }
+
+    #[test]
+    fn local_rejections_are_emitted() {
+        use crate::events::{EventKind, EventRing, Received};
+
+        let ring = EventRing::with_capacity(256).unwrap();
+        let mut seen = ring.consumer();
+        let t = Throttle::with_sink(
+            ThrottleConfig::builder()
+                .minimum_requests(1)
+                .build()
+                .unwrap(),
+            &ring,
+            9,
+        );
+        let mut rejected = 0;
+        for _ in 0..100 {
+            match t.try_admit(secs(1)) {
+                Ok(ticket) => ticket.refused(secs(1)),
+                Err(_) => rejected += 1,
+            }
+        }
+        let mut events = 0;
+        while let Some(Received::Event(e)) = seen.try_recv() {
+            assert_eq!(
+                (e.kind, e.source, e.time),
+                (EventKind::THROTTLED, 9, secs(1))
+            );
+            assert!(
+                e.payload[0] > 0 && e.payload[0] < 1_000_000,
+                "a probability in ppm"
+            );
+            events += 1;
+        }
+        assert!(rejected > 0);
+        assert_eq!(events, rejected);
     }
 
     #[test]

@@ -39,9 +39,16 @@ impl EventKind {
     pub const BULKHEAD_REJECTED: EventKind = EventKind(16);
     /// A bulkhead's limit changed. Payload: `[old limit, new limit]`.
     pub const BULKHEAD_LIMIT_CHANGED: EventKind = EventKind(17);
+    /// A bulkhead granted permits. Payload: `[permits, in flight after]`.
+    pub const BULKHEAD_ACQUIRED: EventKind = EventKind(18);
+    /// Permits went back to a bulkhead. Payload: `[permits, in flight after]`.
+    pub const BULKHEAD_RELEASED: EventKind = EventKind(19);
     /// A retry budget refused a withdrawal. Payload: `[withdrawals in the
     /// window, deposits in the window]`.
     pub const RETRY_BUDGET_EXHAUSTED: EventKind = EventKind(32);
+    /// A client-side throttle rejected a request locally. Payload:
+    /// `[rejection probability in parts per million, requests in the window]`.
+    pub const THROTTLED: EventKind = EventKind(48);
     /// First code free for applications.
     pub const USER: EventKind = EventKind(0x8000);
 }
@@ -87,6 +94,50 @@ pub trait EventSink {
 
     /// Records one event.
     fn emit(&self, event: Event);
+}
+
+/// A sink that passes on only the events whose kind `keep` accepts, e.g. to
+/// record a bulkhead's rejections but not its every grant and release.
+///
+/// ```
+/// use tenlives_engine::bulkhead::Bulkhead;
+/// use tenlives_engine::events::{EventKind, EventRing, Filter, Received};
+///
+/// let ring = EventRing::with_capacity(16)?;
+/// let mut seen = ring.consumer();
+/// let sink = Filter::new(&ring, |kind| kind == EventKind::BULKHEAD_REJECTED);
+/// let bulkhead = Bulkhead::with_sink(1, sink, 3)?;
+/// let held = bulkhead.try_acquire().unwrap(); // not recorded
+/// assert!(bulkhead.try_acquire().is_err()); // recorded
+/// drop(held); // not recorded
+/// assert!(matches!(seen.try_recv(), Some(Received::Event(e)) if e.kind == EventKind::BULKHEAD_REJECTED));
+/// assert_eq!(seen.try_recv(), None);
+/// # Ok::<(), tenlives_engine::ConfigError>(())
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct Filter<S, F> {
+    sink: S,
+    keep: F,
+}
+
+impl<S: EventSink, F: Fn(EventKind) -> bool> Filter<S, F> {
+    /// Passes to `sink` the events whose kind `keep` accepts.
+    pub fn new(sink: S, keep: F) -> Self {
+        Filter { sink, keep }
+    }
+}
+
+impl<S: EventSink, F: Fn(EventKind) -> bool> EventSink for Filter<S, F> {
+    #[inline]
+    fn enabled(&self) -> bool {
+        self.sink.enabled()
+    }
+    #[inline]
+    fn emit(&self, event: Event) {
+        if (self.keep)(event.kind) {
+            self.sink.emit(event);
+        }
+    }
 }
 
 /// The sink that drops everything, at no cost.
