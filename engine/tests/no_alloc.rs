@@ -1,23 +1,41 @@
-//! B8: the breaker's request path never allocates. A counting global
-//! allocator sees zero allocations across admissions and reports in every
-//! state (closed with each rule, open, half-open, metrics-only, disabled).
+//! B8, K5, R7, E4: the request paths never allocate. A counting global
+//! allocator (counting per thread, so that tests running in parallel do not
+//! see each other's allocations) sees zero allocations across breaker
+//! admissions and reports in every state; bulkhead acquisitions, refusals,
+//! releases and limit changes; retry-budget deposits and withdrawals with
+//! bucket rolls and idle gaps; backoff iteration; event-ring pushes and reads;
+//! throttle admissions; and adaptive-limiter calls across window closes.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 use std::time::Duration;
 
+use tenlives_engine::adaptive::{AdaptiveLimiter, Aimd, WindowConfig};
 use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker, Outcome};
+use tenlives_engine::bulkhead::Bulkhead;
+use tenlives_engine::events::{Event, EventKind, EventRing};
+use tenlives_engine::retry::{Backoff, RetryBudget, RetryBudgetConfig};
+use tenlives_engine::throttle::{Throttle, ThrottleConfig};
 use tenlives_engine::time::Timestamp;
 
 struct Counting;
 
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+std::thread_local! {
+    // A const-initialised `Cell<usize>` has no destructor and needs no lazy
+    // initialisation, so the allocator can touch it without allocating.
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn count() {
+    // `try_with`: during thread teardown the slot may be gone; then don't count.
+    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+}
 
 // SAFETY: forwards every call unchanged to the system allocator; it only
-// counts allocations on the side.
+// counts allocations on the side, without allocating.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        count();
         // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which we pass on.
         unsafe { System.alloc(layout) }
     }
@@ -26,7 +44,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        count();
         // SAFETY: the caller upholds `GlobalAlloc::realloc`'s contract, which we pass on.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -34,6 +52,13 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
+
+/// Allocations this thread made while running `f`.
+fn allocations_during(f: impl FnOnce()) -> usize {
+    let before = ALLOCATIONS.with(Cell::get);
+    f();
+    ALLOCATIONS.with(Cell::get) - before
+}
 
 fn drive(b: &CircuitBreaker, start: u64, calls: u64) {
     for i in 0..calls {
@@ -84,20 +109,110 @@ fn the_request_path_never_allocates() {
     // Warm up: the first use of a thread's stripe touches a thread-local.
     drive(&breakers[0], 0, 10);
 
-    let before = ALLOCATIONS.load(Ordering::SeqCst);
-    let mut t = 1_000_000_000;
-    for b in &breakers {
-        drive(b, t, 2_000); // trips, rejects, probes, closes, trips again...
-        b.metrics_only(Timestamp::from_nanos(t));
-        drive(b, t + 3_000_000_000, 100);
-        b.disable(Timestamp::from_nanos(t));
-        drive(b, t + 4_000_000_000, 100);
-        b.force_open(Timestamp::from_nanos(t));
-        drive(b, t + 5_000_000_000, 100);
-        b.reset(Timestamp::from_nanos(t));
-        std::hint::black_box(b.snapshot(Timestamp::from_nanos(t)));
-        t += 10_000_000_000;
-    }
-    let after = ALLOCATIONS.load(Ordering::SeqCst);
-    assert_eq!(after - before, 0, "allocations on the request path");
+    let allocations = allocations_during(|| {
+        let mut t = 1_000_000_000;
+        for b in &breakers {
+            drive(b, t, 2_000); // trips, rejects, probes, closes, trips again...
+            b.metrics_only(Timestamp::from_nanos(t));
+            drive(b, t + 3_000_000_000, 100);
+            b.disable(Timestamp::from_nanos(t));
+            drive(b, t + 4_000_000_000, 100);
+            b.force_open(Timestamp::from_nanos(t));
+            drive(b, t + 5_000_000_000, 100);
+            b.reset(Timestamp::from_nanos(t));
+            std::hint::black_box(b.snapshot(Timestamp::from_nanos(t)));
+            t += 10_000_000_000;
+        }
+    });
+    assert_eq!(allocations, 0, "allocations on the request path");
+}
+
+#[test]
+fn the_request_paths_never_allocate() {
+    let bulkhead = Bulkhead::new(3).unwrap();
+    let budget = RetryBudget::new(RetryBudgetConfig::default());
+    let backoffs = [
+        Backoff::constant(Duration::from_millis(5)).unwrap(),
+        Backoff::linear(
+            Duration::from_millis(5),
+            Duration::from_millis(5),
+            Duration::from_secs(1),
+        )
+        .unwrap(),
+        Backoff::exponential(Duration::from_millis(5), 2.0, Duration::from_secs(1)).unwrap(),
+        Backoff::full_jitter(Duration::from_millis(5), 2.0, Duration::from_secs(1)).unwrap(),
+        Backoff::decorrelated_jitter(Duration::from_millis(5), Duration::from_secs(1)).unwrap(),
+    ];
+
+    let allocations = allocations_during(|| {
+        for i in 0..10_000u64 {
+            // Bulkhead: grants, refusals, many, raw, limit changes.
+            let a = bulkhead.try_acquire();
+            let b = bulkhead.try_acquire_many(2);
+            let c = bulkhead.try_acquire_raw();
+            std::hint::black_box((&a, &b, &c));
+            if let Ok(raw) = c {
+                bulkhead.release(raw);
+            }
+            drop((a, b));
+            if i % 100 == 0 {
+                bulkhead
+                    .set_limit(if i % 200 == 0 { 1 } else { 3 })
+                    .unwrap();
+            }
+            std::hint::black_box(bulkhead.snapshot());
+
+            // Budget: every call in a new millisecond, a jump every 1000 calls.
+            let now = Timestamp::from_nanos(i * 1_000_000 + (i / 1000) * 60_000_000_000);
+            budget.deposit(now);
+            std::hint::black_box(budget.try_withdraw(now));
+            std::hint::black_box(budget.counts(now));
+
+            // Backoff iteration.
+            let backoff = &backoffs[(i % 5) as usize];
+            std::hint::black_box(backoff.iter(i).take(10).fold(Duration::ZERO, |a, d| a + d));
+        }
+    });
+    assert_eq!(allocations, 0, "allocations on the request path");
+    assert_eq!(bulkhead.in_flight(), 0);
+}
+
+#[test]
+fn events_throttle_and_adaptive_limits_never_allocate() {
+    let ring = EventRing::with_capacity(64).unwrap();
+    let mut consumer = ring.consumer();
+    let throttle = Throttle::with_sink(
+        ThrottleConfig::builder()
+            .minimum_requests(5)
+            .build()
+            .unwrap(),
+        &ring,
+        1,
+    );
+    let aimd = Aimd::builder().limits(1, 4, 100).build().unwrap();
+    let window = WindowConfig::new(Duration::from_millis(1), 1).unwrap();
+    let limiter = AdaptiveLimiter::new(aimd, window, Timestamp::ZERO);
+    let allocations = allocations_during(|| {
+        for i in 0..10_000u64 {
+            let now = Timestamp::from_nanos(i * 100_000);
+            ring.push(Event::new(EventKind::USER, 0, now, [i, 0]));
+            std::hint::black_box(consumer.try_recv());
+            match throttle.try_admit(now) {
+                Ok(ticket) if i % 3 == 0 => ticket.accepted(now),
+                Ok(ticket) => ticket.refused(now), // pushes the throttle into rejecting
+                Err(rejected) => {
+                    std::hint::black_box(rejected);
+                }
+            }
+            if let Ok(permit) = limiter.try_acquire(now) {
+                match i % 3 {
+                    0 => permit.success(Timestamp::from_nanos(i * 100_000 + 50_000)),
+                    1 => permit.dropped(now),
+                    _ => drop(permit),
+                }
+            }
+        }
+    });
+    assert_eq!(allocations, 0, "allocations on the request path");
+    assert!(consumer.read() > 0);
 }
