@@ -611,11 +611,13 @@ impl<S: EventSink> CircuitBreaker<S> {
         if s.generation() != generation {
             return; // late: the breaker moved on since this call was admitted
         }
-        let pos = self.window.position(&cfg.window, now);
-        if cfg.has_rate_rule() {
+        // Only the rate rules need the window (and its bucket arithmetic).
+        let pos = cfg.has_rate_rule().then(|| {
+            let pos = self.window.position(&cfg.window, now);
             self.window
                 .record(&cfg.window, generation, pos, failed, slow);
-        }
+            pos
+        });
         if !failed && !slow {
             if cfg.consecutive_failures.is_some() && s.payload() != 0 {
                 self.reset_consecutive(generation);
@@ -639,18 +641,22 @@ impl<S: EventSink> CircuitBreaker<S> {
 
     /// After a failure or a slow call: does a rule now say open?
     #[cold]
-    fn judge_closed(&self, generation: u32, failed: bool, pos: window::Position, now: Timestamp) {
+    fn judge_closed(
+        &self,
+        generation: u32,
+        failed: bool,
+        pos: Option<window::Position>,
+        now: Timestamp,
+    ) {
         let cfg = &self.config;
         let mut s = self.load();
         if s.generation() != generation || s.kind() != KIND_CLOSED {
             return;
         }
-        let rate_trip = if cfg.has_rate_rule() {
+        let rate_trip = pos.and_then(|pos| {
             let c = self.window.sum(&cfg.window, generation, pos);
             cfg.rate_trip(c.calls, c.failures, c.slow)
-        } else {
-            None
-        };
+        });
         while s.generation() == generation && s.kind() == KIND_CLOSED {
             let run = if failed {
                 s.payload().saturating_add(1)

@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""The instruction-count regression gate.
+
+Runs the callgrind benchmarks (`cargo bench -p tenlives-benches --bench iai`),
+reads each benchmark's instruction count (Ir) from iai-callgrind's JSON
+output, and compares it with the committed baseline,
+`benches/iai-baselines.json` ({"benchmark name": Ir, ...}).
+
+Prints a table of every benchmark (baseline, current, change, and where a
+peer does the same job, the ratio tenlives / peer), then exits
+
+  0  when every `tenlives_*` benchmark is at most 5 % above its baseline,
+  1  when one is more than 5 % above, or has no baseline,
+  2  when the benchmarks could not be built or run.
+
+Peers and the floor are reported, never gated: their counts belong to other
+crates. `--update` rewrites the baseline file from this run (and exits 0);
+see docs/performance.md for when that is legitimate.
+
+Standard library only: it runs wherever python3 and cargo do.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASELINES = os.path.join(ROOT, "benches", "iai-baselines.json")
+COMMAND = [
+    "cargo", "bench", "--locked", "-p", "tenlives-benches", "--bench", "iai",
+    "--", "--output-format=json",
+]
+# A tenlives benchmark fails the gate above this rise over its baseline.
+LIMIT_PCT = 5.0
+# Gated benchmarks: every name with this prefix.
+GATED = "tenlives_"
+# The peer doing the same job as a tenlives benchmark, for the ratio column.
+PEERS = {
+    "tenlives_breaker_time_window": "failsafe_breaker_default",
+    "tenlives_breaker_consecutive": "failsafe_breaker_consecutive",
+    "tenlives_bulkhead": "tokio_semaphore",
+    "tenlives_event_push": "crossbeam_array_queue_force_push",
+}
+FLOOR = "floor_fetch_add"
+
+
+def run_benchmarks():
+    """Runs the benchmarks; returns {name: Ir} in the order they ran."""
+    done = subprocess.run(COMMAND, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr)
+        sys.stdout.write(done.stdout)
+        print(f"iai-gate: `{' '.join(COMMAND)}` failed (exit {done.returncode})",
+              file=sys.stderr)
+        sys.exit(2)
+    counts = {}
+    for line in done.stdout.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        summary = json.loads(line)
+        counts[summary["function_name"]] = instructions(summary)
+    if not counts:
+        sys.stderr.write(done.stderr)
+        print("iai-gate: the benchmarks printed no JSON summary", file=sys.stderr)
+        sys.exit(2)
+    return counts
+
+
+def instructions(summary):
+    """The Ir of this run from one benchmark's summary.
+
+    `metrics` is {"Both": [new, old]} when iai-callgrind compared with its own
+    previous run, {"Left": new} when there was none.
+    """
+    for profile in summary["profiles"]:
+        if profile["tool"] != "Callgrind":
+            continue
+        metrics = profile["summaries"]["total"]["summary"]["Callgrind"]["Ir"]["metrics"]
+        new = metrics["Both"][0] if "Both" in metrics else metrics["Left"]
+        return int(new["Int"])
+    raise ValueError(f"no callgrind profile for {summary['function_name']}")
+
+
+def load_baselines():
+    try:
+        with open(BASELINES) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {}
+
+
+def table(counts, baselines, gate):
+    """The rows to print and the names of the failing benchmarks (none
+    unless `gate`)."""
+    failing = []
+    rows = [("benchmark", "baseline Ir", "current Ir", "change", "vs peer (Ir ratio)",
+             "x floor")]
+    floor = counts.get(FLOOR)
+    for name, ir in counts.items():
+        base = baselines.get(name)
+        gated = name.startswith(GATED)
+        if base is None:
+            change = "no baseline"
+            if gated and gate:
+                failing.append(name)
+                change += " FAIL"
+        else:
+            pct = (ir - base) * 100.0 / base if base else 0.0
+            change = f"{pct:+.1f} %"
+            if gated and gate and pct > LIMIT_PCT:
+                failing.append(name)
+                change += " FAIL"
+        peer = PEERS.get(name)
+        vs = ""
+        if peer and counts.get(peer):
+            vs = f"{ir / counts[peer]:.2f}x {peer}"
+        x_floor = f"{ir / floor:.1f}" if floor else ""
+        rows.append((name, "-" if base is None else str(base), str(ir), change, vs, x_floor))
+    return rows, failing
+
+
+def print_table(rows):
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    right = {1, 2, 3, 5}
+
+    def line(cells):
+        out = [c.rjust(w) if i in right else c.ljust(w)
+               for i, (c, w) in enumerate(zip(cells, widths))]
+        return "| " + " | ".join(out) + " |"
+
+    print(line(rows[0]))
+    print("|" + "|".join(("-" * (w + 1) + ":") if i in right else ("-" * (w + 2))
+                         for i, w in enumerate(widths)) + "|")
+    for r in rows[1:]:
+        print(line(r))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--update", action="store_true",
+                        help="rewrite benches/iai-baselines.json from this run")
+    args = parser.parse_args()
+
+    print(f"iai-gate: {' '.join(COMMAND)}", flush=True)
+    counts = run_benchmarks()
+    baselines = load_baselines()
+    rows, failing = table(counts, baselines, gate=not args.update)
+    print_table(rows)
+
+    for name in baselines:
+        if name not in counts:
+            print(f"note: baseline {name} has no benchmark any more")
+
+    if args.update:
+        with open(BASELINES, "w") as f:
+            json.dump(dict(sorted(counts.items())), f, indent=2)
+            f.write("\n")
+        print(f"iai-gate: wrote {len(counts)} baselines to {os.path.relpath(BASELINES, ROOT)}")
+        return 0
+    if failing:
+        print(f"iai-gate: FAILED: {', '.join(failing)} rose more than {LIMIT_PCT:g} % "
+              "above the baseline (or has none); see docs/performance.md")
+        return 1
+    print(f"iai-gate: ok: no tenlives benchmark rose more than {LIMIT_PCT:g} % above its baseline")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
