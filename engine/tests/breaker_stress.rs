@@ -13,17 +13,10 @@ use tenlives_engine::breaker::{
 };
 use tenlives_engine::time::{Clock, ManualClock, Timestamp};
 
-const THREADS: usize = 4;
+mod common;
+use common::rng;
 
-fn rng(seed: u64) -> impl FnMut() -> u64 {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    }
-}
+const THREADS: usize = 4;
 
 #[test]
 fn every_record_is_counted() {

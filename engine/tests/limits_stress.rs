@@ -12,22 +12,15 @@ use tenlives_engine::bulkhead::Bulkhead;
 use tenlives_engine::retry::{BudgetCounts, RetryBudget, RetryBudgetConfig};
 use tenlives_engine::time::{Clock, ManualClock, Timestamp};
 
+mod common;
+use common::rng;
+
 const THREADS: usize = 4;
 const ROUNDS: u64 = if cfg!(debug_assertions) {
     50_000
 } else {
     500_000
 };
-
-fn rng(seed: u64) -> impl FnMut() -> u64 {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    }
-}
 
 /// K1, K3 at a fixed limit: a side counter of held permits never exceeds the
 /// limit; granted = released; nothing is in flight at the end.

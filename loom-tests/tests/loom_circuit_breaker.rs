@@ -97,22 +97,29 @@ fn late_probe_success_cannot_close_a_reopened_breaker() {
     });
 }
 
+/// Two closed permits report failures from two threads at once; together
+/// they cross `config`'s threshold: the breaker must end open after exactly
+/// one transition.
+fn two_failures_race(config: BreakerConfig) {
+    let b = Arc::new(CircuitBreaker::new(config));
+    let p1 = b.try_acquire_raw(T0).unwrap();
+    let p2 = b.try_acquire_raw(T0).unwrap();
+    let other = {
+        let b = b.clone();
+        thread::spawn(move || b.record(p1, Outcome::Failure, T0))
+    };
+    b.record(p2, Outcome::Failure, T0);
+    other.join().unwrap();
+    assert_eq!(b.state(), BreakerState::Open);
+    assert_eq!(b.generation(), 1, "exactly one transition");
+}
+
 /// B1: two failures racing across the consecutive-failures threshold make
 /// exactly one Closed -> Open transition.
 #[test]
 fn racing_failures_trip_once_consecutive_rule() {
     model(3, || {
-        let b = Arc::new(CircuitBreaker::new(consecutive(2, 1)));
-        let p1 = b.try_acquire_raw(T0).unwrap();
-        let p2 = b.try_acquire_raw(T0).unwrap();
-        let other = {
-            let b = b.clone();
-            thread::spawn(move || b.record(p1, Outcome::Failure, T0))
-        };
-        b.record(p2, Outcome::Failure, T0);
-        other.join().unwrap();
-        assert_eq!(b.state(), BreakerState::Open);
-        assert_eq!(b.generation(), 1, "exactly one transition");
+        two_failures_race(consecutive(2, 1));
     });
 }
 
@@ -129,17 +136,7 @@ fn racing_failures_trip_once_rate_rule() {
             .open_duration(Duration::from_secs(1))
             .build()
             .unwrap();
-        let b = Arc::new(CircuitBreaker::new(config));
-        let p1 = b.try_acquire_raw(T0).unwrap();
-        let p2 = b.try_acquire_raw(T0).unwrap();
-        let other = {
-            let b = b.clone();
-            thread::spawn(move || b.record(p1, Outcome::Failure, T0))
-        };
-        b.record(p2, Outcome::Failure, T0);
-        other.join().unwrap();
-        assert_eq!(b.state(), BreakerState::Open);
-        assert_eq!(b.generation(), 1, "exactly one transition");
+        two_failures_race(config);
     });
 }
 

@@ -92,6 +92,20 @@ fn cap_nanos(field: &'static str, cap: Duration, base: u64) -> Result<u64, Confi
     }
 }
 
+/// The validated parts of a growing schedule: a positive base, a multiplier
+/// of at least 1 and a cap of at least the base, in nanoseconds.
+fn growth(
+    field: &'static str,
+    base: Duration,
+    multiplier: f64,
+    cap: Duration,
+) -> Result<(u64, f64, u64), ConfigError> {
+    let base = positive_nanos(field, base)?;
+    let multiplier = check_multiplier(multiplier)?;
+    let cap = cap_nanos("cap", cap, base)?;
+    Ok((base, multiplier, cap))
+}
+
 fn check_multiplier(multiplier: f64) -> Result<f64, ConfigError> {
     // `!(x >= 1.0)` also rejects NaN.
     if multiplier.is_finite() && multiplier >= 1.0 {
@@ -136,9 +150,7 @@ impl Backoff {
         multiplier: f64,
         cap: Duration,
     ) -> Result<Self, ConfigError> {
-        let base = positive_nanos("base", base)?;
-        let multiplier = check_multiplier(multiplier)?;
-        let cap = cap_nanos("cap", cap, base)?;
+        let (base, multiplier, cap) = growth("base", base, multiplier, cap)?;
         Ok(Self::unlimited(Schedule::Exponential {
             base,
             multiplier,
@@ -153,9 +165,7 @@ impl Backoff {
         multiplier: f64,
         cap: Duration,
     ) -> Result<Self, ConfigError> {
-        let base = positive_nanos("base", base)?;
-        let multiplier = check_multiplier(multiplier)?;
-        let cap = cap_nanos("cap", cap, base)?;
+        let (base, multiplier, cap) = growth("base", base, multiplier, cap)?;
         Ok(Self::unlimited(Schedule::FullJitter {
             base,
             multiplier,
