@@ -35,6 +35,7 @@ pub mod breaker;
 pub mod bulkhead;
 mod error;
 pub mod events;
+pub mod rate;
 pub mod retry;
 mod rng;
 mod stripe;

@@ -66,4 +66,48 @@ impl<T> ExclusiveCell<T> {
             self.inner.with_mut(|p| f(unsafe { &mut *p }))
         }
     }
+
+    /// # Safety
+    ///
+    /// No call to `with_mut` on this cell may overlap this one.
+    #[cfg_attr(not(feature = "std"), allow(dead_code))]
+    pub(crate) unsafe fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        #[cfg(not(tenlives_loom))]
+        {
+            // SAFETY: the caller guarantees no concurrent writer.
+            f(unsafe { &*self.inner.get() })
+        }
+        #[cfg(tenlives_loom)]
+        {
+            // SAFETY: the caller guarantees no concurrent writer; loom checks it.
+            self.inner.with(|p| f(unsafe { &*p }))
+        }
+    }
+}
+
+/// Epoch-based reclamation: crossbeam-epoch in normal builds. Under loom the
+/// models check the table's atomic protocol, not crossbeam's (which has its
+/// own loom tests), so retired memory is simply never reused there.
+#[cfg(all(feature = "std", not(tenlives_loom)))]
+pub(crate) mod epoch {
+    pub(crate) use crossbeam_epoch::{Guard, pin};
+}
+
+/// Under loom: pinning does nothing and deferred work never runs (so no
+/// retired slot is ever reused inside a model).
+#[cfg(tenlives_loom)]
+pub(crate) mod epoch {
+    pub(crate) struct Guard;
+
+    impl Guard {
+        pub(crate) fn defer<F: FnOnce() -> R + Send + 'static, R>(&self, f: F) {
+            core::mem::forget(f);
+        }
+
+        pub(crate) fn flush(&self) {}
+    }
+
+    pub(crate) fn pin() -> Guard {
+        Guard
+    }
 }

@@ -49,6 +49,12 @@ impl EventKind {
     /// A client-side throttle rejected a request locally. Payload:
     /// `[rejection probability in parts per million, requests in the window]`.
     pub const THROTTLED: EventKind = EventKind(48);
+    /// A rate limiter refused a request; payload `[tokens asked, nanoseconds
+    /// until they would be available (u64::MAX: never, or unknown)]`.
+    pub const RATE_LIMITED: EventKind = EventKind(56);
+    /// A keyed rate limiter had no room for a new key; payload `[tokens
+    /// asked, 0]`. What happened to the request depends on its `WhenFull`.
+    pub const KEYED_TABLE_FULL: EventKind = EventKind(57);
     /// First code free for applications.
     pub const USER: EventKind = EventKind(0x8000);
 }

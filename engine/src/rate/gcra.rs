@@ -1,0 +1,159 @@
+//! The decision: a pure function of (booked, now, cost, quota), and the one
+//! compare-and-swap loop that applies it to a state word.
+//!
+//! The state word holds `booked`: the index on the token grid (see
+//! [`quota`](super::quota)) up to which tokens have been handed out. It plays
+//! the part of GCRA's theoretical arrival time, measured in tokens instead of
+//! nanoseconds. With `g` the number of tokens that have appeared by now and
+//! `b` the burst, `min(b, g + b - booked)` tokens are available: a fresh
+//! limiter (`booked = 0`) starts with a full burst, and a `booked` at or
+//! below `g` means the bucket is full.
+
+use crate::sync::{AtomicU64, Ordering, spin_hint};
+
+use super::quota::Quota;
+
+/// Why a request for tokens was not granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Not enough tokens yet; they will be by grid index `ready`.
+    NotYet { ready: u64 },
+    /// More tokens than the burst, and the quota allows no debt.
+    Insufficient,
+}
+
+/// Outcome of one decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Grant {
+    /// The new value of the state word.
+    pub(crate) booked: u64,
+    /// The grid index by which the granted tokens have all appeared; at or
+    /// below `g` when they are available now.
+    pub(crate) ready: u64,
+}
+
+/// Decides a request for `n` tokens at grid position `g` (tokens appeared by
+/// now), allowing the tokens to become ready as late as grid position
+/// `horizon >= g` (equal to `g` when the caller will not wait).
+///
+/// A request larger than the burst is refused unless the quota allows debt;
+/// then it needs a full bucket and books all `n` tokens, pushing later
+/// requests out.
+#[inline(always)]
+pub(crate) fn decide(
+    quota: &Quota,
+    booked: u64,
+    g: u64,
+    horizon: u64,
+    n: u64,
+) -> Result<Grant, Refusal> {
+    let burst = quota.burst_tokens();
+    let cost = if n <= burst {
+        n
+    } else if quota.allows_debt() {
+        burst
+    } else {
+        return Err(Refusal::Insufficient);
+    };
+    let start = if booked > g { booked } else { g };
+    let needed = start.saturating_add(cost);
+    let ready = needed.saturating_sub(burst);
+    if ready <= horizon {
+        Ok(Grant {
+            booked: start.saturating_add(n),
+            ready,
+        })
+    } else {
+        Err(Refusal::NotYet { ready })
+    }
+}
+
+/// Applies [`decide`] to `word` with one compare-and-swap per attempt, and
+/// returns the grant (or refusal) that took effect.
+#[inline(always)]
+pub(crate) fn acquire(
+    word: &AtomicU64,
+    quota: &Quota,
+    g: u64,
+    horizon: u64,
+    n: u64,
+) -> Result<Grant, Refusal> {
+    // ordering: Relaxed throughout. The word is the limiter's only state and
+    // every decision is confirmed by the compare-and-swap on it; the limiter
+    // publishes no other memory, so it needs no happens-before edges.
+    let mut booked = word.load(Ordering::Relaxed);
+    loop {
+        let grant = decide(quota, booked, g, horizon, n)?;
+        match word.compare_exchange_weak(booked, grant.booked, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => return Ok(grant),
+            Err(actual) => {
+                booked = actual;
+                spin_hint();
+            }
+        }
+    }
+}
+
+/// Gives back `n` tokens booked earlier. Never makes more than the burst
+/// available: a `booked` below `g` already means a full bucket, so lowering
+/// it further grants nothing extra.
+#[inline]
+pub(crate) fn refund(word: &AtomicU64, n: u64) {
+    // ordering: Relaxed, as in `acquire`. A read-modify-write cannot lose a
+    // concurrent booking.
+    let _ = word.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |booked| {
+        Some(booked.saturating_sub(n))
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quota(burst: u32) -> Quota {
+        Quota::per_second(10).unwrap().with_burst(burst).unwrap()
+    }
+
+    #[test]
+    fn a_full_bucket_grants_the_burst_and_no_more() {
+        let q = quota(3);
+        let mut booked = 0;
+        for _ in 0..3 {
+            booked = decide(&q, booked, 100, 100, 1).unwrap().booked;
+        }
+        assert_eq!(booked, 103);
+        assert_eq!(
+            decide(&q, booked, 100, 100, 1),
+            Err(Refusal::NotYet { ready: 101 })
+        );
+        assert!(decide(&q, booked, 101, 101, 1).is_ok());
+    }
+
+    #[test]
+    fn oversized_requests_need_debt_mode() {
+        assert_eq!(decide(&quota(3), 0, 5, 5, 4), Err(Refusal::Insufficient));
+        let q = quota(3).with_debt();
+        let g = decide(&q, 0, 5, 5, 10).unwrap();
+        assert_eq!(g.booked, 15);
+        // The debt is paid off before the next token: it needs g = 13.
+        assert_eq!(
+            decide(&q, g.booked, 5, 5, 1),
+            Err(Refusal::NotYet { ready: 13 })
+        );
+    }
+
+    #[test]
+    fn a_horizon_lets_a_request_book_future_tokens() {
+        let q = quota(2);
+        let g = decide(&q, 12, 10, 13, 2).unwrap();
+        assert_eq!(
+            g,
+            Grant {
+                booked: 14,
+                ready: 12
+            }
+        );
+        assert!(decide(&q, 14, 10, 11, 1).is_err());
+    }
+}

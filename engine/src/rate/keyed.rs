@@ -1,0 +1,750 @@
+//! A rate limiter per key, in a table whose memory is fixed at construction.
+//!
+//! # Layout
+//!
+//! - An arena of `capacity` entries, each a GCRA state word and an (initially
+//!   empty) `(hash, key)` pair, allocated once.
+//! - An index of `2 * capacity` (rounded up to a power of two) buckets of one
+//!   cache line each: a header word (a version and an occupancy bit per cell)
+//!   and seven cells, each naming an arena entry with 32 bits of its key's
+//!   hash. A key lives in the bucket its hash selects; two keys that share
+//!   the 32 bits are told apart by comparing the full hash and the keys
+//!   themselves, so distinct keys never share state.
+//! - A free list of arena entries (crossbeam-queue's lock-free `ArrayQueue`).
+//!
+//! # Protocol
+//!
+//! - Lookup: pin the epoch, read the header, compare the cells whose bit is
+//!   set. No lock, no write: a present key costs one header and cell read,
+//!   one key comparison and the compare-and-swap on its state word.
+//! - Insert (a new key): take a free entry, write the key and the state of a
+//!   first request into it, claim an empty cell with a compare-and-swap, then
+//!   publish it by a compare-and-swap of the header from the version read
+//!   before scanning the bucket. Any concurrent insert into the bucket bumps
+//!   the version, so the publish fails and the bucket is scanned again: two
+//!   threads can never publish the same key twice.
+//! - Eviction: only of an entry whose booked tokens are all in the past (its
+//!   state means "full bucket", exactly like a fresh key's). The evictor
+//!   first swaps the state word to a `DEAD` mark with a compare-and-swap, so
+//!   a request racing with it either charges the entry before (and the
+//!   eviction fails, because the entry is no longer fresh) or finds it dead
+//!   (and starts again with a fresh key, which decides the same way). Then it
+//!   clears the cell's bit and hands the entry back to the free list through
+//!   the epoch: a reader that might still look at it finishes first.
+//!
+//! Eviction happens when the free list runs low (a few buckets are swept per
+//! insert below one eighth free) or empty (a longer sweep), and on
+//! [`KeyedRateLimiter::sweep`].
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt;
+use core::hash::{BuildHasher, Hash};
+use core::mem::MaybeUninit;
+
+use crossbeam_queue::ArrayQueue;
+
+use crate::error::ConfigError;
+use crate::events::{Event, EventKind, EventSink, NoSink};
+use crate::sync::{AtomicU64, ExclusiveCell, Ordering, epoch, spin_hint};
+use crate::time::Timestamp;
+
+use super::all::TokenSource;
+use super::error::{InsufficientCapacity, RateLimitError, RateLimited};
+use super::gcra::{self, Refusal};
+use super::limiter::RateLimiter;
+use super::quota::Quota;
+
+/// Cells per bucket: a header and seven cells fill a 64-byte line.
+const WAYS: usize = 7;
+const BITS: u64 = (1 << WAYS) - 1;
+/// One version step in the header, above the occupancy bits.
+const VERSION: u64 = 1 << 8;
+/// The state word of an entry being evicted.
+const DEAD: u64 = u64::MAX;
+/// Buckets swept when the free list is empty.
+const SWEEP_WHEN_EMPTY: usize = 64;
+/// Buckets swept per insert while the free list is below one eighth.
+const SWEEP_WHEN_LOW: usize = 2;
+
+/// What a keyed limiter does with a new key when it has no room for it
+/// (every entry holds a key whose tokens are still in use).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Refuse the request with [`RateLimitError::TableFull`] (the default).
+    Reject,
+    /// Let the request through unlimited.
+    Admit,
+    /// Charge one shared limiter with this quota for every key that has no
+    /// room.
+    Overflow(Quota),
+}
+
+/// Settings of a [`KeyedRateLimiter`].
+#[derive(Clone, Copy, Debug)]
+pub struct KeyedConfig {
+    quota: Quota,
+    capacity: u32,
+    when_full: WhenFull,
+}
+
+impl KeyedConfig {
+    /// Every key gets `quota`; at most `capacity` keys are tracked at once.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Zero`] for a zero capacity, [`ConfigError::TooLarge`]
+    /// above 2^30 keys.
+    pub fn new(quota: Quota, capacity: usize) -> Result<Self, ConfigError> {
+        const MAX: usize = 1 << 30;
+        if capacity == 0 {
+            return Err(ConfigError::Zero { field: "capacity" });
+        }
+        if capacity > MAX {
+            return Err(ConfigError::TooLarge {
+                field: "capacity",
+                value: capacity as u64,
+                max: MAX as u64,
+            });
+        }
+        Ok(KeyedConfig {
+            quota,
+            capacity: capacity as u32,
+            when_full: WhenFull::Reject,
+        })
+    }
+
+    /// What to do with a new key when the table has no room.
+    pub fn when_full(mut self, policy: WhenFull) -> Self {
+        self.when_full = policy;
+        self
+    }
+
+    /// The per-key quota.
+    pub fn quota(&self) -> &Quota {
+        &self.quota
+    }
+
+    /// The most keys tracked at once.
+    pub fn capacity(&self) -> usize {
+        self.capacity as usize
+    }
+}
+
+#[repr(align(64))]
+struct Bucket {
+    /// `version << 8 | occupancy bits`.
+    header: AtomicU64,
+    /// `0` (empty) or `fragment << 32 | (entry + 1)`.
+    cells: [AtomicU64; WAYS],
+}
+
+impl Bucket {
+    fn new() -> Self {
+        Bucket {
+            header: AtomicU64::new(0),
+            cells: core::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+struct Entry<K> {
+    booked: AtomicU64,
+    /// Written only while the entry is off the free list and not yet
+    /// published, or after it has been unlinked and every reader that could
+    /// see it has unpinned.
+    data: ExclusiveCell<MaybeUninit<(u64, K)>>,
+}
+
+enum Overflow<S: EventSink> {
+    Reject,
+    Admit,
+    Shared(RateLimiter<S>),
+}
+
+struct Inner<K, H, S: EventSink> {
+    quota: Quota,
+    buckets: Box<[Bucket]>,
+    mask: u64,
+    entries: Box<[Entry<K>]>,
+    free: ArrayQueue<u32>,
+    low_water: usize,
+    hand: AtomicU64,
+    hasher: H,
+    overflow: Overflow<S>,
+    sink: S,
+    source: u32,
+}
+
+// SAFETY: entries' `data` cells are accessed under the protocol in the module
+// documentation: written only by the one thread that owns the entry (taken off
+// the free list, or reclaimed after an epoch grace period), read only while
+// published. Keys move between threads (K: Send) and are read from several
+// at once (K: Sync).
+unsafe impl<K: Send + Sync, H: Sync, S: EventSink + Sync> Sync for Inner<K, H, S> {}
+// SAFETY: as above; nothing in `Inner` is tied to a thread.
+unsafe impl<K: Send + Sync, H: Send, S: EventSink + Send> Send for Inner<K, H, S> {}
+
+impl<K, H, S: EventSink> Drop for Inner<K, H, S> {
+    fn drop(&mut self) {
+        for bucket in self.buckets.iter() {
+            let bits = bucket.header.load(Ordering::Relaxed) & BITS;
+            for i in 0..WAYS {
+                if bits & (1 << i) != 0 {
+                    let slot = cell_slot(bucket.cells[i].load(Ordering::Relaxed));
+                    let entry = &self.entries[slot];
+                    // SAFETY: `&mut self`: nobody else is here. A published
+                    // cell's entry holds an initialised key, dropped once.
+                    unsafe { entry.data.with_mut(|d| d.assume_init_drop()) };
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn cell_slot(cell: u64) -> usize {
+    ((cell & 0xffff_ffff) - 1) as usize
+}
+
+/// A rate limiter per key with a hard cap on the number of keys. See the
+/// [module documentation](self) for the table and its protocol.
+///
+/// Cloning it is cheap and shares the table.
+///
+/// ```
+/// use tenlives_engine::rate::{KeyedConfig, RateLimitError, KeyedRateLimiter, Quota, WhenFull};
+/// use tenlives_engine::time::Timestamp;
+///
+/// let config = KeyedConfig::new(Quota::per_second(2)?, 10_000)?.when_full(WhenFull::Reject);
+/// let limiter = KeyedRateLimiter::new(config);
+/// let now = Timestamp::ZERO;
+/// assert!(limiter.check_key(&"alice", now).is_ok());
+/// assert!(limiter.check_key(&"alice", now).is_ok());
+/// let refused = limiter.check_key(&"alice", now).unwrap_err();
+/// assert_eq!(refused.retry_after(), Some(std::time::Duration::from_millis(500)));
+/// // Bob has his own tokens.
+/// assert!(limiter.check_key(&"bob", now).is_ok());
+/// # Ok::<(), tenlives_engine::ConfigError>(())
+/// ```
+pub struct KeyedRateLimiter<K, H = foldhash::fast::RandomState, S: EventSink = NoSink> {
+    inner: Arc<Inner<K, H, S>>,
+}
+
+impl<K, H, S: EventSink> Clone for KeyedRateLimiter<K, H, S> {
+    fn clone(&self) -> Self {
+        KeyedRateLimiter {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<K, H, S: EventSink> fmt::Debug for KeyedRateLimiter<K, H, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedRateLimiter")
+            .field("quota", &self.inner.quota)
+            .field("capacity", &self.inner.entries.len())
+            .field(
+                "in_use",
+                &(self.inner.entries.len() - self.inner.free.len()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K> KeyedRateLimiter<K>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    /// A keyed limiter with a randomly seeded hasher, emitting no events.
+    /// Allocates its whole table now.
+    pub fn new(config: KeyedConfig) -> Self {
+        KeyedRateLimiter::with_hasher_and_sink(
+            config,
+            foldhash::fast::RandomState::default(),
+            NoSink,
+            0,
+        )
+    }
+}
+
+enum Found<'a, K> {
+    Present { cell: usize, entry: &'a Entry<K> },
+    Absent,
+}
+
+enum Inserted {
+    Yes,
+    AlreadyThere,
+    NoRoom,
+}
+
+impl<K, H, S> KeyedRateLimiter<K, H, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    H: BuildHasher + Send + Sync + 'static,
+    S: EventSink + Send + Sync + 'static,
+{
+    /// A keyed limiter hashing keys with `hasher` (seed it: keys often come
+    /// from untrusted clients) and reporting refusals to `sink` tagged with
+    /// `source`. The overflow limiter of [`WhenFull::Overflow`] reports to
+    /// the same sink.
+    pub fn with_hasher_and_sink(config: KeyedConfig, hasher: H, sink: S, source: u32) -> Self
+    where
+        S: Clone,
+    {
+        let capacity = config.capacity as usize;
+        let buckets = (2 * capacity).next_power_of_two().max(1);
+        let free = ArrayQueue::new(capacity);
+        for slot in 0..config.capacity {
+            let _ = free.push(slot);
+        }
+        let overflow = match config.when_full {
+            WhenFull::Reject => Overflow::Reject,
+            WhenFull::Admit => Overflow::Admit,
+            WhenFull::Overflow(q) => {
+                Overflow::Shared(RateLimiter::with_sink(q, sink.clone(), source))
+            }
+        };
+        let inner = Inner {
+            quota: config.quota,
+            buckets: (0..buckets)
+                .map(|_| Bucket::new())
+                .collect::<Vec<_>>()
+                .into_boxed_slice(),
+            mask: buckets as u64 - 1,
+            entries: (0..capacity)
+                .map(|_| Entry {
+                    booked: AtomicU64::new(0),
+                    data: ExclusiveCell::new(MaybeUninit::uninit()),
+                })
+                .collect::<Vec<_>>()
+                .into_boxed_slice(),
+            free,
+            low_water: capacity / 8,
+            hand: AtomicU64::new(0),
+            hasher,
+            overflow,
+            sink,
+            source,
+        };
+        KeyedRateLimiter {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The per-key quota.
+    pub fn quota(&self) -> &Quota {
+        &self.inner.quota
+    }
+
+    /// The most keys tracked at once.
+    pub fn capacity(&self) -> usize {
+        self.inner.entries.len()
+    }
+
+    /// Entries in use: keys tracked, plus evicted entries waiting for their
+    /// epoch grace period before reuse.
+    pub fn in_use(&self) -> usize {
+        self.inner.entries.len() - self.inner.free.len()
+    }
+
+    /// Takes one token from `key`'s limiter.
+    ///
+    /// # Errors
+    ///
+    /// [`RateLimitError::Limited`] with the time a token will be there, or what
+    /// the [`WhenFull`] policy says for a new key with no room.
+    #[inline]
+    pub fn check_key(&self, key: &K, now: Timestamp) -> Result<(), RateLimitError> {
+        self.check_key_n(key, 1, now)
+    }
+
+    /// Takes `n` tokens from `key`'s limiter, all or none.
+    ///
+    /// # Errors
+    ///
+    /// As [`check_key`](Self::check_key), plus [`RateLimitError::Insufficient`]
+    /// when `n` exceeds the burst and the quota allows no debt.
+    #[inline]
+    pub fn check_key_n(&self, key: &K, n: u32, now: Timestamp) -> Result<(), RateLimitError> {
+        let inner = &*self.inner;
+        let hash = inner.hasher.hash_one(key);
+        let g = inner.quota.grid().tokens_at(now.as_nanos());
+        let n = u64::from(n);
+        let guard = epoch::pin();
+        loop {
+            match self.find(key, hash) {
+                Found::Present { cell, entry } => match charge(&entry.booked, &inner.quota, g, n) {
+                    Ok(()) => return Ok(()),
+                    Err(Some(refusal)) => return Err(self.refused(refusal, n, now)),
+                    Err(None) => self.help_unlink(hash, cell),
+                },
+                Found::Absent => {
+                    let grant = gcra::decide(&inner.quota, 0, g, g, n)
+                        .map_err(|refusal| self.refused(refusal, n, now))?;
+                    match self.insert(key, hash, grant.booked, g, &guard) {
+                        Inserted::Yes => return Ok(()),
+                        Inserted::AlreadyThere => continue,
+                        Inserted::NoRoom => return self.no_room(n, now),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether `n` tokens are available to `key` now, taking nothing (a key
+    /// not in the table has a full burst).
+    ///
+    /// # Errors
+    ///
+    /// As [`check_key_n`](Self::check_key_n), except that a full table is
+    /// not reported: a peek never inserts.
+    pub fn peek_key_n(&self, key: &K, n: u32, now: Timestamp) -> Result<(), RateLimitError> {
+        let inner = &*self.inner;
+        let hash = inner.hasher.hash_one(key);
+        let g = inner.quota.grid().tokens_at(now.as_nanos());
+        let _guard = epoch::pin();
+        let booked = match self.find(key, hash) {
+            // ordering: Relaxed; a peek is a snapshot.
+            Found::Present { entry, .. } => match entry.booked.load(Ordering::Relaxed) {
+                DEAD => 0,
+                b => b,
+            },
+            Found::Absent => 0,
+        };
+        gcra::decide(&inner.quota, booked, g, g, u64::from(n))
+            .map(|_| ())
+            .map_err(|refusal| self.describe(refusal, u64::from(n), now))
+    }
+
+    /// Gives back `n` tokens that `key` was charged earlier. Does nothing if
+    /// the key is no longer tracked (then its tokens had all refilled).
+    pub fn refund_key(&self, key: &K, n: u32) {
+        let hash = self.inner.hasher.hash_one(key);
+        let _guard = epoch::pin();
+        if let Found::Present { entry, .. } = self.find(key, hash) {
+            // ordering: Relaxed, as in `gcra::refund`; a dead entry stays dead.
+            let _ = entry
+                .booked
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                    (b != DEAD).then(|| b.saturating_sub(u64::from(n)))
+                });
+        }
+    }
+
+    /// Evicts every key whose tokens have all refilled by `now` (which a
+    /// fresh key would decide exactly like) and returns how many. Their
+    /// entries become reusable after an epoch grace period. Inserts sweep on
+    /// their own when the table runs low; call this to reclaim room ahead of
+    /// a burst of new keys.
+    pub fn sweep(&self, now: Timestamp) -> usize {
+        let g = self.inner.quota.grid().tokens_at(now.as_nanos());
+        let guard = epoch::pin();
+        let evicted = (0..self.inner.buckets.len())
+            .map(|b| self.evict_fresh(b, g, &guard))
+            .sum();
+        guard.flush();
+        evicted
+    }
+
+    /// A [`TokenSource`] for `key`, to take part in
+    /// [`acquire_all`](super::acquire_all).
+    pub fn source<'a>(&'a self, key: &'a K) -> KeyedSource<'a, K, H, S> {
+        KeyedSource { limiter: self, key }
+    }
+
+    #[inline(always)]
+    fn find(&self, key: &K, hash: u64) -> Found<'_, K> {
+        let inner = &*self.inner;
+        let bucket = &inner.buckets[(hash & inner.mask) as usize];
+        let fragment = hash >> 32;
+        // ordering: Acquire pairs with the Release publish in `insert`: the
+        // cells and entries it names were written before it.
+        let mut bits = bucket.header.load(Ordering::Acquire) & BITS;
+        while bits != 0 {
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            // ordering: Relaxed; made visible by the header's Acquire above,
+            // and not cleared before an epoch grace period we are inside of.
+            let cell = bucket.cells[i].load(Ordering::Relaxed);
+            if cell >> 32 != fragment {
+                continue;
+            }
+            let entry = &inner.entries[cell_slot(cell)];
+            // SAFETY: a published entry's data is initialised and written
+            // again only after an epoch grace period; the caller is pinned.
+            let same = unsafe {
+                entry.data.with(|d| {
+                    let (h, k) = d.assume_init_ref();
+                    *h == hash && k == key
+                })
+            };
+            if same {
+                return Found::Present { cell: i, entry };
+            }
+        }
+        Found::Absent
+    }
+
+    fn insert(&self, key: &K, hash: u64, booked: u64, g: u64, guard: &epoch::Guard) -> Inserted {
+        let inner = &*self.inner;
+        let slot = match inner.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.sweep_some(SWEEP_WHEN_EMPTY, g, guard);
+                guard.flush();
+                match inner.free.pop() {
+                    Some(slot) => slot,
+                    None => return Inserted::NoRoom,
+                }
+            }
+        };
+        if inner.free.len() < inner.low_water {
+            self.sweep_some(SWEEP_WHEN_LOW, g, guard);
+        }
+        let entry = &inner.entries[slot as usize];
+        // SAFETY: the slot came off the free list: it is ours alone until
+        // published, and no reader can reach it.
+        unsafe {
+            entry.data.with_mut(|d| {
+                d.write((hash, key.clone()));
+            })
+        };
+        // ordering: Relaxed; published by the header's Release below.
+        entry.booked.store(booked, Ordering::Relaxed);
+
+        let bucket = &inner.buckets[(hash & inner.mask) as usize];
+        let cell_value = (hash >> 32) << 32 | (u64::from(slot) + 1);
+        loop {
+            // ordering: Acquire, as in `find`.
+            let header = bucket.header.load(Ordering::Acquire);
+            if let Found::Present { .. } = self.find(key, hash) {
+                self.unpublished(slot);
+                return Inserted::AlreadyThere;
+            }
+            let Some(i) = claim_cell(bucket, header, cell_value) else {
+                self.unpublished(slot);
+                return Inserted::NoRoom;
+            };
+            let published = (header + VERSION) | (1 << i);
+            // ordering: Release publishes the entry and the cell; AcqRel so a
+            // failed attempt that rescans sees what the winner published.
+            match bucket.header.compare_exchange(
+                header,
+                published,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Inserted::Yes,
+                Err(_) => {
+                    // ordering: Relaxed; the cell was never published.
+                    bucket.cells[i].store(0, Ordering::Relaxed);
+                    spin_hint();
+                }
+            }
+        }
+    }
+
+    /// Returns an entry that was filled but never published.
+    fn unpublished(&self, slot: u32) {
+        let entry = &self.inner.entries[slot as usize];
+        // SAFETY: never published, so still ours alone.
+        unsafe { entry.data.with_mut(|d| d.assume_init_drop()) };
+        // The queue holds every slot, so there is room for this one.
+        let _ = self.inner.free.push(slot);
+    }
+
+    fn sweep_some(&self, buckets: usize, g: u64, guard: &epoch::Guard) {
+        let inner = &*self.inner;
+        for _ in 0..buckets {
+            // ordering: Relaxed; the hand only spreads sweeping around.
+            let b = inner.hand.fetch_add(1, Ordering::Relaxed) & inner.mask;
+            self.evict_fresh(b as usize, g, guard);
+        }
+    }
+
+    /// Evicts the fresh entries of bucket `b`; returns how many.
+    fn evict_fresh(&self, b: usize, g: u64, guard: &epoch::Guard) -> usize {
+        let inner = &*self.inner;
+        let bucket = &inner.buckets[b];
+        // ordering: Acquire, as in `find`.
+        let mut bits = bucket.header.load(Ordering::Acquire) & BITS;
+        let mut evicted = 0;
+        while bits != 0 {
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            // ordering: Relaxed, as in `find`.
+            let cell = bucket.cells[i].load(Ordering::Relaxed);
+            let slot = cell_slot(cell);
+            let word = &inner.entries[slot].booked;
+            // ordering: Relaxed; the compare-and-swap below confirms it.
+            let booked = word.load(Ordering::Relaxed);
+            if booked == DEAD || booked > g {
+                continue;
+            }
+            if word
+                .compare_exchange(booked, DEAD, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            unlink(bucket, i);
+            let owner = Arc::clone(&self.inner);
+            // Packed so the closure fits in crossbeam's inline storage (three
+            // words) and deferring allocates nothing: b < 2^31, slot < 2^30.
+            let at = (b as u64) << 33 | (slot as u64) << 3 | i as u64;
+            guard.defer(move || owner.reclaim(at));
+            evicted += 1;
+        }
+        evicted
+    }
+
+    /// A reader met a dead entry at `cell`: make sure it is unlinked so the
+    /// next lookup does not meet it again.
+    fn help_unlink(&self, hash: u64, cell: usize) {
+        let bucket = &self.inner.buckets[(hash & self.inner.mask) as usize];
+        unlink(bucket, cell);
+    }
+
+    #[cold]
+    fn no_room(&self, n: u64, now: Timestamp) -> Result<(), RateLimitError> {
+        let inner = &*self.inner;
+        if inner.sink.enabled() {
+            inner.sink.emit(Event::new(
+                EventKind::KEYED_TABLE_FULL,
+                inner.source,
+                now,
+                [n, 0],
+            ));
+        }
+        match &inner.overflow {
+            Overflow::Reject => Err(RateLimitError::TableFull),
+            Overflow::Admit => Ok(()),
+            Overflow::Shared(limiter) => {
+                // `n` came from a `u32`.
+                limiter.check_n(n as u32, now)
+            }
+        }
+    }
+
+    #[cold]
+    fn refused(&self, refusal: Refusal, n: u64, now: Timestamp) -> RateLimitError {
+        let err = self.describe(refusal, n, now);
+        let inner = &*self.inner;
+        if inner.sink.enabled() {
+            let wait = err.retry_after().map_or(u64::MAX, |d| d.as_nanos() as u64);
+            inner.sink.emit(Event::new(
+                EventKind::RATE_LIMITED,
+                inner.source,
+                now,
+                [n, wait],
+            ));
+        }
+        err
+    }
+
+    fn describe(&self, refusal: Refusal, n: u64, now: Timestamp) -> RateLimitError {
+        let quota = &self.inner.quota;
+        match refusal {
+            Refusal::NotYet { ready } => RateLimitError::Limited(RateLimited::new(
+                now,
+                Timestamp::from_nanos(quota.grid().time_of(ready)),
+            )),
+            Refusal::Insufficient => RateLimitError::Insufficient(InsufficientCapacity {
+                requested: n as u32,
+                burst: quota.burst(),
+            }),
+        }
+    }
+}
+
+impl<K, H, S: EventSink> Inner<K, H, S> {
+    /// Runs after the grace period of an eviction: no reader can see the
+    /// entry any more.
+    fn reclaim(&self, at: u64) {
+        let (b, slot, cell) = (
+            (at >> 33) as usize,
+            (at >> 3 & ((1 << 30) - 1)) as usize,
+            (at & 7) as usize,
+        );
+        let entry = &self.entries[slot];
+        // SAFETY: unlinked, and every thread that could have read it has
+        // unpinned since: this is the only access.
+        unsafe { entry.data.with_mut(|d| d.assume_init_drop()) };
+        // ordering: Release; whoever claims the cell next starts after this.
+        self.buckets[b].cells[cell].store(0, Ordering::Release);
+        // The queue holds every slot, so there is room for this one.
+        let _ = self.free.push(slot as u32);
+    }
+}
+
+/// Claims an empty, unpublished cell of `bucket` for `value`.
+fn claim_cell(bucket: &Bucket, header: u64, value: u64) -> Option<usize> {
+    (0..WAYS).find(|&i| {
+        header & (1 << i) == 0
+            // ordering: Acquire pairs with `reclaim`'s Release of the cell.
+            && bucket.cells[i]
+                .compare_exchange(0, value, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+    })
+}
+
+/// Clears cell `i`'s bit if it is still set.
+fn unlink(bucket: &Bucket, i: usize) {
+    // ordering: Relaxed loads, AcqRel update: the header is the bucket's
+    // publication point, and a concurrent insert must see the version move.
+    let _ = bucket
+        .header
+        .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |h| {
+            (h & (1 << i) != 0).then(|| (h + VERSION) & !(1 << i))
+        });
+}
+
+/// Charges `n` tokens to an entry's word. `Err(None)` when it is dead.
+#[inline(always)]
+fn charge(word: &AtomicU64, quota: &Quota, g: u64, n: u64) -> Result<(), Option<Refusal>> {
+    // ordering: Relaxed, as in `gcra::acquire`.
+    let mut booked = word.load(Ordering::Relaxed);
+    loop {
+        if booked == DEAD {
+            return Err(None);
+        }
+        let grant = gcra::decide(quota, booked, g, g, n).map_err(Some)?;
+        let next = grant.booked.min(DEAD - 1);
+        match word.compare_exchange_weak(booked, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return Ok(()),
+            Err(actual) => {
+                booked = actual;
+                spin_hint();
+            }
+        }
+    }
+}
+
+/// One key of a [`KeyedRateLimiter`] as a [`TokenSource`].
+#[derive(Debug)]
+pub struct KeyedSource<'a, K, H, S: EventSink> {
+    limiter: &'a KeyedRateLimiter<K, H, S>,
+    key: &'a K,
+}
+
+impl<K, H, S> TokenSource for KeyedSource<'_, K, H, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    H: BuildHasher + Send + Sync + 'static,
+    S: EventSink + Send + Sync + 'static,
+{
+    fn peek(&self, n: u32, now: Timestamp) -> Result<(), RateLimitError> {
+        self.limiter.peek_key_n(self.key, n, now)
+    }
+
+    fn take(&self, n: u32, now: Timestamp) -> Result<(), RateLimitError> {
+        self.limiter.check_key_n(self.key, n, now)
+    }
+
+    fn give_back(&self, n: u32) {
+        self.limiter.refund_key(self.key, n);
+    }
+}

@@ -1,0 +1,64 @@
+//! Rate limiting with GCRA: a direct limiter over one atomic word, and a
+//! keyed limiter (one state per key) in a table of fixed size.
+//!
+//! # The algorithm
+//!
+//! GCRA (the generic cell rate algorithm) keeps one number per limiter, the
+//! theoretical arrival time, and decides each request with one
+//! compare-and-swap around a pure function of (that number, now, cost,
+//! quota). Here the number is counted in tokens on an exact grid instead of
+//! in nanoseconds (see [`Quota`]): token `k` appears at `ceil(k * period /
+//! rate)` ns, so a rate that does not divide the period (3 per second) never
+//! drifts — after any time `t`, at most `floor(t * rate / period) + burst`
+//! tokens have been handed out, whatever the rate, the request pattern or
+//! the number of threads.
+//!
+//! ```
+//! use core::time::Duration;
+//! use tenlives_engine::rate::{Quota, RateLimitError, RateLimiter};
+//! use tenlives_engine::time::{Clock, ManualClock};
+//!
+//! let limiter = RateLimiter::new(Quota::per_second(10)?.with_burst(2)?);
+//! let clock = ManualClock::new();
+//! assert!(limiter.check(clock.now()).is_ok());
+//! assert!(limiter.check(clock.now()).is_ok());
+//! let refused = limiter.check(clock.now()).unwrap_err();
+//! assert_eq!(refused.retry_after(), Duration::from_millis(100));
+//!
+//! clock.advance(Duration::from_millis(100));
+//! assert!(limiter.check(clock.now()).is_ok());
+//!
+//! // Asking for more than the burst can never succeed: a typed error, not a
+//! // wait that never ends.
+//! assert!(matches!(limiter.check_n(3, clock.now()), Err(RateLimitError::Insufficient(_))));
+//!
+//! // A reservation books tokens ahead and can be cancelled.
+//! let r = limiter.reserve_n(2, clock.now(), Duration::from_secs(1))?;
+//! assert_eq!(r.delay_from(clock.now()), Duration::from_millis(200));
+//! r.cancel();
+//! assert_eq!(limiter.available(clock.now().saturating_add(Duration::from_millis(200))), 2);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Guarantees
+//!
+//! See `docs/rate-limiter.md` and `docs/guarantees.md` (L1–L8): never more
+//! than the burst at one instant; never more than `rate * t + burst` over any
+//! time `t` from the start; refunds never create tokens; all-or-nothing
+//! acquisition across limiters; the keyed table never exceeds its capacity
+//! and evicts only keys a fresh key would be indistinguishable from.
+
+mod all;
+mod error;
+mod gcra;
+#[cfg(feature = "std")]
+mod keyed;
+mod limiter;
+mod quota;
+
+pub use all::{AllOrNothingError, TokenSource, acquire_all};
+pub use error::{InsufficientCapacity, RateLimitError, RateLimited};
+#[cfg(feature = "std")]
+pub use keyed::{KeyedConfig, KeyedRateLimiter, KeyedSource, WhenFull};
+pub use limiter::{RateLimiter, Reservation};
+pub use quota::Quota;
