@@ -8,6 +8,9 @@
 //!   slow-call-rate rules over count- or time-based sliding windows.
 //! - [`bulkhead`]: a limit on concurrent calls (an atomic permit counter
 //!   whose limit can change at run time).
+//! - `queue` (feature `alloc`): a bounded, fair admission queue in front of a
+//!   bulkhead or any permit source: FIFO, round-robin or weighted classes,
+//!   overload shedding, deadlines, async waiting without a runtime.
 //! - [`retry`]: backoff schedules with seedable jitter, and a lock-free retry
 //!   budget.
 //! - [`time`]: time as a value ([`time::Timestamp`]), the [`time::Clock`]
@@ -35,6 +38,8 @@ pub mod breaker;
 pub mod bulkhead;
 mod error;
 pub mod events;
+#[cfg(feature = "alloc")]
+pub mod queue;
 pub mod rate;
 pub mod retry;
 mod rng;

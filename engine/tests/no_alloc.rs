@@ -216,3 +216,43 @@ fn events_throttle_and_adaptive_limits_never_allocate() {
     assert_eq!(allocations, 0, "allocations on the request path");
     assert!(consumer.read() > 0);
 }
+
+/// L6: rate-limiter decisions allocate nothing: direct checks, refusals,
+/// reservations and cancels, all-or-nothing acquisition, and keyed checks of
+/// keys already in the table (a new key fills a preallocated entry, so it
+/// allocates nothing either, unless epoch reclamation seals a bag).
+#[test]
+fn rate_limiters_never_allocate() {
+    use tenlives_engine::rate::{
+        KeyedConfig, KeyedRateLimiter, Quota, RateLimiter, TokenSource, acquire_all,
+    };
+    let quota = Quota::per_second(1_000).unwrap().with_burst(10).unwrap();
+    let direct = RateLimiter::new(quota);
+    let global = RateLimiter::new(Quota::per_second(50).unwrap());
+    let keyed = KeyedRateLimiter::new(KeyedConfig::new(quota, 1_024).unwrap());
+    let keys: Vec<u64> = (0..64).collect();
+    // Warm up: the keys enter the table, and this thread registers with the
+    // epoch collector (a one-time allocation per thread).
+    for k in &keys {
+        keyed.check_key(k, Timestamp::ZERO).unwrap();
+    }
+    let n = allocations_during(|| {
+        for i in 0..20_000u64 {
+            let now = Timestamp::from_nanos(i * 100_000);
+            let _ = std::hint::black_box(direct.check(now));
+            let _ = std::hint::black_box(direct.check_n(3, now));
+            let _ = std::hint::black_box(direct.peek_n(2, now));
+            let _ = std::hint::black_box(direct.earliest(5, now));
+            if let Ok(r) = direct.reserve_n(2, now, Duration::from_millis(5)) {
+                if i.is_multiple_of(2) { r.cancel() } else { r.commit() }
+            }
+            let key = &keys[(i % 64) as usize];
+            let _ = std::hint::black_box(keyed.check_key(key, now));
+            let _ = std::hint::black_box(keyed.check_key_n(key, 2, now));
+            let source = keyed.source(key);
+            let all: [(&dyn TokenSource, u32); 3] = [(&direct, 1), (&source, 1), (&global, 1)];
+            let _ = std::hint::black_box(acquire_all(&all, now));
+        }
+    });
+    assert_eq!(n, 0, "rate limiting allocated {n} times");
+}

@@ -55,6 +55,13 @@ impl EventKind {
     /// A keyed rate limiter had no room for a new key; payload `[tokens
     /// asked, 0]`. What happened to the request depends on its `WhenFull`.
     pub const KEYED_TABLE_FULL: EventKind = EventKind(57);
+    /// An admission queue turned a caller away: refused on arrival, shed
+    /// while waiting, or timed out. Payload: `[class, reason code]`, the
+    /// code being 1 queue full, 2 shed as the oldest, 3 shed as the lowest
+    /// priority, 4 timed out. Sheds and refusals carry
+    /// [`Timestamp::ZERO`](crate::time::Timestamp::ZERO) (the queue knows no
+    /// time then); timeouts carry the time they were found at.
+    pub const QUEUE_REJECTED: EventKind = EventKind(64);
     /// First code free for applications.
     pub const USER: EventKind = EventKind(0x8000);
 }

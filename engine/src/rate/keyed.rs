@@ -33,7 +33,7 @@
 //!   the epoch: a reader that might still look at it finishes first.
 //!
 //! Eviction happens when the free list runs low (a few buckets are swept per
-//! insert below one eighth free) or empty (a longer sweep), and on
+//! insert below a quarter free) or empty (a longer sweep), and on
 //! [`KeyedRateLimiter::sweep`].
 
 use alloc::boxed::Box;
@@ -65,8 +65,8 @@ const VERSION: u64 = 1 << 8;
 const DEAD: u64 = u64::MAX;
 /// Buckets swept when the free list is empty.
 const SWEEP_WHEN_EMPTY: usize = 64;
-/// Buckets swept per insert while the free list is below one eighth.
-const SWEEP_WHEN_LOW: usize = 2;
+/// Buckets swept per insert while the free list is below a quarter.
+const SWEEP_WHEN_LOW: usize = 4;
 
 /// What a keyed limiter does with a new key when it has no room for it
 /// (every entry holds a key whose tokens are still in use).
@@ -160,7 +160,7 @@ struct Entry<K> {
 enum Overflow<S: EventSink> {
     Reject,
     Admit,
-    Shared(RateLimiter<S>),
+    Shared(Box<RateLimiter<S>>),
 }
 
 struct Inner<K, H, S: EventSink> {
@@ -304,7 +304,7 @@ where
             WhenFull::Reject => Overflow::Reject,
             WhenFull::Admit => Overflow::Admit,
             WhenFull::Overflow(q) => {
-                Overflow::Shared(RateLimiter::with_sink(q, sink.clone(), source))
+                Overflow::Shared(Box::new(RateLimiter::with_sink(q, sink.clone(), source)))
             }
         };
         let inner = Inner {
@@ -322,7 +322,7 @@ where
                 .collect::<Vec<_>>()
                 .into_boxed_slice(),
             free,
-            low_water: capacity / 8,
+            low_water: capacity / 4,
             hand: AtomicU64::new(0),
             hasher,
             overflow,
@@ -373,7 +373,8 @@ where
         let hash = inner.hasher.hash_one(key);
         let g = inner.quota.grid().tokens_at(now.as_nanos());
         let n = u64::from(n);
-        let guard = epoch::pin();
+        let mut guard = epoch::pin();
+        let mut reclaimed = false;
         loop {
             match self.find(key, hash) {
                 Found::Present { cell, entry } => match charge(&entry.booked, &inner.quota, g, n) {
@@ -387,6 +388,15 @@ where
                     match self.insert(key, hash, grant.booked, g, &guard) {
                         Inserted::Yes => return Ok(()),
                         Inserted::AlreadyThere => continue,
+                        Inserted::NoRoom if !reclaimed => {
+                            // Entries evicted by the sweep wait for their
+                            // grace period; let it pass once before giving
+                            // up (see `reclaim_now`).
+                            drop(guard);
+                            reclaim_now();
+                            guard = epoch::pin();
+                            reclaimed = true;
+                        }
                         Inserted::NoRoom => return self.no_room(n, now),
                     }
                 }
@@ -525,7 +535,11 @@ where
                 return Inserted::AlreadyThere;
             }
             let Some(i) = claim_cell(bucket, header, cell_value) else {
+                // Seven keys share this bucket. Evict the fresh ones; their
+                // cells come back after the grace period, which the caller
+                // lets pass once before giving up.
                 self.unpublished(slot);
+                self.evict_fresh((hash & inner.mask) as usize, g, guard);
                 return Inserted::NoRoom;
             };
             let published = (header + VERSION) | (1 << i);
@@ -677,6 +691,16 @@ impl<K, H, S: EventSink> Inner<K, H, S> {
         self.buckets[b].cells[cell].store(0, Ordering::Release);
         // The queue holds every slot, so there is room for this one.
         let _ = self.free.push(slot as u32);
+    }
+}
+
+/// Lets epoch reclamation run: pinning and flushing a few times, unpinned in
+/// between, lets the global epoch advance past this thread's own retired
+/// entries (two advances are needed) when no other thread holds it back.
+fn reclaim_now() {
+    // Each flush collects at most a few sealed bags, oldest first.
+    for _ in 0..16 {
+        epoch::pin().flush();
     }
 }
 

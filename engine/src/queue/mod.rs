@@ -1,0 +1,700 @@
+//! A bounded, fair admission queue in front of a permit source.
+//!
+//! An [`AdmissionQueue`] sits in front of anything that hands out permits
+//! without waiting (a [`Bulkhead`] is the usual one; see [`PermitSource`]).
+//! A caller either gets a permit at once or waits in the queue, with a
+//! [`Waker`] and a deadline, and is woken when its turn comes, when it is
+//! shed to make room, or when a sweep finds its deadline passed. Waiting
+//! needs no runtime: [`Acquire`] is a plain [`Future`](core::future::Future)
+//! over `core::task`, and the engine still reads no clock (the future asks
+//! the [`Clock`] it is given; [`AdmissionQueue::expire`] takes `now`).
+//!
+//! ```
+//! use core::pin::pin;
+//! use core::future::Future;
+//! use core::task::{Context, Poll, Waker};
+//! use tenlives_engine::bulkhead::Bulkhead;
+//! use tenlives_engine::queue::{AdmissionQueue, QueueConfig};
+//! use tenlives_engine::time::{ManualClock, Timestamp};
+//!
+//! let queue = AdmissionQueue::new(Bulkhead::new(1)?, QueueConfig::fifo(16)?);
+//! let clock = ManualClock::new();
+//! let mut cx = Context::from_waker(Waker::noop());
+//!
+//! let first = queue.try_acquire().expect("the permit is free: no queueing");
+//! let mut second = pin!(queue.acquire(0, Timestamp::MAX, &clock));
+//! assert!(second.as_mut().poll(&mut cx).is_pending(), "queued behind `first`");
+//! assert_eq!(queue.waiting(), 1);
+//!
+//! drop(first); // the permit goes straight to the waiter, not back to the bulkhead
+//! let Poll::Ready(Ok(permit)) = second.as_mut().poll(&mut cx) else { panic!() };
+//! assert_eq!(queue.source().in_flight(), 1);
+//! drop(permit);
+//! assert_eq!(queue.source().in_flight(), 0);
+//! # Ok::<(), tenlives_engine::ConfigError>(())
+//! ```
+//!
+//! # Strategies
+//!
+//! Waiters belong to a class (a tenant, a priority class; 0 for FIFO). The
+//! queue keeps one FIFO list per class, and when a permit is free the
+//! dispatcher picks the class to serve by **deficit round robin**: a cursor
+//! visits the classes that have waiters in index order, cyclically; on each
+//! visit a class of weight `w` gets up to `w` grants (its *deficit*), one per
+//! free permit, before the cursor moves on; a class whose list empties loses
+//! what is left of its deficit. The three configurations of [`QueueConfig`]
+//! are this one rule:
+//!
+//! - [`QueueConfig::fifo`]: one class: grants in order of arrival.
+//! - [`QueueConfig::round_robin`]: `n` classes of weight 1: one grant per
+//!   class with waiters, in turn.
+//! - [`QueueConfig::weighted`]: under saturation (every class always has
+//!   waiters) each round grants exactly `w` to each class, so class `c`
+//!   gets `w_c / sum(w)` of the grants.
+//!
+//! "Arrival" is the order in which the dispatcher reads the enqueuers'
+//! notices: for two calls to [`enqueue`](AdmissionQueue::enqueue) of which
+//! one returned before the other began, the order of the calls.
+//!
+//! # No starvation
+//!
+//! A waiter of class `c` (weight `w_c`) that joins behind `p` waiters of its
+//! class is granted by the `ceil((p + 1) / w_c) * sum(w)`-th grant the queue
+//! makes after it joined, counting its own
+//! ([`QueueConfig::grant_bound`]), unless it is shed or its deadline passes
+//! first: it needs `ceil((p + 1) / w_c)` visits of its class, and before
+//! each the other classes get at most `sum(w) - w_c` grants. Since `p` is
+//! below the capacity `C`, no waiter waits more than
+//! `ceil(C / w_c) * sum(w)` grants. In time: if the source frees a permit at
+//! least every `t`, within that many `t`. The fairness simulation in
+//! `engine/tests/queue_fairness.rs` checks both the shares and this bound.
+//!
+//! # Overload
+//!
+//! The queue holds at most `capacity` waiters. When an arrival overflows it,
+//! the dispatcher sheds one waiter by the configured [`Overload`] policy —
+//! the newcomer, the oldest waiter, or the newest waiter of the
+//! lowest-priority class — and wakes it in the same dispatcher pass that
+//! linked the newcomer: a shed caller learns why at once, never after a
+//! permit or a deadline. Under [`Overload::ShedNewest`] an arrival that
+//! finds the queue full is refused before it even takes a slot. Waiters are
+//! kept in `2 * capacity` preallocated slots; a slot stays in use until its
+//! owner has read the verdict (or dropped its waiter), so a caller that
+//! finds all slots in use — `capacity` waiters plus `capacity` unread
+//! verdicts — is refused with [`Rejected::QueueFull`] whatever the policy.
+//!
+//! # Deadlines
+//!
+//! The engine owns no timer. A deadline is checked when the owner polls
+//! with the current time ([`Waiter::poll_permit`], or [`Acquire`], which
+//! reads its clock at each poll), and by [`AdmissionQueue::expire`], a sweep
+//! over every slot that times out, wakes and removes every waiter whose
+//! deadline is at or before `now`. An adapter either arms a timer for the
+//! waiter's deadline that wakes its task, or calls `expire` periodically. A
+//! waiter may be granted after its deadline if nobody looked in between; it
+//! then simply has its permit.
+//!
+//! # The dispatcher
+//!
+//! Everything that reorders waiters runs in a *dispatcher pass*, and one
+//! thread at a time holds the dispatcher role. The role is a counter of
+//! requested passes, `ctl`, not a lock:
+//!
+//! 1. Whoever has something for the dispatcher (an enqueuer, a releaser that
+//!    saw waiters, a canceller, a sweeper) first publishes it (a notice in
+//!    the mailbox, a permit given back), then `ctl.fetch_add(1)`.
+//! 2. If the value before was 0, it now holds the role. Otherwise it
+//!    returns at once: the holder will run a pass for it.
+//! 3. The holder loops: it reads `ctl = n`, runs a pass (read every notice,
+//!    grant while the source has permits, shed beyond capacity), then
+//!    `ctl.fetch_sub(n)`. If the value before was exactly `n`, nobody asked
+//!    meanwhile and the counter is back to 0: the role is released.
+//!    Otherwise it runs another pass.
+//!
+//! So no thread ever waits for the role: a request is either served by the
+//! current holder (whose next `fetch_sub` sees it) or makes its requester
+//! the holder. The holder may run several passes in a row while others keep
+//! asking; each pass does work bounded by the notices and permits there are.
+//!
+//! A release racing an enqueue never strands a waiter. A releaser gives its
+//! permit back to the source, issues a `SeqCst` fence, and only then loads
+//! the number of queued waiters, asking for a pass if it is not zero. An
+//! enqueuer counts itself queued before asking for a pass, and every pass
+//! begins with a `SeqCst` fence before it tries the source. Of the two
+//! fences, one comes first: if it is the releaser's, the pass sees the
+//! permit given back; if it is the pass's, the releaser sees the waiter and
+//! asks for a pass, which sees the permit.
+//!
+//! A permit handed to a waiter travels in the waiter's slot: the dispatcher
+//! puts it in the slot's permit cell, then moves the slot from `WAITING` to
+//! `GRANTED` with one compare-and-swap. A waiter that is cancelled or times
+//! out moves it from `WAITING` with the same compare-and-swap, so exactly one
+//! of them wins. If the cancellation won, the dispatcher takes the permit
+//! back and offers it to the next waiter (or gives it back to the source);
+//! if the grant won, dropping the waiter releases the permit through the
+//! queue, to the next waiter.
+//!
+//! # Cost
+//!
+//! - [`try_acquire`](AdmissionQueue::try_acquire) (and the first poll of
+//!   [`Acquire`]) when nobody waits: one load of the waiter count, then the
+//!   source's own acquire. The queue's slots, mailbox and dispatcher are not
+//!   touched.
+//! - Dropping a [`QueuePermit`] when nobody waits: the source's release, a
+//!   `SeqCst` fence and one load.
+//! - Enqueueing, granting, cancelling and sweeping take no lock and allocate
+//!   nothing; all storage is allocated when the queue is built.
+//!
+//! The guarantees (Q1–Q7) and the tests that check each are in
+//! `docs/guarantees.md`; the design and measurements in
+//! `docs/admission-queue.md`.
+
+mod config;
+mod free;
+mod mailbox;
+mod scheduler;
+mod slot;
+mod waiter;
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::fmt;
+use core::task::Waker;
+
+use crossbeam_utils::CachePadded;
+
+pub use config::{Busy, MAX_CAPACITY, MAX_CLASSES, Overload, QueueConfig, Rejected};
+pub use waiter::{Acquire, QueuePermit, Waiter};
+
+use crate::bulkhead::{Bulkhead, RawBulkheadPermit};
+use crate::events::{Event, EventKind, EventSink, NoSink};
+use crate::sync::{AtomicU64, ExclusiveCell, Ordering, fence};
+use crate::time::{Clock, Timestamp};
+use free::FreeStack;
+use mailbox::{Mailbox, Notice};
+use scheduler::Scheduler;
+use slot::{
+    GRANTED, NOTICE, OWN, SCHED, SHED_FULL, SHED_OLDEST, SHED_PRIORITY, Slot, TIMED_OUT, Word,
+};
+
+/// Something that hands out permits without waiting: what an
+/// [`AdmissionQueue`] stands in front of.
+///
+/// The queue brackets its calls with `SeqCst` fences (see "The dispatcher"
+/// in the [module documentation](self)), so `try_take` must decide from the
+/// source's atomic state at the time of the call: a permit given back before
+/// the call (by happens-before or by those fences) must be found.
+pub trait PermitSource {
+    /// What one permit carries (for a [`Bulkhead`], its raw permit).
+    type Permit;
+
+    /// Takes one permit if one is free now. Never waits.
+    fn try_take(&self) -> Option<Self::Permit>;
+
+    /// Gives back a permit taken from this source.
+    fn give_back(&self, permit: Self::Permit);
+}
+
+impl<S: EventSink> PermitSource for Bulkhead<S> {
+    type Permit = RawBulkheadPermit;
+
+    #[inline]
+    fn try_take(&self) -> Option<RawBulkheadPermit> {
+        self.try_acquire_raw().ok()
+    }
+
+    #[inline]
+    fn give_back(&self, permit: RawBulkheadPermit) {
+        self.release(permit);
+    }
+}
+
+impl<T: PermitSource + ?Sized> PermitSource for &T {
+    type Permit = T::Permit;
+
+    #[inline]
+    fn try_take(&self) -> Option<T::Permit> {
+        (**self).try_take()
+    }
+
+    #[inline]
+    fn give_back(&self, permit: T::Permit) {
+        (**self).give_back(permit);
+    }
+}
+
+impl<T: PermitSource + ?Sized> PermitSource for alloc::sync::Arc<T> {
+    type Permit = T::Permit;
+
+    #[inline]
+    fn try_take(&self) -> Option<T::Permit> {
+        (**self).try_take()
+    }
+
+    #[inline]
+    fn give_back(&self, permit: T::Permit) {
+        (**self).give_back(permit);
+    }
+}
+
+/// A bounded, fair queue of callers waiting for permits of a
+/// [`PermitSource`]. See the [module documentation](self).
+///
+/// All methods take `&self`; share it by reference or in an `Arc`. All its
+/// storage is allocated in [`new`](Self::new).
+pub struct AdmissionQueue<P: PermitSource, S: EventSink = NoSink> {
+    /// Dispatcher passes requested and not yet run; nonzero while a thread
+    /// holds the dispatcher role. See "The dispatcher".
+    ctl: CachePadded<AtomicU64>,
+    /// Slots the dispatcher still holds (`SCHED` set): an upper bound on the
+    /// waiters, exact whenever the dispatcher is idle. Read on every
+    /// `try_acquire` and release, written on enqueue and by the dispatcher.
+    queued: CachePadded<AtomicU64>,
+    source: P,
+    free: FreeStack,
+    mailbox: Mailbox,
+    slots: Box<[Slot<P::Permit>]>,
+    /// Touched only by the holder of the dispatcher role.
+    sched: ExclusiveCell<Scheduler>,
+    config: QueueConfig,
+    sink: S,
+    source_id: u32,
+}
+
+// SAFETY: the parts that are not `Sync` by themselves are the cells. The
+// scheduler's cell is touched only by the holder of the dispatcher role,
+// which `ctl` gives to one thread at a time (taken by the `fetch_add` that
+// found 0 with Acquire, left by the `fetch_sub` with Release). Each slot's
+// permit and waker cells are touched only by the party their state word or
+// waker state names (see `slot.rs`), with Release/Acquire hand-overs.
+// Permits move between threads inside the cells, hence `P::Permit: Send`.
+unsafe impl<P, S> Sync for AdmissionQueue<P, S>
+where
+    P: PermitSource + Sync,
+    P::Permit: Send,
+    S: EventSink + Sync,
+{
+}
+
+impl<P: PermitSource> AdmissionQueue<P> {
+    /// A queue in front of `source`, emitting no events.
+    pub fn new(source: P, config: QueueConfig) -> Self {
+        AdmissionQueue::with_sink(source, config, NoSink, 0)
+    }
+}
+
+impl<P: PermitSource, S: EventSink> fmt::Debug for AdmissionQueue<P, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdmissionQueue")
+            .field("waiting", &self.waiting())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: PermitSource, S: EventSink> AdmissionQueue<P, S> {
+    /// A queue in front of `source` that reports every refusal, shed and
+    /// timeout to `sink` as a [`EventKind::QUEUE_REJECTED`] event tagged with
+    /// `source_id`.
+    pub fn with_sink(source: P, config: QueueConfig, sink: S, source_id: u32) -> Self {
+        let slots = 2 * config.capacity() as usize;
+        let storage: Vec<Slot<P::Permit>> = (0..slots).map(|_| Slot::new()).collect();
+        AdmissionQueue {
+            ctl: CachePadded::new(AtomicU64::new(0)),
+            queued: CachePadded::new(AtomicU64::new(0)),
+            source,
+            free: FreeStack::full(slots),
+            mailbox: Mailbox::for_slots(slots),
+            slots: storage.into_boxed_slice(),
+            sched: ExclusiveCell::new(Scheduler::new(slots, config.weights())),
+            config,
+            sink,
+            source_id,
+        }
+    }
+
+    /// The permit source.
+    pub fn source(&self) -> &P {
+        &self.source
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    /// The sink events go to.
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+
+    /// Callers waiting for a permit. Exact when no dispatcher pass is
+    /// running; during one it may still count waiters just granted, shed,
+    /// cancelled or timed out.
+    pub fn waiting(&self) -> u32 {
+        // ordering: Relaxed; a report.
+        self.queued.load(Ordering::Relaxed) as u32
+    }
+
+    /// Takes a permit if one is free and nobody is waiting. Never waits and
+    /// never touches the queue beyond one load of its waiter count.
+    ///
+    /// # Errors
+    ///
+    /// [`Busy`] if callers are waiting (they go first) or the source has no
+    /// permit free.
+    #[inline]
+    pub fn try_acquire(&self) -> Result<QueuePermit<'_, P, S>, Busy> {
+        // ordering: Relaxed; a stale count only decides whether this caller
+        // goes before waiters it raced with, never whether a permit is
+        // lost: the source's own atomics decide the grant.
+        let waiting = self.queued.load(Ordering::Relaxed);
+        if waiting == 0
+            && let Some(permit) = self.source.try_take()
+        {
+            return Ok(QueuePermit::new(self, permit));
+        }
+        Err(Busy {
+            waiting: waiting as u32,
+        })
+    }
+
+    /// A future that takes a permit at once if one is free and nobody
+    /// waits, and otherwise waits in `class` until it is granted one, shed,
+    /// or `deadline` passes (by `clock`, read at each poll, or by an
+    /// [`expire`](Self::expire) sweep). Dropping it gives up its place, or
+    /// passes on a permit granted meanwhile.
+    pub fn acquire<C: Clock>(
+        &self,
+        class: u16,
+        deadline: Timestamp,
+        clock: C,
+    ) -> Acquire<'_, P, S, C> {
+        Acquire::new(self, class, deadline, clock)
+    }
+
+    /// Queues a waiter in `class`, to be woken through `waker` when it is
+    /// decided. Never takes a free permit directly: call
+    /// [`try_acquire`](Self::try_acquire) first (as [`Acquire`] does). The
+    /// dispatcher pass this call asks for may already decide the waiter
+    /// (grant it a free permit, or shed it); poll it to find out.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected::UnknownClass`] for a class the configuration does not
+    /// have; [`Rejected::QueueFull`] when the queue is full under
+    /// [`Overload::ShedNewest`], or every slot is in use.
+    pub fn enqueue(
+        &self,
+        class: u16,
+        deadline: Timestamp,
+        waker: &Waker,
+    ) -> Result<Waiter<'_, P, S>, Rejected> {
+        let classes = self.config.classes();
+        if class >= classes {
+            return Err(Rejected::UnknownClass { class, classes });
+        }
+        // ordering: Relaxed; an early, approximate refusal: the dispatcher
+        // enforces the capacity exactly.
+        if self.config.overload_policy() == Overload::ShedNewest
+            && self.queued.load(Ordering::Relaxed) >= u64::from(self.config.capacity())
+        {
+            self.report(class, Rejected::QueueFull, Timestamp::ZERO);
+            return Err(Rejected::QueueFull);
+        }
+        let Some(index) = self.free.pop() else {
+            self.report(class, Rejected::QueueFull, Timestamp::ZERO);
+            return Err(Rejected::QueueFull);
+        };
+        let slot = &self.slots[index];
+        // ordering: Relaxed; the pop's Acquire made the last user's word
+        // visible, and nobody else writes it while the slot is free.
+        let generation = Word(slot.word.load(Ordering::Relaxed))
+            .generation()
+            .wrapping_add(1);
+        // ordering: Relaxed; published by the Release store of WAITING.
+        slot.deadline.store(deadline.as_nanos(), Ordering::Relaxed);
+        slot.class.store(u64::from(class), Ordering::Relaxed);
+        // SAFETY: the slot came off the free stack, so no other party can
+        // reach its cells until the WAITING store below publishes it.
+        unsafe { slot.waker.set_exclusive(waker) };
+        // ordering: Release, pairs with the Acquire load of whoever decides
+        // the slot: it sees the deadline, the class and the waker.
+        slot.word
+            .store(Word::waiting(generation).0, Ordering::Release);
+        // ordering: Relaxed; ordered before the dispatcher's fence by the
+        // request below (see "The dispatcher").
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.mailbox.push(Notice::Arrival(index));
+        self.request_pass();
+        Ok(Waiter::new(self, index, generation, class, deadline))
+    }
+
+    /// Times out every waiter whose deadline is at or before `now`: each is
+    /// woken and learns [`Rejected::TimedOut`]. Returns how many. A sweep
+    /// over all `2 * capacity` slots; no lock, no allocation.
+    pub fn expire(&self, now: Timestamp) -> u32 {
+        let mut expired = 0;
+        for (index, slot) in self.slots.iter().enumerate() {
+            // ordering: Acquire, pairs with the enqueuer's Release store of
+            // WAITING: the deadline read below is this waiter's (if the slot
+            // is reused meanwhile, the compare-and-swap fails).
+            let word = Word(slot.word.load(Ordering::Acquire));
+            if !word.is_waiting() || slot.deadline.load(Ordering::Relaxed) > now.as_nanos() {
+                continue;
+            }
+            let timed_out = word.decided(TIMED_OUT, OWN | SCHED | NOTICE);
+            // ordering: AcqRel on success (Release: the owner's Acquire load
+            // of TIMED_OUT is ordered after it); Relaxed on failure: someone
+            // else decided, nothing to do.
+            if slot
+                .word
+                .compare_exchange(word.0, timed_out.0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                slot.waker.wake();
+                // ordering: Relaxed; written before WAITING was published.
+                let class = slot.class.load(Ordering::Relaxed) as u16;
+                self.report(class, Rejected::TimedOut, now);
+                self.mailbox.push(Notice::Retire(index));
+                expired += 1;
+            }
+        }
+        if expired > 0 {
+            self.request_pass();
+        }
+        expired
+    }
+
+    /// Runs (or asks the running dispatcher for) a pass: grants waiters
+    /// whatever permits the source has free. Call it after giving the source
+    /// more permits behind the queue's back — raising a bulkhead's limit,
+    /// say — since the queue only looks at the source when its own permits
+    /// are released or waiters come and go.
+    pub fn dispatch(&self) {
+        self.request_pass();
+    }
+
+    /// Gives a permit back: to the source, then to the next waiter if there
+    /// is one (through a dispatcher pass).
+    #[inline]
+    fn release(&self, permit: P::Permit) {
+        self.source.give_back(permit);
+        // ordering: SeqCst fence, pairs with the fence that begins every
+        // pass: either this load sees the count of a racing enqueuer, or
+        // that enqueuer's pass sees the permit we gave back.
+        fence(Ordering::SeqCst);
+        // ordering: Relaxed; the fence above orders it.
+        if self.queued.load(Ordering::Relaxed) != 0 {
+            self.request_pass();
+        }
+    }
+
+    /// Posts that `index` left `WAITING` without the dispatcher.
+    fn retire(&self, index: usize) {
+        self.mailbox.push(Notice::Retire(index));
+        self.request_pass();
+    }
+
+    fn request_pass(&self) {
+        // ordering: AcqRel. Release: the holder that counts this request
+        // sees what we published before it. Acquire: if we become the
+        // holder, we see the scheduler as the last holder left it.
+        if self.ctl.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.hold();
+        }
+    }
+
+    /// Runs passes until no request is left. Called only by the thread
+    /// whose `fetch_add` found `ctl` at 0.
+    fn hold(&self) {
+        loop {
+            // ordering: Acquire, pairs with the Release of every request
+            // counted in `requests`.
+            let requests = self.ctl.load(Ordering::Acquire);
+            // SAFETY: `ctl` is nonzero from the `fetch_add` that made us the
+            // holder until the `fetch_sub` that brings it back to 0, and
+            // only the thread whose `fetch_add` found 0 calls `hold`, so no
+            // other thread is inside this cell. A re-entrant call (a waker
+            // that releases a permit) finds `ctl` nonzero and returns
+            // without touching it.
+            unsafe { self.sched.with_mut(|s| self.pass(s)) };
+            // ordering: AcqRel. Release: the next holder sees the scheduler
+            // as we leave it. Acquire: requests that came meanwhile are
+            // visible to the next pass.
+            if self.ctl.fetch_sub(requests, Ordering::AcqRel) == requests {
+                return;
+            }
+        }
+    }
+
+    /// One dispatcher pass: read the mailbox, grant what the source has,
+    /// shed beyond capacity.
+    fn pass(&self, s: &mut Scheduler) {
+        // ordering: SeqCst fence, pairs with the fence in `release` (see
+        // "The dispatcher"): a permit given back by a releaser that did not
+        // see our waiters is visible to the `try_take` below.
+        fence(Ordering::SeqCst);
+        while let Some(notice) = self.mailbox.pop(&mut s.mail_head) {
+            match notice {
+                Notice::Arrival(index) => self.arrived(s, index),
+                Notice::Retire(index) => self.retired(s, index),
+            }
+        }
+        self.grant(s);
+        self.shed(s);
+    }
+
+    fn arrived(&self, s: &mut Scheduler, index: usize) {
+        let slot = &self.slots[index];
+        // ordering: Acquire, pairs with the Release of the owner or sweeper
+        // that decided it already (then we drop it).
+        if Word(slot.word.load(Ordering::Acquire)).is_waiting() {
+            // ordering: Relaxed; the mailbox's Acquire made it visible.
+            let class = slot.class.load(Ordering::Relaxed) as usize;
+            s.push(index, class);
+        } else {
+            self.unqueue(index);
+        }
+    }
+
+    fn retired(&self, s: &mut Scheduler, index: usize) {
+        let mut bits = NOTICE;
+        if s.is_linked(index) {
+            s.remove(index);
+            // ordering: Relaxed; see `unqueue`.
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            bits |= SCHED;
+        }
+        if self.slots[index].release_refs(bits) {
+            self.free.push(index);
+        }
+    }
+
+    /// The dispatcher is done with `index`.
+    fn unqueue(&self, index: usize) {
+        // ordering: Relaxed; the count only has to include every waiter the
+        // dispatcher may still grant (see `release`), and this one is past.
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        if self.slots[index].release_refs(SCHED) {
+            self.free.push(index);
+        }
+    }
+
+    /// Grants permits from the source to waiters, in scheduling order,
+    /// while both last. The scheduler is asked for a waiter only with a
+    /// permit in hand, so its cursor moves only when something is granted.
+    fn grant(&self, s: &mut Scheduler) {
+        while s.len() > 0 {
+            let Some(mut permit) = self.source.try_take() else {
+                return;
+            };
+            loop {
+                let Some(index) = s.pick() else {
+                    // Everyone linked had been cancelled or timed out.
+                    self.source.give_back(permit);
+                    return;
+                };
+                match self.hand_over(index, permit) {
+                    Ok(()) => {
+                        s.served(index);
+                        self.slots[index].waker.wake();
+                        self.unqueue(index);
+                        break;
+                    }
+                    Err(back) => {
+                        // Cancelled or timed out meanwhile: next one.
+                        permit = back;
+                        s.remove(index);
+                        self.unqueue(index);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Puts `permit` in the slot and moves it to `GRANTED`, or hands the
+    /// permit back if the slot was decided by someone else first.
+    fn hand_over(&self, index: usize, permit: P::Permit) -> Result<(), P::Permit> {
+        let slot = &self.slots[index];
+        // ordering: Relaxed; the compare-and-swap below decides.
+        let word = Word(slot.word.load(Ordering::Relaxed));
+        if !word.is_waiting() {
+            return Err(permit);
+        }
+        // SAFETY: the owner touches the permit cell only after it sees
+        // GRANTED, which only our compare-and-swap below can set; the slot
+        // is linked, so no other dispatcher use of it is live.
+        unsafe { slot.permit.with_mut(|cell| *cell = Some(permit)) };
+        // ordering: Release on success, pairs with the owner's Acquire load
+        // of GRANTED: it finds the permit in the cell. Relaxed on failure.
+        match slot.word.compare_exchange(
+            word.0,
+            word.decided(GRANTED, OWN | SCHED).0,
+            Ordering::Release,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => Ok(()),
+            Err(_) => {
+                // SAFETY: not GRANTED, so the cell is still ours alone.
+                match unsafe { slot.permit.with_mut(Option::take) } {
+                    Some(permit) => Err(permit),
+                    None => unreachable!("the permit was put there just above"),
+                }
+            }
+        }
+    }
+
+    /// Sheds waiters by the overload policy until the queue is within its
+    /// capacity.
+    fn shed(&self, s: &mut Scheduler) {
+        let policy = self.config.overload_policy();
+        let (phase, reason) = match policy {
+            Overload::ShedNewest => (SHED_FULL, Rejected::QueueFull),
+            Overload::ShedOldest => (SHED_OLDEST, Rejected::ShedOldest),
+            Overload::ShedLowestPriority => (SHED_PRIORITY, Rejected::ShedLowPriority),
+        };
+        while s.len() > self.config.capacity() as usize {
+            let Some(index) = s.victim(policy) else {
+                return;
+            };
+            s.remove(index);
+            let slot = &self.slots[index];
+            // ordering: Relaxed; the compare-and-swap below decides.
+            let word = Word(slot.word.load(Ordering::Relaxed));
+            // ordering: Release on success, pairs with the owner's Acquire
+            // load of the verdict. A failure means it was cancelled or timed
+            // out meanwhile: removing it was enough.
+            if word.is_waiting()
+                && slot
+                    .word
+                    .compare_exchange(
+                        word.0,
+                        word.decided(phase, OWN | SCHED).0,
+                        Ordering::Release,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                slot.waker.wake();
+                // ordering: Relaxed; written before WAITING was published.
+                let class = slot.class.load(Ordering::Relaxed) as u16;
+                self.report(class, reason, Timestamp::ZERO);
+            }
+            self.unqueue(index);
+        }
+    }
+
+    /// Emits a `QUEUE_REJECTED` event.
+    #[inline]
+    fn report(&self, class: u16, why: Rejected, time: Timestamp) {
+        if self.sink.enabled() {
+            self.sink.emit(Event::new(
+                EventKind::QUEUE_REJECTED,
+                self.source_id,
+                time,
+                [u64::from(class), why.code()],
+            ));
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Multi-threaded stress tests of the rate limiters, checking conservation
+//! over a virtual-time run (L2, L4, L5): with worker threads competing for
+//! tokens (checks, multi-token checks, reservations that are cancelled or
+//! kept) and a driver that moves time on only once the limiter is drained,
+//! the tokens kept equal `floor(T * rate / period) + burst` exactly — none
+//! lost, none created. The keyed run adds a sweeper evicting fresh keys
+//! while the workers use them.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use tenlives_engine::rate::{KeyedConfig, KeyedRateLimiter, Quota, RateLimiter, WhenFull};
+use tenlives_engine::time::Timestamp;
+
+mod common;
+use common::rng;
+
+const THREADS: usize = 3;
+const STEPS: u64 = if cfg!(debug_assertions) { 300 } else { 1_000 };
+
+fn quota() -> Quota {
+    // 7 tokens every 3 ms: an emission interval that is not a whole number
+    // of nanoseconds.
+    Quota::new(7, Duration::from_millis(3))
+        .unwrap()
+        .with_burst(20)
+        .unwrap()
+}
+
+/// Moves virtual time on by at most `burst - 1` emission intervals at a time,
+/// each time after `drained(now)` says the workers took everything.
+fn drive(clock: &AtomicU64, stop: &AtomicBool, drained: impl Fn(Timestamp) -> bool) -> u64 {
+    let mut next = rng(99);
+    let max_step = 19 * 3_000_000 / 7;
+    let mut t = 0;
+    for _ in 0..STEPS {
+        let now = Timestamp::from_nanos(t);
+        while !drained(now) {
+            thread::yield_now();
+        }
+        t += 1 + next() % max_step;
+        clock.store(t, Ordering::SeqCst);
+    }
+    let end = Timestamp::from_nanos(t);
+    while !drained(end) {
+        thread::yield_now();
+    }
+    stop.store(true, Ordering::SeqCst);
+    t
+}
+
+#[test]
+fn direct_limiter_conserves_tokens_across_threads() {
+    let limiter = RateLimiter::new(quota());
+    let clock = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let (kept, end) = thread::scope(|s| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|w| {
+                let (limiter, clock, stop) = (&limiter, &clock, &stop);
+                s.spawn(move || {
+                    let mut next = rng(w as u64 + 1);
+                    let mut kept = 0u64;
+                    while !stop.load(Ordering::SeqCst) {
+                        let now = Timestamp::from_nanos(clock.load(Ordering::SeqCst));
+                        match next() % 4 {
+                            0 => kept += u64::from(limiter.check(now).is_ok()),
+                            1 => {
+                                let n = 1 + (next() % 3) as u32;
+                                if limiter.check_n(n, now).is_ok() {
+                                    kept += u64::from(n);
+                                }
+                            }
+                            _ => {
+                                let n = 1 + (next() % 2) as u32;
+                                if let Ok(r) = limiter.reserve_n(n, now, Duration::ZERO) {
+                                    if next().is_multiple_of(2) {
+                                        r.cancel();
+                                    } else {
+                                        kept += r.tokens();
+                                        r.commit();
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    kept
+                })
+            })
+            .collect();
+        let end = drive(&clock, &stop, |now| limiter.available(now) == 0);
+        let kept: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+        (kept, end)
+    });
+    let expected = quota().tokens_by(Duration::from_nanos(end)) + u64::from(quota().burst());
+    assert_eq!(kept, expected);
+}
+
+#[test]
+fn keyed_limiter_conserves_tokens_per_key_while_sweeping() {
+    const KEYS: usize = 8;
+    let limiter = KeyedRateLimiter::new(
+        KeyedConfig::new(quota(), 16)
+            .unwrap()
+            .when_full(WhenFull::Reject),
+    );
+    let clock = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let kept: Vec<AtomicU64> = (0..KEYS).map(|_| AtomicU64::new(0)).collect();
+    let end = thread::scope(|s| {
+        for w in 0..THREADS {
+            let (limiter, clock, stop, kept) = (&limiter, &clock, &stop, &kept);
+            s.spawn(move || {
+                let mut next = rng(w as u64 + 10);
+                while !stop.load(Ordering::SeqCst) {
+                    let now = Timestamp::from_nanos(clock.load(Ordering::SeqCst));
+                    let key = (next() % KEYS as u64) as usize;
+                    let n = 1 + (next() % 2) as u32;
+                    if limiter.check_key_n(&key, n, now).is_ok() {
+                        kept[key].fetch_add(u64::from(n), Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+        // The sweeper evicts keys whose tokens have refilled, racing with
+        // the workers' lookups and charges.
+        {
+            let (limiter, clock, stop) = (&limiter, &clock, &stop);
+            s.spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    limiter.sweep(Timestamp::from_nanos(clock.load(Ordering::SeqCst)));
+                    assert!(limiter.in_use() <= limiter.capacity());
+                    thread::yield_now();
+                }
+            });
+        }
+        drive(&clock, &stop, |now| {
+            (0..KEYS).all(|k| limiter.peek_key_n(&k, 1, now).is_err())
+        })
+    });
+    let expected = quota().tokens_by(Duration::from_nanos(end)) + u64::from(quota().burst());
+    for (key, kept) in kept.iter().enumerate() {
+        assert_eq!(kept.load(Ordering::SeqCst), expected, "key {key}");
+    }
+}
