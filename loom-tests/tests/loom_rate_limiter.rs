@@ -1,0 +1,112 @@
+//! loom models of the direct rate limiter's state word
+//! (engine/src/rate/gcra.rs, engine/src/rate/limiter.rs).
+//!
+//! L1 (docs/guarantees.md): at one instant, concurrent checks never admit
+//! more than the burst, and under enough demand admit exactly the burst;
+//! L3: a reservation cancelled while other threads check never lets more
+//! than the burst through, and the tokens it gives back are exactly what it
+//! took; L4: an all-or-nothing acquisition refused by its second limiter
+//! leaves the first one charged only by what others kept.
+#![cfg(tenlives_loom)]
+
+use std::time::Duration;
+
+use loom::sync::Arc;
+use loom::thread;
+use tenlives_engine::rate::{Quota, RateLimiter, TokenSource, acquire_all};
+use tenlives_engine::time::Timestamp;
+use tenlives_loom_tests::model;
+
+fn limiter(burst: u32) -> Arc<RateLimiter> {
+    Arc::new(RateLimiter::new(
+        Quota::per_second(10).unwrap().with_burst(burst).unwrap(),
+    ))
+}
+
+const NOW: Timestamp = Timestamp::from_nanos(1_000_000_000);
+
+/// L1: three threads take one token each, and one of them a second, from a
+/// burst of 3 at the same instant: exactly 3 are granted.
+#[test]
+fn concurrent_checks_at_one_instant_grant_exactly_the_burst() {
+    model(3, || {
+        let l = limiter(3);
+        let threads: Vec<_> = (0..3)
+            .map(|i| {
+                let l = l.clone();
+                thread::spawn(move || {
+                    let mut granted = u32::from(l.check(NOW).is_ok());
+                    if i == 0 {
+                        granted += u32::from(l.check(NOW).is_ok());
+                    }
+                    granted
+                })
+            })
+            .collect();
+        let granted: u32 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(granted, 3);
+        assert_eq!(l.available(NOW), 0);
+    });
+}
+
+/// L1, L3: a reservation of 2 that is cancelled races with two single
+/// checks on a burst of 2. The checks never get more than 2 between them,
+/// and afterwards exactly the tokens they kept are gone.
+#[test]
+fn reserve_and_cancel_racing_with_checks_never_over_admit() {
+    model(3, || {
+        let l = limiter(2);
+        let reserver = {
+            let l = l.clone();
+            thread::spawn(move || {
+                if let Ok(r) = l.reserve_n(2, NOW, Duration::ZERO) {
+                    r.cancel();
+                }
+            })
+        };
+        let checkers: Vec<_> = (0..2)
+            .map(|_| {
+                let l = l.clone();
+                thread::spawn(move || u64::from(l.check(NOW).is_ok()))
+            })
+            .collect();
+        reserver.join().unwrap();
+        let kept: u64 = checkers.into_iter().map(|t| t.join().unwrap()).sum();
+        assert!(kept <= 2);
+        assert_eq!(
+            l.available(NOW),
+            2 - kept,
+            "the cancel gave back exactly what it took"
+        );
+    });
+}
+
+/// L4: one thread acquires from (a, b) all or nothing while another drains
+/// b. Whatever the interleaving, a is charged only if b was too, and what
+/// remains in a is its burst minus the successful acquisitions.
+#[test]
+fn all_or_nothing_never_leaves_a_partial_charge() {
+    model(3, || {
+        let a = limiter(1);
+        let b = limiter(1);
+        let both = {
+            let (a, b) = (a.clone(), b.clone());
+            thread::spawn(move || {
+                let pair: [(&dyn TokenSource, u32); 2] = [(&*a, 1), (&*b, 1)];
+                acquire_all(&pair, NOW).is_ok()
+            })
+        };
+        let drain = {
+            let b = b.clone();
+            thread::spawn(move || b.check(NOW).is_ok())
+        };
+        let got_both = both.join().unwrap();
+        let drained = drain.join().unwrap();
+        assert!(
+            got_both != drained,
+            "b has one token: exactly one of them gets it"
+        );
+        assert_eq!(a.available(NOW), u64::from(!got_both));
+        assert_eq!(b.available(NOW), 0);
+    });
+}
