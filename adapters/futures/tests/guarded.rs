@@ -1,0 +1,236 @@
+//! Guarded futures over every policy, under two executors
+//! (`futures::executor` and tokio's current-thread runtime): outcomes reach
+//! the policy, admission happens on the first poll, and a future dropped at
+//! any await point, or whose inner future panics at any poll, holds nothing
+//! afterwards.
+
+mod common;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::pin;
+use std::task::Poll;
+
+use common::*;
+use futures::executor::block_on;
+use tenlives_engine::breaker::{BreakerState, RejectReason};
+use tenlives_engine::time::{Clock, ManualClock};
+use tenlives_futures::{Admission, guard, limit};
+
+/// Await points of the inner future in the cancellation and panic tests.
+const AWAITS: u32 = 3;
+
+/// The checks of `outcomes_reach_each_policy`, as one future any executor
+/// can run.
+async fn outcomes_reach_each_policy() {
+    let clock = ManualClock::new();
+
+    // Breaker: success and failure are counted in its window, "ignored" is
+    // not; two failures in a row open it; then calls are rejected unrun.
+    let b = breaker();
+    assert_eq!(
+        guard(&b, &clock, classify, Steps::new(2, Ok(1))).await,
+        Ok(Ok(1))
+    );
+    assert_eq!(
+        guard(&b, &clock, classify, Steps::new(1, Ok(0))).await,
+        Ok(Ok(0))
+    );
+    let w = b.snapshot(clock.now()).window;
+    assert_eq!((w.calls, w.failures), (1, 0));
+    for _ in 0..2 {
+        let r = guard(&b, &clock, classify, Steps::new(1, Err("boom"))).await;
+        assert_eq!(r, Ok(Err("boom")));
+    }
+    assert_eq!(b.state(), BreakerState::Open);
+    let mut ran = false;
+    let r = guard(&b, &clock, classify, async {
+        ran = true;
+        Ok(1)
+    })
+    .await;
+    assert_eq!(r.unwrap_err().reason(), RejectReason::Open);
+    assert!(!ran, "a rejected call never runs");
+
+    // Bulkhead: the permit is held while the inner future runs; a second
+    // call while it runs is rejected at once.
+    let bh = bulkhead(1);
+    let inside = limit(&bh, async {
+        let held = bh.in_flight();
+        Steps::new(2, held).await
+    })
+    .await;
+    assert_eq!((inside, bh.in_flight()), (Ok(1), 0));
+    let (first, second) =
+        futures::join!(limit(&bh, Steps::new(3, 1)), limit(&bh, Steps::new(0, 2)));
+    assert_eq!(first, Ok(1));
+    let full = second.unwrap_err();
+    assert_eq!((full.in_flight(), full.limit()), (1, 1));
+    assert_eq!(bh.in_flight(), 0);
+
+    // Adaptive limiter: success and failure are samples, "ignored" is not.
+    let a = adaptive(&clock);
+    for (result, samples) in [(Ok(1), 1), (Err("timeout"), 2), (Ok(0), 2)] {
+        let r = guard(&a, &clock, classify, Steps::new(1, result)).await;
+        assert_eq!(r, Ok(result));
+        assert_eq!((a.pending_samples(), a.in_flight()), (samples, 0));
+    }
+
+    // Throttle: success is an accepted request, failure a refused one,
+    // "ignored" is not counted.
+    let t = throttle();
+    for (result, counts) in [(Ok(1), (1, 1)), (Err("503"), (2, 1)), (Ok(0), (2, 1))] {
+        let r = guard(&t, &clock, classify, Steps::new(1, result)).await;
+        assert_eq!(r, Ok(result));
+        assert_eq!(t.counts(clock.now()), counts);
+    }
+}
+
+#[test]
+fn outcomes_reach_each_policy_on_futures_executor() {
+    block_on(outcomes_reach_each_policy());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn outcomes_reach_each_policy_on_tokio() {
+    outcomes_reach_each_policy().await;
+}
+
+#[test]
+fn admission_happens_on_the_first_poll_not_at_creation() {
+    let bh = bulkhead(1);
+    let first = limit(&bh, Steps::new(1, 1));
+    let second = limit(&bh, Steps::new(1, 2));
+    assert_eq!(bh.in_flight(), 0, "made, not polled: nothing held");
+    // The one polled first gets the permit, whichever was made first.
+    let mut second = pin!(second);
+    assert!(poll_once(second.as_mut()).is_pending());
+    assert_eq!(bh.in_flight(), 1);
+    assert!(block_on(first).is_err());
+    assert_eq!(block_on(second), Ok(2));
+    assert_eq!(bh.in_flight(), 0);
+}
+
+/// Polls a guarded future over `policy` `polls` times (fewer if it
+/// completes), checks that `held` says `held_while_running` meanwhile, drops
+/// it, and checks that
+/// `held` is back to zero and that `recorded` moved by one if it completed
+/// (and `records` says the policy records completions), else not at all.
+fn drop_after<P: Admission>(
+    policy: &P,
+    clock: &ManualClock,
+    polls: u32,
+    held: impl Fn() -> u32,
+    held_while_running: u32,
+    records: bool,
+    recorded: impl Fn() -> u64,
+) {
+    let before = recorded();
+    let mut fut = Box::pin(guard(policy, clock, classify, Steps::new(AWAITS, Ok(1))));
+    let mut completed = false;
+    for i in 0..polls {
+        match poll_once(fut.as_mut()) {
+            Poll::Ready(r) => {
+                assert!(r.is_ok(), "admitted");
+                completed = true;
+                break;
+            }
+            Poll::Pending => assert_eq!(held(), held_while_running, "poll {i}: running"),
+        }
+    }
+    drop(fut);
+    assert_eq!(held(), 0, "dropped after {polls} polls: the permit is back");
+    if completed && records {
+        assert_eq!(recorded(), before + 1, "completed: recorded once");
+    } else {
+        assert_eq!(
+            recorded(),
+            before,
+            "dropped after {polls} polls: nothing recorded"
+        );
+    }
+}
+
+#[test]
+fn a_future_dropped_at_any_await_point_holds_nothing() {
+    for polls in 0..=AWAITS + 1 {
+        let clock = ManualClock::new();
+
+        let b = half_open_breaker(&clock);
+        drop_after(
+            &b,
+            &clock,
+            polls,
+            || b.snapshot(clock.now()).probes_admitted,
+            1,
+            true,
+            || u64::from(b.state() == BreakerState::Closed),
+        );
+
+        let bh = bulkhead(2);
+        drop_after(&bh, &clock, polls, || bh.in_flight(), 1, false, || 0);
+
+        let a = adaptive(&clock);
+        drop_after(
+            &a,
+            &clock,
+            polls,
+            || a.in_flight(),
+            1,
+            true,
+            || a.pending_samples(),
+        );
+
+        let t = throttle();
+        drop_after(&t, &clock, polls, || 0, 0, true, || t.counts(clock.now()).0);
+    }
+}
+
+/// Runs a guarded future over `policy` whose inner future panics at poll
+/// `at`, and checks that the panic came through and `held` is back to zero.
+fn panic_at<P: Admission>(policy: &P, clock: &ManualClock, at: u32, held: impl Fn() -> u32) {
+    let inner = Steps::new(AWAITS, Ok(1)).panicking_at(at);
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        block_on(guard(policy, clock, classify, inner))
+    }));
+    assert!(result.is_err(), "the panic propagates");
+    assert_eq!(held(), 0, "panicked at poll {at}: the permit is back");
+}
+
+#[test]
+fn a_panic_at_any_poll_releases_the_permit() {
+    for at in 0..=AWAITS {
+        let clock = ManualClock::new();
+        let b = half_open_breaker(&clock);
+        panic_at(&b, &clock, at, || b.snapshot(clock.now()).probes_admitted);
+        assert_eq!(b.state(), BreakerState::HalfOpen, "a panic is no outcome");
+
+        let bh = bulkhead(1);
+        panic_at(&bh, &clock, at, || bh.in_flight());
+
+        let a = adaptive(&clock);
+        panic_at(&a, &clock, at, || a.in_flight());
+        assert_eq!(a.pending_samples(), 0);
+
+        let t = throttle();
+        panic_at(&t, &clock, at, || 0);
+        assert_eq!(t.counts(clock.now()), (0, 0));
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_panicking_tokio_task_releases_the_permit() {
+    let bh: &'static _ = Box::leak(Box::new(bulkhead(1)));
+    for at in 0..=AWAITS {
+        let task = tokio::spawn(limit(bh, Steps::new(AWAITS, 1).panicking_at(at)));
+        let joined = task.await;
+        assert!(joined.unwrap_err().is_panic());
+        assert_eq!(bh.in_flight(), 0);
+    }
+    // An aborted task is a cancellation: its permit comes back too.
+    let task = tokio::spawn(limit(bh, std::future::pending::<()>()));
+    tokio::task::yield_now().await;
+    assert_eq!(bh.in_flight(), 1, "the task runs and holds the permit");
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    assert_eq!(bh.in_flight(), 0);
+}
