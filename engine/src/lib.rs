@@ -11,6 +11,9 @@
 //! - `queue` (feature `alloc`): a bounded, fair admission queue in front of a
 //!   bulkhead or any permit source: FIFO, round-robin or weighted classes,
 //!   overload shedding, deadlines, async waiting without a runtime.
+//! - `config_cell` (feature `std`): a configuration cell on epoch
+//!   reclamation: lock-free reads, whole-value writes, old values freed once
+//!   no reader can see them (`docs/live-config.md`).
 //! - [`retry`]: backoff schedules with seedable jitter, and a lock-free retry
 //!   budget.
 //! - [`time`]: time as a value ([`time::Timestamp`]), the [`time::Clock`]
@@ -36,6 +39,8 @@ extern crate std;
 pub mod adaptive;
 pub mod breaker;
 pub mod bulkhead;
+#[cfg(feature = "std")]
+pub mod config_cell;
 mod error;
 pub mod events;
 #[cfg(feature = "alloc")]

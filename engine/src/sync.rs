@@ -13,6 +13,12 @@ pub(crate) use portable_atomic::AtomicU64;
 #[cfg(tenlives_loom)]
 pub(crate) use loom::sync::atomic::AtomicU64;
 
+#[cfg(all(feature = "std", tenlives_loom))]
+pub(crate) use loom::sync::atomic::AtomicPtr;
+/// The rate limiter's pointer to its current quota (live configuration).
+#[cfg(all(feature = "std", not(tenlives_loom)))]
+pub(crate) use portable_atomic::AtomicPtr;
+
 pub(crate) use core::sync::atomic::Ordering;
 
 #[cfg(not(tenlives_loom))]
@@ -98,6 +104,11 @@ pub(crate) mod epoch {
 #[cfg(tenlives_loom)]
 pub(crate) mod epoch {
     pub(crate) struct Guard;
+
+    // Like crossbeam's guard, it unpins on drop (here: nothing to do).
+    impl Drop for Guard {
+        fn drop(&mut self) {}
+    }
 
     impl Guard {
         pub(crate) fn defer<F: FnOnce() -> R + Send + 'static, R>(&self, f: F) {

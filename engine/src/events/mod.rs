@@ -62,6 +62,13 @@ impl EventKind {
     /// [`Timestamp::ZERO`](crate::time::Timestamp::ZERO) (the queue knows no
     /// time then); timeouts carry the time they were found at.
     pub const QUEUE_REJECTED: EventKind = EventKind(64);
+    /// A primitive took a new configuration at run time (see
+    /// `docs/live-config.md`). Payload: `[the primitive's event family (56
+    /// rate limiter), a primitive-specific word]`; for a rate limiter, the
+    /// tokens still booked ahead under the new quota (what the change
+    /// carried over). The bulkhead reports its limit changes as
+    /// [`BULKHEAD_LIMIT_CHANGED`](Self::BULKHEAD_LIMIT_CHANGED).
+    pub const CONFIG_CHANGED: EventKind = EventKind(96);
     /// First code free for applications.
     pub const USER: EventKind = EventKind(0x8000);
 }

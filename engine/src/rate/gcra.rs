@@ -68,8 +68,19 @@ pub(crate) fn decide(
     }
 }
 
+/// Bit 63 of a direct limiter's booking word: its quota was replaced (see
+/// `limiter.rs`, live quota changes); the booking in bits 0..63 was (or is
+/// being) carried over to the next quota, and the word never changes again.
+pub(crate) const SEALED: u64 = 1 << 63;
+
+/// The largest booking a direct limiter's word holds: a grant that would
+/// book beyond it is refused, so that no booking is ever mistaken for a
+/// seal.
+pub(crate) const MAX_BOOKED: u64 = SEALED - 1;
+
 /// Applies [`decide`] to `word` with one compare-and-swap per attempt, and
-/// returns the grant (or refusal) that took effect.
+/// returns the grant (or refusal) that took effect; `None` when the word is
+/// [`SEALED`] (the caller decides again under the quota that replaced it).
 #[inline(always)]
 pub(crate) fn acquire(
     word: &AtomicU64,
@@ -77,16 +88,25 @@ pub(crate) fn acquire(
     g: u64,
     horizon: u64,
     n: u64,
-) -> Result<Grant, Refusal> {
-    // ordering: Relaxed throughout. The word is the limiter's only state and
-    // every decision is confirmed by the compare-and-swap on it; the limiter
-    // publishes no other memory, so it needs no happens-before edges.
+) -> Option<Result<Grant, Refusal>> {
+    // ordering: Relaxed throughout. The word is the limiter's only mutable
+    // state and every decision is confirmed by the compare-and-swap on it;
+    // the limiter publishes no other memory through it, so it needs no
+    // happens-before edges. A seal is a read-modify-write of the same word,
+    // so a compare-and-swap from an unsealed value cannot succeed after it.
     let mut booked = word.load(Ordering::Relaxed);
     loop {
-        let grant = decide(quota, booked, g, horizon, n)?;
+        if booked & SEALED != 0 {
+            return None;
+        }
+        let grant = match decide(quota, booked, g, horizon, n) {
+            Ok(grant) if grant.booked <= MAX_BOOKED => grant,
+            Ok(_) => return Some(Err(Refusal::NotYet { ready: u64::MAX })),
+            Err(refusal) => return Some(Err(refusal)),
+        };
         match word.compare_exchange_weak(booked, grant.booked, Ordering::Relaxed, Ordering::Relaxed)
         {
-            Ok(_) => return Ok(grant),
+            Ok(_) => return Some(Ok(grant)),
             Err(actual) => {
                 booked = actual;
                 spin_hint();
@@ -97,14 +117,16 @@ pub(crate) fn acquire(
 
 /// Gives back `n` tokens booked earlier. Never makes more than the burst
 /// available: a `booked` below `g` already means a full bucket, so lowering
-/// it further grants nothing extra.
+/// it further grants nothing extra. `None` when the word is [`SEALED`].
 #[inline]
-pub(crate) fn refund(word: &AtomicU64, n: u64) {
+pub(crate) fn refund(word: &AtomicU64, n: u64) -> Option<()> {
     // ordering: Relaxed, as in `acquire`. A read-modify-write cannot lose a
-    // concurrent booking.
-    let _ = word.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |booked| {
-        Some(booked.saturating_sub(n))
-    });
+    // concurrent booking, and it leaves a sealed word alone.
+    word.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |booked| {
+        (booked & SEALED == 0).then(|| booked.saturating_sub(n))
+    })
+    .ok()
+    .map(drop)
 }
 
 #[cfg(test)]

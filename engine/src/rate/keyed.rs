@@ -208,8 +208,8 @@ fn cell_slot(cell: u64) -> usize {
     ((cell & 0xffff_ffff) - 1) as usize
 }
 
-/// A rate limiter per key with a hard cap on the number of keys. See the
-/// [module documentation](self) for the table and its protocol.
+/// A rate limiter per key with a hard cap on the number of keys. The table
+/// and its lock-free protocol are described in `docs/rate-limiter.md`.
 ///
 /// Cloning it is cheap and shares the table.
 ///

@@ -1,28 +1,115 @@
-//! The direct (single-key) rate limiter.
+//! The direct (single-key) rate limiter, and its quota changes at run time.
+//!
+//! # Live quota changes
+//!
+//! The state word holds a booking on the token grid of one quota, so a
+//! decision must combine the quota with a booking made against that same
+//! quota. The limiter therefore keeps them together, as *eras*: an era is a
+//! quota and the booking word against it. The first era lives inside the
+//! limiter; [`RateLimiter::set_quota`] (feature `std`) starts a new one on
+//! the heap:
+//!
+//! | step | atomic action | who |
+//! |---|---|---|
+//! | link | compare-and-swap the current era's `next` from null to the new era (whose word is `PENDING`) | the writer; a second writer that finds `next` taken helps finish that change and retries on the newer era |
+//! | seal | `fetch_or(SEALED)` on the current era's word: it never changes again, and its booking (bits 0..63) is final | anyone who meets the link or the seal: the writer, other writers, checks |
+//! | convert | compare-and-swap the new era's word from `PENDING` to `convert(old quota, new quota, booking, now of the change)` | the same; every helper computes the same value, the first one stores it |
+//! | publish | compare-and-swap the limiter's `current` pointer from the old era to the new one | the same; the winner retires the old era (if on the heap) to the epoch collector |
+//!
+//! A check loads `current` (null: the first era) and decides with that
+//! era's quota on that era's word. A compare-and-swap on a sealed word fails,
+//! so every grant against the old quota is ordered before the seal and is
+//! part of the booking the new era converts; a check that meets `SEALED`
+//! helps the change to its end and decides again on the new era. Nobody ever
+//! waits for another thread: a change half done by a preempted writer is
+//! finished by whoever needs it.
+//!
+//! Cost: while the first era is in force, a check loads `current` (on the
+//! state word's cache line) and tests the word for `SEALED`, a few
+//! instructions over a limiter that cannot change. Once a change has
+//! happened, each call also pins the epoch (crossbeam-epoch; see
+//! [`config_cell`](crate::config_cell) for what a pin costs) to read the era
+//! safely.
+//!
+//! Bookings are kept below `2^63` (bit 63 is `SEALED`): a grant that would
+//! book grid index `2^63` or beyond is refused. Grid indices stay below
+//! `now` in nanoseconds, so this binds only at 10^9 tokens a second after
+//! 292 years of uptime.
 
 use core::fmt;
 use core::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
+#[cfg(feature = "std")]
+use alloc::boxed::Box;
+
 use crate::events::{Event, EventKind, EventSink, NoSink};
+#[cfg(feature = "std")]
+use crate::sync::{AtomicPtr, epoch, fence};
 use crate::sync::{AtomicU64, Ordering};
 use crate::time::Timestamp;
 
 use super::error::{InsufficientCapacity, RateLimitError, RateLimited};
-use super::gcra::{self, Grant, Refusal};
+use super::gcra::{self, MAX_BOOKED, Refusal, SEALED, acquire};
 use super::quota::Quota;
+
+/// A new era's word until the booking is carried over into it. Nobody
+/// decides on it: an era becomes current only after its word is set.
+#[cfg(feature = "std")]
+const PENDING: u64 = u64::MAX;
 
 /// A GCRA rate limiter over one atomic word. See the
 /// [module documentation](super).
 ///
 /// All methods take `&self`; share it by reference, in an `Arc` or in a
-/// `static`. It never allocates, never blocks, never reads a clock.
+/// `static`. It never allocates (except one era per quota change), never
+/// blocks, never reads a clock.
 pub struct RateLimiter<S: EventSink = NoSink> {
-    booked: CachePadded<AtomicU64>,
+    head: CachePadded<Head>,
+    /// The quota of the first era (the one the limiter was built with).
     quota: Quota,
     sink: S,
     source: u32,
+}
+
+/// What every call reads first, on one cache line.
+struct Head {
+    /// The first era's booking word: a grid index of `quota`, or `SEALED`
+    /// with the final booking once a change replaced it.
+    booked: AtomicU64,
+    /// The era in force; null while it is the first one.
+    #[cfg(feature = "std")]
+    current: AtomicPtr<Era>,
+    /// The era replacing the first one, once a change linked it.
+    #[cfg(feature = "std")]
+    first_next: AtomicPtr<Era>,
+}
+
+/// A quota and the booking word against it (see the module documentation).
+#[cfg(feature = "std")]
+struct Era {
+    quota: Quota,
+    /// `PENDING`, then a booking on `quota`'s grid, then `SEALED` with the
+    /// final booking.
+    booked: AtomicU64,
+    /// The era replacing this one, once a change linked it.
+    next: AtomicPtr<Era>,
+    /// The `now` of the change that made this era: the instant the booking
+    /// carried over is converted at.
+    since: Timestamp,
+}
+
+/// One era, borrowed: the first (inline) or one on the heap.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    quota: &'a Quota,
+    word: &'a AtomicU64,
+    #[cfg(feature = "std")]
+    next: &'a AtomicPtr<Era>,
+    /// Null for the first era.
+    #[cfg(feature = "std")]
+    ptr: *mut Era,
 }
 
 impl RateLimiter {
@@ -34,9 +121,13 @@ impl RateLimiter {
 
 impl<S: EventSink> fmt::Debug for RateLimiter<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (quota, booked) = self.with_era(|era| {
+            // ordering: Relaxed; a snapshot for display.
+            Some((*era.quota, era.word.load(Ordering::Relaxed) & MAX_BOOKED))
+        });
         f.debug_struct("RateLimiter")
-            .field("quota", &self.quota)
-            .field("booked", &self.booked.load(Ordering::Relaxed))
+            .field("quota", &quota)
+            .field("booked", &booked)
             .finish_non_exhaustive()
     }
 }
@@ -74,18 +165,35 @@ impl<S: EventSink> Reservation<'_, S> {
     pub fn commit(self) {}
 
     /// Gives the tokens back. Never makes more than the burst available,
-    /// however long ago the reservation was made.
+    /// however long ago the reservation was made. After a quota change the
+    /// tokens given back are tokens of the quota in force.
     pub fn cancel(self) {
-        gcra::refund(&self.limiter.booked, self.tokens);
+        self.limiter.give_back(self.tokens);
     }
 }
 
+/// A snapshot of an era's booking for a decision that takes nothing;
+/// `None` when the era is sealed.
+#[inline(always)]
+fn snapshot(word: &AtomicU64) -> Option<u64> {
+    // ordering: Relaxed; a peek is a snapshot that may be stale the moment
+    // it is returned.
+    let booked = word.load(Ordering::Relaxed);
+    (booked & SEALED == 0).then_some(booked)
+}
+
 impl<S: EventSink> RateLimiter<S> {
-    /// A limiter enforcing `quota` that reports refusals to `sink`, tagged
-    /// with `source` (see `docs/events.md`).
+    /// A limiter enforcing `quota` that reports refusals and quota changes
+    /// to `sink`, tagged with `source` (see `docs/events.md`).
     pub fn with_sink(quota: Quota, sink: S, source: u32) -> Self {
         RateLimiter {
-            booked: CachePadded::new(AtomicU64::new(0)),
+            head: CachePadded::new(Head {
+                booked: AtomicU64::new(0),
+                #[cfg(feature = "std")]
+                current: AtomicPtr::new(core::ptr::null_mut()),
+                #[cfg(feature = "std")]
+                first_next: AtomicPtr::new(core::ptr::null_mut()),
+            }),
             quota,
             sink,
             source,
@@ -93,8 +201,8 @@ impl<S: EventSink> RateLimiter<S> {
     }
 
     /// The quota in force.
-    pub fn quota(&self) -> &Quota {
-        &self.quota
+    pub fn quota(&self) -> Quota {
+        self.with_era(|era| Some(*era.quota))
     }
 
     /// The sink events go to.
@@ -102,19 +210,141 @@ impl<S: EventSink> RateLimiter<S> {
         &self.sink
     }
 
+    /// The first era.
     #[inline(always)]
-    fn grid_now(&self, now: Timestamp) -> u64 {
-        self.quota.grid().tokens_at(now.as_nanos())
+    fn first(&self) -> View<'_> {
+        View {
+            quota: &self.quota,
+            word: &self.head.booked,
+            #[cfg(feature = "std")]
+            next: &self.head.first_next,
+            #[cfg(feature = "std")]
+            ptr: core::ptr::null_mut(),
+        }
+    }
+
+    /// Runs `f` on the era in force until it returns `Some` (it returns
+    /// `None` when it met a sealed word: the era was replaced under it).
+    #[inline(always)]
+    fn with_era<R>(&self, mut f: impl FnMut(View<'_>) -> Option<R>) -> R {
+        #[cfg(feature = "std")]
+        {
+            // ordering: Acquire, pairs with the AcqRel publication in
+            // `advance`, so that an era's quota and word are visible.
+            if !self.head.current.load(Ordering::Acquire).is_null() {
+                return self.with_live_era(f);
+            }
+        }
+        if let Some(r) = f(self.first()) {
+            return r;
+        }
+        #[cfg(feature = "std")]
+        {
+            self.with_live_era(f)
+        }
+        #[cfg(not(feature = "std"))]
+        {
+            unreachable!("only a live quota change (feature std) seals a word")
+        }
+    }
+
+    /// [`with_era`](Self::with_era) once a quota change has happened: pins
+    /// the epoch so that the era read cannot be freed under us.
+    #[cfg(feature = "std")]
+    #[inline(never)]
+    fn with_live_era<R>(&self, mut f: impl FnMut(View<'_>) -> Option<R>) -> R {
+        let guard = epoch::pin();
+        loop {
+            let era = self.current(&guard);
+            if let Some(r) = f(era) {
+                return r;
+            }
+            self.advance(era, &guard);
+        }
+    }
+
+    /// The era in force, valid while `_guard` pins this thread.
+    #[cfg(feature = "std")]
+    fn current<'g>(&'g self, _guard: &'g epoch::Guard) -> View<'g> {
+        // ordering: Acquire, as in `with_era`.
+        let ptr = self.head.current.load(Ordering::Acquire);
+        if ptr.is_null() {
+            return self.first();
+        }
+        // SAFETY: a heap era is freed only through the epoch collector,
+        // after `advance` unlinked it from `current`; we loaded it from
+        // `current` while pinned, so it outlives `_guard`. Its fields other
+        // than the atomics are written before it is linked (Release) and
+        // never after.
+        let era = unsafe { &*ptr };
+        View {
+            quota: &era.quota,
+            word: &era.booked,
+            next: &era.next,
+            ptr,
+        }
+    }
+
+    /// Finishes the change that replaces `era` (linked in `era.next`):
+    /// seal, convert, publish. Any thread may run it, any number of times;
+    /// the first to do each step does it, the others find it done.
+    #[cfg(feature = "std")]
+    fn advance(&self, era: View<'_>, guard: &epoch::Guard) {
+        // ordering: our caller saw `era`'s word sealed with a Relaxed load
+        // or compare-and-swap (or linked the next era itself); this fence
+        // makes that read synchronise with the Release seal, so that the
+        // link made before the seal is visible below.
+        fence(Ordering::Acquire);
+        // ordering: Acquire, pairs with the AcqRel link in `set_quota`, so
+        // that the next era's quota and `since` are visible.
+        let next_ptr = era.next.load(Ordering::Acquire);
+        debug_assert!(!next_ptr.is_null(), "a sealed era has a successor");
+        // SAFETY: the next era is linked before the old one is sealed and
+        // is freed only after it has been current and then unlinked, which
+        // happens after this thread pinned `guard` (it has not been current
+        // yet, or is current now).
+        let next = unsafe { &*next_ptr };
+        // ordering: Release, pairs with the Acquire fence above in a thread
+        // that finds the word sealed: it must find the link too. Against
+        // grants the seal needs nothing more than the word's modification
+        // order: a compare-and-swap from an unsealed value fails after it.
+        let booked = era.word.fetch_or(SEALED, Ordering::Release) & MAX_BOOKED;
+        let converted = convert(era.quota, &next.quota, booked, next.since).min(MAX_BOOKED);
+        // ordering: Relaxed; the publication below orders it for readers.
+        let _ =
+            next.booked
+                .compare_exchange(PENDING, converted, Ordering::Relaxed, Ordering::Relaxed);
+        // ordering: AcqRel on success: Release publishes the converted word
+        // (and the era) to readers that Acquire `current`; Acquire on
+        // failure is not needed, we read nothing from it.
+        if self
+            .head
+            .current
+            .compare_exchange(era.ptr, next_ptr, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+            && !era.ptr.is_null()
+        {
+            retire(era.ptr, guard);
+        }
+    }
+
+    #[inline(always)]
+    fn grid_now(quota: &Quota, now: Timestamp) -> u64 {
+        quota.grid().tokens_at(now.as_nanos())
     }
 
     /// Takes one token, or says when one will be available.
     #[inline]
     pub fn check(&self, now: Timestamp) -> Result<(), RateLimited> {
-        let g = self.grid_now(now);
-        match gcra::acquire(&self.booked, &self.quota, g, g, 1) {
-            Ok(_) => Ok(()),
-            Err(refusal) => Err(self.refused(refusal, 1, now).expect_limited()),
-        }
+        self.with_era(|era| {
+            let g = Self::grid_now(era.quota, now);
+            match acquire(era.word, era.quota, g, g, 1)? {
+                Ok(_) => Some(Ok(())),
+                Err(refusal) => Some(Err(self
+                    .refused(era.quota, refusal, 1, now)
+                    .expect_limited())),
+            }
+        })
     }
 
     /// Takes `n` tokens at once, all or none.
@@ -127,11 +357,13 @@ impl<S: EventSink> RateLimiter<S> {
     /// never waits for what cannot come.
     #[inline]
     pub fn check_n(&self, n: u32, now: Timestamp) -> Result<(), RateLimitError> {
-        let g = self.grid_now(now);
-        match gcra::acquire(&self.booked, &self.quota, g, g, u64::from(n)) {
-            Ok(_) => Ok(()),
-            Err(refusal) => Err(self.refused(refusal, n, now)),
-        }
+        self.with_era(|era| {
+            let g = Self::grid_now(era.quota, now);
+            match acquire(era.word, era.quota, g, g, u64::from(n))? {
+                Ok(_) => Some(Ok(())),
+                Err(refusal) => Some(Err(self.refused(era.quota, refusal, n, now))),
+            }
+        })
     }
 
     /// Whether `n` tokens are available now, without taking them.
@@ -140,14 +372,14 @@ impl<S: EventSink> RateLimiter<S> {
     ///
     /// As [`check_n`](Self::check_n).
     pub fn peek_n(&self, n: u32, now: Timestamp) -> Result<(), RateLimitError> {
-        let g = self.grid_now(now);
-        // ordering: Relaxed; a peek is a snapshot that may be stale the moment
-        // it is returned.
-        let booked = self.booked.load(Ordering::Relaxed);
-        match gcra::decide(&self.quota, booked, g, g, u64::from(n)) {
-            Ok(_) => Ok(()),
-            Err(refusal) => Err(self.describe(refusal, n, now)),
-        }
+        self.with_era(|era| {
+            let g = Self::grid_now(era.quota, now);
+            let booked = snapshot(era.word)?;
+            Some(match gcra::decide(era.quota, booked, g, g, u64::from(n)) {
+                Ok(_) => Ok(()),
+                Err(refusal) => Err(Self::describe(era.quota, refusal, n, now)),
+            })
+        })
     }
 
     /// The earliest instant at which `n` tokens will be available if nobody
@@ -159,13 +391,16 @@ impl<S: EventSink> RateLimiter<S> {
     /// [`InsufficientCapacity`] when `n` exceeds the burst and the quota does
     /// not allow debt: no wait would be long enough.
     pub fn earliest(&self, n: u32, now: Timestamp) -> Result<Timestamp, InsufficientCapacity> {
-        let g = self.grid_now(now);
-        // ordering: Relaxed, as in `peek_n`.
-        let booked = self.booked.load(Ordering::Relaxed);
-        match gcra::decide(&self.quota, booked, g, u64::MAX, u64::from(n)) {
-            Ok(grant) => Ok(self.ready_time(grant.ready, g, now)),
-            Err(_) => Err(self.insufficient(n)),
-        }
+        self.with_era(|era| {
+            let g = Self::grid_now(era.quota, now);
+            let booked = snapshot(era.word)?;
+            Some(
+                match gcra::decide(era.quota, booked, g, u64::MAX, u64::from(n)) {
+                    Ok(grant) => Ok(Self::ready_time(era.quota, grant.ready, g, now)),
+                    Err(_) => Err(Self::insufficient(era.quota, n)),
+                },
+            )
+        })
     }
 
     /// Books `n` tokens that will all have appeared within `max_wait` of
@@ -183,66 +418,140 @@ impl<S: EventSink> RateLimiter<S> {
         now: Timestamp,
         max_wait: Duration,
     ) -> Result<Reservation<'_, S>, RateLimitError> {
-        let g = self.grid_now(now);
-        let horizon = self.grid_now(now.saturating_add(max_wait));
-        match gcra::acquire(&self.booked, &self.quota, g, horizon, u64::from(n)) {
-            Ok(grant) => Ok(self.reservation(grant, n, g, now)),
-            Err(refusal) => Err(self.refused(refusal, n, now)),
-        }
-    }
-
-    fn reservation(&self, grant: Grant, n: u32, g: u64, now: Timestamp) -> Reservation<'_, S> {
-        Reservation {
+        let ready_at = self.with_era(|era| {
+            let g = Self::grid_now(era.quota, now);
+            let horizon = Self::grid_now(era.quota, now.saturating_add(max_wait));
+            match acquire(era.word, era.quota, g, horizon, u64::from(n))? {
+                Ok(grant) => Some(Ok(Self::ready_time(era.quota, grant.ready, g, now))),
+                Err(refusal) => Some(Err(self.refused(era.quota, refusal, n, now))),
+            }
+        })?;
+        Ok(Reservation {
             limiter: self,
             tokens: u64::from(n),
-            ready_at: self.ready_time(grant.ready, g, now),
-        }
+            ready_at,
+        })
     }
 
     #[inline]
-    fn ready_time(&self, ready: u64, g: u64, now: Timestamp) -> Timestamp {
+    fn ready_time(quota: &Quota, ready: u64, g: u64, now: Timestamp) -> Timestamp {
         if ready <= g {
             now
         } else {
-            Timestamp::from_nanos(self.quota.grid().time_of(ready))
+            Timestamp::from_nanos(quota.grid().time_of(ready))
         }
     }
 
     /// Tokens that could be taken now (at most the burst).
     pub fn available(&self, now: Timestamp) -> u64 {
-        let g = self.grid_now(now);
-        // ordering: Relaxed, as in `peek_n`.
-        let booked = self.booked.load(Ordering::Relaxed);
-        (g + self.quota.burst_tokens()).saturating_sub(booked.max(g))
+        self.with_era(|era| {
+            let g = Self::grid_now(era.quota, now);
+            let booked = snapshot(era.word)?;
+            Some((g + era.quota.burst_tokens()).saturating_sub(booked.max(g)))
+        })
     }
 
-    /// Replaces the quota, carrying the limiter's state over: the time the
-    /// tokens already handed out still occupy is kept (so a change never
-    /// hands out a free burst), capped at one full new burst (so a smaller
-    /// burst or a slower rate never locks callers out for longer than it
-    /// takes to refill under the new quota).
+    /// Replaces the quota while other threads use the limiter, carrying its
+    /// state over: the time the tokens already handed out still occupy is
+    /// kept, re-expressed in whole tokens of the new quota (rounded up, so a
+    /// change never hands out a free burst), capped at one full new burst
+    /// unless the new quota allows debt (so a smaller burst or a slower rate
+    /// never locks callers out for longer than it takes to refill under the
+    /// new quota).
     ///
-    /// It takes `&mut self`: changing the quota of a limiter in use by other
-    /// threads goes through the live-configuration cell.
+    /// Every decision is taken whole under one quota: a grant against the
+    /// old quota that lands before the change is part of the state carried
+    /// over, one that comes after is decided again under the new quota. A
+    /// quota is validated when it is built ([`Quota::new`],
+    /// [`Quota::with_burst`] return a [`ConfigError`](crate::ConfigError)),
+    /// so there is nothing left to refuse here.
+    ///
+    /// It allocates the new era (one `Box`, about 100 bytes); the old one is
+    /// freed through the epoch collector once no call can still read it.
+    /// Concurrent changes are applied one after the other, each finishing
+    /// (or helping to finish) the one before. Emits
+    /// [`EventKind::CONFIG_CHANGED`] (payload `[56, tokens still booked ahead
+    /// under the new quota]`). Feature `std`; without it, changing the quota
+    /// needs `&mut self`.
+    #[cfg(feature = "std")]
+    pub fn set_quota(&self, quota: Quota, now: Timestamp) {
+        let new = Box::into_raw(Box::new(Era {
+            quota,
+            booked: AtomicU64::new(PENDING),
+            next: AtomicPtr::new(core::ptr::null_mut()),
+            since: now,
+        }));
+        let guard = epoch::pin();
+        loop {
+            let era = self.current(&guard);
+            // ordering: AcqRel on success: Release publishes the new era's
+            // fields to helpers that Acquire `next`. Relaxed on failure: we
+            // only go and help the change that came first.
+            let linked = era
+                .next
+                .compare_exchange(
+                    core::ptr::null_mut(),
+                    new,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok();
+            self.advance(era, &guard);
+            if linked {
+                break;
+            }
+        }
+        if self.sink.enabled() {
+            // SAFETY: `new` was linked and published above; it can only be
+            // retired after a later change unlinks it, after we pinned.
+            let era = unsafe { &*new };
+            let ahead = snapshot(&era.booked)
+                .map_or(0, |b| b.saturating_sub(Self::grid_now(&era.quota, now)));
+            self.sink.emit(Event::new(
+                EventKind::CONFIG_CHANGED,
+                self.source,
+                now,
+                [u64::from(EventKind::RATE_LIMITED.0), ahead],
+            ));
+        }
+    }
+
+    /// Replaces the quota, carrying the state over as described under
+    /// `set_quota` with feature `std`. Without `std` there is no epoch
+    /// collector to free replaced quotas, so a change needs exclusive access.
+    #[cfg(not(feature = "std"))]
     pub fn set_quota(&mut self, quota: Quota, now: Timestamp) {
         // ordering: Relaxed; `&mut self` excludes every other access.
-        let booked = self.booked.load(Ordering::Relaxed);
-        let converted = convert(&self.quota, &quota, booked, now);
-        self.booked.store(converted, Ordering::Relaxed);
+        let booked = self.head.booked.load(Ordering::Relaxed);
+        let converted = convert(&self.quota, &quota, booked, now).min(MAX_BOOKED);
+        self.head.booked.store(converted, Ordering::Relaxed);
         self.quota = quota;
+        if self.sink.enabled() {
+            let ahead = converted.saturating_sub(Self::grid_now(&quota, now));
+            self.sink.emit(Event::new(
+                EventKind::CONFIG_CHANGED,
+                self.source,
+                now,
+                [u64::from(EventKind::RATE_LIMITED.0), ahead],
+            ));
+        }
     }
 
     /// Gives back `n` tokens taken earlier by [`check_n`](Self::check_n) (for
     /// example when the work they paid for did not happen). Never makes more
     /// than the burst available.
     pub fn refund(&self, n: u32) {
-        gcra::refund(&self.booked, u64::from(n));
+        self.give_back(u64::from(n));
+    }
+
+    fn give_back(&self, n: u64) {
+        self.with_era(|era| gcra::refund(era.word, n));
     }
 
     #[cold]
     #[inline(never)]
-    fn refused(&self, refusal: Refusal, n: u32, now: Timestamp) -> RateLimitError {
-        let err = self.describe(refusal, n, now);
+    fn refused(&self, quota: &Quota, refusal: Refusal, n: u32, now: Timestamp) -> RateLimitError {
+        let err = Self::describe(quota, refusal, n, now);
         if self.sink.enabled() {
             let wait = err.retry_after().map_or(u64::MAX, |d| d.as_nanos() as u64);
             self.sink.emit(Event::new(
@@ -255,20 +564,61 @@ impl<S: EventSink> RateLimiter<S> {
         err
     }
 
-    fn describe(&self, refusal: Refusal, n: u32, now: Timestamp) -> RateLimitError {
+    fn describe(quota: &Quota, refusal: Refusal, n: u32, now: Timestamp) -> RateLimitError {
         match refusal {
             Refusal::NotYet { ready } => RateLimitError::Limited(RateLimited::new(
                 now,
-                Timestamp::from_nanos(self.quota.grid().time_of(ready)),
+                Timestamp::from_nanos(quota.grid().time_of(ready)),
             )),
-            Refusal::Insufficient => RateLimitError::Insufficient(self.insufficient(n)),
+            Refusal::Insufficient => RateLimitError::Insufficient(Self::insufficient(quota, n)),
         }
     }
 
-    fn insufficient(&self, n: u32) -> InsufficientCapacity {
+    fn insufficient(quota: &Quota, n: u32) -> InsufficientCapacity {
         InsufficientCapacity {
             requested: n,
-            burst: self.quota.burst(),
+            burst: quota.burst(),
+        }
+    }
+}
+
+/// Hands a replaced era to the epoch collector.
+#[cfg(feature = "std")]
+fn retire(ptr: *mut Era, guard: &epoch::Guard) {
+    /// The era's address, sent to the thread that frees it.
+    struct Retired(*mut Era);
+    // SAFETY: an `Era` is a `Quota` (plain data) and atomics: it may be
+    // dropped on any thread.
+    unsafe impl Send for Retired {}
+    let retired = Retired(ptr);
+    guard.defer(move || {
+        let retired = retired;
+        // SAFETY: the era was unlinked from `current` before this was
+        // deferred, so nobody pinned after that can reach it; the collector
+        // runs this only after every thread pinned before has unpinned. It
+        // came from `Box::into_raw` and is freed once (only the thread whose
+        // publication unlinked it retires it).
+        drop(unsafe { Box::from_raw(retired.0) });
+    });
+}
+
+#[cfg(feature = "std")]
+impl<S: EventSink> Drop for RateLimiter<S> {
+    fn drop(&mut self) {
+        // `&mut self`: nobody reads the limiter; retired eras are with the
+        // collector already. Free the era in force and any linked after it
+        // (a change always finishes before `set_quota` returns, so there is
+        // none, unless a writer panicked half-way).
+        // ordering: Relaxed; `&mut self` excludes every other access.
+        let mut ptr = self.head.current.load(Ordering::Relaxed);
+        if ptr.is_null() {
+            ptr = self.head.first_next.load(Ordering::Relaxed);
+        }
+        while !ptr.is_null() {
+            // SAFETY: `ptr` came from `Box::into_raw`, is reachable from the
+            // limiter only, and is not retired (only unlinked eras are).
+            let era = unsafe { Box::from_raw(ptr) };
+            ptr = era.next.load(Ordering::Relaxed);
         }
     }
 }

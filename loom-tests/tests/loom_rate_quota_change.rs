@@ -1,0 +1,86 @@
+//! loom models of a rate limiter's quota change racing with its users
+//! (engine/src/rate/limiter.rs, "Live quota changes").
+//!
+//! C3 (docs/guarantees.md): every decision is taken whole under one quota,
+//! and a grant against the old quota is either part of the booking the new
+//! quota takes over or decided again under the new quota, never lost. The
+//! quotas differ only in debt mode, so the conversion is exact and the
+//! limiter must grant exactly its burst at one instant, whatever the
+//! interleaving of the change (link, seal, convert, publish, by the writer
+//! or by a helping check) with the checks and a refund.
+//!
+//! The engine's epoch shim never frees under loom: these models check the
+//! change protocol; reclamation is modelled in `loom_live_config.rs`.
+#![cfg(tenlives_loom)]
+
+use loom::sync::Arc;
+use loom::thread;
+use tenlives_engine::rate::{Quota, RateLimiter};
+use tenlives_engine::time::Timestamp;
+use tenlives_loom_tests::model;
+
+const NOW: Timestamp = Timestamp::from_nanos(1_000_000_000);
+
+fn quota() -> Quota {
+    Quota::per_second(10).unwrap().with_burst(2).unwrap()
+}
+
+/// Takes what is left at `NOW` (at most 3 tries).
+fn rest(l: &RateLimiter) -> u32 {
+    (0..3).map(|_| u32::from(l.check(NOW).is_ok())).sum()
+}
+
+/// Two checks race with a quota change: exactly the burst in all.
+#[test]
+fn checks_racing_a_change_grant_exactly_the_burst() {
+    model(3, || {
+        let l = Arc::new(RateLimiter::new(quota()));
+        let checker = {
+            let l = l.clone();
+            thread::spawn(move || u32::from(l.check(NOW).is_ok()) + u32::from(l.check(NOW).is_ok()))
+        };
+        l.set_quota(quota().with_debt(), NOW);
+        let granted = checker.join().unwrap() + rest(&l);
+        assert_eq!(granted, 2);
+        assert_eq!(l.quota(), quota().with_debt());
+    });
+}
+
+/// Two changes race with each other and with a check (the second writer
+/// helps the first one finish): exactly the burst in all, and the last
+/// change linked is the quota in force.
+#[test]
+fn racing_changes_apply_one_after_the_other() {
+    model(2, || {
+        let l = Arc::new(RateLimiter::new(quota()));
+        let writer = {
+            let l = l.clone();
+            thread::spawn(move || l.set_quota(quota().with_debt(), NOW))
+        };
+        let checker = {
+            let l = l.clone();
+            thread::spawn(move || u32::from(l.check(NOW).is_ok()))
+        };
+        l.set_quota(quota(), NOW);
+        writer.join().unwrap();
+        let granted = checker.join().unwrap() + rest(&l);
+        assert_eq!(granted, 2);
+    });
+}
+
+/// A refund racing a change lands in one era or the other, never lost and
+/// never more than the burst.
+#[test]
+fn a_refund_racing_a_change_is_kept() {
+    model(3, || {
+        let l = Arc::new(RateLimiter::new(quota()));
+        l.check_n(2, NOW).unwrap();
+        let refunder = {
+            let l = l.clone();
+            thread::spawn(move || l.refund(1))
+        };
+        l.set_quota(quota().with_debt(), NOW);
+        refunder.join().unwrap();
+        assert_eq!(rest(&l), 1);
+    });
+}
