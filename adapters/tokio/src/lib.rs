@@ -1,11 +1,94 @@
 //! # tenlives-tokio
 //!
-//! tokio bindings for the tenlives engine. The engine never reads a clock;
-//! this crate gives it tokio's.
+//! tokio and tower bindings for the tenlives engine: a tower layer for every
+//! policy, one combined layer for the usual stack, and the engine on tokio's
+//! clock.
 //!
-//! [`TokioClock`] reads `tokio::time::Instant`, so it follows tokio's paused
-//! test clock (`#[tokio::test(start_paused = true)]`, `tokio::time::advance`):
-//! timing behaviour of a breaker driven by it is deterministic in tests.
+//! | layer | what it does | error |
+//! |---|---|---|
+//! | [`StackLayer`] | timeout, retry, circuit breaker and concurrency limit in one layer, one service and one future | [`TenlivesError<E>`] |
+//! | [`CircuitBreakerLayer`] | admits through a `CircuitBreaker`, reports classified outcomes and latency | [`TenlivesError<E>`] |
+//! | [`ConcurrencyLimitLayer`] | a fixed limit on calls in flight (`Bulkhead`): rejects when full | [`TenlivesError<E>`] |
+//! | [`AdaptiveLimitLayer`] | a limit that follows latency (`AdaptiveLimiter`) | [`TenlivesError<E>`] |
+//! | [`ThrottleLayer`] | client-side throttling (`Throttle`) | [`TenlivesError<E>`] |
+//! | [`TimeoutLayer`] | fails a call that takes too long | [`TenlivesError<E>`] |
+//! | [`RetryLayer`] | retries with backoff, within a retry budget | `E` |
+//! | [`FaultLayer`] | injects latency, errors and dropped responses, from a seed | [`TenlivesError<E>`] or `E` |
+//!
+//! Common to all of them:
+//!
+//! - **Named futures, nothing boxed.** Each service's response future is a
+//!   named type holding the wrapped call, the policy's token and (for timeouts
+//!   and retries) a `tokio::time::Sleep`. A request allocates nothing and
+//!   clones at most one `Arc` (tested with a counting allocator).
+//! - **Admission in `call`.** `poll_ready` only forwards to the wrapped
+//!   service; policies admit or reject in `call`, so a service polled ready
+//!   and never called holds nothing, and a rejection says why and when to
+//!   retry ([`TenlivesError::retry_after`], for an HTTP `Retry-After`).
+//! - **Release on drop.** A response future dropped mid-flight (cancelled, or
+//!   unwound by a panic) gives back its permit and probe slot without
+//!   reporting an outcome.
+//! - **Outcomes are classified** by a [`Classify`]: `Ok`/`Err` by default, or
+//!   any closure over the wrapped service's `Result` (say, HTTP 5xx is a
+//!   failure and 4xx a success).
+//! - **Time comes from [`TokioClock`]**, which follows tokio's paused test
+//!   clock, so every behaviour is deterministic under
+//!   `#[tokio::test(start_paused = true)]`.
+//!
+//! `docs/tower.md` in the repository describes the layers, the `poll_ready`
+//! choice, the drop and panic guarantees and the measured costs.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker, Outcome};
+//! use tenlives_engine::bulkhead::Bulkhead;
+//! use tenlives_engine::retry::{Backoff, RetryBudget, RetryBudgetConfig};
+//! use tenlives_tokio::{RetryPolicy, StackLayer, TenlivesError};
+//! use tower::{service_fn, Layer, Service, ServiceExt};
+//!
+//! #[derive(Debug)]
+//! struct Response { status: u16 }
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), tenlives_engine::ConfigError> {
+//! let layer = StackLayer::builder()
+//!     .timeout(Duration::from_secs(1))
+//!     .retry(
+//!         RetryPolicy::new(
+//!             Backoff::exponential(Duration::from_millis(20), 2.0, Duration::from_millis(200))?.with_max_retries(2),
+//!             RetryBudget::new(RetryBudgetConfig::default()),
+//!         )
+//!         // Retry what never reached the dependency, and 503s.
+//!         .retry_if(|r: &Result<Response, TenlivesError<std::io::Error>>| match r {
+//!             Ok(resp) => resp.status == 503,
+//!             Err(e) => e.is_rejected(),
+//!         }),
+//!     )
+//!     .circuit_breaker(CircuitBreaker::new(
+//!         BreakerConfig::builder().without_failure_rate().consecutive_failures(3).build()?,
+//!     ))
+//!     .concurrency_limit(Bulkhead::new(100)?)
+//!     // 5xx counts against the dependency; 4xx does not.
+//!     .classify(|r: &Result<Response, std::io::Error>| match r {
+//!         Ok(resp) if resp.status >= 500 => Outcome::Failure,
+//!         Ok(_) => Outcome::Success,
+//!         Err(_) => Outcome::Failure,
+//!     })
+//!     .build();
+//!
+//! let mut svc = layer.layer(service_fn(|_: ()| async { Ok::<_, std::io::Error>(Response { status: 503 }) }));
+//! let resp = svc.ready().await.unwrap().call(()).await.unwrap();
+//! assert_eq!(resp.status, 503); // three attempts, all 503: the last is returned
+//! let breaker = layer.policies().breaker().unwrap();
+//! let err = svc.ready().await.unwrap().call(()).await.unwrap_err(); // three failures opened it
+//! assert!(err.is_rejected());
+//! assert_eq!(err.retry_after(), breaker.snapshot(layer.policies().clock().now()).retry_after);
+//! # Ok(())
+//! # }
+//! # use tenlives_engine::time::Clock;
+//! ```
+//!
+//! [`TokioClock`] on its own gives the engine tokio's clock:
 //!
 //! ```
 //! use std::time::Duration;
@@ -27,75 +110,39 @@
 //! ```
 #![deny(missing_docs)]
 
-use tenlives_engine::time::{Clock, Timestamp};
-use tokio::time::Instant;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
 
-/// A [`Clock`] on tokio's timer: timestamps count from the moment it was made.
-///
-/// Copy it freely; every copy shares the origin.
-#[derive(Clone, Copy, Debug)]
-pub struct TokioClock {
-    origin: Instant,
-}
+pub mod admission;
+pub mod breaker;
+pub mod classify;
+mod clock;
+pub mod error;
+pub mod fault;
+pub mod limit;
+pub mod rate;
+pub mod retry;
+pub mod stack;
+pub mod throttle;
+pub mod timeout;
 
-impl TokioClock {
-    /// A clock whose origin is tokio's now.
-    pub fn new() -> Self {
-        TokioClock {
-            origin: Instant::now(),
-        }
-    }
-
-    /// The tokio instant that [`Timestamp::ZERO`] stands for.
-    pub fn origin(&self) -> Instant {
-        self.origin
-    }
-
-    /// The tokio instant a timestamp of this clock stands for (saturating at
-    /// the latest instant tokio can represent), e.g. to sleep until a
-    /// breaker's retry time.
-    pub fn instant_at(&self, t: Timestamp) -> Instant {
-        let d = std::time::Duration::from_nanos(t.as_nanos());
-        self.origin
-            .checked_add(d)
-            .unwrap_or_else(|| self.origin + std::time::Duration::from_secs(86_400 * 365 * 30))
-    }
-}
-
-impl Default for TokioClock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Clock for TokioClock {
-    #[inline]
-    fn now(&self) -> Timestamp {
-        let nanos = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        Timestamp::from_nanos(nanos)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn follows_the_paused_clock_exactly() {
-        let clock = TokioClock::new();
-        assert_eq!(clock.now(), Timestamp::ZERO);
-        tokio::time::advance(Duration::from_millis(1500)).await;
-        assert_eq!(clock.now(), Timestamp::from_nanos(1_500_000_000));
-        assert_eq!(clock.instant_at(clock.now()), Instant::now());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn sleeping_until_a_retry_time_reaches_it() {
-        let clock = TokioClock::new();
-        let at = Timestamp::from_nanos(2_000_000_000);
-        tokio::time::sleep_until(clock.instant_at(at)).await;
-        assert_eq!(clock.now(), at);
-    }
-}
+pub use admission::{Admission, AdmissionFuture, AdmissionLayer, AdmissionService};
+pub use breaker::{CircuitBreakerLayer, CircuitBreakerService};
+pub use classify::{Classify, DefaultClassifier};
+pub use clock::TokioClock;
+pub use error::{InjectedFault, Rejection, RejectionReason, TenlivesError};
+pub use fault::{FaultConfig, FaultFuture, FaultInjection, FaultLayer};
+pub use limit::{
+    AdaptiveLimitLayer, AdaptiveLimitService, ConcurrencyLimitLayer, ConcurrencyLimitService,
+};
+pub use rate::{
+    KeyedRateLimitFuture, KeyedRateLimitLayer, KeyedRateLimitService, RateLimitLayer,
+    RateLimitService,
+};
+pub use retry::{
+    NoRetry, Retry, RetryClones, RetryFuture, RetryLayer, RetryOnErr, RetryPolicy, RetryStage,
+    ShouldRetry,
+};
+pub use stack::{DefaultAdmission, Policies, Stack, StackBuilder, StackFuture, StackLayer};
+pub use throttle::{ThrottleFuture, ThrottleLayer, ThrottleService};
+pub use timeout::{Timeout, TimeoutFuture, TimeoutLayer};

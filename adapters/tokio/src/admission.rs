@@ -1,0 +1,443 @@
+//! Admission: the policies that decide, per request, whether it may go in,
+//! and hear how it went.
+//!
+//! A circuit breaker, a fixed concurrency limit and an adaptive one all work
+//! the same way: admit (or reject) a request when it is called, hold a token
+//! while it runs, and on completion report the classified outcome and the
+//! latency. The [`Admission`] trait says exactly that, and one tower wrapper,
+//! [`AdmissionLayer`] / [`AdmissionService`] / [`AdmissionFuture`], serves
+//! every such policy; the per-policy names ([`CircuitBreakerLayer`],
+//! [`ConcurrencyLimitLayer`], [`AdaptiveLimitLayer`], ...) are aliases of it.
+//! The combined [`StackLayer`](crate::StackLayer) takes its admission stages
+//! through the same trait, so a new policy (a rate limiter, say) joins every
+//! layer by implementing it once.
+//!
+//! # The `poll_ready` / `call` contract
+//!
+//! Admission happens in `call`, never in `poll_ready`: `poll_ready` only
+//! forwards to the wrapped service. So a service that was polled ready and
+//! then dropped, or cloned, holds no permit; and a rejection is an error
+//! future (resolving at once, without calling the wrapped service, which
+//! stays ready for the next call), carrying the reason and `retry_after`. This
+//! is tower's own choice for shedding load (`LoadShed`), and the only one that
+//! can say *when* to retry. The price: a wrapped service that is slow to
+//! become ready is waited for even when the policy would reject.
+//!
+//! # Drop and panic
+//!
+//! The token lives in the response future. If the future is dropped before
+//! the call completes (cancelled, timed out by an outer layer, or unwound by a
+//! panic in the wrapped service), the token is released without a report: a
+//! breaker counts the call as nothing and frees its probe slot, a limit gives
+//! its permit back without a latency sample. The classifier runs before the
+//! token leaves the future, so a panicking classifier releases it too.
+//!
+//! [`CircuitBreakerLayer`]: crate::CircuitBreakerLayer
+//! [`ConcurrencyLimitLayer`]: crate::ConcurrencyLimitLayer
+//! [`AdaptiveLimitLayer`]: crate::AdaptiveLimitLayer
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+use tenlives_engine::breaker::Outcome;
+use tenlives_engine::time::{Clock, Timestamp};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::classify::{Classify, DefaultClassifier};
+use crate::clock::TokioClock;
+use crate::error::{Rejection, TenlivesError};
+
+/// A policy that admits or rejects each request and hears how it went.
+///
+/// Implemented for the engine's `CircuitBreaker`, `Bulkhead` and
+/// `AdaptiveLimiter` (with any event sink), for `Option<A>` (`None` admits
+/// everything) and for pairs `(A, B)` (admitted by `A` then `B`; if `B`
+/// rejects, `A`'s token is released).
+///
+/// Contract: every token `admit` returns is handed back exactly once, to
+/// `complete` or to `release`, on the policy that issued it. The tower
+/// wrappers of this crate guarantee that, including on cancellation and
+/// panic. None of the methods may block or allocate.
+pub trait Admission {
+    /// What an admitted request holds until it ends.
+    type Token;
+
+    /// Whether `admit` or `complete` use their time arguments. When no stage
+    /// of a service does, the service reads no clock.
+    fn needs_time(&self) -> bool;
+
+    /// Admits a request at `now`, or says why not.
+    ///
+    /// # Errors
+    ///
+    /// A [`Rejection`] naming the policy, the reason and, if known, when to
+    /// retry.
+    fn admit(&self, now: Timestamp) -> Result<Self::Token, Rejection>;
+
+    /// The request admitted at `admitted_at` ended at `now` with `outcome`.
+    fn complete(
+        &self,
+        token: Self::Token,
+        outcome: Outcome,
+        admitted_at: Timestamp,
+        now: Timestamp,
+    );
+
+    /// The request ended without an outcome (it was cancelled, or it
+    /// panicked): give the token back, reporting nothing.
+    fn release(&self, token: Self::Token);
+}
+
+impl<A: Admission> Admission for Option<A> {
+    type Token = Option<A::Token>;
+
+    #[inline]
+    fn needs_time(&self) -> bool {
+        self.as_ref().is_some_and(A::needs_time)
+    }
+
+    #[inline]
+    fn admit(&self, now: Timestamp) -> Result<Self::Token, Rejection> {
+        match self {
+            Some(a) => a.admit(now).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    #[inline]
+    fn complete(
+        &self,
+        token: Self::Token,
+        outcome: Outcome,
+        admitted_at: Timestamp,
+        now: Timestamp,
+    ) {
+        if let (Some(a), Some(token)) = (self, token) {
+            a.complete(token, outcome, admitted_at, now);
+        }
+    }
+
+    #[inline]
+    fn release(&self, token: Self::Token) {
+        if let (Some(a), Some(token)) = (self, token) {
+            a.release(token);
+        }
+    }
+}
+
+impl<A: Admission, B: Admission> Admission for (A, B) {
+    type Token = (A::Token, B::Token);
+
+    #[inline]
+    fn needs_time(&self) -> bool {
+        self.0.needs_time() || self.1.needs_time()
+    }
+
+    #[inline]
+    fn admit(&self, now: Timestamp) -> Result<Self::Token, Rejection> {
+        let a = self.0.admit(now)?;
+        match self.1.admit(now) {
+            Ok(b) => Ok((a, b)),
+            Err(rejection) => {
+                self.0.release(a);
+                Err(rejection)
+            }
+        }
+    }
+
+    #[inline]
+    fn complete(
+        &self,
+        token: Self::Token,
+        outcome: Outcome,
+        admitted_at: Timestamp,
+        now: Timestamp,
+    ) {
+        // Inner stage first: it ended first.
+        self.1.complete(token.1, outcome, admitted_at, now);
+        self.0.complete(token.0, outcome, admitted_at, now);
+    }
+
+    #[inline]
+    fn release(&self, token: Self::Token) {
+        self.1.release(token.1);
+        self.0.release(token.0);
+    }
+}
+
+/// What every service made by one [`AdmissionLayer`] shares.
+#[derive(Debug)]
+struct Shared<A, K> {
+    policy: A,
+    classifier: K,
+    clock: TokioClock,
+    needs_time: bool,
+}
+
+/// A tower [`Layer`] that puts an [`Admission`] policy in front of a service.
+///
+/// Every service made by one layer value (and every clone of those) shares
+/// one policy, behind one `Arc`: build one layer per dependency. The policy is
+/// reachable with [`policy`](Self::policy), e.g. to read a breaker's state
+/// for metrics.
+///
+/// ```
+/// use std::time::Duration;
+/// use tenlives_engine::bulkhead::Bulkhead;
+/// use tenlives_tokio::{ConcurrencyLimitLayer, RejectionReason, TenlivesError};
+/// use tower::{service_fn, Layer, Service, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let layer = ConcurrencyLimitLayer::new(Bulkhead::new(1)?);
+/// let mut svc = layer.layer(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x * 2) }));
+///
+/// let first = svc.ready().await?.call(1); // admitted, not yet polled
+/// let second = svc.ready().await?.call(2).await; // the one permit is taken
+/// assert!(matches!(
+///     second,
+///     Err(TenlivesError::Rejected(r)) if matches!(r.reason(), RejectionReason::ConcurrencyLimit { .. })
+/// ));
+/// assert_eq!(first.await?, 2); // completing gives the permit back
+/// assert_eq!(layer.policy().in_flight(), 0);
+/// # Ok(())
+/// # }
+/// ```
+pub struct AdmissionLayer<A, K = DefaultClassifier> {
+    shared: Arc<Shared<A, K>>,
+}
+
+impl<A, K> Clone for AdmissionLayer<A, K> {
+    fn clone(&self) -> Self {
+        AdmissionLayer {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<A: fmt::Debug, K> fmt::Debug for AdmissionLayer<A, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdmissionLayer")
+            .field("policy", &self.shared.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: Admission> AdmissionLayer<A> {
+    /// A layer admitting through `policy`, counting `Ok` as success and `Err`
+    /// as failure, timing calls on a [`TokioClock`] made now.
+    pub fn new(policy: A) -> Self {
+        Self::with_classifier(policy, DefaultClassifier, TokioClock::new())
+    }
+}
+
+impl<A: Admission, K> AdmissionLayer<A, K> {
+    /// A layer admitting through `policy`, judging outcomes with
+    /// `classifier` (see [`Classify`]) and timing calls on `clock`.
+    pub fn with_classifier(policy: A, classifier: K, clock: TokioClock) -> Self {
+        let needs_time = policy.needs_time();
+        AdmissionLayer {
+            shared: Arc::new(Shared {
+                policy,
+                classifier,
+                clock,
+                needs_time,
+            }),
+        }
+    }
+
+    /// The policy, shared by every service this layer made.
+    pub fn policy(&self) -> &A {
+        &self.shared.policy
+    }
+}
+
+impl<S, A, K> Layer<S> for AdmissionLayer<A, K> {
+    type Service = AdmissionService<S, A, K>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AdmissionService {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// A service behind an [`Admission`] policy. Made by [`AdmissionLayer`].
+///
+/// Errors are [`TenlivesError<S::Error>`]: `Rejected` when the policy
+/// refused, `Inner` when the wrapped service failed.
+pub struct AdmissionService<S, A, K = DefaultClassifier> {
+    inner: S,
+    shared: Arc<Shared<A, K>>,
+}
+
+impl<S: Clone, A, K> Clone for AdmissionService<S, A, K> {
+    fn clone(&self) -> Self {
+        AdmissionService {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S: fmt::Debug, A: fmt::Debug, K> fmt::Debug for AdmissionService<S, A, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdmissionService")
+            .field("inner", &self.inner)
+            .field("policy", &self.shared.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, A, K> AdmissionService<S, A, K> {
+    /// The policy, shared with every clone of this service.
+    pub fn policy(&self) -> &A {
+        &self.shared.policy
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, Req, A, K> Service<Req> for AdmissionService<S, A, K>
+where
+    S: Service<Req>,
+    A: Admission,
+    K: Classify<S::Response, S::Error>,
+{
+    type Response = S::Response;
+    type Error = TenlivesError<S::Error>;
+    type Future = AdmissionFuture<S::Future, A, K>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(TenlivesError::Inner)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        let shared = &self.shared;
+        let now = if shared.needs_time {
+            shared.clock.now()
+        } else {
+            Timestamp::ZERO
+        };
+        match shared.policy.admit(now) {
+            Ok(token) => AdmissionFuture {
+                inner: Some(self.inner.call(req)),
+                rejection: None,
+                held: Some(Held {
+                    shared: Arc::clone(shared),
+                    token: Some(token),
+                    admitted_at: now,
+                }),
+            },
+            Err(rejection) => AdmissionFuture {
+                inner: None,
+                rejection: Some(rejection),
+                held: None,
+            },
+        }
+    }
+}
+
+/// A token, and the policy it goes back to. Releases on drop whatever was not
+/// completed.
+struct Held<A: Admission, K> {
+    shared: Arc<Shared<A, K>>,
+    token: Option<A::Token>,
+    admitted_at: Timestamp,
+}
+
+impl<A: Admission, K> Held<A, K> {
+    /// Reports how the call went. The outcome is decided before the token
+    /// leaves `self`, so a panicking classifier still releases it on drop.
+    #[inline]
+    fn complete<Res, E>(&mut self, result: &Result<Res, E>)
+    where
+        K: Classify<Res, E>,
+    {
+        let shared = &*self.shared;
+        let outcome = shared.classifier.classify(result);
+        let now = if shared.needs_time {
+            shared.clock.now()
+        } else {
+            Timestamp::ZERO
+        };
+        if let Some(token) = self.token.take() {
+            shared
+                .policy
+                .complete(token, outcome, self.admitted_at, now);
+        }
+    }
+}
+
+impl<A: Admission, K> Drop for Held<A, K> {
+    fn drop(&mut self) {
+        if let Some(token) = self.token.take() {
+            self.shared.policy.release(token);
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of an [`AdmissionService`]: the wrapped call, and
+    /// the admission token it holds until it ends. Dropping it releases the
+    /// token.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct AdmissionFuture<F, A: Admission, K> {
+        #[pin]
+        inner: Option<F>,
+        rejection: Option<Rejection>,
+        held: Option<Held<A, K>>,
+    }
+}
+
+impl<F: fmt::Debug, A: Admission, K> fmt::Debug for AdmissionFuture<F, A, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdmissionFuture")
+            .field("inner", &self.inner)
+            .field("rejection", &self.rejection)
+            .field("admitted", &self.held.is_some())
+            .finish()
+    }
+}
+
+impl<F, Res, E, A, K> Future for AdmissionFuture<F, A, K>
+where
+    F: Future<Output = Result<Res, E>>,
+    A: Admission,
+    K: Classify<Res, E>,
+{
+    type Output = Result<Res, TenlivesError<E>>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
+            return match this.rejection.take() {
+                Some(rejection) => Poll::Ready(Err(TenlivesError::Rejected(rejection))),
+                // Polled after completion: the contract makes that the
+                // caller's bug; stay pending rather than invent a result.
+                None => Poll::Pending,
+            };
+        };
+        // A panic here unwinds through this future; dropping it releases.
+        let result = std::task::ready!(inner.poll(cx));
+        this.inner.set(None);
+        if let Some(held) = this.held.as_mut() {
+            held.complete(&result);
+        }
+        // The token is gone; drop the Arc now rather than with the future.
+        *this.held = None;
+        Poll::Ready(result.map_err(TenlivesError::Inner))
+    }
+}

@@ -1,0 +1,494 @@
+//! Retries as a tower layer: a backoff schedule, a retry budget, and a
+//! classifier that says what is worth retrying.
+//!
+//! [`RetryLayer`] calls the wrapped service; when the result is one the
+//! policy's classifier ([`ShouldRetry`]) says is retryable, it waits the next
+//! delay of the [`Backoff`] schedule on tokio's timer and calls again, until
+//! the result is not retryable, the schedule ends (`with_max_retries`), or the
+//! [`RetryBudget`] refuses: every request deposits into the budget once, every
+//! retry withdraws, so retries stay a bounded share of the traffic and cannot
+//! multiply the load on a struggling dependency.
+//!
+//! Each retry respects tower's contract: the response future holds a clone of
+//! the wrapped service and drives its `poll_ready` before each new call (the
+//! first attempt goes to the service that `poll_ready` was called on). The
+//! request must be `Clone`: each attempt sends a clone of it.
+//!
+//! ```
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use tenlives_engine::retry::{Backoff, RetryBudget, RetryBudgetConfig};
+//! use tenlives_tokio::{RetryLayer, RetryPolicy};
+//! use tower::{service_fn, Layer, Service, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), tenlives_engine::ConfigError> {
+//! let backoff = Backoff::exponential(Duration::from_millis(10), 2.0, Duration::from_secs(1))?.with_max_retries(3);
+//! let policy = RetryPolicy::new(backoff, RetryBudget::new(RetryBudgetConfig::default()));
+//! let calls = Arc::new(AtomicU32::new(0));
+//! let counter = Arc::clone(&calls);
+//! let flaky = service_fn(move |_: ()| {
+//!     let n = counter.fetch_add(1, Ordering::Relaxed);
+//!     async move { if n < 2 { Err("try again") } else { Ok(n) } }
+//! });
+//! let mut svc = RetryLayer::new(policy).layer(flaky);
+//! let started = tokio::time::Instant::now();
+//! assert_eq!(svc.ready().await.unwrap().call(()).await, Ok(2));
+//! assert_eq!(calls.load(Ordering::Relaxed), 3);
+//! assert_eq!(started.elapsed(), Duration::from_millis(10 + 20)); // the two backoff delays
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Panics
+//!
+//! A retry sleeps on tokio's timer: it needs a tokio runtime with the time
+//! driver enabled.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tenlives_engine::events::{EventSink, NoSink};
+use tenlives_engine::retry::{Backoff, BackoffIter, RetryBudget};
+use tenlives_engine::time::{Clock, Timestamp};
+use tokio::time::Sleep;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::clock::TokioClock;
+use crate::error::TenlivesError;
+
+/// The SplitMix64 increment, to spread per-request jitter seeds.
+const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// Decides whether a result is worth another attempt.
+///
+/// Implemented by [`RetryOnErr`] and by every closure
+/// `Fn(&Result<Res, E>) -> bool`. Only retry what is safe to send twice: a
+/// rejection by a tenlives policy never reached the dependency, but a timeout
+/// or a connection error may have.
+pub trait ShouldRetry<Res, E> {
+    /// Whether `result` should be retried.
+    fn should_retry(&self, result: &Result<Res, E>) -> bool;
+}
+
+/// Retries every error, and nothing else.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetryOnErr;
+
+impl<Res, E> ShouldRetry<Res, E> for RetryOnErr {
+    #[inline]
+    fn should_retry(&self, result: &Result<Res, E>) -> bool {
+        result.is_err()
+    }
+}
+
+impl<Res, E, F> ShouldRetry<Res, E> for F
+where
+    F: Fn(&Result<Res, E>) -> bool,
+{
+    #[inline]
+    fn should_retry(&self, result: &Result<Res, E>) -> bool {
+        self(result)
+    }
+}
+
+/// How requests are retried: the schedule, the budget and the classifier.
+///
+/// One policy is shared by every service made by one layer (behind one
+/// `Arc`), so the budget counts all their traffic.
+pub struct RetryPolicy<C = RetryOnErr, Snk: EventSink = NoSink> {
+    backoff: Backoff,
+    budget: RetryBudget<Snk>,
+    should_retry: C,
+    seed: u64,
+    /// Requests that retried so far: spreads the jitter seeds.
+    retried: AtomicU64,
+}
+
+impl<C, Snk: EventSink> fmt::Debug for RetryPolicy<C, Snk> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryPolicy")
+            .field("backoff", &self.backoff)
+            .field("budget", &self.budget)
+            .field("seed", &self.seed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Snk: EventSink> RetryPolicy<RetryOnErr, Snk> {
+    /// Retries every error, waiting as `backoff` says, while `budget` allows.
+    /// Jitter seed 0.
+    pub fn new(backoff: Backoff, budget: RetryBudget<Snk>) -> Self {
+        RetryPolicy {
+            backoff,
+            budget,
+            should_retry: RetryOnErr,
+            seed: 0,
+            retried: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<C, Snk: EventSink> RetryPolicy<C, Snk> {
+    /// The same policy, retrying what `should_retry` says (see [`ShouldRetry`]).
+    pub fn retry_if<C2>(self, should_retry: C2) -> RetryPolicy<C2, Snk> {
+        RetryPolicy {
+            backoff: self.backoff,
+            budget: self.budget,
+            should_retry,
+            seed: self.seed,
+            retried: self.retried,
+        }
+    }
+
+    /// The same policy with jitter seeded by `seed`: the `n`-th request to
+    /// retry draws its delays from `seed` and `n`, so a run that retries the
+    /// same requests in the same order waits the same delays.
+    #[must_use]
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// The backoff schedule.
+    pub fn backoff(&self) -> &Backoff {
+        &self.backoff
+    }
+
+    /// The retry budget.
+    pub fn budget(&self) -> &RetryBudget<Snk> {
+        &self.budget
+    }
+
+    /// The classifier.
+    pub fn classifier(&self) -> &C {
+        &self.should_retry
+    }
+
+    /// A request starts: it counts toward what retries may spend.
+    #[inline]
+    pub(crate) fn deposit(&self, now: Timestamp) {
+        self.budget.deposit(now);
+    }
+
+    /// The delay before the next retry of a request whose schedule is
+    /// `schedule` (made on the first retry), or `None` when the schedule ended.
+    #[inline]
+    pub(crate) fn next_delay(&self, schedule: &mut Option<BackoffIter>) -> Option<Duration> {
+        schedule
+            .get_or_insert_with(|| {
+                // ordering: Relaxed; the counter only spreads seeds.
+                let n = self.retried.fetch_add(1, Ordering::Relaxed);
+                self.backoff
+                    .iter(self.seed.wrapping_add(n.wrapping_mul(GAMMA)))
+            })
+            .next()
+    }
+
+    /// Whether the budget affords one more retry at `now` (and spends it).
+    #[inline]
+    pub(crate) fn withdraw(&self, now: Timestamp) -> bool {
+        self.budget.try_withdraw(now)
+    }
+}
+
+/// What a retrying request keeps for its later attempts: a clone of the
+/// service, the request, and the function that clones the request for each
+/// attempt.
+pub type RetryClones<S, Req> = (S, Req, fn(&Req) -> Req);
+
+/// The retry stage of a [`StackLayer`](crate::StackLayer): [`NoRetry`], or a
+/// [`RetryPolicy`] (which needs `S: Clone` and `Req: Clone`).
+///
+/// Implemented by this crate only; it lets a stack without retries take
+/// requests and services that cannot be cloned.
+pub trait RetryStage<S: Service<Req>, Req> {
+    /// A clone of the service and of the request for later attempts, with
+    /// the function that clones the request for each of them; `None` when
+    /// this stage never retries.
+    fn prepare(&self, service: &S, request: &Req) -> Option<RetryClones<S, Req>>;
+    /// Whether `result` is worth another attempt.
+    fn should_retry(&self, result: &Result<S::Response, TenlivesError<S::Error>>) -> bool;
+    /// A request starts at `now`.
+    fn deposit(&self, now: Timestamp);
+    /// The next delay of a request's schedule, if any.
+    fn next_delay(&self, schedule: &mut Option<BackoffIter>) -> Option<Duration>;
+    /// Whether the budget affords a retry at `now` (and spends it).
+    fn withdraw(&self, now: Timestamp) -> bool;
+}
+
+/// No retries: the default retry stage of a [`StackLayer`](crate::StackLayer).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NoRetry;
+
+impl<S: Service<Req>, Req> RetryStage<S, Req> for NoRetry {
+    #[inline]
+    fn prepare(&self, _service: &S, _request: &Req) -> Option<RetryClones<S, Req>> {
+        None
+    }
+    #[inline]
+    fn should_retry(&self, _result: &Result<S::Response, TenlivesError<S::Error>>) -> bool {
+        false
+    }
+    #[inline]
+    fn deposit(&self, _now: Timestamp) {}
+    #[inline]
+    fn next_delay(&self, _schedule: &mut Option<BackoffIter>) -> Option<Duration> {
+        None
+    }
+    #[inline]
+    fn withdraw(&self, _now: Timestamp) -> bool {
+        false
+    }
+}
+
+impl<S, Req, C, Snk> RetryStage<S, Req> for RetryPolicy<C, Snk>
+where
+    S: Service<Req> + Clone,
+    Req: Clone,
+    C: ShouldRetry<S::Response, TenlivesError<S::Error>>,
+    Snk: EventSink,
+{
+    #[inline]
+    fn prepare(&self, service: &S, request: &Req) -> Option<RetryClones<S, Req>> {
+        Some((service.clone(), request.clone(), Req::clone))
+    }
+    #[inline]
+    fn should_retry(&self, result: &Result<S::Response, TenlivesError<S::Error>>) -> bool {
+        self.should_retry.should_retry(result)
+    }
+    #[inline]
+    fn deposit(&self, now: Timestamp) {
+        RetryPolicy::deposit(self, now);
+    }
+    #[inline]
+    fn next_delay(&self, schedule: &mut Option<BackoffIter>) -> Option<Duration> {
+        RetryPolicy::next_delay(self, schedule)
+    }
+    #[inline]
+    fn withdraw(&self, now: Timestamp) -> bool {
+        RetryPolicy::withdraw(self, now)
+    }
+}
+
+struct Shared<C, Snk: EventSink> {
+    policy: RetryPolicy<C, Snk>,
+    clock: TokioClock,
+}
+
+/// A tower [`Layer`] that retries failed calls. See the
+/// [module documentation](self).
+pub struct RetryLayer<C = RetryOnErr, Snk: EventSink = NoSink> {
+    shared: Arc<Shared<C, Snk>>,
+}
+
+impl<C, Snk: EventSink> Clone for RetryLayer<C, Snk> {
+    fn clone(&self) -> Self {
+        RetryLayer {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<C, Snk: EventSink> fmt::Debug for RetryLayer<C, Snk> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryLayer")
+            .field("policy", &self.shared.policy)
+            .finish()
+    }
+}
+
+impl<C, Snk: EventSink> RetryLayer<C, Snk> {
+    /// Retries as `policy` says, sleeping on a [`TokioClock`] made now.
+    pub fn new(policy: RetryPolicy<C, Snk>) -> Self {
+        Self::with_clock(policy, TokioClock::new())
+    }
+
+    /// Retries as `policy` says, sleeping on `clock`.
+    pub fn with_clock(policy: RetryPolicy<C, Snk>, clock: TokioClock) -> Self {
+        RetryLayer {
+            shared: Arc::new(Shared { policy, clock }),
+        }
+    }
+
+    /// The policy, shared by every service this layer made.
+    pub fn policy(&self) -> &RetryPolicy<C, Snk> {
+        &self.shared.policy
+    }
+}
+
+impl<S, C, Snk: EventSink> Layer<S> for RetryLayer<C, Snk> {
+    type Service = Retry<S, C, Snk>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Retry {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// A service whose failed calls are retried. Made by [`RetryLayer`].
+///
+/// Its error is the wrapped service's own: after the last attempt, its result
+/// is returned as it is.
+pub struct Retry<S, C = RetryOnErr, Snk: EventSink = NoSink> {
+    inner: S,
+    shared: Arc<Shared<C, Snk>>,
+}
+
+impl<S: Clone, C, Snk: EventSink> Clone for Retry<S, C, Snk> {
+    fn clone(&self) -> Self {
+        Retry {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S: fmt::Debug, C, Snk: EventSink> fmt::Debug for Retry<S, C, Snk> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retry")
+            .field("inner", &self.inner)
+            .field("policy", &self.shared.policy)
+            .finish()
+    }
+}
+
+impl<S, C, Snk: EventSink> Retry<S, C, Snk> {
+    /// The policy, shared with every clone of this service.
+    pub fn policy(&self) -> &RetryPolicy<C, Snk> {
+        &self.shared.policy
+    }
+}
+
+impl<S, Req, C, Snk> Service<Req> for Retry<S, C, Snk>
+where
+    S: Service<Req> + Clone,
+    Req: Clone,
+    C: ShouldRetry<S::Response, S::Error>,
+    Snk: EventSink,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = RetryFuture<S, Req, C, Snk>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let shared = &self.shared;
+        shared.policy.deposit(shared.clock.now());
+        // The clone waits in the future, and is polled ready before each
+        // retry; the first attempt goes to the service that was polled ready.
+        let service = self.inner.clone();
+        let first = self.inner.call(req.clone());
+        RetryFuture {
+            state: Attempt::Calling { future: first },
+            service,
+            request: req,
+            schedule: None,
+            shared: Arc::clone(shared),
+        }
+    }
+}
+
+pin_project! {
+    /// Where a retrying request is.
+    #[project = AttemptProj]
+    pub(crate) enum Attempt<F> {
+        /// An attempt is in flight.
+        Calling { #[pin] future: F },
+        /// Waiting out a backoff delay.
+        Waiting { #[pin] sleep: Sleep },
+        /// The delay is over; waiting for the service to be ready.
+        Readying,
+        /// The result was returned.
+        Done,
+    }
+}
+
+pin_project! {
+    /// The response future of [`Retry`]: the attempt in flight (or the
+    /// backoff sleep), a clone of the service and of the request for the next
+    /// attempt, and the request's backoff schedule.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct RetryFuture<S: Service<Req>, Req, C, Snk: EventSink> {
+        #[pin]
+        state: Attempt<S::Future>,
+        service: S,
+        request: Req,
+        schedule: Option<BackoffIter>,
+        shared: Arc<Shared<C, Snk>>,
+    }
+}
+
+impl<S: Service<Req>, Req, C, Snk: EventSink> fmt::Debug for RetryFuture<S, Req, C, Snk> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryFuture")
+            .field("schedule", &self.schedule)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, Req, C, Snk> Future for RetryFuture<S, Req, C, Snk>
+where
+    S: Service<Req>,
+    Req: Clone,
+    C: ShouldRetry<S::Response, S::Error>,
+    Snk: EventSink,
+{
+    type Output = Result<S::Response, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                AttemptProj::Calling { future } => {
+                    let result = std::task::ready!(future.poll(cx));
+                    let shared = &**this.shared;
+                    if shared.policy.should_retry.should_retry(&result)
+                        && let Some(delay) = shared.policy.next_delay(this.schedule)
+                    {
+                        let now = shared.clock.now();
+                        if shared.policy.withdraw(now) {
+                            let wake_at = shared.clock.instant_at(now.saturating_add(delay));
+                            this.state.set(Attempt::Waiting {
+                                sleep: tokio::time::sleep_until(wake_at),
+                            });
+                            continue;
+                        }
+                    }
+                    this.state.set(Attempt::Done);
+                    return Poll::Ready(result);
+                }
+                AttemptProj::Waiting { sleep } => {
+                    std::task::ready!(sleep.poll(cx));
+                    this.state.set(Attempt::Readying);
+                }
+                AttemptProj::Readying => match std::task::ready!(this.service.poll_ready(cx)) {
+                    Ok(()) => {
+                        let future = this.service.call(this.request.clone());
+                        this.state.set(Attempt::Calling { future });
+                    }
+                    Err(e) => {
+                        this.state.set(Attempt::Done);
+                        return Poll::Ready(Err(e));
+                    }
+                },
+                // Polled after completion: the caller's bug; stay pending.
+                AttemptProj::Done => return Poll::Pending,
+            }
+        }
+    }
+}

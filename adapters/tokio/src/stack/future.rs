@@ -1,0 +1,346 @@
+//! The stack's response future: one state machine for timeout, retry and
+//! admission.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tenlives_engine::breaker::Outcome;
+use tenlives_engine::retry::BackoffIter;
+use tenlives_engine::time::Timestamp;
+use tokio::time::Sleep;
+use tower_service::Service;
+
+use super::Policies;
+use crate::admission::Admission;
+use crate::classify::Classify;
+use crate::error::{Rejection, TenlivesError};
+use crate::retry::{RetryClones, RetryStage};
+
+/// What a request needs for its next attempts.
+pub(crate) struct Retrying<S, Req> {
+    service: S,
+    request: Req,
+    /// `Req::clone`: the bound lives with the retry stage, so that a stack
+    /// without retries takes requests that cannot be cloned.
+    clone_request: fn(&Req) -> Req,
+    schedule: Option<BackoffIter>,
+}
+
+impl<S, Req> Retrying<S, Req> {
+    pub(crate) fn new((service, request, clone_request): RetryClones<S, Req>) -> Self {
+        Retrying {
+            service,
+            request,
+            clone_request,
+            schedule: None,
+        }
+    }
+}
+
+/// The request's share of the stack: the one `Arc` clone, and the admission
+/// token of the attempt in flight. Dropping it releases the token unreported.
+pub(crate) struct Held<K, R, A: Admission> {
+    policies: Arc<Policies<K, R, A>>,
+    token: Option<A::Token>,
+    admitted_at: Timestamp,
+}
+
+impl<K, R, A: Admission> Held<K, R, A> {
+    pub(crate) fn new(policies: Arc<Policies<K, R, A>>, now: Timestamp) -> Self {
+        Held {
+            policies,
+            token: None,
+            admitted_at: now,
+        }
+    }
+
+    /// Keeps the token of an attempt admitted at `now`.
+    #[inline]
+    pub(crate) fn hold(&mut self, token: A::Token, now: Timestamp) {
+        self.token = Some(token);
+        self.admitted_at = now;
+    }
+
+    /// The attempt ended with `result`: classify it, report it, and return it
+    /// as the stack's result with the time of the reading (if one was made).
+    /// The outcome is decided before the token leaves `self`, so a panicking
+    /// classifier still releases it on drop.
+    #[inline]
+    fn complete<Res, E>(
+        &mut self,
+        result: Result<Res, E>,
+    ) -> (Result<Res, TenlivesError<E>>, Option<Timestamp>)
+    where
+        K: Classify<Res, E>,
+    {
+        let p = &*self.policies;
+        let outcome = p.classifier.classify(&result);
+        let now = p.now_if(p.time_at_end);
+        if let Some(token) = self.token.take() {
+            p.admission.complete(token, outcome, self.admitted_at, now);
+        }
+        let now = p.time_at_end.then_some(now);
+        (result.map_err(TenlivesError::Inner), now)
+    }
+
+    /// The timeout fired with an attempt in flight: it failed (a breaker
+    /// counts a failure, an adaptive limit a drop).
+    fn timed_out(&mut self) {
+        let p = &*self.policies;
+        if let Some(token) = self.token.take() {
+            let now = p.now_if(p.time_at_end);
+            p.admission
+                .complete(token, Outcome::Failure, self.admitted_at, now);
+        }
+    }
+}
+
+impl<K, R, A: Admission> Drop for Held<K, R, A> {
+    fn drop(&mut self) {
+        if let Some(token) = self.token.take() {
+            self.policies.admission.release(token);
+        }
+    }
+}
+
+pin_project! {
+    /// Where the request is.
+    #[project = PhaseProj]
+    pub(crate) enum Phase<F> {
+        /// An attempt is in flight.
+        Calling { #[pin] future: F },
+        /// An attempt was rejected before it reached the service.
+        Rejected { rejection: Option<Rejection> },
+        /// Waiting out a backoff delay (on the future's timer).
+        Waiting,
+        /// The delay is over; waiting for the clone of the service to be ready.
+        Readying,
+        /// The result was returned.
+        Done,
+    }
+}
+
+/// When the request times out, on the stack's clock.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Deadline {
+    at: Timestamp,
+    after: Duration,
+}
+
+impl Deadline {
+    /// The deadline `after` from `start` (saturating).
+    pub(crate) fn new(start: Timestamp, after: Duration) -> Self {
+        Deadline {
+            at: start.saturating_add(after),
+            after,
+        }
+    }
+}
+
+/// What the future's one timer is set for. A backoff wait always ends before
+/// the deadline (a retry that would not is not made), so one timer serves
+/// both: the deadline while an attempt is in flight or the service is
+/// becoming ready, the end of the delay while waiting to retry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Alarm {
+    /// Not made yet.
+    Unset,
+    /// Set for the deadline.
+    Deadline,
+    /// Set for the end of a backoff delay.
+    Backoff,
+}
+
+pin_project! {
+    /// The response future of a [`Stack`](super::Stack): the attempt in flight,
+    /// one timer (made only once the request returns `Pending`, for the
+    /// deadline or a backoff delay), what later attempts need, and the
+    /// request's admission token. Dropping it drops the attempt, then
+    /// releases the token.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct StackFuture<S: Service<Req>, Req, K, R, A: Admission> {
+        // Declared first: dropped before the token is released.
+        #[pin]
+        phase: Phase<S::Future>,
+        #[pin]
+        timer: Option<Sleep>,
+        alarm: Alarm,
+        deadline: Option<Deadline>,
+        retry: Option<Retrying<S, Req>>,
+        held: Held<K, R, A>,
+    }
+}
+
+impl<S: Service<Req>, Req, K, R, A: Admission> StackFuture<S, Req, K, R, A> {
+    pub(crate) fn new(
+        phase: Phase<S::Future>,
+        deadline: Option<Deadline>,
+        retry: Option<Retrying<S, Req>>,
+        held: Held<K, R, A>,
+    ) -> Self {
+        StackFuture {
+            phase,
+            timer: None,
+            alarm: Alarm::Unset,
+            deadline,
+            retry,
+            held,
+        }
+    }
+}
+
+/// Sets `timer` for `at` (making it on first use), for `alarm`.
+fn set_timer(
+    mut timer: Pin<&mut Option<Sleep>>,
+    current: &mut Alarm,
+    alarm: Alarm,
+    at: tokio::time::Instant,
+) {
+    match timer.as_mut().as_pin_mut() {
+        Some(sleep) => sleep.reset(at),
+        None => timer.set(Some(tokio::time::sleep_until(at))),
+    }
+    *current = alarm;
+}
+
+/// Polls `timer`: `Ready` once the time it is set for has passed.
+fn poll_timer(timer: Pin<&mut Option<Sleep>>, cx: &mut Context<'_>) -> Poll<()> {
+    match timer.as_pin_mut() {
+        Some(sleep) => sleep.poll(cx),
+        // Only polled once set.
+        None => Poll::Pending,
+    }
+}
+
+impl<S: Service<Req>, Req, K, R, A: Admission> fmt::Debug for StackFuture<S, Req, K, R, A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let phase = match self.phase {
+            Phase::Calling { .. } => "calling",
+            Phase::Rejected { .. } => "rejected",
+            Phase::Waiting => "waiting",
+            Phase::Readying => "readying",
+            Phase::Done => "done",
+        };
+        f.debug_struct("StackFuture")
+            .field("phase", &phase)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, Req, K, R, A> Future for StackFuture<S, Req, K, R, A>
+where
+    S: Service<Req>,
+    K: Classify<S::Response, S::Error>,
+    R: RetryStage<S, Req>,
+    A: Admission,
+{
+    type Output = Result<S::Response, TenlivesError<S::Error>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            // Each arm either goes on to the next phase, stops at `Pending`
+            // (then the deadline is checked), or ends an attempt.
+            let (result, now) = match this.phase.as_mut().project() {
+                PhaseProj::Calling { future } => match future.poll(cx) {
+                    Poll::Ready(result) => this.held.complete(result),
+                    Poll::Pending => break,
+                },
+                PhaseProj::Rejected { rejection } => match rejection.take() {
+                    Some(rejection) => (Err(TenlivesError::Rejected(rejection)), None),
+                    None => break,
+                },
+                PhaseProj::Waiting => {
+                    if poll_timer(this.timer.as_mut(), cx).is_pending() {
+                        // The deadline is later than the end of the delay.
+                        return Poll::Pending;
+                    }
+                    this.phase.set(Phase::Readying);
+                    continue;
+                }
+                PhaseProj::Readying => {
+                    let Some(retrying) = this.retry.as_mut() else {
+                        // Only a retry goes through `Readying`.
+                        this.phase.set(Phase::Done);
+                        return Poll::Pending;
+                    };
+                    match retrying.service.poll_ready(cx) {
+                        Poll::Pending => break,
+                        Poll::Ready(Err(e)) => {
+                            this.phase.set(Phase::Done);
+                            return Poll::Ready(Err(TenlivesError::Inner(e)));
+                        }
+                        Poll::Ready(Ok(())) => {
+                            let p = &*this.held.policies;
+                            let now = p.now_if(p.time_at_end);
+                            match p.admission.admit(now) {
+                                Ok(token) => {
+                                    this.held.hold(token, now);
+                                    let request = (retrying.clone_request)(&retrying.request);
+                                    let future = retrying.service.call(request);
+                                    this.phase.set(Phase::Calling { future });
+                                }
+                                Err(rejection) => this.phase.set(Phase::Rejected {
+                                    rejection: Some(rejection),
+                                }),
+                            }
+                            continue;
+                        }
+                    }
+                }
+                // Polled after completion: the caller's bug; stay pending.
+                PhaseProj::Done => return Poll::Pending,
+            };
+            // An attempt ended. Another one, or the result?
+            if let Some(retrying) = this.retry.as_mut() {
+                let p = &*this.held.policies;
+                if p.retry.should_retry(&result)
+                    && let Some(delay) = p.retry.next_delay(&mut retrying.schedule)
+                {
+                    // Retrying sooner than a policy said it would admit is
+                    // waste: wait at least that long.
+                    let delay = match result.as_ref().err().and_then(TenlivesError::retry_after) {
+                        Some(after) => delay.max(after),
+                        None => delay,
+                    };
+                    let now = now.unwrap_or_else(|| p.now_if(true));
+                    let wake_at = now.saturating_add(delay);
+                    // An attempt that could only start after the deadline
+                    // would time out unsent: return this result instead.
+                    let in_time = this.deadline.as_ref().is_none_or(|d| wake_at < d.at);
+                    if in_time && p.retry.withdraw(now) {
+                        let at = p.clock.instant_at(wake_at);
+                        set_timer(this.timer.as_mut(), this.alarm, Alarm::Backoff, at);
+                        this.phase.set(Phase::Waiting);
+                        continue;
+                    }
+                }
+            }
+            this.phase.set(Phase::Done);
+            return Poll::Ready(result);
+        }
+        // An attempt, or the service's readiness, is pending: has the
+        // deadline passed?
+        let Some(deadline) = this.deadline.as_ref() else {
+            return Poll::Pending;
+        };
+        if *this.alarm != Alarm::Deadline {
+            let at = this.held.policies.clock.instant_at(deadline.at);
+            set_timer(this.timer.as_mut(), this.alarm, Alarm::Deadline, at);
+        }
+        if poll_timer(this.timer.as_mut(), cx).is_ready() {
+            this.held.timed_out();
+            this.phase.set(Phase::Done);
+            return Poll::Ready(Err(TenlivesError::TimedOut {
+                after: deadline.after,
+            }));
+        }
+        Poll::Pending
+    }
+}

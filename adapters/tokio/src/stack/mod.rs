@@ -1,0 +1,434 @@
+//! The combined stack: timeout, retry, circuit breaker and concurrency limit
+//! in one layer, one service and one response future.
+//!
+//! Outermost to innermost:
+//!
+//! 1. **timeout**: the whole request, retries and backoff included, must end
+//!    within it, or it fails with [`TenlivesError::TimedOut`];
+//! 2. **retry**: a [`RetryPolicy`] (schedule, budget, classifier);
+//! 3. **admission**: the circuit breaker, then the concurrency limit (fixed
+//!    or adaptive), each optional, through the [`Admission`] trait;
+//! 4. the wrapped service.
+//!
+//! Every stage is optional; the builder says which are on. All of them share
+//! one `Arc` of [`Policies`] (policies, classifier and clock): every service
+//! the layer makes and every clone of those share it, and each request
+//! clones that `Arc` once, allocates nothing (beyond what the wrapped service
+//! and the request's own `Clone` do) and boxes nothing. The clock is read
+//! once when a request is called and once when each attempt ends (and when a
+//! retry is admitted), and the reading is shared by every stage that needs
+//! it; a stack with no stage that needs the time reads no clock at all. One
+//! timer, made only when the request first returns `Pending`, serves both the
+//! deadline and the backoff waits.
+//!
+//! Being one future rather than four nested ones, the stack does a little
+//! more than separate layers could:
+//!
+//! - a timeout reports the call in flight as a failure to the breaker and as
+//!   a drop to an adaptive limit (separate layers can only cancel it, which
+//!   reports nothing);
+//! - a retry waits at least the `retry_after` of a rejection, and gives up at
+//!   once (returning the last result) when the next attempt would start after
+//!   the timeout's deadline, instead of spending the budget on it;
+//! - one error level: [`TenlivesError<E>`] with `E` the wrapped service's error.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker};
+//! use tenlives_engine::bulkhead::Bulkhead;
+//! use tenlives_engine::retry::{Backoff, RetryBudget, RetryBudgetConfig};
+//! use tenlives_tokio::{RetryPolicy, StackLayer};
+//! use tower::{service_fn, Layer, Service, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), tenlives_engine::ConfigError> {
+//! let layer = StackLayer::builder()
+//!     .timeout(Duration::from_secs(2))
+//!     .retry(RetryPolicy::new(
+//!         Backoff::exponential(Duration::from_millis(50), 2.0, Duration::from_secs(1))?.with_max_retries(2),
+//!         RetryBudget::new(RetryBudgetConfig::default()),
+//!     ))
+//!     .circuit_breaker(CircuitBreaker::new(BreakerConfig::builder().consecutive_failures(5).build()?))
+//!     .concurrency_limit(Bulkhead::new(64)?)
+//!     .build();
+//! let mut svc = layer.layer(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x + 1) }));
+//! assert_eq!(svc.ready().await.unwrap().call(41).await.unwrap(), 42);
+//! assert_eq!(layer.policies().limit().unwrap().in_flight(), 0);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Panics
+//!
+//! A request that does not complete on its first poll under a timeout, and
+//! every retry, sleep on tokio's timer: they need a tokio runtime with the
+//! time driver enabled.
+
+mod future;
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tenlives_engine::adaptive::{AdaptiveLimiter, LimitAlgorithm};
+use tenlives_engine::breaker::CircuitBreaker;
+use tenlives_engine::bulkhead::Bulkhead;
+use tenlives_engine::events::EventSink;
+use tenlives_engine::time::{Clock, Timestamp};
+use tower_layer::Layer;
+use tower_service::Service;
+
+pub use future::StackFuture;
+
+use crate::admission::Admission;
+use crate::classify::{Classify, DefaultClassifier};
+use crate::clock::TokioClock;
+use crate::error::TenlivesError;
+use crate::retry::{NoRetry, RetryPolicy, RetryStage};
+use future::{Deadline, Held, Phase, Retrying};
+
+/// The admission stages the builder assembles: an optional breaker, then an
+/// optional concurrency limit.
+pub type DefaultAdmission<B = CircuitBreaker, L = Bulkhead> = (Option<B>, Option<L>);
+
+/// Everything a stack's services share, behind one `Arc`: the policies, the
+/// classifier and the clock. Reach it with [`StackLayer::policies`] or
+/// [`Stack::policies`], e.g. to read a breaker's state for metrics.
+pub struct Policies<K = DefaultClassifier, R = NoRetry, A = DefaultAdmission> {
+    pub(crate) admission: A,
+    pub(crate) classifier: K,
+    pub(crate) retry: R,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) clock: TokioClock,
+    /// Whether `call` reads the clock: a timeout, a retry budget or an
+    /// admission stage needs it.
+    pub(crate) time_at_call: bool,
+    /// Whether the end of an attempt reads the clock: an admission stage
+    /// needs it.
+    pub(crate) time_at_end: bool,
+}
+
+impl<K, R: fmt::Debug, A: fmt::Debug> fmt::Debug for Policies<K, R, A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Policies")
+            .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
+            .field("admission", &self.admission)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, R, A> Policies<K, R, A> {
+    /// The admission stages.
+    pub fn admission(&self) -> &A {
+        &self.admission
+    }
+    /// The outcome classifier.
+    pub fn classifier(&self) -> &K {
+        &self.classifier
+    }
+    /// The retry stage.
+    pub fn retry(&self) -> &R {
+        &self.retry
+    }
+    /// The timeout, if there is one.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+    /// The clock every stage reads.
+    pub fn clock(&self) -> &TokioClock {
+        &self.clock
+    }
+    #[inline]
+    pub(crate) fn now_if(&self, needed: bool) -> Timestamp {
+        if needed {
+            self.clock.now()
+        } else {
+            Timestamp::ZERO
+        }
+    }
+}
+
+impl<K, R, B, L> Policies<K, R, DefaultAdmission<B, L>> {
+    /// The circuit breaker, if the stack has one.
+    pub fn breaker(&self) -> Option<&B> {
+        self.admission.0.as_ref()
+    }
+    /// The concurrency limit, if the stack has one.
+    pub fn limit(&self) -> Option<&L> {
+        self.admission.1.as_ref()
+    }
+}
+
+/// Chooses the stages of a [`StackLayer`]. Made by [`StackLayer::builder`];
+/// every stage starts off.
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct StackBuilder<K = DefaultClassifier, R = NoRetry, A = DefaultAdmission> {
+    admission: A,
+    classifier: K,
+    retry: R,
+    retry_on: bool,
+    timeout: Option<Duration>,
+    clock: Option<TokioClock>,
+}
+
+impl<K, R: fmt::Debug, A: fmt::Debug> fmt::Debug for StackBuilder<K, R, A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StackBuilder")
+            .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
+            .field("admission", &self.admission)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, R, A> StackBuilder<K, R, A> {
+    /// The whole request (every attempt and backoff wait) must end within
+    /// `after`.
+    pub fn timeout(mut self, after: Duration) -> Self {
+        self.timeout = Some(after);
+        self
+    }
+
+    /// Retries as `policy` says. The stack then needs `Clone` requests and a
+    /// `Clone` wrapped service. The policy's classifier sees the stack's
+    /// result, `Result<Response, TenlivesError<E>>`, rejections included.
+    pub fn retry<C, Snk: EventSink>(
+        self,
+        policy: RetryPolicy<C, Snk>,
+    ) -> StackBuilder<K, RetryPolicy<C, Snk>, A> {
+        StackBuilder {
+            admission: self.admission,
+            classifier: self.classifier,
+            retry: policy,
+            retry_on: true,
+            timeout: self.timeout,
+            clock: self.clock,
+        }
+    }
+
+    /// Judges outcomes with `classifier` (see [`Classify`]), which sees the
+    /// wrapped service's own result. Default: [`DefaultClassifier`].
+    pub fn classify<K2>(self, classifier: K2) -> StackBuilder<K2, R, A> {
+        StackBuilder {
+            admission: self.admission,
+            classifier,
+            retry: self.retry,
+            retry_on: self.retry_on,
+            timeout: self.timeout,
+            clock: self.clock,
+        }
+    }
+
+    /// Reads time from `clock` (default: a [`TokioClock`] made by `build`).
+    pub fn clock(mut self, clock: TokioClock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Replaces the admission stages with `admission`: any [`Admission`],
+    /// e.g. a chain `(rate_limit, (Some(breaker), Some(bulkhead)))` with a
+    /// stage of your own in front.
+    pub fn admission<A2: Admission>(self, admission: A2) -> StackBuilder<K, R, A2> {
+        self.map_admission(|_| admission)
+    }
+
+    fn map_admission<A2>(self, f: impl FnOnce(A) -> A2) -> StackBuilder<K, R, A2> {
+        StackBuilder {
+            admission: f(self.admission),
+            classifier: self.classifier,
+            retry: self.retry,
+            retry_on: self.retry_on,
+            timeout: self.timeout,
+            clock: self.clock,
+        }
+    }
+
+    /// The layer.
+    pub fn build(self) -> StackLayer<K, R, A>
+    where
+        A: Admission,
+    {
+        let time_at_end = self.admission.needs_time();
+        let time_at_call = time_at_end || self.retry_on || self.timeout.is_some();
+        StackLayer {
+            policies: Arc::new(Policies {
+                admission: self.admission,
+                classifier: self.classifier,
+                retry: self.retry,
+                timeout: self.timeout,
+                clock: self.clock.unwrap_or_default(),
+                time_at_call,
+                time_at_end,
+            }),
+        }
+    }
+}
+
+impl<K, R, B, L> StackBuilder<K, R, DefaultAdmission<B, L>> {
+    /// Admits requests through `breaker` (before the concurrency limit).
+    pub fn circuit_breaker<Snk: EventSink>(
+        self,
+        breaker: CircuitBreaker<Snk>,
+    ) -> StackBuilder<K, R, DefaultAdmission<CircuitBreaker<Snk>, L>> {
+        self.map_admission(|(_, limit)| (Some(breaker), limit))
+    }
+
+    /// Limits concurrent calls with `bulkhead` (rejecting when it is full).
+    pub fn concurrency_limit<Snk: EventSink>(
+        self,
+        bulkhead: Bulkhead<Snk>,
+    ) -> StackBuilder<K, R, DefaultAdmission<B, Bulkhead<Snk>>> {
+        self.map_admission(|(breaker, _)| (breaker, Some(bulkhead)))
+    }
+
+    /// Limits concurrent calls with `limiter`, whose limit follows the
+    /// latency of the calls (see [`AdaptiveLimitLayer`](crate::AdaptiveLimitLayer)).
+    pub fn adaptive_limit<Al: LimitAlgorithm, Snk: EventSink>(
+        self,
+        limiter: AdaptiveLimiter<Al, Snk>,
+    ) -> StackBuilder<K, R, DefaultAdmission<B, AdaptiveLimiter<Al, Snk>>> {
+        self.map_admission(|(breaker, _)| (breaker, Some(limiter)))
+    }
+}
+
+/// One tower [`Layer`] for the whole stack. See the [module documentation](self).
+pub struct StackLayer<K = DefaultClassifier, R = NoRetry, A = DefaultAdmission> {
+    policies: Arc<Policies<K, R, A>>,
+}
+
+impl StackLayer {
+    /// A builder with every stage off.
+    pub fn builder() -> StackBuilder {
+        StackBuilder {
+            admission: (None, None),
+            classifier: DefaultClassifier,
+            retry: NoRetry,
+            retry_on: false,
+            timeout: None,
+            clock: None,
+        }
+    }
+}
+
+impl<K, R, A> StackLayer<K, R, A> {
+    /// What every service of this layer shares.
+    pub fn policies(&self) -> &Policies<K, R, A> {
+        &self.policies
+    }
+}
+
+impl<K, R, A> Clone for StackLayer<K, R, A> {
+    fn clone(&self) -> Self {
+        StackLayer {
+            policies: Arc::clone(&self.policies),
+        }
+    }
+}
+
+impl<K, R: fmt::Debug, A: fmt::Debug> fmt::Debug for StackLayer<K, R, A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StackLayer")
+            .field("policies", &self.policies)
+            .finish()
+    }
+}
+
+impl<S, K, R, A> Layer<S> for StackLayer<K, R, A> {
+    type Service = Stack<S, K, R, A>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Stack {
+            inner,
+            policies: Arc::clone(&self.policies),
+        }
+    }
+}
+
+/// A service behind the whole stack. Made by [`StackLayer`].
+pub struct Stack<S, K = DefaultClassifier, R = NoRetry, A = DefaultAdmission> {
+    inner: S,
+    policies: Arc<Policies<K, R, A>>,
+}
+
+impl<S, K, R, A> Stack<S, K, R, A> {
+    /// What this service shares with its clones and its layer.
+    pub fn policies(&self) -> &Policies<K, R, A> {
+        &self.policies
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: Clone, K, R, A> Clone for Stack<S, K, R, A> {
+    fn clone(&self) -> Self {
+        Stack {
+            inner: self.inner.clone(),
+            policies: Arc::clone(&self.policies),
+        }
+    }
+}
+
+impl<S: fmt::Debug, K, R: fmt::Debug, A: fmt::Debug> fmt::Debug for Stack<S, K, R, A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stack")
+            .field("inner", &self.inner)
+            .field("policies", &self.policies)
+            .finish()
+    }
+}
+
+impl<S, Req, K, R, A> Service<Req> for Stack<S, K, R, A>
+where
+    S: Service<Req>,
+    K: Classify<S::Response, S::Error>,
+    R: RetryStage<S, Req>,
+    A: Admission,
+{
+    type Response = S::Response;
+    type Error = TenlivesError<S::Error>;
+    type Future = StackFuture<S, Req, K, R, A>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(TenlivesError::Inner)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        let p = &*self.policies;
+        let now = p.now_if(p.time_at_call);
+        p.retry.deposit(now);
+        // The clones wait in the future for retries, and the clone of the
+        // service is polled ready before each; the first attempt goes to the
+        // service that was polled ready.
+        let retry = p.retry.prepare(&self.inner, &req).map(Retrying::new);
+        let deadline = p.timeout.map(|after| Deadline::new(now, after));
+        let mut held = Held::new(Arc::clone(&self.policies), now);
+        let phase = match p.admission.admit(now) {
+            Ok(token) => {
+                held.hold(token, now);
+                Phase::Calling {
+                    future: self.inner.call(req),
+                }
+            }
+            Err(rejection) => Phase::Rejected {
+                rejection: Some(rejection),
+            },
+        };
+        StackFuture::new(phase, deadline, retry, held)
+    }
+}
+
+/// A builder default that keeps `StackLayer::builder()` free of type
+/// annotations; breakers and limits with event sinks come through the
+/// builder's methods.
+impl Default for StackBuilder {
+    fn default() -> Self {
+        StackLayer::builder()
+    }
+}

@@ -1,0 +1,406 @@
+//! The Prometheus side: metric families in a `prometheus-client` registry,
+//! and per-policy handles to them so that recording an event is a lookup and
+//! an atomic add, not a label hash.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tenlives_engine::breaker::BreakerState;
+use tenlives_engine::events::Event;
+
+use super::decode::{Decoded, KNOWN_KINDS, Rejection, kind_index};
+use super::exposition;
+use super::sources::{Policy, PolicyKind, SourceRegistry};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    policy: Arc<str>,
+    kind: Cow<'static, str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabel {
+    policy: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    policy: Arc<str>,
+    reason: &'static str,
+}
+
+/// The trip reasons in the order of [`trip_index`], as label values.
+const TRIP_REASONS: [&str; 5] = [
+    "consecutive_failures",
+    "failure_rate",
+    "slow_call_rate",
+    "failed_test",
+    "unknown",
+];
+
+fn trip_index(label: &str) -> usize {
+    TRIP_REASONS
+        .iter()
+        .position(|r| *r == label)
+        .unwrap_or(TRIP_REASONS.len() - 1)
+}
+
+fn rejection_index(r: Rejection) -> usize {
+    Rejection::ALL
+        .iter()
+        .position(|x| *x == r)
+        .unwrap_or_default()
+}
+
+/// Handles to one policy's series. Each is created on first use, or up
+/// front for the series its kind is expected to produce.
+#[derive(Debug)]
+pub(crate) struct PolicyMetrics {
+    name: Arc<str>,
+    events: [OnceLock<Counter>; KNOWN_KINDS.len()],
+    trips: [OnceLock<Counter>; TRIP_REASONS.len()],
+    rejections: [OnceLock<Counter>; Rejection::ALL.len()],
+    breaker_state: OnceLock<Gauge>,
+    limit: OnceLock<Gauge>,
+    in_flight: OnceLock<Gauge>,
+}
+
+impl PolicyMetrics {
+    fn new(name: Arc<str>) -> Self {
+        PolicyMetrics {
+            name,
+            events: Default::default(),
+            trips: Default::default(),
+            rejections: Default::default(),
+            breaker_state: OnceLock::new(),
+            limit: OnceLock::new(),
+            in_flight: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The breaker state the gauge shows, if it exists.
+    pub(crate) fn breaker_state(&self) -> Option<BreakerState> {
+        let code = self.breaker_state.get()?.get();
+        super::decode::state_from_code(u64::try_from(code).ok()?)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Families {
+    events: Family<EventLabels, Counter>,
+    lost: Counter,
+    breaker_state: Family<PolicyLabel, Gauge>,
+    trips: Family<ReasonLabels, Counter>,
+    rejections: Family<ReasonLabels, Counter>,
+    limit: Family<PolicyLabel, Gauge>,
+    in_flight: Family<PolicyLabel, Gauge>,
+}
+
+/// Where drained events go: the [`SourceRegistry`] that names their
+/// sources, and the Prometheus metrics they update.
+///
+/// Share it (in an `Arc`) between the drain and whatever serves
+/// `/metrics`. The metrics, their labels and the breaker state codes are
+/// listed in `docs/telemetry.md`; in short:
+///
+/// | metric | type | labels |
+/// |---|---|---|
+/// | `tenlives_events_total` | counter | `policy`, `kind` |
+/// | `tenlives_events_lost_total` | counter | — |
+/// | `tenlives_breaker_state` | gauge: `BreakerState::code` (0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled, 5 metrics only) | `policy` |
+/// | `tenlives_breaker_trips_total` | counter | `policy`, `reason` |
+/// | `tenlives_rejections_total` | counter | `policy`, `reason` |
+/// | `tenlives_bulkhead_limit` | gauge | `policy` |
+/// | `tenlives_bulkhead_in_flight` | gauge | `policy` |
+pub struct Exporter {
+    sources: SourceRegistry,
+    registry: Registry,
+    families: Families,
+    /// One per registered policy, in the order of `sources.policies()`.
+    policies: Box<[PolicyMetrics]>,
+}
+
+impl fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Exporter")
+            .field("sources", &self.sources)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Exporter {
+    /// An exporter with its own Prometheus registry.
+    pub fn new(sources: SourceRegistry) -> Self {
+        Self::with_registry(sources, Registry::default())
+    }
+
+    /// An exporter that adds its metrics to `registry` (which may already
+    /// hold the application's own metrics; its prefix and labels apply).
+    pub fn with_registry(sources: SourceRegistry, mut registry: Registry) -> Self {
+        let families = Families::default();
+        registry.register(
+            "tenlives_events",
+            "Telemetry events read from the ring, by policy and event kind",
+            families.events.clone(),
+        );
+        registry.register(
+            "tenlives_events_lost",
+            "Telemetry events overwritten or dropped before the drain read them",
+            families.lost.clone(),
+        );
+        registry.register(
+            "tenlives_breaker_state",
+            "Circuit breaker state: 0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled, \
+             5 metrics only",
+            families.breaker_state.clone(),
+        );
+        registry.register(
+            "tenlives_breaker_trips",
+            "Circuit breaker trips (transitions to open), by trip reason",
+            families.trips.clone(),
+        );
+        registry.register(
+            "tenlives_rejections",
+            "Calls refused by a policy, by reason",
+            families.rejections.clone(),
+        );
+        registry.register(
+            "tenlives_bulkhead_limit",
+            "Concurrency limit in force: the registered limit, then the last limit change read",
+            families.limit.clone(),
+        );
+        registry.register(
+            "tenlives_bulkhead_in_flight",
+            "Permits in flight, as reported by the last bulkhead event read",
+            families.in_flight.clone(),
+        );
+        let mut exporter = Exporter {
+            policies: Box::default(),
+            sources,
+            registry,
+            families,
+        };
+        let policies: Vec<PolicyMetrics> = exporter
+            .sources
+            .policies()
+            .iter()
+            .map(|p| exporter.prepare(p))
+            .collect();
+        exporter.policies = policies.into_boxed_slice();
+        exporter
+    }
+
+    /// Handles for a registered policy, with the series its kind produces
+    /// created at zero (so that `rate()` works from the first scrape).
+    fn prepare(&self, policy: &Policy) -> PolicyMetrics {
+        let pm = PolicyMetrics::new(policy.shared_name().clone());
+        let (kinds, rejections): (&[usize], &[Rejection]) = match policy.kind() {
+            PolicyKind::CircuitBreaker => (
+                &[0, 1, 2, 3, 4],
+                &[
+                    Rejection::BreakerOpen,
+                    Rejection::BreakerForcedOpen,
+                    Rejection::BreakerHalfOpenFull,
+                ],
+            ),
+            PolicyKind::Bulkhead | PolicyKind::AdaptiveLimit => (
+                &[5, 6, 7, 8],
+                &[Rejection::BulkheadFull, Rejection::BulkheadOverLimit],
+            ),
+            PolicyKind::RetryBudget => (&[9], &[Rejection::RetryBudgetExhausted]),
+            PolicyKind::Throttle => (&[10], &[Rejection::Throttled]),
+            PolicyKind::Other => (&[], &[]),
+        };
+        for &k in kinds {
+            self.event_counter(&pm, k);
+        }
+        for &r in rejections {
+            self.rejection_counter(&pm, r);
+        }
+        if policy.kind() == PolicyKind::CircuitBreaker {
+            // A breaker starts closed (code 0), which is the gauge's zero.
+            self.state_gauge(&pm);
+            for reason in &TRIP_REASONS[..4] {
+                self.trip_counter(&pm, reason);
+            }
+        }
+        if let Some(limit) = policy.initial_limit() {
+            self.limit_gauge(&pm).set(i64::from(limit));
+        }
+        pm
+    }
+
+    /// The source registry.
+    pub fn sources(&self) -> &SourceRegistry {
+        &self.sources
+    }
+
+    /// The Prometheus registry (to render, or to read in tests).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Events counted lost so far (the `tenlives_events_lost_total` value).
+    pub fn lost(&self) -> u64 {
+        self.families.lost.get()
+    }
+
+    /// The registry in the OpenMetrics text format, which Prometheus scrapes
+    /// natively; serve it with [`exposition::OPENMETRICS_CONTENT_TYPE`].
+    ///
+    /// # Errors
+    ///
+    /// Only if a metric's encoder fails (writing to a `String` itself
+    /// cannot fail).
+    pub fn render_openmetrics(&self) -> Result<String, fmt::Error> {
+        exposition::render_openmetrics(&self.registry)
+    }
+
+    /// The registry in the classic Prometheus text format (0.0.4), which
+    /// `promtool check metrics` reads; serve it with
+    /// [`exposition::TEXT_CONTENT_TYPE`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`Exporter::render_openmetrics`].
+    pub fn render_text(&self) -> Result<String, fmt::Error> {
+        exposition::render_text(&self.registry)
+    }
+
+    /// Handles for the registered policy at `index` in `sources().policies()`.
+    pub(crate) fn policy(&self, index: usize) -> &PolicyMetrics {
+        &self.policies[index]
+    }
+
+    /// Handles for a source nobody registered, labelled `source_<id>`.
+    pub(crate) fn unregistered(&self, source: u32) -> PolicyMetrics {
+        PolicyMetrics::new(format!("source_{source}").into())
+    }
+
+    fn event_counter<'p>(&self, pm: &'p PolicyMetrics, kind: usize) -> &'p Counter {
+        pm.events[kind].get_or_init(|| {
+            self.families.events.get_or_create_owned(&EventLabels {
+                policy: pm.name.clone(),
+                kind: Cow::Borrowed(KNOWN_KINDS[kind].1),
+            })
+        })
+    }
+
+    /// The event counter for a kind this module does not know (application
+    /// codes), labelled `code_<n>`. Allocates; callers cache it.
+    pub(crate) fn other_kind_counter(&self, pm: &PolicyMetrics, code: u16) -> Counter {
+        self.families.events.get_or_create_owned(&EventLabels {
+            policy: pm.name.clone(),
+            kind: Cow::Owned(format!("code_{code}")),
+        })
+    }
+
+    fn rejection_counter<'p>(&self, pm: &'p PolicyMetrics, r: Rejection) -> &'p Counter {
+        pm.rejections[rejection_index(r)].get_or_init(|| {
+            self.families.rejections.get_or_create_owned(&ReasonLabels {
+                policy: pm.name.clone(),
+                reason: r.label(),
+            })
+        })
+    }
+
+    fn trip_counter<'p>(&self, pm: &'p PolicyMetrics, reason: &str) -> &'p Counter {
+        let i = trip_index(reason);
+        pm.trips[i].get_or_init(|| {
+            self.families.trips.get_or_create_owned(&ReasonLabels {
+                policy: pm.name.clone(),
+                reason: TRIP_REASONS[i],
+            })
+        })
+    }
+
+    fn state_gauge<'p>(&self, pm: &'p PolicyMetrics) -> &'p Gauge {
+        pm.breaker_state.get_or_init(|| {
+            self.families
+                .breaker_state
+                .get_or_create_owned(&PolicyLabel {
+                    policy: pm.name.clone(),
+                })
+        })
+    }
+
+    fn limit_gauge<'p>(&self, pm: &'p PolicyMetrics) -> &'p Gauge {
+        pm.limit.get_or_init(|| {
+            self.families.limit.get_or_create_owned(&PolicyLabel {
+                policy: pm.name.clone(),
+            })
+        })
+    }
+
+    fn in_flight_gauge<'p>(&self, pm: &'p PolicyMetrics) -> &'p Gauge {
+        pm.in_flight.get_or_init(|| {
+            self.families.in_flight.get_or_create_owned(&PolicyLabel {
+                policy: pm.name.clone(),
+            })
+        })
+    }
+
+    /// Counts `n` lost events.
+    pub(crate) fn record_lost(&self, n: u64) {
+        self.families.lost.inc_by(n);
+    }
+
+    /// Updates the metrics for one event of a known kind (`other` kinds are
+    /// counted by the caller through [`Exporter::other_kind_counter`]).
+    /// `state_is_current` says whether a breaker transition is the latest
+    /// one read for its breaker and so may move the state gauge.
+    pub(crate) fn record(
+        &self,
+        pm: &PolicyMetrics,
+        event: &Event,
+        decoded: &Decoded,
+        state_is_current: bool,
+    ) {
+        if let Some(k) = kind_index(event.kind) {
+            self.event_counter(pm, k).inc();
+        }
+        if let Some(r) = Rejection::of(decoded) {
+            self.rejection_counter(pm, r).inc();
+        }
+        let set_state = |s: BreakerState| {
+            if state_is_current {
+                self.state_gauge(pm).set(s.code() as i64);
+            }
+        };
+        match *decoded {
+            Decoded::BreakerOpened { reason, .. } => {
+                self.trip_counter(pm, super::decode::trip_label(reason))
+                    .inc();
+                set_state(BreakerState::Open);
+            }
+            Decoded::BreakerHalfOpened { .. } => set_state(BreakerState::HalfOpen),
+            Decoded::BreakerClosed { .. } => set_state(BreakerState::Closed),
+            Decoded::BreakerForced { to: Some(to) } => set_state(to),
+            Decoded::BulkheadLimitChanged { new, .. } => {
+                self.limit_gauge(pm).set(saturating_i64(new));
+            }
+            Decoded::BulkheadAcquired { in_flight, .. }
+            | Decoded::BulkheadReleased { in_flight, .. } => {
+                self.in_flight_gauge(pm).set(saturating_i64(in_flight));
+            }
+            Decoded::BulkheadRejected { in_flight, .. } => {
+                self.in_flight_gauge(pm).set(i64::from(in_flight));
+            }
+            _ => {}
+        }
+    }
+}
+
+fn saturating_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,282 @@
+//! A request through any tenlives layer, or through the whole stack,
+//! allocates nothing: a counting global allocator (counting per thread, as in
+//! `engine/tests/no_alloc.rs`) sees zero allocations while a current-thread
+//! runtime drives thousands of requests through each layer around services
+//! that allocate nothing themselves. The requests take every path: admitted
+//! and rejected, completing at once and after a `Pending` (so the timeout's
+//! sleep is made and registered), failing and retried after a backoff sleep,
+//! delayed, failed and dropped by fault injection.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tenlives_engine::adaptive::{AdaptiveLimiter, Aimd, WindowConfig};
+use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker};
+use tenlives_engine::bulkhead::Bulkhead;
+use tenlives_engine::retry::{Backoff, RetryBudget, RetryBudgetConfig};
+use tenlives_engine::throttle::{Throttle, ThrottleConfig};
+use tenlives_engine::time::Timestamp;
+use tenlives_tokio::fault::{FaultConfig, FaultLayer};
+use tenlives_tokio::{
+    AdaptiveLimitLayer, CircuitBreakerLayer, ConcurrencyLimitLayer, RetryLayer, RetryPolicy,
+    StackLayer, ThrottleLayer, TimeoutLayer,
+};
+use tower::{Layer, Service, ServiceExt};
+
+struct Counting;
+
+std::thread_local! {
+    // A const-initialised `Cell<usize>` has no destructor and needs no lazy
+    // initialisation, so the allocator can touch it without allocating.
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn count() {
+    // `try_with`: during thread teardown the slot may be gone; then don't count.
+    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+}
+
+// SAFETY: forwards every call unchanged to the system allocator; it only
+// counts allocations on the side, without allocating.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which we pass on.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System.alloc` with this layout (above).
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        // SAFETY: the caller upholds `GlobalAlloc::realloc`'s contract, which we pass on.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> usize {
+    ALLOCATIONS.with(Cell::get)
+}
+
+/// What the test services do with a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Answer at once.
+    Ready,
+    /// Return `Pending` once (waking at once), then answer.
+    PendingOnce,
+    /// Fail every other call (so a retry of a failed call succeeds).
+    FailEveryOther,
+}
+
+/// A service that allocates nothing. Clones share the call counter (an `Rc`,
+/// whose clone does not allocate).
+#[derive(Clone)]
+struct Quiet {
+    mode: Mode,
+    calls: Rc<Cell<u64>>,
+}
+
+impl Quiet {
+    fn new(mode: Mode) -> Self {
+        Quiet {
+            mode,
+            calls: Rc::new(Cell::new(0)),
+        }
+    }
+}
+
+/// The answer, after `pending` returns of `Pending`.
+struct Answer {
+    pending: u8,
+    result: Result<u64, &'static str>,
+}
+
+impl Future for Answer {
+    type Output = Result<u64, &'static str>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.pending > 0 {
+            self.pending -= 1;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(self.result)
+    }
+}
+
+impl Service<u64> for Quiet {
+    type Response = u64;
+    type Error = &'static str;
+    type Future = Answer;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: u64) -> Answer {
+        let n = self.calls.get();
+        self.calls.set(n + 1);
+        match self.mode {
+            Mode::Ready => Answer {
+                pending: 0,
+                result: Ok(req),
+            },
+            Mode::PendingOnce => Answer {
+                pending: 1,
+                result: Ok(req),
+            },
+            Mode::FailEveryOther => Answer {
+                pending: 0,
+                result: if n.is_multiple_of(2) {
+                    Err("even")
+                } else {
+                    Ok(req)
+                },
+            },
+        }
+    }
+}
+
+/// Allocations made while `requests` requests go through `svc` one after
+/// another, after 50 warm-up requests (the first uses of a thread's stripe
+/// and of the timer wheel may allocate once).
+async fn allocations_for<S>(svc: &mut S, requests: u64) -> usize
+where
+    S: Service<u64>,
+{
+    for i in 0..50 {
+        let _ = svc.ready().await.ok().expect("ready").call(i).await;
+    }
+    let before = allocations();
+    for i in 0..requests {
+        let ready = svc.ready().await;
+        let _ = std::hint::black_box(ready.ok().expect("ready").call(i).await);
+    }
+    allocations() - before
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+fn breaker() -> CircuitBreaker {
+    CircuitBreaker::new(
+        BreakerConfig::builder()
+            .failure_rate(50.0)
+            .minimum_calls(10)
+            .open_duration(Duration::from_millis(5))
+            .build()
+            .unwrap(),
+    )
+}
+
+fn retry_policy() -> RetryPolicy {
+    RetryPolicy::new(
+        Backoff::decorrelated_jitter(Duration::from_millis(1), Duration::from_millis(10))
+            .unwrap()
+            .with_max_retries(3),
+        RetryBudget::new(RetryBudgetConfig::default()),
+    )
+}
+
+fn full_stack()
+-> StackLayer<tenlives_tokio::DefaultClassifier, RetryPolicy, tenlives_tokio::DefaultAdmission> {
+    StackLayer::builder()
+        .timeout(Duration::from_secs(1))
+        .retry(retry_policy())
+        .circuit_breaker(breaker())
+        .concurrency_limit(Bulkhead::new(100).unwrap())
+        .build()
+}
+
+#[test]
+fn every_layer_and_the_stack_allocate_nothing_per_request() {
+    runtime().block_on(async {
+        const N: u64 = 2_000;
+        let mut results = Vec::new();
+
+        for mode in [Mode::Ready, Mode::PendingOnce, Mode::FailEveryOther] {
+            // Each layer gets its own service (and counter) so that modes don't mix.
+            let mut breaker = CircuitBreakerLayer::new(breaker()).layer(Quiet::new(mode));
+            results.push(("breaker", mode, allocations_for(&mut breaker, N).await));
+
+            let mut bulkhead =
+                ConcurrencyLimitLayer::new(Bulkhead::new(4).unwrap()).layer(Quiet::new(mode));
+            results.push(("bulkhead", mode, allocations_for(&mut bulkhead, N).await));
+
+            let aimd = Aimd::builder().build().unwrap();
+            let window = WindowConfig::new(Duration::from_micros(1), 1).unwrap();
+            let mut adaptive =
+                AdaptiveLimitLayer::new(AdaptiveLimiter::new(aimd, window, Timestamp::ZERO))
+                    .layer(Quiet::new(mode));
+            results.push(("adaptive", mode, allocations_for(&mut adaptive, N).await));
+
+            let throttle = Throttle::new(
+                ThrottleConfig::builder()
+                    .minimum_requests(5)
+                    .build()
+                    .unwrap(),
+            );
+            let mut throttled = ThrottleLayer::new(throttle).layer(Quiet::new(mode));
+            results.push(("throttle", mode, allocations_for(&mut throttled, N).await));
+
+            let mut timeout = TimeoutLayer::new(Duration::from_secs(1)).layer(Quiet::new(mode));
+            results.push(("timeout", mode, allocations_for(&mut timeout, N).await));
+
+            let mut retry = RetryLayer::new(retry_policy()).layer(Quiet::new(mode));
+            results.push(("retry", mode, allocations_for(&mut retry, N).await));
+
+            let faults = FaultConfig::builder()
+                .latency(0.3, Duration::from_millis(1))
+                .error(0.1)
+                .connection_drop(0.1)
+                .seed(5)
+                .build()
+                .unwrap();
+            let mut faulty = FaultLayer::new(faults).layer(Quiet::new(mode));
+            results.push(("fault", mode, allocations_for(&mut faulty, N).await));
+
+            let mut stack = full_stack().layer(Quiet::new(mode));
+            results.push(("stack", mode, allocations_for(&mut stack, N).await));
+        }
+
+        let allocating: Vec<_> = results.iter().filter(|r| r.2 != 0).collect();
+        assert!(
+            allocating.is_empty(),
+            "allocations per {N} requests: {allocating:?}"
+        );
+    });
+}
+
+#[test]
+fn rejections_allocate_nothing() {
+    runtime().block_on(async {
+        // A bulkhead of one with a call held open rejects every request.
+        let layer = ConcurrencyLimitLayer::new(Bulkhead::new(1).unwrap());
+        let mut svc = layer.layer(Quiet::new(Mode::Ready));
+        let mut held = layer.layer(Quiet::new(Mode::Ready));
+        let _open = held.ready().await.ok().unwrap().call(0);
+        assert_eq!(allocations_for(&mut svc, 2_000).await, 0);
+
+        // A breaker forced open in the stack rejects; the retries sleep on
+        // the timer until the budget is spent.
+        let stack = full_stack();
+        let p = stack.policies();
+        p.breaker().unwrap().force_open(Timestamp::ZERO);
+        let mut svc = stack.layer(Quiet::new(Mode::Ready));
+        assert_eq!(allocations_for(&mut svc, 2_000).await, 0);
+    });
+}
