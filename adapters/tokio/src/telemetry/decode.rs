@@ -160,7 +160,7 @@ pub(crate) fn trip_label(reason: Option<TripReason>) -> &'static str {
 
 /// The tenlives event kinds this module knows, in the order of
 /// [`kind_index`], with their label names.
-pub(crate) const KNOWN_KINDS: [(EventKind, &str); 11] = [
+pub(crate) const KNOWN_KINDS: [(EventKind, &str); 14] = [
     (EventKind::BREAKER_OPENED, "breaker_opened"),
     (EventKind::BREAKER_HALF_OPENED, "breaker_half_opened"),
     (EventKind::BREAKER_CLOSED, "breaker_closed"),
@@ -172,6 +172,9 @@ pub(crate) const KNOWN_KINDS: [(EventKind, &str); 11] = [
     (EventKind::BULKHEAD_RELEASED, "bulkhead_released"),
     (EventKind::RETRY_BUDGET_EXHAUSTED, "retry_budget_exhausted"),
     (EventKind::THROTTLED, "throttled"),
+    (EventKind::RATE_LIMITED, "rate_limited"),
+    (EventKind::KEYED_TABLE_FULL, "keyed_table_full"),
+    (EventKind::CONFIG_CHANGED, "config_changed"),
 ];
 
 /// The position of a known kind in [`KNOWN_KINDS`].
@@ -189,6 +192,9 @@ pub(crate) fn kind_index(kind: EventKind) -> Option<usize> {
         EventKind::BULKHEAD_RELEASED => 8,
         EventKind::RETRY_BUDGET_EXHAUSTED => 9,
         EventKind::THROTTLED => 10,
+        EventKind::RATE_LIMITED => 11,
+        EventKind::KEYED_TABLE_FULL => 12,
+        EventKind::CONFIG_CHANGED => 13,
         _ => return None,
     })
 }
