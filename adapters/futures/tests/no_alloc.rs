@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,47 +19,10 @@ use tenlives_engine::events::{Event, EventKind, EventRing, EventSink, Received};
 use tenlives_engine::time::{Clock, ManualClock, Timestamp};
 use tenlives_futures::{ManualTimer, WakingSink, acquire, guard, limit};
 
-struct Counting;
-
-std::thread_local! {
-    // A const-initialised `Cell<usize>` has no destructor and needs no lazy
-    // initialisation, so the allocator can touch it without allocating.
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-}
-
-fn count() {
-    // `try_with`: during thread teardown the slot may be gone; then don't count.
-    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-}
-
-// SAFETY: forwards every call unchanged to the system allocator; it only
-// counts allocations on the side, without allocating.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which we pass on.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System.alloc` with this layout (above).
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: the caller upholds `GlobalAlloc::realloc`'s contract, which we pass on.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use tenlives_test_support::{CountingAllocator, allocations_during};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Allocations this thread made while running `f`.
-fn allocations_during(f: impl FnOnce()) -> usize {
-    let before = ALLOCATIONS.with(Cell::get);
-    f();
-    ALLOCATIONS.with(Cell::get) - before
-}
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 /// Polls `fut` with a noop waker until it completes (it wakes itself).
 fn run<F: Future>(fut: F) -> F::Output {

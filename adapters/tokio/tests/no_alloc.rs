@@ -7,8 +7,6 @@
 //! sleep is made and registered), failing and retried after a backoff sleep,
 //! delayed, failed and dropped by fault injection.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -28,44 +26,12 @@ use tenlives_tokio::{
 };
 use tower::{Layer, Service, ServiceExt};
 
-struct Counting;
+use std::cell::Cell;
 
-std::thread_local! {
-    // A const-initialised `Cell<usize>` has no destructor and needs no lazy
-    // initialisation, so the allocator can touch it without allocating.
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-}
-
-fn count() {
-    // `try_with`: during thread teardown the slot may be gone; then don't count.
-    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-}
-
-// SAFETY: forwards every call unchanged to the system allocator; it only
-// counts allocations on the side, without allocating.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which we pass on.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System.alloc` with this layout (above).
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: the caller upholds `GlobalAlloc::realloc`'s contract, which we pass on.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use tenlives_test_support::{CountingAllocator, allocations};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn allocations() -> usize {
-    ALLOCATIONS.with(Cell::get)
-}
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 /// What the test services do with a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
