@@ -1,6 +1,7 @@
 //! Why a rate limiter said no.
 
 use core::fmt;
+use core::num::NonZeroU64;
 use core::time::Duration;
 
 use crate::time::Timestamp;
@@ -9,24 +10,30 @@ use crate::time::Timestamp;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateLimited {
     now: Timestamp,
-    earliest: Timestamp,
+    /// Later than `now`, so never zero: the niche lets `Result<(),
+    /// RateLimited>` travel in two registers.
+    earliest: NonZeroU64,
 }
 
 impl RateLimited {
+    #[inline(always)]
     pub(crate) fn new(now: Timestamp, earliest: Timestamp) -> Self {
-        RateLimited { now, earliest }
+        RateLimited {
+            now,
+            earliest: NonZeroU64::new(earliest.as_nanos()).unwrap_or(NonZeroU64::MIN),
+        }
     }
 
     /// The earliest instant at which the request would pass if nobody else
     /// took tokens meanwhile.
     pub fn earliest(&self) -> Timestamp {
-        self.earliest
+        Timestamp::from_nanos(self.earliest.get())
     }
 
     /// How long after the refused attempt that is: what an HTTP server puts
     /// in `Retry-After`.
     pub fn retry_after(&self) -> Duration {
-        self.earliest.saturating_duration_since(self.now)
+        self.earliest().saturating_duration_since(self.now)
     }
 }
 

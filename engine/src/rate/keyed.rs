@@ -61,6 +61,12 @@ const WAYS: usize = 7;
 const BITS: u64 = (1 << WAYS) - 1;
 /// One version step in the header, above the occupancy bits.
 const VERSION: u64 = 1 << 8;
+/// The bits of a key's hash kept in its cell (the bucket comes from the
+/// product below, which depends mostly on the high bits).
+const FRAGMENT: u64 = 0xffff_ffff;
+/// Fibonacci hashing: spreads any hash, even one weak in its low bits, over
+/// the buckets.
+const FIB: u64 = 0x9E37_79B9_7F4A_7C15;
 /// The state word of an entry being evicted.
 const DEAD: u64 = u64::MAX;
 /// Buckets swept when the free list is empty.
@@ -167,6 +173,8 @@ struct Inner<K, H, S: EventSink> {
     quota: Quota,
     buckets: Box<[Bucket]>,
     mask: u64,
+    /// `64 - log2(buckets)`: a bucket is the top bits of `hash * FIB`.
+    shift: u32,
     entries: Box<[Entry<K>]>,
     free: ArrayQueue<u32>,
     low_water: usize,
@@ -295,7 +303,7 @@ where
         S: Clone,
     {
         let capacity = config.capacity as usize;
-        let buckets = (2 * capacity).next_power_of_two().max(1);
+        let buckets = (2 * capacity).next_power_of_two();
         let free = ArrayQueue::new(capacity);
         for slot in 0..config.capacity {
             let _ = free.push(slot);
@@ -314,6 +322,7 @@ where
                 .collect::<Vec<_>>()
                 .into_boxed_slice(),
             mask: buckets as u64 - 1,
+            shift: 64 - buckets.trailing_zeros(),
             entries: (0..capacity)
                 .map(|_| Entry {
                     booked: AtomicU64::new(0),
@@ -468,8 +477,8 @@ where
     #[inline(always)]
     fn find(&self, key: &K, hash: u64) -> Found<'_, K> {
         let inner = &*self.inner;
-        let bucket = &inner.buckets[(hash & inner.mask) as usize];
-        let fragment = hash >> 32;
+        let bucket = &inner.buckets[inner.bucket_of(hash)];
+        let fragment = hash & FRAGMENT;
         // ordering: Acquire pairs with the Release publish in `insert`: the
         // cells and entries it names were written before it.
         let mut bits = bucket.header.load(Ordering::Acquire) & BITS;
@@ -525,8 +534,8 @@ where
         // ordering: Relaxed; published by the header's Release below.
         entry.booked.store(booked, Ordering::Relaxed);
 
-        let bucket = &inner.buckets[(hash & inner.mask) as usize];
-        let cell_value = (hash >> 32) << 32 | (u64::from(slot) + 1);
+        let bucket = &inner.buckets[inner.bucket_of(hash)];
+        let cell_value = (hash & FRAGMENT) << 32 | (u64::from(slot) + 1);
         loop {
             // ordering: Acquire, as in `find`.
             let header = bucket.header.load(Ordering::Acquire);
@@ -539,7 +548,7 @@ where
                 // cells come back after the grace period, which the caller
                 // lets pass once before giving up.
                 self.unpublished(slot);
-                self.evict_fresh((hash & inner.mask) as usize, g, guard);
+                self.evict_fresh(inner.bucket_of(hash), g, guard);
                 return Inserted::NoRoom;
             };
             let published = (header + VERSION) | (1 << i);
@@ -618,7 +627,7 @@ where
     /// A reader met a dead entry at `cell`: make sure it is unlinked so the
     /// next lookup does not meet it again.
     fn help_unlink(&self, hash: u64, cell: usize) {
-        let bucket = &self.inner.buckets[(hash & self.inner.mask) as usize];
+        let bucket = &self.inner.buckets[self.inner.bucket_of(hash)];
         unlink(bucket, cell);
     }
 
@@ -675,6 +684,11 @@ where
 }
 
 impl<K, H, S: EventSink> Inner<K, H, S> {
+    #[inline(always)]
+    fn bucket_of(&self, hash: u64) -> usize {
+        (hash.wrapping_mul(FIB) >> self.shift) as usize
+    }
+
     /// Runs after the grace period of an eviction: no reader can see the
     /// entry any more.
     fn reclaim(&self, at: u64) {

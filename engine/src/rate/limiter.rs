@@ -548,22 +548,30 @@ impl<S: EventSink> RateLimiter<S> {
         self.with_era(|era| gcra::refund(era.word, n));
     }
 
-    #[cold]
-    #[inline(never)]
+    /// A refusal, described (inline: refusals are the common case of a
+    /// limiter that sheds load) and reported to the sink (out of line).
+    #[inline]
     fn refused(&self, quota: &Quota, refusal: Refusal, n: u32, now: Timestamp) -> RateLimitError {
         let err = Self::describe(quota, refusal, n, now);
         if self.sink.enabled() {
-            let wait = err.retry_after().map_or(u64::MAX, |d| d.as_nanos() as u64);
-            self.sink.emit(Event::new(
-                EventKind::RATE_LIMITED,
-                self.source,
-                now,
-                [u64::from(n), wait],
-            ));
+            self.report_refusal(err, n, now);
         }
         err
     }
 
+    #[cold]
+    #[inline(never)]
+    fn report_refusal(&self, err: RateLimitError, n: u32, now: Timestamp) {
+        let wait = err.retry_after().map_or(u64::MAX, |d| d.as_nanos() as u64);
+        self.sink.emit(Event::new(
+            EventKind::RATE_LIMITED,
+            self.source,
+            now,
+            [u64::from(n), wait],
+        ));
+    }
+
+    #[inline]
     fn describe(quota: &Quota, refusal: Refusal, n: u32, now: Timestamp) -> RateLimitError {
         match refusal {
             Refusal::NotYet { ready } => RateLimitError::Limited(RateLimited::new(
