@@ -29,12 +29,29 @@
 //!   `ThrottleTicket::accepted(now)`, default configuration.
 //! - `tenlives_retry_budget`: `RetryBudget::deposit(now)` +
 //!   `try_withdraw(now)`, default configuration.
+//! - `tenlives_rate_check`: `RateLimiter::check(now)`, admitted (10^9 tokens
+//!   a second, a burst of 2^32 - 1).
+//! - `tenlives_rate_check_n`: `RateLimiter::check_n(8, now)`, admitted, same
+//!   quota.
+//! - `tenlives_keyed_check_1k`: `KeyedRateLimiter::check_key(&key, now)` for
+//!   a `u64` key present in a full table of 1 000 keys (capacity 1 000),
+//!   same quota per key. Both keyed tables hash with foldhash under a fixed
+//!   seed, so that the key's place in its bucket, and with it the count, is
+//!   the same on every run.
 //! - `failsafe_breaker_default`, `failsafe_breaker_consecutive`: failsafe 1.3's
 //!   `call(|| Ok(()))` with its default configuration and with its
 //!   consecutive-failures policy (it reads its own clock).
 //! - `tokio_semaphore`: `Semaphore::try_acquire()` + drop, 1000 permits.
 //! - `crossbeam_array_queue_force_push`: `ArrayQueue::force_push` of the same
 //!   event into a full queue of 1024.
+//! - `governor_direct_check`, `governor_check_n`: governor 0.10's
+//!   `RateLimiter::check()` and `check_n(8)` with the same quota, on its
+//!   `FakeRelativeClock` (its cheapest clock, one relaxed load: the peer of
+//!   a `now` passed in).
+//! - `governor_keyed_check_1k`: governor's dashmap-keyed `check_key(&key)`
+//!   for a key present among 1 000, on `FakeRelativeClock` and with the
+//!   hasher tenlives uses (foldhash, same fixed seed), so that neither clock
+//!   nor hash function is what is compared.
 //! - `floor_fetch_add`: one `fetch_add(1, Relaxed)` on an `AtomicU64`.
 
 use std::hint::black_box;
@@ -44,10 +61,15 @@ use std::time::Duration;
 use crossbeam_queue::ArrayQueue;
 use failsafe::CircuitBreaker as _;
 use failsafe::failure_policy::FailurePolicy;
+use governor::clock::FakeRelativeClock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use governor::state::{InMemoryState, NotKeyed};
 use iai_callgrind::main;
 use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker};
 use tenlives_engine::bulkhead::Bulkhead;
-use tenlives_engine::events::{Event, EventKind, EventRing, Slot};
+use tenlives_engine::events::{Event, EventKind, EventRing, NoSink, Slot};
+use tenlives_engine::rate::{KeyedConfig, KeyedRateLimiter, Quota, RateLimiter};
 use tenlives_engine::retry::{RetryBudget, RetryBudgetConfig};
 use tenlives_engine::throttle::{Throttle, ThrottleConfig};
 use tenlives_engine::time::Timestamp;
@@ -66,6 +88,41 @@ const CAPACITY: usize = 1024;
 
 /// An event ring on the heap, as an application would make one.
 type Ring = EventRing<Box<[Slot]>>;
+
+/// The admitting quota: tokens a second.
+const RATE: u32 = 1_000_000_000;
+
+/// The admitting quota: the burst.
+const BURST: u32 = u32::MAX;
+
+/// Tokens per `check_n`.
+const N: u32 = 8;
+
+/// Keys in the keyed tables.
+const KEYS: u64 = 1_000;
+
+/// The key the keyed benchmarks check: present, in the middle of the table.
+const KEY: u64 = 500;
+
+/// The keyed tables' hash seed: fixed, so that counts do not depend on it.
+const HASH_SEED: u64 = 0x7e41_1fe5;
+
+/// The keyed tables' hasher.
+type Hasher = foldhash::fast::FixedState;
+
+/// tenlives' keyed limiter with the fixed-seed hasher.
+type Keyed = KeyedRateLimiter<u64, Hasher>;
+
+/// governor's middleware on its fake clock.
+type FakeMiddleware = NoOpMiddleware<<FakeRelativeClock as governor::clock::Clock>::Instant>;
+
+/// governor's direct limiter on its fake clock.
+type GovernorDirect =
+    governor::RateLimiter<NotKeyed, InMemoryState, FakeRelativeClock, FakeMiddleware>;
+
+/// governor's dashmap-keyed limiter on its fake clock, hashing with foldhash.
+type GovernorKeyed =
+    governor::RateLimiter<u64, DashMapStateStore<u64, Hasher>, FakeRelativeClock, FakeMiddleware>;
 
 /// The time of the measured operation, hidden from the optimiser.
 #[inline(always)]
@@ -218,6 +275,79 @@ fn array_queue() -> Box<ArrayQueue<Event>> {
     Box::new(q)
 }
 
+/// The admitting quota, for tenlives.
+fn admitting() -> Quota {
+    Quota::per_second(RATE)
+        .and_then(|q| q.with_burst(BURST))
+        .expect("valid quota")
+}
+
+/// The admitting quota, for governor.
+fn governor_admitting() -> governor::Quota {
+    let nonzero = |n| std::num::NonZeroU32::new(n).expect("non-zero");
+    governor::Quota::per_second(nonzero(RATE)).allow_burst(nonzero(BURST))
+}
+
+/// A direct limiter that has admitted a few requests.
+fn rate_limiter() -> Box<RateLimiter> {
+    let r = RateLimiter::new(admitting());
+    let start = Timestamp::from_nanos(START_NS);
+    for _ in 0..WARM_UP {
+        r.check(start).expect("admitted");
+    }
+    Box::new(r)
+}
+
+/// A keyed limiter holding [`KEYS`] keys, [`KEY`] checked a few more times.
+fn keyed_limiter() -> Box<Keyed> {
+    let capacity = usize::try_from(KEYS).expect("fits");
+    let k = KeyedRateLimiter::with_hasher_and_sink(
+        KeyedConfig::new(admitting(), capacity).expect("valid config"),
+        Hasher::with_seed(HASH_SEED),
+        NoSink,
+        0,
+    );
+    let start = Timestamp::from_nanos(START_NS);
+    for key in 0..KEYS {
+        k.check_key(&key, start).expect("admitted");
+    }
+    for _ in 0..WARM_UP {
+        k.check_key(&KEY, start).expect("admitted");
+    }
+    assert_eq!(k.in_use(), capacity, "every key is tracked");
+    Box::new(k)
+}
+
+/// governor's direct limiter on its fake clock, a few requests admitted.
+fn governor_direct() -> Box<GovernorDirect> {
+    let g = governor::RateLimiter::direct_with_clock(
+        governor_admitting(),
+        FakeRelativeClock::default(),
+    );
+    for _ in 0..WARM_UP {
+        g.check().expect("admitted");
+    }
+    Box::new(g)
+}
+
+/// governor's keyed limiter holding [`KEYS`] keys, [`KEY`] checked a few
+/// more times.
+fn governor_keyed() -> Box<GovernorKeyed> {
+    let g = governor::RateLimiter::dashmap_with_clock_and_hasher(
+        governor_admitting(),
+        FakeRelativeClock::default(),
+        Hasher::with_seed(HASH_SEED),
+    );
+    for key in 0..KEYS {
+        g.check_key(&key).expect("admitted");
+    }
+    for _ in 0..WARM_UP {
+        g.check_key(&KEY).expect("admitted");
+    }
+    assert_eq!(g.len(), usize::try_from(KEYS).expect("fits"));
+    Box::new(g)
+}
+
 /// The floor's counter.
 fn counter() -> Box<AtomicU64> {
     Box::new(AtomicU64::new(0))
@@ -284,6 +414,51 @@ mod harness {
     }
 
     #[library_benchmark]
+    #[bench::op(setup = rate_limiter)]
+    fn tenlives_rate_check(r: Box<RateLimiter>) -> Box<RateLimiter> {
+        black_box(r.check(now())).expect("admitted");
+        r
+    }
+
+    #[library_benchmark]
+    #[bench::op(setup = rate_limiter)]
+    fn tenlives_rate_check_n(r: Box<RateLimiter>) -> Box<RateLimiter> {
+        black_box(r.check_n(black_box(N), now())).expect("admitted");
+        r
+    }
+
+    #[library_benchmark]
+    #[bench::op(setup = keyed_limiter)]
+    fn tenlives_keyed_check_1k(k: Box<Keyed>) -> Box<Keyed> {
+        black_box(k.check_key(&black_box(KEY), now())).expect("admitted");
+        k
+    }
+
+    #[library_benchmark]
+    #[bench::op(setup = governor_direct)]
+    fn governor_direct_check(g: Box<GovernorDirect>) -> Box<GovernorDirect> {
+        black_box(g.check()).expect("admitted");
+        g
+    }
+
+    #[library_benchmark]
+    #[bench::op(setup = governor_direct)]
+    fn governor_check_n(g: Box<GovernorDirect>) -> Box<GovernorDirect> {
+        let n = std::num::NonZeroU32::new(black_box(N)).expect("non-zero");
+        black_box(g.check_n(n))
+            .expect("within the burst")
+            .expect("admitted");
+        g
+    }
+
+    #[library_benchmark]
+    #[bench::op(setup = governor_keyed)]
+    fn governor_keyed_check_1k(g: Box<GovernorKeyed>) -> Box<GovernorKeyed> {
+        black_box(g.check_key(&black_box(KEY))).expect("admitted");
+        g
+    }
+
+    #[library_benchmark]
     #[bench::op(setup = failsafe_default)]
     fn failsafe_breaker_default<F: failsafe::CircuitBreaker>(f: Box<F>) -> Box<F> {
         assert!(
@@ -333,7 +508,10 @@ mod harness {
             tenlives_bulkhead,
             tenlives_event_push,
             tenlives_throttle,
-            tenlives_retry_budget
+            tenlives_retry_budget,
+            tenlives_rate_check,
+            tenlives_rate_check_n,
+            tenlives_keyed_check_1k
     );
 
     library_benchmark_group!(
@@ -343,6 +521,9 @@ mod harness {
             failsafe_breaker_consecutive,
             tokio_semaphore,
             crossbeam_array_queue_force_push,
+            governor_direct_check,
+            governor_check_n,
+            governor_keyed_check_1k,
             floor_fetch_add
     );
 }

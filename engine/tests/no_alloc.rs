@@ -244,7 +244,11 @@ fn rate_limiters_never_allocate() {
             let _ = std::hint::black_box(direct.peek_n(2, now));
             let _ = std::hint::black_box(direct.earliest(5, now));
             if let Ok(r) = direct.reserve_n(2, now, Duration::from_millis(5)) {
-                if i.is_multiple_of(2) { r.cancel() } else { r.commit() }
+                if i.is_multiple_of(2) {
+                    r.cancel()
+                } else {
+                    r.commit()
+                }
             }
             let key = &keys[(i % 64) as usize];
             let _ = std::hint::black_box(keyed.check_key(key, now));
@@ -255,4 +259,58 @@ fn rate_limiters_never_allocate() {
         }
     });
     assert_eq!(n, 0, "rate limiting allocated {n} times");
+}
+
+/// Q7: once built, the admission queue allocates nothing: fast-path
+/// acquisitions and releases, enqueues, hand-overs, cancellations (before
+/// and after a grant), sheds, timeouts by poll and by sweep, and the
+/// `Acquire` future.
+#[test]
+fn the_admission_queue_never_allocates() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    use tenlives_engine::queue::{AdmissionQueue, Overload, QueueConfig};
+    use tenlives_engine::time::ManualClock;
+
+    let config = QueueConfig::weighted(3, &[1, 2])
+        .unwrap()
+        .overload(Overload::ShedOldest);
+    let queue = AdmissionQueue::new(Bulkhead::new(2).unwrap(), config);
+    let clock = ManualClock::new();
+    let waker = Waker::noop();
+    let mut cx = Context::from_waker(waker);
+    let n = allocations_during(|| {
+        for i in 0..5_000u64 {
+            let now = Timestamp::from_nanos(i * 10);
+            clock.advance_to(now);
+            let a = queue.try_acquire();
+            let mut future = std::pin::pin!(queue.acquire((i % 2) as u16, Timestamp::MAX, &clock));
+            let b = future.as_mut().poll(&mut cx);
+            // The bulkhead is full: these wait; the fourth sheds the oldest.
+            let mut waiters: [_; 4] = core::array::from_fn(|k| {
+                let deadline = Timestamp::from_nanos(i * 10 + if k == 1 { 5 } else { 1_000 });
+                queue.enqueue((k % 2) as u16, deadline, waker).ok()
+            });
+            std::hint::black_box(queue.expire(Timestamp::from_nanos(i * 10 + 5)));
+            drop(a); // hands over to a waiter
+            if let Some(w) = waiters[3].as_mut() {
+                let _ = std::hint::black_box(w.poll_permit(&mut cx, now));
+            }
+            if i % 2 == 0 {
+                drop(b); // granted permits go back, to the next waiter
+                let late = Timestamp::from_nanos(i * 10 + 2_000);
+                for w in waiters.iter_mut().flatten() {
+                    if !w.is_done() {
+                        let _ = std::hint::black_box(w.poll_permit(&mut cx, late)); // times out
+                    }
+                }
+            } else {
+                drop(waiters); // cancels the rest, passing on any grant
+                std::hint::black_box(matches!(b, Poll::Ready(Ok(_))));
+            }
+        }
+    });
+    assert_eq!(n, 0, "the admission queue allocated {n} times");
+    assert_eq!(queue.source().in_flight(), 0);
+    assert_eq!(queue.waiting(), 0);
 }

@@ -417,3 +417,30 @@ fn refusals_sheds_and_timeouts_are_reported() {
     assert_eq!(seen, [([1, 1], 0), ([2, 4], 7)]);
     drop(held);
 }
+
+/// A waker that panics when woken unwinds through the release that granted
+/// its waiter; the dispatcher role is given up, so the queue keeps working
+/// (the panicking waiter's slot stays in use).
+#[test]
+fn a_panicking_waker_does_not_stop_the_queue() {
+    struct Boom;
+    impl Wake for Boom {
+        fn wake(self: Arc<Self>) {
+            panic!("waker panicked");
+        }
+    }
+    let q = queue(1, QueueConfig::fifo(4).unwrap());
+    let held = q.try_acquire().unwrap();
+    let mut first = q
+        .enqueue(0, Timestamp::MAX, &Waker::from(Arc::new(Boom)))
+        .unwrap();
+    let mut second = enqueue(&q, 0);
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(held)));
+    assert!(unwound.is_err());
+    let p = granted(&mut first);
+    assert!(poll(&mut second).is_pending());
+    drop(p);
+    drop(granted(&mut second));
+    assert_eq!(q.source().in_flight(), 0);
+    assert_eq!(q.waiting(), 0);
+}

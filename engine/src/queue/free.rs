@@ -15,15 +15,15 @@
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
-use crossbeam_utils::CachePadded;
-
 use crate::sync::{AtomicU64, Ordering};
 
 const INDEX_MASK: u64 = 0xFFFF_FFFF;
 const TAG_ONE: u64 = 1 << 32;
 
+/// Its head is not padded: the queue keeps it on one cache line with the
+/// other words every slow-path operation writes.
 pub(super) struct FreeStack {
-    head: CachePadded<AtomicU64>,
+    head: AtomicU64,
     next: Box<[AtomicU64]>,
 }
 
@@ -34,7 +34,7 @@ impl FreeStack {
             .map(|i| AtomicU64::new(if i + 1 < len { i as u64 + 2 } else { 0 }))
             .collect();
         FreeStack {
-            head: CachePadded::new(AtomicU64::new(u64::from(len > 0))),
+            head: AtomicU64::new(u64::from(len > 0)),
             next: next.into_boxed_slice(),
         }
     }

@@ -34,8 +34,6 @@
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
-use crossbeam_utils::CachePadded;
-
 use crate::sync::{AtomicU64, Ordering, spin_hint};
 
 struct Cell {
@@ -43,8 +41,10 @@ struct Cell {
     notice: AtomicU64,
 }
 
+/// Its tail is not padded: the queue keeps it on one cache line with the
+/// other words every slow-path operation writes.
 pub(super) struct Mailbox {
-    tail: CachePadded<AtomicU64>,
+    tail: AtomicU64,
     cells: Box<[Cell]>,
     mask: u64,
 }
@@ -88,7 +88,7 @@ impl Mailbox {
             })
             .collect();
         Mailbox {
-            tail: CachePadded::new(AtomicU64::new(0)),
+            tail: AtomicU64::new(0),
             cells: cells.into_boxed_slice(),
             mask: capacity as u64 - 1,
         }

@@ -5,7 +5,7 @@
 //! A caller either gets a permit at once or waits in the queue, with a
 //! [`Waker`] and a deadline, and is woken when its turn comes, when it is
 //! shed to make room, or when a sweep finds its deadline passed. Waiting
-//! needs no runtime: [`Acquire`] is a plain [`Future`](core::future::Future)
+//! needs no runtime: [`Acquire`] is a plain [`Future`]
 //! over `core::task`, and the engine still reads no clock (the future asks
 //! the [`Clock`] it is given; [`AdmissionQueue::expire`] takes `now`).
 //!
@@ -105,22 +105,30 @@
 //!    the mailbox, a permit given back), then `ctl.fetch_add(1)`.
 //! 2. If the value before was 0, it now holds the role. Otherwise it
 //!    returns at once: the holder will run a pass for it.
-//! 3. The holder loops: it reads `ctl = n`, runs a pass (read every notice,
-//!    grant while the source has permits, shed beyond capacity), then
-//!    `ctl.fetch_sub(n)`. If the value before was exactly `n`, nobody asked
-//!    meanwhile and the counter is back to 0: the role is released.
-//!    Otherwise it runs another pass.
+//! 3. The holder loops: with `n` the requests it knows of, it runs a pass
+//!    (read every notice, grant while there are permits, shed beyond
+//!    capacity), then `ctl.fetch_sub(n)`. If the value before was exactly
+//!    `n`, nobody asked meanwhile and the counter is back to 0: the role is
+//!    released. Otherwise the difference is the requests that came during
+//!    the pass, and it runs another.
 //!
 //! So no thread ever waits for the role: a request is either served by the
-//! current holder (whose next `fetch_sub` sees it) or makes its requester
-//! the holder. The holder may run several passes in a row while others keep
+//! current holder (whose `fetch_sub` sees it) or makes its requester the
+//! holder. The holder may run several passes in a row while others keep
 //! asking; each pass does work bounded by the notices and permits there are.
+//! If a pass unwinds (a waker panicked), the role is given up on the way.
 //!
-//! A release racing an enqueue never strands a waiter. A releaser gives its
-//! permit back to the source, issues a `SeqCst` fence, and only then loads
-//! the number of queued waiters, asking for a pass if it is not zero. An
-//! enqueuer counts itself queued before asking for a pass, and every pass
-//! begins with a `SeqCst` fence before it tries the source. Of the two
+//! A releaser that sees waiters and finds the role free takes it with a
+//! compare-and-swap from 0 to 1 and hands its permit straight to the next
+//! waiter; otherwise the permit goes back to the source and, if anyone
+//! waits, a pass is requested that takes it from there. Either way, a
+//! permit that no waiter can use ends in the source.
+//!
+//! A release racing an enqueue never strands a waiter. A releaser that gives
+//! its permit back to the source then issues a `SeqCst` fence, and only then
+//! loads the number of queued waiters, asking for a pass if it is not zero.
+//! An enqueuer counts itself queued before asking for a pass, and a pass
+//! issues a `SeqCst` fence before it first tries the source. Of the two
 //! fences, one comes first: if it is the releaser's, the pass sees the
 //! permit given back; if it is the pass's, the releaser sees the waiter and
 //! asks for a pass, which sees the permit.
@@ -132,7 +140,8 @@
 //! of them wins. If the cancellation won, the dispatcher takes the permit
 //! back and offers it to the next waiter (or gives it back to the source);
 //! if the grant won, dropping the waiter releases the permit through the
-//! queue, to the next waiter.
+//! queue, to the next waiter. `docs/admission-queue.md` has the slot's state
+//! machine and the mailbox and free-stack protocols.
 //!
 //! # Cost
 //!
@@ -143,13 +152,17 @@
 //! - Dropping a [`QueuePermit`] when nobody waits: the source's release, a
 //!   `SeqCst` fence and one load.
 //! - Enqueueing, granting, cancelling and sweeping take no lock and allocate
-//!   nothing; all storage is allocated when the queue is built.
+//!   nothing; all storage is allocated when the queue is built. A wait
+//!   that ends in a hand-over (enqueue, the releaser's pass, the waiter's
+//!   poll that takes the permit) is a dozen read-modify-writes, all on the
+//!   queue's control line and the waiter's slot, and one `SeqCst` fence.
 //!
 //! The guarantees (Q1–Q7) and the tests that check each are in
 //! `docs/guarantees.md`; the design and measurements in
 //! `docs/admission-queue.md`.
 
 mod config;
+mod dispatch;
 mod free;
 mod mailbox;
 mod scheduler;
@@ -173,9 +186,7 @@ use crate::time::{Clock, Timestamp};
 use free::FreeStack;
 use mailbox::{Mailbox, Notice};
 use scheduler::Scheduler;
-use slot::{
-    GRANTED, NOTICE, OWN, SCHED, SHED_FULL, SHED_OLDEST, SHED_PRIORITY, Slot, TIMED_OUT, Word,
-};
+use slot::{NOTICE, OWN, SCHED, Slot, TIMED_OUT, Word};
 
 /// Something that hands out permits without waiting: what an
 /// [`AdmissionQueue`] stands in front of.
@@ -195,6 +206,8 @@ pub trait PermitSource {
     fn give_back(&self, permit: Self::Permit);
 }
 
+/// A bulkhead's permits. With an event sink, the bulkhead also reports the
+/// dispatcher's `try_take`s that find it full as rejections.
 impl<S: EventSink> PermitSource for Bulkhead<S> {
     type Permit = RawBulkheadPermit;
 
@@ -243,17 +256,13 @@ impl<T: PermitSource + ?Sized> PermitSource for alloc::sync::Arc<T> {
 /// All methods take `&self`; share it by reference or in an `Arc`. All its
 /// storage is allocated in [`new`](Self::new).
 pub struct AdmissionQueue<P: PermitSource, S: EventSink = NoSink> {
-    /// Dispatcher passes requested and not yet run; nonzero while a thread
-    /// holds the dispatcher role. See "The dispatcher".
-    ctl: CachePadded<AtomicU64>,
-    /// Slots the dispatcher still holds (`SCHED` set): an upper bound on the
-    /// waiters, exact whenever the dispatcher is idle. Read on every
-    /// `try_acquire` and release, written on enqueue and by the dispatcher.
-    queued: CachePadded<AtomicU64>,
+    /// The words every enqueue and every dispatcher pass write.
+    control: CachePadded<Control>,
     source: P,
-    free: FreeStack,
-    mailbox: Mailbox,
-    slots: Box<[Slot<P::Permit>]>,
+    /// Padded: two waiters' slots never share a cache line, so that a
+    /// waiter polling its slot does not slow down the grant of its
+    /// neighbour.
+    slots: Box<[CachePadded<Slot<P::Permit>>]>,
     /// Touched only by the holder of the dispatcher role.
     sched: ExclusiveCell<Scheduler>,
     config: QueueConfig,
@@ -274,6 +283,21 @@ where
     P::Permit: Send,
     S: EventSink + Sync,
 {
+}
+
+/// The queue's shared words, on one cache line of their own: an enqueue
+/// writes all four, a dispatcher pass most, so keeping them together costs
+/// one line transfer between cores where four lines would cost four. The
+/// fast path only reads `queued`, which no one writes while nobody waits.
+struct Control {
+    /// Dispatcher passes requested and not yet run; nonzero while a thread
+    /// holds the dispatcher role. See "The dispatcher".
+    ctl: AtomicU64,
+    /// Slots the dispatcher still counts as waiting: an upper bound on the
+    /// waiters, exact whenever the dispatcher is idle.
+    queued: AtomicU64,
+    free: FreeStack,
+    mailbox: Mailbox,
 }
 
 impl<P: PermitSource> AdmissionQueue<P> {
@@ -298,13 +322,16 @@ impl<P: PermitSource, S: EventSink> AdmissionQueue<P, S> {
     /// `source_id`.
     pub fn with_sink(source: P, config: QueueConfig, sink: S, source_id: u32) -> Self {
         let slots = 2 * config.capacity() as usize;
-        let storage: Vec<Slot<P::Permit>> = (0..slots).map(|_| Slot::new()).collect();
+        let storage: Vec<CachePadded<Slot<P::Permit>>> =
+            (0..slots).map(|_| CachePadded::new(Slot::new())).collect();
         AdmissionQueue {
-            ctl: CachePadded::new(AtomicU64::new(0)),
-            queued: CachePadded::new(AtomicU64::new(0)),
+            control: CachePadded::new(Control {
+                ctl: AtomicU64::new(0),
+                queued: AtomicU64::new(0),
+                free: FreeStack::full(slots),
+                mailbox: Mailbox::for_slots(slots),
+            }),
             source,
-            free: FreeStack::full(slots),
-            mailbox: Mailbox::for_slots(slots),
             slots: storage.into_boxed_slice(),
             sched: ExclusiveCell::new(Scheduler::new(slots, config.weights())),
             config,
@@ -333,7 +360,7 @@ impl<P: PermitSource, S: EventSink> AdmissionQueue<P, S> {
     /// cancelled or timed out.
     pub fn waiting(&self) -> u32 {
         // ordering: Relaxed; a report.
-        self.queued.load(Ordering::Relaxed) as u32
+        self.control.queued.load(Ordering::Relaxed) as u32
     }
 
     /// Takes a permit if one is free and nobody is waiting. Never waits and
@@ -348,7 +375,7 @@ impl<P: PermitSource, S: EventSink> AdmissionQueue<P, S> {
         // ordering: Relaxed; a stale count only decides whether this caller
         // goes before waiters it raced with, never whether a permit is
         // lost: the source's own atomics decide the grant.
-        let waiting = self.queued.load(Ordering::Relaxed);
+        let waiting = self.control.queued.load(Ordering::Relaxed);
         if waiting == 0
             && let Some(permit) = self.source.try_take()
         {
@@ -397,12 +424,12 @@ impl<P: PermitSource, S: EventSink> AdmissionQueue<P, S> {
         // ordering: Relaxed; an early, approximate refusal: the dispatcher
         // enforces the capacity exactly.
         if self.config.overload_policy() == Overload::ShedNewest
-            && self.queued.load(Ordering::Relaxed) >= u64::from(self.config.capacity())
+            && self.control.queued.load(Ordering::Relaxed) >= u64::from(self.config.capacity())
         {
             self.report(class, Rejected::QueueFull, Timestamp::ZERO);
             return Err(Rejected::QueueFull);
         }
-        let Some(index) = self.free.pop() else {
+        let Some(index) = self.control.free.pop() else {
             self.report(class, Rejected::QueueFull, Timestamp::ZERO);
             return Err(Rejected::QueueFull);
         };
@@ -424,10 +451,10 @@ impl<P: PermitSource, S: EventSink> AdmissionQueue<P, S> {
             .store(Word::waiting(generation).0, Ordering::Release);
         // ordering: Relaxed; ordered before the dispatcher's fence by the
         // request below (see "The dispatcher").
-        self.queued.fetch_add(1, Ordering::Relaxed);
-        self.mailbox.push(Notice::Arrival(index));
+        self.control.queued.fetch_add(1, Ordering::Relaxed);
+        self.control.mailbox.push(Notice::Arrival(index));
         self.request_pass();
-        Ok(Waiter::new(self, index, generation, class, deadline))
+        Ok(Waiter::new(self, index, generation, class, deadline, waker))
     }
 
     /// Times out every waiter whose deadline is at or before `now`: each is
@@ -456,7 +483,7 @@ impl<P: PermitSource, S: EventSink> AdmissionQueue<P, S> {
                 // ordering: Relaxed; written before WAITING was published.
                 let class = slot.class.load(Ordering::Relaxed) as u16;
                 self.report(class, Rejected::TimedOut, now);
-                self.mailbox.push(Notice::Retire(index));
+                self.control.mailbox.push(Notice::Retire(index));
                 expired += 1;
             }
         }
@@ -475,214 +502,44 @@ impl<P: PermitSource, S: EventSink> AdmissionQueue<P, S> {
         self.request_pass();
     }
 
-    /// Gives a permit back: to the source, then to the next waiter if there
-    /// is one (through a dispatcher pass).
+    /// Gives a permit back: to the next waiter if there is one, else to the
+    /// source.
+    ///
+    /// With waiters queued and the dispatcher idle, the releaser takes the
+    /// dispatcher role itself and hands its permit straight to the next
+    /// waiter, without the round trip through the source. Otherwise the
+    /// permit goes back to the source first, and then, if anyone waits, a
+    /// pass is requested (which takes it from the source again).
     #[inline]
     fn release(&self, permit: P::Permit) {
+        // ordering: Relaxed; only chooses the path, both are correct.
+        // Acquire on the role: as in `request_pass`.
+        if self.control.queued.load(Ordering::Relaxed) != 0
+            && self
+                .control
+                .ctl
+                .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.hold(1, Some(permit));
+            return;
+        }
         self.source.give_back(permit);
-        // ordering: SeqCst fence, pairs with the fence that begins every
-        // pass: either this load sees the count of a racing enqueuer, or
-        // that enqueuer's pass sees the permit we gave back.
+        // ordering: SeqCst fence, pairs with the fence a pass issues before
+        // it first tries the source: either this load sees the count of a
+        // racing enqueuer, or that enqueuer's pass sees the permit we gave
+        // back.
         fence(Ordering::SeqCst);
         // ordering: Relaxed; the fence above orders it.
-        if self.queued.load(Ordering::Relaxed) != 0 {
+        if self.control.queued.load(Ordering::Relaxed) != 0 {
             self.request_pass();
         }
     }
 
     /// Posts that `index` left `WAITING` without the dispatcher.
     fn retire(&self, index: usize) {
-        self.mailbox.push(Notice::Retire(index));
+        self.control.mailbox.push(Notice::Retire(index));
         self.request_pass();
-    }
-
-    fn request_pass(&self) {
-        // ordering: AcqRel. Release: the holder that counts this request
-        // sees what we published before it. Acquire: if we become the
-        // holder, we see the scheduler as the last holder left it.
-        if self.ctl.fetch_add(1, Ordering::AcqRel) == 0 {
-            self.hold();
-        }
-    }
-
-    /// Runs passes until no request is left. Called only by the thread
-    /// whose `fetch_add` found `ctl` at 0.
-    fn hold(&self) {
-        loop {
-            // ordering: Acquire, pairs with the Release of every request
-            // counted in `requests`.
-            let requests = self.ctl.load(Ordering::Acquire);
-            // SAFETY: `ctl` is nonzero from the `fetch_add` that made us the
-            // holder until the `fetch_sub` that brings it back to 0, and
-            // only the thread whose `fetch_add` found 0 calls `hold`, so no
-            // other thread is inside this cell. A re-entrant call (a waker
-            // that releases a permit) finds `ctl` nonzero and returns
-            // without touching it.
-            unsafe { self.sched.with_mut(|s| self.pass(s)) };
-            // ordering: AcqRel. Release: the next holder sees the scheduler
-            // as we leave it. Acquire: requests that came meanwhile are
-            // visible to the next pass.
-            if self.ctl.fetch_sub(requests, Ordering::AcqRel) == requests {
-                return;
-            }
-        }
-    }
-
-    /// One dispatcher pass: read the mailbox, grant what the source has,
-    /// shed beyond capacity.
-    fn pass(&self, s: &mut Scheduler) {
-        // ordering: SeqCst fence, pairs with the fence in `release` (see
-        // "The dispatcher"): a permit given back by a releaser that did not
-        // see our waiters is visible to the `try_take` below.
-        fence(Ordering::SeqCst);
-        while let Some(notice) = self.mailbox.pop(&mut s.mail_head) {
-            match notice {
-                Notice::Arrival(index) => self.arrived(s, index),
-                Notice::Retire(index) => self.retired(s, index),
-            }
-        }
-        self.grant(s);
-        self.shed(s);
-    }
-
-    fn arrived(&self, s: &mut Scheduler, index: usize) {
-        let slot = &self.slots[index];
-        // ordering: Acquire, pairs with the Release of the owner or sweeper
-        // that decided it already (then we drop it).
-        if Word(slot.word.load(Ordering::Acquire)).is_waiting() {
-            // ordering: Relaxed; the mailbox's Acquire made it visible.
-            let class = slot.class.load(Ordering::Relaxed) as usize;
-            s.push(index, class);
-        } else {
-            self.unqueue(index);
-        }
-    }
-
-    fn retired(&self, s: &mut Scheduler, index: usize) {
-        let mut bits = NOTICE;
-        if s.is_linked(index) {
-            s.remove(index);
-            // ordering: Relaxed; see `unqueue`.
-            self.queued.fetch_sub(1, Ordering::Relaxed);
-            bits |= SCHED;
-        }
-        if self.slots[index].release_refs(bits) {
-            self.free.push(index);
-        }
-    }
-
-    /// The dispatcher is done with `index`.
-    fn unqueue(&self, index: usize) {
-        // ordering: Relaxed; the count only has to include every waiter the
-        // dispatcher may still grant (see `release`), and this one is past.
-        self.queued.fetch_sub(1, Ordering::Relaxed);
-        if self.slots[index].release_refs(SCHED) {
-            self.free.push(index);
-        }
-    }
-
-    /// Grants permits from the source to waiters, in scheduling order,
-    /// while both last. The scheduler is asked for a waiter only with a
-    /// permit in hand, so its cursor moves only when something is granted.
-    fn grant(&self, s: &mut Scheduler) {
-        while s.len() > 0 {
-            let Some(mut permit) = self.source.try_take() else {
-                return;
-            };
-            loop {
-                let Some(index) = s.pick() else {
-                    // Everyone linked had been cancelled or timed out.
-                    self.source.give_back(permit);
-                    return;
-                };
-                match self.hand_over(index, permit) {
-                    Ok(()) => {
-                        s.served(index);
-                        self.slots[index].waker.wake();
-                        self.unqueue(index);
-                        break;
-                    }
-                    Err(back) => {
-                        // Cancelled or timed out meanwhile: next one.
-                        permit = back;
-                        s.remove(index);
-                        self.unqueue(index);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Puts `permit` in the slot and moves it to `GRANTED`, or hands the
-    /// permit back if the slot was decided by someone else first.
-    fn hand_over(&self, index: usize, permit: P::Permit) -> Result<(), P::Permit> {
-        let slot = &self.slots[index];
-        // ordering: Relaxed; the compare-and-swap below decides.
-        let word = Word(slot.word.load(Ordering::Relaxed));
-        if !word.is_waiting() {
-            return Err(permit);
-        }
-        // SAFETY: the owner touches the permit cell only after it sees
-        // GRANTED, which only our compare-and-swap below can set; the slot
-        // is linked, so no other dispatcher use of it is live.
-        unsafe { slot.permit.with_mut(|cell| *cell = Some(permit)) };
-        // ordering: Release on success, pairs with the owner's Acquire load
-        // of GRANTED: it finds the permit in the cell. Relaxed on failure.
-        match slot.word.compare_exchange(
-            word.0,
-            word.decided(GRANTED, OWN | SCHED).0,
-            Ordering::Release,
-            Ordering::Relaxed,
-        ) {
-            Ok(_) => Ok(()),
-            Err(_) => {
-                // SAFETY: not GRANTED, so the cell is still ours alone.
-                match unsafe { slot.permit.with_mut(Option::take) } {
-                    Some(permit) => Err(permit),
-                    None => unreachable!("the permit was put there just above"),
-                }
-            }
-        }
-    }
-
-    /// Sheds waiters by the overload policy until the queue is within its
-    /// capacity.
-    fn shed(&self, s: &mut Scheduler) {
-        let policy = self.config.overload_policy();
-        let (phase, reason) = match policy {
-            Overload::ShedNewest => (SHED_FULL, Rejected::QueueFull),
-            Overload::ShedOldest => (SHED_OLDEST, Rejected::ShedOldest),
-            Overload::ShedLowestPriority => (SHED_PRIORITY, Rejected::ShedLowPriority),
-        };
-        while s.len() > self.config.capacity() as usize {
-            let Some(index) = s.victim(policy) else {
-                return;
-            };
-            s.remove(index);
-            let slot = &self.slots[index];
-            // ordering: Relaxed; the compare-and-swap below decides.
-            let word = Word(slot.word.load(Ordering::Relaxed));
-            // ordering: Release on success, pairs with the owner's Acquire
-            // load of the verdict. A failure means it was cancelled or timed
-            // out meanwhile: removing it was enough.
-            if word.is_waiting()
-                && slot
-                    .word
-                    .compare_exchange(
-                        word.0,
-                        word.decided(phase, OWN | SCHED).0,
-                        Ordering::Release,
-                        Ordering::Relaxed,
-                    )
-                    .is_ok()
-            {
-                slot.waker.wake();
-                // ordering: Relaxed; written before WAITING was published.
-                let class = slot.class.load(Ordering::Relaxed) as u16;
-                self.report(class, reason, Timestamp::ZERO);
-            }
-            self.unqueue(index);
-        }
     }
 
     /// Emits a `QUEUE_REJECTED` event.

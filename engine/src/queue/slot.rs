@@ -31,7 +31,7 @@
 //! | `WAITING` → `TIMED_OUT`, `+ NOTICE`          | a sweeper (`expire`) | compare-and-swap |
 //! | `WAITING` → `TIMED_OUT`, `- OWN + NOTICE`    | the owner, past its deadline | compare-and-swap |
 //! | `WAITING` → `CANCELLED`, `- OWN + NOTICE`    | the owner, dropped  | compare-and-swap |
-//! | clear `OWN` / `SCHED` / `NOTICE`             | owner / dispatcher / dispatcher | `fetch_and` |
+//! | clear `OWN` / `SCHED` / `NOTICE`             | owner / dispatcher / dispatcher | `fetch_and`, or a store by the last holder |
 //!
 //! Every move out of `WAITING` is one compare-and-swap from the exact word
 //! `(generation, WAITING, OWN + SCHED)`, so exactly one party decides a
@@ -131,13 +131,28 @@ impl<T> Slot<T> {
 
     /// Clears `bits` of the reference bits; returns whether they were the
     /// last ones (the caller must then free the slot).
+    ///
+    /// Reference bits are only ever cleared once the slot has left
+    /// `WAITING` (nothing sets them again before the slot is reused), so a
+    /// party that sees only its own bits left is the last one, and nobody
+    /// else writes the word: a plain store then does, saving the
+    /// read-modify-write.
     #[inline]
     pub(super) fn release_refs(&self, bits: u64) -> bool {
+        // ordering: Acquire, pairs with the Release of the other parties'
+        // clears: if we are the last, we see what they did before we free.
+        let current = self.word.load(Ordering::Acquire);
+        debug_assert_eq!(current & bits, bits, "reference bits cleared twice");
+        if current & REFS == bits {
+            // ordering: Release; the free stack's push (Release) publishes
+            // the slot to its next user anyway.
+            self.word.store(current & !bits, Ordering::Release);
+            return true;
+        }
         // ordering: AcqRel. Release: everything this party did with the slot
         // happens before the slot is reused. Acquire: the party that clears
         // the last bit (and frees the slot) sees what the others did.
         let before = self.word.fetch_and(!bits, Ordering::AcqRel);
-        debug_assert_eq!(before & bits, bits, "reference bits cleared twice");
         before & REFS == bits
     }
 }
@@ -219,9 +234,12 @@ impl WakerCell {
         if self.state.fetch_or(WAKING, Ordering::AcqRel) == IDLE {
             // SAFETY: we moved the state from IDLE to WAKING: the cell is ours.
             let waker = unsafe { self.waker.with_mut(Option::take) };
+            // A plain store: while WAKING is set (and REGISTERING is not),
+            // nobody else changes the state (`enter` fails, and `leave` only
+            // follows a successful `enter`).
             // ordering: Release, pairs with the Acquire of the owner's next
             // `enter`: our take happens before its access.
-            self.state.fetch_and(!WAKING, Ordering::Release);
+            self.state.store(IDLE, Ordering::Release);
             if let Some(waker) = waker {
                 waker.wake();
             }

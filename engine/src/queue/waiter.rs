@@ -4,7 +4,7 @@
 use core::fmt;
 use core::future::Future;
 use core::pin::Pin;
-use core::task::{Context, Poll};
+use core::task::{Context, Poll, Waker};
 
 use super::config::Rejected;
 use super::slot::{
@@ -64,8 +64,19 @@ pub struct Waiter<'q, P: PermitSource, S: EventSink = NoSink> {
     generation: u32,
     class: u16,
     deadline: Timestamp,
+    /// The identity (data and vtable addresses) of the waker in the slot,
+    /// as `Waker::will_wake` compares them: a poll with the same waker
+    /// skips registering it again.
+    registered: (usize, usize),
     /// The slot is no longer ours: a verdict was returned.
     done: bool,
+}
+
+fn identity(waker: &Waker) -> (usize, usize) {
+    (
+        waker.data() as usize,
+        core::ptr::from_ref(waker.vtable()) as usize,
+    )
 }
 
 impl<P: PermitSource, S: EventSink> fmt::Debug for Waiter<'_, P, S> {
@@ -85,6 +96,7 @@ impl<'q, P: PermitSource, S: EventSink> Waiter<'q, P, S> {
         generation: u32,
         class: u16,
         deadline: Timestamp,
+        waker: &Waker,
     ) -> Self {
         Waiter {
             queue,
@@ -92,6 +104,7 @@ impl<'q, P: PermitSource, S: EventSink> Waiter<'q, P, S> {
             generation,
             class,
             deadline,
+            registered: identity(waker),
             done: false,
         }
     }
@@ -130,7 +143,14 @@ impl<'q, P: PermitSource, S: EventSink> Waiter<'q, P, S> {
         if now >= self.deadline {
             return Poll::Ready(self.time_out(now));
         }
+        let waker = identity(cx.waker());
+        if waker == self.registered {
+            // The slot holds this task's waker already: whoever decides the
+            // slot will wake it.
+            return Poll::Pending;
+        }
         self.queue.slots[self.index].waker.register(cx.waker());
+        self.registered = waker;
         // Read again: a decision that raced the registration is visible now
         // (see `WakerCell`).
         match self.verdict() {
@@ -140,7 +160,7 @@ impl<'q, P: PermitSource, S: EventSink> Waiter<'q, P, S> {
     }
 
     /// The verdict, if the slot was decided; then the slot is released.
-    fn verdict(&mut self) -> Option<Result<QueuePermit<'q, P, S>, Rejected>> {
+    pub(super) fn verdict(&mut self) -> Option<Result<QueuePermit<'q, P, S>, Rejected>> {
         let slot = &self.queue.slots[self.index];
         // ordering: Acquire, pairs with the Release of the deciding
         // compare-and-swap: GRANTED comes with the permit in the cell.
@@ -163,10 +183,12 @@ impl<'q, P: PermitSource, S: EventSink> Waiter<'q, P, S> {
             FREE | CANCELLED => unreachable!("only the owner frees or cancels its slot"),
             _ => unreachable!("three phase bits, eight phases"),
         };
-        slot.waker.clear();
+        // The waker cell needs no clearing: whoever decided the slot wakes
+        // it, which takes the waker out (or leaves it to a racing
+        // registration, which takes it out itself).
         self.done = true;
         if slot.release_refs(super::slot::OWN) {
-            self.queue.free.push(self.index);
+            self.queue.control.free.push(self.index);
         }
         Some(verdict)
     }
@@ -304,11 +326,15 @@ impl<'q, P: PermitSource, S: EventSink, C: Clock + Unpin> Future for Acquire<'q,
                 } else {
                     match this.queue.enqueue(this.class, this.deadline, cx.waker()) {
                         Err(rejected) => Poll::Ready(Err(rejected)),
-                        Ok(mut waiter) => {
-                            let poll = waiter.poll_permit(cx, now);
-                            this.state = State::Waiting(waiter);
-                            poll
-                        }
+                        // `enqueue` stored the waker; its pass may have
+                        // decided the waiter already.
+                        Ok(mut waiter) => match waiter.verdict() {
+                            Some(verdict) => Poll::Ready(verdict),
+                            None => {
+                                this.state = State::Waiting(waiter);
+                                Poll::Pending
+                            }
+                        },
                     }
                 }
             }

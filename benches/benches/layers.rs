@@ -1,0 +1,399 @@
+//! The tower layers around a service that does nothing: tenlives beside
+//! tower's own layers and tower-resilience 0.13.
+//!
+//! What is measured, per request: `ready().await` then `call(i).await` on a
+//! service whose response future is ready at once (`Noop`), in a loop inside
+//! one `block_on` of a current-thread tokio runtime (the clock is tokio's
+//! real one, not paused). The bare service is the floor; each figure minus
+//! the floor is what the layer adds to a request.
+//!
+//! - `layers/stack`: the whole stack, outermost to innermost timeout (1 s),
+//!   retry (exponential backoff, 3 retries, a retry budget), circuit breaker
+//!   (failure rate over a time window) and concurrency limit (1000), never
+//!   tripped, never full, never retrying. Subjects: tenlives' `StackLayer`
+//!   (one layer, one future); the same four tenlives layers stacked one on
+//!   another (`tenlives_layers`); tower-resilience's `TimeLimiter`, `Retry`,
+//!   `CircuitBreaker` and `Bulkhead` stacked the same way; and `bare`. On 1
+//!   thread and on 2 threads sharing one stack (each thread with its own
+//!   runtime and its own clone of the service; reported as nanoseconds per
+//!   request per thread, as in the other benches).
+//! - `layers/concurrency_limit`: tenlives `ConcurrencyLimitLayer` (rejects
+//!   when full), tower's `ConcurrencyLimit` (waits in `poll_ready`),
+//!   tower-resilience's `Bulkhead`. Limit 1000, never reached. 1 and 2 threads.
+//! - `layers/timeout`: tenlives `TimeoutLayer`, tower's `Timeout`,
+//!   tower-resilience's `TimeLimiter`, 1 s, never reached. tenlives makes its
+//!   `Sleep` only when the call returns `Pending`, so around `Noop` it only
+//!   reads the clock; `timeout_pending_once` measures the same layers around
+//!   a service that returns `Pending` once first, which makes and registers
+//!   every layer's timer.
+//! - `layers/breaker`: tenlives `CircuitBreakerLayer`, tower-resilience's
+//!   `CircuitBreaker`, closed, every call a success.
+//! - `layers/retry`: tenlives `RetryLayer`, tower-resilience's `Retry`, no
+//!   call failing (the cost of being ready to retry).
+//! - `layers/rate_limit` (reference only; tenlives has no rate-limit layer
+//!   here): tower's `RateLimit`, at a rate never reached.
+//!
+//! ninelives 0.2, the other peer named in the design, is not here: it pins
+//! tokio to `~1.48`, which would move the whole workspace's tokio back.
+
+use std::future::{Ready, ready};
+use std::hint::black_box;
+use std::sync::Barrier;
+use std::task::{Context, Poll};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker};
+use tenlives_engine::bulkhead::Bulkhead;
+use tenlives_engine::retry::{Backoff, RetryBudget, RetryBudgetConfig};
+use tenlives_tokio::{
+    CircuitBreakerLayer, ConcurrencyLimitLayer, RetryLayer, RetryPolicy, StackLayer, TimeoutLayer,
+};
+use tokio::runtime::Runtime;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+
+mod support;
+
+/// The limit of every concurrency limit: never reached.
+const LIMIT: u32 = 1000;
+/// Every timeout: never reached.
+const TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A service that answers at once and allocates nothing.
+#[derive(Clone, Copy, Debug)]
+struct Noop;
+
+impl Service<u64> for Noop {
+    type Response = u64;
+    type Error = std::convert::Infallible;
+    type Future = Ready<Result<u64, Self::Error>>;
+
+    #[inline]
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    #[inline]
+    fn call(&mut self, req: u64) -> Self::Future {
+        ready(Ok(req))
+    }
+}
+
+/// A service that returns `Pending` once (waking itself) before answering,
+/// so that a timeout layer has to arm its timer.
+#[derive(Clone, Copy, Debug)]
+struct PendingOnce;
+
+/// The future of [`PendingOnce`].
+struct Later(u64, bool);
+
+impl std::future::Future for Later {
+    type Output = Result<u64, std::convert::Infallible>;
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.1 {
+            Poll::Ready(Ok(self.0))
+        } else {
+            self.1 = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+}
+
+impl Service<u64> for PendingOnce {
+    type Response = u64;
+    type Error = std::convert::Infallible;
+    type Future = Later;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: u64) -> Later {
+        Later(req, false)
+    }
+}
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime")
+}
+
+/// `iters` requests through `svc`, one after another; each must succeed.
+async fn drive<S: Service<u64>>(svc: &mut S, iters: u64) {
+    for i in 0..iters {
+        let Ok(ready) = svc.ready().await else {
+            panic!("the service failed in poll_ready")
+        };
+        let answered = ready.call(black_box(i)).await.is_ok();
+        assert!(black_box(answered), "the request failed");
+    }
+}
+
+/// The wall time of `iters` requests through `svc` on `rt`.
+fn time_on<S: Service<u64>>(rt: &Runtime, svc: &mut S, iters: u64) -> Duration {
+    rt.block_on(async {
+        let began = Instant::now();
+        drive(svc, iters).await;
+        began.elapsed()
+    })
+}
+
+/// Two threads, each with its own runtime and its own clone of `svc`, do
+/// `iters` requests each, started together; the wall time from the first
+/// start to the last end (divided by `iters`: time per request per thread).
+fn two_threads<S>(svc: &S, iters: u64) -> Duration
+where
+    S: Service<u64> + Clone + Send,
+{
+    let barrier = Barrier::new(2);
+    let spans: Vec<(Instant, Instant)> = thread::scope(|scope| {
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let mut svc = svc.clone();
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    let rt = runtime();
+                    rt.block_on(async {
+                        barrier.wait();
+                        let began = Instant::now();
+                        drive(&mut svc, iters).await;
+                        (began, Instant::now())
+                    })
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("worker panicked"))
+            .collect()
+    });
+    let first_start = spans.iter().map(|s| s.0).min().expect("two spans");
+    let last_end = spans.iter().map(|s| s.1).max().expect("two spans");
+    last_end - first_start
+}
+
+fn breaker() -> CircuitBreaker {
+    CircuitBreaker::new(BreakerConfig::default())
+}
+
+fn backoff() -> Backoff {
+    Backoff::exponential(Duration::from_millis(100), 2.0, Duration::from_secs(2))
+        .expect("a valid backoff")
+        .with_max_retries(3)
+}
+
+fn retry_policy() -> RetryPolicy {
+    RetryPolicy::new(backoff(), RetryBudget::new(RetryBudgetConfig::default()))
+}
+
+/// tenlives' combined stack around `inner`.
+fn tenlives_stack<S>(inner: S) -> impl Service<u64, Error = impl std::fmt::Debug> + Clone + Send
+where
+    S: Service<u64, Response = u64, Error = std::convert::Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    StackLayer::builder()
+        .timeout(TIMEOUT)
+        .retry(retry_policy())
+        .circuit_breaker(breaker())
+        .concurrency_limit(Bulkhead::new(LIMIT).expect("a valid limit"))
+        .build()
+        .layer(inner)
+}
+
+/// The four tenlives layers, one on another.
+fn tenlives_layers<S>(inner: S) -> impl Service<u64> + Clone + Send
+where
+    S: Service<u64, Response = u64, Error = std::convert::Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    ServiceBuilder::new()
+        .layer(TimeoutLayer::new(TIMEOUT))
+        .layer(RetryLayer::new(retry_policy()))
+        .layer(CircuitBreakerLayer::new(breaker()))
+        .layer(ConcurrencyLimitLayer::new(
+            Bulkhead::new(LIMIT).expect("a valid limit"),
+        ))
+        .service(inner)
+}
+
+mod peer {
+    //! tower-resilience's layers, configured like tenlives' above.
+
+    use super::*;
+    use tower_resilience::bulkhead::{BulkheadLayer, BulkheadServiceError};
+    use tower_resilience::circuitbreaker::{CircuitBreakerError, CircuitBreakerLayer};
+    use tower_resilience::retry::RetryLayer;
+    use tower_resilience::timelimiter::TimeLimiterLayer;
+
+    type Inner = std::convert::Infallible;
+
+    pub fn bulkhead() -> BulkheadLayer {
+        BulkheadLayer::builder()
+            .max_concurrent_calls(LIMIT as usize)
+            .build()
+            .expect("a valid bulkhead")
+    }
+
+    pub fn breaker() -> CircuitBreakerLayer<tower_resilience::circuitbreaker::DefaultClassifier> {
+        CircuitBreakerLayer::builder()
+            .failure_rate_threshold(0.5)
+            .sliding_window_size(100)
+            .build()
+            .expect("a valid breaker")
+    }
+
+    pub fn timeout() -> TimeLimiterLayer<tower_resilience::timelimiter::FixedTimeout> {
+        TimeLimiterLayer::builder()
+            .timeout_duration(TIMEOUT)
+            .build()
+    }
+
+    pub fn retry<E>() -> RetryLayer<u64, u64, E> {
+        RetryLayer::<u64, u64, E>::builder()
+            .max_attempts(4)
+            .exponential_backoff(Duration::from_millis(100))
+            .build()
+    }
+
+    /// Timeout, retry, breaker, bulkhead, around `inner`.
+    pub fn stack<S>(inner: S) -> impl Service<u64> + Clone + Send
+    where
+        S: Service<u64, Response = u64, Error = Inner> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        ServiceBuilder::new()
+            .layer(timeout())
+            .layer(retry::<CircuitBreakerError<BulkheadServiceError<Inner>>>())
+            .layer(breaker())
+            .layer(bulkhead())
+            .service(inner)
+    }
+}
+
+/// Benches `make()`'s service on 1 thread.
+fn one_thread<S: Service<u64>>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    make: impl Fn() -> S,
+) {
+    let rt = runtime();
+    // Some layers (tower's `RateLimit`) make a timer when they are built.
+    let _in_runtime = rt.enter();
+    let mut svc = make();
+    // Sanity: the service answers (and warms its stripes and the timer).
+    time_on(&rt, &mut svc, 100);
+    group.bench_function(format!("{name}/1_thread"), |b| {
+        b.iter_custom(|iters| time_on(&rt, &mut svc, iters));
+    });
+}
+
+/// Benches `make()`'s service on 1 thread and on 2 sharing it.
+fn both<S>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    make: impl Fn() -> S,
+) where
+    S: Service<u64> + Clone + Send,
+{
+    one_thread(group, name, &make);
+    let shared = make();
+    group.bench_function(format!("{name}/2_threads"), |b| {
+        b.iter_custom(|iters| two_threads(&shared, iters));
+    });
+}
+
+fn bench_stack(c: &mut Criterion) {
+    let mut group = c.benchmark_group("layers/stack");
+    both(&mut group, "bare", || Noop);
+    both(&mut group, "tenlives_stack", || tenlives_stack(Noop));
+    both(&mut group, "tenlives_layers", || tenlives_layers(Noop));
+    both(&mut group, "tower_resilience", || peer::stack(Noop));
+    group.finish();
+}
+
+fn bench_concurrency_limit(c: &mut Criterion) {
+    let mut group = c.benchmark_group("layers/concurrency_limit");
+    both(&mut group, "tenlives", || {
+        ConcurrencyLimitLayer::new(Bulkhead::new(LIMIT).expect("a valid limit")).layer(Noop)
+    });
+    both(&mut group, "tower", || {
+        tower::limit::ConcurrencyLimitLayer::new(LIMIT as usize).layer(Noop)
+    });
+    both(&mut group, "tower_resilience", || {
+        peer::bulkhead().layer(Noop)
+    });
+    group.finish();
+}
+
+fn bench_timeout(c: &mut Criterion) {
+    let mut group = c.benchmark_group("layers/timeout");
+    one_thread(&mut group, "tenlives", || {
+        TimeoutLayer::new(TIMEOUT).layer(Noop)
+    });
+    one_thread(&mut group, "tower", || {
+        tower::timeout::TimeoutLayer::new(TIMEOUT).layer(Noop)
+    });
+    one_thread(&mut group, "tower_resilience", || {
+        peer::timeout().layer(Noop)
+    });
+    one_thread(&mut group, "bare_pending_once", || PendingOnce);
+    one_thread(&mut group, "tenlives_pending_once", || {
+        TimeoutLayer::new(TIMEOUT).layer(PendingOnce)
+    });
+    one_thread(&mut group, "tower_pending_once", || {
+        tower::timeout::TimeoutLayer::new(TIMEOUT).layer(PendingOnce)
+    });
+    one_thread(&mut group, "tower_resilience_pending_once", || {
+        peer::timeout().layer(PendingOnce)
+    });
+    group.finish();
+}
+
+fn bench_breaker(c: &mut Criterion) {
+    let mut group = c.benchmark_group("layers/breaker");
+    one_thread(&mut group, "tenlives", || {
+        CircuitBreakerLayer::new(breaker()).layer(Noop)
+    });
+    one_thread(&mut group, "tower_resilience", || {
+        peer::breaker().layer(Noop)
+    });
+    group.finish();
+}
+
+fn bench_retry(c: &mut Criterion) {
+    let mut group = c.benchmark_group("layers/retry");
+    one_thread(&mut group, "tenlives", || {
+        RetryLayer::new(retry_policy()).layer(Noop)
+    });
+    one_thread(&mut group, "tower_resilience", || {
+        peer::retry::<std::convert::Infallible>().layer(Noop)
+    });
+    group.finish();
+}
+
+fn bench_rate_limit(c: &mut Criterion) {
+    let mut group = c.benchmark_group("layers/rate_limit");
+    one_thread(&mut group, "tower_reference", || {
+        tower::limit::RateLimitLayer::new(u64::MAX, Duration::from_secs(1)).layer(Noop)
+    });
+    group.finish();
+}
+
+/// The harness. A module of its own because `criterion_group!` makes a `pub`
+/// function it cannot document; here it is not exported, so it needs no doc.
+mod harness {
+    use super::*;
+
+    criterion_group! {
+        name = benches;
+        config = support::config();
+        targets = bench_stack, bench_concurrency_limit, bench_timeout, bench_breaker,
+            bench_retry, bench_rate_limit
+    }
+}
+criterion_main!(harness::benches);
