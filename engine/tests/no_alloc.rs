@@ -6,8 +6,6 @@
 //! bucket rolls and idle gaps; backoff iteration; event-ring pushes and reads;
 //! throttle admissions; and adaptive-limiter calls across window closes.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::time::Duration;
 
 use tenlives_engine::adaptive::{AdaptiveLimiter, Aimd, WindowConfig};
@@ -17,48 +15,10 @@ use tenlives_engine::events::{Event, EventKind, EventRing};
 use tenlives_engine::retry::{Backoff, RetryBudget, RetryBudgetConfig};
 use tenlives_engine::throttle::{Throttle, ThrottleConfig};
 use tenlives_engine::time::Timestamp;
-
-struct Counting;
-
-std::thread_local! {
-    // A const-initialised `Cell<usize>` has no destructor and needs no lazy
-    // initialisation, so the allocator can touch it without allocating.
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-}
-
-fn count() {
-    // `try_with`: during thread teardown the slot may be gone; then don't count.
-    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-}
-
-// SAFETY: forwards every call unchanged to the system allocator; it only
-// counts allocations on the side, without allocating.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which we pass on.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System.alloc` with this layout (above).
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: the caller upholds `GlobalAlloc::realloc`'s contract, which we pass on.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use tenlives_test_support::{CountingAllocator, allocations_during};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Allocations this thread made while running `f`.
-fn allocations_during(f: impl FnOnce()) -> usize {
-    let before = ALLOCATIONS.with(Cell::get);
-    f();
-    ALLOCATIONS.with(Cell::get) - before
-}
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 fn drive(b: &CircuitBreaker, start: u64, calls: u64) {
     for i in 0..calls {
