@@ -55,16 +55,28 @@ fn direct_limiter_conserves_tokens_across_threads() {
     let limiter = RateLimiter::new(quota());
     let clock = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
+    // Reservations in progress. A cancel gives tokens back, but never more than
+    // the burst: a reservation cancelled after time moved on can lose
+    // tokens to that cap (L3), so time moves only between calls.
+    let outstanding = AtomicU64::new(0);
     let (kept, end) = thread::scope(|s| {
         let workers: Vec<_> = (0..THREADS)
             .map(|w| {
-                let (limiter, clock, stop) = (&limiter, &clock, &stop);
+                let (limiter, clock, stop, outstanding) = (&limiter, &clock, &stop, &outstanding);
                 s.spawn(move || {
                     let mut next = rng(w as u64 + 1);
                     let mut kept = 0u64;
                     while !stop.load(Ordering::SeqCst) {
+                        let op = next() % 4;
+                        let reserving = op >= 2;
+                        if reserving {
+                            // Announced before reading the clock, so the
+                            // driver never moves time on under an open
+                            // reservation.
+                            outstanding.fetch_add(1, Ordering::SeqCst);
+                        }
                         let now = Timestamp::from_nanos(clock.load(Ordering::SeqCst));
-                        match next() % 4 {
+                        match op {
                             0 => kept += u64::from(limiter.check(now).is_ok()),
                             1 => {
                                 let n = 1 + (next() % 3) as u32;
@@ -84,12 +96,17 @@ fn direct_limiter_conserves_tokens_across_threads() {
                                 }
                             }
                         }
+                        if reserving {
+                            outstanding.fetch_sub(1, Ordering::SeqCst);
+                        }
                     }
                     kept
                 })
             })
             .collect();
-        let end = drive(&clock, &stop, |now| limiter.available(now) == 0);
+        let end = drive(&clock, &stop, |now| {
+            outstanding.load(Ordering::SeqCst) == 0 && limiter.available(now) == 0
+        });
         let kept: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
         (kept, end)
     });
