@@ -3,7 +3,7 @@
 //! the request, e.g. a client address or an API key).
 //!
 //! Both reject at once when the tokens are not there, with
-//! [`RejectionReason::RateLimited`] and the time after which a token will be
+//! [`RejectionReason::RateLimited`](crate::RejectionReason::RateLimited) and the time after which a token will be
 //! (`retry_after`, for an HTTP `Retry-After`). Unlike tower's `RateLimit`,
 //! nothing waits in `poll_ready`: a rate limit in front of a service sheds
 //! the excess instead of queueing it. Tokens are spent when the request is
