@@ -160,7 +160,7 @@ pub(crate) fn trip_label(reason: Option<TripReason>) -> &'static str {
 
 /// The tenlives event kinds this module knows, in the order of
 /// [`kind_index`], with their label names.
-pub(crate) const KNOWN_KINDS: [(EventKind, &str); 14] = [
+pub(crate) const KNOWN_KINDS: [(EventKind, &str); 15] = [
     (EventKind::BREAKER_OPENED, "breaker_opened"),
     (EventKind::BREAKER_HALF_OPENED, "breaker_half_opened"),
     (EventKind::BREAKER_CLOSED, "breaker_closed"),
@@ -175,6 +175,7 @@ pub(crate) const KNOWN_KINDS: [(EventKind, &str); 14] = [
     (EventKind::RATE_LIMITED, "rate_limited"),
     (EventKind::KEYED_TABLE_FULL, "keyed_table_full"),
     (EventKind::CONFIG_CHANGED, "config_changed"),
+    (EventKind::QUEUE_REJECTED, "queue_rejected"),
 ];
 
 /// The position of a known kind in [`KNOWN_KINDS`].
@@ -195,6 +196,7 @@ pub(crate) fn kind_index(kind: EventKind) -> Option<usize> {
         EventKind::RATE_LIMITED => 11,
         EventKind::KEYED_TABLE_FULL => 12,
         EventKind::CONFIG_CHANGED => 13,
+        EventKind::QUEUE_REJECTED => 14,
         _ => return None,
     })
 }
