@@ -50,7 +50,7 @@ use tower_service::Service;
 
 use crate::classify::{Classify, DefaultClassifier};
 use crate::clock::TokioClock;
-use crate::error::{Rejection, TenlivesError};
+use crate::error::{Rejection, TenlivesError, take_rejection};
 
 /// A policy that admits or rejects each request and hears how it went.
 ///
@@ -423,12 +423,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let Some(inner) = this.inner.as_mut().as_pin_mut() else {
-            return match this.rejection.take() {
-                Some(rejection) => Poll::Ready(Err(TenlivesError::Rejected(rejection))),
-                // Polled after completion: the contract makes that the
-                // caller's bug; stay pending rather than invent a result.
-                None => Poll::Pending,
-            };
+            return take_rejection(this.rejection);
         };
         // A panic here unwinds through this future; dropping it releases.
         let result = std::task::ready!(inner.poll(cx));

@@ -97,6 +97,19 @@ impl Rejection {
     }
 }
 
+/// What a response future that refused its request resolves to: the
+/// rejection the first time; if polled again after that (which the `Future`
+/// contract makes the caller's bug) it stays pending rather than invent a
+/// result.
+pub(crate) fn take_rejection<T, E>(
+    slot: &mut Option<Rejection>,
+) -> std::task::Poll<Result<T, TenlivesError<E>>> {
+    match slot.take() {
+        Some(rejection) => std::task::Poll::Ready(Err(TenlivesError::Rejected(rejection))),
+        None => std::task::Poll::Pending,
+    }
+}
+
 impl From<breaker::Rejected> for Rejection {
     fn from(r: breaker::Rejected) -> Self {
         Rejection::new(RejectionReason::CircuitBreaker(r.reason()), r.retry_after())

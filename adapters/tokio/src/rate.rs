@@ -48,7 +48,7 @@ use tower_service::Service;
 use crate::admission::{Admission, AdmissionLayer, AdmissionService};
 use crate::classify::DefaultClassifier;
 use crate::clock::TokioClock;
-use crate::error::{Rejection, TenlivesError};
+use crate::error::{Rejection, TenlivesError, take_rejection};
 
 impl<Snk: EventSink> Admission for RateLimiter<Snk> {
     /// Tokens are spent on admission; nothing is held.
@@ -193,11 +193,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             KeyedProj::Admitted { inner } => inner.poll(cx).map_err(TenlivesError::Inner),
-            KeyedProj::Refused { rejection } => Poll::Ready(Err(TenlivesError::Rejected(
-                rejection
-                    .take()
-                    .expect("a refused future is polled after completion"),
-            ))),
+            KeyedProj::Refused { rejection } => take_rejection(rejection),
         }
     }
 }

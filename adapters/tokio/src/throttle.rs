@@ -45,7 +45,7 @@ use tower_service::Service;
 
 use crate::classify::{Classify, DefaultClassifier};
 use crate::clock::TokioClock;
-use crate::error::{Rejection, TenlivesError};
+use crate::error::{Rejection, TenlivesError, take_rejection};
 
 struct Shared<K, Snk: EventSink> {
     throttle: Throttle<Snk>,
@@ -258,10 +258,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let Some(inner) = this.inner.as_mut().as_pin_mut() else {
-            return match this.rejection.take() {
-                Some(rejection) => Poll::Ready(Err(TenlivesError::Rejected(rejection))),
-                None => Poll::Pending,
-            };
+            return take_rejection(this.rejection);
         };
         let result = std::task::ready!(inner.poll(cx));
         this.inner.set(None);
