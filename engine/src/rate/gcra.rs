@@ -11,7 +11,9 @@
 
 use crate::sync::{AtomicU64, Ordering, spin_hint};
 
+use super::error::{InsufficientCapacity, RateLimitError, RateLimited};
 use super::quota::Quota;
+use crate::time::Timestamp;
 
 /// Why a request for tokens was not granted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,6 +22,28 @@ pub(crate) enum Refusal {
     NotYet { ready: u64 },
     /// More tokens than the burst, and the quota allows no debt.
     Insufficient,
+}
+
+impl Refusal {
+    /// The error a caller sees for this refusal of `n` tokens at `now`.
+    #[inline]
+    pub(crate) fn into_error(self, quota: &Quota, n: u32, now: Timestamp) -> RateLimitError {
+        match self {
+            Refusal::NotYet { ready } => RateLimitError::Limited(RateLimited::new(
+                now,
+                Timestamp::from_nanos(quota.grid().time_of(ready)),
+            )),
+            Refusal::Insufficient => RateLimitError::Insufficient(insufficient(quota, n)),
+        }
+    }
+}
+
+/// A request for `n` tokens, more than `quota`'s burst.
+pub(crate) fn insufficient(quota: &Quota, n: u32) -> InsufficientCapacity {
+    InsufficientCapacity {
+        requested: n,
+        burst: quota.burst(),
+    }
 }
 
 /// Outcome of one decision.

@@ -51,7 +51,7 @@ use crate::sync::{AtomicU64, ExclusiveCell, Ordering, epoch, spin_hint};
 use crate::time::Timestamp;
 
 use super::all::TokenSource;
-use super::error::{InsufficientCapacity, RateLimitError, RateLimited};
+use super::error::RateLimitError;
 use super::gcra::{self, Refusal};
 use super::limiter::RateLimiter;
 use super::quota::Quota;
@@ -435,7 +435,7 @@ where
         };
         gcra::decide(&inner.quota, booked, g, g, u64::from(n))
             .map(|_| ())
-            .map_err(|refusal| self.describe(refusal, u64::from(n), now))
+            .map_err(|refusal| refusal.into_error(&inner.quota, n, now))
     }
 
     /// Gives back `n` tokens that `key` was charged earlier. Does nothing if
@@ -654,7 +654,8 @@ where
 
     #[cold]
     fn refused(&self, refusal: Refusal, n: u64, now: Timestamp) -> RateLimitError {
-        let err = self.describe(refusal, n, now);
+        // `n` came from a `u32`.
+        let err = refusal.into_error(&self.inner.quota, n as u32, now);
         let inner = &*self.inner;
         if inner.sink.enabled() {
             let wait = err.retry_after().map_or(u64::MAX, |d| d.as_nanos() as u64);
@@ -666,20 +667,6 @@ where
             ));
         }
         err
-    }
-
-    fn describe(&self, refusal: Refusal, n: u64, now: Timestamp) -> RateLimitError {
-        let quota = &self.inner.quota;
-        match refusal {
-            Refusal::NotYet { ready } => RateLimitError::Limited(RateLimited::new(
-                now,
-                Timestamp::from_nanos(quota.grid().time_of(ready)),
-            )),
-            Refusal::Insufficient => RateLimitError::Insufficient(InsufficientCapacity {
-                requested: n as u32,
-                burst: quota.burst(),
-            }),
-        }
     }
 }
 

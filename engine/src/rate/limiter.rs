@@ -377,7 +377,7 @@ impl<S: EventSink> RateLimiter<S> {
             let booked = snapshot(era.word)?;
             Some(match gcra::decide(era.quota, booked, g, g, u64::from(n)) {
                 Ok(_) => Ok(()),
-                Err(refusal) => Err(Self::describe(era.quota, refusal, n, now)),
+                Err(refusal) => Err(refusal.into_error(era.quota, n, now)),
             })
         })
     }
@@ -397,7 +397,7 @@ impl<S: EventSink> RateLimiter<S> {
             Some(
                 match gcra::decide(era.quota, booked, g, u64::MAX, u64::from(n)) {
                     Ok(grant) => Ok(Self::ready_time(era.quota, grant.ready, g, now)),
-                    Err(_) => Err(Self::insufficient(era.quota, n)),
+                    Err(_) => Err(gcra::insufficient(era.quota, n)),
                 },
             )
         })
@@ -552,7 +552,7 @@ impl<S: EventSink> RateLimiter<S> {
     /// limiter that sheds load) and reported to the sink (out of line).
     #[inline]
     fn refused(&self, quota: &Quota, refusal: Refusal, n: u32, now: Timestamp) -> RateLimitError {
-        let err = Self::describe(quota, refusal, n, now);
+        let err = refusal.into_error(quota, n, now);
         if self.sink.enabled() {
             self.report_refusal(err, n, now);
         }
@@ -569,24 +569,6 @@ impl<S: EventSink> RateLimiter<S> {
             now,
             [u64::from(n), wait],
         ));
-    }
-
-    #[inline]
-    fn describe(quota: &Quota, refusal: Refusal, n: u32, now: Timestamp) -> RateLimitError {
-        match refusal {
-            Refusal::NotYet { ready } => RateLimitError::Limited(RateLimited::new(
-                now,
-                Timestamp::from_nanos(quota.grid().time_of(ready)),
-            )),
-            Refusal::Insufficient => RateLimitError::Insufficient(Self::insufficient(quota, n)),
-        }
-    }
-
-    fn insufficient(quota: &Quota, n: u32) -> InsufficientCapacity {
-        InsufficientCapacity {
-            requested: n,
-            burst: quota.burst(),
-        }
     }
 }
 
