@@ -695,12 +695,17 @@ impl<K, H, S: EventSink> Inner<K, H, S> {
     }
 }
 
-/// Lets epoch reclamation run: pinning and flushing a few times, unpinned in
-/// between, lets the global epoch advance past this thread's own retired
-/// entries (two advances are needed) when no other thread holds it back.
+/// Lets epoch reclamation run: pinning and flushing, unpinned in between,
+/// lets the global epoch advance past this thread's own retired entries (two
+/// advances are needed). Another thread pinned in an older epoch holds that
+/// back, typically one descheduled inside a limiter call, so each attempt
+/// yields the processor first to let it finish. Bounded: this is the cold
+/// path of a new key that found no room.
 fn reclaim_now() {
     // Each flush collects at most a few sealed bags, oldest first.
-    for _ in 0..16 {
+    for _ in 0..64 {
+        #[cfg(not(tenlives_loom))]
+        std::thread::yield_now();
         epoch::pin().flush();
     }
 }
