@@ -26,7 +26,10 @@
 //!
 //! # What a read costs
 //!
-//! A read pins the calling thread ([`crossbeam_epoch::pin`]), loads one
+//! The value the cell is made with lives inside the cell; nothing is
+//! allocated until the first write. While no write ever happened, a read is
+//! one Acquire load that finds the pointer null, and no pin. After the first
+//! write a read pins the calling thread ([`crossbeam_epoch::pin`]), loads one
 //! pointer (Acquire) and unpins. Pinning writes only the thread's own
 //! participant record: one compare-and-swap on it (x86: `lock cmpxchg`, used
 //! by crossbeam-epoch as the `SeqCst` fence reclamation needs) when the
@@ -40,7 +43,8 @@
 //!
 //! A write allocates the new value (one `Box`), swaps the pointer with one
 //! compare-and-swap and hands the old value to the collector, which frees it
-//! after every thread pinned at the time of the swap has unpinned.
+//! after every thread pinned at the time of the swap has unpinned (the first
+//! value is freed with the cell).
 //!
 //! # What a reader sees
 //!
@@ -58,14 +62,18 @@ use crossbeam_epoch::{self as epoch, Atomic, Guard, Owned, Shared};
 /// A value many threads read and a few replace, reclaimed by epochs. See
 /// the [module documentation](self).
 pub struct ConfigCell<T> {
+    /// The value the cell was made with, in force while `current` is null.
+    first: T,
+    /// The value in force once a write replaced `first`.
     current: Atomic<T>,
 }
 
 impl<T> ConfigCell<T> {
-    /// A cell holding `value`.
+    /// A cell holding `value`. Nothing is allocated until the first write.
     pub fn new(value: T) -> Self {
         ConfigCell {
-            current: Atomic::new(value),
+            first: value,
+            current: Atomic::null(),
         }
     }
 
@@ -77,17 +85,36 @@ impl<T> ConfigCell<T> {
         // ordering: Acquire, pairs with the Release of the compare-and-swap
         // that published the value, so its fields are visible whole.
         let shared = self.current.load(Ordering::Acquire, guard);
-        // SAFETY: the pointer is never null (every store publishes a value)
-        // and the value is retired only after it is unlinked, through
-        // `guard.defer_destroy`, so it is not freed while `guard` pins this
-        // thread; `&'g self` keeps the cell (whose drop frees the value in
-        // force) alive as long as the reference.
-        unsafe { shared.deref() }
+        // SAFETY: a non-null value is retired only after it is unlinked,
+        // through `guard.defer_destroy`, so it is not freed while `guard`
+        // pins this thread; `&'g self` keeps the cell (whose drop frees the
+        // value in force) alive as long as the reference.
+        unsafe { shared.as_ref() }.unwrap_or(&self.first)
     }
 
-    /// Runs `f` on the value in force, pinning the thread for the call.
+    /// Whether the value in force is still the one the cell was made with.
+    /// Once false, false for ever.
+    #[inline]
+    pub fn is_first(&self) -> bool {
+        // SAFETY: the pointer is only compared with null, never
+        // dereferenced, so no guard is needed to keep anything alive.
+        let unprotected = unsafe { epoch::unprotected() };
+        // ordering: Acquire, so that a caller that goes on to read the value
+        // in force through `load` sees at least this write.
+        self.current.load(Ordering::Acquire, unprotected).is_null()
+    }
+
+    /// Runs `f` on the value in force. While no write ever happened this is
+    /// one load and no pin; after the first write the thread is pinned for
+    /// the call.
     #[inline]
     pub fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        if self.is_first() {
+            // `first` is never freed before the cell, and a write never
+            // changes it: reading it is reading the value in force before
+            // that write.
+            return f(&self.first);
+        }
         let guard = epoch::pin();
         f(self.load(&guard))
     }
@@ -95,13 +122,30 @@ impl<T> ConfigCell<T> {
     /// The value, taken out of the cell.
     pub fn into_inner(self) -> T {
         let this = core::mem::ManuallyDrop::new(self);
+        // SAFETY: we own the cell, so no reader holds the value in force and
+        // no guard is needed.
+        let shared = this
+            .current
+            .load(Ordering::Relaxed, unsafe { epoch::unprotected() });
         // SAFETY: `this` is never used again and its drop does not run, so
-        // the atomic is read out exactly once; nothing else can reach it
-        // because we own the cell.
-        let current = unsafe { core::ptr::read(&this.current) };
-        // SAFETY: we own the cell, so no reader holds the value; the pointer
-        // is never null.
-        *unsafe { current.into_owned() }.into_box()
+        // `first` is read out exactly once.
+        let first = unsafe { core::ptr::read(&this.first) };
+        if shared.is_null() {
+            first
+        } else {
+            drop(first);
+            // SAFETY: as above; a non-null value is owned by the cell.
+            *unsafe { shared.into_owned() }.into_box()
+        }
+    }
+
+    /// `value`'s pointer as the cell stores it: null for `first`.
+    fn stored<'g>(&self, value: &'g T) -> Shared<'g, T> {
+        if core::ptr::eq(value, &self.first) {
+            Shared::null()
+        } else {
+            Shared::from(value as *const T)
+        }
     }
 }
 
@@ -113,20 +157,36 @@ impl<T: Send + Sync + 'static> ConfigCell<T> {
     }
 
     /// Replaces the value and returns the old one, readable while `guard` is
-    /// held and freed after.
+    /// held and freed after (the first value lives as long as the cell).
     pub fn swap<'g>(&'g self, value: T, guard: &'g Guard) -> &'g T {
         // ordering: AcqRel. Release publishes the new value whole; Acquire
         // makes the old one's fields visible to the reference returned.
         let old = self
             .current
             .swap(Owned::new(value), Ordering::AcqRel, guard);
-        // SAFETY: `old` is unlinked by the swap, so no reader pinned after
-        // now can load it; `defer_destroy` frees it only once every thread
-        // pinned before (including us, through `guard`) has unpinned. It is
-        // never null. `T: Send + 'static` lets another thread drop it later.
+        // SAFETY: see `retire`.
+        unsafe { self.retire(old, guard) }
+    }
+
+    /// Hands a value unlinked by a write to the collector and returns it.
+    ///
+    /// # Safety
+    ///
+    /// `old` was the value in force until a write by this thread unlinked
+    /// it, so no reader pinned after that write can load it.
+    unsafe fn retire<'g>(&'g self, old: Shared<'g, T>, guard: &'g Guard) -> &'g T {
+        // SAFETY: by the contract `old` is unlinked; `defer_destroy` frees
+        // it only once every thread pinned before the write (including us,
+        // through `guard`) has unpinned. `T: Send + 'static` lets another
+        // thread drop it later. Null is `first`, owned by the cell.
         unsafe {
-            guard.defer_destroy(old);
-            old.deref()
+            match old.as_ref() {
+                Some(value) => {
+                    guard.defer_destroy(old);
+                    value
+                }
+                None => &self.first,
+            }
         }
     }
 
@@ -144,7 +204,7 @@ impl<T: Send + Sync + 'static> ConfigCell<T> {
         new: T,
         guard: &'g Guard,
     ) -> Result<&'g T, T> {
-        let expected = Shared::from(current as *const T);
+        let expected = self.stored(current);
         // ordering: AcqRel on success, as in `swap`; Acquire on failure so
         // that a caller may read the value that won.
         match self.current.compare_exchange(
@@ -155,10 +215,10 @@ impl<T: Send + Sync + 'static> ConfigCell<T> {
             guard,
         ) {
             Ok(installed) => {
-                // SAFETY: as in `swap`: `expected` is now unlinked, and the
-                // installed value is not null.
+                // SAFETY: `expected` is now unlinked by our exchange; the
+                // installed value is not null and is in force.
                 unsafe {
-                    guard.defer_destroy(expected);
+                    self.retire(expected, guard);
                     Ok(installed.deref())
                 }
             }
@@ -169,21 +229,36 @@ impl<T: Send + Sync + 'static> ConfigCell<T> {
     /// Replaces the value with what `f` makes of the value in force,
     /// retrying `f` on the newer value when another write came first. When
     /// `f` refuses (a configuration builder's [`ConfigError`](crate::ConfigError),
-    /// for example), nothing changes and its error is returned.
+    /// for example), nothing changes and its error is returned. On success
+    /// returns what `f` made of the value it replaced, with that value
+    /// (readable while `guard` is held).
     ///
     /// # Errors
     ///
     /// The first error `f` returns.
-    pub fn update<E>(&self, mut f: impl FnMut(&T) -> Result<T, E>) -> Result<(), E> {
-        let guard = epoch::pin();
-        let mut current = self.load(&guard);
+    pub fn update_with<'g, E>(
+        &'g self,
+        guard: &'g Guard,
+        mut f: impl FnMut(&T) -> Result<T, E>,
+    ) -> Result<(&'g T, &'g T), E> {
+        let mut current = self.load(guard);
         loop {
             let new = f(current)?;
-            match self.compare_and_set(current, new, &guard) {
-                Ok(_) => return Ok(()),
-                Err(_) => current = self.load(&guard),
+            match self.compare_and_set(current, new, guard) {
+                Ok(installed) => return Ok((current, installed)),
+                Err(_) => current = self.load(guard),
             }
         }
+    }
+
+    /// [`update_with`](Self::update_with) under a pin of its own.
+    ///
+    /// # Errors
+    ///
+    /// The first error `f` returns.
+    pub fn update<E>(&self, f: impl FnMut(&T) -> Result<T, E>) -> Result<(), E> {
+        let guard = epoch::pin();
+        self.update_with(&guard, f).map(|_| ())
     }
 }
 
@@ -191,9 +266,13 @@ impl<T> Drop for ConfigCell<T> {
     fn drop(&mut self) {
         let current = core::mem::replace(&mut self.current, Atomic::null());
         // SAFETY: `&mut self` means no reader holds a reference into the
-        // cell (`load` ties its result to `&self`); the pointer is never
-        // null; older values were handed to the collector already.
-        drop(unsafe { current.into_owned() });
+        // cell (`load` ties its result to `&self`); older values were handed
+        // to the collector already. Null: `first` drops with the cell.
+        let shared = current.load(Ordering::Relaxed, unsafe { epoch::unprotected() });
+        if !shared.is_null() {
+            // SAFETY: as above, the value in force is owned by the cell.
+            drop(unsafe { shared.into_owned() });
+        }
     }
 }
 
@@ -228,15 +307,19 @@ mod tests {
     fn swap_returns_the_old_value_and_frees_it_after_the_guard() {
         let drops = Arc::new(AtomicUsize::new(0));
         let cell = ConfigCell::new(Tracked(1, drops.clone()));
+        assert!(cell.is_first());
         {
             let guard = epoch::pin();
-            let old = cell.swap(Tracked(2, drops.clone()), &guard);
-            assert_eq!(old.0, 1);
-            assert_eq!(cell.load(&guard).0, 2);
-            // Still readable: we are pinned.
+            assert_eq!(cell.swap(Tracked(2, drops.clone()), &guard).0, 1);
+            assert!(!cell.is_first());
+            let old = cell.swap(Tracked(3, drops.clone()), &guard);
+            assert_eq!(old.0, 2);
+            assert_eq!(cell.load(&guard).0, 3);
+            // Still readable: we are pinned. The first value lives in the
+            // cell and is never retired.
             assert_eq!(drops.load(Ordering::SeqCst), 0);
         }
-        // Flushing the collector eventually frees it (bounded tries).
+        // Flushing the collector eventually frees the second (bounded tries).
         for _ in 0..1_000 {
             if drops.load(Ordering::SeqCst) == 1 {
                 break;
@@ -245,7 +328,22 @@ mod tests {
         }
         assert_eq!(drops.load(Ordering::SeqCst), 1);
         drop(cell);
-        assert_eq!(drops.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            drops.load(Ordering::SeqCst),
+            3,
+            "the first and the last go with the cell"
+        );
+    }
+
+    #[test]
+    fn into_inner_takes_the_value_in_force_and_drops_the_first() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let cell = ConfigCell::new(Tracked(1, drops.clone()));
+        cell.store(Tracked(2, drops.clone()));
+        let value = cell.into_inner();
+        assert_eq!(value.0, 2);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        assert_eq!(ConfigCell::new(7u8).into_inner(), 7);
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub mod bulkhead;
 pub mod config_cell;
 mod error;
 pub mod events;
+mod live;
 #[cfg(feature = "alloc")]
 pub mod queue;
 pub mod rate;

@@ -1,5 +1,6 @@
 //! Stress: one writer replacing the configuration in a tight loop while two
-//! readers use it, for the `ConfigCell` and for a rate limiter's quota
+//! readers use it, for the `ConfigCell`, a rate limiter's quota and a
+//! breaker's configuration
 //! (guarantees C1 and C4 in `docs/guarantees.md`). No crash, every read sees
 //! one stored value whole, and no leak: a counting global allocator shows
 //! the bytes allocated minus the bytes freed back within a small bound of
@@ -172,5 +173,75 @@ fn rate_limiter_quota_swapped_in_a_tight_loop() {
     assert!(
         above <= SLACK as isize,
         "{above} bytes still allocated after {SWAPS} quota changes and a flush"
+    );
+}
+
+#[test]
+fn breaker_configuration_swapped_in_a_tight_loop() {
+    use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker, Outcome};
+
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    crossbeam_epoch::pin().flush();
+    let baseline = LIVE_BYTES.load(Ordering::SeqCst);
+    // Two layouts, so that every change builds (and retires) a window.
+    let configs = [
+        BreakerConfig::builder()
+            .failure_rate(50.0)
+            .count_window(40, 4)
+            .minimum_calls(10)
+            .consecutive_failures(6)
+            .open_duration(Duration::from_micros(50))
+            .build()
+            .unwrap(),
+        BreakerConfig::builder()
+            .failure_rate(30.0)
+            .time_window(Duration::from_micros(400), 8)
+            .minimum_calls(5)
+            .open_duration(Duration::from_micros(20))
+            .half_open_probes(2)
+            .build()
+            .unwrap(),
+    ];
+    let changes = SWAPS / 10; // each change allocates a window of a few KiB
+    {
+        let breaker = CircuitBreaker::new(configs[0].clone());
+        let clock = AtomicU64::new(1_000_000_000);
+        let stop = AtomicBool::new(false);
+        let outcomes = AtomicU64::new(0);
+        thread::scope(|s| {
+            for t in 0..2u64 {
+                let (breaker, clock, stop, outcomes) = (&breaker, &clock, &stop, &outcomes);
+                s.spawn(move || {
+                    let mut i = t;
+                    while !stop.load(Ordering::Relaxed) && i < 100_000_000 {
+                        let now = Timestamp::from_nanos(clock.load(Ordering::Relaxed));
+                        if let Ok(permit) = breaker.try_acquire(now) {
+                            let outcome = if i % 3 == 0 {
+                                Outcome::Failure
+                            } else {
+                                Outcome::Success
+                            };
+                            permit.record(outcome, now);
+                            outcomes.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let _ = breaker.snapshot(now);
+                        i += 2;
+                    }
+                });
+            }
+            for i in 0..changes {
+                let t = clock.fetch_add(1_000, Ordering::Relaxed) + 1_000;
+                breaker.set_config(configs[(i % 2) as usize].clone(), Timestamp::from_nanos(t));
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        let last = &configs[((changes - 1) % 2) as usize];
+        assert_eq!(breaker.config().window(), last.window());
+        assert!(outcomes.load(Ordering::Relaxed) > 0);
+    }
+    let above = settle(baseline);
+    assert!(
+        above <= SLACK as isize,
+        "{above} bytes still allocated after {changes} breaker changes and a flush"
     );
 }

@@ -186,6 +186,7 @@ impl BreakerConfigBuilder {
 
     /// Validates the settings.
     pub fn build(self) -> Result<BreakerConfig, ConfigError> {
+        let builder = self.clone();
         let failure_rate_ppm = self
             .failure_rate
             .map(|p| percent_to_ppm("failure_rate", p))
@@ -240,6 +241,7 @@ impl BreakerConfigBuilder {
             open_ns,
             probes: self.probes,
             reopen_on_first_failure: self.reopen_on_first_failure,
+            builder,
         })
     }
 }
@@ -398,6 +400,8 @@ pub struct BreakerConfig {
     pub(crate) open_ns: [u64; OPEN_STEPS],
     pub(crate) probes: u32,
     pub(crate) reopen_on_first_failure: bool,
+    /// The settings this configuration was built from.
+    builder: BreakerConfigBuilder,
 }
 
 impl Default for BreakerConfig {
@@ -425,6 +429,13 @@ impl BreakerConfig {
     /// A builder with the defaults described on [`BreakerConfigBuilder`].
     pub fn builder() -> BreakerConfigBuilder {
         BreakerConfigBuilder::default()
+    }
+
+    /// A builder holding the settings this configuration was built from, to
+    /// change some of them (for
+    /// [`CircuitBreaker::update_config`](super::CircuitBreaker::update_config)).
+    pub fn to_builder(&self) -> BreakerConfigBuilder {
+        self.builder.clone()
     }
 
     /// The window the rates are measured over.

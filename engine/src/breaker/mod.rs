@@ -45,6 +45,30 @@
 //!
 //! The protocol of the state word is documented in `word.rs`, and the
 //! invariants in `docs/guarantees.md`.
+//!
+//! # Changing the configuration
+//!
+//! [`CircuitBreaker::set_config`] and [`CircuitBreaker::update_config`] take
+//! a new configuration while other threads use the breaker (through `&self`
+//! with the `std` feature, `&mut self` without). What each piece of state
+//! means afterwards:
+//!
+//! | state | after the change |
+//! |---|---|
+//! | the state (closed, open, ...), generation and trip count | kept |
+//! | an open breaker's deadline | kept: it was set when the breaker opened; the next trip uses the new durations |
+//! | the consecutive-failure run | kept, judged against the new limit at the next failure |
+//! | a half-open test | judged with the new probe count; probes already admitted count towards it |
+//! | the window, same layout (kind, size, buckets) | kept: the new thresholds judge the same counts at the next failure |
+//! | the window, new layout | a new window; the old window's newest calls that fit it are carried over into its current bucket (for a time window, the buckets that overlap the new window's span; for a count window, as many of the newest calls as it holds, failures and slow calls in proportion), so a rate is not forgotten |
+//!
+//! Calls that report while a layout change is being made may be counted in
+//! the old window only (at most the reports in flight at that instant).
+//! Each change emits [`EventKind::CONFIG_CHANGED`] with payload `[1, calls
+//! carried into a new window, or u64::MAX when the window was kept]`.
+//! Until the first change a call pays one load more than a breaker that
+//! cannot change; after it, calls that read the configuration pin the epoch
+//! (see [`config_cell`](crate::config_cell)).
 
 pub(crate) mod config;
 mod model;
@@ -71,6 +95,7 @@ use word::{
 };
 
 use crate::events::{Event, EventKind, EventSink, NoSink};
+use crate::live::Live;
 use crate::sync::{AtomicU64, Ordering, spin_hint};
 use crate::time::Timestamp;
 
@@ -325,17 +350,29 @@ struct Core {
 /// a clock: every time-dependent method takes `now`.
 pub struct CircuitBreaker<S: EventSink = NoSink> {
     core: CachePadded<Core>,
+    /// The window of the first configuration, and of every later one with
+    /// the same layout.
     window: StripedWindow,
-    config: BreakerConfig,
+    era: Live<Era>,
     sink: S,
     source: u32,
+}
+
+/// A configuration and the window it counts in.
+#[derive(Clone)]
+struct Era {
+    config: BreakerConfig,
+    /// A window of another layout than the first configuration's; `None`:
+    /// the breaker's own.
+    #[cfg(feature = "std")]
+    window: Option<alloc::sync::Arc<StripedWindow>>,
 }
 
 impl<S: EventSink> fmt::Debug for CircuitBreaker<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreaker")
             .field("state", &self.state())
-            .field("config", &self.config)
+            .field("config", &self.config())
             .finish()
     }
 }
@@ -411,7 +448,11 @@ impl<S: EventSink> CircuitBreaker<S> {
                 probes: AtomicU64::new(ProbeWord::fresh(0).0),
             }),
             window: StripedWindow::new(),
-            config,
+            era: Live::new(Era {
+                config,
+                #[cfg(feature = "std")]
+                window: None,
+            }),
             sink,
             source,
         }
@@ -446,9 +487,149 @@ impl<S: EventSink> CircuitBreaker<S> {
         }
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &BreakerConfig {
-        &self.config
+    /// The configuration in force (a copy: another thread may change it).
+    pub fn config(&self) -> BreakerConfig {
+        self.with_era(|cfg, _| cfg.clone())
+    }
+
+    /// Takes `config` in place of the configuration in force, at `now`,
+    /// keeping the breaker's state (see [the module
+    /// documentation](self#changing-the-configuration) for what each part
+    /// of it means afterwards).
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use tenlives_engine::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+    /// use tenlives_engine::time::Timestamp;
+    ///
+    /// let breaker = CircuitBreaker::new(
+    ///     BreakerConfig::builder().without_failure_rate().consecutive_failures(5).build()?,
+    /// );
+    /// let now = Timestamp::from_nanos(1_000);
+    /// for _ in 0..3 {
+    ///     breaker.try_acquire(now).expect("closed").failure(now);
+    /// }
+    /// // Three failures in a row so far: a limit of 3 trips at the next one.
+    /// breaker.set_config(
+    ///     BreakerConfig::builder().without_failure_rate().consecutive_failures(3).build()?,
+    ///     now,
+    /// );
+    /// assert_eq!(breaker.state(), BreakerState::Closed);
+    /// breaker.try_acquire(now).expect("closed").failure(now);
+    /// assert_eq!(breaker.state(), BreakerState::Open);
+    ///
+    /// // A bad change is refused with the builder's error; the old
+    /// // configuration stays in force.
+    /// let refused = breaker.update_config(
+    ///     |old| old.to_builder().half_open_probes(0).build(),
+    ///     now,
+    /// );
+    /// assert!(refused.is_err());
+    /// assert_eq!(breaker.config().consecutive_failures(), Some(3));
+    /// # let _ = Duration::ZERO;
+    /// # Ok::<(), tenlives_engine::ConfigError>(())
+    /// ```
+    #[cfg(feature = "std")]
+    pub fn set_config(&self, config: BreakerConfig, now: Timestamp) {
+        let done: Result<(), core::convert::Infallible> =
+            self.update_config(|_| Ok(config.clone()), now);
+        let Ok(()) = done;
+    }
+
+    /// Replaces the configuration with what `f` makes of the one in force
+    /// (`f` may run again if another change came first), keeping the
+    /// breaker's state like [`set_config`](Self::set_config).
+    ///
+    /// # Errors
+    ///
+    /// The error `f` returns (a builder's [`ConfigError`](crate::ConfigError),
+    /// for example); the configuration in force stays.
+    #[cfg(feature = "std")]
+    pub fn update_config<E>(
+        &self,
+        mut f: impl FnMut(&BreakerConfig) -> Result<BreakerConfig, E>,
+        now: Timestamp,
+    ) -> Result<(), E> {
+        let guard = crossbeam_epoch::pin();
+        let mut carried = u64::MAX;
+        self.era.update_with(&guard, |old| {
+            let config = f(&old.config)?;
+            let window = if config.window.spec == old.config.window.spec {
+                carried = u64::MAX;
+                old.window.clone()
+            } else {
+                let fresh = alloc::sync::Arc::new(StripedWindow::new());
+                let from = old.window.as_deref().unwrap_or(&self.window);
+                carried = self.carry(&old.config, from, &config, &fresh, now);
+                Some(fresh)
+            };
+            Ok(Era { config, window })
+        })?;
+        self.emit(EventKind::CONFIG_CHANGED, now, [1, carried]);
+        Ok(())
+    }
+
+    /// Takes `config` in place of the configuration in force, at `now`,
+    /// keeping the breaker's state (see [the module
+    /// documentation](self#changing-the-configuration)). Without `std` there
+    /// is no epoch collector, so a change needs `&mut self`.
+    #[cfg(not(feature = "std"))]
+    pub fn set_config(&mut self, config: BreakerConfig, now: Timestamp) {
+        let old = self.config();
+        let carried = if config.window.spec == old.window.spec {
+            u64::MAX
+        } else {
+            let fresh = StripedWindow::new();
+            let carried = self.carry(&old, &self.window, &config, &fresh, now);
+            self.window = fresh;
+            carried
+        };
+        self.era.get_mut().config = config;
+        self.emit(EventKind::CONFIG_CHANGED, now, [1, carried]);
+    }
+
+    /// Replaces the configuration with what `f` makes of the one in force,
+    /// like [`set_config`](Self::set_config).
+    ///
+    /// # Errors
+    ///
+    /// The error `f` returns; the configuration in force stays.
+    #[cfg(not(feature = "std"))]
+    pub fn update_config<E>(
+        &mut self,
+        f: impl FnOnce(&BreakerConfig) -> Result<BreakerConfig, E>,
+        now: Timestamp,
+    ) -> Result<(), E> {
+        let config = f(&self.config())?;
+        self.set_config(config, now);
+        Ok(())
+    }
+
+    /// Carries the current generation's window into a window of a new
+    /// layout; returns the calls carried.
+    fn carry(
+        &self,
+        old: &BreakerConfig,
+        from: &StripedWindow,
+        new: &BreakerConfig,
+        into: &StripedWindow,
+        now: Timestamp,
+    ) -> u64 {
+        let generation = self.load().generation();
+        from.carry_into(&old.window, into, &new.window, generation, now)
+            .calls
+    }
+
+    /// Runs `f` on the configuration in force and the window it counts in.
+    #[inline(always)]
+    fn with_era<R>(&self, f: impl FnOnce(&BreakerConfig, &StripedWindow) -> R) -> R {
+        self.era.with(|era| {
+            #[cfg(feature = "std")]
+            let window = era.window.as_deref().unwrap_or(&self.window);
+            #[cfg(not(feature = "std"))]
+            let window = &self.window;
+            f(&era.config, window)
+        })
     }
 
     #[inline]
@@ -505,7 +686,7 @@ impl<S: EventSink> CircuitBreaker<S> {
                 KIND_METRICS_ONLY => PermitKind::Metrics,
                 KIND_FORCED_OPEN => return Err(self.reject(RejectReason::ForcedOpen, None, now)),
                 KIND_OPENING => {
-                    let full = self.config.open_ns_for(s.trips());
+                    let full = self.with_era(|cfg, _| cfg.open_ns_for(s.trips()));
                     let full = Some(Duration::from_nanos(full));
                     return Err(self.reject(RejectReason::Open, full, now));
                 }
@@ -520,7 +701,7 @@ impl<S: EventSink> CircuitBreaker<S> {
                     let half_open = s.next(KIND_HALF_OPEN, s.trips(), 1);
                     match self.exchange(s, half_open) {
                         Ok(()) => {
-                            let probes = u64::from(self.config.probes);
+                            let probes = self.with_era(|cfg, _| u64::from(cfg.probes));
                             self.emit(
                                 EventKind::BREAKER_HALF_OPENED,
                                 now,
@@ -537,7 +718,7 @@ impl<S: EventSink> CircuitBreaker<S> {
                 _ => {
                     // KIND_HALF_OPEN
                     let admitted = s.payload();
-                    if admitted >= self.config.probes {
+                    if admitted >= self.with_era(|cfg, _| cfg.probes) {
                         return Err(self.reject(RejectReason::HalfOpenFull, None, now));
                     }
                     match self.exchange(s, s.with_payload(admitted + 1)) {
@@ -572,21 +753,26 @@ impl<S: EventSink> CircuitBreaker<S> {
             Outcome::Failure => true,
             Outcome::Ignored => return self.release(permit),
         };
-        let slow = self
-            .config
-            .is_slow(now.as_nanos().saturating_sub(permit.admitted_at.as_nanos()));
-        match permit.kind {
-            PermitKind::Closed => self.record_closed(permit.generation, failed, slow, now),
-            PermitKind::Probe => self.record_probe(permit.generation, failed, slow, now),
-            PermitKind::Metrics => {
-                if self.load().generation() == permit.generation {
-                    let pos = self.window.position(&self.config.window, now);
-                    self.window
-                        .record(&self.config.window, permit.generation, pos, failed, slow);
-                }
-            }
-            PermitKind::Passthrough => {}
+        if permit.kind == PermitKind::Passthrough {
+            return;
         }
+        self.with_era(|cfg, window| {
+            let elapsed = now.as_nanos().saturating_sub(permit.admitted_at.as_nanos());
+            let slow = cfg.is_slow(elapsed);
+            match permit.kind {
+                PermitKind::Closed => {
+                    self.record_closed(cfg, window, permit.generation, failed, slow, now);
+                }
+                PermitKind::Probe => self.record_probe(cfg, permit.generation, failed, slow, now),
+                PermitKind::Metrics => {
+                    if self.load().generation() == permit.generation {
+                        let pos = window.position(&cfg.window, now);
+                        window.record(&cfg.window, permit.generation, pos, failed, slow);
+                    }
+                }
+                PermitKind::Passthrough => {}
+            }
+        });
     }
 
     /// Gives a permit back unreported: it counts as neither success nor
@@ -605,17 +791,23 @@ impl<S: EventSink> CircuitBreaker<S> {
     }
 
     #[inline]
-    fn record_closed(&self, generation: u32, failed: bool, slow: bool, now: Timestamp) {
-        let cfg = &self.config;
+    fn record_closed(
+        &self,
+        cfg: &BreakerConfig,
+        window: &StripedWindow,
+        generation: u32,
+        failed: bool,
+        slow: bool,
+        now: Timestamp,
+    ) {
         let s = self.load();
         if s.generation() != generation {
             return; // late: the breaker moved on since this call was admitted
         }
         // Only the rate rules need the window (and its bucket arithmetic).
         let pos = cfg.has_rate_rule().then(|| {
-            let pos = self.window.position(&cfg.window, now);
-            self.window
-                .record(&cfg.window, generation, pos, failed, slow);
+            let pos = window.position(&cfg.window, now);
+            window.record(&cfg.window, generation, pos, failed, slow);
             pos
         });
         if !failed && !slow {
@@ -624,7 +816,7 @@ impl<S: EventSink> CircuitBreaker<S> {
             }
             return;
         }
-        self.judge_closed(generation, failed, pos, now);
+        self.judge_closed(cfg, window, generation, failed, pos, now);
     }
 
     /// A success ends a run of failures. Only writes when there is a run.
@@ -643,18 +835,19 @@ impl<S: EventSink> CircuitBreaker<S> {
     #[cold]
     fn judge_closed(
         &self,
+        cfg: &BreakerConfig,
+        window: &StripedWindow,
         generation: u32,
         failed: bool,
         pos: Option<window::Position>,
         now: Timestamp,
     ) {
-        let cfg = &self.config;
         let mut s = self.load();
         if s.generation() != generation || s.kind() != KIND_CLOSED {
             return;
         }
         let rate_trip = pos.and_then(|pos| {
-            let c = self.window.sum(&cfg.window, generation, pos);
+            let c = window.sum(&cfg.window, generation, pos);
             cfg.rate_trip(c.calls, c.failures, c.slow)
         });
         while s.generation() == generation && s.kind() == KIND_CLOSED {
@@ -679,7 +872,7 @@ impl<S: EventSink> CircuitBreaker<S> {
             match self.exchange(s, new) {
                 Ok(()) => {
                     if let Some(reason) = reason {
-                        self.finish_opening(new, now, reason);
+                        self.finish_opening(cfg, new, now, reason);
                     }
                     return;
                 }
@@ -689,8 +882,14 @@ impl<S: EventSink> CircuitBreaker<S> {
     }
 
     /// Second step of a trip: publish the deadline, then `Opening -> Open`.
-    fn finish_opening(&self, opening: StateWord, now: Timestamp, reason: TripReason) {
-        let open_ns = self.config.open_ns_for(opening.trips());
+    fn finish_opening(
+        &self,
+        cfg: &BreakerConfig,
+        opening: StateWord,
+        now: Timestamp,
+        reason: TripReason,
+    ) {
+        let open_ns = cfg.open_ns_for(opening.trips());
         let until = now.as_nanos().saturating_add(open_ns);
         // ordering: Relaxed; published by the Release of the exchange below.
         self.core.open_until.store(until, Ordering::Relaxed);
@@ -702,7 +901,14 @@ impl<S: EventSink> CircuitBreaker<S> {
     }
 
     #[cold]
-    fn record_probe(&self, generation: u32, failed: bool, slow: bool, now: Timestamp) {
+    fn record_probe(
+        &self,
+        cfg: &BreakerConfig,
+        generation: u32,
+        failed: bool,
+        slow: bool,
+        now: Timestamp,
+    ) {
         // ordering: AcqRel/Acquire like the state word: the reporter that
         // completes the test must see every earlier report.
         let mut w = ProbeWord(self.core.probes.load(Ordering::Acquire));
@@ -729,9 +935,7 @@ impl<S: EventSink> CircuitBreaker<S> {
                 }
             }
         };
-        let verdict =
-            self.config
-                .probe_verdict(report.succeeded(), report.failed(), report.slow(), failed);
+        let verdict = cfg.probe_verdict(report.succeeded(), report.failed(), report.slow(), failed);
         if verdict == Verdict::Pending {
             return;
         }
@@ -744,7 +948,7 @@ impl<S: EventSink> CircuitBreaker<S> {
             match self.exchange(s, new) {
                 Ok(()) => {
                     if new.kind() == KIND_OPENING {
-                        self.finish_opening(new, now, TripReason::FailedTest);
+                        self.finish_opening(cfg, new, now, TripReason::FailedTest);
                     } else {
                         let (ok, bad) = (report.succeeded().into(), report.failed().into());
                         self.emit(EventKind::BREAKER_CLOSED, now, [ok, bad]);
@@ -808,13 +1012,16 @@ impl<S: EventSink> CircuitBreaker<S> {
     pub fn snapshot(&self, now: Timestamp) -> Snapshot {
         let s = self.load();
         let kind = s.kind();
-        let window = if kind == KIND_CLOSED || kind == KIND_METRICS_ONLY {
-            self.window.latest(&self.config.window, s.generation(), now)
-        } else {
-            WindowCounts::default()
-        };
+        let (window, opening_ns) = self.with_era(|cfg, window| {
+            let counts = if kind == KIND_CLOSED || kind == KIND_METRICS_ONLY {
+                window.latest(&cfg.window, s.generation(), now)
+            } else {
+                WindowCounts::default()
+            };
+            (counts, cfg.open_ns_for(s.trips()))
+        });
         let retry_after = match kind {
-            KIND_OPENING => Some(self.config.open_ns_for(s.trips())),
+            KIND_OPENING => Some(opening_ns),
             // ordering: Relaxed; see `try_acquire_raw`.
             KIND_OPEN => Some(
                 self.core

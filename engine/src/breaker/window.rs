@@ -202,20 +202,10 @@ impl StripedWindow {
             let Some(epoch) = pos.epoch.checked_sub(back) else {
                 break;
             };
-            let tag = Self::tag(cfg, generation, epoch);
-            let index = Self::slot_index(cfg, epoch);
-            for stripe in &self.stripes {
-                let slot = &stripe.slots[index];
-                let calls = read(&slot.calls, tag);
-                if calls == 0 {
-                    continue;
-                }
-                total.calls += calls;
-                total.failures += read(&slot.failures, tag);
-                total.slow += read(&slot.slow, tag);
-                if back == 0 {
-                    newest_calls += calls;
-                }
+            let bucket = self.bucket(cfg, generation, epoch);
+            total.add(bucket);
+            if back == 0 {
+                newest_calls = bucket.calls;
             }
         }
         if let WindowKind::Count { bucket_calls } = cfg.kind
@@ -224,6 +214,102 @@ impl StripedWindow {
             self.advance_count_epoch(pos.epoch);
         }
         (total, newest_calls)
+    }
+}
+
+impl StripedWindow {
+    /// The counts of one bucket, over all stripes.
+    #[inline]
+    fn bucket(&self, cfg: &WindowConfig, generation: u32, epoch: u64) -> WindowCounts {
+        let tag = Self::tag(cfg, generation, epoch);
+        let index = Self::slot_index(cfg, epoch);
+        let mut total = WindowCounts::default();
+        for stripe in &self.stripes {
+            let slot = &stripe.slots[index];
+            let calls = read(&slot.calls, tag);
+            if calls == 0 {
+                continue;
+            }
+            total.add(WindowCounts {
+                calls,
+                failures: read(&slot.failures, tag),
+                slow: read(&slot.slow, tag),
+            });
+        }
+        total
+    }
+
+    /// Carries the calls of this window (layout `old`, `generation`, at
+    /// `now`) that fit a window of layout `new` into `into`, a window no
+    /// other thread uses yet, as one bucket: its bucket at `now`. Fitting
+    /// means, for a new time window, the buckets that overlap its span
+    /// (`now` minus its length to `now`; a count window's buckets carry no
+    /// times, so all of them); for a new count window, as many of the newest
+    /// calls as it holds, the failures and slow calls of a bucket taken in
+    /// part in proportion. Returns what was carried.
+    pub(crate) fn carry_into(
+        &self,
+        old: &WindowConfig,
+        into: &StripedWindow,
+        new: &WindowConfig,
+        generation: u32,
+        now: Timestamp,
+    ) -> WindowCounts {
+        let head = self.position(old, now).epoch;
+        let mut carried = WindowCounts::default();
+        for back in 0..u64::from(old.buckets) {
+            let Some(epoch) = head.checked_sub(back) else {
+                break;
+            };
+            let mut bucket = self.bucket(old, generation, epoch);
+            match (new.kind, old.kind) {
+                (WindowKind::Time { bucket: length }, WindowKind::Time { bucket: old_length }) => {
+                    let span = length.get().saturating_mul(u64::from(new.buckets));
+                    let bucket_end = (epoch + 1).saturating_mul(old_length.get());
+                    if bucket_end <= now.as_nanos().saturating_sub(span) {
+                        break;
+                    }
+                }
+                (WindowKind::Time { .. }, WindowKind::Count { .. }) => {}
+                (WindowKind::Count { bucket_calls }, _) => {
+                    let room =
+                        (bucket_calls * u64::from(new.buckets)).saturating_sub(carried.calls);
+                    if room == 0 {
+                        break;
+                    }
+                    if bucket.calls > room {
+                        bucket = WindowCounts {
+                            calls: room,
+                            failures: bucket.failures * room / bucket.calls,
+                            slow: bucket.slow * room / bucket.calls,
+                        };
+                    }
+                }
+            }
+            carried.add(bucket);
+        }
+        let pos = into.position(new, now);
+        let tag = Self::tag(new, generation, pos.epoch);
+        let slot = &into.stripes[0].slots[Self::slot_index(new, pos.epoch)];
+        for (word, count) in [
+            (&slot.calls, carried.calls),
+            (&slot.failures, carried.failures),
+            (&slot.slow, carried.slow),
+        ] {
+            let count = count.min(COUNT_MASK);
+            // ordering: SeqCst, like every window access; nobody else can
+            // see `into` yet.
+            word.store((u64::from(tag) << 32) | count, Ordering::SeqCst);
+        }
+        carried
+    }
+}
+
+impl WindowCounts {
+    fn add(&mut self, other: WindowCounts) {
+        self.calls += other.calls;
+        self.failures += other.failures;
+        self.slow += other.slow;
     }
 }
 
