@@ -346,6 +346,11 @@ impl<S: EventSink> Bulkhead<S> {
         &self.sink
     }
 
+    /// The source id its events carry.
+    pub(crate) fn source(&self) -> u32 {
+        self.source
+    }
+
     #[inline]
     fn load(&self) -> Word {
         // ordering: Relaxed; the word is the bulkhead's only data, and every

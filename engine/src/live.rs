@@ -28,3 +28,139 @@ impl<T> Live<T> {
         &mut self.0
     }
 }
+
+/// A configuration with the state laid out for it (a window, for example):
+/// state that can stay when the configuration changes, and must be rebuilt
+/// when the layout does. The state of the first layout lives inline; a new
+/// layout's state goes on the heap with the configuration that needs it
+/// (`std` only; without `std` the inline state is replaced in place).
+pub(crate) struct Layered<C, W> {
+    own: W,
+    era: Live<Era<C, W>>,
+}
+
+/// A configuration and the state it uses.
+struct Era<C, W> {
+    config: C,
+    /// State of a layout other than the first one; `None`: the inline state.
+    #[cfg(feature = "std")]
+    state: Option<alloc::sync::Arc<W>>,
+    #[cfg(not(feature = "std"))]
+    state: core::marker::PhantomData<fn() -> W>,
+}
+
+impl<C, W> Layered<C, W> {
+    pub(crate) fn new(config: C, state: W) -> Self {
+        Layered {
+            own: state,
+            era: Live::new(Era {
+                config,
+                #[cfg(feature = "std")]
+                state: None,
+                #[cfg(not(feature = "std"))]
+                state: core::marker::PhantomData,
+            }),
+        }
+    }
+
+    /// Runs `f` on the configuration in force and its state.
+    #[inline(always)]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&C, &W) -> R) -> R {
+        self.era.with(|era| {
+            #[cfg(feature = "std")]
+            let state = era.state.as_deref().unwrap_or(&self.own);
+            #[cfg(not(feature = "std"))]
+            let state = &self.own;
+            f(&era.config, state)
+        })
+    }
+}
+
+#[cfg(feature = "std")]
+impl<C: Send + Sync + 'static, W: Send + Sync + 'static> Layered<C, W> {
+    /// Replaces the configuration with what `make` makes of the one in force
+    /// (again if another change came first). `relayout(old config, old
+    /// state, new config)` returns the new state when the layout changes
+    /// (carrying over what it can), `None` to keep the state.
+    pub(crate) fn update<E>(
+        &self,
+        mut make: impl FnMut(&C) -> Result<C, E>,
+        mut relayout: impl FnMut(&C, &W, &C) -> Option<W>,
+    ) -> Result<(), E> {
+        let guard = crossbeam_epoch::pin();
+        self.era
+            .update_with(&guard, |old| {
+                let config = make(&old.config)?;
+                let current = old.state.as_deref().unwrap_or(&self.own);
+                let state = match relayout(&old.config, current, &config) {
+                    Some(fresh) => Some(alloc::sync::Arc::new(fresh)),
+                    None => old.state.clone(),
+                };
+                Ok(Era { config, state })
+            })
+            .map(|_| ())
+    }
+}
+
+#[cfg(not(feature = "std"))]
+impl<C, W> Layered<C, W> {
+    /// Replaces the configuration (through `&mut self`: no other thread can
+    /// be reading it); `relayout` as for the `std` version.
+    pub(crate) fn set(&mut self, config: C, relayout: impl FnOnce(&C, &W, &C) -> Option<W>) {
+        let era = self.era.get_mut();
+        if let Some(fresh) = relayout(&era.config, &self.own, &config) {
+            self.own = fresh;
+        }
+        era.config = config;
+    }
+}
+
+/// A one-value mailbox between threads: [`put`](Self::put) leaves a value,
+/// replacing one not yet taken; [`take`](Self::take) takes it. One swap
+/// each, no lock; whoever swaps a pointer out owns the value behind it.
+#[cfg(feature = "alloc")]
+pub(crate) struct Mailbox<T> {
+    slot: crate::sync::AtomicPtr<T>,
+}
+
+#[cfg(feature = "alloc")]
+impl<T> Mailbox<T> {
+    pub(crate) fn new() -> Self {
+        Mailbox {
+            slot: crate::sync::AtomicPtr::new(core::ptr::null_mut()),
+        }
+    }
+
+    pub(crate) fn put(&self, value: T) {
+        let new = alloc::boxed::Box::into_raw(alloc::boxed::Box::new(value));
+        // ordering: AcqRel. Release publishes the value to the taker;
+        // Acquire sees the value displaced, which this thread now frees.
+        let old = self.slot.swap(new, crate::sync::Ordering::AcqRel);
+        if !old.is_null() {
+            // SAFETY: the swap unlinked `old`, so this thread owns it; it
+            // came from `Box::into_raw` in `put`.
+            drop(unsafe { alloc::boxed::Box::from_raw(old) });
+        }
+    }
+
+    pub(crate) fn take(&self) -> Option<T> {
+        // ordering: Relaxed; only a shortcut for the empty case, the swap
+        // below decides.
+        if self.slot.load(crate::sync::Ordering::Relaxed).is_null() {
+            return None;
+        }
+        // ordering: AcqRel; Acquire pairs with the Release of `put`.
+        let taken = self
+            .slot
+            .swap(core::ptr::null_mut(), crate::sync::Ordering::AcqRel);
+        // SAFETY: as in `put`: the swap made this thread the owner.
+        (!taken.is_null()).then(|| *unsafe { alloc::boxed::Box::from_raw(taken) })
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl<T> Drop for Mailbox<T> {
+    fn drop(&mut self) {
+        drop(self.take());
+    }
+}

@@ -13,10 +13,10 @@ pub(crate) use portable_atomic::AtomicU64;
 #[cfg(tenlives_loom)]
 pub(crate) use loom::sync::atomic::AtomicU64;
 
-#[cfg(all(feature = "std", tenlives_loom))]
+#[cfg(all(feature = "alloc", tenlives_loom))]
 pub(crate) use loom::sync::atomic::AtomicPtr;
 /// The rate limiter's pointer to its current quota (live configuration).
-#[cfg(all(feature = "std", not(tenlives_loom)))]
+#[cfg(all(feature = "alloc", not(tenlives_loom)))]
 pub(crate) use portable_atomic::AtomicPtr;
 
 pub(crate) use core::sync::atomic::Ordering;

@@ -50,6 +50,7 @@ use crate::breaker::config::Window;
 use crate::breaker::window::StripedWindow;
 use crate::error::ConfigError;
 use crate::events::{Event, EventKind, EventSink, NoSink};
+use crate::live::Layered;
 use crate::rng::SplitMix64;
 use crate::sync::{AtomicU64, Ordering};
 use crate::time::Timestamp;
@@ -73,6 +74,8 @@ pub struct ThrottleConfig {
     /// K in thousandths.
     k_milli: u64,
     window: Window,
+    /// The window's length and buckets, as given.
+    window_length: (Duration, u32),
     minimum_requests: u64,
     seed: u64,
 }
@@ -92,6 +95,17 @@ impl ThrottleConfig {
     /// K, the multiplier on accepts.
     pub fn k(&self) -> f64 {
         self.k_milli as f64 / 1000.0
+    }
+
+    /// A builder holding this configuration's settings, to change some of
+    /// them (for [`Throttle::update_config`]).
+    pub fn to_builder(&self) -> ThrottleConfigBuilder {
+        let (length, buckets) = self.window_length;
+        ThrottleConfig::builder()
+            .k(self.k())
+            .window(length, buckets)
+            .minimum_requests(self.minimum_requests as u32)
+            .seed(self.seed)
     }
 }
 
@@ -130,6 +144,7 @@ impl ThrottleConfigBuilder {
         Ok(ThrottleConfig {
             k_milli: (self.k * 1000.0 + 0.5) as u64,
             window,
+            window_length: self.window,
             minimum_requests: self.minimum_requests.into(),
             seed: self.seed,
         })
@@ -164,8 +179,8 @@ impl std::error::Error for Throttled {}
 
 /// The client-side throttle. See the [module documentation](self).
 pub struct Throttle<S: EventSink = NoSink> {
-    window: StripedWindow,
-    config: ThrottleConfig,
+    /// The configuration and the window laid out for it.
+    era: Layered<ThrottleConfig, StripedWindow>,
     sink: S,
     source: u32,
     /// SplitMix64 state, shared: it is only advanced when the probability is
@@ -177,7 +192,7 @@ pub struct Throttle<S: EventSink = NoSink> {
 impl<S: EventSink> fmt::Debug for Throttle<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Throttle")
-            .field("config", &self.config)
+            .field("config", &self.config())
             .finish_non_exhaustive()
     }
 }
@@ -206,6 +221,35 @@ impl<S: EventSink> ThrottleTicket<'_, S> {
     }
 }
 
+/// `(requests, accepts)` in `window` at `now`.
+fn counts(config: &ThrottleConfig, window: &StripedWindow, now: Timestamp) -> (u64, u64) {
+    let pos = window.position(&config.window, now);
+    let c = window.sum(&config.window, 0, pos);
+    (c.calls, c.calls - c.failures)
+}
+
+/// What a configuration change does to the window: nothing when its layout
+/// stays; else a new window carrying the old one's requests that overlap
+/// it (their number goes to `carried`, which is otherwise `u64::MAX`).
+fn relayout(
+    now: Timestamp,
+    carried: &core::cell::Cell<u64>,
+) -> impl FnMut(&ThrottleConfig, &StripedWindow, &ThrottleConfig) -> Option<StripedWindow> + '_ {
+    move |old, window, new| {
+        if new.window.spec == old.window.spec {
+            carried.set(u64::MAX);
+            return None;
+        }
+        let fresh = StripedWindow::new();
+        carried.set(
+            window
+                .carry_into(&old.window, &fresh, &new.window, 0, now)
+                .calls,
+        );
+        Some(fresh)
+    }
+}
+
 impl Throttle {
     /// A throttle with nothing in its window, emitting no events.
     pub fn new(config: ThrottleConfig) -> Self {
@@ -220,40 +264,136 @@ impl<S: EventSink> Throttle<S> {
         Throttle {
             sink,
             source,
-            window: StripedWindow::new(),
             rng: CachePadded::new(AtomicU64::new(config.seed)),
-            config,
+            era: Layered::new(config, StripedWindow::new()),
         }
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &ThrottleConfig {
-        &self.config
+    /// The configuration in force.
+    pub fn config(&self) -> ThrottleConfig {
+        self.era.with(|config, _| *config)
+    }
+
+    /// Takes `config` in place of the configuration in force, at `now`. A
+    /// new K or minimum judges the same window at the next request; a new
+    /// window layout starts a new window whose current bucket holds the old
+    /// window's requests and accepts that overlap its span (as for the
+    /// circuit breaker's time window). The random stream goes on (a new
+    /// seed does not restart it). Emits [`EventKind::CONFIG_CHANGED`] with
+    /// payload `[48, requests carried into a new window, or u64::MAX when
+    /// the window was kept]`.
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use tenlives_engine::throttle::{Throttle, ThrottleConfig};
+    /// use tenlives_engine::time::Timestamp;
+    ///
+    /// let throttle = Throttle::new(ThrottleConfig::builder().k(2.0).minimum_requests(100).build()?);
+    /// let now = Timestamp::from_nanos(1_000_000_000);
+    /// for _ in 0..10 {
+    ///     throttle.try_admit(now).expect("under the minimum").refused(now);
+    /// }
+    /// assert_eq!(throttle.probability(now), 0.0);
+    /// // A lower minimum judges the same 10 refused requests at once...
+    /// throttle.update_config(|old| old.to_builder().minimum_requests(5).build(), now)?;
+    /// assert_eq!(throttle.counts(now), (10, 0));
+    /// assert!(throttle.probability(now) > 0.5);
+    /// // ...and a bad change is refused with the builder's error.
+    /// assert!(throttle.update_config(|old| old.to_builder().k(0.5).build(), now).is_err());
+    /// assert_eq!(throttle.config().k(), 2.0);
+    /// # let _ = Duration::ZERO;
+    /// # Ok::<(), tenlives_engine::ConfigError>(())
+    /// ```
+    #[cfg(feature = "std")]
+    pub fn set_config(&self, config: ThrottleConfig, now: Timestamp) {
+        let done: Result<(), core::convert::Infallible> = self.update_config(|_| Ok(config), now);
+        let Ok(()) = done;
+    }
+
+    /// Replaces the configuration with what `f` makes of the one in force
+    /// (`f` may run again if another change came first), like
+    /// [`set_config`](Self::set_config).
+    ///
+    /// # Errors
+    ///
+    /// The error `f` returns (a builder's [`ConfigError`](crate::ConfigError));
+    /// the configuration in force stays.
+    #[cfg(feature = "std")]
+    pub fn update_config<E>(
+        &self,
+        f: impl FnMut(&ThrottleConfig) -> Result<ThrottleConfig, E>,
+        now: Timestamp,
+    ) -> Result<(), E> {
+        let carried = core::cell::Cell::new(u64::MAX);
+        self.era.update(f, relayout(now, &carried))?;
+        self.changed(now, carried.get());
+        Ok(())
+    }
+
+    /// Takes `config` in place of the configuration in force, like the
+    /// `std` version; without `std` there is no epoch collector, so a change
+    /// needs `&mut self`.
+    #[cfg(not(feature = "std"))]
+    pub fn set_config(&mut self, config: ThrottleConfig, now: Timestamp) {
+        let carried = core::cell::Cell::new(u64::MAX);
+        self.era.set(config, relayout(now, &carried));
+        self.changed(now, carried.get());
+    }
+
+    /// Replaces the configuration with what `f` makes of the one in force,
+    /// like [`set_config`](Self::set_config).
+    ///
+    /// # Errors
+    ///
+    /// The error `f` returns; the configuration in force stays.
+    #[cfg(not(feature = "std"))]
+    pub fn update_config<E>(
+        &mut self,
+        f: impl FnOnce(&ThrottleConfig) -> Result<ThrottleConfig, E>,
+        now: Timestamp,
+    ) -> Result<(), E> {
+        let config = f(&self.config())?;
+        self.set_config(config, now);
+        Ok(())
+    }
+
+    fn changed(&self, now: Timestamp, carried: u64) {
+        if self.sink.enabled() {
+            let family = u64::from(EventKind::THROTTLED.0);
+            let event = Event::new(
+                EventKind::CONFIG_CHANGED,
+                self.source,
+                now,
+                [family, carried],
+            );
+            self.sink.emit(event);
+        }
     }
 
     fn count(&self, now: Timestamp, accepted: bool) {
-        let pos = self.window.position(&self.config.window, now);
-        // "failed" marks a request the backend did not accept.
-        self.window
-            .record(&self.config.window, 0, pos, !accepted, false);
+        self.era.with(|config, window| {
+            let pos = window.position(&config.window, now);
+            // "failed" marks a request the backend did not accept.
+            window.record(&config.window, 0, pos, !accepted, false);
+        });
     }
 
     /// `(requests, accepts)` in the window at `now`.
     pub fn counts(&self, now: Timestamp) -> (u64, u64) {
-        let pos = self.window.position(&self.config.window, now);
-        let c = self.window.sum(&self.config.window, 0, pos);
-        (c.calls, c.calls - c.failures)
+        self.era.with(|config, window| counts(config, window, now))
     }
 
     /// The rejection probability at `now` as a fraction `(numerator,
     /// denominator)`; zero below the minimum number of requests.
     fn odds(&self, now: Timestamp) -> (u64, u64) {
-        let (requests, accepts) = self.counts(now);
-        if requests < self.config.minimum_requests {
-            return (0, 1);
-        }
-        let over = (requests * 1000).saturating_sub(self.config.k_milli.saturating_mul(accepts));
-        (over, (requests + 1) * 1000)
+        self.era.with(|config, window| {
+            let (requests, accepts) = counts(config, window, now);
+            if requests < config.minimum_requests {
+                return (0, 1);
+            }
+            let over = (requests * 1000).saturating_sub(config.k_milli.saturating_mul(accepts));
+            (over, (requests + 1) * 1000)
+        })
     }
 
     /// The probability that a request at `now` is rejected locally.

@@ -71,3 +71,53 @@ fn reports_racing_a_window_close_are_counted_once() {
         );
     });
 }
+
+/// An algorithm that keeps its limit within `max` and counts how often it
+/// was given new settings.
+struct Bounded {
+    max: u32,
+    reconfigured: StdArc<AtomicU64>,
+}
+
+impl LimitAlgorithm for Bounded {
+    fn initial_limit(&self) -> u32 {
+        self.max
+    }
+    fn update(&mut self, limit: u32, _sample: &WindowSample) -> u32 {
+        limit.min(self.max)
+    }
+    fn reconfigure(&mut self, new: Self, limit: u32) -> u32 {
+        self.reconfigured.fetch_add(1, Ordering::Relaxed);
+        self.max = new.max;
+        limit.min(self.max)
+    }
+}
+
+/// A4 (docs/guarantees.md): new settings given while another thread closes
+/// a window are applied exactly once — at once, or by the next window's
+/// close — and the algorithm is still only run by one thread at a time.
+#[test]
+fn new_settings_racing_a_window_close_are_applied_once() {
+    model(2, || {
+        let reconfigured = StdArc::new(AtomicU64::new(0));
+        let make = |max| Bounded {
+            max,
+            reconfigured: reconfigured.clone(),
+        };
+        let window = WindowConfig::new(Duration::from_nanos(1_000), 1).unwrap();
+        let limiter = Arc::new(AdaptiveLimiter::new(make(4), window, Timestamp::ZERO));
+        let p = limiter.try_acquire(Timestamp::ZERO).unwrap().into_raw();
+        let other = {
+            let limiter = limiter.clone();
+            thread::spawn(move || limiter.complete_raw(p, Some(100), LATER))
+        };
+        limiter.set_algorithm(make(2), Timestamp::from_nanos(1_500));
+        other.join().unwrap();
+        // The next window's close applies what is still waiting.
+        let later = Timestamp::from_nanos(10_000);
+        let p = limiter.try_acquire(later).unwrap().into_raw();
+        limiter.complete_raw(p, Some(1), later);
+        assert_eq!(reconfigured.load(Ordering::Relaxed), 1, "applied once");
+        assert_eq!(limiter.limit(), 2, "within the new bound");
+    });
+}

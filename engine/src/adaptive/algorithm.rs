@@ -26,6 +26,20 @@ pub trait LimitAlgorithm {
     fn initial_limit(&self) -> u32;
     /// The next limit, given the current one and the window that just ended.
     fn update(&mut self, limit: u32, sample: &WindowSample) -> u32;
+
+    /// Takes the settings of `new` at run time (see
+    /// [`AdaptiveLimiter::set_algorithm`](super::AdaptiveLimiter::set_algorithm))
+    /// and returns the limit to go on from, given the current one. The
+    /// default replaces the algorithm, state and all, and keeps the limit;
+    /// [`Aimd`] and [`Gradient`] keep what they measured and move the limit
+    /// into the new bounds.
+    fn reconfigure(&mut self, new: Self, limit: u32) -> u32
+    where
+        Self: Sized,
+    {
+        *self = new;
+        limit
+    }
 }
 
 fn check_bounds(min: u32, initial: u32, max: u32) -> Result<(), ConfigError> {
@@ -166,6 +180,11 @@ impl LimitAlgorithm for Aimd {
             limit // not using what it has: no evidence for more
         };
         next.clamp(self.min, self.max)
+    }
+
+    fn reconfigure(&mut self, new: Self, limit: u32) -> u32 {
+        *self = new; // AIMD keeps no measurements
+        limit.clamp(self.min, self.max)
     }
 }
 
@@ -407,6 +426,22 @@ impl LimitAlgorithm for Gradient {
             return ((self.estimate / 2.0) as u32).max(self.min);
         }
         self.estimate as u32
+    }
+
+    fn reconfigure(&mut self, new: Self, limit: u32) -> u32 {
+        // Keep the measurements (long-term RTT, estimate, probe schedule);
+        // take the settings; move the estimate and the limit into the new
+        // bounds.
+        let (min, max) = (f64::from(new.min), f64::from(new.max));
+        *self = Gradient {
+            estimate: self.estimate.clamp(min, max),
+            long_rtt: self.long_rtt,
+            windows: self.windows,
+            since_probe: self.since_probe,
+            probing: self.probing.map(|saved| saved.clamp(min, max)),
+            ..new
+        };
+        limit.clamp(self.min, self.max)
     }
 }
 

@@ -47,7 +47,9 @@ pub use algorithm::{Aimd, AimdBuilder, Gradient, GradientBuilder, LimitAlgorithm
 
 use crate::bulkhead::{Bulkhead, BulkheadFull, RawBulkheadPermit};
 use crate::error::ConfigError;
-use crate::events::{EventSink, NoSink};
+use crate::events::{Event, EventKind, EventSink, NoSink};
+#[cfg(feature = "alloc")]
+use crate::live::Mailbox;
 use crate::sync::ExclusiveCell;
 use crate::time::{Timestamp, checked_nanos};
 use sampler::Sampler;
@@ -88,7 +90,18 @@ pub struct AdaptiveLimiter<A, S: EventSink = NoSink> {
     sampler: Sampler,
     /// Touched only by the holder of the sampler's harvesting flag.
     algorithm: ExclusiveCell<A>,
-    window: WindowConfig,
+    /// Touched only by the holder of the sampler's harvesting flag.
+    window: ExclusiveCell<WindowConfig>,
+    /// Changes waiting for the harvesting flag.
+    #[cfg(feature = "alloc")]
+    changes: Changes<A>,
+}
+
+/// Settings given at run time, applied by the next holder of the flag.
+#[cfg(feature = "alloc")]
+struct Changes<A> {
+    algorithm: Mailbox<A>,
+    window: Mailbox<WindowConfig>,
 }
 
 // SAFETY: the only non-`Sync` part is `algorithm`'s cell, which is accessed
@@ -103,7 +116,6 @@ impl<A, S: EventSink> fmt::Debug for AdaptiveLimiter<A, S> {
         f.debug_struct("AdaptiveLimiter")
             .field("limit", &self.bulkhead.limit())
             .field("in_flight", &self.bulkhead.in_flight())
-            .field("window", &self.window)
             .finish_non_exhaustive()
     }
 }
@@ -135,7 +147,12 @@ impl<A: LimitAlgorithm, S: EventSink> AdaptiveLimiter<A, S> {
             bulkhead,
             sampler: Sampler::new(now.as_nanos().saturating_add(window.length_ns)),
             algorithm: ExclusiveCell::new(algorithm),
-            window,
+            window: ExclusiveCell::new(window),
+            #[cfg(feature = "alloc")]
+            changes: Changes {
+                algorithm: Mailbox::new(),
+                window: Mailbox::new(),
+            },
         }
     }
 
@@ -183,19 +200,157 @@ impl<A: LimitAlgorithm, S: EventSink> AdaptiveLimiter<A, S> {
         }
     }
 
+    /// Gives the limiter new algorithm settings at run time. They take
+    /// effect at once, or — when another thread is closing a window at that
+    /// instant — when the next window closes. The algorithm decides what it
+    /// keeps ([`LimitAlgorithm::reconfigure`]: the engine's algorithms keep
+    /// their measurements and move the limit into the new bounds); permits
+    /// in flight stay held, and the samples of the current window are judged
+    /// by the new settings. A later change replaces one not yet applied.
+    /// Emits [`EventKind::CONFIG_CHANGED`](crate::events::EventKind::CONFIG_CHANGED)
+    /// through the bulkhead's sink, payload `[17, 1]`, when applied (and
+    /// [`BULKHEAD_LIMIT_CHANGED`](crate::events::EventKind::BULKHEAD_LIMIT_CHANGED)
+    /// if the limit moved). Bad settings never get here: the algorithm's
+    /// builder refuses them with a typed error.
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use tenlives_engine::adaptive::{AdaptiveLimiter, Aimd, WindowConfig};
+    /// use tenlives_engine::time::Timestamp;
+    ///
+    /// let aimd = |initial, max| Aimd::builder().limits(1, initial, max).build();
+    /// let window = WindowConfig::new(Duration::from_millis(100), 1)?;
+    /// let limiter = AdaptiveLimiter::new(aimd(50, 100)?, window, Timestamp::ZERO);
+    /// assert_eq!(limiter.limit(), 50);
+    /// // The limit goes on from where it is, moved into the new bounds (the
+    /// // new initial limit is for new limiters only).
+    /// limiter.set_algorithm(aimd(10, 20)?, Timestamp::ZERO);
+    /// assert_eq!(limiter.limit(), 20);
+    /// assert!(aimd(10, 0).is_err(), "refused by the builder");
+    /// # Ok::<(), tenlives_engine::ConfigError>(())
+    /// ```
+    #[cfg(feature = "alloc")]
+    pub fn set_algorithm(&self, algorithm: A, now: Timestamp) {
+        self.changes.algorithm.put(algorithm);
+        self.try_apply(now);
+    }
+
+    /// Gives the limiter a new window configuration at run time, applied
+    /// like [`set_algorithm`](Self::set_algorithm)'s: the window being
+    /// collected keeps its samples and now ends one new length after the
+    /// change. Emits `CONFIG_CHANGED` with payload `[17, 2]` when applied.
+    #[cfg(feature = "alloc")]
+    pub fn set_window(&self, window: WindowConfig, now: Timestamp) {
+        self.changes.window.put(window);
+        self.try_apply(now);
+    }
+
+    #[cfg(feature = "alloc")]
+    fn try_apply(&self, now: Timestamp) {
+        if self.sampler.try_begin() {
+            // SAFETY: this thread holds the harvesting flag.
+            let moved_end = unsafe { self.apply_pending(now) };
+            self.sampler.end(moved_end);
+        }
+    }
+
+    /// Applies the changes waiting in the mailboxes; returns the new end of
+    /// the current window if it moved.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the sampler's harvesting flag.
+    #[cfg(feature = "alloc")]
+    unsafe fn apply_pending(&self, now: Timestamp) -> Option<u64> {
+        let (algorithm, window) = (self.changes.algorithm.take(), self.changes.window.take());
+        // SAFETY: passed on from the caller.
+        unsafe { self.apply(algorithm, window, now) }
+    }
+
+    /// Without `alloc` there is nothing waiting.
+    ///
+    /// # Safety
+    ///
+    /// None needed; kept `unsafe` like the `alloc` version.
+    #[cfg(not(feature = "alloc"))]
+    unsafe fn apply_pending(&self, _now: Timestamp) -> Option<u64> {
+        None
+    }
+
+    /// Gives the limiter new algorithm settings (without `alloc`: through
+    /// `&mut self`), as the `alloc` version describes.
+    #[cfg(not(feature = "alloc"))]
+    pub fn set_algorithm(&mut self, algorithm: A, now: Timestamp) {
+        // SAFETY: `&mut self`: no other thread can hold the flag.
+        let moved_end = unsafe { self.apply(Some(algorithm), None, now) };
+        self.sampler.end(moved_end);
+    }
+
+    /// Gives the limiter a new window configuration (without `alloc`:
+    /// through `&mut self`), as the `alloc` version describes.
+    #[cfg(not(feature = "alloc"))]
+    pub fn set_window(&mut self, window: WindowConfig, now: Timestamp) {
+        // SAFETY: `&mut self`: no other thread can hold the flag.
+        let moved_end = unsafe { self.apply(None, Some(window), now) };
+        self.sampler.end(moved_end);
+    }
+
+    /// # Safety
+    ///
+    /// The caller holds the sampler's harvesting flag (or `&mut self`).
+    unsafe fn apply(
+        &self,
+        algorithm: Option<A>,
+        window: Option<WindowConfig>,
+        now: Timestamp,
+    ) -> Option<u64> {
+        if let Some(new) = algorithm {
+            let limit = self.bulkhead.limit();
+            // SAFETY: passed on from the caller: nobody else holds the flag.
+            let next = unsafe { self.algorithm.with_mut(|a| a.reconfigure(new, limit)) }.max(1);
+            if next != limit {
+                let _ = self.bulkhead.set_limit(next);
+            }
+            self.changed(now, 1);
+        }
+        let window = window?;
+        // SAFETY: as above.
+        unsafe { self.window.with_mut(|w| *w = window) };
+        self.changed(now, 2);
+        Some(now.as_nanos().saturating_add(window.length_ns))
+    }
+
+    fn changed(&self, now: Timestamp, what: u64) {
+        let sink = self.bulkhead.sink();
+        if sink.enabled() {
+            let family = u64::from(EventKind::BULKHEAD_LIMIT_CHANGED.0);
+            let event = Event::new(
+                EventKind::CONFIG_CHANGED,
+                self.bulkhead.source(),
+                now,
+                [family, what],
+            );
+            sink.emit(event);
+        }
+    }
+
     #[cold]
     fn close_window(&self, now: Timestamp) {
         let now_ns = now.as_nanos();
         if !self.sampler.try_begin() {
             return; // someone else is closing it; keep going
         }
+        // SAFETY: this thread holds the harvesting flag.
+        let moved_end = unsafe { self.apply_pending(now) };
         if !self.sampler.due(now_ns) {
             // Closed by someone else between our check and the flag.
-            self.sampler.end(None);
+            self.sampler.end(moved_end);
             return;
         }
-        let next_end = Some(now_ns.saturating_add(self.window.length_ns));
-        if self.sampler.pending() < self.window.min_samples {
+        // SAFETY: this thread holds the harvesting flag.
+        let window = unsafe { self.window.with(|w| *w) };
+        let next_end = Some(now_ns.saturating_add(window.length_ns));
+        if self.sampler.pending() < window.min_samples {
             self.sampler.end(next_end); // too few samples to judge: extend
             return;
         }

@@ -95,7 +95,7 @@ use word::{
 };
 
 use crate::events::{Event, EventKind, EventSink, NoSink};
-use crate::live::Live;
+use crate::live::Layered;
 use crate::sync::{AtomicU64, Ordering, spin_hint};
 use crate::time::Timestamp;
 
@@ -350,22 +350,10 @@ struct Core {
 /// a clock: every time-dependent method takes `now`.
 pub struct CircuitBreaker<S: EventSink = NoSink> {
     core: CachePadded<Core>,
-    /// The window of the first configuration, and of every later one with
-    /// the same layout.
-    window: StripedWindow,
-    era: Live<Era>,
+    /// The configuration and the window laid out for it.
+    era: Layered<BreakerConfig, StripedWindow>,
     sink: S,
     source: u32,
-}
-
-/// A configuration and the window it counts in.
-#[derive(Clone)]
-struct Era {
-    config: BreakerConfig,
-    /// A window of another layout than the first configuration's; `None`:
-    /// the breaker's own.
-    #[cfg(feature = "std")]
-    window: Option<alloc::sync::Arc<StripedWindow>>,
 }
 
 impl<S: EventSink> fmt::Debug for CircuitBreaker<S> {
@@ -447,12 +435,7 @@ impl<S: EventSink> CircuitBreaker<S> {
                 open_until: AtomicU64::new(0),
                 probes: AtomicU64::new(ProbeWord::fresh(0).0),
             }),
-            window: StripedWindow::new(),
-            era: Live::new(Era {
-                config,
-                #[cfg(feature = "std")]
-                window: None,
-            }),
+            era: Layered::new(config, StripedWindow::new()),
             sink,
             source,
         }
@@ -547,25 +530,12 @@ impl<S: EventSink> CircuitBreaker<S> {
     #[cfg(feature = "std")]
     pub fn update_config<E>(
         &self,
-        mut f: impl FnMut(&BreakerConfig) -> Result<BreakerConfig, E>,
+        f: impl FnMut(&BreakerConfig) -> Result<BreakerConfig, E>,
         now: Timestamp,
     ) -> Result<(), E> {
-        let guard = crossbeam_epoch::pin();
-        let mut carried = u64::MAX;
-        self.era.update_with(&guard, |old| {
-            let config = f(&old.config)?;
-            let window = if config.window.spec == old.config.window.spec {
-                carried = u64::MAX;
-                old.window.clone()
-            } else {
-                let fresh = alloc::sync::Arc::new(StripedWindow::new());
-                let from = old.window.as_deref().unwrap_or(&self.window);
-                carried = self.carry(&old.config, from, &config, &fresh, now);
-                Some(fresh)
-            };
-            Ok(Era { config, window })
-        })?;
-        self.emit(EventKind::CONFIG_CHANGED, now, [1, carried]);
+        let carried = core::cell::Cell::new(u64::MAX);
+        self.era.update(f, self.relayout(now, &carried))?;
+        self.emit(EventKind::CONFIG_CHANGED, now, [1, carried.get()]);
         Ok(())
     }
 
@@ -575,17 +545,10 @@ impl<S: EventSink> CircuitBreaker<S> {
     /// is no epoch collector, so a change needs `&mut self`.
     #[cfg(not(feature = "std"))]
     pub fn set_config(&mut self, config: BreakerConfig, now: Timestamp) {
-        let old = self.config();
-        let carried = if config.window.spec == old.window.spec {
-            u64::MAX
-        } else {
-            let fresh = StripedWindow::new();
-            let carried = self.carry(&old, &self.window, &config, &fresh, now);
-            self.window = fresh;
-            carried
-        };
-        self.era.get_mut().config = config;
-        self.emit(EventKind::CONFIG_CHANGED, now, [1, carried]);
+        let carried = core::cell::Cell::new(u64::MAX);
+        let relayout = self.relayout(now, &carried);
+        self.era.set(config, relayout);
+        self.emit(EventKind::CONFIG_CHANGED, now, [1, carried.get()]);
     }
 
     /// Replaces the configuration with what `f` makes of the one in force,
@@ -605,31 +568,33 @@ impl<S: EventSink> CircuitBreaker<S> {
         Ok(())
     }
 
-    /// Carries the current generation's window into a window of a new
-    /// layout; returns the calls carried.
-    fn carry(
+    /// What a configuration change does to the window: nothing when its
+    /// layout stays; else a new window, into which the current generation's
+    /// calls that fit are carried (their number goes to `carried`, which
+    /// is otherwise `u64::MAX`).
+    fn relayout<'a>(
         &self,
-        old: &BreakerConfig,
-        from: &StripedWindow,
-        new: &BreakerConfig,
-        into: &StripedWindow,
         now: Timestamp,
-    ) -> u64 {
+        carried: &'a core::cell::Cell<u64>,
+    ) -> impl FnMut(&BreakerConfig, &StripedWindow, &BreakerConfig) -> Option<StripedWindow> + 'a
+    {
         let generation = self.load().generation();
-        from.carry_into(&old.window, into, &new.window, generation, now)
-            .calls
+        move |old, window, new| {
+            if new.window.spec == old.window.spec {
+                carried.set(u64::MAX);
+                return None;
+            }
+            let fresh = StripedWindow::new();
+            let counts = window.carry_into(&old.window, &fresh, &new.window, generation, now);
+            carried.set(counts.calls);
+            Some(fresh)
+        }
     }
 
     /// Runs `f` on the configuration in force and the window it counts in.
     #[inline(always)]
     fn with_era<R>(&self, f: impl FnOnce(&BreakerConfig, &StripedWindow) -> R) -> R {
-        self.era.with(|era| {
-            #[cfg(feature = "std")]
-            let window = era.window.as_deref().unwrap_or(&self.window);
-            #[cfg(not(feature = "std"))]
-            let window = &self.window;
-            f(&era.config, window)
-        })
+        self.era.with(f)
     }
 
     #[inline]

@@ -113,6 +113,7 @@ pub use super::budget_config::{
     BudgetCounts, MAX_BUCKETS, MAX_RATIO_PPM, RetryBudgetConfig, RetryBudgetConfigBuilder,
 };
 use crate::events::{Event, EventKind, EventSink, NoSink};
+use crate::live::Layered;
 use crate::sync::{AtomicU64, Ordering, spin_hint};
 use crate::time::Timestamp;
 
@@ -227,18 +228,46 @@ struct Core {
 /// All methods take `&self`; share it by reference, in an `Arc` or in a
 /// `static`. It never allocates, never blocks and never reads a clock.
 pub struct RetryBudget<S: EventSink = NoSink> {
+    /// The configuration and the words laid out for it.
+    era: Layered<RetryBudgetConfig, Words>,
+    sink: S,
+    source: u32,
+}
+
+/// The state of one window layout.
+struct Words {
     core: CachePadded<Core>,
     /// The older buckets of the window: slot `i % buckets` holds bucket `i`.
     slots: [AtomicU64; MAX_BUCKETS as usize],
-    config: RetryBudgetConfig,
-    sink: S,
-    source: u32,
+}
+
+impl Words {
+    /// A window whose head is bucket `epoch`, holding `carried`.
+    fn new(epoch: u64, carried: BudgetCounts) -> Self {
+        let cap = |n: u64| n.min(u64::from(BUCKET_CAP)) as u32;
+        let head = Bucket::new(epoch, cap(carried.deposits), cap(carried.withdrawals));
+        Words {
+            core: CachePadded::new(Core {
+                head: AtomicU64::new(head.0),
+                epoch: AtomicU64::new(epoch),
+            }),
+            // Every slot is an empty bucket.
+            slots: core::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+/// A window layout's words with the configuration in force.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    words: &'a Words,
+    config: &'a RetryBudgetConfig,
 }
 
 impl<S: EventSink> fmt::Debug for RetryBudget<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryBudget")
-            .field("config", &self.config)
+            .field("config", &self.config())
             .finish_non_exhaustive()
     }
 }
@@ -255,21 +284,114 @@ impl<S: EventSink> RetryBudget<S> {
     /// with `source` (see `docs/events.md`).
     pub fn with_sink(config: RetryBudgetConfig, sink: S, source: u32) -> Self {
         RetryBudget {
-            // Bucket 0 is the head; every slot is an empty bucket.
-            core: CachePadded::new(Core {
-                head: AtomicU64::new(Bucket::new(0, 0, 0).0),
-                epoch: AtomicU64::new(0),
-            }),
-            slots: core::array::from_fn(|_| AtomicU64::new(0)),
-            config,
+            // Bucket 0 is the head.
+            era: Layered::new(config, Words::new(0, BudgetCounts::default())),
             sink,
             source,
         }
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &RetryBudgetConfig {
-        &self.config
+    /// The configuration in force.
+    pub fn config(&self) -> RetryBudgetConfig {
+        self.with_view(|v| *v.config)
+    }
+
+    /// Runs `f` on the configuration in force and the words it counts in.
+    #[inline(always)]
+    fn with_view<R>(&self, f: impl FnOnce(View<'_>) -> R) -> R {
+        self.era.with(|config, words| f(View { words, config }))
+    }
+
+    /// Takes `config` in place of the configuration in force, at `now`. A
+    /// new ratio or reserve judges the same window at the next withdrawal;
+    /// a new window layout (length or buckets) starts a new window whose
+    /// head bucket holds the old window's deposits and withdrawals at `now`
+    /// (they count as made at the change, and leave with that bucket). Emits
+    /// [`EventKind::CONFIG_CHANGED`] with payload `[32, deposits carried
+    /// into a new window, or u64::MAX when the window was kept]`.
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use tenlives_engine::retry::{RetryBudget, RetryBudgetConfig};
+    /// use tenlives_engine::time::Timestamp;
+    ///
+    /// let budget = RetryBudget::new(RetryBudgetConfig::builder().ratio(0.1).min_per_second(0).build()?);
+    /// let now = Timestamp::from_nanos(1_000_000_000);
+    /// for _ in 0..100 {
+    ///     budget.deposit(now);
+    /// }
+    /// assert_eq!(budget.remaining(now), 10);
+    /// // A bad change is refused with the builder's error...
+    /// assert!(budget.update_config(|old| old.to_builder().ratio(-1.0).build(), now).is_err());
+    /// // ...a good one judges the same 100 requests.
+    /// budget.update_config(|old| old.to_builder().ratio(0.5).build(), now)?;
+    /// assert_eq!(budget.remaining(now), 50);
+    /// # let _ = Duration::ZERO;
+    /// # Ok::<(), tenlives_engine::ConfigError>(())
+    /// ```
+    #[cfg(feature = "std")]
+    pub fn set_config(&self, config: RetryBudgetConfig, now: Timestamp) {
+        let done: Result<(), core::convert::Infallible> = self.update_config(|_| Ok(config), now);
+        let Ok(()) = done;
+    }
+
+    /// Replaces the configuration with what `f` makes of the one in force
+    /// (`f` may run again if another change came first), like
+    /// [`set_config`](Self::set_config).
+    ///
+    /// # Errors
+    ///
+    /// The error `f` returns (a builder's [`ConfigError`](crate::ConfigError));
+    /// the configuration in force stays.
+    #[cfg(feature = "std")]
+    pub fn update_config<E>(
+        &self,
+        f: impl FnMut(&RetryBudgetConfig) -> Result<RetryBudgetConfig, E>,
+        now: Timestamp,
+    ) -> Result<(), E> {
+        let carried = core::cell::Cell::new(u64::MAX);
+        self.era.update(f, relayout(now, &carried))?;
+        self.changed(now, carried.get());
+        Ok(())
+    }
+
+    /// Takes `config` in place of the configuration in force, like the
+    /// `std` version; without `std` there is no epoch collector, so a change
+    /// needs `&mut self`.
+    #[cfg(not(feature = "std"))]
+    pub fn set_config(&mut self, config: RetryBudgetConfig, now: Timestamp) {
+        let carried = core::cell::Cell::new(u64::MAX);
+        self.era.set(config, relayout(now, &carried));
+        self.changed(now, carried.get());
+    }
+
+    /// Replaces the configuration with what `f` makes of the one in force,
+    /// like [`set_config`](Self::set_config).
+    ///
+    /// # Errors
+    ///
+    /// The error `f` returns; the configuration in force stays.
+    #[cfg(not(feature = "std"))]
+    pub fn update_config<E>(
+        &mut self,
+        f: impl FnOnce(&RetryBudgetConfig) -> Result<RetryBudgetConfig, E>,
+        now: Timestamp,
+    ) -> Result<(), E> {
+        let config = f(&self.config())?;
+        self.set_config(config, now);
+        Ok(())
+    }
+
+    fn changed(&self, now: Timestamp, carried: u64) {
+        if self.sink.enabled() {
+            let family = u64::from(EventKind::RETRY_BUDGET_EXHAUSTED.0);
+            self.sink.emit(Event::new(
+                EventKind::CONFIG_CHANGED,
+                self.source,
+                now,
+                [family, carried],
+            ));
+        }
     }
 
     /// The sink events go to.
@@ -277,11 +399,76 @@ impl<S: EventSink> RetryBudget<S> {
         &self.sink
     }
 
+    /// Counts one request (a first attempt) made at `now`.
+    #[inline]
+    pub fn deposit(&self, now: Timestamp) {
+        self.with_view(|v| v.deposit(now));
+    }
+
+    /// Asks for one retry at `now`: true if the budget grants it (and counts
+    /// it), false if the window's withdrawals are used up.
+    #[inline]
+    pub fn try_withdraw(&self, now: Timestamp) -> bool {
+        match self.with_view(|v| v.try_withdraw(now)) {
+            Ok(()) => true,
+            Err(counts) => {
+                self.refused(now, counts);
+                false
+            }
+        }
+    }
+
+    #[cold]
+    fn refused(&self, now: Timestamp, counts: BudgetCounts) {
+        if self.sink.enabled() {
+            self.sink.emit(Event::new(
+                EventKind::RETRY_BUDGET_EXHAUSTED,
+                self.source,
+                now,
+                [counts.withdrawals, counts.deposits],
+            ));
+        }
+    }
+
+    /// Deposits and withdrawals in the window as it would stand for a call at
+    /// `now`. Never moves the head (it may finish a move another call began).
+    /// Reads every slot: for metrics, not for the request path.
+    pub fn counts(&self, now: Timestamp) -> BudgetCounts {
+        self.with_view(|v| v.counts(now))
+    }
+
+    /// How many withdrawals would be granted at `now` if nothing else
+    /// happened first. For metrics.
+    pub fn remaining(&self, now: Timestamp) -> u64 {
+        self.with_view(|v| v.config.remaining(v.counts(now)))
+    }
+}
+
+/// What a configuration change does to the words: nothing when the layout
+/// stays; else new words whose head bucket (the bucket of `now`) holds the
+/// old window's counts at `now` (its deposits go to `carried`, which is
+/// otherwise `u64::MAX`).
+fn relayout(
+    now: Timestamp,
+    carried: &core::cell::Cell<u64>,
+) -> impl FnMut(&RetryBudgetConfig, &Words, &RetryBudgetConfig) -> Option<Words> + '_ {
+    move |old, words, new| {
+        if new.same_layout(old) {
+            carried.set(u64::MAX);
+            return None;
+        }
+        let counts = View { words, config: old }.counts(now);
+        carried.set(counts.deposits);
+        Some(Words::new(new.epoch(now), counts))
+    }
+}
+
+impl View<'_> {
     #[inline]
     fn slot(&self, epoch: u64) -> &AtomicU64 {
         // `buckets` is a power of two dividing 2^22, so the full index and
         // the tag give the same slot.
-        &self.slots[(epoch & (self.config.buckets - 1)) as usize]
+        &self.words.slots[(epoch & (self.config.buckets - 1)) as usize]
     }
 
     /// The open head and its bucket index, once the head bucket is `e` or
@@ -293,10 +480,10 @@ impl<S: EventSink> RetryBudget<S> {
             // ordering: Acquire, pairs with the Release of the compare-and-swap
             // that opened this head, after which every slot of its window and
             // the epoch are as that roll left them.
-            let head = Bucket(self.core.head.load(Ordering::Acquire));
+            let head = Bucket(self.words.core.head.load(Ordering::Acquire));
             // ordering: Relaxed; the head's Acquire load made the epoch of an
             // open head visible, and a mismatch is retried.
-            let epoch = self.core.epoch.load(Ordering::Relaxed);
+            let epoch = self.words.core.epoch.load(Ordering::Relaxed);
             // Each step below either moves the roll on or finds that another
             // caller did; only a lost race waits (`spin_hint`) before retrying.
             let progressed = match head.phase() {
@@ -306,7 +493,8 @@ impl<S: EventSink> RetryBudget<S> {
                     }
                     // ordering: Relaxed; freezing publishes nothing: the counts
                     // are in the word itself.
-                    self.core
+                    self.words
+                        .core
                         .head
                         .compare_exchange(
                             head.0,
@@ -339,7 +527,8 @@ impl<S: EventSink> RetryBudget<S> {
         let jump = e.saturating_sub(epoch).clamp(1, self.config.buckets);
         // ordering: Release, so that a caller that sees `Cleaning` (Acquire)
         // also sees the slot stored above. Failure: Relaxed, nothing is read.
-        self.core
+        self.words
+            .core
             .head
             .compare_exchange(
                 head.0,
@@ -366,7 +555,7 @@ impl<S: EventSink> RetryBudget<S> {
         }
         // ordering: Acquire, pairs with the Release of a racing caller's
         // epoch move, so that the head this call opens publishes it.
-        let mut epoch = self.core.epoch.load(Ordering::Acquire);
+        let mut epoch = self.words.core.epoch.load(Ordering::Acquire);
         if epoch & TAG_MASK == tag {
             let next = if jump < buckets {
                 epoch + jump
@@ -375,7 +564,7 @@ impl<S: EventSink> RetryBudget<S> {
             };
             // ordering: AcqRel on success (Release for the callers that
             // adopt it below); Acquire on failure, as for the load above.
-            epoch = match self.core.epoch.compare_exchange(
+            epoch = match self.words.core.epoch.compare_exchange(
                 epoch,
                 next,
                 Ordering::AcqRel,
@@ -388,7 +577,8 @@ impl<S: EventSink> RetryBudget<S> {
         // ordering: Release, pairs with the Acquire head load of every call:
         // the slots written or seen above and the epoch are published with
         // the open head.
-        self.core
+        self.words
+            .core
             .head
             .compare_exchange(
                 head.0,
@@ -414,7 +604,7 @@ impl<S: EventSink> RetryBudget<S> {
             }
             // ordering: Relaxed; only compared. A later slot change makes the
             // compare-and-swap below fail, because slot words never repeat.
-            if self.core.head.load(Ordering::Relaxed) != phase_head.0 {
+            if self.words.core.head.load(Ordering::Relaxed) != phase_head.0 {
                 return false;
             }
             // ordering: Release on success (see above); Acquire on failure,
@@ -448,15 +638,15 @@ impl<S: EventSink> RetryBudget<S> {
         // ordering: Relaxed; the decision was made on a head loaded with
         // Acquire, and success means the head is still exactly that word.
         // On failure the caller starts over with an Acquire load.
-        self.core
+        self.words
+            .core
             .head
             .compare_exchange_weak(seen.0, new.0, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
     }
 
-    /// Counts one request (a first attempt) made at `now`.
     #[inline]
-    pub fn deposit(&self, now: Timestamp) {
+    fn deposit(&self, now: Timestamp) {
         let e = self.config.epoch(now);
         loop {
             let (head, _) = self.open_head(e);
@@ -468,10 +658,9 @@ impl<S: EventSink> RetryBudget<S> {
         }
     }
 
-    /// Asks for one retry at `now`: true if the budget grants it (and counts
-    /// it), false if the window's withdrawals are used up.
+    /// `Err` with the window's counts when the withdrawal is refused.
     #[inline]
-    pub fn try_withdraw(&self, now: Timestamp) -> bool {
+    fn try_withdraw(&self, now: Timestamp) -> Result<(), BudgetCounts> {
         let e = self.config.epoch(now);
         loop {
             let (head, epoch) = self.open_head(e);
@@ -479,35 +668,19 @@ impl<S: EventSink> RetryBudget<S> {
             add(&mut counts, head);
             if head.withdrawals() < BUCKET_CAP && self.config.allows(counts) {
                 if self.bump(head, head.withdrawn()) {
-                    return true;
+                    return Ok(());
                 }
-            } else if self.core.head.load(Ordering::Relaxed) == head.0 {
+            } else if self.words.core.head.load(Ordering::Relaxed) == head.0 {
                 // ordering (above): Relaxed, only compared. The head did not
                 // change while the slots were read, so the window was exactly
                 // `counts` at the instant of that load.
-                self.refused(now, counts);
-                return false;
+                return Err(counts);
             }
             spin_hint();
         }
     }
 
-    #[cold]
-    fn refused(&self, now: Timestamp, counts: BudgetCounts) {
-        if self.sink.enabled() {
-            self.sink.emit(Event::new(
-                EventKind::RETRY_BUDGET_EXHAUSTED,
-                self.source,
-                now,
-                [counts.withdrawals, counts.deposits],
-            ));
-        }
-    }
-
-    /// Deposits and withdrawals in the window as it would stand for a call at
-    /// `now`. Never moves the head (it may finish a move another call began).
-    /// Reads every slot: for metrics, not for the request path.
-    pub fn counts(&self, now: Timestamp) -> BudgetCounts {
+    fn counts(&self, now: Timestamp) -> BudgetCounts {
         let (head, epoch) = self.open_head(0);
         let target = self.config.epoch(now).max(epoch);
         let mut counts = BudgetCounts::default();
@@ -523,12 +696,6 @@ impl<S: EventSink> RetryBudget<S> {
             }
         }
         counts
-    }
-
-    /// How many withdrawals would be granted at `now` if nothing else
-    /// happened first. For metrics.
-    pub fn remaining(&self, now: Timestamp) -> u64 {
-        self.config.remaining(self.counts(now))
     }
 }
 

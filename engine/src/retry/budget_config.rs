@@ -212,6 +212,21 @@ impl RetryBudgetConfig {
         Duration::from_nanos(self.bucket.get())
     }
 
+    /// A builder holding this configuration's settings, to change some of
+    /// them (for [`RetryBudget::update_config`](super::RetryBudget::update_config)).
+    pub fn to_builder(&self) -> RetryBudgetConfigBuilder {
+        RetryBudgetConfigBuilder::default()
+            .ratio_ppm(self.ratio_ppm)
+            .min_per_second(self.min_per_second)
+            .window(self.window, self.buckets())
+    }
+
+    /// Whether a window of `other`'s layout (length and buckets) is laid
+    /// out like this one's.
+    pub(super) fn same_layout(&self, other: &RetryBudgetConfig) -> bool {
+        self.window == other.window && self.buckets == other.buckets
+    }
+
     /// The index of the bucket `now` falls in.
     #[inline]
     pub(super) fn epoch(&self, now: Timestamp) -> u64 {
