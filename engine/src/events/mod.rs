@@ -63,10 +63,13 @@ impl EventKind {
     /// time then); timeouts carry the time they were found at.
     pub const QUEUE_REJECTED: EventKind = EventKind(64);
     /// A primitive took a new configuration at run time (see
-    /// `docs/live-config.md`). Payload: `[the primitive's event family (56
-    /// rate limiter), a primitive-specific word]`; for a rate limiter, the
-    /// tokens still booked ahead under the new quota (what the change
-    /// carried over). The bulkhead reports its limit changes as
+    /// `docs/live-config.md`). Payload: `[the primitive's event family (1
+    /// breaker, 17 adaptive limiter, 32 retry budget, 48 throttle, 56 rate
+    /// limiter), a primitive-specific word]`: for a rate limiter the tokens
+    /// still booked ahead under the new quota; for a breaker, budget or
+    /// throttle what was carried into a new window (`u64::MAX`: the window
+    /// was kept); for an adaptive limiter 1 (algorithm) or 2 (window). The
+    /// bulkhead reports its limit changes as
     /// [`BULKHEAD_LIMIT_CHANGED`](Self::BULKHEAD_LIMIT_CHANGED).
     pub const CONFIG_CHANGED: EventKind = EventKind(96);
     /// First code free for applications.
