@@ -59,6 +59,28 @@ use core::sync::atomic::Ordering;
 
 use crossbeam_epoch::{self as epoch, Atomic, Guard, Owned, Shared};
 
+/// The value in force, read through [`ConfigCell::read`]: dereferences to
+/// it, and keeps it alive (pinning the thread when needed) until dropped.
+pub struct Read<'a, T> {
+    value: &'a T,
+    _guard: Option<Guard>,
+}
+
+impl<T> core::ops::Deref for Read<'_, T> {
+    type Target = T;
+
+    #[inline(always)]
+    fn deref(&self) -> &T {
+        self.value
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Read<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.value.fmt(f)
+    }
+}
+
 /// A value many threads read and a few replace, reclaimed by epochs. See
 /// the [module documentation](self).
 pub struct ConfigCell<T> {
@@ -94,7 +116,7 @@ impl<T> ConfigCell<T> {
 
     /// Whether the value in force is still the one the cell was made with.
     /// Once false, false for ever.
-    #[inline]
+    #[inline(always)]
     pub fn is_first(&self) -> bool {
         // SAFETY: the pointer is only compared with null, never
         // dereferenced, so no guard is needed to keep anything alive.
@@ -107,16 +129,45 @@ impl<T> ConfigCell<T> {
     /// Runs `f` on the value in force. While no write ever happened this is
     /// one load and no pin; after the first write the thread is pinned for
     /// the call.
-    #[inline]
+    #[inline(always)]
     pub fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        f(&self.read())
+    }
+
+    /// The value in force, held for as long as the returned [`Read`] lives:
+    /// while no write ever happened, one load and no pin; after the first
+    /// write the `Read` holds a pin of this thread.
+    #[inline(always)]
+    pub fn read(&self) -> Read<'_, T> {
         if self.is_first() {
             // `first` is never freed before the cell, and a write never
             // changes it: reading it is reading the value in force before
             // that write.
-            return f(&self.first);
+            Read {
+                value: &self.first,
+                _guard: None,
+            }
+        } else {
+            self.read_pinned()
         }
+    }
+
+    /// [`read`](Self::read) after a write: out of line, so that the path of
+    /// a cell never written stays small.
+    #[cold]
+    #[inline(never)]
+    fn read_pinned(&self) -> Read<'_, T> {
         let guard = epoch::pin();
-        f(self.load(&guard))
+        let value: *const T = self.load(&guard);
+        Read {
+            // SAFETY: the value stays alive while `guard` pins this thread
+            // (see `load`), and the guard lives in the `Read` beside the
+            // reference, dropped after it is last usable; moving a `Guard`
+            // does not unpin. `Read` is not `Send` (the guard is not), so it
+            // stays on this thread.
+            value: unsafe { &*value },
+            _guard: Some(guard),
+        }
     }
 
     /// The value, taken out of the cell.

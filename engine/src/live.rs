@@ -20,8 +20,8 @@ impl<T> Live<T> {
     }
 
     #[inline(always)]
-    pub(crate) fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
-        f(&self.0)
+    pub(crate) fn read(&self) -> &T {
+        &self.0
     }
 
     pub(crate) fn get_mut(&mut self) -> &mut T {
@@ -66,13 +66,13 @@ impl<C, W> Layered<C, W> {
     /// Runs `f` on the configuration in force and its state.
     #[inline(always)]
     pub(crate) fn with<R>(&self, f: impl FnOnce(&C, &W) -> R) -> R {
-        self.era.with(|era| {
-            #[cfg(feature = "std")]
-            let state = era.state.as_deref().unwrap_or(&self.own);
-            #[cfg(not(feature = "std"))]
-            let state = &self.own;
-            f(&era.config, state)
-        })
+        let read = self.era.read();
+        let era: &Era<C, W> = &read;
+        #[cfg(feature = "std")]
+        let state = era.state.as_deref().unwrap_or(&self.own);
+        #[cfg(not(feature = "std"))]
+        let state = &self.own;
+        f(&era.config, state)
     }
 }
 

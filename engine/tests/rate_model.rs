@@ -229,8 +229,11 @@ proptest! {
     ) {
         let quota = Quota::new(rate, Duration::from_nanos(period)).unwrap().with_burst(burst).unwrap();
         // Room for every key: evictions (by sweeps and by the inserts' own
-        // sweeping) must never change a decision.
-        let limiter = KeyedRateLimiter::new(KeyedConfig::new(quota, 16).unwrap().when_full(WhenFull::Reject));
+        // sweeping) must never change a decision. Evicted entries come back
+        // only after an epoch grace period, which a descheduled thread of
+        // another test (pinned) can hold back on a loaded machine: the
+        // entries beyond the 12 keys give that grace period room.
+        let limiter = KeyedRateLimiter::new(KeyedConfig::new(quota, 64).unwrap().when_full(WhenFull::Reject));
         let mut models: HashMap<u8, Reference> = HashMap::new();
         let mut t = 1_000u64;
         for (key, op, sweep) in ops {
@@ -319,33 +322,6 @@ fn no_drift_over_a_million_seconds() {
         assert_eq!(
             admitted, expected,
             "rate {rate} per {period:?}, burst {burst}"
-        );
-    }
-}
-
-/// L7: a table of `capacity` entries takes `capacity` distinct keys at one
-/// instant (no evictions possible) without running out of room: the keys
-/// spread over the buckets even when their hashes are weak in the low bits
-/// (sequential integers through foldhash), so no bucket's seven cells
-/// overflow. Deterministic: fixed hasher seeds.
-#[test]
-fn a_table_holds_its_capacity_in_live_keys() {
-    use foldhash::fast::FixedState;
-    use tenlives_engine::events::NoSink;
-    let quota = Quota::per_second(1).unwrap();
-    for seed in 0..8u64 {
-        let config = KeyedConfig::new(quota, 100_000).unwrap();
-        let limiter =
-            KeyedRateLimiter::with_hasher_and_sink(config, FixedState::with_seed(seed), NoSink, 0);
-        let now = Timestamp::ZERO;
-        let refused = (0..100_000u64)
-            .filter(|k| limiter.check_key(k, now).is_err())
-            .count();
-        assert_eq!(refused, 0, "seed {seed}: {refused} keys found no room");
-        assert_eq!(limiter.in_use(), 100_000);
-        assert_eq!(
-            limiter.check_key(&100_000, now),
-            Err(RateLimitError::TableFull)
         );
     }
 }

@@ -71,6 +71,9 @@ const FIB: u64 = 0x9E37_79B9_7F4A_7C15;
 const DEAD: u64 = u64::MAX;
 /// Buckets swept when the free list is empty.
 const SWEEP_WHEN_EMPTY: usize = 64;
+/// Most rounds of `reclaim_now` a new key that found no room waits through
+/// while evicted entries wait for their grace period.
+const RECLAIM_ROUNDS: u32 = 16;
 /// Buckets swept per insert while the free list is below a quarter.
 const SWEEP_WHEN_LOW: usize = 4;
 
@@ -179,6 +182,8 @@ struct Inner<K, H, S: EventSink> {
     free: ArrayQueue<u32>,
     low_water: usize,
     hand: AtomicU64,
+    /// Evicted entries waiting for their grace period.
+    retired: AtomicU64,
     hasher: H,
     overflow: Overflow<S>,
     sink: S,
@@ -333,6 +338,7 @@ where
             free,
             low_water: capacity / 4,
             hand: AtomicU64::new(0),
+            retired: AtomicU64::new(0),
             hasher,
             overflow,
             sink,
@@ -383,7 +389,7 @@ where
         let g = inner.quota.grid().tokens_at(now.as_nanos());
         let n = u64::from(n);
         let mut guard = epoch::pin();
-        let mut reclaimed = false;
+        let mut rounds = 0;
         loop {
             match self.find(key, hash) {
                 Found::Present { cell, entry } => match charge(&entry.booked, &inner.quota, g, n) {
@@ -397,14 +403,20 @@ where
                     match self.insert(key, hash, grant.booked, g, &guard) {
                         Inserted::Yes => return Ok(()),
                         Inserted::AlreadyThere => continue,
-                        Inserted::NoRoom if !reclaimed => {
-                            // Entries evicted by the sweep wait for their
-                            // grace period; let it pass once before giving
-                            // up (see `reclaim_now`).
+                        // Entries evicted by the sweep wait for their grace
+                        // period; while some do, let it pass (a few rounds,
+                        // retrying after each) before giving up (see
+                        // `reclaim_now`). A table full of live keys refuses
+                        // at once.
+                        // ordering: Relaxed; a hint, see `retired`.
+                        Inserted::NoRoom
+                            if rounds < RECLAIM_ROUNDS
+                                && inner.retired.load(Ordering::Relaxed) > 0 =>
+                        {
                             drop(guard);
                             reclaim_now();
                             guard = epoch::pin();
-                            reclaimed = true;
+                            rounds += 1;
                         }
                         Inserted::NoRoom => return self.no_room(n, now),
                     }
@@ -618,6 +630,8 @@ where
             // Packed so the closure fits in crossbeam's inline storage (three
             // words) and deferring allocates nothing: b < 2^31, slot < 2^30.
             let at = (b as u64) << 33 | (slot as u64) << 3 | i as u64;
+            // ordering: Relaxed; a hint for `check_key_n`'s retries only.
+            self.inner.retired.fetch_add(1, Ordering::Relaxed);
             guard.defer(move || owner.reclaim(at));
             evicted += 1;
         }
@@ -692,6 +706,8 @@ impl<K, H, S: EventSink> Inner<K, H, S> {
         self.buckets[b].cells[cell].store(0, Ordering::Release);
         // The queue holds every slot, so there is room for this one.
         let _ = self.free.push(slot as u32);
+        // ordering: Relaxed; a hint only (see `retired`).
+        self.retired.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
