@@ -316,7 +316,7 @@ impl<S: EventSink> Throttle<S> {
     ///
     /// # Errors
     ///
-    /// The error `f` returns (a builder's [`ConfigError`](crate::ConfigError));
+    /// The error `f` returns (a builder's [`ConfigError`]);
     /// the configuration in force stays.
     #[cfg(feature = "std")]
     pub fn update_config<E>(
