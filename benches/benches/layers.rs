@@ -4,8 +4,11 @@
 //! What is measured, per request: `ready().await` then `call(i).await` on a
 //! service whose response future is ready at once (`Noop`), in a loop inside
 //! one `block_on` of a current-thread tokio runtime (the clock is tokio's
-//! real one, not paused). The bare service is the floor; each figure minus
-//! the floor is what the layer adds to a request.
+//! real one, not paused); the driver is `support/tower_driver.rs`, shared
+//! with the ninelives comparison. The bare service is the floor; each figure
+//! minus the floor is what the layer adds to a request. `2_threads`: two
+//! threads, each with its own runtime and its own clone of one service,
+//! reported as nanoseconds per request per thread.
 //!
 //! - `layers/stack`: the whole stack, outermost to innermost timeout (1 s),
 //!   retry (exponential backoff, 3 retries, a retry budget), circuit breaker
@@ -21,27 +24,26 @@
 //!   when full), tower's `ConcurrencyLimit` (waits in `poll_ready`),
 //!   tower-resilience's `Bulkhead`. Limit 1000, never reached. 1 and 2 threads.
 //! - `layers/timeout`: tenlives `TimeoutLayer`, tower's `Timeout`,
-//!   tower-resilience's `TimeLimiter`, 1 s, never reached. tenlives makes its
+//!   tower-resilience's `TimeLimiter`, 1 s, never reached, on 1 and 2
+//!   threads. tenlives makes its
 //!   `Sleep` only when the call returns `Pending`, so around `Noop` it only
 //!   reads the clock; `timeout_pending_once` measures the same layers around
 //!   a service that returns `Pending` once first, which makes and registers
 //!   every layer's timer.
 //! - `layers/breaker`: tenlives `CircuitBreakerLayer`, tower-resilience's
-//!   `CircuitBreaker`, closed, every call a success.
+//!   `CircuitBreaker`, closed, every call a success, on 1 and 2 threads.
 //! - `layers/retry`: tenlives `RetryLayer`, tower-resilience's `Retry`, no
-//!   call failing (the cost of being ready to retry).
+//!   call failing (the cost of being ready to retry), on 1 and 2 threads.
 //! - `layers/rate_limit` (reference only; tenlives has no rate-limit layer
 //!   here): tower's `RateLimit`, at a rate never reached.
 //!
 //! ninelives 0.2, the other peer named in the design, is not here: it pins
-//! tokio to `~1.48`, which would move the whole workspace's tokio back.
+//! tokio to `~1.48`, which would move the whole workspace's tokio back. It is
+//! timed with this driver in `benches/ninelives-peer`, a cargo workspace of
+//! its own.
 
-use std::future::{Ready, ready};
-use std::hint::black_box;
-use std::sync::Barrier;
 use std::task::{Context, Poll};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker};
@@ -50,35 +52,17 @@ use tenlives_engine::retry::{Backoff, RetryBudget, RetryBudgetConfig};
 use tenlives_tokio::{
     CircuitBreakerLayer, ConcurrencyLimitLayer, RetryLayer, RetryPolicy, StackLayer, TimeoutLayer,
 };
-use tokio::runtime::Runtime;
-use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tower::{Layer, Service, ServiceBuilder};
 
 mod support;
+#[path = "support/tower_driver.rs"]
+mod tower_driver;
+use tower_driver::{Noop, both, one_thread};
 
 /// The limit of every concurrency limit: never reached.
 const LIMIT: u32 = 1000;
 /// Every timeout: never reached.
 const TIMEOUT: Duration = Duration::from_secs(1);
-
-/// A service that answers at once and allocates nothing.
-#[derive(Clone, Copy, Debug)]
-struct Noop;
-
-impl Service<u64> for Noop {
-    type Response = u64;
-    type Error = std::convert::Infallible;
-    type Future = Ready<Result<u64, Self::Error>>;
-
-    #[inline]
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    #[inline]
-    fn call(&mut self, req: u64) -> Self::Future {
-        ready(Ok(req))
-    }
-}
 
 /// A service that returns `Pending` once (waking itself) before answering,
 /// so that a timeout layer has to arm its timer.
@@ -113,67 +97,6 @@ impl Service<u64> for PendingOnce {
     fn call(&mut self, req: u64) -> Later {
         Later(req, false)
     }
-}
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("a runtime")
-}
-
-/// `iters` requests through `svc`, one after another; each must succeed.
-async fn drive<S: Service<u64>>(svc: &mut S, iters: u64) {
-    for i in 0..iters {
-        let Ok(ready) = svc.ready().await else {
-            panic!("the service failed in poll_ready")
-        };
-        let answered = ready.call(black_box(i)).await.is_ok();
-        assert!(black_box(answered), "the request failed");
-    }
-}
-
-/// The wall time of `iters` requests through `svc` on `rt`.
-fn time_on<S: Service<u64>>(rt: &Runtime, svc: &mut S, iters: u64) -> Duration {
-    rt.block_on(async {
-        let began = Instant::now();
-        drive(svc, iters).await;
-        began.elapsed()
-    })
-}
-
-/// Two threads, each with its own runtime and its own clone of `svc`, do
-/// `iters` requests each, started together; the wall time from the first
-/// start to the last end (divided by `iters`: time per request per thread).
-fn two_threads<S>(svc: &S, iters: u64) -> Duration
-where
-    S: Service<u64> + Clone + Send,
-{
-    let barrier = Barrier::new(2);
-    let spans: Vec<(Instant, Instant)> = thread::scope(|scope| {
-        let workers: Vec<_> = (0..2)
-            .map(|_| {
-                let mut svc = svc.clone();
-                let barrier = &barrier;
-                scope.spawn(move || {
-                    let rt = runtime();
-                    rt.block_on(async {
-                        barrier.wait();
-                        let began = Instant::now();
-                        drive(&mut svc, iters).await;
-                        (began, Instant::now())
-                    })
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("worker panicked"))
-            .collect()
-    });
-    let first_start = spans.iter().map(|s| s.0).min().expect("two spans");
-    let last_end = spans.iter().map(|s| s.1).max().expect("two spans");
-    last_end - first_start
 }
 
 fn breaker() -> CircuitBreaker {
@@ -275,38 +198,6 @@ mod peer {
     }
 }
 
-/// Benches `make()`'s service on 1 thread.
-fn one_thread<S: Service<u64>>(
-    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
-    name: &str,
-    make: impl Fn() -> S,
-) {
-    let rt = runtime();
-    // Some layers (tower's `RateLimit`) make a timer when they are built.
-    let _in_runtime = rt.enter();
-    let mut svc = make();
-    // Sanity: the service answers (and warms its stripes and the timer).
-    time_on(&rt, &mut svc, 100);
-    group.bench_function(format!("{name}/1_thread"), |b| {
-        b.iter_custom(|iters| time_on(&rt, &mut svc, iters));
-    });
-}
-
-/// Benches `make()`'s service on 1 thread and on 2 sharing it.
-fn both<S>(
-    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
-    name: &str,
-    make: impl Fn() -> S,
-) where
-    S: Service<u64> + Clone + Send,
-{
-    one_thread(group, name, &make);
-    let shared = make();
-    group.bench_function(format!("{name}/2_threads"), |b| {
-        b.iter_custom(|iters| two_threads(&shared, iters));
-    });
-}
-
 fn bench_stack(c: &mut Criterion) {
     let mut group = c.benchmark_group("layers/stack");
     both(&mut group, "bare", || Noop);
@@ -332,13 +223,13 @@ fn bench_concurrency_limit(c: &mut Criterion) {
 
 fn bench_timeout(c: &mut Criterion) {
     let mut group = c.benchmark_group("layers/timeout");
-    one_thread(&mut group, "tenlives", || {
+    both(&mut group, "tenlives", || {
         TimeoutLayer::new(TIMEOUT).layer(Noop)
     });
-    one_thread(&mut group, "tower", || {
+    both(&mut group, "tower", || {
         tower::timeout::TimeoutLayer::new(TIMEOUT).layer(Noop)
     });
-    one_thread(&mut group, "tower_resilience", || {
+    both(&mut group, "tower_resilience", || {
         peer::timeout().layer(Noop)
     });
     one_thread(&mut group, "bare_pending_once", || PendingOnce);
@@ -356,10 +247,10 @@ fn bench_timeout(c: &mut Criterion) {
 
 fn bench_breaker(c: &mut Criterion) {
     let mut group = c.benchmark_group("layers/breaker");
-    one_thread(&mut group, "tenlives", || {
+    both(&mut group, "tenlives", || {
         CircuitBreakerLayer::new(breaker()).layer(Noop)
     });
-    one_thread(&mut group, "tower_resilience", || {
+    both(&mut group, "tower_resilience", || {
         peer::breaker().layer(Noop)
     });
     group.finish();
@@ -367,10 +258,10 @@ fn bench_breaker(c: &mut Criterion) {
 
 fn bench_retry(c: &mut Criterion) {
     let mut group = c.benchmark_group("layers/retry");
-    one_thread(&mut group, "tenlives", || {
+    both(&mut group, "tenlives", || {
         RetryLayer::new(retry_policy()).layer(Noop)
     });
-    one_thread(&mut group, "tower_resilience", || {
+    both(&mut group, "tower_resilience", || {
         peer::retry::<std::convert::Infallible>().layer(Noop)
     });
     group.finish();

@@ -23,6 +23,17 @@
 //!   over a `Bulkhead`; tokio: the `Semaphore::acquire` future. On 1 and 2
 //!   threads (2 permits, 2 threads: a thread's release often serves the
 //!   other's waiter).
+//! - `queue/layer_wait`: the tower layers when a request has to wait. One
+//!   operation is a pair of requests through a concurrency limit of 1, on a
+//!   current-thread tokio runtime (one `block_on` for all `iters` pairs):
+//!   the first is admitted and returns `Pending` once; the second, sent
+//!   through a clone of the service meanwhile, waits for the first's permit
+//!   and then does the same. Subjects: tenlives `AdmissionQueueLayer` (FIFO
+//!   queue of 64 over a `Bulkhead` of 1, 1 s maximum wait: the waiting
+//!   request enqueues in `call`, arms its deadline timer, and is woken
+//!   through its slot), tower's `ConcurrencyLimit` (the second waits in
+//!   `poll_ready` on tokio's `Semaphore`), and the same pair without any
+//!   limit (`bare`: the floor, where nothing waits). 1 thread.
 
 use std::future::Future;
 use std::hint::black_box;
@@ -38,7 +49,9 @@ use criterion::{
 use tenlives_engine::bulkhead::Bulkhead;
 use tenlives_engine::queue::{AdmissionQueue, QueueConfig};
 use tenlives_engine::time::{ManualClock, Timestamp};
+use tenlives_tokio::AdmissionQueueLayer;
 use tokio::sync::Semaphore;
+use tower::{Layer, Service, ServiceExt};
 
 mod support;
 
@@ -221,6 +234,118 @@ fn bench_enqueue_grant(c: &mut Criterion) {
     group.finish();
 }
 
+/// A service that returns `Pending` once (waking itself) before answering,
+/// so that a request holds its permit across a poll.
+#[derive(Clone, Copy, Debug)]
+struct PendingOnce;
+
+/// The future of [`PendingOnce`].
+struct Later(u64, bool);
+
+impl Future for Later {
+    type Output = Result<u64, std::convert::Infallible>;
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.1 {
+            Poll::Ready(Ok(self.0))
+        } else {
+            self.1 = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+}
+
+impl Service<u64> for PendingOnce {
+    type Response = u64;
+    type Error = std::convert::Infallible;
+    type Future = Later;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: u64) -> Later {
+        Later(req, false)
+    }
+}
+
+/// Drives both futures to completion, polling `a` first each time, and
+/// drops each as soon as it completes (tower's `ConcurrencyLimit` releases
+/// its permit when its response future is dropped, not when it completes).
+async fn join<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
+    let (mut a, mut b) = (pin!(Some(a)), pin!(Some(b)));
+    let (mut out_a, mut out_b) = (None, None);
+    std::future::poll_fn(|cx| {
+        if let Some(fut) = a.as_mut().as_pin_mut()
+            && let Poll::Ready(out) = fut.poll(cx)
+        {
+            out_a = Some(out);
+            a.set(None);
+        }
+        if let Some(fut) = b.as_mut().as_pin_mut()
+            && let Poll::Ready(out) = fut.poll(cx)
+        {
+            out_b = Some(out);
+            b.set(None);
+        }
+        match (out_a.take(), out_b.take()) {
+            (Some(a), Some(b)) => Poll::Ready((a, b)),
+            (a, b) => {
+                (out_a, out_b) = (a, b);
+                Poll::Pending
+            }
+        }
+    })
+    .await
+}
+
+/// `iters` pairs through `svc` (see the module documentation): the first
+/// request holds the one permit while the second, through a clone, waits.
+fn time_pairs<S>(rt: &tokio::runtime::Runtime, svc: &S, iters: u64) -> Duration
+where
+    S: Service<u64> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    let mut first = svc.clone();
+    let mut second = svc.clone();
+    rt.block_on(async {
+        let began = Instant::now();
+        for i in 0..iters {
+            let a = first.ready().await.expect("ready").call(i);
+            let b = async { second.ready().await.expect("ready").call(i).await };
+            let (a, b) = join(a, b).await;
+            black_box((a.expect("served"), b.expect("served")));
+        }
+        began.elapsed()
+    })
+}
+
+fn bench_layer_wait(c: &mut Criterion) {
+    let mut group = c.benchmark_group("queue/layer_wait");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+
+    let layer = rt.block_on(async { AdmissionQueueLayer::new(queue(1), Duration::from_secs(1)) });
+    let tenlives = layer.layer(PendingOnce);
+    group.bench_function("tenlives_admission_queue/1_thread", |b| {
+        b.iter_custom(|iters| time_pairs(&rt, &tenlives, iters));
+    });
+    assert_eq!(layer.queue().source().in_flight(), 0);
+    assert_eq!(layer.queue().waiting(), 0);
+
+    let tower = tower::limit::ConcurrencyLimitLayer::new(1).layer(PendingOnce);
+    group.bench_function("tower_concurrency_limit/1_thread", |b| {
+        b.iter_custom(|iters| time_pairs(&rt, &tower, iters));
+    });
+
+    group.bench_function("bare/1_thread", |b| {
+        b.iter_custom(|iters| time_pairs(&rt, &PendingOnce, iters));
+    });
+    group.finish();
+}
+
 /// The harness. A module of its own because `criterion_group!` makes a `pub`
 /// function it cannot document; here it is not exported, so it needs no doc.
 mod harness {
@@ -229,7 +354,7 @@ mod harness {
     criterion_group! {
         name = benches;
         config = support::config();
-        targets = bench_fast_path, bench_enqueue_grant
+        targets = bench_fast_path, bench_enqueue_grant, bench_layer_wait
     }
 }
 criterion_main!(harness::benches);

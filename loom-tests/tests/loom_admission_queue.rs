@@ -16,7 +16,11 @@
 //!
 //! The queue's waiters and permits borrow it, and loom threads need
 //! `'static` values, so each model leaks its queue for the run and reclaims
-//! it once every thread has joined and every waiter and permit is gone.
+//! it once every thread has joined and every waiter and permit is gone. The
+//! owned forms (`OwnedWaiter`, `OwnedQueuePermit`) run the same protocol
+//! code; their model keeps the queue in an `Arc` and also checks Q8: the
+//! waiter's `Arc` moves into its permit or is dropped with its verdict, so
+//! the count is back to one at the end.
 #![cfg(tenlives_loom)]
 
 use std::future::Future;
@@ -287,5 +291,40 @@ fn an_overflowing_arrival_racing_a_release_sheds_or_grants_each_once() {
         assert_eq!(q.waiting(), 0);
         // SAFETY: both threads joined; every waiter and permit is dropped.
         unsafe { reclaim(q) };
+    });
+}
+
+/// Q1, Q2, Q8: the owned forms on two threads. A permit held by one thread
+/// is released while the owner of an `OwnedWaiter` polls it once on another
+/// thread and then takes its permit (and drops it) or gives up its place.
+/// The permit reaches exactly one party, the waiter is woken at most once,
+/// and every `Arc` clone the waiter and the permits took is gone at the end.
+#[test]
+fn an_owned_waiter_racing_a_release_conserves_permits_and_the_arc() {
+    model(4, || {
+        let q = Arc::new(AdmissionQueue::new(
+            Bulkhead::new(1).unwrap(),
+            QueueConfig::fifo(1).unwrap(),
+        ));
+        let permit = q.try_acquire_owned().unwrap();
+        let (count, waker) = counting();
+        let mut waiter = q.enqueue_owned(0, Timestamp::MAX, &waker).unwrap();
+        let release = thread::spawn(move || drop(permit));
+        let owner = thread::spawn(move || {
+            let mut cx = Context::from_waker(&waker);
+            match waiter.poll_permit(&mut cx, Timestamp::ZERO) {
+                Poll::Ready(Ok(granted)) => drop(granted),
+                Poll::Ready(Err(e)) => panic!("refused: {e}"),
+                // Cancels, or passes on a permit granted meanwhile.
+                Poll::Pending => drop(waiter),
+            }
+        });
+        release.join().unwrap();
+        owner.join().unwrap();
+        assert!(wakes(&count) <= 1, "woken {} times", wakes(&count));
+        assert_eq!(q.source().in_flight(), 0, "the permit came back");
+        assert_eq!(q.waiting(), 0);
+        assert_eq!(Arc::strong_count(&q), 1, "no clone of the queue left");
+        drop(q.try_acquire_owned().unwrap());
     });
 }

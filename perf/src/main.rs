@@ -1,23 +1,44 @@
 //! # tenlives-perf
 //!
-//! The demo and (later) the load, soak and chaos harness of tenlives.
+//! The demo, and the load, soak and chaos harness of tenlives.
 //!
 //! ```sh
-//! cargo run --release -p tenlives-perf -- demo
-//! cargo run --release -p tenlives-perf -- demo --seed 7 --duration-secs 240 --rate 100
+//! cargo run --release -p tenlives-perf -- demo                 # about a minute
+//! cargo run --release -p tenlives-perf -- demo --seconds 20
+//! cargo run --release -p tenlives-perf -- smoke                # SLI checks, exit 1 on a breach
+//! cargo run --release -p tenlives-perf -- chaos --seconds 30
+//! cargo run --release -p tenlives-perf -- capacity
+//! cargo run --release -p tenlives-perf -- serve --port 8080    # for wrk or perf
+//! cargo run --release -p tenlives-perf -- simulate             # the virtual-time breaker story
 //! ```
 //!
-//! `demo` simulates a client calling a flaky dependency through a
-//! [`CircuitBreaker`](tenlives_engine::breaker::CircuitBreaker) in virtual
-//! time, and the same traffic without protection, then explains in plain
-//! words what the breaker did and what it changed. See [`demo`].
+//! - [`http`]: `demo` starts, on loopback, an upstream HTTP service that
+//!   plays a scripted fault timeline and two front services calling it, one
+//!   through the tenlives stack and one unprotected; drives the same
+//!   open-loop load at both with a live display; then prints the comparison,
+//!   and writes SVG plots and a JSON summary. The scenarios `smoke`, `load`,
+//!   `stress`, `spike`, `soak`, `chaos` and `capacity` do the same with
+//!   their own scripts and loads, check their SLIs, and exit non-zero on a
+//!   breach. `serve` runs only the protected front, for wrk or a profiler.
+//! - [`simulate`]: a circuit breaker protecting a flaky dependency in
+//!   virtual time, with and without protection, explained in plain words;
+//!   the same seed prints the same report.
+//! - `adaptive`: the adaptive concurrency limiters in a simulation.
+//!
+//! Exit status: 0 on success, 1 when a scenario's check failed, 2 on an
+//! error (bad options, a port that cannot be bound, a file that cannot be
+//! written).
 
 mod adaptive;
-mod demo;
+mod http;
+mod simulate;
 
+use std::error::Error;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+use http::scenario::{self, ChaosArgs, Kind, LoadArgs, SloArgs, SoakArgs, SpikeArgs};
 
 /// tenlives demo and load harness.
 #[derive(Parser, Debug)]
@@ -27,29 +48,73 @@ struct Cli {
     command: Command,
 }
 
+/// Options of the scenarios checked against a plain SLO.
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+struct Checked {
+    #[command(flatten)]
+    load: LoadArgs,
+    #[command(flatten)]
+    slo: SloArgs,
+}
+
 /// What to run.
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Show a circuit breaker protecting a flaky dependency, in virtual time,
+    /// The HTTP demo on loopback: a flaky upstream behind a tenlives stack and
+    /// behind nothing, the same load at both, compared (about a minute).
+    Demo(LoadArgs),
+    /// A short healthy run; checks error rate, p99 and accounting.
+    Smoke(Checked),
+    /// Steady load with stray upstream errors; checks error rate and p99.
+    Load(Checked),
+    /// About twice what the upstream can serve; checks that the protected
+    /// front sheds instead of queueing.
+    Stress(Checked),
+    /// The load jumps fivefold, then falls back; checks recovery.
+    Spike(SpikeArgs),
+    /// A long run with periodic faults; checks memory and descriptors.
+    Soak(SoakArgs),
+    /// Latency, errors, dropped connections and upstream restarts; checks
+    /// graceful degradation, recovery and accounting.
+    Chaos(ChaosArgs),
+    /// Ramps the load until the SLO breaks and reports the knee.
+    Capacity(http::capacity::CapacityArgs),
+    /// Runs only the protected front and its upstream, for wrk or perf.
+    Serve(http::serve::ServeArgs),
+    /// A circuit breaker protecting a flaky dependency, in virtual time,
     /// with and without protection side by side.
-    Demo(demo::DemoArgs),
+    Simulate(simulate::SimulateArgs),
     /// Simulate the adaptive concurrency limiters (AIMD, gradient) against a
     /// server whose capacity halves midway; print how they settle and write
     /// the convergence plot.
     Adaptive(adaptive::AdaptiveArgs),
 }
 
+/// Runs the command: `Ok(true)` when it passed.
+fn run(command: &Command) -> Result<bool, Box<dyn Error>> {
+    match command {
+        Command::Demo(load) => http::block_on(scenario::demo(load)),
+        Command::Smoke(c) => http::block_on(scenario::checked(Kind::Smoke, &c.load, &c.slo)),
+        Command::Load(c) => http::block_on(scenario::checked(Kind::Load, &c.load, &c.slo)),
+        Command::Stress(c) => http::block_on(scenario::checked(Kind::Stress, &c.load, &c.slo)),
+        Command::Spike(a) => http::block_on(scenario::spike(a)),
+        Command::Soak(a) => http::block_on(scenario::soak(a)),
+        Command::Chaos(a) => http::block_on(scenario::chaos(a)),
+        Command::Capacity(a) => http::block_on(http::capacity::capacity(a)),
+        Command::Serve(a) => http::block_on(async { http::serve::serve(a).await.map(|()| true) }),
+        Command::Simulate(args) => simulate::main(args).map(|()| true),
+        Command::Adaptive(args) => adaptive::main(args).map(|()| true),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match &cli.command {
-        Command::Demo(args) => demo::main(args),
-        Command::Adaptive(args) => adaptive::main(args),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    match run(&cli.command) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
         Err(e) => {
             eprintln!("tenlives-perf: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(2)
         }
     }
 }
@@ -63,12 +128,42 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
-        let cli = Cli::try_parse_from(["tenlives-perf", "demo", "--seed", "7"]).unwrap();
-        let Command::Demo(args) = cli.command else {
-            panic!("parsed as demo")
+        let cli = Cli::try_parse_from(["tenlives-perf", "simulate", "--seed", "7"]).unwrap();
+        let Command::Simulate(args) = cli.command else {
+            panic!("parsed as simulate")
         };
         assert_eq!(args.seed, 7);
-        assert_eq!(args.duration_secs, demo::DemoArgs::default().duration_secs);
-        assert!(Cli::try_parse_from(["tenlives-perf", "demo", "--duration-secs", "5"]).is_err());
+        assert_eq!(
+            args.duration_secs,
+            simulate::SimulateArgs::default().duration_secs
+        );
+        assert!(
+            Cli::try_parse_from(["tenlives-perf", "simulate", "--duration-secs", "5"]).is_err()
+        );
+    }
+
+    #[test]
+    fn scenarios_take_their_options() {
+        let cli = Cli::try_parse_from(["tenlives-perf", "demo", "--seconds", "20"]).unwrap();
+        let Command::Demo(load) = cli.command else {
+            panic!("parsed as demo")
+        };
+        assert_eq!((load.seconds, load.rate), (Some(20), None));
+        let cli =
+            Cli::try_parse_from(["tenlives-perf", "smoke", "--max-p99-ms", "5000", "--quiet"])
+                .unwrap();
+        let Command::Smoke(c) = cli.command else {
+            panic!("parsed as smoke")
+        };
+        assert_eq!(c.slo.max_p99_ms, Some(5000));
+        assert!(c.load.quiet);
+        let cli = Cli::try_parse_from(["tenlives-perf", "chaos", "--seconds", "30"]).unwrap();
+        let Command::Chaos(a) = cli.command else {
+            panic!("parsed as chaos")
+        };
+        assert_eq!((a.load.seconds, a.recover_within_secs), (Some(30), 10));
+        assert!(Cli::try_parse_from(["tenlives-perf", "smoke", "--seconds", "0"]).is_err());
+        assert!(Cli::try_parse_from(["tenlives-perf", "capacity", "--front", "protected"]).is_ok());
+        assert!(Cli::try_parse_from(["tenlives-perf", "serve", "--script", "chaos"]).is_ok());
     }
 }

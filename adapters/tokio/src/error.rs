@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use tenlives_engine::breaker::{self, RejectReason};
 use tenlives_engine::bulkhead::BulkheadFull;
+use tenlives_engine::queue::{self, Overload};
 use tenlives_engine::rate::RateLimitError;
 use tenlives_engine::throttle::Throttled;
 
@@ -63,6 +64,29 @@ pub enum RejectionReason {
     /// A keyed rate limiter had no room for a new key (its `WhenFull` policy
     /// is `Reject`).
     RateLimitTableFull,
+    /// The admission queue was full when the request arrived: refused
+    /// without waiting.
+    QueueFull,
+    /// The request waited in the admission queue and was shed to make room
+    /// for a newer one, by the queue's overload `policy`
+    /// (`Overload::ShedOldest` or `Overload::ShedLowestPriority`).
+    QueueShed {
+        /// The policy that chose this request.
+        policy: Overload,
+    },
+    /// No permit came within the admission queue's maximum wait.
+    QueueTimeout {
+        /// How long the request waited: the maximum wait.
+        waited: Duration,
+    },
+    /// The request's class (from the layer's class function) is not one of
+    /// the admission queue's: a configuration error, refused at once.
+    QueueUnknownClass {
+        /// The class the request was given.
+        class: u16,
+        /// How many classes the queue has.
+        classes: u16,
+    },
 }
 
 /// A request refused before it reached the wrapped service.
@@ -139,6 +163,40 @@ impl From<RateLimitError> for Rejection {
     }
 }
 
+/// The rejection for a request the admission queue turned away, through a
+/// layer whose requests wait at most `max_wait`.
+///
+/// A full queue and a shed request carry `retry_after = max_wait`: by then
+/// every request waiting now has been served or has timed out (when every
+/// caller of the queue waits at most `max_wait`, as through one layer). A
+/// timed-out request carries none: the queue was full of slower work, and no
+/// time is known.
+pub(crate) fn queue_rejection(rejected: queue::Rejected, max_wait: Duration) -> Rejection {
+    match rejected {
+        queue::Rejected::QueueFull => Rejection::new(RejectionReason::QueueFull, Some(max_wait)),
+        queue::Rejected::ShedOldest => Rejection::new(
+            RejectionReason::QueueShed {
+                policy: Overload::ShedOldest,
+            },
+            Some(max_wait),
+        ),
+        queue::Rejected::ShedLowPriority => Rejection::new(
+            RejectionReason::QueueShed {
+                policy: Overload::ShedLowestPriority,
+            },
+            Some(max_wait),
+        ),
+        queue::Rejected::TimedOut => {
+            Rejection::new(RejectionReason::QueueTimeout { waited: max_wait }, None)
+        }
+        queue::Rejected::UnknownClass { class, classes } => {
+            Rejection::new(RejectionReason::QueueUnknownClass { class, classes }, None)
+        }
+        // A kind the engine adds later: the closest known one.
+        _ => Rejection::new(RejectionReason::QueueFull, Some(max_wait)),
+    }
+}
+
 impl From<Throttled> for Rejection {
     fn from(t: Throttled) -> Self {
         Rejection::new(
@@ -178,6 +236,22 @@ impl fmt::Display for Rejection {
             RejectionReason::RateLimitTableFull => {
                 f.write_str("rejected: the keyed rate limiter has no room for a new key")?;
             }
+            RejectionReason::QueueFull => f.write_str("rejected: the admission queue is full")?,
+            RejectionReason::QueueShed { policy } => {
+                let whom = match policy {
+                    Overload::ShedLowestPriority => "its lowest-priority waiter",
+                    _ => "its oldest waiter",
+                };
+                write!(f, "rejected: shed from the admission queue as {whom}")?;
+            }
+            RejectionReason::QueueTimeout { waited } => write!(
+                f,
+                "rejected: no permit within the admission queue's maximum wait ({waited:?})"
+            )?,
+            RejectionReason::QueueUnknownClass { class, classes } => write!(
+                f,
+                "rejected: class {class} does not exist; the admission queue has {classes}"
+            )?,
         }
         if let Some(d) = self.retry_after {
             write!(f, "; retry after {d:?}")?;

@@ -10,6 +10,7 @@
 //! | [`CircuitBreakerLayer`] | admits through a `CircuitBreaker`, reports classified outcomes and latency | [`TenlivesError<E>`] |
 //! | [`ConcurrencyLimitLayer`] | a fixed limit on calls in flight (`Bulkhead`): rejects when full | [`TenlivesError<E>`] |
 //! | [`AdaptiveLimitLayer`] | a limit that follows latency (`AdaptiveLimiter`) | [`TenlivesError<E>`] |
+//! | [`AdmissionQueueLayer`] | waits (bounded, fair) for a permit in an `AdmissionQueue` instead of rejecting | [`TenlivesError<E>`] |
 //! | [`ThrottleLayer`] | client-side throttling (`Throttle`) | [`TenlivesError<E>`] |
 //! | [`TimeoutLayer`] | fails a call that takes too long | [`TenlivesError<E>`] |
 //! | [`RetryLayer`] | retries with backoff, within a retry budget | `E` |
@@ -120,6 +121,7 @@ mod clock;
 pub mod error;
 pub mod fault;
 pub mod limit;
+pub mod queue;
 pub mod rate;
 pub mod retry;
 pub mod stack;
@@ -134,6 +136,9 @@ pub use error::{InjectedFault, Rejection, RejectionReason, TenlivesError};
 pub use fault::{FaultConfig, FaultFuture, FaultInjection, FaultLayer};
 pub use limit::{
     AdaptiveLimitLayer, AdaptiveLimitService, ConcurrencyLimitLayer, ConcurrencyLimitService,
+};
+pub use queue::{
+    AdmissionQueueFuture, AdmissionQueueLayer, AdmissionQueueService, OneClass, QueueClass,
 };
 pub use rate::{
     KeyedRateLimitFuture, KeyedRateLimitLayer, KeyedRateLimitService, RateLimitLayer,

@@ -16,13 +16,14 @@ use std::time::Duration;
 use tenlives_engine::adaptive::{AdaptiveLimiter, Aimd, WindowConfig};
 use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker};
 use tenlives_engine::bulkhead::Bulkhead;
+use tenlives_engine::queue::{AdmissionQueue, Overload, QueueConfig};
 use tenlives_engine::retry::{Backoff, RetryBudget, RetryBudgetConfig};
 use tenlives_engine::throttle::{Throttle, ThrottleConfig};
 use tenlives_engine::time::Timestamp;
 use tenlives_tokio::fault::{FaultConfig, FaultLayer};
 use tenlives_tokio::{
-    AdaptiveLimitLayer, CircuitBreakerLayer, ConcurrencyLimitLayer, RetryLayer, RetryPolicy,
-    StackLayer, ThrottleLayer, TimeoutLayer,
+    AdaptiveLimitLayer, AdmissionQueueLayer, CircuitBreakerLayer, ConcurrencyLimitLayer,
+    RetryLayer, RetryPolicy, StackLayer, ThrottleLayer, TimeoutLayer,
 };
 use tower::{Layer, Service, ServiceExt};
 
@@ -245,4 +246,78 @@ fn rejections_allocate_nothing() {
         let mut svc = stack.layer(Quiet::new(Mode::Ready));
         assert_eq!(allocations_for(&mut svc, 2_000).await, 0);
     });
+}
+
+/// The admission-queue layer: requests granted at once (through
+/// `allocations_for`), and rounds of concurrent requests around one permit
+/// in which one runs while others wait for it (woken through their slots,
+/// with their deadline timers made and registered), are shed, time out, or
+/// are dropped after their grant. Neither path allocates.
+#[test]
+fn the_admission_queue_layer_allocates_nothing_per_request() {
+    runtime().block_on(async {
+        const N: u64 = 2_000;
+        let queue_layer = |overload| {
+            let config = QueueConfig::fifo(1).unwrap().overload(overload);
+            AdmissionQueueLayer::new(
+                AdmissionQueue::new(Bulkhead::new(1).unwrap(), config),
+                Duration::from_millis(5),
+            )
+        };
+        for mode in [Mode::Ready, Mode::PendingOnce] {
+            let mut svc = queue_layer(Overload::ShedNewest).layer(Quiet::new(mode));
+            assert_eq!(allocations_for(&mut svc, N).await, 0, "{mode:?}");
+        }
+
+        let layer = queue_layer(Overload::ShedOldest);
+        let mut svc = layer.layer(Quiet::new(Mode::PendingOnce));
+        for i in 0..50 {
+            waiting_round(&mut svc, i).await;
+        }
+        let before = allocations();
+        for i in 0..N {
+            waiting_round(&mut svc, i).await;
+        }
+        assert_eq!(allocations() - before, 0);
+        assert_eq!(layer.queue().source().in_flight(), 0);
+        assert_eq!(layer.queue().waiting(), 0);
+    });
+}
+
+/// Polls `fut` once with the task's waker.
+async fn poll_here<F: Future>(fut: Pin<&mut F>) -> Poll<F::Output> {
+    let mut fut = Some(fut);
+    std::future::poll_fn(|cx| Poll::Ready(fut.take().map(|f| f.poll(cx))))
+        .await
+        .unwrap_or(Poll::Pending)
+}
+
+/// One round through an admission-queue layer of one permit and room for
+/// one waiter, shedding the oldest (see the test above).
+async fn waiting_round<S>(svc: &mut S, i: u64)
+where
+    S: Service<u64>,
+    S::Error: std::fmt::Debug,
+{
+    // Granted at once, then waiting and shed by a newcomer, which waits and
+    // is granted when the first completes.
+    let first = svc.ready().await.expect("ready").call(i);
+    let mut shed = std::pin::pin!(svc.ready().await.expect("ready").call(i));
+    assert!(poll_here(shed.as_mut()).await.is_pending());
+    let third = svc.ready().await.expect("ready").call(i);
+    let (a, b, c) = tokio::join!(first, shed, third);
+    assert!(a.is_ok() && b.is_err() && c.is_ok());
+
+    let held = svc.ready().await.expect("ready").call(i);
+    let mut waits = std::pin::pin!(svc.ready().await.expect("ready").call(i));
+    assert!(poll_here(waits.as_mut()).await.is_pending());
+    if i.is_multiple_of(2) {
+        // `held` never runs: dropping it hands the permit to `waits`, which
+        // is dropped after its grant and before it looks.
+        drop(held);
+    } else {
+        // `held` keeps its permit: `waits` times out on its timer.
+        assert!(waits.await.is_err());
+        drop(held);
+    }
 }

@@ -170,6 +170,7 @@ mod slot;
 mod waiter;
 
 use alloc::boxed::Box;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 use core::task::Waker;
@@ -177,7 +178,7 @@ use core::task::Waker;
 use crossbeam_utils::CachePadded;
 
 pub use config::{Busy, MAX_CAPACITY, MAX_CLASSES, Overload, QueueConfig, Rejected};
-pub use waiter::{Acquire, QueuePermit, Waiter};
+pub use waiter::{Acquire, OwnedQueuePermit, OwnedWaiter, QueuePermit, Waiter};
 
 use crate::bulkhead::{Bulkhead, RawBulkheadPermit};
 use crate::events::{Event, EventKind, EventSink, NoSink};
@@ -187,6 +188,7 @@ use free::FreeStack;
 use mailbox::{Mailbox, Notice};
 use scheduler::Scheduler;
 use slot::{NOTICE, OWN, SCHED, Slot, TIMED_OUT, Word};
+use waiter::Ticket;
 
 /// Something that hands out permits without waiting: what an
 /// [`AdmissionQueue`] stands in front of.
@@ -372,6 +374,41 @@ impl<P: PermitSource, S: EventSink> AdmissionQueue<P, S> {
     /// permit free.
     #[inline]
     pub fn try_acquire(&self) -> Result<QueuePermit<'_, P, S>, Busy> {
+        self.take_free()
+            .map(|permit| QueuePermit::new(self, permit))
+    }
+
+    /// As [`try_acquire`](Self::try_acquire), for a queue in an `Arc`: the
+    /// permit holds a clone of the `Arc` (made only when a permit is
+    /// granted), so it can live in a `'static` future.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tenlives_engine::bulkhead::Bulkhead;
+    /// use tenlives_engine::queue::{AdmissionQueue, QueueConfig};
+    ///
+    /// let queue = Arc::new(AdmissionQueue::new(Bulkhead::new(1)?, QueueConfig::fifo(8)?));
+    /// let permit = queue.try_acquire_owned().expect("free");
+    /// assert!(queue.try_acquire_owned().is_err());
+    /// std::thread::spawn(move || drop(permit)).join().unwrap();
+    /// assert_eq!(queue.source().in_flight(), 0);
+    /// assert_eq!(Arc::strong_count(&queue), 1);
+    /// # Ok::<(), tenlives_engine::ConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`try_acquire`](Self::try_acquire).
+    #[inline]
+    pub fn try_acquire_owned(self: &Arc<Self>) -> Result<OwnedQueuePermit<P, S>, Busy> {
+        self.take_free()
+            .map(|permit| OwnedQueuePermit::new(Arc::clone(self), permit))
+    }
+
+    /// The fast path of `try_acquire`: a permit from the source if nobody
+    /// waits.
+    #[inline]
+    fn take_free(&self) -> Result<P::Permit, Busy> {
         // ordering: Relaxed; a stale count only decides whether this caller
         // goes before waiters it raced with, never whether a permit is
         // lost: the source's own atomics decide the grant.
@@ -379,7 +416,7 @@ impl<P: PermitSource, S: EventSink> AdmissionQueue<P, S> {
         if waiting == 0
             && let Some(permit) = self.source.try_take()
         {
-            return Ok(QueuePermit::new(self, permit));
+            return Ok(permit);
         }
         Err(Busy {
             waiting: waiting as u32,
@@ -417,6 +454,56 @@ impl<P: PermitSource, S: EventSink> AdmissionQueue<P, S> {
         deadline: Timestamp,
         waker: &Waker,
     ) -> Result<Waiter<'_, P, S>, Rejected> {
+        self.enqueue_ticket(class, deadline, waker)
+            .map(|ticket| Waiter::new(self, ticket))
+    }
+
+    /// As [`enqueue`](Self::enqueue), for a queue in an `Arc`: the waiter
+    /// holds a clone of the `Arc` (made only when it is queued), so it can
+    /// live in a `'static` future; a grant moves that clone into the
+    /// [`OwnedQueuePermit`]. The protocol is the one a [`Waiter`] follows.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::task::{Context, Poll, Waker};
+    /// use tenlives_engine::bulkhead::Bulkhead;
+    /// use tenlives_engine::queue::{AdmissionQueue, QueueConfig};
+    /// use tenlives_engine::time::Timestamp;
+    ///
+    /// let queue = Arc::new(AdmissionQueue::new(Bulkhead::new(1)?, QueueConfig::fifo(8)?));
+    /// let mut cx = Context::from_waker(Waker::noop());
+    /// let first = queue.try_acquire_owned().expect("free");
+    /// let mut waiter = queue.enqueue_owned(0, Timestamp::MAX, cx.waker()).expect("room");
+    /// assert!(waiter.poll_permit(&mut cx, Timestamp::ZERO).is_pending());
+    /// drop(first); // handed to the waiter
+    /// let Poll::Ready(Ok(second)) = waiter.poll_permit(&mut cx, Timestamp::ZERO) else { panic!() };
+    /// assert_eq!(Arc::strong_count(&queue), 2, "the waiter's clone moved into the permit");
+    /// drop((waiter, second));
+    /// assert_eq!(Arc::strong_count(&queue), 1);
+    /// assert_eq!(queue.source().in_flight(), 0);
+    /// # Ok::<(), tenlives_engine::ConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`enqueue`](Self::enqueue).
+    pub fn enqueue_owned(
+        self: &Arc<Self>,
+        class: u16,
+        deadline: Timestamp,
+        waker: &Waker,
+    ) -> Result<OwnedWaiter<P, S>, Rejected> {
+        self.enqueue_ticket(class, deadline, waker)
+            .map(|ticket| OwnedWaiter::new(Arc::clone(self), ticket))
+    }
+
+    /// The enqueue protocol, for either kind of waiter.
+    fn enqueue_ticket(
+        &self,
+        class: u16,
+        deadline: Timestamp,
+        waker: &Waker,
+    ) -> Result<Ticket, Rejected> {
         let classes = self.config.classes();
         if class >= classes {
             return Err(Rejected::UnknownClass { class, classes });
@@ -454,7 +541,7 @@ impl<P: PermitSource, S: EventSink> AdmissionQueue<P, S> {
         self.control.queued.fetch_add(1, Ordering::Relaxed);
         self.control.mailbox.push(Notice::Arrival(index));
         self.request_pass();
-        Ok(Waiter::new(self, index, generation, class, deadline, waker))
+        Ok(Ticket::new(index, generation, class, deadline, waker))
     }
 
     /// Times out every waiter whose deadline is at or before `now`: each is

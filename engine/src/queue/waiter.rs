@@ -1,6 +1,13 @@
 //! The caller's side: a queued [`Waiter`], the [`Acquire`] future built on
-//! it, and the [`QueuePermit`] both hand out.
+//! it, and the [`QueuePermit`] both hand out; and their owned forms,
+//! [`OwnedWaiter`] and [`OwnedQueuePermit`], which hold the queue through an
+//! `Arc` instead of a borrow (for futures that must be `'static`, such as a
+//! tower response future).
+//!
+//! Both forms run one protocol, the [`Ticket`]'s: they differ only in how
+//! they reach the queue.
 
+use alloc::sync::Arc;
 use core::fmt;
 use core::future::Future;
 use core::pin::Pin;
@@ -8,7 +15,7 @@ use core::task::{Context, Poll, Waker};
 
 use super::config::Rejected;
 use super::slot::{
-    CANCELLED, FREE, GRANTED, NOTICE, SCHED, SHED_FULL, SHED_OLDEST, SHED_PRIORITY, TIMED_OUT,
+    CANCELLED, FREE, GRANTED, NOTICE, OWN, SCHED, SHED_FULL, SHED_OLDEST, SHED_PRIORITY, TIMED_OUT,
     WAITING, Word,
 };
 use super::{AdmissionQueue, PermitSource};
@@ -52,14 +59,59 @@ impl<P: PermitSource, S: EventSink> Drop for QueuePermit<'_, P, S> {
     }
 }
 
-/// A caller waiting in an [`AdmissionQueue`], from
-/// [`AdmissionQueue::enqueue`].
+/// A [`QueuePermit`] that owns a reference count of its queue instead of
+/// borrowing it, from [`AdmissionQueue::try_acquire_owned`] or an
+/// [`OwnedWaiter`]. It can live in a `'static` future or move to another
+/// task.
 ///
-/// Poll it with [`poll_permit`](Self::poll_permit). Dropping it before it
-/// completes gives up its place; if a permit was granted to it meanwhile,
-/// the permit goes to the next waiter (or back to the source).
-pub struct Waiter<'q, P: PermitSource, S: EventSink = NoSink> {
-    queue: &'q AdmissionQueue<P, S>,
+/// Dropping it gives the permit back exactly as dropping a `QueuePermit`
+/// does — to the next waiter if there is one — and then drops its `Arc`.
+#[must_use = "dropping a permit releases it at once"]
+pub struct OwnedQueuePermit<P: PermitSource, S: EventSink = NoSink> {
+    queue: Arc<AdmissionQueue<P, S>>,
+    /// `Some` until dropped.
+    permit: Option<P::Permit>,
+}
+
+impl<P: PermitSource, S: EventSink> OwnedQueuePermit<P, S> {
+    pub(super) fn new(queue: Arc<AdmissionQueue<P, S>>, permit: P::Permit) -> Self {
+        OwnedQueuePermit {
+            queue,
+            permit: Some(permit),
+        }
+    }
+
+    /// The queue the permit goes back to.
+    pub fn queue(&self) -> &Arc<AdmissionQueue<P, S>> {
+        &self.queue
+    }
+}
+
+impl<P: PermitSource, S: EventSink> fmt::Debug for OwnedQueuePermit<P, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnedQueuePermit").finish_non_exhaustive()
+    }
+}
+
+impl<P: PermitSource, S: EventSink> Drop for OwnedQueuePermit<P, S> {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.queue.release(permit);
+        }
+    }
+}
+
+/// A queued caller's claim on its slot: which slot, which use of it, and
+/// the waker last stored there. It does not name its queue; the waiter
+/// types pass it in, so that the borrowed [`Waiter`] and the
+/// [`OwnedWaiter`] run one protocol.
+///
+/// Contract: once `poll` returned `Ready`, `verdict` returned `Some`, or
+/// `cancel` was called, the ticket is finished and must not be used again;
+/// an unfinished ticket must be cancelled (the waiters do both through
+/// their `done` state).
+pub(super) struct Ticket {
     index: usize,
     generation: u32,
     class: u16,
@@ -68,8 +120,6 @@ pub struct Waiter<'q, P: PermitSource, S: EventSink = NoSink> {
     /// as `Waker::will_wake` compares them: a poll with the same waker
     /// skips registering it again.
     registered: (usize, usize),
-    /// The slot is no longer ours: a verdict was returned.
-    done: bool,
 }
 
 fn identity(waker: &Waker) -> (usize, usize) {
@@ -79,44 +129,193 @@ fn identity(waker: &Waker) -> (usize, usize) {
     )
 }
 
-impl<P: PermitSource, S: EventSink> fmt::Debug for Waiter<'_, P, S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Waiter")
-            .field("class", &self.class)
-            .field("deadline", &self.deadline)
-            .field("done", &self.done)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<'q, P: PermitSource, S: EventSink> Waiter<'q, P, S> {
+impl Ticket {
+    /// The ticket of slot `index`, just published as `WAITING` in
+    /// `generation` with `waker` in its cell.
     pub(super) fn new(
-        queue: &'q AdmissionQueue<P, S>,
         index: usize,
         generation: u32,
         class: u16,
         deadline: Timestamp,
         waker: &Waker,
     ) -> Self {
-        Waiter {
-            queue,
+        Ticket {
             index,
             generation,
             class,
             deadline,
             registered: identity(waker),
+        }
+    }
+
+    /// See [`Waiter::poll_permit`].
+    fn poll<P: PermitSource, S: EventSink>(
+        &mut self,
+        queue: &AdmissionQueue<P, S>,
+        cx: &mut Context<'_>,
+        now: Timestamp,
+    ) -> Poll<Result<P::Permit, Rejected>> {
+        if let Some(verdict) = self.verdict(queue) {
+            return Poll::Ready(verdict);
+        }
+        if now >= self.deadline {
+            return Poll::Ready(self.time_out(queue, now));
+        }
+        let waker = identity(cx.waker());
+        if waker == self.registered {
+            // The slot holds this task's waker already: whoever decides the
+            // slot will wake it.
+            return Poll::Pending;
+        }
+        queue.slots[self.index].waker.register(cx.waker());
+        self.registered = waker;
+        // Read again: a decision that raced the registration is visible now
+        // (see `WakerCell`).
+        match self.verdict(queue) {
+            Some(verdict) => Poll::Ready(verdict),
+            None => Poll::Pending,
+        }
+    }
+
+    /// The verdict, if the slot was decided; then the slot is released.
+    fn verdict<P: PermitSource, S: EventSink>(
+        &self,
+        queue: &AdmissionQueue<P, S>,
+    ) -> Option<Result<P::Permit, Rejected>> {
+        let slot = &queue.slots[self.index];
+        // ordering: Acquire, pairs with the Release of the deciding
+        // compare-and-swap: GRANTED comes with the permit in the cell.
+        let word = Word(slot.word.load(Ordering::Acquire));
+        let verdict = match word.phase() {
+            WAITING => return None,
+            GRANTED => {
+                // SAFETY: we saw GRANTED with Acquire: the dispatcher's write
+                // of the cell happened before, and it never touches the cell
+                // again; nobody else does while we hold OWN.
+                match unsafe { slot.permit.with_mut(Option::take) } {
+                    Some(permit) => Ok(permit),
+                    None => unreachable!("a granted slot holds its permit"),
+                }
+            }
+            TIMED_OUT => Err(Rejected::TimedOut),
+            SHED_FULL => Err(Rejected::QueueFull),
+            SHED_OLDEST => Err(Rejected::ShedOldest),
+            SHED_PRIORITY => Err(Rejected::ShedLowPriority),
+            FREE | CANCELLED => unreachable!("only the owner frees or cancels its slot"),
+            _ => unreachable!("three phase bits, eight phases"),
+        };
+        // The waker cell needs no clearing: whoever decided the slot wakes
+        // it, which takes the waker out (or leaves it to a racing
+        // registration, which takes it out itself).
+        if slot.release_refs(OWN) {
+            queue.control.free.push(self.index);
+        }
+        Some(verdict)
+    }
+
+    /// Times out a waiting slot ourselves, or returns the verdict someone
+    /// else reached first.
+    fn time_out<P: PermitSource, S: EventSink>(
+        &self,
+        queue: &AdmissionQueue<P, S>,
+        now: Timestamp,
+    ) -> Result<P::Permit, Rejected> {
+        if self.leave(queue, TIMED_OUT) {
+            queue.report(self.class, Rejected::TimedOut, now);
+            Err(Rejected::TimedOut)
+        } else {
+            match self.verdict(queue) {
+                Some(verdict) => verdict,
+                None => unreachable!("a slot that left WAITING has a verdict"),
+            }
+        }
+    }
+
+    /// Moves our slot from `WAITING` to `phase` (cancelled or timed out),
+    /// giving up `OWN` and posting a retirement notice. `false` if it was
+    /// decided by someone else first.
+    fn leave<P: PermitSource, S: EventSink>(
+        &self,
+        queue: &AdmissionQueue<P, S>,
+        phase: u64,
+    ) -> bool {
+        let slot = &queue.slots[self.index];
+        let waiting = Word::waiting(self.generation);
+        // ordering: AcqRel on success: our waker clear and the notice come
+        // after it; Acquire on failure, pairs with the decider's Release: we
+        // then read its verdict.
+        if slot
+            .word
+            .compare_exchange(
+                waiting.0,
+                waiting.decided(phase, SCHED | NOTICE).0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            return false;
+        }
+        // The slot cannot be reused before the notice below is read, so its
+        // waker cell is still ours to clear.
+        slot.waker.clear();
+        queue.retire(self.index);
+        true
+    }
+
+    /// Gives up an unfinished ticket: cancels the slot, or, if it was
+    /// decided first, reads the verdict and passes a granted permit on.
+    fn cancel<P: PermitSource, S: EventSink>(&self, queue: &AdmissionQueue<P, S>) {
+        if self.leave(queue, CANCELLED) {
+            return;
+        }
+        // Decided before we could cancel: release what we were given.
+        if let Some(Ok(permit)) = self.verdict(queue) {
+            queue.release(permit);
+        }
+    }
+}
+
+/// A caller waiting in an [`AdmissionQueue`], from
+/// [`AdmissionQueue::enqueue`].
+///
+/// Poll it with [`poll_permit`](Self::poll_permit). Dropping it before it
+/// completes gives up its place; if a permit was granted to it meanwhile,
+/// the permit goes to the next waiter (or back to the source).
+pub struct Waiter<'q, P: PermitSource, S: EventSink = NoSink> {
+    queue: &'q AdmissionQueue<P, S>,
+    ticket: Ticket,
+    /// The ticket is finished: a verdict was returned.
+    done: bool,
+}
+
+impl<P: PermitSource, S: EventSink> fmt::Debug for Waiter<'_, P, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Waiter")
+            .field("class", &self.ticket.class)
+            .field("deadline", &self.ticket.deadline)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'q, P: PermitSource, S: EventSink> Waiter<'q, P, S> {
+    pub(super) fn new(queue: &'q AdmissionQueue<P, S>, ticket: Ticket) -> Self {
+        Waiter {
+            queue,
+            ticket,
             done: false,
         }
     }
 
     /// The class it waits in.
     pub fn class(&self) -> u16 {
-        self.class
+        self.ticket.class
     }
 
     /// Its deadline.
     pub fn deadline(&self) -> Timestamp {
-        self.deadline
+        self.ticket.deadline
     }
 
     /// Whether it has completed (returned `Ready`).
@@ -137,114 +336,106 @@ impl<'q, P: PermitSource, S: EventSink> Waiter<'q, P, S> {
         now: Timestamp,
     ) -> Poll<Result<QueuePermit<'q, P, S>, Rejected>> {
         assert!(!self.done, "Waiter polled after it completed");
-        if let Some(verdict) = self.verdict() {
-            return Poll::Ready(verdict);
-        }
-        if now >= self.deadline {
-            return Poll::Ready(self.time_out(now));
-        }
-        let waker = identity(cx.waker());
-        if waker == self.registered {
-            // The slot holds this task's waker already: whoever decides the
-            // slot will wake it.
-            return Poll::Pending;
-        }
-        self.queue.slots[self.index].waker.register(cx.waker());
-        self.registered = waker;
-        // Read again: a decision that raced the registration is visible now
-        // (see `WakerCell`).
-        match self.verdict() {
-            Some(verdict) => Poll::Ready(verdict),
-            None => Poll::Pending,
-        }
+        let poll = self.ticket.poll(self.queue, cx, now);
+        self.done = poll.is_ready();
+        poll.map(|verdict| verdict.map(|permit| QueuePermit::new(self.queue, permit)))
     }
 
     /// The verdict, if the slot was decided; then the slot is released.
     pub(super) fn verdict(&mut self) -> Option<Result<QueuePermit<'q, P, S>, Rejected>> {
-        let slot = &self.queue.slots[self.index];
-        // ordering: Acquire, pairs with the Release of the deciding
-        // compare-and-swap: GRANTED comes with the permit in the cell.
-        let word = Word(slot.word.load(Ordering::Acquire));
-        let verdict = match word.phase() {
-            WAITING => return None,
-            GRANTED => {
-                // SAFETY: we saw GRANTED with Acquire: the dispatcher's write
-                // of the cell happened before, and it never touches the cell
-                // again; nobody else does while we hold OWN.
-                match unsafe { slot.permit.with_mut(Option::take) } {
-                    Some(permit) => Ok(QueuePermit::new(self.queue, permit)),
-                    None => unreachable!("a granted slot holds its permit"),
-                }
-            }
-            TIMED_OUT => Err(Rejected::TimedOut),
-            SHED_FULL => Err(Rejected::QueueFull),
-            SHED_OLDEST => Err(Rejected::ShedOldest),
-            SHED_PRIORITY => Err(Rejected::ShedLowPriority),
-            FREE | CANCELLED => unreachable!("only the owner frees or cancels its slot"),
-            _ => unreachable!("three phase bits, eight phases"),
-        };
-        // The waker cell needs no clearing: whoever decided the slot wakes
-        // it, which takes the waker out (or leaves it to a racing
-        // registration, which takes it out itself).
+        let verdict = self.ticket.verdict(self.queue)?;
         self.done = true;
-        if slot.release_refs(super::slot::OWN) {
-            self.queue.control.free.push(self.index);
-        }
-        Some(verdict)
-    }
-
-    /// Times out a waiting slot ourselves, or returns the verdict someone
-    /// else reached first.
-    fn time_out(&mut self, now: Timestamp) -> Result<QueuePermit<'q, P, S>, Rejected> {
-        if self.leave(TIMED_OUT) {
-            self.queue.report(self.class, Rejected::TimedOut, now);
-            Err(Rejected::TimedOut)
-        } else {
-            match self.verdict() {
-                Some(verdict) => verdict,
-                None => unreachable!("a slot that left WAITING has a verdict"),
-            }
-        }
-    }
-
-    /// Moves our slot from `WAITING` to `phase` (cancelled or timed out),
-    /// giving up `OWN` and posting a retirement notice. `false` if it was
-    /// decided by someone else first.
-    fn leave(&mut self, phase: u64) -> bool {
-        let slot = &self.queue.slots[self.index];
-        let waiting = Word::waiting(self.generation);
-        // ordering: AcqRel on success: our waker clear and the notice come
-        // after it; Acquire on failure, pairs with the decider's Release: we
-        // then read its verdict.
-        if slot
-            .word
-            .compare_exchange(
-                waiting.0,
-                waiting.decided(phase, SCHED | NOTICE).0,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_err()
-        {
-            return false;
-        }
-        self.done = true;
-        // The slot cannot be reused before the notice below is read, so its
-        // waker cell is still ours to clear.
-        slot.waker.clear();
-        self.queue.retire(self.index);
-        true
+        Some(verdict.map(|permit| QueuePermit::new(self.queue, permit)))
     }
 }
 
 impl<P: PermitSource, S: EventSink> Drop for Waiter<'_, P, S> {
     fn drop(&mut self) {
-        if self.done || self.leave(CANCELLED) {
-            return;
+        if !self.done {
+            self.ticket.cancel(self.queue);
         }
-        // Decided before we could cancel: release what we were given.
-        if let Some(Ok(permit)) = self.verdict() {
-            drop(permit);
+    }
+}
+
+/// A [`Waiter`] that owns a reference count of its queue instead of
+/// borrowing it, from [`AdmissionQueue::enqueue_owned`]. It can live in a
+/// `'static` future, such as a tower response future.
+///
+/// It runs the same protocol as a [`Waiter`] (the same code): poll it with
+/// [`poll_permit`](Self::poll_permit); dropping it before it completes gives
+/// up its place, or passes on a permit granted meanwhile. It holds one `Arc`
+/// of the queue, which a grant moves into the [`OwnedQueuePermit`] and any
+/// other verdict drops: a wait that ends in a permit costs one reference
+/// count in all.
+pub struct OwnedWaiter<P: PermitSource, S: EventSink = NoSink> {
+    /// `Some` while waiting; taken when a verdict is returned.
+    queue: Option<Arc<AdmissionQueue<P, S>>>,
+    ticket: Ticket,
+}
+
+impl<P: PermitSource, S: EventSink> fmt::Debug for OwnedWaiter<P, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnedWaiter")
+            .field("class", &self.ticket.class)
+            .field("deadline", &self.ticket.deadline)
+            .field("done", &self.is_done())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: PermitSource, S: EventSink> OwnedWaiter<P, S> {
+    pub(super) fn new(queue: Arc<AdmissionQueue<P, S>>, ticket: Ticket) -> Self {
+        OwnedWaiter {
+            queue: Some(queue),
+            ticket,
+        }
+    }
+
+    /// The class it waits in.
+    pub fn class(&self) -> u16 {
+        self.ticket.class
+    }
+
+    /// Its deadline.
+    pub fn deadline(&self) -> Timestamp {
+        self.ticket.deadline
+    }
+
+    /// Whether it has completed (returned `Ready`). A completed waiter no
+    /// longer holds its queue.
+    pub fn is_done(&self) -> bool {
+        self.queue.is_none()
+    }
+
+    /// As [`Waiter::poll_permit`]: `Ready` with the permit, or with why
+    /// there is none; `Pending` (with `cx`'s waker registered) while it
+    /// waits; a poll at or after the deadline times out.
+    ///
+    /// # Panics
+    ///
+    /// If called again after it returned `Ready`.
+    pub fn poll_permit(
+        &mut self,
+        cx: &mut Context<'_>,
+        now: Timestamp,
+    ) -> Poll<Result<OwnedQueuePermit<P, S>, Rejected>> {
+        let Some(queue) = self.queue.as_deref() else {
+            panic!("OwnedWaiter polled after it completed");
+        };
+        let verdict = core::task::ready!(self.ticket.poll(queue, cx, now));
+        let queue = self.queue.take();
+        Poll::Ready(match (verdict, queue) {
+            (Ok(permit), Some(queue)) => Ok(OwnedQueuePermit::new(queue, permit)),
+            (Err(rejected), _) => Err(rejected),
+            (Ok(_), None) => unreachable!("checked at the top"),
+        })
+    }
+}
+
+impl<P: PermitSource, S: EventSink> Drop for OwnedWaiter<P, S> {
+    fn drop(&mut self) {
+        if let Some(queue) = self.queue.take() {
+            self.ticket.cancel(&queue);
         }
     }
 }

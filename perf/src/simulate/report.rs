@@ -1,4 +1,4 @@
-//! Turning two runs of the demo into text a person can read.
+//! Turning the two runs of the simulation into text a person can read.
 //!
 //! Every figure printed here is computed from the runs (or is one of the
 //! scenario's or breaker's settings, printed to explain what was simulated).
@@ -9,7 +9,7 @@ use std::time::Duration;
 use tenlives_engine::breaker::BreakerState;
 use tenlives_engine::time::Timestamp;
 
-use super::Demo;
+use super::Simulation;
 use super::scenario::{Behaviour, BreakerSettings, Phase, PhaseKind, Scenario};
 use super::sim::{Cause, Fate, RequestRecord, RunResult, Transition, TripRule};
 
@@ -261,7 +261,7 @@ fn share(d: Duration, end: Timestamp) -> String {
 }
 
 /// The whole report.
-pub fn render(demo: &Demo) -> Result<String, fmt::Error> {
+pub fn render(demo: &Simulation) -> Result<String, fmt::Error> {
     let mut out = String::new();
     let o = &mut out;
     let sc = &demo.scenario;
@@ -271,11 +271,11 @@ pub fn render(demo: &Demo) -> Result<String, fmt::Error> {
 
     writeln!(
         o,
-        "tenlives demo: a circuit breaker protecting a flaky dependency"
+        "tenlives simulate: a circuit breaker protecting a flaky dependency, in virtual time"
     )?;
     writeln!(
         o,
-        "=============================================================="
+        "==================================================================================="
     )?;
     writeln!(o)?;
     writeln!(

@@ -1,5 +1,7 @@
-//! The `demo` subcommand: a circuit breaker protecting a flaky dependency,
-//! simulated in virtual time, with and without protection side by side.
+//! The `simulate` subcommand: a circuit breaker protecting a flaky
+//! dependency, simulated in virtual time, with and without protection side by
+//! side. (The HTTP demo on loopback is [`crate::http`]; this is its
+//! deterministic, virtual-time sibling.)
 //!
 //! - [`scenario`]: the client's traffic, the dependency's phases (healthy,
 //!   latency spike, error burst, outage, recovery) and the breaker settings.
@@ -32,9 +34,9 @@ pub const DEFAULT_DURATION_SECS: u64 = 120;
 /// Requests per virtual second of the default run.
 pub const DEFAULT_RATE: u32 = 50;
 
-/// Options of the `demo` subcommand.
+/// Options of the `simulate` subcommand.
 #[derive(Args, Clone, Debug, PartialEq, Eq)]
-pub struct DemoArgs {
+pub struct SimulateArgs {
     /// Seed of the simulated dependency's randomness; the same seed prints
     /// the same report.
     #[arg(long, default_value_t = DEFAULT_SEED)]
@@ -50,9 +52,9 @@ pub struct DemoArgs {
     pub rate: u32,
 }
 
-impl Default for DemoArgs {
+impl Default for SimulateArgs {
     fn default() -> Self {
-        DemoArgs {
+        SimulateArgs {
             seed: DEFAULT_SEED,
             duration_secs: DEFAULT_DURATION_SECS,
             rate: DEFAULT_RATE,
@@ -60,9 +62,9 @@ impl Default for DemoArgs {
     }
 }
 
-/// Both runs of the demo and what they ran.
+/// Both runs of the simulation and what they ran.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Demo {
+pub struct Simulation {
     /// The simulated traffic and dependency.
     pub scenario: Scenario,
     /// The breaker's settings.
@@ -73,10 +75,10 @@ pub struct Demo {
     pub unprotected: RunResult,
 }
 
-impl Demo {
+impl Simulation {
     /// Simulates the scenario that `args` describe, with and without the
     /// breaker.
-    pub fn run(args: &DemoArgs) -> Result<Demo, ConfigError> {
+    pub fn run(args: &SimulateArgs) -> Result<Simulation, ConfigError> {
         let scenario = Scenario::standard(
             args.seed,
             Duration::from_secs(args.duration_secs),
@@ -85,7 +87,7 @@ impl Demo {
         let settings = BreakerSettings::DEMO;
         let protected = sim::simulate(&scenario, Some(&settings))?;
         let unprotected = sim::simulate(&scenario, None)?;
-        Ok(Demo {
+        Ok(Simulation {
             scenario,
             settings,
             protected,
@@ -99,9 +101,9 @@ impl Demo {
     }
 }
 
-/// Runs the demo and prints its report.
-pub fn main(args: &DemoArgs) -> Result<(), Box<dyn Error>> {
-    let text = Demo::run(args)?.report()?;
+/// Runs the simulation and prints its report.
+pub fn main(args: &SimulateArgs) -> Result<(), Box<dyn Error>> {
+    let text = Simulation::run(args)?.report()?;
     print!("{text}");
     Ok(())
 }
@@ -115,10 +117,10 @@ mod tests {
     use super::sim::{Cause, Fate, TripRule};
     use super::*;
 
-    fn demo(seed: u64) -> Demo {
-        Demo::run(&DemoArgs {
+    fn demo(seed: u64) -> Simulation {
+        Simulation::run(&SimulateArgs {
             seed,
-            ..DemoArgs::default()
+            ..SimulateArgs::default()
         })
         .unwrap()
     }
@@ -212,7 +214,7 @@ mod tests {
 
     #[test]
     fn other_lengths_and_rates_add_up() {
-        let d = Demo::run(&DemoArgs {
+        let d = Simulation::run(&SimulateArgs {
             seed: 3,
             duration_secs: 241,
             rate: 7,

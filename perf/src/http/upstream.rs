@@ -1,0 +1,210 @@
+//! The upstream: an HTTP service that plays a [`Timeline`].
+//!
+//! It has a fixed number of worker slots (its capacity): a call waits for a
+//! free slot (at most `queue_timeout`, else it is answered `503` without
+//! being served), holds it for the service time its phase draws, then is
+//! answered as the phase says — `200`, `500`, `503`, or a connection closed
+//! without an answer. A call's draw depends only on the seed and the call's
+//! number. During a [`Down`](super::timeline::PhaseKind::Down) phase the
+//! script task ([`run_script`]) closes the listener and cuts every open
+//! connection, and opens it again on the same port when the phase ends: a
+//! restart.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use super::server::{Body, Handler, Server, respond};
+use super::timeline::{Action, Timeline, mix};
+
+/// How an upstream behaves.
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    /// The script.
+    pub timeline: Arc<Timeline>,
+    /// Worker slots: calls served at once.
+    pub capacity: u32,
+    /// The longest a call waits for a slot before it is answered `503`.
+    pub queue_timeout: Duration,
+    /// Seed of the per-call draws.
+    pub seed: u64,
+}
+
+/// What an upstream counted.
+#[derive(Debug, Default)]
+pub struct UpstreamCounts {
+    /// Calls received.
+    pub received: AtomicU64,
+    /// Calls answered `503` because no slot freed up in time.
+    pub overflowed: AtomicU64,
+    /// Connections closed without an answer, as scripted.
+    pub dropped: AtomicU64,
+}
+
+/// The request handler (shared by every connection).
+#[derive(Clone)]
+struct Upstream {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: UpstreamConfig,
+    origin: Instant,
+    slots: Semaphore,
+    counts: Arc<UpstreamCounts>,
+}
+
+/// The error that makes hyper close a connection without an answer.
+#[derive(Debug)]
+pub struct Dropped;
+
+impl fmt::Display for Dropped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("connection dropped by the script")
+    }
+}
+
+impl std::error::Error for Dropped {}
+
+impl Handler for Upstream {
+    type Error = Dropped;
+
+    fn handle(
+        &self,
+        _req: Request<Incoming>,
+    ) -> impl Future<Output = Result<Response<Body>, Dropped>> + Send + 'static + use<> {
+        let shared = Arc::clone(&self.shared);
+        async move {
+            let s = &*shared;
+            // ordering: Relaxed; a counter and a ticket number, nothing else
+            // is published through them.
+            let n = s.counts.received.fetch_add(1, Ordering::Relaxed);
+            let phase = s.config.timeline.phase_at(s.origin.elapsed());
+            let decision = phase.fault.decide(mix(s.config.seed, n));
+            let permit = match tokio::time::timeout(s.config.queue_timeout, s.slots.acquire()).await
+            {
+                Ok(Ok(permit)) => permit,
+                _ => {
+                    s.counts.overflowed.fetch_add(1, Ordering::Relaxed);
+                    return Ok(respond(503, &[], "upstream overloaded\n"));
+                }
+            };
+            tokio::time::sleep(decision.delay).await;
+            drop(permit);
+            match decision.action {
+                Action::Answer(200) => Ok(respond(200, &[], "ok\n")),
+                Action::Answer(status) => Ok(respond(status, &[], "scripted failure\n")),
+                Action::Drop => {
+                    s.counts.dropped.fetch_add(1, Ordering::Relaxed);
+                    Err(Dropped)
+                }
+            }
+        }
+    }
+}
+
+/// A running upstream.
+pub struct UpstreamServer {
+    server: Server<Upstream>,
+    counts: Arc<UpstreamCounts>,
+}
+
+impl UpstreamServer {
+    /// Starts an upstream on a free loopback port; its script's time zero is
+    /// `origin`.
+    ///
+    /// # Errors
+    ///
+    /// When no port can be bound.
+    pub fn start(config: UpstreamConfig, origin: Instant) -> io::Result<UpstreamServer> {
+        let counts = Arc::new(UpstreamCounts::default());
+        let capacity = usize::try_from(config.capacity.max(1)).unwrap_or(1);
+        let handler = Upstream {
+            shared: Arc::new(Shared {
+                config,
+                origin,
+                slots: Semaphore::new(capacity),
+                counts: Arc::clone(&counts),
+            }),
+        };
+        let server = Server::start(SocketAddr::from(([127, 0, 0, 1], 0)), handler)?;
+        Ok(UpstreamServer { server, counts })
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr()
+    }
+
+    /// What it counted.
+    pub fn counts(&self) -> &UpstreamCounts {
+        &self.counts
+    }
+
+    /// Whether it is listening.
+    pub fn is_up(&self) -> bool {
+        self.server.is_up()
+    }
+
+    /// Closes the listener and cuts open connections.
+    pub fn stop(&self) {
+        self.server.stop();
+    }
+
+    /// Listens again on the same port.
+    ///
+    /// # Errors
+    ///
+    /// When the port cannot be bound again.
+    pub fn restart(&self) -> io::Result<()> {
+        self.server.restart()
+    }
+}
+
+/// Plays the timeline's `Down` phases on `upstreams` until `until` since
+/// `origin`: stops them when a down phase begins and restarts them when it
+/// ends, counting restarts in `restarts`. Looks every 20 ms; a failed rebind
+/// is tried again at the next look.
+pub async fn run_script(
+    upstreams: Vec<Arc<UpstreamServer>>,
+    timeline: Arc<Timeline>,
+    origin: Instant,
+    until: Duration,
+    restarts: Arc<AtomicU64>,
+) {
+    // ordering: Relaxed; a counter read for reports.
+    let restarted = || {
+        restarts.fetch_add(1, Ordering::Relaxed);
+    };
+    let mut ticks = tokio::time::interval(Duration::from_millis(20));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let steps = until.as_millis() / 20 + 2;
+    for _ in 0..steps {
+        ticks.tick().await;
+        let elapsed = origin.elapsed();
+        if elapsed > until {
+            break;
+        }
+        let down = timeline.phase_at(elapsed).fault.down;
+        for u in &upstreams {
+            if down && u.is_up() {
+                u.stop();
+            } else if !down && !u.is_up() && u.restart().is_ok() {
+                restarted();
+            }
+        }
+    }
+    for u in &upstreams {
+        if !u.is_up() && u.restart().is_ok() {
+            restarted();
+        }
+    }
+}
