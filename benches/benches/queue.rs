@@ -32,8 +32,11 @@
 //!   queue of 64 over a `Bulkhead` of 1, 1 s maximum wait: the waiting
 //!   request enqueues in `call`, arms its deadline timer, and is woken
 //!   through its slot), tower's `ConcurrencyLimit` (the second waits in
-//!   `poll_ready` on tokio's `Semaphore`), and the same pair without any
-//!   limit (`bare`: the floor, where nothing waits). 1 thread.
+//!   `poll_ready` on tokio's `Semaphore`, for as long as it takes), the same
+//!   with the wait bounded as a tower user would, by `tokio::time::timeout`
+//!   (1 s) around the second's `ready()` (`_bounded`: one timer per waiting
+//!   request, as in tenlives), and the same pair without any limit (`bare`:
+//!   the floor, where nothing waits). 1 thread.
 
 use std::future::Future;
 use std::hint::black_box;
@@ -301,7 +304,15 @@ async fn join<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
 
 /// `iters` pairs through `svc` (see the module documentation): the first
 /// request holds the one permit while the second, through a clone, waits.
-fn time_pairs<S>(rt: &tokio::runtime::Runtime, svc: &S, iters: u64) -> Duration
+/// With `bound`, the second's `ready()` is bounded by a tokio timeout (how
+/// a tower user bounds the wait of a `ConcurrencyLimit`, which happens in
+/// `poll_ready`).
+fn time_pairs<S>(
+    rt: &tokio::runtime::Runtime,
+    svc: &S,
+    bound: Option<Duration>,
+    iters: u64,
+) -> Duration
 where
     S: Service<u64> + Clone,
     S::Error: std::fmt::Debug,
@@ -312,7 +323,15 @@ where
         let began = Instant::now();
         for i in 0..iters {
             let a = first.ready().await.expect("ready").call(i);
-            let b = async { second.ready().await.expect("ready").call(i).await };
+            let b = async {
+                let ready = match bound {
+                    Some(limit) => tokio::time::timeout(limit, second.ready())
+                        .await
+                        .expect("ready in time"),
+                    None => second.ready().await,
+                };
+                ready.expect("ready").call(i).await
+            };
             let (a, b) = join(a, b).await;
             black_box((a.expect("served"), b.expect("served")));
         }
@@ -330,18 +349,22 @@ fn bench_layer_wait(c: &mut Criterion) {
     let layer = rt.block_on(async { AdmissionQueueLayer::new(queue(1), Duration::from_secs(1)) });
     let tenlives = layer.layer(PendingOnce);
     group.bench_function("tenlives_admission_queue/1_thread", |b| {
-        b.iter_custom(|iters| time_pairs(&rt, &tenlives, iters));
+        b.iter_custom(|iters| time_pairs(&rt, &tenlives, None, iters));
     });
     assert_eq!(layer.queue().source().in_flight(), 0);
     assert_eq!(layer.queue().waiting(), 0);
 
     let tower = tower::limit::ConcurrencyLimitLayer::new(1).layer(PendingOnce);
     group.bench_function("tower_concurrency_limit/1_thread", |b| {
-        b.iter_custom(|iters| time_pairs(&rt, &tower, iters));
+        b.iter_custom(|iters| time_pairs(&rt, &tower, None, iters));
+    });
+    let max_wait = Some(Duration::from_secs(1));
+    group.bench_function("tower_concurrency_limit_bounded/1_thread", |b| {
+        b.iter_custom(|iters| time_pairs(&rt, &tower, max_wait, iters));
     });
 
     group.bench_function("bare/1_thread", |b| {
-        b.iter_custom(|iters| time_pairs(&rt, &PendingOnce, iters));
+        b.iter_custom(|iters| time_pairs(&rt, &PendingOnce, None, iters));
     });
     group.finish();
 }

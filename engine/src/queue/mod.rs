@@ -157,7 +157,18 @@
 //!   poll that takes the permit) is a dozen read-modify-writes, all on the
 //!   queue's control line and the waiter's slot, and one `SeqCst` fence.
 //!
-//! The guarantees (Q1–Q7) and the tests that check each are in
+//! # Owned waiters and permits
+//!
+//! [`Waiter`], [`Acquire`] and [`QueuePermit`] borrow the queue. For a
+//! queue in an `Arc`, [`enqueue_owned`](AdmissionQueue::enqueue_owned) and
+//! [`try_acquire_owned`](AdmissionQueue::try_acquire_owned) hand out an
+//! [`OwnedWaiter`] and an [`OwnedQueuePermit`] that hold a clone of the
+//! `Arc` instead, for futures that must be `'static` (a tower response
+//! future, a spawned task). They run the same code as the borrowed forms;
+//! a wait clones the `Arc` once, and a grant moves that clone from the
+//! waiter into the permit.
+//!
+//! The guarantees (Q1–Q8) and the tests that check each are in
 //! `docs/guarantees.md`; the design and measurements in
 //! `docs/admission-queue.md`.
 
@@ -238,7 +249,7 @@ impl<T: PermitSource + ?Sized> PermitSource for &T {
     }
 }
 
-impl<T: PermitSource + ?Sized> PermitSource for alloc::sync::Arc<T> {
+impl<T: PermitSource + ?Sized> PermitSource for Arc<T> {
     type Permit = T::Permit;
 
     #[inline]
