@@ -29,6 +29,10 @@ impl<T> Live<T> {
     }
 }
 
+/// What [`Layered`]'s changes report when the state was kept (the word
+/// `CONFIG_CHANGED` events carry for "the window was kept").
+pub(crate) const KEPT: u64 = u64::MAX;
+
 /// A configuration with the state laid out for it (a window, for example):
 /// state that can stay when the configuration changes, and must be rebuilt
 /// when the layout does. The state of the first layout lives inline; a new
@@ -80,38 +84,55 @@ impl<C, W> Layered<C, W> {
 impl<C: Send + Sync + 'static, W: Send + Sync + 'static> Layered<C, W> {
     /// Replaces the configuration with what `make` makes of the one in force
     /// (again if another change came first). `relayout(old config, old
-    /// state, new config)` returns the new state when the layout changes
-    /// (carrying over what it can), `None` to keep the state.
+    /// state, new config)` returns the new state when the layout changes,
+    /// with a count of what it carried over, or `None` to keep the state.
+    /// Returns that count, [`KEPT`] when the state was kept.
     pub(crate) fn update<E>(
         &self,
         mut make: impl FnMut(&C) -> Result<C, E>,
-        mut relayout: impl FnMut(&C, &W, &C) -> Option<W>,
-    ) -> Result<(), E> {
+        mut relayout: impl FnMut(&C, &W, &C) -> Option<(W, u64)>,
+    ) -> Result<u64, E> {
         let guard = crossbeam_epoch::pin();
-        self.era
-            .update_with(&guard, |old| {
-                let config = make(&old.config)?;
-                let current = old.state.as_deref().unwrap_or(&self.own);
-                let state = match relayout(&old.config, current, &config) {
-                    Some(fresh) => Some(alloc::sync::Arc::new(fresh)),
-                    None => old.state.clone(),
-                };
-                Ok(Era { config, state })
-            })
-            .map(|_| ())
+        let mut carried = KEPT;
+        self.era.update_with(&guard, |old| {
+            let config = make(&old.config)?;
+            let current = old.state.as_deref().unwrap_or(&self.own);
+            let state = match relayout(&old.config, current, &config) {
+                Some((fresh, count)) => {
+                    carried = count;
+                    Some(alloc::sync::Arc::new(fresh))
+                }
+                None => {
+                    carried = KEPT;
+                    old.state.clone()
+                }
+            };
+            Ok(Era { config, state })
+        })?;
+        Ok(carried)
     }
 }
 
 #[cfg(not(feature = "std"))]
 impl<C, W> Layered<C, W> {
     /// Replaces the configuration (through `&mut self`: no other thread can
-    /// be reading it); `relayout` as for the `std` version.
-    pub(crate) fn set(&mut self, config: C, relayout: impl FnOnce(&C, &W, &C) -> Option<W>) {
+    /// be reading it); `relayout` and the count returned as for the `std`
+    /// version.
+    pub(crate) fn set(
+        &mut self,
+        config: C,
+        relayout: impl FnOnce(&C, &W, &C) -> Option<(W, u64)>,
+    ) -> u64 {
         let era = self.era.get_mut();
-        if let Some(fresh) = relayout(&era.config, &self.own, &config) {
-            self.own = fresh;
-        }
+        let carried = match relayout(&era.config, &self.own, &config) {
+            Some((fresh, count)) => {
+                self.own = fresh;
+                count
+            }
+            None => KEPT,
+        };
         era.config = config;
+        carried
     }
 }
 

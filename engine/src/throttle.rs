@@ -230,23 +230,17 @@ fn counts(config: &ThrottleConfig, window: &StripedWindow, now: Timestamp) -> (u
 
 /// What a configuration change does to the window: nothing when its layout
 /// stays; else a new window carrying the old one's requests that overlap
-/// it (their number goes to `carried`, which is otherwise `u64::MAX`).
+/// it (with their number).
 fn relayout(
     now: Timestamp,
-    carried: &core::cell::Cell<u64>,
-) -> impl FnMut(&ThrottleConfig, &StripedWindow, &ThrottleConfig) -> Option<StripedWindow> + '_ {
+) -> impl FnMut(&ThrottleConfig, &StripedWindow, &ThrottleConfig) -> Option<(StripedWindow, u64)> {
     move |old, window, new| {
         if new.window.spec == old.window.spec {
-            carried.set(u64::MAX);
             return None;
         }
         let fresh = StripedWindow::new();
-        carried.set(
-            window
-                .carry_into(&old.window, &fresh, &new.window, 0, now)
-                .calls,
-        );
-        Some(fresh)
+        let counts = window.carry_into(&old.window, &fresh, &new.window, 0, now);
+        Some((fresh, counts.calls))
     }
 }
 
@@ -324,9 +318,8 @@ impl<S: EventSink> Throttle<S> {
         f: impl FnMut(&ThrottleConfig) -> Result<ThrottleConfig, E>,
         now: Timestamp,
     ) -> Result<(), E> {
-        let carried = core::cell::Cell::new(u64::MAX);
-        self.era.update(f, relayout(now, &carried))?;
-        self.changed(now, carried.get());
+        let carried = self.era.update(f, relayout(now))?;
+        self.changed(now, carried);
         Ok(())
     }
 
@@ -335,9 +328,8 @@ impl<S: EventSink> Throttle<S> {
     /// needs `&mut self`.
     #[cfg(not(feature = "std"))]
     pub fn set_config(&mut self, config: ThrottleConfig, now: Timestamp) {
-        let carried = core::cell::Cell::new(u64::MAX);
-        self.era.set(config, relayout(now, &carried));
-        self.changed(now, carried.get());
+        let carried = self.era.set(config, relayout(now));
+        self.changed(now, carried);
     }
 
     /// Replaces the configuration with what `f` makes of the one in force,

@@ -533,9 +533,8 @@ impl<S: EventSink> CircuitBreaker<S> {
         f: impl FnMut(&BreakerConfig) -> Result<BreakerConfig, E>,
         now: Timestamp,
     ) -> Result<(), E> {
-        let carried = core::cell::Cell::new(u64::MAX);
-        self.era.update(f, self.relayout(now, &carried))?;
-        self.emit(EventKind::CONFIG_CHANGED, now, [1, carried.get()]);
+        let carried = self.era.update(f, self.relayout(now))?;
+        self.emit(EventKind::CONFIG_CHANGED, now, [1, carried]);
         Ok(())
     }
 
@@ -545,10 +544,9 @@ impl<S: EventSink> CircuitBreaker<S> {
     /// is no epoch collector, so a change needs `&mut self`.
     #[cfg(not(feature = "std"))]
     pub fn set_config(&mut self, config: BreakerConfig, now: Timestamp) {
-        let carried = core::cell::Cell::new(u64::MAX);
-        let relayout = self.relayout(now, &carried);
-        self.era.set(config, relayout);
-        self.emit(EventKind::CONFIG_CHANGED, now, [1, carried.get()]);
+        let relayout = self.relayout(now);
+        let carried = self.era.set(config, relayout);
+        self.emit(EventKind::CONFIG_CHANGED, now, [1, carried]);
     }
 
     /// Replaces the configuration with what `f` makes of the one in force,
@@ -570,24 +568,20 @@ impl<S: EventSink> CircuitBreaker<S> {
 
     /// What a configuration change does to the window: nothing when its
     /// layout stays; else a new window, into which the current generation's
-    /// calls that fit are carried (their number goes to `carried`, which
-    /// is otherwise `u64::MAX`).
-    fn relayout<'a>(
+    /// calls that fit are carried (with their number).
+    fn relayout(
         &self,
         now: Timestamp,
-        carried: &'a core::cell::Cell<u64>,
-    ) -> impl FnMut(&BreakerConfig, &StripedWindow, &BreakerConfig) -> Option<StripedWindow> + 'a
-    {
+    ) -> impl FnMut(&BreakerConfig, &StripedWindow, &BreakerConfig) -> Option<(StripedWindow, u64)>
+    + use<S> {
         let generation = self.load().generation();
         move |old, window, new| {
             if new.window.spec == old.window.spec {
-                carried.set(u64::MAX);
                 return None;
             }
             let fresh = StripedWindow::new();
             let counts = window.carry_into(&old.window, &fresh, &new.window, generation, now);
-            carried.set(counts.calls);
-            Some(fresh)
+            Some((fresh, counts.calls))
         }
     }
 

@@ -349,9 +349,8 @@ impl<S: EventSink> RetryBudget<S> {
         f: impl FnMut(&RetryBudgetConfig) -> Result<RetryBudgetConfig, E>,
         now: Timestamp,
     ) -> Result<(), E> {
-        let carried = core::cell::Cell::new(u64::MAX);
-        self.era.update(f, relayout(now, &carried))?;
-        self.changed(now, carried.get());
+        let carried = self.era.update(f, relayout(now))?;
+        self.changed(now, carried);
         Ok(())
     }
 
@@ -360,9 +359,8 @@ impl<S: EventSink> RetryBudget<S> {
     /// needs `&mut self`.
     #[cfg(not(feature = "std"))]
     pub fn set_config(&mut self, config: RetryBudgetConfig, now: Timestamp) {
-        let carried = core::cell::Cell::new(u64::MAX);
-        self.era.set(config, relayout(now, &carried));
-        self.changed(now, carried.get());
+        let carried = self.era.set(config, relayout(now));
+        self.changed(now, carried);
     }
 
     /// Replaces the configuration with what `f` makes of the one in force,
@@ -446,20 +444,16 @@ impl<S: EventSink> RetryBudget<S> {
 
 /// What a configuration change does to the words: nothing when the layout
 /// stays; else new words whose head bucket (the bucket of `now`) holds the
-/// old window's counts at `now` (its deposits go to `carried`, which is
-/// otherwise `u64::MAX`).
+/// old window's counts at `now` (with its deposits as the count carried).
 fn relayout(
     now: Timestamp,
-    carried: &core::cell::Cell<u64>,
-) -> impl FnMut(&RetryBudgetConfig, &Words, &RetryBudgetConfig) -> Option<Words> + '_ {
+) -> impl FnMut(&RetryBudgetConfig, &Words, &RetryBudgetConfig) -> Option<(Words, u64)> {
     move |old, words, new| {
         if new.same_layout(old) {
-            carried.set(u64::MAX);
             return None;
         }
         let counts = View { words, config: old }.counts(now);
-        carried.set(counts.deposits);
-        Some(Words::new(new.epoch(now), counts))
+        Some((Words::new(new.epoch(now), counts), counts.deposits))
     }
 }
 
