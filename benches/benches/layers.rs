@@ -42,7 +42,6 @@
 //! timed with this driver in `benches/ninelives-peer`, a cargo workspace of
 //! its own.
 
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -54,7 +53,10 @@ use tenlives_tokio::{
 };
 use tower::{Layer, Service, ServiceBuilder};
 
+#[path = "support/pending_once.rs"]
+mod pending_once;
 mod support;
+use pending_once::PendingOnce;
 #[path = "support/tower_driver.rs"]
 mod tower_driver;
 use tower_driver::{Noop, both, one_thread};
@@ -63,41 +65,6 @@ use tower_driver::{Noop, both, one_thread};
 const LIMIT: u32 = 1000;
 /// Every timeout: never reached.
 const TIMEOUT: Duration = Duration::from_secs(1);
-
-/// A service that returns `Pending` once (waking itself) before answering,
-/// so that a timeout layer has to arm its timer.
-#[derive(Clone, Copy, Debug)]
-struct PendingOnce;
-
-/// The future of [`PendingOnce`].
-struct Later(u64, bool);
-
-impl std::future::Future for Later {
-    type Output = Result<u64, std::convert::Infallible>;
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if self.1 {
-            Poll::Ready(Ok(self.0))
-        } else {
-            self.1 = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    }
-}
-
-impl Service<u64> for PendingOnce {
-    type Response = u64;
-    type Error = std::convert::Infallible;
-    type Future = Later;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: u64) -> Later {
-        Later(req, false)
-    }
-}
 
 fn breaker() -> CircuitBreaker {
     CircuitBreaker::new(BreakerConfig::default())

@@ -56,7 +56,10 @@ use tenlives_tokio::AdmissionQueueLayer;
 use tokio::sync::Semaphore;
 use tower::{Layer, Service, ServiceExt};
 
+#[path = "support/pending_once.rs"]
+mod pending_once;
 mod support;
+use pending_once::PendingOnce;
 
 /// Permits for the fast path: far more than 2 threads ever hold.
 const LIMIT: u32 = 1000;
@@ -235,41 +238,6 @@ fn bench_enqueue_grant(c: &mut Criterion) {
         assert_eq!(semaphore.available_permits(), threads as usize);
     }
     group.finish();
-}
-
-/// A service that returns `Pending` once (waking itself) before answering,
-/// so that a request holds its permit across a poll.
-#[derive(Clone, Copy, Debug)]
-struct PendingOnce;
-
-/// The future of [`PendingOnce`].
-struct Later(u64, bool);
-
-impl Future for Later {
-    type Output = Result<u64, std::convert::Infallible>;
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if self.1 {
-            Poll::Ready(Ok(self.0))
-        } else {
-            self.1 = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    }
-}
-
-impl Service<u64> for PendingOnce {
-    type Response = u64;
-    type Error = std::convert::Infallible;
-    type Future = Later;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: u64) -> Later {
-        Later(req, false)
-    }
 }
 
 /// Drives both futures to completion, polling `a` first each time, and

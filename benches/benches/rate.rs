@@ -65,14 +65,10 @@ use governor::clock::FakeRelativeClock;
 use tenlives_engine::rate::{KeyedConfig, KeyedRateLimiter, Quota, RateLimiter};
 use tenlives_engine::time::{Clock, MonotonicClock, Timestamp};
 
+#[path = "support/keyed_driver.rs"]
+mod keyed_driver;
 mod support;
-
-/// Where the stepped timestamps start: an hour after the clock's origin, as
-/// a monotonic clock of a running process would read.
-const START_NS: u64 = 3_600_000_000_000;
-
-/// Stepped time per operation, in nanoseconds.
-const STEP: u64 = 20;
+use keyed_driver::{START_NS, STEP, keyed_one_thread};
 
 /// The admitting quota: tokens a second.
 const RATE: u32 = 1_000_000_000;
@@ -350,28 +346,7 @@ fn keyed_both(
     op: impl Fn(u64, u64) + Sync,
 ) {
     let clock = Cell::new(START_NS);
-    let cursor = Cell::new(0u64);
-    group.bench_function(format!("{name}/1_thread"), |b| {
-        b.iter_custom(|iters| {
-            let start = clock.get();
-            clock.set(start + iters * STEP);
-            advance(fake, iters);
-            let mut key = cursor.get();
-            let began = Instant::now();
-            let mut t = start;
-            for _ in 0..iters {
-                t += STEP;
-                key += 1;
-                if key == keys {
-                    key = 0;
-                }
-                op(black_box(key), black_box(t));
-            }
-            let elapsed = began.elapsed();
-            cursor.set(key);
-            elapsed
-        });
-    });
+    keyed_one_thread(group, &format!("{name}/1_thread"), keys, &clock, fake, &op);
     group.bench_function(format!("{name}/2_threads"), |b| {
         b.iter_custom(|iters| {
             let start = clock.get();

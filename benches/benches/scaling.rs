@@ -62,13 +62,10 @@ use tenlives_engine::rate::{KeyedConfig, KeyedRateLimiter, Quota};
 use tenlives_engine::throttle::{Throttle, ThrottleConfig};
 use tenlives_engine::time::Timestamp;
 
+#[path = "support/keyed_driver.rs"]
+mod keyed_driver;
 mod support;
-
-/// Where the stepped timestamps start: an hour after the clock's origin.
-const START_NS: u64 = 3_600_000_000_000;
-
-/// Stepped time per keyed check, in nanoseconds (as in `rate.rs`).
-const KEYED_STEP: u64 = 20;
+use keyed_driver::{START_NS, keyed_one_thread};
 
 /// The keyed table sizes.
 const TABLE_SIZES: [u64; 4] = [1_000, 10_000, 100_000, 1_000_000];
@@ -92,43 +89,6 @@ fn governor_admitting() -> governor::Quota {
     governor::Quota::per_second(n(1_000_000_000)).allow_burst(n(u32::MAX))
 }
 
-/// `op(key, t)` on 1 thread over keys `0..keys`, visited in turn, time
-/// advancing [`KEYED_STEP`] per operation; the key cursor and the time carry
-/// on from one criterion call to the next.
-fn keyed_one_thread(
-    group: &mut BenchmarkGroup<'_, WallTime>,
-    id: &str,
-    keys: u64,
-    fake: Option<&FakeRelativeClock>,
-    op: impl Fn(u64, u64),
-) {
-    let clock = Cell::new(START_NS);
-    let cursor = Cell::new(0u64);
-    group.bench_function(id, |b| {
-        b.iter_custom(|iters| {
-            let start = clock.get();
-            clock.set(start + iters * KEYED_STEP);
-            if let Some(fake) = fake {
-                fake.advance(Duration::from_nanos(iters * KEYED_STEP));
-            }
-            let mut key = cursor.get();
-            let began = Instant::now();
-            let mut t = start;
-            for _ in 0..iters {
-                t += KEYED_STEP;
-                key += 1;
-                if key == keys {
-                    key = 0;
-                }
-                op(black_box(key), black_box(t));
-            }
-            let elapsed = began.elapsed();
-            cursor.set(key);
-            elapsed
-        });
-    });
-}
-
 fn bench_keyed(c: &mut Criterion) {
     let mut group = c.benchmark_group("scaling/keyed");
     let start = Timestamp::from_nanos(START_NS);
@@ -147,6 +107,7 @@ fn bench_keyed(c: &mut Criterion) {
             &mut group,
             &format!("tenlives/{keys}"),
             keys,
+            &Cell::new(START_NS),
             None,
             |k, t| {
                 let r = limiter.check_key(&k, Timestamp::from_nanos(t));
@@ -169,6 +130,7 @@ fn bench_keyed(c: &mut Criterion) {
             &mut group,
             &format!("governor_fake_clock_foldhash/{keys}"),
             keys,
+            &Cell::new(START_NS),
             Some(&fake),
             |k, _| {
                 let r = limiter.check_key(&k);
