@@ -34,8 +34,10 @@
 //!   `CircuitBreaker`, closed, every call a success, on 1 and 2 threads.
 //! - `layers/retry`: tenlives `RetryLayer`, tower-resilience's `Retry`, no
 //!   call failing (the cost of being ready to retry), on 1 and 2 threads.
-//! - `layers/rate_limit` (reference only; tenlives has no rate-limit layer
-//!   here): tower's `RateLimit`, at a rate never reached.
+//! - `layers/rate_limit`: tenlives `RateLimitLayer` (GCRA, rejects when
+//!   over), tower-resilience's `RateLimiter` (fixed window, no wait) and
+//!   tower's `RateLimit` (fixed window, waits in `poll_ready`; not `Clone`,
+//!   so 1 thread only), at a rate never reached (10^9 per second).
 //!
 //! ninelives 0.2, the other peer named in the design, is not here: it pins
 //! tokio to `~1.48`, which would move the whole workspace's tokio back. It is
@@ -47,9 +49,11 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker};
 use tenlives_engine::bulkhead::Bulkhead;
+use tenlives_engine::rate::{Quota, RateLimiter};
 use tenlives_engine::retry::{Backoff, RetryBudget, RetryBudgetConfig};
 use tenlives_tokio::{
-    CircuitBreakerLayer, ConcurrencyLimitLayer, RetryLayer, RetryPolicy, StackLayer, TimeoutLayer,
+    CircuitBreakerLayer, ConcurrencyLimitLayer, RateLimitLayer, RetryLayer, RetryPolicy,
+    StackLayer, TimeoutLayer,
 };
 use tower::{Layer, Service, ServiceBuilder};
 
@@ -65,6 +69,8 @@ use tower_driver::{Noop, both, one_thread};
 const LIMIT: u32 = 1000;
 /// Every timeout: never reached.
 const TIMEOUT: Duration = Duration::from_secs(1);
+/// Every rate limit, per second: never reached.
+const RATE: u32 = 1_000_000_000;
 
 fn breaker() -> CircuitBreaker {
     CircuitBreaker::new(BreakerConfig::default())
@@ -135,6 +141,15 @@ mod peer {
             .sliding_window_size(100)
             .build()
             .expect("a valid breaker")
+    }
+
+    pub fn rate_limit() -> tower_resilience::ratelimiter::RateLimiterLayer {
+        tower_resilience::ratelimiter::RateLimiterLayer::builder()
+            .limit_for_period(RATE as usize)
+            .refresh_period(Duration::from_secs(1))
+            .timeout_duration(Duration::ZERO)
+            .build()
+            .expect("a valid rate limiter")
     }
 
     pub fn timeout() -> TimeLimiterLayer<tower_resilience::timelimiter::FixedTimeout> {
@@ -236,8 +251,17 @@ fn bench_retry(c: &mut Criterion) {
 
 fn bench_rate_limit(c: &mut Criterion) {
     let mut group = c.benchmark_group("layers/rate_limit");
-    one_thread(&mut group, "tower_reference", || {
-        tower::limit::RateLimitLayer::new(u64::MAX, Duration::from_secs(1)).layer(Noop)
+    both(&mut group, "tenlives", || {
+        let quota = Quota::per_second(RATE)
+            .and_then(|q| q.with_burst(RATE))
+            .expect("a valid quota");
+        RateLimitLayer::new(RateLimiter::new(quota)).layer(Noop)
+    });
+    both(&mut group, "tower_resilience", || {
+        peer::rate_limit().layer(Noop)
+    });
+    one_thread(&mut group, "tower", || {
+        tower::limit::RateLimitLayer::new(u64::from(RATE), Duration::from_secs(1)).layer(Noop)
     });
     group.finish();
 }

@@ -55,9 +55,10 @@ use crate::error::{Rejection, TenlivesError, take_rejection};
 /// A policy that admits or rejects each request and hears how it went.
 ///
 /// Implemented for the engine's `CircuitBreaker`, `Bulkhead` and
-/// `AdaptiveLimiter` (with any event sink), for `Option<A>` (`None` admits
-/// everything) and for pairs `(A, B)` (admitted by `A` then `B`; if `B`
-/// rejects, `A`'s token is released).
+/// `AdaptiveLimiter` and `RateLimiter` (with any event sink), for `Option<A>`
+/// (`None` admits everything), for pairs `(A, B)` (admitted by `A` then `B`;
+/// if `B` rejects, `A`'s token is released) and for triples `(A, B, C)`
+/// likewise.
 ///
 /// Contract: every token `admit` returns is handed back exactly once, to
 /// `complete` or to `release`, on the policy that issued it. The tower
@@ -67,9 +68,25 @@ pub trait Admission {
     /// What an admitted request holds until it ends.
     type Token;
 
-    /// Whether `admit` or `complete` use their time arguments. When no stage
-    /// of a service does, the service reads no clock.
+    /// Whether an admitted request holds anything: `false` promises that
+    /// `complete` and `release` do nothing, so the wrappers drop the token at
+    /// once and keep no reference to the policy (no `Arc` clone, no outcome
+    /// classified). A rate limiter, which spends its tokens on admission, is
+    /// the example. Default: `true`.
+    const HOLDS: bool = true;
+
+    /// Whether `admit` uses its time argument (and, unless
+    /// [`needs_time_at_end`](Self::needs_time_at_end) says otherwise,
+    /// `complete` its). When no stage of a service needs the time, the
+    /// service reads no clock.
     fn needs_time(&self) -> bool;
+
+    /// Whether `complete` uses its time arguments (the admission time and
+    /// `now`). Default: [`needs_time`](Self::needs_time).
+    #[inline]
+    fn needs_time_at_end(&self) -> bool {
+        self.needs_time()
+    }
 
     /// Admits a request at `now`, or says why not.
     ///
@@ -95,10 +112,16 @@ pub trait Admission {
 
 impl<A: Admission> Admission for Option<A> {
     type Token = Option<A::Token>;
+    const HOLDS: bool = A::HOLDS;
 
     #[inline]
     fn needs_time(&self) -> bool {
         self.as_ref().is_some_and(A::needs_time)
+    }
+
+    #[inline]
+    fn needs_time_at_end(&self) -> bool {
+        self.as_ref().is_some_and(A::needs_time_at_end)
     }
 
     #[inline]
@@ -132,10 +155,16 @@ impl<A: Admission> Admission for Option<A> {
 
 impl<A: Admission, B: Admission> Admission for (A, B) {
     type Token = (A::Token, B::Token);
+    const HOLDS: bool = A::HOLDS || B::HOLDS;
 
     #[inline]
     fn needs_time(&self) -> bool {
         self.0.needs_time() || self.1.needs_time()
+    }
+
+    #[inline]
+    fn needs_time_at_end(&self) -> bool {
+        self.0.needs_time_at_end() || self.1.needs_time_at_end()
     }
 
     #[inline]
@@ -170,13 +199,72 @@ impl<A: Admission, B: Admission> Admission for (A, B) {
     }
 }
 
+impl<A: Admission, B: Admission, C: Admission> Admission for (A, B, C) {
+    type Token = (A::Token, B::Token, C::Token);
+    const HOLDS: bool = A::HOLDS || B::HOLDS || C::HOLDS;
+
+    #[inline]
+    fn needs_time(&self) -> bool {
+        self.0.needs_time() || self.1.needs_time() || self.2.needs_time()
+    }
+
+    #[inline]
+    fn needs_time_at_end(&self) -> bool {
+        self.0.needs_time_at_end() || self.1.needs_time_at_end() || self.2.needs_time_at_end()
+    }
+
+    #[inline]
+    fn admit(&self, now: Timestamp) -> Result<Self::Token, Rejection> {
+        let a = self.0.admit(now)?;
+        let b = match self.1.admit(now) {
+            Ok(b) => b,
+            Err(rejection) => {
+                self.0.release(a);
+                return Err(rejection);
+            }
+        };
+        match self.2.admit(now) {
+            Ok(c) => Ok((a, b, c)),
+            Err(rejection) => {
+                self.1.release(b);
+                self.0.release(a);
+                Err(rejection)
+            }
+        }
+    }
+
+    #[inline]
+    fn complete(
+        &self,
+        token: Self::Token,
+        outcome: Outcome,
+        admitted_at: Timestamp,
+        now: Timestamp,
+    ) {
+        // Innermost stage first, as for pairs.
+        self.2.complete(token.2, outcome, admitted_at, now);
+        self.1.complete(token.1, outcome, admitted_at, now);
+        self.0.complete(token.0, outcome, admitted_at, now);
+    }
+
+    #[inline]
+    fn release(&self, token: Self::Token) {
+        self.2.release(token.2);
+        self.1.release(token.1);
+        self.0.release(token.0);
+    }
+}
+
 /// What every service made by one [`AdmissionLayer`] shares.
 #[derive(Debug)]
 struct Shared<A, K> {
     policy: A,
     classifier: K,
     clock: TokioClock,
-    needs_time: bool,
+    /// Whether `call` reads the clock: to admit, or to time the call.
+    time_at_call: bool,
+    /// Whether the end of a call reads the clock.
+    time_at_end: bool,
 }
 
 /// A tower [`Layer`] that puts an [`Admission`] policy in front of a service.
@@ -240,13 +328,15 @@ impl<A: Admission, K> AdmissionLayer<A, K> {
     /// A layer admitting through `policy`, judging outcomes with
     /// `classifier` (see [`Classify`]) and timing calls on `clock`.
     pub fn with_classifier(policy: A, classifier: K, clock: TokioClock) -> Self {
-        let needs_time = policy.needs_time();
+        let time_at_end = A::HOLDS && policy.needs_time_at_end();
+        let time_at_call = policy.needs_time() || time_at_end;
         AdmissionLayer {
             shared: Arc::new(Shared {
                 policy,
                 classifier,
                 clock,
-                needs_time,
+                time_at_call,
+                time_at_end,
             }),
         }
     }
@@ -325,12 +415,18 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let shared = &self.shared;
-        let now = if shared.needs_time {
+        let now = if shared.time_at_call {
             shared.clock.now()
         } else {
             Timestamp::ZERO
         };
         match shared.policy.admit(now) {
+            // Nothing to hold: the call runs unaccompanied.
+            Ok(_) if !A::HOLDS => AdmissionFuture {
+                inner: Some(self.inner.call(req)),
+                rejection: None,
+                held: None,
+            },
             Ok(token) => AdmissionFuture {
                 inner: Some(self.inner.call(req)),
                 rejection: None,
@@ -367,7 +463,7 @@ impl<A: Admission, K> Held<A, K> {
     {
         let shared = &*self.shared;
         let outcome = shared.classifier.classify(result);
-        let now = if shared.needs_time {
+        let now = if shared.time_at_end {
             shared.clock.now()
         } else {
             Timestamp::ZERO

@@ -53,11 +53,18 @@ use crate::error::{Rejection, TenlivesError, take_rejection};
 impl<Snk: EventSink> Admission for RateLimiter<Snk> {
     /// Tokens are spent on admission; nothing is held.
     type Token = ();
+    const HOLDS: bool = false;
 
     /// Always: tokens appear with time.
     #[inline]
     fn needs_time(&self) -> bool {
         true
+    }
+
+    /// Never: nothing is reported back.
+    #[inline]
+    fn needs_time_at_end(&self) -> bool {
+        false
     }
 
     #[inline]

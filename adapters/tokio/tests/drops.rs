@@ -13,6 +13,7 @@ use common::{Backend, Call, poll_once, ready_call};
 use tenlives_engine::adaptive::{AdaptiveLimiter, Aimd, WindowConfig};
 use tenlives_engine::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 use tenlives_engine::bulkhead::Bulkhead;
+use tenlives_engine::rate::{Quota, RateLimiter};
 use tenlives_engine::retry::{Backoff, RetryBudget, RetryBudgetConfig};
 use tenlives_engine::throttle::{Throttle, ThrottleConfig};
 use tenlives_engine::time::{Clock, Timestamp};
@@ -215,6 +216,7 @@ fn stack_layer()
                 .build()
                 .unwrap(),
         ))
+        .rate_limit(RateLimiter::new(Quota::per_second(1_000_000).unwrap()))
         .concurrency_limit(Bulkhead::new(2).unwrap())
         .build()
 }

@@ -14,6 +14,7 @@ use tenlives_engine::breaker::{
     BreakerConfig, BreakerState, CircuitBreaker, Outcome, RejectReason,
 };
 use tenlives_engine::bulkhead::Bulkhead;
+use tenlives_engine::rate::{Quota, RateLimiter};
 use tenlives_engine::retry::{Backoff, RetryBudget, RetryBudgetConfig};
 use tenlives_engine::throttle::{Throttle, ThrottleConfig};
 use tenlives_engine::time::Clock;
@@ -714,6 +715,97 @@ async fn stack_retry_waits_out_a_rejection_and_gives_up_before_the_deadline() {
         .budget()
         .counts(layer.policies().clock().now());
     assert_eq!(counts.withdrawals, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stack_rate_limit_sits_between_the_breaker_and_the_limit() {
+    let clock = TokioClock::new();
+    let layer = StackLayer::builder()
+        .circuit_breaker(consecutive_breaker(1, Duration::from_secs(10)))
+        .rate_limit(RateLimiter::new(
+            Quota::per_second(2).unwrap().with_burst(2).unwrap(),
+        ))
+        .concurrency_limit(Bulkhead::new(4).unwrap())
+        .clock(clock)
+        .build();
+    let backend = Backend::new();
+    let mut svc = layer.layer(backend.clone());
+    for n in 0..2 {
+        assert_eq!(
+            svc.ready().await.unwrap().call(Call::Ok(n)).await.unwrap(),
+            n
+        );
+    }
+    // The burst is spent: the rate limit refuses, saying when the next
+    // token is due, and the limit behind it gave no permit.
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Call::Ok(3))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.rejection().map(|r| r.reason()),
+        Some(RejectionReason::RateLimited)
+    );
+    assert_eq!(err.retry_after(), Some(ms(500)));
+    let p = layer.policies();
+    assert_eq!(p.limit().unwrap().in_flight(), 0);
+    assert_eq!(backend.calls(), 2);
+
+    // A token later, a failure opens the breaker; once the burst has come
+    // back, the open breaker refuses before the rate limit spends a token.
+    tokio::time::advance(ms(500)).await;
+    assert!(svc.ready().await.unwrap().call(Call::Fail).await.is_err());
+    assert_eq!(p.breaker().unwrap().state(), BreakerState::Open);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Call::Ok(4))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.rejection().map(|r| r.reason()),
+        Some(RejectionReason::CircuitBreaker(RejectReason::Open))
+    );
+    assert_eq!(
+        p.rate_limit().unwrap().available(clock.now()),
+        2,
+        "the refused request spent no token"
+    );
+    assert_eq!(p.limit().unwrap().in_flight(), 0);
+    assert_eq!(backend.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stack_retry_is_admitted_by_the_rate_limit_at_its_own_time() {
+    // One token a second: the first attempt spends it and fails; the retry
+    // 10 ms later is refused until the next token, waits that out, and is
+    // admitted at 1 s (judged at the time it is made, not at the start).
+    let layer = StackLayer::builder()
+        .retry(RetryPolicy::new(
+            Backoff::constant(ms(10)).unwrap().with_max_retries(3),
+            budget(1.0, 100),
+        ))
+        .rate_limit(RateLimiter::new(Quota::per_second(1).unwrap()))
+        .build();
+    let backend = Backend::new();
+    let mut svc = layer.layer(backend.clone());
+    let started = Instant::now();
+    assert_eq!(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(Call::FailFirst(1))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+    assert_eq!(backend.calls(), 2);
 }
 
 #[tokio::test(start_paused = true)]

@@ -17,6 +17,7 @@ use tenlives_engine::adaptive::{AdaptiveLimiter, Aimd, WindowConfig};
 use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker};
 use tenlives_engine::bulkhead::Bulkhead;
 use tenlives_engine::queue::{AdmissionQueue, Overload, QueueConfig};
+use tenlives_engine::rate::{Quota, RateLimiter};
 use tenlives_engine::retry::{Backoff, RetryBudget, RetryBudgetConfig};
 use tenlives_engine::throttle::{Throttle, ThrottleConfig};
 use tenlives_engine::time::Timestamp;
@@ -165,6 +166,7 @@ fn full_stack()
         .timeout(Duration::from_secs(1))
         .retry(retry_policy())
         .circuit_breaker(breaker())
+        .rate_limit(RateLimiter::new(Quota::per_second(1_000_000).unwrap()))
         .concurrency_limit(Bulkhead::new(100).unwrap())
         .build()
 }

@@ -312,7 +312,11 @@ pub fn region(
                 "  - `{}`: {:.0} s{}",
                 s.command,
                 s.seconds,
-                if s.ok { "" } else { ", **failed**" }
+                match (s.ok, s.timed_out) {
+                    (true, _) => "",
+                    (false, true) => ", **stopped at the step time limit**",
+                    (false, false) => ", **failed**",
+                }
             );
         }
     }

@@ -15,7 +15,9 @@
 //! committed numbers come from one full run. `--only` runs a subset,
 //! `--no-run` reports what earlier runs left (criterion's estimates in
 //! `target/criterion`, the instruction and allocation counts saved in
-//! `target/bench-report`).
+//! `target/bench-report`). `--step-timeout SECONDS` (default 1200, 0 for
+//! none) stops a step that runs longer, with the bench binaries it started,
+//! notes it and goes on.
 //!
 //! Exits 1 if a step failed (the document is written all the same, with
 //! a note), 2 if the document could not be written.
@@ -30,7 +32,7 @@ mod run;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use clap::Parser;
 
@@ -59,6 +61,10 @@ struct Options {
     /// Run nothing: report what the last runs left.
     #[arg(long)]
     no_run: bool,
+    /// Stop a step (one `cargo bench` command, its build included) that runs
+    /// longer than this many seconds, note it, and go on; 0: no limit.
+    #[arg(long, default_value_t = 1200)]
+    step_timeout: u64,
 }
 
 /// The repository's root: two levels above this crate.
@@ -195,7 +201,8 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let machine = Machine::describe(&root);
-    let mut runner = Runner::new(&root, options.quick);
+    let limit = (options.step_timeout > 0).then(|| Duration::from_secs(options.step_timeout));
+    let mut runner = Runner::new(&root, options.quick, limit);
     let (results, mut notes) = if options.no_run {
         (collect_saved(&target, &save), Vec::new())
     } else {

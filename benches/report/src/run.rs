@@ -1,9 +1,13 @@
-//! Running the benchmarks: each step is one `cargo bench` command, timed;
-//! a step that fails is recorded and the run goes on.
+//! Running the benchmarks: each step is one `cargo bench` command, timed
+//! and bounded; a step that fails or runs out of time is recorded and the
+//! run goes on.
 
+use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
 
 /// The criterion bench files of `tenlives-benches`, in the order they run.
 pub const CRITERION_BENCHES: [&str; 8] = [
@@ -33,6 +37,8 @@ pub struct Step {
     pub seconds: f64,
     /// Whether it exited with status 0.
     pub ok: bool,
+    /// Whether it was stopped at the step time limit.
+    pub timed_out: bool,
 }
 
 /// Runs the steps and remembers them.
@@ -40,16 +46,20 @@ pub struct Step {
 pub struct Runner {
     root: PathBuf,
     quick: bool,
+    /// The longest a step may run; `None`: no limit.
+    limit: Option<Duration>,
     /// Every step run so far.
     pub steps: Vec<Step>,
 }
 
 impl Runner {
-    /// A runner for the repository at `root`.
-    pub fn new(root: &Path, quick: bool) -> Runner {
+    /// A runner for the repository at `root`, stopping a step that runs
+    /// longer than `limit`.
+    pub fn new(root: &Path, quick: bool, limit: Option<Duration>) -> Runner {
         Runner {
             root: root.to_owned(),
             quick,
+            limit,
             steps: Vec::new(),
         }
     }
@@ -84,26 +94,32 @@ impl Runner {
         if capture {
             cmd.stdout(Stdio::piped());
         }
-        let result = cmd.output();
-        let seconds = began.elapsed().as_secs_f64();
-        let (ok, stdout) = match result {
-            Ok(out) => (
-                out.status.success(),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-            ),
+        // Its own process group, so that a step out of time is stopped with
+        // the bench binaries cargo started.
+        cmd.process_group(0);
+        let (status, stdout) = match cmd.spawn() {
+            Ok(child) => run_bounded(child, began, self.limit),
             Err(e) => {
                 eprintln!("report: could not start cargo: {e}");
-                (false, String::new())
+                (Ended::Failed, String::new())
             }
         };
+        let seconds = began.elapsed().as_secs_f64();
+        let ok = status == Ended::Ok;
+        let timed_out = status == Ended::TimedOut;
         eprintln!(
             "report: {} in {seconds:.0} s",
-            if ok { "done" } else { "FAILED" }
+            match status {
+                Ended::Ok => "done",
+                Ended::Failed => "FAILED",
+                Ended::TimedOut => "STOPPED at the step time limit",
+            }
         );
         self.steps.push(Step {
             command,
             seconds,
             ok,
+            timed_out,
         });
         ok.then_some(stdout)
     }
@@ -179,5 +195,105 @@ impl Runner {
             "allocs",
         ];
         (timed, self.cargo(&env, &args, true))
+    }
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Exit status 0.
+    Ok,
+    /// Another status, or it could not be waited for.
+    Failed,
+    /// Stopped at the time limit.
+    TimedOut,
+}
+
+/// Waits for `child` (started at `began`), stopping its process group once
+/// `limit` has passed; returns how it ended and its standard output (if it
+/// was captured), read on a thread of its own so that a full pipe cannot
+/// stall the step.
+fn run_bounded(mut child: Child, began: Instant, limit: Option<Duration>) -> (Ended, String) {
+    let reader = child.stdout.take().map(|mut out| {
+        thread::spawn(move || {
+            let mut bytes = Vec::new();
+            // A read error leaves what was read: the step's status says more.
+            let _ = out.read_to_end(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    });
+    let ended = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break ended_with(status),
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("report: cannot wait for cargo: {e}");
+                break Ended::Failed;
+            }
+        }
+        if limit.is_some_and(|l| began.elapsed() >= l) {
+            stop_group(child.id());
+            let _ = child.wait();
+            break Ended::TimedOut;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let stdout = reader.and_then(|r| r.join().ok()).unwrap_or_default();
+    (ended, stdout)
+}
+
+fn ended_with(status: ExitStatus) -> Ended {
+    if status.success() {
+        Ended::Ok
+    } else {
+        Ended::Failed
+    }
+}
+
+/// Kills the process group led by `pid` (cargo and the benches it started).
+fn stop_group(pid: u32) {
+    let group = format!("-{pid}");
+    match Command::new("kill").args(["-KILL", "--", &group]).status() {
+        Ok(s) if s.success() => {}
+        other => eprintln!("report: could not stop process group {pid}: {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shell(script: &str, capture: bool) -> Child {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]).process_group(0);
+        if capture {
+            cmd.stdout(Stdio::piped());
+        }
+        cmd.spawn().expect("sh starts")
+    }
+
+    #[test]
+    fn a_step_within_its_limit_keeps_its_output() {
+        let child = shell("echo hello; echo there", true);
+        let (ended, out) = run_bounded(child, Instant::now(), Some(Duration::from_secs(60)));
+        assert_eq!(ended, Ended::Ok);
+        assert_eq!(out, "hello\nthere\n");
+        let child = shell("exit 3", false);
+        assert_eq!(run_bounded(child, Instant::now(), None).0, Ended::Failed);
+    }
+
+    #[test]
+    fn a_step_out_of_time_is_stopped_with_its_children() {
+        // The shell starts a child that would outlive it; both are stopped,
+        // so the output pipe closes and the reader returns.
+        let child = shell("echo started; sleep 600 & wait", true);
+        let began = Instant::now();
+        let (ended, out) = run_bounded(child, began, Some(Duration::from_millis(300)));
+        assert_eq!(ended, Ended::TimedOut);
+        assert_eq!(out, "started\n");
+        assert!(
+            began.elapsed() < Duration::from_secs(590),
+            "not left waiting for the sleep"
+        );
     }
 }

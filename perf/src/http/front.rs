@@ -172,12 +172,10 @@ pub type Sink = Filter<Arc<Ring>, fn(EventKind) -> bool>;
 pub type Classifier = fn(&Result<u16, UpstreamError>) -> Outcome;
 /// Which results are retried.
 pub type RetryIf = fn(&Result<u16, TenlivesError<UpstreamError>>) -> bool;
-/// The admission stages: a rate limit, then the breaker, then the adaptive
+/// The admission stages: the breaker, then a rate limit, then the adaptive
 /// limit.
-pub type Admission = (
-    RateLimiter,
-    DefaultAdmission<CircuitBreaker<Sink>, AdaptiveLimiter<Aimd, Sink>>,
-);
+pub type Admission =
+    DefaultAdmission<CircuitBreaker<Sink>, RateLimiter, AdaptiveLimiter<Aimd, Sink>>;
 /// The protected front's layer.
 pub type ProtectedLayer = StackLayer<Classifier, RetryPolicy<RetryIf>, Admission>;
 /// The protected front's service.
@@ -321,7 +319,9 @@ impl Protection {
             .retry(retry)
             .classify(classify as Classifier)
             .clock(clock)
-            .admission((rate, (Some(breaker), Some(limiter))))
+            .circuit_breaker(breaker)
+            .rate_limit(rate)
+            .adaptive_limit(limiter)
             .build())
     }
 }
@@ -618,8 +618,9 @@ mod tests {
             let layer = Protection::for_rate(rate)
                 .build(TokioClock::new(), &ring)
                 .unwrap();
-            let (_, (breaker, limit)) = layer.policies().admission();
-            assert!(breaker.is_some() && limit.as_ref().unwrap().limit() == 32);
+            let policies = layer.policies();
+            assert!(policies.breaker().is_some() && policies.rate_limit().is_some());
+            assert_eq!(policies.limit().unwrap().limit(), 32);
         }
     }
 }

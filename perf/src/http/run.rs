@@ -327,12 +327,12 @@ struct Watched {
 impl Watched {
     fn breaker(&self) -> Option<BreakerState> {
         let layer = self.layer.as_ref()?;
-        layer.policies().admission().1.0.as_ref().map(|b| b.state())
+        layer.policies().breaker().map(|b| b.state())
     }
 
     fn limit(&self) -> Option<u32> {
         let layer = self.layer.as_ref()?;
-        layer.policies().admission().1.1.as_ref().map(|l| l.limit())
+        layer.policies().limit().map(|l| l.limit())
     }
 
     fn upstream_calls(&self) -> u64 {

@@ -119,11 +119,11 @@ pub async fn serve(args: &ServeArgs) -> Result<(), Box<dyn Error>> {
     }
     println!("  {:<26} {:>12}", "total", count(total));
     if let Some(layer) = harness.protected_layer() {
-        let (_, (breaker, limit)) = layer.policies().admission();
-        if let Some(b) = breaker {
+        let policies = layer.policies();
+        if let Some(b) = policies.breaker() {
             println!("  breaker at the end: {}", b.state());
         }
-        if let Some(l) = limit {
+        if let Some(l) = policies.limit() {
             println!("  concurrency limit at the end: {}", l.limit());
         }
     }

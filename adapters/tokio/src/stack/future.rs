@@ -278,7 +278,7 @@ where
                         }
                         Poll::Ready(Ok(())) => {
                             let p = &*this.held.policies;
-                            let now = p.now_if(p.time_at_end);
+                            let now = p.now_if(p.time_at_admit);
                             match p.admission.admit(now) {
                                 Ok(token) => {
                                     this.held.hold(token, now);

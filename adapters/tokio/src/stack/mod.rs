@@ -6,8 +6,9 @@
 //! 1. **timeout**: the whole request, retries and backoff included, must end
 //!    within it, or it fails with [`TenlivesError::TimedOut`];
 //! 2. **retry**: a [`RetryPolicy`] (schedule, budget, classifier);
-//! 3. **admission**: the circuit breaker, then the concurrency limit (fixed
-//!    or adaptive), each optional, through the [`Admission`] trait;
+//! 3. **admission**: the circuit breaker, then the rate limit, then the
+//!    concurrency limit (fixed or adaptive), each optional, through the
+//!    [`Admission`] trait;
 //! 4. the wrapped service.
 //!
 //! Every stage is optional; the builder says which are on. All of them share
@@ -75,6 +76,7 @@ use tenlives_engine::adaptive::{AdaptiveLimiter, LimitAlgorithm};
 use tenlives_engine::breaker::CircuitBreaker;
 use tenlives_engine::bulkhead::Bulkhead;
 use tenlives_engine::events::EventSink;
+use tenlives_engine::rate::RateLimiter;
 use tenlives_engine::time::{Clock, Timestamp};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -89,8 +91,9 @@ use crate::retry::{NoRetry, RetryPolicy, RetryStage};
 use future::{Deadline, Held, Phase, Retrying};
 
 /// The admission stages the builder assembles: an optional breaker, then an
-/// optional concurrency limit.
-pub type DefaultAdmission<B = CircuitBreaker, L = Bulkhead> = (Option<B>, Option<L>);
+/// optional rate limit, then an optional concurrency limit.
+pub type DefaultAdmission<B = CircuitBreaker, Rl = RateLimiter, L = Bulkhead> =
+    (Option<B>, Option<Rl>, Option<L>);
 
 /// Everything a stack's services share, behind one `Arc`: the policies, the
 /// classifier and the clock. Reach it with [`StackLayer::policies`] or
@@ -104,6 +107,9 @@ pub struct Policies<K = DefaultClassifier, R = NoRetry, A = DefaultAdmission> {
     /// Whether `call` reads the clock: a timeout, a retry budget or an
     /// admission stage needs it.
     pub(crate) time_at_call: bool,
+    /// Whether admitting an attempt reads the clock: an admission stage
+    /// needs the time to admit, or to judge the attempt at its end.
+    pub(crate) time_at_admit: bool,
     /// Whether the end of an attempt reads the clock: an admission stage
     /// needs it.
     pub(crate) time_at_end: bool,
@@ -150,14 +156,18 @@ impl<K, R, A> Policies<K, R, A> {
     }
 }
 
-impl<K, R, B, L> Policies<K, R, DefaultAdmission<B, L>> {
+impl<K, R, B, Rl, L> Policies<K, R, DefaultAdmission<B, Rl, L>> {
     /// The circuit breaker, if the stack has one.
     pub fn breaker(&self) -> Option<&B> {
         self.admission.0.as_ref()
     }
+    /// The rate limit, if the stack has one.
+    pub fn rate_limit(&self) -> Option<&Rl> {
+        self.admission.1.as_ref()
+    }
     /// The concurrency limit, if the stack has one.
     pub fn limit(&self) -> Option<&L> {
-        self.admission.1.as_ref()
+        self.admission.2.as_ref()
     }
 }
 
@@ -228,8 +238,8 @@ impl<K, R, A> StackBuilder<K, R, A> {
     }
 
     /// Replaces the admission stages with `admission`: any [`Admission`],
-    /// e.g. a chain `(rate_limit, (Some(breaker), Some(bulkhead)))` with a
-    /// stage of your own in front.
+    /// e.g. a chain `(my_stage, (Some(breaker), None, Some(bulkhead)))` with
+    /// a stage of your own in front.
     pub fn admission<A2: Admission>(self, admission: A2) -> StackBuilder<K, R, A2> {
         self.map_admission(|_| admission)
     }
@@ -250,8 +260,9 @@ impl<K, R, A> StackBuilder<K, R, A> {
     where
         A: Admission,
     {
-        let time_at_end = self.admission.needs_time();
-        let time_at_call = time_at_end || self.retry_on || self.timeout.is_some();
+        let time_at_end = self.admission.needs_time_at_end();
+        let time_at_admit = time_at_end || self.admission.needs_time();
+        let time_at_call = time_at_admit || self.retry_on || self.timeout.is_some();
         StackLayer {
             policies: Arc::new(Policies {
                 admission: self.admission,
@@ -260,27 +271,39 @@ impl<K, R, A> StackBuilder<K, R, A> {
                 timeout: self.timeout,
                 clock: self.clock.unwrap_or_default(),
                 time_at_call,
+                time_at_admit,
                 time_at_end,
             }),
         }
     }
 }
 
-impl<K, R, B, L> StackBuilder<K, R, DefaultAdmission<B, L>> {
-    /// Admits requests through `breaker` (before the concurrency limit).
+impl<K, R, B, Rl, L> StackBuilder<K, R, DefaultAdmission<B, Rl, L>> {
+    /// Admits requests through `breaker` (first of the admission stages: an
+    /// open breaker spends no rate-limit token).
     pub fn circuit_breaker<Snk: EventSink>(
         self,
         breaker: CircuitBreaker<Snk>,
-    ) -> StackBuilder<K, R, DefaultAdmission<CircuitBreaker<Snk>, L>> {
-        self.map_admission(|(_, limit)| (Some(breaker), limit))
+    ) -> StackBuilder<K, R, DefaultAdmission<CircuitBreaker<Snk>, Rl, L>> {
+        self.map_admission(|(_, rate, limit)| (Some(breaker), rate, limit))
+    }
+
+    /// Admits at most `limiter`'s quota of attempts (after the breaker,
+    /// before the concurrency limit). Each attempt, retries included, spends
+    /// a token; a rejection says when the next token is due.
+    pub fn rate_limit<Snk: EventSink>(
+        self,
+        limiter: RateLimiter<Snk>,
+    ) -> StackBuilder<K, R, DefaultAdmission<B, RateLimiter<Snk>, L>> {
+        self.map_admission(|(breaker, _, limit)| (breaker, Some(limiter), limit))
     }
 
     /// Limits concurrent calls with `bulkhead` (rejecting when it is full).
     pub fn concurrency_limit<Snk: EventSink>(
         self,
         bulkhead: Bulkhead<Snk>,
-    ) -> StackBuilder<K, R, DefaultAdmission<B, Bulkhead<Snk>>> {
-        self.map_admission(|(breaker, _)| (breaker, Some(bulkhead)))
+    ) -> StackBuilder<K, R, DefaultAdmission<B, Rl, Bulkhead<Snk>>> {
+        self.map_admission(|(breaker, rate, _)| (breaker, rate, Some(bulkhead)))
     }
 
     /// Limits concurrent calls with `limiter`, whose limit follows the
@@ -288,8 +311,8 @@ impl<K, R, B, L> StackBuilder<K, R, DefaultAdmission<B, L>> {
     pub fn adaptive_limit<Al: LimitAlgorithm, Snk: EventSink>(
         self,
         limiter: AdaptiveLimiter<Al, Snk>,
-    ) -> StackBuilder<K, R, DefaultAdmission<B, AdaptiveLimiter<Al, Snk>>> {
-        self.map_admission(|(breaker, _)| (breaker, Some(limiter)))
+    ) -> StackBuilder<K, R, DefaultAdmission<B, Rl, AdaptiveLimiter<Al, Snk>>> {
+        self.map_admission(|(breaker, rate, _)| (breaker, rate, Some(limiter)))
     }
 }
 
@@ -302,7 +325,7 @@ impl StackLayer {
     /// A builder with every stage off.
     pub fn builder() -> StackBuilder {
         StackBuilder {
-            admission: (None, None),
+            admission: (None, None, None),
             classifier: DefaultClassifier,
             retry: NoRetry,
             retry_on: false,
