@@ -61,17 +61,46 @@ fn bars(path: &Path, op: &Operation) -> Result<(), Box<dyn Error>> {
     if rows.is_empty() {
         return Ok(());
     }
-    let n = i32::try_from(rows.len())?;
     let height = 70 + 26 * u32::try_from(rows.len())?;
-    let top = rows.iter().map(|r| r.1).fold(0.0, f64::max) * 1.2;
     let root = SVGBackend::new(path, (900, height)).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
+    let top = rows.iter().map(|r| r.1).fold(0.0, f64::max);
+    let bottom = rows.iter().map(|r| r.1).fold(f64::INFINITY, f64::min);
+    // A peer 100 times slower would flatten every other bar: past a ratio
+    // of 30 the axis is logarithmic, from a little below the smallest bar.
+    if top > 30.0 * bottom && bottom > 0.0 {
+        let from = bottom / 2.0;
+        let axis = (from..top * 3.0).log_scale();
+        let desc = "ns per operation, logarithmic (on 2 threads: per operation per thread)";
+        bars_on(&root, op, &rows, axis, from, desc)?;
+    } else {
+        let desc = "ns per operation (on 2 threads: per operation per thread)";
+        bars_on(&root, op, &rows, 0.0..top * 1.2, 0.0, desc)?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+/// Draws `rows` as bars from `from` on an `x` axis.
+fn bars_on<X>(
+    root: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    op: &Operation,
+    rows: &[(String, f64, ShapeStyle)],
+    x: X,
+    from: f64,
+    desc: &str,
+) -> Result<(), Box<dyn Error>>
+where
+    X: plotters::coord::ranged1d::AsRangedCoord<Value = f64>,
+    X::CoordDescType: plotters::coord::ranged1d::ValueFormatter<f64>,
+{
+    let n = i32::try_from(rows.len())?;
+    let mut chart = ChartBuilder::on(root)
         .caption(&op.id, ("sans-serif", 18))
         .margin(10)
         .x_label_area_size(35)
         .y_label_area_size(290)
-        .build_cartesian_2d(0.0..top, (0..n).into_segmented())?;
+        .build_cartesian_2d(x, (0..n).into_segmented())?;
     // Row i is drawn at y = n - 1 - i, so the first row is on top.
     let label_of = |v: &SegmentValue<i32>| match v {
         SegmentValue::CenterOf(y) | SegmentValue::Exact(y) => usize::try_from(n - 1 - y)
@@ -86,13 +115,13 @@ fn bars(path: &Path, op: &Operation) -> Result<(), Box<dyn Error>> {
         .light_line_style(TRANSPARENT)
         .y_labels(rows.len())
         .y_label_formatter(&label_of)
-        .x_desc("ns per operation (on 2 threads: per operation per thread)")
+        .x_desc(desc)
         .draw()?;
     chart.draw_series(rows.iter().zip(0..).map(|((_, v, style), i)| {
         let y = n - 1 - i;
         let mut bar = Rectangle::new(
             [
-                (0.0, SegmentValue::Exact(y)),
+                (from, SegmentValue::Exact(y)),
                 (*v, SegmentValue::Exact(y + 1)),
             ],
             *style,
@@ -107,7 +136,6 @@ fn bars(path: &Path, op: &Operation) -> Result<(), Box<dyn Error>> {
             ("sans-serif", 12),
         )
     }))?;
-    root.present()?;
     Ok(())
 }
 
@@ -160,4 +188,53 @@ fn lines(path: &Path, op: &Operation) -> Result<(), Box<dyn Error>> {
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::model::Subject;
+
+    fn subject(name: &str, kind: Kind, one: f64) -> Subject {
+        Subject {
+            name: name.to_owned(),
+            kind,
+            one: Some(one),
+            two: None,
+            by_param: BTreeMap::new(),
+            instructions: None,
+            allocations: None,
+        }
+    }
+
+    fn chart_of(subjects: Vec<Subject>) -> String {
+        let op = Operation {
+            id: "layers/test".to_owned(),
+            subjects,
+        };
+        let dir = std::env::temp_dir().join(format!("tenlives-chart-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("chart.svg");
+        draw(&path, &op).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        svg
+    }
+
+    #[test]
+    fn bars_go_logarithmic_only_when_one_would_flatten_the_others() {
+        let close = chart_of(vec![
+            subject("tenlives", Kind::Tenlives, 90.0),
+            subject("peer", Kind::Peer, 800.0),
+        ]);
+        assert!(!close.contains("logarithmic"));
+        assert!(close.contains("tenlives"));
+        let far = chart_of(vec![
+            subject("tenlives", Kind::Tenlives, 90.0),
+            subject("peer", Kind::Peer, 73_000.0),
+        ]);
+        assert!(far.contains("logarithmic"));
+    }
 }

@@ -72,9 +72,20 @@ fn row(out: &mut String, cells: &[String]) {
     let _ = writeln!(out, "| {} |", cells.join(" | "));
 }
 
+/// A ratio: two decimals, or two significant digits below 0.1 (so that a
+/// peer hundreds of times slower does not read `0.00x`).
+fn times(r: f64) -> String {
+    if r > 0.0 && r < 0.1 {
+        let decimals = (1.0 - r.log10().floor()) as usize;
+        format!("{r:.decimals$}x")
+    } else {
+        format!("{r:.2}x")
+    }
+}
+
 /// `mine` over the peer's figure, as `0.42x vs `peer``.
 fn versus(mine: f64, peer: (&str, f64)) -> String {
-    format!("{:.2}x vs `{}`", mine / peer.1, peer.0)
+    format!("{} vs `{}`", times(mine / peer.1), peer.0)
 }
 
 /// The time ratio cell of a tenlives subject: 1 thread, and 2 threads when
@@ -84,7 +95,7 @@ fn time_ratio(op: &Operation, s: &Subject, two: bool) -> String {
     let r2 = s.two.zip(best_peer(op, &s.name, Threads::Two));
     match (r1, r2) {
         (Some((m1, p1)), Some((m2, p2))) if p1.0 == p2.0 => {
-            format!("{:.2}x / {:.2}x vs `{}`", m1 / p1.1, m2 / p2.1, p1.0)
+            format!("{} / {} vs `{}`", times(m1 / p1.1), times(m2 / p2.1), p1.0)
         }
         (Some((m1, p1)), Some((m2, p2))) => format!("{} / {}", versus(m1, p1), versus(m2, p2)),
         (Some((m1, p1)), None) if two => format!("{} / -", versus(m1, p1)),
@@ -215,7 +226,7 @@ fn sweep_table(out: &mut String, op: &Operation) {
                 .copied()
                 .min_by(f64::total_cmp);
             cells.push(match (mine, best) {
-                (Some(m), Some(b)) => format!("{:.2}x", m / b),
+                (Some(m), Some(b)) => times(m / b),
                 _ => String::new(),
             });
         }
@@ -416,6 +427,14 @@ mod tests {
 
     fn region_text(body: &str) -> String {
         format!("{BEGIN}\n{body}\n{END}\n")
+    }
+
+    #[test]
+    fn small_ratios_keep_two_significant_digits() {
+        assert_eq!(times(0.4213), "0.42x");
+        assert_eq!(times(1.0), "1.00x");
+        assert_eq!(times(0.0523), "0.052x");
+        assert_eq!(times(240.0 / 88_636.0), "0.0027x");
     }
 
     #[test]
