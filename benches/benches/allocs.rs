@@ -50,7 +50,8 @@ use tenlives_engine::throttle::{Throttle, ThrottleConfig};
 use tenlives_engine::time::{ManualClock, Timestamp};
 use tenlives_test_support::{CountingAllocator, allocations_during};
 use tenlives_tokio::{
-    CircuitBreakerLayer, ConcurrencyLimitLayer, RetryLayer, RetryPolicy, StackLayer, TimeoutLayer,
+    CircuitBreakerLayer, ConcurrencyLimitLayer, RateLimitLayer, RetryLayer, RetryPolicy,
+    StackLayer, TimeoutLayer,
 };
 use tokio::runtime::Runtime;
 use tokio::sync::{Semaphore, broadcast};
@@ -644,8 +645,22 @@ fn layers(tally: &mut Tally) {
     let svc = peer::retry::<Inner>().layer(Noop);
     layer(tally, &rt, "layers/retry/tower_resilience", svc);
 
-    let svc = tower::limit::RateLimitLayer::new(u64::MAX, Duration::from_secs(1)).layer(Noop);
-    layer(tally, &rt, "layers/rate_limit/tower_reference", svc);
+    // As in layers.rs: 10^9 a second, never reached.
+    let quota = Quota::per_second(1_000_000_000)
+        .and_then(|q| q.with_burst(1_000_000_000))
+        .expect("a valid quota");
+    let svc = RateLimitLayer::new(RateLimiter::new(quota)).layer(Noop);
+    layer(tally, &rt, "layers/rate_limit/tenlives", svc);
+    let svc = tower_resilience::ratelimiter::RateLimiterLayer::builder()
+        .limit_for_period(1_000_000_000)
+        .refresh_period(Duration::from_secs(1))
+        .timeout_duration(Duration::ZERO)
+        .build()
+        .expect("a valid rate limiter")
+        .layer(Noop);
+    layer(tally, &rt, "layers/rate_limit/tower_resilience", svc);
+    let svc = tower::limit::RateLimitLayer::new(1_000_000_000, Duration::from_secs(1)).layer(Noop);
+    layer(tally, &rt, "layers/rate_limit/tower", svc);
 }
 
 fn main() {
