@@ -25,7 +25,6 @@
 //!
 //! `cargo bench -p tenlives-benches --bench allocs [-- --deny-tenlives]`
 
-use std::future::{Ready, ready};
 use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::pin::pin;
@@ -55,7 +54,7 @@ use tenlives_tokio::{
 };
 use tokio::runtime::Runtime;
 use tokio::sync::{Semaphore, broadcast};
-use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tower::{Layer, Service, ServiceBuilder};
 
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
@@ -72,8 +71,13 @@ const START_NS: u64 = 3_600_000_000_000;
 /// Time per operation, in nanoseconds.
 const STEP: u64 = 20;
 
-/// Permits of every bulkhead and semaphore: never reached.
-const LIMIT: u32 = 1000;
+#[path = "support/tower_driver.rs"]
+mod tower_driver;
+use tower_driver::{Noop, drive, runtime};
+#[path = "support/tower_peers.rs"]
+mod peer;
+/// Permits of every bulkhead and semaphore (the layers' too): never reached.
+use peer::LIMIT;
 
 /// Slots of every ring, queue and channel.
 const CAPACITY: usize = 1024;
@@ -501,34 +505,6 @@ fn others(tally: &mut Tally) {
     });
 }
 
-/// A service that answers at once and allocates nothing (as `layers.rs`).
-#[derive(Clone, Copy, Debug)]
-struct Noop;
-
-impl Service<u64> for Noop {
-    type Response = u64;
-    type Error = std::convert::Infallible;
-    type Future = Ready<Result<u64, Self::Error>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: u64) -> Self::Future {
-        ready(Ok(req))
-    }
-}
-
-/// `n` requests through `svc`, one after another.
-async fn drive<S: Service<u64>>(svc: &mut S, n: u64) {
-    for i in 0..n {
-        let Ok(ready) = svc.ready().await else {
-            panic!("the service failed in poll_ready")
-        };
-        assert!(ready.call(black_box(i)).await.is_ok(), "the request failed");
-    }
-}
-
 /// Counts the allocations of [`OPS`] requests through `svc` on `rt`.
 fn layer<S: Service<u64>>(tally: &mut Tally, rt: &Runtime, id: &str, mut svc: S) {
     rt.block_on(drive(&mut svc, WARM_UP));
@@ -543,54 +519,8 @@ fn retry_policy() -> RetryPolicy {
     RetryPolicy::new(backoff, RetryBudget::new(RetryBudgetConfig::default()))
 }
 
-mod peer {
-    //! tower-resilience's layers, configured like `layers.rs`'s.
-
-    use std::time::Duration;
-
-    use tower_resilience::bulkhead::BulkheadLayer;
-    use tower_resilience::circuitbreaker::{CircuitBreakerLayer, DefaultClassifier};
-    use tower_resilience::retry::RetryLayer;
-    use tower_resilience::timelimiter::{FixedTimeout, TimeLimiterLayer};
-
-    pub fn bulkhead() -> BulkheadLayer {
-        BulkheadLayer::builder()
-            .max_concurrent_calls(super::LIMIT as usize)
-            .build()
-            .expect("a valid bulkhead")
-    }
-
-    pub fn breaker() -> CircuitBreakerLayer<DefaultClassifier> {
-        CircuitBreakerLayer::builder()
-            .failure_rate_threshold(0.5)
-            .sliding_window_size(100)
-            .build()
-            .expect("a valid breaker")
-    }
-
-    pub fn timeout() -> TimeLimiterLayer<FixedTimeout> {
-        TimeLimiterLayer::builder()
-            .timeout_duration(Duration::from_secs(1))
-            .build()
-    }
-
-    pub fn retry<E>() -> RetryLayer<u64, u64, E> {
-        RetryLayer::<u64, u64, E>::builder()
-            .max_attempts(4)
-            .exponential_backoff(Duration::from_millis(100))
-            .build()
-    }
-}
-
 fn layers(tally: &mut Tally) {
-    use tower_resilience::bulkhead::BulkheadServiceError;
-    use tower_resilience::circuitbreaker::CircuitBreakerError;
-    type Inner = std::convert::Infallible;
-
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("a runtime");
+    let rt = runtime();
     let _in_runtime = rt.enter();
     let timeout = Duration::from_secs(1);
     let bulkhead = || Bulkhead::new(LIMIT).expect("a valid limit");
@@ -611,15 +541,12 @@ fn layers(tally: &mut Tally) {
         .layer(ConcurrencyLimitLayer::new(bulkhead()))
         .service(Noop);
     layer(tally, &rt, "layers/stack/tenlives_layers", stack);
-    let stack = ServiceBuilder::new()
-        .layer(peer::timeout())
-        .layer(peer::retry::<
-            CircuitBreakerError<BulkheadServiceError<Inner>>,
-        >())
-        .layer(peer::breaker())
-        .layer(peer::bulkhead())
-        .service(Noop);
-    layer(tally, &rt, "layers/stack/tower_resilience", stack);
+    layer(
+        tally,
+        &rt,
+        "layers/stack/tower_resilience",
+        peer::stack(Noop),
+    );
 
     let svc = ConcurrencyLimitLayer::new(bulkhead()).layer(Noop);
     layer(tally, &rt, "layers/concurrency_limit/tenlives", svc);
@@ -642,24 +569,15 @@ fn layers(tally: &mut Tally) {
 
     let svc = RetryLayer::new(retry_policy()).layer(Noop);
     layer(tally, &rt, "layers/retry/tenlives", svc);
-    let svc = peer::retry::<Inner>().layer(Noop);
+    let svc = peer::retry::<std::convert::Infallible>().layer(Noop);
     layer(tally, &rt, "layers/retry/tower_resilience", svc);
 
-    // As in layers.rs: 10^9 a second, never reached.
-    let quota = Quota::per_second(1_000_000_000)
-        .and_then(|q| q.with_burst(1_000_000_000))
-        .expect("a valid quota");
-    let svc = RateLimitLayer::new(RateLimiter::new(quota)).layer(Noop);
+    let svc = RateLimitLayer::new(RateLimiter::new(peer::tenlives_quota())).layer(Noop);
     layer(tally, &rt, "layers/rate_limit/tenlives", svc);
-    let svc = tower_resilience::ratelimiter::RateLimiterLayer::builder()
-        .limit_for_period(1_000_000_000)
-        .refresh_period(Duration::from_secs(1))
-        .timeout_duration(Duration::ZERO)
-        .build()
-        .expect("a valid rate limiter")
-        .layer(Noop);
+    let svc = peer::rate_limit().layer(Noop);
     layer(tally, &rt, "layers/rate_limit/tower_resilience", svc);
-    let svc = tower::limit::RateLimitLayer::new(1_000_000_000, Duration::from_secs(1)).layer(Noop);
+    let svc = tower::limit::RateLimitLayer::new(u64::from(peer::RATE), Duration::from_secs(1))
+        .layer(Noop);
     layer(tally, &rt, "layers/rate_limit/tower", svc);
 }
 

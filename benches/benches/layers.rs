@@ -49,7 +49,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker};
 use tenlives_engine::bulkhead::Bulkhead;
-use tenlives_engine::rate::{Quota, RateLimiter};
+use tenlives_engine::rate::RateLimiter;
 use tenlives_engine::retry::{Backoff, RetryBudget, RetryBudgetConfig};
 use tenlives_tokio::{
     CircuitBreakerLayer, ConcurrencyLimitLayer, RateLimitLayer, RetryLayer, RetryPolicy,
@@ -65,12 +65,9 @@ use pending_once::PendingOnce;
 mod tower_driver;
 use tower_driver::{Noop, both, one_thread};
 
-/// The limit of every concurrency limit: never reached.
-const LIMIT: u32 = 1000;
-/// Every timeout: never reached.
-const TIMEOUT: Duration = Duration::from_secs(1);
-/// Every rate limit, per second: never reached.
-const RATE: u32 = 1_000_000_000;
+#[path = "support/tower_peers.rs"]
+mod peer;
+use peer::{LIMIT, RATE, TIMEOUT};
 
 fn breaker() -> CircuitBreaker {
     CircuitBreaker::new(BreakerConfig::default())
@@ -115,69 +112,6 @@ where
             Bulkhead::new(LIMIT).expect("a valid limit"),
         ))
         .service(inner)
-}
-
-mod peer {
-    //! tower-resilience's layers, configured like tenlives' above.
-
-    use super::*;
-    use tower_resilience::bulkhead::{BulkheadLayer, BulkheadServiceError};
-    use tower_resilience::circuitbreaker::{CircuitBreakerError, CircuitBreakerLayer};
-    use tower_resilience::retry::RetryLayer;
-    use tower_resilience::timelimiter::TimeLimiterLayer;
-
-    type Inner = std::convert::Infallible;
-
-    pub fn bulkhead() -> BulkheadLayer {
-        BulkheadLayer::builder()
-            .max_concurrent_calls(LIMIT as usize)
-            .build()
-            .expect("a valid bulkhead")
-    }
-
-    pub fn breaker() -> CircuitBreakerLayer<tower_resilience::circuitbreaker::DefaultClassifier> {
-        CircuitBreakerLayer::builder()
-            .failure_rate_threshold(0.5)
-            .sliding_window_size(100)
-            .build()
-            .expect("a valid breaker")
-    }
-
-    pub fn rate_limit() -> tower_resilience::ratelimiter::RateLimiterLayer {
-        tower_resilience::ratelimiter::RateLimiterLayer::builder()
-            .limit_for_period(RATE as usize)
-            .refresh_period(Duration::from_secs(1))
-            .timeout_duration(Duration::ZERO)
-            .build()
-            .expect("a valid rate limiter")
-    }
-
-    pub fn timeout() -> TimeLimiterLayer<tower_resilience::timelimiter::FixedTimeout> {
-        TimeLimiterLayer::builder()
-            .timeout_duration(TIMEOUT)
-            .build()
-    }
-
-    pub fn retry<E>() -> RetryLayer<u64, u64, E> {
-        RetryLayer::<u64, u64, E>::builder()
-            .max_attempts(4)
-            .exponential_backoff(Duration::from_millis(100))
-            .build()
-    }
-
-    /// Timeout, retry, breaker, bulkhead, around `inner`.
-    pub fn stack<S>(inner: S) -> impl Service<u64> + Clone + Send
-    where
-        S: Service<u64, Response = u64, Error = Inner> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-    {
-        ServiceBuilder::new()
-            .layer(timeout())
-            .layer(retry::<CircuitBreakerError<BulkheadServiceError<Inner>>>())
-            .layer(breaker())
-            .layer(bulkhead())
-            .service(inner)
-    }
 }
 
 fn bench_stack(c: &mut Criterion) {
@@ -252,10 +186,7 @@ fn bench_retry(c: &mut Criterion) {
 fn bench_rate_limit(c: &mut Criterion) {
     let mut group = c.benchmark_group("layers/rate_limit");
     both(&mut group, "tenlives", || {
-        let quota = Quota::per_second(RATE)
-            .and_then(|q| q.with_burst(RATE))
-            .expect("a valid quota");
-        RateLimitLayer::new(RateLimiter::new(quota)).layer(Noop)
+        RateLimitLayer::new(RateLimiter::new(peer::tenlives_quota())).layer(Noop)
     });
     both(&mut group, "tower_resilience", || {
         peer::rate_limit().layer(Noop)
