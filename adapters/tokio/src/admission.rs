@@ -57,8 +57,8 @@ use crate::error::{Rejection, TenlivesError, take_rejection};
 /// Implemented for the engine's `CircuitBreaker`, `Bulkhead` and
 /// `AdaptiveLimiter` and `RateLimiter` (with any event sink), for `Option<A>`
 /// (`None` admits everything), for pairs `(A, B)` (admitted by `A` then `B`;
-/// if `B` rejects, `A`'s token is released) and for triples `(A, B, C)`
-/// likewise.
+/// if `B` rejects, `A`'s token is released), for triples `(A, B, C)` (the
+/// chain `(A, (B, C))`) and for references to any of them.
 ///
 /// Contract: every token `admit` returns is handed back exactly once, to
 /// `complete` or to `release`, on the policy that issued it. The tower
@@ -199,38 +199,23 @@ impl<A: Admission, B: Admission> Admission for (A, B) {
     }
 }
 
-impl<A: Admission, B: Admission, C: Admission> Admission for (A, B, C) {
-    type Token = (A::Token, B::Token, C::Token);
-    const HOLDS: bool = A::HOLDS || B::HOLDS || C::HOLDS;
+impl<A: Admission + ?Sized> Admission for &A {
+    type Token = A::Token;
+    const HOLDS: bool = A::HOLDS;
 
     #[inline]
     fn needs_time(&self) -> bool {
-        self.0.needs_time() || self.1.needs_time() || self.2.needs_time()
+        (**self).needs_time()
     }
 
     #[inline]
     fn needs_time_at_end(&self) -> bool {
-        self.0.needs_time_at_end() || self.1.needs_time_at_end() || self.2.needs_time_at_end()
+        (**self).needs_time_at_end()
     }
 
     #[inline]
     fn admit(&self, now: Timestamp) -> Result<Self::Token, Rejection> {
-        let a = self.0.admit(now)?;
-        let b = match self.1.admit(now) {
-            Ok(b) => b,
-            Err(rejection) => {
-                self.0.release(a);
-                return Err(rejection);
-            }
-        };
-        match self.2.admit(now) {
-            Ok(c) => Ok((a, b, c)),
-            Err(rejection) => {
-                self.1.release(b);
-                self.0.release(a);
-                Err(rejection)
-            }
-        }
+        (**self).admit(now)
     }
 
     #[inline]
@@ -241,18 +226,57 @@ impl<A: Admission, B: Admission, C: Admission> Admission for (A, B, C) {
         admitted_at: Timestamp,
         now: Timestamp,
     ) {
-        // Innermost stage first, as for pairs.
-        self.2.complete(token.2, outcome, admitted_at, now);
-        self.1.complete(token.1, outcome, admitted_at, now);
-        self.0.complete(token.0, outcome, admitted_at, now);
+        (**self).complete(token, outcome, admitted_at, now);
     }
 
     #[inline]
     fn release(&self, token: Self::Token) {
-        self.2.release(token.2);
-        self.1.release(token.1);
-        self.0.release(token.0);
+        (**self).release(token);
     }
+}
+
+/// A triple is the chain `(A, (B, C))`: admitted left to right, a rejection
+/// releasing what came before, completed right to left (see the pair).
+impl<A: Admission, B: Admission, C: Admission> Admission for (A, B, C) {
+    type Token = (A::Token, (B::Token, C::Token));
+    const HOLDS: bool = A::HOLDS || B::HOLDS || C::HOLDS;
+
+    #[inline]
+    fn needs_time(&self) -> bool {
+        chain(self).needs_time()
+    }
+
+    #[inline]
+    fn needs_time_at_end(&self) -> bool {
+        chain(self).needs_time_at_end()
+    }
+
+    #[inline]
+    fn admit(&self, now: Timestamp) -> Result<Self::Token, Rejection> {
+        chain(self).admit(now)
+    }
+
+    #[inline]
+    fn complete(
+        &self,
+        token: Self::Token,
+        outcome: Outcome,
+        admitted_at: Timestamp,
+        now: Timestamp,
+    ) {
+        chain(self).complete(token, outcome, admitted_at, now);
+    }
+
+    #[inline]
+    fn release(&self, token: Self::Token) {
+        chain(self).release(token);
+    }
+}
+
+/// A triple seen as nested pairs.
+#[inline]
+fn chain<A, B, C>((a, b, c): &(A, B, C)) -> (&A, (&B, &C)) {
+    (a, (b, c))
 }
 
 /// What every service made by one [`AdmissionLayer`] shares.
