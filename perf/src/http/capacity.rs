@@ -117,6 +117,7 @@ async fn ramp(args: &CapacityArgs, fronts: Fronts, slo: &Slo) -> Result<Ramp, Bo
         * u32::try_from(rates.len()).unwrap_or(u32::MAX);
     let mut protection = Protection::for_rate(args.max_rate);
     protection.limits = (16, 64, 1024);
+    let objective = protection.timeout;
     let harness = Harness::start(&HarnessConfig {
         timeline: Arc::new(Timeline::healthy(
             horizon,
@@ -144,6 +145,7 @@ async fn ramp(args: &CapacityArgs, fronts: Fronts, slo: &Slo) -> Result<Ramp, Bo
                 bucket: Duration::from_secs(1),
                 progress: ProgressMode::Quiet,
                 sample_process: None,
+                objective,
             })
             .await?;
         let Some(front) = drive.fronts.first() else {
@@ -153,7 +155,7 @@ async fn ramp(args: &CapacityArgs, fronts: Fronts, slo: &Slo) -> Result<Ramp, Bo
             rate,
             tally: front.total.tally,
             latency: front.total.all,
-            goodput: front.total.tally.succeeded as f64 / step_len.as_secs_f64(),
+            goodput: front.total.tally.good as f64 / step_len.as_secs_f64(),
         };
         let ok = slo.met_by_group(&step.tally, &step.latency);
         if !args.quiet {
@@ -264,7 +266,7 @@ fn plot(path: &Path, ramps: &[Ramp]) -> Result<(), Box<dyn Error>> {
     let colors = [RGBColor(38, 110, 200), RGBColor(200, 40, 40)];
     let mut top = ChartBuilder::on(&panels[0])
         .caption(
-            "successes per second against the rate offered",
+            "good answers (successes within the objective) per second against the rate offered",
             ("sans-serif", 18),
         )
         .margin(10)

@@ -29,6 +29,7 @@
 
 pub mod capacity;
 pub mod front;
+pub mod goodput;
 pub mod load;
 pub mod plot;
 pub mod procfs;

@@ -1,7 +1,9 @@
 //! SVG plots of a drive (plotters): latency and throughput over time, one
 //! panel per front, with the upstream's fault phases shaded grey and the
 //! protected front's breaker shaded red while open and orange while
-//! half-open.
+//! half-open. The throughput panels draw the good answers (successes within
+//! the latency objective) beside their limit (see
+//! [`goodput`](super::goodput)).
 
 use std::error::Error;
 use std::path::Path;
@@ -10,6 +12,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use tenlives_engine::breaker::BreakerState;
 
+use super::goodput::Limits;
 use super::record::Bucket;
 use super::results::{Drive, FrontRun};
 use super::timeline::Timeline;
@@ -24,6 +27,8 @@ const P99: RGBColor = RGBColor(120, 40, 160);
 const OK: RGBColor = RGBColor(40, 150, 60);
 const FAILED: RGBColor = RGBColor(200, 40, 40);
 const REFUSED: RGBColor = RGBColor(230, 140, 20);
+const GOOD: RGBColor = RGBColor(20, 90, 40);
+const LIMIT: RGBColor = RGBColor(0, 0, 0);
 
 /// The x range of a drive's plots, seconds since the start of the run.
 fn x_range(drive: &Drive) -> (f64, f64) {
@@ -195,7 +200,7 @@ where
 fn throughput_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     drive: &Drive,
-    timeline: &Timeline,
+    limits: &Limits<'_>,
     front: &FrontRun,
 ) -> Res
 where
@@ -225,10 +230,25 @@ where
         .x_desc("seconds since start")
         .y_desc("answers / s")
         .draw()?;
-    shade(&mut chart, timeline, front, (x0, x1), (y0, y1))?;
+    shade(&mut chart, limits.timeline, front, (x0, x1), (y0, y1))?;
+    let limit: Vec<(f64, f64)> = spans(&front.series, drive.started_secs)
+        .map(|(s, b)| {
+            (
+                b.end_secs,
+                limits.between(s, b.end_secs) / (b.end_secs - s).max(1e-3),
+            )
+        })
+        .collect();
+    chart
+        .draw_series(DashedLineSeries::new(limit, 6, 4, LIMIT.stroke_width(2)))?
+        .label("limit of good answers")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], LIMIT.stroke_width(2)));
     type Pick = fn(&Bucket) -> u64;
-    let lines: [(&str, RGBColor, Pick); 3] = [
+    let lines: [(&str, RGBColor, Pick); 4] = [
         ("succeeded", OK, |b| b.tally.succeeded),
+        ("good: succeeded within the objective", GOOD, |b| {
+            b.tally.good
+        }),
         ("failed", FAILED, |b| b.tally.failed()),
         ("rejected or shed", REFUSED, |b| {
             b.tally.rejected + b.tally.shed()
@@ -262,16 +282,16 @@ pub fn latency(path: &Path, drive: &Drive, timeline: &Timeline) -> Res {
     Ok(())
 }
 
-/// Writes `throughput.svg` (succeeded, failed, refused per second) to
-/// `path`.
+/// Writes `throughput.svg` (succeeded, good, failed, refused per second,
+/// and the limit of good answers) to `path`.
 ///
 /// # Errors
 ///
 /// When the file cannot be written.
-pub fn throughput(path: &Path, drive: &Drive, timeline: &Timeline) -> Res {
+pub fn throughput(path: &Path, drive: &Drive, limits: &Limits<'_>) -> Res {
     let areas = panels(path)?;
     for (area, front) in areas.iter().zip(&drive.fronts) {
-        throughput_panel(area, drive, timeline, front)?;
+        throughput_panel(area, drive, limits, front)?;
     }
     if let Some(a) = areas.first() {
         a.present()?;
@@ -304,7 +324,17 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let (l, t) = (dir.join("latency.svg"), dir.join("throughput.svg"));
         latency(&l, &drive, &timeline).unwrap();
-        throughput(&t, &drive, &timeline).unwrap();
+        let plan = crate::http::load::RatePlan::constant(10, Duration::from_secs(10));
+        let limits = Limits {
+            timeline: &timeline,
+            plan: &plan,
+            started: Duration::ZERO,
+            capacity: 8,
+            objective: Duration::from_millis(300),
+        };
+        throughput(&t, &drive, &limits).unwrap();
+        let svg = std::fs::read_to_string(&t).unwrap();
+        assert!(svg.contains("limit of good answers") && svg.contains("good: succeeded within"));
         for (path, title) in [(&l, "latency of answers"), (&t, "answers per second")] {
             let svg = std::fs::read_to_string(path).unwrap();
             assert!(svg.starts_with("<svg"));

@@ -75,6 +75,9 @@ pub struct Tally {
     pub sent: u64,
     /// Answered `200`.
     pub succeeded: u64,
+    /// Answered `200` within the latency objective (part of `succeeded`;
+    /// see [`goodput`](super::goodput)).
+    pub good: u64,
     /// Failed: the upstream's error passed on.
     pub failed_upstream: u64,
     /// Failed: the front could not reach the upstream.
@@ -172,6 +175,7 @@ impl Tally {
             not_sent: self.not_sent + o.not_sent,
             sent: self.sent + o.sent,
             succeeded: self.succeeded + o.succeeded,
+            good: self.good + o.good,
             failed_upstream: self.failed_upstream + o.failed_upstream,
             failed_unreachable: self.failed_unreachable + o.failed_unreachable,
             failed_timeout: self.failed_timeout + o.failed_timeout,
@@ -275,8 +279,9 @@ impl Default for Group {
 }
 
 impl Group {
-    fn end(&mut self, outcome: Outcome, latency: Duration) {
+    fn end(&mut self, outcome: Outcome, latency: Duration, good: bool) {
         self.tally.record(outcome);
+        self.tally.good += u64::from(good);
         record_latency(&mut self.all, latency);
         if outcome.is_success() {
             record_latency(&mut self.ok, latency);
@@ -299,12 +304,15 @@ pub struct Recorder {
     bucket_peak: u64,
     /// Closed buckets, in order.
     pub series: Vec<Bucket>,
+    /// The latency objective: a success within it is a good answer.
+    pub objective: Duration,
 }
 
 impl Recorder {
     /// An empty recorder with room for `buckets` buckets (allocated now, so
-    /// a long run's memory does not grow).
-    pub fn new(buckets: usize) -> Recorder {
+    /// a long run's memory does not grow), counting successes within
+    /// `objective` as good answers.
+    pub fn new(buckets: usize, objective: Duration) -> Recorder {
         Recorder {
             total: Group::default(),
             by_kind: PhaseKind::ALL.iter().map(|_| Group::default()).collect(),
@@ -312,6 +320,7 @@ impl Recorder {
             bucket_latency: histogram(),
             bucket_peak: 0,
             series: Vec::with_capacity(buckets),
+            objective,
         }
     }
 
@@ -336,9 +345,11 @@ impl Recorder {
     /// A request sent in a `kind` phase ended with `outcome` after
     /// `latency`.
     pub fn end(&mut self, kind: PhaseKind, outcome: Outcome, latency: Duration) {
-        self.total.end(outcome, latency);
-        self.by_kind[kind.index()].end(outcome, latency);
+        let good = outcome.is_success() && latency <= self.objective;
+        self.total.end(outcome, latency, good);
+        self.by_kind[kind.index()].end(outcome, latency, good);
         self.bucket.record(outcome);
+        self.bucket.good += u64::from(good);
         record_latency(&mut self.bucket_latency, latency);
     }
 
@@ -448,7 +459,7 @@ mod tests {
 
     #[test]
     fn recorder_groups_and_buckets_agree() {
-        let mut r = Recorder::new(4);
+        let mut r = Recorder::new(4, MS * 50);
         for i in 0..100u64 {
             let kind = if i < 60 {
                 PhaseKind::Healthy
@@ -485,6 +496,9 @@ mod tests {
             .fold(Tally::default(), |a, b| a.plus(&b.tally));
         assert_eq!(summed, t);
         assert_eq!(r.series[0].peak_in_flight, 6);
+        // Successes took 1..=60 ms; those within the 50 ms objective are
+        // good (the unsent tenth of them aside).
+        assert_eq!(t.good, (1..=50u64).filter(|i| i % 10 != 0).count() as u64);
         assert_eq!(r.total.ok.len(), 54);
         let p = Percentiles::of(&r.total.all);
         assert_eq!(p.count, 90);

@@ -181,6 +181,7 @@ pub mod fixtures {
         }
         tally.record(Outcome::FailedTimeout);
         tally.record(Outcome::ShedLimit);
+        tally.good = if protected { ok } else { ok / 2 };
         let p = Percentiles {
             count: tally.sent,
             p50: Duration::from_millis(15),

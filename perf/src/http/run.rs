@@ -108,6 +108,8 @@ pub struct DriveOptions {
     pub progress: ProgressMode,
     /// Sample the process's RSS and descriptors this often.
     pub sample_process: Option<Duration>,
+    /// The latency objective: a success within it is a good answer.
+    pub objective: Duration,
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -238,7 +240,7 @@ impl Harness {
         if let Some(p) = &self.protected {
             watched.push(Watched {
                 name: "protected",
-                target: target(&p.uri, buckets),
+                target: target(&p.uri, buckets, options.objective),
                 layer: Some(p.layer.clone()),
                 ring: Some(Arc::clone(&p.ring)),
                 upstream: Arc::clone(&p.upstream),
@@ -247,7 +249,7 @@ impl Harness {
         if let Some(p) = &self.plain {
             watched.push(Watched {
                 name: "unprotected",
-                target: target(&p.uri, buckets),
+                target: target(&p.uri, buckets, options.objective),
                 layer: None,
                 ring: None,
                 upstream: Arc::clone(&p.upstream),
@@ -307,10 +309,10 @@ impl Harness {
     }
 }
 
-fn target(uri: &Uri, buckets: usize) -> Target {
+fn target(uri: &Uri, buckets: usize, objective: Duration) -> Target {
     Target {
         uri: uri.clone(),
-        recorder: Arc::new(Mutex::new(Recorder::new(buckets))),
+        recorder: Arc::new(Mutex::new(Recorder::new(buckets, objective))),
         in_flight: Arc::new(AtomicU64::new(0)),
     }
 }

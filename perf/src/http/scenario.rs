@@ -61,6 +61,10 @@ pub struct LoadArgs {
     /// Seed of the upstream's draws.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// The latency objective in ms: a success within it is a good answer
+    /// (goodput). Default: the protected front's timeout.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub objective_ms: Option<u64>,
     /// Where to write the report, the plots and summary.json (default:
     /// `target/demo` for `demo`, `target/demo/SCENARIO` otherwise).
     #[arg(long)]
@@ -376,6 +380,10 @@ async fn run(
     check: impl FnOnce(&Drive) -> Vec<Check>,
 ) -> Result<bool, Box<dyn Error>> {
     let protection = Protection::for_rate(setup.rate);
+    let objective = setup
+        .load
+        .objective_ms
+        .map_or(protection.timeout, Duration::from_millis);
     let timeline = Arc::new(setup.timeline.clone());
     let bounds = setup.bounds();
     let harness = Harness::start(&HarnessConfig {
@@ -395,6 +403,7 @@ async fn run(
             bucket: bucket_width(setup.length),
             progress: progress_mode(setup.load.quiet, setup.load.progress_every),
             sample_process: setup.sample_process,
+            objective,
         })
         .await?;
     harness.shutdown();
@@ -407,6 +416,7 @@ async fn run(
         protection: &protection,
         capacity: setup.load.capacity,
         bounds,
+        objective,
     };
     let passed = sli::all_passed(&checks);
     let shown = (setup.kind != Kind::Demo).then_some((setup.kind.name(), checks.as_slice()));
@@ -447,7 +457,7 @@ pub fn write_outputs(
     let latency = out.join("latency.svg");
     plot::latency(&latency, drive, info.timeline)?;
     let throughput = out.join("throughput.svg");
-    plot::throughput(&throughput, drive, info.timeline)?;
+    plot::throughput(&throughput, drive, &report::limits(info, drive))?;
     Ok(vec![report, json, latency, throughput])
 }
 
@@ -687,6 +697,7 @@ mod tests {
             max_in_flight: 64,
             client_timeout_ms: 2000,
             seed: 1,
+            objective_ms: None,
             out: None,
             quiet: true,
             progress_every: 5,

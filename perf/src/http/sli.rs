@@ -205,7 +205,7 @@ pub struct Step {
     pub tally: Tally,
     /// Latency of every answer.
     pub latency: Percentiles,
-    /// Successes per second.
+    /// Good answers (successes within the latency objective) per second.
     pub goodput: f64,
 }
 

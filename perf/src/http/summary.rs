@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::goodput;
 use super::record::{Bucket, Percentiles, Tally};
-use super::report::RunInfo;
+use super::report::{self, RunInfo};
 use super::results::{Drive, FrontRun, GroupSummary};
 use super::sli::Check;
 
@@ -32,6 +33,7 @@ fn tally(t: &Tally) -> Value {
         "not_sent": t.not_sent,
         "sent": t.sent,
         "succeeded": t.succeeded,
+        "good": t.good,
         "failed": t.failed(),
         "failed_upstream": t.failed_upstream,
         "failed_unreachable": t.failed_unreachable,
@@ -61,6 +63,7 @@ fn bucket(b: &Bucket) -> Value {
         "end_s": b.end_secs,
         "sent": b.tally.sent,
         "succeeded": b.tally.succeeded,
+        "good": b.tally.good,
         "failed": b.tally.failed(),
         "rejected": b.tally.rejected,
         "shed": b.tally.shed(),
@@ -100,6 +103,24 @@ fn front(f: &FrontRun) -> Value {
     })
 }
 
+/// Good answers per phase kind and overall beside the limit (see
+/// [`goodput`](super::goodput)).
+fn goodput(info: &RunInfo<'_>, d: &Drive) -> Value {
+    let rows = goodput::rows(&report::limits(info, d), d);
+    json!({
+        "objective_ms": millis(info.objective),
+        "by_phase": rows.iter().map(|r| json!({
+            "phase": r.label,
+            "limit": r.limit,
+            "fronts": d.fronts.iter().zip(&r.good).map(|(f, &good)| json!({
+                "name": f.name,
+                "good": good,
+                "of_limit": goodput::of_limit(good, r.limit),
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
 /// The summary of one drive, with the checks made on it (if any).
 pub fn drive(name: &str, info: &RunInfo<'_>, d: &Drive, checks: &[Check]) -> Value {
     json!({
@@ -118,6 +139,7 @@ pub fn drive(name: &str, info: &RunInfo<'_>, d: &Drive, checks: &[Check]) -> Val
             "phase": p.kind.label(),
         })).collect::<Vec<_>>(),
         "upstream_restarts": d.restarts,
+        "goodput": goodput(info, d),
         "protection": {
             "timeout_ms": millis(info.protection.timeout),
             "retries": info.protection.retries,
