@@ -258,8 +258,8 @@ impl Protection {
             failure_rate: 50.0,
             window: Duration::from_secs(5),
             minimum_calls: 20,
-            open: Duration::from_secs(2),
-            max_open: Duration::from_secs(4),
+            open: Duration::from_secs(1),
+            max_open: Duration::from_secs(2),
             probes: 5,
             // The floor keeps a stray error from shrinking the limit below
             // what a healthy load needs: AIMD counts every failed call as a
