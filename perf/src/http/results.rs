@@ -83,6 +83,9 @@ pub struct FrontRun {
     pub peak_in_flight: u64,
     /// Calls the upstream received from this front during the drive.
     pub upstream_calls: u64,
+    /// Of those, calls it received while the script had it down or in an
+    /// outage.
+    pub upstream_calls_while_down: u64,
 }
 
 impl FrontRun {
@@ -106,6 +109,7 @@ impl FrontRun {
             breaker_end: None,
             peak_in_flight: r.series.iter().map(|b| b.peak_in_flight).max().unwrap_or(0),
             upstream_calls: 0,
+            upstream_calls_while_down: 0,
         }
     }
 
@@ -242,6 +246,7 @@ pub mod fixtures {
             breaker_end: protected.then_some(BreakerState::Closed),
             peak_in_flight: if protected { 5 } else { 50 },
             upstream_calls: if protected { 90 } else { 110 },
+            upstream_calls_while_down: if protected { 5 } else { 30 },
         }
     }
 }

@@ -255,7 +255,7 @@ impl Harness {
                 upstream: Arc::clone(&p.upstream),
             });
         }
-        let calls_before: Vec<u64> = watched.iter().map(|w| w.upstream_calls()).collect();
+        let calls_before: Vec<(u64, u64)> = watched.iter().map(|w| w.upstream_calls()).collect();
         let restarts_before = self.restarts.load(Ordering::Relaxed);
         let targets: Vec<Target> = watched.iter().map(|w| w.target.clone()).collect();
         let stop = Arc::new(AtomicBool::new(false));
@@ -290,8 +290,9 @@ impl Harness {
         let (mut fronts, process) = watcher
             .await
             .map_err(|e| format!("the watcher task failed: {e}"))?;
-        for (front, before) in fronts.iter_mut().zip(calls_before) {
-            front.upstream_calls -= before.min(front.upstream_calls);
+        for (front, (all, down)) in fronts.iter_mut().zip(calls_before) {
+            front.upstream_calls -= all.min(front.upstream_calls);
+            front.upstream_calls_while_down -= down.min(front.upstream_calls_while_down);
         }
         Ok(Drive {
             started_secs: started.as_secs_f64(),
@@ -337,9 +338,14 @@ impl Watched {
         layer.policies().limit().map(|l| l.limit())
     }
 
-    fn upstream_calls(&self) -> u64 {
-        // ordering: Relaxed; a counter.
-        self.upstream.counts().received.load(Ordering::Relaxed)
+    /// Calls the upstream received: all, and while it was down.
+    fn upstream_calls(&self) -> (u64, u64) {
+        let counts = self.upstream.counts();
+        // ordering: Relaxed; counters.
+        (
+            counts.received.load(Ordering::Relaxed),
+            counts.received_while_down.load(Ordering::Relaxed),
+        )
     }
 
     fn in_flight(&self) -> u64 {
@@ -484,7 +490,7 @@ async fn watch(
                 ..l
             });
             run.breaker_end = f.breaker();
-            run.upstream_calls = f.upstream_calls();
+            (run.upstream_calls, run.upstream_calls_while_down) = f.upstream_calls();
             run
         })
         .collect();

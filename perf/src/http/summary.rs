@@ -99,6 +99,7 @@ fn front(f: &FrontRun) -> Value {
         "breaker_at_end": f.breaker_end.map(|s| s.to_string()),
         "peak_in_flight": f.peak_in_flight,
         "upstream_calls": f.upstream_calls,
+        "upstream_calls_while_down": f.upstream_calls_while_down,
         "series": f.series.iter().map(bucket).collect::<Vec<_>>(),
     })
 }

@@ -43,6 +43,10 @@ pub struct UpstreamConfig {
 pub struct UpstreamCounts {
     /// Calls received.
     pub received: AtomicU64,
+    /// Calls received while the script had the upstream down or in an
+    /// outage: none of them could be answered well. (While its listener is
+    /// closed, calls do not arrive at all.)
+    pub received_while_down: AtomicU64,
     /// Calls answered `503` because no slot freed up in time.
     pub overflowed: AtomicU64,
     /// Connections closed without an answer, as scripted.
@@ -88,6 +92,9 @@ impl Handler for Upstream {
             // is published through them.
             let n = s.counts.received.fetch_add(1, Ordering::Relaxed);
             let phase = s.config.timeline.phase_at(s.origin.elapsed());
+            if phase.fault.outage || phase.fault.down {
+                s.counts.received_while_down.fetch_add(1, Ordering::Relaxed);
+            }
             let decision = phase.fault.decide(mix(s.config.seed, n));
             let permit = match tokio::time::timeout(s.config.queue_timeout, s.slots.acquire()).await
             {
