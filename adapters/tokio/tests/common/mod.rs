@@ -29,6 +29,8 @@ pub enum Call {
     FailFirst(usize),
     /// Panics when polled.
     Panic,
+    /// Panics in `call` itself, before returning a future.
+    PanicBeforeFuture,
     /// Never answers.
     Forever,
 }
@@ -103,6 +105,7 @@ impl Service<Call> for Backend {
                 }
             }),
             Call::Panic => Box::pin(async { panic!("the backend panicked") }),
+            Call::PanicBeforeFuture => panic!("the backend's call panicked"),
             Call::Forever => Box::pin(std::future::pending()),
         }
     }
