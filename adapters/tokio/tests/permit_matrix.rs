@@ -26,11 +26,13 @@ use tenlives_engine::adaptive::{AdaptiveLimiter, Aimd, WindowConfig};
 use tenlives_engine::breaker::{BreakerConfig, BreakerState, CircuitBreaker, Outcome};
 use tenlives_engine::bulkhead::Bulkhead;
 use tenlives_engine::queue::{AdmissionQueue, QueueConfig};
+use tenlives_engine::rate::RateLimiter;
+use tenlives_engine::retry::{Backoff, RetryBudget, RetryBudgetConfig};
 use tenlives_engine::time::{Clock, Timestamp};
 use tenlives_tokio::{
     AdaptiveLimitLayer, Admission, AdmissionLayer, AdmissionQueueLayer, CircuitBreakerLayer,
-    ConcurrencyLimitLayer, DefaultAdmission, NoRetry, Rejection, StackLayer, TenlivesError,
-    TimeoutLayer, TokioClock,
+    ConcurrencyLimitLayer, DefaultAdmission, NoRetry, Rejection, RetryPolicy, StackLayer,
+    TenlivesError, TimeoutLayer, TokioClock,
 };
 use tower::{Layer, Service, ServiceExt};
 
@@ -39,6 +41,8 @@ use tower::{Layer, Service, ServiceExt};
 const OPEN: Duration = Duration::from_secs(1);
 /// The timeout of the stack and of the `TimeoutLayer` put around the others.
 const TIMEOUT: Duration = Duration::from_millis(10);
+/// The delay before the one retry of the retrying stack.
+const BACKOFF: Duration = Duration::from_millis(1);
 /// How long a request waits in the admission queue at most.
 const MAX_WAIT: Duration = Duration::from_millis(100);
 /// The answer the classifier panics on.
@@ -78,6 +82,9 @@ enum Case {
     PanicInClassifier,
     /// (Admission queue.) A request waiting for a permit is dropped.
     CancelledWhileWaiting,
+    /// (Stack with retries.) The first attempt fails; the wrapped service's
+    /// `call` for the retry, made in the response future's poll, panics.
+    PanicInRetriedCall,
 }
 
 use Case::*;
@@ -90,6 +97,18 @@ const CLASSIFYING: &[Case] = &[
     DropMidFlight,
     TimedOut,
     PanicInClassifier,
+];
+
+/// The columns of a stack that retries: the classifying ones, and a panic
+/// in the retry's `call`.
+const RETRYING: &[Case] = &[
+    PanicInCall,
+    PanicInPoll,
+    DropBeforePoll,
+    DropMidFlight,
+    TimedOut,
+    PanicInClassifier,
+    PanicInRetriedCall,
 ];
 
 /// The columns of the admission queue, which has no classifier but waits.
@@ -135,11 +154,13 @@ where
         let mut svc = fixture.layer.layer(Backend::new());
         run(case, &mut svc, &fixture, &held).await;
         assert_eq!(held(), 0, "{row}/{case:?}: everything given back");
-        let reported = case == TimedOut && fixture.own_timeout;
+        // The stack's timeout is a failure; a retried call's first attempt
+        // failed. Nothing else ended with an outcome.
+        let reported = (case == TimedOut && fixture.own_timeout) || case == PanicInRetriedCall;
         assert_eq!(
             recorded(),
             u32::from(reported),
-            "{row}/{case:?}: recorded an outcome only for the stack's timeout"
+            "{row}/{case:?}: outcomes recorded"
         );
         // A breaker that the stack's timeout reopened half-opens again.
         tokio::time::advance(OPEN).await;
@@ -225,6 +246,13 @@ where
         PanicInClassifier => {
             let mut fut = pin!(ready_call(svc, Call::Ok(CLASSIFIER_PANICS)));
             poll_panics(fut.as_mut(), "the classifier");
+        }
+        PanicInRetriedCall => {
+            let mut fut = pin!(ready_call(svc, Call::FailThenPanic));
+            assert!(poll_once(fut.as_mut()).is_pending(), "waits to retry");
+            assert_eq!(held(), 0, "nothing held between attempts");
+            tokio::time::advance(BACKOFF).await;
+            poll_panics(fut, "the backend's call, retried,");
         }
         CancelledWhileWaiting => {
             let first = pending_call(svc, Call::Forever, held, one);
@@ -359,6 +387,44 @@ fn stack(clock: TokioClock) -> Fixture<HalfOpenStack> {
     }
 }
 
+type RetryingStack = StackLayer<
+    Classifier,
+    RetryPolicy,
+    DefaultAdmission<CircuitBreaker, RateLimiter, AdaptiveLimiter<Aimd>>,
+>;
+
+/// A timeout, one retry, a closed breaker that no test trips and an
+/// adaptive limit of one.
+fn retrying_stack(clock: TokioClock) -> Fixture<RetryingStack> {
+    let tolerant = BreakerConfig::builder().count_window(100, 10).build();
+    let backoff = Backoff::constant(BACKOFF).unwrap().with_max_retries(1);
+    Fixture {
+        layer: StackLayer::builder()
+            .timeout(TIMEOUT)
+            .retry(RetryPolicy::new(
+                backoff,
+                RetryBudget::new(RetryBudgetConfig::default()),
+            ))
+            .circuit_breaker(CircuitBreaker::new(tolerant.unwrap()))
+            .adaptive_limit(adaptive(clock))
+            .classify(CLASSIFY)
+            .clock(clock)
+            .build(),
+        held: |l| l.policies().limit().unwrap().in_flight(),
+        one_call: 1,
+        recorded: |l| {
+            let window = l
+                .policies()
+                .breaker()
+                .unwrap()
+                .snapshot(Timestamp::ZERO)
+                .window;
+            u32::try_from(window.calls).unwrap()
+        },
+        own_timeout: true,
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn breaker_closed_gives_everything_back() {
     matrix("breaker closed", breaker_closed, CLASSIFYING).await;
@@ -471,4 +537,9 @@ async fn a_panicking_admission_stage_releases_the_stages_before_it() {
         stack.policies().admission().0.in_flight()
     })
     .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn retrying_stack_gives_its_permit_back() {
+    matrix("retrying stack", retrying_stack, RETRYING).await;
 }
