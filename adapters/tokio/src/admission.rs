@@ -25,12 +25,22 @@
 //!
 //! # Drop and panic
 //!
-//! The token lives in the response future. If the future is dropped before
-//! the call completes (cancelled, timed out by an outer layer, or unwound by a
-//! panic in the wrapped service), the token is released without a report: a
-//! breaker counts the call as nothing and frees its probe slot, a limit gives
-//! its permit back without a latency sample. The classifier runs before the
-//! token leaves the future, so a panicking classifier releases it too.
+//! From the moment `admit` returns it, the token has an owner that releases
+//! it on drop: a holder built before the wrapped service's `call` runs, which
+//! then moves into the response future. So the token is released without a
+//! report (a breaker counts the call as nothing and frees its probe slot, a
+//! limit gives its permit back without a latency sample), and the panic, if
+//! there is one, goes on to the caller, when:
+//!
+//! - the wrapped service's `call` panics: while unwinding out of `call`;
+//! - the response future is dropped before the call completes (cancelled,
+//!   timed out by an outer layer, or unwound by a panic of the wrapped
+//!   service's future): when it is dropped;
+//! - the classifier panics: it runs before the token leaves the future, so
+//!   the token is released when the future is dropped;
+//! - an admission stage of a pair (`(A, B)`, triples, a stage of the user's)
+//!   panics in `admit` or `complete`: the stages before it are released
+//!   while unwinding.
 //!
 //! [`CircuitBreakerLayer`]: crate::CircuitBreakerLayer
 //! [`ConcurrencyLimitLayer`]: crate::ConcurrencyLimitLayer
@@ -62,8 +72,11 @@ use crate::error::{Rejection, TenlivesError, take_rejection};
 ///
 /// Contract: every token `admit` returns is handed back exactly once, to
 /// `complete` or to `release`, on the policy that issued it. The tower
-/// wrappers of this crate guarantee that, including on cancellation and
-/// panic. None of the methods may block or allocate.
+/// wrappers of this crate guarantee that, including on cancellation and on a
+/// panic in the wrapped service, the classifier, or another stage's `admit`
+/// or `complete`. None of the methods may block or allocate; `release` must
+/// not panic (it runs in destructors, often while unwinding, where a second
+/// panic aborts).
 pub trait Admission {
     /// What an admitted request holds until it ends.
     type Token;
