@@ -18,7 +18,7 @@ use std::fmt::Debug;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use common::{Backend, Call, poll_once, ready_call};
@@ -47,6 +47,8 @@ const BACKOFF: Duration = Duration::from_millis(1);
 const MAX_WAIT: Duration = Duration::from_millis(100);
 /// The answer the classifier panics on.
 const CLASSIFIER_PANICS: u32 = 666;
+/// The answer the retrying stack's retry classifier panics on.
+const RETRY_CLASSIFIER_PANICS: u32 = 667;
 
 type Classifier = fn(&Result<u32, &'static str>) -> Outcome;
 
@@ -60,6 +62,19 @@ fn classify(result: &Result<u32, &'static str>) -> Outcome {
 }
 
 const CLASSIFY: Classifier = classify;
+
+type RetryClassifier = fn(&Result<u32, TenlivesError<&'static str>>) -> bool;
+
+const RETRY_OR_PANIC: RetryClassifier = retry_or_panic;
+
+/// Retries every error, and panics on `Ok(RETRY_CLASSIFIER_PANICS)`.
+fn retry_or_panic(result: &Result<u32, TenlivesError<&'static str>>) -> bool {
+    match result {
+        Ok(RETRY_CLASSIFIER_PANICS) => panic!("the retry classifier panicked"),
+        Ok(_) => false,
+        Err(_) => true,
+    }
+}
 
 /// One way a call ends without completing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +100,9 @@ enum Case {
     /// (Stack with retries.) The first attempt fails; the wrapped service's
     /// `call` for the retry, made in the response future's poll, panics.
     PanicInRetriedCall,
+    /// (Stack with retries.) The call answers `Ok(RETRY_CLASSIFIER_PANICS)`,
+    /// a success to the outcome classifier, and the retry classifier panics.
+    PanicInRetryClassifier,
 }
 
 use Case::*;
@@ -99,8 +117,8 @@ const CLASSIFYING: &[Case] = &[
     PanicInClassifier,
 ];
 
-/// The columns of a stack that retries: the classifying ones, and a panic
-/// in the retry's `call`.
+/// The columns of a stack that retries: the classifying ones, a panic in
+/// the retry's `call` and one in the retry classifier.
 const RETRYING: &[Case] = &[
     PanicInCall,
     PanicInPoll,
@@ -109,6 +127,7 @@ const RETRYING: &[Case] = &[
     TimedOut,
     PanicInClassifier,
     PanicInRetriedCall,
+    PanicInRetryClassifier,
 ];
 
 /// The columns of the admission queue, which has no classifier but waits.
@@ -155,8 +174,10 @@ where
         run(case, &mut svc, &fixture, &held).await;
         assert_eq!(held(), 0, "{row}/{case:?}: everything given back");
         // The stack's timeout is a failure; a retried call's first attempt
-        // failed. Nothing else ended with an outcome.
-        let reported = (case == TimedOut && fixture.own_timeout) || case == PanicInRetriedCall;
+        // failed; the retry classifier runs once the attempt was reported.
+        // Nothing else ended with an outcome.
+        let reported = (case == TimedOut && fixture.own_timeout)
+            || matches!(case, PanicInRetriedCall | PanicInRetryClassifier);
         assert_eq!(
             recorded(),
             u32::from(reported),
@@ -253,6 +274,10 @@ where
             assert_eq!(held(), 0, "nothing held between attempts");
             tokio::time::advance(BACKOFF).await;
             poll_panics(fut, "the backend's call, retried,");
+        }
+        PanicInRetryClassifier => {
+            let mut fut = pin!(ready_call(svc, Call::Ok(RETRY_CLASSIFIER_PANICS)));
+            poll_panics(fut.as_mut(), "the retry classifier");
         }
         CancelledWhileWaiting => {
             let first = pending_call(svc, Call::Forever, held, one);
@@ -389,7 +414,7 @@ fn stack(clock: TokioClock) -> Fixture<HalfOpenStack> {
 
 type RetryingStack = StackLayer<
     Classifier,
-    RetryPolicy,
+    RetryPolicy<RetryClassifier>,
     DefaultAdmission<CircuitBreaker, RateLimiter, AdaptiveLimiter<Aimd>>,
 >;
 
@@ -401,10 +426,10 @@ fn retrying_stack(clock: TokioClock) -> Fixture<RetryingStack> {
     Fixture {
         layer: StackLayer::builder()
             .timeout(TIMEOUT)
-            .retry(RetryPolicy::new(
-                backoff,
-                RetryBudget::new(RetryBudgetConfig::default()),
-            ))
+            .retry(
+                RetryPolicy::new(backoff, RetryBudget::new(RetryBudgetConfig::default()))
+                    .retry_if(RETRY_OR_PANIC),
+            )
             .circuit_breaker(CircuitBreaker::new(tolerant.unwrap()))
             .adaptive_limit(adaptive(clock))
             .classify(CLASSIFY)
@@ -542,4 +567,112 @@ async fn a_panicking_admission_stage_releases_the_stages_before_it() {
 #[tokio::test(start_paused = true)]
 async fn retrying_stack_gives_its_permit_back() {
     matrix("retrying stack", retrying_stack, RETRYING).await;
+}
+
+/// A wrapped service whose `Clone` panics once armed.
+#[derive(Debug)]
+struct CloneBomb {
+    armed: Arc<AtomicBool>,
+    inner: Backend,
+}
+
+impl Clone for CloneBomb {
+    fn clone(&self) -> Self {
+        assert!(
+            !self.armed.load(Ordering::SeqCst),
+            "the wrapped service's clone panicked"
+        );
+        CloneBomb {
+            armed: Arc::clone(&self.armed),
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl Service<Call> for CloneBomb {
+    type Response = u32;
+    type Error = &'static str;
+    type Future = common::Reply;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, call: Call) -> Self::Future {
+        self.inner.call(call)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_clone_panicking_in_the_queue_gives_up_the_place() {
+    let fixture = admission_queue(TokioClock::new());
+    let held = || (fixture.held)(&fixture.layer);
+    let armed = Arc::new(AtomicBool::new(false));
+    let mut svc = fixture.layer.layer(CloneBomb {
+        armed: Arc::clone(&armed),
+        inner: Backend::new(),
+    });
+    let first = pending_call(&mut svc, Call::Forever, &held, 1);
+    // Full: the next request is queued, then the service is cloned for it.
+    armed.store(true, Ordering::SeqCst);
+    let unwound = catch_unwind(AssertUnwindSafe(|| ready_call(&mut svc, Call::Ok(1))));
+    assert!(unwound.is_err(), "the clone panicked through `call`");
+    assert_eq!(held(), 1, "the queued place was given up");
+    drop(first);
+    assert_eq!(held(), 0);
+    armed.store(false, Ordering::SeqCst);
+    let next = svc.ready().await.unwrap().call(Call::Ok(1)).await;
+    assert!(matches!(next, Ok(1)), "the next call is admitted: {next:?}");
+}
+
+/// A request whose second `Clone` panics: the stack clones a request once
+/// when it is called (to keep for retries) and once per retry.
+#[derive(Debug)]
+struct Request(Arc<AtomicU8>);
+
+impl Clone for Request {
+    fn clone(&self) -> Self {
+        let earlier = self.0.fetch_add(1, Ordering::SeqCst);
+        assert_ne!(earlier, 1, "the request's clone for a retry panicked");
+        Request(Arc::clone(&self.0))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_clone_panicking_before_a_retry_gives_the_permit_back() {
+    let backoff = Backoff::constant(BACKOFF).unwrap().with_max_retries(1);
+    let layer = StackLayer::builder()
+        .retry(RetryPolicy::new(
+            backoff,
+            RetryBudget::new(RetryBudgetConfig::default()),
+        ))
+        .concurrency_limit(Bulkhead::new(1).unwrap())
+        .build();
+    let in_flight = || layer.policies().limit().unwrap().in_flight();
+    let mut svc = layer.layer(tower::service_fn(|_: Request| async {
+        Err::<u32, &'static str>("failed")
+    }));
+    let clones = Arc::new(AtomicU8::new(0));
+    {
+        let mut fut = pin!(ready_call(&mut svc, Request(Arc::clone(&clones))));
+        assert!(
+            poll_once(fut.as_mut()).is_pending(),
+            "failed, waits to retry"
+        );
+        assert_eq!(in_flight(), 0, "nothing held between attempts");
+        tokio::time::advance(BACKOFF).await;
+        poll_panics(fut.as_mut(), "the request's clone for the retry");
+        assert_eq!(clones.load(Ordering::SeqCst), 2, "it was the retry's clone");
+        assert_eq!(in_flight(), 1, "the retry's permit is in its holder");
+    }
+    assert_eq!(in_flight(), 0, "given back when the future is dropped");
+    clones.store(5, Ordering::SeqCst);
+    let next = svc.ready().await.unwrap().call(Request(clones)).await;
+    assert!(
+        matches!(next, Err(TenlivesError::Inner("failed"))),
+        "admitted: {next:?}"
+    );
 }
