@@ -192,8 +192,10 @@ fn run<P: Admission + TryAdmit>(
             assert_eq!(held(), 0, "given back when the loser is dropped");
         }
         PanicInClassifier => {
-            let fut = pin!(call(row, timer, Steps::new(0, Ok(CLASSIFIER_PANICS))));
-            poll_panics(fut, "the classifier");
+            let mut fut = pin!(call(row, timer, Steps::new(0, Ok(CLASSIFIER_PANICS))));
+            poll_panics(fut.as_mut(), "the classifier");
+            assert_eq!(held(), 0, "given back at once, not when dropped");
+            assert!(poll_once(fut).is_pending(), "done: polled again, pending");
         }
         CancelledWhileWaiting => {
             let mut running = pin!(call(row, timer, never()));
