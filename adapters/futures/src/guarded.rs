@@ -23,7 +23,9 @@ pin_project! {
     /// the permit and, when that completes, reports the classified outcome
     /// and resolves to `Ok(output)`. Dropped before that (cancelled), or
     /// unwound by a panic of the inner future, it drops the permit, which
-    /// gives back what it holds and reports nothing.
+    /// gives back what it holds and reports nothing. A panic of the
+    /// classifier drops the permit too, at once: nothing is reported, the
+    /// panic reaches the caller, and the future is done.
     ///
     /// It allocates nothing, takes no lock and reads the clock at most twice
     /// (at admission and at completion), only where the policy needs it.
@@ -170,7 +172,11 @@ where
             Poll::Pending => return Poll::Pending,
         };
         if let State::Running(permit) = core::mem::replace(this.state, State::Done) {
-            P::complete(permit, this.classify.classify(&output), this.clock);
+            // The permit belongs to this frame while the classifier runs: if
+            // it panics, unwinding drops the permit, which gives it back
+            // unreported, and the future stays done.
+            let outcome = this.classify.classify(&output);
+            P::complete(permit, outcome, this.clock);
         }
         Poll::Ready(Ok(output))
     }

@@ -25,12 +25,22 @@
 //!
 //! # Drop and panic
 //!
-//! The token lives in the response future. If the future is dropped before
-//! the call completes (cancelled, timed out by an outer layer, or unwound by a
-//! panic in the wrapped service), the token is released without a report: a
-//! breaker counts the call as nothing and frees its probe slot, a limit gives
-//! its permit back without a latency sample. The classifier runs before the
-//! token leaves the future, so a panicking classifier releases it too.
+//! From the moment `admit` returns it, the token has an owner that releases
+//! it on drop: a holder built before the wrapped service's `call` runs, which
+//! then moves into the response future. So the token is released without a
+//! report (a breaker counts the call as nothing and frees its probe slot, a
+//! limit gives its permit back without a latency sample), and the panic, if
+//! there is one, goes on to the caller, when:
+//!
+//! - the wrapped service's `call` panics: while unwinding out of `call`;
+//! - the response future is dropped before the call completes (cancelled,
+//!   timed out by an outer layer, or unwound by a panic of the wrapped
+//!   service's future): when it is dropped;
+//! - the classifier panics: it runs before the token leaves the future, so
+//!   the token is released when the future is dropped;
+//! - an admission stage of a pair (`(A, B)`, triples, a stage of the user's)
+//!   panics in `admit` or `complete`: the stages before it are released
+//!   while unwinding.
 //!
 //! [`CircuitBreakerLayer`]: crate::CircuitBreakerLayer
 //! [`ConcurrencyLimitLayer`]: crate::ConcurrencyLimitLayer
@@ -62,8 +72,11 @@ use crate::error::{Rejection, TenlivesError, take_rejection};
 ///
 /// Contract: every token `admit` returns is handed back exactly once, to
 /// `complete` or to `release`, on the policy that issued it. The tower
-/// wrappers of this crate guarantee that, including on cancellation and
-/// panic. None of the methods may block or allocate.
+/// wrappers of this crate guarantee that, including on cancellation and on a
+/// panic in the wrapped service, the classifier, or another stage's `admit`
+/// or `complete`. None of the methods may block or allocate; `release` must
+/// not panic (it runs in destructors, often while unwinding, where a second
+/// panic aborts).
 pub trait Admission {
     /// What an admitted request holds until it ends.
     type Token;
@@ -167,35 +180,73 @@ impl<A: Admission, B: Admission> Admission for (A, B) {
         self.0.needs_time_at_end() || self.1.needs_time_at_end()
     }
 
+    /// `B` admits only if `A` did; if `B` rejects, or panics (a stage of
+    /// the user's), `A`'s token is released.
     #[inline]
     fn admit(&self, now: Timestamp) -> Result<Self::Token, Rejection> {
-        let a = self.0.admit(now)?;
-        match self.1.admit(now) {
-            Ok(b) => Ok((a, b)),
-            Err(rejection) => {
-                self.0.release(a);
-                Err(rejection)
-            }
-        }
+        let a = Releasing::new(&self.0, self.0.admit(now)?);
+        let b = self.1.admit(now)?;
+        Ok((a.keep(), b))
     }
 
+    /// Inner stage first: it ended first. If it panics, `A`'s token is
+    /// released.
     #[inline]
     fn complete(
         &self,
-        token: Self::Token,
+        (a, b): Self::Token,
         outcome: Outcome,
         admitted_at: Timestamp,
         now: Timestamp,
     ) {
-        // Inner stage first: it ended first.
-        self.1.complete(token.1, outcome, admitted_at, now);
-        self.0.complete(token.0, outcome, admitted_at, now);
+        let a = Releasing::new(&self.0, a);
+        self.1.complete(b, outcome, admitted_at, now);
+        self.0.complete(a.keep(), outcome, admitted_at, now);
     }
 
     #[inline]
-    fn release(&self, token: Self::Token) {
-        self.1.release(token.1);
-        self.0.release(token.0);
+    fn release(&self, (a, b): Self::Token) {
+        let a = Releasing::new(&self.0, a);
+        self.1.release(b);
+        drop(a);
+    }
+}
+
+/// A token of `policy` that goes back to it on drop unless [`kept`]: it owns
+/// a stage's token while another stage's code runs, so that a panic there
+/// releases it.
+///
+/// [`kept`]: Releasing::keep
+struct Releasing<'a, A: Admission> {
+    policy: &'a A,
+    token: Option<A::Token>,
+}
+
+impl<'a, A: Admission> Releasing<'a, A> {
+    #[inline]
+    fn new(policy: &'a A, token: A::Token) -> Self {
+        Releasing {
+            policy,
+            token: Some(token),
+        }
+    }
+
+    /// The token, no longer released on drop.
+    #[inline]
+    fn keep(mut self) -> A::Token {
+        let Some(token) = self.token.take() else {
+            unreachable!("a token is kept or released once")
+        };
+        token
+    }
+}
+
+impl<A: Admission> Drop for Releasing<'_, A> {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(token) = self.token.take() {
+            self.policy.release(token);
+        }
     }
 }
 
@@ -444,27 +495,24 @@ where
         } else {
             Timestamp::ZERO
         };
-        match shared.policy.admit(now) {
+        let held = match shared.policy.admit(now) {
             // Nothing to hold: the call runs unaccompanied.
-            Ok(_) if !A::HOLDS => AdmissionFuture {
-                inner: Some(self.inner.call(req)),
-                rejection: None,
-                held: None,
-            },
-            Ok(token) => AdmissionFuture {
-                inner: Some(self.inner.call(req)),
-                rejection: None,
-                held: Some(Held {
-                    shared: Arc::clone(shared),
-                    token: Some(token),
-                    admitted_at: now,
-                }),
-            },
-            Err(rejection) => AdmissionFuture {
-                inner: None,
-                rejection: Some(rejection),
-                held: None,
-            },
+            Ok(_) if !A::HOLDS => None,
+            // The holder owns the token before the wrapped service's `call`
+            // runs: a panic there unwinds through `held`, which releases it.
+            Ok(token) => Some(Held::new(Arc::clone(shared), token, now)),
+            Err(rejection) => {
+                return AdmissionFuture {
+                    inner: None,
+                    rejection: Some(rejection),
+                    held: None,
+                };
+            }
+        };
+        AdmissionFuture {
+            inner: Some(self.inner.call(req)),
+            rejection: None,
+            held,
         }
     }
 }
@@ -478,6 +526,16 @@ struct Held<A: Admission, K> {
 }
 
 impl<A: Admission, K> Held<A, K> {
+    /// Holds `token`, admitted at `admitted_at`, from now on.
+    #[inline]
+    fn new(shared: Arc<Shared<A, K>>, token: A::Token, admitted_at: Timestamp) -> Self {
+        Held {
+            shared,
+            token: Some(token),
+            admitted_at,
+        }
+    }
+
     /// Reports how the call went. The outcome is decided before the token
     /// leaves `self`, so a panicking classifier still releases it on drop.
     #[inline]

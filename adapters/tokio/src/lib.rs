@@ -26,9 +26,11 @@
 //!   service; policies admit or reject in `call`, so a service polled ready
 //!   and never called holds nothing, and a rejection says why and when to
 //!   retry ([`TenlivesError::retry_after`], for an HTTP `Retry-After`).
-//! - **Release on drop.** A response future dropped mid-flight (cancelled, or
-//!   unwound by a panic) gives back its permit and probe slot without
-//!   reporting an outcome.
+//! - **Release on drop and panic.** A permit or probe slot has an owner that
+//!   releases it from the moment it is taken: a response future dropped
+//!   mid-flight (cancelled, or unwound by a panic), a wrapped service whose
+//!   `call` panics, and a classifier that panics all give it back without
+//!   reporting an outcome, and the panic reaches the caller.
 //! - **Outcomes are classified** by a [`Classify`]: `Ok`/`Err` by default, or
 //!   any closure over the wrapped service's `Result` (say, HTTP 5xx is a
 //!   failure and 4xx a success).

@@ -29,6 +29,11 @@ pub enum Call {
     FailFirst(usize),
     /// Panics when polled.
     Panic,
+    /// Panics in `call` itself, before returning a future.
+    PanicBeforeFuture,
+    /// Fails at once on the backend's first call; on any later one, panics
+    /// in `call` itself.
+    FailThenPanic,
     /// Never answers.
     Forever,
 }
@@ -103,6 +108,9 @@ impl Service<Call> for Backend {
                 }
             }),
             Call::Panic => Box::pin(async { panic!("the backend panicked") }),
+            Call::PanicBeforeFuture => panic!("the backend's call panicked"),
+            Call::FailThenPanic if n == 0 => Box::pin(async { Err("failed first") }),
+            Call::FailThenPanic => panic!("the backend's call panicked on a retry"),
             Call::Forever => Box::pin(std::future::pending()),
         }
     }
