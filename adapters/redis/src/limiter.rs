@@ -544,9 +544,9 @@ impl Refresher {
         self.target.clamp(1, self.max_lease)
     }
 
-    /// One refresh: gives back an expired lease, or the excess of a lease
-    /// more than twice its target (the demand fell), and tops the lease up
-    /// to its target — in one script call.
+    /// One refresh: gives back an expired lease, or (Redis reachable) the
+    /// excess of a lease more than twice its target (the demand fell), and
+    /// tops the lease up to its target — in one script call.
     async fn refresh(&mut self) {
         let now = self.shared.clock.now();
         let target = self.size(now);
@@ -561,7 +561,7 @@ impl Refresher {
         let keep_last = !available && self.shared.policy == FailurePolicy::Degraded;
         let give_back = if expired && !keep_last {
             GiveBack::All
-        } else if held > 2 * target {
+        } else if available && held > 2 * target {
             GiveBack::Above(target)
         } else {
             GiveBack::Nothing
