@@ -649,3 +649,70 @@ impl Refresher {
         reply
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Requests taking tokens race a task adding grants and giving tokens
+    /// back (all, or the excess above a target): every token leaves the
+    /// word exactly once, so spent + given back + left = granted.
+    #[test]
+    fn a_token_is_spent_or_given_back_exactly_once() {
+        let tokens = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let spenders: Vec<_> = (0..3)
+            .map(|_| {
+                let (tokens, done) = (Arc::clone(&tokens), Arc::clone(&done));
+                std::thread::spawn(move || {
+                    let mut spent = 0u64;
+                    // ordering: Relaxed; a stop flag.
+                    while !done.load(Ordering::Relaxed) {
+                        if take_one(&tokens) {
+                            spent += 1;
+                        }
+                    }
+                    spent
+                })
+            })
+            .collect();
+        let (mut granted, mut returned) = (0u64, 0u64);
+        for i in 0..20_000u64 {
+            let grant = i % 7;
+            // ordering: Relaxed, as in the task.
+            tokens.fetch_add(grant, Ordering::Relaxed);
+            granted += grant;
+            returned += match i % 3 {
+                0 => GiveBack::All.take(&tokens),
+                1 => GiveBack::Above(2).take(&tokens),
+                _ => GiveBack::Nothing.take(&tokens),
+            };
+        }
+        done.store(true, Ordering::Relaxed);
+        let spent: u64 = spenders.into_iter().map(|h| h.join().unwrap()).sum();
+        let left = tokens.load(Ordering::Relaxed);
+        assert_eq!(spent + returned + left, granted);
+    }
+
+    #[test]
+    fn give_back_above_keeps_the_target() {
+        let tokens = AtomicU64::new(10);
+        assert_eq!(GiveBack::Above(4).take(&tokens), 6);
+        assert_eq!(tokens.load(Ordering::Relaxed), 4);
+        assert_eq!(GiveBack::Above(4).take(&tokens), 0);
+        assert_eq!(GiveBack::All.take(&tokens), 4);
+        assert_eq!(GiveBack::All.take(&tokens), 0);
+    }
+
+    #[test]
+    fn degraded_quotas_divide_the_global_one() {
+        let q = Quota::per_second(1_000).unwrap().with_burst(100).unwrap();
+        let f = fallback_quota(&q, 3).unwrap();
+        assert_eq!((f.rate(), f.burst()), (333, 33));
+        // Never below one token.
+        let f = fallback_quota(&q, 5_000).unwrap();
+        assert_eq!((f.rate(), f.burst()), (1, 1));
+        let s = share_quota(&q, 0.25, 25).unwrap();
+        assert_eq!((s.rate(), s.burst()), (250, 25));
+    }
+}

@@ -83,15 +83,13 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_ok() {
-                if let Ok(mut con) = self
+            if TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_ok()
+                && let Ok(mut con) = self
                     .client()
                     .get_connection_with_timeout(Duration::from_millis(200))
-                {
-                    if redis::cmd("PING").query::<String>(&mut con).as_deref() == Ok("PONG") {
-                        return;
-                    }
-                }
+                && redis::cmd("PING").query::<String>(&mut con).as_deref() == Ok("PONG")
+            {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
