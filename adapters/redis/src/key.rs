@@ -53,6 +53,22 @@ pub fn rate_key(prefix: &str, name: &str) -> Result<String, BadName> {
     Ok(format!("{prefix}:{{{name}}}:rate"))
 }
 
+/// The keys of the semaphore `name` under `prefix`: the holders hash
+/// `prefix:{name}:sem` and the lapse sorted set `prefix:{name}:sem:ttl`
+/// (one hash tag, so one slot).
+///
+/// # Errors
+///
+/// [`BadName`] when either is empty or contains a brace.
+pub fn semaphore_keys(prefix: &str, name: &str) -> Result<[String; 2], BadName> {
+    check(prefix)?;
+    check(name)?;
+    Ok([
+        format!("{prefix}:{{{name}}}:sem"),
+        format!("{prefix}:{{{name}}}:sem:ttl"),
+    ])
+}
+
 /// The cluster slot of `key`: CRC-16/XMODEM of its hash tag (or of the whole
 /// key when it has none) modulo [`CLUSTER_SLOTS`], as the cluster
 /// specification defines it.
@@ -102,6 +118,9 @@ mod tests {
             key_slot(rate_key("other", "api").unwrap().as_bytes()),
             key_slot(b"api")
         );
+        for key in semaphore_keys("tenlives", "api").unwrap() {
+            assert_eq!(key_slot(key.as_bytes()), key_slot(b"api"));
+        }
         // An empty tag hashes the whole key.
         assert_eq!(key_slot(b"a{}b"), crc16(b"a{}b") % CLUSTER_SLOTS);
     }

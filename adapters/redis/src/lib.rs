@@ -54,9 +54,13 @@ mod config;
 pub mod gcra;
 pub mod key;
 mod limiter;
+pub mod semaphore;
 
 pub use config::{FailurePolicy, FleetConfig, FleetError, Ring};
 pub use limiter::{
     Admitted, FleetRateLimiter, FleetStats, REDIS_DEGRADED, REDIS_RECOVERED, REDIS_UNAVAILABLE,
     Refused,
+};
+pub use semaphore::{
+    FleetPermit, FleetSemaphore, SemaphoreConfig, SemaphoreRefused, SemaphoreStats,
 };

@@ -338,7 +338,7 @@ impl GiveBack {
     }
 }
 
-fn default_breaker() -> BreakerConfig {
+pub(crate) fn default_breaker() -> BreakerConfig {
     // A fixed, valid configuration: consecutive failures only.
     BreakerConfig::builder()
         .without_failure_rate()

@@ -118,3 +118,67 @@ async fn no_request_path_allocates() {
     assert!(degraded.stats().degraded_admitted > 0);
     assert!(ring.emitted() > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_semaphore_path_allocates() {
+    use tenlives_redis::{FleetPermit, FleetSemaphore, SemaphoreConfig, SemaphoreRefused};
+
+    let mut server = RedisServer::start();
+    let ring = Arc::new(EventRing::with_capacity(1 << 10).unwrap());
+    let config = |name: &str, policy| {
+        SemaphoreConfig::new(name, 8)
+            .policy(policy)
+            .expected_instances(4)
+            .refresh_interval(Duration::from_millis(20))
+            .ttl(Duration::from_millis(100))
+            .redis_timeout(Duration::from_millis(50))
+            .events(Arc::clone(&ring), 2)
+    };
+    let degraded = FleetSemaphore::start(config("d", FailurePolicy::Degraded), server.client())
+        .await
+        .unwrap();
+    let open = FleetSemaphore::start(config("o", FailurePolicy::FailOpen), server.client())
+        .await
+        .unwrap();
+    let closed = FleetSemaphore::start(config("c", FailurePolicy::FailClosed), server.client())
+        .await
+        .unwrap();
+    let mut seen = HashSet::with_capacity(64);
+    // Takes and releases `n` permits, holding up to three at once so that
+    // the refusal paths are taken too.
+    fn run(sem: &FleetSemaphore, n: usize, seen: &mut HashSet<&'static str>) -> usize {
+        allocations_during(|| {
+            let mut held: [Option<FleetPermit<'_>>; 3] = [None, None, None];
+            for i in 0..n {
+                let r = sem.try_acquire();
+                seen.insert(match &r {
+                    Ok(FleetPermit::Leased(_)) => "leased",
+                    Ok(FleetPermit::Fallback(_)) => "fallback",
+                    Ok(FleetPermit::FailOpen) => "fail open",
+                    Err(SemaphoreRefused::Full) => "full",
+                    Err(SemaphoreRefused::Fallback) => "fallback refused",
+                    Err(SemaphoreRefused::FailClosed) => "fail closed",
+                });
+                held[i % 3] = r.ok();
+            }
+        })
+    }
+    assert_eq!(run(&degraded, 3_000, &mut seen), 0);
+    assert!(seen.contains("leased") && seen.contains("full"), "{seen:?}");
+    server.kill();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while [&degraded, &open, &closed]
+        .iter()
+        .any(|s| s.stats().redis_available)
+    {
+        assert!(Instant::now() < deadline, "Redis loss never noticed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(run(&degraded, 3_000, &mut seen), 0);
+    assert_eq!(run(&open, 1_000, &mut seen), 0);
+    assert_eq!(run(&closed, 1_000, &mut seen), 0);
+    for path in ["fallback", "fallback refused", "fail open", "fail closed"] {
+        assert!(seen.contains(path), "{path} not taken: {seen:?}");
+    }
+}
