@@ -22,6 +22,11 @@
 //! counters) and reported as an event; when Redis answers again the limiter
 //! recovers by itself.
 //!
+//! The same leasing gives a fleet-wide concurrency limit,
+//! [`FleetSemaphore`]: each process claims permits in Redis with a TTL (so a
+//! crashed process's permits come back by themselves) and spends them
+//! through an engine [`Bulkhead`](tenlives_engine::bulkhead::Bulkhead).
+//!
 //! `docs/redis.md` describes the lease protocol, the bound on what a fleet
 //! can over-admit, the cluster key mapping and what is not built yet.
 //!

@@ -627,6 +627,8 @@ impl Refresher {
                     now.saturating_add(self.lease_duration).as_nanos(),
                     Ordering::Relaxed,
                 );
+                // ordering: Relaxed; counts for reports, and a flag only
+                // this task writes.
                 shared.granted.fetch_add(reply.granted, Ordering::Relaxed);
                 shared.returned.fetch_add(ret, Ordering::Relaxed);
                 if !lease.available.swap(true, Ordering::Relaxed) {

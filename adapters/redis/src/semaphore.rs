@@ -627,6 +627,7 @@ impl SemRefresher {
         let now = self.shared.clock.now();
         let target = self.target();
         let leased = self.shared.leased();
+        // ordering: Relaxed; the task is the only writer of the expiry.
         let valid = now.as_nanos() < self.shared.words.expiry.load(Ordering::Relaxed);
         let claim = if target < leased && (leased > 2 * target || !valid) {
             // Shrink: stop local grants above the target first, then claim
@@ -705,6 +706,7 @@ impl SemRefresher {
                 }
                 // Past the local expiry the claim may have lapsed in Redis:
                 // stop granting leased permits.
+                // ordering: Relaxed; the task is the only writer of the expiry.
                 if now.as_nanos() >= words.expiry.load(Ordering::Relaxed) {
                     let _ = shared.bulkhead.set_limit(1);
                 }
