@@ -249,3 +249,98 @@ fn sixteen_digit_microsecond_times_are_stored_exactly() {
     );
     assert!(us.len() >= 16, "{us}");
 }
+
+#[test]
+fn a_clock_stepped_back_locks_out_for_at_most_two_bursts() {
+    // A booking an hour ahead of Redis's clock is what a clock stepped back
+    // by an hour leaves behind. The script caps it at 2·b·T: callers wait at
+    // most two bursts' worth of time, not an hour.
+    let server = server();
+    let mut con = server.connection();
+    let script = gcra::script();
+    let key = fresh_key();
+    // 10 a second, burst 5: T = 100 ms, 2·b·T = 1 s.
+    let q = GcraParams::from_quota(&Quota::per_second(10).unwrap().with_burst(5).unwrap()).unwrap();
+    let now = reply(&eval(&mut con, &script, &key, &q, 0, 0, 0).unwrap()).now_us;
+    let ahead = now + 3_600_000_000;
+    let _: () = con
+        .hset_multiple(
+            &key,
+            &[
+                ("us", ahead.to_string()),
+                ("fr", "0".into()),
+                ("r", q.r.to_string()),
+            ],
+        )
+        .unwrap();
+    let r = reply(&eval(&mut con, &script, &key, &q, 1, 1, 0).unwrap());
+    assert_eq!(r.granted, 0);
+    assert_eq!(r.ahead, 2 * q.b * q.p);
+    // Until min = 1 fits: 2·b·T − (b − 1)·T = 600 ms.
+    assert_eq!(r.wait_us, Some(600_000));
+}
+
+/// The semaphore script's reference: holders with a claim and a lapse
+/// instant (µs); lapsed holders are dropped first, a shrink is granted, a
+/// growth up to what the others leave free and never below the holder's
+/// current claim.
+#[derive(Default)]
+struct SemaphoreModel {
+    holders: std::collections::BTreeMap<u8, (u64, u64)>,
+}
+
+impl SemaphoreModel {
+    fn call(&mut self, limit: u64, holder: u8, want: u64, ttl_ms: u64, now: u64) -> (u64, u64) {
+        self.holders.retain(|_, &mut (_, lapse)| lapse > now);
+        let total: u64 = self.holders.values().map(|&(n, _)| n).sum();
+        let cur = self.holders.get(&holder).map_or(0, |&(n, _)| n);
+        let free = limit.saturating_sub(total - cur);
+        let new = if want > cur {
+            want.min(cur.max(free))
+        } else {
+            want
+        };
+        if new == 0 {
+            self.holders.remove(&holder);
+        } else {
+            self.holders.insert(holder, (new, now + ttl_ms * 1_000));
+        }
+        (new, total - cur + new)
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Claims granted and totals equal the reference fed the server's time,
+    /// and the live claims never sum to more than the limit.
+    #[test]
+    fn semaphore_claims_equal_the_reference(
+        limit in 1u64..=10,
+        ops in prop::collection::vec((0u8..5, 0u64..=10, 1u64..=20, 0u64..=3), 1..40),
+    ) {
+        let mut con = SERVER.with(RedisServer::connection);
+        let script = tenlives_redis::semaphore::semaphore_script();
+        let n = fresh_key();
+        let (hash, zset) = (format!("{n}:sem"), format!("{n}:sem:ttl"));
+        let mut model = SemaphoreModel::default();
+        for (holder, want, ttl_ms, pause_ms) in ops {
+            if pause_ms > 0 {
+                std::thread::sleep(Duration::from_millis(pause_ms));
+            }
+            let want = want.min(limit);
+            let got: Vec<i64> = script
+                .key(&hash)
+                .key(&zset)
+                .arg(limit)
+                .arg(format!("h{holder}"))
+                .arg(want)
+                .arg(ttl_ms)
+                .invoke(&mut con)
+                .unwrap();
+            let expected = model.call(limit, holder, want, ttl_ms, got[2] as u64);
+            prop_assert_eq!((got[0] as u64, got[1] as u64), expected);
+            prop_assert!(expected.1 <= limit);
+        }
+    }
+}
