@@ -396,3 +396,83 @@ async fn bad_configurations_are_refused() {
         );
     }
 }
+
+/// A fake server on loopback that answers every command with `reply`: a
+/// malformed reply for the script, which returns four integers.
+fn malformed_server(reply: &'static [u8]) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut at_line_start = true;
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    // One reply per command: count the array headers that
+                    // start a line.
+                    let mut replies = 0;
+                    for &b in &buf[..n] {
+                        if at_line_start && b == b'*' {
+                            replies += 1;
+                        }
+                        at_line_start = b == b'\n';
+                    }
+                    for _ in 0..replies {
+                        if stream.write_all(reply).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_reply_is_a_failed_call_under_the_policy() {
+    let quota = Quota::per_second(100).unwrap();
+    let q = GcraParams::from_quota(&quota).unwrap();
+    // An integer where an array was due (the client's type check refuses
+    // it), and an array of two integers where four were due (the limiter's
+    // parse refuses it).
+    for (reply, shape) in [
+        (&b":7\r\n"[..], None),
+        (&b"*2\r\n:7\r\n:7\r\n"[..], Some(vec![7, 7])),
+    ] {
+        let port = malformed_server(reply);
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+        // The connection works and the script's reply arrives, malformed.
+        let mut con = client.get_connection().unwrap();
+        let raw: redis::RedisResult<Vec<i64>> = gcra::script()
+            .key("tenlives:{garbled}:rate")
+            .arg(q.p)
+            .arg(q.r)
+            .arg(q.b)
+            .arg(1)
+            .arg(1)
+            .arg(0)
+            .invoke(&mut con);
+        match shape {
+            None => assert_eq!(raw.unwrap_err().kind(), redis::ErrorKind::Parse),
+            Some(values) => assert_eq!(raw.unwrap(), values),
+        }
+        let config = FleetConfig::new("garbled", quota)
+            .policy(FailurePolicy::FailClosed)
+            .redis_timeout(Duration::from_millis(100));
+        let limiter = FleetRateLimiter::start(config, client).await.unwrap();
+        let s = limiter.stats();
+        assert!(!s.redis_available, "{s:?}");
+        assert_eq!(
+            (s.redis_calls, s.redis_errors, s.granted),
+            (1, 1, 0),
+            "{s:?}"
+        );
+        assert_eq!(limiter.try_acquire(), Err(Refused::FailClosed));
+    }
+}
