@@ -158,6 +158,32 @@ async fn unused_tokens_go_back_at_shutdown() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_limiter_gives_its_lease_back_too() {
+    let server = RedisServer::start();
+    let quota = Quota::per_minute(60).unwrap().with_burst(50).unwrap();
+    let config = FleetConfig::new("dropped", quota).initial_lease(30);
+    let started = Instant::now();
+    let limiter = FleetRateLimiter::start(config, server.client())
+        .await
+        .unwrap();
+    assert_eq!(limiter.try_acquire(), Ok(Admitted::Lease));
+    drop(limiter);
+    // The task gives the 29 tokens back on its own; another process then
+    // finds 49 (plus what refilled).
+    let mut got = 0;
+    assert!(
+        wait_for(Duration::from_secs(2), || {
+            got += take_directly(&server, "dropped", &quota, 50);
+            got >= 49
+        })
+        .await,
+        "only {got} tokens came back"
+    );
+    let refilled = started.elapsed().as_secs() + 1;
+    assert!(got <= 49 + refilled, "got {got}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_above_twice_its_demand_gives_the_excess_back() {
     let server = RedisServer::start();
     let quota = Quota::per_minute(60).unwrap().with_burst(50).unwrap();

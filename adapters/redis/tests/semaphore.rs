@@ -182,6 +182,21 @@ async fn shutdown_gives_back_the_permits_not_in_use() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_semaphore_gives_its_claim_back_too() {
+    let server = RedisServer::start();
+    let config = SemaphoreConfig::new("dropped", 10).refresh_interval(Duration::from_millis(10));
+    let sem = FleetSemaphore::start(config, server.client())
+        .await
+        .unwrap();
+    assert!(claimed(&server, "dropped") >= 1);
+    drop(sem);
+    assert!(
+        wait_for(Duration::from_secs(2), || claimed(&server, "dropped") == 0).await,
+        "the claim stayed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_applies_the_policy_and_its_return_recovers() {
     let mut server = RedisServer::start();
     let config = |name: &str, policy| {
