@@ -1,0 +1,720 @@
+//! The two-level limiter: a lease of tokens granted by Redis, spent on the
+//! request path through atomics and the engine's own limiter, and topped up
+//! by a background task.
+//!
+//! # The lease words
+//!
+//! | word | holds | written by |
+//! |---|---|---|
+//! | `tokens` | tokens granted by Redis and not yet spent or given back | requests (take one with a compare-and-swap), the task (add a grant, or swap to 0 to give back) |
+//! | `expiry` | the local instant (ns on the limiter's monotonic clock) after which the lease may no longer be spent while Redis is reachable | the task |
+//! | `available` | whether the last Redis call succeeded | the task |
+//!
+//! A token leaves `tokens` exactly once: either a request takes it (and
+//! spends it, or puts it back when its own engine limiter refuses) or the
+//! task swaps it out to give it back to Redis. So no token is spent twice,
+//! and none is given back that was spent.
+
+use core::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crossbeam_utils::CachePadded;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Script};
+use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker};
+use tenlives_engine::events::{Event, EventKind};
+use tenlives_engine::rate::{Quota, RateLimited, RateLimiter};
+use tenlives_engine::time::{Clock, MonotonicClock, Timestamp};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::config::{FailurePolicy, FleetConfig, FleetError, Ring};
+use crate::gcra::{self, GcraParams, Reply};
+use crate::key::rate_key;
+
+/// A request was decided under the failure policy, Redis being unreachable.
+/// Payload: `[decision code, tokens left in the last lease]`; the codes are
+/// 1 admitted from the last lease after its expiry, 2 admitted by the local
+/// degraded limiter, 3 refused by it, 4 admitted (fail open), 5 refused
+/// (fail closed).
+pub const REDIS_DEGRADED: EventKind = EventKind(112);
+/// A Redis call failed (or the breaker refused it) after the last one had
+/// succeeded. Payload: `[policy code (1 open, 2 closed, 3 degraded), tokens
+/// held]`.
+pub const REDIS_UNAVAILABLE: EventKind = EventKind(113);
+/// A Redis call succeeded after a failure. Payload: `[degraded decisions so
+/// far, tokens granted by the call]`.
+pub const REDIS_RECOVERED: EventKind = EventKind(114);
+
+/// How a request was admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admitted {
+    /// With a token of a valid lease granted by Redis.
+    Lease,
+    /// Redis unreachable: with a token of the last lease, past its expiry
+    /// ([`FailurePolicy::Degraded`]).
+    LastLease,
+    /// Redis unreachable and the lease spent: by the local limiter on
+    /// `quota / expected_instances` ([`FailurePolicy::Degraded`]).
+    Fallback,
+    /// Redis unreachable and the lease spent: [`FailurePolicy::FailOpen`].
+    FailOpen,
+}
+
+impl Admitted {
+    /// Whether the admission was a degraded decision (Redis unreachable).
+    pub fn is_degraded(self) -> bool {
+        self != Admitted::Lease
+    }
+}
+
+/// Why a request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The lease is spent (or expired) and Redis is reachable: the fleet's
+    /// quota is in use; the background task asks for more.
+    QuotaExhausted,
+    /// The process's own engine limiter (its maximum share of the rate)
+    /// refused.
+    ShareLimited(RateLimited),
+    /// Redis unreachable: the local degraded limiter refused.
+    Fallback(RateLimited),
+    /// Redis unreachable: [`FailurePolicy::FailClosed`].
+    FailClosed,
+}
+
+impl Refused {
+    /// Whether the refusal was a degraded decision (Redis unreachable).
+    pub fn is_degraded(self) -> bool {
+        matches!(self, Refused::Fallback(_) | Refused::FailClosed)
+    }
+}
+
+impl core::fmt::Display for Refused {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Refused::QuotaExhausted => f.write_str("fleet-wide quota exhausted"),
+            Refused::ShareLimited(l) => write!(f, "process share of the quota: {l}"),
+            Refused::Fallback(l) => write!(f, "redis unreachable, local degraded quota: {l}"),
+            Refused::FailClosed => f.write_str("redis unreachable (fail closed)"),
+        }
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// A point-in-time view of a limiter, for tests, dashboards and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FleetStats {
+    /// Tokens held (granted, not spent, not given back).
+    pub lease_tokens: u64,
+    /// Whether the last Redis call succeeded.
+    pub redis_available: bool,
+    /// Requests admitted with lease tokens (valid or last lease).
+    pub spent: u64,
+    /// Requests refused because the lease was empty while Redis was
+    /// reachable (counted as demand when sizing the next lease).
+    pub starved: u64,
+    /// Tokens granted by Redis in total.
+    pub granted: u64,
+    /// Tokens given back to Redis in total.
+    pub returned: u64,
+    /// Tokens taken out of the lease to give back whose call failed: lost
+    /// (never spent; an ambiguous failure may or may not have returned them).
+    pub lost: u64,
+    /// Degraded decisions that admitted.
+    pub degraded_admitted: u64,
+    /// Degraded decisions that refused.
+    pub degraded_refused: u64,
+    /// Script calls made to Redis (successful or not).
+    pub redis_calls: u64,
+    /// Script calls that failed, timed out or were refused by the breaker.
+    pub redis_errors: u64,
+}
+
+/// The words requests read, on their own cache line.
+struct Lease {
+    tokens: AtomicU64,
+    expiry: AtomicU64,
+    available: AtomicBool,
+}
+
+/// Counters requests write, on another line.
+struct Demand {
+    spent: AtomicU64,
+    starved: AtomicU64,
+}
+
+struct Shared {
+    lease: CachePadded<Lease>,
+    demand: CachePadded<Demand>,
+    degraded_admitted: Counter,
+    degraded_refused: Counter,
+    share: RateLimiter,
+    fallback: RateLimiter,
+    clock: MonotonicClock,
+    policy: FailurePolicy,
+    events: Option<Arc<Ring>>,
+    source: u32,
+    // Written by the task only.
+    granted: AtomicU64,
+    returned: AtomicU64,
+    lost: AtomicU64,
+    redis_calls: AtomicU64,
+    redis_errors: AtomicU64,
+}
+
+/// Takes one token if there is one.
+#[inline]
+fn take_one(tokens: &AtomicU64) -> bool {
+    // ordering: Relaxed; the count is the only data the word carries, and
+    // the read-modify-write makes each token leave it exactly once.
+    tokens
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+impl Shared {
+    #[inline]
+    fn emit(&self, kind: EventKind, now: Timestamp, payload: [u64; 2]) {
+        if let Some(ring) = &self.events {
+            ring.push(Event::new(kind, self.source, now, payload));
+        }
+    }
+
+    #[inline]
+    fn degraded(&self, admitted: bool, code: u64, now: Timestamp) {
+        if admitted {
+            self.degraded_admitted.inc();
+        } else {
+            self.degraded_refused.inc();
+        }
+        // ordering: Relaxed; a count for the event.
+        let left = self.lease.tokens.load(Ordering::Relaxed);
+        self.emit(REDIS_DEGRADED, now, [code, left]);
+    }
+
+    #[inline]
+    fn try_acquire_at(&self, now: Timestamp) -> Result<Admitted, Refused> {
+        // ordering: Relaxed for the lease words. A request needs no memory
+        // published with them: a token is a count, taken by a
+        // read-modify-write; a stale expiry or availability only moves one
+        // request to the other side of a change that happened concurrently.
+        let expiry = self.lease.expiry.load(Ordering::Relaxed);
+        let available = self.lease.available.load(Ordering::Relaxed);
+        let valid = now.as_nanos() < expiry;
+        let last_lease = !available && self.policy == FailurePolicy::Degraded;
+        if (valid || last_lease) && take_one(&self.lease.tokens) {
+            return match self.share.check(now) {
+                Ok(()) => {
+                    // ordering: Relaxed; a demand count read by the task.
+                    self.demand.spent.fetch_add(1, Ordering::Relaxed);
+                    if valid {
+                        Ok(Admitted::Lease)
+                    } else {
+                        self.degraded(true, 1, now);
+                        Ok(Admitted::LastLease)
+                    }
+                }
+                Err(limited) => {
+                    // ordering: Relaxed; see `take_one`.
+                    self.lease.tokens.fetch_add(1, Ordering::Relaxed);
+                    Err(Refused::ShareLimited(limited))
+                }
+            };
+        }
+        if available {
+            // ordering: Relaxed; a demand count read by the task.
+            self.demand.starved.fetch_add(1, Ordering::Relaxed);
+            return Err(Refused::QuotaExhausted);
+        }
+        match self.policy {
+            FailurePolicy::FailOpen => {
+                self.degraded(true, 4, now);
+                Ok(Admitted::FailOpen)
+            }
+            FailurePolicy::FailClosed => {
+                self.degraded(false, 5, now);
+                Err(Refused::FailClosed)
+            }
+            FailurePolicy::Degraded => match self.fallback.check(now) {
+                Ok(()) => {
+                    self.degraded(true, 2, now);
+                    Ok(Admitted::Fallback)
+                }
+                Err(limited) => {
+                    self.degraded(false, 3, now);
+                    Err(Refused::Fallback(limited))
+                }
+            },
+        }
+    }
+
+    fn stats(&self) -> FleetStats {
+        // ordering: Relaxed throughout; a snapshot for reports.
+        FleetStats {
+            lease_tokens: self.lease.tokens.load(Ordering::Relaxed),
+            redis_available: self.lease.available.load(Ordering::Relaxed),
+            spent: self.demand.spent.load(Ordering::Relaxed),
+            starved: self.demand.starved.load(Ordering::Relaxed),
+            granted: self.granted.load(Ordering::Relaxed),
+            returned: self.returned.load(Ordering::Relaxed),
+            lost: self.lost.load(Ordering::Relaxed),
+            degraded_admitted: self.degraded_admitted.get(),
+            degraded_refused: self.degraded_refused.get(),
+            redis_calls: self.redis_calls.load(Ordering::Relaxed),
+            redis_errors: self.redis_errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A fleet-wide rate limit: the quota lives in Redis, this process spends a
+/// leased share of it locally. See the [crate documentation](crate).
+///
+/// Dropping it stops the background task, which gives the unspent tokens
+/// back to Redis if the runtime is still running; [`shutdown`](Self::shutdown)
+/// does the same and waits for it.
+pub struct FleetRateLimiter {
+    shared: Arc<Shared>,
+    stop: Arc<Notify>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl core::fmt::Debug for FleetRateLimiter {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("FleetRateLimiter")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The state of the background task.
+struct Refresher {
+    shared: Arc<Shared>,
+    conn: ConnectionManager,
+    script: Script,
+    key: String,
+    params: GcraParams,
+    breaker: CircuitBreaker,
+    lease_duration: Duration,
+    interval: Duration,
+    max_lease: u64,
+    timeout: Duration,
+    /// Demand (spent + starved) and time at the previous refresh.
+    last_demand: u64,
+    last_at: Timestamp,
+    /// The lease size aimed at (the initial size before any rate is known).
+    target: u64,
+    /// Whether no refresh happened yet.
+    first: bool,
+}
+
+/// What a refresh gives back to Redis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GiveBack {
+    Nothing,
+    /// The whole lease (expired, or shutting down).
+    All,
+    /// What the lease holds above this many tokens.
+    Above(u64),
+}
+
+impl GiveBack {
+    /// Takes the tokens to give back out of the lease.
+    fn take(self, tokens: &AtomicU64) -> u64 {
+        // ordering: Relaxed; see `take_one`.
+        match self {
+            GiveBack::Nothing => 0,
+            GiveBack::All => tokens.swap(0, Ordering::Relaxed),
+            GiveBack::Above(keep) => tokens
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n > keep).then_some(keep)
+                })
+                .map_or(0, |n| n - keep),
+        }
+    }
+}
+
+pub(crate) fn default_breaker() -> BreakerConfig {
+    // A fixed, valid configuration: consecutive failures only.
+    BreakerConfig::builder()
+        .without_failure_rate()
+        .consecutive_failures(3)
+        .open_duration(Duration::from_millis(500))
+        .half_open_probes(1)
+        .build()
+        .unwrap_or_default()
+}
+
+fn share_quota(quota: &Quota, share: f64, max_lease: u32) -> Result<Quota, FleetError> {
+    let rate = ((f64::from(quota.rate()) * share).ceil() as u32).clamp(1, quota.rate());
+    Ok(Quota::new(rate, quota.period())?.with_burst(max_lease)?)
+}
+
+fn fallback_quota(quota: &Quota, n: u32) -> Result<Quota, FleetError> {
+    let rate = (quota.rate() / n).max(1);
+    let burst = (quota.burst() / n).max(1);
+    Ok(Quota::new(rate, quota.period())?.with_burst(burst)?)
+}
+
+impl FleetRateLimiter {
+    /// Builds the limiter and its background task on the current tokio
+    /// runtime, and waits for the first lease (or for the first call to
+    /// fail: a Redis that is down at start is the failure policy's business,
+    /// not an error). Each limiter has its own connection to `client`'s
+    /// server, managed by the `redis` crate's `ConnectionManager`
+    /// (reconnecting by itself).
+    ///
+    /// # Errors
+    ///
+    /// [`FleetError`] for a bad configuration or name, or a client that
+    /// cannot be set up.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub async fn start(config: FleetConfig, client: Client) -> Result<Self, FleetError> {
+        config.validate()?;
+        let params = GcraParams::from_quota(&config.quota)?;
+        let key = rate_key(&config.prefix, &config.name)?;
+        let max_lease = config.max_lease();
+        let conn_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.redis_timeout))
+            .set_response_timeout(Some(config.redis_timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(config.refresh_interval);
+        let conn = ConnectionManager::new_lazy_with_config(client, conn_config)?;
+        let clock = MonotonicClock::new();
+        let shared = Arc::new(Shared {
+            lease: CachePadded::new(Lease {
+                tokens: AtomicU64::new(0),
+                expiry: AtomicU64::new(0),
+                available: AtomicBool::new(true),
+            }),
+            demand: CachePadded::new(Demand {
+                spent: AtomicU64::new(0),
+                starved: AtomicU64::new(0),
+            }),
+            degraded_admitted: Counter::default(),
+            degraded_refused: Counter::default(),
+            share: RateLimiter::new(share_quota(&config.quota, config.max_share, max_lease)?),
+            fallback: RateLimiter::new(fallback_quota(&config.quota, config.expected_instances)?),
+            clock,
+            policy: config.policy,
+            events: config.events.clone(),
+            source: config.source,
+            granted: AtomicU64::new(0),
+            returned: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            redis_calls: AtomicU64::new(0),
+            redis_errors: AtomicU64::new(0),
+        });
+        let initial = config
+            .initial_lease
+            .unwrap_or(max_lease / 4)
+            .clamp(1, max_lease);
+        let mut refresher = Refresher {
+            shared: Arc::clone(&shared),
+            conn,
+            script: gcra::script(),
+            key,
+            params,
+            breaker: CircuitBreaker::new(config.breaker.unwrap_or_else(default_breaker)),
+            lease_duration: config.lease_duration,
+            interval: config.refresh_interval,
+            max_lease: u64::from(max_lease),
+            timeout: config.redis_timeout,
+            last_demand: 0,
+            last_at: clock.now(),
+            target: u64::from(initial),
+            first: true,
+        };
+        refresher.refresh().await;
+        let stop = Arc::new(Notify::new());
+        let task = tokio::spawn(refresher.run(Arc::clone(&stop)));
+        Ok(FleetRateLimiter {
+            shared,
+            stop,
+            task: Some(task),
+        })
+    }
+
+    /// Decides one request now. Never waits, never allocates, never touches
+    /// the network: it reads the lease words, takes a token with one
+    /// compare-and-swap, and asks the process's engine limiter.
+    ///
+    /// # Errors
+    ///
+    /// [`Refused`], saying whether the fleet's quota is in use, the process's
+    /// share is, or Redis is unreachable and the failure policy refused.
+    #[inline]
+    pub fn try_acquire(&self) -> Result<Admitted, Refused> {
+        self.shared.try_acquire_at(self.shared.clock.now())
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> FleetStats {
+        self.shared.stats()
+    }
+
+    /// The degraded decisions that admitted, as a Prometheus counter (the
+    /// same atomic the limiter increments).
+    pub fn degraded_admitted_counter(&self) -> Counter {
+        self.shared.degraded_admitted.clone()
+    }
+
+    /// The degraded decisions that refused, as a Prometheus counter.
+    pub fn degraded_refused_counter(&self) -> Counter {
+        self.shared.degraded_refused.clone()
+    }
+
+    /// Registers the degraded-decision counters in `registry` as
+    /// `tenlives_redis_degraded_admitted` and
+    /// `tenlives_redis_degraded_refused` (add labels with
+    /// `Registry::sub_registry_with_label` for several limiters).
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "tenlives_redis_degraded_admitted",
+            "Requests admitted under the failure policy while Redis was unreachable",
+            self.degraded_admitted_counter(),
+        );
+        registry.register(
+            "tenlives_redis_degraded_refused",
+            "Requests refused under the failure policy while Redis was unreachable",
+            self.degraded_refused_counter(),
+        );
+    }
+
+    /// Stops the background task after it gave the unspent tokens back to
+    /// Redis (bounded by the Redis timeout), and waits for it.
+    pub async fn shutdown(mut self) {
+        self.stop.notify_one();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for FleetRateLimiter {
+    fn drop(&mut self) {
+        // The task sees the notification, gives the lease back and ends.
+        self.stop.notify_one();
+    }
+}
+
+impl Refresher {
+    async fn run(mut self, stop: Arc<Notify>) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(self.interval) => self.refresh().await,
+                () = stop.notified() => break,
+            }
+        }
+        // ordering: Relaxed; see `take_one`.
+        if self.shared.lease.tokens.load(Ordering::Relaxed) > 0 {
+            let now = self.shared.clock.now();
+            let _ = self.call(0, GiveBack::All, now).await;
+        }
+    }
+
+    /// Sizes the next lease from the demand since the last refresh: twice
+    /// what the process would spend until the next one, within
+    /// `[1, max_lease]`.
+    fn size(&mut self, now: Timestamp) -> u64 {
+        // ordering: Relaxed; counts.
+        let demand = self.shared.demand.spent.load(Ordering::Relaxed)
+            + self.shared.demand.starved.load(Ordering::Relaxed);
+        let delta = demand.saturating_sub(self.last_demand);
+        let elapsed = now
+            .saturating_duration_since(self.last_at)
+            .as_nanos()
+            .max(1);
+        self.last_demand = demand;
+        self.last_at = now;
+        // Until the first refresh with a known elapsed time, the initial size.
+        if !self.first {
+            let per_interval = u128::from(delta) * self.interval.as_nanos() / elapsed;
+            self.target = u64::try_from(2 * per_interval + 1).unwrap_or(u64::MAX);
+        }
+        self.first = false;
+        self.target.clamp(1, self.max_lease)
+    }
+
+    /// One refresh: gives back an expired lease, or (Redis reachable) the
+    /// excess of a lease more than twice its target (the demand fell), and
+    /// tops the lease up to its target — in one script call.
+    async fn refresh(&mut self) {
+        let now = self.shared.clock.now();
+        let target = self.size(now);
+        let lease = &self.shared.lease;
+        // ordering: Relaxed; see `take_one` and `try_acquire_at`.
+        let expiry = lease.expiry.load(Ordering::Relaxed);
+        let available = lease.available.load(Ordering::Relaxed);
+        let held = lease.tokens.load(Ordering::Relaxed);
+        let expired = now.as_nanos() >= expiry;
+        // Under the degraded policy with Redis unreachable, the last lease is
+        // spent instead of given back.
+        let keep_last = !available && self.shared.policy == FailurePolicy::Degraded;
+        let give_back = if expired && !keep_last {
+            GiveBack::All
+        } else if available && held > 2 * target {
+            GiveBack::Above(target)
+        } else {
+            GiveBack::Nothing
+        };
+        let want = match give_back {
+            GiveBack::All => target,
+            _ => target.saturating_sub(held),
+        };
+        let renew_soon = expiry.saturating_sub(now.as_nanos())
+            < 2 * u64::try_from(self.interval.as_nanos()).unwrap_or(u64::MAX);
+        if want == 0 && give_back == GiveBack::Nothing && !renew_soon && available {
+            return;
+        }
+        self.call(want, give_back, now).await;
+    }
+
+    /// One script call through the breaker and the timeout; applies the
+    /// answer (or the failure) to the lease. The tokens to give back are
+    /// taken out of the lease only once the breaker let the call through.
+    async fn call(&mut self, want: u64, give_back: GiveBack, now: Timestamp) -> Option<Reply> {
+        let want = want.min(self.params.b);
+        let shared = Arc::clone(&self.shared);
+        let mut ret = 0;
+        let reply = match self.breaker.try_acquire(now) {
+            Err(_) => None,
+            Ok(permit) => {
+                ret = give_back.take(&shared.lease.tokens).min(self.params.b);
+                // ordering: Relaxed; counts.
+                shared.redis_calls.fetch_add(1, Ordering::Relaxed);
+                let mut invocation = self.script.key(&self.key);
+                invocation
+                    .arg(self.params.p)
+                    .arg(self.params.r)
+                    .arg(self.params.b)
+                    .arg(want)
+                    .arg(want.min(1))
+                    .arg(ret);
+                let answer: Option<Vec<i64>> = match tokio::time::timeout(
+                    self.timeout,
+                    invocation.invoke_async(&mut self.conn),
+                )
+                .await
+                {
+                    Ok(Ok(values)) => Some(values),
+                    Ok(Err(_)) | Err(_) => None,
+                };
+                let reply = answer.as_deref().and_then(Reply::from_values);
+                let done = shared.clock.now();
+                match reply {
+                    Some(_) => permit.success(done),
+                    None => permit.failure(done),
+                }
+                reply
+            }
+        };
+        let lease = &shared.lease;
+        match reply {
+            Some(reply) => {
+                // ordering: Relaxed; the tokens are a count (see `take_one`),
+                // and expiry and availability are read independently.
+                lease.tokens.fetch_add(reply.granted, Ordering::Relaxed);
+                lease.expiry.store(
+                    now.saturating_add(self.lease_duration).as_nanos(),
+                    Ordering::Relaxed,
+                );
+                // ordering: Relaxed; counts for reports, and a flag only
+                // this task writes.
+                shared.granted.fetch_add(reply.granted, Ordering::Relaxed);
+                shared.returned.fetch_add(ret, Ordering::Relaxed);
+                if !lease.available.swap(true, Ordering::Relaxed) {
+                    let degraded = shared.degraded_admitted.get() + shared.degraded_refused.get();
+                    shared.emit(REDIS_RECOVERED, now, [degraded, reply.granted]);
+                }
+            }
+            None => {
+                // ordering: Relaxed; counts and a flag (see above).
+                shared.redis_errors.fetch_add(1, Ordering::Relaxed);
+                // The tokens taken out to give back may or may not have
+                // reached Redis: never put them back (no token spent twice).
+                shared.lost.fetch_add(ret, Ordering::Relaxed);
+                if lease.available.swap(false, Ordering::Relaxed) {
+                    let held = lease.tokens.load(Ordering::Relaxed);
+                    shared.emit(REDIS_UNAVAILABLE, now, [shared.policy.code(), held]);
+                }
+            }
+        }
+        reply
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Requests taking tokens race a task adding grants and giving tokens
+    /// back (all, or the excess above a target): every token leaves the
+    /// word exactly once, so spent + given back + left = granted.
+    #[test]
+    fn a_token_is_spent_or_given_back_exactly_once() {
+        let tokens = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let spenders: Vec<_> = (0..3)
+            .map(|_| {
+                let (tokens, done) = (Arc::clone(&tokens), Arc::clone(&done));
+                std::thread::spawn(move || {
+                    let mut spent = 0u64;
+                    // ordering: Relaxed; a stop flag.
+                    while !done.load(Ordering::Relaxed) {
+                        if take_one(&tokens) {
+                            spent += 1;
+                        }
+                    }
+                    spent
+                })
+            })
+            .collect();
+        let (mut granted, mut returned) = (0u64, 0u64);
+        for i in 0..20_000u64 {
+            let grant = i % 7;
+            // ordering: Relaxed, as in the task.
+            tokens.fetch_add(grant, Ordering::Relaxed);
+            granted += grant;
+            returned += match i % 3 {
+                0 => GiveBack::All.take(&tokens),
+                1 => GiveBack::Above(2).take(&tokens),
+                _ => GiveBack::Nothing.take(&tokens),
+            };
+        }
+        done.store(true, Ordering::Relaxed);
+        let spent: u64 = spenders.into_iter().map(|h| h.join().unwrap()).sum();
+        let left = tokens.load(Ordering::Relaxed);
+        assert_eq!(spent + returned + left, granted);
+    }
+
+    #[test]
+    fn give_back_above_keeps_the_target() {
+        let tokens = AtomicU64::new(10);
+        assert_eq!(GiveBack::Above(4).take(&tokens), 6);
+        assert_eq!(tokens.load(Ordering::Relaxed), 4);
+        assert_eq!(GiveBack::Above(4).take(&tokens), 0);
+        assert_eq!(GiveBack::All.take(&tokens), 4);
+        assert_eq!(GiveBack::All.take(&tokens), 0);
+    }
+
+    #[test]
+    fn degraded_quotas_divide_the_global_one() {
+        let q = Quota::per_second(1_000).unwrap().with_burst(100).unwrap();
+        let f = fallback_quota(&q, 3).unwrap();
+        assert_eq!((f.rate(), f.burst()), (333, 33));
+        // Never below one token.
+        let f = fallback_quota(&q, 5_000).unwrap();
+        assert_eq!((f.rate(), f.burst()), (1, 1));
+        let s = share_quota(&q, 0.25, 25).unwrap();
+        assert_eq!((s.rate(), s.burst()), (250, 25));
+    }
+}

@@ -1,0 +1,184 @@
+//! The request path allocates nothing, on every path it takes: a token of a
+//! valid lease, the fleet's quota exhausted, the process's share refusing,
+//! and with Redis gone the last lease, the local degraded limiter admitting
+//! and refusing (each reported into an event ring and counted), fail open
+//! and fail closed. A counting global allocator (per thread, as in
+//! `adapters/tokio/tests/no_alloc.rs`) watches the test's thread, which
+//! makes the requests; the background tasks run on the runtime's workers.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tenlives_engine::events::EventRing;
+use tenlives_engine::rate::Quota;
+use tenlives_redis::{Admitted, FailurePolicy, FleetConfig, FleetRateLimiter, Refused};
+use tenlives_test_support::{CountingAllocator, allocations_during};
+
+use common::RedisServer;
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+/// What a decision was, without its payload.
+fn outcome(r: Result<Admitted, Refused>) -> &'static str {
+    match r {
+        Ok(Admitted::Lease) => "lease",
+        Ok(Admitted::LastLease) => "last lease",
+        Ok(Admitted::Fallback) => "fallback",
+        Ok(Admitted::FailOpen) => "fail open",
+        Err(Refused::QuotaExhausted) => "exhausted",
+        Err(Refused::ShareLimited(_)) => "share",
+        Err(Refused::Fallback(_)) => "fallback refused",
+        Err(Refused::FailClosed) => "fail closed",
+    }
+}
+
+/// Makes `n` requests, noting each outcome, and returns how many
+/// allocations they made. The outcomes go into a set prepared beforehand
+/// with room for all of them, so noting one allocates nothing.
+fn requests(limiter: &FleetRateLimiter, n: usize, seen: &mut HashSet<&'static str>) -> usize {
+    allocations_during(|| {
+        for _ in 0..n {
+            seen.insert(outcome(limiter.try_acquire()));
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_path_allocates() {
+    let mut server = RedisServer::start();
+    let ring = Arc::new(EventRing::with_capacity(1 << 10).unwrap());
+    // 1 000 a second, burst 200; this process may hold and spend half.
+    let quota = Quota::per_second(1_000).unwrap().with_burst(200).unwrap();
+    let config = |name: &str, policy| {
+        FleetConfig::new(name, quota)
+            .policy(policy)
+            .max_share(0.5)
+            .initial_lease(100)
+            .expected_instances(4)
+            .refresh_interval(Duration::from_millis(20))
+            .lease_duration(Duration::from_millis(100))
+            .redis_timeout(Duration::from_millis(50))
+            .events(Arc::clone(&ring), 1)
+    };
+    let degraded = FleetRateLimiter::start(config("d", FailurePolicy::Degraded), server.client())
+        .await
+        .unwrap();
+    let open = FleetRateLimiter::start(config("o", FailurePolicy::FailOpen), server.client())
+        .await
+        .unwrap();
+    let closed = FleetRateLimiter::start(config("c", FailurePolicy::FailClosed), server.client())
+        .await
+        .unwrap();
+    let mut seen = HashSet::with_capacity(64);
+
+    // Redis up: lease tokens, then the share's burst (100) or the lease
+    // runs out.
+    assert_eq!(requests(&degraded, 5_000, &mut seen), 0);
+    assert!(seen.contains("lease"), "{seen:?}");
+    assert!(
+        seen.contains("exhausted") || seen.contains("share"),
+        "{seen:?}"
+    );
+
+    // Let a refresh top the lease up again, then take Redis away: the
+    // degraded limiter has a last lease to spend past its expiry.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while degraded.stats().lease_tokens == 0 {
+        assert!(Instant::now() < deadline, "no top-up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.kill();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while [&degraded, &open, &closed]
+        .iter()
+        .any(|l| l.stats().redis_available)
+    {
+        assert!(Instant::now() < deadline, "Redis loss never noticed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Let the refreshes refill nothing; then spend past the leases'
+    // expiry.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(requests(&degraded, 5_000, &mut seen), 0);
+    assert_eq!(requests(&open, 1_000, &mut seen), 0);
+    assert_eq!(requests(&closed, 1_000, &mut seen), 0);
+    for path in [
+        "last lease",
+        "fallback",
+        "fallback refused",
+        "fail open",
+        "fail closed",
+    ] {
+        assert!(seen.contains(path), "{path} not taken: {seen:?}");
+    }
+    assert!(degraded.stats().degraded_admitted > 0);
+    assert!(ring.emitted() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_semaphore_path_allocates() {
+    use tenlives_redis::{FleetPermit, FleetSemaphore, SemaphoreConfig, SemaphoreRefused};
+
+    let mut server = RedisServer::start();
+    let ring = Arc::new(EventRing::with_capacity(1 << 10).unwrap());
+    let config = |name: &str, policy| {
+        SemaphoreConfig::new(name, 8)
+            .policy(policy)
+            .expected_instances(4)
+            .refresh_interval(Duration::from_millis(20))
+            .ttl(Duration::from_millis(100))
+            .redis_timeout(Duration::from_millis(50))
+            .events(Arc::clone(&ring), 2)
+    };
+    let degraded = FleetSemaphore::start(config("d", FailurePolicy::Degraded), server.client())
+        .await
+        .unwrap();
+    let open = FleetSemaphore::start(config("o", FailurePolicy::FailOpen), server.client())
+        .await
+        .unwrap();
+    let closed = FleetSemaphore::start(config("c", FailurePolicy::FailClosed), server.client())
+        .await
+        .unwrap();
+    let mut seen = HashSet::with_capacity(64);
+    // Takes and releases `n` permits, holding up to three at once so that
+    // the refusal paths are taken too.
+    fn run(sem: &FleetSemaphore, n: usize, seen: &mut HashSet<&'static str>) -> usize {
+        allocations_during(|| {
+            let mut held: [Option<FleetPermit<'_>>; 3] = [None, None, None];
+            for i in 0..n {
+                let r = sem.try_acquire();
+                seen.insert(match &r {
+                    Ok(FleetPermit::Leased(_)) => "leased",
+                    Ok(FleetPermit::Fallback(_)) => "fallback",
+                    Ok(FleetPermit::FailOpen) => "fail open",
+                    Err(SemaphoreRefused::Full) => "full",
+                    Err(SemaphoreRefused::Fallback) => "fallback refused",
+                    Err(SemaphoreRefused::FailClosed) => "fail closed",
+                });
+                held[i % 3] = r.ok();
+            }
+        })
+    }
+    assert_eq!(run(&degraded, 3_000, &mut seen), 0);
+    assert!(seen.contains("leased") && seen.contains("full"), "{seen:?}");
+    server.kill();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while [&degraded, &open, &closed]
+        .iter()
+        .any(|s| s.stats().redis_available)
+    {
+        assert!(Instant::now() < deadline, "Redis loss never noticed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(run(&degraded, 3_000, &mut seen), 0);
+    assert_eq!(run(&open, 1_000, &mut seen), 0);
+    assert_eq!(run(&closed, 1_000, &mut seen), 0);
+    for path in ["fallback", "fallback refused", "fail open", "fail closed"] {
+        assert!(seen.contains(path), "{path} not taken: {seen:?}");
+    }
+}
