@@ -225,9 +225,12 @@ impl WakerCell {
         }
     }
 
-    /// Takes the waker out and wakes it, unless the owner is registering
-    /// (then the owner will see the decision by itself).
-    pub(super) fn wake(&self) {
+    /// Takes the waker out for the decider to wake, unless the owner is
+    /// registering (then the owner will see the decision by itself, and
+    /// `None` is returned). The caller finishes its bookkeeping of the slot
+    /// first and wakes last (through [`Callbacks`](super::Callbacks)), so that a
+    /// waker that panics leaves nothing half done.
+    pub(super) fn take_to_wake(&self) -> Option<Waker> {
         // ordering: AcqRel. Release: the decision made before this call is
         // visible to an owner whose `enter` fails on WAKING. Acquire: we see
         // the waker the owner stored before its Release in `leave`.
@@ -240,9 +243,9 @@ impl WakerCell {
             // ordering: Release, pairs with the Acquire of the owner's next
             // `enter`: our take happens before its access.
             self.state.store(IDLE, Ordering::Release);
-            if let Some(waker) = waker {
-                waker.wake();
-            }
+            waker
+        } else {
+            None
         }
     }
 
