@@ -198,7 +198,7 @@ use crate::time::{Clock, Timestamp};
 use free::FreeStack;
 use mailbox::{Mailbox, Notice};
 use scheduler::Scheduler;
-use slot::{NOTICE, OWN, SCHED, Slot, TIMED_OUT, Word};
+use slot::{NOTICE, OWN, REFS, SCHED, Slot, TIMED_OUT, Word};
 use waiter::Ticket;
 
 /// Something that hands out permits without waiting: what an
@@ -542,9 +542,16 @@ impl<P: PermitSource, S: EventSink> AdmissionQueue<P, S> {
         let slot = &self.slots[index];
         // ordering: Relaxed; the pop's Acquire made the last user's word
         // visible, and nobody else writes it while the slot is free.
-        let generation = Word(slot.word.load(Ordering::Relaxed))
-            .generation()
-            .wrapping_add(1);
+        let last = Word(slot.word.load(Ordering::Relaxed));
+        // A slot off the free stack has no reference bit left. Were the
+        // stack's tag ever fooled (see `free.rs`), this stops the queue
+        // instead of handing one slot to two waiters.
+        assert_eq!(
+            last.0 & REFS,
+            0,
+            "admission queue: slot {index} came off the free stack while in use"
+        );
+        let generation = last.generation().wrapping_add(1);
         // ordering: Relaxed; published by the Release store of WAITING.
         slot.deadline.store(deadline.as_nanos(), Ordering::Relaxed);
         slot.class.store(u64::from(class), Ordering::Relaxed);

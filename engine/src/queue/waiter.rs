@@ -115,7 +115,7 @@ impl<P: PermitSource, S: EventSink> Drop for OwnedQueuePermit<P, S> {
 /// release), so a panic there leaves a ticket whose drop does nothing twice.
 pub(super) struct Ticket {
     index: usize,
-    generation: u32,
+    generation: u64,
     class: u16,
     deadline: Timestamp,
     /// The slot is no longer ours: see the contract above.
@@ -138,7 +138,7 @@ impl Ticket {
     /// `generation` with `waker` in its cell.
     pub(super) fn new(
         index: usize,
-        generation: u32,
+        generation: u64,
         class: u16,
         deadline: Timestamp,
         waker: &Waker,
