@@ -50,9 +50,7 @@ fn admission_queue_releases_racing_waiters_and_a_sweep() {
         .map(|(i, c)| {
             // The third waiter's deadline is the sweep's time.
             let deadline = if i == 2 { at(5) } else { Timestamp::MAX };
-            queue
-                .enqueue(0, deadline, &Waker::from(c.clone()))
-                .unwrap()
+            queue.enqueue(0, deadline, &Waker::from(c.clone())).unwrap()
         })
         .collect();
     let third = waiters.pop().unwrap();
@@ -120,7 +118,9 @@ fn admission_queue_owned_forms_across_threads() {
 #[test]
 fn keyed_rate_table_with_evictions() {
     let quota = Quota::per_second(1_000).unwrap();
-    let config = KeyedConfig::new(quota, 4).unwrap().when_full(WhenFull::Admit);
+    let config = KeyedConfig::new(quota, 4)
+        .unwrap()
+        .when_full(WhenFull::Admit);
     let limiter: KeyedRateLimiter<u64> = KeyedRateLimiter::new(config);
     thread::scope(|s| {
         for t in 0..2u64 {
@@ -223,7 +223,10 @@ fn adaptive_limiter_windows_and_changes() {
         }
         s.spawn(|| {
             limiter.set_algorithm(aimd(8), at(3));
-            limiter.set_window(WindowConfig::new(Duration::from_millis(5), 1).unwrap(), at(7));
+            limiter.set_window(
+                WindowConfig::new(Duration::from_millis(5), 1).unwrap(),
+                at(7),
+            );
         });
     });
     assert_eq!(limiter.in_flight(), 0);
