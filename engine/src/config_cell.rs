@@ -53,6 +53,27 @@
 //! A reader holding a [`Guard`] keeps the value it loaded alive until the
 //! guard is dropped, however many writes happen meanwhile (loom model
 //! `loom-tests/tests/loom_live_config.rs`, guarantee C1).
+//!
+//! # Which guards
+//!
+//! The cell retires replaced values to crossbeam-epoch's *default*
+//! collector, so only a pin of that collector keeps them alive: every method
+//! that takes a [`Guard`] (`load`, `swap`, `compare_and_set`, `update_with`)
+//! panics when given any other — a guard of a private
+//! [`Collector`](crossbeam_epoch::Collector), or [`epoch::unprotected`].
+//! Accepting one would be a use-after-free reachable from safe code: a value
+//! retired through a private collector's guard is freed when that collector
+//! advances, whatever threads pinned on the default collector still read
+//! (regression test `engine/tests/live_config_guard.rs`, run under Miri in
+//! CI). A panic, not an error: passing the wrong guard is a programming
+//! mistake that no retry can fix, as in `crossbeam-skiplist`. Get the guard
+//! from [`crossbeam_epoch::pin`]; the check is one comparison of two
+//! pointers per call.
+//!
+//! Stored values are compared by address (`compare_and_set`), so each one
+//! the cell allocates is a distinct object even when `T` is zero-sized: a
+//! write boxes the value beside one byte, so that two zero-sized values
+//! never share an address.
 
 use core::fmt;
 use core::sync::atomic::Ordering;
@@ -87,7 +108,43 @@ pub struct ConfigCell<T> {
     /// The value the cell was made with, in force while `current` is null.
     first: T,
     /// The value in force once a write replaced `first`.
-    current: Atomic<T>,
+    current: Atomic<Node<T>>,
+}
+
+/// A value as a write stores it: never zero-sized, so that every stored
+/// value has an address of its own, which `compare_and_set` compares. The
+/// value comes first (`repr(C)`): a reference to it is a reference to the
+/// start of its node.
+#[repr(C)]
+struct Node<T> {
+    value: T,
+    _distinct: u8,
+}
+
+impl<T> Node<T> {
+    fn boxed(value: T) -> Owned<Node<T>> {
+        Owned::new(Node {
+            value,
+            _distinct: 0,
+        })
+    }
+}
+
+/// Panics unless `guard` pins crossbeam-epoch's default collector, the one
+/// the cell retires values to (see "Which guards" in the
+/// [module documentation](self)).
+#[inline]
+#[track_caller]
+fn check_guard(guard: &Guard) {
+    let ours = guard
+        .collector()
+        .is_some_and(|c| c == epoch::default_collector());
+    assert!(
+        ours,
+        "ConfigCell: the guard must pin crossbeam-epoch's default collector \
+         (crossbeam_epoch::pin()); a guard of another collector, or the \
+         unprotected one, does not keep the cell's values alive"
+    );
 }
 
 impl<T> ConfigCell<T> {
@@ -102,16 +159,33 @@ impl<T> ConfigCell<T> {
     /// The value in force, valid while `guard` is held (pin with
     /// [`crossbeam_epoch::pin`]). A reader that needs several values from
     /// one configuration loads once and reads them all from the reference.
+    ///
+    /// # Panics
+    ///
+    /// If `guard` does not pin crossbeam-epoch's default collector (see
+    /// "Which guards" in the [module documentation](self)).
     #[inline]
+    #[track_caller]
     pub fn load<'g>(&'g self, guard: &'g Guard) -> &'g T {
+        check_guard(guard);
+        self.load_pinned(guard)
+    }
+
+    /// [`load`](Self::load) with a guard known to pin the default collector.
+    #[inline]
+    fn load_pinned<'g>(&'g self, guard: &'g Guard) -> &'g T {
         // ordering: Acquire, pairs with the Release of the compare-and-swap
         // that published the value, so its fields are visible whole.
         let shared = self.current.load(Ordering::Acquire, guard);
-        // SAFETY: a non-null value is retired only after it is unlinked,
-        // through `guard.defer_destroy`, so it is not freed while `guard`
-        // pins this thread; `&'g self` keeps the cell (whose drop frees the
-        // value in force) alive as long as the reference.
-        unsafe { shared.as_ref() }.unwrap_or(&self.first)
+        // SAFETY: a non-null value is retired only after it is unlinked, to
+        // the default collector (`check_guard` refuses any other guard), so
+        // it is not freed while `guard` pins this thread on that collector;
+        // `&'g self` keeps the cell (whose drop frees the value in force)
+        // alive as long as the reference.
+        match unsafe { shared.as_ref() } {
+            Some(node) => &node.value,
+            None => &self.first,
+        }
     }
 
     /// Whether the value in force is still the one the cell was made with.
@@ -158,7 +232,7 @@ impl<T> ConfigCell<T> {
     #[inline(never)]
     fn read_pinned(&self) -> Read<'_, T> {
         let guard = epoch::pin();
-        let value: *const T = self.load(&guard);
+        let value: *const T = self.load_pinned(&guard);
         Read {
             // SAFETY: the value stays alive while `guard` pins this thread
             // (see `load`), and the guard lives in the `Read` beside the
@@ -186,16 +260,23 @@ impl<T> ConfigCell<T> {
         } else {
             drop(first);
             // SAFETY: as above; a non-null value is owned by the cell.
-            *unsafe { shared.into_owned() }.into_box()
+            unsafe { shared.into_owned() }.into_box().value
         }
     }
 
-    /// `value`'s pointer as the cell stores it: null for `first`.
-    fn stored<'g>(&self, value: &'g T) -> Shared<'g, T> {
-        if core::ptr::eq(value, &self.first) {
-            Shared::null()
+    /// Whether `value` is the value `stored` holds (`first` for null).
+    /// Stored values are nodes that are never zero-sized, so distinct
+    /// values have distinct addresses (see [`Node`]).
+    fn is_stored(&self, value: &T, stored: Shared<'_, Node<T>>) -> bool {
+        if stored.is_null() {
+            core::ptr::eq(value, &self.first)
         } else {
-            Shared::from(value as *const T)
+            // `Node` is `repr(C)` with the value first: the node's address
+            // is its value's.
+            core::ptr::eq(
+                core::ptr::from_ref(value).cast::<u8>(),
+                stored.as_raw().cast::<u8>(),
+            )
         }
     }
 }
@@ -209,12 +290,19 @@ impl<T: Send + Sync + 'static> ConfigCell<T> {
 
     /// Replaces the value and returns the old one, readable while `guard` is
     /// held and freed after (the first value lives as long as the cell).
+    ///
+    /// # Panics
+    ///
+    /// If `guard` does not pin crossbeam-epoch's default collector (see
+    /// "Which guards" in the [module documentation](self)).
+    #[track_caller]
     pub fn swap<'g>(&'g self, value: T, guard: &'g Guard) -> &'g T {
+        check_guard(guard);
         // ordering: AcqRel. Release publishes the new value whole; Acquire
         // makes the old one's fields visible to the reference returned.
         let old = self
             .current
-            .swap(Owned::new(value), Ordering::AcqRel, guard);
+            .swap(Node::boxed(value), Ordering::AcqRel, guard);
         // SAFETY: see `retire`.
         unsafe { self.retire(old, guard) }
     }
@@ -224,17 +312,19 @@ impl<T: Send + Sync + 'static> ConfigCell<T> {
     /// # Safety
     ///
     /// `old` was the value in force until a write by this thread unlinked
-    /// it, so no reader pinned after that write can load it.
-    unsafe fn retire<'g>(&'g self, old: Shared<'g, T>, guard: &'g Guard) -> &'g T {
+    /// it, so no reader pinned after that write can load it; `guard` pins
+    /// the default collector (checked by the caller).
+    unsafe fn retire<'g>(&'g self, old: Shared<'g, Node<T>>, guard: &'g Guard) -> &'g T {
         // SAFETY: by the contract `old` is unlinked; `defer_destroy` frees
-        // it only once every thread pinned before the write (including us,
-        // through `guard`) has unpinned. `T: Send + 'static` lets another
+        // it only once every thread pinned on the default collector before
+        // the write (including us, through `guard`) has unpinned, and every
+        // reader pins that collector. `T: Send + 'static` lets another
         // thread drop it later. Null is `first`, owned by the cell.
         unsafe {
             match old.as_ref() {
-                Some(value) => {
+                Some(node) => {
                     guard.defer_destroy(old);
-                    value
+                    &node.value
                 }
                 None => &self.first,
             }
@@ -243,24 +333,38 @@ impl<T: Send + Sync + 'static> ConfigCell<T> {
 
     /// Replaces the value with `new` if the value in force is still
     /// `current` (the same object, compared by address, as returned by
-    /// [`load`](Self::load)). Returns the new value in force, or gives `new`
-    /// back when another write came first.
+    /// [`load`](Self::load), [`swap`](Self::swap) or this method; every
+    /// value the cell stores has an address of its own, zero-sized ones
+    /// included). Returns the new value in force, or gives `new` back when
+    /// another write came first.
     ///
     /// # Errors
     ///
     /// `Err(new)` when `current` is no longer the value in force.
+    ///
+    /// # Panics
+    ///
+    /// If `guard` does not pin crossbeam-epoch's default collector (see
+    /// "Which guards" in the [module documentation](self)).
+    #[track_caller]
     pub fn compare_and_set<'g>(
         &'g self,
         current: &'g T,
         new: T,
         guard: &'g Guard,
     ) -> Result<&'g T, T> {
-        let expected = self.stored(current);
+        check_guard(guard);
+        // ordering: Acquire, as in `load`: the pointer loaded here is the
+        // one exchanged and, on success, retired.
+        let expected = self.current.load(Ordering::Acquire, guard);
+        if !self.is_stored(current, expected) {
+            return Err(new);
+        }
         // ordering: AcqRel on success, as in `swap`; Acquire on failure so
         // that a caller may read the value that won.
         match self.current.compare_exchange(
             expected,
-            Owned::new(new),
+            Node::boxed(new),
             Ordering::AcqRel,
             Ordering::Acquire,
             guard,
@@ -270,10 +374,10 @@ impl<T: Send + Sync + 'static> ConfigCell<T> {
                 // installed value is not null and is in force.
                 unsafe {
                     self.retire(expected, guard);
-                    Ok(installed.deref())
+                    Ok(&installed.deref().value)
                 }
             }
-            Err(e) => Err(*e.new.into_box()),
+            Err(e) => Err(e.new.into_box().value),
         }
     }
 
@@ -287,6 +391,12 @@ impl<T: Send + Sync + 'static> ConfigCell<T> {
     /// # Errors
     ///
     /// The first error `f` returns.
+    ///
+    /// # Panics
+    ///
+    /// If `guard` does not pin crossbeam-epoch's default collector (see
+    /// "Which guards" in the [module documentation](self)).
+    #[track_caller]
     pub fn update_with<'g, E>(
         &'g self,
         guard: &'g Guard,
@@ -370,12 +480,15 @@ mod tests {
             // cell and is never retired.
             assert_eq!(drops.load(Ordering::SeqCst), 0);
         }
-        // Flushing the collector eventually frees the second (bounded tries).
-        for _ in 0..1_000 {
+        // Flushing the collector eventually frees the second (bounded tries;
+        // tests running beside this one pin the same collector, so give
+        // them time to unpin).
+        for _ in 0..100_000 {
             if drops.load(Ordering::SeqCst) == 1 {
                 break;
             }
             epoch::pin().flush();
+            std::thread::yield_now();
         }
         assert_eq!(drops.load(Ordering::SeqCst), 1);
         drop(cell);

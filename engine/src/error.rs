@@ -85,6 +85,14 @@ pub enum ConfigError {
         /// What was asked for.
         value: u64,
     },
+    /// The allocator could not give the memory a size needs (the size was
+    /// within the engine's maximum, but not within the machine's).
+    OutOfMemory {
+        /// The offending setting.
+        field: &'static str,
+        /// The bytes asked for.
+        bytes: u64,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -139,6 +147,12 @@ impl fmt::Display for ConfigError {
                 write!(
                     f,
                     "`{field}` is {value}; it must be a power of two of at least 2"
+                )
+            }
+            ConfigError::OutOfMemory { field, bytes } => {
+                write!(
+                    f,
+                    "`{field}` needs {bytes} bytes, which the allocator refused"
                 )
             }
             ConfigError::NoTripRule => write!(

@@ -139,16 +139,36 @@ impl<C, W> Layered<C, W> {
 /// A one-value mailbox between threads: [`put`](Self::put) leaves a value,
 /// replacing one not yet taken; [`take`](Self::take) takes it. One swap
 /// each, no lock; whoever swaps a pointer out owns the value behind it.
+///
+/// A value put by one thread may be taken by another, so the mailbox is
+/// `Send` and `Sync` only for `T: Send` (its `AtomicPtr` alone would make it
+/// both for any `T`; the `PhantomData` takes that away, the impls below give
+/// it back with the bound).
 #[cfg(feature = "alloc")]
 pub(crate) struct Mailbox<T> {
     slot: crate::sync::AtomicPtr<T>,
+    /// Owns a `T` behind a raw pointer: neither `Send` nor `Sync` by itself.
+    _owns: core::marker::PhantomData<*mut T>,
 }
+
+// SAFETY: the mailbox owns at most one boxed `T`; sending the mailbox sends
+// that value, which `T: Send` allows.
+#[cfg(feature = "alloc")]
+unsafe impl<T: Send> Send for Mailbox<T> {}
+
+// SAFETY: through `&Mailbox` a thread can only move whole values in (`put`)
+// and out (`take`, and `put` dropping the value it displaces), never borrow
+// one, so sharing it moves values between threads and needs `T: Send`, not
+// `T: Sync`.
+#[cfg(feature = "alloc")]
+unsafe impl<T: Send> Sync for Mailbox<T> {}
 
 #[cfg(feature = "alloc")]
 impl<T> Mailbox<T> {
     pub(crate) fn new() -> Self {
         Mailbox {
             slot: crate::sync::AtomicPtr::new(core::ptr::null_mut()),
+            _owns: core::marker::PhantomData,
         }
     }
 
@@ -183,5 +203,47 @@ impl<T> Mailbox<T> {
 impl<T> Drop for Mailbox<T> {
     fn drop(&mut self) {
         drop(self.take());
+    }
+}
+
+#[cfg(all(test, feature = "alloc", not(tenlives_loom)))]
+mod tests {
+    use super::Mailbox;
+
+    fn assert_send<T: Send>() {}
+    fn assert_sync<T: Sync>() {}
+
+    #[test]
+    fn a_mailbox_of_send_values_is_send_and_sync() {
+        assert_send::<Mailbox<u64>>();
+        assert_sync::<Mailbox<u64>>();
+        // `Cell` is `Send` but not `Sync`: a mailbox only moves values.
+        assert_send::<Mailbox<core::cell::Cell<u64>>>();
+        assert_sync::<Mailbox<core::cell::Cell<u64>>>();
+    }
+
+    /// A mailbox of non-`Send` values is neither `Send` nor `Sync`: checked
+    /// by the trick of an ambiguous blanket impl (as `static_assertions`'
+    /// `assert_not_impl_any!` does), which fails to compile if the bound
+    /// ever stops excluding them.
+    #[test]
+    fn a_mailbox_of_rc_is_neither_send_nor_sync() {
+        trait AmbiguousIfSend<A> {
+            fn some_item() {}
+        }
+        impl<T: ?Sized> AmbiguousIfSend<()> for T {}
+        impl<T: ?Sized + Send> AmbiguousIfSend<u8> for T {}
+        trait AmbiguousIfSync<A> {
+            fn some_item() {}
+        }
+        impl<T: ?Sized> AmbiguousIfSync<()> for T {}
+        impl<T: ?Sized + Sync> AmbiguousIfSync<u8> for T {}
+
+        type Rc = alloc::rc::Rc<u64>;
+        <Mailbox<Rc> as AmbiguousIfSend<_>>::some_item();
+        <Mailbox<Rc> as AmbiguousIfSync<_>>::some_item();
+        let mailbox = Mailbox::new();
+        mailbox.put(Rc::new(7));
+        assert_eq!(mailbox.take().as_deref(), Some(&7));
     }
 }

@@ -109,6 +109,43 @@ fn capacity_must_be_a_power_of_two() {
     assert!(EventRing::from_slots(slots).is_err());
 }
 
+/// A capacity whose slots cannot fit in memory is a typed error, never a
+/// panic or an abort in the allocator. Failed before as: `capacity overflow`
+/// panic in `alloc::raw_vec` for `1 << 62`.
+#[test]
+#[cfg_attr(miri, ignore = "asks the allocator for petabytes")]
+fn an_impossible_capacity_is_a_typed_error() {
+    use tenlives_engine::ConfigError;
+    use tenlives_engine::events::MAX_CAPACITY;
+
+    assert!(MAX_CAPACITY.is_power_of_two());
+    let bytes = MAX_CAPACITY.checked_mul(size_of::<Slot>()).unwrap();
+    assert!(
+        isize::try_from(bytes).is_ok(),
+        "the largest ring's bytes fit isize"
+    );
+    assert!(
+        isize::try_from((MAX_CAPACITY * 2).saturating_mul(size_of::<Slot>())).is_err(),
+        "and it is the largest power of two that does"
+    );
+    for too_large in [MAX_CAPACITY * 2, 1 << 62, 1 << 63] {
+        match EventRing::with_capacity(too_large) {
+            Err(ConfigError::TooLarge { value, max, .. }) => {
+                assert_eq!((value, max), (too_large as u64, MAX_CAPACITY as u64));
+            }
+            other => panic!("{too_large}: {other:?}"),
+        }
+    }
+    // Within the maximum but beyond any machine's memory: the allocator
+    // refuses, and that is an error too.
+    match EventRing::with_capacity(MAX_CAPACITY) {
+        Err(e @ ConfigError::OutOfMemory { .. }) => {
+            assert!(e.to_string().contains("event ring capacity"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 /// E1, E2: 2 producers and 2 consumers racing over millions of events; for
 /// each consumer read + lost = emitted since it joined, events arrive in
 /// sequence order per producer, and every event read is intact.

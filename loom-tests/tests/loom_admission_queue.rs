@@ -12,7 +12,17 @@
 //! causality violation.
 //!
 //! Every model explores up to 4 preemptions per execution (the whole file
-//! runs in a few seconds).
+//! runs in a few seconds), except the four tag models at the end, which
+//! need one.
+//!
+//! The ABA tags are shrunk under `cfg(tenlives_loom)`: the free stack's tag
+//! and each slot's generation are 2 bits wide instead of 42 and 58, so they
+//! wrap inside every model that runs four stack operations or reuses a slot
+//! four times, and the models above check the protocol with wrapping tags.
+//! The four tag models show what the width buys: a stalled party is refused
+//! after 3 intervening operations (`2^2 - 1`) and fooled after exactly 4 (a
+//! full wrap, `should_panic`); at full width the same takes `2^42` stack
+//! operations or `2^58` reuses of one slot within one stall.
 //!
 //! The queue's waiters and permits borrow it, and loom threads need
 //! `'static` values, so each model leaks its queue for the run and reclaims
@@ -327,4 +337,126 @@ fn an_owned_waiter_racing_a_release_conserves_permits_and_the_arc() {
         assert_eq!(Arc::strong_count(&q), 1, "no clone of the queue left");
         drop(q.try_acquire_owned().unwrap());
     });
+}
+
+/// The free stack's tag (2 bits under loom). A waiter `w0` holds slot 0;
+/// thread A enqueues (a pop that reads the top, slot 1, and the slot below
+/// it, 2); meanwhile thread B enqueues `w1` (slot 1) and `w2` (slot 2), and
+/// then runs `frees` of: give up `w0` (push 0), give up `w1` (push 1). With
+/// A stalled before its compare-and-swap, the top is slot 1 again with the
+/// tag bumped by `2 + frees`: after 3 operations A's compare-and-swap fails
+/// and it reads the stack again; after 4 the tag has wrapped, A's swap
+/// succeeds and installs its stale "below" (slot 2, still `w2`'s) as the
+/// new top, and the next enqueue takes a slot in use (caught by the
+/// queue's check of the slot's reference bits). Returns once the queue was
+/// checked.
+fn free_stack_stall(frees: usize) {
+    model(1, move || {
+        let q = leak(1, QueueConfig::fifo(4).unwrap());
+        let held = q.try_acquire().unwrap();
+        let w0 = q.enqueue(0, Timestamp::MAX, Waker::noop()).unwrap();
+        let a = thread::spawn(move || q.enqueue(0, Timestamp::MAX, Waker::noop()).unwrap());
+        let b = thread::spawn(move || {
+            let w1 = q.enqueue(0, Timestamp::MAX, Waker::noop()).unwrap();
+            let w2 = q.enqueue(0, Timestamp::MAX, Waker::noop()).unwrap();
+            match frees {
+                1 => {
+                    drop(w1);
+                    (Some(w0), w2)
+                }
+                2 => {
+                    drop(w0);
+                    drop(w1);
+                    (None, w2)
+                }
+                _ => unreachable!(),
+            }
+        });
+        let waiter_a = a.join().unwrap();
+        let (w0, w2) = b.join().unwrap();
+        // Every waiter alive holds a slot of its own: taking the rest of
+        // the slots must find each free.
+        let more: Vec<_> = (0..2)
+            .map(|_| q.enqueue(0, Timestamp::MAX, Waker::noop()))
+            .collect();
+        drop((more, waiter_a, w0, w2, held));
+        assert_eq!(q.source().in_flight(), 0);
+        assert_eq!(q.waiting(), 0);
+        // SAFETY: both threads joined; every waiter and permit is dropped.
+        unsafe { reclaim(q) };
+    });
+}
+
+/// 3 stack operations during a stalled pop (2 pops, 1 push): the tag
+/// differs, the pop retries, every slot has one owner.
+#[test]
+fn a_pop_stalled_over_three_operations_is_refused_by_the_tag() {
+    free_stack_stall(1);
+}
+
+/// 4 stack operations (2 pops, 2 pushes) wrap the 2-bit tag: the stalled
+/// pop is fooled. The full-width tag needs `2^42` operations.
+#[test]
+#[should_panic(expected = "came off the free stack while in use")]
+fn a_pop_stalled_over_a_full_wrap_of_the_tag_is_fooled() {
+    free_stack_stall(2);
+}
+
+/// The slot generation (2 bits under loom). A waiter with deadline 10
+/// holds slot 0; thread A sweeps at time 10 (it loads the slot's word and
+/// deadline, then compare-and-swaps the word to `TIMED_OUT`); meanwhile
+/// thread B gives that waiter up and reuses the slot `reuses` times, the
+/// last waiter (deadline `MAX`) kept. With A stalled before its swap, the
+/// last use's word differs from the one A loaded only by its generation:
+/// after 3 reuses the swap fails; after 4 the generation has wrapped, the
+/// swap succeeds, and a waiter whose deadline is `MAX` is timed out.
+fn sweep_stall(reuses: usize) {
+    model(1, move || {
+        // Room for every waiter B makes: a reuse is never refused while a
+        // pass the sweeper runs has not yet counted B's cancellations out
+        // (in such a schedule the slot B takes is another one, and the
+        // schedule shows nothing).
+        let q = leak(1, QueueConfig::fifo(8).unwrap());
+        let held = q.try_acquire().unwrap();
+        let deadline = Timestamp::from_nanos(10);
+        let first = q.enqueue(0, deadline, Waker::noop()).unwrap();
+        let sweeper = thread::spawn(move || q.expire(deadline));
+        let owner = thread::spawn(move || {
+            // The sweeper may time `first` out before we give it up.
+            drop(first);
+            for _ in 1..reuses {
+                drop(q.enqueue(0, Timestamp::MAX, Waker::noop()).unwrap());
+            }
+            q.enqueue(0, Timestamp::MAX, Waker::noop()).unwrap()
+        });
+        sweeper.join().unwrap();
+        let mut last = owner.join().unwrap();
+        // Whatever the sweep did, it was before its deadline of MAX.
+        let mut cx = Context::from_waker(Waker::noop());
+        let verdict = last.poll_permit(&mut cx, Timestamp::ZERO);
+        assert!(
+            verdict.is_pending(),
+            "a waiter was timed out before its deadline: {verdict:?}"
+        );
+        drop((last, held));
+        assert_eq!(q.source().in_flight(), 0);
+        // SAFETY: both threads joined; every waiter and permit is dropped.
+        unsafe { reclaim(q) };
+    });
+}
+
+/// 3 reuses of the slot during a stalled sweep: the generation differs,
+/// the sweep's swap fails, the new waiter keeps waiting.
+#[test]
+fn a_sweep_stalled_over_three_reuses_is_refused_by_the_generation() {
+    sweep_stall(3);
+}
+
+/// 4 reuses wrap the 2-bit generation: the stalled sweep times out a
+/// waiter whose deadline has not passed. The full-width generation needs
+/// `2^58` reuses.
+#[test]
+#[should_panic(expected = "a waiter was timed out before its deadline")]
+fn a_sweep_stalled_over_a_full_wrap_of_the_generation_is_fooled() {
+    sweep_stall(4);
 }

@@ -36,6 +36,34 @@
 //! assert_eq!(limiter.limit(), 11);
 //! # Ok::<(), tenlives_engine::ConfigError>(())
 //! ```
+//!
+//! # Sharing between threads
+//!
+//! The algorithm runs on whichever thread closes a window, and a new one
+//! given to [`set_algorithm`](AdaptiveLimiter::set_algorithm) is handed
+//! over to that thread through a mailbox: a limiter is `Sync` only if its
+//! algorithm is `Send`.
+//!
+//! ```
+//! use tenlives_engine::adaptive::{AdaptiveLimiter, Aimd};
+//! fn assert_sync<T: Sync>() {}
+//! assert_sync::<AdaptiveLimiter<Aimd>>();
+//! ```
+//!
+//! An algorithm that keeps an `Rc` cannot be shared:
+//!
+//! ```compile_fail,E0277
+//! use std::rc::Rc;
+//! use tenlives_engine::adaptive::{AdaptiveLimiter, LimitAlgorithm, WindowSample};
+//!
+//! struct Local(Rc<u32>);
+//! impl LimitAlgorithm for Local {
+//!     fn initial_limit(&self) -> u32 { *self.0 }
+//!     fn update(&mut self, limit: u32, _: &WindowSample) -> u32 { limit }
+//! }
+//! fn assert_sync<T: Sync>() {}
+//! assert_sync::<AdaptiveLimiter<Local>>();
+//! ```
 
 mod algorithm;
 mod sampler;

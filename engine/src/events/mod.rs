@@ -12,7 +12,7 @@
 
 mod ring;
 
-pub use ring::{Consumer, EventRing, Received, Slot};
+pub use ring::{Consumer, EventRing, MAX_CAPACITY, Received, Slot};
 
 use crate::time::Timestamp;
 

@@ -143,14 +143,38 @@ impl<S: AsRef<[Slot]>> fmt::Debug for EventRing<S> {
     }
 }
 
+/// The largest capacity of a ring: the largest power of two whose slots
+/// fit in `isize::MAX` bytes (the most any allocation or slice can span).
+/// On 64-bit targets `2^57` slots; no machine has that much memory, so
+/// [`EventRing::with_capacity`] also reports an allocator's refusal.
+pub const MAX_CAPACITY: usize = {
+    let fits = isize::MAX as usize / core::mem::size_of::<Slot>();
+    1 << (usize::BITS - 1 - fits.leading_zeros())
+};
+
 #[cfg(feature = "alloc")]
 impl EventRing<alloc::boxed::Box<[Slot]>> {
     /// A ring of `capacity` slots on the heap; `capacity` must be a power of
-    /// two of at least 2.
+    /// two from 2 to [`MAX_CAPACITY`].
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::NotPowerOfTwo`] or [`ConfigError::TooLarge`] for a
+    /// capacity out of those bounds; [`ConfigError::OutOfMemory`] when the
+    /// allocator cannot give the slots' memory (the allocation is fallible:
+    /// an impossible size is an error, not an abort).
     pub fn with_capacity(capacity: usize) -> Result<Self, ConfigError> {
         check_capacity(capacity)?;
-        let slots: alloc::boxed::Box<[Slot]> = (0..capacity).map(|_| Slot::new()).collect();
-        Self::from_slots(slots)
+        let mut slots: alloc::vec::Vec<Slot> = alloc::vec::Vec::new();
+        slots
+            .try_reserve_exact(capacity)
+            .map_err(|_| ConfigError::OutOfMemory {
+                field: "event ring capacity",
+                // Cannot overflow: `check_capacity` bounds it by isize::MAX.
+                bytes: (capacity * core::mem::size_of::<Slot>()) as u64,
+            })?;
+        slots.extend((0..capacity).map(|_| Slot::new()));
+        Self::from_slots(slots.into_boxed_slice())
     }
 }
 
@@ -159,6 +183,13 @@ fn check_capacity(capacity: usize) -> Result<(), ConfigError> {
         return Err(ConfigError::NotPowerOfTwo {
             field: "event ring capacity",
             value: capacity as u64,
+        });
+    }
+    if capacity > MAX_CAPACITY {
+        return Err(ConfigError::TooLarge {
+            field: "event ring capacity",
+            value: capacity as u64,
+            max: MAX_CAPACITY as u64,
         });
     }
     Ok(())

@@ -4,15 +4,18 @@
 use super::mailbox::Notice;
 use super::scheduler::Scheduler;
 use super::slot::{GRANTED, NOTICE, OWN, SCHED, SHED_FULL, SHED_OLDEST, SHED_PRIORITY, Word};
-use super::{AdmissionQueue, Overload, PermitSource, Rejected};
+use super::{AdmissionQueue, Callbacks, Overload, PermitSource, Rejected};
 use crate::events::EventSink;
 use crate::sync::{AtomicU64, Ordering, fence};
 use crate::time::Timestamp;
 
 /// Resets the dispatcher role when dropped, which happens only if a pass
-/// unwinds (the holder forgets it on its way out). Requests counted then are
-/// dropped with it; their notices and permits stay where they are, for the
-/// next pass.
+/// unwinds (the holder forgets it on its way out): a panic of the permit
+/// source (a waker's or the sink's panic is held back by [`Callbacks`]).
+/// Every step of a pass that calls them leaves the scheduler and the slots
+/// consistent first, so what is lost is only the requests counted then:
+/// their notices and permits stay where they are, for the next pass (any
+/// enqueue, release, sweep or [`dispatch`](AdmissionQueue::dispatch)).
 struct ReleaseRoleOnUnwind<'a>(&'a AtomicU64);
 
 impl Drop for ReleaseRoleOnUnwind<'_> {
@@ -25,21 +28,38 @@ impl Drop for ReleaseRoleOnUnwind<'_> {
 impl<P: PermitSource, S: EventSink> AdmissionQueue<P, S> {
     /// Asks for a dispatcher pass: runs it (and any asked for meanwhile) if
     /// the role is free, else leaves it to the holder.
+    /// A waker's panic in that pass reaches the caller once the pass is
+    /// over and the role given up.
     pub(super) fn request_pass(&self) {
+        let mut calls = Callbacks::new();
+        self.request_pass_waking(&mut calls);
+        calls.finish();
+    }
+
+    /// [`request_pass`](Self::request_pass), a waker's or sink's panic left in
+    /// `calls`.
+    pub(super) fn request_pass_waking(&self, calls: &mut Callbacks) {
         // ordering: AcqRel. Release: the holder that counts this request
         // sees what we published before it. Acquire: if we become the
         // holder, we see the scheduler as the last holder left it.
         if self.control.ctl.fetch_add(1, Ordering::AcqRel) == 0 {
-            self.hold(1, None);
+            self.hold(1, None, calls);
         }
     }
 
     /// Runs passes until no request is left, the first with `permit` in
     /// hand. Called only by the thread that moved `ctl` from 0 to
-    /// `requests`.
-    pub(super) fn hold(&self, mut requests: u64, mut permit: Option<P::Permit>) {
-        // If a waker (user code, called in `pass`) panics, give up the role
-        // rather than keep it forever: later requests then run passes again.
+    /// `requests`. Wakers and the sink are called through `calls`, which keeps the first
+    /// panic of one for the caller to raise after the role is given up.
+    pub(super) fn hold(
+        &self,
+        mut requests: u64,
+        mut permit: Option<P::Permit>,
+        calls: &mut Callbacks,
+    ) {
+        // If the source (user code, called in `pass`) panics, give up the
+        // role rather than keep it forever: later requests then run passes
+        // again.
         let guard = ReleaseRoleOnUnwind(&self.control.ctl);
         loop {
             // SAFETY: `ctl` is nonzero from the increment that made us the
@@ -48,7 +68,7 @@ impl<P: PermitSource, S: EventSink> AdmissionQueue<P, S> {
             // other thread is inside this cell. A re-entrant call (a waker
             // that releases a permit) finds `ctl` nonzero and does not come
             // here.
-            unsafe { self.sched.with_mut(|s| self.pass(s, permit.take())) };
+            unsafe { self.sched.with_mut(|s| self.pass(s, permit.take(), calls)) };
             // ordering: AcqRel. Release: the next holder sees the scheduler
             // as we leave it. Acquire: the requests that came meanwhile, and
             // what their requesters published, are visible to our next pass.
@@ -63,15 +83,15 @@ impl<P: PermitSource, S: EventSink> AdmissionQueue<P, S> {
 
     /// One dispatcher pass: read the mailbox, grant `permit` and what the
     /// source has, shed beyond capacity.
-    fn pass(&self, s: &mut Scheduler, permit: Option<P::Permit>) {
+    fn pass(&self, s: &mut Scheduler, permit: Option<P::Permit>, calls: &mut Callbacks) {
         while let Some(notice) = self.control.mailbox.pop(&mut s.mail_head) {
             match notice {
                 Notice::Arrival(index) => self.arrived(s, index),
                 Notice::Retire(index) => self.retired(s, index),
             }
         }
-        self.grant(s, permit);
-        self.shed(s);
+        self.grant(s, permit, calls);
+        self.shed(s, calls);
     }
 
     fn arrived(&self, s: &mut Scheduler, index: usize) {
@@ -122,7 +142,7 @@ impl<P: PermitSource, S: EventSink> AdmissionQueue<P, S> {
     /// then permits from the source to waiters, in scheduling order, while
     /// both last. The scheduler is asked for a waiter only with a permit in
     /// hand, so its cursor moves only when something is granted.
-    fn grant(&self, s: &mut Scheduler, mut spare: Option<P::Permit>) {
+    fn grant(&self, s: &mut Scheduler, mut spare: Option<P::Permit>, calls: &mut Callbacks) {
         let mut fenced = false;
         while s.len() > 0 {
             let permit = match spare.take() {
@@ -154,8 +174,11 @@ impl<P: PermitSource, S: EventSink> AdmissionQueue<P, S> {
                 match self.hand_over(index, permit) {
                     Ok(()) => {
                         s.served(index);
-                        self.slots[index].waker.wake();
+                        // The slot's bookkeeping is done before its waker
+                        // runs: a waker that panics leaves nothing behind.
+                        let waker = self.slots[index].waker.take_to_wake();
                         self.drop_sched(index);
+                        calls.wake(waker);
                         break;
                     }
                     Err(back) => {
@@ -207,7 +230,7 @@ impl<P: PermitSource, S: EventSink> AdmissionQueue<P, S> {
 
     /// Sheds waiters by the overload policy until the queue is within its
     /// capacity.
-    fn shed(&self, s: &mut Scheduler) {
+    fn shed(&self, s: &mut Scheduler, calls: &mut Callbacks) {
         let policy = self.config.overload_policy();
         let (phase, reason) = match policy {
             Overload::ShedNewest => (SHED_FULL, Rejected::QueueFull),
@@ -237,12 +260,16 @@ impl<P: PermitSource, S: EventSink> AdmissionQueue<P, S> {
                     )
                     .is_ok()
             {
-                slot.waker.wake();
                 // ordering: Relaxed; written before WAITING was published.
                 let class = slot.class.load(Ordering::Relaxed) as u16;
-                self.report(class, reason, Timestamp::ZERO);
+                // Bookkeeping first, user code (sink, waker) last.
+                let waker = slot.waker.take_to_wake();
+                self.drop_sched(index);
+                calls.run(|| self.report(class, reason, Timestamp::ZERO));
+                calls.wake(waker);
+            } else {
+                self.drop_sched(index);
             }
-            self.drop_sched(index);
         }
     }
 }

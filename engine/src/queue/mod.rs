@@ -198,7 +198,7 @@ use crate::time::{Clock, Timestamp};
 use free::FreeStack;
 use mailbox::{Mailbox, Notice};
 use scheduler::Scheduler;
-use slot::{NOTICE, OWN, SCHED, Slot, TIMED_OUT, Word};
+use slot::{NOTICE, OWN, REFS, SCHED, Slot, TIMED_OUT, Word};
 use waiter::Ticket;
 
 /// Something that hands out permits without waiting: what an
@@ -465,8 +465,12 @@ impl<P: PermitSource, S: EventSink> AdmissionQueue<P, S> {
         deadline: Timestamp,
         waker: &Waker,
     ) -> Result<Waiter<'_, P, S>, Rejected> {
-        self.enqueue_ticket(class, deadline, waker)
-            .map(|ticket| Waiter::new(self, ticket))
+        let ticket = self.enqueue_ticket(class, deadline, waker)?;
+        // The waiter exists before the pass runs: if a waker panics in it,
+        // unwinding drops the waiter, which gives its place up.
+        let waiter = Waiter::new(self, ticket);
+        self.request_pass();
+        Ok(waiter)
     }
 
     /// As [`enqueue`](Self::enqueue), for a queue in an `Arc`: the waiter
@@ -504,11 +508,15 @@ impl<P: PermitSource, S: EventSink> AdmissionQueue<P, S> {
         deadline: Timestamp,
         waker: &Waker,
     ) -> Result<OwnedWaiter<P, S>, Rejected> {
-        self.enqueue_ticket(class, deadline, waker)
-            .map(|ticket| OwnedWaiter::new(Arc::clone(self), ticket))
+        let ticket = self.enqueue_ticket(class, deadline, waker)?;
+        // As in `enqueue`: the waiter first, then the pass.
+        let waiter = OwnedWaiter::new(Arc::clone(self), ticket);
+        self.request_pass();
+        Ok(waiter)
     }
 
-    /// The enqueue protocol, for either kind of waiter.
+    /// The enqueue protocol, for either kind of waiter, up to the pass the
+    /// caller requests once it holds the waiter.
     fn enqueue_ticket(
         &self,
         class: u16,
@@ -534,9 +542,16 @@ impl<P: PermitSource, S: EventSink> AdmissionQueue<P, S> {
         let slot = &self.slots[index];
         // ordering: Relaxed; the pop's Acquire made the last user's word
         // visible, and nobody else writes it while the slot is free.
-        let generation = Word(slot.word.load(Ordering::Relaxed))
-            .generation()
-            .wrapping_add(1);
+        let last = Word(slot.word.load(Ordering::Relaxed));
+        // A slot off the free stack has no reference bit left. Were the
+        // stack's tag ever fooled (see `free.rs`), this stops the queue
+        // instead of handing one slot to two waiters.
+        assert_eq!(
+            last.0 & REFS,
+            0,
+            "admission queue: slot {index} came off the free stack while in use"
+        );
+        let generation = last.generation().wrapping_add(1);
         // ordering: Relaxed; published by the Release store of WAITING.
         slot.deadline.store(deadline.as_nanos(), Ordering::Relaxed);
         slot.class.store(u64::from(class), Ordering::Relaxed);
@@ -551,7 +566,6 @@ impl<P: PermitSource, S: EventSink> AdmissionQueue<P, S> {
         // request below (see "The dispatcher").
         self.control.queued.fetch_add(1, Ordering::Relaxed);
         self.control.mailbox.push(Notice::Arrival(index));
-        self.request_pass();
         Ok(Ticket::new(index, generation, class, deadline, waker))
     }
 
@@ -560,6 +574,7 @@ impl<P: PermitSource, S: EventSink> AdmissionQueue<P, S> {
     /// over all `2 * capacity` slots; no lock, no allocation.
     pub fn expire(&self, now: Timestamp) -> u32 {
         let mut expired = 0;
+        let mut calls = Callbacks::new();
         for (index, slot) in self.slots.iter().enumerate() {
             // ordering: Acquire, pairs with the enqueuer's Release store of
             // WAITING: the deadline read below is this waiter's (if the slot
@@ -577,17 +592,21 @@ impl<P: PermitSource, S: EventSink> AdmissionQueue<P, S> {
                 .compare_exchange(word.0, timed_out.0, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
-                slot.waker.wake();
                 // ordering: Relaxed; written before WAITING was published.
                 let class = slot.class.load(Ordering::Relaxed) as u16;
-                self.report(class, Rejected::TimedOut, now);
+                // Bookkeeping first (the notice holds the slot until the
+                // dispatcher reads it), user code (sink, waker) last.
+                let waker = slot.waker.take_to_wake();
                 self.control.mailbox.push(Notice::Retire(index));
                 expired += 1;
+                calls.run(|| self.report(class, Rejected::TimedOut, now));
+                calls.wake(waker);
             }
         }
         if expired > 0 {
-            self.request_pass();
+            self.request_pass_waking(&mut calls);
         }
+        calls.finish();
         expired
     }
 
@@ -619,7 +638,9 @@ impl<P: PermitSource, S: EventSink> AdmissionQueue<P, S> {
                 .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
         {
-            self.hold(1, Some(permit));
+            let mut calls = Callbacks::new();
+            self.hold(1, Some(permit), &mut calls);
+            calls.finish();
             return;
         }
         self.source.give_back(permit);
@@ -634,10 +655,11 @@ impl<P: PermitSource, S: EventSink> AdmissionQueue<P, S> {
         }
     }
 
-    /// Posts that `index` left `WAITING` without the dispatcher.
-    fn retire(&self, index: usize) {
+    /// Posts that `index` left `WAITING` without the dispatcher, and asks
+    /// for the pass that reads it.
+    fn retire(&self, index: usize, calls: &mut Callbacks) {
         self.control.mailbox.push(Notice::Retire(index));
-        self.request_pass();
+        self.request_pass_waking(calls);
     }
 
     /// Emits a `QUEUE_REJECTED` event.
@@ -650,6 +672,74 @@ impl<P: PermitSource, S: EventSink> AdmissionQueue<P, S> {
                 time,
                 [u64::from(class), why.code()],
             ));
+        }
+    }
+}
+
+/// The user code a queue operation calls for other callers — their wakers,
+/// and the event sink — and the first panic it raised.
+///
+/// A waker or a sink is user code, and the queue calls it on behalf of
+/// other callers (a grant, a shed, a sweep), in the middle of a dispatcher
+/// pass or a sweep. Every such call comes after the queue's bookkeeping of
+/// that waiter, and with `std` a panic is caught here so that the pass or
+/// the sweep runs to its end — every other waiter it decides is still
+/// served, woken and reported — and is raised again by
+/// [`finish`](Self::finish), once the dispatcher role is given up: the
+/// panic reaches the caller of the operation (a release, an enqueue, a
+/// sweep, a poll that timed out) with the queue consistent. Later panics of
+/// the same operation are dropped, and so is the first one if the thread is
+/// already unwinding (a waiter or permit dropped by a panic elsewhere),
+/// since a second panic would abort. Without `std` there is no catching: a
+/// panic unwinds out of the pass, which has finished that waiter's
+/// bookkeeping, and the role is given up on the way (the rest of the pass
+/// waits for the next request).
+pub(crate) struct Callbacks {
+    #[cfg(feature = "std")]
+    caught: Option<Box<dyn core::any::Any + Send + 'static>>,
+}
+
+impl Callbacks {
+    pub(crate) fn new() -> Self {
+        Callbacks {
+            #[cfg(feature = "std")]
+            caught: None,
+        }
+    }
+
+    /// Wakes `waker`, if any, keeping its panic.
+    #[inline]
+    pub(crate) fn wake(&mut self, waker: Option<Waker>) {
+        if let Some(waker) = waker {
+            self.run(|| waker.wake());
+        }
+    }
+
+    /// Runs `f` (user code), keeping its panic.
+    #[inline]
+    pub(crate) fn run(&mut self, f: impl FnOnce()) {
+        #[cfg(feature = "std")]
+        {
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            if let Err(panic) = ran
+                && self.caught.is_none()
+            {
+                self.caught = Some(panic);
+            }
+        }
+        #[cfg(not(feature = "std"))]
+        f();
+    }
+
+    /// Raises the panic kept, if any (unless the thread is unwinding
+    /// already). Called once the queue is consistent and the role given up.
+    #[inline]
+    pub(crate) fn finish(self) {
+        #[cfg(feature = "std")]
+        if let Some(panic) = self.caught
+            && !std::thread::panicking()
+        {
+            std::panic::resume_unwind(panic);
         }
     }
 }

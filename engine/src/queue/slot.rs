@@ -4,10 +4,10 @@
 //! # The state word
 //!
 //! ```text
-//!  63                  32 31        6    5      4       3    2     0
-//! +----------------------+-----------+--------+-------+-----+-------+
-//! |      generation      |  unused   | NOTICE | SCHED | OWN | phase |
-//! +----------------------+-----------+--------+-------+-----+-------+
+//!  63                                6    5      4       3    2     0
+//! +-----------------------------------+--------+-------+-----+-------+
+//! |            generation             | NOTICE | SCHED | OWN | phase |
+//! +-----------------------------------+--------+-------+-----+-------+
 //! ```
 //!
 //! | field      | meaning                                                        |
@@ -16,7 +16,15 @@
 //! | `OWN`      | the owner (a [`Waiter`](super::Waiter)) still needs the slot   |
 //! | `SCHED`    | the dispatcher still needs it: an arrival notice is in the mailbox, the slot is linked in the scheduler, or a grant or shed is being delivered |
 //! | `NOTICE`   | a retirement notice for the slot is in the mailbox (or about to be) |
-//! | generation | bumped at each allocation, so that a stale compare-and-swap (a sweeper or a cancellation from an earlier use of the slot) fails |
+//! | generation | bits 6..=63 (58 bits; 2 under `cfg(tenlives_loom)`), bumped (wrapping) at each allocation, so that a stale compare-and-swap (a sweeper that loaded the word of an earlier use of the slot) fails |
+//!
+//! Who can hold a stale word: not the owner (its slot is not reused while
+//! it holds `OWN`) and not the dispatcher (while it holds `SCHED`), only a
+//! sweeper ([`AdmissionQueue::expire`](super::AdmissionQueue::expire)),
+//! which reads every slot's word without holding a reference bit. Its
+//! compare-and-swap succeeds on a later use only if the generation came
+//! back to the same value: `2^58` reuses of one slot during one sweep's
+//! load-to-swap window, which no machine reaches.
 //!
 //! The three reference bits make the slot's lifetime: whoever clears the
 //! last of them pushes the slot back on the free stack. A slot is therefore
@@ -70,21 +78,27 @@ pub(super) const NOTICE: u64 = 1 << 5;
 /// All reference bits.
 pub(super) const REFS: u64 = OWN | SCHED | NOTICE;
 
-const GEN_SHIFT: u32 = 32;
+const GEN_SHIFT: u32 = 6;
+/// The generation's bits, once shifted down: 58 (2 under loom).
+#[cfg(not(tenlives_loom))]
+const GEN_MASK: u64 = u64::MAX >> GEN_SHIFT;
+#[cfg(tenlives_loom)]
+const GEN_MASK: u64 = 0b11;
 
 /// The state word, decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Word(pub(super) u64);
 
 impl Word {
-    /// A freshly enqueued waiter of generation `generation`.
+    /// A freshly enqueued waiter of generation `generation` (taken modulo
+    /// the generation's width).
     #[inline]
-    pub(super) const fn waiting(generation: u32) -> Word {
-        Word(((generation as u64) << GEN_SHIFT) | OWN | SCHED | WAITING)
+    pub(super) const fn waiting(generation: u64) -> Word {
+        Word(((generation & GEN_MASK) << GEN_SHIFT) | OWN | SCHED | WAITING)
     }
     #[inline]
-    pub(super) const fn generation(self) -> u32 {
-        (self.0 >> GEN_SHIFT) as u32
+    pub(super) const fn generation(self) -> u64 {
+        (self.0 >> GEN_SHIFT) & GEN_MASK
     }
     #[inline]
     pub(super) const fn phase(self) -> u64 {
@@ -225,9 +239,12 @@ impl WakerCell {
         }
     }
 
-    /// Takes the waker out and wakes it, unless the owner is registering
-    /// (then the owner will see the decision by itself).
-    pub(super) fn wake(&self) {
+    /// Takes the waker out for the decider to wake, unless the owner is
+    /// registering (then the owner will see the decision by itself, and
+    /// `None` is returned). The caller finishes its bookkeeping of the slot
+    /// first and wakes last (through [`Callbacks`](super::Callbacks)), so that a
+    /// waker that panics leaves nothing half done.
+    pub(super) fn take_to_wake(&self) -> Option<Waker> {
         // ordering: AcqRel. Release: the decision made before this call is
         // visible to an owner whose `enter` fails on WAKING. Acquire: we see
         // the waker the owner stored before its Release in `leave`.
@@ -240,9 +257,9 @@ impl WakerCell {
             // ordering: Release, pairs with the Acquire of the owner's next
             // `enter`: our take happens before its access.
             self.state.store(IDLE, Ordering::Release);
-            if let Some(waker) = waker {
-                waker.wake();
-            }
+            waker
+        } else {
+            None
         }
     }
 

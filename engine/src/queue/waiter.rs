@@ -18,7 +18,7 @@ use super::slot::{
     CANCELLED, FREE, GRANTED, NOTICE, OWN, SCHED, SHED_FULL, SHED_OLDEST, SHED_PRIORITY, TIMED_OUT,
     WAITING, Word,
 };
-use super::{AdmissionQueue, PermitSource};
+use super::{AdmissionQueue, Callbacks, PermitSource};
 use crate::events::{EventSink, NoSink};
 use crate::sync::Ordering;
 use crate::time::{Clock, Timestamp};
@@ -107,15 +107,19 @@ impl<P: PermitSource, S: EventSink> Drop for OwnedQueuePermit<P, S> {
 /// types pass it in, so that the borrowed [`Waiter`] and the
 /// [`OwnedWaiter`] run one protocol.
 ///
-/// Contract: once `poll` returned `Ready`, `verdict` returned `Some`, or
-/// `cancel` was called, the ticket is finished and must not be used again;
-/// an unfinished ticket must be cancelled (the waiters do both through
-/// their `done` state).
+/// Contract: once the ticket is `finished` (a verdict was read, or the
+/// owner took the slot out of `WAITING` itself) it must not be polled
+/// again; an unfinished ticket must be cancelled before it is dropped (the
+/// waiters do both by looking at `finished`). `finished` is set before
+/// anything that may run user code (the pass a retirement asks for, a
+/// release), so a panic there leaves a ticket whose drop does nothing twice.
 pub(super) struct Ticket {
     index: usize,
-    generation: u32,
+    generation: u64,
     class: u16,
     deadline: Timestamp,
+    /// The slot is no longer ours: see the contract above.
+    finished: bool,
     /// The identity (data and vtable addresses) of the waker in the slot,
     /// as `Waker::will_wake` compares them: a poll with the same waker
     /// skips registering it again.
@@ -134,7 +138,7 @@ impl Ticket {
     /// `generation` with `waker` in its cell.
     pub(super) fn new(
         index: usize,
-        generation: u32,
+        generation: u64,
         class: u16,
         deadline: Timestamp,
         waker: &Waker,
@@ -144,6 +148,7 @@ impl Ticket {
             generation,
             class,
             deadline,
+            finished: false,
             registered: identity(waker),
         }
     }
@@ -179,7 +184,7 @@ impl Ticket {
 
     /// The verdict, if the slot was decided; then the slot is released.
     fn verdict<P: PermitSource, S: EventSink>(
-        &self,
+        &mut self,
         queue: &AdmissionQueue<P, S>,
     ) -> Option<Result<P::Permit, Rejected>> {
         let slot = &queue.slots[self.index];
@@ -207,6 +212,7 @@ impl Ticket {
         // The waker cell needs no clearing: whoever decided the slot wakes
         // it, which takes the waker out (or leaves it to a racing
         // registration, which takes it out itself).
+        self.finished = true;
         if slot.release_refs(OWN) {
             queue.control.free.push(self.index);
         }
@@ -216,12 +222,15 @@ impl Ticket {
     /// Times out a waiting slot ourselves, or returns the verdict someone
     /// else reached first.
     fn time_out<P: PermitSource, S: EventSink>(
-        &self,
+        &mut self,
         queue: &AdmissionQueue<P, S>,
         now: Timestamp,
     ) -> Result<P::Permit, Rejected> {
         if self.leave(queue, TIMED_OUT) {
-            queue.report(self.class, Rejected::TimedOut, now);
+            let mut calls = Callbacks::new();
+            queue.retire(self.index, &mut calls);
+            calls.run(|| queue.report(self.class, Rejected::TimedOut, now));
+            calls.finish();
             Err(Rejected::TimedOut)
         } else {
             match self.verdict(queue) {
@@ -232,10 +241,11 @@ impl Ticket {
     }
 
     /// Moves our slot from `WAITING` to `phase` (cancelled or timed out),
-    /// giving up `OWN` and posting a retirement notice. `false` if it was
-    /// decided by someone else first.
+    /// giving up `OWN`; the caller then posts the retirement notice with
+    /// [`AdmissionQueue::retire`] (which runs user code: wakers, in the
+    /// pass it asks for). `false` if it was decided by someone else first.
     fn leave<P: PermitSource, S: EventSink>(
-        &self,
+        &mut self,
         queue: &AdmissionQueue<P, S>,
         phase: u64,
     ) -> bool {
@@ -256,17 +266,24 @@ impl Ticket {
         {
             return false;
         }
-        // The slot cannot be reused before the notice below is read, so its
-        // waker cell is still ours to clear.
+        self.finished = true;
+        // The slot cannot be reused before the caller's notice is read, so
+        // its waker cell is still ours to clear.
         slot.waker.clear();
-        queue.retire(self.index);
         true
     }
 
-    /// Gives up an unfinished ticket: cancels the slot, or, if it was
-    /// decided first, reads the verdict and passes a granted permit on.
-    fn cancel<P: PermitSource, S: EventSink>(&self, queue: &AdmissionQueue<P, S>) {
+    /// Gives up the ticket if it is unfinished: cancels the slot, or, if
+    /// it was decided first, reads the verdict and passes a granted permit
+    /// on.
+    fn cancel<P: PermitSource, S: EventSink>(&mut self, queue: &AdmissionQueue<P, S>) {
+        if self.finished {
+            return;
+        }
         if self.leave(queue, CANCELLED) {
+            let mut calls = Callbacks::new();
+            queue.retire(self.index, &mut calls);
+            calls.finish();
             return;
         }
         // Decided before we could cancel: release what we were given.
@@ -285,8 +302,6 @@ impl Ticket {
 pub struct Waiter<'q, P: PermitSource, S: EventSink = NoSink> {
     queue: &'q AdmissionQueue<P, S>,
     ticket: Ticket,
-    /// The ticket is finished: a verdict was returned.
-    done: bool,
 }
 
 impl<P: PermitSource, S: EventSink> fmt::Debug for Waiter<'_, P, S> {
@@ -294,18 +309,14 @@ impl<P: PermitSource, S: EventSink> fmt::Debug for Waiter<'_, P, S> {
         f.debug_struct("Waiter")
             .field("class", &self.ticket.class)
             .field("deadline", &self.ticket.deadline)
-            .field("done", &self.done)
+            .field("done", &self.ticket.finished)
             .finish_non_exhaustive()
     }
 }
 
 impl<'q, P: PermitSource, S: EventSink> Waiter<'q, P, S> {
     pub(super) fn new(queue: &'q AdmissionQueue<P, S>, ticket: Ticket) -> Self {
-        Waiter {
-            queue,
-            ticket,
-            done: false,
-        }
+        Waiter { queue, ticket }
     }
 
     /// The class it waits in.
@@ -318,9 +329,10 @@ impl<'q, P: PermitSource, S: EventSink> Waiter<'q, P, S> {
         self.ticket.deadline
     }
 
-    /// Whether it has completed (returned `Ready`).
+    /// Whether it has completed (returned `Ready`, or panicked in a poll
+    /// after its slot was no longer its own).
     pub fn is_done(&self) -> bool {
-        self.done
+        self.ticket.finished
     }
 
     /// `Ready` with the permit, or with why there is none; `Pending` (with
@@ -335,25 +347,21 @@ impl<'q, P: PermitSource, S: EventSink> Waiter<'q, P, S> {
         cx: &mut Context<'_>,
         now: Timestamp,
     ) -> Poll<Result<QueuePermit<'q, P, S>, Rejected>> {
-        assert!(!self.done, "Waiter polled after it completed");
+        assert!(!self.ticket.finished, "Waiter polled after it completed");
         let poll = self.ticket.poll(self.queue, cx, now);
-        self.done = poll.is_ready();
         poll.map(|verdict| verdict.map(|permit| QueuePermit::new(self.queue, permit)))
     }
 
     /// The verdict, if the slot was decided; then the slot is released.
     pub(super) fn verdict(&mut self) -> Option<Result<QueuePermit<'q, P, S>, Rejected>> {
         let verdict = self.ticket.verdict(self.queue)?;
-        self.done = true;
         Some(verdict.map(|permit| QueuePermit::new(self.queue, permit)))
     }
 }
 
 impl<P: PermitSource, S: EventSink> Drop for Waiter<'_, P, S> {
     fn drop(&mut self) {
-        if !self.done {
-            self.ticket.cancel(self.queue);
-        }
+        self.ticket.cancel(self.queue);
     }
 }
 
@@ -419,7 +427,7 @@ impl<P: PermitSource, S: EventSink> OwnedWaiter<P, S> {
         cx: &mut Context<'_>,
         now: Timestamp,
     ) -> Poll<Result<OwnedQueuePermit<P, S>, Rejected>> {
-        let Some(queue) = self.queue.as_deref() else {
+        let Some(queue) = self.queue.as_deref().filter(|_| !self.ticket.finished) else {
             panic!("OwnedWaiter polled after it completed");
         };
         let verdict = core::task::ready!(self.ticket.poll(queue, cx, now));
