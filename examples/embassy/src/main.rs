@@ -7,8 +7,10 @@
 //! through them: each call first waits for a rate-limiter token
 //! (`tenlives_futures::acquire` over [`EmbassyTimer`], embassy-time's timer),
 //! then runs guarded by the breaker (`tenlives_futures::guard`). The upstream
-//! has an outage from 200 ms to 400 ms after the start: the breaker opens,
-//! probes, and closes again once the upstream is back. A monitor task
+//! has an outage: the calls that reach it from the 20th to the 29th fail.
+//! The breaker opens, probes, and closes again once the upstream is back.
+//! (The outage is counted in calls, not in time, so that a slow or loaded
+//! machine cannot let the clients step over it.) A monitor task
 //! drains the event ring and prints each breaker transition as it happens.
 //!
 //! Bounded (90 calls at 100 per second, about a second), it prints a summary
@@ -41,9 +43,9 @@ const CALLS_PER_CLIENT: u32 = 30;
 /// The rate limiter: 100 calls per second, bursts of 5.
 const RATE_PER_SECOND: u32 = 100;
 const BURST: u32 = 5;
-/// The upstream fails every call in this window (from the start), and takes
-/// this long per call.
-const OUTAGE: core::ops::Range<Duration> = Duration::from_millis(200)..Duration::from_millis(400);
+/// The upstream fails the calls that reach it with these sequence numbers
+/// (from 0), and takes this long per call.
+const OUTAGE: core::ops::Range<u32> = 20..30;
 const UPSTREAM_LATENCY_MS: u64 = 2;
 /// How long a call waits for a token before giving up.
 const TOKEN_WAIT: Duration = Duration::from_secs(1);
@@ -82,12 +84,15 @@ fn bump(counter: &AtomicU32) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The simulated upstream: `UPSTREAM_LATENCY_MS` of work, failing inside the
-/// outage window.
-async fn upstream(start: Timestamp) -> Result<(), ()> {
+/// Calls that reached the upstream (same ordering rule as above).
+static UPSTREAM_CALLS: AtomicU32 = AtomicU32::new(0);
+
+/// The simulated upstream: `UPSTREAM_LATENCY_MS` of work, failing the calls
+/// numbered in `OUTAGE`.
+async fn upstream() -> Result<(), ()> {
+    let number = UPSTREAM_CALLS.fetch_add(1, Ordering::Relaxed);
     embassy_time::Timer::after_millis(UPSTREAM_LATENCY_MS).await;
-    let since_start = EmbassyTimer.now().saturating_duration_since(start);
-    if OUTAGE.contains(&since_start) {
+    if OUTAGE.contains(&number) {
         Err(())
     } else {
         Ok(())
@@ -98,7 +103,6 @@ async fn upstream(start: Timestamp) -> Result<(), ()> {
 async fn client(
     breaker: &'static CircuitBreaker<&'static Ring>,
     limiter: &'static RateLimiter<&'static Ring>,
-    start: Timestamp,
 ) {
     let timer = EmbassyTimer;
     for _ in 0..CALLS_PER_CLIENT {
@@ -111,7 +115,7 @@ async fn client(
             Ok(()) => Outcome::Success,
             Err(()) => Outcome::Failure,
         };
-        let counter = match guard(breaker, timer, classify, upstream(start)).await {
+        let counter = match guard(breaker, timer, classify, upstream()).await {
             Ok(Ok(())) => &SUCCEEDED,
             Ok(Err(())) => &FAILED,
             Err(_rejected) => &REJECTED,
@@ -188,7 +192,7 @@ fn build() -> Result<Parts, &'static str> {
     let config = BreakerConfig::builder()
         .without_failure_rate()
         .consecutive_failures(5)
-        .open_duration(Duration::from_millis(100))
+        .open_duration(Duration::from_millis(50))
         .half_open_probes(2)
         .build()
         .map_err(|_| "breaker configuration")?;
@@ -207,7 +211,7 @@ fn build() -> Result<Parts, &'static str> {
 fn spawn_all(spawner: Spawner, parts: &Parts, start: Timestamp) -> Result<(), &'static str> {
     spawner.spawn(monitor(parts.ring, start).map_err(|_| "monitor task")?);
     for _ in 0..CLIENTS {
-        spawner.spawn(client(parts.breaker, parts.limiter, start).map_err(|_| "client task")?);
+        spawner.spawn(client(parts.breaker, parts.limiter).map_err(|_| "client task")?);
     }
     Ok(())
 }
@@ -221,9 +225,9 @@ fn main() -> ExitCode {
         }
     };
     println!(
-        "{CLIENTS} clients x {CALLS_PER_CLIENT} calls, {RATE_PER_SECOND}/s (burst {BURST}), upstream down from {} to {} ms",
-        OUTAGE.start.as_millis(),
-        OUTAGE.end.as_millis()
+        "{CLIENTS} clients x {CALLS_PER_CLIENT} calls, {RATE_PER_SECOND}/s (burst {BURST}), upstream fails calls #{} to #{}",
+        OUTAGE.start,
+        OUTAGE.end - 1
     );
     let start = EmbassyTimer.now();
     let executor = EXECUTOR.init(Executor::new());
@@ -269,7 +273,10 @@ fn main() -> ExitCode {
             "every emitted event was read or counted lost",
             read + lost == emitted,
         ),
-        ("the outage opened the breaker", opened >= 1 && failed >= 5),
+        (
+            "the outage opened the breaker",
+            opened >= 1 && failed >= 5 && failed <= OUTAGE.len() as u32,
+        ),
         ("calls were rejected while it was open", rejected >= 1),
         (
             "it closed again once the upstream was back",
