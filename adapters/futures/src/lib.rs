@@ -90,3 +90,8 @@ pub use wait::{
 #[cfg(doctest)]
 #[doc = include_str!("../../../docs/futures.md")]
 struct FuturesGuideDoctests;
+
+/// The crate's README (its page on crates.io), compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct CrateReadmeDoctests;

@@ -69,3 +69,8 @@ pub use limiter::{
 pub use semaphore::{
     FleetPermit, FleetSemaphore, SemaphoreConfig, SemaphoreRefused, SemaphoreStats,
 };
+
+/// The crate's README (its page on crates.io), compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct CrateReadmeDoctests;
