@@ -71,7 +71,9 @@ impl<C, W> Layered<C, W> {
     #[inline(always)]
     pub(crate) fn with<R>(&self, f: impl FnOnce(&C, &W) -> R) -> R {
         let read = self.era.read();
-        let era: &Era<C, W> = &read;
+        // With `std` the read is a guard to dereference; without, already a
+        // reference, which `Deref::deref` passes through.
+        let era: &Era<C, W> = core::ops::Deref::deref(&read);
         #[cfg(feature = "std")]
         let state = era.state.as_deref().unwrap_or(&self.own);
         #[cfg(not(feature = "std"))]

@@ -153,3 +153,8 @@ pub use retry::{
 pub use stack::{DefaultAdmission, Policies, Stack, StackBuilder, StackFuture, StackLayer};
 pub use throttle::{ThrottleFuture, ThrottleLayer, ThrottleService};
 pub use timeout::{Timeout, TimeoutFuture, TimeoutLayer};
+
+/// The crate README's example, compiled and run as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct CrateReadmeDoctests;
