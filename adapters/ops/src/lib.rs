@@ -19,10 +19,13 @@
 #![deny(missing_docs)]
 
 pub mod config;
-// mod keyed;
-// mod registry;
-#[cfg(feature = "reload")]
-// pub mod reload;
+mod keyed;
+mod registry;
 
 pub use config::{ConfigSet, Format, LoadError};
 
+pub use keyed::{Idle, Keyed, KeyedFull};
+pub use registry::{
+    ApplyReport, Breaker, Concurrency, Limiter, REGISTRY_SOURCE, Registry, RegistryBuilder,
+    RegistryError, RegistrySink, Retry, Ring, Throttler, events,
+};
