@@ -21,6 +21,8 @@
 pub mod config;
 mod keyed;
 mod registry;
+#[cfg(feature = "reload")]
+pub mod reload;
 
 pub use config::{ConfigSet, Format, LoadError};
 
