@@ -13,11 +13,16 @@
 //!   builders, errors with file, line and key path.
 //! - `reload` (feature `reload`): a watched file applied live, keeping
 //!   every policy's state; a bad file never replaces a good configuration.
+//! - `admin` (feature `admin`): an axum router to list policies, read and
+//!   change configuration, force breakers, change limits, behind bearer
+//!   tokens with roles, every change audited.
 //!
 //! `docs/operations.md` in the repository describes the file format, the
 //! reload semantics and what is not done yet.
 #![deny(missing_docs)]
 
+#[cfg(feature = "admin")]
+pub mod admin;
 pub mod config;
 mod keyed;
 mod registry;

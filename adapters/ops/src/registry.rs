@@ -65,6 +65,10 @@ pub mod events {
     /// A configuration file was refused; the one in force stays. Payload:
     /// `[the line of the error, 0]`.
     pub const CONFIG_REJECTED: EventKind = EventKind(0x7F01);
+    /// An operator changed something through the admin plane. Payload:
+    /// `[action code, 0]`: 1 configuration set, 2 breaker forced open,
+    /// 3 breaker closed (reset), 4 breaker disabled, 5 bulkhead limit set.
+    pub const AUDIT: EventKind = EventKind(0x7F02);
 }
 
 /// Why the registry could not give a policy.
@@ -147,6 +151,8 @@ trait Primitive: Idle + Send + Sync + Sized + 'static {
     fn initial_limit(_cfg: &<Self::Spec as Spec>::Built) -> Option<u32> {
         None
     }
+    /// What an operator wants to see of its state.
+    fn state(&self, now: Timestamp) -> serde_json::Value;
 }
 
 impl Primitive for Breaker {
@@ -166,6 +172,31 @@ impl Primitive for Breaker {
     fn apply(&self, cfg: &tenlives_engine::breaker::BreakerConfig, now: Timestamp) {
         self.set_config(cfg.clone(), now);
     }
+    fn state(&self, now: Timestamp) -> serde_json::Value {
+        let s = self.snapshot(now);
+        serde_json::json!({
+            "state": breaker_state_name(s.state),
+            "calls": s.window.calls,
+            "failures": s.window.failures,
+            "slow_calls": s.window.slow,
+            "consecutive_failures": s.consecutive_failures,
+            "trips": s.trips,
+            "retry_after_ms": s.retry_after.map(|d| d.as_millis() as u64),
+        })
+    }
+}
+
+/// The name of a breaker state in the admin plane's JSON.
+pub(crate) fn breaker_state_name(state: tenlives_engine::breaker::BreakerState) -> &'static str {
+    use tenlives_engine::breaker::BreakerState as B;
+    match state {
+        B::Closed => "closed",
+        B::Open => "open",
+        B::HalfOpen => "half_open",
+        B::ForcedOpen => "forced_open",
+        B::Disabled => "disabled",
+        B::MetricsOnly => "metrics_only",
+    }
 }
 
 impl Primitive for Limiter {
@@ -184,6 +215,9 @@ impl Primitive for Limiter {
     }
     fn apply(&self, cfg: &tenlives_engine::rate::Quota, now: Timestamp) {
         self.set_quota(*cfg, now);
+    }
+    fn state(&self, now: Timestamp) -> serde_json::Value {
+        serde_json::json!({ "available": self.available(now) })
     }
 }
 
@@ -210,6 +244,9 @@ impl Primitive for Concurrency {
     fn initial_limit(cfg: &crate::config::BulkheadConfig) -> Option<u32> {
         Some(cfg.limit)
     }
+    fn state(&self, _now: Timestamp) -> serde_json::Value {
+        serde_json::json!({ "in_flight": self.in_flight(), "limit": self.limit() })
+    }
 }
 
 impl Primitive for Retry {
@@ -229,6 +266,14 @@ impl Primitive for Retry {
     fn apply(&self, cfg: &tenlives_engine::retry::RetryBudgetConfig, now: Timestamp) {
         self.set_config(cfg.clone(), now);
     }
+    fn state(&self, now: Timestamp) -> serde_json::Value {
+        let c = self.counts(now);
+        serde_json::json!({
+            "requests": c.deposits,
+            "retries": c.withdrawals,
+            "remaining": self.remaining(now),
+        })
+    }
 }
 
 impl Primitive for Throttler {
@@ -247,6 +292,14 @@ impl Primitive for Throttler {
     }
     fn apply(&self, cfg: &tenlives_engine::throttle::ThrottleConfig, now: Timestamp) {
         self.set_config(*cfg, now);
+    }
+    fn state(&self, now: Timestamp) -> serde_json::Value {
+        let (requests, accepted) = self.counts(now);
+        serde_json::json!({
+            "requests": requests,
+            "accepted": accepted,
+            "rejection_probability": self.probability(now),
+        })
     }
 }
 
@@ -286,6 +339,7 @@ impl<P> Default for Named<P> {
 trait Family: Send + Sync {
     fn reconfigure(&self, inner: &Inner, old: &ConfigSet, new: &ConfigSet, now: Timestamp, report: &mut ApplyReport);
     fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+    fn view(&self) -> serde_json::Value;
 }
 
 impl<K, P> Family for Keyed<K, P>
@@ -303,6 +357,15 @@ where
     }
     fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
         self
+    }
+    fn view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "section": <P::Spec as Spec>::SECTION,
+            "name": self.family(),
+            "keyed": true,
+            "entries": self.len(),
+            "capacity": self.capacity(),
+        })
     }
 }
 
@@ -508,6 +571,17 @@ impl Inner {
     }
 
     fn named<P: Primitive>(&self, named: &Named<P>, name: &str) -> Result<Arc<P>, RegistryError> {
+        self.named_or(named, name, None)
+    }
+
+    /// As `named`, with `fallback` for a name the configuration has no
+    /// entry (and no default) for.
+    fn named_or<P: Primitive>(
+        &self,
+        named: &Named<P>,
+        name: &str,
+        fallback: Option<&<P::Spec as Spec>::Built>,
+    ) -> Result<Arc<P>, RegistryError> {
         if let Some(p) = named
             .map
             .read()
@@ -523,8 +597,10 @@ impl Inner {
             return Ok(p.clone());
         }
         let config = self.config();
-        let (_, built) =
-            resolve(P::section(&config), &[name]).ok_or_else(|| RegistryError::NotConfigured {
+        let built = resolve(P::section(&config), &[name])
+            .map(|(_, b)| b)
+            .or(fallback)
+            .ok_or_else(|| RegistryError::NotConfigured {
                 section: <P::Spec as Spec>::SECTION,
                 name: name.to_owned(),
             })?;
@@ -718,7 +794,11 @@ impl Registry {
     /// open deadlines, tokens, permits) is kept. Instances created later use
     /// `new`. Emits [`events::CONFIG_APPLIED`] and an `INFO` `tracing` record.
     pub fn apply(&self, new: ConfigSet) -> ApplyReport {
-        let _one_at_a_time = lock(&self.inner.applying);
+        let one_at_a_time = lock(&self.inner.applying);
+        self.apply_locked(new, &one_at_a_time)
+    }
+
+    fn apply_locked(&self, new: ConfigSet, _one_at_a_time: &MutexGuard<'_, ()>) -> ApplyReport {
         let new = Arc::new(new);
         let old = std::mem::replace(
             &mut *self
@@ -777,5 +857,187 @@ impl Registry {
             error = %error,
             "configuration refused; the previous one stays in force"
         );
+    }
+}
+
+/// The sections of a configuration, as the admin plane and
+/// [`Registry::set_instance`] name them.
+pub const SECTIONS: [&str; 5] = [
+    "circuit_breaker",
+    "rate_limiter",
+    "bulkhead",
+    "retry_budget",
+    "throttle",
+];
+
+fn views<P: Primitive>(named: &Named<P>, config: &ConfigSet, now: Timestamp, out: &mut Vec<serde_json::Value>) {
+    let map = named.map.read().unwrap_or_else(PoisonError::into_inner);
+    let mut names: Vec<&Arc<str>> = map.keys().collect();
+    names.sort();
+    for name in names {
+        out.push(view_of(&*map[name], name, config, now));
+    }
+}
+
+fn view_of<P: Primitive>(policy: &P, name: &str, config: &ConfigSet, now: Timestamp) -> serde_json::Value {
+    let spec = resolve(P::section(config), &[name]).map(|(s, _)| s);
+    serde_json::json!({
+        "section": <P::Spec as Spec>::SECTION,
+        "name": name,
+        "state": policy.state(now),
+        "config": spec.map_or(serde_json::Value::Null, |s| {
+            serde_json::to_value(s).unwrap_or(serde_json::Value::Null)
+        }),
+    })
+}
+
+fn find<P: Primitive>(named: &Named<P>, name: &str) -> Option<Arc<P>> {
+    named
+        .map
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(name)
+        .cloned()
+}
+
+impl Registry {
+    /// Every live named instance (section, name, state, resolved
+    /// configuration) and every keyed family (entries, capacity), as JSON,
+    /// sorted by section then name.
+    pub fn policies(&self) -> Vec<serde_json::Value> {
+        let config = self.inner.config();
+        let now = self.inner.now();
+        let mut out = Vec::new();
+        views(&self.inner.breakers, &config, now, &mut out);
+        views(&self.inner.limiters, &config, now, &mut out);
+        views(&self.inner.bulkheads, &config, now, &mut out);
+        views(&self.inner.budgets, &config, now, &mut out);
+        views(&self.inner.throttles, &config, now, &mut out);
+        let families = lock(&self.inner.families);
+        let mut fams: Vec<serde_json::Value> = families.values().map(|f| f.view()).collect();
+        fams.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+        out.extend(fams);
+        out
+    }
+
+    /// One live named instance, as in [`Registry::policies`]; `None` when
+    /// none of that name was created (this never creates one).
+    pub fn policy(&self, section: &str, name: &str) -> Option<serde_json::Value> {
+        let config = self.inner.config();
+        let now = self.inner.now();
+        let i = &self.inner;
+        match section {
+            "circuit_breaker" => find(&i.breakers, name).map(|p| view_of(&*p, name, &config, now)),
+            "rate_limiter" => find(&i.limiters, name).map(|p| view_of(&*p, name, &config, now)),
+            "bulkhead" => find(&i.bulkheads, name).map(|p| view_of(&*p, name, &config, now)),
+            "retry_budget" => find(&i.budgets, name).map(|p| view_of(&*p, name, &config, now)),
+            "throttle" => find(&i.throttles, name).map(|p| view_of(&*p, name, &config, now)),
+            _ => None,
+        }
+    }
+
+    /// The rate limiter named `name`, created on first use from its entry
+    /// or the default, else from `quota`.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::SourcesExhausted`], [`RegistryError::NameTaken`].
+    pub fn rate_limiter_or(
+        &self,
+        name: &str,
+        quota: tenlives_engine::rate::Quota,
+    ) -> Result<Arc<Limiter>, RegistryError> {
+        self.inner.named_or(&self.inner.limiters, name, Some(&quota))
+    }
+
+    /// The bulkhead named `name` if it was created (this never creates one).
+    pub fn existing_bulkhead(&self, name: &str) -> Option<Arc<Concurrency>> {
+        find(&self.inner.bulkheads, name)
+    }
+
+    /// Emits `kind` from the registry's own source (`REGISTRY_SOURCE`).
+    pub fn emit(&self, kind: EventKind, payload: [u64; 2]) {
+        self.inner.emit(kind, payload);
+    }
+
+    /// The breaker named `name` if it was created (this never creates one).
+    pub fn existing_breaker(&self, name: &str) -> Option<Arc<Breaker>> {
+        find(&self.inner.breakers, name)
+    }
+
+    /// The current time on the registry's clock.
+    pub fn now(&self) -> Timestamp {
+        self.inner.now()
+    }
+
+    /// Sets `section.instances.name` in the configuration in force to
+    /// `entry` (a JSON object of the entry's keys, as in a file) and applies
+    /// the result, as a file reload would. With `merge`, the keys given
+    /// replace those of the current entry and the others stay; without, the
+    /// entry is replaced whole. Returns the entry before and after.
+    ///
+    /// A later file reload replaces the whole configuration, this change
+    /// included: the file stays the source of truth.
+    ///
+    /// # Errors
+    ///
+    /// A [`LoadError`](crate::LoadError) (file `<admin>`, line 0) for an
+    /// unknown section, an unknown key, a wrong type or a value the engine
+    /// refuses; nothing is changed then.
+    pub fn set_instance(
+        &self,
+        section: &str,
+        name: &str,
+        entry: serde_json::Value,
+        merge: bool,
+    ) -> Result<(serde_json::Value, serde_json::Value, ApplyReport), crate::LoadError> {
+        let one_at_a_time = lock(&self.inner.applying);
+        let config = self.inner.config();
+        let mut spec = serde_json::to_value(&config.spec).map_err(|e| admin_error("", e.to_string()))?;
+        let section_value = spec
+            .get_mut(section)
+            .filter(|_| SECTIONS.contains(&section))
+            .ok_or_else(|| admin_error(section, format!("no section `{section}`; one of {SECTIONS:?}")))?;
+        let instances = section_value
+            .as_object_mut()
+            .and_then(|o| {
+                o.entry("instances")
+                    .or_insert_with(|| serde_json::Value::Object(Default::default()))
+                    .as_object_mut()
+            })
+            .ok_or_else(|| admin_error(section, "malformed section".into()))?;
+        let old = instances.get(name).cloned().unwrap_or(serde_json::Value::Null);
+        let new = match (merge, &old, entry) {
+            (true, serde_json::Value::Object(o), serde_json::Value::Object(e)) => {
+                let mut merged = o.clone();
+                merged.extend(e);
+                serde_json::Value::Object(merged)
+            }
+            (_, _, e @ serde_json::Value::Object(_)) => e,
+            (_, _, other) => {
+                return Err(admin_error(
+                    &format!("{section}.instances.{name}"),
+                    format!("expected a JSON object of settings, got {other}"),
+                ));
+            }
+        };
+        instances.insert(name.to_owned(), new.clone());
+        let file_spec: crate::config::FileSpec = serde_path_to_error::deserialize(&spec)
+            .map_err(|e| admin_error(&e.path().to_string(), e.into_inner().to_string()))?;
+        let set = ConfigSet::from_file_spec(&file_spec).map_err(|mut e| {
+            e.file = "<admin>".into();
+            e
+        })?;
+        let report = self.apply_locked(set, &one_at_a_time);
+        Ok((old, new, report))
+    }
+}
+
+fn admin_error(path: &str, message: String) -> crate::LoadError {
+    crate::LoadError {
+        file: "<admin>".into(),
+        line: 0,
+        path: path.to_owned(),
+        message,
     }
 }

@@ -129,7 +129,7 @@ impl<T: Copy> OrOff<T> {
 
 /// What each kind's spec does: inherit from a parent, and build the
 /// engine's configuration.
-pub trait Spec: Clone + fmt::Debug + PartialEq + Default {
+pub trait Spec: Clone + fmt::Debug + PartialEq + Default + Serialize {
     /// The engine's configuration it becomes.
     type Built: Clone + fmt::Debug;
     /// The section's name in a file (`circuit_breaker`, ...).
