@@ -164,6 +164,15 @@ impl Drop for Reloader {
     }
 }
 
+/// Whether a watch event may have changed the file: reads (our own
+/// included) do not; anything else, or an error of the watcher, may.
+fn is_change(event: &notify::Result<notify::Event>) -> bool {
+    match event {
+        Ok(e) => !matches!(e.kind, notify::EventKind::Access(_)),
+        Err(_) => true,
+    }
+}
+
 fn read(path: &Path) -> Result<String, LoadError> {
     std::fs::read_to_string(path).map_err(|e| LoadError {
         file: path.display().to_string(),
@@ -192,8 +201,13 @@ fn watch(
     debounce: Duration,
     status: Arc<Status>,
 ) {
+    // The text last refused: the same text is not refused twice.
+    let mut last_refused: Option<String> = None;
     // ordering (all counters here): Relaxed, counters read for reports only.
-    while rx.recv().is_ok() {
+    while let Ok(event) = rx.recv() {
+        if !is_change(&event) {
+            continue;
+        }
         // Quiet for `debounce` first: a file written in several steps is
         // read once, whole.
         loop {
@@ -204,10 +218,13 @@ fn watch(
             }
         }
         let outcome = read(&path).and_then(|text| {
-            if text == last_text {
+            if text == last_text || last_refused.as_ref() == Some(&text) {
                 return Ok(None);
             }
-            parse(&path, &text).map(|set| Some((text, set)))
+            parse(&path, &text).map_err(|e| {
+                last_refused = Some(text.clone());
+                e
+            }).map(|set| Some((text, set)))
         });
         match outcome {
             Ok(None) => {}

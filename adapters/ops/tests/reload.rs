@@ -178,6 +178,8 @@ fn reload_under_load_is_whole_and_keeps_state() {
         h.join().unwrap();
     }
 
+    // The bad file was refused once: reading the file is no change to it.
+    assert_eq!(reloader.rejected(), 1, "the refusal repeated");
     // Same instances, state kept through six reloads.
     assert!(Arc::ptr_eq(&payments, &registry.breaker("payments").unwrap()));
     assert_eq!(payments.state(), BreakerState::Open);
@@ -198,6 +200,9 @@ fn a_refused_file_emits_an_event_and_a_later_good_file_applies() {
     let db = registry.bulkhead("db").unwrap();
     replace(&path, &file(1).replace("limit: 16", "limit: -3"));
     wait_for("the refusal", || reloader.rejected() == 1);
+    // Quiet for many debounce intervals: refused once, not again and again.
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(reloader.rejected(), 1, "the refusal repeated");
     let e = reloader.last_error().unwrap();
     assert_eq!((e.line, e.path.as_str()), (18, "bulkhead.instances.db.limit"));
     assert_eq!(db.limit(), 8);
