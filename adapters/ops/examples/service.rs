@@ -39,12 +39,12 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use clap::Parser;
 use tenlives_engine::events::EventRing;
+use tenlives_engine::time::Clock;
 use tenlives_ops::admin::{self, AdminConfig, Role};
 use tenlives_ops::reload::Reloader;
 use tenlives_ops::{Breaker, Concurrency, Limiter, Registry};
 use tenlives_tokio::telemetry::{self, DrainConfig, Exporter};
 use tenlives_tokio::{AdmissionLayer, TenlivesError, TokioClock};
-use tenlives_engine::time::Clock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -66,6 +66,12 @@ const ADMIN_TOKEN: &str = "example-admin-token-5d1f0e2a9c7b4e3f8a6d";
 const VIEWER_TOKEN: &str = "example-viewer-token-0b9e8d7c6a5f4e3d2c1b";
 const YAML: &str = include_str!("service.yaml");
 
+/// The simulated upstream behind the breaker `upstream` and the bulkhead `db`.
+type Upstream = tenlives_tokio::AdmissionService<
+    tower::util::ServiceFn<fn(()) -> std::future::Ready<Result<(), &'static str>>>,
+    (Arc<Breaker>, Arc<Concurrency>),
+>;
+
 #[derive(Clone)]
 struct App {
     limiter: Arc<Limiter>,
@@ -73,10 +79,7 @@ struct App {
     start: Instant,
     fault: (f64, f64),
     length: Duration,
-    upstream: tenlives_tokio::AdmissionService<
-        tower::util::ServiceFn<fn(()) -> std::future::Ready<Result<(), &'static str>>>,
-        (Arc<Breaker>, Arc<Concurrency>),
-    >,
+    upstream: Upstream,
 }
 
 fn upstream_call(_: ()) -> std::future::Ready<Result<(), &'static str>> {
@@ -112,7 +115,13 @@ async fn api(State(app): State<App>) -> (StatusCode, &'static str) {
 }
 
 /// One HTTP/1.1 request on a fresh loopback connection: the status code.
-async fn request(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
     let Ok(mut stream) = TcpStream::connect(addr).await else {
         return (0, String::new());
     };
@@ -127,7 +136,9 @@ async fn request(addr: SocketAddr, method: &str, path: &str, token: Option<&str>
     let mut raw = String::new();
     let _ = stream.read_to_string(&mut raw).await;
     let status = raw.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_owned());
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned());
     (status, body)
 }
 
@@ -140,14 +151,33 @@ impl Edit {
     }
 }
 
-const GOOD_EDIT: Edit = Edit("rate: 2000, period: 1s, burst: 200", "rate: 100, period: 1s, burst: 10");
+const GOOD_EDIT: Edit = Edit(
+    "rate: 2000, period: 1s, burst: 200",
+    "rate: 100, period: 1s, burst: 10",
+);
 
 /// `PUT /admin/bulkheads/db/limit` with a read-only token, then an admin one.
 async fn set_limit_as_viewer_then_admin(addr: SocketAddr) -> Vec<u16> {
     let body = "{\"limit\": 4}";
     vec![
-        request(addr, "PUT", "/admin/bulkheads/db/limit", Some(VIEWER_TOKEN), body).await.0,
-        request(addr, "PUT", "/admin/bulkheads/db/limit", Some(ADMIN_TOKEN), body).await.0,
+        request(
+            addr,
+            "PUT",
+            "/admin/bulkheads/db/limit",
+            Some(VIEWER_TOKEN),
+            body,
+        )
+        .await
+        .0,
+        request(
+            addr,
+            "PUT",
+            "/admin/bulkheads/db/limit",
+            Some(ADMIN_TOKEN),
+            body,
+        )
+        .await
+        .0,
     ]
 }
 
@@ -164,7 +194,10 @@ fn phase(frac: f64) -> &'static str {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    tracing_subscriber::fmt().with_target(true).with_max_level(tracing::Level::INFO).init();
+    tracing_subscriber::fmt()
+        .with_target(true)
+        .with_max_level(tracing::Level::INFO)
+        .init();
     let length = Duration::from_secs(args.seconds.max(1));
 
     // The configuration file: a copy the example may rewrite.
@@ -174,7 +207,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let clock = TokioClock::new();
     let ring = Arc::new(EventRing::with_capacity(1 << 14)?);
-    let registry = Registry::builder().clock(clock).events(ring.clone()).build();
+    let registry = Registry::builder()
+        .clock(clock)
+        .events(ring.clone())
+        .build();
     let reloader = Reloader::start(registry.clone(), &path, Duration::from_millis(50))?;
 
     // Every policy by name, from the file.
@@ -238,7 +274,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             sent += 1;
             requests.push(tokio::spawn(async move {
                 let (status, _) = request(addr, "GET", "/api", None, "").await;
-                *counts.lock().unwrap().entry((phase(frac), status)).or_default() += 1;
+                *counts
+                    .lock()
+                    .unwrap()
+                    .entry((phase(frac), status))
+                    .or_default() += 1;
             }));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -277,24 +317,55 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(e) = reloader.last_error() {
         println!("last refusal: {e}");
     }
-    println!("admin: limit change as read-only -> {}, as admin -> {}", admin_statuses[0], admin_statuses[1]);
+    println!(
+        "admin: limit change as read-only -> {}, as admin -> {}",
+        admin_statuses[0], admin_statuses[1]
+    );
     println!("\nGET /admin/policies:\n{listing}\n");
     let metrics = exporter.render_text()?;
     println!("metrics:");
-    for line in metrics.lines().filter(|l| !l.starts_with('#') && !l.ends_with(" 0")) {
+    for line in metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.ends_with(" 0"))
+    {
         println!("  {line}");
     }
 
-    let answered: u32 = counts.iter().filter(|((_, s), _)| *s != 0).map(|(_, n)| n).sum();
+    let answered: u32 = counts
+        .iter()
+        .filter(|((_, s), _)| *s != 0)
+        .map(|(_, n)| n)
+        .sum();
     let quota = registry.rate_limiter("api")?.quota();
     let checks = [
-        (answered == sent, format!("every request answered ({answered} of {sent})")),
-        (counts.iter().any(|((_, s), _)| *s == 200), "some requests served".to_owned()),
-        (breaker_opened, "the breaker left `closed` during the fault".to_owned()),
-        (reloader.rejected() == 1, "the bad file was refused".to_owned()),
-        (reloader.applied() == 2, "the good file was applied".to_owned()),
-        ((quota.rate(), quota.burst()) == (100, 10), "the new quota is in force".to_owned()),
-        (admin_statuses == [403, 200] && db.limit() == 4, "the admin change was made, by the admin only".to_owned()),
+        (
+            answered == sent,
+            format!("every request answered ({answered} of {sent})"),
+        ),
+        (
+            counts.iter().any(|((_, s), _)| *s == 200),
+            "some requests served".to_owned(),
+        ),
+        (
+            breaker_opened,
+            "the breaker left `closed` during the fault".to_owned(),
+        ),
+        (
+            reloader.rejected() == 1,
+            "the bad file was refused".to_owned(),
+        ),
+        (
+            reloader.applied() == 2,
+            "the good file was applied".to_owned(),
+        ),
+        (
+            (quota.rate(), quota.burst()) == (100, 10),
+            "the new quota is in force".to_owned(),
+        ),
+        (
+            admin_statuses == [403, 200] && db.limit() == 4,
+            "the admin change was made, by the admin only".to_owned(),
+        ),
     ];
     let mut failed = false;
     for (ok, what) in &checks {

@@ -139,7 +139,10 @@ async fn rate_limit(State(admin): State<Arc<Admin>>, request: Request, next: Nex
         Ok(()) => next.run(request).await,
         Err(limited) => {
             let secs = limited.retry_after().as_secs_f64().ceil().max(1.0) as u64;
-            let mut r = error(StatusCode::TOO_MANY_REQUESTS, "too many admin requests".into());
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many admin requests".into(),
+            );
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
                 r.headers_mut().insert(header::RETRY_AFTER, v);
             }
@@ -162,12 +165,15 @@ fn ok(v: Value) -> Response {
 
 impl Admin {
     /// The caller's token if it may act as `needed`; else the 401 or 403.
-    fn authorize(&self, headers: &HeaderMap, needed: Role) -> Result<&Token, Response> {
+    fn authorize(&self, headers: &HeaderMap, needed: Role) -> Result<&Token, Box<Response>> {
         let unauthorized = || {
-            let mut r = error(StatusCode::UNAUTHORIZED, "a valid bearer token is needed".into());
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "a valid bearer token is needed".into(),
+            );
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            r
+            Box::new(r)
         };
         let presented = headers
             .get(header::AUTHORIZATION)
@@ -183,15 +189,23 @@ impl Admin {
         }
         let token = found.ok_or_else(unauthorized)?;
         if needed == Role::Admin && token.role != Role::Admin {
-            return Err(error(
+            return Err(Box::new(error(
                 StatusCode::FORBIDDEN,
                 format!("`{}` has a read-only token", token.who),
-            ));
+            )));
         }
         Ok(token)
     }
 
-    fn audit(&self, who: &str, action: &'static str, code: u64, target: &str, old: &Value, new: &Value) {
+    fn audit(
+        &self,
+        who: &str,
+        action: &'static str,
+        code: u64,
+        target: &str,
+        old: &Value,
+        new: &Value,
+    ) {
         tracing::info!(
             target: "tenlives::audit",
             who,
@@ -207,7 +221,7 @@ impl Admin {
 
 async fn list(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
     if let Err(r) = admin.authorize(&headers, Role::ReadOnly) {
-        return r;
+        return *r;
     }
     ok(json!({ "policies": admin.registry.policies() }))
 }
@@ -218,17 +232,20 @@ async fn one(
     Path((section, name)): Path<(String, String)>,
 ) -> Response {
     if let Err(r) = admin.authorize(&headers, Role::ReadOnly) {
-        return r;
+        return *r;
     }
     match admin.registry.policy(&section, &name) {
         Some(v) => ok(v),
-        None => error(StatusCode::NOT_FOUND, format!("no live {section} named `{name}`")),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no live {section} named `{name}`"),
+        ),
     }
 }
 
 async fn whole_config(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
     if let Err(r) = admin.authorize(&headers, Role::ReadOnly) {
-        return r;
+        return *r;
     }
     match serde_json::to_value(&admin.registry.config().spec) {
         Ok(v) => ok(v),
@@ -236,15 +253,22 @@ async fn whole_config(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Re
     }
 }
 
-fn parse_body(body: &Bytes) -> Result<Value, Response> {
+fn parse_body(body: &Bytes) -> Result<Value, Box<Response>> {
     serde_json::from_slice(body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))
+        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}"))))
 }
 
 fn set(admin: &Admin, who: &str, section: &str, name: &str, body: Value, merge: bool) -> Response {
     match admin.registry.set_instance(section, name, body, merge) {
         Ok((old, new, report)) => {
-            admin.audit(who, "set_config", 1, &format!("{section}.instances.{name}"), &old, &new);
+            admin.audit(
+                who,
+                "set_config",
+                1,
+                &format!("{section}.instances.{name}"),
+                &old,
+                &new,
+            );
             ok(json!({ "old": old, "new": new, "changed": report.changed }))
         }
         Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
@@ -259,11 +283,11 @@ async fn replace(
 ) -> Response {
     let token = match admin.authorize(&headers, Role::Admin) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match parse_body(&body) {
         Ok(v) => set(&admin, &token.who, &section, &name, v, false),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -275,11 +299,11 @@ async fn patch(
 ) -> Response {
     let token = match admin.authorize(&headers, Role::Admin) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match parse_body(&body) {
         Ok(v) => set(&admin, &token.who, &section, &name, v, true),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -291,20 +315,35 @@ async fn bulkhead_limit(
 ) -> Response {
     let token = match admin.authorize(&headers, Role::Admin) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let body = match parse_body(&body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
-    let Some(limit) = body.get("limit").filter(|_| body.as_object().is_some_and(|o| o.len() == 1))
+    let Some(limit) = body
+        .get("limit")
+        .filter(|_| body.as_object().is_some_and(|o| o.len() == 1))
     else {
-        return error(StatusCode::BAD_REQUEST, "expected {\"limit\": <calls in flight>}".into());
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected {\"limit\": <calls in flight>}".into(),
+        );
     };
     if admin.registry.existing_bulkhead(&name).is_none() {
-        return error(StatusCode::NOT_FOUND, format!("no live bulkhead named `{name}`"));
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no live bulkhead named `{name}`"),
+        );
     }
-    set(&admin, &token.who, "bulkhead", &name, json!({ "limit": limit }), true)
+    set(
+        &admin,
+        &token.who,
+        "bulkhead",
+        &name,
+        json!({ "limit": limit }),
+        true,
+    )
 }
 
 async fn breaker_action(
@@ -314,10 +353,13 @@ async fn breaker_action(
 ) -> Response {
     let token = match admin.authorize(&headers, Role::Admin) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(breaker) = admin.registry.existing_breaker(&name) else {
-        return error(StatusCode::NOT_FOUND, format!("no live circuit breaker named `{name}`"));
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no live circuit breaker named `{name}`"),
+        );
     };
     let now = admin.registry.now();
     let old = breaker_state_name(breaker.state());

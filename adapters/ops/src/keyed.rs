@@ -102,6 +102,9 @@ struct Table<K, P> {
     tick: u64,
 }
 
+/// Makes the instance for a key.
+type Make<K, P> = Box<dyn Fn(&K) -> Arc<P> + Send + Sync>;
+
 /// One policy per key, created on first use, at most `capacity` at once.
 ///
 /// Obtained from the [`Registry`](crate::Registry) (`keyed_breaker` and
@@ -113,7 +116,7 @@ pub struct Keyed<K, P> {
     family: Arc<str>,
     capacity: usize,
     table: Mutex<Table<K, P>>,
-    make: Box<dyn Fn(&K) -> Arc<P> + Send + Sync>,
+    make: Make<K, P>,
 }
 
 impl<K, P> fmt::Debug for Keyed<K, P> {
@@ -126,11 +129,7 @@ impl<K, P> fmt::Debug for Keyed<K, P> {
 }
 
 impl<K: Hash + Eq + Clone, P: Idle> Keyed<K, P> {
-    pub(crate) fn new(
-        family: Arc<str>,
-        capacity: usize,
-        make: Box<dyn Fn(&K) -> Arc<P> + Send + Sync>,
-    ) -> Self {
+    pub(crate) fn new(family: Arc<str>, capacity: usize, make: Make<K, P>) -> Self {
         Keyed {
             family,
             capacity,

@@ -110,9 +110,14 @@ impl fmt::Display for RegistryError {
                 "no configuration for `{name}`: add `{section}.instances.{name}` or `{section}.configs.default`"
             ),
             RegistryError::KeyType { family } => {
-                write!(f, "the keyed family `{family}` exists with another key type")
+                write!(
+                    f,
+                    "the keyed family `{family}` exists with another key type"
+                )
             }
-            RegistryError::ZeroCapacity => f.write_str("a keyed family needs a capacity of at least 1"),
+            RegistryError::ZeroCapacity => {
+                f.write_str("a keyed family needs a capacity of at least 1")
+            }
             RegistryError::SourcesExhausted => f.write_str("no telemetry source id is left"),
             RegistryError::NameTaken { name } => write!(
                 f,
@@ -261,10 +266,10 @@ impl Primitive for Retry {
         source: u32,
         _now: Timestamp,
     ) -> Self {
-        RetryBudget::with_sink(cfg.clone(), sink, source)
+        RetryBudget::with_sink(*cfg, sink, source)
     }
     fn apply(&self, cfg: &tenlives_engine::retry::RetryBudgetConfig, now: Timestamp) {
-        self.set_config(cfg.clone(), now);
+        self.set_config(*cfg, now);
     }
     fn state(&self, now: Timestamp) -> serde_json::Value {
         let c = self.counts(now);
@@ -305,10 +310,7 @@ impl Primitive for Throttler {
 
 /// The configuration name an instance resolves through, most specific
 /// first: a keyed entry `family:key`, then its family.
-fn resolve<'a, S: Spec>(
-    section: &'a Resolved<S>,
-    names: &[&str],
-) -> Option<&'a (S, S::Built)> {
+fn resolve<'a, S: Spec>(section: &'a Resolved<S>, names: &[&str]) -> Option<&'a (S, S::Built)> {
     names
         .iter()
         .find_map(|n| section.instances.get(*n))
@@ -337,7 +339,14 @@ impl<P> Default for Named<P> {
 
 /// A keyed family, type-erased for reload.
 trait Family: Send + Sync {
-    fn reconfigure(&self, inner: &Inner, old: &ConfigSet, new: &ConfigSet, now: Timestamp, report: &mut ApplyReport);
+    fn reconfigure(
+        &self,
+        inner: &Inner,
+        old: &ConfigSet,
+        new: &ConfigSet,
+        now: Timestamp,
+        report: &mut ApplyReport,
+    );
     fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
     fn view(&self) -> serde_json::Value;
 }
@@ -347,7 +356,14 @@ where
     K: Hash + Eq + Clone + fmt::Display + Send + 'static,
     P: Primitive,
 {
-    fn reconfigure(&self, _inner: &Inner, old: &ConfigSet, new: &ConfigSet, now: Timestamp, report: &mut ApplyReport) {
+    fn reconfigure(
+        &self,
+        _inner: &Inner,
+        old: &ConfigSet,
+        new: &ConfigSet,
+        now: Timestamp,
+        report: &mut ApplyReport,
+    ) {
         let family = self.family().to_owned();
         self.for_each(|key, policy| {
             let specific = format!("{family}:{key}");
@@ -391,6 +407,9 @@ fn reconfigure_one<P: Primitive>(
     }
 }
 
+/// Keyed families by kind and name.
+type Families = HashMap<(PolicyKind, Arc<str>), Arc<dyn Family>>;
+
 struct Inner {
     config: RwLock<Arc<ConfigSet>>,
     /// Serialises [`Registry::apply`]: one configuration change at a time.
@@ -403,7 +422,7 @@ struct Inner {
     bulkheads: Named<Concurrency>,
     budgets: Named<Retry>,
     throttles: Named<Throttler>,
-    families: Mutex<HashMap<(PolicyKind, Arc<str>), Arc<dyn Family>>>,
+    families: Mutex<Families>,
 }
 
 /// Named policies, created on first use from a [`ConfigSet`].
@@ -560,7 +579,9 @@ impl Inner {
             });
         }
         let source = sources.0;
-        sources.0 = source.checked_add(1).ok_or(RegistryError::SourcesExhausted)?;
+        sources.0 = source
+            .checked_add(1)
+            .ok_or(RegistryError::SourcesExhausted)?;
         sources.1.push(SourceEntry {
             source,
             name: name.clone(),
@@ -696,7 +717,10 @@ impl Registry {
         let config = self.inner.config();
         let limit = resolve(P::section(&config), &[family]).and_then(|(_, b)| P::initial_limit(b));
         if resolve(P::section(&config), &[family]).is_none()
-            && !P::section(&config).instances.keys().any(|k| k.starts_with(&format!("{family}:")))
+            && !P::section(&config)
+                .instances
+                .keys()
+                .any(|k| k.starts_with(&format!("{family}:")))
         {
             return Err(RegistryError::NotConfigured {
                 section: <P::Spec as Spec>::SECTION,
@@ -708,11 +732,13 @@ impl Registry {
         let weak = Arc::downgrade(&self.inner);
         let fam = name.clone();
         let make = move |key: &K| -> Arc<P> {
-            let inner = weak.upgrade().expect("a keyed family outlived its registry");
+            let inner = weak
+                .upgrade()
+                .expect("a keyed family outlived its registry");
             let config = inner.config();
             let specific = format!("{fam}:{key}");
-            let built = resolve(P::section(&config), &[specific.as_str(), &fam])
-                .map(|(_, b)| b.clone());
+            let built =
+                resolve(P::section(&config), &[specific.as_str(), &fam]).map(|(_, b)| b.clone());
             let now = inner.now();
             match built {
                 Some(b) => Arc::new(P::make(&b, inner.sink.clone(), source, now)),
@@ -731,7 +757,11 @@ impl Registry {
     /// # Errors
     ///
     /// [`RegistryError::ZeroCapacity`], [`RegistryError::KeyType`].
-    pub fn keyed_breaker<K>(&self, family: &str, capacity: usize) -> Result<Arc<Keyed<K, Breaker>>, RegistryError>
+    pub fn keyed_breaker<K>(
+        &self,
+        family: &str,
+        capacity: usize,
+    ) -> Result<Arc<Keyed<K, Breaker>>, RegistryError>
     where
         K: Hash + Eq + Clone + fmt::Display + Send + Sync + 'static,
     {
@@ -743,7 +773,11 @@ impl Registry {
     /// # Errors
     ///
     /// As [`Registry::keyed_breaker`], and [`RegistryError::NotConfigured`].
-    pub fn keyed_bulkhead<K>(&self, family: &str, capacity: usize) -> Result<Arc<Keyed<K, Concurrency>>, RegistryError>
+    pub fn keyed_bulkhead<K>(
+        &self,
+        family: &str,
+        capacity: usize,
+    ) -> Result<Arc<Keyed<K, Concurrency>>, RegistryError>
     where
         K: Hash + Eq + Clone + fmt::Display + Send + Sync + 'static,
     {
@@ -755,7 +789,11 @@ impl Registry {
     /// # Errors
     ///
     /// As [`Registry::keyed_bulkhead`].
-    pub fn keyed_rate_limiter<K>(&self, family: &str, capacity: usize) -> Result<Arc<Keyed<K, Limiter>>, RegistryError>
+    pub fn keyed_rate_limiter<K>(
+        &self,
+        family: &str,
+        capacity: usize,
+    ) -> Result<Arc<Keyed<K, Limiter>>, RegistryError>
     where
         K: Hash + Eq + Clone + fmt::Display + Send + Sync + 'static,
     {
@@ -833,10 +871,8 @@ impl Registry {
         }
         report.changed.sort();
         report.kept.sort();
-        self.inner.emit(
-            events::CONFIG_APPLIED,
-            [report.changed.len() as u64, 0],
-        );
+        self.inner
+            .emit(events::CONFIG_APPLIED, [report.changed.len() as u64, 0]);
         tracing::info!(
             target: "tenlives::ops",
             changed = ?report.changed,
@@ -870,7 +906,12 @@ pub const SECTIONS: [&str; 5] = [
     "throttle",
 ];
 
-fn views<P: Primitive>(named: &Named<P>, config: &ConfigSet, now: Timestamp, out: &mut Vec<serde_json::Value>) {
+fn views<P: Primitive>(
+    named: &Named<P>,
+    config: &ConfigSet,
+    now: Timestamp,
+    out: &mut Vec<serde_json::Value>,
+) {
     let map = named.map.read().unwrap_or_else(PoisonError::into_inner);
     let mut names: Vec<&Arc<str>> = map.keys().collect();
     names.sort();
@@ -879,7 +920,12 @@ fn views<P: Primitive>(named: &Named<P>, config: &ConfigSet, now: Timestamp, out
     }
 }
 
-fn view_of<P: Primitive>(policy: &P, name: &str, config: &ConfigSet, now: Timestamp) -> serde_json::Value {
+fn view_of<P: Primitive>(
+    policy: &P,
+    name: &str,
+    config: &ConfigSet,
+    now: Timestamp,
+) -> serde_json::Value {
     let spec = resolve(P::section(config), &[name]).map(|(s, _)| s);
     serde_json::json!({
         "section": <P::Spec as Spec>::SECTION,
@@ -915,7 +961,7 @@ impl Registry {
         views(&self.inner.throttles, &config, now, &mut out);
         let families = lock(&self.inner.families);
         let mut fams: Vec<serde_json::Value> = families.values().map(|f| f.view()).collect();
-        fams.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+        fams.sort_by_key(|v| v.to_string());
         out.extend(fams);
         out
     }
@@ -947,7 +993,8 @@ impl Registry {
         name: &str,
         quota: tenlives_engine::rate::Quota,
     ) -> Result<Arc<Limiter>, RegistryError> {
-        self.inner.named_or(&self.inner.limiters, name, Some(&quota))
+        self.inner
+            .named_or(&self.inner.limiters, name, Some(&quota))
     }
 
     /// The bulkhead named `name` if it was created (this never creates one).
@@ -993,11 +1040,17 @@ impl Registry {
     ) -> Result<(serde_json::Value, serde_json::Value, ApplyReport), crate::LoadError> {
         let one_at_a_time = lock(&self.inner.applying);
         let config = self.inner.config();
-        let mut spec = serde_json::to_value(&config.spec).map_err(|e| admin_error("", e.to_string()))?;
+        let mut spec =
+            serde_json::to_value(&config.spec).map_err(|e| admin_error("", e.to_string()))?;
         let section_value = spec
             .get_mut(section)
             .filter(|_| SECTIONS.contains(&section))
-            .ok_or_else(|| admin_error(section, format!("no section `{section}`; one of {SECTIONS:?}")))?;
+            .ok_or_else(|| {
+                admin_error(
+                    section,
+                    format!("no section `{section}`; one of {SECTIONS:?}"),
+                )
+            })?;
         let instances = section_value
             .as_object_mut()
             .and_then(|o| {
@@ -1006,7 +1059,10 @@ impl Registry {
                     .as_object_mut()
             })
             .ok_or_else(|| admin_error(section, "malformed section".into()))?;
-        let old = instances.get(name).cloned().unwrap_or(serde_json::Value::Null);
+        let old = instances
+            .get(name)
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
         let new = match (merge, &old, entry) {
             (true, serde_json::Value::Object(o), serde_json::Value::Object(e)) => {
                 let mut merged = o.clone();

@@ -221,10 +221,11 @@ fn watch(
             if text == last_text || last_refused.as_ref() == Some(&text) {
                 return Ok(None);
             }
-            parse(&path, &text).map_err(|e| {
-                last_refused = Some(text.clone());
-                e
-            }).map(|set| Some((text, set)))
+            parse(&path, &text)
+                .inspect_err(|_| {
+                    last_refused = Some(text.clone());
+                })
+                .map(|set| Some((text, set)))
         });
         match outcome {
             Ok(None) => {}

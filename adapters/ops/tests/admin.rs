@@ -44,7 +44,11 @@ impl Visit for Fields<'_> {
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Records {
     fn on_event(&self, event: &tracing::Event<'_>, _cx: Context<'_, S>) {
-        let mut line = format!("{} {} ", event.metadata().level(), event.metadata().target());
+        let mut line = format!(
+            "{} {} ",
+            event.metadata().level(),
+            event.metadata().target()
+        );
         event.record(&mut Fields(&mut line));
         self.0.lock().unwrap().push(line);
     }
@@ -57,7 +61,13 @@ struct Reply {
 }
 
 /// One HTTP/1.1 request on a fresh connection.
-async fn request(addr: std::net::SocketAddr, method: &str, path: &str, token: Option<&str>, body: &str) -> Reply {
+async fn request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Reply {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let req = format!(
@@ -96,7 +106,8 @@ fn tokens() -> AdminConfig {
 #[tokio::test(flavor = "current_thread")]
 async fn tokens_roles_validation_changes_and_audit() {
     let records = Records::default();
-    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(records.clone()));
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(records.clone()));
     let ring = Arc::new(EventRing::with_capacity(1024).unwrap());
     let mut consumer = ring.consumer();
     let registry = Registry::builder()
@@ -110,15 +121,40 @@ async fn tokens_roles_validation_changes_and_audit() {
     // 401 without a token or with a wrong one; 403 for read-only changes.
     let r = request(addr, "GET", "/admin/policies", None, "").await;
     assert_eq!(r.status, 401);
-    assert!(r.headers.contains("www-authenticate: bearer"), "{}", r.headers);
-    let r = request(addr, "GET", "/admin/policies", Some("admin-secret-0123456789abcdef012345678X"), "").await;
+    assert!(
+        r.headers.contains("www-authenticate: bearer"),
+        "{}",
+        r.headers
+    );
+    let r = request(
+        addr,
+        "GET",
+        "/admin/policies",
+        Some("admin-secret-0123456789abcdef012345678X"),
+        "",
+    )
+    .await;
     assert_eq!(r.status, 401);
     let r = request(addr, "GET", "/admin/policies", Some(&ADMIN[..10]), "").await;
     assert_eq!(r.status, 401, "a prefix of a token is not the token");
-    let r = request(addr, "POST", "/admin/breakers/payments/force_open", Some(VIEWER), "").await;
+    let r = request(
+        addr,
+        "POST",
+        "/admin/breakers/payments/force_open",
+        Some(VIEWER),
+        "",
+    )
+    .await;
     assert_eq!(r.status, 403);
     assert_eq!(payments.state(), BreakerState::Closed);
-    let r = request(addr, "PATCH", "/admin/config/circuit_breaker/payments", Some(VIEWER), "{}").await;
+    let r = request(
+        addr,
+        "PATCH",
+        "/admin/config/circuit_breaker/payments",
+        Some(VIEWER),
+        "{}",
+    )
+    .await;
     assert_eq!(r.status, 403);
 
     // Read-only reads.
@@ -131,34 +167,79 @@ async fn tokens_roles_validation_changes_and_audit() {
     assert_eq!(p["config"]["open_duration"], "1h");
     assert_eq!(p["config"]["consecutive_failures"], 2);
     let r = request(addr, "GET", "/admin/policies/bulkhead/db", Some(VIEWER), "").await;
-    assert_eq!((r.status, r.body["state"]["limit"].as_u64()), (200, Some(4)));
-    let r = request(addr, "GET", "/admin/policies/bulkhead/nope", Some(VIEWER), "").await;
+    assert_eq!(
+        (r.status, r.body["state"]["limit"].as_u64()),
+        (200, Some(4))
+    );
+    let r = request(
+        addr,
+        "GET",
+        "/admin/policies/bulkhead/nope",
+        Some(VIEWER),
+        "",
+    )
+    .await;
     assert_eq!(r.status, 404);
     let r = request(addr, "GET", "/admin/config", Some(VIEWER), "").await;
-    assert_eq!(r.body["circuit_breaker"]["instances"]["payments"]["open_duration"], "1h");
+    assert_eq!(
+        r.body["circuit_breaker"]["instances"]["payments"]["open_duration"],
+        "1h"
+    );
 
     // Bad input: 400 with the reason, nothing changed.
     let before = payments.config();
     for (body, reason) in [
         ("{\"failure_rate\": 40", "invalid JSON"),
-        ("{\"failure_rate\": 150}", "circuit_breaker.instances.payments.failure_rate"),
-        ("{\"failure_rate\": 150}", "outside the accepted range (0, 100]"),
+        (
+            "{\"failure_rate\": 150}",
+            "circuit_breaker.instances.payments.failure_rate",
+        ),
+        (
+            "{\"failure_rate\": 150}",
+            "outside the accepted range (0, 100]",
+        ),
         ("{\"failure_rat\": 40}", "unknown field `failure_rat`"),
         ("{\"open_duration\": 5}", "a duration such as"),
         ("[1, 2]", "expected a JSON object"),
     ] {
-        let r = request(addr, "PATCH", "/admin/config/circuit_breaker/payments", Some(ADMIN), body).await;
+        let r = request(
+            addr,
+            "PATCH",
+            "/admin/config/circuit_breaker/payments",
+            Some(ADMIN),
+            body,
+        )
+        .await;
         assert_eq!(r.status, 400, "{body}");
         let message = r.body["error"].as_str().unwrap();
         assert!(message.contains(reason), "{body}: {message}");
     }
-    let r = request(addr, "PATCH", "/admin/config/breakers/payments", Some(ADMIN), "{}").await;
+    let r = request(
+        addr,
+        "PATCH",
+        "/admin/config/breakers/payments",
+        Some(ADMIN),
+        "{}",
+    )
+    .await;
     assert_eq!(r.status, 400);
     assert_eq!(payments.config().failure_rate(), before.failure_rate());
     assert_eq!(payments.config().open_duration(0), before.open_duration(0));
-    let r = request(addr, "PUT", "/admin/bulkheads/db/limit", Some(ADMIN), "{\"limit\": 0}").await;
+    let r = request(
+        addr,
+        "PUT",
+        "/admin/bulkheads/db/limit",
+        Some(ADMIN),
+        "{\"limit\": 0}",
+    )
+    .await;
     assert_eq!(r.status, 400);
-    assert!(r.body["error"].as_str().unwrap().contains("`limit` must be at least 1"));
+    assert!(
+        r.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("`limit` must be at least 1")
+    );
     assert_eq!(db.limit(), 4);
 
     // Changes: state kept, old and new returned, audited.
@@ -178,18 +259,56 @@ async fn tokens_roles_validation_changes_and_audit() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["old"]["consecutive_failures"], Value::Null); // inherited before
     assert_eq!(r.body["new"]["consecutive_failures"], 9);
-    assert_eq!(r.body["new"]["open_duration"], "1h", "PATCH keeps the other keys");
+    assert_eq!(
+        r.body["new"]["open_duration"], "1h",
+        "PATCH keeps the other keys"
+    );
     assert_eq!(payments.config().consecutive_failures(), Some(9));
-    assert_eq!(payments.state(), BreakerState::Open, "the change kept the state");
-    let r = request(addr, "POST", "/admin/breakers/payments/close", Some(ADMIN), "").await;
-    assert_eq!((r.status, r.body["old"].as_str(), r.body["new"].as_str()), (200, Some("open"), Some("closed")));
+    assert_eq!(
+        payments.state(),
+        BreakerState::Open,
+        "the change kept the state"
+    );
+    let r = request(
+        addr,
+        "POST",
+        "/admin/breakers/payments/close",
+        Some(ADMIN),
+        "",
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["old"].as_str(), r.body["new"].as_str()),
+        (200, Some("open"), Some("closed"))
+    );
     assert_eq!(payments.state(), BreakerState::Closed);
-    let r = request(addr, "POST", "/admin/breakers/payments/force_open", Some(ADMIN), "").await;
+    let r = request(
+        addr,
+        "POST",
+        "/admin/breakers/payments/force_open",
+        Some(ADMIN),
+        "",
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(payments.state(), BreakerState::ForcedOpen);
-    let r = request(addr, "POST", "/admin/breakers/payments/explode", Some(ADMIN), "").await;
+    let r = request(
+        addr,
+        "POST",
+        "/admin/breakers/payments/explode",
+        Some(ADMIN),
+        "",
+    )
+    .await;
     assert_eq!(r.status, 400);
-    let r = request(addr, "PUT", "/admin/bulkheads/db/limit", Some(ADMIN), "{\"limit\": 12}").await;
+    let r = request(
+        addr,
+        "PUT",
+        "/admin/bulkheads/db/limit",
+        Some(ADMIN),
+        "{\"limit\": 12}",
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(db.limit(), 12);
 
@@ -203,14 +322,36 @@ async fn tokens_roles_validation_changes_and_audit() {
         .cloned()
         .collect();
     assert_eq!(audit.len(), 4, "{audit:#?}");
-    assert!(audit.iter().all(|l| l.contains("who=\"alice\"")), "{audit:#?}");
-    assert!(audit[0].contains("target=\"circuit_breaker.instances.payments\""), "{}", audit[0]);
-    assert!(audit[0].contains("\"consecutive_failures\":9"), "{}", audit[0]);
-    assert!(audit[1].contains("old=\"open\"") && audit[1].contains("new=\"closed\""), "{}", audit[1]);
-    assert!(audit[3].contains("\"limit\":4") && audit[3].contains("\"limit\":12"), "{}", audit[3]);
+    assert!(
+        audit.iter().all(|l| l.contains("who=\"alice\"")),
+        "{audit:#?}"
+    );
+    assert!(
+        audit[0].contains("target=\"circuit_breaker.instances.payments\""),
+        "{}",
+        audit[0]
+    );
+    assert!(
+        audit[0].contains("\"consecutive_failures\":9"),
+        "{}",
+        audit[0]
+    );
+    assert!(
+        audit[1].contains("old=\"open\"") && audit[1].contains("new=\"closed\""),
+        "{}",
+        audit[1]
+    );
+    assert!(
+        audit[3].contains("\"limit\":4") && audit[3].contains("\"limit\":12"),
+        "{}",
+        audit[3]
+    );
     // No token in any record, ever.
     for line in records.0.lock().unwrap().iter() {
-        assert!(!line.contains(ADMIN) && !line.contains(VIEWER) && !line.contains("secret"), "{line}");
+        assert!(
+            !line.contains(ADMIN) && !line.contains(VIEWER) && !line.contains("secret"),
+            "{line}"
+        );
     }
     let mut codes = Vec::new();
     while let Some(r) = consumer.try_recv() {
@@ -232,7 +373,12 @@ async fn the_admin_routes_are_rate_limited_by_tenlives() {
         .rate_limit(Quota::per_minute(3).unwrap());
     let addr = serve(registry.clone(), config).await;
     for _ in 0..3 {
-        assert_eq!(request(addr, "GET", "/admin/policies", Some(ADMIN), "").await.status, 200);
+        assert_eq!(
+            request(addr, "GET", "/admin/policies", Some(ADMIN), "")
+                .await
+                .status,
+            200
+        );
     }
     // Limited before authorization: unauthenticated floods are shed too.
     for token in [Some(ADMIN), None] {
@@ -242,5 +388,9 @@ async fn the_admin_routes_are_rate_limited_by_tenlives() {
     }
     // The limiter is a registry instance, listed like any other.
     let listed = registry.policies();
-    assert!(listed.iter().any(|p| p["section"] == "rate_limiter" && p["name"] == "admin"));
+    assert!(
+        listed
+            .iter()
+            .any(|p| p["section"] == "rate_limiter" && p["name"] == "admin")
+    );
 }

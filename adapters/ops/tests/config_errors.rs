@@ -77,10 +77,23 @@ fn a_good_yaml_file_resolves_inheritance_into_engine_configs() {
     assert_eq!(other.minimum_calls(), 10);
     let (_, q) = set.rate_limiter.for_instance("partner_api").unwrap();
     // partner_api inherits the default's burst of 20.
-    assert_eq!((q.rate(), q.period(), q.burst()), (10, Duration::from_secs(60), 20));
+    assert_eq!(
+        (q.rate(), q.period(), q.burst()),
+        (10, Duration::from_secs(60), 20)
+    );
     assert_eq!(set.bulkhead.for_instance("db").unwrap().1.limit, 32);
-    assert!(set.bulkhead.for_instance("unnamed").is_none(), "no default limit");
-    assert_eq!(set.retry_budget.for_instance("x").unwrap().1.min_per_second(), 5);
+    assert!(
+        set.bulkhead.for_instance("unnamed").is_none(),
+        "no default limit"
+    );
+    assert_eq!(
+        set.retry_budget
+            .for_instance("x")
+            .unwrap()
+            .1
+            .min_per_second(),
+        5
+    );
     assert_eq!(set.throttle.for_instance("upstream").unwrap().1.k(), 1.5);
 }
 
@@ -149,10 +162,16 @@ fn an_unknown_key_is_refused_at_its_line() {
         "circuit_breaker:\n  instances:\n    payments:\n      failure_rate: 50\n      failure_rat: 40\n",
     ));
     assert!(e.message.contains("unknown field `failure_rat`"), "{e}");
-    assert!(e.path.starts_with("circuit_breaker.instances.payments"), "{e}");
+    assert!(
+        e.path.starts_with("circuit_breaker.instances.payments"),
+        "{e}"
+    );
     assert_eq!(e.line, 5, "{e}");
     let e = err(yaml("circuit_breakers:\n  instances: {}\n"));
-    assert!(e.message.contains("unknown field `circuit_breakers`"), "{e}");
+    assert!(
+        e.message.contains("unknown field `circuit_breakers`"),
+        "{e}"
+    );
     assert_eq!(e.line, 1, "{e}");
 }
 
@@ -168,7 +187,9 @@ fn a_value_of_the_wrong_type_is_refused_at_its_line() {
     assert_eq!(e.path, "circuit_breaker.instances.api.open_duration");
     assert_eq!(e.line, 2);
     assert!(e.message.contains("a duration such as"), "{e}");
-    let e = err(yaml("throttle:\n  instances:\n    t:\n      window: soon\n"));
+    let e = err(yaml(
+        "throttle:\n  instances:\n    t:\n      window: soon\n",
+    ));
     assert_eq!(e.line, 4);
     assert!(e.message.contains("`soon` is not a duration"), "{e}");
     let e = err(yaml(
@@ -184,7 +205,10 @@ fn a_missing_base_config_is_refused_at_the_base_config_key() {
     ));
     assert_eq!(e.path, "circuit_breaker.instances.payments.base_config");
     assert_eq!(e.line, 7);
-    assert_eq!(e.message, "no configuration `strikt` in `circuit_breaker.configs`");
+    assert_eq!(
+        e.message,
+        "no configuration `strikt` in `circuit_breaker.configs`"
+    );
 }
 
 #[test]
@@ -196,14 +220,18 @@ fn a_cycle_of_base_configs_is_refused() {
     assert_eq!(e.line, 5);
     assert_eq!(e.message, "`base_config` makes a cycle: a -> b -> c -> a");
     // A config naming itself.
-    let e = err(toml("[throttle.configs.default]\nbase_config = \"default\"\n"));
+    let e = err(toml(
+        "[throttle.configs.default]\nbase_config = \"default\"\n",
+    ));
     assert!(e.message.contains("cycle: default -> default"), "{e}");
     assert_eq!(e.line, 2);
 }
 
 #[test]
 fn a_missing_required_key_names_the_entry() {
-    let e = err(yaml("rate_limiter:\n  instances:\n    api:\n      burst: 5\n"));
+    let e = err(yaml(
+        "rate_limiter:\n  instances:\n    api:\n      burst: 5\n",
+    ));
     assert_eq!(e.path, "rate_limiter.instances.api");
     assert_eq!(e.line, 3);
     assert_eq!(e.message, "missing required key `rate`");

@@ -73,7 +73,7 @@ impl SpinBarrier {
             let mut spins = 0u32;
             while self.generation.load(SeqCst) == generation {
                 spins += 1;
-                if spins % 64 == 0 {
+                if spins.is_multiple_of(64) {
                     // On a loaded machine the other thread may not be running.
                     thread::yield_now();
                 } else {
@@ -148,7 +148,11 @@ fn instances_are_configured_from_their_entry_or_the_default() {
     assert_eq!(registry.bulkhead("db").unwrap().limit(), 4);
     assert_eq!(registry.rate_limiter("api").unwrap().quota().rate(), 5);
     assert_eq!(
-        registry.breaker("anything").unwrap().config().consecutive_failures(),
+        registry
+            .breaker("anything")
+            .unwrap()
+            .config()
+            .consecutive_failures(),
         Some(2)
     );
     assert_eq!(
@@ -216,20 +220,31 @@ fn names_become_sources_and_metric_labels() {
     let exporter = Arc::new(Exporter::new(sources));
     let mut drain = Drain::new(ring, exporter.clone());
     for _ in 0..2 {
-        payments.try_acquire(clock.now()).unwrap().failure(clock.now());
+        payments
+            .try_acquire(clock.now())
+            .unwrap()
+            .failure(clock.now());
     }
     let _held = db.try_acquire().unwrap();
     drain.drain_once();
     let text = exporter.render_text().unwrap();
-    assert!(text.contains("tenlives_breaker_state{policy=\"payments\"} 1"), "{text}");
-    assert!(text.contains("tenlives_bulkhead_limit{policy=\"db\"} 4"), "{text}");
+    assert!(
+        text.contains("tenlives_breaker_state{policy=\"payments\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tenlives_bulkhead_limit{policy=\"db\"} 4"),
+        "{text}"
+    );
 }
 
 #[test]
 fn eviction_drops_only_idle_entries() {
     let clock = SharedClock::default();
     let registry = registry(&clock);
-    let hosts = registry.keyed_bulkhead::<&'static str>("per_host", 2).unwrap();
+    let hosts = registry
+        .keyed_bulkhead::<&'static str>("per_host", 2)
+        .unwrap();
     let now = clock.now();
     // `a` is busy: a permit in flight through a held handle.
     let a = hosts.get(&"a", now).unwrap();
@@ -269,13 +284,23 @@ fn an_open_breaker_and_a_spent_limiter_are_not_idle() {
     }
     assert_eq!(b.state(), BreakerState::Open);
     drop(b);
-    assert!(breakers.get(&2, clock.now()).is_err(), "an open breaker was evicted");
+    assert!(
+        breakers.get(&2, clock.now()).is_err(),
+        "an open breaker was evicted"
+    );
     breakers.get(&1, clock.now()).unwrap().reset(clock.now());
     assert!(breakers.get(&2, clock.now()).is_ok());
 
     let limiters = registry.keyed_rate_limiter::<u32>("per_host", 1).unwrap();
-    limiters.get(&1, clock.now()).unwrap().check(clock.now()).unwrap();
-    assert!(limiters.get(&2, clock.now()).is_err(), "a spent limiter was evicted");
+    limiters
+        .get(&1, clock.now())
+        .unwrap()
+        .check(clock.now())
+        .unwrap();
+    assert!(
+        limiters.get(&2, clock.now()).is_err(),
+        "a spent limiter was evicted"
+    );
     clock.0.advance(Duration::from_secs(1)); // refilled: like a fresh one
     assert!(limiters.get(&2, clock.now()).is_ok());
 }
@@ -311,4 +336,118 @@ fn busy_entries_survive_churn_from_many_threads() {
         h.join().unwrap();
     }
     assert_eq!(busy.in_flight(), 1);
+}
+
+#[test]
+fn apply_reconfigures_named_and_keyed_instances_in_place() {
+    let clock = SharedClock::default();
+    let registry = registry(&clock);
+    let named = registry.breaker("payments").unwrap();
+    let family = registry.keyed_breaker::<String>("upstream", 8).unwrap();
+    let slow = family.get(&"slow.example".into(), clock.now()).unwrap();
+    let fast = family.get(&"fast.example".into(), clock.now()).unwrap();
+    // Open the fast host's breaker: the reload must keep it open.
+    for _ in 0..2 {
+        fast.try_acquire(clock.now()).unwrap().failure(clock.now());
+    }
+    assert_eq!(fast.state(), BreakerState::Open);
+    let next = CONFIG
+        .replace("consecutive_failures: 2,", "consecutive_failures: 3,")
+        .replace("{ consecutive_failures: 7 }", "{ consecutive_failures: 8 }");
+    let report = registry.apply(ConfigSet::from_str("next.yaml", &next, Format::Yaml).unwrap());
+    assert_eq!(
+        report.changed,
+        [
+            "circuit_breaker.payments",
+            "circuit_breaker.upstream:fast.example",
+            "circuit_breaker.upstream:slow.example"
+        ]
+    );
+    assert_eq!(named.config().consecutive_failures(), Some(3));
+    assert_eq!(fast.config().consecutive_failures(), Some(3));
+    assert_eq!(slow.config().consecutive_failures(), Some(8));
+    assert_eq!(
+        fast.state(),
+        BreakerState::Open,
+        "the reload closed a breaker"
+    );
+    assert!(Arc::ptr_eq(
+        &fast,
+        &family.get(&"fast.example".into(), clock.now()).unwrap()
+    ));
+    // Applying the same configuration again changes nothing.
+    let again = registry.apply(ConfigSet::from_str("next.yaml", &next, Format::Yaml).unwrap());
+    assert!(again.changed.is_empty(), "{again:?}");
+    // An instance whose entry and default disappear keeps its configuration.
+    let db = registry.bulkhead("db").unwrap();
+    let report = registry.apply(ConfigSet::from_str("empty.yaml", "{}", Format::Yaml).unwrap());
+    assert!(
+        report.kept.contains(&"bulkhead.db".to_owned()),
+        "{report:?}"
+    );
+    assert_eq!(db.limit(), 4);
+}
+
+#[tokio::test]
+async fn registry_policies_go_straight_into_tower_layers() {
+    use tenlives_tokio::{AdmissionLayer, TenlivesError};
+    use tower::{Layer, ServiceExt, service_fn};
+    let registry = registry(&SharedClock::default());
+    let breaker = registry.breaker("payments").unwrap();
+    let svc = AdmissionLayer::new((breaker.clone(), registry.bulkhead("db").unwrap())).layer(
+        service_fn(|fail: bool| async move { if fail { Err("down") } else { Ok(()) } }),
+    );
+    for _ in 0..2 {
+        assert!(matches!(
+            svc.clone().oneshot(true).await,
+            Err(TenlivesError::Inner("down"))
+        ));
+    }
+    assert_eq!(breaker.state(), BreakerState::Open);
+    assert!(matches!(
+        svc.clone().oneshot(false).await,
+        Err(TenlivesError::Rejected(_))
+    ));
+}
+
+#[test]
+fn a_refused_configuration_is_logged_as_a_warning_with_its_reason() {
+    use std::sync::Mutex;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<String>>>);
+    struct Text<'a>(&'a mut String);
+    impl tracing::field::Visit for Text<'_> {
+        fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+            self.0.push_str(&format!("{}={v:?} ", f.name()));
+        }
+    }
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Lines {
+        fn on_event(&self, e: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            let mut line = format!("{} {} ", e.metadata().level(), e.metadata().target());
+            e.record(&mut Text(&mut line));
+            self.0.lock().unwrap().push(line);
+        }
+    }
+
+    let lines = Lines::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(lines.clone()));
+    let registry = registry(&SharedClock::default());
+    let e = ConfigSet::from_str(
+        "p.yaml",
+        "bulkhead:\n  instances:\n    db: { limit: 0 }\n",
+        Format::Yaml,
+    )
+    .unwrap_err();
+    registry.reject(&e);
+    let lines = lines.0.lock().unwrap();
+    assert_eq!(lines.len(), 1);
+    assert!(lines[0].starts_with("WARN tenlives::ops "), "{}", lines[0]);
+    assert!(
+        lines[0].contains("p.yaml:3: bulkhead.instances.db.limit: `limit` must be at least 1"),
+        "{}",
+        lines[0]
+    );
 }

@@ -4,8 +4,8 @@
 #![cfg(all(feature = "yaml", feature = "reload"))]
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ impl Clock for SharedClock {
 /// Version `v`: even versions are "A", odd ones "B"; every changed policy
 /// changes several fields at once.
 fn file(v: u32) -> String {
-    let (rate, min, open, calls, q, burst, limit, k) = if v % 2 == 0 {
+    let (rate, min, open, calls, q, burst, limit, k) = if v.is_multiple_of(2) {
         (50, 10, "10s", 100, 100, 10, 8, 1.5)
     } else {
         (25, 40, "20s", 200, 400, 40, 16, 3.0)
@@ -69,7 +69,10 @@ fn replace(path: &Path, text: &str) {
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
-        assert!(start.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
         thread::sleep(Duration::from_millis(5));
     }
 }
@@ -109,8 +112,13 @@ fn reload_under_load_is_whole_and_keeps_state() {
     let calls = Arc::new(AtomicU64::new(0));
     let load: Vec<_> = (0..3)
         .map(|_| {
-            let (payments, frozen, api, db, t) =
-                (payments.clone(), frozen.clone(), api.clone(), db.clone(), t.clone());
+            let (payments, frozen, api, db, t) = (
+                payments.clone(),
+                frozen.clone(),
+                api.clone(),
+                db.clone(),
+                t.clone(),
+            );
             let (stop, calls, clock) = (stop.clone(), calls.clone(), clock.clone());
             thread::spawn(move || {
                 while !stop.load(SeqCst) {
@@ -138,34 +146,41 @@ fn reload_under_load_is_whole_and_keeps_state() {
                     }
                     let k = t.config().k();
                     assert!(k == 1.5 || k == 3.0, "throttle k {k}");
-                    assert!(frozen.try_acquire(now).is_err(), "the untouched breaker closed");
-                    assert!(payments.try_acquire(now).is_err(), "the changed breaker closed");
+                    assert!(
+                        frozen.try_acquire(now).is_err(),
+                        "the untouched breaker closed"
+                    );
+                    assert!(
+                        payments.try_acquire(now).is_err(),
+                        "the changed breaker closed"
+                    );
                     calls.fetch_add(1, SeqCst);
                 }
             })
         })
         .collect();
 
-    let mut expected_applied = 1;
     for v in 1..=6 {
         if v == 3 {
             // A bad file between good ones: refused, nothing changes.
             let before = payments.config().failure_rate();
-            replace(&path, &file(v).replace("failure_rate: 25", "failure_rate: 150"));
+            replace(
+                &path,
+                &file(v).replace("failure_rate: 25", "failure_rate: 150"),
+            );
             wait_for("the refusal", || reloader.rejected() == 1);
             let e = reloader.last_error().unwrap();
             assert_eq!(e.path, "circuit_breaker.instances.payments.failure_rate");
             assert_eq!(e.line, 5);
             assert_eq!(payments.config().failure_rate(), before);
-            assert_eq!(reloader.applied(), expected_applied);
+            assert_eq!(reloader.applied(), u64::from(v));
         }
         if v == 6 {
             std::fs::write(&path, file(v)).unwrap(); // in place, this time
         } else {
             replace(&path, &file(v));
         }
-        expected_applied += 1;
-        wait_for("the reload", || reloader.applied() == expected_applied);
+        wait_for("the reload", || reloader.applied() == u64::from(v) + 1);
         let want = if v % 2 == 0 { a.0 } else { b.0 };
         assert_eq!(payments.config().failure_rate(), want);
         assert_eq!(db.limit(), if v % 2 == 0 { 8 } else { 16 });
@@ -181,11 +196,17 @@ fn reload_under_load_is_whole_and_keeps_state() {
     // The bad file was refused once: reading the file is no change to it.
     assert_eq!(reloader.rejected(), 1, "the refusal repeated");
     // Same instances, state kept through six reloads.
-    assert!(Arc::ptr_eq(&payments, &registry.breaker("payments").unwrap()));
+    assert!(Arc::ptr_eq(
+        &payments,
+        &registry.breaker("payments").unwrap()
+    ));
     assert_eq!(payments.state(), BreakerState::Open);
     assert_eq!(frozen.state(), BreakerState::Open);
     assert_eq!(api.quota().burst(), 10);
-    assert!(api.available(clock.now()) < 10, "the limiter's spent tokens came back");
+    assert!(
+        api.available(clock.now()) < 10,
+        "the limiter's spent tokens came back"
+    );
 }
 
 #[test]
@@ -204,7 +225,10 @@ fn a_refused_file_emits_an_event_and_a_later_good_file_applies() {
     thread::sleep(Duration::from_millis(300));
     assert_eq!(reloader.rejected(), 1, "the refusal repeated");
     let e = reloader.last_error().unwrap();
-    assert_eq!((e.line, e.path.as_str()), (18, "bulkhead.instances.db.limit"));
+    assert_eq!(
+        (e.line, e.path.as_str()),
+        (18, "bulkhead.instances.db.limit")
+    );
     assert_eq!(db.limit(), 8);
     replace(&path, &file(1));
     wait_for("the reload", || reloader.applied() == 2);
@@ -235,7 +259,10 @@ fn a_bad_file_at_start_is_refused() {
     let registry = Registry::builder().build();
     match Reloader::start(registry.clone(), &path, Duration::from_millis(10)) {
         Err(StartError::Load(e)) => {
-            assert_eq!((e.line, e.path.as_str()), (3, "bulkhead.instances.db.limit"));
+            assert_eq!(
+                (e.line, e.path.as_str()),
+                (3, "bulkhead.instances.db.limit")
+            );
         }
         other => panic!("{other:?}"),
     }

@@ -143,16 +143,19 @@ impl ConfigSet {
     ///
     /// As [`ConfigSet::from_path`].
     pub fn from_str(file: &str, text: &str, format: Format) -> Result<ConfigSet, LoadError> {
-        let parsed = match format {
+        let parsed: Result<Node, (usize, String)> = match format {
             #[cfg(feature = "toml")]
             Format::Toml => super::node::toml::parse(text),
             #[cfg(feature = "yaml")]
             Format::Yaml => super::node::yaml::parse(text),
             #[allow(unreachable_patterns)]
-            other => Err((
-                1,
-                format!("{other:?} support is off: enable the tenlives-ops feature for it"),
-            )),
+            other => {
+                let _unread = text;
+                Err((
+                    1,
+                    format!("{other:?} support is off: enable the tenlives-ops feature for it"),
+                ))
+            }
         };
         let node = parsed.map_err(|(line, message)| LoadError {
             file: file.to_owned(),
@@ -260,7 +263,11 @@ impl Cx<'_> {
     }
 
     /// The entry resolved along its `base_config` chain, and built.
-    fn build<S: Spec>(&self, section: &Section<S>, entry: Entry<'_>) -> Result<(S, S::Built), LoadError> {
+    fn build<S: Spec>(
+        &self,
+        section: &Section<S>,
+        entry: Entry<'_>,
+    ) -> Result<(S, S::Built), LoadError> {
         // The chain from the entry up to its root.
         let mut chain: Vec<(Entry<'_>, &S)> = Vec::new();
         let mut current = entry;
@@ -312,14 +319,12 @@ impl Cx<'_> {
             Ok(cfg) => Ok((resolved, cfg)),
             Err(e) => {
                 // Blame the first entry of the chain that writes the key.
-                let blamed = e
-                    .key
-                    .and_then(|key| {
-                        chain
-                            .iter()
-                            .find(|(en, _)| self.writes(S::SECTION, *en, key))
-                            .map(|(en, _)| (*en, key))
-                    });
+                let blamed = e.key.and_then(|key| {
+                    chain
+                        .iter()
+                        .find(|(en, _)| self.writes(S::SECTION, *en, key))
+                        .map(|(en, _)| (*en, key))
+                });
                 Err(match blamed {
                     Some((en, key)) => {
                         self.error(S::SECTION, &[en.group, en.name, key], e.kind.to_string())

@@ -200,7 +200,7 @@ fn engine_field(e: &ConfigError) -> Option<&'static str> {
 
 macro_rules! inherit {
     ($self:ident, $parent:ident; $($field:ident),*) => {
-        Self { base_config: $self.base_config.clone(), $($field: $self.$field.clone().or_else(|| $parent.$field.clone()),)* ..Default::default() }
+        Self { base_config: $self.base_config.clone(), $($field: $self.$field.clone().or_else(|| $parent.$field.clone()),)* }
     };
 }
 
@@ -262,7 +262,7 @@ impl Spec for BreakerSpec {
 
     fn inherit(&self, parent: &Self) -> Self {
         let mut out = inherit!(self, parent; failure_rate, slow_call_rate, slow_call_duration,
-            consecutive_failures, window_buckets, minimum_calls, open_duration,
+            consecutive_failures, window_calls, window_duration, window_buckets, minimum_calls, open_duration,
             open_backoff_multiplier, open_backoff_cap, half_open_probes, reopen_on_first_failure);
         // The window's kind is one setting: an entry that sets either
         // length replaces the inherited window.
@@ -305,7 +305,10 @@ impl Spec for BreakerSpec {
             Some(OrOff::Off) => b = b.without_failure_rate(),
             None => {}
         }
-        match (self.slow_call_rate.and_then(OrOff::value), self.slow_call_duration) {
+        match (
+            self.slow_call_rate.and_then(OrOff::value),
+            self.slow_call_duration,
+        ) {
             (Some(p), Some(d)) => b = b.slow_calls(p, d.0),
             (Some(_), None) => {
                 return Err(conflict(
@@ -468,9 +471,8 @@ impl Spec for BulkheadSpec {
         })?;
         // The engine's own check: a throwaway bulkhead refuses what
         // `Bulkhead::set_limit` would refuse.
-        tenlives_engine::bulkhead::Bulkhead::new(limit).map_err(engine(|f| {
-            (f == "limit").then_some("limit")
-        }))?;
+        tenlives_engine::bulkhead::Bulkhead::new(limit)
+            .map_err(engine(|f| (f == "limit").then_some("limit")))?;
         Ok(BulkheadConfig { limit })
     }
 }
