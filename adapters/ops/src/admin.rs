@@ -17,7 +17,7 @@
 //! holder (`who`). Bad JSON and refused values are 400 with the reason, and
 //! change nothing. Every change is audited: a `tracing` record (target
 //! `tenlives::audit`: who, action, target, old and new value) and an
-//! [`AUDIT`](crate::events::AUDIT) event. The routes are rate-limited by a
+//! `AUDIT` event ([`crate::events::AUDIT`]). The routes are rate-limited by a
 //! tenlives rate limiter (the registry's `rate_limiter.instances.admin`,
 //! else [`AdminConfig::rate_limit`]): over it, 429 with `Retry-After`.
 
