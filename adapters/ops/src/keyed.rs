@@ -103,14 +103,15 @@ struct Table<K, P> {
 }
 
 /// Makes the instance for a key.
-type Make<K, P> = Box<dyn Fn(&K) -> Arc<P> + Send + Sync>;
+type Make<K, P> = Box<dyn Fn(&K, Timestamp) -> Arc<P> + Send + Sync>;
 
 /// One policy per key, created on first use, at most `capacity` at once.
 ///
 /// Obtained from the [`Registry`](crate::Registry) (`keyed_breaker` and
 /// friends), which creates each entry from the configuration of
-/// `<family>:<key>` if the file has one, else `<family>`, else the default,
-/// and re-applies configuration to every entry on reload. Entries report
+/// `<family>:<key>` if the file has one, else `<family>`, else the default
+/// (else, if a later configuration has neither, what the family was created
+/// with), and re-applies configuration to every entry on reload. Entries report
 /// telemetry under the family's name and source (bounded label cardinality).
 pub struct Keyed<K, P> {
     family: Arc<str>,
@@ -177,7 +178,7 @@ impl<K: Hash + Eq + Clone, P: Idle> Keyed<K, P> {
                 }
             }
         }
-        let policy = (self.make)(key);
+        let policy = (self.make)(key, now);
         table.slots.insert(
             key.clone(),
             Slot {

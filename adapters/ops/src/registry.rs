@@ -715,35 +715,33 @@ impl Registry {
                 });
         }
         let config = self.inner.config();
-        let limit = resolve(P::section(&config), &[family]).and_then(|(_, b)| P::initial_limit(b));
-        if resolve(P::section(&config), &[family]).is_none()
-            && !P::section(&config)
-                .instances
-                .keys()
-                .any(|k| k.starts_with(&format!("{family}:")))
-        {
+        // The family's own entry, else the default: what a key without an
+        // entry of its own gets, and (kept here) what it gets if a later
+        // configuration has neither.
+        let Some((_, fallback)) = resolve(P::section(&config), &[family]) else {
             return Err(RegistryError::NotConfigured {
                 section: <P::Spec as Spec>::SECTION,
                 name: family.to_owned(),
             });
-        }
+        };
+        let fallback = fallback.clone();
         let name = slot.1.clone();
-        let source = self.inner.new_source(&name, P::KIND, limit)?;
+        let source = self
+            .inner
+            .new_source(&name, P::KIND, P::initial_limit(&fallback))?;
+        // Weak: the registry holds its families; a family held after the
+        // registry is gone makes entries from its fallback.
         let weak = Arc::downgrade(&self.inner);
+        let sink = self.inner.sink.clone();
         let fam = name.clone();
-        let make = move |key: &K| -> Arc<P> {
-            let inner = weak
-                .upgrade()
-                .expect("a keyed family outlived its registry");
-            let config = inner.config();
+        let make = move |key: &K, now: Timestamp| -> Arc<P> {
             let specific = format!("{fam}:{key}");
-            let built =
-                resolve(P::section(&config), &[specific.as_str(), &fam]).map(|(_, b)| b.clone());
-            let now = inner.now();
-            match built {
-                Some(b) => Arc::new(P::make(&b, inner.sink.clone(), source, now)),
-                None => unreachable!("checked when the family was created"),
-            }
+            let current = weak.upgrade().map(|inner| inner.config());
+            let built = current
+                .as_deref()
+                .and_then(|c| resolve(P::section(c), &[specific.as_str(), &fam]))
+                .map_or(&fallback, |(_, b)| b);
+            Arc::new(P::make(built, sink.clone(), source, now))
         };
         let keyed = Arc::new(Keyed::new(name, capacity, Box::new(make)));
         families.insert(slot, keyed.clone());

@@ -451,3 +451,37 @@ fn a_refused_configuration_is_logged_as_a_warning_with_its_reason() {
         lines[0]
     );
 }
+
+#[test]
+fn a_keyed_family_whose_entry_a_reload_removed_still_makes_entries() {
+    let clock = SharedClock::default();
+    let registry = registry(&clock);
+    let hosts = registry.keyed_bulkhead::<u32>("per_host", 8).unwrap();
+    assert_eq!(hosts.get(&1, clock.now()).unwrap().limit(), 1);
+    // The new file has no bulkhead section at all.
+    registry.apply(ConfigSet::from_str("next.yaml", "{}", Format::Yaml).unwrap());
+    // A new key takes the configuration the family was created with.
+    assert_eq!(hosts.get(&2, clock.now()).unwrap().limit(), 1);
+    // A family needs its own entry or a default: a `family:key` entry alone
+    // does not configure the other keys.
+    let only_keys = "bulkhead:\n  instances:\n    \"edge:a\": { limit: 3 }\n";
+    registry.apply(ConfigSet::from_str("keys.yaml", only_keys, Format::Yaml).unwrap());
+    assert_eq!(
+        registry.keyed_bulkhead::<u32>("edge", 8).unwrap_err(),
+        RegistryError::NotConfigured {
+            section: "bulkhead",
+            name: "edge".into()
+        }
+    );
+}
+
+#[test]
+fn a_keyed_family_kept_after_its_registry_is_gone_still_makes_entries() {
+    let clock = SharedClock::default();
+    // The registry is a temporary, dropped at the end of the statement.
+    let orphan = registry(&clock)
+        .keyed_breaker::<u32>("upstream", 2)
+        .unwrap();
+    let entry = orphan.get(&1, clock.now()).unwrap();
+    assert_eq!(entry.config().consecutive_failures(), Some(2));
+}

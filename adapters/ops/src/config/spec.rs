@@ -131,7 +131,7 @@ impl<T: Copy> OrOff<T> {
 /// engine's configuration.
 pub trait Spec: Clone + fmt::Debug + PartialEq + Default + Serialize {
     /// The engine's configuration it becomes.
-    type Built: Clone + fmt::Debug;
+    type Built: Clone + fmt::Debug + Send + Sync + 'static;
     /// The section's name in a file (`circuit_breaker`, ...).
     const SECTION: &'static str;
     /// The entry it inherits from, if it names one.
