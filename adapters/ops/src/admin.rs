@@ -175,9 +175,12 @@ impl Admin {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             Box::new(r)
         };
+        // The scheme is case-insensitive (RFC 9110); the token is not.
         let presented = headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .map(|v| v.as_bytes())
+            .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+            .map(|v| &v[7..])
             .ok_or_else(unauthorized)?;
         // Every token is compared, in constant time for equal lengths, so
         // that timing tells neither which token nor how much of one matched.

@@ -100,12 +100,9 @@ impl Reloader {
         debounce: Duration,
     ) -> Result<Reloader, StartError> {
         let path = path.as_ref().to_path_buf();
-        let text = read(&path).map_err(StartError::Load)?;
-        let set = parse(&path, &text).map_err(StartError::Load)?;
-        registry.apply(set);
-        let status = Arc::new(Status::default());
-        status.applied.fetch_add(1, Ordering::Relaxed); // ordering: a counter read for reports only
-
+        // Watching starts before the first read, so that a change made
+        // between the two is not missed (an event for the text already read
+        // is ignored: the text did not change).
         let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
         let mut watcher = notify::recommended_watcher(tx).map_err(StartError::Watch)?;
         let dir = match path.parent() {
@@ -115,6 +112,12 @@ impl Reloader {
         watcher
             .watch(&dir, RecursiveMode::NonRecursive)
             .map_err(StartError::Watch)?;
+        let text = read(&path).map_err(StartError::Load)?;
+        let set = parse(&path, &text).map_err(StartError::Load)?;
+        registry.apply(set);
+        let status = Arc::new(Status::default());
+        status.applied.fetch_add(1, Ordering::Relaxed); // ordering: a counter read for reports only
+
         let thread = {
             let (status, path) = (status.clone(), path.clone());
             std::thread::Builder::new()

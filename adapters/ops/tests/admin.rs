@@ -60,6 +60,23 @@ struct Reply {
     body: Value,
 }
 
+/// A GET with the `Authorization` header given whole.
+async fn request_with(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    authorization: &str,
+) -> Reply {
+    raw_request(
+        addr,
+        method,
+        path,
+        &format!("Authorization: {authorization}\r\n"),
+        "",
+    )
+    .await
+}
+
 /// One HTTP/1.1 request on a fresh connection.
 async fn request(
     addr: std::net::SocketAddr,
@@ -68,8 +85,18 @@ async fn request(
     token: Option<&str>,
     body: &str,
 ) -> Reply {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    raw_request(addr, method, path, &auth, body).await
+}
+
+async fn raw_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    auth: &str,
+    body: &str,
+) -> Reply {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -157,7 +184,11 @@ async fn tokens_roles_validation_changes_and_audit() {
     .await;
     assert_eq!(r.status, 403);
 
-    // Read-only reads.
+    // Read-only reads (the scheme's case does not matter).
+    let r = request_with(addr, "GET", "/admin/policies", &format!("bEARER {VIEWER}")).await;
+    assert_eq!(r.status, 200);
+    let r = request_with(addr, "GET", "/admin/policies", &format!("Basic {VIEWER}")).await;
+    assert_eq!(r.status, 401);
     let r = request(addr, "GET", "/admin/policies", Some(VIEWER), "").await;
     assert_eq!(r.status, 200);
     let policies = r.body["policies"].as_array().unwrap();
