@@ -798,6 +798,51 @@ impl Registry {
         self.keyed(family, capacity)
     }
 
+    /// Creates every named instance the configuration in force lists
+    /// (`instances.<name>` of every section), as Resilience4j does at
+    /// start-up, so that an exporter built from [`Registry::sources`]
+    /// afterwards labels them all. Skips `family:key` entries and names a
+    /// keyed family of the same kind already took (create keyed families
+    /// first). Returns the instances created, as `section.name`.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::SourcesExhausted`].
+    pub fn create_configured(&self) -> Result<Vec<String>, RegistryError> {
+        fn each<P: Primitive>(
+            inner: &Inner,
+            named: &Named<P>,
+            config: &ConfigSet,
+            out: &mut Vec<String>,
+        ) -> Result<(), RegistryError> {
+            for name in P::section(config).instances.keys() {
+                let exists = named
+                    .map
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains_key(name.as_str());
+                if name.contains(':') || exists {
+                    continue;
+                }
+                match inner.named(named, name) {
+                    Ok(_) => out.push(format!("{}.{name}", <P::Spec as Spec>::SECTION)),
+                    Err(RegistryError::NameTaken { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        }
+        let config = self.inner.config();
+        let i = &*self.inner;
+        let mut out = Vec::new();
+        each(i, &i.breakers, &config, &mut out)?;
+        each(i, &i.limiters, &config, &mut out)?;
+        each(i, &i.bulkheads, &config, &mut out)?;
+        each(i, &i.budgets, &config, &mut out)?;
+        each(i, &i.throttles, &config, &mut out)?;
+        Ok(out)
+    }
+
     /// The telemetry sources of every instance created so far (and of the
     /// registry itself, source 0, named `registry`), for
     /// `tenlives_tokio::telemetry::Exporter::new`. Keyed entries report

@@ -485,3 +485,37 @@ fn a_keyed_family_kept_after_its_registry_is_gone_still_makes_entries() {
     let entry = orphan.get(&1, clock.now()).unwrap();
     assert_eq!(entry.config().consecutive_failures(), Some(2));
 }
+
+#[test]
+fn create_configured_makes_every_listed_instance_before_the_exporter_is_built() {
+    let clock = SharedClock::default();
+    let registry = registry(&clock);
+    // `per_host` serves keyed families here: created first, it is skipped.
+    registry.keyed_bulkhead::<u32>("per_host", 4).unwrap();
+    let created = registry.create_configured().unwrap();
+    assert_eq!(
+        created,
+        ["rate_limiter.api", "rate_limiter.per_host", "bulkhead.db"]
+    );
+    assert!(
+        registry.create_configured().unwrap().is_empty(),
+        "created twice"
+    );
+    let names: Vec<String> = registry
+        .sources()
+        .unwrap()
+        .policies()
+        .iter()
+        .map(|p| format!("{}:{}", p.kind(), p.name()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "other:registry",
+            "bulkhead:per_host",
+            "other:api",
+            "other:per_host",
+            "bulkhead:db"
+        ]
+    );
+}
