@@ -267,6 +267,25 @@ fn syntax_errors_name_their_line() {
     assert!(e.path.is_empty());
     let e = err(toml("[circuit_breaker]\n\nconfigs = {\n"));
     assert_eq!(e.line, 3, "{e}");
+    // A key written twice is refused, not silently overridden.
+    let e = err(yaml(
+        "bulkhead:\n  instances:\n    db: { limit: 4 }\n    api: { limit: 2 }\n    db: { limit: 40 }\n",
+    ));
+    assert_eq!((e.line, e.message.as_str()), (5, "duplicate key `db`"));
+    let e = err(toml("[bulkhead.instances.db]\nlimit = 4\nlimit = 40\n"));
+    assert_eq!(e.line, 3, "{e}");
+    // Aliases are refused; tags of the core schema are honoured.
+    let e = err(yaml(
+        "bulkhead:\n  configs:\n    a: &x { limit: 4 }\n    b: *x\n",
+    ));
+    assert_eq!(
+        (e.line, e.message.as_str()),
+        (4, "YAML aliases are not supported here")
+    );
+    let e = err(yaml(
+        "bulkhead:\n  instances:\n    db: { limit: !!str 4 }\n",
+    ));
+    assert!(e.message.contains("invalid type: string \"4\""), "{e}");
 }
 
 #[test]

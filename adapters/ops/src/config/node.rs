@@ -98,59 +98,144 @@ pub(crate) fn line_at(text: &str, offset: usize) -> usize {
 
 #[cfg(feature = "yaml")]
 pub(crate) mod yaml {
-    //! YAML through `saphyr`'s marked tree.
+    //! YAML through `saphyr-parser`'s events, built into a [`Node`] tree
+    //! here so that a key written twice in a mapping is refused (a loaded
+    //! map would keep the later one silently), with scalars resolved by
+    //! `saphyr`'s core schema.
+    use std::borrow::Cow;
+
+    use saphyr::Scalar;
+    use saphyr_parser::{Event, Parser, ScalarStyle, Span, SpannedEventReceiver, Tag};
+
     use super::{Kind, Node};
-    use saphyr::{LoadableYamlNode, MarkedYamlOwned, ScalarOwned, YamlDataOwned};
 
     /// Parses `text`; an empty document is an empty map. On failure: the
     /// line and the parser's message.
     pub(crate) fn parse(text: &str) -> Result<Node, (usize, String)> {
-        let docs = MarkedYamlOwned::load_from_str(text)
+        let mut builder = Builder::default();
+        Parser::new_from_str(text)
+            .load(&mut builder, true)
             .map_err(|e| (e.marker().line(), e.info().to_owned()))?;
-        match docs.len() {
+        if let Some(e) = builder.error {
+            return Err(e);
+        }
+        match builder.docs.len() {
             0 => Ok(Node {
                 line: 1,
                 kind: Kind::Map(Vec::new()),
             }),
-            1 => convert(&docs[0]),
+            1 => Ok(builder.docs.remove(0)),
             _ => Err((1, "a configuration file holds one YAML document".into())),
         }
     }
 
-    fn convert(node: &MarkedYamlOwned) -> Result<Node, (usize, String)> {
-        let line = node.span.start.line();
-        let kind = match &node.data {
-            YamlDataOwned::Value(s) => match s {
-                ScalarOwned::Null => Kind::Null,
-                ScalarOwned::Boolean(b) => Kind::Bool(*b),
-                ScalarOwned::Integer(i) => Kind::Int(*i),
-                ScalarOwned::FloatingPoint(f) => Kind::Float(f.into_inner()),
-                ScalarOwned::String(s) => Kind::Str(s.clone()),
-            },
-            YamlDataOwned::Representation(s, _, _) => Kind::Str(s.clone()),
-            YamlDataOwned::Sequence(items) => {
-                Kind::Seq(items.iter().map(convert).collect::<Result<_, _>>()?)
+    /// A mapping or sequence being built; a mapping remembers the key
+    /// waiting for its value.
+    enum Open {
+        Map(Node, Option<(String, usize)>),
+        Seq(Node),
+    }
+
+    #[derive(Default)]
+    struct Builder {
+        stack: Vec<Open>,
+        docs: Vec<Node>,
+        /// The first problem met (the parser cannot be stopped from here).
+        error: Option<(usize, String)>,
+    }
+
+    impl Builder {
+        fn fail(&mut self, line: usize, message: String) {
+            self.error.get_or_insert((line, message));
+        }
+
+        fn push(&mut self, node: Node) {
+            if let Err((line, message)) = self.attach(node) {
+                self.fail(line, message);
             }
-            YamlDataOwned::Mapping(map) => {
-                let mut entries = Vec::with_capacity(map.len());
-                for (k, v) in map {
-                    let key = match &k.data {
-                        YamlDataOwned::Value(ScalarOwned::String(s)) => s.clone(),
-                        YamlDataOwned::Value(ScalarOwned::Integer(i)) => i.to_string(),
-                        YamlDataOwned::Value(ScalarOwned::Boolean(b)) => b.to_string(),
-                        _ => return Err((k.span.start.line(), "a key must be a string".into())),
-                    };
-                    entries.push((key, k.span.start.line(), convert(v)?));
+        }
+
+        /// Puts `node` in the open collection (as a key or a value in a
+        /// mapping), or makes it a document.
+        fn attach(&mut self, node: Node) -> Result<(), (usize, String)> {
+            let Some(open) = self.stack.last_mut() else {
+                self.docs.push(node);
+                return Ok(());
+            };
+            match open {
+                Open::Seq(seq) => {
+                    if let Kind::Seq(items) = &mut seq.kind {
+                        items.push(node);
+                    }
                 }
-                Kind::Map(entries)
+                Open::Map(map, pending) => match pending.take() {
+                    Some((key, key_line)) => {
+                        if let Kind::Map(entries) = &mut map.kind {
+                            entries.push((key, key_line, node));
+                        }
+                    }
+                    None => {
+                        let key = match node.kind {
+                            Kind::Str(s) => s,
+                            Kind::Int(i) => i.to_string(),
+                            Kind::Bool(b) => b.to_string(),
+                            _ => return Err((node.line, "a key must be a string".into())),
+                        };
+                        let taken = matches!(&map.kind, Kind::Map(entries) if entries.iter().any(|(k, _, _)| *k == key));
+                        let line = node.line;
+                        *pending = Some((key.clone(), line));
+                        if taken {
+                            return Err((line, format!("duplicate key `{key}`")));
+                        }
+                    }
+                },
             }
-            YamlDataOwned::Tagged(_, inner) => return convert(inner),
-            YamlDataOwned::Alias(_) => {
-                return Err((line, "YAML aliases are not supported here".into()));
+            Ok(())
+        }
+    }
+
+    fn scalar(v: Cow<'_, str>, style: ScalarStyle, tag: Option<&Cow<'_, Tag>>) -> Option<Kind> {
+        Some(match Scalar::parse_from_cow_and_metadata(v, style, tag)? {
+            Scalar::Null => Kind::Null,
+            Scalar::Boolean(b) => Kind::Bool(b),
+            Scalar::Integer(i) => Kind::Int(i),
+            Scalar::FloatingPoint(f) => Kind::Float(f.into_inner()),
+            Scalar::String(s) => Kind::Str(s.into_owned()),
+        })
+    }
+
+    impl<'input> SpannedEventReceiver<'input> for Builder {
+        fn on_event(&mut self, ev: Event<'input>, span: Span) {
+            let line = span.start.line();
+            match ev {
+                Event::MappingStart(..) => self.stack.push(Open::Map(
+                    Node {
+                        line,
+                        kind: Kind::Map(Vec::new()),
+                    },
+                    None,
+                )),
+                Event::SequenceStart(..) => self.stack.push(Open::Seq(Node {
+                    line,
+                    kind: Kind::Seq(Vec::new()),
+                })),
+                Event::MappingEnd | Event::SequenceEnd => {
+                    if let Some(Open::Map(node, _) | Open::Seq(node)) = self.stack.pop() {
+                        self.push(node);
+                    }
+                }
+                Event::Scalar(v, style, _, tag) => match scalar(v, style, tag.as_ref()) {
+                    Some(kind) => self.push(Node { line, kind }),
+                    None => self.fail(line, "a scalar that does not match its tag".into()),
+                },
+                Event::Alias(_) => self.fail(line, "YAML aliases are not supported here".into()),
+                Event::Nothing
+                | Event::StreamStart
+                | Event::StreamEnd
+                | Event::DocumentStart(_)
+                | Event::DocumentEnd => {}
             }
-            YamlDataOwned::BadValue => return Err((line, "a value that is not valid YAML".into())),
-        };
-        Ok(Node { line, kind })
+        }
     }
 }
 
