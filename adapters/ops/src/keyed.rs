@@ -15,6 +15,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use tenlives_engine::adaptive::{AdaptiveLimiter, LimitAlgorithm};
 use tenlives_engine::breaker::{BreakerState, CircuitBreaker};
 use tenlives_engine::bulkhead::Bulkhead;
 use tenlives_engine::events::EventSink;
@@ -51,6 +52,14 @@ impl<S: EventSink> Idle for RateLimiter<S> {
     /// A full bucket: a fresh limiter would grant exactly the same.
     fn is_idle(&self, now: Timestamp) -> bool {
         self.available(now) >= u64::from(self.quota().burst())
+    }
+}
+
+impl<A: LimitAlgorithm, S: EventSink> Idle for AdaptiveLimiter<A, S> {
+    /// No permit in flight. (The limit it learned is lost with it: the
+    /// registry offers no keyed adaptive family.)
+    fn is_idle(&self, _now: Timestamp) -> bool {
+        self.in_flight() == 0
     }
 }
 

@@ -4,7 +4,7 @@
 //! changes.
 //!
 //! - [`Registry`]: named circuit breakers, rate limiters, bulkheads, retry
-//!   budgets and throttles, created on first use from a [`ConfigSet`]
+//!   budgets, throttles and adaptive limits, created on first use from a [`ConfigSet`]
 //!   (a default, named configurations, per-instance overrides); keyed
 //!   families (per host, per endpoint) under a memory cap that evicts only
 //!   idle entries; telemetry source ids and metric labels from names.
@@ -33,6 +33,6 @@ pub use config::{ConfigSet, Format, LoadError};
 
 pub use keyed::{Idle, Keyed, KeyedFull};
 pub use registry::{
-    ApplyReport, Breaker, Concurrency, Limiter, REGISTRY_SOURCE, Registry, RegistryBuilder,
-    RegistryError, RegistrySink, Retry, Ring, Throttler, events,
+    Adaptive, ApplyReport, Breaker, Concurrency, Limiter, REGISTRY_SOURCE, Registry,
+    RegistryBuilder, RegistryError, RegistrySink, Retry, Ring, Throttler, events,
 };

@@ -7,6 +7,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
+use tenlives_engine::adaptive::{AdaptiveLimiter, Aimd};
 use tenlives_engine::breaker::CircuitBreaker;
 use tenlives_engine::bulkhead::Bulkhead;
 use tenlives_engine::events::{Event, EventKind, EventRing, EventSink, Slot};
@@ -17,8 +18,8 @@ use tenlives_engine::time::{Clock, MonotonicClock, Timestamp};
 use tenlives_tokio::telemetry::{PolicyKind, SourceError, SourceRegistry};
 
 use crate::config::{
-    BreakerSpec, BulkheadSpec, ConfigSet, RateLimiterSpec, Resolved, RetryBudgetSpec, Spec,
-    ThrottleSpec,
+    AdaptiveLimitSpec, BreakerSpec, BulkheadSpec, ConfigSet, RateLimiterSpec, Resolved,
+    RetryBudgetSpec, Spec, ThrottleSpec,
 };
 use crate::keyed::{Idle, Keyed};
 
@@ -53,6 +54,8 @@ pub type Concurrency = Bulkhead<RegistrySink>;
 pub type Retry = RetryBudget<RegistrySink>;
 /// A throttle held by a registry.
 pub type Throttler = Throttle<RegistrySink>;
+/// An adaptive (AIMD) concurrency limit held by a registry.
+pub type Adaptive = AdaptiveLimiter<Aimd, RegistrySink>;
 
 /// Events the registry itself emits (source: the policy named `registry`,
 /// kind `other`). Codes in the block tenlives reserves, above the engine's.
@@ -308,6 +311,40 @@ impl Primitive for Throttler {
     }
 }
 
+impl Primitive for Adaptive {
+    type Spec = AdaptiveLimitSpec;
+    const KIND: PolicyKind = PolicyKind::AdaptiveLimit;
+    fn section(set: &ConfigSet) -> &Resolved<AdaptiveLimitSpec> {
+        &set.adaptive_limit
+    }
+    fn make(
+        cfg: &crate::config::AdaptiveLimitConfig,
+        sink: RegistrySink,
+        source: u32,
+        now: Timestamp,
+    ) -> Self {
+        use tenlives_engine::adaptive::LimitAlgorithm;
+        // The initial limit was checked (at least the minimum, which is at
+        // least 1) when the configuration was loaded.
+        let bulkhead = Bulkhead::with_sink(cfg.algorithm.initial_limit().max(1), sink, source)
+            .expect("a validated initial limit");
+        AdaptiveLimiter::from_parts(cfg.algorithm.clone(), cfg.window, now, bulkhead)
+    }
+    fn apply(&self, cfg: &crate::config::AdaptiveLimitConfig, now: Timestamp) {
+        // Two mailboxes: the algorithm, then the window (a window may be
+        // judged between the two; each is whole).
+        self.set_algorithm(cfg.algorithm.clone(), now);
+        self.set_window(cfg.window, now);
+    }
+    fn initial_limit(cfg: &crate::config::AdaptiveLimitConfig) -> Option<u32> {
+        use tenlives_engine::adaptive::LimitAlgorithm;
+        Some(cfg.algorithm.initial_limit())
+    }
+    fn state(&self, _now: Timestamp) -> serde_json::Value {
+        serde_json::json!({ "in_flight": self.in_flight(), "limit": self.limit() })
+    }
+}
+
 /// The configuration name an instance resolves through, most specific
 /// first: a keyed entry `family:key`, then its family.
 fn resolve<'a, S: Spec>(section: &'a Resolved<S>, names: &[&str]) -> Option<&'a (S, S::Built)> {
@@ -422,6 +459,7 @@ struct Inner {
     bulkheads: Named<Concurrency>,
     budgets: Named<Retry>,
     throttles: Named<Throttler>,
+    adaptive: Named<Adaptive>,
     families: Mutex<Families>,
 }
 
@@ -529,6 +567,7 @@ impl RegistryBuilder {
             bulkheads: Named::default(),
             budgets: Named::default(),
             throttles: Named::default(),
+            adaptive: Named::default(),
             families: Mutex::new(HashMap::new()),
         };
         Registry {
@@ -695,6 +734,17 @@ impl Registry {
         self.inner.named(&self.inner.throttles, name)
     }
 
+    /// The adaptive (AIMD) concurrency limit named `name`, created on first
+    /// use.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::NameTaken`] when a bulkhead has the name (their
+    /// metrics would merge), [`RegistryError::SourcesExhausted`].
+    pub fn adaptive_limit(&self, name: &str) -> Result<Arc<Adaptive>, RegistryError> {
+        self.inner.named(&self.inner.adaptive, name)
+    }
+
     fn keyed<K, P>(&self, family: &str, capacity: usize) -> Result<Arc<Keyed<K, P>>, RegistryError>
     where
         K: Hash + Eq + Clone + fmt::Display + Send + Sync + 'static,
@@ -840,6 +890,7 @@ impl Registry {
         each(i, &i.bulkheads, &config, &mut out)?;
         each(i, &i.budgets, &config, &mut out)?;
         each(i, &i.throttles, &config, &mut out)?;
+        each(i, &i.adaptive, &config, &mut out)?;
         Ok(out)
     }
 
@@ -908,6 +959,7 @@ impl Registry {
         each(&self.inner.bulkheads, &old, &new, now, &mut report);
         each(&self.inner.budgets, &old, &new, now, &mut report);
         each(&self.inner.throttles, &old, &new, now, &mut report);
+        each(&self.inner.adaptive, &old, &new, now, &mut report);
         let families: Vec<Arc<dyn Family>> = lock(&self.inner.families).values().cloned().collect();
         for family in families {
             family.reconfigure(&self.inner, &old, &new, now, &mut report);
@@ -941,12 +993,13 @@ impl Registry {
 
 /// The sections of a configuration, as the admin plane and
 /// [`Registry::set_instance`] name them.
-pub const SECTIONS: [&str; 5] = [
+pub const SECTIONS: [&str; 6] = [
     "circuit_breaker",
     "rate_limiter",
     "bulkhead",
     "retry_budget",
     "throttle",
+    "adaptive_limit",
 ];
 
 fn views<P: Primitive>(
@@ -1002,6 +1055,7 @@ impl Registry {
         views(&self.inner.bulkheads, &config, now, &mut out);
         views(&self.inner.budgets, &config, now, &mut out);
         views(&self.inner.throttles, &config, now, &mut out);
+        views(&self.inner.adaptive, &config, now, &mut out);
         let families = lock(&self.inner.families);
         let mut fams: Vec<serde_json::Value> = families.values().map(|f| f.view()).collect();
         fams.sort_by_key(|v| v.to_string());
@@ -1021,6 +1075,7 @@ impl Registry {
             "bulkhead" => find(&i.bulkheads, name).map(|p| view_of(&*p, name, &config, now)),
             "retry_budget" => find(&i.budgets, name).map(|p| view_of(&*p, name, &config, now)),
             "throttle" => find(&i.throttles, name).map(|p| view_of(&*p, name, &config, now)),
+            "adaptive_limit" => find(&i.adaptive, name).map(|p| view_of(&*p, name, &config, now)),
             _ => None,
         }
     }

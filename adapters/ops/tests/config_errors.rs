@@ -261,6 +261,27 @@ fn rules_that_need_each_other_are_checked() {
 }
 
 #[test]
+fn adaptive_limits_are_checked_by_the_engine() {
+    let set = yaml("adaptive_limit:\n  configs:\n    default: { max_limit: 64, window: 250ms }\n  instances:\n    a: { initial_limit: 8 }\n").unwrap();
+    let (spec, _) = set.adaptive_limit.for_instance("a").unwrap();
+    assert_eq!((spec.initial_limit, spec.max_limit), (Some(8), Some(64)));
+    for (entry, key, reason) in [
+        ("{ min_limit: 0 }", "min_limit", "must be at least 1"),
+        ("{ initial_limit: 5000 }", "initial_limit", "5000"),
+        ("{ backoff: 1.5 }", "backoff", "1.5"),
+        ("{ min_samples: 0 }", "min_samples", "must be at least 1"),
+        ("{ window: 0s }", "window", "longer than zero"),
+    ] {
+        let e = err(yaml(&format!(
+            "adaptive_limit:\n  instances:\n    a: {entry}\n"
+        )));
+        assert_eq!(e.path, format!("adaptive_limit.instances.a.{key}"), "{e}");
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.message.contains(reason), "{e}");
+    }
+}
+
+#[test]
 fn syntax_errors_name_their_line() {
     let e = err(yaml("circuit_breaker:\n  instances:\n    a: [1, 2\n"));
     assert!(e.line >= 3, "{e}");

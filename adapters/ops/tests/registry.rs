@@ -519,3 +519,44 @@ fn create_configured_makes_every_listed_instance_before_the_exporter_is_built() 
         ]
     );
 }
+
+#[test]
+fn adaptive_limits_are_created_and_reconfigured_in_place() {
+    let clock = SharedClock::default();
+    let text = "bulkhead:\n  configs:\n    default: { limit: 4 }\n\
+                adaptive_limit:\n  instances:\n    search: { min_limit: 2, initial_limit: 20, max_limit: 50, window: 100ms }\n";
+    let registry = Registry::builder()
+        .config(ConfigSet::from_str("a.yaml", text, Format::Yaml).unwrap())
+        .clock(clock.clone())
+        .build();
+    let search = registry.adaptive_limit("search").unwrap();
+    assert_eq!(search.limit(), 20);
+    let permit = search.try_acquire(clock.now()).unwrap();
+    // New bounds: the limit moves into them (the new initial limit is for
+    // new limiters), the permit in flight stays.
+    let report = registry.apply(
+        ConfigSet::from_str(
+            "a.yaml",
+            &text.replace(
+                "initial_limit: 20, max_limit: 50",
+                "initial_limit: 5, max_limit: 8",
+            ),
+            Format::Yaml,
+        )
+        .unwrap(),
+    );
+    assert_eq!(report.changed, ["adaptive_limit.search"]);
+    assert_eq!(search.limit(), 8);
+    assert_eq!(search.in_flight(), 1);
+    permit.success(clock.now());
+    // Its metrics are a bulkhead's: one name serves one of the two.
+    assert_eq!(
+        registry.bulkhead("search").unwrap_err(),
+        RegistryError::NameTaken {
+            name: "search".into()
+        }
+    );
+    let view = registry.policy("adaptive_limit", "search").unwrap();
+    assert_eq!(view["state"]["limit"], 8);
+    assert_eq!(view["config"]["max_limit"], 8);
+}

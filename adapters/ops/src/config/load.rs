@@ -8,8 +8,8 @@ use std::path::Path;
 
 use super::node::Node;
 use super::spec::{
-    BreakerSpec, BulkheadSpec, FileSpec, RateLimiterSpec, RetryBudgetSpec, Section, Spec,
-    ThrottleSpec,
+    AdaptiveLimitSpec, BreakerSpec, BulkheadSpec, FileSpec, RateLimiterSpec, RetryBudgetSpec,
+    Section, Spec, ThrottleSpec,
 };
 
 /// Why a configuration was refused: where, and what is wrong.
@@ -102,6 +102,8 @@ pub struct ConfigSet {
     pub retry_budget: Resolved<RetryBudgetSpec>,
     /// Throttles.
     pub throttle: Resolved<ThrottleSpec>,
+    /// Adaptive limits.
+    pub adaptive_limit: Resolved<AdaptiveLimitSpec>,
 }
 
 impl Default for ConfigSet {
@@ -195,6 +197,7 @@ impl ConfigSet {
             bulkhead: cx.resolve(&spec.bulkhead)?,
             retry_budget: cx.resolve(&spec.retry_budget)?,
             throttle: cx.resolve(&spec.throttle)?,
+            adaptive_limit: cx.resolve(&spec.adaptive_limit)?,
             spec: spec.clone(),
         })
     }

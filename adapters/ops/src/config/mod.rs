@@ -7,6 +7,6 @@ pub mod spec;
 
 pub use load::{ConfigSet, Format, LoadError, Resolved};
 pub use spec::{
-    BreakerSpec, BulkheadConfig, BulkheadSpec, Dur, FileSpec, OrOff, RateLimiterSpec,
-    RetryBudgetSpec, Section, Spec, ThrottleSpec,
+    AdaptiveLimitConfig, AdaptiveLimitSpec, BreakerSpec, BulkheadConfig, BulkheadSpec, Dur,
+    FileSpec, OrOff, RateLimiterSpec, RetryBudgetSpec, Section, Spec, ThrottleSpec,
 };

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 use tenlives_engine::ConfigError;
+use tenlives_engine::adaptive::{Aimd, WindowConfig};
 use tenlives_engine::breaker::BreakerConfig;
 use tenlives_engine::rate::Quota;
 use tenlives_engine::retry::RetryBudgetConfig;
@@ -38,6 +39,9 @@ pub struct FileSpec {
     /// Client-side throttles.
     #[serde(default)]
     pub throttle: Section<ThrottleSpec>,
+    /// Adaptive concurrency limits (AIMD).
+    #[serde(default)]
+    pub adaptive_limit: Section<AdaptiveLimitSpec>,
 }
 
 /// The named configurations and the instances of one policy kind.
@@ -602,5 +606,104 @@ impl Spec for ThrottleSpec {
             b = b.seed(s);
         }
         b.build().map_err(engine(map))
+    }
+}
+
+/// An adaptive concurrency limit moved by AIMD
+/// (`tenlives_engine::adaptive::{AdaptiveLimiter, Aimd}`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveLimitSpec {
+    /// The configuration this one inherits from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_config: Option<String>,
+    /// The lowest limit (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_limit: Option<u32>,
+    /// The limit a new limiter starts at (default 20).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_limit: Option<u32>,
+    /// The highest limit (default 1000).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_limit: Option<u32>,
+    /// Added to the limit after a good window (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub increase: Option<u32>,
+    /// The limit is multiplied by this after a bad window, in (0, 1) (default 0.9).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<f64>,
+    /// A window whose mean round trip exceeds this is bad (default 1s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_threshold: Option<Dur>,
+    /// How long a window of samples lasts (default 1s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<Dur>,
+    /// Samples a window needs before it is judged (default 10).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_samples: Option<u32>,
+}
+
+/// An adaptive limit's validated configuration.
+#[derive(Clone, Debug)]
+pub struct AdaptiveLimitConfig {
+    /// The algorithm, with its bounds.
+    pub algorithm: Aimd,
+    /// The sampling window.
+    pub window: WindowConfig,
+}
+
+impl Spec for AdaptiveLimitSpec {
+    type Built = AdaptiveLimitConfig;
+    const SECTION: &'static str = "adaptive_limit";
+
+    fn base_config(&self) -> Option<&str> {
+        self.base_config.as_deref()
+    }
+
+    fn inherit(&self, parent: &Self) -> Self {
+        inherit!(self, parent; min_limit, initial_limit, max_limit, increase, backoff,
+            latency_threshold, window, min_samples)
+    }
+
+    fn build(&self) -> Result<AdaptiveLimitConfig, SpecError> {
+        let map = |f: &str| -> Option<&'static str> {
+            Some(match f {
+                "min_limit" => "min_limit",
+                "max_limit" => "max_limit",
+                f if f.starts_with("initial_limit") => "initial_limit",
+                "increase" => "increase",
+                "backoff" => "backoff",
+                "latency_threshold" => "latency_threshold",
+                "window length" => "window",
+                "min_samples" => "min_samples",
+                _ => return None,
+            })
+        };
+        // The engine's AIMD defaults (`Aimd::builder`); the window's are
+        // this crate's: a second, 10 samples.
+        let mut b = Aimd::builder();
+        if self.min_limit.is_some() || self.initial_limit.is_some() || self.max_limit.is_some() {
+            b = b.limits(
+                self.min_limit.unwrap_or(1),
+                self.initial_limit.unwrap_or(20),
+                self.max_limit.unwrap_or(1000),
+            );
+        }
+        if let Some(n) = self.increase {
+            b = b.increase(n);
+        }
+        if let Some(r) = self.backoff {
+            b = b.backoff(r);
+        }
+        if let Some(d) = self.latency_threshold {
+            b = b.latency_threshold(d.0);
+        }
+        let algorithm = b.build().map_err(engine(map))?;
+        let window = WindowConfig::new(
+            self.window.map_or(Duration::from_secs(1), |d| d.0),
+            self.min_samples.unwrap_or(10),
+        )
+        .map_err(engine(map))?;
+        Ok(AdaptiveLimitConfig { algorithm, window })
     }
 }
