@@ -224,7 +224,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .token("dashboard", VIEWER_TOKEN, Role::ReadOnly),
     )?;
     // Names are the metric labels: no source ids assigned by hand.
-    let exporter = Arc::new(Exporter::new(registry.sources()?));
+    let exporter =
+        Arc::new(Exporter::new(registry.sources()?).with_late_sources(registry.late_sources()));
     let drain = telemetry::spawn(ring, exporter.clone(), DrainConfig::default());
 
     let upstream = AdmissionLayer::new((breaker.clone(), db.clone()))

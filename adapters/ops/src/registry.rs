@@ -15,7 +15,7 @@ use tenlives_engine::rate::RateLimiter;
 use tenlives_engine::retry::RetryBudget;
 use tenlives_engine::throttle::Throttle;
 use tenlives_engine::time::{Clock, MonotonicClock, Timestamp};
-use tenlives_tokio::telemetry::{PolicyKind, SourceError, SourceRegistry};
+use tenlives_tokio::telemetry::{LateSources, Policy, PolicyKind, SourceError, SourceRegistry};
 
 use crate::config::{
     AdaptiveLimitSpec, BreakerSpec, BulkheadSpec, ConfigSet, RateLimiterSpec, Resolved,
@@ -913,6 +913,23 @@ impl Registry {
             };
         }
         b.build()
+    }
+
+    /// Names, for an exporter built earlier, the instances created after it
+    /// (`Exporter::new(registry.sources()?).with_late_sources(registry.late_sources())`):
+    /// every instance is then labelled by its name whenever it was created.
+    /// Holds the registry weakly.
+    pub fn late_sources(&self) -> LateSources {
+        let weak = Arc::downgrade(&self.inner);
+        Arc::new(move |source| {
+            let inner = weak.upgrade()?;
+            let sources = lock(&inner.sources);
+            sources
+                .1
+                .iter()
+                .find(|s| s.source == source)
+                .map(|s| Policy::new(s.source, s.name.clone(), s.kind, s.limit))
+        })
     }
 
     /// The configuration in force.

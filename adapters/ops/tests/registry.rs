@@ -560,3 +560,42 @@ fn adaptive_limits_are_created_and_reconfigured_in_place() {
     assert_eq!(view["state"]["limit"], 8);
     assert_eq!(view["config"]["max_limit"], 8);
 }
+
+#[test]
+fn instances_created_after_the_exporter_are_labelled_by_name() {
+    let clock = SharedClock::default();
+    let ring = Arc::new(EventRing::with_capacity(256).unwrap());
+    let registry = Registry::builder()
+        .config(ConfigSet::from_str("test.yaml", CONFIG, Format::Yaml).unwrap())
+        .clock(clock.clone())
+        .events(ring.clone())
+        .build();
+    // The exporter first, the instances on first use afterwards.
+    let exporter = Arc::new(
+        Exporter::new(registry.sources().unwrap()).with_late_sources(registry.late_sources()),
+    );
+    let mut drain = Drain::new(ring, exporter.clone());
+    let late = registry.breaker("late").unwrap();
+    for _ in 0..2 {
+        late.try_acquire(clock.now()).unwrap().failure(clock.now());
+    }
+    let db = registry.bulkhead("db").unwrap();
+    let _held = db.try_acquire().unwrap();
+    drain.drain_once();
+    let text = exporter.render_text().unwrap();
+    assert!(
+        text.contains("tenlives_breaker_state{policy=\"late\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "tenlives_breaker_trips_total{policy=\"late\",reason=\"consecutive_failures\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("tenlives_bulkhead_limit{policy=\"db\"} 4"),
+        "{text}"
+    );
+    assert!(!text.contains("source_"), "{text}");
+}
