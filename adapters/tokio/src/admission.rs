@@ -68,7 +68,7 @@ use crate::error::{Rejection, TenlivesError, take_rejection};
 /// `AdaptiveLimiter` and `RateLimiter` (with any event sink), for `Option<A>`
 /// (`None` admits everything), for pairs `(A, B)` (admitted by `A` then `B`;
 /// if `B` rejects, `A`'s token is released), for triples `(A, B, C)` (the
-/// chain `(A, (B, C))`) and for references to any of them.
+/// chain `(A, (B, C))`) and for references and `Arc`s to any of them.
 ///
 /// Contract: every token `admit` returns is handed back exactly once, to
 /// `complete` or to `release`, on the policy that issued it. The tower
@@ -251,6 +251,44 @@ impl<A: Admission> Drop for Releasing<'_, A> {
 }
 
 impl<A: Admission + ?Sized> Admission for &A {
+    type Token = A::Token;
+    const HOLDS: bool = A::HOLDS;
+
+    #[inline]
+    fn needs_time(&self) -> bool {
+        (**self).needs_time()
+    }
+
+    #[inline]
+    fn needs_time_at_end(&self) -> bool {
+        (**self).needs_time_at_end()
+    }
+
+    #[inline]
+    fn admit(&self, now: Timestamp) -> Result<Self::Token, Rejection> {
+        (**self).admit(now)
+    }
+
+    #[inline]
+    fn complete(
+        &self,
+        token: Self::Token,
+        outcome: Outcome,
+        admitted_at: Timestamp,
+        now: Timestamp,
+    ) {
+        (**self).complete(token, outcome, admitted_at, now);
+    }
+
+    #[inline]
+    fn release(&self, token: Self::Token) {
+        (**self).release(token);
+    }
+}
+
+/// A policy shared behind an `Arc` (as a registry of named policies hands
+/// them out) admits as the policy itself.
+impl<A: Admission + ?Sized> Admission for Arc<A> {
     type Token = A::Token;
     const HOLDS: bool = A::HOLDS;
 

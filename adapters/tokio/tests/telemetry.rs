@@ -662,6 +662,42 @@ fn unregistered_sources_and_application_kinds_are_labelled_by_number() {
 }
 
 #[test]
+fn late_sources_name_policies_registered_after_the_exporter() {
+    let ring = Arc::new(EventRing::with_capacity(16).unwrap());
+    let late: tenlives_tokio::telemetry::LateSources = Arc::new(|source| {
+        (source == 7).then(|| {
+            tenlives_tokio::telemetry::Policy::new(7, "inventory", PolicyKind::Bulkhead, Some(3))
+        })
+    });
+    let exporter = Arc::new(Exporter::new(breaker_sources()).with_late_sources(late));
+    let mut drain = Drain::new(ring.clone(), exporter.clone());
+    let capture = Capture::default();
+    let bulkhead = Bulkhead::with_sink(3, ring.clone(), 7).unwrap();
+    let _held = bulkhead.try_acquire().unwrap();
+    ring.emit(Event::new(
+        EventKind::THROTTLED,
+        8,
+        Timestamp::from_nanos(9),
+        [1, 1],
+    ));
+    let (_, logs) = capture.during(|| drain.drain_once());
+    assert_eq!(logs[0].field("policy"), "inventory");
+    assert_eq!(logs[0].field("policy_kind"), "bulkhead");
+    assert_eq!(
+        logs[1].field("policy"),
+        "source_8",
+        "unknown to the late sources too"
+    );
+    let m = scrape(&exporter);
+    let inventory = [("policy", "inventory")];
+    assert_eq!(value(&m, "tenlives_bulkhead_limit", &inventory), Some(3.0));
+    assert_eq!(
+        value(&m, "tenlives_bulkhead_in_flight", &inventory),
+        Some(1.0)
+    );
+}
+
+#[test]
 fn label_values_are_escaped_and_read_back() {
     let name = "a \"quoted\" \\ name\nwith a newline";
     let sources = SourceRegistry::builder()

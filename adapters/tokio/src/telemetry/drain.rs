@@ -110,8 +110,9 @@ pub struct Drain<S: AsRef<[Slot]> + 'static> {
     exporter: Arc<Exporter>,
     /// One per registered policy, in the order of `sources().policies()`.
     seen: Box<[Seen]>,
-    /// Sources nobody registered, as they show up.
-    unregistered: HashMap<u32, (PolicyMetrics, Seen)>,
+    /// Sources the source registry does not have, as they show up, with
+    /// their kind for log fields.
+    unregistered: HashMap<u32, (PolicyMetrics, Seen, &'static str)>,
     /// Counters of application kinds, as they show up.
     other_kinds: HashMap<(u32, u16), Counter>,
     totals: DrainCounts,
@@ -205,11 +206,11 @@ impl<S: AsRef<[Slot]> + 'static> Drain<S> {
                 &mut self.seen[i],
             ),
             None => {
-                let (pm, seen) = self
-                    .unregistered
-                    .entry(event.source)
-                    .or_insert_with(|| (exporter.unregistered(event.source), Seen::default()));
-                (&*pm, "unregistered", seen)
+                let (pm, seen, kind) = self.unregistered.entry(event.source).or_insert_with(|| {
+                    let (pm, kind) = exporter.unregistered(event.source);
+                    (pm, Seen::default(), kind)
+                });
+                (&*pm, *kind, seen)
             }
         };
         let decoded = Decoded::of(event);

@@ -128,7 +128,15 @@ pub struct Exporter {
     families: Families,
     /// One per registered policy, in the order of `sources.policies()`.
     policies: Box<[PolicyMetrics]>,
+    /// Names sources registered after the exporter was built.
+    late: Option<LateSources>,
 }
+
+/// Names a source the [`SourceRegistry`] did not have when the exporter was
+/// built (a policy created later, say by a registry of named policies on
+/// first use): its [`Policy`] or `None`. Called by the drain once per such
+/// source, the first time one of its events is read, off the request path.
+pub type LateSources = Arc<dyn Fn(u32) -> Option<Policy> + Send + Sync>;
 
 impl fmt::Debug for Exporter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -189,6 +197,7 @@ impl Exporter {
             sources,
             registry,
             families,
+            late: None,
         };
         let policies: Vec<PolicyMetrics> = exporter
             .sources
@@ -282,9 +291,26 @@ impl Exporter {
         &self.policies[index]
     }
 
-    /// Handles for a source nobody registered, labelled `source_<id>`.
-    pub(crate) fn unregistered(&self, source: u32) -> PolicyMetrics {
-        PolicyMetrics::new(format!("source_{source}").into())
+    /// Names sources registered after this exporter was built through
+    /// `late`: their events are labelled with the policy's name (and the
+    /// series its kind produces are created at zero) instead of
+    /// `source_<id>`.
+    pub fn with_late_sources(mut self, late: LateSources) -> Self {
+        self.late = Some(late);
+        self
+    }
+
+    /// Handles for a source the source registry does not have, and its kind
+    /// for log fields: named by the late sources if they know it, else
+    /// labelled `source_<id>` (kind `unregistered`).
+    pub(crate) fn unregistered(&self, source: u32) -> (PolicyMetrics, &'static str) {
+        match self.late.as_ref().and_then(|late| late(source)) {
+            Some(policy) => (self.prepare(&policy), policy.kind().as_str()),
+            None => (
+                PolicyMetrics::new(format!("source_{source}").into()),
+                "unregistered",
+            ),
+        }
     }
 
     fn event_counter<'p>(&self, pm: &'p PolicyMetrics, kind: usize) -> &'p Counter {

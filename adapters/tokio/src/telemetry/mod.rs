@@ -75,6 +75,6 @@ mod sources;
 mod trace;
 
 pub use drain::{Drain, DrainConfig, DrainCounts, DrainHandle, spawn};
-pub use exporter::Exporter;
+pub use exporter::{Exporter, LateSources};
 pub use sources::{Policy, PolicyKind, SourceError, SourceRegistry, SourceRegistryBuilder};
 pub use trace::TARGET;

@@ -76,6 +76,24 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// A policy: its source id, name (the `policy` label), kind, and the
+    /// concurrency limit it starts with if it is a bulkhead or an adaptive
+    /// limit. For [`LateSources`](super::LateSources); a
+    /// [`SourceRegistry`] is built with its builder.
+    pub fn new(
+        source: u32,
+        name: impl Into<Arc<str>>,
+        kind: PolicyKind,
+        initial_limit: Option<u32>,
+    ) -> Self {
+        Policy {
+            source,
+            name: name.into(),
+            kind,
+            initial_limit,
+        }
+    }
+
     /// The source id its events carry.
     pub fn source(&self) -> u32 {
         self.source

@@ -1,0 +1,38 @@
+//! # tenlives-ops
+//!
+//! Running tenlives in a service: named policies, configuration files, live
+//! changes.
+//!
+//! - [`Registry`]: named circuit breakers, rate limiters, bulkheads, retry
+//!   budgets, throttles and adaptive limits, created on first use from a [`ConfigSet`]
+//!   (a default, named configurations, per-instance overrides); keyed
+//!   families (per host, per endpoint) under a memory cap that evicts only
+//!   idle entries; telemetry source ids and metric labels from names.
+//! - [`config`]: TOML (feature `toml`) and YAML (feature `yaml`) files in
+//!   the shape of Resilience4j's, every value validated by the engine's
+//!   builders, errors with file, line and key path.
+//! - `reload` (feature `reload`): a watched file applied live, keeping
+//!   every policy's state; a bad file never replaces a good configuration.
+//! - `admin` (feature `admin`): an axum router to list policies, read and
+//!   change configuration, force breakers, change limits, behind bearer
+//!   tokens with roles, every change audited.
+//!
+//! `docs/operations.md` in the repository describes the file format, the
+//! reload semantics and what is not done yet.
+#![deny(missing_docs)]
+
+#[cfg(feature = "admin")]
+pub mod admin;
+pub mod config;
+mod keyed;
+mod registry;
+#[cfg(feature = "reload")]
+pub mod reload;
+
+pub use config::{ConfigSet, Format, LoadError};
+
+pub use keyed::{Idle, Keyed, KeyedFull};
+pub use registry::{
+    Adaptive, ApplyReport, Breaker, Concurrency, Limiter, REGISTRY_SOURCE, Registry,
+    RegistryBuilder, RegistryError, RegistrySink, Retry, Ring, Throttler, events,
+};
