@@ -138,7 +138,7 @@ fn bench_closed_success(c: &mut Criterion) {
     let b = CircuitBreaker::new(
         BreakerConfig::builder()
             .failure_rate(50.0)
-            .count_window(100, 10)
+            .count_window(100)
             .build()
             .expect("valid config"),
     );
