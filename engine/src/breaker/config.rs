@@ -31,7 +31,8 @@ pub const MAX_PROBES: u32 = 1000;
 pub const MAX_CONSECUTIVE_FAILURES: u32 = (1 << 24) - 1;
 
 /// Largest count-based window, in calls. The window keeps two bits per call
-/// in place (1 KiB at this size), with no allocation.
+/// in place, in words of 16 calls and a 32-bit tag (2 KiB at this size), with
+/// no allocation.
 #[cfg(not(tenlives_loom))]
 pub const MAX_WINDOW_CALLS: u32 = 4096;
 /// Largest count-based window, in calls (kept small under loom).

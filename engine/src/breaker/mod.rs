@@ -60,7 +60,7 @@
 //! | the consecutive-failure run | kept, judged against the new limit at the next failure |
 //! | a half-open test | judged with the new probe count; probes already admitted count towards it |
 //! | the window, same layout (kind, size, buckets) | kept: the new thresholds judge the same counts at the next failure |
-//! | the window, new layout | a new window; the old window's newest calls that fit it are carried over into its current bucket (for a time window, the buckets that overlap the new window's span; for a count window, as many of the newest calls as it holds, failures and slow calls in proportion), so a rate is not forgotten |
+//! | the window, new layout | a new window; the old window's newest calls that fit it are carried over (into a time window's current bucket: the old buckets that overlap its span, or all of an old count window; into a count window: as many of the newest calls as it holds, in their order, an old time window's buckets oldest first), so a rate is not forgotten |
 //!
 //! Calls that report while a layout change is being made may be counted in
 //! the old window only (at most the reports in flight at that instant).

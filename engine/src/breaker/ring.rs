@@ -151,7 +151,7 @@ impl CountWindow {
         let Some(position) = self.claim(generation) else {
             return Counted::Late;
         };
-        let new = u64::from(failed) * FAILED | u64::from(slow) * SLOW;
+        let new = (u64::from(failed) * FAILED) | (u64::from(slow) * SLOW);
         let Some(old) = self.write(generation, position, new) else {
             return Counted::Late;
         };
@@ -355,7 +355,7 @@ mod tests {
                 x ^= x << 13;
                 x ^= x >> 17;
                 x ^= x << 5;
-                let o = (x % 3 == 0, x % 5 == 0);
+                let o = (x.is_multiple_of(3), x.is_multiple_of(5));
                 assert_eq!(w.record(7, o.0, o.1), Counted::Yes);
                 seen.push(o);
                 assert_eq!(w.counts(7), expected(n as usize, &seen), "n = {n}");
