@@ -71,6 +71,13 @@
 //! (the head) and reads one more; the time window writes only a per-stripe
 //! line. A decision loads the tally and then the head.
 //!
+//! The claim is a compare-and-swap rather than a `fetch_add` on a call
+//! counter because it must check the generation first: a `fetch_add` by a
+//! report that turns out to be late would already have taken a position in
+//! the newer generation's window, counting a call that never happened there
+//! (and a 32-bit counter beside the generation would wrap out of step with
+//! `n`).
+//!
 //! # Invariant (checked by the loom model and the stress test)
 //!
 //! When no report is between steps 2 and 3, the tally of the current

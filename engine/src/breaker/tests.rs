@@ -70,7 +70,7 @@ fn failure_rate_over_count_window_needs_minimum_calls() {
 
 #[test]
 fn count_window_forgets_old_calls() {
-    // Window of the last 4 calls, exact (4 buckets of 1).
+    // Window of the last 4 calls.
     let b = breaker(
         BreakerConfig::builder()
             .failure_rate(75.0)
