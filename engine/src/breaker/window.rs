@@ -119,7 +119,10 @@ impl CallWindow {
     }
 
     /// Counts one call of `generation` that completed at `now`.
-    #[inline]
+    // Always inlined: out of line, saving and restoring registers around the
+    // call cost a time window's success 8 instructions (callgrind: 209 per
+    // closed success against 201 before the count window; inlined, 196).
+    #[inline(always)]
     pub(crate) fn record(
         &self,
         generation: u32,
