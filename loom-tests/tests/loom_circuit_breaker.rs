@@ -170,6 +170,42 @@ fn racing_failures_over_a_full_count_window_trip_once() {
     });
 }
 
+/// B10: two threads record failures into a full count window of four
+/// `[success, success, failure, failure]` while a third records one more
+/// and judges. In every order the second of the three failures fills the
+/// window with failures; whatever the interleaving of the three reports'
+/// steps (claim, write, adjust, judge), some judge sees it, and the breaker
+/// opens exactly once.
+#[test]
+fn two_recorders_and_a_judge_over_a_count_window() {
+    model(2, || {
+        let b = Arc::new(CircuitBreaker::new(every_call_fails(4)));
+        for outcome in [
+            Outcome::Success,
+            Outcome::Success,
+            Outcome::Failure,
+            Outcome::Failure,
+        ] {
+            b.try_acquire(T0).unwrap().record(outcome, T0);
+        }
+        assert_eq!(b.state(), BreakerState::Closed, "2 of 4 failed");
+        let recorders: Vec<_> = (0..2)
+            .map(|_| {
+                let p = b.try_acquire_raw(T0).unwrap();
+                let b = b.clone();
+                thread::spawn(move || b.record(p, Outcome::Failure, T0))
+            })
+            .collect();
+        let p = b.try_acquire_raw(T0).unwrap();
+        b.record(p, Outcome::Failure, T0);
+        for r in recorders {
+            r.join().unwrap();
+        }
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.generation(), 1, "exactly one transition");
+    });
+}
+
 /// B10: two threads overwrite a full count window of two failures with
 /// successes while a third reads it. The reader sees the window's size in
 /// calls and at most as many failures;
