@@ -91,11 +91,18 @@
 //!
 //! # Orderings
 //!
-//! `SeqCst` throughout, as in the time window: two failures that each adjust
-//! the tally and then read it and the head must not both miss the other (the
-//! store-buffering shape), or a rate that crossed its threshold would trip
-//! nobody. A `SeqCst` compare-and-swap or load costs the same as a `Relaxed`
-//! one on x86-64.
+//! `SeqCst` throughout, as in the time window. The failures a judge counts
+//! come from the tally, a chain of read-modify-writes: the last adjustment
+//! sees all earlier ones whatever the ordering. What needs `SeqCst` is the
+//! head it reads next: two failures A and B that each claim, adjust and then
+//! read the head must not both read it without the other's claim (the
+//! store-buffering shape), or A could count B's failure but not B's call (too
+//! few calls for `minimum_calls`) while B counts A's call but not A's
+//! failure, and a rate that crossed its threshold would trip nobody. With
+//! every access in one total order, the later adjustment's head read follows
+//! both claims. (The loom models pass with `Relaxed` here too, so this rests
+//! on the argument, not on a counterexample.) A `SeqCst` compare-and-swap or
+//! load costs the same as a `Relaxed` one on x86-64.
 //!
 //! Limits: a word untouched for 2^31 generations can alias a current tag
 //! (as the time window's tags).
