@@ -513,3 +513,30 @@ fn would_admit_answers_without_changing_anything() {
     b.disable(c.now());
     assert_eq!(b.would_admit(c.now()), Ok(()));
 }
+
+#[test]
+fn would_admit_agrees_at_the_ends_of_time() {
+    let b = breaker(
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .consecutive_failures(1)
+            .slow_calls(50.0, ms(100))
+            .count_window(1)
+            .open_duration(Duration::from_secs(1)),
+    );
+    let t = Timestamp::from_nanos(5_000_000_000);
+    // Reported "before" it was admitted (a clock that went backwards): the
+    // given duration alone decides slowness.
+    let p = b.try_acquire(t).unwrap();
+    p.record_elapsed(Outcome::Success, ms(1), Timestamp::ZERO);
+    assert_eq!(b.state(), BreakerState::Closed);
+    b.try_acquire(t).unwrap().failure(t);
+    // Earlier than the trip: still open, for longer than the open duration.
+    let earlier = Timestamp::from_nanos(1_000_000_000);
+    let peek = b.would_admit(earlier).unwrap_err();
+    assert_eq!(peek.retry_after(), Some(Duration::from_secs(5)));
+    assert_eq!(peek, b.try_acquire(earlier).unwrap_err());
+    // At the end of time the probe is due.
+    assert_eq!(b.would_admit(Timestamp::MAX), Ok(()));
+    assert!(b.try_acquire(Timestamp::MAX).unwrap().is_probe());
+}
