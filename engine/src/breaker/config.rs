@@ -538,10 +538,11 @@ impl BreakerConfig {
         self.failure_rate_ppm.is_some() || self.slow_rate_ppm.is_some()
     }
 
-    /// Whether a call that took `elapsed_ns` counts as slow.
+    /// Whether a call that took `elapsed_ns()` nanoseconds counts as slow
+    /// (asked only when there is a slow-call rule).
     #[inline]
-    pub(crate) fn is_slow(&self, elapsed_ns: u64) -> bool {
-        self.slow_rate_ppm.is_some() && elapsed_ns >= self.slow_call_ns
+    pub(crate) fn is_slow(&self, elapsed_ns: impl FnOnce() -> u64) -> bool {
+        self.slow_rate_ppm.is_some() && elapsed_ns() >= self.slow_call_ns
     }
 
     /// Whether the window's counts break a rate rule.

@@ -243,7 +243,9 @@ impl BreakerModel {
         if permit.generation != self.generation {
             return;
         }
-        let slow = self.config.is_slow(crate::time::saturating_nanos(elapsed));
+        let slow = self
+            .config
+            .is_slow(|| crate::time::saturating_nanos(elapsed));
         match (permit.kind, self.state) {
             (Kind::Closed, State::Closed { run }) => {
                 let epoch = self.epoch(now);
