@@ -172,7 +172,7 @@ fn breakers(tally: &mut Tally) {
     let b = CircuitBreaker::new(
         BreakerConfig::builder()
             .failure_rate(50.0)
-            .count_window(100, 10)
+            .count_window(100)
             .build()
             .expect("valid config"),
     );

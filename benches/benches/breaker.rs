@@ -7,8 +7,8 @@
 //!   `CircuitBreaker::call` with a closure returning `Ok` for failsafe, which
 //!   is its `is_call_permitted` + `on_success`). Subjects: tenlives with the
 //!   consecutive-failures rule alone, with a failure rate over a time window
-//!   (the default configuration) and over a count window (100 calls in 10
-//!   buckets); failsafe with its consecutive-failures policy and with its
+//!   (the default configuration) and over a count window (exactly the last
+//!   100 calls); failsafe with its consecutive-failures policy and with its
 //!   default configuration (success rate over a time window, or else
 //!   consecutive failures); and a floor, one `fetch_add(1, Relaxed)` on a
 //!   shared `AtomicU64`. Each runs on 1 thread (`1_thread`) and on 2 threads
@@ -138,7 +138,7 @@ fn bench_closed_success(c: &mut Criterion) {
     let b = CircuitBreaker::new(
         BreakerConfig::builder()
             .failure_rate(50.0)
-            .count_window(100, 10)
+            .count_window(100)
             .build()
             .expect("valid config"),
     );

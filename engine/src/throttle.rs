@@ -47,7 +47,7 @@ use crossbeam_utils::CachePadded;
 
 use crate::breaker::WindowSpec;
 use crate::breaker::config::Window;
-use crate::breaker::window::StripedWindow;
+use crate::breaker::window::CallWindow;
 use crate::error::ConfigError;
 use crate::events::{Event, EventKind, EventSink, NoSink};
 use crate::live::Layered;
@@ -180,7 +180,7 @@ impl std::error::Error for Throttled {}
 /// The client-side throttle. See the [module documentation](self).
 pub struct Throttle<S: EventSink = NoSink> {
     /// The configuration and the window laid out for it.
-    era: Layered<ThrottleConfig, StripedWindow>,
+    era: Layered<ThrottleConfig, CallWindow>,
     sink: S,
     source: u32,
     /// SplitMix64 state, shared: it is only advanced when the probability is
@@ -222,9 +222,8 @@ impl<S: EventSink> ThrottleTicket<'_, S> {
 }
 
 /// `(requests, accepts)` in `window` at `now`.
-fn counts(config: &ThrottleConfig, window: &StripedWindow, now: Timestamp) -> (u64, u64) {
-    let pos = window.position(&config.window, now);
-    let c = window.sum(&config.window, 0, pos);
+fn counts(window: &CallWindow, now: Timestamp) -> (u64, u64) {
+    let c = window.latest(0, now);
     (c.calls, c.calls - c.failures)
 }
 
@@ -233,13 +232,12 @@ fn counts(config: &ThrottleConfig, window: &StripedWindow, now: Timestamp) -> (u
 /// it (with their number).
 fn relayout(
     now: Timestamp,
-) -> impl FnMut(&ThrottleConfig, &StripedWindow, &ThrottleConfig) -> Option<(StripedWindow, u64)> {
+) -> impl FnMut(&ThrottleConfig, &CallWindow, &ThrottleConfig) -> Option<(CallWindow, u64)> {
     move |old, window, new| {
         if new.window.spec == old.window.spec {
             return None;
         }
-        let fresh = StripedWindow::new();
-        let counts = window.carry_into(&old.window, &fresh, &new.window, 0, now);
+        let (fresh, counts) = window.carried(&new.window, 0, now);
         Some((fresh, counts.calls))
     }
 }
@@ -255,11 +253,12 @@ impl<S: EventSink> Throttle<S> {
     /// A throttle that reports its local rejections to `sink` as
     /// [`EventKind::THROTTLED`] events, tagged with `source`.
     pub fn with_sink(config: ThrottleConfig, sink: S, source: u32) -> Self {
+        let window = CallWindow::new(&config.window);
         Throttle {
             sink,
             source,
             rng: CachePadded::new(AtomicU64::new(config.seed)),
-            era: Layered::new(config, StripedWindow::new()),
+            era: Layered::new(config, window),
         }
     }
 
@@ -363,23 +362,22 @@ impl<S: EventSink> Throttle<S> {
     }
 
     fn count(&self, now: Timestamp, accepted: bool) {
-        self.era.with(|config, window| {
-            let pos = window.position(&config.window, now);
+        self.era.with(|_, window| {
             // "failed" marks a request the backend did not accept.
-            window.record(&config.window, 0, pos, !accepted, false);
+            window.record(0, now, !accepted, false);
         });
     }
 
     /// `(requests, accepts)` in the window at `now`.
     pub fn counts(&self, now: Timestamp) -> (u64, u64) {
-        self.era.with(|config, window| counts(config, window, now))
+        self.era.with(|_, window| counts(window, now))
     }
 
     /// The rejection probability at `now` as a fraction `(numerator,
     /// denominator)`; zero below the minimum number of requests.
     fn odds(&self, now: Timestamp) -> (u64, u64) {
         self.era.with(|config, window| {
-            let (requests, accepts) = counts(config, window, now);
+            let (requests, accepts) = counts(window, now);
             if requests < config.minimum_requests {
                 return (0, 1);
             }

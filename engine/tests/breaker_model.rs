@@ -1,12 +1,15 @@
 //! Model: the atomic `CircuitBreaker`, driven from one thread, behaves exactly
 //! like the sequential `BreakerModel` — same states, generations, admissions,
 //! rejections, retry-after times and window counts — under random operations,
-//! random configurations and virtual time.
+//! random configurations and virtual time. The model's count window is a
+//! plain queue of the last `n` outcomes. `would_admit` answers what the next
+//! `try_acquire` returns and changes nothing.
 //!
 //! Invariants checked (docs/guarantees.md): B1 (single-CAS transitions, as seen
 //! through identical generations), B4 (stale outcomes change nothing), B5
 //! (dropped permits count as nothing and free probe slots), B6 (exactly the
-//! configured probes), B7 (rejections say why and when).
+//! configured probes), B7 (rejections say why and when), B10 (a count window
+//! is exactly the last n calls), B11 (`would_admit`).
 
 use core::time::Duration;
 
@@ -17,10 +20,25 @@ use tenlives_engine::time::{Clock, ManualClock};
 #[derive(Clone, Debug)]
 enum Op {
     Acquire,
-    Record { index: usize, outcome: Outcome },
-    Drop { index: usize },
-    Advance { ms: u64 },
-    Explicit { which: u8 },
+    Record {
+        index: usize,
+        outcome: Outcome,
+    },
+    RecordElapsed {
+        index: usize,
+        outcome: Outcome,
+        ms: u64,
+    },
+    Peek,
+    Drop {
+        index: usize,
+    },
+    Advance {
+        ms: u64,
+    },
+    Explicit {
+        which: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -31,6 +49,9 @@ fn op() -> impl Strategy<Value = Op> {
             4 => Just(Outcome::Failure),
             1 => Just(Outcome::Ignored),
         ]).prop_map(|(index, outcome)| Op::Record { index, outcome }),
+        2 => (any::<usize>(), prop_oneof![Just(Outcome::Success), Just(Outcome::Failure)], 0..600u64)
+            .prop_map(|(index, outcome, ms)| Op::RecordElapsed { index, outcome, ms }),
+        2 => Just(Op::Peek),
         1 => any::<usize>().prop_map(|index| Op::Drop { index }),
         3 => prop_oneof![0..50u64, 0..3_000u64].prop_map(|ms| Op::Advance { ms }),
         1 => (0..20u8).prop_map(|which| Op::Explicit { which }),
@@ -43,6 +64,7 @@ struct Cfg {
     slow: Option<(f64, u64)>,
     consecutive: Option<u32>,
     count_window: bool,
+    count_calls: u32,
     buckets: u32,
     per_bucket: u32,
     minimum_calls: u32,
@@ -58,6 +80,7 @@ fn cfg() -> impl Strategy<Value = Cfg> {
         proptest::option::of((1.0..100.0f64, 1..500u64)),
         proptest::option::of(1..6u32),
         any::<bool>(),
+        prop_oneof![1..8u32, 8..40u32],
         1..6u32,
         1..5u32,
         1..8u32,
@@ -72,6 +95,7 @@ fn cfg() -> impl Strategy<Value = Cfg> {
                 slow,
                 consecutive,
                 count_window,
+                count_calls,
                 buckets,
                 per_bucket,
                 minimum_calls,
@@ -88,6 +112,7 @@ fn cfg() -> impl Strategy<Value = Cfg> {
                     consecutive
                 },
                 count_window,
+                count_calls,
                 buckets,
                 per_bucket,
                 minimum_calls,
@@ -111,12 +136,12 @@ fn build(c: &Cfg) -> BreakerConfig {
         b = b.consecutive_failures(n);
     }
     let minimum = if c.count_window {
-        c.minimum_calls.min(c.buckets * c.per_bucket)
+        c.minimum_calls.min(c.count_calls)
     } else {
         c.minimum_calls
     };
     b = if c.count_window {
-        b.count_window(c.buckets * c.per_bucket, c.buckets)
+        b.count_window(c.count_calls)
     } else {
         b.time_window(
             Duration::from_millis(u64::from(c.buckets * c.per_bucket) * 100),
@@ -149,7 +174,13 @@ proptest! {
             let now = clock.now();
             match op {
                 Op::Acquire => {
+                    let peek = breaker.would_admit(now);
                     let real = breaker.try_acquire(now);
+                    match (&peek, &real) {
+                        (Ok(()), Ok(_)) => {}
+                        (Err(p), Err(r)) => prop_assert_eq!(p, r),
+                        (p, r) => prop_assert!(false, "would_admit said {:?}, try_acquire {:?}", p, r.as_ref().map(|p| p.generation())),
+                    }
                     let expected = model.try_acquire(now);
                     match (real, expected) {
                         (Ok(p), Ok(m)) => {
@@ -167,6 +198,20 @@ proptest! {
                         p.record(outcome, now);
                         model.record(m, outcome, now);
                     }
+                }
+                Op::RecordElapsed { index, outcome, ms } => {
+                    if !held.is_empty() {
+                        let (p, m) = held.swap_remove(index % held.len());
+                        let elapsed = Duration::from_millis(ms);
+                        p.record_elapsed(outcome, elapsed, now);
+                        model.record_elapsed(m, outcome, elapsed, now);
+                    }
+                }
+                Op::Peek => {
+                    let before = breaker.snapshot(now);
+                    let answer = breaker.would_admit(now);
+                    prop_assert_eq!(answer, model.would_admit(now));
+                    prop_assert_eq!(breaker.snapshot(now), before, "asking changed the breaker");
                 }
                 Op::Drop { index } => {
                     if !held.is_empty() {

@@ -1,5 +1,6 @@
 //! Multi-threaded stress tests of the circuit breaker, checking conservation:
-//! no record is lost (B2), at most the configured probes are ever out at once
+//! no record is lost (B2), a count window's counts equal its outcomes after
+//! laps of concurrent overwrites (B10), at most the configured probes are ever out at once
 //! and every dropped probe frees its slot (B5, B6), and concurrent failures
 //! crossing a threshold trip exactly once (B1).
 
@@ -9,7 +10,8 @@ use std::thread;
 use std::time::Duration;
 
 use tenlives_engine::breaker::{
-    BreakerConfig, BreakerState, CircuitBreaker, Outcome, WindowCounts,
+    BreakerConfig, BreakerConfigBuilder, BreakerState, CircuitBreaker, MAX_WINDOW_CALLS, Outcome,
+    WindowCounts,
 };
 use tenlives_engine::time::{Clock, ManualClock, Timestamp};
 
@@ -18,52 +20,121 @@ use common::rng;
 
 const THREADS: usize = 4;
 
+/// Records `per_thread` calls from each thread at once, a third of them
+/// failing and a fifth slow; returns the failures and slow calls recorded.
+fn record_concurrently(
+    breaker: &CircuitBreaker,
+    now: Timestamp,
+    per_thread: usize,
+    seed: u64,
+) -> (u64, u64) {
+    thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut next = rng(seed + t as u64);
+                    let (mut failures, mut slow) = (0, 0);
+                    for _ in 0..per_thread {
+                        let p = breaker.try_acquire(now).unwrap();
+                        let x = next();
+                        let failed = x.is_multiple_of(3);
+                        let took = if (x >> 8).is_multiple_of(5) {
+                            slow += 1;
+                            SLOW
+                        } else {
+                            Duration::ZERO
+                        };
+                        failures += u64::from(failed);
+                        let outcome = if failed {
+                            Outcome::Failure
+                        } else {
+                            Outcome::Success
+                        };
+                        p.record_elapsed(outcome, took, now);
+                    }
+                    (failures, slow)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    })
+}
+
+const SLOW: Duration = Duration::from_millis(1);
+
+fn measuring(window: BreakerConfigBuilder) -> CircuitBreaker {
+    let breaker = CircuitBreaker::new(
+        window
+            .failure_rate(50.0)
+            .slow_calls(50.0, SLOW)
+            .minimum_calls(1)
+            .build()
+            .unwrap(),
+    );
+    breaker.metrics_only(Timestamp::ZERO);
+    breaker
+}
+
 #[test]
 fn every_record_is_counted() {
-    for count_window in [true, false] {
-        let b = BreakerConfig::builder().consecutive_failures(1_000_000);
-        let b = if count_window {
-            b.count_window(1 << 30, 1).minimum_calls(1)
+    let now = Timestamp::from_nanos(1_000_000_000);
+    // A time window: every call is in it.
+    let breaker = measuring(BreakerConfig::builder().time_window(Duration::from_secs(10), 10));
+    let per_thread = 100_000;
+    let (failures, slow) = record_concurrently(&breaker, now, per_thread, 1);
+    let expected = WindowCounts {
+        calls: (THREADS * per_thread) as u64,
+        failures,
+        slow,
+    };
+    assert_eq!(breaker.snapshot(now).window, expected, "time window");
+}
+
+#[test]
+fn a_count_window_conserves_its_counts() {
+    let now = Timestamp::from_nanos(1_000_000_000);
+    let n = MAX_WINDOW_CALLS;
+    let breaker = measuring(BreakerConfig::builder().count_window(n));
+    // Fewer calls than the window holds: all of them are in it.
+    let per_thread = n as usize / THREADS - 1;
+    let (failures, slow) = record_concurrently(&breaker, now, per_thread, 1);
+    let expected = WindowCounts {
+        calls: (THREADS * per_thread) as u64,
+        failures,
+        slow,
+    };
+    assert_eq!(
+        breaker.snapshot(now).window,
+        expected,
+        "nothing overwritten"
+    );
+    // Many laps of the window, threads overwriting each other's positions.
+    record_concurrently(&breaker, now, 50_000, 11);
+    let window = breaker.snapshot(now).window;
+    assert_eq!(window.calls, u64::from(n));
+    assert!(window.failures < u64::from(n) && window.slow < u64::from(n));
+    // Then one thread overwrites the whole window with known outcomes: the
+    // counts must come out exactly, so no adjustment was lost or doubled
+    // under contention (a drift would stay in the counts for good).
+    for i in 0..n {
+        let p = breaker.try_acquire(now).unwrap();
+        let outcome = if i % 2 == 0 {
+            Outcome::Failure
         } else {
-            b.time_window(Duration::from_secs(10), 10)
+            Outcome::Success
         };
-        let breaker = CircuitBreaker::new(b.build().unwrap());
-        breaker.metrics_only(Timestamp::ZERO);
-        let now = Timestamp::from_nanos(1_000_000_000);
-        let per_thread = 100_000;
-        let failures: usize = thread::scope(|s| {
-            let handles: Vec<_> = (0..THREADS)
-                .map(|t| {
-                    let breaker = &breaker;
-                    s.spawn(move || {
-                        let mut next = rng(t as u64 + 1);
-                        let mut failures = 0;
-                        for _ in 0..per_thread {
-                            let p = breaker.try_acquire(now).unwrap();
-                            if next().is_multiple_of(3) {
-                                failures += 1;
-                                p.record(Outcome::Failure, now);
-                            } else {
-                                p.record(Outcome::Success, now);
-                            }
-                        }
-                        failures
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).sum()
-        });
-        let expected = WindowCounts {
-            calls: (THREADS * per_thread) as u64,
-            failures: failures as u64,
-            slow: 0,
-        };
-        assert_eq!(
-            breaker.snapshot(now).window,
-            expected,
-            "count window: {count_window}"
-        );
+        let took = if i % 4 == 0 { SLOW } else { Duration::ZERO };
+        p.record_elapsed(outcome, took, now);
     }
+    let expected = WindowCounts {
+        calls: u64::from(n),
+        failures: u64::from(n / 2),
+        slow: u64::from(n / 4),
+    };
+    assert_eq!(breaker.snapshot(now).window, expected, "after the laps");
 }
 
 #[test]
@@ -148,7 +219,7 @@ fn a_mixed_workload_leaves_no_phantom_probes() {
     let breaker = CircuitBreaker::new(
         BreakerConfig::builder()
             .failure_rate(50.0)
-            .count_window(20, 4)
+            .count_window(20)
             .minimum_calls(10)
             .consecutive_failures(5)
             .open_duration(Duration::from_micros(5))

@@ -34,10 +34,10 @@ fn calls(
     }
 }
 
-fn rate_breaker(percent: f64, calls: u32, buckets: u32, minimum: u32) -> BreakerConfig {
+fn rate_breaker(percent: f64, calls: u32, minimum: u32) -> BreakerConfig {
     BreakerConfig::builder()
         .failure_rate(percent)
-        .count_window(calls, buckets)
+        .count_window(calls)
         .minimum_calls(minimum)
         .build()
         .unwrap()
@@ -46,12 +46,12 @@ fn rate_breaker(percent: f64, calls: u32, buckets: u32, minimum: u32) -> Breaker
 #[test]
 fn new_thresholds_judge_the_same_window() {
     let now = at(SECOND);
-    let breaker = CircuitBreaker::new(rate_breaker(80.0, 20, 4, 5));
+    let breaker = CircuitBreaker::new(rate_breaker(80.0, 20, 5));
     // Successes first, then failures: 4 of 8 failed, under 80 %.
     calls(&breaker, 4, 0, now);
     calls(&breaker, 4, 4, now);
     assert_eq!(breaker.state(), BreakerState::Closed);
-    breaker.set_config(rate_breaker(40.0, 20, 4, 5), now);
+    breaker.set_config(rate_breaker(40.0, 20, 5), now);
     // Same layout: the window is kept whole.
     assert_eq!(breaker.snapshot(now).window.calls, 8);
     assert_eq!(breaker.snapshot(now).window.failures, 4);
@@ -65,14 +65,13 @@ fn a_count_window_that_shrinks_keeps_its_newest_calls() {
     let ring = EventRing::with_capacity(8).unwrap();
     let mut seen = ring.consumer();
     let now = at(SECOND);
-    let breaker = CircuitBreaker::with_sink(rate_breaker(90.0, 100, 10, 50), &ring, 3);
-    // 40 calls with no failure, then 20 with 10 failures (buckets of 10:
-    // the newest two buckets hold the failures).
+    let breaker = CircuitBreaker::with_sink(rate_breaker(90.0, 100, 50), &ring, 3);
+    // 40 calls with no failure, then 20 with 10 failures.
     calls(&breaker, 40, 0, now);
     calls(&breaker, 10, 5, now);
     calls(&breaker, 10, 5, now);
     assert_eq!(breaker.snapshot(now).window.calls, 60);
-    breaker.set_config(rate_breaker(90.0, 20, 2, 10), now);
+    breaker.set_config(rate_breaker(90.0, 20, 10), now);
     let window = breaker.snapshot(now).window;
     assert_eq!(
         (window.calls, window.failures),
@@ -88,7 +87,7 @@ fn a_count_window_that_shrinks_keeps_its_newest_calls() {
         other => panic!("expected CONFIG_CHANGED, got {other:?}"),
     }
     // The carried calls count: at 50 %, a 40 % rule trips at the next failure.
-    breaker.set_config(rate_breaker(40.0, 20, 2, 10), now);
+    breaker.set_config(rate_breaker(40.0, 20, 10), now);
     match seen.try_recv() {
         Some(Received::Event(e)) => assert_eq!(e.payload[1], u64::MAX, "layout kept"),
         other => panic!("expected CONFIG_CHANGED, got {other:?}"),
@@ -98,16 +97,43 @@ fn a_count_window_that_shrinks_keeps_its_newest_calls() {
 }
 
 #[test]
-fn a_count_window_takes_a_partial_bucket_in_proportion() {
+fn a_count_window_carries_its_newest_calls_in_their_order() {
     let now = at(SECOND);
-    let breaker = CircuitBreaker::new(rate_breaker(90.0, 100, 10, 50));
-    // Oldest bucket: 10 calls, 10 failures... newest: 10 calls, 0 failures.
+    let breaker = CircuitBreaker::new(rate_breaker(90.0, 100, 50));
+    // 10 failures, then 10 successes.
     calls(&breaker, 10, 10, now);
     calls(&breaker, 10, 0, now);
-    // A window of 15 takes the newest bucket and half of the one before.
-    breaker.set_config(rate_breaker(90.0, 15, 3, 10), now);
+    // A window of 15 takes the newest 15: 5 failures, then 10 successes.
+    breaker.set_config(rate_breaker(90.0, 15, 10), now);
     let window = breaker.snapshot(now).window;
     assert_eq!((window.calls, window.failures), (15, 5));
+    // The carried calls leave oldest first: each new success pushes out one
+    // of the 5 failures, then the successes.
+    for left in (0..5).rev() {
+        calls(&breaker, 1, 0, now);
+        assert_eq!(breaker.snapshot(now).window.failures, left);
+    }
+    assert_eq!(breaker.snapshot(now).window.calls, 15);
+}
+
+#[test]
+fn a_time_window_becoming_a_count_window_carries_its_newest_calls() {
+    let timed = BreakerConfig::builder()
+        .failure_rate(90.0)
+        .time_window(Duration::from_secs(10), 5)
+        .build()
+        .unwrap();
+    let breaker = CircuitBreaker::new(timed);
+    calls(&breaker, 6, 6, at(SECOND)); // bucket [0, 2 s): 6 failures
+    calls(&breaker, 4, 0, at(3 * SECOND)); // bucket [2, 4 s): 4 successes
+    // The newest 8: all of the newer bucket, and 4 of the older one's 6
+    // calls, its failures in proportion (4 of 6 failed -> 4).
+    breaker.set_config(rate_breaker(90.0, 8, 8), at(3 * SECOND));
+    let window = breaker.snapshot(at(3 * SECOND)).window;
+    assert_eq!((window.calls, window.failures), (8, 4));
+    // The older bucket's calls are the oldest: 4 successes push them out.
+    calls(&breaker, 4, 0, at(3 * SECOND));
+    assert_eq!(breaker.snapshot(at(3 * SECOND)).window.failures, 0);
 }
 
 #[test]
@@ -140,10 +166,10 @@ fn a_time_window_that_shrinks_keeps_the_buckets_it_overlaps() {
 #[test]
 fn a_window_that_grows_or_changes_kind_keeps_everything_it_had() {
     let now = at(30 * SECOND);
-    let breaker = CircuitBreaker::new(rate_breaker(90.0, 20, 4, 20));
+    let breaker = CircuitBreaker::new(rate_breaker(90.0, 20, 20));
     calls(&breaker, 12, 3, now);
     // Count -> larger count window: all 12.
-    breaker.set_config(rate_breaker(90.0, 100, 10, 20), now);
+    breaker.set_config(rate_breaker(90.0, 100, 20), now);
     assert_eq!(breaker.snapshot(now).window.calls, 12);
     // Count -> time window: a count window's calls carry no time, all 12.
     let timed = BreakerConfig::builder()
@@ -234,7 +260,7 @@ fn a_half_open_test_is_judged_with_the_new_probe_count() {
 #[test]
 fn a_refused_change_keeps_the_configuration_in_force() {
     let now = at(SECOND);
-    let breaker = CircuitBreaker::new(rate_breaker(50.0, 20, 4, 5));
+    let breaker = CircuitBreaker::new(rate_breaker(50.0, 20, 5));
     calls(&breaker, 4, 1, now);
     let refused = breaker.update_config(|old| old.to_builder().minimum_calls(0).build(), now);
     assert_eq!(
@@ -243,8 +269,8 @@ fn a_refused_change_keeps_the_configuration_in_force() {
             field: "minimum_calls"
         })
     );
-    let refused = breaker.update_config(|old| old.to_builder().count_window(20, 3).build(), now);
-    assert!(matches!(refused, Err(ConfigError::UnevenBuckets { .. })));
+    let refused = breaker.update_config(|old| old.to_builder().count_window(0).build(), now);
+    assert!(matches!(refused, Err(ConfigError::Zero { .. })));
     assert_eq!(breaker.config().minimum_calls(), 5);
     assert_eq!(breaker.snapshot(now).window.calls, 4);
     // The builder round-trips every setting.

@@ -187,7 +187,7 @@ fn breaker_configuration_swapped_in_a_tight_loop() {
     let configs = [
         BreakerConfig::builder()
             .failure_rate(50.0)
-            .count_window(40, 4)
+            .count_window(40)
             .minimum_calls(10)
             .consecutive_failures(6)
             .open_duration(Duration::from_micros(50))

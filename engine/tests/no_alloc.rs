@@ -46,7 +46,7 @@ fn the_request_path_never_allocates() {
         BreakerConfig::builder().failure_rate(50.0).minimum_calls(5),
         BreakerConfig::builder()
             .failure_rate(50.0)
-            .count_window(20, 4)
+            .count_window(20)
             .minimum_calls(5),
         BreakerConfig::builder()
             .without_failure_rate()

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use loom::sync::Arc;
 use loom::thread;
-use tenlives_engine::breaker::{BreakerConfig, BreakerState, CircuitBreaker, Outcome};
+use tenlives_engine::breaker::{
+    BreakerConfig, BreakerState, CircuitBreaker, Outcome, WindowCounts,
+};
 use tenlives_engine::time::Timestamp;
 use tenlives_loom_tests::model;
 
@@ -123,20 +125,122 @@ fn racing_failures_trip_once_consecutive_rule() {
     });
 }
 
-/// B1, B2: two failures racing across a failure-rate threshold over the
-/// striped window: neither record is missed by both judges (no store
-/// buffering), so the breaker trips, and it trips exactly once.
+fn every_call_fails(window: u32) -> BreakerConfig {
+    BreakerConfig::builder()
+        .failure_rate(100.0)
+        .count_window(window)
+        .minimum_calls(window)
+        .open_duration(Duration::from_secs(1))
+        .build()
+        .unwrap()
+}
+
+/// B1, B2, B10: two failures racing across a failure-rate threshold over an
+/// empty count window: neither record is missed by both judges (no store
+/// buffering between the tally and the head), so the breaker trips, and it
+/// trips exactly once.
 #[test]
 fn racing_failures_trip_once_rate_rule() {
     model(2, || {
-        let config = BreakerConfig::builder()
-            .failure_rate(100.0)
-            .count_window(2, 2)
-            .minimum_calls(2)
-            .open_duration(Duration::from_secs(1))
-            .build()
-            .unwrap();
-        two_failures_race(config);
+        two_failures_race(every_call_fails(2));
+    });
+}
+
+/// B10: the same race over a full count window `[success, failure]`. The
+/// first failure replaces the success (the tally goes up), the second
+/// replaces the failure (nothing to adjust: it only reads the tally and the
+/// head). Whichever order they take, one of them sees the window all failed.
+#[test]
+fn racing_failures_over_a_full_count_window_trip_once() {
+    model(2, || {
+        let b = Arc::new(CircuitBreaker::new(every_call_fails(2)));
+        b.try_acquire(T0).unwrap().success(T0);
+        b.try_acquire(T0).unwrap().failure(T0);
+        assert_eq!(b.state(), BreakerState::Closed, "1 of 2 failed");
+        let p1 = b.try_acquire_raw(T0).unwrap();
+        let p2 = b.try_acquire_raw(T0).unwrap();
+        let other = {
+            let b = b.clone();
+            thread::spawn(move || b.record(p1, Outcome::Failure, T0))
+        };
+        b.record(p2, Outcome::Failure, T0);
+        other.join().unwrap();
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.generation(), 1, "exactly one transition");
+    });
+}
+
+/// B10: two threads record failures into a full count window of four
+/// `[success, success, failure, failure]` while a third records one more
+/// and judges. In every order the second of the three failures fills the
+/// window with failures; whatever the interleaving of the three reports'
+/// steps (claim, write, adjust, judge), some judge sees it, and the breaker
+/// opens exactly once.
+#[test]
+fn two_recorders_and_a_judge_over_a_count_window() {
+    model(2, || {
+        let b = Arc::new(CircuitBreaker::new(every_call_fails(4)));
+        for outcome in [
+            Outcome::Success,
+            Outcome::Success,
+            Outcome::Failure,
+            Outcome::Failure,
+        ] {
+            b.try_acquire(T0).unwrap().record(outcome, T0);
+        }
+        assert_eq!(b.state(), BreakerState::Closed, "2 of 4 failed");
+        let recorders: Vec<_> = (0..2)
+            .map(|_| {
+                let p = b.try_acquire_raw(T0).unwrap();
+                let b = b.clone();
+                thread::spawn(move || b.record(p, Outcome::Failure, T0))
+            })
+            .collect();
+        let p = b.try_acquire_raw(T0).unwrap();
+        b.record(p, Outcome::Failure, T0);
+        for r in recorders {
+            r.join().unwrap();
+        }
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.generation(), 1, "exactly one transition");
+    });
+}
+
+/// B10: two threads overwrite a full count window of two failures with
+/// successes while a third reads it. The reader sees the window's size in
+/// calls and at most as many failures;
+/// once both writers are done, the counts equal the outcomes in the window
+/// exactly: every bit a writer changed was adjusted in the tally once, in
+/// whatever order the writers' steps interleaved.
+#[test]
+fn count_window_writers_and_a_reader() {
+    model(2, || {
+        let b = Arc::new(CircuitBreaker::new(every_call_fails(2)));
+        b.metrics_only(T0);
+        b.try_acquire(T0).unwrap().failure(T0);
+        b.try_acquire(T0).unwrap().failure(T0);
+        let writers: Vec<_> = [Outcome::Success, Outcome::Success]
+            .into_iter()
+            .map(|outcome| {
+                let p = b.try_acquire_raw(T0).unwrap();
+                let b = b.clone();
+                thread::spawn(move || b.record(p, outcome, T0))
+            })
+            .collect();
+        let seen = b.snapshot(T0).window;
+        assert_eq!(seen.calls, 2);
+        assert!(seen.failures <= 2);
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert_eq!(
+            b.snapshot(T0).window,
+            WindowCounts {
+                calls: 2,
+                failures: 0,
+                slow: 0
+            }
+        );
     });
 }
 

@@ -109,7 +109,7 @@ async fn breaker_times_calls_on_the_tokio_clock() {
             .without_failure_rate()
             .slow_calls(100.0, ms(500))
             .minimum_calls(2)
-            .count_window(2, 2)
+            .count_window(2)
             .build()
             .unwrap(),
     );

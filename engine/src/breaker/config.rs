@@ -30,8 +30,18 @@ pub const MAX_PROBES: u32 = 1000;
 /// Largest consecutive-failures threshold (the counter is 24 bits wide).
 pub const MAX_CONSECUTIVE_FAILURES: u32 = (1 << 24) - 1;
 
-/// Largest count-based window, in calls.
-pub const MAX_WINDOW_CALLS: u32 = 1 << 30;
+/// Largest count-based window, in calls. The window keeps two bits per call
+/// in place, in words of 16 calls and a 32-bit tag (2 KiB at this size), with
+/// no allocation.
+#[cfg(not(tenlives_loom))]
+pub const MAX_WINDOW_CALLS: u32 = 4096;
+/// Largest count-based window, in calls (kept small under loom).
+#[cfg(tenlives_loom)]
+pub const MAX_WINDOW_CALLS: u32 = 32;
+
+/// `minimum_calls` when the builder is not given one (capped at the size of a
+/// count window).
+const DEFAULT_MINIMUM_CALLS: u32 = 20;
 
 /// Number of distinct open durations kept: trips beyond this reuse the last.
 pub(crate) const OPEN_STEPS: usize = 32;
@@ -41,15 +51,13 @@ const PPM: u64 = 1_000_000;
 /// How the breaker measures its failure and slow-call rates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WindowSpec {
-    /// The most recent `calls` calls, kept in `buckets` buckets of
-    /// `calls / buckets` calls each. The window holds between
-    /// `calls - calls / buckets + 1` and `calls` of the latest calls; with
-    /// `buckets == calls` it is exact.
+    /// Exactly the most recent `calls` calls that reported (fewer until that
+    /// many have), each with its own outcome: a rate is judged over the last
+    /// `calls` outcomes, and the oldest leaves the window when a new one
+    /// arrives. At most [`MAX_WINDOW_CALLS`].
     Count {
         /// Window size in calls.
         calls: u32,
-        /// Number of buckets; must divide `calls`.
-        buckets: u32,
     },
     /// The calls that completed in the last `length`, kept in `buckets`
     /// buckets of `length / buckets` each. The window is the current bucket
@@ -68,8 +76,9 @@ pub enum WindowSpec {
 /// Builder for [`BreakerConfig`]. Start from [`BreakerConfig::builder`].
 ///
 /// Defaults: open at a failure rate of 50 % over a 10-second time window of
-/// 10 buckets once at least 20 calls were seen there; stay open 5 seconds;
-/// then let 3 probe calls through.
+/// 10 buckets once at least 20 calls were seen there (or, over a count
+/// window smaller than 20 calls, once the window is full); stay open 5
+/// seconds; then let 3 probe calls through.
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct BreakerConfigBuilder {
@@ -77,7 +86,8 @@ pub struct BreakerConfigBuilder {
     slow_calls: Option<(f64, Duration)>,
     consecutive_failures: Option<u32>,
     window: WindowSpec,
-    minimum_calls: u32,
+    /// `None`: the default, capped at a count window's size.
+    minimum_calls: Option<u32>,
     open_duration: Duration,
     open_backoff: Option<(f64, Duration)>,
     probes: u32,
@@ -94,7 +104,7 @@ impl Default for BreakerConfigBuilder {
                 length: Duration::from_secs(10),
                 buckets: DEFAULT_BUCKETS,
             },
-            minimum_calls: 20,
+            minimum_calls: None,
             open_duration: Duration::from_secs(5),
             open_backoff: None,
             probes: 3,
@@ -130,9 +140,35 @@ impl BreakerConfigBuilder {
         self
     }
 
-    /// Measure rates over the most recent `calls` calls in `buckets` buckets.
-    pub fn count_window(mut self, calls: u32, buckets: u32) -> Self {
-        self.window = WindowSpec::Count { calls, buckets };
+    /// Measure rates over exactly the most recent `calls` calls (see
+    /// [`WindowSpec::Count`]). Without an explicit
+    /// [`minimum_calls`](Self::minimum_calls), rates are judged from 20
+    /// calls on, or once the window is full if it is smaller.
+    ///
+    /// ```
+    /// use tenlives_engine::breaker::{BreakerConfig, BreakerState, CircuitBreaker, Outcome};
+    /// use tenlives_engine::time::Timestamp;
+    ///
+    /// // 10 % of the last 10 calls, judged once 10 calls reported.
+    /// let breaker = CircuitBreaker::new(
+    ///     BreakerConfig::builder().failure_rate(10.0).count_window(10).build()?,
+    /// );
+    /// let now = Timestamp::ZERO;
+    /// let call = |outcome| breaker.try_acquire(now).expect("closed").record(outcome, now);
+    /// call(Outcome::Failure);
+    /// for _ in 0..9 {
+    ///     call(Outcome::Success);
+    /// }
+    /// // The failure is the oldest of the last 10; one more success pushes
+    /// // it out, and the next failure is alone in the window again: 10 %.
+    /// call(Outcome::Success);
+    /// assert_eq!(breaker.snapshot(now).window.failures, 0);
+    /// call(Outcome::Failure);
+    /// assert_eq!(breaker.state(), BreakerState::Open);
+    /// # Ok::<(), tenlives_engine::ConfigError>(())
+    /// ```
+    pub fn count_window(mut self, calls: u32) -> Self {
+        self.window = WindowSpec::Count { calls };
         self
     }
 
@@ -142,9 +178,11 @@ impl BreakerConfigBuilder {
         self
     }
 
-    /// Rates are judged only once the window holds at least `n` calls.
+    /// Rates are judged only once the window holds at least `n` calls. Over
+    /// a count window, `n` may not exceed its size. Default: 20, or the size
+    /// of a smaller count window.
     pub fn minimum_calls(mut self, n: u32) -> Self {
-        self.minimum_calls = n;
+        self.minimum_calls = Some(n);
         self
     }
 
@@ -214,21 +252,25 @@ impl BreakerConfigBuilder {
             return Err(ConfigError::NoTripRule);
         }
         let window = Window::new(self.window)?;
-        if self.minimum_calls == 0 {
-            return Err(ConfigError::Zero {
-                field: "minimum_calls",
-            });
-        }
-        if let WindowSpec::Count { calls, .. } = self.window {
-            let rate_rule = failure_rate_ppm.is_some() || slow_rate_ppm.is_some();
-            if rate_rule && self.minimum_calls > calls {
+        let minimum_calls = match (self.minimum_calls, self.window) {
+            (Some(0), _) => {
+                return Err(ConfigError::Zero {
+                    field: "minimum_calls",
+                });
+            }
+            (Some(n), WindowSpec::Count { calls })
+                if n > calls && (failure_rate_ppm.is_some() || slow_rate_ppm.is_some()) =>
+            {
                 return Err(ConfigError::TooLarge {
                     field: "minimum_calls",
-                    value: self.minimum_calls.into(),
+                    value: n.into(),
                     max: calls.into(),
                 });
             }
-        }
+            (Some(n), _) => n,
+            (None, WindowSpec::Count { calls }) => DEFAULT_MINIMUM_CALLS.min(calls),
+            (None, WindowSpec::Time { .. }) => DEFAULT_MINIMUM_CALLS,
+        };
         check_range("half_open_probes", self.probes, MAX_PROBES)?;
         let open_ns = open_table(self.open_duration, self.open_backoff)?;
         Ok(BreakerConfig {
@@ -237,7 +279,7 @@ impl BreakerConfigBuilder {
             slow_call_ns,
             consecutive_failures: self.consecutive_failures,
             window,
-            minimum_calls: self.minimum_calls,
+            minimum_calls,
             open_ns,
             probes: self.probes,
             reopen_on_first_failure: self.reopen_on_first_failure,
@@ -309,8 +351,8 @@ fn open_table(
 /// The shape of a validated window, in engine units.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum WindowKind {
-    /// Buckets of `bucket_calls` calls, advanced by a shared bucket counter.
-    Count { bucket_calls: u64 },
+    /// Exactly the last `calls` calls (`ring.rs`).
+    Count { calls: u32 },
     /// Buckets of a fixed length; the bucket index is `now / length`.
     Time { bucket: StrengthReducedU64 },
 }
@@ -319,6 +361,7 @@ pub(crate) enum WindowKind {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Window {
     pub(crate) kind: WindowKind,
+    /// Buckets of a time window; 1 for a count window.
     pub(crate) buckets: u32,
     /// `buckets` as a divisor without a `div` instruction (slot = epoch % buckets).
     pub(crate) buckets_divisor: StrengthReducedU64,
@@ -327,10 +370,15 @@ pub(crate) struct Window {
 
 impl Window {
     pub(crate) fn new(spec: WindowSpec) -> Result<Self, ConfigError> {
-        let (total, buckets) = match spec {
-            WindowSpec::Count { calls, buckets } => {
+        let (length, buckets) = match spec {
+            WindowSpec::Count { calls } => {
                 check_range("window calls", calls, MAX_WINDOW_CALLS)?;
-                (u64::from(calls), buckets)
+                return Ok(Window {
+                    kind: WindowKind::Count { calls },
+                    buckets: 1,
+                    buckets_divisor: StrengthReducedU64::new(1),
+                    spec,
+                });
             }
             WindowSpec::Time { length, buckets } => {
                 let ns = checked_nanos("window length", length)?;
@@ -343,23 +391,16 @@ impl Window {
             }
         };
         check_range("window buckets", buckets, MAX_BUCKETS as u32)?;
-        if total % u64::from(buckets) != 0 || total < u64::from(buckets) {
+        if length % u64::from(buckets) != 0 || length < u64::from(buckets) {
             return Err(ConfigError::UnevenBuckets {
-                window: total,
+                window: length,
                 buckets: buckets.into(),
             });
         }
-        let per_bucket = total / u64::from(buckets);
-        let kind = match spec {
-            WindowSpec::Count { .. } => WindowKind::Count {
-                bucket_calls: per_bucket,
-            },
-            WindowSpec::Time { .. } => WindowKind::Time {
-                bucket: StrengthReducedU64::new(per_bucket),
-            },
-        };
         Ok(Window {
-            kind,
+            kind: WindowKind::Time {
+                bucket: StrengthReducedU64::new(length / u64::from(buckets)),
+            },
             buckets,
             buckets_divisor: StrengthReducedU64::new(buckets.into()),
             spec,
@@ -375,7 +416,7 @@ impl Window {
 ///
 /// let config = BreakerConfig::builder()
 ///     .failure_rate(25.0)
-///     .count_window(100, 10)
+///     .count_window(100)
 ///     .minimum_calls(10)
 ///     .consecutive_failures(5)
 ///     .open_duration(Duration::from_secs(2))
@@ -497,10 +538,11 @@ impl BreakerConfig {
         self.failure_rate_ppm.is_some() || self.slow_rate_ppm.is_some()
     }
 
-    /// Whether a call that took `elapsed_ns` counts as slow.
+    /// Whether a call that took `elapsed_ns()` nanoseconds counts as slow
+    /// (asked only when there is a slow-call rule).
     #[inline]
-    pub(crate) fn is_slow(&self, elapsed_ns: u64) -> bool {
-        self.slow_rate_ppm.is_some() && elapsed_ns >= self.slow_call_ns
+    pub(crate) fn is_slow(&self, elapsed_ns: impl FnOnce() -> u64) -> bool {
+        self.slow_rate_ppm.is_some() && elapsed_ns() >= self.slow_call_ns
     }
 
     /// Whether the window's counts break a rate rule.
@@ -620,26 +662,32 @@ mod tests {
     fn rejects_bad_windows() {
         let b = || BreakerConfig::builder().minimum_calls(1);
         assert_eq!(
-            b().count_window(0, 1).build().unwrap_err(),
+            b().count_window(0).build().unwrap_err(),
             ConfigError::Zero {
                 field: "window calls"
             }
         );
         assert_eq!(
-            b().count_window(10, 0).build().unwrap_err(),
-            ConfigError::Zero {
-                field: "window buckets"
+            b().count_window(MAX_WINDOW_CALLS + 1).build().unwrap_err(),
+            ConfigError::TooLarge {
+                field: "window calls",
+                value: (MAX_WINDOW_CALLS + 1).into(),
+                max: MAX_WINDOW_CALLS.into()
             }
         );
         assert_eq!(
-            b().count_window(10, 3).build().unwrap_err(),
+            b().time_window(Duration::from_nanos(10), 3)
+                .build()
+                .unwrap_err(),
             ConfigError::UnevenBuckets {
                 window: 10,
                 buckets: 3
             }
         );
         assert!(matches!(
-            b().count_window(100, 17).build().unwrap_err(),
+            b().time_window(Duration::from_secs(17), 17)
+                .build()
+                .unwrap_err(),
             ConfigError::TooLarge {
                 field: "window buckets",
                 ..
@@ -659,7 +707,7 @@ mod tests {
         );
         assert!(matches!(
             BreakerConfig::builder()
-                .count_window(10, 10)
+                .count_window(10)
                 .minimum_calls(11)
                 .build()
                 .unwrap_err(),
@@ -678,6 +726,27 @@ mod tests {
                 field: "minimum_calls"
             }
         );
+    }
+
+    #[test]
+    fn minimum_calls_defaults_to_at_most_a_count_window() {
+        let small = BreakerConfig::builder().count_window(10).build().unwrap();
+        assert_eq!(small.minimum_calls(), 10);
+        let large = BreakerConfig::builder().count_window(100).build().unwrap();
+        assert_eq!(large.minimum_calls(), 20);
+        assert_eq!(BreakerConfig::default().minimum_calls(), 20);
+        // The default follows the window when a configuration is changed.
+        let shrunk = large.to_builder().count_window(5).build().unwrap();
+        assert_eq!(shrunk.minimum_calls(), 5);
+        // Without a rate rule the window is not judged: no limit.
+        let consecutive = BreakerConfig::builder()
+            .without_failure_rate()
+            .consecutive_failures(3)
+            .count_window(5)
+            .minimum_calls(50)
+            .build()
+            .unwrap();
+        assert_eq!(consecutive.minimum_calls(), 50);
     }
 
     #[test]

@@ -60,7 +60,7 @@
 //! | the consecutive-failure run | kept, judged against the new limit at the next failure |
 //! | a half-open test | judged with the new probe count; probes already admitted count towards it |
 //! | the window, same layout (kind, size, buckets) | kept: the new thresholds judge the same counts at the next failure |
-//! | the window, new layout | a new window; the old window's newest calls that fit it are carried over into its current bucket (for a time window, the buckets that overlap the new window's span; for a count window, as many of the newest calls as it holds, failures and slow calls in proportion), so a rate is not forgotten |
+//! | the window, new layout | a new window; the old window's newest calls that fit it are carried over (into a time window's current bucket: the old buckets that overlap its span, or all of an old count window; into a count window: as many of the newest calls as it holds, in their order, an old time window's buckets oldest first), so a rate is not forgotten |
 //!
 //! Calls that report while a layout change is being made may be counted in
 //! the old window only (at most the reports in flight at that instant).
@@ -72,6 +72,7 @@
 
 pub(crate) mod config;
 mod model;
+mod ring;
 pub(crate) mod window;
 mod word;
 
@@ -82,13 +83,13 @@ use crossbeam_utils::CachePadded;
 
 pub use config::{
     BreakerConfig, BreakerConfigBuilder, MAX_BUCKETS, MAX_CONSECUTIVE_FAILURES, MAX_PROBES,
-    WindowSpec,
+    MAX_WINDOW_CALLS, WindowSpec,
 };
 pub use model::{BreakerModel, ModelPermit};
 pub use window::WindowCounts;
 
 use config::Verdict;
-use window::StripedWindow;
+use window::{CallWindow, Recorded};
 use word::{
     KIND_CLOSED, KIND_DISABLED, KIND_FORCED_OPEN, KIND_HALF_OPEN, KIND_METRICS_ONLY, KIND_OPEN,
     KIND_OPENING, MAX_TRIPS, ProbeWord, StateWord, is_newer,
@@ -266,6 +267,37 @@ impl<S: EventSink> Permit<'_, S> {
             self.breaker.record(raw, outcome, now);
         }
     }
+    /// Reports the call's outcome with its duration as the caller measured
+    /// it: the slow-call rule judges `elapsed` instead of the time from the
+    /// admission to `now` (which is when the call completed).
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use tenlives_engine::breaker::{BreakerConfig, BreakerState, CircuitBreaker, Outcome};
+    /// use tenlives_engine::time::Timestamp;
+    ///
+    /// let breaker = CircuitBreaker::new(
+    ///     BreakerConfig::builder()
+    ///         .without_failure_rate()
+    ///         .slow_calls(50.0, Duration::from_millis(100))
+    ///         .count_window(2)
+    ///         .build()?,
+    /// );
+    /// let now = Timestamp::ZERO; // the breaker's clock does not move here
+    /// let timed = |elapsed| {
+    ///     let permit = breaker.try_acquire(now).expect("closed");
+    ///     permit.record_elapsed(Outcome::Success, elapsed, now);
+    /// };
+    /// timed(Duration::from_millis(20));
+    /// timed(Duration::from_millis(250)); // 1 slow call in 2: 50 %
+    /// assert_eq!(breaker.state(), BreakerState::Open);
+    /// # Ok::<(), tenlives_engine::ConfigError>(())
+    /// ```
+    pub fn record_elapsed(mut self, outcome: Outcome, elapsed: Duration, now: Timestamp) {
+        if let Some(raw) = self.raw.take() {
+            self.breaker.record_elapsed(raw, outcome, elapsed, now);
+        }
+    }
     /// Reports a success.
     pub fn success(self, now: Timestamp) {
         self.record(Outcome::Success, now);
@@ -351,7 +383,7 @@ struct Core {
 pub struct CircuitBreaker<S: EventSink = NoSink> {
     core: CachePadded<Core>,
     /// The configuration and the window laid out for it.
-    era: Layered<BreakerConfig, StripedWindow>,
+    era: Layered<BreakerConfig, CallWindow>,
     sink: S,
     source: u32,
 }
@@ -429,13 +461,14 @@ impl<S: EventSink> CircuitBreaker<S> {
     /// A closed breaker that reports transitions and rejections to `sink`,
     /// tagged with `source` (an id of your choosing; see `docs/events.md`).
     pub fn with_sink(config: BreakerConfig, sink: S, source: u32) -> Self {
+        let window = CallWindow::new(&config.window);
         CircuitBreaker {
             core: CachePadded::new(Core {
                 state: AtomicU64::new(StateWord::new(KIND_CLOSED, 0, 0, 0).0),
                 open_until: AtomicU64::new(0),
                 probes: AtomicU64::new(ProbeWord::fresh(0).0),
             }),
-            era: Layered::new(config, StripedWindow::new()),
+            era: Layered::new(config, window),
             sink,
             source,
         }
@@ -572,22 +605,21 @@ impl<S: EventSink> CircuitBreaker<S> {
     fn relayout(
         &self,
         now: Timestamp,
-    ) -> impl FnMut(&BreakerConfig, &StripedWindow, &BreakerConfig) -> Option<(StripedWindow, u64)>
-    + use<S> {
+    ) -> impl FnMut(&BreakerConfig, &CallWindow, &BreakerConfig) -> Option<(CallWindow, u64)> + use<S>
+    {
         let generation = self.load().generation();
         move |old, window, new| {
             if new.window.spec == old.window.spec {
                 return None;
             }
-            let fresh = StripedWindow::new();
-            let counts = window.carry_into(&old.window, &fresh, &new.window, generation, now);
+            let (fresh, counts) = window.carried(&new.window, generation, now);
             Some((fresh, counts.calls))
         }
     }
 
     /// Runs `f` on the configuration in force and the window it counts in.
     #[inline(always)]
-    fn with_era<R>(&self, f: impl FnOnce(&BreakerConfig, &StripedWindow) -> R) -> R {
+    fn with_era<R>(&self, f: impl FnOnce(&BreakerConfig, &CallWindow) -> R) -> R {
         self.era.with(f)
     }
 
@@ -627,6 +659,73 @@ impl<S: EventSink> CircuitBreaker<S> {
         self.try_acquire_raw(now).map(|raw| Permit {
             breaker: self,
             raw: Some(raw),
+        })
+    }
+
+    /// Whether [`try_acquire`](Self::try_acquire) at `now` would admit a
+    /// call, without admitting one: the same `Ok` or the same [`Rejected`]
+    /// (reason and retry-after) that it would return at this instant, but
+    /// nothing changes — no transition (an open breaker whose time is up
+    /// stays open until a real admission), no half-open probe taken, no
+    /// event. Another thread may change the answer right after.
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use tenlives_engine::breaker::{BreakerConfig, BreakerState, CircuitBreaker, RejectReason};
+    /// use tenlives_engine::time::Timestamp;
+    ///
+    /// let breaker = CircuitBreaker::new(
+    ///     BreakerConfig::builder()
+    ///         .without_failure_rate()
+    ///         .consecutive_failures(1)
+    ///         .open_duration(Duration::from_secs(1))
+    ///         .half_open_probes(1)
+    ///         .build()?,
+    /// );
+    /// let t0 = Timestamp::ZERO;
+    /// breaker.try_acquire(t0).expect("closed").failure(t0);
+    /// let rejected = breaker.would_admit(t0).unwrap_err();
+    /// assert_eq!(rejected.reason(), RejectReason::Open);
+    ///
+    /// // Time is up: a probe would be admitted, but asking takes none.
+    /// let t1 = t0.saturating_add(Duration::from_secs(1));
+    /// assert!(breaker.would_admit(t1).is_ok());
+    /// assert!(breaker.would_admit(t1).is_ok());
+    /// assert_eq!(breaker.state(), BreakerState::Open);
+    /// let probe = breaker.try_acquire(t1).expect("the probe");
+    /// assert_eq!(breaker.would_admit(t1).unwrap_err().reason(), RejectReason::HalfOpenFull);
+    /// # drop(probe);
+    /// # Ok::<(), tenlives_engine::ConfigError>(())
+    /// ```
+    pub fn would_admit(&self, now: Timestamp) -> Result<(), Rejected> {
+        let s = self.load();
+        let (reason, retry_after) = match s.kind() {
+            KIND_CLOSED | KIND_DISABLED | KIND_METRICS_ONLY => return Ok(()),
+            KIND_FORCED_OPEN => (RejectReason::ForcedOpen, None),
+            KIND_OPENING => {
+                let full = self.with_era(|cfg, _| cfg.open_ns_for(s.trips()));
+                (RejectReason::Open, Some(Duration::from_nanos(full)))
+            }
+            KIND_OPEN => {
+                // ordering: Relaxed; see `try_acquire_raw`.
+                let until = self.core.open_until.load(Ordering::Relaxed);
+                if now.as_nanos() >= until {
+                    return Ok(());
+                }
+                let left = Duration::from_nanos(until - now.as_nanos());
+                (RejectReason::Open, Some(left))
+            }
+            _ => {
+                // KIND_HALF_OPEN
+                if s.payload() < self.with_era(|cfg, _| cfg.probes) {
+                    return Ok(());
+                }
+                (RejectReason::HalfOpenFull, None)
+            }
+        };
+        Err(Rejected {
+            reason,
+            retry_after,
         })
     }
 
@@ -707,6 +806,39 @@ impl<S: EventSink> CircuitBreaker<S> {
     /// completed. A permit from an older generation changes nothing.
     #[inline]
     pub fn record(&self, permit: RawPermit, outcome: Outcome, now: Timestamp) {
+        let admitted = permit.admitted_at.as_nanos();
+        self.record_timed(permit, outcome, now, || {
+            now.as_nanos().saturating_sub(admitted)
+        });
+    }
+
+    /// Like [`record`](Self::record), with the call's duration as the caller
+    /// measured it: the slow-call rule judges `elapsed` instead of `now`
+    /// minus the admission time. See [`Permit::record_elapsed`].
+    #[inline]
+    pub fn record_elapsed(
+        &self,
+        permit: RawPermit,
+        outcome: Outcome,
+        elapsed: Duration,
+        now: Timestamp,
+    ) {
+        self.record_timed(permit, outcome, now, || {
+            crate::time::saturating_nanos(elapsed)
+        });
+    }
+
+    /// `elapsed` gives the call's duration in nanoseconds; it is called only
+    /// when a slow-call rule needs it (computed eagerly, it cost the
+    /// consecutive-failures breaker's success 8 instructions in callgrind).
+    #[inline]
+    fn record_timed(
+        &self,
+        permit: RawPermit,
+        outcome: Outcome,
+        now: Timestamp,
+        elapsed: impl FnOnce() -> u64,
+    ) {
         let failed = match outcome {
             Outcome::Success => false,
             Outcome::Failure => true,
@@ -716,7 +848,6 @@ impl<S: EventSink> CircuitBreaker<S> {
             return;
         }
         self.with_era(|cfg, window| {
-            let elapsed = now.as_nanos().saturating_sub(permit.admitted_at.as_nanos());
             let slow = cfg.is_slow(elapsed);
             match permit.kind {
                 PermitKind::Closed => {
@@ -725,8 +856,7 @@ impl<S: EventSink> CircuitBreaker<S> {
                 PermitKind::Probe => self.record_probe(cfg, permit.generation, failed, slow, now),
                 PermitKind::Metrics => {
                     if self.load().generation() == permit.generation {
-                        let pos = window.position(&cfg.window, now);
-                        window.record(&cfg.window, permit.generation, pos, failed, slow);
+                        window.record(permit.generation, now, failed, slow);
                     }
                 }
                 PermitKind::Passthrough => {}
@@ -753,7 +883,7 @@ impl<S: EventSink> CircuitBreaker<S> {
     fn record_closed(
         &self,
         cfg: &BreakerConfig,
-        window: &StripedWindow,
+        window: &CallWindow,
         generation: u32,
         failed: bool,
         slow: bool,
@@ -764,11 +894,9 @@ impl<S: EventSink> CircuitBreaker<S> {
             return; // late: the breaker moved on since this call was admitted
         }
         // Only the rate rules need the window (and its bucket arithmetic).
-        let pos = cfg.has_rate_rule().then(|| {
-            let pos = window.position(&cfg.window, now);
-            window.record(&cfg.window, generation, pos, failed, slow);
-            pos
-        });
+        let pos = cfg
+            .has_rate_rule()
+            .then(|| window.record(generation, now, failed, slow));
         if !failed && !slow {
             if cfg.consecutive_failures.is_some() && s.payload() != 0 {
                 self.reset_consecutive(generation);
@@ -795,20 +923,19 @@ impl<S: EventSink> CircuitBreaker<S> {
     fn judge_closed(
         &self,
         cfg: &BreakerConfig,
-        window: &StripedWindow,
+        window: &CallWindow,
         generation: u32,
         failed: bool,
-        pos: Option<window::Position>,
+        pos: Option<Recorded>,
         now: Timestamp,
     ) {
         let mut s = self.load();
         if s.generation() != generation || s.kind() != KIND_CLOSED {
             return;
         }
-        let rate_trip = pos.and_then(|pos| {
-            let c = window.sum(&cfg.window, generation, pos);
-            cfg.rate_trip(c.calls, c.failures, c.slow)
-        });
+        let rate_trip = pos
+            .and_then(|pos| window.judged(generation, pos))
+            .and_then(|c| cfg.rate_trip(c.calls, c.failures, c.slow));
         while s.generation() == generation && s.kind() == KIND_CLOSED {
             let run = if failed {
                 s.payload().saturating_add(1)
@@ -973,7 +1100,7 @@ impl<S: EventSink> CircuitBreaker<S> {
         let kind = s.kind();
         let (window, opening_ns) = self.with_era(|cfg, window| {
             let counts = if kind == KIND_CLOSED || kind == KIND_METRICS_ONLY {
-                window.latest(&cfg.window, s.generation(), now)
+                window.latest(s.generation(), now)
             } else {
                 WindowCounts::default()
             };

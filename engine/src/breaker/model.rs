@@ -7,11 +7,13 @@
 //!
 //! Where the atomic breaker lets two generations or two stripes share a slot
 //! word and sorts them out with tags, the model keeps the full epoch and
-//! generation of each bucket and compares them exactly.
+//! generation of each bucket and compares them exactly. Its count window is
+//! a plain queue of the last `n` outcomes: push the newest, drop the oldest
+//! beyond `n`, empty it at every transition.
 
 use core::time::Duration;
 
-use super::config::{BreakerConfig, MAX_BUCKETS, Verdict, WindowKind};
+use super::config::{BreakerConfig, MAX_BUCKETS, MAX_WINDOW_CALLS, Verdict, WindowKind};
 use super::word::MAX_TRIPS;
 use super::{BreakerState, Outcome, RejectReason, Rejected, WindowCounts};
 use crate::time::Timestamp;
@@ -71,14 +73,50 @@ impl ModelPermit {
     }
 }
 
+/// The last `n` outcomes `(failed, slow)`, oldest first: a queue in a fixed
+/// array (the engine has no allocator).
+#[derive(Clone, Debug)]
+struct LastCalls {
+    outcomes: [(bool, bool); MAX_WINDOW_CALLS as usize],
+    oldest: usize,
+    len: usize,
+}
+
+impl LastCalls {
+    fn push(&mut self, n: usize, outcome: (bool, bool)) {
+        if self.len == n {
+            self.oldest = (self.oldest + 1) % self.outcomes.len();
+            self.len -= 1;
+        }
+        let at = (self.oldest + self.len) % self.outcomes.len();
+        self.outcomes[at] = outcome;
+        self.len += 1;
+    }
+
+    fn counts(&self) -> WindowCounts {
+        let mut c = WindowCounts {
+            calls: self.len as u64,
+            ..WindowCounts::default()
+        };
+        for i in 0..self.len {
+            let (failed, slow) = self.outcomes[(self.oldest + i) % self.outcomes.len()];
+            c.failures += u64::from(failed);
+            c.slow += u64::from(slow);
+        }
+        c
+    }
+}
+
 /// The breaker as a plain sequential state machine.
 #[derive(Clone, Debug)]
 pub struct BreakerModel {
     config: BreakerConfig,
     state: State,
     generation: u32,
-    count_epoch: u64,
+    /// Time windows: buckets tagged with their epoch and generation.
     buckets: [Bucket; MAX_BUCKETS],
+    /// Count windows: the last calls of this generation.
+    last: LastCalls,
 }
 
 impl BreakerModel {
@@ -88,8 +126,12 @@ impl BreakerModel {
             config,
             state: State::Closed { run: 0 },
             generation: 0,
-            count_epoch: 0,
             buckets: [Bucket::default(); MAX_BUCKETS],
+            last: LastCalls {
+                outcomes: [(false, false); MAX_WINDOW_CALLS as usize],
+                oldest: 0,
+                len: 0,
+            },
         }
     }
 
@@ -113,13 +155,19 @@ impl BreakerModel {
     fn go(&mut self, state: State) {
         self.state = state;
         self.generation = self.generation.wrapping_add(1);
+        self.last.len = 0;
     }
 
     fn epoch(&self, now: u64) -> u64 {
         match self.config.window.kind {
             WindowKind::Time { bucket } => now / bucket.get(),
-            WindowKind::Count { .. } => self.count_epoch,
+            WindowKind::Count { .. } => 0,
         }
+    }
+
+    /// Whether a call would be admitted at `now`, without admitting it.
+    pub fn would_admit(&self, now: Timestamp) -> Result<(), Rejected> {
+        self.clone().try_acquire(now).map(|_| ())
     }
 
     /// Admission at `now`.
@@ -172,8 +220,20 @@ impl BreakerModel {
         })
     }
 
-    /// Reports an outcome.
+    /// Reports an outcome; the call took from its admission to `now`.
     pub fn record(&mut self, permit: ModelPermit, outcome: Outcome, now: Timestamp) {
+        let elapsed = now.as_nanos().saturating_sub(permit.admitted_at);
+        self.record_elapsed(permit, outcome, Duration::from_nanos(elapsed), now);
+    }
+
+    /// Reports an outcome of a call that took `elapsed`.
+    pub fn record_elapsed(
+        &mut self,
+        permit: ModelPermit,
+        outcome: Outcome,
+        elapsed: Duration,
+        now: Timestamp,
+    ) {
         let now = now.as_nanos();
         let failed = match outcome {
             Outcome::Success => false,
@@ -183,7 +243,9 @@ impl BreakerModel {
         if permit.generation != self.generation {
             return;
         }
-        let slow = self.config.is_slow(now.saturating_sub(permit.admitted_at));
+        let slow = self
+            .config
+            .is_slow(|| crate::time::saturating_nanos(elapsed));
         match (permit.kind, self.state) {
             (Kind::Closed, State::Closed { run }) => {
                 let epoch = self.epoch(now);
@@ -259,6 +321,10 @@ impl BreakerModel {
     }
 
     fn count(&mut self, epoch: u64, failed: bool, slow: bool) {
+        if let WindowKind::Count { calls } = self.config.window.kind {
+            self.last.push(calls as usize, (failed, slow));
+            return;
+        }
         let n = u64::from(self.config.window.buckets);
         let generation = self.generation;
         let b = &mut self.buckets[(epoch % n) as usize];
@@ -272,21 +338,15 @@ impl BreakerModel {
         b.counts.calls += 1;
         b.counts.failures += u64::from(failed);
         b.counts.slow += u64::from(slow);
-        if let WindowKind::Count { bucket_calls } = self.config.window.kind
-            && b.counts.calls >= bucket_calls
-        {
-            self.count_epoch += 1;
-        }
     }
 
     fn window_counts(&self, newest: u64) -> WindowCounts {
-        self.window_counts_from(newest, u64::from(self.config.window.buckets))
-    }
-
-    fn window_counts_from(&self, newest: u64, buckets: u64) -> WindowCounts {
+        if let WindowKind::Count { .. } = self.config.window.kind {
+            return self.last.counts();
+        }
         let n = u64::from(self.config.window.buckets);
         let mut total = WindowCounts::default();
-        for back in 0..buckets {
+        for back in 0..n {
             let Some(epoch) = newest.checked_sub(back) else {
                 break;
             };
@@ -304,15 +364,7 @@ impl BreakerModel {
     pub fn window(&self, now: Timestamp) -> WindowCounts {
         match self.state {
             State::Closed { .. } | State::MetricsOnly => {
-                let epoch = self.epoch(now.as_nanos());
-                let newest_empty = self.window_counts_from(epoch, 1).calls == 0;
-                match self.config.window.kind {
-                    // Report the last full window, not one bucket fewer.
-                    WindowKind::Count { .. } if newest_empty && epoch > 0 => {
-                        self.window_counts(epoch - 1)
-                    }
-                    _ => self.window_counts(epoch),
-                }
+                self.window_counts(self.epoch(now.as_nanos()))
             }
             _ => WindowCounts::default(),
         }

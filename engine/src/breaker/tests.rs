@@ -52,7 +52,7 @@ fn failure_rate_over_count_window_needs_minimum_calls() {
     let b = breaker(
         BreakerConfig::builder()
             .failure_rate(50.0)
-            .count_window(10, 10)
+            .count_window(10)
             .minimum_calls(4),
     );
     let c = ManualClock::new();
@@ -70,11 +70,11 @@ fn failure_rate_over_count_window_needs_minimum_calls() {
 
 #[test]
 fn count_window_forgets_old_calls() {
-    // Window of the last 4 calls, exact (4 buckets of 1).
+    // Window of the last 4 calls.
     let b = breaker(
         BreakerConfig::builder()
             .failure_rate(75.0)
-            .count_window(4, 4)
+            .count_window(4)
             .minimum_calls(4),
     );
     let c = ManualClock::new();
@@ -110,7 +110,7 @@ fn a_success_never_opens_the_breaker() {
     let b = breaker(
         BreakerConfig::builder()
             .failure_rate(50.0)
-            .count_window(10, 10)
+            .count_window(10)
             .minimum_calls(4),
     );
     let c = ManualClock::new();
@@ -176,7 +176,7 @@ fn slow_calls_trip_on_their_own_rate() {
         BreakerConfig::builder()
             .without_failure_rate()
             .slow_calls(50.0, ms(100))
-            .count_window(4, 4)
+            .count_window(4)
             .minimum_calls(4),
     );
     let c = ManualClock::new();
@@ -419,4 +419,124 @@ fn config_reads_back() {
     assert_eq!(c.consecutive_failures(), Some(4));
     assert_eq!(c.minimum_calls(), 7);
     assert!(c.reopen_on_first_failure());
+}
+
+#[test]
+fn slow_calls_are_judged_on_the_durations_callers_give() {
+    let b = breaker(
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .slow_calls(50.0, ms(100))
+            .count_window(4),
+    );
+    let c = ManualClock::new();
+    // Admitted and completed at the same instant: only the given durations
+    // can make these calls slow. 99 ms is not slow, 100 ms is.
+    for elapsed in [ms(1), ms(99), ms(100)] {
+        let p = b.try_acquire(c.now()).unwrap();
+        p.record_elapsed(Outcome::Success, elapsed, c.now());
+    }
+    assert_eq!(b.snapshot(c.now()).window.slow, 1);
+    assert_eq!(b.state(), BreakerState::Closed, "window not full yet");
+    // The raw form; Duration::MAX saturates and is slow.
+    let raw = b.try_acquire_raw(c.now()).unwrap();
+    b.record_elapsed(raw, Outcome::Success, Duration::MAX, c.now());
+    assert_eq!(b.state(), BreakerState::Open, "2 slow calls in 4");
+
+    // And a call that took long by the clock but says it was fast is fast.
+    let b = breaker(
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .slow_calls(50.0, ms(100))
+            .count_window(1),
+    );
+    let p = b.try_acquire(c.now()).unwrap();
+    c.advance(Duration::from_secs(10));
+    p.record_elapsed(Outcome::Success, ms(5), c.now());
+    assert_eq!(b.state(), BreakerState::Closed);
+    assert_eq!(b.snapshot(c.now()).window.slow, 0);
+}
+
+#[test]
+fn would_admit_answers_without_changing_anything() {
+    use crate::events::{EventRing, Received};
+
+    let ring = EventRing::with_capacity(16).unwrap();
+    let b = CircuitBreaker::with_sink(
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .consecutive_failures(1)
+            .half_open_probes(1)
+            .open_duration(Duration::from_secs(1))
+            .build()
+            .unwrap(),
+        &ring,
+        1,
+    );
+    let mut events = ring.consumer();
+    let c = ManualClock::new();
+    assert_eq!(b.would_admit(c.now()), Ok(()));
+    call(&b, &c, Outcome::Failure).unwrap();
+    while events.try_recv().is_some() {}
+    let generation = b.generation();
+    c.advance(ms(400));
+    let peek = b.would_admit(c.now()).unwrap_err();
+    assert_eq!(
+        (peek.reason(), peek.retry_after()),
+        (RejectReason::Open, Some(ms(600)))
+    );
+    c.advance(ms(600));
+    // Time is up: a probe would pass, and asking twice takes none.
+    assert_eq!(b.would_admit(c.now()), Ok(()));
+    assert_eq!(b.would_admit(c.now()), Ok(()));
+    assert_eq!(
+        (b.state(), b.generation()),
+        (BreakerState::Open, generation)
+    );
+    assert!(
+        !matches!(events.try_recv(), Some(Received::Event(_))),
+        "asking emits nothing"
+    );
+    let probe = b
+        .try_acquire(c.now())
+        .expect("the one probe is still there");
+    let full = b.would_admit(c.now()).unwrap_err();
+    assert_eq!(full, b.try_acquire(c.now()).unwrap_err());
+    assert_eq!(full.reason(), RejectReason::HalfOpenFull);
+    drop(probe);
+    assert_eq!(b.would_admit(c.now()), Ok(()));
+    b.force_open(c.now());
+    assert_eq!(
+        b.would_admit(c.now()).unwrap_err().reason(),
+        RejectReason::ForcedOpen
+    );
+    b.disable(c.now());
+    assert_eq!(b.would_admit(c.now()), Ok(()));
+}
+
+#[test]
+fn would_admit_agrees_at_the_ends_of_time() {
+    let b = breaker(
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .consecutive_failures(1)
+            .slow_calls(50.0, ms(100))
+            .count_window(1)
+            .open_duration(Duration::from_secs(1)),
+    );
+    let t = Timestamp::from_nanos(5_000_000_000);
+    // Reported "before" it was admitted (a clock that went backwards): the
+    // given duration alone decides slowness.
+    let p = b.try_acquire(t).unwrap();
+    p.record_elapsed(Outcome::Success, ms(1), Timestamp::ZERO);
+    assert_eq!(b.state(), BreakerState::Closed);
+    b.try_acquire(t).unwrap().failure(t);
+    // Earlier than the trip: still open, for longer than the open duration.
+    let earlier = Timestamp::from_nanos(1_000_000_000);
+    let peek = b.would_admit(earlier).unwrap_err();
+    assert_eq!(peek.retry_after(), Some(Duration::from_secs(5)));
+    assert_eq!(peek, b.try_acquire(earlier).unwrap_err());
+    // At the end of time the probe is due.
+    assert_eq!(b.would_admit(Timestamp::MAX), Ok(()));
+    assert!(b.try_acquire(Timestamp::MAX).unwrap().is_probe());
 }
