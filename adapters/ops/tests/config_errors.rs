@@ -258,6 +258,7 @@ fn rules_that_need_each_other_are_checked() {
     ));
     assert_eq!(e.path, "circuit_breaker.instances.a.window_buckets", "{e}");
     assert_eq!(e.line, 5);
+    assert!(e.message.contains("applies to a time window only"), "{e}");
 }
 
 #[test]

@@ -294,7 +294,7 @@ where
 fn breaker() -> CircuitBreaker {
     CircuitBreaker::new(
         BreakerConfig::builder()
-            .count_window(100, 10)
+            .count_window(100)
             .consecutive_failures(1)
             .open_duration(OPEN)
             .half_open_probes(1)
@@ -421,7 +421,7 @@ type RetryingStack = StackLayer<
 /// A timeout, one retry, a closed breaker that no test trips and an
 /// adaptive limit of one.
 fn retrying_stack(clock: TokioClock) -> Fixture<RetryingStack> {
-    let tolerant = BreakerConfig::builder().count_window(100, 10).build();
+    let tolerant = BreakerConfig::builder().count_window(100).build();
     let backoff = Backoff::constant(BACKOFF).unwrap().with_max_retries(1);
     Fixture {
         layer: StackLayer::builder()

@@ -333,7 +333,13 @@ impl Spec for BreakerSpec {
                     "`window_calls` and `window_duration` exclude each other",
                 ));
             }
-            (Some(calls), None) => b = b.count_window(calls, buckets.unwrap_or(1)),
+            (Some(_), None) if buckets.is_some() => {
+                return Err(conflict(
+                    "window_buckets",
+                    "a count window judges exactly its last `window_calls` calls: `window_buckets` applies to a time window only",
+                ));
+            }
+            (Some(calls), None) => b = b.count_window(calls),
             (None, Some(d)) => b = b.time_window(d.0, buckets.unwrap_or(10)),
             (None, None) => {
                 if let Some(n) = buckets {
