@@ -47,7 +47,7 @@ use crossbeam_utils::CachePadded;
 
 use crate::breaker::WindowSpec;
 use crate::breaker::config::Window;
-use crate::breaker::window::CallWindow;
+use crate::breaker::window::StripedWindow;
 use crate::error::ConfigError;
 use crate::events::{Event, EventKind, EventSink, NoSink};
 use crate::live::Layered;
@@ -180,7 +180,7 @@ impl std::error::Error for Throttled {}
 /// The client-side throttle. See the [module documentation](self).
 pub struct Throttle<S: EventSink = NoSink> {
     /// The configuration and the window laid out for it.
-    era: Layered<ThrottleConfig, CallWindow>,
+    era: Layered<ThrottleConfig, StripedWindow>,
     sink: S,
     source: u32,
     /// SplitMix64 state, shared: it is only advanced when the probability is
@@ -221,8 +221,17 @@ impl<S: EventSink> ThrottleTicket<'_, S> {
     }
 }
 
+/// An empty window laid out for `config`'s.
+fn time_window(config: &ThrottleConfig) -> StripedWindow {
+    match StripedWindow::for_time(&config.window) {
+        Some(window) => window,
+        // `ThrottleConfigBuilder::build` makes only time windows.
+        None => unreachable!("a throttle's window is a time window"),
+    }
+}
+
 /// `(requests, accepts)` in `window` at `now`.
-fn counts(window: &CallWindow, now: Timestamp) -> (u64, u64) {
+fn counts(window: &StripedWindow, now: Timestamp) -> (u64, u64) {
     let c = window.latest(0, now);
     (c.calls, c.calls - c.failures)
 }
@@ -232,13 +241,15 @@ fn counts(window: &CallWindow, now: Timestamp) -> (u64, u64) {
 /// it (with their number).
 fn relayout(
     now: Timestamp,
-) -> impl FnMut(&ThrottleConfig, &CallWindow, &ThrottleConfig) -> Option<(CallWindow, u64)> {
+) -> impl FnMut(&ThrottleConfig, &StripedWindow, &ThrottleConfig) -> Option<(StripedWindow, u64)> {
     move |old, window, new| {
         if new.window.spec == old.window.spec {
             return None;
         }
-        let (fresh, counts) = window.carried(&new.window, 0, now);
-        Some((fresh, counts.calls))
+        let fresh = time_window(new);
+        window.carry_into(&fresh, 0, now);
+        let carried = fresh.latest(0, now).calls;
+        Some((fresh, carried))
     }
 }
 
@@ -253,7 +264,7 @@ impl<S: EventSink> Throttle<S> {
     /// A throttle that reports its local rejections to `sink` as
     /// [`EventKind::THROTTLED`] events, tagged with `source`.
     pub fn with_sink(config: ThrottleConfig, sink: S, source: u32) -> Self {
-        let window = CallWindow::new(&config.window);
+        let window = time_window(&config);
         Throttle {
             sink,
             source,
@@ -364,7 +375,7 @@ impl<S: EventSink> Throttle<S> {
     fn count(&self, now: Timestamp, accepted: bool) {
         self.era.with(|_, window| {
             // "failed" marks a request the backend did not accept.
-            window.record(0, now, !accepted, false);
+            window.record_at(0, now, !accepted, false);
         });
     }
 

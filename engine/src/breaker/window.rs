@@ -194,10 +194,7 @@ impl CallWindow {
                 });
             }
             (CallWindow::Time(into), CallWindow::Time(old)) => {
-                let span = into.span();
-                let mut carried = WindowCounts::default();
-                old.newest_buckets_since(generation, now, span, |b| carried.add(b));
-                into.store(generation, into.epoch(now), carried);
+                old.carry_into(into, generation, now);
             }
             (CallWindow::Time(into), CallWindow::Count(old)) => {
                 into.store(generation, into.epoch(now), old.counts(generation));
@@ -205,6 +202,39 @@ impl CallWindow {
         }
         let counts = fresh.latest(generation, now);
         (fresh, counts)
+    }
+}
+
+/// A time window on its own, for a user that never needs a count window
+/// (the throttle): the same operations as [`CallWindow`]'s time variant,
+/// without the count window's code in its binary.
+impl StripedWindow {
+    /// An empty time window laid out for `cfg`; `None` for a count window.
+    pub(crate) fn for_time(cfg: &WindowConfig) -> Option<Self> {
+        match cfg.kind {
+            WindowKind::Time { bucket } => Some(StripedWindow::new(bucket, cfg)),
+            WindowKind::Count { .. } => None,
+        }
+    }
+
+    /// Counts one call of `generation` that completed at `now`.
+    #[inline]
+    pub(crate) fn record_at(&self, generation: u32, now: Timestamp, failed: bool, slow: bool) {
+        self.record(generation, self.epoch(now), failed, slow);
+    }
+
+    /// Totals over the window at `now`.
+    #[inline]
+    pub(crate) fn latest(&self, generation: u32, now: Timestamp) -> WindowCounts {
+        self.sum(generation, self.epoch(now))
+    }
+
+    /// Counts the buckets of this window that overlap `into`'s span at `now`
+    /// into `into`'s bucket at `now`.
+    pub(crate) fn carry_into(&self, into: &StripedWindow, generation: u32, now: Timestamp) {
+        let mut carried = WindowCounts::default();
+        self.newest_buckets_since(generation, now, into.span(), |b| carried.add(b));
+        into.store(generation, into.epoch(now), carried);
     }
 }
 
