@@ -80,11 +80,16 @@ impl<K, R, A: Admission> Held<K, R, A> {
     {
         let p = &*self.policies;
         let outcome = p.classifier.classify(&result);
-        let now = p.now_if(p.time_at_end);
+        let needs_time = p.time_at_end
+            && self
+                .token
+                .as_ref()
+                .is_some_and(|token| p.admission.needs_time_to_complete(token, outcome));
+        let now = p.now_if(needs_time);
         if let Some(token) = self.token.take() {
             p.admission.complete(token, outcome, self.admitted_at, now);
         }
-        let now = p.time_at_end.then_some(now);
+        let now = needs_time.then_some(now);
         (result.map_err(TenlivesError::Inner), now)
     }
 
@@ -93,7 +98,9 @@ impl<K, R, A: Admission> Held<K, R, A> {
     fn timed_out(&mut self) {
         let p = &*self.policies;
         if let Some(token) = self.token.take() {
-            let now = p.now_if(p.time_at_end);
+            let needs_time =
+                p.time_at_end && p.admission.needs_time_to_complete(&token, Outcome::Failure);
+            let now = p.now_if(needs_time);
             p.admission
                 .complete(token, Outcome::Failure, self.admitted_at, now);
         }

@@ -15,10 +15,14 @@
 //! one `Arc` of [`Policies`] (policies, classifier and clock): every service
 //! the layer makes and every clone of those share it, and each request
 //! clones that `Arc` once, allocates nothing (beyond what the wrapped service
-//! and the request's own `Clone` do) and boxes nothing. The clock is read
-//! once when a request is called and once when each attempt ends (and when a
-//! retry is admitted), and the reading is shared by every stage that needs
-//! it; a stack with no stage that needs the time reads no clock at all. One
+//! and the request's own `Clone` do) and boxes nothing. The clock (a
+//! [`TokioClock`]: the TSC, or tokio's clock when it is paused) is read once
+//! when a request is called and, where a stage judges the attempt by its
+//! end time (a slow-call rule, a time-based window, a failure that opens a
+//! breaker, an adaptive limit), once when it ends (and when a retry is
+//! admitted); the reading is shared by every stage that needs it, and a
+//! stack with no stage that needs the time reads no clock at all
+//! (`tests/clock_reads.rs` counts the readings). One
 //! timer, made only when the request first returns `Pending`, serves both the
 //! deadline and the backoff waits.
 //!
