@@ -14,6 +14,9 @@
 //! - `config_cell` (feature `std`): a configuration cell on epoch
 //!   reclamation: lock-free reads, whole-value writes, old values freed once
 //!   no reader can see them (`docs/live-config.md`).
+//! - `timer` (feature `alloc`): a shared, lock-free timer wheel: fixed
+//!   entries, cancellation by generation, one driver for many deadlines
+//!   (`docs/clocks-and-timers.md`).
 //! - [`retry`]: backoff schedules with seedable jitter, and a lock-free retry
 //!   budget.
 //! - [`time`]: time as a value ([`time::Timestamp`]), the [`time::Clock`]
@@ -55,6 +58,8 @@ mod stripe;
 mod sync;
 pub mod throttle;
 pub mod time;
+#[cfg(feature = "alloc")]
+pub mod timer;
 
 pub use error::ConfigError;
 

@@ -22,14 +22,14 @@ const TAG_ONE: u64 = 1 << 32;
 
 /// Its head is not padded: the queue keeps it on one cache line with the
 /// other words every slow-path operation writes.
-pub(super) struct FreeStack {
+pub(crate) struct FreeStack {
     head: AtomicU64,
     next: Box<[AtomicU64]>,
 }
 
 impl FreeStack {
     /// A stack holding every index of `0..len`, 0 on top. `len < 2^32 - 1`.
-    pub(super) fn full(len: usize) -> Self {
+    pub(crate) fn full(len: usize) -> Self {
         let next: Vec<AtomicU64> = (0..len)
             .map(|i| AtomicU64::new(if i + 1 < len { i as u64 + 2 } else { 0 }))
             .collect();
@@ -41,7 +41,7 @@ impl FreeStack {
 
     /// Takes an index, or `None` if every slot is in use.
     #[inline]
-    pub(super) fn pop(&self) -> Option<usize> {
+    pub(crate) fn pop(&self) -> Option<usize> {
         // ordering: Acquire, pairs with the Release of the push that put the
         // top index there: we see its `next` and everything its pusher did
         // to the slot.
@@ -69,7 +69,7 @@ impl FreeStack {
 
     /// Gives `index` back.
     #[inline]
-    pub(super) fn push(&self, index: usize) {
+    pub(crate) fn push(&self, index: usize) {
         // ordering: Relaxed; the compare-and-swap below decides.
         let mut head = self.head.load(Ordering::Relaxed);
         loop {
