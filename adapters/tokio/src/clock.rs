@@ -1,29 +1,8 @@
 //! [`TokioClock`]: the engine's [`Clock`] on tokio's time scale, read from
 //! the CPU's time-stamp counter unless tokio's clock is paused.
 //!
-//! # Which source, and why it is decided when the clock is made
-//!
-//! Reading `std::time::Instant` (what `tokio::time::Instant::now` is on a
-//! running clock) costs 32-40 ns here, more than any engine decision; the
-//! time-stamp counter through [`TscClock`] about 10-15 ns. Tests, though,
-//! run on tokio's paused clock (`#[tokio::test(start_paused = true)]`),
-//! which only `tokio::time::Instant` follows: a timestamp from the TSC would
-//! keep real time while the timers jump ahead.
-//!
-//! tokio has no public "is the clock paused" call, so [`TokioClock::new`]
-//! finds out once, when it is made: it reads `tokio::time::Instant::now()`,
-//! waits (spinning) until the OS clock has moved by 1 µs, and reads it
-//! again. A running clock *is* the OS clock there, so it moved; a paused
-//! one moves only by `advance` or by auto-advance, neither of which can
-//! happen while this thread spins (pausing needs a current-thread runtime,
-//! and this thread is its only one). Unchanged: paused, read tokio's clock;
-//! changed: running, read the TSC. The test costs about a microsecond per
-//! clock, not per request.
-//!
-//! The decision holds for the clock's life. A clock made outside any
-//! runtime (or in a running one) and used later under a paused runtime
-//! reads the TSC: make the clock (the layer) inside the paused runtime, or
-//! say which source with [`TokioClock::runtime`].
+//! (See [`TokioClock`] for which source it reads, and why that is decided
+//! when the clock is made.)
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -41,13 +20,37 @@ const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 ///
 /// [`new`](Self::new) reads the CPU's time-stamp counter (a [`TscClock`],
 /// shared by the whole process), or tokio's own clock when tokio's clock is
-/// paused at that moment (see the [module documentation](self)). The other
+/// paused at that moment (see below). The other
 /// constructors choose the source: [`runtime`](Self::runtime) (always
 /// tokio's), [`tsc`](Self::tsc), [`recent`](Self::recent) (a coarse clock
 /// at about 1 ns a reading) and [`from_source`](Self::from_source) (any
 /// clock of yours).
 ///
 /// Copy it freely; every copy shares the origin and the source.
+///
+/// # Which source, and why it is decided when the clock is made
+///
+/// Reading `std::time::Instant` (what `tokio::time::Instant::now` is on a
+/// running clock) costs 32-40 ns here, more than any engine decision; the
+/// time-stamp counter through [`TscClock`] about 10-15 ns. Tests, though,
+/// run on tokio's paused clock (`#[tokio::test(start_paused = true)]`),
+/// which only `tokio::time::Instant` follows: a timestamp from the TSC would
+/// keep real time while the timers jump ahead.
+///
+/// tokio has no public "is the clock paused" call, so [`TokioClock::new`]
+/// finds out once, when it is made: it reads `tokio::time::Instant::now()`,
+/// waits (spinning) until the OS clock has moved by 1 µs, and reads it
+/// again. A running clock *is* the OS clock there, so it moved; a paused
+/// one moves only by `advance` or by auto-advance, neither of which can
+/// happen while this thread spins (pausing needs a current-thread runtime,
+/// and this thread is its only one). Unchanged: paused, read tokio's clock;
+/// changed: running, read the TSC. The test costs about a microsecond per
+/// clock, not per request.
+///
+/// The decision holds for the clock's life. A clock made outside any
+/// runtime (or in a running one) and used later under a paused runtime
+/// reads the TSC: make the clock (the layer) inside the paused runtime, or
+/// say which source with [`TokioClock::runtime`].
 #[derive(Clone, Copy, Debug)]
 pub struct TokioClock {
     /// The tokio instant [`Timestamp::ZERO`] stands for.
@@ -103,7 +106,7 @@ fn runtime_clock_is_paused() -> bool {
 
 impl TokioClock {
     /// A clock whose origin is now: on the TSC, or on tokio's clock if that
-    /// is paused now (see the [module documentation](self)).
+    /// is paused now (see [`TokioClock`]).
     pub fn new() -> Self {
         if runtime_clock_is_paused() {
             Self::runtime()

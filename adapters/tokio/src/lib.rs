@@ -127,6 +127,7 @@ pub mod retry;
 pub mod stack;
 pub mod throttle;
 pub mod timeout;
+pub mod wheel;
 
 pub use admission::{Admission, AdmissionFuture, AdmissionLayer, AdmissionService};
 pub use breaker::{CircuitBreakerLayer, CircuitBreakerService};
@@ -151,3 +152,4 @@ pub use retry::{
 pub use stack::{DefaultAdmission, Policies, Stack, StackBuilder, StackFuture, StackLayer};
 pub use throttle::{ThrottleFuture, ThrottleLayer, ThrottleService};
 pub use timeout::{Timeout, TimeoutFuture, TimeoutLayer};
+pub use wheel::Timers;

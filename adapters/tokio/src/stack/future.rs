@@ -12,6 +12,7 @@ use pin_project_lite::pin_project;
 use tenlives_engine::breaker::Outcome;
 use tenlives_engine::retry::BackoffIter;
 use tenlives_engine::time::Timestamp;
+use tenlives_engine::timer::TimerEntry;
 use tokio::time::Sleep;
 use tower_service::Service;
 
@@ -42,12 +43,16 @@ impl<S, Req> Retrying<S, Req> {
     }
 }
 
-/// The request's share of the stack: the one `Arc` clone, and the admission
-/// token of the attempt in flight. Dropping it releases the token unreported.
+/// The request's share of the stack: the one `Arc` clone, the admission
+/// token of the attempt in flight, and the request's entry in the stack's
+/// timer wheel. Dropping it gives the entry back and releases the token
+/// unreported.
 pub(crate) struct Held<K, R, A: Admission> {
     policies: Arc<Policies<K, R, A>>,
     token: Option<A::Token>,
     admitted_at: Timestamp,
+    /// The wheel entry of the future's one timer, once set.
+    alarm: Option<TimerEntry>,
 }
 
 impl<K, R, A: Admission> Held<K, R, A> {
@@ -56,6 +61,7 @@ impl<K, R, A: Admission> Held<K, R, A> {
             policies,
             token: None,
             admitted_at: now,
+            alarm: None,
         }
     }
 
@@ -109,6 +115,9 @@ impl<K, R, A: Admission> Held<K, R, A> {
 
 impl<K, R, A: Admission> Drop for Held<K, R, A> {
     fn drop(&mut self) {
+        if let (Some(entry), Some(timers)) = (self.alarm.take(), self.policies.timers.as_ref()) {
+            timers.cancel(entry);
+        }
         if let Some(token) = self.token.take() {
             self.policies.admission.release(token);
         }
@@ -201,24 +210,31 @@ impl<S: Service<Req>, Req, K, R, A: Admission> StackFuture<S, Req, K, R, A> {
     }
 }
 
-/// Sets `timer` for `at` (making it on first use), for `alarm`.
-fn set_timer(
-    mut timer: Pin<&mut Option<Sleep>>,
+/// Sets the future's timer for `at`, for `alarm`: an entry in the stack's
+/// wheel, or a tokio `Sleep` if the wheel is full.
+fn set_timer<K, R, A: Admission>(
+    held: &mut Held<K, R, A>,
+    timer: Pin<&mut Option<Sleep>>,
     current: &mut Alarm,
     alarm: Alarm,
-    at: tokio::time::Instant,
+    at: Timestamp,
+    cx: &mut Context<'_>,
 ) {
-    match timer.as_mut().as_pin_mut() {
-        Some(sleep) => sleep.reset(at),
-        None => timer.set(Some(tokio::time::sleep_until(at))),
-    }
+    let Some(timers) = held.policies.timers.as_ref() else {
+        unreachable!("a stack with a timeout or retries has a timer wheel")
+    };
+    timers.set(&mut held.alarm, timer, at, cx);
     *current = alarm;
 }
 
-/// Polls `timer`: `Ready` once the time it is set for has passed.
-fn poll_timer(timer: Pin<&mut Option<Sleep>>, cx: &mut Context<'_>) -> Poll<()> {
-    match timer.as_pin_mut() {
-        Some(sleep) => sleep.poll(cx),
+/// Polls the timer: `Ready` once the time it is set for has passed.
+fn poll_timer<K, R, A: Admission>(
+    held: &mut Held<K, R, A>,
+    timer: Pin<&mut Option<Sleep>>,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    match held.policies.timers.as_ref() {
+        Some(timers) => timers.poll(&mut held.alarm, timer, cx),
         // Only polled once set.
         None => Poll::Pending,
     }
@@ -264,7 +280,7 @@ where
                     None => break,
                 },
                 PhaseProj::Waiting => {
-                    if poll_timer(this.timer.as_mut(), cx).is_pending() {
+                    if poll_timer(this.held, this.timer.as_mut(), cx).is_pending() {
                         // The deadline is later than the end of the delay.
                         return Poll::Pending;
                     }
@@ -322,8 +338,14 @@ where
                     // would time out unsent: return this result instead.
                     let in_time = this.deadline.as_ref().is_none_or(|d| wake_at < d.at);
                     if in_time && p.retry.withdraw(now) {
-                        let at = p.clock.instant_at(wake_at);
-                        set_timer(this.timer.as_mut(), this.alarm, Alarm::Backoff, at);
+                        set_timer(
+                            this.held,
+                            this.timer.as_mut(),
+                            this.alarm,
+                            Alarm::Backoff,
+                            wake_at,
+                            cx,
+                        );
                         this.phase.set(Phase::Waiting);
                         continue;
                     }
@@ -338,10 +360,16 @@ where
             return Poll::Pending;
         };
         if *this.alarm != Alarm::Deadline {
-            let at = this.held.policies.clock.instant_at(deadline.at);
-            set_timer(this.timer.as_mut(), this.alarm, Alarm::Deadline, at);
+            set_timer(
+                this.held,
+                this.timer.as_mut(),
+                this.alarm,
+                Alarm::Deadline,
+                deadline.at,
+                cx,
+            );
         }
-        if poll_timer(this.timer.as_mut(), cx).is_ready() {
+        if poll_timer(this.held, this.timer.as_mut(), cx).is_ready() {
             this.held.timed_out();
             this.phase.set(Phase::Done);
             return Poll::Ready(Err(TenlivesError::TimedOut {
