@@ -99,6 +99,8 @@ const OWN: u64 = 1 << 2;
 /// An expirer is still waking the owner.
 const DRIVER: u64 = 1 << 3;
 const GEN_SHIFT: u32 = 8;
+/// The generation's width: 56 bits, wrapping (after 2^56 uses of one entry).
+const GEN_MASK: u64 = u64::MAX >> GEN_SHIFT;
 
 /// No tick: nothing to wait for.
 const NONE: u64 = u64::MAX;
@@ -318,7 +320,7 @@ impl TimerWheel {
         let tick = self.tick_of(deadline);
         // ordering: Relaxed; the entry is ours (popped with Acquire, after
         // its last user's Release push), nobody else writes its state now.
-        let generation = generation(entry.state.load(Ordering::Relaxed)) + 1;
+        let generation = (generation(entry.state.load(Ordering::Relaxed)) + 1) & GEN_MASK;
         // SAFETY: the entry is ours alone: it left the free stack to us, and
         // it is not armed, so no expirer touches its waker cell.
         unsafe { entry.waker.set_exclusive(waker) };
