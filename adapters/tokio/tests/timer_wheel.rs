@@ -196,3 +196,23 @@ async fn the_queue_layer_waits_on_the_wheel_and_gives_entries_back() {
     assert_eq!(layer.timers().fallbacks(), 0);
     assert_eq!(layer.queue().waiting(), 0);
 }
+
+/// A request that has its result gives its entry back then, not when the
+/// caller gets round to dropping the future.
+#[tokio::test(start_paused = true)]
+async fn a_finished_request_gives_its_entry_back_before_it_is_dropped() {
+    let layer = StackLayer::builder()
+        .timeout(Duration::from_millis(50))
+        .timer_wheel(1, Duration::from_millis(1))
+        .unwrap()
+        .build();
+    let timers = layer.policies().timers().unwrap().clone();
+    let mut svc = layer.layer(backend(Mode::Forever));
+    let mut first = pin!(svc.ready().await.unwrap().call(()));
+    let out = std::future::poll_fn(|cx| first.as_mut().poll(cx)).await;
+    assert!(matches!(out, Err(TenlivesError::TimedOut { .. })));
+    // `first` is finished but alive: the next request still gets the entry.
+    let mut second = pin!(svc.ready().await.unwrap().call(()));
+    assert!(poll_here(second.as_mut()).await.is_pending());
+    assert_eq!(timers.fallbacks(), 0);
+}

@@ -113,11 +113,19 @@ impl<K, R, A: Admission> Held<K, R, A> {
     }
 }
 
-impl<K, R, A: Admission> Drop for Held<K, R, A> {
-    fn drop(&mut self) {
+impl<K, R, A: Admission> Held<K, R, A> {
+    /// Gives the timer's wheel entry back (the request has its result, or
+    /// is dropped).
+    fn disarm(&mut self) {
         if let (Some(entry), Some(timers)) = (self.alarm.take(), self.policies.timers.as_ref()) {
             timers.cancel(entry);
         }
+    }
+}
+
+impl<K, R, A: Admission> Drop for Held<K, R, A> {
+    fn drop(&mut self) {
+        self.disarm();
         if let Some(token) = self.token.take() {
             self.policies.admission.release(token);
         }
@@ -297,6 +305,7 @@ where
                         Poll::Pending => break,
                         Poll::Ready(Err(e)) => {
                             this.phase.set(Phase::Done);
+                            this.held.disarm();
                             return Poll::Ready(Err(TenlivesError::Inner(e)));
                         }
                         Poll::Ready(Ok(())) => {
@@ -352,6 +361,7 @@ where
                 }
             }
             this.phase.set(Phase::Done);
+            this.held.disarm();
             return Poll::Ready(result);
         }
         // An attempt, or the service's readiness, is pending: has the
@@ -371,6 +381,7 @@ where
         }
         if poll_timer(this.held, this.timer.as_mut(), cx).is_ready() {
             this.held.timed_out();
+            this.held.disarm();
             this.phase.set(Phase::Done);
             return Poll::Ready(Err(TenlivesError::TimedOut {
                 after: deadline.after,
