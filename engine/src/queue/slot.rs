@@ -204,6 +204,18 @@ impl WakerCell {
         unsafe { self.waker.with_mut(|w| set(w, waker)) };
     }
 
+    /// Drops the stored waker from a cell nobody else can reach.
+    ///
+    /// # Safety
+    ///
+    /// No `register`, `clear` or `wake` can run on this cell now (the
+    /// caller's protocol keeps every other party out), and none is half done.
+    pub(crate) unsafe fn clear_exclusive(&self) {
+        // SAFETY: exclusive by the caller's contract.
+        let old = unsafe { self.waker.with_mut(Option::take) };
+        drop(old);
+    }
+
     /// Stores `waker` (if it would not wake the same task as the one
     /// stored). A wake racing this call leaves the cell to it and wakes
     /// nothing; the caller must read the slot's phase after this returns.

@@ -402,9 +402,11 @@ impl TimerWheel {
             Ordering::Acquire,
         ) {
             Ok(_) => {
-                // No expirer can fire it now (its compare-and-swap needs
-                // ARMED), so the cell is ours to clear.
-                cell.waker.clear();
+                // SAFETY: no expirer fired this use (our compare-and-swap
+                // from ARMED succeeded), so none is waking it or ever will
+                // (its compare-and-swap needs ARMED); the owner is us, and
+                // the entry is not on the free stack yet.
+                unsafe { cell.waker.clear_exclusive() };
                 self.free.push(index);
             }
             Err(_) => {
