@@ -139,7 +139,9 @@ impl TokioClock {
     /// A coarse clock: the process's [`RecentClock`] (made by the first call,
     /// refreshed every millisecond by its own thread), about 1 ns a reading.
     /// A reading lags real time by up to a millisecond, so a deadline taken
-    /// from it can end up to a millisecond early or late.
+    /// from it can end up to a millisecond early or late. For another
+    /// resolution, make a [`RecentClock`] and pass it to
+    /// [`from_source`](Self::from_source).
     ///
     /// # Errors
     ///
