@@ -30,6 +30,13 @@
 //!   reads the clock; `timeout_pending_once` measures the same layers around
 //!   a service that returns `Pending` once first, which makes and registers
 //!   every layer's timer.
+//! - `layers/pending_once`: the stack around a service that returns
+//!   `Pending` once before answering, so that every request arms its
+//!   timeout: tenlives' `StackLayer` with a timeout (1 s) and a concurrency
+//!   limit (1000), whose timeout takes an entry of the stack's timer wheel;
+//!   tower's `Timeout` and `ConcurrencyLimit` stacked the same way, whose
+//!   timeout makes and registers a tokio `Sleep`; and `bare`. 1 and 2
+//!   threads.
 //! - `layers/breaker`: tenlives `CircuitBreakerLayer`, tower-resilience's
 //!   `CircuitBreaker`, closed, every call a success, on 1 and 2 threads.
 //! - `layers/retry`: tenlives `RetryLayer`, tower-resilience's `Retry`, no
@@ -161,6 +168,25 @@ fn bench_timeout(c: &mut Criterion) {
     group.finish();
 }
 
+fn bench_pending_once(c: &mut Criterion) {
+    let mut group = c.benchmark_group("layers/pending_once");
+    both(&mut group, "bare", || PendingOnce);
+    both(&mut group, "tenlives_stack", || {
+        StackLayer::builder()
+            .timeout(TIMEOUT)
+            .concurrency_limit(Bulkhead::new(LIMIT).expect("a valid limit"))
+            .build()
+            .layer(PendingOnce)
+    });
+    both(&mut group, "tower_timeout_limit", || {
+        ServiceBuilder::new()
+            .timeout(TIMEOUT)
+            .concurrency_limit(LIMIT as usize)
+            .service(PendingOnce)
+    });
+    group.finish();
+}
+
 fn bench_breaker(c: &mut Criterion) {
     let mut group = c.benchmark_group("layers/breaker");
     both(&mut group, "tenlives", || {
@@ -205,8 +231,8 @@ mod harness {
     criterion_group! {
         name = benches;
         config = support::config();
-        targets = bench_stack, bench_concurrency_limit, bench_timeout, bench_breaker,
-            bench_retry, bench_rate_limit
+        targets = bench_stack, bench_concurrency_limit, bench_timeout, bench_pending_once,
+            bench_breaker, bench_retry, bench_rate_limit
     }
 }
 criterion_main!(harness::benches);

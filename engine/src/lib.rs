@@ -14,6 +14,9 @@
 //! - `config_cell` (feature `std`): a configuration cell on epoch
 //!   reclamation: lock-free reads, whole-value writes, old values freed once
 //!   no reader can see them (`docs/live-config.md`).
+//! - `timer` (feature `alloc`): a shared, lock-free timer wheel: fixed
+//!   entries, cancellation by generation, one driver for many deadlines
+//!   (`docs/clocks-and-timers.md`).
 //! - [`retry`]: backoff schedules with seedable jitter, and a lock-free retry
 //!   budget.
 //! - [`time`]: time as a value ([`time::Timestamp`]), the [`time::Clock`]
@@ -24,6 +27,8 @@
 //! - `alloc`: heap-owned storage where a primitive offers it.
 //! - `std` (default): implies `alloc`; adds [`time::MonotonicClock`],
 //!   per-thread stripe assignment and `std::error::Error` impls.
+//! - `quanta`: implies `std`; adds the fast clocks `time::TscClock` and
+//!   `time::RecentClock` (over the `quanta` crate).
 //!
 //! Invariants, and the tests that check each, are listed in
 //! `docs/guarantees.md`.
@@ -53,11 +58,15 @@ mod stripe;
 mod sync;
 pub mod throttle;
 pub mod time;
+#[cfg(feature = "alloc")]
+pub mod timer;
 
 pub use error::ConfigError;
 
-/// The README's examples, compiled and run as doc tests.
-#[cfg(doctest)]
+/// The README's examples, compiled and run as doc tests (its breaker example
+/// uses `TscClock`: with feature `quanta`, which `cargo test --workspace`
+/// turns on through the tokio adapter).
+#[cfg(all(doctest, feature = "quanta"))]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
 

@@ -6,11 +6,23 @@
 //! decision reproducible under virtual time ([`ManualClock`]) and lets an
 //! adapter read the clock once per request and share the reading across all
 //! the policies of a stack.
+//!
+//! Clocks: [`ManualClock`] (tests, simulations), `MonotonicClock` (feature
+//! `std`: `std::time::Instant`, 32-40 ns a reading), and with feature
+//! `quanta` `TscClock` (the CPU's time-stamp counter, about 15 ns) and
+//! `RecentClock` (one load of a time an upkeep thread refreshes, about 1 ns,
+//! at a resolution you choose). All are monotonic; `docs/clocks-and-timers.md`
+//! compares them.
 
 use core::time::Duration;
 
 use crate::error::ConfigError;
 use crate::sync::{AtomicU64, Ordering};
+
+#[cfg(all(feature = "quanta", not(tenlives_loom)))]
+mod fast;
+#[cfg(all(feature = "quanta", not(tenlives_loom)))]
+pub use fast::{DEFAULT_RECENT_RESOLUTION, RecentClock, TscClock};
 
 /// A point in time: nanoseconds since an arbitrary monotonic origin.
 ///

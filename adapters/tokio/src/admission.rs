@@ -101,6 +101,18 @@ pub trait Admission {
         self.needs_time()
     }
 
+    /// Whether `complete` of `token` with `outcome` uses `now`: when it
+    /// says `false`, the wrappers skip the clock reading and pass any `now`.
+    /// Only asked when [`needs_time_at_end`](Self::needs_time_at_end) is
+    /// `true`. Default: `true` (a circuit breaker says `false` for a
+    /// success that no rule times, see
+    /// [`CircuitBreaker::record_needs_time`](tenlives_engine::breaker::CircuitBreaker::record_needs_time)).
+    #[inline]
+    fn needs_time_to_complete(&self, token: &Self::Token, outcome: Outcome) -> bool {
+        let _ = (token, outcome);
+        true
+    }
+
     /// Admits a request at `now`, or says why not.
     ///
     /// # Errors
@@ -135,6 +147,16 @@ impl<A: Admission> Admission for Option<A> {
     #[inline]
     fn needs_time_at_end(&self) -> bool {
         self.as_ref().is_some_and(A::needs_time_at_end)
+    }
+
+    #[inline]
+    fn needs_time_to_complete(&self, token: &Self::Token, outcome: Outcome) -> bool {
+        match (self, token) {
+            (Some(a), Some(token)) => {
+                a.needs_time_at_end() && a.needs_time_to_complete(token, outcome)
+            }
+            _ => false,
+        }
     }
 
     #[inline]
@@ -182,6 +204,12 @@ impl<A: Admission, B: Admission> Admission for (A, B) {
 
     /// `B` admits only if `A` did; if `B` rejects, or panics (a stage of
     /// the user's), `A`'s token is released.
+    #[inline]
+    fn needs_time_to_complete(&self, token: &Self::Token, outcome: Outcome) -> bool {
+        (self.0.needs_time_at_end() && self.0.needs_time_to_complete(&token.0, outcome))
+            || (self.1.needs_time_at_end() && self.1.needs_time_to_complete(&token.1, outcome))
+    }
+
     #[inline]
     fn admit(&self, now: Timestamp) -> Result<Self::Token, Rejection> {
         let a = Releasing::new(&self.0, self.0.admit(now)?);
@@ -303,6 +331,11 @@ impl<A: Admission + ?Sized> Admission for Arc<A> {
     }
 
     #[inline]
+    fn needs_time_to_complete(&self, token: &Self::Token, outcome: Outcome) -> bool {
+        (**self).needs_time_to_complete(token, outcome)
+    }
+
+    #[inline]
     fn admit(&self, now: Timestamp) -> Result<Self::Token, Rejection> {
         (**self).admit(now)
     }
@@ -338,6 +371,14 @@ impl<A: Admission, B: Admission, C: Admission> Admission for (A, B, C) {
     #[inline]
     fn needs_time_at_end(&self) -> bool {
         chain(self).needs_time_at_end()
+    }
+
+    #[inline]
+    fn needs_time_to_complete(&self, token: &Self::Token, outcome: Outcome) -> bool {
+        let (a, (b, c)) = token;
+        (self.0.needs_time_at_end() && self.0.needs_time_to_complete(a, outcome))
+            || (self.1.needs_time_at_end() && self.1.needs_time_to_complete(b, outcome))
+            || (self.2.needs_time_at_end() && self.2.needs_time_to_complete(c, outcome))
     }
 
     #[inline]
@@ -583,7 +624,12 @@ impl<A: Admission, K> Held<A, K> {
     {
         let shared = &*self.shared;
         let outcome = shared.classifier.classify(result);
-        let now = if shared.time_at_end {
+        let needs_time = shared.time_at_end
+            && self
+                .token
+                .as_ref()
+                .is_some_and(|token| shared.policy.needs_time_to_complete(token, outcome));
+        let now = if needs_time {
             shared.clock.now()
         } else {
             Timestamp::ZERO

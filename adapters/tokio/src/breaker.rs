@@ -53,6 +53,13 @@ impl<Snk: EventSink> Admission for CircuitBreaker<Snk> {
         true
     }
 
+    /// Only where the engine reads it: a success that no rule times needs
+    /// no reading.
+    #[inline]
+    fn needs_time_to_complete(&self, token: &RawPermit, outcome: Outcome) -> bool {
+        self.record_needs_time(token, outcome)
+    }
+
     #[inline]
     fn admit(&self, now: Timestamp) -> Result<RawPermit, Rejection> {
         self.try_acquire_raw(now).map_err(Rejection::from)

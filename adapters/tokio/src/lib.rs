@@ -129,6 +129,7 @@ pub mod retry;
 pub mod stack;
 pub mod throttle;
 pub mod timeout;
+pub mod wheel;
 
 pub use admission::{Admission, AdmissionFuture, AdmissionLayer, AdmissionService};
 pub use breaker::{CircuitBreakerLayer, CircuitBreakerService};
@@ -153,6 +154,7 @@ pub use retry::{
 pub use stack::{DefaultAdmission, Policies, Stack, StackBuilder, StackFuture, StackLayer};
 pub use throttle::{ThrottleFuture, ThrottleLayer, ThrottleService};
 pub use timeout::{Timeout, TimeoutFuture, TimeoutLayer};
+pub use wheel::Timers;
 
 /// The crate README's example, compiled and run as a doc test.
 #[cfg(doctest)]

@@ -85,14 +85,18 @@
 //! clock read, and on completion the bulkhead's release, a fence and one
 //! load. A request that waits: one clock reading, the queue's enqueue and
 //! hand-over (a dozen atomic read-modify-writes, no lock), a clone of the
-//! wrapped service, and one `tokio::time::Sleep` for the deadline, made only
-//! when the future first waits; still one `Arc` clone, which moves from the
-//! waiter into the permit. Nothing is boxed or allocated.
+//! wrapped service, and one entry of the layer's shared timer wheel for the
+//! deadline, taken only when the future first waits and given back when the
+//! wait ends (no tokio `Sleep` and no timer-driver lock per request: see
+//! [`Timers`]; a wait that finds the wheel full sleeps on a tokio `Sleep`,
+//! counted by [`Timers::fallbacks`]); two `Arc` clones (the queue's, which
+//! moves from the waiter into the permit, and the wheel's). Nothing is
+//! boxed or allocated.
 //!
 //! # Panics
 //!
-//! A request that waits sleeps on tokio's timer: it needs a tokio runtime
-//! with the time driver enabled.
+//! A request that waits sleeps on tokio's timer (through the wheel's driver
+//! task): it needs a tokio runtime with the time driver enabled.
 
 use std::fmt;
 use std::future::Future;
@@ -105,12 +109,13 @@ use pin_project_lite::pin_project;
 use tenlives_engine::events::{EventSink, NoSink};
 use tenlives_engine::queue::{AdmissionQueue, OwnedQueuePermit, OwnedWaiter, PermitSource};
 use tenlives_engine::time::{Clock, Timestamp};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::clock::TokioClock;
 use crate::error::{Rejection, TenlivesError, queue_rejection, take_rejection};
+use crate::wheel::{OwnedAlarm, Timers};
 
 /// Which class of the admission queue a request waits in: a tenant, a
 /// priority class.
@@ -157,6 +162,7 @@ pub struct AdmissionQueueLayer<P: PermitSource, Snk: EventSink = NoSink, C = One
     queue: Arc<AdmissionQueue<P, Snk>>,
     max_wait: Duration,
     clock: TokioClock,
+    timers: Timers,
     class: C,
 }
 
@@ -166,6 +172,7 @@ impl<P: PermitSource, Snk: EventSink, C: Clone> Clone for AdmissionQueueLayer<P,
             queue: Arc::clone(&self.queue),
             max_wait: self.max_wait,
             clock: self.clock,
+            timers: self.timers.clone(),
             class: self.class.clone(),
         }
     }
@@ -187,10 +194,12 @@ impl<P: PermitSource, Snk: EventSink> AdmissionQueueLayer<P, Snk> {
     /// refused at once with `QueueTimeout`. Timed on a [`TokioClock`] made
     /// now.
     pub fn new(queue: impl Into<Arc<AdmissionQueue<P, Snk>>>, max_wait: Duration) -> Self {
+        let clock = TokioClock::new();
         AdmissionQueueLayer {
             queue: queue.into(),
             max_wait,
-            clock: TokioClock::new(),
+            clock,
+            timers: Timers::with_defaults(clock),
             class: OneClass,
         }
     }
@@ -204,6 +213,7 @@ impl<P: PermitSource, Snk: EventSink, C> AdmissionQueueLayer<P, Snk, C> {
             queue: self.queue,
             max_wait: self.max_wait,
             clock: self.clock,
+            timers: self.timers,
             class,
         }
     }
@@ -212,7 +222,29 @@ impl<P: PermitSource, Snk: EventSink, C> AdmissionQueueLayer<P, Snk, C> {
     /// layers, so that the queue's event timestamps agree with theirs).
     pub fn with_clock(mut self, clock: TokioClock) -> Self {
         self.clock = clock;
+        self.timers = Timers::with_defaults(clock);
         self
+    }
+
+    /// The same layer with a timer wheel of `capacity` entries on ticks of
+    /// `resolution` for the waits (default: 1024 entries of 1 ms; see
+    /// [`Timers`]).
+    ///
+    /// # Errors
+    ///
+    /// A zero or too large capacity, a zero resolution.
+    pub fn timer_wheel(
+        mut self,
+        capacity: usize,
+        resolution: Duration,
+    ) -> Result<Self, tenlives_engine::ConfigError> {
+        self.timers = Timers::new(capacity, resolution, self.clock)?;
+        Ok(self)
+    }
+
+    /// The timer wheel the waits sleep on.
+    pub fn timers(&self) -> &Timers {
+        &self.timers
     }
 
     /// The queue, shared by every service this layer made.
@@ -235,6 +267,7 @@ impl<S, P: PermitSource, Snk: EventSink, C: Clone> Layer<S> for AdmissionQueueLa
             queue: Arc::clone(&self.queue),
             max_wait: self.max_wait,
             clock: self.clock,
+            timers: self.timers.clone(),
             class: self.class.clone(),
         }
     }
@@ -250,6 +283,7 @@ pub struct AdmissionQueueService<S, P: PermitSource, Snk: EventSink = NoSink, C 
     queue: Arc<AdmissionQueue<P, Snk>>,
     max_wait: Duration,
     clock: TokioClock,
+    timers: Timers,
     class: C,
 }
 
@@ -262,6 +296,7 @@ impl<S: Clone, P: PermitSource, Snk: EventSink, C: Clone> Clone
             queue: Arc::clone(&self.queue),
             max_wait: self.max_wait,
             clock: self.clock,
+            timers: self.timers.clone(),
             class: self.class.clone(),
         }
     }
@@ -335,9 +370,9 @@ where
                         call: Some((service, req)),
                         wait: Wait {
                             deadline,
-                            at: self.clock.instant_at(deadline),
                             max_wait: self.max_wait,
                         },
+                        alarm: OwnedAlarm::new(self.timers.clone()),
                     });
                 }
                 Err(rejected) => rejected,
@@ -349,13 +384,11 @@ where
     }
 }
 
-/// When a waiting request gives up, on the engine's clock and on tokio's.
+/// When a waiting request gives up.
 #[derive(Clone, Copy, Debug)]
 struct Wait {
-    /// The waiter's deadline in the queue.
+    /// The waiter's deadline in the queue, on the layer's clock.
     deadline: Timestamp,
-    /// The same instant on tokio's timer.
-    at: Instant,
     /// The layer's maximum wait, for the rejection.
     max_wait: Duration,
 }
@@ -364,12 +397,14 @@ pin_project! {
     /// Where a request is.
     #[project = StateProj]
     enum State<S, Req, F, P: PermitSource, Snk: EventSink> {
-        /// Queued: the waiter, and the service polled ready and the request
-        /// for the call once granted.
+        /// Queued: the waiter, the service polled ready and the request
+        /// for the call once granted, and the timer of the wait (its wheel
+        /// entry given back when the state changes).
         Waiting {
             waiter: OwnedWaiter<P, Snk>,
             call: Option<(S, Req)>,
             wait: Wait,
+            alarm: OwnedAlarm,
         },
         /// Granted: the call in flight, and the permit it holds (declared
         /// after the call: dropped after it).
@@ -443,8 +478,13 @@ where
                     this.state.set(State::Done);
                     return Poll::Ready(result.map_err(TenlivesError::Inner));
                 }
-                StateProj::Waiting { waiter, call, wait } => {
-                    let verdict = match poll_waiter(waiter, this.sleep.as_mut(), wait, cx) {
+                StateProj::Waiting {
+                    waiter,
+                    call,
+                    wait,
+                    alarm,
+                } => {
+                    let verdict = match poll_waiter(waiter, alarm, this.sleep.as_mut(), wait, cx) {
                         Poll::Ready(verdict) => verdict,
                         Poll::Pending => return Poll::Pending,
                     };
@@ -482,6 +522,7 @@ where
 /// or the grant or shed that came first).
 fn poll_waiter<P: PermitSource, Snk: EventSink>(
     waiter: &mut OwnedWaiter<P, Snk>,
+    alarm: &mut OwnedAlarm,
     mut sleep: Pin<&mut Option<Sleep>>,
     wait: &Wait,
     cx: &mut Context<'_>,
@@ -492,13 +533,10 @@ fn poll_waiter<P: PermitSource, Snk: EventSink>(
     if let Poll::Ready(verdict) = waiter.poll_permit(cx, Timestamp::ZERO) {
         return Poll::Ready(verdict);
     }
-    if sleep.is_none() {
-        sleep.set(Some(tokio::time::sleep_until(wait.at)));
+    if !alarm.is_set(&sleep) {
+        alarm.set(sleep.as_mut(), wait.deadline, cx);
     }
-    let Some(timer) = sleep.as_pin_mut() else {
-        unreachable!("set above")
-    };
-    std::task::ready!(timer.poll(cx));
+    std::task::ready!(alarm.poll(sleep, cx));
     // At the deadline the waiter is decided whatever happened: timed out
     // here, or granted or shed just before.
     match waiter.poll_permit(cx, wait.deadline) {

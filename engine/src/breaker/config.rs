@@ -538,6 +538,14 @@ impl BreakerConfig {
         self.failure_rate_ppm.is_some() || self.slow_rate_ppm.is_some()
     }
 
+    /// Whether recording a success in the closed state reads its time: to
+    /// judge it slow, or to find its bucket in a time-based rate window.
+    #[inline]
+    pub(crate) fn success_needs_time(&self) -> bool {
+        self.slow_rate_ppm.is_some()
+            || (self.has_rate_rule() && matches!(self.window.kind, WindowKind::Time { .. }))
+    }
+
     /// Whether a call that took `elapsed_ns()` nanoseconds counts as slow
     /// (asked only when there is a slow-call rule).
     #[inline]

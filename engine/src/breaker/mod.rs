@@ -864,6 +864,24 @@ impl<S: EventSink> CircuitBreaker<S> {
         });
     }
 
+    /// Whether [`record`](Self::record) of `outcome` for `permit` reads its
+    /// `now`, so that an adapter can skip the clock when it would not: a
+    /// success of a call admitted closed reads it only for a slow-call rule
+    /// or a time-based rate window; a failure (which may open the breaker,
+    /// from `now`), a probe's or a metrics-only call's outcome always do; an
+    /// ignored outcome and a disabled breaker's permit never do. When this
+    /// says `false`, `record` may be given any `now`.
+    #[inline]
+    pub fn record_needs_time(&self, permit: &RawPermit, outcome: Outcome) -> bool {
+        match (outcome, permit.kind) {
+            (Outcome::Ignored, _) | (_, PermitKind::Passthrough) => false,
+            (Outcome::Success, PermitKind::Closed) => {
+                self.with_era(|cfg, _| cfg.success_needs_time())
+            }
+            _ => true,
+        }
+    }
+
     /// Gives a permit back unreported: it counts as neither success nor
     /// failure, and frees its half-open probe slot.
     pub fn release(&self, permit: RawPermit) {

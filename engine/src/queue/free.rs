@@ -37,6 +37,8 @@ use crate::sync::{AtomicU64, Ordering};
 /// Bits of `index + 1`.
 const INDEX_BITS: u32 = 22;
 const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
+/// The most indices a stack holds (`index + 1` must stay below the mask).
+pub(crate) const MAX_FREE_LEN: usize = INDEX_MASK as usize - 1;
 /// Bits of the tag: every bit above the index (2 under loom, to wrap it).
 #[cfg(not(tenlives_loom))]
 const TAG_BITS: u32 = 64 - INDEX_BITS;
@@ -57,14 +59,15 @@ const fn bumped(head: u64, top: u64) -> u64 {
 
 /// Its head is not padded: the queue keeps it on one cache line with the
 /// other words every slow-path operation writes.
-pub(super) struct FreeStack {
+pub(crate) struct FreeStack {
     head: AtomicU64,
     next: Box<[AtomicU64]>,
 }
 
 impl FreeStack {
-    /// A stack holding every index of `0..len`, 0 on top. `len < 2^22`.
-    pub(super) fn full(len: usize) -> Self {
+    /// A stack holding every index of `0..len`, 0 on top; `len` at most
+    /// [`MAX_FREE_LEN`].
+    pub(crate) fn full(len: usize) -> Self {
         assert!((len as u64) < INDEX_MASK, "free stack of {len} slots");
         let next: Vec<AtomicU64> = (0..len)
             .map(|i| AtomicU64::new(if i + 1 < len { i as u64 + 2 } else { 0 }))
@@ -77,7 +80,7 @@ impl FreeStack {
 
     /// Takes an index, or `None` if every slot is in use.
     #[inline]
-    pub(super) fn pop(&self) -> Option<usize> {
+    pub(crate) fn pop(&self) -> Option<usize> {
         // ordering: Acquire, pairs with the Release of the push that put the
         // top index there: we see its `next` and everything its pusher did
         // to the slot.
@@ -105,7 +108,7 @@ impl FreeStack {
 
     /// Gives `index` back.
     #[inline]
-    pub(super) fn push(&self, index: usize) {
+    pub(crate) fn push(&self, index: usize) {
         // ordering: Relaxed; the compare-and-swap below decides.
         let mut head = self.head.load(Ordering::Relaxed);
         loop {

@@ -195,9 +195,10 @@ use crate::bulkhead::{Bulkhead, RawBulkheadPermit};
 use crate::events::{Event, EventKind, EventSink, NoSink};
 use crate::sync::{AtomicU64, ExclusiveCell, Ordering, fence};
 use crate::time::{Clock, Timestamp};
-use free::FreeStack;
+pub(crate) use free::{FreeStack, MAX_FREE_LEN};
 use mailbox::{Mailbox, Notice};
 use scheduler::Scheduler;
+pub(crate) use slot::WakerCell;
 use slot::{NOTICE, OWN, REFS, SCHED, Slot, TIMED_OUT, Word};
 use waiter::Ticket;
 

@@ -194,13 +194,13 @@ const WAKING: u64 = 0b10;
 /// registering, and the decision that the wake announces happened before it,
 /// so the owner sees it. That keeps the rule "a waiter is woken at most once
 /// by the queue" exact.
-pub(super) struct WakerCell {
+pub(crate) struct WakerCell {
     state: AtomicU64,
     waker: ExclusiveCell<Option<Waker>>,
 }
 
 impl WakerCell {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         WakerCell {
             state: AtomicU64::new(IDLE),
             waker: ExclusiveCell::new(None),
@@ -213,15 +213,27 @@ impl WakerCell {
     ///
     /// The caller owns the slot exclusively (it just took it from the free
     /// stack), so no `register`, `clear` or `wake` can run on this cell.
-    pub(super) unsafe fn set_exclusive(&self, waker: &Waker) {
+    pub(crate) unsafe fn set_exclusive(&self, waker: &Waker) {
         // SAFETY: exclusive by the caller's contract.
         unsafe { self.waker.with_mut(|w| set(w, waker)) };
+    }
+
+    /// Drops the stored waker from a cell nobody else can reach.
+    ///
+    /// # Safety
+    ///
+    /// No `register`, `clear` or `wake` can run on this cell now (the
+    /// caller's protocol keeps every other party out), and none is half done.
+    pub(crate) unsafe fn clear_exclusive(&self) {
+        // SAFETY: exclusive by the caller's contract.
+        let old = unsafe { self.waker.with_mut(Option::take) };
+        drop(old);
     }
 
     /// Stores `waker` (if it would not wake the same task as the one
     /// stored). A wake racing this call leaves the cell to it and wakes
     /// nothing; the caller must read the slot's phase after this returns.
-    pub(super) fn register(&self, waker: &Waker) {
+    pub(crate) fn register(&self, waker: &Waker) {
         if self.enter() {
             // SAFETY: REGISTERING keeps `wake` out of the cell (see the table).
             unsafe { self.waker.with_mut(|w| set(w, waker)) };
@@ -230,7 +242,7 @@ impl WakerCell {
     }
 
     /// Drops the stored waker (the owner is done with the slot).
-    pub(super) fn clear(&self) {
+    pub(crate) fn clear(&self) {
         if self.enter() {
             // SAFETY: REGISTERING keeps `wake` out of the cell.
             let old = unsafe { self.waker.with_mut(Option::take) };
@@ -244,7 +256,7 @@ impl WakerCell {
     /// `None` is returned). The caller finishes its bookkeeping of the slot
     /// first and wakes last (through [`Callbacks`](super::Callbacks)), so that a
     /// waker that panics leaves nothing half done.
-    pub(super) fn take_to_wake(&self) -> Option<Waker> {
+    pub(crate) fn take_to_wake(&self) -> Option<Waker> {
         // ordering: AcqRel. Release: the decision made before this call is
         // visible to an owner whose `enter` fails on WAKING. Acquire: we see
         // the waker the owner stored before its Release in `leave`.

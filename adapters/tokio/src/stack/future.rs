@@ -12,6 +12,7 @@ use pin_project_lite::pin_project;
 use tenlives_engine::breaker::Outcome;
 use tenlives_engine::retry::BackoffIter;
 use tenlives_engine::time::Timestamp;
+use tenlives_engine::timer::TimerEntry;
 use tokio::time::Sleep;
 use tower_service::Service;
 
@@ -42,12 +43,16 @@ impl<S, Req> Retrying<S, Req> {
     }
 }
 
-/// The request's share of the stack: the one `Arc` clone, and the admission
-/// token of the attempt in flight. Dropping it releases the token unreported.
+/// The request's share of the stack: the one `Arc` clone, the admission
+/// token of the attempt in flight, and the request's entry in the stack's
+/// timer wheel. Dropping it gives the entry back and releases the token
+/// unreported.
 pub(crate) struct Held<K, R, A: Admission> {
     policies: Arc<Policies<K, R, A>>,
     token: Option<A::Token>,
     admitted_at: Timestamp,
+    /// The wheel entry of the future's one timer, once set.
+    alarm: Option<TimerEntry>,
 }
 
 impl<K, R, A: Admission> Held<K, R, A> {
@@ -56,6 +61,7 @@ impl<K, R, A: Admission> Held<K, R, A> {
             policies,
             token: None,
             admitted_at: now,
+            alarm: None,
         }
     }
 
@@ -80,11 +86,16 @@ impl<K, R, A: Admission> Held<K, R, A> {
     {
         let p = &*self.policies;
         let outcome = p.classifier.classify(&result);
-        let now = p.now_if(p.time_at_end);
+        let needs_time = p.time_at_end
+            && self
+                .token
+                .as_ref()
+                .is_some_and(|token| p.admission.needs_time_to_complete(token, outcome));
+        let now = p.now_if(needs_time);
         if let Some(token) = self.token.take() {
             p.admission.complete(token, outcome, self.admitted_at, now);
         }
-        let now = p.time_at_end.then_some(now);
+        let now = needs_time.then_some(now);
         (result.map_err(TenlivesError::Inner), now)
     }
 
@@ -93,15 +104,28 @@ impl<K, R, A: Admission> Held<K, R, A> {
     fn timed_out(&mut self) {
         let p = &*self.policies;
         if let Some(token) = self.token.take() {
-            let now = p.now_if(p.time_at_end);
+            let needs_time =
+                p.time_at_end && p.admission.needs_time_to_complete(&token, Outcome::Failure);
+            let now = p.now_if(needs_time);
             p.admission
                 .complete(token, Outcome::Failure, self.admitted_at, now);
         }
     }
 }
 
+impl<K, R, A: Admission> Held<K, R, A> {
+    /// Gives the timer's wheel entry back (the request has its result, or
+    /// is dropped).
+    fn disarm(&mut self) {
+        if let (Some(entry), Some(timers)) = (self.alarm.take(), self.policies.timers.as_ref()) {
+            timers.cancel(entry);
+        }
+    }
+}
+
 impl<K, R, A: Admission> Drop for Held<K, R, A> {
     fn drop(&mut self) {
+        self.disarm();
         if let Some(token) = self.token.take() {
             self.policies.admission.release(token);
         }
@@ -194,24 +218,31 @@ impl<S: Service<Req>, Req, K, R, A: Admission> StackFuture<S, Req, K, R, A> {
     }
 }
 
-/// Sets `timer` for `at` (making it on first use), for `alarm`.
-fn set_timer(
-    mut timer: Pin<&mut Option<Sleep>>,
+/// Sets the future's timer for `at`, for `alarm`: an entry in the stack's
+/// wheel, or a tokio `Sleep` if the wheel is full.
+fn set_timer<K, R, A: Admission>(
+    held: &mut Held<K, R, A>,
+    timer: Pin<&mut Option<Sleep>>,
     current: &mut Alarm,
     alarm: Alarm,
-    at: tokio::time::Instant,
+    at: Timestamp,
+    cx: &mut Context<'_>,
 ) {
-    match timer.as_mut().as_pin_mut() {
-        Some(sleep) => sleep.reset(at),
-        None => timer.set(Some(tokio::time::sleep_until(at))),
-    }
+    let Some(timers) = held.policies.timers.as_ref() else {
+        unreachable!("a stack with a timeout or retries has a timer wheel")
+    };
+    timers.set(&mut held.alarm, timer, at, cx);
     *current = alarm;
 }
 
-/// Polls `timer`: `Ready` once the time it is set for has passed.
-fn poll_timer(timer: Pin<&mut Option<Sleep>>, cx: &mut Context<'_>) -> Poll<()> {
-    match timer.as_pin_mut() {
-        Some(sleep) => sleep.poll(cx),
+/// Polls the timer: `Ready` once the time it is set for has passed.
+fn poll_timer<K, R, A: Admission>(
+    held: &mut Held<K, R, A>,
+    timer: Pin<&mut Option<Sleep>>,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    match held.policies.timers.as_ref() {
+        Some(timers) => timers.poll(&mut held.alarm, timer, cx),
         // Only polled once set.
         None => Poll::Pending,
     }
@@ -257,7 +288,7 @@ where
                     None => break,
                 },
                 PhaseProj::Waiting => {
-                    if poll_timer(this.timer.as_mut(), cx).is_pending() {
+                    if poll_timer(this.held, this.timer.as_mut(), cx).is_pending() {
                         // The deadline is later than the end of the delay.
                         return Poll::Pending;
                     }
@@ -274,6 +305,7 @@ where
                         Poll::Pending => break,
                         Poll::Ready(Err(e)) => {
                             this.phase.set(Phase::Done);
+                            this.held.disarm();
                             return Poll::Ready(Err(TenlivesError::Inner(e)));
                         }
                         Poll::Ready(Ok(())) => {
@@ -315,14 +347,21 @@ where
                     // would time out unsent: return this result instead.
                     let in_time = this.deadline.as_ref().is_none_or(|d| wake_at < d.at);
                     if in_time && p.retry.withdraw(now) {
-                        let at = p.clock.instant_at(wake_at);
-                        set_timer(this.timer.as_mut(), this.alarm, Alarm::Backoff, at);
+                        set_timer(
+                            this.held,
+                            this.timer.as_mut(),
+                            this.alarm,
+                            Alarm::Backoff,
+                            wake_at,
+                            cx,
+                        );
                         this.phase.set(Phase::Waiting);
                         continue;
                     }
                 }
             }
             this.phase.set(Phase::Done);
+            this.held.disarm();
             return Poll::Ready(result);
         }
         // An attempt, or the service's readiness, is pending: has the
@@ -331,11 +370,18 @@ where
             return Poll::Pending;
         };
         if *this.alarm != Alarm::Deadline {
-            let at = this.held.policies.clock.instant_at(deadline.at);
-            set_timer(this.timer.as_mut(), this.alarm, Alarm::Deadline, at);
+            set_timer(
+                this.held,
+                this.timer.as_mut(),
+                this.alarm,
+                Alarm::Deadline,
+                deadline.at,
+                cx,
+            );
         }
-        if poll_timer(this.timer.as_mut(), cx).is_ready() {
+        if poll_timer(this.held, this.timer.as_mut(), cx).is_ready() {
             this.held.timed_out();
+            this.held.disarm();
             this.phase.set(Phase::Done);
             return Poll::Ready(Err(TenlivesError::TimedOut {
                 after: deadline.after,

@@ -15,12 +15,21 @@
 //! one `Arc` of [`Policies`] (policies, classifier and clock): every service
 //! the layer makes and every clone of those share it, and each request
 //! clones that `Arc` once, allocates nothing (beyond what the wrapped service
-//! and the request's own `Clone` do) and boxes nothing. The clock is read
-//! once when a request is called and once when each attempt ends (and when a
-//! retry is admitted), and the reading is shared by every stage that needs
-//! it; a stack with no stage that needs the time reads no clock at all. One
-//! timer, made only when the request first returns `Pending`, serves both the
-//! deadline and the backoff waits.
+//! and the request's own `Clone` do) and boxes nothing. The clock (a
+//! [`TokioClock`]: the TSC, or tokio's clock when it is paused) is read once
+//! when a request is called and, where a stage judges the attempt by its
+//! end time (a slow-call rule, a time-based window, a failure that opens a
+//! breaker, an adaptive limit), once when it ends (and when a retry is
+//! admitted); the reading is shared by every stage that needs it, and a
+//! stack with no stage that needs the time reads no clock at all
+//! (`tests/clock_reads.rs` counts the readings). One
+//! timer, set only when the request first returns `Pending`, serves both the
+//! deadline and the backoff waits: an entry in the stack's shared timer
+//! wheel ([`Timers`]: a few atomic operations, no tokio `Sleep` and no
+//! timer-driver lock per request; deadlines rounded up to 1 ms by default),
+//! or a tokio `Sleep` when every entry is taken (counted by
+//! [`Timers::fallbacks`]). Dropping the future, or a panic unwinding
+//! through it, gives the entry back.
 //!
 //! Being one future rather than four nested ones, the stack does a little
 //! more than separate layers could:
@@ -62,8 +71,8 @@
 //! # Panics
 //!
 //! A request that does not complete on its first poll under a timeout, and
-//! every retry, sleep on tokio's timer: they need a tokio runtime with the
-//! time driver enabled.
+//! every retry, sleep on tokio's timer (through the wheel's driver task):
+//! they need a tokio runtime with the time driver enabled.
 
 mod future;
 
@@ -72,12 +81,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tenlives_engine::ConfigError;
 use tenlives_engine::adaptive::{AdaptiveLimiter, LimitAlgorithm};
 use tenlives_engine::breaker::CircuitBreaker;
 use tenlives_engine::bulkhead::Bulkhead;
 use tenlives_engine::events::EventSink;
 use tenlives_engine::rate::RateLimiter;
 use tenlives_engine::time::{Clock, Timestamp};
+use tenlives_engine::timer::TimerWheel;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -88,6 +99,7 @@ use crate::classify::{Classify, DefaultClassifier};
 use crate::clock::TokioClock;
 use crate::error::TenlivesError;
 use crate::retry::{NoRetry, RetryPolicy, RetryStage};
+use crate::wheel::{self, Timers};
 use future::{Deadline, Held, Phase, Retrying};
 
 /// The admission stages the builder assembles: an optional breaker, then an
@@ -104,6 +116,9 @@ pub struct Policies<K = DefaultClassifier, R = NoRetry, A = DefaultAdmission> {
     pub(crate) retry: R,
     pub(crate) timeout: Option<Duration>,
     pub(crate) clock: TokioClock,
+    /// The timer wheel of the timeout and the backoff waits (none without
+    /// either).
+    pub(crate) timers: Option<Timers>,
     /// Whether `call` reads the clock: a timeout, a retry budget or an
     /// admission stage needs it.
     pub(crate) time_at_call: bool,
@@ -146,6 +161,11 @@ impl<K, R, A> Policies<K, R, A> {
     pub fn clock(&self) -> &TokioClock {
         &self.clock
     }
+    /// The timer wheel that the timeout and the backoff waits use, if the
+    /// stack has either (e.g. to read [`Timers::fallbacks`]).
+    pub fn timers(&self) -> Option<&Timers> {
+        self.timers.as_ref()
+    }
     #[inline]
     pub(crate) fn now_if(&self, needed: bool) -> Timestamp {
         if needed {
@@ -181,6 +201,7 @@ pub struct StackBuilder<K = DefaultClassifier, R = NoRetry, A = DefaultAdmission
     retry_on: bool,
     timeout: Option<Duration>,
     clock: Option<TokioClock>,
+    wheel: (usize, Duration),
 }
 
 impl<K, R: fmt::Debug, A: fmt::Debug> fmt::Debug for StackBuilder<K, R, A> {
@@ -215,6 +236,7 @@ impl<K, R, A> StackBuilder<K, R, A> {
             retry_on: true,
             timeout: self.timeout,
             clock: self.clock,
+            wheel: self.wheel,
         }
     }
 
@@ -228,6 +250,7 @@ impl<K, R, A> StackBuilder<K, R, A> {
             retry_on: self.retry_on,
             timeout: self.timeout,
             clock: self.clock,
+            wheel: self.wheel,
         }
     }
 
@@ -235,6 +258,26 @@ impl<K, R, A> StackBuilder<K, R, A> {
     pub fn clock(mut self, clock: TokioClock) -> Self {
         self.clock = Some(clock);
         self
+    }
+
+    /// The timer wheel that the timeout and the backoff waits use: room for
+    /// `capacity` timers at once (requests beyond it sleep on a tokio
+    /// `Sleep` each, counted by [`Timers::fallbacks`]), deadlines rounded
+    /// up to `resolution`. Default: [`wheel::DEFAULT_CAPACITY`] (1024) and
+    /// [`wheel::DEFAULT_RESOLUTION`] (1 ms). See [`Timers`].
+    ///
+    /// # Errors
+    ///
+    /// A zero or too large capacity, a zero resolution.
+    pub fn timer_wheel(
+        mut self,
+        capacity: usize,
+        resolution: Duration,
+    ) -> Result<Self, ConfigError> {
+        // Validated now, made by `build` on the stack's clock.
+        drop(TimerWheel::new(capacity, resolution)?);
+        self.wheel = (capacity, resolution);
+        Ok(self)
     }
 
     /// Replaces the admission stages with `admission`: any [`Admission`],
@@ -252,6 +295,7 @@ impl<K, R, A> StackBuilder<K, R, A> {
             retry_on: self.retry_on,
             timeout: self.timeout,
             clock: self.clock,
+            wheel: self.wheel,
         }
     }
 
@@ -263,13 +307,22 @@ impl<K, R, A> StackBuilder<K, R, A> {
         let time_at_end = self.admission.needs_time_at_end();
         let time_at_admit = time_at_end || self.admission.needs_time();
         let time_at_call = time_at_admit || self.retry_on || self.timeout.is_some();
+        let clock = self.clock.unwrap_or_default();
+        let timers = (self.retry_on || self.timeout.is_some()).then(|| {
+            let (capacity, resolution) = self.wheel;
+            match Timers::new(capacity, resolution, clock) {
+                Ok(timers) => timers,
+                Err(_) => unreachable!("checked by `timer_wheel`"),
+            }
+        });
         StackLayer {
             policies: Arc::new(Policies {
                 admission: self.admission,
                 classifier: self.classifier,
                 retry: self.retry,
                 timeout: self.timeout,
-                clock: self.clock.unwrap_or_default(),
+                clock,
+                timers,
                 time_at_call,
                 time_at_admit,
                 time_at_end,
@@ -331,6 +384,7 @@ impl StackLayer {
             retry_on: false,
             timeout: None,
             clock: None,
+            wheel: (wheel::DEFAULT_CAPACITY, wheel::DEFAULT_RESOLUTION),
         }
     }
 }

@@ -1,0 +1,194 @@
+//! How often a request reads the clock: at most once for admission and once
+//! at completion where a policy needs the time, and not at all where no
+//! decision needs it. Each layer here reads a counting clock
+//! (`TokioClock::from_source`); the inner service returns `Pending` once
+//! before it answers, so that a timeout is armed.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker};
+use tenlives_engine::bulkhead::Bulkhead;
+use tenlives_engine::queue::{AdmissionQueue, QueueConfig};
+use tenlives_engine::rate::{Quota, RateLimiter};
+use tenlives_engine::time::{Clock, Timestamp, TscClock};
+use tenlives_tokio::{AdmissionQueueLayer, StackLayer, TokioClock};
+use tower::{Layer, Service, ServiceExt};
+
+/// A real clock that counts its readings.
+struct Counting {
+    inner: TscClock,
+    reads: AtomicU64,
+}
+
+impl Clock for Counting {
+    fn now(&self) -> Timestamp {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.inner.now()
+    }
+}
+
+fn counting() -> (&'static Counting, TokioClock) {
+    let clock: &'static Counting = Box::leak(Box::new(Counting {
+        inner: TscClock::new(),
+        reads: AtomicU64::new(0),
+    }));
+    (clock, TokioClock::from_source(clock))
+}
+
+impl Counting {
+    fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+}
+
+/// Answers after one `Pending`.
+#[derive(Clone, Copy)]
+struct PendingOnce;
+
+struct Answer(bool);
+
+impl Future for Answer {
+    type Output = Result<u32, &'static str>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.0 {
+            return Poll::Ready(Ok(1));
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl Service<u32> for PendingOnce {
+    type Response = u32;
+    type Error = &'static str;
+    type Future = Answer;
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, _: u32) -> Answer {
+        Answer(false)
+    }
+}
+
+/// Clock readings per request over `n` requests through `svc`.
+async fn reads_per_request<S>(clock: &Counting, svc: &mut S, n: u64) -> f64
+where
+    S: Service<u32>,
+    S::Error: std::fmt::Debug,
+{
+    let before = clock.reads();
+    for _ in 0..n {
+        svc.ready().await.unwrap().call(0).await.unwrap();
+    }
+    (clock.reads() - before) as f64 / n as f64
+}
+
+fn count_breaker() -> CircuitBreaker {
+    CircuitBreaker::new(
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .consecutive_failures(5)
+            .build()
+            .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_stack_reads_the_clock_only_where_a_decision_needs_it() {
+    // Nothing that needs the time: no reading at all.
+    let (clock, source) = counting();
+    let mut svc = StackLayer::builder()
+        .clock(source)
+        .concurrency_limit(Bulkhead::new(8).unwrap())
+        .build()
+        .layer(PendingOnce);
+    assert_eq!(reads_per_request(clock, &mut svc, 100).await, 0.0);
+
+    // A timeout (armed: the call is pending once), a breaker on
+    // consecutive failures and a bulkhead: one reading, at the call.
+    let (clock, source) = counting();
+    let mut svc = StackLayer::builder()
+        .clock(source)
+        .timeout(Duration::from_secs(5))
+        .circuit_breaker(count_breaker())
+        .concurrency_limit(Bulkhead::new(8).unwrap())
+        .build()
+        .layer(PendingOnce);
+    assert_eq!(reads_per_request(clock, &mut svc, 100).await, 1.0);
+
+    // A rate limit needs the time to admit, not at the end: one reading.
+    let (clock, source) = counting();
+    let mut svc = StackLayer::builder()
+        .clock(source)
+        .timeout(Duration::from_secs(5))
+        .rate_limit(RateLimiter::new(Quota::per_second(1_000_000).unwrap()))
+        .build()
+        .layer(PendingOnce);
+    assert_eq!(reads_per_request(clock, &mut svc, 100).await, 1.0);
+
+    // A breaker on a failure rate over a time window (the default) counts
+    // each call in the bucket of its end: a second reading.
+    let (clock, source) = counting();
+    let mut svc = StackLayer::builder()
+        .clock(source)
+        .timeout(Duration::from_secs(5))
+        .circuit_breaker(CircuitBreaker::new(BreakerConfig::default()))
+        .build()
+        .layer(PendingOnce);
+    assert_eq!(reads_per_request(clock, &mut svc, 100).await, 2.0);
+
+    // A slow-call rule judges the call's length: a second reading at its end.
+    let (clock, source) = counting();
+    let slow = CircuitBreaker::new(
+        BreakerConfig::builder()
+            .slow_calls(50.0, Duration::from_secs(1))
+            .build()
+            .unwrap(),
+    );
+    let mut svc = StackLayer::builder()
+        .clock(source)
+        .timeout(Duration::from_secs(5))
+        .circuit_breaker(slow)
+        .build()
+        .layer(PendingOnce);
+    assert_eq!(reads_per_request(clock, &mut svc, 100).await, 2.0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_breaker_layer_reads_the_end_time_only_where_a_rule_needs_it() {
+    let (clock, source) = counting();
+    let layer = tenlives_tokio::CircuitBreakerLayer::with_classifier(
+        count_breaker(),
+        tenlives_tokio::DefaultClassifier,
+        source,
+    );
+    let mut svc = layer.layer(PendingOnce);
+    assert_eq!(reads_per_request(clock, &mut svc, 100).await, 1.0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_queue_layer_reads_the_clock_only_for_a_request_that_waits() {
+    let (clock, source) = counting();
+    let layer = AdmissionQueueLayer::new(
+        AdmissionQueue::new(Bulkhead::new(1).unwrap(), QueueConfig::fifo(4).unwrap()),
+        Duration::from_secs(5),
+    )
+    .with_clock(source);
+    // Granted at once: no reading.
+    let mut svc = layer.layer(PendingOnce);
+    assert_eq!(reads_per_request(clock, &mut svc, 100).await, 0.0);
+
+    // One request holds the permit, a second waits: one reading, for the
+    // second's deadline.
+    let before = clock.reads();
+    let first = svc.ready().await.unwrap().call(0);
+    let second = svc.ready().await.unwrap().call(0);
+    let (a, b) = tokio::join!(first, second);
+    assert!(a.is_ok() && b.is_ok());
+    assert_eq!(clock.reads() - before, 1);
+}
