@@ -648,3 +648,66 @@ impl RateLimitError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ns: u64) -> Timestamp {
+        Timestamp::from_nanos(ns)
+    }
+
+    /// GCRA spaces admissions by the emission interval from the previous
+    /// admission, not from a grid anchored at the clock's origin.
+    #[test]
+    fn one_per_second_does_not_admit_at_0_999_and_1_000() {
+        let l = RateLimiter::new(Quota::per_second(1).unwrap().with_burst(1).unwrap());
+        assert!(l.check(at(999_000_000)).is_ok());
+        let refused = l.check(at(1_000_000_000)).unwrap_err();
+        assert_eq!(refused.earliest(), at(1_999_000_000));
+        assert_eq!(refused.retry_after(), Some(Duration::from_millis(999)));
+        assert!(l.check(at(1_998_999_999)).is_err());
+        assert!(l.check(at(1_999_000_000)).is_ok());
+    }
+
+    #[test]
+    fn a_request_half_an_interval_after_an_admission_is_refused() {
+        let q = Quota::new(1, Duration::from_nanos(1_000))
+            .unwrap()
+            .with_burst(1)
+            .unwrap();
+        let l = RateLimiter::new(q);
+        assert!(l.check(at(1_500)).is_ok());
+        let refused = l.check(at(2_000)).unwrap_err();
+        assert_eq!(refused.retry_after(), Some(Duration::from_nanos(500)));
+        assert!(l.check(at(2_500)).is_ok());
+    }
+
+    /// One token a nanosecond at the end of time: no overflow, and a fresh
+    /// limiter hands out its whole burst.
+    #[test]
+    fn the_end_of_time_is_handled() {
+        for quota in [
+            Quota::new(1, Duration::from_nanos(1)).unwrap(),
+            Quota::per_second(1).unwrap(),
+            Quota::new(u32::MAX, Duration::from_nanos(u64::from(u32::MAX))).unwrap(),
+        ] {
+            let q = quota.with_burst(5).unwrap();
+            let l = RateLimiter::new(q);
+            assert_eq!(l.available(Timestamp::MAX), 5, "{q:?}");
+            for _ in 0..5 {
+                l.check(Timestamp::MAX).unwrap();
+            }
+            assert!(l.check(Timestamp::MAX).is_err());
+            assert_eq!(l.available(Timestamp::MAX), 0);
+            let l = RateLimiter::new(q);
+            l.check_n(5, Timestamp::MAX).unwrap();
+            let l = RateLimiter::new(q);
+            let r = l.reserve_n(5, Timestamp::MAX, Duration::MAX).unwrap();
+            assert_eq!(r.ready_at(), Timestamp::MAX);
+            assert_eq!(l.earliest(1, Timestamp::MAX).unwrap(), Timestamp::MAX);
+            r.cancel();
+            assert_eq!(l.available(Timestamp::MAX), 5);
+        }
+    }
+}

@@ -23,7 +23,7 @@
 //! assert!(limiter.check(clock.now()).is_ok());
 //! assert!(limiter.check(clock.now()).is_ok());
 //! let refused = limiter.check(clock.now()).unwrap_err();
-//! assert_eq!(refused.retry_after(), Duration::from_millis(100));
+//! assert_eq!(refused.retry_after(), Some(Duration::from_millis(100)));
 //!
 //! clock.advance(Duration::from_millis(100));
 //! assert!(limiter.check(clock.now()).is_ok());
