@@ -837,3 +837,39 @@ where
         self.limiter.refund_key(self.key, n);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use foldhash::fast::FixedState;
+
+    /// A bucket's version at its largest: the next insert or unlink wraps it
+    /// (to version 0), and the table goes on working.
+    #[test]
+    fn the_bucket_version_wraps_harmlessly() {
+        let quota = Quota::per_second(1).unwrap();
+        let limiter = KeyedRateLimiter::with_hasher_and_sink(
+            KeyedConfig::new(quota, 4).unwrap(),
+            FixedState::with_seed(1),
+            NoSink,
+            0,
+        );
+        let inner = &*limiter.inner;
+        let b = inner.bucket_of(inner.hasher.hash_one(7u64));
+        // ordering: Relaxed; single-threaded test.
+        inner.buckets[b]
+            .header
+            .store(u64::MAX << 8, Ordering::Relaxed);
+        let now = Timestamp::from_nanos(5_000_000_000);
+        assert!(limiter.check_key(&7, now).is_ok());
+        let header = inner.buckets[b].header.load(Ordering::Relaxed);
+        assert_eq!(header >> 8, 0, "the version wrapped to 0");
+        assert_eq!(header & BITS, 1, "the key is published");
+        // The key is found again (its one token is gone), and an unlink
+        // (sweeping it once refilled) moves the version on again.
+        assert!(limiter.check_key(&7, now).is_err());
+        assert_eq!(limiter.sweep(Timestamp::from_nanos(7_000_000_000)), 1);
+        let header = inner.buckets[b].header.load(Ordering::Relaxed);
+        assert_eq!((header >> 8, header & BITS), (1, 0));
+    }
+}
