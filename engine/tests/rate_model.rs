@@ -10,8 +10,9 @@
 //! n·T`. A refusal's earliest time is `max(TAT, t) + n·T - b·T`, rounded up
 //! to a nanosecond. A refund of `n` lowers `TAT` by `n·T`, but not below the
 //! instant of the last request that found a full bucket. A quota change at
-//! `t` keeps `TAT - t` rounded up to a nanosecond, then up to whole tokens of
-//! the new quota, capped at its burst without debt. It shares no code with
+//! `t` to the same interval keeps `TAT` (cut to `t + b·T` without debt);
+//! to another it keeps `TAT - t` rounded up to a nanosecond, then up to
+//! whole tokens of the new quota, capped at its burst without debt. It shares no code with
 //! the engine (which reduces `rate / period` and counts tokens since a reset).
 //!
 //! Invariants checked (docs/guarantees.md): L1 (never more than the burst at
@@ -124,8 +125,20 @@ impl Reference {
 
     fn change(&mut self, rate: u32, period_ns: u64, burst: u32, debt: bool, t: u64) {
         let now = u128::from(t) * self.rate;
-        let ahead_ns = self.tat.saturating_sub(now).div_ceil(self.rate);
         let mut next = Reference::new(rate, period_ns, burst, debt);
+        if self.rate * next.period == next.rate * self.period {
+            // The same interval: TAT is kept, cut at the new burst.
+            next.tat = self.tat * next.rate / self.rate;
+            next.reset = self.reset;
+            let cap = u128::from(t) * next.rate + next.burst * next.period;
+            if !debt && next.tat > cap {
+                next.tat = cap;
+                next.reset = t;
+            }
+            *self = next;
+            return;
+        }
+        let ahead_ns = self.tat.saturating_sub(now).div_ceil(self.rate);
         let mut k = (ahead_ns * next.rate).div_ceil(next.period);
         if !debt {
             k = k.min(next.burst);
@@ -149,7 +162,8 @@ enum Op {
     Reserve(u32, u64),
     CancelLast,
     Refund(u32),
-    /// Change to quota number `i % 4` of the run's alternatives.
+    /// Change to quota number `i % 4` of the run's alternatives, or (for
+    /// even `i / 4`) only to its burst and debt mode.
     Change(usize),
 }
 
@@ -230,8 +244,7 @@ proptest! {
         let (rate, period, burst, debt) = params;
         let limiter = RateLimiter::new(quota_of(params));
         let mut model = Reference::new(rate, period, burst, debt);
-        let mut burst = burst;
-        let mut period = period;
+        let (mut rate, mut period, mut burst) = (rate, period, burst);
         let mut t = 1_000u64;
         let mut reservations = Vec::new();
         for op in ops {
@@ -280,10 +293,14 @@ proptest! {
                     model.refund(n);
                 }
                 Op::Change(i) => {
-                    let next = others[i % others.len()];
+                    let mut next = others[i % others.len()];
+                    if (i / others.len()).is_multiple_of(2) {
+                        // Only the burst or debt mode changes.
+                        (next.0, next.1) = (rate, period);
+                    }
                     limiter.set_quota(quota_of(next), now);
                     model.change(next.0, next.1, next.2, next.3, t);
-                    (burst, period) = (next.2, next.1);
+                    (rate, period, burst) = (next.0, next.1, next.2);
                     prop_assert_eq!(limiter.quota(), quota_of(next));
                 }
             }

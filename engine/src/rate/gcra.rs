@@ -205,12 +205,24 @@ pub(crate) fn ahead(quota: &Quota, state: State, now: u64) -> u64 {
     u64::try_from(over.div_ceil(u128::from(quota.c()))).unwrap_or(u64::MAX)
 }
 
-/// Carries a state over from quota `old` to quota `new` at `now`: the time
-/// still booked ahead (`TAT - now`, rounded up to whole nanoseconds) is
-/// re-expressed in whole tokens of `new` (rounded up), capped at the new
-/// burst unless `new` allows debt. The result is `(now, k)`.
+/// Carries a state over from quota `old` to quota `new` at `now`.
+///
+/// With the same emission interval (only the burst or debt mode changes),
+/// `TAT` is kept exactly (the state does not change), unless it runs more
+/// than the new burst ahead of `now` without debt: then it is cut to
+/// `now + b·T`, that is `(now, b)`.
+///
+/// Otherwise the time still booked ahead (`TAT - now`, rounded up to whole
+/// nanoseconds) is re-expressed in whole tokens of `new` (rounded up),
+/// capped at the new burst unless `new` allows debt: `(now, k)`.
 pub(crate) fn convert(old: &Quota, new: &Quota, state: State, now: u64) -> State {
     let t = u128::from(now) * u128::from(old.a());
+    if old.a() == new.a() && old.c() == new.c() {
+        if new.allows_debt() || tat(old, state) <= t + new.burst_c() {
+            return state;
+        }
+        return pack(now, new.burst_tokens());
+    }
     let over = tat(old, state).saturating_sub(t);
     if over == 0 {
         return pack(now, 0);
@@ -367,5 +379,11 @@ mod tests {
         assert_eq!(convert(&old, &small, state, 1_000 * MS), pack(1_000 * MS, 1));
         // A full bucket carries nothing over.
         assert_eq!(convert(&old, &new, state, 2_000 * MS), pack(2_000 * MS, 0));
+        // The same interval keeps TAT exactly, cut at the new burst.
+        let same = old.with_burst(3).unwrap();
+        assert_eq!(convert(&old, &same, state, 1_000 * MS), state);
+        let one = old.with_burst(1).unwrap();
+        assert_eq!(convert(&old, &one, state, 1_000 * MS), pack(1_000 * MS, 1));
+        assert_eq!(convert(&old, &one.with_debt(), state, 1_000 * MS), state);
     }
 }

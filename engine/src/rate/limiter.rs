@@ -436,10 +436,12 @@ impl<S: EventSink> RateLimiter<S> {
     }
 
     /// Replaces the quota while other threads use the limiter, carrying its
-    /// state over: the time the tokens already handed out still occupy
-    /// (`TAT - now`, rounded up to a nanosecond) is kept, re-expressed in
-    /// whole tokens of the new quota (rounded up, so a change never hands out
-    /// a free burst), capped at one full new burst
+    /// state over. A quota with the same rate and period (only the burst or
+    /// debt mode change) keeps the theoretical arrival time exactly. Another
+    /// keeps the time the tokens already handed out still occupy (`TAT -
+    /// now`, rounded up to a nanosecond), re-expressed in whole tokens of the
+    /// new quota (rounded up, so a change never hands out a free burst). Both
+    /// are capped at one full new burst
     /// unless the new quota allows debt (so a smaller burst or a slower rate
     /// never locks callers out for longer than it takes to refill under the
     /// new quota).
