@@ -125,7 +125,13 @@ fn a_panicking_clone_on_insert_loses_no_entry() {
     let t = table();
     for i in 0..CAPACITY as u32 * 3 {
         arm(&CLONE_LEFT, 0);
-        assert!(attempt(&t, &Touchy { group: 1_000 + i, id: 0 }));
+        assert!(attempt(
+            &t,
+            &Touchy {
+                group: 1_000 + i,
+                id: 0
+            }
+        ));
         assert_eq!(t.in_use(), 0, "attempt {i} kept an entry");
     }
     assert_full_capacity(&t, 0);
@@ -136,12 +142,27 @@ fn a_panicking_eq_during_an_insert_loses_no_entry() {
     let t = table();
     // A live key of group 1 000: every other key of that group is compared
     // with it, once in the lookup and once more in the insert's rescan.
-    assert!(t.check_key(&Touchy { group: 1_000, id: 0 }, NOW).is_ok());
+    assert!(
+        t.check_key(
+            &Touchy {
+                group: 1_000,
+                id: 0
+            },
+            NOW
+        )
+        .is_ok()
+    );
     for i in 0..CAPACITY as u32 * 3 {
         for after in 0..2 {
             arm(&EQ_LEFT, after);
             assert!(
-                attempt(&t, &Touchy { group: 1_000, id: 1 + i }),
+                attempt(
+                    &t,
+                    &Touchy {
+                        group: 1_000,
+                        id: 1 + i
+                    }
+                ),
                 "eq call {after} panics"
             );
             assert_eq!(t.in_use(), 1, "attempt {i}, eq call {after} kept an entry");
@@ -155,9 +176,17 @@ fn a_panicking_hash_loses_no_entry() {
     let t = table();
     for i in 0..CAPACITY as u32 * 3 {
         arm(&HASH_LEFT, 0);
-        assert!(attempt(&t, &Touchy { group: 1_000 + i, id: 0 }));
+        assert!(attempt(
+            &t,
+            &Touchy {
+                group: 1_000 + i,
+                id: 0
+            }
+        ));
         arm(&HASH_LEFT, 0);
-        let peek = catch_unwind(AssertUnwindSafe(|| t.peek_key_n(&Touchy { group: 7, id: 0 }, 1, NOW)));
+        let peek = catch_unwind(AssertUnwindSafe(|| {
+            t.peek_key_n(&Touchy { group: 7, id: 0 }, 1, NOW)
+        }));
         assert!(peek.is_err());
         disarm();
     }

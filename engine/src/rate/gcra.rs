@@ -180,6 +180,7 @@ pub(crate) fn decide(
 
 /// Whether the bucket is full at `now`: `TAT <= now`, the state of a limiter
 /// that has never been used.
+#[cfg(feature = "std")]
 #[inline]
 pub(crate) fn is_full(quota: &Quota, state: State, now: u64) -> bool {
     tat(quota, state) <= u128::from(now) * u128::from(quota.a())
@@ -372,11 +373,17 @@ mod tests {
         let old = quota(4);
         // TAT = 1 250 ms at 1 000 ms: 250 ms ahead.
         let state = pack(1_050 * MS, 2);
-        let new = Quota::new(1, Duration::from_millis(200)).unwrap().with_burst(5).unwrap();
+        let new = Quota::new(1, Duration::from_millis(200))
+            .unwrap()
+            .with_burst(5)
+            .unwrap();
         assert_eq!(convert(&old, &new, state, 1_000 * MS), pack(1_000 * MS, 2));
         // Capped at the new burst without debt.
         let small = new.with_burst(1).unwrap();
-        assert_eq!(convert(&old, &small, state, 1_000 * MS), pack(1_000 * MS, 1));
+        assert_eq!(
+            convert(&old, &small, state, 1_000 * MS),
+            pack(1_000 * MS, 1)
+        );
         // A full bucket carries nothing over.
         assert_eq!(convert(&old, &new, state, 2_000 * MS), pack(2_000 * MS, 0));
         // The same interval keeps TAT exactly, cut at the new burst.

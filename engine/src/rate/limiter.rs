@@ -353,10 +353,12 @@ impl<S: EventSink> RateLimiter<S> {
     #[inline]
     pub fn check_n(&self, n: u32, now: Timestamp) -> Result<(), RateLimitError> {
         let t = now.as_nanos();
-        self.with_era(|era| match acquire(era.word, era.quota, t, t, u64::from(n))? {
-            Ok(_) => Some(Ok(())),
-            Err(refusal) => Some(Err(self.refused(era.quota, refusal, n, now))),
-        })
+        self.with_era(
+            |era| match acquire(era.word, era.quota, t, t, u64::from(n))? {
+                Ok(_) => Some(Ok(())),
+                Err(refusal) => Some(Err(self.refused(era.quota, refusal, n, now))),
+            },
+        )
     }
 
     /// Whether `n` tokens are available now, without taking them.
@@ -414,12 +416,13 @@ impl<S: EventSink> RateLimiter<S> {
     ) -> Result<Reservation<'_, S>, RateLimitError> {
         let t = now.as_nanos();
         let horizon = now.saturating_add(max_wait).as_nanos();
-        let ready_at = self.with_era(
-            |era| match acquire(era.word, era.quota, t, horizon, u64::from(n))? {
-                Ok(grant) => Some(Ok(Timestamp::from_nanos(grant.ready))),
-                Err(refusal) => Some(Err(self.refused(era.quota, refusal, n, now))),
-            },
-        )?;
+        let ready_at =
+            self.with_era(
+                |era| match acquire(era.word, era.quota, t, horizon, u64::from(n))? {
+                    Ok(grant) => Some(Ok(Timestamp::from_nanos(grant.ready))),
+                    Err(refusal) => Some(Err(self.refused(era.quota, refusal, n, now))),
+                },
+            )?;
         Ok(Reservation {
             limiter: self,
             tokens: u64::from(n),
