@@ -631,13 +631,13 @@ where
             // ordering: Relaxed, as in `find`.
             let cell = bucket.cells[i].load(Ordering::Relaxed);
             let slot = cell_slot(cell);
-            let word = &inner.entries[slot].state;
+            let cell_state = &inner.entries[slot].state;
             // ordering: Relaxed; the compare-and-swap below confirms it.
-            let state = word.load(Ordering::Relaxed);
+            let state = cell_state.load(Ordering::Relaxed);
             if state == DEAD || !gcra::is_full(&inner.quota, state, now) {
                 continue;
             }
-            if word
+            if cell_state
                 .compare_exchange(state, DEAD, Ordering::Relaxed, Ordering::Relaxed)
                 .is_err()
             {

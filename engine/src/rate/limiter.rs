@@ -105,7 +105,7 @@ struct Era {
 #[derive(Clone, Copy)]
 struct View<'a> {
     quota: &'a Quota,
-    word: &'a AtomicU128,
+    cell: &'a AtomicU128,
     #[cfg(feature = "std")]
     next: &'a AtomicPtr<Era>,
     /// Null for the first era.
@@ -124,7 +124,7 @@ impl<S: EventSink> fmt::Debug for RateLimiter<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (quota, state) = self.with_era(|era| {
             // ordering: Relaxed; a snapshot for display.
-            Some((*era.quota, era.word.load(Ordering::Relaxed) & !SEALED))
+            Some((*era.quota, era.cell.load(Ordering::Relaxed) & !SEALED))
         });
         f.debug_struct("RateLimiter")
             .field("quota", &quota)
@@ -177,10 +177,10 @@ impl<S: EventSink> Reservation<'_, S> {
 /// A snapshot of an era's state for a decision that takes nothing;
 /// `None` when the era is sealed.
 #[inline(always)]
-fn snapshot(word: &AtomicU128) -> Option<State> {
+fn snapshot(cell: &AtomicU128) -> Option<State> {
     // ordering: Relaxed; a peek is a snapshot that may be stale the moment
     // it is returned.
-    let state = word.load(Ordering::Relaxed);
+    let state = cell.load(Ordering::Relaxed);
     (state & SEALED == 0).then_some(state)
 }
 
@@ -217,7 +217,7 @@ impl<S: EventSink> RateLimiter<S> {
     fn first(&self) -> View<'_> {
         View {
             quota: &self.quota,
-            word: &self.head.state,
+            cell: &self.head.state,
             #[cfg(feature = "std")]
             next: &self.head.first_next,
             #[cfg(feature = "std")]
@@ -226,13 +226,13 @@ impl<S: EventSink> RateLimiter<S> {
     }
 
     /// Runs `f` on the era in force until it returns `Some` (it returns
-    /// `None` when it met a sealed word: the era was replaced under it).
+    /// `None` when it met a sealed cell: the era was replaced under it).
     #[inline(always)]
     fn with_era<R>(&self, mut f: impl FnMut(View<'_>) -> Option<R>) -> R {
         #[cfg(feature = "std")]
         {
             // ordering: Acquire, pairs with the AcqRel publication in
-            // `advance`, so that an era's quota and word are visible.
+            // `advance`, so that an era's quota and cell are visible.
             if !self.head.current.load(Ordering::Acquire).is_null() {
                 return self.with_live_era(f);
             }
@@ -246,7 +246,7 @@ impl<S: EventSink> RateLimiter<S> {
         }
         #[cfg(not(feature = "std"))]
         {
-            unreachable!("only a live quota change (feature std) seals a word")
+            unreachable!("only a live quota change (feature std) seals a cell")
         }
     }
 
@@ -281,7 +281,7 @@ impl<S: EventSink> RateLimiter<S> {
         let era = unsafe { &*ptr };
         View {
             quota: &era.quota,
-            word: &era.state,
+            cell: &era.state,
             next: &era.next,
             ptr,
         }
@@ -292,7 +292,7 @@ impl<S: EventSink> RateLimiter<S> {
     /// the first to do each step does it, the others find it done.
     #[cfg(feature = "std")]
     fn advance(&self, era: View<'_>, guard: &epoch::Guard) {
-        // ordering: our caller saw `era`'s word sealed with a Relaxed load
+        // ordering: our caller saw `era`'s cell sealed with a Relaxed load
         // or compare-and-swap (or linked the next era itself); this fence
         // makes that read synchronise with the Release seal, so that the
         // link made before the seal is visible below.
@@ -307,16 +307,16 @@ impl<S: EventSink> RateLimiter<S> {
         // yet, or is current now).
         let next = unsafe { &*next_ptr };
         // ordering: Release, pairs with the Acquire fence above in a thread
-        // that finds the word sealed: it must find the link too. Against
-        // grants the seal needs nothing more than the word's modification
+        // that finds the cell sealed: it must find the link too. Against
+        // grants the seal needs nothing more than the cell's modification
         // order: a compare-and-swap from an unsealed value fails after it.
-        let state = era.word.fetch_or(SEALED, Ordering::Release) & !SEALED;
+        let state = era.cell.fetch_or(SEALED, Ordering::Release) & !SEALED;
         let converted = gcra::convert(era.quota, &next.quota, state, next.since.as_nanos());
         // ordering: Relaxed; the publication below orders it for readers.
         let _ =
             next.state
                 .compare_exchange(PENDING, converted, Ordering::Relaxed, Ordering::Relaxed);
-        // ordering: AcqRel on success: Release publishes the converted word
+        // ordering: AcqRel on success: Release publishes the converted cell
         // (and the era) to readers that Acquire `current`; Acquire on
         // failure is not needed, we read nothing from it.
         if self
@@ -334,7 +334,7 @@ impl<S: EventSink> RateLimiter<S> {
     #[inline]
     pub fn check(&self, now: Timestamp) -> Result<(), RateLimited> {
         let t = now.as_nanos();
-        self.with_era(|era| match acquire(era.word, era.quota, t, t, 1)? {
+        self.with_era(|era| match acquire(era.cell, era.quota, t, t, 1)? {
             Ok(_) => Some(Ok(())),
             Err(refusal) => Some(Err(self
                 .refused(era.quota, refusal, 1, now)
@@ -354,7 +354,7 @@ impl<S: EventSink> RateLimiter<S> {
     pub fn check_n(&self, n: u32, now: Timestamp) -> Result<(), RateLimitError> {
         let t = now.as_nanos();
         self.with_era(
-            |era| match acquire(era.word, era.quota, t, t, u64::from(n))? {
+            |era| match acquire(era.cell, era.quota, t, t, u64::from(n))? {
                 Ok(_) => Some(Ok(())),
                 Err(refusal) => Some(Err(self.refused(era.quota, refusal, n, now))),
             },
@@ -369,7 +369,7 @@ impl<S: EventSink> RateLimiter<S> {
     pub fn peek_n(&self, n: u32, now: Timestamp) -> Result<(), RateLimitError> {
         let t = now.as_nanos();
         self.with_era(|era| {
-            let state = snapshot(era.word)?;
+            let state = snapshot(era.cell)?;
             Some(match gcra::decide(era.quota, state, t, t, u64::from(n)) {
                 Ok(_) => Ok(()),
                 Err(refusal) => Err(refusal.into_error(era.quota, n, now)),
@@ -388,7 +388,7 @@ impl<S: EventSink> RateLimiter<S> {
     pub fn earliest(&self, n: u32, now: Timestamp) -> Result<Timestamp, InsufficientCapacity> {
         let t = now.as_nanos();
         self.with_era(|era| {
-            let state = snapshot(era.word)?;
+            let state = snapshot(era.cell)?;
             Some(
                 match gcra::decide(era.quota, state, t, u64::MAX, u64::from(n)) {
                     Ok(grant) => Ok(Timestamp::from_nanos(grant.ready)),
@@ -418,7 +418,7 @@ impl<S: EventSink> RateLimiter<S> {
         let horizon = now.saturating_add(max_wait).as_nanos();
         let ready_at =
             self.with_era(
-                |era| match acquire(era.word, era.quota, t, horizon, u64::from(n))? {
+                |era| match acquire(era.cell, era.quota, t, horizon, u64::from(n))? {
                     Ok(grant) => Some(Ok(Timestamp::from_nanos(grant.ready))),
                     Err(refusal) => Some(Err(self.refused(era.quota, refusal, n, now))),
                 },
@@ -433,7 +433,7 @@ impl<S: EventSink> RateLimiter<S> {
     /// Tokens that could be taken now (at most the burst).
     pub fn available(&self, now: Timestamp) -> u64 {
         self.with_era(|era| {
-            let state = snapshot(era.word)?;
+            let state = snapshot(era.cell)?;
             Some(gcra::available(era.quota, state, now.as_nanos()))
         })
     }
@@ -535,7 +535,7 @@ impl<S: EventSink> RateLimiter<S> {
     }
 
     fn give_back(&self, n: u64) {
-        self.with_era(|era| gcra::refund(era.word, n));
+        self.with_era(|era| gcra::refund(era.cell, n));
     }
 
     /// A refusal, described (inline: refusals are the common case of a
