@@ -68,10 +68,15 @@ pub(crate) const fn tokens_of(state: State) -> u64 {
     state as u64
 }
 
-/// `TAT·a`: the theoretical arrival time in units of `1 / a` ns.
+/// `TAT·a`: the theoretical arrival time in units of `1 / a` ns. `state`
+/// is not sealed (callers check first).
 #[inline(always)]
 fn tat(quota: &Quota, state: State) -> u128 {
-    let k = tokens_of(state) & MAX_TOKENS;
+    debug_assert!(
+        state & SEALED == 0,
+        "a sealed or dead state is not decided on"
+    );
+    let k = tokens_of(state);
     u128::from(k) * u128::from(quota.c()) + u128::from(reset_of(state)) * u128::from(quota.a())
 }
 
@@ -157,23 +162,24 @@ pub(crate) fn decide(
             ready: now,
         });
     }
-    // max(TAT, t) + cost·T - b·T, times a.
-    let ready = (tat + u128::from(cost) * u128::from(quota.c())).saturating_sub(quota.burst_c());
-    if ready > u128::from(horizon) * a {
+    // Conforms by `horizon` iff max(TAT, t) + cost·T - b·T <= horizon; all
+    // times a.
+    let end = tat + u128::from(cost) * u128::from(quota.c());
+    if end > u128::from(horizon) * a + quota.burst_c() {
         return Err(Refusal::NotYet {
-            ready: to_nanos(quota, ready),
+            ready: to_nanos(quota, end - quota.burst_c()),
         });
     }
-    let k = (tokens_of(state) & MAX_TOKENS) + n;
+    let k = tokens_of(state) + n;
     if k > MAX_TOKENS {
         return Err(Refusal::NotYet { ready: u64::MAX });
     }
     Ok(Grant {
         state: pack(reset_of(state), k),
-        ready: if ready <= t {
+        ready: if end <= t + quota.burst_c() {
             now
         } else {
-            to_nanos(quota, ready)
+            to_nanos(quota, end - quota.burst_c())
         },
     })
 }

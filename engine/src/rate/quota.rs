@@ -9,6 +9,7 @@
 //! nothing can accumulate into drift.
 
 use core::fmt;
+use core::num::{NonZeroU32, NonZeroU64};
 use core::time::Duration;
 
 use crate::error::ConfigError;
@@ -37,7 +38,8 @@ use crate::time::checked_nanos;
 pub struct Quota {
     rate: u32,
     period_ns: u64,
-    burst: u64,
+    /// At least 1 (the decision relies on it).
+    burst: NonZeroU64,
     debt: bool,
     /// Tokens per `c` nanoseconds: `rate / gcd(rate, period_ns)`, at most
     /// `2^32 - 1` and at most `c`.
@@ -68,9 +70,9 @@ impl Quota {
     /// beyond 584 years, and [`ConfigError::TooLarge`] when tokens would
     /// appear more often than once a nanosecond.
     pub fn new(rate: u32, period: Duration) -> Result<Self, ConfigError> {
-        if rate == 0 {
+        let Some(nonzero_rate) = NonZeroU32::new(rate) else {
             return Err(ConfigError::Zero { field: "rate" });
-        }
+        };
         let period_ns = checked_nanos("period", period)?;
         if period_ns == 0 {
             return Err(ConfigError::ZeroDuration { field: "period" });
@@ -87,7 +89,7 @@ impl Quota {
         Ok(Quota {
             rate,
             period_ns,
-            burst: u64::from(rate),
+            burst: NonZeroU64::from(nonzero_rate),
             debt: false,
             a,
             c,
@@ -128,10 +130,10 @@ impl Quota {
     ///
     /// [`ConfigError::Zero`] when `burst` is zero.
     pub fn with_burst(mut self, burst: u32) -> Result<Self, ConfigError> {
-        if burst == 0 {
+        let Some(nonzero) = NonZeroU32::new(burst) else {
             return Err(ConfigError::Zero { field: "burst" });
-        }
-        self.burst = u64::from(burst);
+        };
+        self.burst = NonZeroU64::from(nonzero);
         self.burst_c = u128::from(burst) * u128::from(self.c);
         Ok(self)
     }
@@ -160,7 +162,7 @@ impl Quota {
     /// The most tokens available at once.
     pub fn burst(&self) -> u32 {
         // Set only from a `u32`.
-        self.burst as u32
+        self.burst.get() as u32
     }
 
     /// Whether oversized requests run into debt instead of being refused.
@@ -202,7 +204,7 @@ impl Quota {
 
     #[inline(always)]
     pub(crate) fn burst_tokens(&self) -> u64 {
-        self.burst
+        self.burst.get()
     }
 }
 
