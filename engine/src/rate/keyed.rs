@@ -872,4 +872,33 @@ mod tests {
         let header = inner.buckets[b].header.load(Ordering::Relaxed);
         assert_eq!((header >> 8, header & BITS), (1, 0));
     }
+
+    /// The keyed limiter at the ends of time and with time going backwards.
+    #[test]
+    fn the_ends_of_time_and_time_going_backwards() {
+        let quota = Quota::new(1, core::time::Duration::from_nanos(1))
+            .unwrap()
+            .with_burst(3)
+            .unwrap();
+        let limiter = KeyedRateLimiter::with_hasher_and_sink(
+            KeyedConfig::new(quota, 4).unwrap(),
+            FixedState::with_seed(2),
+            NoSink,
+            0,
+        );
+        for _ in 0..3 {
+            assert!(limiter.check_key(&1, Timestamp::MAX).is_ok());
+        }
+        assert!(limiter.check_key(&1, Timestamp::MAX).is_err());
+        // Stamped earlier: the key's arrival time is ahead of it.
+        assert!(limiter.check_key(&1, Timestamp::ZERO).is_err());
+        assert!(limiter.peek_key_n(&1, 1, Timestamp::ZERO).is_err());
+        assert_eq!(limiter.sweep(Timestamp::ZERO), 0);
+        assert_eq!(limiter.sweep(Timestamp::MAX), 0);
+        limiter.refund_key(&1, 3);
+        assert_eq!(limiter.sweep(Timestamp::MAX), 1);
+        assert!(limiter.check_key_n(&2, 3, Timestamp::ZERO).is_ok());
+        assert!(limiter.check_key(&2, Timestamp::ZERO).is_err());
+        assert!(limiter.check_key(&2, Timestamp::from_nanos(1)).is_ok());
+    }
 }

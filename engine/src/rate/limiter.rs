@@ -676,4 +676,63 @@ mod tests {
             assert_eq!(l.available(Timestamp::MAX), 5);
         }
     }
+
+    /// Every time-taking method at the ends of time and with time going
+    /// backwards: no panic, never more than the burst.
+    #[test]
+    fn time_going_backwards_grants_no_more_than_the_burst() {
+        for quota in [
+            Quota::new(1, Duration::from_nanos(1)).unwrap(),
+            Quota::per_second(3).unwrap(),
+            Quota::per_hour(7).unwrap().with_debt(),
+        ] {
+            let q = quota.with_burst(4).unwrap();
+            let l = RateLimiter::new(q);
+            let times = [
+                Timestamp::MAX,
+                Timestamp::ZERO,
+                at(u64::MAX / 2),
+                at(5),
+                Timestamp::MAX,
+                at(u64::MAX - 1),
+            ];
+            for (i, &t) in times.iter().enumerate() {
+                let _ = l.check(t);
+                let _ = l.check_n(2, t);
+                let _ = l.peek_n(1, t);
+                let _ = l.earliest(9, t);
+                assert!(l.available(t) <= 4);
+                if let Ok(r) = l.reserve_n(1, t, Duration::MAX) {
+                    assert!(r.ready_at() >= t);
+                    r.cancel();
+                }
+                l.refund(1);
+                #[cfg(feature = "std")]
+                l.set_quota(
+                    if i % 2 == 0 {
+                        q
+                    } else {
+                        q.with_burst(2).unwrap()
+                    },
+                    t,
+                );
+                #[cfg(not(feature = "std"))]
+                let _ = i;
+                assert!(l.available(t) <= 4);
+            }
+            // A burst drained at the end of time: a request stamped any
+            // earlier finds the arrival time ahead of it, and is refused.
+            let l = RateLimiter::new(q);
+            l.check_n(4, Timestamp::MAX).unwrap();
+            for t in [Timestamp::ZERO, at(u64::MAX / 2), at(u64::MAX - 1)] {
+                assert!(l.check(t).is_err(), "{q:?} at {t:?}");
+                assert_eq!(l.available(t), 0);
+            }
+            // Time going back by less than the burst's worth: the tokens
+            // left are the burst minus what is still ahead, never more.
+            let l = RateLimiter::new(q);
+            l.check_n(2, at(1_000_000_000_000)).unwrap();
+            assert!(l.available(at(1_000_000_000_000 - 1)) <= 2);
+        }
+    }
 }
