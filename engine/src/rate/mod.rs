@@ -45,7 +45,7 @@
 //!
 //! # Guarantees
 //!
-//! See `docs/rate-limiter.md` and `docs/guarantees.md` (L1–L8): never more
+//! See `docs/rate-limiter.md` and `docs/guarantees.md` (L1–L7): never more
 //! than the burst at one instant; never more than `rate * t + burst` over any
 //! time `t` from the start; every decision exactly GCRA's; refunds never
 //! create tokens; all-or-nothing
