@@ -18,15 +18,18 @@
 //! Invariants checked (docs/guarantees.md): L1 (never more than the burst at
 //! one instant), L2 (exact GCRA: every decision, every earliest time, every
 //! count of available tokens equals the definition's), L3 (refunds never
-//! create tokens beyond the burst), L5 (keyed decisions equal one
-//! independent limiter per key, whatever the evictions), C3 (quota changes).
+//! create tokens beyond the burst), L4 (`acquire_all` charges every source
+//! as its reference would, or none), L5 (keyed decisions equal one
+//! independent limiter per key, whatever the evictions), C2 (quota
+//! changes).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use proptest::prelude::*;
 use tenlives_engine::rate::{
-    KeyedConfig, KeyedRateLimiter, Quota, RateLimitError, RateLimiter, WhenFull,
+    KeyedConfig, KeyedRateLimiter, Quota, RateLimitError, RateLimiter, TokenSource, WhenFull,
+    acquire_all,
 };
 use tenlives_engine::time::Timestamp;
 
@@ -308,6 +311,49 @@ proptest! {
             let available = limiter.available(now);
             prop_assert_eq!(available, model.available(t));
             prop_assert!(available <= u64::from(burst), "L1: {} above the burst {}", available, burst);
+        }
+    }
+
+    #[test]
+    fn acquire_all_matches_the_references(
+        first in quota_params(),
+        second in quota_params(),
+        ops in prop::collection::vec((0u64..600_000_000, 1u32..12, 1u32..12, 0u8..4), 1..200),
+    ) {
+        let limiters = [RateLimiter::new(quota_of(first)), RateLimiter::new(quota_of(second))];
+        let mut models = [
+            Reference::new(first.0, first.1, first.2, first.3),
+            Reference::new(second.0, second.1, second.2, second.3),
+        ];
+        let mut t = 1_000u64;
+        for (step, n1, n2, which) in ops {
+            t += step;
+            let now = Timestamp::from_nanos(t);
+            match which {
+                // One limiter alone, so that the two drift apart.
+                0 | 1 => {
+                    let i = usize::from(which);
+                    let got = decision(limiters[i].check_n(n1, now).map(|()| now));
+                    prop_assert_eq!(got, models[i].take(n1, t, t));
+                }
+                _ => {
+                    let both: [(&dyn TokenSource, u32); 2] = [(&limiters[0], n1), (&limiters[1], n2)];
+                    let got = acquire_all(&both, now).map_err(|e| (e.index, decision(Err(e.error))));
+                    let wants = [models[0].clone().take(n1, t, t), models[1].clone().take(n2, t, t)];
+                    let want = match wants.iter().position(|d| !matches!(d, Decision::Granted { .. })) {
+                        Some(index) => Err((index, models[index].clone().take([n1, n2][index], t, t))),
+                        None => {
+                            models[0].take(n1, t, t);
+                            models[1].take(n2, t, t);
+                            Ok(())
+                        }
+                    };
+                    prop_assert_eq!(got, want);
+                }
+            }
+            for (limiter, model) in limiters.iter().zip(&models) {
+                prop_assert_eq!(limiter.available(now), model.available(t));
+            }
         }
     }
 
