@@ -365,10 +365,12 @@ proptest! {
         let quota = Quota::new(rate, Duration::from_nanos(period)).unwrap().with_burst(burst).unwrap();
         // Room for every key: evictions (by sweeps and by the inserts' own
         // sweeping) must never change a decision. Evicted entries come back
-        // only after an epoch grace period, which a descheduled thread of
-        // another test (pinned) can hold back on a loaded machine: the
-        // entries beyond the 12 keys give that grace period room.
-        let limiter = KeyedRateLimiter::new(KeyedConfig::new(quota, 64).unwrap().when_full(WhenFull::Reject));
+        // only after an epoch grace period, which another test's thread
+        // (pinned, e.g. in `set_quota`) can hold back on a loaded machine:
+        // with 512 entries, more than the 12 keys plus one insert per
+        // operation, the table never runs out even if no evicted entry
+        // comes back during the run.
+        let limiter = KeyedRateLimiter::new(KeyedConfig::new(quota, 512).unwrap().when_full(WhenFull::Reject));
         let mut models: HashMap<u8, Reference> = HashMap::new();
         let mut t = 1_000u64;
         for (key, op, sweep) in ops {

@@ -80,8 +80,10 @@ fn tat(quota: &Quota, state: State) -> u128 {
     u128::from(k) * u128::from(quota.c()) + u128::from(reset_of(state)) * u128::from(quota.a())
 }
 
-/// `ceil(x / a)` in nanoseconds, saturating at `u64::MAX`.
-#[inline]
+/// `ceil(x / a)` in nanoseconds, saturating at `u64::MAX`. Out of line: a
+/// 128-bit division that only refusals and reservations need, kept out of
+/// the body of a check so that the check inlines whole.
+#[inline(never)]
 fn to_nanos(quota: &Quota, x: u128) -> u64 {
     let a = u128::from(quota.a());
     let ns = if a == 1 { x } else { x.div_ceil(a) };
