@@ -1,36 +1,51 @@
-//! Model: the rate limiters against a reference token bucket written with
-//! 128-bit integer arithmetic, under random operations and virtual time.
+//! Model: the rate limiters against a reference GCRA written with exact
+//! rational arithmetic in 128-bit integers, under random operations and
+//! virtual time (moving forwards, backwards, and to the end of time).
 //!
-//! The reference counts available tokens (negative when booked ahead) and
-//! the tokens that have appeared, `floor(t * rate / period)`, computed
-//! exactly in `u128`; it shares no code with the engine's grid.
+//! The reference is the definition, nothing more: with `T = period / rate`
+//! held as the fraction itself (times are kept in units of `1 / rate` ns, so
+//! `T` is `period` of them), a request for `n` tokens at `t` is admitted iff
+//! `max(TAT, t) + min(n, b)·T - t <= b·T` (`min` only in debt mode; without
+//! it `n > b` is refused as insufficient), and then `TAT := max(TAT, t) +
+//! n·T`. A refusal's earliest time is `max(TAT, t) + n·T - b·T`, rounded up
+//! to a nanosecond. A refund of `n` lowers `TAT` by `n·T`, but not below the
+//! instant of the last request that found a full bucket. A quota change at
+//! `t` to the same interval keeps `TAT` (cut to `t + b·T` without debt);
+//! to another it keeps `TAT - t` rounded up to a nanosecond, then up to
+//! whole tokens of the new quota, capped at its burst without debt. It shares no code with
+//! the engine (which reduces `rate / period` and counts tokens since a reset).
 //!
 //! Invariants checked (docs/guarantees.md): L1 (never more than the burst at
-//! one instant), L2 (no drift: at most `rate * t / period + burst` over any
-//! run, and exactly that under saturating demand), L3 (refunds never create
-//! tokens beyond the burst), L5 (keyed decisions equal one independent
-//! limiter per key, whatever the evictions).
+//! one instant), L2 (exact GCRA: every decision, every earliest time, every
+//! count of available tokens equals the definition's), L3 (refunds never
+//! create tokens beyond the burst), L4 (`acquire_all` charges every source
+//! as its reference would, or none), L5 (keyed decisions equal one
+//! independent limiter per key, whatever the evictions), C2 (quota
+//! changes).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use proptest::prelude::*;
 use tenlives_engine::rate::{
-    KeyedConfig, KeyedRateLimiter, Quota, RateLimitError, RateLimiter, WhenFull,
+    KeyedConfig, KeyedRateLimiter, Quota, RateLimitError, RateLimiter, TokenSource, WhenFull,
+    acquire_all,
 };
 use tenlives_engine::time::Timestamp;
 
 mod common;
 
-/// The reference: a token bucket refilled at exact grid instants.
+/// The reference: GCRA by its definition, in units of `1 / rate` ns.
 #[derive(Clone, Debug)]
 struct Reference {
     rate: u128,
     period: u128,
-    burst: i128,
+    burst: u128,
     debt: bool,
-    available: i128,
-    appeared: u128,
+    /// `TAT · rate`.
+    tat: u128,
+    /// The last instant a request found a full bucket (or a quota change).
+    reset: u64,
 }
 
 #[derive(Debug, PartialEq)]
@@ -40,37 +55,25 @@ enum Decision {
     Insufficient,
 }
 
+fn ceil_ns(x: u128, rate: u128) -> u64 {
+    u64::try_from(x.div_ceil(rate)).unwrap_or(u64::MAX)
+}
+
 impl Reference {
     fn new(rate: u32, period_ns: u64, burst: u32, debt: bool) -> Self {
         Reference {
             rate: u128::from(rate),
             period: u128::from(period_ns),
-            burst: i128::from(burst),
+            burst: u128::from(burst),
             debt,
-            available: i128::from(burst),
-            appeared: 0,
+            tat: 0,
+            reset: 0,
         }
     }
 
-    fn tokens_at(&self, t: u64) -> u128 {
-        u128::from(t) * self.rate / self.period
-    }
-
-    fn time_of(&self, k: u128) -> u64 {
-        u64::try_from((k * self.period).div_ceil(self.rate)).unwrap_or(u64::MAX)
-    }
-
-    fn advance(&mut self, t: u64) {
-        let now = self.tokens_at(t);
-        let fresh = (now - self.appeared) as i128;
-        self.available = (self.available + fresh).min(self.burst);
-        self.appeared = now;
-    }
-
-    /// Takes `n` tokens that must all have appeared by `horizon`.
+    /// Decides `n` tokens at `t` that must conform by `horizon`.
     fn take(&mut self, n: u32, t: u64, horizon: u64) -> Decision {
-        self.advance(t);
-        let n = i128::from(n);
+        let n = u128::from(n);
         let cost = if n <= self.burst {
             n
         } else if self.debt {
@@ -78,56 +81,119 @@ impl Reference {
         } else {
             return Decision::Insufficient;
         };
-        let short = cost - self.available; // tokens still to appear
-        let ready_grid = self.appeared as i128 + short;
-        let future = (self.tokens_at(horizon) - self.appeared) as i128;
-        if short <= future {
-            self.available -= n;
-            let ready_at = if short <= 0 {
+        let now = u128::from(t) * self.rate;
+        let start = self.tat.max(now);
+        // max(TAT, t) + cost·T - b·T, when positive.
+        let ready = (start + cost * self.period).saturating_sub(self.burst * self.period);
+        if ready > u128::from(horizon) * self.rate {
+            return Decision::Limited {
+                earliest: ceil_ns(ready, self.rate),
+            };
+        }
+        if self.tat <= now {
+            self.reset = t;
+        }
+        self.tat = start + n * self.period;
+        Decision::Granted {
+            ready_at: if ready <= now {
                 t
             } else {
-                self.time_of(ready_grid as u128)
-            };
-            Decision::Granted { ready_at }
-        } else {
-            Decision::Limited {
-                earliest: self.time_of(ready_grid as u128),
-            }
+                ceil_ns(ready, self.rate)
+            },
+        }
+    }
+
+    /// When `n` tokens conform if nobody else takes any.
+    fn earliest(&self, n: u32, t: u64) -> Option<u64> {
+        match self.clone().take(n, t, u64::MAX) {
+            Decision::Granted { ready_at } => Some(ready_at),
+            Decision::Limited { earliest } => Some(earliest),
+            Decision::Insufficient => None,
         }
     }
 
     fn refund(&mut self, n: u32) {
-        self.available = (self.available + i128::from(n)).min(self.burst);
+        let floor = u128::from(self.reset) * self.rate;
+        self.tat = self
+            .tat
+            .saturating_sub(u128::from(n) * self.period)
+            .max(floor.min(self.tat));
     }
 
-    fn available(&mut self, t: u64) -> u64 {
-        self.advance(t);
-        self.available.max(0) as u64
+    fn available(&self, t: u64) -> u64 {
+        let now = u128::from(t) * self.rate;
+        let tat = self.tat.max(now);
+        ((now + self.burst * self.period).saturating_sub(tat) / self.period) as u64
+    }
+
+    fn change(&mut self, rate: u32, period_ns: u64, burst: u32, debt: bool, t: u64) {
+        let now = u128::from(t) * self.rate;
+        let mut next = Reference::new(rate, period_ns, burst, debt);
+        if self.rate * next.period == next.rate * self.period {
+            // The same interval: TAT is kept, cut at the new burst.
+            next.tat = self.tat * next.rate / self.rate;
+            next.reset = self.reset;
+            let cap = u128::from(t) * next.rate + next.burst * next.period;
+            if !debt && next.tat > cap {
+                next.tat = cap;
+                next.reset = t;
+            }
+            *self = next;
+            return;
+        }
+        let ahead_ns = self.tat.saturating_sub(now).div_ceil(self.rate);
+        let mut k = (ahead_ns * next.rate).div_ceil(next.period);
+        if !debt {
+            k = k.min(next.burst);
+        }
+        next.tat = u128::from(t) * next.rate + k * next.period;
+        next.reset = t;
+        *self = next;
     }
 }
 
 #[derive(Clone, Debug)]
 enum Op {
     Advance(u64),
+    Back(u64),
+    /// Jump to `Timestamp::MAX` minus this much.
+    EndOfTime(u64),
     Check,
     CheckN(u32),
     Peek(u32),
+    Earliest(u32),
     Reserve(u32, u64),
     CancelLast,
     Refund(u32),
+    /// Change to quota number `i % 4` of the run's alternatives, or (for
+    /// even `i / 4`) only to its burst and debt mode.
+    Change(usize),
 }
 
 fn op(burst: u32, period_ns: u64) -> impl Strategy<Value = Op> {
     let max_n = burst * 2 + 2;
     prop_oneof![
         4 => (0..period_ns / 2).prop_map(Op::Advance),
+        1 => (0..period_ns / 4).prop_map(Op::Back),
+        1 => prop_oneof![Just(0u64), 0..period_ns].prop_map(Op::EndOfTime),
         5 => Just(Op::Check),
         3 => (1..=max_n).prop_map(Op::CheckN),
         2 => (1..=max_n).prop_map(Op::Peek),
+        2 => (1..=max_n).prop_map(Op::Earliest),
         2 => ((1..=max_n), 0..period_ns).prop_map(|(n, w)| Op::Reserve(n, w)),
         1 => Just(Op::CancelLast),
         1 => (1..=max_n).prop_map(Op::Refund),
+        1 => any::<usize>().prop_map(Op::Change),
     ]
+}
+
+/// Keyed runs keep time moving forwards: an eviction judges a key fresh at
+/// the sweep's `now`, and a later request stamped earlier would find it
+/// fresh where the reference still remembers it.
+fn forward_op(burst: u32, period_ns: u64) -> impl Strategy<Value = Op> {
+    op(burst, period_ns).prop_filter("time moves forwards", |op| {
+        !matches!(op, Op::Back(_) | Op::EndOfTime(_) | Op::Change(_))
+    })
 }
 
 fn quota_params() -> impl Strategy<Value = (u32, u64, u32, bool)> {
@@ -136,6 +202,8 @@ fn quota_params() -> impl Strategy<Value = (u32, u64, u32, bool)> {
         prop_oneof![
             Just(1_000_000_000u64),
             Just(60_000_000_000),
+            Just(1_000),
+            1u64..3_000,
             1_000u64..10_000_000_000,
         ],
         1u32..20,
@@ -144,6 +212,14 @@ fn quota_params() -> impl Strategy<Value = (u32, u64, u32, bool)> {
         .prop_filter("at most one token a nanosecond", |(r, p, _, _)| {
             u64::from(*r) <= *p
         })
+}
+
+fn quota_of((rate, period, burst, debt): (u32, u64, u32, bool)) -> Quota {
+    let quota = Quota::new(rate, Duration::from_nanos(period))
+        .unwrap()
+        .with_burst(burst)
+        .unwrap();
+    if debt { quota.with_debt() } else { quota }
 }
 
 fn decision(result: Result<Timestamp, RateLimitError>) -> Decision {
@@ -160,25 +236,26 @@ fn decision(result: Result<Timestamp, RateLimitError>) -> Decision {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
     fn direct_limiter_matches_the_reference(
-        (rate, period, burst, debt) in quota_params(),
+        params in quota_params(),
+        others in prop::collection::vec(quota_params(), 4),
         ops in prop::collection::vec(op(8, 1_000_000_000), 1..200),
     ) {
-        let mut quota = Quota::new(rate, Duration::from_nanos(period)).unwrap().with_burst(burst).unwrap();
-        if debt {
-            quota = quota.with_debt();
-        }
-        let limiter = RateLimiter::new(quota);
+        let (rate, period, burst, debt) = params;
+        let limiter = RateLimiter::new(quota_of(params));
         let mut model = Reference::new(rate, period, burst, debt);
+        let (mut rate, mut period, mut burst) = (rate, period, burst);
         let mut t = 1_000u64;
         let mut reservations = Vec::new();
         for op in ops {
             let now = Timestamp::from_nanos(t);
             match op {
-                Op::Advance(d) => t += d % period.max(2),
+                Op::Advance(d) => t = t.saturating_add(d % period.max(2)),
+                Op::Back(d) => t = t.saturating_sub(d % period.max(2)),
+                Op::EndOfTime(d) => t = u64::MAX - d,
                 Op::Check => {
                     let got = decision(limiter.check(now).map(|()| now).map_err(Into::into));
                     prop_assert_eq!(got, model.take(1, t, t));
@@ -192,10 +269,14 @@ proptest! {
                     let want = model.clone().take(n, t, t);
                     prop_assert_eq!(got, want);
                 }
+                Op::Earliest(n) => {
+                    let got = limiter.earliest(n, now).ok().map(Timestamp::as_nanos);
+                    prop_assert_eq!(got, model.earliest(n, t));
+                }
                 Op::Reserve(n, wait) => {
                     let wait = wait % period.max(2);
                     let got = limiter.reserve_n(n, now, Duration::from_nanos(wait));
-                    let want = model.take(n, t, t + wait);
+                    let want = model.take(n, t, t.saturating_add(wait));
                     match got {
                         Ok(r) => {
                             prop_assert_eq!(Decision::Granted { ready_at: r.ready_at().as_nanos() }, want);
@@ -214,6 +295,17 @@ proptest! {
                     limiter.refund(n);
                     model.refund(n);
                 }
+                Op::Change(i) => {
+                    let mut next = others[i % others.len()];
+                    if (i / others.len()).is_multiple_of(2) {
+                        // Only the burst or debt mode changes.
+                        (next.0, next.1) = (rate, period);
+                    }
+                    limiter.set_quota(quota_of(next), now);
+                    model.change(next.0, next.1, next.2, next.3, t);
+                    (rate, period, burst) = (next.0, next.1, next.2);
+                    prop_assert_eq!(limiter.quota(), quota_of(next));
+                }
             }
             let now = Timestamp::from_nanos(t);
             let available = limiter.available(now);
@@ -223,17 +315,62 @@ proptest! {
     }
 
     #[test]
+    fn acquire_all_matches_the_references(
+        first in quota_params(),
+        second in quota_params(),
+        ops in prop::collection::vec((0u64..600_000_000, 1u32..12, 1u32..12, 0u8..4), 1..200),
+    ) {
+        let limiters = [RateLimiter::new(quota_of(first)), RateLimiter::new(quota_of(second))];
+        let mut models = [
+            Reference::new(first.0, first.1, first.2, first.3),
+            Reference::new(second.0, second.1, second.2, second.3),
+        ];
+        let mut t = 1_000u64;
+        for (step, n1, n2, which) in ops {
+            t += step;
+            let now = Timestamp::from_nanos(t);
+            match which {
+                // One limiter alone, so that the two drift apart.
+                0 | 1 => {
+                    let i = usize::from(which);
+                    let got = decision(limiters[i].check_n(n1, now).map(|()| now));
+                    prop_assert_eq!(got, models[i].take(n1, t, t));
+                }
+                _ => {
+                    let both: [(&dyn TokenSource, u32); 2] = [(&limiters[0], n1), (&limiters[1], n2)];
+                    let got = acquire_all(&both, now).map_err(|e| (e.index, decision(Err(e.error))));
+                    let wants = [models[0].clone().take(n1, t, t), models[1].clone().take(n2, t, t)];
+                    let want = match wants.iter().position(|d| !matches!(d, Decision::Granted { .. })) {
+                        Some(index) => Err((index, models[index].clone().take([n1, n2][index], t, t))),
+                        None => {
+                            models[0].take(n1, t, t);
+                            models[1].take(n2, t, t);
+                            Ok(())
+                        }
+                    };
+                    prop_assert_eq!(got, want);
+                }
+            }
+            for (limiter, model) in limiters.iter().zip(&models) {
+                prop_assert_eq!(limiter.available(now), model.available(t));
+            }
+        }
+    }
+
+    #[test]
     fn keyed_limiter_matches_one_reference_per_key(
         (rate, period, burst, _debt) in quota_params(),
-        ops in prop::collection::vec((0u8..12, op(8, 1_000_000_000), any::<bool>()), 1..300),
+        ops in prop::collection::vec((0u8..12, forward_op(8, 1_000_000_000), any::<bool>()), 1..300),
     ) {
         let quota = Quota::new(rate, Duration::from_nanos(period)).unwrap().with_burst(burst).unwrap();
         // Room for every key: evictions (by sweeps and by the inserts' own
         // sweeping) must never change a decision. Evicted entries come back
-        // only after an epoch grace period, which a descheduled thread of
-        // another test (pinned) can hold back on a loaded machine: the
-        // entries beyond the 12 keys give that grace period room.
-        let limiter = KeyedRateLimiter::new(KeyedConfig::new(quota, 64).unwrap().when_full(WhenFull::Reject));
+        // only after an epoch grace period, which another test's thread
+        // (pinned, e.g. in `set_quota`) can hold back on a loaded machine:
+        // with 512 entries, more than the 12 keys plus one insert per
+        // operation, the table never runs out even if no evicted entry
+        // comes back during the run.
+        let limiter = KeyedRateLimiter::new(KeyedConfig::new(quota, 512).unwrap().when_full(WhenFull::Reject));
         let mut models: HashMap<u8, Reference> = HashMap::new();
         let mut t = 1_000u64;
         for (key, op, sweep) in ops {
@@ -241,7 +378,7 @@ proptest! {
             let model = models.entry(key).or_insert_with(|| Reference::new(rate, period, burst, false));
             match op {
                 Op::Advance(d) => t += d % period.max(2),
-                Op::Check | Op::Reserve(..) | Op::CancelLast => {
+                Op::Check | Op::Reserve(..) | Op::CancelLast | Op::Earliest(_) => {
                     let got = decision(limiter.check_key(&key, now).map(|()| now));
                     prop_assert_eq!(got, model.take(1, t, t));
                 }
@@ -259,6 +396,7 @@ proptest! {
                     // refund is a no-op in both.
                     model.refund(n);
                 }
+                Op::Back(_) | Op::EndOfTime(_) | Op::Change(_) => unreachable!("filtered out"),
             }
             if sweep {
                 limiter.sweep(Timestamp::from_nanos(t));

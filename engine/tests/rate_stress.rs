@@ -4,7 +4,11 @@
 //! kept) and a driver that moves time on only once the limiter is drained,
 //! the tokens kept equal `floor(T * rate / period) + burst` exactly — none
 //! lost, none created. The keyed run adds a sweeper evicting fresh keys
-//! while the workers use them.
+//! while the workers use them. A third run lets time move on its own, so
+//! that the bucket refills (GCRA resets its arrival time) and threads act
+//! on stale clock readings (time going backwards between threads): the
+//! tokens kept never exceed `floor(T_max * rate / period) + burst`, and no
+//! instant ever shows more than the burst available.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
@@ -112,6 +116,70 @@ fn direct_limiter_conserves_tokens_across_threads() {
     });
     let expected = quota().tokens_by(Duration::from_nanos(end)) + u64::from(quota().burst());
     assert_eq!(kept, expected);
+}
+
+#[test]
+fn direct_limiter_never_exceeds_the_bound_while_time_runs() {
+    let limiter = RateLimiter::new(quota());
+    let clock = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    // Operations done: the driver lets a few happen between its steps, so
+    // that time never races ahead of idle workers.
+    let ops = AtomicU64::new(0);
+    let kept = thread::scope(|s| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|w| {
+                let (limiter, clock, stop, ops) = (&limiter, &clock, &stop, &ops);
+                s.spawn(move || {
+                    let mut next = rng(w as u64 + 40);
+                    let mut kept = 0u64;
+                    while !stop.load(Ordering::SeqCst) {
+                        let now = Timestamp::from_nanos(clock.load(Ordering::SeqCst));
+                        let n = 1 + (next() % 3) as u32;
+                        match next() % 3 {
+                            0 => kept += u64::from(limiter.check(now).is_ok()),
+                            1 => {
+                                if limiter.check_n(n, now).is_ok() {
+                                    kept += u64::from(n);
+                                }
+                            }
+                            _ => {
+                                let wait = Duration::from_nanos(next() % 2_000_000);
+                                if let Ok(r) = limiter.reserve_n(n, now, wait) {
+                                    if next().is_multiple_of(2) {
+                                        r.cancel();
+                                    } else {
+                                        kept += r.tokens();
+                                        r.commit();
+                                    }
+                                }
+                            }
+                        }
+                        assert!(limiter.available(now) <= u64::from(quota().burst()));
+                        ops.fetch_add(1, Ordering::SeqCst);
+                    }
+                    kept
+                })
+            })
+            .collect();
+        let mut next = rng(77);
+        for _ in 0..STEPS * 4 {
+            // Steps up to 30 emission intervals: the bucket refills at
+            // times, and the reservations' waits reach past the next step.
+            let done = ops.load(Ordering::SeqCst);
+            clock.fetch_add(1 + next() % 13_000_000, Ordering::SeqCst);
+            while ops.load(Ordering::SeqCst) < done + 1 + next() % 8 {
+                thread::yield_now();
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        workers.into_iter().map(|w| w.join().unwrap()).sum::<u64>()
+    });
+    // Reservations may book up to their wait beyond the last reading.
+    let end = clock.load(Ordering::SeqCst) + 2_000_000;
+    let bound = quota().tokens_by(Duration::from_nanos(end)) + u64::from(quota().burst());
+    assert!(kept <= bound, "kept {kept} tokens, bound {bound}");
+    assert!(kept > 0);
 }
 
 #[test]

@@ -1,8 +1,14 @@
-//! loom models of the direct rate limiter's state word
-//! (engine/src/rate/gcra.rs, engine/src/rate/limiter.rs).
+//! loom models of the direct rate limiter's state cell
+//! (engine/src/rate/gcra.rs, engine/src/rate/limiter.rs): `(reset, k)` in
+//! one 128-bit cell, modelled under loom by engine/src/sync.rs's
+//! `AtomicU128` (a loom `AtomicPtr` to immutable values, with the orderings
+//! the engine asks for).
 //!
 //! L1 (docs/guarantees.md): at one instant, concurrent checks never admit
 //! more than the burst, and under enough demand admit exactly the burst;
+//! L2: a check that refills the bucket (GCRA's reset of the arrival time)
+//! racing with a check on a stale clock reading ends as one of the two
+//! sequential orders, never a mix;
 //! L3: a reservation cancelled while other threads check never lets more
 //! than the burst through, and the tokens it gives back are exactly what it
 //! took; L4: an all-or-nothing acquisition refused by its second limiter
@@ -46,6 +52,35 @@ fn concurrent_checks_at_one_instant_grant_exactly_the_burst() {
         let granted: u32 = threads.into_iter().map(|t| t.join().unwrap()).sum();
         assert_eq!(granted, 3);
         assert_eq!(l.available(NOW), 0);
+    });
+}
+
+/// L2: burst 2 at 10 a second (T = 100 ms), both tokens taken at NOW, so
+/// TAT = NOW + 200 ms. A checks at NOW + 250 ms (a full bucket: it resets
+/// the state to TAT = NOW + 350 ms); B checks at NOW + 150 ms (a stale
+/// reading). B first: both pass, TAT = NOW + 400 ms. A first: B is refused
+/// (350 + 100 - 150 > 200). Whichever order the compare-and-swaps take, the
+/// end state is that order's, seen at NOW + 350 ms.
+#[test]
+fn a_refill_racing_with_a_stale_check_is_one_order_or_the_other() {
+    fn at(ms: u64) -> Timestamp {
+        Timestamp::from_nanos(NOW.as_nanos() + ms * 1_000_000)
+    }
+    model(3, || {
+        let l = limiter(2);
+        l.check_n(2, NOW).unwrap();
+        let refill = {
+            let l = l.clone();
+            thread::spawn(move || l.check(at(250)).is_ok())
+        };
+        let stale = {
+            let l = l.clone();
+            thread::spawn(move || l.check(at(150)).is_ok())
+        };
+        assert!(refill.join().unwrap(), "a full bucket always grants");
+        let stale_granted = stale.join().unwrap();
+        let expected = if stale_granted { 1 } else { 2 };
+        assert_eq!(l.available(at(350)), expected);
     });
 }
 

@@ -138,7 +138,7 @@ async fn rate_limit(State(admin): State<Arc<Admin>>, request: Request, next: Nex
     match admin.limiter.check(admin.registry.now()) {
         Ok(()) => next.run(request).await,
         Err(limited) => {
-            let secs = limited.retry_after().as_secs_f64().ceil().max(1.0) as u64;
+            let secs = limited.wait().as_secs_f64().ceil().max(1.0) as u64;
             let mut r = error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many admin requests".into(),

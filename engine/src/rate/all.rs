@@ -75,10 +75,15 @@ impl std::error::Error for AllOrNothingError {}
 /// - What another thread can see: while an attempt that ends in refusal is in
 ///   flight, the tokens it charged to the earlier sources are taken, so a
 ///   concurrent request on one of those sources can be refused because of
-///   them. Refunds are exact subtractions that commute with other
-///   bookings, so once the attempt returns, each source is as if the charge
-///   had never been made (capped at its burst, which a refund never
-///   exceeds).
+///   them. A refund moves the source's theoretical arrival time back by
+///   exactly what was charged, which commutes with other bookings: once the
+///   attempt returns, each source is as if the charge had never been made,
+///   for every request stamped at or after `now`. (Two exceptions, both
+///   within the burst, L3: a concurrent request stamped after the charged
+///   tokens' time found the bucket full and restarted the state, so the
+///   refund gives back tokens that had already refilled; and a request
+///   stamped before `now` sees the state restarted at `now` if the charge
+///   found a full bucket.)
 ///
 /// It never waits and never allocates.
 ///

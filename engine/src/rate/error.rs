@@ -31,15 +31,23 @@ impl RateLimited {
     }
 
     /// How long after the refused attempt that is: what an HTTP server puts
-    /// in `Retry-After`.
-    pub fn retry_after(&self) -> Duration {
+    /// in `Retry-After`. Always `Some` for this error (a wait always helps);
+    /// an `Option` like [`RateLimitError::retry_after`] and the circuit
+    /// breaker's `Rejected::retry_after`, so that all three read alike.
+    pub fn retry_after(&self) -> Option<Duration> {
+        Some(self.wait())
+    }
+
+    /// The wait itself, as a plain `Duration`: [`retry_after`](Self::retry_after)
+    /// without the `Option`, for callers holding this error.
+    pub fn wait(&self) -> Duration {
         self.earliest().saturating_duration_since(self.now)
     }
 }
 
 impl fmt::Display for RateLimited {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "rate limited; retry after {:?}", self.retry_after())
+        write!(f, "rate limited; retry after {:?}", self.wait())
     }
 }
 
@@ -81,7 +89,7 @@ impl RateLimitError {
     /// table) or no wait would help (more than the burst).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            RateLimitError::Limited(l) => Some(l.retry_after()),
+            RateLimitError::Limited(l) => l.retry_after(),
             RateLimitError::Insufficient(_) | RateLimitError::TableFull => None,
         }
     }

@@ -2,8 +2,9 @@
 //!
 //! # Layout
 //!
-//! - An arena of `capacity` entries, each a GCRA state word and an (initially
-//!   empty) `(hash, key)` pair, allocated once.
+//! - An arena of `capacity` entries, each a GCRA state cell (128 bits, see
+//!   [`gcra`](super::gcra)) and an (initially empty) `(hash, key)` pair,
+//!   allocated once.
 //! - An index of `2 * capacity` (rounded up to a power of two) buckets of one
 //!   cache line each: a header word (a version and an occupancy bit per cell)
 //!   and seven cells, each naming an arena entry with 32 bits of its key's
@@ -16,16 +17,21 @@
 //!
 //! - Lookup: pin the epoch, read the header, compare the cells whose bit is
 //!   set. No lock, no write: a present key costs one header and cell read,
-//!   one key comparison and the compare-and-swap on its state word.
+//!   one key comparison and the compare-and-swap on its state cell.
 //! - Insert (a new key): take a free entry, write the key and the state of a
 //!   first request into it, claim an empty cell with a compare-and-swap, then
 //!   publish it by a compare-and-swap of the header from the version read
 //!   before scanning the bucket. Any concurrent insert into the bucket bumps
 //!   the version, so the publish fails and the bucket is scanned again: two
-//!   threads can never publish the same key twice.
-//! - Eviction: only of an entry whose booked tokens are all in the past (its
-//!   state means "full bucket", exactly like a fresh key's). The evictor
-//!   first swaps the state word to a `DEAD` mark with a compare-and-swap, so
+//!   threads can never publish the same key twice. The version has 56 bits
+//!   and wraps (`wrapping_add`): a publish could be fooled only by exactly
+//!   `2^56` changes of one bucket between its read and its compare-and-swap.
+//! - A user `Hash`, `Eq` or `Clone` that panics loses nothing: the hash and
+//!   the lookups before an insert hold no entry, and an entry taken off the
+//!   free list is held by a guard that puts it back if the insert unwinds.
+//! - Eviction: only of an entry whose theoretical arrival time is in the past
+//!   (its state means "full bucket", exactly like a fresh key's). The evictor
+//!   first swaps the state cell to a `DEAD` mark with a compare-and-swap, so
 //!   a request racing with it either charges the entry before (and the
 //!   eviction fails, because the entry is no longer fresh) or finds it dead
 //!   (and starts again with a fresh key, which decides the same way). Then it
@@ -47,12 +53,12 @@ use crossbeam_queue::ArrayQueue;
 
 use crate::error::ConfigError;
 use crate::events::{Event, EventKind, EventSink, NoSink};
-use crate::sync::{AtomicU64, ExclusiveCell, Ordering, epoch, spin_hint};
+use crate::sync::{AtomicU64, AtomicU128, ExclusiveCell, Ordering, epoch, spin_hint};
 use crate::time::Timestamp;
 
 use super::all::TokenSource;
 use super::error::RateLimitError;
-use super::gcra::{self, Refusal};
+use super::gcra::{self, Refusal, State};
 use super::limiter::RateLimiter;
 use super::quota::Quota;
 
@@ -67,8 +73,9 @@ const FRAGMENT: u64 = 0xffff_ffff;
 /// Fibonacci hashing: spreads any hash, even one weak in its low bits, over
 /// the buckets.
 const FIB: u64 = 0x9E37_79B9_7F4A_7C15;
-/// The state word of an entry being evicted.
-const DEAD: u64 = u64::MAX;
+/// The state of an entry being evicted (never a valid state: its token
+/// count is above `gcra::MAX_TOKENS`).
+const DEAD: State = State::MAX;
 /// Buckets swept when the free list is empty.
 const SWEEP_WHEN_EMPTY: usize = 64;
 /// Most rounds of `reclaim_now` a new key that found no room waits through
@@ -159,7 +166,7 @@ impl Bucket {
 }
 
 struct Entry<K> {
-    booked: AtomicU64,
+    state: AtomicU128,
     /// Written only while the entry is off the free list and not yet
     /// published, or after it has been unlinked and every reader that could
     /// see it has unpinned.
@@ -330,7 +337,7 @@ where
             shift: 64 - buckets.trailing_zeros(),
             entries: (0..capacity)
                 .map(|_| Entry {
-                    booked: AtomicU64::new(0),
+                    state: AtomicU128::new(0),
                     data: ExclusiveCell::new(MaybeUninit::uninit()),
                 })
                 .collect::<Vec<_>>()
@@ -386,21 +393,21 @@ where
     pub fn check_key_n(&self, key: &K, n: u32, now: Timestamp) -> Result<(), RateLimitError> {
         let inner = &*self.inner;
         let hash = inner.hasher.hash_one(key);
-        let g = inner.quota.grid().tokens_at(now.as_nanos());
+        let t = now.as_nanos();
         let n = u64::from(n);
         let mut guard = epoch::pin();
         let mut rounds = 0;
         loop {
             match self.find(key, hash) {
-                Found::Present { cell, entry } => match charge(&entry.booked, &inner.quota, g, n) {
+                Found::Present { cell, entry } => match charge(&entry.state, &inner.quota, t, n) {
                     Ok(()) => return Ok(()),
                     Err(Some(refusal)) => return Err(self.refused(refusal, n, now)),
                     Err(None) => self.help_unlink(hash, cell),
                 },
                 Found::Absent => {
-                    let grant = gcra::decide(&inner.quota, 0, g, g, n)
+                    let grant = gcra::decide(&inner.quota, 0, t, t, n)
                         .map_err(|refusal| self.refused(refusal, n, now))?;
-                    match self.insert(key, hash, grant.booked, g, &guard) {
+                    match self.insert(key, hash, grant.state, t, &guard) {
                         Inserted::Yes => return Ok(()),
                         Inserted::AlreadyThere => continue,
                         // Entries evicted by the sweep wait for their grace
@@ -435,17 +442,17 @@ where
     pub fn peek_key_n(&self, key: &K, n: u32, now: Timestamp) -> Result<(), RateLimitError> {
         let inner = &*self.inner;
         let hash = inner.hasher.hash_one(key);
-        let g = inner.quota.grid().tokens_at(now.as_nanos());
+        let t = now.as_nanos();
         let _guard = epoch::pin();
-        let booked = match self.find(key, hash) {
+        let state = match self.find(key, hash) {
             // ordering: Relaxed; a peek is a snapshot.
-            Found::Present { entry, .. } => match entry.booked.load(Ordering::Relaxed) {
+            Found::Present { entry, .. } => match entry.state.load(Ordering::Relaxed) {
                 DEAD => 0,
-                b => b,
+                s => s,
             },
             Found::Absent => 0,
         };
-        gcra::decide(&inner.quota, booked, g, g, u64::from(n))
+        gcra::decide(&inner.quota, state, t, t, u64::from(n))
             .map(|_| ())
             .map_err(|refusal| refusal.into_error(&inner.quota, n, now))
     }
@@ -458,9 +465,14 @@ where
         if let Found::Present { entry, .. } = self.find(key, hash) {
             // ordering: Relaxed, as in `gcra::refund`; a dead entry stays dead.
             let _ = entry
-                .booked
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                    (b != DEAD).then(|| b.saturating_sub(u64::from(n)))
+                .state
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+                    (s != DEAD).then(|| {
+                        gcra::pack(
+                            gcra::reset_of(s),
+                            gcra::tokens_of(s).saturating_sub(u64::from(n)),
+                        )
+                    })
                 });
         }
     }
@@ -471,10 +483,10 @@ where
     /// their own when the table runs low; call this to reclaim room ahead of
     /// a burst of new keys.
     pub fn sweep(&self, now: Timestamp) -> usize {
-        let g = self.inner.quota.grid().tokens_at(now.as_nanos());
+        let t = now.as_nanos();
         let guard = epoch::pin();
         let evicted = (0..self.inner.buckets.len())
-            .map(|b| self.evict_fresh(b, g, &guard))
+            .map(|b| self.evict_fresh(b, t, &guard))
             .sum();
         guard.flush();
         evicted
@@ -519,12 +531,12 @@ where
         Found::Absent
     }
 
-    fn insert(&self, key: &K, hash: u64, booked: u64, g: u64, guard: &epoch::Guard) -> Inserted {
+    fn insert(&self, key: &K, hash: u64, state: State, now: u64, guard: &epoch::Guard) -> Inserted {
         let inner = &*self.inner;
         let slot = match inner.free.pop() {
             Some(slot) => slot,
             None => {
-                self.sweep_some(SWEEP_WHEN_EMPTY, g, guard);
+                self.sweep_some(SWEEP_WHEN_EMPTY, now, guard);
                 guard.flush();
                 match inner.free.pop() {
                     Some(slot) => slot,
@@ -532,38 +544,49 @@ where
                 }
             }
         };
+        // From here on the slot goes back to the free list however this
+        // ends, unless it is published: a panicking `K::clone` or `K::eq`
+        // must not leak it.
+        let mut claim = Claim {
+            inner,
+            slot,
+            filled: false,
+        };
         if inner.free.len() < inner.low_water {
-            self.sweep_some(SWEEP_WHEN_LOW, g, guard);
+            self.sweep_some(SWEEP_WHEN_LOW, now, guard);
         }
         let entry = &inner.entries[slot as usize];
         // SAFETY: the slot came off the free list: it is ours alone until
-        // published, and no reader can reach it.
+        // published, and no reader can reach it. If `clone` panics, nothing
+        // was written and the claim hands the slot back unfilled.
         unsafe {
             entry.data.with_mut(|d| {
                 d.write((hash, key.clone()));
             })
         };
+        claim.filled = true;
         // ordering: Relaxed; published by the header's Release below.
-        entry.booked.store(booked, Ordering::Relaxed);
+        entry.state.store(state, Ordering::Relaxed);
 
         let bucket = &inner.buckets[inner.bucket_of(hash)];
         let cell_value = (hash & FRAGMENT) << 32 | (u64::from(slot) + 1);
         loop {
             // ordering: Acquire, as in `find`.
             let header = bucket.header.load(Ordering::Acquire);
+            // No cell is claimed here, so a panic in `K::eq` loses nothing
+            // the claim does not give back.
             if let Found::Present { .. } = self.find(key, hash) {
-                self.unpublished(slot);
                 return Inserted::AlreadyThere;
             }
             let Some(i) = claim_cell(bucket, header, cell_value) else {
                 // Seven keys share this bucket. Evict the fresh ones; their
                 // cells come back after the grace period, which the caller
                 // lets pass once before giving up.
-                self.unpublished(slot);
-                self.evict_fresh(inner.bucket_of(hash), g, guard);
+                drop(claim);
+                self.evict_fresh(inner.bucket_of(hash), now, guard);
                 return Inserted::NoRoom;
             };
-            let published = (header + VERSION) | (1 << i);
+            let published = header.wrapping_add(VERSION) | (1 << i);
             // ordering: Release publishes the entry and the cell; AcqRel so a
             // failed attempt that rescans sees what the winner published.
             match bucket.header.compare_exchange(
@@ -572,7 +595,10 @@ where
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Inserted::Yes,
+                Ok(_) => {
+                    core::mem::forget(claim);
+                    return Inserted::Yes;
+                }
                 Err(_) => {
                     // ordering: Relaxed; the cell was never published.
                     bucket.cells[i].store(0, Ordering::Relaxed);
@@ -582,26 +608,18 @@ where
         }
     }
 
-    /// Returns an entry that was filled but never published.
-    fn unpublished(&self, slot: u32) {
-        let entry = &self.inner.entries[slot as usize];
-        // SAFETY: never published, so still ours alone.
-        unsafe { entry.data.with_mut(|d| d.assume_init_drop()) };
-        // The queue holds every slot, so there is room for this one.
-        let _ = self.inner.free.push(slot);
-    }
-
-    fn sweep_some(&self, buckets: usize, g: u64, guard: &epoch::Guard) {
+    fn sweep_some(&self, buckets: usize, now: u64, guard: &epoch::Guard) {
         let inner = &*self.inner;
         for _ in 0..buckets {
             // ordering: Relaxed; the hand only spreads sweeping around.
             let b = inner.hand.fetch_add(1, Ordering::Relaxed) & inner.mask;
-            self.evict_fresh(b as usize, g, guard);
+            self.evict_fresh(b as usize, now, guard);
         }
     }
 
-    /// Evicts the fresh entries of bucket `b`; returns how many.
-    fn evict_fresh(&self, b: usize, g: u64, guard: &epoch::Guard) -> usize {
+    /// Evicts the entries of bucket `b` that are fresh at `now` (ns);
+    /// returns how many.
+    fn evict_fresh(&self, b: usize, now: u64, guard: &epoch::Guard) -> usize {
         let inner = &*self.inner;
         let bucket = &inner.buckets[b];
         // ordering: Acquire, as in `find`.
@@ -613,14 +631,14 @@ where
             // ordering: Relaxed, as in `find`.
             let cell = bucket.cells[i].load(Ordering::Relaxed);
             let slot = cell_slot(cell);
-            let word = &inner.entries[slot].booked;
+            let cell_state = &inner.entries[slot].state;
             // ordering: Relaxed; the compare-and-swap below confirms it.
-            let booked = word.load(Ordering::Relaxed);
-            if booked == DEAD || booked > g {
+            let state = cell_state.load(Ordering::Relaxed);
+            if state == DEAD || !gcra::is_full(&inner.quota, state, now) {
                 continue;
             }
-            if word
-                .compare_exchange(booked, DEAD, Ordering::Relaxed, Ordering::Relaxed)
+            if cell_state
+                .compare_exchange(state, DEAD, Ordering::Relaxed, Ordering::Relaxed)
                 .is_err()
             {
                 continue;
@@ -711,6 +729,31 @@ impl<K, H, S: EventSink> Inner<K, H, S> {
     }
 }
 
+/// An entry taken off the free list by an insert and not (yet) published.
+/// Dropping it, on any path that does not publish, panics included, hands
+/// the entry back: dropping the key if it was written.
+struct Claim<'a, K, H, S: EventSink> {
+    inner: &'a Inner<K, H, S>,
+    slot: u32,
+    /// The entry holds an initialised `(hash, key)`.
+    filled: bool,
+}
+
+impl<K, H, S: EventSink> Drop for Claim<'_, K, H, S> {
+    fn drop(&mut self) {
+        let entry = &self.inner.entries[self.slot as usize];
+        // SAFETY: never published, so still ours alone; initialised iff
+        // `filled`. Moved out before the slot goes back, so that a panicking
+        // `K::drop` below cannot leak the slot.
+        let data = self
+            .filled
+            .then(|| unsafe { entry.data.with_mut(|d| d.assume_init_read()) });
+        // The queue holds every slot, so there is room for this one.
+        let _ = self.inner.free.push(self.slot);
+        drop(data);
+    }
+}
+
 /// Lets epoch reclamation run: pinning and flushing, unpinned in between,
 /// lets the global epoch advance past this thread's own retired entries (two
 /// advances are needed). Another thread pinned in an older epoch holds that
@@ -744,25 +787,25 @@ fn unlink(bucket: &Bucket, i: usize) {
     let _ = bucket
         .header
         .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |h| {
-            (h & (1 << i) != 0).then(|| (h + VERSION) & !(1 << i))
+            (h & (1 << i) != 0).then(|| h.wrapping_add(VERSION) & !(1 << i))
         });
 }
 
-/// Charges `n` tokens to an entry's word. `Err(None)` when it is dead.
+/// Charges `n` tokens to an entry's state at `now` (ns). `Err(None)` when
+/// it is dead.
 #[inline(always)]
-fn charge(word: &AtomicU64, quota: &Quota, g: u64, n: u64) -> Result<(), Option<Refusal>> {
+fn charge(cell: &AtomicU128, quota: &Quota, now: u64, n: u64) -> Result<(), Option<Refusal>> {
     // ordering: Relaxed, as in `gcra::acquire`.
-    let mut booked = word.load(Ordering::Relaxed);
+    let mut state = cell.load(Ordering::Relaxed);
     loop {
-        if booked == DEAD {
+        if state == DEAD {
             return Err(None);
         }
-        let grant = gcra::decide(quota, booked, g, g, n).map_err(Some)?;
-        let next = grant.booked.min(DEAD - 1);
-        match word.compare_exchange_weak(booked, next, Ordering::Relaxed, Ordering::Relaxed) {
+        let grant = gcra::decide(quota, state, now, now, n).map_err(Some)?;
+        match cell.compare_exchange_weak(state, grant.state, Ordering::Relaxed, Ordering::Relaxed) {
             Ok(_) => return Ok(()),
             Err(actual) => {
-                booked = actual;
+                state = actual;
                 spin_hint();
             }
         }
@@ -792,5 +835,70 @@ where
 
     fn give_back(&self, n: u32) {
         self.limiter.refund_key(self.key, n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use foldhash::fast::FixedState;
+
+    /// A bucket's version at its largest: the next insert or unlink wraps it
+    /// (to version 0), and the table goes on working.
+    #[test]
+    fn the_bucket_version_wraps_harmlessly() {
+        let quota = Quota::per_second(1).unwrap();
+        let limiter = KeyedRateLimiter::with_hasher_and_sink(
+            KeyedConfig::new(quota, 4).unwrap(),
+            FixedState::with_seed(1),
+            NoSink,
+            0,
+        );
+        let inner = &*limiter.inner;
+        let b = inner.bucket_of(inner.hasher.hash_one(7u64));
+        // ordering: Relaxed; single-threaded test.
+        inner.buckets[b]
+            .header
+            .store(u64::MAX << 8, Ordering::Relaxed);
+        let now = Timestamp::from_nanos(5_000_000_000);
+        assert!(limiter.check_key(&7, now).is_ok());
+        let header = inner.buckets[b].header.load(Ordering::Relaxed);
+        assert_eq!(header >> 8, 0, "the version wrapped to 0");
+        assert_eq!(header & BITS, 1, "the key is published");
+        // The key is found again (its one token is gone), and an unlink
+        // (sweeping it once refilled) moves the version on again.
+        assert!(limiter.check_key(&7, now).is_err());
+        assert_eq!(limiter.sweep(Timestamp::from_nanos(7_000_000_000)), 1);
+        let header = inner.buckets[b].header.load(Ordering::Relaxed);
+        assert_eq!((header >> 8, header & BITS), (1, 0));
+    }
+
+    /// The keyed limiter at the ends of time and with time going backwards.
+    #[test]
+    fn the_ends_of_time_and_time_going_backwards() {
+        let quota = Quota::new(1, core::time::Duration::from_nanos(1))
+            .unwrap()
+            .with_burst(3)
+            .unwrap();
+        let limiter = KeyedRateLimiter::with_hasher_and_sink(
+            KeyedConfig::new(quota, 4).unwrap(),
+            FixedState::with_seed(2),
+            NoSink,
+            0,
+        );
+        for _ in 0..3 {
+            assert!(limiter.check_key(&1, Timestamp::MAX).is_ok());
+        }
+        assert!(limiter.check_key(&1, Timestamp::MAX).is_err());
+        // Stamped earlier: the key's arrival time is ahead of it.
+        assert!(limiter.check_key(&1, Timestamp::ZERO).is_err());
+        assert!(limiter.peek_key_n(&1, 1, Timestamp::ZERO).is_err());
+        assert_eq!(limiter.sweep(Timestamp::ZERO), 0);
+        assert_eq!(limiter.sweep(Timestamp::MAX), 0);
+        limiter.refund_key(&1, 3);
+        assert_eq!(limiter.sweep(Timestamp::MAX), 1);
+        assert!(limiter.check_key_n(&2, 3, Timestamp::ZERO).is_ok());
+        assert!(limiter.check_key(&2, Timestamp::ZERO).is_err());
+        assert!(limiter.check_key(&2, Timestamp::from_nanos(1)).is_ok());
     }
 }

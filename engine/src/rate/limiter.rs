@@ -2,39 +2,40 @@
 //!
 //! # Live quota changes
 //!
-//! The state word holds a booking on the token grid of one quota, so a
-//! decision must combine the quota with a booking made against that same
-//! quota. The limiter therefore keeps them together, as *eras*: an era is a
-//! quota and the booking word against it. The first era lives inside the
+//! The state cell holds `(reset, k)`, a theoretical arrival time counted in
+//! tokens of one quota (see [`gcra`](super::gcra)), so a decision must
+//! combine the quota with a state made against that same quota. The limiter
+//! therefore keeps them together, as *eras*: an era is a quota and the state
+//! cell against it. The first era lives inside the
 //! limiter; [`RateLimiter::set_quota`] (feature `std`) starts a new one on
 //! the heap:
 //!
 //! | step | atomic action | who |
 //! |---|---|---|
-//! | link | compare-and-swap the current era's `next` from null to the new era (whose word is `PENDING`) | the writer; a second writer that finds `next` taken helps finish that change and retries on the newer era |
-//! | seal | `fetch_or(SEALED)` on the current era's word: it never changes again, and its booking (bits 0..63) is final | anyone who meets the link or the seal: the writer, other writers, checks |
-//! | convert | compare-and-swap the new era's word from `PENDING` to `convert(old quota, new quota, booking, now of the change)` | the same; every helper computes the same value, the first one stores it |
+//! | link | compare-and-swap the current era's `next` from null to the new era (whose cell is `PENDING`) | the writer; a second writer that finds `next` taken helps finish that change and retries on the newer era |
+//! | seal | `fetch_or(SEALED)` on the current era's cell: it never changes again, and its state (the other bits) is final | anyone who meets the link or the seal: the writer, other writers, checks |
+//! | convert | compare-and-swap the new era's cell from `PENDING` to `convert(old quota, new quota, state, now of the change)` | the same; every helper computes the same value, the first one stores it |
 //! | publish | compare-and-swap the limiter's `current` pointer from the old era to the new one | the same; the winner retires the old era (if on the heap) to the epoch collector |
 //!
 //! A check loads `current` (null: the first era) and decides with that
-//! era's quota on that era's word. A compare-and-swap on a sealed word fails,
+//! era's quota on that era's cell. A compare-and-swap on a sealed cell fails,
 //! so every grant against the old quota is ordered before the seal and is
-//! part of the booking the new era converts; a check that meets `SEALED`
+//! part of the state the new era converts; a check that meets `SEALED`
 //! helps the change to its end and decides again on the new era. Nobody ever
 //! waits for another thread: a change half done by a preempted writer is
 //! finished by whoever needs it.
 //!
 //! Cost: while the first era is in force, a check loads `current` (on the
-//! state word's cache line) and tests the word for `SEALED`, a few
+//! state cell's cache line) and tests the cell for `SEALED`, a few
 //! instructions over a limiter that cannot change. Once a change has
 //! happened, each call also pins the epoch (crossbeam-epoch; see
 //! [`config_cell`](crate::config_cell) for what a pin costs) to read the era
 //! safely.
 //!
-//! Bookings are kept below `2^63` (bit 63 is `SEALED`): a grant that would
-//! book grid index `2^63` or beyond is refused. Grid indices stay below
-//! `now` in nanoseconds, so this binds only at 10^9 tokens a second after
-//! 292 years of uptime.
+//! The tokens booked since the last full bucket are kept below `2^63` (bit
+//! 63 is `SEALED`): a grant that would book more is refused. It binds only
+//! after 292 years of saturation at 10^9 tokens a second without a single
+//! moment of full bucket.
 
 use core::fmt;
 use core::time::Duration;
@@ -47,19 +48,19 @@ use alloc::boxed::Box;
 use crate::events::{Event, EventKind, EventSink, NoSink};
 #[cfg(feature = "std")]
 use crate::sync::{AtomicPtr, epoch, fence};
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{AtomicU128, Ordering};
 use crate::time::Timestamp;
 
 use super::error::{InsufficientCapacity, RateLimitError, RateLimited};
-use super::gcra::{self, MAX_BOOKED, Refusal, SEALED, acquire};
+use super::gcra::{self, Refusal, SEALED, State, acquire};
 use super::quota::Quota;
 
-/// A new era's word until the booking is carried over into it. Nobody
-/// decides on it: an era becomes current only after its word is set.
+/// A new era's cell until the state is carried over into it. Nobody
+/// decides on it: an era becomes current only after its cell is set.
 #[cfg(feature = "std")]
-const PENDING: u64 = u64::MAX;
+const PENDING: State = State::MAX;
 
-/// A GCRA rate limiter over one atomic word. See the
+/// A GCRA rate limiter over one 128-bit atomic cell. See the
 /// [module documentation](super).
 ///
 /// All methods take `&self`; share it by reference, in an `Arc` or in a
@@ -75,9 +76,9 @@ pub struct RateLimiter<S: EventSink = NoSink> {
 
 /// What every call reads first, on one cache line.
 struct Head {
-    /// The first era's booking word: a grid index of `quota`, or `SEALED`
-    /// with the final booking once a change replaced it.
-    booked: AtomicU64,
+    /// The first era's state (see [`gcra`]), `SEALED` with the final state
+    /// once a change replaced it.
+    state: AtomicU128,
     /// The era in force; null while it is the first one.
     #[cfg(feature = "std")]
     current: AtomicPtr<Era>,
@@ -86,16 +87,16 @@ struct Head {
     first_next: AtomicPtr<Era>,
 }
 
-/// A quota and the booking word against it (see the module documentation).
+/// A quota and the state cell against it (see the module documentation).
 #[cfg(feature = "std")]
 struct Era {
     quota: Quota,
-    /// `PENDING`, then a booking on `quota`'s grid, then `SEALED` with the
-    /// final booking.
-    booked: AtomicU64,
+    /// `PENDING`, then a state against `quota`, then `SEALED` with the final
+    /// state.
+    state: AtomicU128,
     /// The era replacing this one, once a change linked it.
     next: AtomicPtr<Era>,
-    /// The `now` of the change that made this era: the instant the booking
+    /// The `now` of the change that made this era: the instant the state
     /// carried over is converted at.
     since: Timestamp,
 }
@@ -104,7 +105,7 @@ struct Era {
 #[derive(Clone, Copy)]
 struct View<'a> {
     quota: &'a Quota,
-    word: &'a AtomicU64,
+    cell: &'a AtomicU128,
     #[cfg(feature = "std")]
     next: &'a AtomicPtr<Era>,
     /// Null for the first era.
@@ -121,13 +122,14 @@ impl RateLimiter {
 
 impl<S: EventSink> fmt::Debug for RateLimiter<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (quota, booked) = self.with_era(|era| {
+        let (quota, state) = self.with_era(|era| {
             // ordering: Relaxed; a snapshot for display.
-            Some((*era.quota, era.word.load(Ordering::Relaxed) & MAX_BOOKED))
+            Some((*era.quota, era.cell.load(Ordering::Relaxed) & !SEALED))
         });
         f.debug_struct("RateLimiter")
             .field("quota", &quota)
-            .field("booked", &booked)
+            .field("reset", &gcra::reset_of(state))
+            .field("booked_since", &gcra::tokens_of(state))
             .finish_non_exhaustive()
     }
 }
@@ -172,14 +174,14 @@ impl<S: EventSink> Reservation<'_, S> {
     }
 }
 
-/// A snapshot of an era's booking for a decision that takes nothing;
+/// A snapshot of an era's state for a decision that takes nothing;
 /// `None` when the era is sealed.
 #[inline(always)]
-fn snapshot(word: &AtomicU64) -> Option<u64> {
+fn snapshot(cell: &AtomicU128) -> Option<State> {
     // ordering: Relaxed; a peek is a snapshot that may be stale the moment
     // it is returned.
-    let booked = word.load(Ordering::Relaxed);
-    (booked & SEALED == 0).then_some(booked)
+    let state = cell.load(Ordering::Relaxed);
+    (state & SEALED == 0).then_some(state)
 }
 
 impl<S: EventSink> RateLimiter<S> {
@@ -188,7 +190,7 @@ impl<S: EventSink> RateLimiter<S> {
     pub fn with_sink(quota: Quota, sink: S, source: u32) -> Self {
         RateLimiter {
             head: CachePadded::new(Head {
-                booked: AtomicU64::new(0),
+                state: AtomicU128::new(0),
                 #[cfg(feature = "std")]
                 current: AtomicPtr::new(core::ptr::null_mut()),
                 #[cfg(feature = "std")]
@@ -215,7 +217,7 @@ impl<S: EventSink> RateLimiter<S> {
     fn first(&self) -> View<'_> {
         View {
             quota: &self.quota,
-            word: &self.head.booked,
+            cell: &self.head.state,
             #[cfg(feature = "std")]
             next: &self.head.first_next,
             #[cfg(feature = "std")]
@@ -224,13 +226,13 @@ impl<S: EventSink> RateLimiter<S> {
     }
 
     /// Runs `f` on the era in force until it returns `Some` (it returns
-    /// `None` when it met a sealed word: the era was replaced under it).
+    /// `None` when it met a sealed cell: the era was replaced under it).
     #[inline(always)]
     fn with_era<R>(&self, mut f: impl FnMut(View<'_>) -> Option<R>) -> R {
         #[cfg(feature = "std")]
         {
             // ordering: Acquire, pairs with the AcqRel publication in
-            // `advance`, so that an era's quota and word are visible.
+            // `advance`, so that an era's quota and cell are visible.
             if !self.head.current.load(Ordering::Acquire).is_null() {
                 return self.with_live_era(f);
             }
@@ -244,7 +246,7 @@ impl<S: EventSink> RateLimiter<S> {
         }
         #[cfg(not(feature = "std"))]
         {
-            unreachable!("only a live quota change (feature std) seals a word")
+            unreachable!("only a live quota change (feature std) seals a cell")
         }
     }
 
@@ -279,7 +281,7 @@ impl<S: EventSink> RateLimiter<S> {
         let era = unsafe { &*ptr };
         View {
             quota: &era.quota,
-            word: &era.booked,
+            cell: &era.state,
             next: &era.next,
             ptr,
         }
@@ -290,7 +292,7 @@ impl<S: EventSink> RateLimiter<S> {
     /// the first to do each step does it, the others find it done.
     #[cfg(feature = "std")]
     fn advance(&self, era: View<'_>, guard: &epoch::Guard) {
-        // ordering: our caller saw `era`'s word sealed with a Relaxed load
+        // ordering: our caller saw `era`'s cell sealed with a Relaxed load
         // or compare-and-swap (or linked the next era itself); this fence
         // makes that read synchronise with the Release seal, so that the
         // link made before the seal is visible below.
@@ -305,16 +307,16 @@ impl<S: EventSink> RateLimiter<S> {
         // yet, or is current now).
         let next = unsafe { &*next_ptr };
         // ordering: Release, pairs with the Acquire fence above in a thread
-        // that finds the word sealed: it must find the link too. Against
-        // grants the seal needs nothing more than the word's modification
+        // that finds the cell sealed: it must find the link too. Against
+        // grants the seal needs nothing more than the cell's modification
         // order: a compare-and-swap from an unsealed value fails after it.
-        let booked = era.word.fetch_or(SEALED, Ordering::Release) & MAX_BOOKED;
-        let converted = convert(era.quota, &next.quota, booked, next.since).min(MAX_BOOKED);
+        let state = era.cell.fetch_or(SEALED, Ordering::Release) & !SEALED;
+        let converted = gcra::convert(era.quota, &next.quota, state, next.since.as_nanos());
         // ordering: Relaxed; the publication below orders it for readers.
         let _ =
-            next.booked
+            next.state
                 .compare_exchange(PENDING, converted, Ordering::Relaxed, Ordering::Relaxed);
-        // ordering: AcqRel on success: Release publishes the converted word
+        // ordering: AcqRel on success: Release publishes the converted cell
         // (and the era) to readers that Acquire `current`; Acquire on
         // failure is not needed, we read nothing from it.
         if self
@@ -328,22 +330,15 @@ impl<S: EventSink> RateLimiter<S> {
         }
     }
 
-    #[inline(always)]
-    fn grid_now(quota: &Quota, now: Timestamp) -> u64 {
-        quota.grid().tokens_at(now.as_nanos())
-    }
-
     /// Takes one token, or says when one will be available.
     #[inline]
     pub fn check(&self, now: Timestamp) -> Result<(), RateLimited> {
-        self.with_era(|era| {
-            let g = Self::grid_now(era.quota, now);
-            match acquire(era.word, era.quota, g, g, 1)? {
-                Ok(_) => Some(Ok(())),
-                Err(refusal) => Some(Err(self
-                    .refused(era.quota, refusal, 1, now)
-                    .expect_limited())),
-            }
+        let t = now.as_nanos();
+        self.with_era(|era| match acquire(era.cell, era.quota, t, t, 1)? {
+            Ok(_) => Some(Ok(())),
+            Err(refusal) => Some(Err(self
+                .refused(era.quota, refusal, 1, now)
+                .expect_limited())),
         })
     }
 
@@ -357,13 +352,13 @@ impl<S: EventSink> RateLimiter<S> {
     /// never waits for what cannot come.
     #[inline]
     pub fn check_n(&self, n: u32, now: Timestamp) -> Result<(), RateLimitError> {
-        self.with_era(|era| {
-            let g = Self::grid_now(era.quota, now);
-            match acquire(era.word, era.quota, g, g, u64::from(n))? {
+        let t = now.as_nanos();
+        self.with_era(
+            |era| match acquire(era.cell, era.quota, t, t, u64::from(n))? {
                 Ok(_) => Some(Ok(())),
                 Err(refusal) => Some(Err(self.refused(era.quota, refusal, n, now))),
-            }
-        })
+            },
+        )
     }
 
     /// Whether `n` tokens are available now, without taking them.
@@ -372,10 +367,10 @@ impl<S: EventSink> RateLimiter<S> {
     ///
     /// As [`check_n`](Self::check_n).
     pub fn peek_n(&self, n: u32, now: Timestamp) -> Result<(), RateLimitError> {
+        let t = now.as_nanos();
         self.with_era(|era| {
-            let g = Self::grid_now(era.quota, now);
-            let booked = snapshot(era.word)?;
-            Some(match gcra::decide(era.quota, booked, g, g, u64::from(n)) {
+            let state = snapshot(era.cell)?;
+            Some(match gcra::decide(era.quota, state, t, t, u64::from(n)) {
                 Ok(_) => Ok(()),
                 Err(refusal) => Err(refusal.into_error(era.quota, n, now)),
             })
@@ -383,27 +378,28 @@ impl<S: EventSink> RateLimiter<S> {
     }
 
     /// The earliest instant at which `n` tokens will be available if nobody
-    /// else takes any: `now` when they are available now. For an async wait,
-    /// or a `Retry-After`.
+    /// else takes any: `now` when they are available now (saturating at
+    /// [`Timestamp::MAX`]). For an async wait, or a `Retry-After`.
     ///
     /// # Errors
     ///
     /// [`InsufficientCapacity`] when `n` exceeds the burst and the quota does
     /// not allow debt: no wait would be long enough.
     pub fn earliest(&self, n: u32, now: Timestamp) -> Result<Timestamp, InsufficientCapacity> {
+        let t = now.as_nanos();
         self.with_era(|era| {
-            let g = Self::grid_now(era.quota, now);
-            let booked = snapshot(era.word)?;
+            let state = snapshot(era.cell)?;
             Some(
-                match gcra::decide(era.quota, booked, g, u64::MAX, u64::from(n)) {
-                    Ok(grant) => Ok(Self::ready_time(era.quota, grant.ready, g, now)),
-                    Err(_) => Err(gcra::insufficient(era.quota, n)),
+                match gcra::decide(era.quota, state, t, u64::MAX, u64::from(n)) {
+                    Ok(grant) => Ok(Timestamp::from_nanos(grant.ready)),
+                    Err(Refusal::NotYet { ready }) => Ok(Timestamp::from_nanos(ready)),
+                    Err(Refusal::Insufficient) => Err(gcra::insufficient(era.quota, n)),
                 },
             )
         })
     }
 
-    /// Books `n` tokens that will all have appeared within `max_wait` of
+    /// Books `n` tokens for a request that conforms within `max_wait` of
     /// `now`, and returns a [`Reservation`] that says when to act. With a
     /// `max_wait` of zero it grants only tokens available now, like
     /// [`check_n`](Self::check_n), but the booking can still be cancelled.
@@ -418,14 +414,15 @@ impl<S: EventSink> RateLimiter<S> {
         now: Timestamp,
         max_wait: Duration,
     ) -> Result<Reservation<'_, S>, RateLimitError> {
-        let ready_at = self.with_era(|era| {
-            let g = Self::grid_now(era.quota, now);
-            let horizon = Self::grid_now(era.quota, now.saturating_add(max_wait));
-            match acquire(era.word, era.quota, g, horizon, u64::from(n))? {
-                Ok(grant) => Some(Ok(Self::ready_time(era.quota, grant.ready, g, now))),
-                Err(refusal) => Some(Err(self.refused(era.quota, refusal, n, now))),
-            }
-        })?;
+        let t = now.as_nanos();
+        let horizon = now.saturating_add(max_wait).as_nanos();
+        let ready_at =
+            self.with_era(
+                |era| match acquire(era.cell, era.quota, t, horizon, u64::from(n))? {
+                    Ok(grant) => Some(Ok(Timestamp::from_nanos(grant.ready))),
+                    Err(refusal) => Some(Err(self.refused(era.quota, refusal, n, now))),
+                },
+            )?;
         Ok(Reservation {
             limiter: self,
             tokens: u64::from(n),
@@ -433,28 +430,21 @@ impl<S: EventSink> RateLimiter<S> {
         })
     }
 
-    #[inline]
-    fn ready_time(quota: &Quota, ready: u64, g: u64, now: Timestamp) -> Timestamp {
-        if ready <= g {
-            now
-        } else {
-            Timestamp::from_nanos(quota.grid().time_of(ready))
-        }
-    }
-
     /// Tokens that could be taken now (at most the burst).
     pub fn available(&self, now: Timestamp) -> u64 {
         self.with_era(|era| {
-            let g = Self::grid_now(era.quota, now);
-            let booked = snapshot(era.word)?;
-            Some((g + era.quota.burst_tokens()).saturating_sub(booked.max(g)))
+            let state = snapshot(era.cell)?;
+            Some(gcra::available(era.quota, state, now.as_nanos()))
         })
     }
 
     /// Replaces the quota while other threads use the limiter, carrying its
-    /// state over: the time the tokens already handed out still occupy is
-    /// kept, re-expressed in whole tokens of the new quota (rounded up, so a
-    /// change never hands out a free burst), capped at one full new burst
+    /// state over. A quota with the same rate and period (only the burst or
+    /// debt mode change) keeps the theoretical arrival time exactly. Another
+    /// keeps the time the tokens already handed out still occupy (`TAT -
+    /// now`, rounded up to a nanosecond), re-expressed in whole tokens of the
+    /// new quota (rounded up, so a change never hands out a free burst). Both
+    /// are capped at one full new burst
     /// unless the new quota allows debt (so a smaller burst or a slower rate
     /// never locks callers out for longer than it takes to refill under the
     /// new quota).
@@ -477,7 +467,7 @@ impl<S: EventSink> RateLimiter<S> {
     pub fn set_quota(&self, quota: Quota, now: Timestamp) {
         let new = Box::into_raw(Box::new(Era {
             quota,
-            booked: AtomicU64::new(PENDING),
+            state: AtomicU128::new(PENDING),
             next: AtomicPtr::new(core::ptr::null_mut()),
             since: now,
         }));
@@ -505,8 +495,8 @@ impl<S: EventSink> RateLimiter<S> {
             // SAFETY: `new` was linked and published above; it can only be
             // retired after a later change unlinks it, after we pinned.
             let era = unsafe { &*new };
-            let ahead = snapshot(&era.booked)
-                .map_or(0, |b| b.saturating_sub(Self::grid_now(&era.quota, now)));
+            let ahead = snapshot(&era.state)
+                .map_or(0, |state| gcra::ahead(&era.quota, state, now.as_nanos()));
             self.sink.emit(Event::new(
                 EventKind::CONFIG_CHANGED,
                 self.source,
@@ -522,12 +512,12 @@ impl<S: EventSink> RateLimiter<S> {
     #[cfg(not(feature = "std"))]
     pub fn set_quota(&mut self, quota: Quota, now: Timestamp) {
         // ordering: Relaxed; `&mut self` excludes every other access.
-        let booked = self.head.booked.load(Ordering::Relaxed);
-        let converted = convert(&self.quota, &quota, booked, now).min(MAX_BOOKED);
-        self.head.booked.store(converted, Ordering::Relaxed);
+        let state = self.head.state.load(Ordering::Relaxed);
+        let converted = gcra::convert(&self.quota, &quota, state, now.as_nanos());
+        self.head.state.store(converted, Ordering::Relaxed);
         self.quota = quota;
         if self.sink.enabled() {
-            let ahead = converted.saturating_sub(Self::grid_now(&quota, now));
+            let ahead = gcra::ahead(&quota, converted, now.as_nanos());
             self.sink.emit(Event::new(
                 EventKind::CONFIG_CHANGED,
                 self.source,
@@ -545,7 +535,7 @@ impl<S: EventSink> RateLimiter<S> {
     }
 
     fn give_back(&self, n: u64) {
-        self.with_era(|era| gcra::refund(era.word, n));
+        self.with_era(|era| gcra::refund(era.cell, n));
     }
 
     /// A refusal, described (inline: refusals are the common case of a
@@ -613,30 +603,6 @@ impl<S: EventSink> Drop for RateLimiter<S> {
     }
 }
 
-/// Carries a booking over from quota `old` to quota `new` at `now`: the
-/// outstanding time (how far `booked` runs ahead of the grid) is kept,
-/// rounded up to whole new tokens, and capped at the new burst unless the new
-/// quota allows debt.
-pub(crate) fn convert(old: &Quota, new: &Quota, booked: u64, now: Timestamp) -> u64 {
-    let x = now.as_nanos();
-    let g_old = old.grid().tokens_at(x);
-    let g_new = new.grid().tokens_at(x);
-    if booked <= g_old {
-        return g_new;
-    }
-    // The outstanding booking ends at time_of(booked) under the old grid.
-    let end = old.grid().time_of(booked);
-    let ahead_ns = end.saturating_sub(x);
-    // Whole new tokens needed to cover it: ceil(ahead * a / c).
-    let grid = new.grid();
-    let ahead = (ahead_ns as u128 * grid.a as u128).div_ceil(grid.c as u128);
-    let mut ahead = u64::try_from(ahead).unwrap_or(u64::MAX);
-    if !new.allows_debt() {
-        ahead = ahead.min(new.burst_tokens());
-    }
-    g_new.saturating_add(ahead)
-}
-
 impl RateLimitError {
     #[inline]
     fn expect_limited(self) -> RateLimited {
@@ -645,6 +611,128 @@ impl RateLimitError {
             // One token never exceeds a burst of at least one, and a direct
             // limiter has no table.
             _ => unreachable!("a burst is at least one token"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ns: u64) -> Timestamp {
+        Timestamp::from_nanos(ns)
+    }
+
+    /// GCRA spaces admissions by the emission interval from the previous
+    /// admission, not from a grid anchored at the clock's origin.
+    #[test]
+    fn one_per_second_does_not_admit_at_0_999_and_1_000() {
+        let l = RateLimiter::new(Quota::per_second(1).unwrap().with_burst(1).unwrap());
+        assert!(l.check(at(999_000_000)).is_ok());
+        let refused = l.check(at(1_000_000_000)).unwrap_err();
+        assert_eq!(refused.earliest(), at(1_999_000_000));
+        assert_eq!(refused.retry_after(), Some(Duration::from_millis(999)));
+        assert!(l.check(at(1_998_999_999)).is_err());
+        assert!(l.check(at(1_999_000_000)).is_ok());
+    }
+
+    #[test]
+    fn a_request_half_an_interval_after_an_admission_is_refused() {
+        let q = Quota::new(1, Duration::from_nanos(1_000))
+            .unwrap()
+            .with_burst(1)
+            .unwrap();
+        let l = RateLimiter::new(q);
+        assert!(l.check(at(1_500)).is_ok());
+        let refused = l.check(at(2_000)).unwrap_err();
+        assert_eq!(refused.retry_after(), Some(Duration::from_nanos(500)));
+        assert!(l.check(at(2_500)).is_ok());
+    }
+
+    /// One token a nanosecond at the end of time: no overflow, and a fresh
+    /// limiter hands out its whole burst.
+    #[test]
+    fn the_end_of_time_is_handled() {
+        for quota in [
+            Quota::new(1, Duration::from_nanos(1)).unwrap(),
+            Quota::per_second(1).unwrap(),
+            Quota::new(u32::MAX, Duration::from_nanos(u64::from(u32::MAX))).unwrap(),
+        ] {
+            let q = quota.with_burst(5).unwrap();
+            let l = RateLimiter::new(q);
+            assert_eq!(l.available(Timestamp::MAX), 5, "{q:?}");
+            for _ in 0..5 {
+                l.check(Timestamp::MAX).unwrap();
+            }
+            assert!(l.check(Timestamp::MAX).is_err());
+            assert_eq!(l.available(Timestamp::MAX), 0);
+            let l = RateLimiter::new(q);
+            l.check_n(5, Timestamp::MAX).unwrap();
+            let l = RateLimiter::new(q);
+            let r = l.reserve_n(5, Timestamp::MAX, Duration::MAX).unwrap();
+            assert_eq!(r.ready_at(), Timestamp::MAX);
+            assert_eq!(l.earliest(1, Timestamp::MAX).unwrap(), Timestamp::MAX);
+            r.cancel();
+            assert_eq!(l.available(Timestamp::MAX), 5);
+        }
+    }
+
+    /// Every time-taking method at the ends of time and with time going
+    /// backwards: no panic, never more than the burst.
+    #[test]
+    fn time_going_backwards_grants_no_more_than_the_burst() {
+        for quota in [
+            Quota::new(1, Duration::from_nanos(1)).unwrap(),
+            Quota::per_second(3).unwrap(),
+            Quota::per_hour(7).unwrap().with_debt(),
+        ] {
+            let q = quota.with_burst(4).unwrap();
+            let l = RateLimiter::new(q);
+            let times = [
+                Timestamp::MAX,
+                Timestamp::ZERO,
+                at(u64::MAX / 2),
+                at(5),
+                Timestamp::MAX,
+                at(u64::MAX - 1),
+            ];
+            for (i, &t) in times.iter().enumerate() {
+                let _ = l.check(t);
+                let _ = l.check_n(2, t);
+                let _ = l.peek_n(1, t);
+                let _ = l.earliest(9, t);
+                assert!(l.available(t) <= 4);
+                if let Ok(r) = l.reserve_n(1, t, Duration::MAX) {
+                    assert!(r.ready_at() >= t);
+                    r.cancel();
+                }
+                l.refund(1);
+                #[cfg(feature = "std")]
+                l.set_quota(
+                    if i % 2 == 0 {
+                        q
+                    } else {
+                        q.with_burst(2).unwrap()
+                    },
+                    t,
+                );
+                #[cfg(not(feature = "std"))]
+                let _ = i;
+                assert!(l.available(t) <= 4);
+            }
+            // A burst drained at the end of time: a request stamped any
+            // earlier finds the arrival time ahead of it, and is refused.
+            let l = RateLimiter::new(q);
+            l.check_n(4, Timestamp::MAX).unwrap();
+            for t in [Timestamp::ZERO, at(u64::MAX / 2), at(u64::MAX - 1)] {
+                assert!(l.check(t).is_err(), "{q:?} at {t:?}");
+                assert_eq!(l.available(t), 0);
+            }
+            // Time going back by less than the burst's worth: the tokens
+            // left are the burst minus what is still ahead, never more.
+            let l = RateLimiter::new(q);
+            l.check_n(2, at(1_000_000_000_000)).unwrap();
+            assert!(l.available(at(1_000_000_000_000 - 1)) <= 2);
         }
     }
 }

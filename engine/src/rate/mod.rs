@@ -1,17 +1,20 @@
-//! Rate limiting with GCRA: a direct limiter over one atomic word, and a
-//! keyed limiter (one state per key) in a table of fixed size.
+//! Rate limiting with GCRA: a direct limiter over one 128-bit atomic cell,
+//! and a keyed limiter (one state per key) in a table of fixed size.
 //!
 //! # The algorithm
 //!
 //! GCRA (the generic cell rate algorithm) keeps one number per limiter, the
-//! theoretical arrival time, and decides each request with one
+//! theoretical arrival time `TAT`, and decides each request with one
 //! compare-and-swap around a pure function of (that number, now, cost,
-//! quota). Here the number is counted in tokens on an exact grid instead of
-//! in nanoseconds (see [`Quota`]): token `k` appears at `ceil(k * period /
-//! rate)` ns, so a rate that does not divide the period (3 per second) never
-//! drifts — after any time `t`, at most `floor(t * rate / period) + burst`
-//! tokens have been handed out, whatever the rate, the request pattern or
-//! the number of threads.
+//! quota): `n` tokens at `t` are admitted iff `max(TAT, t) + n·T - t <=
+//! b·T` (`T` the emission interval, `b` the burst), and then `TAT :=
+//! max(TAT, t) + n·T`. Here `T = period / rate` is held exactly, as a
+//! fraction, and `TAT` as `(reset, k)`: the nanosecond of the last full
+//! bucket and the tokens booked since, `TAT = reset + k·T` (see `gcra.rs`).
+//! Nothing is rounded except the nanosecond a refusal reports, so a rate
+//! that does not divide the period (3 per second) never drifts: over any
+//! time `t`, at most `t / T + b` tokens are handed out, whatever the rate,
+//! the request pattern or the number of threads.
 //!
 //! ```
 //! use core::time::Duration;
@@ -23,7 +26,7 @@
 //! assert!(limiter.check(clock.now()).is_ok());
 //! assert!(limiter.check(clock.now()).is_ok());
 //! let refused = limiter.check(clock.now()).unwrap_err();
-//! assert_eq!(refused.retry_after(), Duration::from_millis(100));
+//! assert_eq!(refused.retry_after(), Some(Duration::from_millis(100)));
 //!
 //! clock.advance(Duration::from_millis(100));
 //! assert!(limiter.check(clock.now()).is_ok());
@@ -42,9 +45,10 @@
 //!
 //! # Guarantees
 //!
-//! See `docs/rate-limiter.md` and `docs/guarantees.md` (L1–L8): never more
+//! See `docs/rate-limiter.md` and `docs/guarantees.md` (L1–L7): never more
 //! than the burst at one instant; never more than `rate * t + burst` over any
-//! time `t` from the start; refunds never create tokens; all-or-nothing
+//! time `t` from the start; every decision exactly GCRA's; refunds never
+//! create tokens; all-or-nothing
 //! acquisition across limiters; the keyed table never exceeds its capacity
 //! and evicts only keys a fresh key would be indistinguishable from.
 

@@ -1,19 +1,16 @@
-//! Quotas and the exact token grid.
+//! Quotas and the exact emission interval.
 //!
 //! A quota of `rate` tokens per `period` emits one token every
-//! `period / rate` nanoseconds. That interval is rarely a whole number of
+//! `T = period / rate` nanoseconds. That interval is rarely a whole number of
 //! nanoseconds (3 per second is 333 333 333.3 ns), so the limiter never
-//! stores it. Instead it numbers the instants at which tokens appear: token
-//! `k` appears at `ceil(k * c / a)` nanoseconds after the clock's origin,
-//! where `a / c` is `rate / period_ns` in lowest terms. Counting in whole
-//! tokens on that grid is exact: after any time `t`, exactly
-//! `floor(t * a / c)` tokens have appeared, with no rounding that could
-//! accumulate into drift.
+//! rounds it: it keeps `T = c / a` as a fraction in lowest terms (`a / c` is
+//! `rate / period_ns` reduced) and compares times multiplied by `a`, in
+//! 128-bit integers (see [`gcra`](super::gcra)). Nothing is rounded, so
+//! nothing can accumulate into drift.
 
 use core::fmt;
+use core::num::{NonZeroU32, NonZeroU64};
 use core::time::Duration;
-
-use strength_reduce::StrengthReducedU64;
 
 use crate::error::ConfigError;
 use crate::time::checked_nanos;
@@ -41,21 +38,17 @@ use crate::time::checked_nanos;
 pub struct Quota {
     rate: u32,
     period_ns: u64,
-    burst: u64,
+    /// At least 1 (the decision relies on it).
+    burst: NonZeroU64,
     debt: bool,
-    grid: Grid,
-}
-
-/// `rate / period_ns` in lowest terms, with a fast divider for `c`.
-#[derive(Clone, Copy)]
-pub(crate) struct Grid {
-    /// Tokens per `c` nanoseconds (numerator, after reduction).
-    pub(crate) a: u64,
-    /// Nanoseconds per `a` tokens (denominator, after reduction).
-    pub(crate) c: u64,
-    div_c: StrengthReducedU64,
-    /// `a * c` fits in 64 bits, so the remainder step needs no 128-bit division.
-    narrow: bool,
+    /// Tokens per `c` nanoseconds: `rate / gcd(rate, period_ns)`, at most
+    /// `2^32 - 1` and at most `c`.
+    a: u64,
+    /// Nanoseconds per `a` tokens: `period_ns / gcd(rate, period_ns)`. The
+    /// emission interval is exactly `c / a` ns.
+    c: u64,
+    /// `burst * c`: the burst's worth of time, in units of `1 / a` ns.
+    burst_c: u128,
 }
 
 const fn gcd(mut x: u64, mut y: u64) -> u64 {
@@ -65,48 +58,6 @@ const fn gcd(mut x: u64, mut y: u64) -> u64 {
         y = t;
     }
     x
-}
-
-impl Grid {
-    fn new(rate: u64, period_ns: u64) -> Self {
-        let g = gcd(rate, period_ns);
-        let (a, c) = (rate / g, period_ns / g);
-        Grid {
-            a,
-            c,
-            div_c: StrengthReducedU64::new(c),
-            narrow: a.checked_mul(c).is_some(),
-        }
-    }
-
-    /// How many tokens have appeared by `x` nanoseconds: `floor(x * a / c)`.
-    #[inline(always)]
-    pub(crate) fn tokens_at(&self, x: u64) -> u64 {
-        let q = x / self.div_c;
-        if self.a == 1 {
-            return q;
-        }
-        let rem = x - q * self.c;
-        let tail = if self.narrow {
-            (rem * self.a) / self.div_c
-        } else {
-            // `rem < c`, so the quotient is below `a` and fits in 64 bits.
-            ((rem as u128 * self.a as u128) / self.c as u128) as u64
-        };
-        q * self.a + tail
-    }
-
-    /// When token `k` appears, in nanoseconds: `ceil(k * c / a)`, saturating.
-    #[inline]
-    pub(crate) fn time_of(&self, k: u64) -> u64 {
-        let product = k as u128 * self.c as u128;
-        let t = if self.a == 1 {
-            product
-        } else {
-            product.div_ceil(self.a as u128)
-        };
-        u64::try_from(t).unwrap_or(u64::MAX)
-    }
 }
 
 impl Quota {
@@ -119,9 +70,9 @@ impl Quota {
     /// beyond 584 years, and [`ConfigError::TooLarge`] when tokens would
     /// appear more often than once a nanosecond.
     pub fn new(rate: u32, period: Duration) -> Result<Self, ConfigError> {
-        if rate == 0 {
+        let Some(nonzero_rate) = NonZeroU32::new(rate) else {
             return Err(ConfigError::Zero { field: "rate" });
-        }
+        };
         let period_ns = checked_nanos("period", period)?;
         if period_ns == 0 {
             return Err(ConfigError::ZeroDuration { field: "period" });
@@ -133,12 +84,16 @@ impl Quota {
                 max: period_ns,
             });
         }
+        let g = gcd(u64::from(rate), period_ns);
+        let (a, c) = (u64::from(rate) / g, period_ns / g);
         Ok(Quota {
             rate,
             period_ns,
-            burst: u64::from(rate),
+            burst: NonZeroU64::from(nonzero_rate),
             debt: false,
-            grid: Grid::new(u64::from(rate), period_ns),
+            a,
+            c,
+            burst_c: u128::from(rate) * u128::from(c),
         })
     }
 
@@ -175,10 +130,11 @@ impl Quota {
     ///
     /// [`ConfigError::Zero`] when `burst` is zero.
     pub fn with_burst(mut self, burst: u32) -> Result<Self, ConfigError> {
-        if burst == 0 {
+        let Some(nonzero) = NonZeroU32::new(burst) else {
             return Err(ConfigError::Zero { field: "burst" });
-        }
-        self.burst = u64::from(burst);
+        };
+        self.burst = NonZeroU64::from(nonzero);
+        self.burst_c = u128::from(burst) * u128::from(self.c);
         Ok(self)
     }
 
@@ -206,7 +162,7 @@ impl Quota {
     /// The most tokens available at once.
     pub fn burst(&self) -> u32 {
         // Set only from a `u32`.
-        self.burst as u32
+        self.burst.get() as u32
     }
 
     /// Whether oversized requests run into debt instead of being refused.
@@ -214,7 +170,7 @@ impl Quota {
         self.debt
     }
 
-    /// The mean time between two tokens, rounded down to a nanosecond (the
+    /// The time between two tokens, rounded down to a nanosecond (the
     /// limiter itself does not round; see the module documentation).
     pub fn emission_interval(&self) -> Duration {
         Duration::from_nanos(self.period_ns / u64::from(self.rate))
@@ -224,17 +180,31 @@ impl Quota {
     /// `floor(elapsed * rate / period)`, saturating.
     pub fn tokens_by(&self, elapsed: Duration) -> u64 {
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        self.grid.tokens_at(ns)
+        // Below 2^64: `a <= c`.
+        (u128::from(ns) * u128::from(self.a) / u128::from(self.c)) as u64
     }
 
+    /// The emission interval's numerator's divisor: `T = c / a` ns.
     #[inline(always)]
-    pub(crate) fn grid(&self) -> &Grid {
-        &self.grid
+    pub(crate) fn a(&self) -> u64 {
+        self.a
+    }
+
+    /// The emission interval's numerator: `T = c / a` ns.
+    #[inline(always)]
+    pub(crate) fn c(&self) -> u64 {
+        self.c
+    }
+
+    /// `burst * c`: the burst's worth of time in units of `1 / a` ns.
+    #[inline(always)]
+    pub(crate) fn burst_c(&self) -> u128 {
+        self.burst_c
     }
 
     #[inline(always)]
     pub(crate) fn burst_tokens(&self) -> u64 {
-        self.burst
+        self.burst.get()
     }
 }
 
@@ -269,7 +239,7 @@ mod tests {
     }
 
     #[test]
-    fn grid_counts_match_128_bit_arithmetic() {
+    fn tokens_by_matches_128_bit_arithmetic() {
         let cases = [
             (1u32, 1_000_000_000u64),
             (3, 1_000_000_000),
@@ -290,24 +260,19 @@ mod tests {
         ];
         for &(rate, period) in &cases {
             let q = Quota::new(rate, Duration::from_nanos(period)).unwrap();
+            assert_eq!(
+                u128::from(q.a()) * u128::from(period),
+                u128::from(q.c()) * u128::from(rate),
+                "a / c = rate / period"
+            );
             for &x in &xs {
                 let want = reference_tokens(u64::from(rate), period, x);
                 assert_eq!(
-                    q.grid().tokens_at(x),
+                    q.tokens_by(Duration::from_nanos(x)),
                     want,
                     "rate {rate} period {period} x {x}"
                 );
             }
-        }
-    }
-
-    #[test]
-    fn token_k_appears_exactly_at_time_of_k() {
-        let q = Quota::new(3, Duration::from_secs(1)).unwrap();
-        for k in [1u64, 2, 3, 10, 1_000_001] {
-            let t = q.grid().time_of(k);
-            assert_eq!(q.grid().tokens_at(t), k);
-            assert_eq!(q.grid().tokens_at(t - 1), k - 1);
         }
     }
 
