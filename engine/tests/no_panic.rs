@@ -7,7 +7,7 @@
 //! with arbitrary timestamps — `Timestamp::ZERO`, `Timestamp::MAX`, values
 //! near both ends, and time going backwards — and must answer without
 //! panicking, and without granting more than its configuration allows
-//! where that can be stated without a model (guarantee P1 in
+//! where that can be stated without a model (guarantee N1 in
 //! docs/guarantees.md).
 
 use core::time::Duration;
@@ -115,7 +115,7 @@ proptest! {
         builder = if time_based {
             builder.time_window(length, buckets)
         } else {
-            builder.count_window(calls, buckets)
+            builder.count_window(calls)
         };
         let Ok(config) = builder.build() else { return Ok(()) };
         let breaker = CircuitBreaker::new(config);
@@ -148,7 +148,7 @@ proptest! {
         let _ = (quota.emission_interval(), quota.tokens_by(period));
         let limiter = RateLimiter::new(quota);
         for (i, (now, n)) in times.iter().zip(costs).enumerate() {
-            prop_assert!(limiter.available(*now) <= u64::from(quota.burst()));
+            prop_assert!(limiter.available(*now) <= u64::from(limiter.quota().burst()));
             let _ = limiter.check(*now).map_err(|e| e.retry_after());
             let _ = limiter.check_n(n, *now).map_err(|e| e.retry_after());
             let _ = limiter.peek_n(n, *now);
