@@ -158,10 +158,10 @@ proptest! {
                 if i % 2 == 0 { reservation.cancel() } else { reservation.commit() }
             }
             limiter.refund(n);
-            if i == 12 {
-                if let Ok(q) = Quota::new(new_rate, new_period) {
-                    limiter.set_quota(q, *now);
-                }
+            if i == 12
+                && let Ok(q) = Quota::new(new_rate, new_period)
+            {
+                limiter.set_quota(q, *now);
             }
         }
     }
