@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -12,7 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tenlives_engine::breaker::BreakerState;
-use tenlives_engine::events::Event;
+use tenlives_engine::events::{Event, EventKind};
 
 use super::decode::{Decoded, KNOWN_KINDS, Rejection, kind_index};
 use super::exposition;
@@ -33,6 +34,35 @@ struct PolicyLabel {
 struct ReasonLabels {
     policy: Arc<str>,
     reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    policy: Arc<str>,
+    outcome: &'static str,
+}
+
+/// The `outcome` label values of `tenlives_calls_total`, in the order of
+/// `PolicyMetrics::calls`.
+const OUTCOMES: [&str; 3] = ["succeeded", "failed", "refused"];
+const SUCCEEDED: usize = 0;
+const FAILED: usize = 1;
+const REFUSED: usize = 2;
+
+/// Which `tenlives_calls_total` outcome an event counts as, if any: the
+/// reported outcomes, and every refusal a policy reports.
+fn call_outcome(kind: EventKind) -> Option<usize> {
+    match kind {
+        super::outcome::CALL_SUCCEEDED => Some(SUCCEEDED),
+        super::outcome::CALL_FAILED => Some(FAILED),
+        EventKind::BREAKER_REJECTED
+        | EventKind::BULKHEAD_REJECTED
+        | EventKind::RETRY_BUDGET_EXHAUSTED
+        | EventKind::THROTTLED
+        | EventKind::RATE_LIMITED
+        | EventKind::QUEUE_REJECTED => Some(REFUSED),
+        _ => None,
+    }
 }
 
 /// The trip reasons in the order of [`trip_index`], as label values.
@@ -69,6 +99,12 @@ pub(crate) struct PolicyMetrics {
     breaker_state: OnceLock<Gauge>,
     limit: OnceLock<Gauge>,
     in_flight: OnceLock<Gauge>,
+    /// `tenlives_calls_total` by outcome, created with the first reported
+    /// outcome (see `outcome.rs`).
+    calls: OnceLock<[Counter; OUTCOMES.len()]>,
+    /// Refusals read before `calls` existed, carried into it when it is
+    /// created.
+    refused_early: AtomicU64,
 }
 
 impl PolicyMetrics {
@@ -81,6 +117,8 @@ impl PolicyMetrics {
             breaker_state: OnceLock::new(),
             limit: OnceLock::new(),
             in_flight: OnceLock::new(),
+            calls: OnceLock::new(),
+            refused_early: AtomicU64::new(0),
         }
     }
 
@@ -104,6 +142,7 @@ struct Families {
     rejections: Family<ReasonLabels, Counter>,
     limit: Family<PolicyLabel, Gauge>,
     in_flight: Family<PolicyLabel, Gauge>,
+    calls: Family<OutcomeLabels, Counter>,
 }
 
 /// Where drained events go: the [`SourceRegistry`] that names their
@@ -122,6 +161,7 @@ struct Families {
 /// | `tenlives_rejections_total` | counter | `policy`, `reason` |
 /// | `tenlives_bulkhead_limit` | gauge | `policy` |
 /// | `tenlives_bulkhead_in_flight` | gauge | `policy` |
+/// | `tenlives_calls_total` | counter | `policy`, `outcome` (`succeeded`, `failed`, `refused`) |
 pub struct Exporter {
     sources: SourceRegistry,
     registry: Registry,
@@ -191,6 +231,12 @@ impl Exporter {
             "tenlives_bulkhead_in_flight",
             "Permits in flight, as reported by the last bulkhead event read",
             families.in_flight.clone(),
+        );
+        registry.register(
+            "tenlives_calls",
+            "Calls on a protected path by outcome: succeeded and failed as the application \
+             reported them, refused by the policy; for error budgets",
+            families.calls.clone(),
         );
         let mut exporter = Exporter {
             policies: Box::default(),
@@ -376,6 +422,30 @@ impl Exporter {
         })
     }
 
+    /// Counts one call of `outcome` (an index into [`OUTCOMES`]).
+    fn record_call(&self, pm: &PolicyMetrics, outcome: usize) {
+        if outcome == REFUSED && pm.calls.get().is_none() {
+            // ordering: Relaxed; a count, moved exactly once by the swaps
+            // below (each swap takes what it finds).
+            pm.refused_early.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let calls = pm.calls.get_or_init(|| {
+            OUTCOMES.map(|outcome| {
+                self.families.calls.get_or_create_owned(&OutcomeLabels {
+                    policy: pm.name.clone(),
+                    outcome,
+                })
+            })
+        });
+        // ordering: Relaxed; see above. A refusal counted early by another
+        // drain while `calls` was being created is moved by the next call.
+        if pm.refused_early.load(Ordering::Relaxed) > 0 {
+            calls[REFUSED].inc_by(pm.refused_early.swap(0, Ordering::Relaxed));
+        }
+        calls[outcome].inc();
+    }
+
     /// Counts `n` lost events.
     pub(crate) fn record_lost(&self, n: u64) {
         self.families.lost.inc_by(n);
@@ -397,6 +467,9 @@ impl Exporter {
         }
         if let Some(r) = Rejection::of(decoded) {
             self.rejection_counter(pm, r).inc();
+        }
+        if let Some(outcome) = call_outcome(event.kind) {
+            self.record_call(pm, outcome);
         }
         let set_state = |s: BreakerState| {
             if state_is_current {

@@ -71,10 +71,12 @@ mod decode;
 mod drain;
 mod exporter;
 pub mod exposition;
+mod outcome;
 mod sources;
 mod trace;
 
 pub use drain::{Drain, DrainConfig, DrainCounts, DrainHandle, spawn};
 pub use exporter::{Exporter, LateSources};
+pub use outcome::{CALL_FAILED, CALL_SUCCEEDED, Outcome, report_outcome};
 pub use sources::{Policy, PolicyKind, SourceError, SourceRegistry, SourceRegistryBuilder};
 pub use trace::TARGET;
