@@ -71,6 +71,9 @@ mod decode;
 mod drain;
 mod exporter;
 pub mod exposition;
+#[cfg(feature = "otel")]
+pub mod otel;
+mod otel_sample;
 mod outcome;
 mod sources;
 mod trace;
