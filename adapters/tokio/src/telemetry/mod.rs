@@ -64,8 +64,11 @@
 //! # }
 //! ```
 //!
-//! Gauges of live configuration are not exported: the engine has no live
-//! configuration cell yet.
+//! Call outcomes the application reports ([`report_outcome`]) and the
+//! policies' refusals make `tenlives_calls_total`, the good and bad calls of
+//! each protected path that error budgets are computed from. With the cargo
+//! feature `otel`, the `otel` module mirrors every metric into OpenTelemetry
+//! instruments and exports configuration values as gauges.
 
 mod decode;
 mod drain;
