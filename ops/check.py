@@ -8,7 +8,9 @@
    to DASHBOARD_RULES_OUT as recording rules, one per query, for
    `promtool check rules` to parse (ops/check.sh does it).
 2. Checks that every metric the rules and dashboards read is one the tenlives
-   exporters register (read from their sources) or one the rules record.
+   exporters register (read from their sources) or one the rules record, and
+   that every label matcher names a label those series carry and, for
+   `kind`, `reason` and `outcome`, a value the exporter spells.
 3. Checks that every alert links a runbook that exists, and every runbook
    belongs to an alert.
 
@@ -26,6 +28,16 @@ EXPORTERS = [
     ROOT / "adapters/tokio/src/telemetry/exporter.rs",
     ROOT / "adapters/redis/src/limiter.rs",
 ]
+# Where the exporter spells its label values (kinds, reasons, outcomes).
+LABEL_SOURCES = [
+    ROOT / "adapters/tokio/src/telemetry/decode.rs",
+    ROOT / "adapters/tokio/src/telemetry/exporter.rs",
+]
+# Label names the series carry: the exporter's, and what Prometheus adds.
+LABEL_NAMES = {"policy", "kind", "reason", "outcome", "job", "instance",
+               "alertname", "alertstate", "severity"}
+# Labels whose values are a closed set the exporter spells.
+CLOSED_LABELS = {"kind", "reason", "outcome"}
 # Grafana's built-in interval variables, as durations PromQL accepts.
 GRAFANA_BUILTINS = {
     "__rate_interval": "5m",
@@ -49,6 +61,29 @@ def exported_metrics():
     if not names:
         errors.append("no metric registrations found in the exporters' sources")
     return names
+
+
+def exported_label_values():
+    """Every snake_case string literal of the exporter's label sources: a
+    superset of its `kind`, `reason` and `outcome` values."""
+    values = set()
+    for path in LABEL_SOURCES:
+        values |= set(re.findall(r'"([a-z][a-z0-9_]*)"', path.read_text()))
+    return values
+
+
+def check_matchers(expr, where, values):
+    """Label names in matchers are ones the series carry; values of the
+    closed labels are ones the exporter spells (`code_<n>` for application
+    kinds)."""
+    for m in re.finditer(r'([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"', expr):
+        name, value = m.group(1), m.group(3)
+        if name not in LABEL_NAMES:
+            errors.append(f"{where}: matches on label {name!r}, which no tenlives series carries")
+        elif name in CLOSED_LABELS:
+            for v in value.split("|"):
+                if v not in values and not re.fullmatch(r"code_\d+", v):
+                    errors.append(f"{where}: {name}={v!r} is not a value the exporter gives {name}")
 
 
 def rule_files():
@@ -141,11 +176,17 @@ def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     exported = exported_metrics()
+    label_values = exported_label_values()
     recorded, alerts = recorded_and_alerts()
     known = exported | recorded
 
     for path in rule_files():
         code = "\n".join(l for l in path.read_text().splitlines() if not l.lstrip().startswith("#"))
+        for line in code.splitlines():
+            # Alert labels and annotations are not matchers.
+            if re.match(r"\s*(severity|summary|description|runbook_url):", line):
+                continue
+            check_matchers(line, path.name, label_values)
         for m in re.finditer(r"\b(tenlives_[a-z0-9_]+)", code):
             if m.group(1) not in exported:
                 errors.append(f"{path.name}: reads {m.group(1)}, which no tenlives exporter registers")
@@ -161,6 +202,7 @@ def main():
         "    rules:",
     ]
     for i, (where, expr) in enumerate(queries):
+        check_matchers(expr, where, label_values)
         for name in metric_names(expr):
             if name not in known and name not in PROMETHEUS_SERIES:
                 errors.append(f"{where}: reads {name}, which is neither exported nor recorded")
