@@ -9,11 +9,34 @@ use std::time::Duration;
 use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker};
 use tenlives_engine::bulkhead::Bulkhead;
 use tenlives_engine::events::EventRing;
+use tenlives_engine::events::NoSink;
 use tenlives_engine::rate::{Quota, RateLimiter};
 use tenlives_engine::time::{Clock, ManualClock};
+use tenlives_test_support::{CountingAllocator, allocations};
 use tenlives_tokio::telemetry::{
     Drain, Exporter, Outcome, PolicyKind, SourceRegistry, report_outcome,
 };
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+#[test]
+fn reporting_an_outcome_allocates_nothing() {
+    let ring = EventRing::with_capacity(64).unwrap();
+    let clock = ManualClock::new();
+    let before = allocations();
+    for i in 0..1000 {
+        let outcome = if i % 3 == 0 {
+            Outcome::Failed
+        } else {
+            Outcome::Succeeded
+        };
+        report_outcome(&ring, 1, clock.now(), outcome);
+        report_outcome(&NoSink, 1, clock.now(), outcome);
+    }
+    assert_eq!(allocations() - before, 0);
+    assert_eq!(ring.emitted(), 1000);
+}
 
 /// The value of the one sample line `series` (name and labels as rendered)
 /// in the classic text format, if present.
