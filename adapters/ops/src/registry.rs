@@ -361,6 +361,9 @@ struct SourceEntry {
     limit: Option<u32>,
 }
 
+#[cfg(feature = "otel")]
+mod otel;
+
 /// Named instances of one kind.
 struct Named<P> {
     map: RwLock<HashMap<Arc<str>, Arc<P>>>,

@@ -160,7 +160,7 @@ pub(crate) fn trip_label(reason: Option<TripReason>) -> &'static str {
 
 /// The tenlives event kinds this module knows, in the order of
 /// [`kind_index`], with their label names.
-pub(crate) const KNOWN_KINDS: [(EventKind, &str); 15] = [
+pub(crate) const KNOWN_KINDS: [(EventKind, &str); 17] = [
     (EventKind::BREAKER_OPENED, "breaker_opened"),
     (EventKind::BREAKER_HALF_OPENED, "breaker_half_opened"),
     (EventKind::BREAKER_CLOSED, "breaker_closed"),
@@ -176,6 +176,8 @@ pub(crate) const KNOWN_KINDS: [(EventKind, &str); 15] = [
     (EventKind::KEYED_TABLE_FULL, "keyed_table_full"),
     (EventKind::CONFIG_CHANGED, "config_changed"),
     (EventKind::QUEUE_REJECTED, "queue_rejected"),
+    (super::outcome::CALL_SUCCEEDED, "call_succeeded"),
+    (super::outcome::CALL_FAILED, "call_failed"),
 ];
 
 /// The position of a known kind in [`KNOWN_KINDS`].
@@ -197,6 +199,8 @@ pub(crate) fn kind_index(kind: EventKind) -> Option<usize> {
         EventKind::KEYED_TABLE_FULL => 12,
         EventKind::CONFIG_CHANGED => 13,
         EventKind::QUEUE_REJECTED => 14,
+        super::outcome::CALL_SUCCEEDED => 15,
+        super::outcome::CALL_FAILED => 16,
         _ => return None,
     })
 }

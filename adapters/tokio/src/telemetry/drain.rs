@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
 use std::time::Duration;
 
-use prometheus_client::metrics::counter::Counter;
 use tenlives_engine::ConfigError;
 use tenlives_engine::events::{Consumer, Event, EventRing, Received, Slot};
 use tenlives_engine::time::Timestamp;
@@ -16,7 +15,7 @@ use tokio::sync::oneshot;
 use tokio::task::{JoinError, JoinHandle};
 
 use super::decode::{Decoded, kind_index};
-use super::exporter::{Exporter, PolicyMetrics};
+use super::exporter::{Exporter, OtherKind, PolicyMetrics};
 use super::trace::{self, Who};
 
 /// How a spawned drain runs.
@@ -114,7 +113,7 @@ pub struct Drain<S: AsRef<[Slot]> + 'static> {
     /// their kind for log fields.
     unregistered: HashMap<u32, (PolicyMetrics, Seen, &'static str)>,
     /// Counters of application kinds, as they show up.
-    other_kinds: HashMap<(u32, u16), Counter>,
+    other_kinds: HashMap<(u32, u16), OtherKind>,
     totals: DrainCounts,
 }
 
@@ -230,10 +229,11 @@ impl<S: AsRef<[Slot]> + 'static> Drain<S> {
         let from = pm.breaker_state();
         exporter.record(pm, event, &decoded, current);
         if kind_index(event.kind).is_none() {
-            self.other_kinds
+            let kind = self
+                .other_kinds
                 .entry((event.source, event.kind.0))
-                .or_insert_with(|| exporter.other_kind_counter(pm, event.kind.0))
-                .inc();
+                .or_insert_with(|| exporter.other_kind_counter(pm, event.kind.0));
+            exporter.record_other_kind(kind);
         }
         let who = Who {
             policy: pm.name(),

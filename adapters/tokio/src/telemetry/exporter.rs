@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -12,10 +13,13 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tenlives_engine::breaker::BreakerState;
-use tenlives_engine::events::Event;
+use tenlives_engine::events::{Event, EventKind};
 
 use super::decode::{Decoded, KNOWN_KINDS, Rejection, kind_index};
 use super::exposition;
+#[cfg(feature = "otel")]
+use super::otel::OtelMetrics;
+use super::otel_sample::Sample;
 use super::sources::{Policy, PolicyKind, SourceRegistry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -33,6 +37,35 @@ struct PolicyLabel {
 struct ReasonLabels {
     policy: Arc<str>,
     reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    policy: Arc<str>,
+    outcome: &'static str,
+}
+
+/// The `outcome` label values of `tenlives_calls_total`, in the order of
+/// `PolicyMetrics::calls`.
+const OUTCOMES: [&str; 3] = ["succeeded", "failed", "refused"];
+const SUCCEEDED: usize = 0;
+const FAILED: usize = 1;
+const REFUSED: usize = 2;
+
+/// Which `tenlives_calls_total` outcome an event counts as, if any: the
+/// reported outcomes, and every refusal a policy reports.
+fn call_outcome(kind: EventKind) -> Option<usize> {
+    match kind {
+        super::outcome::CALL_SUCCEEDED => Some(SUCCEEDED),
+        super::outcome::CALL_FAILED => Some(FAILED),
+        EventKind::BREAKER_REJECTED
+        | EventKind::BULKHEAD_REJECTED
+        | EventKind::RETRY_BUDGET_EXHAUSTED
+        | EventKind::THROTTLED
+        | EventKind::RATE_LIMITED
+        | EventKind::QUEUE_REJECTED => Some(REFUSED),
+        _ => None,
+    }
 }
 
 /// The trip reasons in the order of [`trip_index`], as label values.
@@ -69,6 +102,12 @@ pub(crate) struct PolicyMetrics {
     breaker_state: OnceLock<Gauge>,
     limit: OnceLock<Gauge>,
     in_flight: OnceLock<Gauge>,
+    /// `tenlives_calls_total` by outcome, created with the first reported
+    /// outcome (see `outcome.rs`).
+    calls: OnceLock<[Counter; OUTCOMES.len()]>,
+    /// Refusals read before `calls` existed, carried into it when it is
+    /// created.
+    refused_early: AtomicU64,
 }
 
 impl PolicyMetrics {
@@ -81,6 +120,8 @@ impl PolicyMetrics {
             breaker_state: OnceLock::new(),
             limit: OnceLock::new(),
             in_flight: OnceLock::new(),
+            calls: OnceLock::new(),
+            refused_early: AtomicU64::new(0),
         }
     }
 
@@ -104,6 +145,7 @@ struct Families {
     rejections: Family<ReasonLabels, Counter>,
     limit: Family<PolicyLabel, Gauge>,
     in_flight: Family<PolicyLabel, Gauge>,
+    calls: Family<OutcomeLabels, Counter>,
 }
 
 /// Where drained events go: the [`SourceRegistry`] that names their
@@ -122,6 +164,7 @@ struct Families {
 /// | `tenlives_rejections_total` | counter | `policy`, `reason` |
 /// | `tenlives_bulkhead_limit` | gauge | `policy` |
 /// | `tenlives_bulkhead_in_flight` | gauge | `policy` |
+/// | `tenlives_calls_total` | counter | `policy`, `outcome` (`succeeded`, `failed`, `refused`) |
 pub struct Exporter {
     sources: SourceRegistry,
     registry: Registry,
@@ -130,6 +173,9 @@ pub struct Exporter {
     policies: Box<[PolicyMetrics]>,
     /// Names sources registered after the exporter was built.
     late: Option<LateSources>,
+    /// The OpenTelemetry instruments updated beside the Prometheus metrics.
+    #[cfg(feature = "otel")]
+    otel: Option<OtelMetrics>,
 }
 
 /// Names a source the [`SourceRegistry`] did not have when the exporter was
@@ -192,12 +238,20 @@ impl Exporter {
             "Permits in flight, as reported by the last bulkhead event read",
             families.in_flight.clone(),
         );
+        registry.register(
+            "tenlives_calls",
+            "Calls on a protected path by outcome: succeeded and failed as the application \
+             reported them, refused by the policy; for error budgets",
+            families.calls.clone(),
+        );
         let mut exporter = Exporter {
             policies: Box::default(),
             sources,
             registry,
             families,
             late: None,
+            #[cfg(feature = "otel")]
+            otel: None,
         };
         let policies: Vec<PolicyMetrics> = exporter
             .sources
@@ -244,7 +298,7 @@ impl Exporter {
             }
         }
         if let Some(limit) = policy.initial_limit() {
-            self.limit_gauge(&pm).set(i64::from(limit));
+            self.set_limit(&pm, i64::from(limit));
         }
         pm
     }
@@ -300,6 +354,76 @@ impl Exporter {
         self
     }
 
+    /// Updates `otel`'s OpenTelemetry instruments beside the Prometheus
+    /// metrics, from the same events (cargo feature `otel`). The series of
+    /// the policies registered so far are created at zero in both.
+    #[cfg(feature = "otel")]
+    pub fn with_otel(mut self, otel: OtelMetrics) -> Self {
+        self.otel = Some(otel);
+        for pm in &*self.policies {
+            self.mirror_existing(pm);
+        }
+        self
+    }
+
+    /// Mirrors into OpenTelemetry the series `pm` already has (created
+    /// before the instruments were attached), at their current values for
+    /// gauges and at zero for counters (OpenTelemetry counters start at the
+    /// attachment).
+    #[cfg(feature = "otel")]
+    fn mirror_existing(&self, pm: &PolicyMetrics) {
+        let policy = &pm.name;
+        for (i, c) in pm.events.iter().enumerate() {
+            if c.get().is_some() {
+                let kind = Cow::Borrowed(KNOWN_KINDS[i].1);
+                self.mirror(Sample::Event {
+                    policy,
+                    kind: &kind,
+                    n: 0,
+                });
+            }
+        }
+        for (i, c) in pm.trips.iter().enumerate() {
+            if c.get().is_some() {
+                self.mirror(Sample::Trip {
+                    policy,
+                    reason: TRIP_REASONS[i],
+                    n: 0,
+                });
+            }
+        }
+        for (i, c) in pm.rejections.iter().enumerate() {
+            if c.get().is_some() {
+                self.mirror(Sample::Rejection {
+                    policy,
+                    reason: Rejection::ALL[i].label(),
+                    n: 0,
+                });
+            }
+        }
+        if let Some(g) = pm.breaker_state.get() {
+            self.mirror(Sample::BreakerState {
+                policy,
+                code: g.get(),
+            });
+        }
+        if let Some(g) = pm.limit.get() {
+            self.mirror(Sample::Limit {
+                policy,
+                value: g.get(),
+            });
+        }
+    }
+
+    /// Passes one update to the OpenTelemetry instruments, if attached.
+    #[inline]
+    fn mirror(&self, _sample: Sample<'_>) {
+        #[cfg(feature = "otel")]
+        if let Some(otel) = &self.otel {
+            otel.record(_sample);
+        }
+    }
+
     /// Handles for a source the source registry does not have, and its kind
     /// for log fields: named by the late sources if they know it, else
     /// labelled `source_<id>` (kind `unregistered`).
@@ -315,24 +439,50 @@ impl Exporter {
 
     fn event_counter<'p>(&self, pm: &'p PolicyMetrics, kind: usize) -> &'p Counter {
         pm.events[kind].get_or_init(|| {
-            self.families.events.get_or_create_owned(&EventLabels {
+            let labels = EventLabels {
                 policy: pm.name.clone(),
                 kind: Cow::Borrowed(KNOWN_KINDS[kind].1),
-            })
+            };
+            self.mirror(Sample::Event {
+                policy: &labels.policy,
+                kind: &labels.kind,
+                n: 0,
+            });
+            self.families.events.get_or_create_owned(&labels)
         })
     }
 
     /// The event counter for a kind this module does not know (application
-    /// codes), labelled `code_<n>`. Allocates; callers cache it.
-    pub(crate) fn other_kind_counter(&self, pm: &PolicyMetrics, code: u16) -> Counter {
-        self.families.events.get_or_create_owned(&EventLabels {
+    /// codes), labelled `code_<n>`. Allocates; callers cache it and count
+    /// with [`Exporter::record_other_kind`].
+    pub(crate) fn other_kind_counter(&self, pm: &PolicyMetrics, code: u16) -> OtherKind {
+        let labels = EventLabels {
             policy: pm.name.clone(),
             kind: Cow::Owned(format!("code_{code}")),
-        })
+        };
+        OtherKind {
+            counter: self.families.events.get_or_create_owned(&labels),
+            labels,
+        }
+    }
+
+    /// Counts one event of an application kind.
+    pub(crate) fn record_other_kind(&self, kind: &OtherKind) {
+        kind.counter.inc();
+        self.mirror(Sample::Event {
+            policy: &kind.labels.policy,
+            kind: &kind.labels.kind,
+            n: 1,
+        });
     }
 
     fn rejection_counter<'p>(&self, pm: &'p PolicyMetrics, r: Rejection) -> &'p Counter {
         pm.rejections[rejection_index(r)].get_or_init(|| {
+            self.mirror(Sample::Rejection {
+                policy: &pm.name,
+                reason: r.label(),
+                n: 0,
+            });
             self.families.rejections.get_or_create_owned(&ReasonLabels {
                 policy: pm.name.clone(),
                 reason: r.label(),
@@ -343,6 +493,11 @@ impl Exporter {
     fn trip_counter<'p>(&self, pm: &'p PolicyMetrics, reason: &str) -> &'p Counter {
         let i = trip_index(reason);
         pm.trips[i].get_or_init(|| {
+            self.mirror(Sample::Trip {
+                policy: &pm.name,
+                reason: TRIP_REASONS[i],
+                n: 0,
+            });
             self.families.trips.get_or_create_owned(&ReasonLabels {
                 policy: pm.name.clone(),
                 reason: TRIP_REASONS[i],
@@ -352,6 +507,10 @@ impl Exporter {
 
     fn state_gauge<'p>(&self, pm: &'p PolicyMetrics) -> &'p Gauge {
         pm.breaker_state.get_or_init(|| {
+            self.mirror(Sample::BreakerState {
+                policy: &pm.name,
+                code: 0,
+            });
             self.families
                 .breaker_state
                 .get_or_create_owned(&PolicyLabel {
@@ -376,9 +535,68 @@ impl Exporter {
         })
     }
 
+    /// Sets a policy's limit gauge, in both outputs.
+    fn set_limit(&self, pm: &PolicyMetrics, value: i64) {
+        self.limit_gauge(pm).set(value);
+        self.mirror(Sample::Limit {
+            policy: &pm.name,
+            value,
+        });
+    }
+
+    /// Sets a policy's in-flight gauge, in both outputs.
+    fn set_in_flight(&self, pm: &PolicyMetrics, value: i64) {
+        self.in_flight_gauge(pm).set(value);
+        self.mirror(Sample::InFlight {
+            policy: &pm.name,
+            value,
+        });
+    }
+
+    /// Counts one call of `outcome` (an index into [`OUTCOMES`]).
+    fn record_call(&self, pm: &PolicyMetrics, outcome: usize) {
+        if outcome == REFUSED && pm.calls.get().is_none() {
+            // ordering: Relaxed; a count, moved exactly once by the swaps
+            // below (each swap takes what it finds).
+            pm.refused_early.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let calls = pm.calls.get_or_init(|| {
+            OUTCOMES.map(|outcome| {
+                self.mirror(Sample::Call {
+                    policy: &pm.name,
+                    outcome,
+                    n: 0,
+                });
+                self.families.calls.get_or_create_owned(&OutcomeLabels {
+                    policy: pm.name.clone(),
+                    outcome,
+                })
+            })
+        });
+        // ordering: Relaxed; see above. A refusal counted early by another
+        // drain while `calls` was being created is moved by the next call.
+        if pm.refused_early.load(Ordering::Relaxed) > 0 {
+            let early = pm.refused_early.swap(0, Ordering::Relaxed);
+            calls[REFUSED].inc_by(early);
+            self.mirror(Sample::Call {
+                policy: &pm.name,
+                outcome: OUTCOMES[REFUSED],
+                n: early,
+            });
+        }
+        calls[outcome].inc();
+        self.mirror(Sample::Call {
+            policy: &pm.name,
+            outcome: OUTCOMES[outcome],
+            n: 1,
+        });
+    }
+
     /// Counts `n` lost events.
     pub(crate) fn record_lost(&self, n: u64) {
         self.families.lost.inc_by(n);
+        self.mirror(Sample::Lost(n));
     }
 
     /// Updates the metrics for one event of a known kind (`other` kinds are
@@ -394,33 +612,55 @@ impl Exporter {
     ) {
         if let Some(k) = kind_index(event.kind) {
             self.event_counter(pm, k).inc();
+            self.mirror(Sample::Event {
+                policy: &pm.name,
+                kind: &Cow::Borrowed(KNOWN_KINDS[k].1),
+                n: 1,
+            });
         }
         if let Some(r) = Rejection::of(decoded) {
             self.rejection_counter(pm, r).inc();
+            self.mirror(Sample::Rejection {
+                policy: &pm.name,
+                reason: r.label(),
+                n: 1,
+            });
+        }
+        if let Some(outcome) = call_outcome(event.kind) {
+            self.record_call(pm, outcome);
         }
         let set_state = |s: BreakerState| {
             if state_is_current {
                 self.state_gauge(pm).set(s.code() as i64);
+                self.mirror(Sample::BreakerState {
+                    policy: &pm.name,
+                    code: s.code() as i64,
+                });
             }
         };
         match *decoded {
             Decoded::BreakerOpened { reason, .. } => {
-                self.trip_counter(pm, super::decode::trip_label(reason))
-                    .inc();
+                let reason = super::decode::trip_label(reason);
+                self.trip_counter(pm, reason).inc();
+                self.mirror(Sample::Trip {
+                    policy: &pm.name,
+                    reason: TRIP_REASONS[trip_index(reason)],
+                    n: 1,
+                });
                 set_state(BreakerState::Open);
             }
             Decoded::BreakerHalfOpened { .. } => set_state(BreakerState::HalfOpen),
             Decoded::BreakerClosed { .. } => set_state(BreakerState::Closed),
             Decoded::BreakerForced { to: Some(to) } => set_state(to),
             Decoded::BulkheadLimitChanged { new, .. } => {
-                self.limit_gauge(pm).set(saturating_i64(new));
+                self.set_limit(pm, saturating_i64(new));
             }
             Decoded::BulkheadAcquired { in_flight, .. }
             | Decoded::BulkheadReleased { in_flight, .. } => {
-                self.in_flight_gauge(pm).set(saturating_i64(in_flight));
+                self.set_in_flight(pm, saturating_i64(in_flight));
             }
             Decoded::BulkheadRejected { in_flight, .. } => {
-                self.in_flight_gauge(pm).set(i64::from(in_flight));
+                self.set_in_flight(pm, i64::from(in_flight));
             }
             _ => {}
         }
@@ -429,4 +669,11 @@ impl Exporter {
 
 fn saturating_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The `tenlives_events_total` series of an application event kind.
+#[derive(Debug)]
+pub(crate) struct OtherKind {
+    counter: Counter,
+    labels: EventLabels,
 }

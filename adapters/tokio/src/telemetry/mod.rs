@@ -64,17 +64,25 @@
 //! # }
 //! ```
 //!
-//! Gauges of live configuration are not exported: the engine has no live
-//! configuration cell yet.
+//! Call outcomes the application reports ([`report_outcome`]) and the
+//! policies' refusals make `tenlives_calls_total`, the good and bad calls of
+//! each protected path that error budgets are computed from. With the cargo
+//! feature `otel`, the `otel` module mirrors every metric into OpenTelemetry
+//! instruments and exports configuration values as gauges.
 
 mod decode;
 mod drain;
 mod exporter;
 pub mod exposition;
+#[cfg(feature = "otel")]
+pub mod otel;
+mod otel_sample;
+mod outcome;
 mod sources;
 mod trace;
 
 pub use drain::{Drain, DrainConfig, DrainCounts, DrainHandle, spawn};
 pub use exporter::{Exporter, LateSources};
+pub use outcome::{CALL_FAILED, CALL_SUCCEEDED, Outcome, report_outcome};
 pub use sources::{Policy, PolicyKind, SourceError, SourceRegistry, SourceRegistryBuilder};
 pub use trace::TARGET;
