@@ -233,7 +233,7 @@ fn time_window(config: &ThrottleConfig) -> StripedWindow {
 /// `(requests, accepts)` in `window` at `now`.
 fn counts(window: &StripedWindow, now: Timestamp) -> (u64, u64) {
     let c = window.latest(0, now);
-    (c.calls, c.calls - c.failures)
+    (c.calls, c.calls.saturating_sub(c.failures))
 }
 
 /// What a configuration change does to the window: nothing when its layout
@@ -481,6 +481,45 @@ mod tests {
         assert_eq!((requests, accepts), (50, 10));
         let expected = (50.0 - 2.0 * 10.0) / 51.0;
         assert!((t.probability(secs(1)) - expected).abs() < 1e-12);
+    }
+
+    /// Found by `tests/no_panic.rs`: 1 ns buckets and time jumping by more
+    /// than 2^31 epochs and back let the failures word alias a current tag
+    /// while the calls word did not, and `counts` subtracted with overflow.
+    #[test]
+    fn time_jumping_far_never_counts_more_refusals_than_requests() {
+        let t = Throttle::new(
+            ThrottleConfig::builder()
+                .k(111.6)
+                .window(Duration::from_nanos(1), 1)
+                .minimum_requests(0)
+                .build()
+                .unwrap(),
+        );
+        let times = [
+            0,
+            0,
+            0,
+            0,
+            18_446_744_065_402_571_823,
+            2_147_483_649,
+            0,
+            0,
+            0,
+        ];
+        for (i, &ns) in times.iter().enumerate() {
+            let now = Timestamp::from_nanos(ns);
+            let (requests, accepts) = t.counts(now);
+            assert!(accepts <= requests);
+            assert!((0.0..=1.0).contains(&t.probability(now)));
+            if let Ok(ticket) = t.try_admit(now) {
+                if i % 2 == 0 {
+                    ticket.accepted(now)
+                } else {
+                    ticket.refused(now)
+                }
+            }
+        }
     }
 
     #[test]

@@ -77,8 +77,11 @@ fn timeline() -> impl Strategy<Value = Vec<Timestamp>> {
     prop::collection::vec(instant.prop_map(Timestamp::from_nanos), 1..24)
 }
 
+/// 512 cases a test (4 under Miri); `PROPTEST_CASES` sets another number
+/// for a longer search.
 fn cases() -> u32 {
-    if cfg!(miri) { 4 } else { 512 }
+    let asked = std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok());
+    if cfg!(miri) { 4 } else { asked.unwrap_or(512) }
 }
 
 proptest! {

@@ -32,8 +32,10 @@
 //! window's current tags.
 //!
 //! Limits: a slot that nobody touched for 2^32 epochs (49 days of 1 ms
-//! buckets) can alias a current tag; a stripe's bucket counts up to 2^32 - 1
-//! calls and then saturates.
+//! buckets), or time jumping by 2^31 epochs or more, can alias a current
+//! tag (the calls, failures and slow words alias each on its own, so a
+//! reader never counts a slot's failures or slow calls above its calls); a
+//! stripe's bucket counts up to 2^32 - 1 calls and then saturates.
 //!
 //! # Orderings
 //!
@@ -319,10 +321,14 @@ impl StripedWindow {
             if calls == 0 {
                 continue;
             }
+            // The three words are tagged one by one: after a jump in time of
+            // 2^31 epochs or more (time going far backwards, or a slot left
+            // alone for 2^32 epochs) their tags can alias apart, so a part
+            // is never read above the whole.
             total.add(WindowCounts {
                 calls,
-                failures: read(&slot.failures, tag),
-                slow: read(&slot.slow, tag),
+                failures: read(&slot.failures, tag).min(calls),
+                slow: read(&slot.slow, tag).min(calls),
             });
         }
         total
