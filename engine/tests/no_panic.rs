@@ -80,7 +80,9 @@ fn timeline() -> impl Strategy<Value = Vec<Timestamp>> {
 /// 512 cases a test (4 under Miri); `PROPTEST_CASES` sets another number
 /// for a longer search.
 fn cases() -> u32 {
-    let asked = std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok());
+    let asked = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok());
     if cfg!(miri) { 4 } else { asked.unwrap_or(512) }
 }
 
