@@ -60,6 +60,7 @@ pub mod gcra;
 pub mod key;
 mod limiter;
 pub mod semaphore;
+pub mod tower;
 
 pub use config::{FailurePolicy, FleetConfig, FleetError, Ring};
 pub use limiter::{
@@ -68,6 +69,9 @@ pub use limiter::{
 };
 pub use semaphore::{
     FleetPermit, FleetSemaphore, SemaphoreConfig, SemaphoreRefused, SemaphoreStats,
+};
+pub use tower::{
+    FleetLimitError, FleetRateLimit, FleetRateLimitLayer, FleetRejected, FleetResponseFuture,
 };
 
 /// The crate's README (its page on crates.io), compiled and run as doc tests.

@@ -159,6 +159,8 @@ struct Shared {
     policy: FailurePolicy,
     events: Option<Arc<Ring>>,
     source: u32,
+    /// The refresh interval: when a lease may next arrive.
+    interval: Duration,
     // Written by the task only.
     granted: AtomicU64,
     returned: AtomicU64,
@@ -407,6 +409,7 @@ impl FleetRateLimiter {
             policy: config.policy,
             events: config.events.clone(),
             source: config.source,
+            interval: config.refresh_interval,
             granted: AtomicU64::new(0),
             returned: AtomicU64::new(0),
             lost: AtomicU64::new(0),
@@ -454,6 +457,18 @@ impl FleetRateLimiter {
     #[inline]
     pub fn try_acquire(&self) -> Result<Admitted, Refused> {
         self.shared.try_acquire_at(self.shared.clock.now())
+    }
+
+    /// How long after `refused` trying again may help (an HTTP server's
+    /// `Retry-After`): the engine limiter's own wait for
+    /// [`Refused::ShareLimited`] and [`Refused::Fallback`], and the refresh
+    /// interval — when the background task next asks Redis — for
+    /// [`Refused::QuotaExhausted`] and [`Refused::FailClosed`].
+    pub fn retry_after(&self, refused: &Refused) -> Duration {
+        match refused {
+            Refused::ShareLimited(l) | Refused::Fallback(l) => l.wait(),
+            Refused::QuotaExhausted | Refused::FailClosed => self.shared.interval,
+        }
     }
 
     /// A snapshot of the counters.
