@@ -58,6 +58,7 @@
 mod config;
 pub mod gcra;
 pub mod key;
+mod lease;
 mod limiter;
 pub mod semaphore;
 pub mod tower;

@@ -35,7 +35,11 @@ impl Service<u32> for Echo {
 
     fn call(&mut self, req: u32) -> Self::Future {
         self.0.fetch_add(1, Ordering::Relaxed);
-        ready(if req.is_multiple_of(2) { Ok(req) } else { Err("odd") })
+        ready(if req.is_multiple_of(2) {
+            Ok(req)
+        } else {
+            Err("odd")
+        })
     }
 }
 
