@@ -69,10 +69,12 @@ pub use limiter::{
     Refused,
 };
 pub use semaphore::{
-    FleetPermit, FleetSemaphore, SemaphoreConfig, SemaphoreRefused, SemaphoreStats,
+    FleetPermit, FleetSemaphore, OwnedFleetPermit, SemaphoreConfig, SemaphoreRefused,
+    SemaphoreStats,
 };
 pub use tower::{
-    FleetLimitError, FleetRateLimit, FleetRateLimitLayer, FleetRejected, FleetResponseFuture,
+    FleetConcurrencyFuture, FleetConcurrencyLimit, FleetConcurrencyLimitLayer, FleetLimitError,
+    FleetRateLimit, FleetRateLimitLayer, FleetRejected, FleetResponseFuture, SemaphoreRejected,
 };
 
 /// The crate's README (its page on crates.io), compiled and run as doc tests.
