@@ -58,8 +58,10 @@
 mod config;
 pub mod gcra;
 pub mod key;
+mod lease;
 mod limiter;
 pub mod semaphore;
+pub mod tower;
 
 pub use config::{FailurePolicy, FleetConfig, FleetError, Ring};
 pub use limiter::{
@@ -67,7 +69,12 @@ pub use limiter::{
     Refused,
 };
 pub use semaphore::{
-    FleetPermit, FleetSemaphore, SemaphoreConfig, SemaphoreRefused, SemaphoreStats,
+    FleetPermit, FleetSemaphore, OwnedFleetPermit, SemaphoreConfig, SemaphoreRefused,
+    SemaphoreStats,
+};
+pub use tower::{
+    FleetConcurrencyFuture, FleetConcurrencyLimit, FleetConcurrencyLimitLayer, FleetLimitError,
+    FleetRateLimit, FleetRateLimitLayer, FleetRejected, FleetResponseFuture, SemaphoreRejected,
 };
 
 /// The crate's README (its page on crates.io), compiled and run as doc tests.

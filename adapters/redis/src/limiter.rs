@@ -13,7 +13,9 @@
 //! A token leaves `tokens` exactly once: either a request takes it (and
 //! spends it, or puts it back when its own engine limiter refuses) or the
 //! task swaps it out to give it back to Redis. So no token is spent twice,
-//! and none is given back that was spent.
+//! and none is given back that was spent. The counter is
+//! [`LeaseTokens`](crate::lease) (`lease.rs`), which the loom model
+//! compiles as it is.
 
 use core::time::Duration;
 use std::sync::Arc;
@@ -34,6 +36,7 @@ use tokio::task::JoinHandle;
 use crate::config::{FailurePolicy, FleetConfig, FleetError, Ring};
 use crate::gcra::{self, GcraParams, Reply};
 use crate::key::rate_key;
+use crate::lease::{GiveBack, LeaseTokens};
 
 /// A request was decided under the failure policy, Redis being unreachable.
 /// Payload: `[decision code, tokens left in the last lease]`; the codes are
@@ -137,7 +140,7 @@ pub struct FleetStats {
 
 /// The words requests read, on their own cache line.
 struct Lease {
-    tokens: AtomicU64,
+    tokens: LeaseTokens,
     expiry: AtomicU64,
     available: AtomicBool,
 }
@@ -159,22 +162,14 @@ struct Shared {
     policy: FailurePolicy,
     events: Option<Arc<Ring>>,
     source: u32,
+    /// The refresh interval: when a lease may next arrive.
+    interval: Duration,
     // Written by the task only.
     granted: AtomicU64,
     returned: AtomicU64,
     lost: AtomicU64,
     redis_calls: AtomicU64,
     redis_errors: AtomicU64,
-}
-
-/// Takes one token if there is one.
-#[inline]
-fn take_one(tokens: &AtomicU64) -> bool {
-    // ordering: Relaxed; the count is the only data the word carries, and
-    // the read-modify-write makes each token leave it exactly once.
-    tokens
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-        .is_ok()
 }
 
 impl Shared {
@@ -192,8 +187,7 @@ impl Shared {
         } else {
             self.degraded_refused.inc();
         }
-        // ordering: Relaxed; a count for the event.
-        let left = self.lease.tokens.load(Ordering::Relaxed);
+        let left = self.lease.tokens.held();
         self.emit(REDIS_DEGRADED, now, [code, left]);
     }
 
@@ -207,7 +201,7 @@ impl Shared {
         let available = self.lease.available.load(Ordering::Relaxed);
         let valid = now.as_nanos() < expiry;
         let last_lease = !available && self.policy == FailurePolicy::Degraded;
-        if (valid || last_lease) && take_one(&self.lease.tokens) {
+        if (valid || last_lease) && self.lease.tokens.take_one() {
             return match self.share.check(now) {
                 Ok(()) => {
                     // ordering: Relaxed; a demand count read by the task.
@@ -220,8 +214,7 @@ impl Shared {
                     }
                 }
                 Err(limited) => {
-                    // ordering: Relaxed; see `take_one`.
-                    self.lease.tokens.fetch_add(1, Ordering::Relaxed);
+                    self.lease.tokens.put_back();
                     Err(Refused::ShareLimited(limited))
                 }
             };
@@ -256,7 +249,7 @@ impl Shared {
     fn stats(&self) -> FleetStats {
         // ordering: Relaxed throughout; a snapshot for reports.
         FleetStats {
-            lease_tokens: self.lease.tokens.load(Ordering::Relaxed),
+            lease_tokens: self.lease.tokens.held(),
             redis_available: self.lease.available.load(Ordering::Relaxed),
             spent: self.demand.spent.load(Ordering::Relaxed),
             starved: self.demand.starved.load(Ordering::Relaxed),
@@ -313,31 +306,6 @@ struct Refresher {
 }
 
 /// What a refresh gives back to Redis.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum GiveBack {
-    Nothing,
-    /// The whole lease (expired, or shutting down).
-    All,
-    /// What the lease holds above this many tokens.
-    Above(u64),
-}
-
-impl GiveBack {
-    /// Takes the tokens to give back out of the lease.
-    fn take(self, tokens: &AtomicU64) -> u64 {
-        // ordering: Relaxed; see `take_one`.
-        match self {
-            GiveBack::Nothing => 0,
-            GiveBack::All => tokens.swap(0, Ordering::Relaxed),
-            GiveBack::Above(keep) => tokens
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                    (n > keep).then_some(keep)
-                })
-                .map_or(0, |n| n - keep),
-        }
-    }
-}
-
 pub(crate) fn default_breaker() -> BreakerConfig {
     // A fixed, valid configuration: consecutive failures only.
     BreakerConfig::builder()
@@ -391,7 +359,7 @@ impl FleetRateLimiter {
         let clock = MonotonicClock::new();
         let shared = Arc::new(Shared {
             lease: CachePadded::new(Lease {
-                tokens: AtomicU64::new(0),
+                tokens: LeaseTokens::new(0),
                 expiry: AtomicU64::new(0),
                 available: AtomicBool::new(true),
             }),
@@ -407,6 +375,7 @@ impl FleetRateLimiter {
             policy: config.policy,
             events: config.events.clone(),
             source: config.source,
+            interval: config.refresh_interval,
             granted: AtomicU64::new(0),
             returned: AtomicU64::new(0),
             lost: AtomicU64::new(0),
@@ -454,6 +423,18 @@ impl FleetRateLimiter {
     #[inline]
     pub fn try_acquire(&self) -> Result<Admitted, Refused> {
         self.shared.try_acquire_at(self.shared.clock.now())
+    }
+
+    /// How long after `refused` trying again may help (an HTTP server's
+    /// `Retry-After`): the engine limiter's own wait for
+    /// [`Refused::ShareLimited`] and [`Refused::Fallback`], and the refresh
+    /// interval — when the background task next asks Redis — for
+    /// [`Refused::QuotaExhausted`] and [`Refused::FailClosed`].
+    pub fn retry_after(&self, refused: &Refused) -> Duration {
+        match refused {
+            Refused::ShareLimited(l) | Refused::Fallback(l) => l.wait(),
+            Refused::QuotaExhausted | Refused::FailClosed => self.shared.interval,
+        }
     }
 
     /// A snapshot of the counters.
@@ -514,8 +495,7 @@ impl Refresher {
                 () = stop.notified() => break,
             }
         }
-        // ordering: Relaxed; see `take_one`.
-        if self.shared.lease.tokens.load(Ordering::Relaxed) > 0 {
+        if self.shared.lease.tokens.held() > 0 {
             let now = self.shared.clock.now();
             let _ = self.call(0, GiveBack::All, now).await;
         }
@@ -551,10 +531,10 @@ impl Refresher {
         let now = self.shared.clock.now();
         let target = self.size(now);
         let lease = &self.shared.lease;
-        // ordering: Relaxed; see `take_one` and `try_acquire_at`.
+        // ordering: Relaxed; see `try_acquire_at`.
         let expiry = lease.expiry.load(Ordering::Relaxed);
         let available = lease.available.load(Ordering::Relaxed);
-        let held = lease.tokens.load(Ordering::Relaxed);
+        let held = lease.tokens.held();
         let expired = now.as_nanos() >= expiry;
         // Under the degraded policy with Redis unreachable, the last lease is
         // spent instead of given back.
@@ -588,7 +568,15 @@ impl Refresher {
         let reply = match self.breaker.try_acquire(now) {
             Err(_) => None,
             Ok(permit) => {
-                ret = give_back.take(&shared.lease.tokens).min(self.params.b);
+                ret = shared.lease.tokens.give_back(give_back);
+                // The script takes back at most `b` at once; a surplus never
+                // left for Redis and goes back into the lease (a lease holds
+                // at most `max_lease <= b`, so this does not happen in
+                // practice).
+                if ret > self.params.b {
+                    shared.lease.tokens.grant(ret - self.params.b);
+                    ret = self.params.b;
+                }
                 // ordering: Relaxed; counts.
                 shared.redis_calls.fetch_add(1, Ordering::Relaxed);
                 let mut invocation = self.script.key(&self.key);
@@ -620,9 +608,9 @@ impl Refresher {
         let lease = &shared.lease;
         match reply {
             Some(reply) => {
-                // ordering: Relaxed; the tokens are a count (see `take_one`),
-                // and expiry and availability are read independently.
-                lease.tokens.fetch_add(reply.granted, Ordering::Relaxed);
+                // ordering: Relaxed; expiry and availability are read
+                // independently of the tokens (a count, see `lease.rs`).
+                lease.tokens.grant(reply.granted);
                 lease.expiry.store(
                     now.saturating_add(self.lease_duration).as_nanos(),
                     Ordering::Relaxed,
@@ -643,7 +631,7 @@ impl Refresher {
                 // reached Redis: never put them back (no token spent twice).
                 shared.lost.fetch_add(ret, Ordering::Relaxed);
                 if lease.available.swap(false, Ordering::Relaxed) {
-                    let held = lease.tokens.load(Ordering::Relaxed);
+                    let held = lease.tokens.held();
                     shared.emit(REDIS_UNAVAILABLE, now, [shared.policy.code(), held]);
                 }
             }
@@ -655,56 +643,6 @@ impl Refresher {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Requests taking tokens race a task adding grants and giving tokens
-    /// back (all, or the excess above a target): every token leaves the
-    /// word exactly once, so spent + given back + left = granted.
-    #[test]
-    fn a_token_is_spent_or_given_back_exactly_once() {
-        let tokens = Arc::new(AtomicU64::new(0));
-        let done = Arc::new(AtomicBool::new(false));
-        let spenders: Vec<_> = (0..3)
-            .map(|_| {
-                let (tokens, done) = (Arc::clone(&tokens), Arc::clone(&done));
-                std::thread::spawn(move || {
-                    let mut spent = 0u64;
-                    // ordering: Relaxed; a stop flag.
-                    while !done.load(Ordering::Relaxed) {
-                        if take_one(&tokens) {
-                            spent += 1;
-                        }
-                    }
-                    spent
-                })
-            })
-            .collect();
-        let (mut granted, mut returned) = (0u64, 0u64);
-        for i in 0..20_000u64 {
-            let grant = i % 7;
-            // ordering: Relaxed, as in the task.
-            tokens.fetch_add(grant, Ordering::Relaxed);
-            granted += grant;
-            returned += match i % 3 {
-                0 => GiveBack::All.take(&tokens),
-                1 => GiveBack::Above(2).take(&tokens),
-                _ => GiveBack::Nothing.take(&tokens),
-            };
-        }
-        done.store(true, Ordering::Relaxed);
-        let spent: u64 = spenders.into_iter().map(|h| h.join().unwrap()).sum();
-        let left = tokens.load(Ordering::Relaxed);
-        assert_eq!(spent + returned + left, granted);
-    }
-
-    #[test]
-    fn give_back_above_keeps_the_target() {
-        let tokens = AtomicU64::new(10);
-        assert_eq!(GiveBack::Above(4).take(&tokens), 6);
-        assert_eq!(tokens.load(Ordering::Relaxed), 4);
-        assert_eq!(GiveBack::Above(4).take(&tokens), 0);
-        assert_eq!(GiveBack::All.take(&tokens), 4);
-        assert_eq!(GiveBack::All.take(&tokens), 0);
-    }
 
     #[test]
     fn degraded_quotas_divide_the_global_one() {

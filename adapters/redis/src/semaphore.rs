@@ -282,6 +282,58 @@ impl fmt::Debug for FleetPermit<'_> {
     }
 }
 
+/// A permit of a [`FleetSemaphore`] that owns a handle on the semaphore's
+/// state (an `Arc`, cloned without allocating), so it can outlive the
+/// borrow, e.g. in a response future. The permit goes back when it is
+/// dropped.
+#[must_use = "the permit is released when dropped"]
+pub struct OwnedFleetPermit {
+    shared: Arc<SemShared>,
+    kind: Owned,
+}
+
+enum Owned {
+    Leased(Option<RawBulkheadPermit>),
+    Fallback(Option<RawBulkheadPermit>),
+    FailOpen,
+}
+
+impl OwnedFleetPermit {
+    /// Whether the permit was granted under the failure policy (Redis
+    /// unreachable and the lease lapsed).
+    pub fn is_degraded(&self) -> bool {
+        !matches!(self.kind, Owned::Leased(_))
+    }
+}
+
+impl fmt::Debug for OwnedFleetPermit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.kind {
+            Owned::Leased(_) => "OwnedFleetPermit::Leased",
+            Owned::Fallback(_) => "OwnedFleetPermit::Fallback",
+            Owned::FailOpen => "OwnedFleetPermit::FailOpen",
+        })
+    }
+}
+
+impl Drop for OwnedFleetPermit {
+    fn drop(&mut self) {
+        match &mut self.kind {
+            Owned::Leased(raw) => {
+                if let Some(raw) = raw.take() {
+                    self.shared.bulkhead.release(raw);
+                }
+            }
+            Owned::Fallback(raw) => {
+                if let Some(raw) = raw.take() {
+                    self.shared.fallback.release(raw);
+                }
+            }
+            Owned::FailOpen => {}
+        }
+    }
+}
+
 /// Why a [`FleetSemaphore`] refused a permit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SemaphoreRefused {
@@ -348,6 +400,8 @@ struct SemShared {
     source: u32,
     redis_calls: AtomicU64,
     redis_errors: AtomicU64,
+    /// The refresh interval: when the claim is next renewed.
+    interval: Duration,
 }
 
 impl Drop for SemShared {
@@ -474,6 +528,7 @@ impl FleetSemaphore {
             source: config.source,
             redis_calls: AtomicU64::new(0),
             redis_errors: AtomicU64::new(0),
+            interval: config.refresh_interval,
         });
         let mut refresher = SemRefresher {
             shared: Arc::clone(&shared),
@@ -549,6 +604,33 @@ impl FleetSemaphore {
                 }
             },
         }
+    }
+
+    /// [`try_acquire`](Self::try_acquire) with a permit that owns a handle
+    /// on the semaphore's state instead of borrowing it (one reference
+    /// count increment; no allocation).
+    ///
+    /// # Errors
+    ///
+    /// As [`try_acquire`](Self::try_acquire).
+    #[inline]
+    pub fn try_acquire_owned(&self) -> Result<OwnedFleetPermit, SemaphoreRefused> {
+        let kind = match self.try_acquire()? {
+            FleetPermit::Leased(p) => Owned::Leased(Some(p.into_raw())),
+            FleetPermit::Fallback(p) => Owned::Fallback(Some(p.into_raw())),
+            FleetPermit::FailOpen => Owned::FailOpen,
+        };
+        Ok(OwnedFleetPermit {
+            shared: Arc::clone(&self.shared),
+            kind,
+        })
+    }
+
+    /// How long after any refusal trying again may help: the refresh
+    /// interval, when the claim is next renewed (a permit released in this
+    /// process may come sooner).
+    pub fn retry_after(&self) -> Duration {
+        self.shared.interval
     }
 
     /// A snapshot of the counters.

@@ -182,3 +182,107 @@ async fn no_semaphore_path_allocates() {
         assert!(seen.contains(path), "{path} not taken: {seen:?}");
     }
 }
+
+/// The tower layer's call path: deciding, calling the inner service and
+/// polling the named response future allocate nothing, admitted or
+/// rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_layer_call_allocates() {
+    use std::future::{Future, Ready, ready};
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+    use tenlives_redis::{FleetLimitError, FleetRateLimitLayer};
+    use tower_layer::Layer;
+    use tower_service::Service;
+
+    struct Inner;
+    impl Service<u64> for Inner {
+        type Response = u64;
+        type Error = ();
+        type Future = Ready<Result<u64, ()>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: u64) -> Self::Future {
+            ready(Ok(req))
+        }
+    }
+
+    let server = RedisServer::start();
+    let quota = Quota::per_second(1_000).unwrap().with_burst(200).unwrap();
+    let config = FleetConfig::new("layer", quota)
+        .max_share(0.5)
+        .initial_lease(100)
+        .refresh_interval(Duration::from_millis(20))
+        .lease_duration(Duration::from_millis(500));
+    let limiter = Arc::new(
+        FleetRateLimiter::start(config, server.client())
+            .await
+            .unwrap(),
+    );
+    let mut svc = FleetRateLimitLayer::new(limiter).layer(Inner);
+    let mut cx = Context::from_waker(Waker::noop());
+    let (mut admitted, mut rejected) = (0u64, 0u64);
+    let allocations = allocations_during(|| {
+        for i in 0..5_000u64 {
+            assert!(svc.poll_ready(&mut cx).is_ready());
+            let fut = pin!(svc.call(i));
+            match fut.poll(&mut cx) {
+                Poll::Ready(Ok(v)) => {
+                    assert_eq!(v, i);
+                    admitted += 1;
+                }
+                Poll::Ready(Err(FleetLimitError::Rejected(r))) => {
+                    assert!(r.retry_after > Duration::ZERO);
+                    rejected += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    });
+    assert_eq!(allocations, 0);
+    assert!(admitted > 0 && rejected > 0, "{admitted} / {rejected}");
+
+    // The concurrency layer: a call holds an owned permit (a reference
+    // count, not an allocation) until its future completes or is dropped.
+    use tenlives_redis::{FleetConcurrencyLimitLayer, FleetSemaphore, SemaphoreConfig};
+    let config = SemaphoreConfig::new("layer-sem", 4)
+        .refresh_interval(Duration::from_millis(10))
+        .ttl(Duration::from_millis(500));
+    let sem = Arc::new(
+        FleetSemaphore::start(config, server.client())
+            .await
+            .unwrap(),
+    );
+    // Let the claim grow to the limit first (refusals are the demand).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while sem.stats().leased < 4 {
+        assert!(Instant::now() < deadline, "the claim never grew");
+        let held: Vec<_> = (0..4).filter_map(|_| sem.try_acquire().ok()).collect();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        drop(held);
+    }
+    let mut svc = FleetConcurrencyLimitLayer::new(sem).layer(Inner);
+    let (mut admitted, mut rejected) = (0u64, 0u64);
+    let allocations = allocations_during(|| {
+        for i in 0..3_000u64 {
+            assert!(svc.poll_ready(&mut cx).is_ready());
+            // Five calls made at once against a claim of 4 (the fifth
+            // refused), then all polled to completion and dropped.
+            let mut a = pin!(svc.call(i));
+            let mut b = pin!(svc.call(i));
+            let mut c = pin!(svc.call(i));
+            let mut d = pin!(svc.call(i));
+            let mut e = pin!(svc.call(i));
+            for fut in [a.as_mut(), b.as_mut(), c.as_mut(), d.as_mut(), e.as_mut()] {
+                match fut.poll(&mut cx) {
+                    Poll::Ready(Ok(_)) => admitted += 1,
+                    Poll::Ready(Err(FleetLimitError::Rejected(_))) => rejected += 1,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+    });
+    assert_eq!(allocations, 0);
+    assert!(admitted > 0 && rejected > 0, "{admitted} / {rejected}");
+}
