@@ -237,6 +237,8 @@ struct Counts {
     saturated_granted: u64,
     config_changes: u64,
     config_events_read: u64,
+    /// Seconds at which a breaker was half-open, its probes checked.
+    half_open_checks: u64,
     events_read: u64,
     events_lost: u64,
     deposits: u64,
@@ -610,27 +612,6 @@ fn soak(seed: u64, days: u64) -> Counts {
                         _ => {}
                     }
                     drain_events(&mut consumer, &mut n);
-                    // The hourly checks: what the driver holds is what the
-                    // primitives count.
-                    check_conservation(
-                        &n, &queue, &lim_aimd, &lim_grad, &brk_a, &brk_b, &waiting, &sched, now_ts,
-                    );
-                    let elapsed = Duration::from_nanos(t - since);
-                    let expected = u64::from(keyed_quota.burst()) + keyed_quota.tokens_by(elapsed);
-                    assert!(
-                        n.saturated_granted.abs_diff(expected) <= 1,
-                        "drift at hour {}: the saturated key got {} tokens, rate x time + burst is {expected}",
-                        sec / HOUR,
-                        n.saturated_granted
-                    );
-                    assert!(keyed.in_use() <= KEYED_CAPACITY, "the keyed table grew");
-                    let (quota, since, admitted) = era;
-                    let bound =
-                        u64::from(quota.burst()) + quota.tokens_by(Duration::from_nanos(t - since));
-                    assert!(
-                        admitted <= bound,
-                        "the direct limiter admitted {admitted} under {quota:?} since {since}, past {bound}"
-                    );
                     sched.assert_within_room();
                     assert!(waiting.capacity() == DRIVER_ROOM);
                     assert_eq!(
@@ -639,6 +620,26 @@ fn soak(seed: u64, days: u64) -> Counts {
                         "events emitted = consumed + reported lost"
                     );
                 }
+                // Every simulated second: what the driver holds is what the
+                // primitives count, and no drift.
+                n.half_open_checks += check_conservation(
+                    &n, &queue, &lim_aimd, &lim_grad, &brk_a, &brk_b, &waiting, &sched, now_ts,
+                );
+                let elapsed = Duration::from_nanos(t - since);
+                let expected = u64::from(keyed_quota.burst()) + keyed_quota.tokens_by(elapsed);
+                assert!(
+                    n.saturated_granted.abs_diff(expected) <= 1,
+                    "drift at second {sec}: the saturated key got {} tokens, rate x time + burst is {expected}",
+                    n.saturated_granted
+                );
+                assert!(keyed.in_use() <= KEYED_CAPACITY, "the keyed table grew");
+                let (quota, since, admitted) = era;
+                let bound =
+                    u64::from(quota.burst()) + quota.tokens_by(Duration::from_nanos(t - since));
+                assert!(
+                    admitted <= bound,
+                    "the direct limiter admitted {admitted} under {quota:?} since {since}, past {bound}"
+                );
                 if sec.is_multiple_of(DAY) && sec > 0 {
                     let live = settle();
                     let first = *first_day_heap.get_or_insert(live);
@@ -929,7 +930,8 @@ fn soak(seed: u64, days: u64) -> Counts {
     n
 }
 
-/// The driver's holdings against the primitives' counts.
+/// The driver's holdings against the primitives' counts; how many breakers
+/// were half-open (their probes checked).
 #[allow(clippy::too_many_arguments)]
 fn check_conservation(
     n: &Counts,
@@ -941,7 +943,8 @@ fn check_conservation(
     waiting: &[Pending<'_>],
     sched: &Schedule<'_>,
     now: Timestamp,
-) {
+) -> u64 {
+    let mut half_open = 0;
     assert_eq!(
         queue.source().in_flight(),
         n.in_flight_queue,
@@ -969,6 +972,7 @@ fn check_conservation(
         if snap.state != BreakerState::HalfOpen {
             continue;
         }
+        half_open += 1;
         let generation = b.generation();
         let mut held = 0;
         for job in sched.slab.iter().flatten() {
@@ -992,6 +996,7 @@ fn check_conservation(
             "breaker probes in flight: {snap:?}"
         );
     }
+    half_open
 }
 
 #[test]
@@ -1023,4 +1028,8 @@ fn a_week_of_traffic_in_virtual_time() {
         "{n:?}"
     );
     assert!(n.events_lost > 0 && n.retries_arrived > 0, "{n:?}");
+    assert!(
+        n.half_open_checks > 0,
+        "half-open breakers were seen: {n:?}"
+    );
 }
