@@ -9,8 +9,8 @@
 //! wheel for call deadlines and one event ring that every primitive reports
 //! to. Single-threaded and deterministic for a seed.
 //!
-//! Checked at every simulated hour and at the end (after the calls still in
-//! flight have drained):
+//! Checked at every simulated second and at the end (after the calls still
+//! in flight have drained):
 //! - conservation: every permit the driver holds is the primitive's count
 //!   (bulkhead, adaptive limiters, breaker probes, queue waiters, timer
 //!   entries), and everything is back to zero at the end; events emitted =
