@@ -861,6 +861,27 @@ fn soak(seed: u64, days: u64) -> Counts {
         0
     );
     assert_eq!(queue.source().in_flight(), 0, "queue permits back");
+    // Queue slots back: with every permit held, a full capacity of callers
+    // finds a place, and the next is refused only because the queue is full.
+    let held: Vec<_> = (0..queue.source().limit())
+        .map(|_| queue.try_acquire().expect("a free permit"))
+        .collect();
+    let full: Vec<_> = (0..queue.config().capacity())
+        .map(|_| {
+            queue
+                .enqueue(0, Timestamp::MAX, waker)
+                .expect("a free slot")
+        })
+        .collect();
+    assert!(
+        queue.enqueue(0, Timestamp::MAX, waker).is_err(),
+        "a full queue refuses"
+    );
+    assert_eq!(queue.waiting(), queue.config().capacity());
+    drop(full);
+    drop(held);
+    assert_eq!((queue.waiting(), queue.source().in_flight()), (0, 0));
+    drain_events(&mut consumer, &mut n); // what that check reported
     assert_eq!(lim_aimd.in_flight(), 0, "AIMD permits back");
     assert_eq!(lim_grad.in_flight(), 0, "gradient permits back");
     for b in [&brk_a, &brk_b] {
