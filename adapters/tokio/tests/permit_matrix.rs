@@ -43,6 +43,15 @@ const OPEN: Duration = Duration::from_secs(1);
 const TIMEOUT: Duration = Duration::from_millis(10);
 /// The delay before the one retry of the retrying stack.
 const BACKOFF: Duration = Duration::from_millis(1);
+
+/// Moves paused time past a retry's backoff and lets the stack's timer wheel
+/// fire it: the wait is an entry of the shared wheel, whose deadlines fire
+/// up to one tick (1 ms by default) after they are due, once its driver
+/// task has run.
+async fn past_the_backoff() {
+    tokio::time::advance(BACKOFF + Duration::from_millis(1)).await;
+    tokio::task::yield_now().await;
+}
 /// How long a request waits in the admission queue at most.
 const MAX_WAIT: Duration = Duration::from_millis(100);
 /// The answer the classifier panics on.
@@ -272,7 +281,7 @@ where
             let mut fut = pin!(ready_call(svc, Call::FailThenPanic));
             assert!(poll_once(fut.as_mut()).is_pending(), "waits to retry");
             assert_eq!(held(), 0, "nothing held between attempts");
-            tokio::time::advance(BACKOFF).await;
+            past_the_backoff().await;
             poll_panics(fut, "the backend's call, retried,");
         }
         PanicInRetryClassifier => {
@@ -663,7 +672,7 @@ async fn a_request_clone_panicking_before_a_retry_gives_the_permit_back() {
             "failed, waits to retry"
         );
         assert_eq!(in_flight(), 0, "nothing held between attempts");
-        tokio::time::advance(BACKOFF).await;
+        past_the_backoff().await;
         poll_panics(fut.as_mut(), "the request's clone for the retry");
         assert_eq!(clones.load(Ordering::SeqCst), 2, "it was the retry's clone");
         assert_eq!(in_flight(), 1, "the retry's permit is in its holder");
