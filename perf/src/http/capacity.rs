@@ -130,6 +130,7 @@ async fn ramp(args: &CapacityArgs, fronts: Fronts, slo: &Slo) -> Result<Ramp, Bo
         seed: args.seed,
         port: 0,
         horizon,
+        peers: Vec::new(),
     })?;
     let name = if fronts == Fronts::Protected {
         "protected"

@@ -46,8 +46,10 @@ use tenlives_tokio::{
 };
 use tower_layer::Layer;
 use tower_service::Service;
+use tokio::time::Instant;
 
 use super::server::{Body, Handler, respond};
+use super::timeline::Timeline;
 
 /// The HTTP client every caller here uses: pooled HTTP/1 connections.
 pub type HttpClient = Client<HttpConnector, Empty<Bytes>>;
@@ -89,18 +91,66 @@ impl fmt::Display for UpstreamError {
 
 impl std::error::Error for UpstreamError {}
 
+/// Counts the calls a front's client sends while the upstream's script has
+/// it down or in an outage: the calls a policy could have kept from a
+/// dependency that could not answer them well. (The upstream cannot count
+/// them itself while its listener is closed.)
+#[derive(Debug)]
+pub struct DownWatch {
+    timeline: Arc<Timeline>,
+    origin: Instant,
+    sent_while_down: AtomicU64,
+}
+
+impl DownWatch {
+    /// Watches `timeline`, whose time zero is `origin`.
+    pub fn new(timeline: Arc<Timeline>, origin: Instant) -> Self {
+        DownWatch {
+            timeline,
+            origin,
+            sent_while_down: AtomicU64::new(0),
+        }
+    }
+
+    /// Calls sent while the upstream was down or in an outage.
+    pub fn sent_while_down(&self) -> u64 {
+        // ordering: Relaxed; a counter read for reports.
+        self.sent_while_down.load(Ordering::Relaxed)
+    }
+
+    fn sent(&self) {
+        if self.timeline.down_at(self.origin.elapsed()) {
+            bump(&self.sent_while_down);
+        }
+    }
+}
+
 /// A tower service calling the upstream: answers the status code, after
 /// reading the (short) body so the connection goes back to the pool.
 #[derive(Clone)]
 pub struct UpstreamClient {
     client: HttpClient,
     uri: Uri,
+    watch: Option<Arc<DownWatch>>,
 }
 
 impl UpstreamClient {
     /// Calls `uri` through `client`.
     pub fn new(client: HttpClient, uri: Uri) -> Self {
-        UpstreamClient { client, uri }
+        UpstreamClient {
+            client,
+            uri,
+            watch: None,
+        }
+    }
+
+    /// Counts the calls sent while the upstream is down in `watch`.
+    #[must_use]
+    pub fn watched(self, watch: Arc<DownWatch>) -> Self {
+        UpstreamClient {
+            watch: Some(watch),
+            ..self
+        }
     }
 }
 
@@ -115,6 +165,9 @@ impl Service<Call> for UpstreamClient {
     }
 
     fn call(&mut self, _call: Call) -> UpstreamFuture {
+        if let Some(w) = &self.watch {
+            w.sent();
+        }
         let mut req = Request::new(Empty::new());
         *req.uri_mut() = self.uri.clone();
         UpstreamFuture::Head {

@@ -8,8 +8,9 @@
 //!
 //! Beside the goodput stands the **limit**: the good answers the upstream
 //! could have given, at most the requests offered. While a phase lasts, the
-//! upstream's `capacity` slots serve calls in a mean service time `s`, so at
-//! most `capacity / s` calls per second; of those only the share answered
+//! upstream's `capacity` slots (or the share of them the phase leaves
+//! serving) serve calls in a mean service time `s`, so at most
+//! `capacity / s` calls per second; of those only the share answered
 //! correctly (no `500`, no dropped connection) and fast enough (service time
 //! within the objective, from the phase's uniform service-time range) can be
 //! good. While the upstream is down or in an outage the limit is zero. The
@@ -49,7 +50,7 @@ pub fn good_rate(fault: &Fault, capacity: u32, objective: Duration) -> f64 {
             0.0
         };
     }
-    f64::from(capacity) / mean * correct * fast
+    f64::from(fault.slots(capacity)) / mean * correct * fast
 }
 
 /// The limit of a run: its script, its load and its objective.
@@ -211,6 +212,9 @@ mod tests {
         );
         assert_eq!(good_rate(&Fault::down(10 * MS), 8, objective), 0.0);
         assert_eq!(good_rate(&Fault::outage(MS), 8, objective), 0.0);
+        // Half the slots, half the rate.
+        let half = good_rate(&Fault::healthy(10 * MS).with_slots(500), 8, objective);
+        assert!((half - 266.67).abs() < 0.01, "{half}");
     }
 
     #[test]

@@ -141,6 +141,13 @@ fn describe_fault(f: &Fault) -> String {
             f64::from(f.drops_per_mille) / 10.0
         );
     }
+    if f.slots_per_mille < 1000 {
+        let _ = write!(
+            s,
+            ", {:.0} % of the worker slots serving",
+            f64::from(f.slots_per_mille) / 10.0
+        );
+    }
     s
 }
 

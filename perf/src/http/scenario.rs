@@ -395,6 +395,7 @@ async fn run(
         seed: setup.load.seed,
         port: 0,
         horizon: setup.length + bounds.client_timeout + Duration::from_secs(60),
+        peers: Vec::new(),
     })?;
     let drive = harness
         .drive(&DriveOptions {
