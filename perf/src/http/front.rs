@@ -270,7 +270,11 @@ fn retry_if(result: &Result<u16, TenlivesError<UpstreamError>>) -> bool {
 /// The protected front's policies.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Protection {
-    /// Deadline of a whole request, retries included.
+    /// The latency objective of the service: an answer that succeeded
+    /// within it is a good answer (the goodput's default objective).
+    pub objective: Duration,
+    /// Deadline of a whole request, retries included: below the objective,
+    /// so that a timed-out answer still reaches the caller within it.
     pub timeout: Duration,
     /// Retries after the first attempt (within a budget of 20 % of requests
     /// plus 10 per second).
@@ -283,8 +287,11 @@ pub struct Protection {
     pub failure_rate: f64,
     /// ...over this sliding window...
     pub window: Duration,
-    /// ...once it has seen this many calls.
+    /// ...once it has seen this many calls; or after this many failures in
+    /// a row, whatever the window says.
     pub minimum_calls: u32,
+    /// Opens after this many failures in a row.
+    pub consecutive_failures: Option<u32>,
     /// First open period; each further trip doubles it, up to `max_open`.
     pub open: Duration,
     /// Longest open period.
@@ -304,16 +311,18 @@ impl Protection {
     pub fn for_rate(rate: u32) -> Protection {
         let rate_limit = rate.saturating_mul(3).max(10);
         Protection {
-            timeout: Duration::from_millis(300),
+            objective: Duration::from_millis(300),
+            timeout: Duration::from_millis(270),
             retries: 1,
             rate_limit,
             rate_burst: (rate_limit / 10).max(10),
             failure_rate: 50.0,
             window: Duration::from_secs(5),
             minimum_calls: 20,
-            open: Duration::from_secs(1),
-            max_open: Duration::from_secs(2),
-            probes: 5,
+            consecutive_failures: Some(10),
+            open: Duration::from_millis(250),
+            max_open: Duration::from_millis(250),
+            probes: 2,
             // The floor keeps a stray error from shrinking the limit below
             // what a healthy load needs: AIMD counts every failed call as a
             // drop and multiplies the limit down, but grows it only when at
@@ -335,15 +344,18 @@ impl Protection {
         ring: &Arc<Ring>,
     ) -> Result<ProtectedLayer, ConfigError> {
         let sink = || Filter::new(Arc::clone(ring), keep_transitions as fn(EventKind) -> bool);
+        let mut config = BreakerConfig::builder()
+            .failure_rate(self.failure_rate)
+            .time_window(self.window, 10)
+            .minimum_calls(self.minimum_calls)
+            .open_duration(self.open)
+            .open_backoff(2.0, self.max_open)
+            .half_open_probes(self.probes);
+        if let Some(n) = self.consecutive_failures {
+            config = config.consecutive_failures(n);
+        }
         let breaker = CircuitBreaker::with_sink(
-            BreakerConfig::builder()
-                .failure_rate(self.failure_rate)
-                .time_window(self.window, 10)
-                .minimum_calls(self.minimum_calls)
-                .open_duration(self.open)
-                .open_backoff(2.0, self.max_open)
-                .half_open_probes(self.probes)
-                .build()?,
+            config.build()?,
             sink(),
             BREAKER_SOURCE,
         );

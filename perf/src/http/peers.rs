@@ -241,7 +241,10 @@ pub fn failsafe(p: &Protection, upstream: UpstreamClient) -> PeerService {
         p.window,
         backoff.clone(),
     )
-    .or_else(failsafe::failure_policy::consecutive_failures(5, backoff));
+    .or_else(failsafe::failure_policy::consecutive_failures(
+        p.consecutive_failures.unwrap_or(5),
+        backoff,
+    ));
     let breaker = failsafe::Config::new().failure_policy(policy).build();
     BoxCloneSyncService::new(FailsafeService {
         breaker,

@@ -195,7 +195,7 @@ pub fn protection(p: &Protection) -> String {
     format!(
         "  timeout {} per request (retries included); {} retry of 5xx or lost answers, within a budget\n  \
          of 20 % of requests; rate limit {}/s (burst {}); circuit breaker opening at {:.0} % failures over\n  \
-         {} (once {} calls were seen), open {} at first, doubling up to {}, then {} probes;\n  \
+         {} (once {} calls were seen){}, open {} at first, doubling up to {}, then {} probes;\n  \
          adaptive concurrency limit (AIMD) {}..{} starting at {}, shrinking when a window's mean\n  \
          latency exceeds {} or a call fails.\n",
         ms(p.timeout),
@@ -205,8 +205,10 @@ pub fn protection(p: &Protection) -> String {
         p.failure_rate,
         secs(p.window),
         p.minimum_calls,
-        secs(p.open),
-        secs(p.max_open),
+        p.consecutive_failures
+            .map_or_else(String::new, |n| format!(" or after {n} failures in a row")),
+        ms(p.open),
+        ms(p.max_open),
         p.probes,
         p.limits.0,
         p.limits.2,

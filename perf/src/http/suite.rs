@@ -338,7 +338,7 @@ async fn one(
     let protection = Protection::for_rate(rate);
     let objective = load
         .objective_ms
-        .map_or(protection.timeout, Duration::from_millis);
+        .map_or(protection.objective, Duration::from_millis);
     let bounds = Bounds {
         max_in_flight: load.max_in_flight,
         client_timeout: Duration::from_millis(load.client_timeout_ms),
@@ -424,7 +424,7 @@ pub async fn goodput(args: &GoodputArgs) -> Result<bool, Box<dyn Error>> {
     }
     let mut text = String::new();
     let objective = args.load.objective_ms.map_or_else(
-        || Protection::for_rate(1).timeout,
+        || Protection::for_rate(1).objective,
         Duration::from_millis,
     );
     let _ = writeln!(

@@ -142,7 +142,9 @@ pub fn drive(name: &str, info: &RunInfo<'_>, d: &Drive, checks: &[Check]) -> Val
         "upstream_restarts": d.restarts,
         "goodput": goodput(info, d),
         "protection": {
+            "objective_ms": millis(info.protection.objective),
             "timeout_ms": millis(info.protection.timeout),
+            "consecutive_failures": info.protection.consecutive_failures,
             "retries": info.protection.retries,
             "rate_limit_per_s": info.protection.rate_limit,
             "rate_burst": info.protection.rate_burst,
