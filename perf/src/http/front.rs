@@ -44,9 +44,9 @@ use tenlives_engine::time::Clock;
 use tenlives_tokio::{
     DefaultAdmission, RejectionReason, RetryPolicy, Stack, StackLayer, TenlivesError, TokioClock,
 };
+use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
-use tokio::time::Instant;
 
 use super::server::{Body, Handler, respond};
 use super::timeline::Timeline;
@@ -354,11 +354,7 @@ impl Protection {
         if let Some(n) = self.consecutive_failures {
             config = config.consecutive_failures(n);
         }
-        let breaker = CircuitBreaker::with_sink(
-            config.build()?,
-            sink(),
-            BREAKER_SOURCE,
-        );
+        let breaker = CircuitBreaker::with_sink(config.build()?, sink(), BREAKER_SOURCE);
         let (min, initial, max) = self.limits;
         let aimd = Aimd::builder()
             .limits(min, initial, max)
@@ -654,6 +650,26 @@ mod tests {
         let snap = counts.snapshot();
         assert_eq!(snap.iter().map(|(_, n)| n).sum::<u64>(), 6);
         assert!(snap.iter().all(|&(_, n)| n <= 1));
+    }
+
+    #[test]
+    fn calls_are_counted_only_while_the_script_has_the_upstream_down() {
+        let s = Duration::from_secs;
+        let timeline = Arc::new(Timeline::flapping(
+            s(30),
+            Duration::from_millis(10),
+            s(2),
+            s(3),
+        ));
+        let now = Instant::now();
+        // Down from 6 s to 8 s: 7 s into the script, then 1 s into it.
+        let down = DownWatch::new(Arc::clone(&timeline), now.checked_sub(s(7)).unwrap());
+        down.sent();
+        down.sent();
+        assert_eq!(down.sent_while_down(), 2);
+        let up = DownWatch::new(timeline, now.checked_sub(s(1)).unwrap());
+        up.sent();
+        assert_eq!(up.sent_while_down(), 0);
     }
 
     #[test]

@@ -186,7 +186,8 @@ pub fn tower_resilience(
     let timeout = TimeLimiterLayer::builder()
         .timeout_duration(p.timeout)
         .build();
-    let service = timeout.layer(retry.layer(breaker.layer(bulkhead.layer(StatusAsError(upstream)))));
+    let service =
+        timeout.layer(retry.layer(breaker.layer(bulkhead.layer(StatusAsError(upstream)))));
     Ok(BoxCloneSyncService::new(service.map_err(flatten_tower)))
 }
 
@@ -271,11 +272,7 @@ pub fn answer_peer(result: Result<u16, PeerFailure>, counts: &FrontCounts) -> Re
         }
         Err(PeerFailure::Open) => {
             bump(&counts.breaker);
-            respond(
-                503,
-                &[("x-tenlives", "breaker")],
-                "circuit breaker open\n",
-            )
+            respond(503, &[("x-tenlives", "breaker")], "circuit breaker open\n")
         }
         Err(PeerFailure::Full) => {
             bump(&counts.limit);

@@ -23,11 +23,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::front::{
-    DownWatch, FrontCounts, HttpClient, PlainFront, ProtectedFront, ProtectedLayer, Protection, Ring,
-    UpstreamClient, http_client,
+    DownWatch, FrontCounts, HttpClient, PlainFront, ProtectedFront, ProtectedLayer, Protection,
+    Ring, UpstreamClient, http_client,
 };
-use super::peers::{Peer, PeerFront};
 use super::load::{Bounds, RatePlan, Target, generate, lock};
+use super::peers::{Peer, PeerFront};
 use super::procfs::{self, ProcSample};
 use super::progress::{Live, Progress, ProgressMode};
 use super::record::Recorder;

@@ -290,7 +290,11 @@ fn verdicts(ran: &[Ran]) -> String {
             out,
             "  {:<16} {} ({passed} of {} checks passed)",
             r.scenario.name(),
-            if passed == r.checks.len() { "PASS" } else { "FAIL" },
+            if passed == r.checks.len() {
+                "PASS"
+            } else {
+                "FAIL"
+            },
             r.checks.len()
         );
         for c in r.checks.iter().filter(|c| !c.passed) {
@@ -325,11 +329,7 @@ fn run_json(r: &Ran) -> Value {
 }
 
 /// Runs one scenario; writes its report, plots and summary under `out`.
-async fn one(
-    scenario: Scenario,
-    args: &GoodputArgs,
-    out: &Path,
-) -> Result<Ran, Box<dyn Error>> {
+async fn one(scenario: Scenario, args: &GoodputArgs, out: &Path) -> Result<Ran, Box<dyn Error>> {
     let load = &args.load;
     let length = Duration::from_secs(load.seconds.unwrap_or(DEFAULT_SECONDS));
     let rate = load.rate.unwrap_or(DEFAULT_RATE);
@@ -358,7 +358,11 @@ async fn one(
             Peer::ALL.to_vec()
         },
     })?;
-    println!("\n{} ({} s at {rate}/s)", scenario.title(), length.as_secs());
+    println!(
+        "\n{} ({} s at {rate}/s)",
+        scenario.title(),
+        length.as_secs()
+    );
     let drive = harness
         .drive(&DriveOptions {
             plan: plan.clone(),
@@ -389,7 +393,14 @@ async fn one(
     let mut all = drive.fronts.iter().map(sli::accounting).collect::<Vec<_>>();
     all.extend(checks(&rows, &drive, &aims));
     let text = report::render(&info, &drive, Some((scenario.name(), &all)))?;
-    write_outputs(&out.join(scenario.name()), &text, &info, &drive, scenario.name(), &all)?;
+    write_outputs(
+        &out.join(scenario.name()),
+        &text,
+        &info,
+        &drive,
+        scenario.name(),
+        &all,
+    )?;
     print!("{}", report::goodput(&info, &drive));
     Ok(Ran {
         scenario,
@@ -423,10 +434,10 @@ pub async fn goodput(args: &GoodputArgs) -> Result<bool, Box<dyn Error>> {
         ran.push(one(s, args, &out).await?);
     }
     let mut text = String::new();
-    let objective = args.load.objective_ms.map_or_else(
-        || Protection::for_rate(1).objective,
-        Duration::from_millis,
-    );
+    let objective = args
+        .load
+        .objective_ms
+        .map_or_else(|| Protection::for_rate(1).objective, Duration::from_millis);
     let _ = writeln!(
         text,
         "\nEffectiveness: good answers (succeeded within {}) against the limit the upstream\n\
@@ -438,11 +449,7 @@ pub async fn goodput(args: &GoodputArgs) -> Result<bool, Box<dyn Error>> {
     let _ = writeln!(text, "\nChecks on the tenlives front (see docs/demo.md)");
     text.push_str(&verdicts(&ran));
     let passed = ran.iter().all(|r| sli::all_passed(&r.checks));
-    let _ = writeln!(
-        text,
-        "\ngoodput: {}",
-        if passed { "PASS" } else { "FAIL" }
-    );
+    let _ = writeln!(text, "\ngoodput: {}", if passed { "PASS" } else { "FAIL" });
     print!("{text}");
     fs::create_dir_all(&out)?;
     fs::write(out.join("report.txt"), &text)?;
@@ -451,7 +458,10 @@ pub async fn goodput(args: &GoodputArgs) -> Result<bool, Box<dyn Error>> {
         "scenarios": ran.iter().map(run_json).collect::<Vec<_>>(),
         "passed": passed,
     });
-    fs::write(out.join("summary.json"), serde_json::to_string_pretty(&value)?)?;
+    fs::write(
+        out.join("summary.json"),
+        serde_json::to_string_pretty(&value)?,
+    )?;
     println!("\nFiles written under {}", out.display());
     Ok(passed)
 }
@@ -466,7 +476,10 @@ mod tests {
             started_secs: 0.0,
             length: Duration::from_secs(10),
             rate: 10,
-            fronts: vec![front("protected", true, 80, 20), front("unprotected", false, 100, 0)],
+            fronts: vec![
+                front("protected", true, 80, 20),
+                front("unprotected", false, 100, 0),
+            ],
             process: Vec::new(),
             restarts: 0,
         }

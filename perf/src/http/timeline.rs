@@ -129,7 +129,9 @@ impl Fault {
     /// The worker slots that serve out of `capacity`: at least one.
     pub fn slots(&self, capacity: u32) -> u32 {
         let share = u64::from(capacity) * u64::from(self.slots_per_mille.min(1000)) / 1000;
-        u32::try_from(share).unwrap_or(capacity).clamp(1, capacity.max(1))
+        u32::try_from(share)
+            .unwrap_or(capacity)
+            .clamp(1, capacity.max(1))
     }
 
     /// Correct answers in `min..=max`.
@@ -400,7 +402,10 @@ impl Timeline {
     /// fully in them, and a policy should let it.
     pub fn flapping(length: Duration, base: Duration, down: Duration, up: Duration) -> Timeline {
         let h = Fault::healthy(base);
-        let (down, up) = (down.max(Duration::from_millis(100)), up.max(Duration::from_millis(100)));
+        let (down, up) = (
+            down.max(Duration::from_millis(100)),
+            up.max(Duration::from_millis(100)),
+        );
         let flaps_from = length / 5;
         let flaps_to = length * 4 / 5;
         let mut phases = vec![Phase {
@@ -457,7 +462,11 @@ impl Timeline {
             length,
             &[
                 (250, PhaseKind::Healthy, h),
-                (400, PhaseKind::Outage, Fault::outage(Duration::from_secs(1))),
+                (
+                    400,
+                    PhaseKind::Outage,
+                    Fault::outage(Duration::from_secs(1)),
+                ),
                 (500, PhaseKind::Recovery, h.with_slots(250)),
                 (600, PhaseKind::Recovery, h.with_slots(500)),
                 (700, PhaseKind::Recovery, h.with_slots(750)),

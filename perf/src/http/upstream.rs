@@ -218,8 +218,9 @@ impl Withheld {
         }
         while self.held.len() < n {
             let slots = Arc::clone(&self.slots);
-            self.held
-                .push(tokio::spawn(async move { slots.acquire_owned().await.ok() }));
+            self.held.push(tokio::spawn(
+                async move { slots.acquire_owned().await.ok() },
+            ));
         }
     }
 }
@@ -269,5 +270,56 @@ pub async fn run_script(
         if !u.is_up() && u.restart().is_ok() {
             restarted();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn withheld_slots_are_taken_as_they_free_up_and_given_back() {
+        let slots = Arc::new(Semaphore::new(8));
+        let mut w = Withheld::new(Arc::clone(&slots));
+        w.set(4);
+        settle().await;
+        assert_eq!(slots.available_permits(), 4);
+        // Calls hold three of the four left; withholding two more waits for
+        // them to finish.
+        let busy = Arc::clone(&slots).acquire_many_owned(3).await.unwrap();
+        w.set(6);
+        settle().await;
+        assert_eq!(slots.available_permits(), 0, "one taken at once");
+        drop(busy);
+        settle().await;
+        assert_eq!(slots.available_permits(), 2);
+        // Giving back: a slot still being waited for leaves the queue, a
+        // held one is released.
+        w.set(1);
+        settle().await;
+        assert_eq!(slots.available_permits(), 7);
+        w.set(0);
+        settle().await;
+        assert_eq!(slots.available_permits(), 8);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_waiting_withhold_given_back_leaves_the_queue() {
+        let slots = Arc::new(Semaphore::new(2));
+        let busy = Arc::clone(&slots).acquire_many_owned(2).await.unwrap();
+        let mut w = Withheld::new(Arc::clone(&slots));
+        w.set(1);
+        settle().await;
+        w.set(0);
+        settle().await;
+        drop(busy);
+        settle().await;
+        assert_eq!(slots.available_permits(), 2);
     }
 }
