@@ -267,6 +267,20 @@ fn retry_if(result: &Result<u16, TenlivesError<UpstreamError>>) -> bool {
     }
 }
 
+/// Failures in a row that open the default protection's breaker.
+pub const CONSECUTIVE_FAILURES: u32 = 10;
+/// Half-open probes of the default protection's breaker.
+pub const PROBES: u32 = 2;
+
+/// How long the default protection's breaker stays open for a load of
+/// `rate` requests per second: the time in which twenty times its
+/// [`PROBES`] arrive, so that probing a dead upstream costs at most 5 % of
+/// the requests; at least 100 ms, at most a second.
+pub fn open_for_rate(rate: u32) -> Duration {
+    let ms = u64::from(PROBES) * 20 * 1000 / u64::from(rate.max(1));
+    Duration::from_millis(ms.clamp(100, 1000))
+}
+
 /// The protected front's policies.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Protection {
@@ -308,8 +322,17 @@ pub struct Protection {
 impl Protection {
     /// The settings for a nominal load of `rate` requests per second: a
     /// rate limit at three times that.
+    ///
+    /// The breaker is tuned for goodput (see `docs/demo.md`, "Goodput"):
+    /// it also opens after [`CONSECUTIVE_FAILURES`] failures in a row (a
+    /// dead upstream is seen within a few dozen calls, whatever the window
+    /// remembers of the healthy time before), tests with [`PROBES`] probes,
+    /// and waits only [`open_for_rate`]`(rate)` between tests, without
+    /// growing: a recovered upstream is refused for at most that long, and
+    /// a dead one receives probes at most 5 % of the requests.
     pub fn for_rate(rate: u32) -> Protection {
         let rate_limit = rate.saturating_mul(3).max(10);
+        let open = open_for_rate(rate);
         Protection {
             objective: Duration::from_millis(300),
             timeout: Duration::from_millis(270),
@@ -319,10 +342,10 @@ impl Protection {
             failure_rate: 50.0,
             window: Duration::from_secs(5),
             minimum_calls: 20,
-            consecutive_failures: Some(10),
-            open: Duration::from_millis(250),
-            max_open: Duration::from_millis(250),
-            probes: 2,
+            consecutive_failures: Some(CONSECUTIVE_FAILURES),
+            open,
+            max_open: open,
+            probes: PROBES,
             // The floor keeps a stray error from shrinking the limit below
             // what a healthy load needs: AIMD counts every failed call as a
             // drop and multiplies the limit down, but grows it only when at
@@ -670,6 +693,20 @@ mod tests {
         let up = DownWatch::new(timeline, now.checked_sub(s(1)).unwrap());
         up.sent();
         assert_eq!(up.sent_while_down(), 0);
+    }
+
+    #[test]
+    fn the_breaker_waits_for_twenty_times_its_probes() {
+        let ms = Duration::from_millis;
+        assert_eq!(open_for_rate(300), ms(133));
+        assert_eq!(open_for_rate(200), ms(200));
+        assert_eq!(open_for_rate(50), ms(800));
+        assert_eq!(open_for_rate(1), ms(1000));
+        assert_eq!(open_for_rate(0), ms(1000));
+        assert_eq!(open_for_rate(100_000), ms(100));
+        let p = Protection::for_rate(300);
+        assert_eq!((p.open, p.max_open, p.probes), (ms(133), ms(133), 2));
+        assert!(p.timeout < p.objective);
     }
 
     #[test]

@@ -264,7 +264,7 @@ pub fn comparison(fronts: &[&FrontRun]) -> String {
     let mut row = vec!["calls that reached the upstream".to_string()];
     row.extend(fronts.iter().map(|r| count(r.upstream_calls)));
     rows.push(row);
-    let mut row = vec!["  while it was down".to_string()];
+    let mut row = vec!["calls sent while it was down".to_string()];
     row.extend(fronts.iter().map(|r| count(r.upstream_calls_while_down)));
     rows.push(row);
     table(&header, &rows)
