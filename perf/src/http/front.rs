@@ -268,7 +268,7 @@ fn retry_if(result: &Result<u16, TenlivesError<UpstreamError>>) -> bool {
 }
 
 /// Failures in a row that open the default protection's breaker.
-pub const CONSECUTIVE_FAILURES: u32 = 10;
+pub const CONSECUTIVE_FAILURES: u32 = 20;
 /// Half-open probes of the default protection's breaker.
 pub const PROBES: u32 = 2;
 
@@ -290,9 +290,11 @@ pub struct Protection {
     /// Deadline of a whole request, retries included: below the objective,
     /// so that a timed-out answer still reaches the caller within it.
     pub timeout: Duration,
-    /// Retries after the first attempt (within a budget of 20 % of requests
-    /// plus 10 per second).
+    /// Retries after the first attempt...
     pub retries: u32,
+    /// ...within a budget of this share of the requests (plus 10 per
+    /// second).
+    pub retry_budget: f64,
     /// Requests admitted per second (token bucket).
     pub rate_limit: u32,
     /// The rate limit's burst.
@@ -337,6 +339,7 @@ impl Protection {
             objective: Duration::from_millis(300),
             timeout: Duration::from_millis(270),
             retries: 1,
+            retry_budget: 0.4,
             rate_limit,
             rate_burst: (rate_limit / 10).max(10),
             failure_rate: 50.0,
@@ -395,7 +398,11 @@ impl Protection {
         let retry = RetryPolicy::new(
             Backoff::exponential(Duration::from_millis(10), 2.0, Duration::from_millis(50))?
                 .with_max_retries(self.retries),
-            RetryBudget::new(RetryBudgetConfig::default()),
+            RetryBudget::new(
+                RetryBudgetConfig::builder()
+                    .ratio(self.retry_budget)
+                    .build()?,
+            ),
         )
         .retry_if(retry_if as RetryIf);
         Ok(StackLayer::builder()
