@@ -3,13 +3,23 @@
 //! set them for the same service, so that the goodput scenarios compare
 //! policies, not settings.
 //!
-//! | stage | tenlives ([`Protection`]) | tower-resilience 0.13 | failsafe 1.3 |
-//! |---|---|---|---|
-//! | timeout | whole request, 300 ms | `TimeLimiterLayer`, the same, around everything | `tokio::time::timeout`, the same, inside the breaker (a timeout is a failure) |
-//! | retry | 1 retry of a `5xx` or no answer, after 10 ms, within a budget (20 % + 10/s) | `RetryLayer`: 2 attempts, fixed 10 ms, of a `5xx` or no answer; no budget (its default) | none (failsafe has none) |
-//! | breaker | 50 % failures over a 5 s window once 20 calls were seen; open 1 s doubling to 2 s; 5 half-open probes | `CircuitBreakerLayer`: the same rate, time-based 5 s window, 20 calls; open 1 s (it has no backoff); 5 half-open calls | success rate below 50 % over 5 s with at least 20 requests (`success_rate_over_time_window`) or its default 5 consecutive failures; dead 1 s doubling to 2 s (`backoff::exponential`, whole seconds); half-open lets every call through until one answers |
-//! | concurrency | AIMD limit 16..128 (`503` when full) | `BulkheadLayer`, 128, `reject_when_full` | none |
-//! | rate limit | 3 × the nominal rate | none (not in an equivalent stack: it never binds here) | none |
+//! - **tower-resilience** 0.13: `TimeLimiterLayer` (the protection's
+//!   timeout), `RetryLayer` (as many retries, fixed 10 ms, of a `5xx` or a
+//!   lost answer; no budget, its default), `CircuitBreakerLayer` (the same
+//!   failure rate over a time-based window of the same length and minimum
+//!   of calls, its default sliding-window model; it waits the protection's
+//!   first open period, having no backoff; as many half-open calls as the
+//!   protection's probes), `BulkheadLayer` (the adaptive limit's maximum,
+//!   refusing when full).
+//! - **failsafe** 1.3: its breaker, with its default policy's shape (a
+//!   success rate over a time window, or failures in a row) at the
+//!   protection's thresholds, dead for the protection's open periods
+//!   rounded up to whole seconds (its exponential backoff counts seconds);
+//!   a `tokio::time::timeout` of the protection's timeout inside it. It has
+//!   no retry and no concurrency limit.
+//!
+//! The mapping and why each setting is what it is: `docs/demo.md`,
+//! "Effectiveness beside the peers".
 //!
 //! A refused call is answered like tenlives' refusals (`503 breaker`,
 //! `503 limit`), so the load generator sorts every front's answers the same
