@@ -192,14 +192,23 @@ pub fn script(timeline: &Timeline) -> String {
 
 /// The protected front's settings in words.
 pub fn protection(p: &Protection) -> String {
+    let open = if p.max_open > p.open {
+        format!("{} at first, doubling up to {}", ms(p.open), ms(p.max_open))
+    } else {
+        ms(p.open)
+    };
     format!(
-        "  timeout {} per request (retries included); {} retry of 5xx or lost answers, within a budget\n  \
-         of 20 % of requests; rate limit {}/s (burst {}); circuit breaker opening at {:.0} % failures over\n  \
-         {} (once {} calls were seen){}, open {} at first, doubling up to {}, then {} probes;\n  \
+        "  timeout {} per request, retries included (the objective is {});\n  \
+         {} retry of 5xx or lost answers, within a budget of {} of requests + 10/s;\n  \
+         rate limit {}/s (burst {});\n  \
+         circuit breaker opening at {:.0} % failures over {} (once {} calls were seen){},\n  \
+         open {}, then {} probes;\n  \
          adaptive concurrency limit (AIMD) {}..{} starting at {}, shrinking when a window's mean\n  \
          latency exceeds {} or a call fails.\n",
         ms(p.timeout),
+        ms(p.objective),
         p.retries,
+        pct(p.retry_budget),
         p.rate_limit,
         p.rate_burst,
         p.failure_rate,
@@ -207,8 +216,7 @@ pub fn protection(p: &Protection) -> String {
         p.minimum_calls,
         p.consecutive_failures
             .map_or_else(String::new, |n| format!(" or after {n} failures in a row")),
-        ms(p.open),
-        ms(p.max_open),
+        open,
         p.probes,
         p.limits.0,
         p.limits.2,

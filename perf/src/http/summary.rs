@@ -146,6 +146,7 @@ pub fn drive(name: &str, info: &RunInfo<'_>, d: &Drive, checks: &[Check]) -> Val
             "timeout_ms": millis(info.protection.timeout),
             "consecutive_failures": info.protection.consecutive_failures,
             "retries": info.protection.retries,
+            "retry_budget": info.protection.retry_budget,
             "rate_limit_per_s": info.protection.rate_limit,
             "rate_burst": info.protection.rate_burst,
             "failure_rate_percent": info.protection.failure_rate,
