@@ -47,8 +47,8 @@ use super::results::{Drive, FrontRun};
 use super::run::{DriveOptions, Fronts, Harness, HarnessConfig};
 use super::scenario::{LoadArgs, bucket_width, progress_mode, write_outputs};
 use super::sli::{self, Check};
-use super::summary;
 use super::timeline::{PhaseKind, Timeline};
+use super::{plot, summary};
 
 /// A goodput scenario.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -412,7 +412,8 @@ async fn one(scenario: Scenario, args: &GoodputArgs, out: &Path) -> Result<Ran, 
 }
 
 /// `goodput`: runs the scenarios, prints the effectiveness table and the
-/// verdicts, writes `report.txt` and `summary.json` (and each scenario's
+/// verdicts, writes `report.txt`, `summary.json` and `effectiveness.svg`
+/// (and each scenario's
 /// own files in a directory of its name) under `--out`
 /// (`target/demo/goodput`). Returns whether every check passed.
 ///
@@ -463,6 +464,21 @@ pub async fn goodput(args: &GoodputArgs) -> Result<bool, Box<dyn Error>> {
         out.join("summary.json"),
         serde_json::to_string_pretty(&value)?,
     )?;
+    let shares: Vec<(&str, Vec<(&str, f64)>)> = ran
+        .iter()
+        .filter_map(|r| {
+            let whole = r.rows.last()?;
+            let fronts = r
+                .drive
+                .fronts
+                .iter()
+                .zip(&whole.good)
+                .map(|(f, &good)| (front_label(f), goodput::of_limit(good, whole.limit)))
+                .collect();
+            Some((r.scenario.name(), fronts))
+        })
+        .collect();
+    plot::effectiveness(&out.join("effectiveness.svg"), &shares)?;
     println!("\nFiles written under {}", out.display());
     Ok(passed)
 }
