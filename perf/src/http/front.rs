@@ -165,13 +165,11 @@ impl Service<Call> for UpstreamClient {
     }
 
     fn call(&mut self, _call: Call) -> UpstreamFuture {
-        if let Some(w) = &self.watch {
-            w.sent();
-        }
         let mut req = Request::new(Empty::new());
         *req.uri_mut() = self.uri.clone();
         UpstreamFuture::Head {
             head: self.client.request(req),
+            watch: self.watch.clone(),
         }
     }
 }
@@ -181,7 +179,7 @@ pin_project! {
     #[project = UpstreamProj]
     pub enum UpstreamFuture {
         /// Waiting for the head.
-        Head { head: ResponseFuture },
+        Head { head: ResponseFuture, watch: Option<Arc<DownWatch>> },
         /// Reading the body.
         Body { #[pin] body: Collect<Incoming>, status: u16 },
         /// Finished.
@@ -195,7 +193,13 @@ impl Future for UpstreamFuture {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             match self.as_mut().project() {
-                UpstreamProj::Head { head } => {
+                UpstreamProj::Head { head, watch } => {
+                    // Counted when first polled: a future built and
+                    // dropped unpolled (a caller that refused the call
+                    // after building it) sent nothing.
+                    if let Some(w) = watch.take() {
+                        w.sent();
+                    }
                     let response =
                         ready!(Pin::new(head).poll(cx)).map_err(UpstreamError::Request)?;
                     let status = response.status().as_u16();
@@ -714,6 +718,29 @@ mod tests {
         let p = Protection::for_rate(300);
         assert_eq!((p.open, p.max_open, p.probes), (ms(133), ms(133), 2));
         assert!(p.timeout < p.objective);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_call_counts_as_sent_once_polled_not_when_built() {
+        let s = Duration::from_secs;
+        let timeline = Arc::new(Timeline::flapping(
+            s(30),
+            Duration::from_millis(10),
+            s(2),
+            s(3),
+        ));
+        let watch = Arc::new(DownWatch::new(
+            timeline,
+            Instant::now().checked_sub(s(7)).unwrap(),
+        ));
+        // Nothing listens on port 9 of loopback here: refused at once.
+        let mut client =
+            UpstreamClient::new(http_client(1), "http://127.0.0.1:9/".parse().unwrap())
+                .watched(Arc::clone(&watch));
+        drop(client.call(Call));
+        assert_eq!(watch.sent_while_down(), 0);
+        let _ = tokio::time::timeout(s(5), client.call(Call)).await;
+        assert_eq!(watch.sent_while_down(), 1);
     }
 
     #[test]

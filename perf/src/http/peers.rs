@@ -222,10 +222,12 @@ where
     }
 
     fn call(&mut self, call: Call) -> Self::Future {
-        let call = self.inner.call(call);
+        let mut inner = self.inner.clone();
         let timeout = self.timeout;
+        // The call is made inside the guarded future, which failsafe polls
+        // only once its breaker permits the call.
         let guarded = self.breaker.call(async move {
-            match tokio::time::timeout(timeout, call).await {
+            match tokio::time::timeout(timeout, inner.call(call)).await {
                 Ok(result) => result,
                 Err(_) => Err(PeerFailure::Timeout),
             }
