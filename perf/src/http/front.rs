@@ -274,12 +274,12 @@ fn retry_if(result: &Result<u16, TenlivesError<UpstreamError>>) -> bool {
 /// Failures in a row that open the default protection's breaker.
 pub const CONSECUTIVE_FAILURES: u32 = 20;
 /// Half-open probes of the default protection's breaker.
-pub const PROBES: u32 = 2;
+pub const PROBES: u32 = 1;
 
 /// How long the default protection's breaker stays open for a load of
 /// `rate` requests per second: the time in which twenty times its
-/// [`PROBES`] arrive, so that probing a dead upstream costs at most 5 % of
-/// the requests; at least 100 ms, at most a second.
+/// [`PROBES`] arrive (twenty requests), so that probing a dead upstream
+/// costs at most 5 % of the requests; at least 100 ms, at most a second.
 pub fn open_for_rate(rate: u32) -> Duration {
     let ms = u64::from(PROBES) * 20 * 1000 / u64::from(rate.max(1));
     Duration::from_millis(ms.clamp(100, 1000))
@@ -709,14 +709,14 @@ mod tests {
     #[test]
     fn the_breaker_waits_for_twenty_times_its_probes() {
         let ms = Duration::from_millis;
-        assert_eq!(open_for_rate(300), ms(133));
-        assert_eq!(open_for_rate(200), ms(200));
-        assert_eq!(open_for_rate(50), ms(800));
-        assert_eq!(open_for_rate(1), ms(1000));
+        assert_eq!(open_for_rate(300), ms(100));
+        assert_eq!(open_for_rate(150), ms(133));
+        assert_eq!(open_for_rate(50), ms(400));
+        assert_eq!(open_for_rate(10), ms(1000));
         assert_eq!(open_for_rate(0), ms(1000));
         assert_eq!(open_for_rate(100_000), ms(100));
-        let p = Protection::for_rate(300);
-        assert_eq!((p.open, p.max_open, p.probes), (ms(133), ms(133), 2));
+        let p = Protection::for_rate(150);
+        assert_eq!((p.open, p.max_open, p.probes), (ms(133), ms(133), 1));
         assert!(p.timeout < p.objective);
     }
 
