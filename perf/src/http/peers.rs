@@ -3,14 +3,15 @@
 //! set them for the same service, so that the goodput scenarios compare
 //! policies, not settings.
 //!
-//! - **tower-resilience** 0.13: `TimeLimiterLayer` (the protection's
-//!   timeout), `RetryLayer` (as many retries, fixed 10 ms, of a `5xx` or a
+//! - **tower-resilience** 0.13, in the order its composition guide
+//!   recommends: `TimeLimiterLayer` (the protection's timeout), `RetryLayer` (as many retries, fixed 10 ms, of a `5xx` or a
 //!   lost answer; no budget, its default), `CircuitBreakerLayer` (the same
 //!   failure rate over a time-based window of the same length and minimum
 //!   of calls, its default sliding-window model; it waits the protection's
 //!   first open period, having no backoff; as many half-open calls as the
 //!   protection's probes), `BulkheadLayer` (the adaptive limit's maximum,
-//!   refusing when full).
+//!   refusing when full), and a per-call `TimeLimiterLayer` of the same
+//!   timeout innermost (so that its breaker counts a call that timed out).
 //! - **failsafe** 1.3: its breaker, with its default policy's shape (a
 //!   success rate over a time window, or failures in a row) at the
 //!   protection's thresholds, dead for the protection's open periods
@@ -152,6 +153,13 @@ fn tower_retryable(e: &TowerBreakerError) -> bool {
     )
 }
 
+fn per_call_failure(e: TimeLimiterError<PeerFailure>) -> PeerFailure {
+    match e {
+        TimeLimiterError::Timeout => PeerFailure::Timeout,
+        TimeLimiterError::Inner(e) => e,
+    }
+}
+
 fn flatten_tower(e: TimeLimiterError<TowerBreakerError>) -> PeerFailure {
     match e {
         TimeLimiterError::Timeout => PeerFailure::Timeout,
@@ -196,8 +204,15 @@ pub fn tower_resilience(
     let timeout = TimeLimiterLayer::builder()
         .timeout_duration(p.timeout)
         .build();
-    let service =
-        timeout.layer(retry.layer(breaker.layer(bulkhead.layer(StatusAsError(upstream)))));
+    // tower-resilience's recommended order (its `composition` guide): a
+    // total timeout, retry, breaker, bulkhead, and a per-call timeout
+    // innermost, so that the breaker sees a call that timed out.
+    let per_call = TimeLimiterLayer::builder()
+        .timeout_duration(p.timeout)
+        .build()
+        .layer(StatusAsError(upstream))
+        .map_err(per_call_failure as fn(TimeLimiterError<PeerFailure>) -> PeerFailure);
+    let service = timeout.layer(retry.layer(breaker.layer(bulkhead.layer(per_call))));
     Ok(BoxCloneSyncService::new(service.map_err(flatten_tower)))
 }
 
