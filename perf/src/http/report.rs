@@ -323,7 +323,7 @@ pub fn limits<'a>(info: &RunInfo<'a>, drive: &Drive) -> Limits<'a> {
 }
 
 /// Good answers per phase kind and overall, for each front, beside the
-/// limit (see [`goodput`](super::goodput)).
+/// limit (see the [`goodput` module](super::goodput)).
 pub fn goodput(info: &RunInfo<'_>, drive: &Drive) -> String {
     let mut header = vec!["phase", "limit"];
     header.extend(drive.fronts.iter().map(|f| f.name));

@@ -105,7 +105,7 @@ fn front(f: &FrontRun) -> Value {
 }
 
 /// Good answers per phase kind and overall beside the limit (see
-/// [`goodput`](super::goodput)).
+/// the [`goodput` module](super::goodput)).
 fn goodput(info: &RunInfo<'_>, d: &Drive) -> Value {
     let rows = goodput::rows(&report::limits(info, d), d);
     json!({
