@@ -247,6 +247,34 @@ mod tests {
     }
 
     #[test]
+    fn the_limit_follows_the_slots_a_phase_leaves_serving() {
+        let length = Duration::from_secs(10);
+        let timeline = Timeline::slow_recovery(length, 10 * MS);
+        let plan = RatePlan::constant(300, length);
+        let limits = Limits {
+            timeline: &timeline,
+            plan: &plan,
+            started: Duration::ZERO,
+            capacity: 8,
+            objective: 300 * MS,
+        };
+        // Recovery: 1 s each at 2, 4 and 6 slots (133, 267 and 400/s, at
+        // most the 300/s offered), then 3 s at 8 slots.
+        let expected = 133.33 + 266.67 + 300.0 + 900.0;
+        let recovery = limits.of_kind(PhaseKind::Recovery);
+        assert!((recovery - expected).abs() < 0.1, "{recovery}");
+        assert_eq!(limits.of_kind(PhaseKind::Outage), 0.0);
+        // Half the slots: 267/s of the 300/s offered, for 4 s.
+        let half = Timeline::half_capacity(length, 10 * MS);
+        let drop = Limits {
+            timeline: &half,
+            ..limits
+        }
+        .of_kind(PhaseKind::CapacityDrop);
+        assert!((drop - 4.0 * 266.67).abs() < 0.1, "{drop}");
+    }
+
+    #[test]
     fn a_zero_limit_is_met_by_nothing() {
         assert_eq!(of_limit(0, 0.0), 1.0);
         assert!((of_limit(45, 50.0) - 0.9).abs() < 1e-12);
