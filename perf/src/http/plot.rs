@@ -329,7 +329,7 @@ pub fn effectiveness(path: &Path, scenarios: &[(&str, Vec<(&str, f64)>)]) -> Res
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..groups as f64, 0.0..115.0)?;
+        .build_cartesian_2d(0.0..groups as f64, 0.0..135.0)?;
     let names: Vec<&str> = scenarios.iter().map(|(n, _)| *n).collect();
     chart
         .configure_mesh()
@@ -360,7 +360,7 @@ pub fn effectiveness(path: &Path, scenarios: &[(&str, Vec<(&str, f64)>)]) -> Res
                 let share = f.get(k)?.1 * 100.0;
                 let x = g as f64 + 0.1 + width * k as f64;
                 Some(Rectangle::new(
-                    [(x, 0.0), (x + width * 0.9, share.min(115.0))],
+                    [(x, 0.0), (x + width * 0.9, share.min(135.0))],
                     color.filled(),
                 ))
             }))?
