@@ -8,6 +8,7 @@
 //! cargo run --release -p tenlives-perf -- smoke                # SLI checks, exit 1 on a breach
 //! cargo run --release -p tenlives-perf -- chaos --seconds 30
 //! cargo run --release -p tenlives-perf -- capacity
+//! cargo run --release -p tenlives-perf -- goodput --seconds 20  # beside the peers
 //! cargo run --release -p tenlives-perf -- serve --port 8080    # for wrk or perf
 //! cargo run --release -p tenlives-perf -- simulate             # the virtual-time breaker story
 //! ```
@@ -77,6 +78,10 @@ enum Command {
     /// Latency, errors, dropped connections and upstream restarts; checks
     /// graceful degradation, recovery and accounting.
     Chaos(ChaosArgs),
+    /// The goodput scenarios (demo script, flapping, slow recovery, partial
+    /// failure, half capacity) through tenlives, tower-resilience, failsafe
+    /// and no policy, side by side; checks tenlives against the aims.
+    Goodput(http::suite::GoodputArgs),
     /// Ramps the load until the SLO breaks and reports the knee.
     Capacity(http::capacity::CapacityArgs),
     /// Runs only the protected front and its upstream, for wrk or perf.
@@ -100,6 +105,7 @@ fn run(command: &Command) -> Result<bool, Box<dyn Error>> {
         Command::Spike(a) => http::block_on(scenario::spike(a)),
         Command::Soak(a) => http::block_on(scenario::soak(a)),
         Command::Chaos(a) => http::block_on(scenario::chaos(a)),
+        Command::Goodput(a) => http::block_on(http::suite::goodput(a)),
         Command::Capacity(a) => http::block_on(http::capacity::capacity(a)),
         Command::Serve(a) => http::block_on(async { http::serve::serve(a).await.map(|()| true) }),
         Command::Simulate(args) => simulate::main(args).map(|()| true),
@@ -165,5 +171,22 @@ mod tests {
         assert!(Cli::try_parse_from(["tenlives-perf", "smoke", "--seconds", "0"]).is_err());
         assert!(Cli::try_parse_from(["tenlives-perf", "capacity", "--front", "protected"]).is_ok());
         assert!(Cli::try_parse_from(["tenlives-perf", "serve", "--script", "chaos"]).is_ok());
+        let cli = Cli::try_parse_from([
+            "tenlives-perf",
+            "goodput",
+            "--seconds",
+            "20",
+            "--scenario",
+            "flapping",
+            "--scenario",
+            "half-capacity",
+        ])
+        .unwrap();
+        let Command::Goodput(g) = cli.command else {
+            panic!("parsed as goodput")
+        };
+        assert_eq!(g.load.seconds, Some(20));
+        assert_eq!(g.scenarios.len(), 2);
+        assert!(!g.no_peers && g.min_limit_share == 90.0);
     }
 }

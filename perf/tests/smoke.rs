@@ -119,3 +119,62 @@ fn bad_options_exit_with_status_2() {
     assert_eq!(run.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&run.stderr).contains("recover"));
 }
+
+#[test]
+fn goodput_runs_every_front_side_by_side_and_writes_the_table() {
+    let out = out_dir("goodput");
+    let run = Command::new(env!("CARGO_BIN_EXE_tenlives-perf"))
+        .args([
+            "goodput",
+            "--seconds",
+            "3",
+            "--rate",
+            "20",
+            "--scenario",
+            "half-capacity",
+            "--quiet",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    // 0 when every aim held, 1 when one did not; never an error.
+    assert!(
+        matches!(run.status.code(), Some(0 | 1)),
+        "status {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        run.status,
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("Effectiveness"), "{stdout}");
+    let passed = stdout.contains("goodput: PASS");
+    assert_eq!(passed, run.status.success(), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let scenario = &json["scenarios"][0];
+    assert_eq!(scenario["scenario"], "half-capacity");
+    let names: Vec<&str> = scenario["fronts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["tenlives", "unprotected", "tower-resilience", "failsafe"]
+    );
+    for f in scenario["fronts"].as_array().unwrap() {
+        let phases = f["by_phase"].as_array().unwrap();
+        assert_eq!(phases.last().unwrap()["phase"], "whole run");
+        assert!(phases.iter().any(|p| p["phase"] == "capacity drop"));
+    }
+    for file in [
+        "report.txt",
+        "summary.json",
+        "latency.svg",
+        "throughput.svg",
+    ] {
+        assert!(out.join("half-capacity").join(file).exists(), "{file}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -117,7 +117,7 @@ async fn ramp(args: &CapacityArgs, fronts: Fronts, slo: &Slo) -> Result<Ramp, Bo
         * u32::try_from(rates.len()).unwrap_or(u32::MAX);
     let mut protection = Protection::for_rate(args.max_rate);
     protection.limits = (16, 64, 1024);
-    let objective = protection.timeout;
+    let objective = protection.objective;
     let harness = Harness::start(&HarnessConfig {
         timeline: Arc::new(Timeline::healthy(
             horizon,
@@ -130,6 +130,7 @@ async fn ramp(args: &CapacityArgs, fronts: Fronts, slo: &Slo) -> Result<Ramp, Bo
         seed: args.seed,
         port: 0,
         horizon,
+        peers: Vec::new(),
     })?;
     let name = if fronts == Fronts::Protected {
         "protected"

@@ -44,10 +44,12 @@ use tenlives_engine::time::Clock;
 use tenlives_tokio::{
     DefaultAdmission, RejectionReason, RetryPolicy, Stack, StackLayer, TenlivesError, TokioClock,
 };
+use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::server::{Body, Handler, respond};
+use super::timeline::Timeline;
 
 /// The HTTP client every caller here uses: pooled HTTP/1 connections.
 pub type HttpClient = Client<HttpConnector, Empty<Bytes>>;
@@ -89,18 +91,66 @@ impl fmt::Display for UpstreamError {
 
 impl std::error::Error for UpstreamError {}
 
+/// Counts the calls a front's client sends while the upstream's script has
+/// it down or in an outage: the calls a policy could have kept from a
+/// dependency that could not answer them well. (The upstream cannot count
+/// them itself while its listener is closed.)
+#[derive(Debug)]
+pub struct DownWatch {
+    timeline: Arc<Timeline>,
+    origin: Instant,
+    sent_while_down: AtomicU64,
+}
+
+impl DownWatch {
+    /// Watches `timeline`, whose time zero is `origin`.
+    pub fn new(timeline: Arc<Timeline>, origin: Instant) -> Self {
+        DownWatch {
+            timeline,
+            origin,
+            sent_while_down: AtomicU64::new(0),
+        }
+    }
+
+    /// Calls sent while the upstream was down or in an outage.
+    pub fn sent_while_down(&self) -> u64 {
+        // ordering: Relaxed; a counter read for reports.
+        self.sent_while_down.load(Ordering::Relaxed)
+    }
+
+    fn sent(&self) {
+        if self.timeline.down_at(self.origin.elapsed()) {
+            bump(&self.sent_while_down);
+        }
+    }
+}
+
 /// A tower service calling the upstream: answers the status code, after
 /// reading the (short) body so the connection goes back to the pool.
 #[derive(Clone)]
 pub struct UpstreamClient {
     client: HttpClient,
     uri: Uri,
+    watch: Option<Arc<DownWatch>>,
 }
 
 impl UpstreamClient {
     /// Calls `uri` through `client`.
     pub fn new(client: HttpClient, uri: Uri) -> Self {
-        UpstreamClient { client, uri }
+        UpstreamClient {
+            client,
+            uri,
+            watch: None,
+        }
+    }
+
+    /// Counts the calls sent while the upstream is down in `watch`.
+    #[must_use]
+    pub fn watched(self, watch: Arc<DownWatch>) -> Self {
+        UpstreamClient {
+            watch: Some(watch),
+            ..self
+        }
     }
 }
 
@@ -119,6 +169,7 @@ impl Service<Call> for UpstreamClient {
         *req.uri_mut() = self.uri.clone();
         UpstreamFuture::Head {
             head: self.client.request(req),
+            watch: self.watch.clone(),
         }
     }
 }
@@ -128,7 +179,7 @@ pin_project! {
     #[project = UpstreamProj]
     pub enum UpstreamFuture {
         /// Waiting for the head.
-        Head { head: ResponseFuture },
+        Head { head: ResponseFuture, watch: Option<Arc<DownWatch>> },
         /// Reading the body.
         Body { #[pin] body: Collect<Incoming>, status: u16 },
         /// Finished.
@@ -142,7 +193,13 @@ impl Future for UpstreamFuture {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             match self.as_mut().project() {
-                UpstreamProj::Head { head } => {
+                UpstreamProj::Head { head, watch } => {
+                    // Counted when first polled: a future built and
+                    // dropped unpolled (a caller that refused the call
+                    // after building it) sent nothing.
+                    if let Some(w) = watch.take() {
+                        w.sent();
+                    }
                     let response =
                         ready!(Pin::new(head).poll(cx)).map_err(UpstreamError::Request)?;
                     let status = response.status().as_u16();
@@ -214,14 +271,34 @@ fn retry_if(result: &Result<u16, TenlivesError<UpstreamError>>) -> bool {
     }
 }
 
+/// Failures in a row that open the default protection's breaker.
+pub const CONSECUTIVE_FAILURES: u32 = 20;
+/// Half-open probes of the default protection's breaker.
+pub const PROBES: u32 = 1;
+
+/// How long the default protection's breaker stays open for a load of
+/// `rate` requests per second: the time in which twenty times its
+/// [`PROBES`] arrive (twenty requests), so that probing a dead upstream
+/// costs at most 5 % of the requests; at least 100 ms, at most a second.
+pub fn open_for_rate(rate: u32) -> Duration {
+    let ms = u64::from(PROBES) * 20 * 1000 / u64::from(rate.max(1));
+    Duration::from_millis(ms.clamp(100, 1000))
+}
+
 /// The protected front's policies.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Protection {
-    /// Deadline of a whole request, retries included.
+    /// The latency objective of the service: an answer that succeeded
+    /// within it is a good answer (the goodput's default objective).
+    pub objective: Duration,
+    /// Deadline of a whole request, retries included: below the objective,
+    /// so that a timed-out answer still reaches the caller within it.
     pub timeout: Duration,
-    /// Retries after the first attempt (within a budget of 20 % of requests
-    /// plus 10 per second).
+    /// Retries after the first attempt...
     pub retries: u32,
+    /// ...within a budget of this share of the requests (plus 10 per
+    /// second).
+    pub retry_budget: f64,
     /// Requests admitted per second (token bucket).
     pub rate_limit: u32,
     /// The rate limit's burst.
@@ -230,8 +307,11 @@ pub struct Protection {
     pub failure_rate: f64,
     /// ...over this sliding window...
     pub window: Duration,
-    /// ...once it has seen this many calls.
+    /// ...once it has seen this many calls; or after this many failures in
+    /// a row, whatever the window says.
     pub minimum_calls: u32,
+    /// Opens after this many failures in a row.
+    pub consecutive_failures: Option<u32>,
     /// First open period; each further trip doubles it, up to `max_open`.
     pub open: Duration,
     /// Longest open period.
@@ -248,19 +328,31 @@ pub struct Protection {
 impl Protection {
     /// The settings for a nominal load of `rate` requests per second: a
     /// rate limit at three times that.
+    ///
+    /// The breaker is tuned for goodput (see `docs/demo.md`, "Goodput"):
+    /// it also opens after [`CONSECUTIVE_FAILURES`] failures in a row (a
+    /// dead upstream is seen within a few dozen calls, whatever the window
+    /// remembers of the healthy time before), tests with [`PROBES`] probes,
+    /// and waits only [`open_for_rate`]`(rate)` between tests, without
+    /// growing: a recovered upstream is refused for at most that long, and
+    /// a dead one receives probes at most 5 % of the requests.
     pub fn for_rate(rate: u32) -> Protection {
         let rate_limit = rate.saturating_mul(3).max(10);
+        let open = open_for_rate(rate);
         Protection {
-            timeout: Duration::from_millis(300),
+            objective: Duration::from_millis(300),
+            timeout: Duration::from_millis(270),
             retries: 1,
+            retry_budget: 0.4,
             rate_limit,
             rate_burst: (rate_limit / 10).max(10),
             failure_rate: 50.0,
             window: Duration::from_secs(5),
             minimum_calls: 20,
-            open: Duration::from_secs(1),
-            max_open: Duration::from_secs(2),
-            probes: 5,
+            consecutive_failures: Some(CONSECUTIVE_FAILURES),
+            open,
+            max_open: open,
+            probes: PROBES,
             // The floor keeps a stray error from shrinking the limit below
             // what a healthy load needs: AIMD counts every failed call as a
             // drop and multiplies the limit down, but grows it only when at
@@ -282,18 +374,17 @@ impl Protection {
         ring: &Arc<Ring>,
     ) -> Result<ProtectedLayer, ConfigError> {
         let sink = || Filter::new(Arc::clone(ring), keep_transitions as fn(EventKind) -> bool);
-        let breaker = CircuitBreaker::with_sink(
-            BreakerConfig::builder()
-                .failure_rate(self.failure_rate)
-                .time_window(self.window, 10)
-                .minimum_calls(self.minimum_calls)
-                .open_duration(self.open)
-                .open_backoff(2.0, self.max_open)
-                .half_open_probes(self.probes)
-                .build()?,
-            sink(),
-            BREAKER_SOURCE,
-        );
+        let mut config = BreakerConfig::builder()
+            .failure_rate(self.failure_rate)
+            .time_window(self.window, 10)
+            .minimum_calls(self.minimum_calls)
+            .open_duration(self.open)
+            .open_backoff(2.0, self.max_open)
+            .half_open_probes(self.probes);
+        if let Some(n) = self.consecutive_failures {
+            config = config.consecutive_failures(n);
+        }
+        let breaker = CircuitBreaker::with_sink(config.build()?, sink(), BREAKER_SOURCE);
         let (min, initial, max) = self.limits;
         let aimd = Aimd::builder()
             .limits(min, initial, max)
@@ -311,7 +402,11 @@ impl Protection {
         let retry = RetryPolicy::new(
             Backoff::exponential(Duration::from_millis(10), 2.0, Duration::from_millis(50))?
                 .with_max_retries(self.retries),
-            RetryBudget::new(RetryBudgetConfig::default()),
+            RetryBudget::new(
+                RetryBudgetConfig::builder()
+                    .ratio(self.retry_budget)
+                    .build()?,
+            ),
         )
         .retry_if(retry_if as RetryIf);
         Ok(StackLayer::builder()
@@ -589,6 +684,63 @@ mod tests {
         let snap = counts.snapshot();
         assert_eq!(snap.iter().map(|(_, n)| n).sum::<u64>(), 6);
         assert!(snap.iter().all(|&(_, n)| n <= 1));
+    }
+
+    #[test]
+    fn calls_are_counted_only_while_the_script_has_the_upstream_down() {
+        let s = Duration::from_secs;
+        let timeline = Arc::new(Timeline::flapping(
+            s(30),
+            Duration::from_millis(10),
+            s(2),
+            s(3),
+        ));
+        let now = Instant::now();
+        // Down from 6 s to 8 s: 7 s into the script, then 1 s into it.
+        let down = DownWatch::new(Arc::clone(&timeline), now.checked_sub(s(7)).unwrap());
+        down.sent();
+        down.sent();
+        assert_eq!(down.sent_while_down(), 2);
+        let up = DownWatch::new(timeline, now.checked_sub(s(1)).unwrap());
+        up.sent();
+        assert_eq!(up.sent_while_down(), 0);
+    }
+
+    #[test]
+    fn the_breaker_waits_for_twenty_times_its_probes() {
+        let ms = Duration::from_millis;
+        assert_eq!(open_for_rate(300), ms(100));
+        assert_eq!(open_for_rate(150), ms(133));
+        assert_eq!(open_for_rate(50), ms(400));
+        assert_eq!(open_for_rate(10), ms(1000));
+        assert_eq!(open_for_rate(0), ms(1000));
+        assert_eq!(open_for_rate(100_000), ms(100));
+        let p = Protection::for_rate(150);
+        assert_eq!((p.open, p.max_open, p.probes), (ms(133), ms(133), 1));
+        assert!(p.timeout < p.objective);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_call_counts_as_sent_once_polled_not_when_built() {
+        let s = Duration::from_secs;
+        let timeline = Arc::new(Timeline::flapping(
+            s(30),
+            Duration::from_millis(10),
+            s(2),
+            s(3),
+        ));
+        let watch = Arc::new(DownWatch::new(
+            timeline,
+            Instant::now().checked_sub(s(7)).unwrap(),
+        ));
+        // Nothing listens on port 9 of loopback here: refused at once.
+        let mut client =
+            UpstreamClient::new(http_client(1), "http://127.0.0.1:9/".parse().unwrap())
+                .watched(Arc::clone(&watch));
+        drop(client.call(Call));
+        assert_eq!(watch.sent_while_down(), 0);
+        let _ = tokio::time::timeout(s(5), client.call(Call)).await;
+        assert_eq!(watch.sent_while_down(), 1);
     }
 
     #[test]

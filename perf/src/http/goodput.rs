@@ -8,8 +8,9 @@
 //!
 //! Beside the goodput stands the **limit**: the good answers the upstream
 //! could have given, at most the requests offered. While a phase lasts, the
-//! upstream's `capacity` slots serve calls in a mean service time `s`, so at
-//! most `capacity / s` calls per second; of those only the share answered
+//! upstream's `capacity` slots (or the share of them the phase leaves
+//! serving) serve calls in a mean service time `s`, so at most
+//! `capacity / s` calls per second; of those only the share answered
 //! correctly (no `500`, no dropped connection) and fast enough (service time
 //! within the objective, from the phase's uniform service-time range) can be
 //! good. While the upstream is down or in an outage the limit is zero. The
@@ -49,7 +50,7 @@ pub fn good_rate(fault: &Fault, capacity: u32, objective: Duration) -> f64 {
             0.0
         };
     }
-    f64::from(capacity) / mean * correct * fast
+    f64::from(fault.slots(capacity)) / mean * correct * fast
 }
 
 /// The limit of a run: its script, its load and its objective.
@@ -211,6 +212,9 @@ mod tests {
         );
         assert_eq!(good_rate(&Fault::down(10 * MS), 8, objective), 0.0);
         assert_eq!(good_rate(&Fault::outage(MS), 8, objective), 0.0);
+        // Half the slots, half the rate.
+        let half = good_rate(&Fault::healthy(10 * MS).with_slots(500), 8, objective);
+        assert!((half - 266.67).abs() < 0.01, "{half}");
     }
 
     #[test]
@@ -240,6 +244,34 @@ mod tests {
             ..limits
         };
         assert!((late.between(0.0, 1.0)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_limit_follows_the_slots_a_phase_leaves_serving() {
+        let length = Duration::from_secs(10);
+        let timeline = Timeline::slow_recovery(length, 10 * MS);
+        let plan = RatePlan::constant(300, length);
+        let limits = Limits {
+            timeline: &timeline,
+            plan: &plan,
+            started: Duration::ZERO,
+            capacity: 8,
+            objective: 300 * MS,
+        };
+        // Recovery: 1 s each at 2, 4 and 6 slots (133, 267 and 400/s, at
+        // most the 300/s offered), then 3 s at 8 slots.
+        let expected = 133.33 + 266.67 + 300.0 + 900.0;
+        let recovery = limits.of_kind(PhaseKind::Recovery);
+        assert!((recovery - expected).abs() < 0.1, "{recovery}");
+        assert_eq!(limits.of_kind(PhaseKind::Outage), 0.0);
+        // Half the slots: 267/s of the 300/s offered, for 4 s.
+        let half = Timeline::half_capacity(length, 10 * MS);
+        let drop = Limits {
+            timeline: &half,
+            ..limits
+        }
+        .of_kind(PhaseKind::CapacityDrop);
+        assert!((drop - 4.0 * 266.67).abs() < 0.1, "{drop}");
     }
 
     #[test]

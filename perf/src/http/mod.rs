@@ -21,7 +21,9 @@
 //! At the end, [`report`] prints the comparison for a person, [`plot`]
 //! writes SVG plots, [`summary`] a JSON summary, and [`sli`] checks the
 //! scenario's indicators. The commands are in [`scenario`] (`demo`, `smoke`,
-//! `load`, `stress`, `spike`, `soak`, `chaos`), [`capacity`] and [`serve`].
+//! `load`, `stress`, `spike`, `soak`, `chaos`), [`capacity`], [`serve`] and
+//! [`suite`] (`goodput`: the goodput scenarios through tenlives, the peers
+//! of [`peers`] and no policy, side by side).
 //!
 //! Every loop is bounded in count or time: the generator ends with its
 //! plan, each request with its timeout, the watcher and the upstream script
@@ -31,6 +33,7 @@ pub mod capacity;
 pub mod front;
 pub mod goodput;
 pub mod load;
+pub mod peers;
 pub mod plot;
 pub mod procfs;
 pub mod progress;
@@ -42,6 +45,7 @@ pub mod scenario;
 pub mod serve;
 pub mod server;
 pub mod sli;
+pub mod suite;
 pub mod summary;
 pub mod timeline;
 pub mod upstream;

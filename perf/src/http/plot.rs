@@ -299,6 +299,91 @@ pub fn throughput(path: &Path, drive: &Drive, limits: &Limits<'_>) -> Res {
     Ok(())
 }
 
+/// The colours of the fronts in the effectiveness plot: tenlives, no
+/// policy, then the peers.
+const FRONTS: [RGBColor; 4] = [
+    GOOD,
+    RGBColor(150, 150, 150),
+    RGBColor(38, 110, 200),
+    RGBColor(230, 140, 20),
+];
+
+/// The effectiveness plot of `goodput`: per scenario, a bar per front with
+/// its good answers as a share of the limit, in percent. `scenarios` holds
+/// `(scenario, [(front, share)])`, every scenario with the fronts in the
+/// same order.
+///
+/// # Errors
+///
+/// When the file cannot be written.
+pub fn effectiveness(path: &Path, scenarios: &[(&str, Vec<(&str, f64)>)]) -> Res {
+    let root = SVGBackend::new(path, (1100, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let groups = scenarios.len().max(1);
+    let fronts = scenarios.first().map_or(1, |(_, f)| f.len().max(1));
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "goodput: good answers as a share of the limit, per scenario and front",
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..groups as f64, 0.0..135.0)?;
+    let names: Vec<&str> = scenarios.iter().map(|(n, _)| *n).collect();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(groups * 2 + 1)
+        .x_label_formatter(&|x| {
+            // Names at the middle of each group only.
+            let i = x.floor();
+            if (x - i - 0.5).abs() < 1e-6 {
+                names
+                    .get(i as usize)
+                    .map_or_else(String::new, |n| (*n).to_string())
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("% of the limit")
+        .draw()?;
+    let width = 0.8 / fronts as f64;
+    for k in 0..fronts {
+        let color = FRONTS[k % FRONTS.len()];
+        let label = scenarios
+            .first()
+            .and_then(|(_, f)| f.get(k))
+            .map_or("", |(n, _)| *n);
+        chart
+            .draw_series(scenarios.iter().enumerate().filter_map(|(g, (_, f))| {
+                let share = f.get(k)?.1 * 100.0;
+                let x = g as f64 + 0.1 + width * k as f64;
+                Some(Rectangle::new(
+                    [(x, 0.0), (x + width * 0.9, share.min(135.0))],
+                    color.filled(),
+                ))
+            }))?
+            .label(label)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], color.filled()));
+    }
+    chart
+        .draw_series(LineSeries::new(
+            [(0.0, 90.0), (groups as f64, 90.0)],
+            BLACK.mix(0.5).stroke_width(1),
+        ))?
+        .label("90 % of the limit")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.5).stroke_width(1)));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.85))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -345,6 +430,36 @@ mod tests {
             // colour.
             assert!(svg.contains("#DC322F"), "{}", path.display());
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_effectiveness_plot_has_a_bar_per_scenario_and_front() {
+        let dir = std::env::temp_dir().join(format!("tenlives-eff-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("effectiveness.svg");
+        let fronts = |a: f64, b: f64| vec![("tenlives", a), ("unprotected", b)];
+        effectiveness(
+            &path,
+            &[
+                ("flapping", fronts(0.97, 0.99)),
+                ("half-capacity", fronts(0.95, 0.55)),
+            ],
+        )
+        .unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.starts_with("<svg"));
+        for text in [
+            "flapping",
+            "half-capacity",
+            "tenlives",
+            "unprotected",
+            "90 % of the limit",
+        ] {
+            assert!(svg.contains(text), "{text}");
+        }
+        // Both fronts' colours are drawn.
+        assert!(svg.contains("#145A28") && svg.contains("#969696"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -141,6 +141,13 @@ fn describe_fault(f: &Fault) -> String {
             f64::from(f.drops_per_mille) / 10.0
         );
     }
+    if f.slots_per_mille < 1000 {
+        let _ = write!(
+            s,
+            ", {:.0} % of the worker slots serving",
+            f64::from(f.slots_per_mille) / 10.0
+        );
+    }
     s
 }
 
@@ -185,21 +192,31 @@ pub fn script(timeline: &Timeline) -> String {
 
 /// The protected front's settings in words.
 pub fn protection(p: &Protection) -> String {
+    let open = if p.max_open > p.open {
+        format!("{} at first, doubling up to {}", ms(p.open), ms(p.max_open))
+    } else {
+        ms(p.open)
+    };
     format!(
-        "  timeout {} per request (retries included); {} retry of 5xx or lost answers, within a budget\n  \
-         of 20 % of requests; rate limit {}/s (burst {}); circuit breaker opening at {:.0} % failures over\n  \
-         {} (once {} calls were seen), open {} at first, doubling up to {}, then {} probes;\n  \
+        "  timeout {} per request, retries included (the objective is {});\n  \
+         {} retry of 5xx or lost answers, within a budget of {} of requests + 10/s;\n  \
+         rate limit {}/s (burst {});\n  \
+         circuit breaker opening at {:.0} % failures over {} (once {} calls were seen){},\n  \
+         open {}, then {} probes;\n  \
          adaptive concurrency limit (AIMD) {}..{} starting at {}, shrinking when a window's mean\n  \
          latency exceeds {} or a call fails.\n",
         ms(p.timeout),
+        ms(p.objective),
         p.retries,
+        pct(p.retry_budget),
         p.rate_limit,
         p.rate_burst,
         p.failure_rate,
         secs(p.window),
         p.minimum_calls,
-        secs(p.open),
-        secs(p.max_open),
+        p.consecutive_failures
+            .map_or_else(String::new, |n| format!(" or after {n} failures in a row")),
+        open,
         p.probes,
         p.limits.0,
         p.limits.2,
@@ -255,7 +272,7 @@ pub fn comparison(fronts: &[&FrontRun]) -> String {
     let mut row = vec!["calls that reached the upstream".to_string()];
     row.extend(fronts.iter().map(|r| count(r.upstream_calls)));
     rows.push(row);
-    let mut row = vec!["  while it was down".to_string()];
+    let mut row = vec!["calls sent while it was down".to_string()];
     row.extend(fronts.iter().map(|r| count(r.upstream_calls_while_down)));
     rows.push(row);
     table(&header, &rows)
@@ -306,7 +323,7 @@ pub fn limits<'a>(info: &RunInfo<'a>, drive: &Drive) -> Limits<'a> {
 }
 
 /// Good answers per phase kind and overall, for each front, beside the
-/// limit (see [`goodput`](super::goodput)).
+/// limit (see the [`goodput` module](super::goodput)).
 pub fn goodput(info: &RunInfo<'_>, drive: &Drive) -> String {
     let mut header = vec!["phase", "limit"];
     header.extend(drive.fronts.iter().map(|f| f.name));

@@ -83,8 +83,8 @@ pub struct FrontRun {
     pub peak_in_flight: u64,
     /// Calls the upstream received from this front during the drive.
     pub upstream_calls: u64,
-    /// Of those, calls it received while the script had it down or in an
-    /// outage.
+    /// Calls the front sent its upstream while the script had it down or
+    /// in an outage (received, or refused while its listener was closed).
     pub upstream_calls_while_down: u64,
 }
 

@@ -23,10 +23,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::front::{
-    FrontCounts, HttpClient, PlainFront, ProtectedFront, ProtectedLayer, Protection, Ring,
-    UpstreamClient, http_client,
+    DownWatch, FrontCounts, HttpClient, PlainFront, ProtectedFront, ProtectedLayer, Protection,
+    Ring, UpstreamClient, http_client,
 };
 use super::load::{Bounds, RatePlan, Target, generate, lock};
+use super::peers::{Peer, PeerFront};
 use super::procfs::{self, ProcSample};
 use super::progress::{Live, Progress, ProgressMode};
 use super::record::Recorder;
@@ -66,6 +67,9 @@ pub struct HarnessConfig {
     pub port: u16,
     /// An upper bound on the whole run: the script task stops then.
     pub horizon: Duration,
+    /// Peers' fronts to start beside the others, each with its own copy of
+    /// the upstream, with the protection's thresholds.
+    pub peers: Vec<Peer>,
 }
 
 struct ProtectedSide {
@@ -75,6 +79,7 @@ struct ProtectedSide {
     layer: ProtectedLayer,
     ring: Arc<Ring>,
     upstream: Arc<UpstreamServer>,
+    watch: Arc<DownWatch>,
 }
 
 struct PlainSide {
@@ -82,6 +87,16 @@ struct PlainSide {
     uri: Uri,
     counts: Arc<FrontCounts>,
     upstream: Arc<UpstreamServer>,
+    watch: Arc<DownWatch>,
+}
+
+struct PeerSide {
+    name: &'static str,
+    _server: Server<PeerFront>,
+    uri: Uri,
+    counts: Arc<FrontCounts>,
+    upstream: Arc<UpstreamServer>,
+    watch: Arc<DownWatch>,
 }
 
 /// The running services. See the [module documentation](self).
@@ -90,6 +105,7 @@ pub struct Harness {
     timeline: Arc<Timeline>,
     protected: Option<ProtectedSide>,
     plain: Option<PlainSide>,
+    peers: Vec<PeerSide>,
     script: JoinHandle<()>,
     restarts: Arc<AtomicU64>,
     client: HttpClient,
@@ -141,6 +157,7 @@ impl Harness {
             )
             .map(Arc::new)
         };
+        let watch = || Arc::new(DownWatch::new(Arc::clone(&config.timeline), origin));
         let mut upstreams = Vec::new();
         let protected = if config.fronts == Fronts::Unprotected {
             None
@@ -148,7 +165,9 @@ impl Harness {
             let ring = Arc::new(EventRing::with_capacity(4096)?);
             let layer = config.protection.build(clock, &ring)?;
             let up = upstream()?;
-            let client = UpstreamClient::new(http_client(256), front_uri(up.addr())?);
+            let watch = watch();
+            let client = UpstreamClient::new(http_client(256), front_uri(up.addr())?)
+                .watched(Arc::clone(&watch));
             let front = ProtectedFront::new(&layer, client);
             let counts = Arc::clone(front.counts());
             let server = Server::start(loopback(config.port), front)?;
@@ -160,14 +179,18 @@ impl Harness {
                 layer,
                 ring,
                 upstream: up,
+                watch,
             })
         };
         let plain = if config.fronts == Fronts::Protected {
             None
         } else {
             let up = upstream()?;
-            let front =
-                PlainFront::new(UpstreamClient::new(http_client(256), front_uri(up.addr())?));
+            let watch = watch();
+            let front = PlainFront::new(
+                UpstreamClient::new(http_client(256), front_uri(up.addr())?)
+                    .watched(Arc::clone(&watch)),
+            );
             let counts = Arc::clone(front.counts());
             let port = if protected.is_none() { config.port } else { 0 };
             let server = Server::start(loopback(port), front)?;
@@ -177,8 +200,28 @@ impl Harness {
                 _server: server,
                 counts,
                 upstream: up,
+                watch,
             })
         };
+        let mut peers = Vec::with_capacity(config.peers.len());
+        for &peer in &config.peers {
+            let up = upstream()?;
+            let watch = watch();
+            let client = UpstreamClient::new(http_client(256), front_uri(up.addr())?)
+                .watched(Arc::clone(&watch));
+            let front = PeerFront::new(peer, &config.protection, client)?;
+            let counts = Arc::clone(front.counts());
+            let server = Server::start(loopback(0), front)?;
+            upstreams.push(Arc::clone(&up));
+            peers.push(PeerSide {
+                name: peer.name(),
+                uri: front_uri(server.addr())?,
+                _server: server,
+                counts,
+                upstream: up,
+                watch,
+            });
+        }
         let restarts = Arc::new(AtomicU64::new(0));
         let script = tokio::spawn(run_script(
             upstreams,
@@ -192,6 +235,7 @@ impl Harness {
             timeline: Arc::clone(&config.timeline),
             protected,
             plain,
+            peers,
             script,
             restarts,
             client: http_client(1024),
@@ -214,6 +258,9 @@ impl Harness {
         }
         if let Some(p) = &self.plain {
             out.push(("unprotected", &*p.counts));
+        }
+        for p in &self.peers {
+            out.push((p.name, &*p.counts));
         }
         out
     }
@@ -244,6 +291,7 @@ impl Harness {
                 layer: Some(p.layer.clone()),
                 ring: Some(Arc::clone(&p.ring)),
                 upstream: Arc::clone(&p.upstream),
+                watch: Arc::clone(&p.watch),
             });
         }
         if let Some(p) = &self.plain {
@@ -253,6 +301,17 @@ impl Harness {
                 layer: None,
                 ring: None,
                 upstream: Arc::clone(&p.upstream),
+                watch: Arc::clone(&p.watch),
+            });
+        }
+        for p in &self.peers {
+            watched.push(Watched {
+                name: p.name,
+                target: target(&p.uri, buckets, options.objective),
+                layer: None,
+                ring: None,
+                upstream: Arc::clone(&p.upstream),
+                watch: Arc::clone(&p.watch),
             });
         }
         let calls_before: Vec<(u64, u64)> = watched.iter().map(|w| w.upstream_calls()).collect();
@@ -325,6 +384,7 @@ struct Watched {
     layer: Option<ProtectedLayer>,
     ring: Option<Arc<Ring>>,
     upstream: Arc<UpstreamServer>,
+    watch: Arc<DownWatch>,
 }
 
 impl Watched {
@@ -338,13 +398,14 @@ impl Watched {
         layer.policies().limit().map(|l| l.limit())
     }
 
-    /// Calls the upstream received: all, and while it was down.
+    /// Calls the upstream received, and calls the front sent it while it
+    /// was down or in an outage (received or refused).
     fn upstream_calls(&self) -> (u64, u64) {
         let counts = self.upstream.counts();
-        // ordering: Relaxed; counters.
+        // ordering: Relaxed; a counter.
         (
             counts.received.load(Ordering::Relaxed),
-            counts.received_while_down.load(Ordering::Relaxed),
+            self.watch.sent_while_down(),
         )
     }
 

@@ -383,7 +383,7 @@ async fn run(
     let objective = setup
         .load
         .objective_ms
-        .map_or(protection.timeout, Duration::from_millis);
+        .map_or(protection.objective, Duration::from_millis);
     let timeline = Arc::new(setup.timeline.clone());
     let bounds = setup.bounds();
     let harness = Harness::start(&HarnessConfig {
@@ -395,6 +395,7 @@ async fn run(
         seed: setup.load.seed,
         port: 0,
         horizon: setup.length + bounds.client_timeout + Duration::from_secs(60),
+        peers: Vec::new(),
     })?;
     let drive = harness
         .drive(&DriveOptions {

@@ -95,6 +95,7 @@ pub async fn serve(args: &ServeArgs) -> Result<(), Box<dyn Error>> {
         seed: args.seed,
         port: args.port,
         horizon: length + Duration::from_secs(5),
+        peers: Vec::new(),
     })?;
     let name = if args.unprotected {
         "unprotected"

@@ -105,7 +105,7 @@ fn front(f: &FrontRun) -> Value {
 }
 
 /// Good answers per phase kind and overall beside the limit (see
-/// [`goodput`](super::goodput)).
+/// the [`goodput` module](super::goodput)).
 fn goodput(info: &RunInfo<'_>, d: &Drive) -> Value {
     let rows = goodput::rows(&report::limits(info, d), d);
     json!({
@@ -142,8 +142,11 @@ pub fn drive(name: &str, info: &RunInfo<'_>, d: &Drive, checks: &[Check]) -> Val
         "upstream_restarts": d.restarts,
         "goodput": goodput(info, d),
         "protection": {
+            "objective_ms": millis(info.protection.objective),
             "timeout_ms": millis(info.protection.timeout),
+            "consecutive_failures": info.protection.consecutive_failures,
             "retries": info.protection.retries,
+            "retry_budget": info.protection.retry_budget,
             "rate_limit_per_s": info.protection.rate_limit,
             "rate_burst": info.protection.rate_burst,
             "failure_rate_percent": info.protection.failure_rate,

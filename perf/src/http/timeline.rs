@@ -31,6 +31,9 @@ pub enum PhaseKind {
     Mixed,
     /// The upstream is healthy; the load jumps (the `spike` scenario).
     LoadSpike,
+    /// The upstream answers correctly and quickly, with fewer worker slots
+    /// than it normally has (half of them in the `half-capacity` scenario).
+    CapacityDrop,
     /// The upstream is healthy again after faults (or the load after a
     /// spike).
     Recovery,
@@ -38,7 +41,7 @@ pub enum PhaseKind {
 
 impl PhaseKind {
     /// Every kind, in the order of [`index`](Self::index).
-    pub const ALL: [PhaseKind; 9] = [
+    pub const ALL: [PhaseKind; 10] = [
         PhaseKind::Healthy,
         PhaseKind::LatencySpike,
         PhaseKind::ErrorBurst,
@@ -47,6 +50,7 @@ impl PhaseKind {
         PhaseKind::Down,
         PhaseKind::Mixed,
         PhaseKind::LoadSpike,
+        PhaseKind::CapacityDrop,
         PhaseKind::Recovery,
     ];
 
@@ -67,6 +71,7 @@ impl PhaseKind {
             PhaseKind::Mixed => "mixed faults",
             PhaseKind::Recovery => "recovery",
             PhaseKind::LoadSpike => "load spike",
+            PhaseKind::CapacityDrop => "capacity drop",
         }
     }
 
@@ -94,6 +99,10 @@ pub struct Fault {
     /// The upstream's listener is closed: new connections are refused and
     /// open ones are cut.
     pub down: bool,
+    /// The share of the upstream's worker slots that serve, per thousand
+    /// (at least one slot always does): a capacity drop, or a recovery
+    /// that returns capacity in steps.
+    pub slots_per_mille: u16,
 }
 
 impl Fault {
@@ -105,7 +114,24 @@ impl Fault {
             drops_per_mille: 0,
             outage: false,
             down: false,
+            slots_per_mille: 1000,
         }
+    }
+
+    /// This fault with only `per_mille` of the worker slots serving.
+    pub fn with_slots(self, per_mille: u16) -> Fault {
+        Fault {
+            slots_per_mille: per_mille.min(1000),
+            ..self
+        }
+    }
+
+    /// The worker slots that serve out of `capacity`: at least one.
+    pub fn slots(&self, capacity: u32) -> u32 {
+        let share = u64::from(capacity) * u64::from(self.slots_per_mille.min(1000)) / 1000;
+        u32::try_from(share)
+            .unwrap_or(capacity)
+            .clamp(1, capacity.max(1))
     }
 
     /// Correct answers in `min..=max`.
@@ -369,6 +395,121 @@ impl Timeline {
         Timeline::from_phases(phases, length)
     }
 
+    /// A flapping upstream: healthy for the first fifth of the run, then
+    /// down (its listener closed) for `down` and up for `up`, over and over,
+    /// until four fifths of the run; the rest is recovery. The up stretches
+    /// between two downs are labelled recovery too: the upstream serves
+    /// fully in them, and a policy should let it.
+    pub fn flapping(length: Duration, base: Duration, down: Duration, up: Duration) -> Timeline {
+        let h = Fault::healthy(base);
+        let (down, up) = (
+            down.max(Duration::from_millis(100)),
+            up.max(Duration::from_millis(100)),
+        );
+        let flaps_from = length / 5;
+        let flaps_to = length * 4 / 5;
+        let mut phases = vec![Phase {
+            from: Duration::ZERO,
+            to: flaps_from,
+            kind: PhaseKind::Healthy,
+            fault: h,
+        }];
+        let mut from = flaps_from;
+        while from < flaps_to {
+            let down_to = (from + down).min(flaps_to);
+            phases.push(Phase {
+                from,
+                to: down_to,
+                kind: PhaseKind::Down,
+                fault: Fault::down(base),
+            });
+            let up_to = (down_to + up).min(flaps_to);
+            if up_to > down_to {
+                phases.push(Phase {
+                    from: down_to,
+                    to: up_to,
+                    kind: PhaseKind::Recovery,
+                    fault: h,
+                });
+            }
+            from = up_to;
+        }
+        phases.push(Phase {
+            from,
+            to: length,
+            kind: PhaseKind::Recovery,
+            fault: h,
+        });
+        phases.retain(|p| p.to > p.from);
+        // Merge the last up stretch with the final recovery.
+        let mut merged: Vec<Phase> = Vec::with_capacity(phases.len());
+        for p in phases {
+            match merged.last_mut() {
+                Some(last) if last.kind == p.kind && last.fault == p.fault => last.to = p.to,
+                _ => merged.push(p),
+            }
+        }
+        Timeline::from_phases(merged, length)
+    }
+
+    /// A slow recovery: healthy, a full outage (every call stalls a second,
+    /// then `503`), then the capacity returns in steps: a quarter, half and
+    /// three quarters of the worker slots, each for a tenth of the run,
+    /// then all of them.
+    pub fn slow_recovery(length: Duration, base: Duration) -> Timeline {
+        let h = Fault::healthy(base);
+        Timeline::from_shares(
+            length,
+            &[
+                (250, PhaseKind::Healthy, h),
+                (
+                    400,
+                    PhaseKind::Outage,
+                    Fault::outage(Duration::from_secs(1)),
+                ),
+                (500, PhaseKind::Recovery, h.with_slots(250)),
+                (600, PhaseKind::Recovery, h.with_slots(500)),
+                (700, PhaseKind::Recovery, h.with_slots(750)),
+                (1000, PhaseKind::Recovery, h),
+            ],
+        )
+    }
+
+    /// A partial failure: 30 % of the calls answered `500` at full speed
+    /// from a fifth to four fifths of the run, healthy around it.
+    pub fn partial_failure(length: Duration, base: Duration) -> Timeline {
+        let h = Fault::healthy(base);
+        Timeline::from_shares(
+            length,
+            &[
+                (200, PhaseKind::Healthy, h),
+                (800, PhaseKind::ErrorBurst, Fault::errors(base, 300)),
+                (1000, PhaseKind::Recovery, h),
+            ],
+        )
+    }
+
+    /// Half the worker slots from 30 % to 70 % of the run, healthy around
+    /// it.
+    pub fn half_capacity(length: Duration, base: Duration) -> Timeline {
+        let h = Fault::healthy(base);
+        Timeline::from_shares(
+            length,
+            &[
+                (300, PhaseKind::Healthy, h),
+                (700, PhaseKind::CapacityDrop, h.with_slots(500)),
+                (1000, PhaseKind::Recovery, h),
+            ],
+        )
+    }
+
+    /// Whether the phase at `t` had the upstream down or in an outage: no
+    /// call then can be answered well.
+    pub fn down_at(&self, t: Duration) -> bool {
+        let f = &self.phase_at(t).fault;
+        f.down || f.outage
+    }
+
     /// The phases, in order.
     pub fn phases(&self) -> &[Phase] {
         &self.phases
@@ -439,6 +580,11 @@ mod tests {
             covers(&Timeline::chaos(len, 10 * MS), len);
             covers(&Timeline::load_spike(len, 10 * MS), len);
             covers(&Timeline::soak(len, 10 * MS, Duration::from_secs(60)), len);
+            let (two, three) = (Duration::from_secs(2), Duration::from_secs(3));
+            covers(&Timeline::flapping(len, 10 * MS, two, three), len);
+            covers(&Timeline::slow_recovery(len, 10 * MS), len);
+            covers(&Timeline::partial_failure(len, 10 * MS), len);
+            covers(&Timeline::half_capacity(len, 10 * MS), len);
         }
     }
 
@@ -448,7 +594,7 @@ mod tests {
             assert_eq!(k.index(), i, "{k:?}");
         }
         let faults = PhaseKind::ALL.iter().filter(|k| k.is_fault()).count();
-        assert_eq!(faults, 6);
+        assert_eq!(faults, 7);
     }
 
     #[test]
@@ -495,6 +641,52 @@ mod tests {
             Timeline::healthy(Duration::from_secs(5), MS).faults_end(),
             None
         );
+    }
+
+    #[test]
+    fn flapping_alternates_down_and_up_between_a_fifth_and_four_fifths() {
+        let s = Duration::from_secs;
+        let t = Timeline::flapping(s(30), 10 * MS, s(2), s(3));
+        let spans: Vec<_> = t
+            .phases()
+            .iter()
+            .map(|p| (p.kind, p.from.as_secs(), p.to.as_secs()))
+            .collect();
+        let (d, r) = (PhaseKind::Down, PhaseKind::Recovery);
+        assert_eq!(
+            spans,
+            [
+                (PhaseKind::Healthy, 0, 6),
+                (d, 6, 8),
+                (r, 8, 11),
+                (d, 11, 13),
+                (r, 13, 16),
+                (d, 16, 18),
+                (r, 18, 21),
+                (d, 21, 23),
+                (r, 23, 30),
+            ]
+        );
+        assert!(t.down_at(s(7)) && !t.down_at(s(9)));
+        assert_eq!(t.faults_end(), Some(s(23)));
+    }
+
+    #[test]
+    fn capacity_changes_by_phase() {
+        let s = Duration::from_secs;
+        let t = Timeline::slow_recovery(s(100), 10 * MS);
+        let slots: Vec<_> = t.phases().iter().map(|p| p.fault.slots(8)).collect();
+        assert_eq!(slots, [8, 8, 2, 4, 6, 8]);
+        assert!(t.down_at(s(30)));
+        let h = Timeline::half_capacity(s(10), 10 * MS);
+        assert_eq!(h.phase_at(s(5)).kind, PhaseKind::CapacityDrop);
+        assert_eq!(h.phase_at(s(5)).fault.slots(8), 4);
+        // At least one slot, never more than there are.
+        assert_eq!(Fault::healthy(MS).with_slots(1).slots(8), 1);
+        assert_eq!(Fault::healthy(MS).with_slots(2000).slots(8), 8);
+        assert_eq!(Fault::healthy(MS).slots(0), 1);
+        let p = Timeline::partial_failure(s(10), 10 * MS);
+        assert_eq!(p.phase_at(s(5)).fault.errors_per_mille, 300);
     }
 
     #[test]

@@ -8,7 +8,11 @@
 //! number. During a [`Down`](super::timeline::PhaseKind::Down) phase the
 //! script task ([`run_script`]) closes the listener and cuts every open
 //! connection, and opens it again on the same port when the phase ends: a
-//! restart.
+//! restart. When a phase leaves only part of the worker slots serving
+//! ([`Fault::slots_per_mille`](super::timeline::Fault::slots_per_mille)),
+//! the script task withholds the others: it takes them as they free up
+//! (calls holding them finish first) and gives them back when the phase
+//! ends.
 
 use std::fmt;
 use std::io;
@@ -19,7 +23,8 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::server::{Body, Handler, Server, respond};
@@ -62,7 +67,7 @@ struct Upstream {
 struct Shared {
     config: UpstreamConfig,
     origin: Instant,
-    slots: Semaphore,
+    slots: Arc<Semaphore>,
     counts: Arc<UpstreamCounts>,
 }
 
@@ -122,6 +127,8 @@ impl Handler for Upstream {
 pub struct UpstreamServer {
     server: Server<Upstream>,
     counts: Arc<UpstreamCounts>,
+    slots: Arc<Semaphore>,
+    capacity: u32,
 }
 
 impl UpstreamServer {
@@ -133,17 +140,25 @@ impl UpstreamServer {
     /// When no port can be bound.
     pub fn start(config: UpstreamConfig, origin: Instant) -> io::Result<UpstreamServer> {
         let counts = Arc::new(UpstreamCounts::default());
-        let capacity = usize::try_from(config.capacity.max(1)).unwrap_or(1);
+        let capacity = config.capacity.max(1);
+        let slots = Arc::new(Semaphore::new(
+            usize::try_from(capacity).unwrap_or(usize::MAX),
+        ));
         let handler = Upstream {
             shared: Arc::new(Shared {
                 config,
                 origin,
-                slots: Semaphore::new(capacity),
+                slots: Arc::clone(&slots),
                 counts: Arc::clone(&counts),
             }),
         };
         let server = Server::start(SocketAddr::from(([127, 0, 0, 1], 0)), handler)?;
-        Ok(UpstreamServer { server, counts })
+        Ok(UpstreamServer {
+            server,
+            counts,
+            slots,
+            capacity,
+        })
     }
 
     /// Its address.
@@ -176,10 +191,45 @@ impl UpstreamServer {
     }
 }
 
+/// The worker slots the script task keeps from one upstream: one task per
+/// slot, each waiting for the slot (in the semaphore's queue, behind the
+/// calls already waiting) and then holding it until dropped.
+struct Withheld {
+    slots: Arc<Semaphore>,
+    held: Vec<JoinHandle<Option<OwnedSemaphorePermit>>>,
+}
+
+impl Withheld {
+    fn new(slots: Arc<Semaphore>) -> Withheld {
+        Withheld {
+            slots,
+            held: Vec::new(),
+        }
+    }
+
+    /// Withholds exactly `n` slots: takes more or gives some back.
+    fn set(&mut self, n: usize) {
+        while self.held.len() > n {
+            if let Some(task) = self.held.pop() {
+                // Aborting a task still waiting removes it from the queue;
+                // dropping the handle of one that finished drops its permit.
+                task.abort();
+            }
+        }
+        while self.held.len() < n {
+            let slots = Arc::clone(&self.slots);
+            self.held.push(tokio::spawn(
+                async move { slots.acquire_owned().await.ok() },
+            ));
+        }
+    }
+}
+
 /// Plays the timeline's `Down` phases on `upstreams` until `until` since
 /// `origin`: stops them when a down phase begins and restarts them when it
-/// ends, counting restarts in `restarts`. Looks every 20 ms; a failed rebind
-/// is tried again at the next look.
+/// ends, counting restarts in `restarts`; and withholds the worker slots a
+/// phase does not leave serving. Looks every 20 ms; a failed rebind is
+/// tried again at the next look.
 pub async fn run_script(
     upstreams: Vec<Arc<UpstreamServer>>,
     timeline: Arc<Timeline>,
@@ -191,6 +241,10 @@ pub async fn run_script(
     let restarted = || {
         restarts.fetch_add(1, Ordering::Relaxed);
     };
+    let mut withheld: Vec<Withheld> = upstreams
+        .iter()
+        .map(|u| Withheld::new(Arc::clone(&u.slots)))
+        .collect();
     let mut ticks = tokio::time::interval(Duration::from_millis(20));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let steps = until.as_millis() / 20 + 2;
@@ -200,18 +254,72 @@ pub async fn run_script(
         if elapsed > until {
             break;
         }
-        let down = timeline.phase_at(elapsed).fault.down;
-        for u in &upstreams {
-            if down && u.is_up() {
+        let fault = timeline.phase_at(elapsed).fault;
+        for (u, w) in upstreams.iter().zip(&mut withheld) {
+            if fault.down && u.is_up() {
                 u.stop();
-            } else if !down && !u.is_up() && u.restart().is_ok() {
+            } else if !fault.down && !u.is_up() && u.restart().is_ok() {
                 restarted();
             }
+            let keep = u.capacity - fault.slots(u.capacity);
+            w.set(usize::try_from(keep).unwrap_or(0));
         }
     }
-    for u in &upstreams {
+    for (u, w) in upstreams.iter().zip(&mut withheld) {
+        w.set(0);
         if !u.is_up() && u.restart().is_ok() {
             restarted();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn withheld_slots_are_taken_as_they_free_up_and_given_back() {
+        let slots = Arc::new(Semaphore::new(8));
+        let mut w = Withheld::new(Arc::clone(&slots));
+        w.set(4);
+        settle().await;
+        assert_eq!(slots.available_permits(), 4);
+        // Calls hold three of the four left; withholding two more waits for
+        // them to finish.
+        let busy = Arc::clone(&slots).acquire_many_owned(3).await.unwrap();
+        w.set(6);
+        settle().await;
+        assert_eq!(slots.available_permits(), 0, "one taken at once");
+        drop(busy);
+        settle().await;
+        assert_eq!(slots.available_permits(), 2);
+        // Giving back: a slot still being waited for leaves the queue, a
+        // held one is released.
+        w.set(1);
+        settle().await;
+        assert_eq!(slots.available_permits(), 7);
+        w.set(0);
+        settle().await;
+        assert_eq!(slots.available_permits(), 8);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_waiting_withhold_given_back_leaves_the_queue() {
+        let slots = Arc::new(Semaphore::new(2));
+        let busy = Arc::clone(&slots).acquire_many_owned(2).await.unwrap();
+        let mut w = Withheld::new(Arc::clone(&slots));
+        w.set(1);
+        settle().await;
+        w.set(0);
+        settle().await;
+        drop(busy);
+        settle().await;
+        assert_eq!(slots.available_permits(), 2);
     }
 }
