@@ -206,25 +206,46 @@ impl FleetConfig {
             }
             .into());
         }
-        for (field, d) in [
+        validate_timing(
             ("lease_duration", self.lease_duration),
-            ("refresh_interval", self.refresh_interval),
-            ("redis_timeout", self.redis_timeout),
-        ] {
-            if d.is_zero() {
-                return Err(ConfigError::ZeroDuration { field }.into());
-            }
-        }
-        if self.refresh_interval >= self.lease_duration {
-            return Err(ConfigError::TooLarge {
-                field: "refresh_interval (must be shorter than lease_duration)",
-                value: u64::try_from(self.refresh_interval.as_nanos()).unwrap_or(u64::MAX),
-                max: u64::try_from(self.lease_duration.as_nanos()).unwrap_or(u64::MAX),
-            }
-            .into());
-        }
-        Ok(())
+            self.refresh_interval,
+            self.redis_timeout,
+            "refresh_interval (must be shorter than lease_duration)",
+            true,
+        )
     }
+}
+
+/// Checks the timings a fleet limiter and a fleet semaphore share: the lease
+/// (named `lease_field`), the refresh interval and the Redis timeout are not
+/// zero, and the refresh comes before the lease lapses. A lease the caller
+/// cannot carry (`lease_fits` false) is refused with the same error as one
+/// shorter than the refresh, named `too_large_field`.
+pub(crate) fn validate_timing(
+    (lease_field, lease): (&'static str, Duration),
+    refresh_interval: Duration,
+    redis_timeout: Duration,
+    too_large_field: &'static str,
+    lease_fits: bool,
+) -> Result<(), FleetError> {
+    for (field, d) in [
+        (lease_field, lease),
+        ("refresh_interval", refresh_interval),
+        ("redis_timeout", redis_timeout),
+    ] {
+        if d.is_zero() {
+            return Err(ConfigError::ZeroDuration { field }.into());
+        }
+    }
+    if refresh_interval >= lease || !lease_fits {
+        return Err(ConfigError::TooLarge {
+            field: too_large_field,
+            value: u64::try_from(refresh_interval.as_nanos()).unwrap_or(u64::MAX),
+            max: u64::try_from(lease.as_nanos()).unwrap_or(u64::MAX),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Why a limiter could not be built.

@@ -55,6 +55,7 @@
 //! # }
 //! ```
 
+mod background;
 mod config;
 pub mod gcra;
 pub mod key;

@@ -31,8 +31,8 @@ use tenlives_engine::events::{Event, EventKind};
 use tenlives_engine::rate::{Quota, RateLimited, RateLimiter};
 use tenlives_engine::time::{Clock, MonotonicClock, Timestamp};
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 
+use crate::background::{Background, next_refresh};
 use crate::config::{FailurePolicy, FleetConfig, FleetError, Ring};
 use crate::gcra::{self, GcraParams, Reply};
 use crate::key::rate_key;
@@ -272,8 +272,7 @@ impl Shared {
 /// does the same and waits for it.
 pub struct FleetRateLimiter {
     shared: Arc<Shared>,
-    stop: Arc<Notify>,
-    task: Option<JoinHandle<()>>,
+    background: Background,
 }
 
 impl core::fmt::Debug for FleetRateLimiter {
@@ -403,12 +402,9 @@ impl FleetRateLimiter {
             first: true,
         };
         refresher.refresh().await;
-        let stop = Arc::new(Notify::new());
-        let task = tokio::spawn(refresher.run(Arc::clone(&stop)));
         Ok(FleetRateLimiter {
             shared,
-            stop,
-            task: Some(task),
+            background: Background::spawn(|stop| refresher.run(stop)),
         })
     }
 
@@ -473,27 +469,14 @@ impl FleetRateLimiter {
     /// Stops the background task after it gave the unspent tokens back to
     /// Redis (bounded by the Redis timeout), and waits for it.
     pub async fn shutdown(mut self) {
-        self.stop.notify_one();
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for FleetRateLimiter {
-    fn drop(&mut self) {
-        // The task sees the notification, gives the lease back and ends.
-        self.stop.notify_one();
+        self.background.shutdown().await;
     }
 }
 
 impl Refresher {
     async fn run(mut self, stop: Arc<Notify>) {
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(self.interval) => self.refresh().await,
-                () = stop.notified() => break,
-            }
+        while next_refresh(self.interval, &stop).await {
+            self.refresh().await;
         }
         if self.shared.lease.tokens.held() > 0 {
             let now = self.shared.clock.now();

@@ -46,9 +46,9 @@ use tenlives_engine::bulkhead::{Bulkhead, BulkheadPermit, RawBulkheadPermit};
 use tenlives_engine::events::{Event, EventKind};
 use tenlives_engine::time::{Clock, MonotonicClock, Timestamp};
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 
-use crate::config::{FailurePolicy, FleetError, Ring};
+use crate::background::{Background, next_refresh};
+use crate::config::{FailurePolicy, FleetError, Ring, validate_timing};
 use crate::key::semaphore_keys;
 use crate::limiter::{REDIS_DEGRADED, REDIS_RECOVERED, REDIS_UNAVAILABLE};
 
@@ -238,24 +238,13 @@ impl SemaphoreConfig {
             }
             .into());
         }
-        for (field, d) in [
+        validate_timing(
             ("ttl", self.ttl),
-            ("refresh_interval", self.refresh_interval),
-            ("redis_timeout", self.redis_timeout),
-        ] {
-            if d.is_zero() {
-                return Err(ConfigError::ZeroDuration { field }.into());
-            }
-        }
-        if self.refresh_interval >= self.ttl || self.ttl.as_millis() > u128::from(u32::MAX) {
-            return Err(ConfigError::TooLarge {
-                field: "refresh_interval (must be shorter than the ttl)",
-                value: u64::try_from(self.refresh_interval.as_nanos()).unwrap_or(u64::MAX),
-                max: u64::try_from(self.ttl.as_nanos()).unwrap_or(u64::MAX),
-            }
-            .into());
-        }
-        Ok(())
+            self.refresh_interval,
+            self.redis_timeout,
+            "refresh_interval (must be shorter than the ttl)",
+            self.ttl.as_millis() <= u128::from(u32::MAX),
+        )
     }
 }
 
@@ -445,8 +434,7 @@ impl SemShared {
 /// [module documentation](self).
 pub struct FleetSemaphore {
     shared: Arc<SemShared>,
-    stop: Arc<Notify>,
-    task: Option<JoinHandle<()>>,
+    background: Background,
 }
 
 impl fmt::Debug for FleetSemaphore {
@@ -549,12 +537,9 @@ impl FleetSemaphore {
             last_starved: 0,
         };
         refresher.refresh().await;
-        let stop = Arc::new(Notify::new());
-        let task = tokio::spawn(refresher.run(Arc::clone(&stop)));
         Ok(FleetSemaphore {
             shared,
-            stop,
-            task: Some(task),
+            background: Background::spawn(|stop| refresher.run(stop)),
         })
     }
 
@@ -662,26 +647,14 @@ impl FleetSemaphore {
     /// Stops the background task after it shrank the claim in Redis to the
     /// permits still in use (zero when none are), and waits for it.
     pub async fn shutdown(mut self) {
-        self.stop.notify_one();
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for FleetSemaphore {
-    fn drop(&mut self) {
-        self.stop.notify_one();
+        self.background.shutdown().await;
     }
 }
 
 impl SemRefresher {
     async fn run(mut self, stop: Arc<Notify>) {
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(self.interval) => self.refresh().await,
-                () = stop.notified() => break,
-            }
+        while next_refresh(self.interval, &stop).await {
+            self.refresh().await;
         }
         // Give back every permit not in use.
         let now = self.shared.clock.now();
