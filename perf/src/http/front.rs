@@ -17,7 +17,7 @@
 
 use std::convert::Infallible;
 use std::fmt;
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +45,7 @@ use tenlives_tokio::{
     DefaultAdmission, RejectionReason, RetryPolicy, Stack, StackLayer, TenlivesError, TokioClock,
 };
 use tokio::time::Instant;
+use tower::ServiceExt as _;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -580,13 +581,10 @@ impl Handler for ProtectedFront {
         &self,
         _req: Request<Incoming>,
     ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static + use<> {
-        let mut stack = self.stack.clone();
+        let stack = self.stack.clone();
         let counts = Arc::clone(&self.counts);
         async move {
-            let result = match poll_fn(|cx| stack.poll_ready(cx)).await {
-                Ok(()) => stack.call(Call).await,
-                Err(e) => Err(e),
-            };
+            let result = stack.oneshot(Call).await;
             Ok(answer_protected(result, &counts))
         }
     }
@@ -633,6 +631,18 @@ mod tests {
     use tenlives_tokio::Rejection;
 
     use super::*;
+
+    /// A 30 s script whose upstream is down 2 s then up 3 s, over and over
+    /// from 6 s.
+    fn flapping() -> Arc<Timeline> {
+        let s = Duration::from_secs;
+        Arc::new(Timeline::flapping(
+            s(30),
+            Duration::from_millis(10),
+            s(2),
+            s(3),
+        ))
+    }
 
     fn header<'a>(r: &'a Response<Body>, name: &str) -> Option<&'a str> {
         r.headers().get(name).and_then(|v| v.to_str().ok())
@@ -689,12 +699,7 @@ mod tests {
     #[test]
     fn calls_are_counted_only_while_the_script_has_the_upstream_down() {
         let s = Duration::from_secs;
-        let timeline = Arc::new(Timeline::flapping(
-            s(30),
-            Duration::from_millis(10),
-            s(2),
-            s(3),
-        ));
+        let timeline = flapping();
         let now = Instant::now();
         // Down from 6 s to 8 s: 7 s into the script, then 1 s into it.
         let down = DownWatch::new(Arc::clone(&timeline), now.checked_sub(s(7)).unwrap());
@@ -723,12 +728,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_call_counts_as_sent_once_polled_not_when_built() {
         let s = Duration::from_secs;
-        let timeline = Arc::new(Timeline::flapping(
-            s(30),
-            Duration::from_millis(10),
-            s(2),
-            s(3),
-        ));
+        let timeline = flapping();
         let watch = Arc::new(DownWatch::new(
             timeline,
             Instant::now().checked_sub(s(7)).unwrap(),

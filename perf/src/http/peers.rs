@@ -28,7 +28,7 @@
 
 use std::convert::Infallible;
 use std::fmt;
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -366,13 +366,10 @@ impl Handler for PeerFront {
         &self,
         _req: Request<Incoming>,
     ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static + use<> {
-        let mut service = self.service.clone();
+        let service = self.service.clone();
         let counts = Arc::clone(&self.counts);
         async move {
-            let result = match poll_fn(|cx| service.poll_ready(cx)).await {
-                Ok(()) => service.call(Call).await,
-                Err(e) => Err(e),
-            };
+            let result = service.oneshot(Call).await;
             Ok(answer_peer(result, &counts))
         }
     }

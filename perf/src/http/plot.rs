@@ -389,21 +389,11 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::http::results::fixtures::front;
+    use crate::http::results::fixtures::drive;
 
     #[test]
     fn plots_show_both_fronts_with_the_breaker_and_the_faults_shaded() {
-        let drive = Drive {
-            started_secs: 0.0,
-            length: Duration::from_secs(10),
-            rate: 10,
-            fronts: vec![
-                front("protected", true, 80, 20),
-                front("unprotected", false, 100, 0),
-            ],
-            process: Vec::new(),
-            restarts: 0,
-        };
+        let drive = drive();
         let timeline = Timeline::standard(Duration::from_secs(10), Duration::from_millis(10));
         let dir = std::env::temp_dir().join(format!("tenlives-plot-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

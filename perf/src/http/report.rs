@@ -664,7 +664,7 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::results::fixtures::front;
+    use crate::http::results::fixtures::drive;
 
     #[test]
     fn numbers_read_well() {
@@ -712,17 +712,7 @@ mod tests {
             },
             objective: Duration::from_millis(300),
         };
-        let drive = Drive {
-            started_secs: 0.0,
-            length: Duration::from_secs(10),
-            rate: 10,
-            fronts: vec![
-                front("protected", true, 80, 20),
-                front("unprotected", false, 100, 0),
-            ],
-            process: Vec::new(),
-            restarts: 0,
-        };
+        let drive = drive();
         let done = [crate::http::sli::at_most_count("x", 1, 2)];
         let text = render(&info, &drive, Some(("smoke", &done))).unwrap();
         for needle in [

@@ -164,7 +164,7 @@ pub mod fixtures {
 
     use tenlives_engine::breaker::BreakerState;
 
-    use super::{FrontRun, GroupSummary, LimitReport, Transition};
+    use super::{Drive, FrontRun, GroupSummary, LimitReport, Transition};
     use crate::http::record::{Bucket, Outcome, Percentiles, Tally};
     use crate::http::timeline::PhaseKind;
 
@@ -247,6 +247,22 @@ pub mod fixtures {
             peak_in_flight: if protected { 5 } else { 50 },
             upstream_calls: if protected { 90 } else { 110 },
             upstream_calls_while_down: if protected { 5 } else { 30 },
+        }
+    }
+
+    /// A 10 s drive at 10 requests per second of a [`front`] protected (80
+    /// successes, 20 rejections) and one unprotected (100 successes).
+    pub fn drive() -> Drive {
+        Drive {
+            started_secs: 0.0,
+            length: Duration::from_secs(10),
+            rate: 10,
+            fronts: vec![
+                front("protected", true, 80, 20),
+                front("unprotected", false, 100, 0),
+            ],
+            process: Vec::new(),
+            restarts: 0,
         }
     }
 }

@@ -489,21 +489,7 @@ pub async fn goodput(args: &GoodputArgs) -> Result<bool, Box<dyn Error>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::results::fixtures::front;
-
-    fn drive() -> Drive {
-        Drive {
-            started_secs: 0.0,
-            length: Duration::from_secs(10),
-            rate: 10,
-            fronts: vec![
-                front("protected", true, 80, 20),
-                front("unprotected", false, 100, 0),
-            ],
-            process: Vec::new(),
-            restarts: 0,
-        }
-    }
+    use crate::http::results::fixtures::drive;
 
     fn aims() -> Aims {
         Aims {
