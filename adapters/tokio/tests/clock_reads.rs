@@ -15,7 +15,7 @@ use tenlives_engine::bulkhead::Bulkhead;
 use tenlives_engine::queue::{AdmissionQueue, QueueConfig};
 use tenlives_engine::rate::{Quota, RateLimiter};
 use tenlives_engine::time::{Clock, Timestamp, TscClock};
-use tenlives_tokio::{AdmissionQueueLayer, StackLayer, TokioClock};
+use tenlives_tokio::{AdmissionQueueLayer, StackBuilder, StackLayer, TokioClock};
 use tower::{Layer, Service, ServiceExt};
 
 /// A real clock that counts its readings.
@@ -88,6 +88,16 @@ where
     (clock.reads() - before) as f64 / n as f64
 }
 
+/// Clock readings per request over 100 requests through a stack on a
+/// counting clock, with the policies `policies` adds.
+async fn stack_reads(policies: impl FnOnce(StackBuilder) -> StackBuilder) -> f64 {
+    let (clock, source) = counting();
+    let mut svc = policies(StackLayer::builder().clock(source))
+        .build()
+        .layer(PendingOnce);
+    reads_per_request(clock, &mut svc, 100).await
+}
+
 fn count_breaker() -> CircuitBreaker {
     CircuitBreaker::new(
         BreakerConfig::builder()
@@ -101,62 +111,45 @@ fn count_breaker() -> CircuitBreaker {
 #[tokio::test(flavor = "current_thread")]
 async fn a_stack_reads_the_clock_only_where_a_decision_needs_it() {
     // Nothing that needs the time: no reading at all.
-    let (clock, source) = counting();
-    let mut svc = StackLayer::builder()
-        .clock(source)
-        .concurrency_limit(Bulkhead::new(8).unwrap())
-        .build()
-        .layer(PendingOnce);
-    assert_eq!(reads_per_request(clock, &mut svc, 100).await, 0.0);
+    let reads = stack_reads(|b| b.concurrency_limit(Bulkhead::new(8).unwrap())).await;
+    assert_eq!(reads, 0.0);
 
     // A timeout (armed: the call is pending once), a breaker on
     // consecutive failures and a bulkhead: one reading, at the call.
-    let (clock, source) = counting();
-    let mut svc = StackLayer::builder()
-        .clock(source)
-        .timeout(Duration::from_secs(5))
-        .circuit_breaker(count_breaker())
-        .concurrency_limit(Bulkhead::new(8).unwrap())
-        .build()
-        .layer(PendingOnce);
-    assert_eq!(reads_per_request(clock, &mut svc, 100).await, 1.0);
+    let reads = stack_reads(|b| {
+        b.timeout(Duration::from_secs(5))
+            .circuit_breaker(count_breaker())
+            .concurrency_limit(Bulkhead::new(8).unwrap())
+    })
+    .await;
+    assert_eq!(reads, 1.0);
 
     // A rate limit needs the time to admit, not at the end: one reading.
-    let (clock, source) = counting();
-    let mut svc = StackLayer::builder()
-        .clock(source)
-        .timeout(Duration::from_secs(5))
-        .rate_limit(RateLimiter::new(Quota::per_second(1_000_000).unwrap()))
-        .build()
-        .layer(PendingOnce);
-    assert_eq!(reads_per_request(clock, &mut svc, 100).await, 1.0);
+    let reads = stack_reads(|b| {
+        b.timeout(Duration::from_secs(5))
+            .rate_limit(RateLimiter::new(Quota::per_second(1_000_000).unwrap()))
+    })
+    .await;
+    assert_eq!(reads, 1.0);
 
     // A breaker on a failure rate over a time window (the default) counts
     // each call in the bucket of its end: a second reading.
-    let (clock, source) = counting();
-    let mut svc = StackLayer::builder()
-        .clock(source)
-        .timeout(Duration::from_secs(5))
-        .circuit_breaker(CircuitBreaker::new(BreakerConfig::default()))
-        .build()
-        .layer(PendingOnce);
-    assert_eq!(reads_per_request(clock, &mut svc, 100).await, 2.0);
+    let reads = stack_reads(|b| {
+        b.timeout(Duration::from_secs(5))
+            .circuit_breaker(CircuitBreaker::new(BreakerConfig::default()))
+    })
+    .await;
+    assert_eq!(reads, 2.0);
 
     // A slow-call rule judges the call's length: a second reading at its end.
-    let (clock, source) = counting();
     let slow = CircuitBreaker::new(
         BreakerConfig::builder()
             .slow_calls(50.0, Duration::from_secs(1))
             .build()
             .unwrap(),
     );
-    let mut svc = StackLayer::builder()
-        .clock(source)
-        .timeout(Duration::from_secs(5))
-        .circuit_breaker(slow)
-        .build()
-        .layer(PendingOnce);
-    assert_eq!(reads_per_request(clock, &mut svc, 100).await, 2.0);
+    let reads = stack_reads(|b| b.timeout(Duration::from_secs(5)).circuit_breaker(slow)).await;
+    assert_eq!(reads, 2.0);
 }
 
 #[tokio::test(flavor = "current_thread")]
