@@ -1,10 +1,12 @@
 //! The background task that keeps a fleet limiter's or semaphore's lease in
-//! Redis, and how it is stopped.
+//! Redis: how it is stopped, when it refreshes, how it calls Redis.
 
 use core::future::Future;
 use core::time::Duration;
 use std::sync::Arc;
 
+use redis::ScriptInvocation;
+use redis::aio::ConnectionManager;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -52,5 +54,18 @@ pub(crate) async fn next_refresh(interval: Duration, stop: &Notify) -> bool {
     tokio::select! {
         () = tokio::time::sleep(interval) => true,
         () = stop.notified() => false,
+    }
+}
+
+/// Runs a script on `conn`: its integers, or `None` when the call failed or
+/// took longer than `timeout`.
+pub(crate) async fn invoke(
+    invocation: &ScriptInvocation<'_>,
+    conn: &mut ConnectionManager,
+    timeout: Duration,
+) -> Option<Vec<i64>> {
+    match tokio::time::timeout(timeout, invocation.invoke_async(conn)).await {
+        Ok(Ok(values)) => Some(values),
+        Ok(Err(_)) | Err(_) => None,
     }
 }

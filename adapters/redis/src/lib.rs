@@ -61,6 +61,7 @@ pub mod gcra;
 pub mod key;
 mod lease;
 mod limiter;
+mod reports;
 pub mod semaphore;
 pub mod tower;
 

@@ -27,16 +27,17 @@ use prometheus_client::registry::Registry;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker};
-use tenlives_engine::events::{Event, EventKind};
+use tenlives_engine::events::EventKind;
 use tenlives_engine::rate::{Quota, RateLimited, RateLimiter};
 use tenlives_engine::time::{Clock, MonotonicClock, Timestamp};
 use tokio::sync::Notify;
 
-use crate::background::{Background, next_refresh};
-use crate::config::{FailurePolicy, FleetConfig, FleetError, Ring};
+use crate::background::{Background, invoke, next_refresh};
+use crate::config::{FailurePolicy, FleetConfig, FleetError};
 use crate::gcra::{self, GcraParams, Reply};
 use crate::key::rate_key;
 use crate::lease::{GiveBack, LeaseTokens};
+use crate::reports::Reports;
 
 /// A request was decided under the failure policy, Redis being unreachable.
 /// Payload: `[decision code, tokens left in the last lease]`; the codes are
@@ -154,14 +155,11 @@ struct Demand {
 struct Shared {
     lease: CachePadded<Lease>,
     demand: CachePadded<Demand>,
-    degraded_admitted: Counter,
-    degraded_refused: Counter,
+    reports: Reports,
     share: RateLimiter,
     fallback: RateLimiter,
     clock: MonotonicClock,
     policy: FailurePolicy,
-    events: Option<Arc<Ring>>,
-    source: u32,
     /// The refresh interval: when a lease may next arrive.
     interval: Duration,
     // Written by the task only.
@@ -174,21 +172,9 @@ struct Shared {
 
 impl Shared {
     #[inline]
-    fn emit(&self, kind: EventKind, now: Timestamp, payload: [u64; 2]) {
-        if let Some(ring) = &self.events {
-            ring.push(Event::new(kind, self.source, now, payload));
-        }
-    }
-
-    #[inline]
     fn degraded(&self, admitted: bool, code: u64, now: Timestamp) {
-        if admitted {
-            self.degraded_admitted.inc();
-        } else {
-            self.degraded_refused.inc();
-        }
         let left = self.lease.tokens.held();
-        self.emit(REDIS_DEGRADED, now, [code, left]);
+        self.reports.degraded(admitted, code, left, now);
     }
 
     #[inline]
@@ -256,8 +242,8 @@ impl Shared {
             granted: self.granted.load(Ordering::Relaxed),
             returned: self.returned.load(Ordering::Relaxed),
             lost: self.lost.load(Ordering::Relaxed),
-            degraded_admitted: self.degraded_admitted.get(),
-            degraded_refused: self.degraded_refused.get(),
+            degraded_admitted: self.reports.degraded_admitted.get(),
+            degraded_refused: self.reports.degraded_refused.get(),
             redis_calls: self.redis_calls.load(Ordering::Relaxed),
             redis_errors: self.redis_errors.load(Ordering::Relaxed),
         }
@@ -366,14 +352,11 @@ impl FleetRateLimiter {
                 spent: AtomicU64::new(0),
                 starved: AtomicU64::new(0),
             }),
-            degraded_admitted: Counter::default(),
-            degraded_refused: Counter::default(),
+            reports: Reports::new(config.events.clone(), config.source),
             share: RateLimiter::new(share_quota(&config.quota, config.max_share, max_lease)?),
             fallback: RateLimiter::new(fallback_quota(&config.quota, config.expected_instances)?),
             clock,
             policy: config.policy,
-            events: config.events.clone(),
-            source: config.source,
             interval: config.refresh_interval,
             granted: AtomicU64::new(0),
             returned: AtomicU64::new(0),
@@ -441,12 +424,12 @@ impl FleetRateLimiter {
     /// The degraded decisions that admitted, as a Prometheus counter (the
     /// same atomic the limiter increments).
     pub fn degraded_admitted_counter(&self) -> Counter {
-        self.shared.degraded_admitted.clone()
+        self.shared.reports.degraded_admitted.clone()
     }
 
     /// The degraded decisions that refused, as a Prometheus counter.
     pub fn degraded_refused_counter(&self) -> Counter {
-        self.shared.degraded_refused.clone()
+        self.shared.reports.degraded_refused.clone()
     }
 
     /// Registers the degraded-decision counters in `registry` as
@@ -570,15 +553,7 @@ impl Refresher {
                     .arg(want)
                     .arg(want.min(1))
                     .arg(ret);
-                let answer: Option<Vec<i64>> = match tokio::time::timeout(
-                    self.timeout,
-                    invocation.invoke_async(&mut self.conn),
-                )
-                .await
-                {
-                    Ok(Ok(values)) => Some(values),
-                    Ok(Err(_)) | Err(_) => None,
-                };
+                let answer = invoke(&invocation, &mut self.conn, self.timeout).await;
                 let reply = answer.as_deref().and_then(Reply::from_values);
                 let done = shared.clock.now();
                 match reply {
@@ -603,8 +578,10 @@ impl Refresher {
                 shared.granted.fetch_add(reply.granted, Ordering::Relaxed);
                 shared.returned.fetch_add(ret, Ordering::Relaxed);
                 if !lease.available.swap(true, Ordering::Relaxed) {
-                    let degraded = shared.degraded_admitted.get() + shared.degraded_refused.get();
-                    shared.emit(REDIS_RECOVERED, now, [degraded, reply.granted]);
+                    let degraded = shared.reports.degraded_total();
+                    shared
+                        .reports
+                        .emit(REDIS_RECOVERED, now, [degraded, reply.granted]);
                 }
             }
             None => {
@@ -615,7 +592,9 @@ impl Refresher {
                 shared.lost.fetch_add(ret, Ordering::Relaxed);
                 if lease.available.swap(false, Ordering::Relaxed) {
                     let held = lease.tokens.held();
-                    shared.emit(REDIS_UNAVAILABLE, now, [shared.policy.code(), held]);
+                    shared
+                        .reports
+                        .emit(REDIS_UNAVAILABLE, now, [shared.policy.code(), held]);
                 }
             }
         }

@@ -43,14 +43,14 @@ use redis::{Client, Script};
 use tenlives_engine::ConfigError;
 use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker};
 use tenlives_engine::bulkhead::{Bulkhead, BulkheadPermit, RawBulkheadPermit};
-use tenlives_engine::events::{Event, EventKind};
 use tenlives_engine::time::{Clock, MonotonicClock, Timestamp};
 use tokio::sync::Notify;
 
-use crate::background::{Background, next_refresh};
+use crate::background::{Background, invoke, next_refresh};
 use crate::config::{FailurePolicy, FleetError, Ring, validate_timing};
 use crate::key::semaphore_keys;
-use crate::limiter::{REDIS_DEGRADED, REDIS_RECOVERED, REDIS_UNAVAILABLE};
+use crate::limiter::{REDIS_RECOVERED, REDIS_UNAVAILABLE};
+use crate::reports::Reports;
 
 /// The Lua source of the semaphore script. `KEYS`: the holders hash and
 /// the lapse sorted set. `ARGV`: `limit`, holder id, permits to hold, TTL
@@ -381,12 +381,9 @@ struct SemShared {
     reserve: Option<RawBulkheadPermit>,
     fallback: Bulkhead,
     starved: CachePadded<AtomicU64>,
-    degraded_admitted: Counter,
-    degraded_refused: Counter,
+    reports: Reports,
     clock: MonotonicClock,
     policy: FailurePolicy,
-    events: Option<Arc<Ring>>,
-    source: u32,
     redis_calls: AtomicU64,
     redis_errors: AtomicU64,
     /// The refresh interval: when the claim is next renewed.
@@ -413,20 +410,7 @@ impl SemShared {
 
     #[inline]
     fn degraded(&self, admitted: bool, code: u64, now: Timestamp) {
-        if admitted {
-            self.degraded_admitted.inc();
-        } else {
-            self.degraded_refused.inc();
-        }
-        if let Some(ring) = &self.events {
-            ring.push(Event::new(REDIS_DEGRADED, self.source, now, [code, 0]));
-        }
-    }
-
-    fn emit(&self, kind: EventKind, now: Timestamp, payload: [u64; 2]) {
-        if let Some(ring) = &self.events {
-            ring.push(Event::new(kind, self.source, now, payload));
-        }
+        self.reports.degraded(admitted, code, 0, now);
     }
 }
 
@@ -508,12 +492,9 @@ impl FleetSemaphore {
             reserve: Some(reserve),
             fallback,
             starved: CachePadded::new(AtomicU64::new(0)),
-            degraded_admitted: Counter::default(),
-            degraded_refused: Counter::default(),
+            reports: Reports::new(config.events.clone(), config.source),
             clock: MonotonicClock::new(),
             policy: config.policy,
-            events: config.events.clone(),
-            source: config.source,
             redis_calls: AtomicU64::new(0),
             redis_errors: AtomicU64::new(0),
             interval: config.refresh_interval,
@@ -627,8 +608,8 @@ impl FleetSemaphore {
             in_use: s.in_use(),
             redis_available: s.words.available.load(Ordering::Relaxed),
             starved: s.starved.load(Ordering::Relaxed),
-            degraded_admitted: s.degraded_admitted.get(),
-            degraded_refused: s.degraded_refused.get(),
+            degraded_admitted: s.reports.degraded_admitted.get(),
+            degraded_refused: s.reports.degraded_refused.get(),
             redis_calls: s.redis_calls.load(Ordering::Relaxed),
             redis_errors: s.redis_errors.load(Ordering::Relaxed),
         }
@@ -636,12 +617,12 @@ impl FleetSemaphore {
 
     /// The degraded decisions that admitted, as a Prometheus counter.
     pub fn degraded_admitted_counter(&self) -> Counter {
-        self.shared.degraded_admitted.clone()
+        self.shared.reports.degraded_admitted.clone()
     }
 
     /// The degraded decisions that refused, as a Prometheus counter.
     pub fn degraded_refused_counter(&self) -> Counter {
-        self.shared.degraded_refused.clone()
+        self.shared.reports.degraded_refused.clone()
     }
 
     /// Stops the background task after it shrank the claim in Redis to the
@@ -713,15 +694,7 @@ impl SemRefresher {
                     .arg(&self.holder)
                     .arg(want)
                     .arg(ttl_ms);
-                let answer: Option<Vec<i64>> = match tokio::time::timeout(
-                    self.timeout,
-                    invocation.invoke_async(&mut self.conn),
-                )
-                .await
-                {
-                    Ok(Ok(values)) => Some(values),
-                    Ok(Err(_)) | Err(_) => None,
-                };
+                let answer = invoke(&invocation, &mut self.conn, self.timeout).await;
                 let held = match answer.as_deref() {
                     Some(&[held, _, _]) => u32::try_from(held).ok(),
                     _ => None,
@@ -745,15 +718,17 @@ impl SemRefresher {
                     .expiry
                     .store(now.saturating_add(self.ttl).as_nanos(), Ordering::Relaxed);
                 if !words.available.swap(true, Ordering::Relaxed) {
-                    let degraded = shared.degraded_admitted.get() + shared.degraded_refused.get();
-                    shared.emit(REDIS_RECOVERED, now, [degraded, u64::from(held)]);
+                    let degraded = shared.reports.degraded_total();
+                    shared
+                        .reports
+                        .emit(REDIS_RECOVERED, now, [degraded, u64::from(held)]);
                 }
             }
             None => {
                 // ordering: Relaxed; a count and a flag.
                 shared.redis_errors.fetch_add(1, Ordering::Relaxed);
                 if words.available.swap(false, Ordering::Relaxed) {
-                    shared.emit(
+                    shared.reports.emit(
                         REDIS_UNAVAILABLE,
                         now,
                         [shared.policy.code(), u64::from(shared.in_use())],
