@@ -19,19 +19,7 @@ use tenlives_redis::{
     REDIS_UNAVAILABLE, Refused,
 };
 
-use common::RedisServer;
-
-/// Polls `cond` every 5 ms until it holds, for at most `limit`.
-async fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    cond()
-}
+use common::{RedisServer, wait_for};
 
 /// Takes `want` tokens (or as many as there are) straight from the quota's
 /// key with the script, as another process would.

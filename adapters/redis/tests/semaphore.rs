@@ -16,18 +16,7 @@ use tenlives_redis::{
     FailurePolicy, FleetPermit, FleetSemaphore, SemaphoreConfig, SemaphoreRefused,
 };
 
-use common::RedisServer;
-
-async fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    cond()
-}
+use common::{RedisServer, wait_for};
 
 /// The permits all live holders claim in Redis.
 fn claimed(server: &RedisServer, name: &str) -> i64 {
