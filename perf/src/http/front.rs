@@ -552,19 +552,38 @@ pub fn answer_plain(result: Result<u16, UpstreamError>, counts: &FrontCounts) ->
     }
 }
 
-/// The protected front's handler.
-#[derive(Clone)]
-pub struct ProtectedFront {
-    stack: ProtectedStack,
+/// Sorts a call's result into the front's answer, and counts it.
+type Answer<S> = fn(
+    Result<<S as Service<Call>>::Response, <S as Service<Call>>::Error>,
+    &FrontCounts,
+) -> Response<Body>;
+
+/// A front that answers each request with one call through a service, and
+/// sorts and counts the answers with `answer`.
+pub struct CallFront<S: Service<Call>> {
+    service: S,
     counts: Arc<FrontCounts>,
+    answer: Answer<S>,
 }
 
-impl ProtectedFront {
-    /// Calls `upstream` through `layer`.
-    pub fn new(layer: &ProtectedLayer, upstream: UpstreamClient) -> Self {
-        ProtectedFront {
-            stack: layer.layer(upstream),
+// Not derived: that would ask for `S::Response: Clone` and `S::Error: Clone`.
+impl<S: Service<Call> + Clone> Clone for CallFront<S> {
+    fn clone(&self) -> Self {
+        CallFront {
+            service: self.service.clone(),
+            counts: Arc::clone(&self.counts),
+            answer: self.answer,
+        }
+    }
+}
+
+impl<S: Service<Call>> CallFront<S> {
+    /// A front over `service`, its answers sorted by `answer`.
+    pub(crate) fn with_answer(service: S, answer: Answer<S>) -> Self {
+        CallFront {
+            service,
             counts: Arc::new(FrontCounts::default()),
+            answer,
         }
     }
 
@@ -574,19 +593,33 @@ impl ProtectedFront {
     }
 }
 
-impl Handler for ProtectedFront {
+impl<S> Handler for CallFront<S>
+where
+    S: Service<Call> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+    S::Response: Send,
+    S::Error: Send,
+{
     type Error = Infallible;
 
     fn handle(
         &self,
         _req: Request<Incoming>,
-    ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static + use<> {
-        let stack = self.stack.clone();
+    ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static + use<S> {
+        let service = self.service.clone();
         let counts = Arc::clone(&self.counts);
-        async move {
-            let result = stack.oneshot(Call).await;
-            Ok(answer_protected(result, &counts))
-        }
+        let answer = self.answer;
+        async move { Ok(answer(service.oneshot(Call).await, &counts)) }
+    }
+}
+
+/// The protected front's handler.
+pub type ProtectedFront = CallFront<ProtectedStack>;
+
+impl ProtectedFront {
+    /// Calls `upstream` through `layer`.
+    pub fn new(layer: &ProtectedLayer, upstream: UpstreamClient) -> Self {
+        CallFront::with_answer(layer.layer(upstream), answer_protected)
     }
 }
 

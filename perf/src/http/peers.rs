@@ -26,17 +26,14 @@
 //! `503 limit`), so the load generator sorts every front's answers the same
 //! way.
 
-use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use failsafe::failure_policy::FailurePolicy as _;
-use http::{Request, Response};
-use hyper::body::Incoming;
+use http::Response;
 use tower::ServiceExt as _;
 use tower::util::BoxCloneSyncService;
 use tower_layer::Layer;
@@ -48,8 +45,8 @@ use tower_resilience::retry::RetryLayer;
 use tower_resilience::timelimiter::{TimeLimiterError, TimeLimiterLayer};
 use tower_service::Service;
 
-use super::front::{Call, FrontCounts, Protection, UpstreamClient, UpstreamError};
-use super::server::{Body, Handler, respond};
+use super::front::{Call, CallFront, FrontCounts, Protection, UpstreamClient, UpstreamError};
+use super::server::{Body, respond};
 
 /// A peer library.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -326,11 +323,7 @@ pub fn answer_peer(result: Result<u16, PeerFailure>, counts: &FrontCounts) -> Re
 
 /// A peer's front: answers by calling its upstream through the peer's
 /// stack.
-#[derive(Clone)]
-pub struct PeerFront {
-    service: PeerService,
-    counts: Arc<FrontCounts>,
-}
+pub type PeerFront = CallFront<PeerService>;
 
 impl PeerFront {
     /// `peer`'s stack with `protection`'s thresholds around `upstream`.
@@ -347,31 +340,7 @@ impl PeerFront {
             Peer::TowerResilience => tower_resilience(protection, upstream)?,
             Peer::Failsafe => failsafe(protection, upstream),
         };
-        Ok(PeerFront {
-            service,
-            counts: Arc::new(FrontCounts::default()),
-        })
-    }
-
-    /// What it answered.
-    pub fn counts(&self) -> &Arc<FrontCounts> {
-        &self.counts
-    }
-}
-
-impl Handler for PeerFront {
-    type Error = Infallible;
-
-    fn handle(
-        &self,
-        _req: Request<Incoming>,
-    ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static + use<> {
-        let service = self.service.clone();
-        let counts = Arc::clone(&self.counts);
-        async move {
-            let result = service.oneshot(Call).await;
-            Ok(answer_peer(result, &counts))
-        }
+        Ok(CallFront::with_answer(service, answer_peer))
     }
 }
 
