@@ -64,6 +64,9 @@ struct Live {
 }
 
 proptest! {
+    // Under Miri a few cases only: each interprets up to 120 operations.
+    #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 4 } else { 256 }))]
+
     #[test]
     fn the_wheel_matches_its_model(capacity in 1usize..6, ops in proptest::collection::vec(op(), 1..120)) {
         let wheel = TimerWheel::new(capacity, Duration::from_nanos(RES)).unwrap();
