@@ -63,9 +63,22 @@ struct Live {
     waker: Waker,
 }
 
+/// Under Miri a few cases only (each interprets up to 120 operations), and
+/// no failure file (Miri isolates the test from the file system).
+fn config() -> ProptestConfig {
+    if cfg!(miri) {
+        ProptestConfig {
+            cases: 4,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    } else {
+        ProptestConfig::default()
+    }
+}
+
 proptest! {
-    // Under Miri a few cases only: each interprets up to 120 operations.
-    #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 4 } else { 256 }))]
+    #![proptest_config(config())]
 
     #[test]
     fn the_wheel_matches_its_model(capacity in 1usize..6, ops in proptest::collection::vec(op(), 1..120)) {
