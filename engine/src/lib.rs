@@ -48,6 +48,7 @@ pub mod bulkhead;
 pub mod config_cell;
 mod error;
 pub mod events;
+pub mod latency;
 mod live;
 #[cfg(feature = "alloc")]
 pub mod queue;
