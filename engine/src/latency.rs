@@ -157,8 +157,11 @@ impl LatencyTracker {
         // ordering: Relaxed; a statistic, read by the refresh's scan only.
         self.buckets[bucket_of(nanos)].fetch_add(1, Ordering::Relaxed);
         // ordering: Relaxed; only decides which recording refreshes.
-        let n = self.recorded.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
-        if n % self.refresh_every == 0 {
+        let n = self
+            .recorded
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1);
+        if n.is_multiple_of(self.refresh_every) {
             self.refresh();
         }
     }
@@ -194,7 +197,8 @@ impl LatencyTracker {
                 seen = seen.saturating_add(*count);
                 if seen >= rank {
                     // ordering: Relaxed; see `current`.
-                    self.cached.store(upper_bound(i).min(NONE - 1), Ordering::Relaxed);
+                    self.cached
+                        .store(upper_bound(i).min(NONE - 1), Ordering::Relaxed);
                     break;
                 }
             }
@@ -293,7 +297,10 @@ mod tests {
             t.record(Duration::from_millis(100));
         }
         let q = t.current().unwrap();
-        assert!(q >= Duration::from_millis(100) && q < Duration::from_millis(113), "{q:?}");
+        assert!(
+            q >= Duration::from_millis(100) && q < Duration::from_millis(113),
+            "{q:?}"
+        );
     }
 
     #[test]

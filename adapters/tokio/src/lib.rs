@@ -122,6 +122,7 @@ pub mod classify;
 mod clock;
 pub mod error;
 pub mod fault;
+pub mod hedge;
 pub mod limit;
 pub mod queue;
 pub mod rate;
@@ -137,6 +138,7 @@ pub use classify::{Classify, DefaultClassifier};
 pub use clock::TokioClock;
 pub use error::{InjectedFault, Rejection, RejectionReason, TenlivesError};
 pub use fault::{FaultConfig, FaultFuture, FaultInjection, FaultLayer};
+pub use hedge::{Hedge, HedgeFuture, HedgeLayer, HedgePolicy};
 pub use limit::{
     AdaptiveLimitLayer, AdaptiveLimitService, ConcurrencyLimitLayer, ConcurrencyLimitService,
 };
