@@ -323,3 +323,51 @@ where
         drop(held);
     }
 }
+
+/// The hedging layer: a request that arms the hedge delay on the timer
+/// wheel and one that sends its hedge at once (zero delay), whose loser is
+/// dropped, on a fixed delay and on a latency quantile, allocate nothing
+/// (the service and the request clone without allocating).
+#[test]
+fn the_hedge_layer_allocates_nothing_per_request() {
+    use std::sync::Arc;
+
+    use tenlives_engine::latency::LatencyTracker;
+    use tenlives_tokio::hedge::{HedgeDelay, HedgeLayer, HedgePolicy};
+
+    runtime().block_on(async {
+        const N: u64 = 2_000;
+        let mut results = Vec::new();
+        for mode in [Mode::Ready, Mode::PendingOnce, Mode::FailEveryOther] {
+            for delay_ms in [0, 1] {
+                let budget = Arc::new(RetryBudget::new(RetryBudgetConfig::default()));
+                let fixed = HedgeDelay::fixed(Duration::from_millis(delay_ms));
+                let layer = HedgeLayer::new(HedgePolicy::new(fixed, budget, |_: &u64| true));
+                let mut svc = layer.layer(Quiet::new(mode));
+                results.push(("fixed", mode, delay_ms, allocations_for(&mut svc, N).await));
+
+                let budget = Arc::new(RetryBudget::new(RetryBudgetConfig::default()));
+                let tracker = LatencyTracker::new(0.9, 100, 10).unwrap();
+                let d = Duration::from_millis(delay_ms);
+                let quantile = HedgeDelay::quantile(tracker, d, d, d);
+                let layer = HedgeLayer::new(HedgePolicy::new(quantile, budget, |_: &u64| true))
+                    .with_max_attempts::<3>();
+                let mut svc = layer.layer(Quiet::new(mode));
+                results.push((
+                    "quantile",
+                    mode,
+                    delay_ms,
+                    allocations_for(&mut svc, N).await,
+                ));
+                if delay_ms == 0 && mode == Mode::PendingOnce {
+                    assert!(layer.stats().hedges > 0, "hedges were sent");
+                }
+            }
+        }
+        let allocating: Vec<_> = results.iter().filter(|r| r.3 != 0).collect();
+        assert!(
+            allocating.is_empty(),
+            "allocations per {N} requests: {allocating:?}"
+        );
+    });
+}
