@@ -459,11 +459,12 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let shared = &*self.shared;
         let hedged = K > 1 && (shared.idempotent)(&req);
+        // The clones first: one that panics leaves no deposit without a call.
+        let spare = hedged.then(|| (self.inner.clone(), req.clone()));
         let now = shared.clock.now();
         shared.budget.deposit(now);
         // ordering: Relaxed; a statistic.
         shared.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let spare = hedged.then(|| (self.inner.clone(), req.clone()));
         let first = self.inner.call(req);
         let mut attempts: [Option<S::Future>; K] = std::array::from_fn(|_| None);
         attempts[0] = Some(first);

@@ -44,6 +44,8 @@ struct Scripted {
     ready_after: usize,
     pending_left: usize,
     ready: bool,
+    /// Cloning panics while set.
+    clone_panics: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Scripted {
@@ -55,6 +57,7 @@ impl Scripted {
             ready_after: 0,
             pending_left: 0,
             ready: false,
+            clone_panics: Arc::default(),
         }
     }
     fn calls(&self) -> usize {
@@ -69,6 +72,10 @@ impl Scripted {
 /// be polled ready itself, `ready_after` times.
 impl Clone for Scripted {
     fn clone(&self) -> Self {
+        assert!(
+            !self.clone_panics.load(Ordering::SeqCst),
+            "the clone panicked"
+        );
         Scripted {
             script: Arc::clone(&self.script),
             calls: Arc::clone(&self.calls),
@@ -76,6 +83,7 @@ impl Clone for Scripted {
             ready_after: self.ready_after,
             pending_left: self.ready_after,
             ready: false,
+            clone_panics: Arc::clone(&self.clone_panics),
         }
     }
 }
@@ -544,6 +552,34 @@ async fn a_panic_at_every_step_holds_nothing() {
     assert_eq!(backend.alive(), 0);
     let counts = layer.budget().counts(clock.now());
     assert_eq!((counts.deposits, counts.withdrawals), (1, 1));
+}
+
+/// A service clone that panics in `call` (taken for the hedge) leaves
+/// nothing deposited and nothing called; so does a panicking idempotency
+/// predicate.
+#[tokio::test(start_paused = true)]
+async fn a_panic_before_the_first_call_deposits_nothing() {
+    let backend = Scripted::new(|_| ok(1));
+    let (layer, timers) = one_entry_layer(budget());
+    let mut svc = layer.layer(backend.clone());
+    svc.ready().await.unwrap();
+    backend.clone_panics.store(true, Ordering::SeqCst);
+    assert!(catch_unwind(AssertUnwindSafe(|| drop(svc.call(1)))).is_err());
+    backend.clone_panics.store(false, Ordering::SeqCst);
+    assert_eq!(backend.calls(), 0);
+    assert_eq!(layer.budget().counts(TokioClock::new().now()).deposits, 0);
+    nothing_held(&backend, &layer, &timers).await;
+
+    let layer = HedgeLayer::new(HedgePolicy::new(
+        HedgeDelay::fixed(DELAY),
+        budget(),
+        |_: &u32| -> bool { panic!("the predicate panicked") },
+    ));
+    let mut svc = layer.layer(backend.clone());
+    svc.ready().await.unwrap();
+    assert!(catch_unwind(AssertUnwindSafe(|| drop(svc.call(1)))).is_err());
+    assert_eq!(backend.calls(), 0);
+    assert_eq!(layer.budget().counts(TokioClock::new().now()).deposits, 0);
 }
 
 /// One scenario of the conservation property: requests with scripted
