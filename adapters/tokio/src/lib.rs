@@ -162,3 +162,8 @@ pub use wheel::Timers;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct CrateReadmeDoctests;
+
+/// `docs/calls-across-hosts.md`'s examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/calls-across-hosts.md")]
+struct CallsAcrossHostsDoctests;
