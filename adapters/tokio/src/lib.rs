@@ -121,6 +121,7 @@ pub mod breaker;
 pub mod classify;
 mod clock;
 pub mod error;
+pub mod fallback;
 pub mod fault;
 pub mod hedge;
 pub mod limit;
@@ -137,6 +138,7 @@ pub use breaker::{CircuitBreakerLayer, CircuitBreakerService};
 pub use classify::{Classify, DefaultClassifier};
 pub use clock::TokioClock;
 pub use error::{InjectedFault, Rejection, RejectionReason, TenlivesError};
+pub use fallback::{FallbackFuture, FallbackLayer, WithFallback};
 pub use fault::{FaultConfig, FaultFuture, FaultInjection, FaultLayer};
 pub use hedge::{Hedge, HedgeFuture, HedgeLayer, HedgePolicy};
 pub use limit::{

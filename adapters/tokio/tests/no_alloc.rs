@@ -371,3 +371,37 @@ fn the_hedge_layer_allocates_nothing_per_request() {
         );
     });
 }
+
+/// The fallback layer, answering with a value or with another service for
+/// every failure, and passing successes: nothing allocated.
+#[test]
+fn the_fallback_layer_allocates_nothing_per_request() {
+    use tenlives_tokio::fallback::{FallbackLayer, FallbackService, FallbackValue};
+
+    runtime().block_on(async {
+        const N: u64 = 2_000;
+        let mut results = Vec::new();
+        for mode in [Mode::Ready, Mode::PendingOnce, Mode::FailEveryOther] {
+            let value = FallbackLayer::new(
+                |_: &&'static str| true,
+                FallbackValue::new(|_: &'static str| Ok::<u64, &'static str>(0)),
+            );
+            let mut svc = value.layer(Quiet::new(mode));
+            results.push(("value", mode, allocations_for(&mut svc, N).await));
+
+            let other =
+                tower::util::MapRequest::new(Quiet::new(mode), |(req, _): (u64, &'static str)| req);
+            let service = FallbackLayer::new(|_: &&'static str| true, FallbackService::new(other));
+            let mut svc = service.layer(Quiet::new(mode));
+            results.push(("service", mode, allocations_for(&mut svc, N).await));
+            if mode == Mode::FailEveryOther {
+                assert!(value.taken() > 0 && service.taken() > 0);
+            }
+        }
+        let allocating: Vec<_> = results.iter().filter(|r| r.2 != 0).collect();
+        assert!(
+            allocating.is_empty(),
+            "allocations per {N} requests: {allocating:?}"
+        );
+    });
+}
