@@ -87,6 +87,14 @@ pub enum RejectionReason {
         /// How many classes the queue has.
         classes: u16,
     },
+    /// The caller's deadline leaves less time than the work needs: refused
+    /// at once by a [`DeadlineLayer`](crate::deadline::DeadlineLayer).
+    DeadlineTooShort {
+        /// The time the caller had left.
+        remaining: Duration,
+        /// The least time the layer accepts.
+        needed: Duration,
+    },
 }
 
 /// A request refused before it reached the wrapped service.
@@ -251,6 +259,10 @@ impl fmt::Display for Rejection {
             RejectionReason::QueueUnknownClass { class, classes } => write!(
                 f,
                 "rejected: class {class} does not exist; the admission queue has {classes}"
+            )?,
+            RejectionReason::DeadlineTooShort { remaining, needed } => write!(
+                f,
+                "rejected: the caller's deadline leaves {remaining:?}, less than the {needed:?} needed"
             )?,
         }
         if let Some(d) = self.retry_after {

@@ -120,6 +120,8 @@ pub mod admission;
 pub mod breaker;
 pub mod classify;
 mod clock;
+#[cfg(feature = "http")]
+pub mod deadline;
 pub mod error;
 pub mod fallback;
 pub mod fault;
