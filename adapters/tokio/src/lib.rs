@@ -120,6 +120,7 @@ pub mod admission;
 pub mod breaker;
 pub mod classify;
 mod clock;
+pub mod criticality;
 #[cfg(feature = "http")]
 pub mod deadline;
 pub mod error;
