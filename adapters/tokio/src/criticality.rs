@@ -3,7 +3,7 @@
 //!
 //! A request's [`Criticality`] comes from a function of the request
 //! ([`ByCriticality`]), or, for HTTP requests (feature `http`), from a
-//! `Criticality` request extension or a header ([`FromRequest`]: the values
+//! `Criticality` request extension or a header (`FromRequest`: the values
 //! `critical`, `default`, `sheddable`, and gRPC's `CRITICAL_PLUS`,
 //! `CRITICAL`, `SHEDDABLE_PLUS`, `SHEDDABLE`; anything else is `Default`).
 //!

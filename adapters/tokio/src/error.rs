@@ -88,7 +88,7 @@ pub enum RejectionReason {
         classes: u16,
     },
     /// The caller's deadline leaves less time than the work needs: refused
-    /// at once by a [`DeadlineLayer`](crate::deadline::DeadlineLayer).
+    /// at once by a `DeadlineLayer` (feature `http`).
     DeadlineTooShort {
         /// The time the caller had left.
         remaining: Duration,

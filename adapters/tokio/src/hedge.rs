@@ -20,7 +20,7 @@
 //!   cloned).
 //! - **One budget for hedges and retries** ([`AttemptBudget`]): every hedge
 //!   withdraws from a [`RetryBudget`], the same one a retry layer or a
-//!   [`StackLayer`](crate::StackLayer)'s retry stage withdraws from, so under
+//!   [`StackLayer`]'s retry stage withdraws from, so under
 //!   failure hedges and retries together stay within the budget's share of
 //!   the traffic and cannot multiply the load. A hedge is withdrawn at the
 //!   moment it is sent — after the service clone is ready, with no await
@@ -296,7 +296,7 @@ impl<B, I, P> HedgePolicy<B, I, P> {
     }
 
     /// Sets the hedge delays on `timers` (say, the wheel of the
-    /// [`StackLayer`](crate::StackLayer) around this layer:
+    /// [`StackLayer`] around this layer:
     /// [`Policies::timers`](crate::Policies::timers)) instead of a wheel of
     /// its own.
     #[must_use]

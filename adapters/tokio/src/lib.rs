@@ -15,6 +15,9 @@
 //! | [`TimeoutLayer`] | fails a call that takes too long | [`TenlivesError<E>`] |
 //! | [`RetryLayer`] | retries with backoff, within a retry budget | `E` |
 //! | [`FaultLayer`] | injects latency, errors and dropped responses, from a seed | [`TenlivesError<E>`] or `E` |
+//! | [`HedgeLayer`] | hedges slow requests, the hedges paid from the retry budget | `E` |
+//! | [`FallbackLayer`] | answers chosen failures with a value or another service | the wrapped service's |
+//! | `DeadlineLayer` (feature `http`) | keeps the caller's deadline, refuses what cannot finish, forwards what is left | [`TenlivesError<E>`] |
 //!
 //! Common to all of them:
 //!
