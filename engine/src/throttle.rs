@@ -406,7 +406,25 @@ impl<S: EventSink> Throttle<S> {
     /// Lets a request through, or rejects it locally (which counts as a
     /// request the backend did not accept).
     pub fn try_admit(&self, now: Timestamp) -> Result<ThrottleTicket<'_, S>, Throttled> {
+        self.try_admit_scaled(now, 100)
+    }
+
+    /// As [`try_admit`](Self::try_admit), with the rejection probability
+    /// multiplied by `percent / 100` (capped at 1): below 100 for requests
+    /// that matter more, above for those to shed first (request
+    /// criticality). `100` is `try_admit`; `0` never rejects locally.
+    pub fn try_admit_scaled(
+        &self,
+        now: Timestamp,
+        percent: u32,
+    ) -> Result<ThrottleTicket<'_, S>, Throttled> {
         let (num, den) = self.odds(now);
+        let num = if percent == 100 {
+            num
+        } else {
+            let scaled = u128::from(num) * u128::from(percent) / 100;
+            u64::try_from(scaled).unwrap_or(u64::MAX).min(den)
+        };
         if num == 0 {
             return Ok(ThrottleTicket { throttle: self });
         }

@@ -31,12 +31,24 @@
 //! # }
 //! ```
 //!
-//! The throttle does not read criticality yet.
+//! [`CriticalityThrottleLayer`] puts a client-side throttle in front of a
+//! service with its rejection probability scaled per criticality (by
+//! default critical ×0.5, default ×1, sheddable ×2, capped at 1): when the
+//! backend refuses, sheddable requests are held back locally first.
+
+use std::fmt;
+use std::task::{Context, Poll};
 
 use tenlives_engine::ConfigError;
+use tenlives_engine::events::EventSink;
 use tenlives_engine::queue::{Overload, QueueConfig};
+use tower_layer::Layer;
+use tower_service::Service;
 
+use crate::classify::Classify;
+use crate::error::TenlivesError;
 use crate::queue::QueueClass;
+use crate::throttle::{ThrottleFuture, ThrottleLayer, ThrottleService};
 
 /// How much a request matters when there is not room for all.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -141,5 +153,146 @@ impl<B> QueueClass<http::Request<B>> for FromRequest {
     #[inline]
     fn class(&self, req: &http::Request<B>) -> u16 {
         self.of(req).class()
+    }
+}
+
+/// The criticality of a request, for [`CriticalityThrottleLayer`].
+///
+/// Implemented by every closure `Fn(&Req) -> Criticality`, and (feature
+/// `http`) by `FromRequest` for HTTP requests.
+pub trait CriticalityOf<Req> {
+    /// The criticality of `req`.
+    fn criticality(&self, req: &Req) -> Criticality;
+}
+
+impl<Req, F: Fn(&Req) -> Criticality> CriticalityOf<Req> for F {
+    #[inline]
+    fn criticality(&self, req: &Req) -> Criticality {
+        self(req)
+    }
+}
+
+#[cfg(feature = "http")]
+impl<B> CriticalityOf<http::Request<B>> for FromRequest {
+    #[inline]
+    fn criticality(&self, req: &http::Request<B>) -> Criticality {
+        self.of(req)
+    }
+}
+
+/// The default scales of [`CriticalityThrottleLayer`], in percent of the
+/// throttle's rejection probability: critical, default, sheddable.
+pub const DEFAULT_SCALES: [u32; 3] = [50, 100, 200];
+
+/// A [`ThrottleLayer`] whose rejection probability is scaled by each
+/// request's criticality. See the [module documentation](self).
+pub struct CriticalityThrottleLayer<C, K, Snk: EventSink> {
+    throttle: ThrottleLayer<K, Snk>,
+    criticality: C,
+    scales: [u32; 3],
+}
+
+impl<C: Clone, K, Snk: EventSink> Clone for CriticalityThrottleLayer<C, K, Snk> {
+    fn clone(&self) -> Self {
+        CriticalityThrottleLayer {
+            throttle: self.throttle.clone(),
+            criticality: self.criticality.clone(),
+            scales: self.scales,
+        }
+    }
+}
+
+impl<C, K, Snk: EventSink> fmt::Debug for CriticalityThrottleLayer<C, K, Snk> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CriticalityThrottleLayer")
+            .field("throttle", &self.throttle)
+            .field("scales", &self.scales)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C, K, Snk: EventSink> CriticalityThrottleLayer<C, K, Snk> {
+    /// `throttle`, its rejection probability scaled by [`DEFAULT_SCALES`]
+    /// for the criticality `criticality` gives each request.
+    pub fn new(throttle: ThrottleLayer<K, Snk>, criticality: C) -> Self {
+        CriticalityThrottleLayer {
+            throttle,
+            criticality,
+            scales: DEFAULT_SCALES,
+        }
+    }
+
+    /// Scales `[critical, default, sheddable]` in percent (0 never rejects
+    /// locally; the result is capped at 1).
+    #[must_use]
+    pub fn scales(mut self, scales: [u32; 3]) -> Self {
+        self.scales = scales;
+        self
+    }
+
+    /// The throttle layer.
+    pub fn throttle(&self) -> &ThrottleLayer<K, Snk> {
+        &self.throttle
+    }
+}
+
+impl<S, C: Clone, K, Snk: EventSink> Layer<S> for CriticalityThrottleLayer<C, K, Snk> {
+    type Service = CriticalityThrottle<S, C, K, Snk>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CriticalityThrottle {
+            inner: self.throttle.layer(inner),
+            criticality: self.criticality.clone(),
+            scales: self.scales,
+        }
+    }
+}
+
+/// A service behind a criticality-scaled throttle. Made by
+/// [`CriticalityThrottleLayer`].
+pub struct CriticalityThrottle<S, C, K, Snk: EventSink> {
+    inner: ThrottleService<S, K, Snk>,
+    criticality: C,
+    scales: [u32; 3],
+}
+
+impl<S: Clone, C: Clone, K, Snk: EventSink> Clone for CriticalityThrottle<S, C, K, Snk> {
+    fn clone(&self) -> Self {
+        CriticalityThrottle {
+            inner: self.inner.clone(),
+            criticality: self.criticality.clone(),
+            scales: self.scales,
+        }
+    }
+}
+
+impl<S, C, K, Snk: EventSink> fmt::Debug for CriticalityThrottle<S, C, K, Snk> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CriticalityThrottle")
+            .field("scales", &self.scales)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, Req, C, K, Snk> Service<Req> for CriticalityThrottle<S, C, K, Snk>
+where
+    S: Service<Req>,
+    C: CriticalityOf<Req>,
+    K: Classify<S::Response, S::Error>,
+    Snk: EventSink + 'static,
+{
+    type Response = S::Response;
+    type Error = TenlivesError<S::Error>;
+    type Future = ThrottleFuture<S::Future, K, Snk>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        let percent = self.scales[usize::from(self.criticality.criticality(&req).class())];
+        self.inner.call_scaled(req, percent)
     }
 }

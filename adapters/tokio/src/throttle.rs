@@ -65,8 +65,9 @@ struct HeldTicket<K, Snk: EventSink + 'static> {
 }
 
 impl<K, Snk: EventSink + 'static> HeldTicket<K, Snk> {
-    /// Asks the throttle in `shared` to admit a request.
-    fn admit(shared: &Arc<Shared<K, Snk>>) -> Result<Self, Rejection> {
+    /// Asks the throttle in `shared` to admit a request, its rejection
+    /// probability scaled by `percent` (100: as configured).
+    fn admit(shared: &Arc<Shared<K, Snk>>, percent: u32) -> Result<Self, Rejection> {
         let now = shared.clock.now();
         let throttle: *const Throttle<Snk> = &shared.throttle;
         // SAFETY: the throttle lives inside the `Arc` allocation, which does
@@ -76,7 +77,9 @@ impl<K, Snk: EventSink + 'static> HeldTicket<K, Snk> {
         // it). The `'static` reference never leaves this type: the ticket is
         // private and only consumed by `report`.
         let throttle: &'static Throttle<Snk> = unsafe { &*throttle };
-        let ticket = throttle.try_admit(now).map_err(Rejection::from)?;
+        let ticket = throttle
+            .try_admit_scaled(now, percent)
+            .map_err(Rejection::from)?;
         Ok(HeldTicket {
             ticket,
             shared: Arc::clone(shared),
@@ -208,7 +211,23 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        match HeldTicket::admit(&self.shared) {
+        self.call_scaled(req, 100)
+    }
+}
+
+impl<S, K, Snk: EventSink + 'static> ThrottleService<S, K, Snk> {
+    /// `call`, the rejection probability scaled by `percent` (request
+    /// criticality: `crate::criticality::CriticalityThrottleLayer`).
+    #[inline]
+    pub(crate) fn call_scaled<Req>(
+        &mut self,
+        req: Req,
+        percent: u32,
+    ) -> ThrottleFuture<S::Future, K, Snk>
+    where
+        S: Service<Req>,
+    {
+        match HeldTicket::admit(&self.shared, percent) {
             Ok(ticket) => ThrottleFuture {
                 inner: Some(self.inner.call(req)),
                 ticket: Some(ticket),

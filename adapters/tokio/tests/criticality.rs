@@ -9,8 +9,11 @@ use std::time::Duration;
 
 use tenlives_engine::bulkhead::Bulkhead;
 use tenlives_engine::queue::{AdmissionQueue, QueueConfig};
-use tenlives_tokio::AdmissionQueueLayer;
-use tenlives_tokio::criticality::{ByCriticality, Criticality, queue_config};
+use tenlives_engine::throttle::{Throttle, ThrottleConfig};
+use tenlives_tokio::criticality::{
+    ByCriticality, Criticality, CriticalityThrottleLayer, queue_config,
+};
+use tenlives_tokio::{AdmissionQueueLayer, ThrottleLayer};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 const ALL: [Criticality; 3] = [
@@ -74,6 +77,43 @@ async fn critical_traffic_keeps_its_success_rate_under_overload() {
     for rate in fifo {
         assert!(rate < 0.6, "fifo {fifo:?}");
     }
+}
+
+/// A backend that refuses 3 requests in 4 (whatever their criticality),
+/// behind a throttle scaled per criticality: sheddable requests are held
+/// back locally most, critical ones least, so more of the backend's
+/// accepted answers go to critical traffic.
+#[tokio::test(start_paused = true)]
+async fn the_throttle_holds_back_sheddable_traffic_first() {
+    let throttle = Throttle::new(
+        ThrottleConfig::builder()
+            .minimum_requests(10)
+            .seed(3)
+            .build()
+            .unwrap(),
+    );
+    let layer = CriticalityThrottleLayer::new(ThrottleLayer::new(throttle), |c: &Criticality| *c);
+    let n = Arc::new(AtomicU64::new(0));
+    let mut svc = layer.layer(service_fn(move |c: Criticality| {
+        let i = n.fetch_add(1, Ordering::Relaxed);
+        async move {
+            if i.is_multiple_of(4) {
+                Ok(c)
+            } else {
+                Err("overloaded")
+            }
+        }
+    }));
+    let mut local = [0u32; 3];
+    for i in 0..3000usize {
+        let c = ALL[i % 3];
+        if let Err(e) = svc.ready().await.unwrap().call(c).await {
+            local[usize::from(c.class())] += u32::from(e.is_rejected());
+        }
+    }
+    println!("held back locally: {local:?} of 1000 each");
+    assert!(local[0] < local[1] && local[1] < local[2], "{local:?}");
+    assert!(local[2] > 2 * local[0], "{local:?}");
 }
 
 #[test]

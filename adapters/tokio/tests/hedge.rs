@@ -650,7 +650,7 @@ fn run(s: &Scenario) -> (u64, u64, u64, u64, u64, usize) {
             Backoff::constant(Duration::from_millis(5))
                 .unwrap()
                 .with_max_retries(s.retries as u32),
-            RetryBudget::new(config.clone()),
+            RetryBudget::new(config),
         ));
         let own = Arc::new(RetryBudget::new(config));
         let delay = || HedgeDelay::fixed(Duration::from_millis(s.delay_ms));
