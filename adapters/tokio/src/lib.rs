@@ -129,6 +129,8 @@ pub mod deadline;
 pub mod error;
 pub mod fallback;
 pub mod fault;
+#[cfg(feature = "http")]
+pub mod headers;
 pub mod hedge;
 pub mod limit;
 pub mod queue;
