@@ -16,7 +16,9 @@
 //!
 //! Reading, for a client: [`upstream_retry_after`] is the wait a `429` or
 //! `503` answer asks for in `Retry-After` (delta-seconds; an HTTP-date is not
-//! read) or a gRPC answer in `grpc-retry-pushback-ms`.
+//! read) or a gRPC answer in `grpc-retry-pushback-ms`; a
+//! [`RetryLayer`](crate::RetryLayer) whose classifier is a
+//! [`HonourRetryAfter`] waits at least that (capped) before retrying.
 //!
 //! ```
 //! use std::time::Duration;
@@ -46,6 +48,7 @@ use tenlives_engine::rate::RateLimiter;
 use tenlives_engine::time::Timestamp;
 
 use crate::error::TenlivesError;
+use crate::retry::ShouldRetry;
 
 /// `RateLimit`.
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -150,6 +153,41 @@ pub fn upstream_retry_after(status: StatusCode, headers: &HeaderMap) -> Option<D
         return Some(Duration::from_secs(secs));
     }
     number(&GRPC_RETRY_PUSHBACK_MS).map(Duration::from_millis)
+}
+
+/// A retry classifier for HTTP responses that also honours the wait the
+/// upstream asks for ([`upstream_retry_after`]), capped at `cap`: a
+/// [`RetryLayer`](crate::RetryLayer) using it waits at least that long
+/// before the retry (and the retry is still one withdrawal from its
+/// budget). `C` decides what is retried.
+#[derive(Clone, Copy, Debug)]
+pub struct HonourRetryAfter<C> {
+    classify: C,
+    cap: Duration,
+}
+
+impl<C> HonourRetryAfter<C> {
+    /// Retries what `classify` says, waiting at least what the upstream
+    /// asked, at most `cap`.
+    pub fn new(classify: C, cap: Duration) -> Self {
+        HonourRetryAfter { classify, cap }
+    }
+}
+
+impl<B, E, C> ShouldRetry<http::Response<B>, E> for HonourRetryAfter<C>
+where
+    C: ShouldRetry<http::Response<B>, E>,
+{
+    #[inline]
+    fn should_retry(&self, result: &Result<http::Response<B>, E>) -> bool {
+        self.classify.should_retry(result)
+    }
+
+    #[inline]
+    fn server_wait(&self, result: &Result<http::Response<B>, E>) -> Option<Duration> {
+        let response = result.as_ref().ok()?;
+        upstream_retry_after(response.status(), response.headers()).map(|w| w.min(self.cap))
+    }
 }
 
 #[cfg(test)]

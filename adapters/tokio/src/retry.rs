@@ -77,6 +77,16 @@ const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 pub trait ShouldRetry<Res, E> {
     /// Whether `result` should be retried.
     fn should_retry(&self, result: &Result<Res, E>) -> bool;
+
+    /// How long the server asked to wait before a retry of `result` (say,
+    /// a `429`'s `Retry-After`): the retry waits at least that. `None` (the
+    /// default): the backoff's delay alone. See
+    /// `headers::HonourRetryAfter` (feature `http`).
+    #[inline]
+    fn server_wait(&self, result: &Result<Res, E>) -> Option<Duration> {
+        let _ = result;
+        None
+    }
 }
 
 /// Retries every error, and nothing else.
@@ -460,6 +470,11 @@ where
                     if shared.policy.should_retry.should_retry(&result)
                         && let Some(delay) = shared.policy.next_delay(this.schedule)
                     {
+                        // At least what the server asked for.
+                        let delay = match shared.policy.should_retry.server_wait(&result) {
+                            Some(wait) => delay.max(wait),
+                            None => delay,
+                        };
                         let now = shared.clock.now();
                         if shared.policy.withdraw(now) {
                             let wake_at = shared.clock.instant_at(now.saturating_add(delay));
