@@ -81,8 +81,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
-use std::pin::Pin;
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 
@@ -241,7 +241,6 @@ impl<K: Hash + Eq, F, R> Table<K, F, R> {
         self.shards.iter().map(|s| lock(s).len()).sum()
     }
 }
-
 
 /// How a request's key is computed: implemented by every `Fn(&Req) -> K`
 /// where the key is `Hash + Eq + Clone`.
@@ -454,6 +453,9 @@ where
     }
 }
 
+/// A flight whose shared result is `Result<Res, E>`.
+type SharedFlight<K, F, Res, E> = Arc<Flight<K, F, Result<Res, E>>>;
+
 /// The id of the caller that made the call.
 const LEADER: u64 = 0;
 
@@ -462,7 +464,7 @@ const LEADER: u64 = 0;
 /// on for the other callers, or is dropped if none is left).
 pub struct CoalesceFuture<K: Hash + Eq, F, Res, E> {
     /// `None` once this caller took its answer.
-    flight: Option<Arc<Flight<K, F, Result<Res, E>>>>,
+    flight: Option<SharedFlight<K, F, Res, E>>,
     id: u64,
     /// Where this caller's waker is registered: (slots epoch, index).
     slot: Option<(u64, usize)>,

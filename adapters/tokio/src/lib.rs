@@ -121,6 +121,7 @@ pub mod breaker;
 pub mod classify;
 mod clock;
 pub mod coalesce;
+pub mod eject;
 pub mod error;
 pub mod fault;
 pub mod limit;
@@ -135,8 +136,11 @@ pub mod wheel;
 pub use admission::{Admission, AdmissionFuture, AdmissionLayer, AdmissionService};
 pub use breaker::{CircuitBreakerLayer, CircuitBreakerService};
 pub use classify::{Classify, DefaultClassifier};
-pub use coalesce::{CoalesceError, CoalesceFuture, CoalesceKey, CoalesceLayer, CoalesceService};
 pub use clock::TokioClock;
+pub use coalesce::{CoalesceError, CoalesceFuture, CoalesceKey, CoalesceLayer, CoalesceService};
+#[cfg(feature = "balance")]
+pub use eject::EjectDiscover;
+pub use eject::{EjectFuture, Ejectable, EjectionConfig, EjectionStats, OutlierDetector, RateRule};
 pub use error::{InjectedFault, Rejection, RejectionReason, TenlivesError};
 pub use fault::{FaultConfig, FaultFuture, FaultInjection, FaultLayer};
 pub use limit::{

@@ -131,7 +131,11 @@ async fn many_followers_share_one_call_and_all_answer() {
     for t in tasks {
         let (i, r, at) = t.await.unwrap();
         assert_eq!(r, Ok((1 + i % 2) * 10));
-        assert_eq!(at - start, Duration::from_millis(30), "no caller waits longer than the call");
+        assert_eq!(
+            at - start,
+            Duration::from_millis(30),
+            "no caller waits longer than the call"
+        );
     }
     assert_eq!(counters.calls.load(Ordering::SeqCst), 2);
     assert_eq!(counters.finished.load(Ordering::SeqCst), 2);
@@ -178,7 +182,10 @@ async fn dropping_the_driver_at_every_await_hands_the_call_over() {
             }
         }
         drop(leader);
-        let r = follower.await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(5), follower)
+            .await
+            .expect("the follower took the call over")
+            .unwrap();
         assert_eq!(r, Ok(70), "{drop_after_steps:?}");
         assert_eq!(
             Instant::now() - start,
@@ -313,7 +320,10 @@ fn a_panic_in_call_reaches_followers_that_joined_during_it() {
     assert!(poll_once(&mut follower).is_pending());
     gate.joined.wait();
     assert!(leader.join().unwrap(), "the panic reached the leader");
-    assert_eq!(poll_once(&mut follower), Poll::Ready(Err(CoalesceError::Panicked)));
+    assert_eq!(
+        poll_once(&mut follower),
+        Poll::Ready(Err(CoalesceError::Panicked))
+    );
     assert_eq!(svc.in_flight(), 0);
     assert_eq!(
         poll_once(&mut svc.clone().call(2)),
@@ -383,7 +393,9 @@ async fn panics_in_the_keys_clone_hash_and_eq_never_hang() {
         FUSE.store(n, Ordering::SeqCst);
         let mut joined = Vec::new();
         for _ in 0..2 {
-            match catch_unwind(AssertUnwindSafe(|| svc.call((1, Script::Answer { steps: 1 })))) {
+            match catch_unwind(AssertUnwindSafe(|| {
+                svc.call((1, Script::Answer { steps: 1 }))
+            })) {
                 Ok(f) => joined.push(f),
                 Err(_) => panics_seen += 1,
             }
@@ -411,7 +423,10 @@ async fn panics_in_the_keys_clone_hash_and_eq_never_hang() {
         assert_eq!(r, Ok(10), "n = {n}: the key works afterwards");
         assert_eq!(svc.in_flight(), 0, "n = {n}");
     }
-    assert!(panics_seen >= 6, "the fuse reached the table's code: {panics_seen}");
+    assert!(
+        panics_seen >= 6,
+        "the fuse reached the table's code: {panics_seen}"
+    );
 }
 
 trait IntoReady<T> {
@@ -489,10 +504,7 @@ fn stress_every_request_is_answered_exactly_once() {
                 let r = if i % 3 == 0 {
                     // Cancelled after a pseudo-random 0..25 ms.
                     let after = Duration::from_millis((i * 7919) % 25);
-                    match tokio::time::timeout(after, call).await {
-                        Ok(r) => Some(r),
-                        Err(_) => None,
-                    }
+                    tokio::time::timeout(after, call).await.ok()
                 } else {
                     Some(call.await)
                 };
@@ -526,7 +538,8 @@ fn stress_every_request_is_answered_exactly_once() {
     let calls = counters.calls.load(Ordering::SeqCst);
     assert!(calls < REQUESTS as usize, "coalesced: {calls} calls");
     assert_eq!(
-        counters.finished.load(Ordering::SeqCst) + counters.dropped_unfinished.load(Ordering::SeqCst),
+        counters.finished.load(Ordering::SeqCst)
+            + counters.dropped_unfinished.load(Ordering::SeqCst),
         calls,
         "every upstream future ended"
     );
