@@ -118,6 +118,8 @@ pub mod telemetry;
 
 pub mod admission;
 pub mod breaker;
+#[cfg(feature = "cache")]
+pub mod cache;
 pub mod classify;
 mod clock;
 pub mod coalesce;
