@@ -29,9 +29,9 @@ use tenlives_tokio::CoalesceLayer;
 use tenlives_tokio::cache::ResponseCache;
 use tower::{Layer, Service};
 
-mod support;
 #[path = "support/pending_once.rs"]
 mod pending_once;
+mod support;
 use pending_once::PendingOnce;
 #[path = "support/tower_driver.rs"]
 mod tower_driver;

@@ -286,11 +286,16 @@ impl<C> Health<C> {
         }
     }
 
-    /// After a failure was recorded: if the breaker left the closed state,
-    /// the endpoint is ejected, within the budget, or closed again.
-    fn after_failure(&self, now: Timestamp) {
+    /// After an outcome was recorded: if the breaker tripped (by any of its
+    /// rules, the slow-call rule on a success included), the endpoint is
+    /// ejected, within the budget, or closed again.
+    fn after_record(&self, now: Timestamp) {
+        let tripped = matches!(
+            self.breaker.state(),
+            BreakerState::Open | BreakerState::HalfOpen
+        );
         // ordering: Relaxed; see `release_slot`.
-        if self.breaker.state() == BreakerState::Closed || self.holds_slot.load(Ordering::Relaxed) {
+        if !tripped || self.holds_slot.load(Ordering::Relaxed) {
             return;
         }
         // ordering: Relaxed; a flag read to skip removed endpoints.
@@ -418,7 +423,7 @@ impl<K: Hash + Eq, C> OutlierDetector<K, C> {
     }
 
     fn forget(&self, health: &Health<C>) {
-        // ordering: Relaxed; see `Health::after_failure`.
+        // ordering: Relaxed; see `Health::after_record`.
         health.removed.store(true, Ordering::Relaxed);
         // ordering: Relaxed; see `release_slot`.
         if health.holds_slot.swap(false, Ordering::Relaxed) {
@@ -512,7 +517,7 @@ fn evaluate<C>(pool: &Pool<C>, now: Timestamp) {
         } else {
             others_failures as f64 / others_calls as f64
         };
-        // ordering: Relaxed; see `Health::after_failure`.
+        // ordering: Relaxed; see `Health::after_record`.
         let eligible =
             !health.removed.load(Ordering::Relaxed) && !health.holds_slot.load(Ordering::Relaxed);
         if rate >= rule.floor && rate >= rule.factor * others && eligible {
@@ -667,7 +672,9 @@ impl<C> HeldPermit<C> {
         if outcome == Outcome::Failure {
             // ordering: Relaxed; see `evaluate`.
             health.failures.fetch_add(1, Ordering::Relaxed);
-            health.after_failure(now);
+        }
+        if outcome != Outcome::Ignored {
+            health.after_record(now);
         }
         maybe_evaluate(&health.pool, now);
     }

@@ -391,3 +391,31 @@ async fn the_p2c_balancer_routes_around_an_ejected_endpoint() {
     }
     assert_eq!(eps[0].calls(), 4, "one probe per ejection time");
 }
+
+/// A breaker tripped by its slow-call rule (on successes) takes a slot of
+/// the budget like any other trip: with no slot free, the endpoint stays in.
+#[tokio::test(start_paused = true)]
+async fn the_cap_holds_for_a_breaker_tripped_by_slow_successes() {
+    let slow = BreakerConfig::builder()
+        .without_failure_rate()
+        .slow_calls(100.0, Duration::from_millis(50))
+        .count_window(2)
+        .minimum_calls(2)
+        .open_duration(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    // Two endpoints at 49 %: no slot at all.
+    let detector = OutlierDetector::new(EjectionConfig::new(slow, 49, 8).unwrap());
+    let service = tower::service_fn(|r: u32| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok::<_, Failed>(r)
+    });
+    let mut a = detector.endpoint(0u8, service);
+    let _b = detector.endpoint(1u8, Endpoint::default());
+    for i in 0..2 {
+        a.ready().await.unwrap().call(i).await.unwrap();
+    }
+    assert!(is_ready(&mut a), "no slot: the endpoint stays in");
+    let s = detector.stats();
+    assert_eq!((s.ejected, s.refused_by_cap), (0, 1));
+}
