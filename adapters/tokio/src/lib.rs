@@ -15,6 +15,9 @@
 //! | [`TimeoutLayer`] | fails a call that takes too long | [`TenlivesError<E>`] |
 //! | [`RetryLayer`] | retries with backoff, within a retry budget | `E` |
 //! | [`FaultLayer`] | injects latency, errors and dropped responses, from a seed | [`TenlivesError<E>`] or `E` |
+//! | [`CoalesceLayer`] | concurrent requests with equal keys share one call (single flight) | [`CoalesceError<E>`] |
+//! | [`OutlierDetector`] / [`Ejectable`] | per-endpoint breakers; ejected endpoints are not ready (with tower's balancers, feature `balance`) | [`TenlivesError<E>`] |
+//! | `cache::CacheLayer` | answers from a moka response cache: TTL, tags, a byte budget (feature `cache`) | `E` |
 //!
 //! Common to all of them:
 //!
