@@ -28,7 +28,7 @@
 //! An ejected endpoint's [`Ejectable`] answers `poll_ready` with `Pending`
 //! (it wakes itself when the ejection time ends), which is how tower's
 //! balancers (`tower::balance::p2c`) learn that a service is not ready: they
-//! route around it. With feature `balance`, [`EjectDiscover`] wraps any
+//! route around it. With feature `balance`, `EjectDiscover` wraps any
 //! `tower::discover::Discover`, tracking each inserted endpoint in the
 //! detector and forgetting removed ones, and [`Ejectable`] forwards
 //! `tower::load::Load`.
