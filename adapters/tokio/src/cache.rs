@@ -63,8 +63,9 @@
 //!
 //! A hit: the key function, one moka lookup (a hash and a lock-free read), a
 //! clock reading, one `Arc` clone, a `Clone` of the response, two relaxed
-//! counter increments; no allocation unless the response's `Clone`
-//! allocates. A miss: one `Arc` clone into the response future, and on an
+//! counter increments; the layer allocates nothing unless the response's
+//! `Clone` does (moka's maintenance, run on the calling thread about every
+//! 128 reads, allocates now and then). A miss: one `Arc` clone into the response future, and on an
 //! `Ok` the tags, one entry allocation and moka's insertion.
 //!
 //! # Panics
