@@ -67,7 +67,7 @@ fn ready<S: Service<u64>>(svc: &mut S) {
 fn single_flight_allocates_one_arc_per_flight_and_nothing_per_follower() {
     const ROUNDS: u64 = 1000;
     let mut svc = CoalesceLayer::new(|r: &u64| *r).layer(PendingOnce);
-    let mut lone = |svc: &mut _| {
+    let lone = |svc: &mut _| {
         for i in 0..ROUNDS {
             ready(svc);
             let mut f = Service::call(svc, i % 50);
@@ -156,7 +156,7 @@ fn a_cache_hit_allocates_nothing_but_mokas_maintenance() {
     let mut svc = cache
         .layer(|r: &u64| Some(*r), |_: &u64, _: &u64| Vec::new())
         .layer(PendingOnce);
-    let mut round = |svc: &mut _| {
+    let round = |svc: &mut _| {
         for i in 0..64u64 {
             ready(svc);
             let mut f = Box::pin(Service::call(svc, i));
