@@ -16,7 +16,8 @@
 //!   the difference is the layers'.
 //! - `hosts/cache_hit`: a warm cache of 64 keys, every request a hit:
 //!   tenlives' `CacheLayer` (moka, TTL 60 s, a byte budget) and
-//!   tower-resilience's `Cache` (LRU, 1024 entries, TTL 60 s).
+//!   tower-resilience's `Cache` (LRU, 1024 entries, TTL 60 s); on 1 thread,
+//!   and on 2 threads sharing one cache (per request per thread).
 
 use std::future::Future;
 use std::hint::black_box;
@@ -35,7 +36,7 @@ mod support;
 use pending_once::PendingOnce;
 #[path = "support/tower_driver.rs"]
 mod tower_driver;
-use tower_driver::{Noop, runtime, time_on};
+use tower_driver::{Noop, runtime, time_on, two_threads};
 
 fn single_flight_alone(c: &mut Criterion) {
     let mut g = c.benchmark_group("hosts/single_flight_alone");
@@ -144,7 +145,11 @@ fn cache_hit(c: &mut Criterion) {
         );
         time_on(&rt, &mut svc, 64);
         b.iter_custom(|iters| time_on(&rt, &mut svc, iters));
-        assert!(cache.stats().hit_rate() > 0.99);
+        assert_eq!(
+            cache.stats().misses,
+            64,
+            "every request after the first round is a hit"
+        );
     });
     g.bench_function("tower_resilience", |b| {
         let layer = tower_resilience::cache::CacheLayer::builder()
@@ -156,6 +161,31 @@ fn cache_hit(c: &mut Criterion) {
         let mut svc = Mod64(layer.layer(Noop));
         time_on(&rt, &mut svc, 64);
         b.iter_custom(|iters| time_on(&rt, &mut svc, iters))
+    });
+    // Two threads sharing one warm cache (each with its own runtime and its
+    // own clone of the service), per request per thread.
+    g.bench_function("tenlives/2_threads", |b| {
+        let _guard = rt.enter();
+        let cache = ResponseCache::<u64, u64>::builder(Duration::from_secs(60), 1 << 20).build();
+        let mut svc = Mod64(
+            cache
+                .layer(|r: &u64| Some(*r), |_: &u64, _: &u64| Vec::new())
+                .layer(Noop),
+        );
+        time_on(&rt, &mut svc, 64);
+        b.iter_custom(|iters| two_threads(&svc, iters));
+        assert_eq!(cache.stats().misses, 64);
+    });
+    g.bench_function("tower_resilience/2_threads", |b| {
+        let layer = tower_resilience::cache::CacheLayer::builder()
+            .max_size(1024)
+            .ttl(Duration::from_secs(60))
+            .key_extractor(|r: &u64| *r)
+            .build()
+            .expect("a valid cache configuration");
+        let mut svc = Mod64(layer.layer(Noop));
+        time_on(&rt, &mut svc, 64);
+        b.iter_custom(|iters| two_threads(&svc, iters))
     });
     g.finish();
 }
