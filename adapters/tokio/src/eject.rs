@@ -464,6 +464,112 @@ impl<K, C> OutlierDetector<K, C> {
     }
 }
 
+/// The Prometheus collector of an [`OutlierDetector`]'s statistics (feature
+/// `telemetry`), read at each scrape and labelled `detector="name"`:
+/// `tenlives_ejections_total{cause="breaker"|"rate"}`,
+/// `tenlives_ejections_refused_total`, `tenlives_readmissions_total`,
+/// `tenlives_endpoints_untracked_total`, and the gauges
+/// `tenlives_endpoints_tracked` and `tenlives_endpoints_ejected`. Register
+/// with `registry.register_collector(Box::new(detector.collector("name")))`.
+#[cfg(feature = "telemetry")]
+pub struct EjectionCollector<K, C> {
+    detector: OutlierDetector<K, C>,
+    name: Box<str>,
+}
+
+#[cfg(feature = "telemetry")]
+impl<K, C> fmt::Debug for EjectionCollector<K, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EjectionCollector")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "telemetry")]
+impl<K, C> OutlierDetector<K, C> {
+    /// The detector's statistics as Prometheus metrics; see
+    /// [`EjectionCollector`].
+    pub fn collector(&self, name: &str) -> EjectionCollector<K, C> {
+        EjectionCollector {
+            detector: self.clone(),
+            name: name.into(),
+        }
+    }
+}
+
+#[cfg(feature = "telemetry")]
+impl<K, C> prometheus_client::collector::Collector for EjectionCollector<K, C>
+where
+    K: Send + Sync + 'static,
+    C: Send + Sync + 'static,
+{
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let s = self.detector.stats();
+        let name = &*self.name;
+        {
+            let mut metric = encoder.encode_descriptor(
+                "tenlives_ejections",
+                "Endpoints ejected, by the rule that ejected them",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (cause, value) in [
+                ("breaker", s.ejections_by_breaker),
+                ("rate", s.ejections_by_rate),
+            ] {
+                let labels = [("detector", name), ("cause", cause)];
+                ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
+            }
+        }
+        let labels = [("detector", name)];
+        let counters = [
+            (
+                "tenlives_ejections_refused",
+                "Ejections refused because the maximum ejection percentage was reached",
+                s.refused_by_cap,
+            ),
+            (
+                "tenlives_readmissions",
+                "Endpoints taken back in after an ejection",
+                s.readmissions,
+            ),
+            (
+                "tenlives_endpoints_untracked",
+                "Endpoints passed through untracked because the table was full",
+                s.untracked,
+            ),
+        ];
+        for (metric_name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            let mut metric =
+                encoder.encode_descriptor(metric_name, help, None, counter.metric_type())?;
+            counter.encode(metric.encode_family(&labels)?)?;
+        }
+        let gauges = [
+            ("tenlives_endpoints_tracked", "Endpoints tracked", s.tracked),
+            (
+                "tenlives_endpoints_ejected",
+                "Endpoints ejected now",
+                s.ejected,
+            ),
+        ];
+        for (metric_name, help, value) in gauges {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            let mut metric =
+                encoder.encode_descriptor(metric_name, help, None, gauge.metric_type())?;
+            gauge.encode(metric.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Runs the rate rule if its time has come and this caller claims the run.
 fn maybe_evaluate<C>(pool: &Pool<C>, now: Timestamp) {
     // ordering: Relaxed; the compare-and-swap only elects the one caller

@@ -419,3 +419,32 @@ async fn the_cap_holds_for_a_breaker_tripped_by_slow_successes() {
     let s = detector.stats();
     assert_eq!((s.ejected, s.refused_by_cap), (0, 1));
 }
+
+#[cfg(feature = "telemetry")]
+#[tokio::test(start_paused = true)]
+async fn the_collector_exports_ejections_and_the_cap() {
+    let detector = OutlierDetector::new(EjectionConfig::new(consecutive(1), 50, 8).unwrap());
+    let eps: Vec<Endpoint> = (0..2).map(|_| Endpoint::default()).collect();
+    let mut svcs: Vec<_> = eps
+        .iter()
+        .enumerate()
+        .map(|(i, e)| detector.endpoint(i, e.clone()))
+        .collect();
+    for (svc, ep) in svcs.iter_mut().zip(&eps) {
+        ep.failing(true);
+        calls(svc, 1).await;
+    }
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(detector.collector("upstreams")));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for line in [
+        "tenlives_ejections_total{detector=\"upstreams\",cause=\"breaker\"} 1",
+        "tenlives_ejections_total{detector=\"upstreams\",cause=\"rate\"} 0",
+        "tenlives_ejections_refused_total{detector=\"upstreams\"} 1",
+        "tenlives_endpoints_tracked{detector=\"upstreams\"} 2",
+        "tenlives_endpoints_ejected{detector=\"upstreams\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+}
