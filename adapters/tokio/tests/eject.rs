@@ -448,3 +448,48 @@ async fn the_collector_exports_ejections_and_the_cap() {
         assert!(text.contains(line), "{line} in\n{text}");
     }
 }
+
+/// A response future dropped before it completes (at its await, or before
+/// its first poll) gives the half-open probe slot back and reports nothing.
+#[tokio::test(start_paused = true)]
+async fn a_dropped_call_gives_its_probe_back() {
+    let detector = OutlierDetector::new(EjectionConfig::new(consecutive(1), 100, 8).unwrap());
+    let slow_fails = Arc::new(AtomicBool::new(true));
+    let flag = Arc::clone(&slow_fails);
+    let service = tower::service_fn(move |r: u32| {
+        let fails = flag.load(Ordering::SeqCst);
+        async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if fails { Err(Failed) } else { Ok(r) }
+        }
+    });
+    let mut a = detector.endpoint(0u8, service);
+    let _b = detector.endpoint(1u8, Endpoint::default());
+    a.ready().await.unwrap().call(0).await.unwrap_err();
+    assert!(!is_ready(&mut a));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for polled in [false, true] {
+        assert!(is_ready(&mut a), "the probe slot is free");
+        let mut call = Box::pin(a.call(1));
+        if polled {
+            assert!(
+                call.as_mut()
+                    .poll(&mut Context::from_waker(Waker::noop()))
+                    .is_pending()
+            );
+        }
+        assert!(!is_ready(&mut a), "one probe at a time");
+        drop(call);
+        assert_eq!(a.breaker().unwrap().state(), BreakerState::HalfOpen);
+    }
+    slow_fails.store(false, Ordering::SeqCst);
+    a.ready().await.unwrap().call(2).await.unwrap();
+    assert_eq!(a.breaker().unwrap().state(), BreakerState::Closed);
+    assert_eq!(
+        detector.stats().readmissions,
+        0,
+        "seen closed at the next poll_ready"
+    );
+    assert!(is_ready(&mut a));
+    assert_eq!(detector.stats().readmissions, 1);
+}
