@@ -11,6 +11,7 @@
 //! cargo run --release -p tenlives-perf -- goodput --seconds 20  # beside the peers
 //! cargo run --release -p tenlives-perf -- serve --port 8080    # for wrk or perf
 //! cargo run --release -p tenlives-perf -- simulate             # the virtual-time breaker story
+//! cargo run --release -p tenlives-perf -- cache                # the response cache's hit rate and savings
 //! ```
 //!
 //! - [`http`]: `demo` starts, on loopback, an upstream HTTP service that
@@ -25,12 +26,14 @@
 //!   virtual time, with and without protection, explained in plain words;
 //!   the same seed prints the same report.
 //! - `adaptive`: the adaptive concurrency limiters in a simulation.
+//! - `cache`: the response cache layer on loopback, without and with it.
 //!
 //! Exit status: 0 on success, 1 when a scenario's check failed, 2 on an
 //! error (bad options, a port that cannot be bound, a file that cannot be
 //! written).
 
 mod adaptive;
+mod cache;
 mod http;
 mod simulate;
 
@@ -93,6 +96,9 @@ enum Command {
     /// server whose capacity halves midway; print how they settle and write
     /// the convergence plot.
     Adaptive(adaptive::AdaptiveArgs),
+    /// The response cache on loopback: the same Zipf-keyed load without and
+    /// with the cache layer; checks the hit rate and the latency it saves.
+    Cache(cache::CacheArgs),
 }
 
 /// Runs the command: `Ok(true)` when it passed.
@@ -110,6 +116,7 @@ fn run(command: &Command) -> Result<bool, Box<dyn Error>> {
         Command::Serve(a) => http::block_on(async { http::serve::serve(a).await.map(|()| true) }),
         Command::Simulate(args) => simulate::main(args).map(|()| true),
         Command::Adaptive(args) => adaptive::main(args).map(|()| true),
+        Command::Cache(args) => http::block_on(cache::cache(args)),
     }
 }
 

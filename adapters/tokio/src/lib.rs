@@ -18,6 +18,9 @@
 //! | [`HedgeLayer`] | hedges slow requests, the hedges paid from the retry budget | `E` |
 //! | [`FallbackLayer`] | answers chosen failures with a value or another service | the wrapped service's |
 //! | `DeadlineLayer` (feature `http`) | keeps the caller's deadline, refuses what cannot finish, forwards what is left | [`TenlivesError<E>`] |
+//! | [`CoalesceLayer`] | concurrent requests with equal keys share one call (single flight) | [`CoalesceError<E>`] |
+//! | [`OutlierDetector`] / [`Ejectable`] | per-endpoint breakers; ejected endpoints are not ready (with tower's balancers, feature `balance`) | [`TenlivesError<E>`] |
+//! | `cache::CacheLayer` | answers from a moka response cache: TTL, tags, a byte budget (feature `cache`) | `E` |
 //!
 //! Common to all of them:
 //!
@@ -121,11 +124,15 @@ pub mod telemetry;
 
 pub mod admission;
 pub mod breaker;
+#[cfg(feature = "cache")]
+pub mod cache;
 pub mod classify;
 mod clock;
+pub mod coalesce;
 pub mod criticality;
 #[cfg(feature = "http")]
 pub mod deadline;
+pub mod eject;
 pub mod error;
 pub mod fallback;
 pub mod fault;
@@ -145,6 +152,10 @@ pub use admission::{Admission, AdmissionFuture, AdmissionLayer, AdmissionService
 pub use breaker::{CircuitBreakerLayer, CircuitBreakerService};
 pub use classify::{Classify, DefaultClassifier};
 pub use clock::TokioClock;
+pub use coalesce::{CoalesceError, CoalesceFuture, CoalesceKey, CoalesceLayer, CoalesceService};
+#[cfg(feature = "balance")]
+pub use eject::EjectDiscover;
+pub use eject::{EjectFuture, Ejectable, EjectionConfig, EjectionStats, OutlierDetector, RateRule};
 pub use error::{InjectedFault, Rejection, RejectionReason, TenlivesError};
 pub use fallback::{FallbackFuture, FallbackLayer, WithFallback};
 pub use fault::{FaultConfig, FaultFuture, FaultInjection, FaultLayer};
