@@ -54,6 +54,7 @@ pub mod queue;
 pub mod rate;
 pub mod retry;
 mod rng;
+pub mod snapshot;
 mod stripe;
 mod sync;
 pub mod throttle;
