@@ -1,0 +1,356 @@
+//! The breaker's state snapshot (see [`crate::snapshot`] for the frame and
+//! the clock rule, `docs/snapshots.md` for the layout).
+//!
+//! # Payload, version 1 (little-endian)
+//!
+//! | size | field |
+//! |---|---|
+//! | 1 | state: `KIND_*` of `word.rs` (an `Opening` breaker is saved as `Open`) |
+//! | 1 | trips since the last close (0..=31; picks the open duration) |
+//! | 4 | closed: consecutive failures; half-open: probes that reported |
+//! | 2 + 2 + 2 | half-open: probes that succeeded, failed, were slow |
+//! | 8 | open: nanoseconds left of the open duration |
+//! | 1 | window: 0 none, 1 count, 2 time (closed and metrics-only only) |
+//! | count: 2 + ⌈2n/8⌉ | `n` outcomes, oldest first, two bits each (failed, slow) |
+//! | time: 8 + 1 + 12m | nanoseconds into the bucket of `now`; `m` buckets newest first, each calls, failures, slow (u32) |
+//!
+//! Restored, the breaker takes the next generation (permits granted before
+//! the restore are stale and change nothing), the window of that generation
+//! holds the saved calls, and a half-open test goes on with the probes that
+//! had reported (those in flight at the snapshot are gone with their
+//! process).
+//!
+//! A time window's buckets keep their age: the bucket that was `i` buckets
+//! old at the snapshot is put `i + ⌊(offset + down) / bucket⌋` buckets
+//! before the bucket of the restore's `now`, `offset` being how far into its
+//! bucket the snapshot was and `down` the wall-clock time between snapshot
+//! and restore (clock rule); buckets that aged out of the window are
+//! dropped. With the same clock and no time between, every bucket lands
+//! where it was.
+
+use super::window::{CallWindow, WindowCounts};
+use super::word::{
+    KIND_CLOSED, KIND_DISABLED, KIND_FORCED_OPEN, KIND_HALF_OPEN, KIND_METRICS_ONLY, KIND_OPEN,
+    KIND_OPENING, MAX_TRIPS, ProbeWord, StateWord,
+};
+use super::{CircuitBreaker, MAX_BUCKETS, MAX_WINDOW_CALLS};
+use crate::events::EventSink;
+use crate::snapshot::{
+    self, HEADER_LEN, Kind, Reader, SnapshotError, TRAILER_LEN, WallTime, Writer,
+};
+use crate::sync::Ordering;
+use crate::time::Timestamp;
+
+const VERSION: u8 = 1;
+const WINDOW_NONE: u8 = 0;
+const WINDOW_COUNT: u8 = 1;
+const WINDOW_TIME: u8 = 2;
+
+const FIXED: usize = 1 + 1 + 4 + 2 + 2 + 2 + 8 + 1;
+const COUNT_MAX: usize = 2 + (MAX_WINDOW_CALLS as usize * 2).div_ceil(8);
+const TIME_MAX: usize = 8 + 1 + 12 * MAX_BUCKETS;
+
+/// The most bytes a breaker's snapshot takes (frame included).
+pub const BREAKER_SNAPSHOT_MAX: usize = HEADER_LEN
+    + FIXED
+    + if COUNT_MAX > TIME_MAX {
+        COUNT_MAX
+    } else {
+        TIME_MAX
+    }
+    + TRAILER_LEN;
+
+/// A snapshot's payload, read and checked whole before anything changes.
+struct Saved<'a> {
+    kind: u64,
+    trips: u32,
+    payload: u32,
+    probes: [u16; 3],
+    open_left: u64,
+    window: SavedWindow<'a>,
+}
+
+enum SavedWindow<'a> {
+    None,
+    Count { calls: u16, bits: &'a [u8] },
+    Time { offset: u64, buckets: [WindowCounts; MAX_BUCKETS], used: usize },
+}
+
+impl<S: EventSink> CircuitBreaker<S> {
+    /// Writes the breaker's state at `now` (wall-clock time `wall`) into
+    /// `buf` as a snapshot, and returns its length (at most
+    /// [`BREAKER_SNAPSHOT_MAX`]). Permits in flight are not part of it.
+    ///
+    /// # Errors
+    ///
+    /// [`SnapshotError::BufferTooSmall`], with the size needed.
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use tenlives_engine::breaker::{BreakerConfig, BreakerState, CircuitBreaker, BREAKER_SNAPSHOT_MAX};
+    /// use tenlives_engine::snapshot::WallTime;
+    /// use tenlives_engine::time::Timestamp;
+    ///
+    /// let config = BreakerConfig::builder()
+    ///     .without_failure_rate()
+    ///     .consecutive_failures(1)
+    ///     .open_duration(Duration::from_secs(30))
+    ///     .build()?;
+    /// let breaker = CircuitBreaker::new(config.clone());
+    /// let t = Timestamp::from_nanos(5_000_000_000);
+    /// breaker.try_acquire(t).expect("closed").failure(t);
+    ///
+    /// let mut buf = [0u8; BREAKER_SNAPSHOT_MAX];
+    /// let wall = WallTime::from_unix_nanos(1_700_000_000_000_000_000);
+    /// let n = breaker.save_state(&mut buf, t, wall)?;
+    ///
+    /// // A new process: its clock starts at zero; 10 s went by on the wall.
+    /// let restarted = CircuitBreaker::new(config);
+    /// let later = wall.as_unix_nanos() + 10_000_000_000;
+    /// restarted.restore_state(&buf[..n], Timestamp::ZERO, WallTime::from_unix_nanos(later))?;
+    /// assert_eq!(restarted.state(), BreakerState::Open);
+    /// let rejected = restarted.try_acquire(Timestamp::ZERO).unwrap_err();
+    /// assert_eq!(rejected.retry_after(), Some(Duration::from_secs(20)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn save_state(
+        &self,
+        buf: &mut [u8],
+        now: Timestamp,
+        wall: WallTime,
+    ) -> Result<usize, SnapshotError> {
+        let s = self.load();
+        let kind = s.kind();
+        let (fingerprint, opening_ns) =
+            self.with_era(|cfg, _| (snapshot::fingerprint_of(cfg), cfg.open_ns_for(s.trips())));
+        snapshot::write_frame(buf, Kind::Breaker, VERSION, fingerprint, wall, |w| {
+            let saved_kind = if kind == KIND_OPENING { KIND_OPEN } else { kind };
+            w.u8(saved_kind as u8);
+            w.u8(s.trips() as u8);
+            let probes = ProbeWord(self.core.probes.load(Ordering::Acquire));
+            let (payload, counts) = match kind {
+                KIND_CLOSED => (s.payload(), [0; 3]),
+                KIND_HALF_OPEN if probes.generation() == s.generation() => (
+                    probes.succeeded() + probes.failed(),
+                    [probes.succeeded(), probes.failed(), probes.slow()],
+                ),
+                _ => (0, [0; 3]),
+            };
+            w.u32(payload);
+            for c in counts {
+                // Below 1024: probes are at most MAX_PROBES.
+                w.u16(c as u16);
+            }
+            let open_left = match kind {
+                KIND_OPENING => opening_ns,
+                // ordering: Relaxed; the Acquire load of `Open` in `load`
+                // made the tripping thread's store visible.
+                KIND_OPEN => snapshot::remaining(self.core.open_until.load(Ordering::Relaxed), now),
+                _ => 0,
+            };
+            w.u64(open_left);
+            if kind == KIND_CLOSED || kind == KIND_METRICS_ONLY {
+                self.with_era(|_, window| write_window(w, window, s.generation(), now));
+            } else {
+                w.u8(WINDOW_NONE);
+            }
+        })
+    }
+
+    /// Restores a snapshot that [`save_state`](Self::save_state) wrote, at
+    /// `now` and wall-clock time `wall`: the state, trip count, open
+    /// deadline (by the clock rule of [`crate::snapshot`]), consecutive
+    /// failures, the half-open probes that had reported, and the window.
+    /// The breaker moves to a new generation: permits it granted before
+    /// are stale. Restore a breaker before other threads use it; calls
+    /// made during a restore may be counted in the old generation only.
+    ///
+    /// # Errors
+    ///
+    /// A typed [`SnapshotError`], the breaker unchanged: damaged or cut
+    /// bytes, another kind or version, or [`SnapshotError::ConfigMismatch`]
+    /// when the snapshot was taken under another configuration (no
+    /// conversion: a breaker's window and thresholds go together).
+    pub fn restore_state(
+        &self,
+        bytes: &[u8],
+        now: Timestamp,
+        wall: WallTime,
+    ) -> Result<(), SnapshotError> {
+        let (header, mut r) = snapshot::open(bytes, Kind::Breaker, VERSION)?;
+        let saved = self.with_era(|cfg, window| {
+            snapshot::same_config(&header, snapshot::fingerprint_of(cfg))?;
+            read_payload(&mut r, cfg.probes, window)
+        })?;
+        r.finish()?;
+        let generation = self.load().generation().wrapping_add(1);
+        if !matches!(saved.window, SavedWindow::None) {
+            self.with_era(|_, window| {
+                restore_window(window, &saved.window, generation, header.taken_at, now, wall);
+            });
+        }
+        let mut probes = ProbeWord::fresh(generation);
+        let [succeeded, failed, slow] = saved.probes;
+        for i in 0..u32::from(succeeded) + u32::from(failed) {
+            probes = probes.add(i >= u32::from(succeeded), i < u32::from(slow));
+        }
+        // ordering: Release, like the probe reporters' exchange; the state
+        // store below publishes it again.
+        self.core.probes.store(probes.0, Ordering::Release);
+        let until = snapshot::restored_deadline(saved.open_left, header.taken_at, now, wall);
+        // ordering: Relaxed; the Release store of the state word below
+        // publishes it to every admission that loads `Open`.
+        self.core.open_until.store(until, Ordering::Relaxed);
+        let word = StateWord::new(saved.kind, saved.trips, saved.payload, generation);
+        // ordering: Release, pairs with the Acquire load in `load`, so that
+        // a reader of the restored word sees its deadline, probes and window.
+        self.core.state.store(word.0, Ordering::Release);
+        Ok(())
+    }
+}
+
+fn write_window(w: &mut Writer<'_>, window: &CallWindow, generation: u32, now: Timestamp) {
+    match window {
+        CallWindow::Count(c) => {
+            w.u8(WINDOW_COUNT);
+            let mut outcomes = [0u8; (MAX_WINDOW_CALLS as usize * 2).div_ceil(8)];
+            let n = c.newest(generation, u64::from(c.size()), {
+                let mut i = 0;
+                let outcomes = &mut outcomes;
+                move |failed, slow| {
+                    let bits = u8::from(failed) | (u8::from(slow) << 1);
+                    outcomes[i / 4] |= bits << (2 * (i % 4));
+                    i += 1;
+                }
+            });
+            // At most the window's size, at most MAX_WINDOW_CALLS (4096).
+            let n = n as usize;
+            w.u16(n as u16);
+            w.bytes(&outcomes[..(n * 2).div_ceil(8)]);
+        }
+        CallWindow::Time(t) => {
+            w.u8(WINDOW_TIME);
+            w.u64(now.as_nanos() % t.bucket_ns());
+            let mut buckets = [WindowCounts::default(); MAX_BUCKETS];
+            let mut used = 0;
+            t.buckets_by_age(generation, now, |b| {
+                buckets[used] = b;
+                used += 1;
+            });
+            w.u8(used as u8);
+            for b in &buckets[..used] {
+                // A stripe's bucket saturates at 2^32 - 1; a sum over
+                // stripes is clamped to what a restored bucket holds.
+                for v in [b.calls, b.failures, b.slow] {
+                    w.u32(u32::try_from(v).unwrap_or(u32::MAX));
+                }
+            }
+        }
+    }
+}
+
+fn read_payload<'a>(
+    r: &mut Reader<'a>,
+    probes: u32,
+    window: &CallWindow,
+) -> Result<Saved<'a>, SnapshotError> {
+    let kind = u64::from(r.u8()?);
+    let trips = u32::from(r.u8()?);
+    let payload = r.u32()?;
+    let counts = [r.u16()?, r.u16()?, r.u16()?];
+    let open_left = r.u64()?;
+    let valid_kind = matches!(
+        kind,
+        KIND_CLOSED | KIND_OPEN | KIND_HALF_OPEN | KIND_FORCED_OPEN | KIND_DISABLED | KIND_METRICS_ONLY
+    );
+    let reported = u32::from(counts[0]) + u32::from(counts[1]);
+    let probes_ok = if kind == KIND_HALF_OPEN {
+        reported == payload && reported < probes && counts[2] as u32 <= reported
+    } else {
+        counts == [0; 3]
+    };
+    if !valid_kind || trips > MAX_TRIPS || payload >= 1 << 24 || !probes_ok {
+        return Err(SnapshotError::Malformed);
+    }
+    let saved_window = match (r.u8()?, window) {
+        (WINDOW_NONE, _) => SavedWindow::None,
+        (WINDOW_COUNT, CallWindow::Count(c)) => {
+            let calls = r.u16()?;
+            if u32::from(calls) > c.size() {
+                return Err(SnapshotError::Malformed);
+            }
+            let bits = r.take((usize::from(calls) * 2).div_ceil(8))?;
+            SavedWindow::Count { calls, bits }
+        }
+        (WINDOW_TIME, CallWindow::Time(t)) => {
+            let offset = r.u64()?;
+            let used = usize::from(r.u8()?);
+            if offset >= t.bucket_ns() || used > t.bucket_count() as usize {
+                return Err(SnapshotError::Malformed);
+            }
+            let mut buckets = [WindowCounts::default(); MAX_BUCKETS];
+            for b in &mut buckets[..used] {
+                let (calls, failures, slow) = (r.u32()?, r.u32()?, r.u32()?);
+                if failures > calls || slow > calls {
+                    return Err(SnapshotError::Malformed);
+                }
+                *b = WindowCounts {
+                    calls: calls.into(),
+                    failures: failures.into(),
+                    slow: slow.into(),
+                };
+            }
+            SavedWindow::Time {
+                offset,
+                buckets,
+                used,
+            }
+        }
+        _ => return Err(SnapshotError::Malformed),
+    };
+    let measured = kind == KIND_CLOSED || kind == KIND_METRICS_ONLY;
+    if !measured && !matches!(saved_window, SavedWindow::None) {
+        return Err(SnapshotError::Malformed);
+    }
+    Ok(Saved {
+        kind,
+        trips,
+        payload,
+        probes: counts,
+        open_left: if kind == KIND_OPEN { open_left } else { 0 },
+        window: saved_window,
+    })
+}
+
+fn restore_window(
+    window: &CallWindow,
+    saved: &SavedWindow<'_>,
+    generation: u32,
+    taken_at: WallTime,
+    now: Timestamp,
+    wall: WallTime,
+) {
+    match (window, saved) {
+        (CallWindow::Count(c), SavedWindow::Count { calls, bits }) => {
+            for i in 0..usize::from(*calls) {
+                let b = bits[i / 4] >> (2 * (i % 4));
+                c.record(generation, b & 1 != 0, b & 2 != 0);
+            }
+        }
+        (
+            CallWindow::Time(t),
+            SavedWindow::Time {
+                offset,
+                buckets,
+                used,
+            },
+        ) => {
+            let shift = offset.saturating_add(wall.nanos_since(taken_at)) / t.bucket_ns();
+            for (age, b) in buckets[..*used].iter().enumerate() {
+                t.put_by_age(generation, now, (age as u64).saturating_add(shift), *b);
+            }
+        }
+        // `read_payload` matched the saved window to this one.
+        _ => {}
+    }
+}
