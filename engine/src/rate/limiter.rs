@@ -57,6 +57,10 @@ use super::quota::Quota;
 
 /// A new era's cell until the state is carried over into it. Nobody
 /// decides on it: an era becomes current only after its cell is set.
+mod snapshot;
+pub use snapshot::RATE_SNAPSHOT_MAX;
+pub(in crate::rate) use snapshot::{Booking, fingerprint as quota_fingerprint};
+
 #[cfg(feature = "std")]
 const PENDING: State = State::MAX;
 
