@@ -188,6 +188,10 @@ pub enum SnapshotError {
     /// The checksum matched but the payload breaks its own rules (or there
     /// are bytes after the frame).
     Malformed,
+    /// Another thread held what the snapshot needs at that instant (an
+    /// adaptive limiter closing a window); nothing was waited for or
+    /// changed: try again.
+    Busy,
 }
 
 impl fmt::Display for SnapshotError {
@@ -211,6 +215,7 @@ impl fmt::Display for SnapshotError {
                 "snapshot taken under another configuration (fingerprint {found:#018x}, in force {expected:#018x})"
             ),
             SnapshotError::Malformed => f.write_str("malformed snapshot payload"),
+            SnapshotError::Busy => f.write_str("snapshot not taken: busy, try again"),
         }
     }
 }

@@ -165,11 +165,13 @@ proptest! {
         after in proptest::collection::vec(op(), 1..200),
         noise in proptest::collection::vec(op(), 0..20),
         origin_laps in 0..4u64,
+        down_ms in prop_oneof![Just(0u64), 0..5_000u64],
     ) {
         // The restoring process's clock starts elsewhere, by a whole number
-        // of 1.2 s (a multiple of every bucket length generated), so that
-        // its buckets line up with the original's.
-        let origin = origin_laps * 1_200_000_000 + 7_200_000_000;
+        // of 1.2 s (a multiple of every bucket length generated) plus the
+        // time it was down, so that its buckets line up with the original's
+        // (with other phases a restored bucket is off by less than one).
+        let origin = origin_laps * 1_200_000_000 + 7_200_000_000 + down_ms * 1_000_000;
         let x = CircuitBreaker::new(config.clone());
         let mut held = Vec::new();
         let mut ms = 0;
@@ -190,16 +192,19 @@ proptest! {
             apply(&y, &mut y_held, op, at(origin, 0));
         }
         drop(y_held);
-        y.restore_state(&buf[..n], at(origin, ms), wall).unwrap();
-        prop_assert_eq!(observed(x.snapshot(at(0, ms))), observed(y.snapshot(at(origin, ms))));
+        let later = WallTime::from_unix_nanos(wall.as_unix_nanos() + down_ms * 1_000_000);
+        y.restore_state(&buf[..n], at(origin, ms), later).unwrap();
+        // x lives through the time y's process was down.
+        let mut xms = ms + down_ms;
+        prop_assert_eq!(observed(x.snapshot(at(0, xms))), observed(y.snapshot(at(origin, ms))));
 
         let (mut hx, mut hy) = (Vec::new(), Vec::new());
         for op in &after {
-            if let Op::Advance { ms: d } = op { ms += d; }
-            let a = apply(&x, &mut hx, op, at(0, ms));
+            if let Op::Advance { ms: d } = op { ms += d; xms += d; }
+            let a = apply(&x, &mut hx, op, at(0, xms));
             let b = apply(&y, &mut hy, op, at(origin, ms));
             prop_assert_eq!(a, b, "after {:?}", op);
-            prop_assert_eq!(observed(x.snapshot(at(0, ms))), observed(y.snapshot(at(origin, ms))));
+            prop_assert_eq!(observed(x.snapshot(at(0, xms))), observed(y.snapshot(at(origin, ms))));
         }
     }
 

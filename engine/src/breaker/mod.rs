@@ -73,7 +73,7 @@
 pub(crate) mod config;
 mod model;
 mod ring;
-mod snapshot;
+pub(crate) mod snapshot;
 pub(crate) mod window;
 mod word;
 

@@ -28,7 +28,7 @@
 //! dropped. With the same clock and no time between, every bucket lands
 //! where it was.
 
-use super::window::{CallWindow, WindowCounts};
+use super::window::{CallWindow, StripedWindow, WindowCounts};
 use super::word::{
     KIND_CLOSED, KIND_DISABLED, KIND_FORCED_OPEN, KIND_HALF_OPEN, KIND_METRICS_ONLY, KIND_OPEN,
     KIND_OPENING, MAX_TRIPS, ProbeWord, StateWord,
@@ -73,7 +73,7 @@ struct Saved<'a> {
 enum SavedWindow<'a> {
     None,
     Count { calls: u16, bits: &'a [u8] },
-    Time { offset: u64, buckets: [WindowCounts; MAX_BUCKETS], used: usize },
+    Time(SavedTime),
 }
 
 impl<S: EventSink> CircuitBreaker<S> {
@@ -230,22 +230,86 @@ fn write_window(w: &mut Writer<'_>, window: &CallWindow, generation: u32, now: T
         }
         CallWindow::Time(t) => {
             w.u8(WINDOW_TIME);
-            w.u64(now.as_nanos() % t.bucket_ns());
-            let mut buckets = [WindowCounts::default(); MAX_BUCKETS];
-            let mut used = 0;
-            t.buckets_by_age(generation, now, |b| {
-                buckets[used] = b;
-                used += 1;
-            });
-            w.u8(used as u8);
-            for b in &buckets[..used] {
-                // A stripe's bucket saturates at 2^32 - 1; a sum over
-                // stripes is clamped to what a restored bucket holds.
-                for v in [b.calls, b.failures, b.slow] {
-                    w.u32(u32::try_from(v).unwrap_or(u32::MAX));
-                }
-            }
+            write_time_window(w, t, generation, now);
         }
+    }
+}
+
+/// A time window's buckets at `now`, for a snapshot (the breaker's and the
+/// throttle's): the offset into the bucket of `now`, the number of buckets,
+/// and each bucket's calls, failures and slow calls, newest first.
+pub(crate) fn write_time_window(
+    w: &mut Writer<'_>,
+    t: &StripedWindow,
+    generation: u32,
+    now: Timestamp,
+) {
+    w.u64(now.as_nanos() % t.bucket_ns());
+    let mut buckets = [WindowCounts::default(); MAX_BUCKETS];
+    let mut used = 0;
+    t.buckets_by_age(generation, now, |b| {
+        buckets[used] = b;
+        used += 1;
+    });
+    w.u8(used as u8);
+    for b in &buckets[..used] {
+        // A stripe's bucket saturates at 2^32 - 1; a sum over stripes is
+        // clamped to what a restored bucket holds.
+        for v in [b.calls, b.failures, b.slow] {
+            w.u32(u32::try_from(v).unwrap_or(u32::MAX));
+        }
+    }
+}
+
+/// A time window's buckets as a snapshot holds them.
+pub(crate) struct SavedTime {
+    offset: u64,
+    buckets: [WindowCounts; MAX_BUCKETS],
+    used: usize,
+}
+
+/// Reads what [`write_time_window`] wrote, checked against `t`'s layout.
+pub(crate) fn read_time_window(
+    r: &mut Reader<'_>,
+    t: &StripedWindow,
+) -> Result<SavedTime, SnapshotError> {
+    let offset = r.u64()?;
+    let used = usize::from(r.u8()?);
+    if offset >= t.bucket_ns() || used > t.bucket_count() as usize {
+        return Err(SnapshotError::Malformed);
+    }
+    let mut buckets = [WindowCounts::default(); MAX_BUCKETS];
+    for b in &mut buckets[..used] {
+        let (calls, failures, slow) = (r.u32()?, r.u32()?, r.u32()?);
+        if failures > calls || slow > calls {
+            return Err(SnapshotError::Malformed);
+        }
+        *b = WindowCounts {
+            calls: calls.into(),
+            failures: failures.into(),
+            slow: slow.into(),
+        };
+    }
+    Ok(SavedTime {
+        offset,
+        buckets,
+        used,
+    })
+}
+
+/// Puts saved buckets back into `t` for `generation` at `now`, aged by the
+/// wall-clock time since the snapshot (see the module documentation).
+pub(crate) fn restore_time_window(
+    t: &StripedWindow,
+    saved: &SavedTime,
+    generation: u32,
+    taken_at: WallTime,
+    now: Timestamp,
+    wall: WallTime,
+) {
+    let shift = saved.offset.saturating_add(wall.nanos_since(taken_at)) / t.bucket_ns();
+    for (age, b) in saved.buckets[..saved.used].iter().enumerate() {
+        t.put_by_age(generation, now, (age as u64).saturating_add(shift), *b);
     }
 }
 
@@ -282,30 +346,7 @@ fn read_payload<'a>(
             let bits = r.take((usize::from(calls) * 2).div_ceil(8))?;
             SavedWindow::Count { calls, bits }
         }
-        (WINDOW_TIME, CallWindow::Time(t)) => {
-            let offset = r.u64()?;
-            let used = usize::from(r.u8()?);
-            if offset >= t.bucket_ns() || used > t.bucket_count() as usize {
-                return Err(SnapshotError::Malformed);
-            }
-            let mut buckets = [WindowCounts::default(); MAX_BUCKETS];
-            for b in &mut buckets[..used] {
-                let (calls, failures, slow) = (r.u32()?, r.u32()?, r.u32()?);
-                if failures > calls || slow > calls {
-                    return Err(SnapshotError::Malformed);
-                }
-                *b = WindowCounts {
-                    calls: calls.into(),
-                    failures: failures.into(),
-                    slow: slow.into(),
-                };
-            }
-            SavedWindow::Time {
-                offset,
-                buckets,
-                used,
-            }
-        }
+        (WINDOW_TIME, CallWindow::Time(t)) => SavedWindow::Time(read_time_window(r, t)?),
         _ => return Err(SnapshotError::Malformed),
     };
     let measured = kind == KIND_CLOSED || kind == KIND_METRICS_ONLY;
@@ -337,18 +378,8 @@ fn restore_window(
                 c.record(generation, b & 1 != 0, b & 2 != 0);
             }
         }
-        (
-            CallWindow::Time(t),
-            SavedWindow::Time {
-                offset,
-                buckets,
-                used,
-            },
-        ) => {
-            let shift = offset.saturating_add(wall.nanos_since(taken_at)) / t.bucket_ns();
-            for (age, b) in buckets[..*used].iter().enumerate() {
-                t.put_by_age(generation, now, (age as u64).saturating_add(shift), *b);
-            }
+        (CallWindow::Time(t), SavedWindow::Time(saved)) => {
+            restore_time_window(t, saved, generation, taken_at, now, wall);
         }
         // `read_payload` matched the saved window to this one.
         _ => {}

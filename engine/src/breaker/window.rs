@@ -270,6 +270,19 @@ impl StripedWindow {
         }
     }
 
+    /// Empties every bucket of every stripe (to tag 0, count 0); for a
+    /// window no other thread uses yet.
+    pub(crate) fn clear(&self) {
+        for stripe in &self.stripes {
+            for slot in &stripe.slots {
+                for word in [&slot.calls, &slot.failures, &slot.slow] {
+                    // ordering: SeqCst, like every window access.
+                    word.store(0, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
     /// Sets the bucket `age` buckets before the bucket of `now` to `counts`
     /// (in stripe 0), if the window reaches that far and it is not before
     /// time zero; for a window no other thread uses yet.
