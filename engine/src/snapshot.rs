@@ -207,7 +207,10 @@ impl fmt::Display for SnapshotError {
                 "unsupported snapshot version (framing {format}, payload {payload})"
             ),
             SnapshotError::WrongKind { expected, found } => {
-                write!(f, "snapshot of another kind ({found}) where a {expected} was expected")
+                write!(
+                    f,
+                    "snapshot of another kind ({found}) where a {expected} was expected"
+                )
             }
             SnapshotError::ChecksumMismatch => f.write_str("snapshot checksum mismatch"),
             SnapshotError::ConfigMismatch { expected, found } => write!(
@@ -551,7 +554,10 @@ mod tests {
         let n = frame(&mut buf);
         assert_eq!(n, HEADER_LEN + 9 + TRAILER_LEN);
         let (h, mut r) = open(&buf[..n], Kind::Throttle, 1).unwrap();
-        assert_eq!((h.fingerprint, h.taken_at, h.payload_len), (7, WallTime(9), 9));
+        assert_eq!(
+            (h.fingerprint, h.taken_at, h.payload_len),
+            (7, WallTime(9), 9)
+        );
         assert_eq!(r.u64().unwrap(), 0x0102_0304_0506_0708);
         assert_eq!(r.u8().unwrap(), 5);
         r.finish().unwrap();
@@ -623,7 +629,10 @@ mod tests {
         let r = restored_deadline(500, WallTime(300), Timestamp::from_nanos(10), WallTime(100));
         assert_eq!(r, 510);
         // Down longer than the deadline: it passed.
-        assert_eq!(restored_deadline(500, WallTime(0), Timestamp::MAX, WallTime(1_000)), u64::MAX);
+        assert_eq!(
+            restored_deadline(500, WallTime(0), Timestamp::MAX, WallTime(1_000)),
+            u64::MAX
+        );
         assert_eq!(remaining(5, Timestamp::from_nanos(9)), 0);
     }
 }

@@ -22,11 +22,21 @@ enum Op {
     /// Acquire and keep the permit (index into the held list).
     Acquire,
     /// Report a held permit.
-    Record { index: usize, outcome: Outcome, slow: bool },
+    Record {
+        index: usize,
+        outcome: Outcome,
+        slow: bool,
+    },
     /// Drop a held permit.
-    Drop { index: usize },
-    Advance { ms: u64 },
-    Explicit { which: u8 },
+    Drop {
+        index: usize,
+    },
+    Advance {
+        ms: u64,
+    },
+    Explicit {
+        which: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -284,15 +294,25 @@ fn an_open_deadline_counts_the_wall_time_the_process_was_down() {
         .unwrap();
     let retry = |down_ns: u64, wall_at: u64| {
         let r = CircuitBreaker::new(config.clone());
-        r.restore_state(&buf[..n], Timestamp::from_nanos(down_ns), WallTime::from_unix_nanos(wall_at))
-            .unwrap();
+        r.restore_state(
+            &buf[..n],
+            Timestamp::from_nanos(down_ns),
+            WallTime::from_unix_nanos(wall_at),
+        )
+        .unwrap();
         r.try_acquire(Timestamp::from_nanos(down_ns))
             .err()
             .and_then(|e| e.retry_after())
     };
     // Down 20 s: 30 s left, whatever the new clock's origin.
-    assert_eq!(retry(0, 1_000 + 20_000_000_000), Some(Duration::from_secs(30)));
-    assert_eq!(retry(u64::MAX / 2, 1_000 + 20_000_000_000), Some(Duration::from_secs(30)));
+    assert_eq!(
+        retry(0, 1_000 + 20_000_000_000),
+        Some(Duration::from_secs(30))
+    );
+    assert_eq!(
+        retry(u64::MAX / 2, 1_000 + 20_000_000_000),
+        Some(Duration::from_secs(30))
+    );
     // The wall clock went back: no time passed, 50 s left.
     assert_eq!(retry(0, 0), Some(Duration::from_secs(50)));
     // Down longer than the open duration: a probe is admitted at once.
@@ -339,7 +359,9 @@ fn the_growing_open_duration_survives_a_restore() {
 fn another_configuration_is_refused_and_a_small_buffer_says_what_it_needs() {
     let (_, b) = opened(Duration::from_secs(60));
     let mut buf = [0u8; BREAKER_SNAPSHOT_MAX];
-    let n = b.save_state(&mut buf, at(0, 0), WallTime::UNIX_EPOCH).unwrap();
+    let n = b
+        .save_state(&mut buf, at(0, 0), WallTime::UNIX_EPOCH)
+        .unwrap();
     let (_, other) = opened(Duration::from_secs(61));
     assert!(matches!(
         other.restore_state(&buf[..n], at(0, 0), WallTime::UNIX_EPOCH),

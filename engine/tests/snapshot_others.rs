@@ -39,7 +39,12 @@ fn damaged(
     }
     let mut fake = b"TLSN".to_vec();
     fake.extend_from_slice(garbage);
-    vec![buf[..cut.index(n)].to_vec(), flipped, garbage.to_vec(), fake]
+    vec![
+        buf[..cut.index(n)].to_vec(),
+        flipped,
+        garbage.to_vec(),
+        fake,
+    ]
 }
 
 #[derive(Clone, Debug)]
@@ -312,5 +317,7 @@ fn another_window_layout_is_refused() {
     ));
     // Another ratio judges the same window.
     let ratio = RetryBudget::new(RetryBudgetConfig::builder().ratio(0.5).build().unwrap());
-    ratio.restore_state(&buf[..n], now, WallTime::UNIX_EPOCH).unwrap();
+    ratio
+        .restore_state(&buf[..n], now, WallTime::UNIX_EPOCH)
+        .unwrap();
 }

@@ -54,7 +54,11 @@ fn apply(l: &RateLimiter, op: &Op, now: Timestamp) -> String {
             match l.reserve_n(*n, now, Duration::from_millis(*wait_ms)) {
                 Ok(r) => {
                     let s = format!("reserved {:?}", r.ready_at().as_nanos() - now.as_nanos());
-                    if *cancel { r.cancel() } else { r.commit() }
+                    if *cancel {
+                        r.cancel()
+                    } else {
+                        r.commit()
+                    }
                     s
                 }
                 Err(e) => refusal(&e),
@@ -199,7 +203,9 @@ fn a_breaker_snapshot_is_not_a_rate_limiter_snapshot() {
     use tenlives_engine::breaker::{BREAKER_SNAPSHOT_MAX, BreakerConfig, CircuitBreaker};
     let b = CircuitBreaker::new(BreakerConfig::builder().build().unwrap());
     let mut buf = [0u8; BREAKER_SNAPSHOT_MAX];
-    let n = b.save_state(&mut buf, Timestamp::ZERO, WallTime::UNIX_EPOCH).unwrap();
+    let n = b
+        .save_state(&mut buf, Timestamp::ZERO, WallTime::UNIX_EPOCH)
+        .unwrap();
     let l = RateLimiter::new(Quota::per_second(5).unwrap());
     assert!(matches!(
         l.restore_state(&buf[..n], Timestamp::ZERO, WallTime::UNIX_EPOCH),
@@ -222,11 +228,13 @@ fn a_restart_hands_out_no_fresh_burst() {
     let mut buf = [0u8; RATE_SNAPSHOT_MAX];
     let n = x.save_state(&mut buf, t, wall).unwrap();
     let y = RateLimiter::new(quota);
-    y.restore_state(&buf[..n], Timestamp::from_nanos(5), wall).unwrap();
+    y.restore_state(&buf[..n], Timestamp::from_nanos(5), wall)
+        .unwrap();
     assert_eq!(y.available(Timestamp::from_nanos(5)), 0);
     // 50 ms of wall time down: 5 tokens back.
     let z = RateLimiter::new(quota);
     let later = WallTime::from_unix_nanos(wall.as_unix_nanos() + 50_000_000);
-    z.restore_state(&buf[..n], Timestamp::from_nanos(5), later).unwrap();
+    z.restore_state(&buf[..n], Timestamp::from_nanos(5), later)
+        .unwrap();
     assert_eq!(z.available(Timestamp::from_nanos(5)), 5);
 }

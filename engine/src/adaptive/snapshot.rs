@@ -98,7 +98,10 @@ impl<A: LimitAlgorithm, S: EventSink> AdaptiveLimiter<A, S> {
             return Err(SnapshotError::Busy);
         }
         // SAFETY: this thread holds the sampler's harvesting flag.
-        let taken = unsafe { self.algorithm.with_mut(|a| a.restore_measurements(&words[..used])) };
+        let taken = unsafe {
+            self.algorithm
+                .with_mut(|a| a.restore_measurements(&words[..used]))
+        };
         if !taken {
             self.sampler.end(None);
             return Err(SnapshotError::Malformed);

@@ -70,6 +70,10 @@ struct Saved<'a> {
     window: SavedWindow<'a>,
 }
 
+#[allow(
+    clippy::large_enum_variant,
+    reason = "on the stack for one restore; boxing would need `alloc`"
+)]
 enum SavedWindow<'a> {
     None,
     Count { calls: u16, bits: &'a [u8] },
@@ -124,7 +128,11 @@ impl<S: EventSink> CircuitBreaker<S> {
         let (fingerprint, opening_ns) =
             self.with_era(|cfg, _| (snapshot::fingerprint_of(cfg), cfg.open_ns_for(s.trips())));
         snapshot::write_frame(buf, Kind::Breaker, VERSION, fingerprint, wall, |w| {
-            let saved_kind = if kind == KIND_OPENING { KIND_OPEN } else { kind };
+            let saved_kind = if kind == KIND_OPENING {
+                KIND_OPEN
+            } else {
+                kind
+            };
             w.u8(saved_kind as u8);
             w.u8(s.trips() as u8);
             let probes = ProbeWord(self.core.probes.load(Ordering::Acquire));
@@ -186,7 +194,14 @@ impl<S: EventSink> CircuitBreaker<S> {
         let generation = self.load().generation().wrapping_add(1);
         if !matches!(saved.window, SavedWindow::None) {
             self.with_era(|_, window| {
-                restore_window(window, &saved.window, generation, header.taken_at, now, wall);
+                restore_window(
+                    window,
+                    &saved.window,
+                    generation,
+                    header.taken_at,
+                    now,
+                    wall,
+                );
             });
         }
         let mut probes = ProbeWord::fresh(generation);
@@ -325,7 +340,12 @@ fn read_payload<'a>(
     let open_left = r.u64()?;
     let valid_kind = matches!(
         kind,
-        KIND_CLOSED | KIND_OPEN | KIND_HALF_OPEN | KIND_FORCED_OPEN | KIND_DISABLED | KIND_METRICS_ONLY
+        KIND_CLOSED
+            | KIND_OPEN
+            | KIND_HALF_OPEN
+            | KIND_FORCED_OPEN
+            | KIND_DISABLED
+            | KIND_METRICS_ONLY
     );
     let reported = u32::from(counts[0]) + u32::from(counts[1]);
     let probes_ok = if kind == KIND_HALF_OPEN {

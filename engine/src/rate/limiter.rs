@@ -59,7 +59,8 @@ use super::quota::Quota;
 /// decides on it: an era becomes current only after its cell is set.
 mod snapshot;
 pub use snapshot::RATE_SNAPSHOT_MAX;
-pub(in crate::rate) use snapshot::{Booking, fingerprint as quota_fingerprint};
+#[cfg(feature = "std")]
+pub(in crate::rate) use snapshot::{BOOKING_LEN, Booking, fingerprint as quota_fingerprint};
 
 #[cfg(feature = "std")]
 const PENDING: State = State::MAX;

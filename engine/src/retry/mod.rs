@@ -43,6 +43,5 @@ mod budget_config;
 pub use backoff::{Backoff, BackoffIter};
 pub use budget::{
     BUCKET_CAP, BUDGET_SNAPSHOT_MAX, BudgetCounts, MAX_BUCKETS, MAX_RATIO_PPM, RetryBudget,
-    RetryBudgetConfig,
-    RetryBudgetConfigBuilder,
+    RetryBudgetConfig, RetryBudgetConfigBuilder,
 };

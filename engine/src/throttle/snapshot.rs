@@ -12,8 +12,8 @@
 //! [`SnapshotError::ConfigMismatch`].
 
 use super::Throttle;
-use crate::breaker::snapshot::{read_time_window, restore_time_window, write_time_window};
 use crate::breaker::MAX_BUCKETS;
+use crate::breaker::snapshot::{read_time_window, restore_time_window, write_time_window};
 use crate::events::EventSink;
 use crate::snapshot::{self, HEADER_LEN, Kind, SnapshotError, TRAILER_LEN, WallTime};
 use crate::sync::Ordering;
@@ -22,8 +22,7 @@ use crate::time::Timestamp;
 const VERSION: u8 = 1;
 
 /// The most bytes a throttle's snapshot takes (frame included).
-pub const THROTTLE_SNAPSHOT_MAX: usize =
-    HEADER_LEN + 8 + 8 + 1 + 12 * MAX_BUCKETS + TRAILER_LEN;
+pub const THROTTLE_SNAPSHOT_MAX: usize = HEADER_LEN + 8 + 8 + 1 + 12 * MAX_BUCKETS + TRAILER_LEN;
 
 impl<S: EventSink> Throttle<S> {
     /// Writes the throttle's window and random stream at `now` (wall-clock

@@ -29,7 +29,9 @@
 use crate::events::EventSink;
 use crate::rate::gcra::{self, MAX_TOKENS, State, pack, reset_of, tokens_of};
 use crate::rate::quota::Quota;
-use crate::snapshot::{self, HEADER_LEN, Header, Kind, Reader, SnapshotError, TRAILER_LEN, WallTime, Writer};
+use crate::snapshot::{
+    self, HEADER_LEN, Header, Kind, Reader, SnapshotError, TRAILER_LEN, WallTime, Writer,
+};
 use crate::sync::Ordering;
 use crate::time::Timestamp;
 
@@ -64,14 +66,22 @@ impl Booking {
     }
 
     /// Whether nothing is booked past the snapshot (a full bucket).
+    #[cfg(feature = "std")]
     pub(in crate::rate) fn is_full(&self) -> bool {
         self.ahead == 0
     }
 
+    /// The booking as a payload holds it.
+    pub(in crate::rate) fn to_bytes(self) -> [u8; BOOKING_LEN] {
+        let mut b = [0u8; BOOKING_LEN];
+        b[..8].copy_from_slice(&self.ahead.to_le_bytes());
+        b[8..16].copy_from_slice(&self.back.to_le_bytes());
+        b[16..].copy_from_slice(&self.k.to_le_bytes());
+        b
+    }
+
     pub(in crate::rate) fn write(&self, w: &mut Writer<'_>) {
-        w.u64(self.ahead);
-        w.u64(self.back);
-        w.u64(self.k);
+        w.bytes(&self.to_bytes());
     }
 
     pub(in crate::rate) fn read(r: &mut Reader<'_>) -> Result<Self, SnapshotError> {
@@ -103,13 +113,11 @@ impl Booking {
         if left == 0 {
             return pack(now, 0);
         }
-        if same_quota && self.back != u64::MAX {
-            if let Some(reset) = now
-                .checked_sub(down)
-                .and_then(|t| t.checked_sub(self.back))
-            {
-                return pack(reset, self.k);
-            }
+        if same_quota
+            && self.back != u64::MAX
+            && let Some(reset) = now.checked_sub(down).and_then(|t| t.checked_sub(self.back))
+        {
+            return pack(reset, self.k);
         }
         let k = (u128::from(left) * u128::from(quota.a())).div_ceil(u128::from(quota.c()));
         let mut k = u64::try_from(k).unwrap_or(u64::MAX).min(MAX_TOKENS);
@@ -182,9 +190,16 @@ impl<S: EventSink> RateLimiter<S> {
     ) -> Result<usize, SnapshotError> {
         let (quota, state) = self.with_era(|era| Some((*era.quota, peek_state(era.cell)?)));
         let booking = Booking::of(&quota, state, now);
-        snapshot::write_frame(buf, Kind::RateLimiter, VERSION, fingerprint(&quota), wall, |w| {
-            booking.write(w);
-        })
+        snapshot::write_frame(
+            buf,
+            Kind::RateLimiter,
+            VERSION,
+            fingerprint(&quota),
+            wall,
+            |w| {
+                booking.write(w);
+            },
+        )
     }
 
     /// Restores a snapshot that [`save_state`](Self::save_state) wrote, at

@@ -73,19 +73,26 @@ impl<S: EventSink> RetryBudget<S> {
             let offset = now.as_nanos().saturating_sub(epoch.saturating_mul(bucket));
             let offset = offset.min(bucket - 1);
             let buckets = v.config.buckets;
-            snapshot::write_frame(buf, Kind::RetryBudget, VERSION, fingerprint(&v), wall, |w| {
-                w.u64(offset);
-                w.u8(buckets as u8);
-                w.u32(head.deposits());
-                w.u32(head.withdrawals());
-                for back in 1..buckets {
-                    // ordering: Relaxed; the Acquire load of the open head
-                    // in `open_head` made the slots of its window visible.
-                    let b = Bucket(v.slot(epoch.wrapping_sub(back)).load(Ordering::Relaxed));
-                    w.u32(b.deposits());
-                    w.u32(b.withdrawals());
-                }
-            })
+            snapshot::write_frame(
+                buf,
+                Kind::RetryBudget,
+                VERSION,
+                fingerprint(&v),
+                wall,
+                |w| {
+                    w.u64(offset);
+                    w.u8(buckets as u8);
+                    w.u32(head.deposits());
+                    w.u32(head.withdrawals());
+                    for back in 1..buckets {
+                        // ordering: Relaxed; the Acquire load of the open head
+                        // in `open_head` made the slots of its window visible.
+                        let b = Bucket(v.slot(epoch.wrapping_sub(back)).load(Ordering::Relaxed));
+                        w.u32(b.deposits());
+                        w.u32(b.withdrawals());
+                    }
+                },
+            )
         })
     }
 
@@ -134,7 +141,8 @@ impl<S: EventSink> RetryBudget<S> {
                     .copied()
                     .unwrap_or_default()
             };
-            let word = |e: u64, c: BudgetCounts| Bucket::new(e, c.deposits as u32, c.withdrawals as u32);
+            let word =
+                |e: u64, c: BudgetCounts| Bucket::new(e, c.deposits as u32, c.withdrawals as u32);
             for back in 1..buckets {
                 let e = epoch.wrapping_sub(back);
                 // ordering: Relaxed; the Release store of the head below
@@ -145,7 +153,10 @@ impl<S: EventSink> RetryBudget<S> {
             v.words.core.epoch.store(epoch, Ordering::Relaxed);
             // ordering: Release, pairs with the Acquire head load of every
             // call (`open_head`), which then sees the slots and epoch.
-            v.words.core.head.store(word(epoch, at(0)).0, Ordering::Release);
+            v.words
+                .core
+                .head
+                .store(word(epoch, at(0)).0, Ordering::Release);
             Ok(())
         })
     }
