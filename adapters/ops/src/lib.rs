@@ -33,6 +33,7 @@ pub use config::{ConfigSet, Format, LoadError};
 
 pub use keyed::{Idle, Keyed, KeyedFull};
 pub use registry::{
-    Adaptive, ApplyReport, Breaker, Concurrency, Limiter, REGISTRY_SOURCE, Registry,
-    RegistryBuilder, RegistryError, RegistrySink, Retry, Ring, Throttler, events,
+    Adaptive, ApplyReport, Breaker, Concurrency, Limiter, PersistError, Persistence,
+    REGISTRY_SOURCE, Registry, RegistryBuilder, RegistryError, RegistrySink, RestoreReport, Retry,
+    Ring, Skipped, Throttler, events,
 };
