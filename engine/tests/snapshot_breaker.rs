@@ -4,9 +4,9 @@
 //! another origin; and a damaged, cut or foreign snapshot is refused with a
 //! typed error, never a panic, leaving the breaker as it was.
 //!
-//! Invariants checked (docs/guarantees.md): S1 (restore(snapshot(x))
-//! behaves as x), S2 (damaged snapshots are refused, the primitive
-//! unchanged), S3 (the clock rule).
+//! Invariants checked (docs/guarantees.md): D1 (restore(snapshot(x))
+//! behaves as x), D2 (damaged snapshots are refused, the primitive
+//! unchanged), D3 (the clock rule).
 
 use core::time::Duration;
 

@@ -4,7 +4,7 @@
 //! restoring table has no room for are counted; a damaged snapshot is a
 //! typed error and changes nothing.
 //!
-//! Invariants checked (docs/guarantees.md): S1, S2, S3, S4.
+//! Invariants checked (docs/guarantees.md): D1, D2, D3, D4.
 
 use core::time::Duration;
 

@@ -4,7 +4,7 @@
 //! another origin and with wall-clock time down between snapshot and
 //! restore; a damaged snapshot is a typed error and changes nothing.
 //!
-//! Invariants checked (docs/guarantees.md): S1, S2, S3.
+//! Invariants checked (docs/guarantees.md): D1, D2, D3.
 
 use core::time::Duration;
 

@@ -6,7 +6,7 @@
 //! the booking allows; a damaged snapshot is a typed error and changes
 //! nothing.
 //!
-//! Invariants checked (docs/guarantees.md): S1, S2, S3, S4 (no fresh burst
+//! Invariants checked (docs/guarantees.md): D1, D2, D3, D4 (no fresh burst
 //! after a restart).
 
 use core::time::Duration;
