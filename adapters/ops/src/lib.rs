@@ -13,6 +13,9 @@
 //!   builders, errors with file, line and key path.
 //! - `reload` (feature `reload`): a watched file applied live, keeping
 //!   every policy's state; a bad file never replaces a good configuration.
+//! - [`journal`]: the decision journal, a ring's events appended to
+//!   checksummed, rotated segment files, a torn tail cut on open, and a
+//!   reader that reports the gaps.
 //! - `admin` (feature `admin`): an axum router to list policies, read and
 //!   change configuration, force breakers, change limits, behind bearer
 //!   tokens with roles, every change audited.
@@ -24,6 +27,7 @@
 #[cfg(feature = "admin")]
 pub mod admin;
 pub mod config;
+pub mod journal;
 mod keyed;
 mod registry;
 #[cfg(feature = "reload")]
