@@ -18,6 +18,38 @@
 //!   ([`JournalItem::Damaged`]).
 //!
 //! The layout is in `record.rs` and `docs/journal.md`.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use tenlives_engine::events::{Event, EventKind, EventRing};
+//! use tenlives_engine::time::Timestamp;
+//! use tenlives_ops::journal::{FsyncPolicy, Journal, JournalConfig, JournalDrain, JournalItem, JournalReader};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let ring = Arc::new(EventRing::with_capacity(4096)?);
+//! let config = JournalConfig { segment_bytes: 64 << 20, fsync: FsyncPolicy::Interval(Duration::from_millis(100)) };
+//! let (journal, opened) = Journal::open(dir.path(), config)?; // cuts a torn tail: `opened.cut`
+//! assert_eq!(opened.cut, None);
+//! let drain = JournalDrain::spawn(ring.clone(), journal, Duration::from_millis(10))?;
+//! ring.push(Event::new(EventKind::BREAKER_OPENED, 7, Timestamp::ZERO, [1, 0]));
+//! drain.shutdown()?; // a last pass, then fsync
+//!
+//! let mut events = 0;
+//! for item in JournalReader::open(dir.path())? {
+//!     match item? {
+//!         JournalItem::Event { event, .. } => {
+//!             assert_eq!(event.source, 7);
+//!             events += 1;
+//!         }
+//!         JournalItem::Lost { .. } => { /* the ring dropped events here */ }
+//!         JournalItem::Missing { .. } => { /* records not in the files */ }
+//!         JournalItem::Damaged { .. } => { /* bytes that failed their check */ }
+//!     }
+//! }
+//! assert_eq!(events, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod reader;
 mod record;
