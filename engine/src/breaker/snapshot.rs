@@ -28,6 +28,7 @@
 //! dropped. With the same clock and no time between, every bucket lands
 //! where it was.
 
+use super::config::Verdict;
 use super::window::{CallWindow, StripedWindow, WindowCounts};
 use super::word::{
     KIND_CLOSED, KIND_DISABLED, KIND_FORCED_OPEN, KIND_HALF_OPEN, KIND_METRICS_ONLY, KIND_OPEN,
@@ -124,9 +125,42 @@ impl<S: EventSink> CircuitBreaker<S> {
         wall: WallTime,
     ) -> Result<usize, SnapshotError> {
         let s = self.load();
-        let kind = s.kind();
-        let (fingerprint, opening_ns) =
-            self.with_era(|cfg, _| (snapshot::fingerprint_of(cfg), cfg.open_ns_for(s.trips())));
+        let mut kind = s.kind();
+        let mut trips = s.trips();
+        // ordering: Acquire, like the probe reporters' exchange.
+        let probes = ProbeWord(self.core.probes.load(Ordering::Acquire));
+        let mut counts = match kind {
+            KIND_HALF_OPEN if probes.generation() == s.generation() => {
+                [probes.succeeded(), probes.failed(), probes.slow()]
+            }
+            _ => [0; 3],
+        };
+        let fingerprint = self.with_era(|cfg, _| {
+            if kind == KIND_HALF_OPEN {
+                // A report can have decided the test and not yet made the
+                // transition (between its probe-word and state-word
+                // exchanges): save the state it is about to make, so that
+                // the restored breaker is never half-open with no probe
+                // left to decide.
+                let [succeeded, failed, slow] = counts;
+                let verdict = if cfg.reopen_on_first_failure && failed > 0 {
+                    Verdict::Reopen
+                } else {
+                    cfg.probe_verdict(succeeded, failed, slow, false)
+                };
+                match verdict {
+                    Verdict::Pending => {}
+                    Verdict::Close => (kind, trips, counts) = (KIND_CLOSED, 0, [0; 3]),
+                    Verdict::Reopen => {
+                        (kind, trips, counts) = (KIND_OPENING, (trips + 1).min(MAX_TRIPS), [0; 3]);
+                    }
+                }
+            }
+            snapshot::fingerprint_of(cfg)
+        });
+        let opening_ns = self.with_era(|cfg, _| cfg.open_ns_for(trips));
+        // A closed state from a decided test starts with an empty window.
+        let decided = kind != s.kind();
         snapshot::write_frame(buf, Kind::Breaker, VERSION, fingerprint, wall, |w| {
             let saved_kind = if kind == KIND_OPENING {
                 KIND_OPEN
@@ -134,15 +168,11 @@ impl<S: EventSink> CircuitBreaker<S> {
                 kind
             };
             w.u8(saved_kind as u8);
-            w.u8(s.trips() as u8);
-            let probes = ProbeWord(self.core.probes.load(Ordering::Acquire));
-            let (payload, counts) = match kind {
-                KIND_CLOSED => (s.payload(), [0; 3]),
-                KIND_HALF_OPEN if probes.generation() == s.generation() => (
-                    probes.succeeded() + probes.failed(),
-                    [probes.succeeded(), probes.failed(), probes.slow()],
-                ),
-                _ => (0, [0; 3]),
+            w.u8(trips as u8);
+            let payload = match kind {
+                KIND_CLOSED if !decided => s.payload(),
+                KIND_HALF_OPEN => counts[0] + counts[1],
+                _ => 0,
             };
             w.u32(payload);
             for c in counts {
@@ -157,7 +187,9 @@ impl<S: EventSink> CircuitBreaker<S> {
                 _ => 0,
             };
             w.u64(open_left);
-            if kind == KIND_CLOSED || kind == KIND_METRICS_ONLY {
+            if decided {
+                w.u8(WINDOW_NONE);
+            } else if kind == KIND_CLOSED || kind == KIND_METRICS_ONLY {
                 self.with_era(|_, window| write_window(w, window, s.generation(), now));
             } else {
                 w.u8(WINDOW_NONE);
@@ -403,5 +435,80 @@ fn restore_window(
         }
         // `read_payload` matched the saved window to this one.
         _ => {}
+    }
+}
+
+#[cfg(all(test, not(tenlives_loom)))]
+mod tests {
+    use core::time::Duration;
+
+    use super::*;
+    use crate::breaker::{BreakerConfig, BreakerState};
+
+    /// A half-open breaker whose probe word says `succeeded` and `failed`
+    /// reports while its state word is still half-open: the instant between
+    /// a deciding report's two exchanges.
+    fn deciding(
+        succeeded: u32,
+        failed: u32,
+        reopen_first: bool,
+    ) -> (BreakerConfig, CircuitBreaker) {
+        let config = BreakerConfig::builder()
+            .without_failure_rate()
+            .consecutive_failures(1)
+            .open_duration(Duration::from_secs(1))
+            .open_backoff(2.0, Duration::from_secs(60))
+            .half_open_probes(2)
+            .reopen_on_first_failure(reopen_first)
+            .build()
+            .unwrap();
+        let b = CircuitBreaker::new(config.clone());
+        let generation = 5;
+        let mut probes = ProbeWord::fresh(generation);
+        for i in 0..succeeded + failed {
+            probes = probes.add(i >= succeeded, false);
+        }
+        b.core.probes.store(probes.0, Ordering::Release);
+        let word = StateWord::new(KIND_HALF_OPEN, 1, 2, generation);
+        b.core.state.store(word.0, Ordering::Release);
+        (config, b)
+    }
+
+    fn round_trip(config: BreakerConfig, b: &CircuitBreaker) -> CircuitBreaker {
+        let mut buf = [0u8; BREAKER_SNAPSHOT_MAX];
+        let t = Timestamp::ZERO;
+        let n = b.save_state(&mut buf, t, WallTime::UNIX_EPOCH).unwrap();
+        let r = CircuitBreaker::new(config);
+        r.restore_state(&buf[..n], t, WallTime::UNIX_EPOCH).unwrap();
+        r
+    }
+
+    #[test]
+    fn a_test_being_decided_is_saved_as_what_it_decides() {
+        // Two successes of two probes: about to close.
+        let (config, b) = deciding(2, 0, false);
+        let r = round_trip(config, &b);
+        assert_eq!(r.state(), BreakerState::Closed);
+        assert_eq!(r.snapshot(Timestamp::ZERO).trips, 0);
+        // A failure among them: about to open again, for 2 s (second trip).
+        let (config, b) = deciding(1, 1, false);
+        let r = round_trip(config, &b);
+        assert_eq!(r.state(), BreakerState::Open);
+        assert_eq!(
+            r.snapshot(Timestamp::ZERO).retry_after,
+            Some(Duration::from_secs(2))
+        );
+        // The first failure reopens at once when so configured.
+        let (config, b) = deciding(0, 1, true);
+        let r = round_trip(config, &b);
+        assert_eq!(r.state(), BreakerState::Open);
+        // Undecided: still half-open, one report in, one probe slot free.
+        let (config, b) = deciding(1, 0, false);
+        let r = round_trip(config, &b);
+        assert_eq!(r.state(), BreakerState::HalfOpen);
+        let probe = r.try_acquire(Timestamp::ZERO).expect("a probe slot");
+        assert!(probe.is_probe());
+        probe.success(Timestamp::ZERO);
+        assert_eq!(r.state(), BreakerState::Closed);
     }
 }
