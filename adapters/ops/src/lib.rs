@@ -13,6 +13,10 @@
 //!   builders, errors with file, line and key path.
 //! - `reload` (feature `reload`): a watched file applied live, keeping
 //!   every policy's state; a bad file never replaces a good configuration.
+//! - State across restarts: [`Registry::save_state`] writes every named
+//!   policy's state to one file atomically, [`Persistence`] does it
+//!   periodically and on shutdown, [`Registry::restore_state`] brings it
+//!   back on start (`docs/snapshots.md`).
 //! - [`journal`]: the decision journal, a ring's events appended to
 //!   checksummed, rotated segment files, a torn tail cut on open, and a
 //!   reader that reports the gaps.
