@@ -356,21 +356,140 @@ fn the_growing_open_duration_survives_a_restore() {
 }
 
 #[test]
-fn another_configuration_is_refused_and_a_small_buffer_says_what_it_needs() {
+fn a_small_buffer_says_what_it_needs() {
     let (_, b) = opened(Duration::from_secs(60));
     let mut buf = [0u8; BREAKER_SNAPSHOT_MAX];
     let n = b
         .save_state(&mut buf, at(0, 0), WallTime::UNIX_EPOCH)
         .unwrap();
-    let (_, other) = opened(Duration::from_secs(61));
-    assert!(matches!(
-        other.restore_state(&buf[..n], at(0, 0), WallTime::UNIX_EPOCH),
-        Err(SnapshotError::ConfigMismatch { .. })
-    ));
-    assert_eq!(other.state(), BreakerState::Open);
     let mut small = [0u8; 8];
     assert_eq!(
         b.save_state(&mut small, at(0, 0), WallTime::UNIX_EPOCH),
         Err(SnapshotError::BufferTooSmall { needed: n })
     );
+}
+
+#[test]
+fn another_configuration_keeps_the_state_as_a_live_change_would() {
+    let wall = WallTime::UNIX_EPOCH;
+    let mut buf = [0u8; BREAKER_SNAPSHOT_MAX];
+    // Open for 60 s, saved 10 s in; restored under a 5 s open duration:
+    // the deadline set when it opened stays (50 s left), the next trip
+    // uses the new duration.
+    let (_, b) = opened(Duration::from_secs(60));
+    let n = b.save_state(&mut buf, at(0, 11_000), wall).unwrap();
+    let short = BreakerConfig::builder()
+        .without_failure_rate()
+        .consecutive_failures(2)
+        .open_duration(Duration::from_secs(5))
+        .half_open_probes(1)
+        .build()
+        .unwrap();
+    let r = CircuitBreaker::new(short);
+    r.restore_state(&buf[..n], at(0, 0), wall).unwrap();
+    assert_eq!(
+        r.try_acquire(at(0, 0)).unwrap_err().retry_after(),
+        Some(Duration::from_secs(50))
+    );
+    r.try_acquire(at(0, 50_000)).unwrap().failure(at(0, 50_000));
+    assert_eq!(
+        r.try_acquire(at(0, 50_000)).unwrap_err().retry_after(),
+        Some(Duration::from_secs(5))
+    );
+
+    // A closed count window: kept under new thresholds with the same
+    // layout, emptied under another layout (the failure run is kept).
+    let window = |calls, rate| {
+        BreakerConfig::builder()
+            .failure_rate(rate)
+            .count_window(calls)
+            .minimum_calls(calls)
+            .consecutive_failures(10)
+            .build()
+            .unwrap()
+    };
+    let b = CircuitBreaker::new(window(10, 50.0));
+    for outcome in [Outcome::Success, Outcome::Failure, Outcome::Failure] {
+        b.try_acquire(at(0, 0)).unwrap().record(outcome, at(0, 0));
+    }
+    let n = b.save_state(&mut buf, at(0, 0), wall).unwrap();
+    let same_layout = CircuitBreaker::new(window(10, 90.0));
+    same_layout
+        .restore_state(&buf[..n], at(0, 0), wall)
+        .unwrap();
+    let s = same_layout.snapshot(at(0, 0));
+    assert_eq!(
+        (s.window.calls, s.window.failures, s.consecutive_failures),
+        (3, 2, 2)
+    );
+    let other_layout = CircuitBreaker::new(window(20, 50.0));
+    other_layout
+        .restore_state(&buf[..n], at(0, 0), wall)
+        .unwrap();
+    let s = other_layout.snapshot(at(0, 0));
+    assert_eq!((s.window.calls, s.consecutive_failures), (0, 2));
+
+    // Half-open with 2 of 3 probes reported; restored where a test takes
+    // 2 probes: the test starts again.
+    let probes = |n| {
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .consecutive_failures(1)
+            .open_duration(Duration::from_secs(1))
+            .half_open_probes(n)
+            .build()
+            .unwrap()
+    };
+    let b = CircuitBreaker::new(probes(3));
+    b.try_acquire(at(0, 0)).unwrap().failure(at(0, 0));
+    for _ in 0..2 {
+        b.try_acquire(at(0, 1_000)).unwrap().success(at(0, 1_000));
+    }
+    assert_eq!(b.snapshot(at(0, 1_000)).probes_reported, 2);
+    let n = b.save_state(&mut buf, at(0, 1_000), wall).unwrap();
+    let r = CircuitBreaker::new(probes(2));
+    r.restore_state(&buf[..n], at(0, 0), wall).unwrap();
+    let s = r.snapshot(at(0, 0));
+    assert_eq!(
+        (s.state, s.probes_reported, s.probes_admitted),
+        (BreakerState::HalfOpen, 0, 0)
+    );
+    for _ in 0..2 {
+        r.try_acquire(at(0, 0)).unwrap().success(at(0, 0));
+    }
+    assert_eq!(r.state(), BreakerState::Closed);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_configuration_takes_any_breaker_snapshot(
+        from in config(),
+        to in config(),
+        before in proptest::collection::vec(op(), 0..150),
+    ) {
+        let x = CircuitBreaker::new(from);
+        let mut held = Vec::new();
+        let mut ms = 0;
+        for op in &before {
+            if let Op::Advance { ms: d } = op { ms += d; }
+            apply(&x, &mut held, op, at(0, ms));
+        }
+        held.clear();
+        let wall = WallTime::UNIX_EPOCH;
+        let mut buf = [0u8; BREAKER_SNAPSHOT_MAX];
+        let n = x.save_state(&mut buf, at(0, ms), wall).unwrap();
+        let y = CircuitBreaker::new(to);
+        y.restore_state(&buf[..n], at(0, ms), wall).unwrap();
+        let (sx, sy) = (x.snapshot(at(0, ms)), y.snapshot(at(0, ms)));
+        prop_assert_eq!(sx.state, sy.state);
+        prop_assert_eq!(sx.trips, sy.trips);
+        prop_assert_eq!(sx.consecutive_failures, sy.consecutive_failures);
+        if sx.state == BreakerState::Open {
+            prop_assert_eq!(sx.retry_after, sy.retry_after);
+        }
+        // It goes on answering.
+        let _ = y.try_acquire(at(0, ms + 1)).map(|p| p.failure(at(0, ms + 1)));
+    }
 }

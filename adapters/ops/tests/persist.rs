@@ -25,23 +25,33 @@ impl Clock for SharedClock {
     }
 }
 
-fn config(open: &str) -> ConfigSet {
+fn config(open: &str, budget_window: &str) -> ConfigSet {
     let spec: FileSpec = serde_json::from_value(serde_json::json!({
         "circuit_breaker": { "configs": { "default": {
             "consecutive_failures": 2, "failure_rate": "off", "open_duration": open
         } } },
         "rate_limiter": { "instances": { "api": { "rate": 5, "period": "1s" } } },
-        "retry_budget": { "configs": { "default": { "ratio": 0.1, "min_per_second": 0 } } },
+        "retry_budget": { "configs": { "default": {
+            "ratio": 0.1, "min_per_second": 0, "window": budget_window
+        } } },
     }))
     .unwrap();
     ConfigSet::from_file_spec(&spec).unwrap()
 }
 
 fn registry(open: &str, start: Timestamp) -> (Registry, SharedClock, Arc<tenlives_ops::Ring>) {
+    registry_with(open, "10s", start)
+}
+
+fn registry_with(
+    open: &str,
+    budget_window: &str,
+    start: Timestamp,
+) -> (Registry, SharedClock, Arc<tenlives_ops::Ring>) {
     let clock = SharedClock(Arc::new(ManualClock::starting_at(start)));
     let ring = Arc::new(EventRing::with_capacity(256).unwrap());
     let r = Registry::builder()
-        .config(config(open))
+        .config(config(open, budget_window))
         .clock(clock.clone())
         .events(ring.clone())
         .build();
@@ -130,34 +140,45 @@ fn a_restarted_registry_keeps_its_policies_state() {
 }
 
 #[test]
-fn a_changed_configuration_starts_that_policy_fresh() {
+fn a_changed_configuration_converts_or_starts_that_policy_fresh() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.bin");
     let (old, _, _) = registry("60s", Timestamp::ZERO);
     use_it(&old, Timestamp::ZERO);
     old.save_state(&path).unwrap();
-    let (new, _, _) = registry("30s", Timestamp::ZERO);
+    // A shorter open duration (the breakers convert: an open one keeps the
+    // deadline it opened with) and another retry-budget window (its
+    // buckets do not convert: it starts fresh).
+    let (new, _, _) = registry_with("30s", "20s", Timestamp::ZERO);
     let report = new.restore_state(&path).unwrap();
-    let skipped: Vec<_> = report.skipped.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(skipped.len(), 2, "{report:?}");
-    assert!(skipped.contains(&"circuit_breaker/payments"));
-    assert!(
-        report
-            .skipped
-            .iter()
-            .all(|(_, why)| matches!(why, Skipped::Snapshot(SnapshotError::ConfigMismatch { .. })))
-    );
-    assert_eq!(
-        new.breaker("payments").unwrap().state(),
-        BreakerState::Closed
-    );
-    // The rate limit converts; the budget's layout is the same.
-    assert_eq!(report.restored.len(), 2);
+    assert_eq!(report.restored.len(), 3, "{report:?}");
+    assert_eq!(report.skipped.len(), 1, "{report:?}");
+    let (name, why) = &report.skipped[0];
+    assert_eq!(name, "retry_budget/retries");
+    assert!(matches!(
+        why,
+        Skipped::Snapshot(SnapshotError::ConfigMismatch { .. })
+    ));
+    let b = new.breaker("payments").unwrap();
+    assert_eq!(b.state(), BreakerState::Open);
+    let left = b
+        .try_acquire(Timestamp::ZERO)
+        .unwrap_err()
+        .retry_after()
+        .unwrap();
+    assert!(left > Duration::from_secs(55), "{left:?}");
     assert!(
         new.rate_limiter("api")
             .unwrap()
             .check(Timestamp::ZERO)
             .is_err()
+    );
+    assert_eq!(
+        new.retry_budget("retries")
+            .unwrap()
+            .remaining(Timestamp::ZERO),
+        0,
+        "a fresh budget with no deposits"
     );
 }
 

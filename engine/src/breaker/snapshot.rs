@@ -10,9 +10,21 @@
 //! | 4 | closed: consecutive failures; half-open: probes that reported |
 //! | 2 + 2 + 2 | half-open: probes that succeeded, failed, were slow |
 //! | 8 | open: nanoseconds left of the open duration |
+//! | 8 | fingerprint of the window's layout (kind, size, buckets) |
 //! | 1 | window: 0 none, 1 count, 2 time (closed and metrics-only only) |
 //! | count: 2 + ⌈2n/8⌉ | `n` outcomes, oldest first, two bits each (failed, slow) |
 //! | time: 8 + 1 + 12m | nanoseconds into the bucket of `now`; `m` buckets newest first, each calls, failures, slow (u32) |
+//!
+//! # Another configuration
+//!
+//! A snapshot taken under another configuration is converted, with the
+//! rules of a live configuration change (`set_config`): the state, trip
+//! count, open deadline (set when the breaker opened; the next trip uses the
+//! new durations) and consecutive failures (judged against the new limit at
+//! the next failure) are kept; the window is kept if its layout (kind, size,
+//! buckets) is the same, else the restored breaker starts an empty window; a
+//! half-open test whose reported probes reach the new probe count starts
+//! again.
 //!
 //! Restored, the breaker takes the next generation (permits granted before
 //! the restore are stale and change nothing), the window of that generation
@@ -47,7 +59,7 @@ const WINDOW_NONE: u8 = 0;
 const WINDOW_COUNT: u8 = 1;
 const WINDOW_TIME: u8 = 2;
 
-const FIXED: usize = 1 + 1 + 4 + 2 + 2 + 2 + 8 + 1;
+const FIXED: usize = 1 + 1 + 4 + 2 + 2 + 2 + 8 + 8 + 1;
 const COUNT_MAX: usize = 2 + (MAX_WINDOW_CALLS as usize * 2).div_ceil(8);
 const TIME_MAX: usize = 8 + 1 + 12 * MAX_BUCKETS;
 
@@ -158,7 +170,12 @@ impl<S: EventSink> CircuitBreaker<S> {
             }
             snapshot::fingerprint_of(cfg)
         });
-        let opening_ns = self.with_era(|cfg, _| cfg.open_ns_for(trips));
+        let (opening_ns, layout) = self.with_era(|cfg, _| {
+            (
+                cfg.open_ns_for(trips),
+                snapshot::fingerprint_of(&cfg.window.spec),
+            )
+        });
         // A closed state from a decided test starts with an empty window.
         let decided = kind != s.kind();
         snapshot::write_frame(buf, Kind::Breaker, VERSION, fingerprint, wall, |w| {
@@ -187,6 +204,7 @@ impl<S: EventSink> CircuitBreaker<S> {
                 _ => 0,
             };
             w.u64(open_left);
+            w.u64(layout);
             if decided {
                 w.u8(WINDOW_NONE);
             } else if kind == KIND_CLOSED || kind == KIND_METRICS_ONLY {
@@ -208,9 +226,10 @@ impl<S: EventSink> CircuitBreaker<S> {
     /// # Errors
     ///
     /// A typed [`SnapshotError`], the breaker unchanged: damaged or cut
-    /// bytes, another kind or version, or [`SnapshotError::ConfigMismatch`]
-    /// when the snapshot was taken under another configuration (no
-    /// conversion: a breaker's window and thresholds go together).
+    /// bytes, another kind or version. A snapshot taken under another
+    /// configuration is converted (see the module documentation of
+    /// `breaker/snapshot.rs` and `docs/snapshots.md`): state, trips and
+    /// deadline kept, the window only into the same layout.
     pub fn restore_state(
         &self,
         bytes: &[u8],
@@ -219,8 +238,9 @@ impl<S: EventSink> CircuitBreaker<S> {
     ) -> Result<(), SnapshotError> {
         let (header, mut r) = snapshot::open(bytes, Kind::Breaker, VERSION)?;
         let saved = self.with_era(|cfg, window| {
-            snapshot::same_config(&header, snapshot::fingerprint_of(cfg))?;
-            read_payload(&mut r, cfg.probes, window)
+            let same = header.fingerprint == snapshot::fingerprint_of(cfg);
+            let layout = snapshot::fingerprint_of(&cfg.window.spec);
+            read_payload(&mut r, cfg.probes, window, same, layout)
         })?;
         r.finish()?;
         let generation = self.load().generation().wrapping_add(1);
@@ -315,14 +335,12 @@ pub(crate) struct SavedTime {
     used: usize,
 }
 
-/// Reads what [`write_time_window`] wrote, checked against `t`'s layout.
-pub(crate) fn read_time_window(
-    r: &mut Reader<'_>,
-    t: &StripedWindow,
-) -> Result<SavedTime, SnapshotError> {
+/// Reads what [`write_time_window`] wrote (checked against a layout by
+/// [`SavedTime::fits`]).
+pub(crate) fn read_time_window(r: &mut Reader<'_>) -> Result<SavedTime, SnapshotError> {
     let offset = r.u64()?;
     let used = usize::from(r.u8()?);
-    if offset >= t.bucket_ns() || used > t.bucket_count() as usize {
+    if used > MAX_BUCKETS {
         return Err(SnapshotError::Malformed);
     }
     let mut buckets = [WindowCounts::default(); MAX_BUCKETS];
@@ -342,6 +360,13 @@ pub(crate) fn read_time_window(
         buckets,
         used,
     })
+}
+
+impl SavedTime {
+    /// Whether the saved buckets fit `t`'s layout.
+    pub(crate) fn fits(&self, t: &StripedWindow) -> bool {
+        self.offset < t.bucket_ns() && self.used <= t.bucket_count() as usize
+    }
 }
 
 /// Puts saved buckets back into `t` for `generation` at `now`, aged by the
@@ -364,12 +389,15 @@ fn read_payload<'a>(
     r: &mut Reader<'a>,
     probes: u32,
     window: &CallWindow,
+    same_config: bool,
+    layout: u64,
 ) -> Result<Saved<'a>, SnapshotError> {
     let kind = u64::from(r.u8()?);
     let trips = u32::from(r.u8()?);
-    let payload = r.u32()?;
-    let counts = [r.u16()?, r.u16()?, r.u16()?];
+    let mut payload = r.u32()?;
+    let mut counts = [r.u16()?, r.u16()?, r.u16()?];
     let open_left = r.u64()?;
+    let same_layout = r.u64()? == layout;
     let valid_kind = matches!(
         kind,
         KIND_CLOSED
@@ -381,30 +409,55 @@ fn read_payload<'a>(
     );
     let reported = u32::from(counts[0]) + u32::from(counts[1]);
     let probes_ok = if kind == KIND_HALF_OPEN {
-        reported == payload && reported < probes && counts[2] as u32 <= reported
+        reported == payload
+            && counts[2] as u32 <= reported
+            && (reported < probes || !same_config)
+            && reported < super::MAX_PROBES
     } else {
         counts == [0; 3]
     };
     if !valid_kind || trips > MAX_TRIPS || payload >= 1 << 24 || !probes_ok {
         return Err(SnapshotError::Malformed);
     }
-    let saved_window = match (r.u8()?, window) {
-        (WINDOW_NONE, _) => SavedWindow::None,
-        (WINDOW_COUNT, CallWindow::Count(c)) => {
+    if kind == KIND_HALF_OPEN && reported >= probes {
+        // Another configuration with fewer probes: the test starts again.
+        (payload, counts) = (0, [0; 3]);
+    }
+    let saved_window = match r.u8()? {
+        WINDOW_NONE => SavedWindow::None,
+        WINDOW_COUNT => {
             let calls = r.u16()?;
-            if u32::from(calls) > c.size() {
+            let bits = r.take((usize::from(calls) * 2).div_ceil(8))?;
+            if u32::from(calls) > MAX_WINDOW_CALLS {
                 return Err(SnapshotError::Malformed);
             }
-            let bits = r.take((usize::from(calls) * 2).div_ceil(8))?;
             SavedWindow::Count { calls, bits }
         }
-        (WINDOW_TIME, CallWindow::Time(t)) => SavedWindow::Time(read_time_window(r, t)?),
+        WINDOW_TIME => SavedWindow::Time(read_time_window(r)?),
         _ => return Err(SnapshotError::Malformed),
     };
     let measured = kind == KIND_CLOSED || kind == KIND_METRICS_ONLY;
     if !measured && !matches!(saved_window, SavedWindow::None) {
         return Err(SnapshotError::Malformed);
     }
+    // The window comes back only into the same layout; there it must fit.
+    let saved_window = if !same_layout {
+        if same_config {
+            return Err(SnapshotError::Malformed);
+        }
+        SavedWindow::None
+    } else {
+        match (saved_window, window) {
+            (SavedWindow::None, _) => SavedWindow::None,
+            (SavedWindow::Count { calls, bits }, CallWindow::Count(c))
+                if u32::from(calls) <= c.size() =>
+            {
+                SavedWindow::Count { calls, bits }
+            }
+            (SavedWindow::Time(t), CallWindow::Time(w)) if t.fits(w) => SavedWindow::Time(t),
+            _ => return Err(SnapshotError::Malformed),
+        }
+    };
     Ok(Saved {
         kind,
         trips,

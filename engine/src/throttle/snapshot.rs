@@ -66,7 +66,10 @@ impl<S: EventSink> Throttle<S> {
         self.era.with(|config, window| {
             snapshot::same_config(&header, snapshot::fingerprint_of(config))?;
             let rng = r.u64()?;
-            let saved = read_time_window(&mut r, window)?;
+            let saved = read_time_window(&mut r)?;
+            if !saved.fits(window) {
+                return Err(SnapshotError::Malformed);
+            }
             r.finish()?;
             window.clear();
             restore_time_window(window, &saved, 0, header.taken_at, now, wall);

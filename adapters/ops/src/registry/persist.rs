@@ -85,7 +85,8 @@ impl From<io::Error> for PersistError {
 #[non_exhaustive]
 pub enum Skipped {
     /// The engine refused its snapshot (for example
-    /// [`SnapshotError::ConfigMismatch`]: its configuration changed).
+    /// [`SnapshotError::ConfigMismatch`]: its configuration changed in a
+    /// way its kind does not convert).
     Snapshot(SnapshotError),
     /// The registry has no configuration for it any more.
     Registry(RegistryError),
@@ -306,9 +307,10 @@ impl Registry {
     /// from the configuration in force and restoring its state (see
     /// `docs/snapshots.md` for what each keeps and the clock rule). Call it
     /// on start, before serving. A missing file restores nothing
-    /// (`missing`); a policy whose snapshot the engine refuses (its
-    /// configuration changed) or that the configuration no longer has
-    /// starts fresh and is listed in `skipped`.
+    /// (`missing`); a policy whose snapshot the engine refuses (a
+    /// configuration changed in a way its kind does not convert, see
+    /// `docs/snapshots.md`) or that the configuration no longer has starts
+    /// fresh and is listed in `skipped`.
     ///
     /// # Errors
     ///
