@@ -55,13 +55,13 @@ use super::error::{InsufficientCapacity, RateLimitError, RateLimited};
 use super::gcra::{self, Refusal, SEALED, State, acquire};
 use super::quota::Quota;
 
-/// A new era's cell until the state is carried over into it. Nobody
-/// decides on it: an era becomes current only after its cell is set.
 mod snapshot;
 pub use snapshot::RATE_SNAPSHOT_MAX;
 #[cfg(feature = "std")]
 pub(in crate::rate) use snapshot::{BOOKING_LEN, Booking, fingerprint as quota_fingerprint};
 
+/// A new era's cell until the state is carried over into it. Nobody
+/// decides on it: an era becomes current only after its cell is set.
 #[cfg(feature = "std")]
 const PENDING: State = State::MAX;
 
