@@ -30,7 +30,10 @@ fn config(open: &str, budget_window: &str) -> ConfigSet {
         "circuit_breaker": { "configs": { "default": {
             "consecutive_failures": 2, "failure_rate": "off", "open_duration": open
         } } },
-        "rate_limiter": { "instances": { "api": { "rate": 5, "period": "1s" } } },
+        "rate_limiter": { "instances": {
+            "api": { "rate": 5, "period": "1s" },
+            "per_user": { "rate": 2, "period": "1s" }
+        } },
         "retry_budget": { "configs": { "default": {
             "ratio": 0.1, "min_per_second": 0, "window": budget_window
         } } },
@@ -267,4 +270,59 @@ fn persistence_saves_periodically_and_on_shutdown() {
             .iter()
             .any(|(k, _)| *k == events::STATE_SAVED.0)
     );
+}
+
+#[test]
+fn string_keyed_families_are_saved_entry_by_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.bin");
+    let (old, _, _) = registry("60s", Timestamp::ZERO);
+    let t = Timestamp::ZERO;
+    let hosts = old.keyed_breaker::<String>("upstream", 8).unwrap();
+    let down = hosts.get(&"down.example".to_string(), t).unwrap();
+    for _ in 0..2 {
+        down.try_acquire(t).unwrap().failure(t);
+    }
+    hosts.get(&"up.example".to_string(), t).unwrap();
+    let users = old.keyed_rate_limiter::<String>("per_user", 8).unwrap();
+    let alice = users.get(&"alice".to_string(), t).unwrap();
+    while alice.check(t).is_ok() {}
+    // A family keyed by another type is not saved.
+    let by_id = old.keyed_breaker::<u32>("by_id", 8).unwrap();
+    let seven = by_id.get(&7, t).unwrap();
+    for _ in 0..2 {
+        seven.try_acquire(t).unwrap().failure(t);
+    }
+    assert_eq!(old.save_state(&path).unwrap(), 3);
+
+    let (new, _, _) = registry("60s", Timestamp::ZERO);
+    let report = new.restore_state(&path).unwrap();
+    assert_eq!(report.restored.len(), 3, "{report:?}");
+    assert!(
+        report
+            .restored
+            .contains(&"circuit_breaker/upstream[down.example]".to_string())
+    );
+    let hosts = new.keyed_breaker::<String>("upstream", 8).unwrap();
+    assert_eq!(hosts.len(), 2);
+    assert_eq!(
+        hosts.get(&"down.example".to_string(), t).unwrap().state(),
+        BreakerState::Open
+    );
+    assert_eq!(
+        hosts.get(&"up.example".to_string(), t).unwrap().state(),
+        BreakerState::Closed
+    );
+    let users = new.keyed_rate_limiter::<String>("per_user", 8).unwrap();
+    assert!(
+        users
+            .get(&"alice".to_string(), t)
+            .unwrap()
+            .check(t)
+            .is_err(),
+        "no fresh burst"
+    );
+    assert!(users.get(&"bob".to_string(), t).unwrap().check(t).is_ok());
+    let by_id = new.keyed_breaker::<u32>("by_id", 8).unwrap();
+    assert_eq!(by_id.get(&7, t).unwrap().state(), BreakerState::Closed);
 }

@@ -10,13 +10,19 @@
 //! | 4 | magic `b"TLRG"` |
 //! | 2 | version (1) |
 //! | 4 | records |
-//! | per record: 1 | section: 1 breaker, 2 rate limiter, 4 retry budget, 5 adaptive limit, 6 throttle ([`Kind::code`]) |
-//! | per record: 2 + n | the instance's name (UTF-8) after its length |
+//! | per record: 1 | section: 1 breaker, 2 rate limiter, 4 retry budget, 5 adaptive limit, 6 throttle ([`Kind::code`]); `0x80 +` that for an entry of a keyed family |
+//! | per record: 2 + n | the instance's name, or the family's (UTF-8) after its length |
+//! | keyed entry: 2 + n | the entry's key (UTF-8) after its length |
+//! | keyed entry: 4 | the family's capacity |
 //! | per record: 4 + n | the engine snapshot (its own frame and CRC) after its length |
 //! | 4 | CRC-32 of everything before |
 //!
 //! Bulkheads are not saved (their state is the permits in flight, which
-//! die with the process), nor keyed families (not done yet).
+//! die with the process). Of keyed families, those of breakers and rate
+//! limiters keyed by `String` are saved, entry by entry; a restore creates
+//! the family (`keyed_breaker::<String>`, `keyed_rate_limiter::<String>`,
+//! with the saved capacity) and its entries. Families with other key types
+//! are not saved.
 //!
 //! # Atomicity
 //!
@@ -40,10 +46,13 @@ use tenlives_engine::retry::BUDGET_SNAPSHOT_MAX;
 use tenlives_engine::snapshot::{Kind, SnapshotError, WallTime, crc32};
 use tenlives_engine::throttle::THROTTLE_SNAPSHOT_MAX;
 
-use super::{Named, Registry, RegistryError, events};
+use super::{Breaker, Limiter, Named, Registry, RegistryError, events, lock};
+use crate::keyed::{Idle, Keyed};
 
 const MAGIC: [u8; 4] = *b"TLRG";
 const VERSION: u16 = 1;
+/// Added to a kind's code for an entry of a keyed family.
+const KEYED: u8 = 0x80;
 
 /// Why a registry's state could not be saved or read.
 #[derive(Debug)]
@@ -92,6 +101,8 @@ pub enum Skipped {
     Registry(RegistryError),
     /// A section this build does not hold.
     UnknownSection(u8),
+    /// Its keyed family had no room for it.
+    KeyedFull(crate::KeyedFull),
 }
 
 /// What a restore did.
@@ -141,6 +152,50 @@ fn save_all<P>(
     Ok(())
 }
 
+/// The type-erased keyed families of a registry, by name.
+type Families = Vec<(Arc<str>, Arc<dyn std::any::Any + Send + Sync>)>;
+
+/// Appends one record per entry of every `String`-keyed family of `P`
+/// among `families`.
+fn save_keyed<P: Idle + Send + Sync + 'static>(
+    out: &mut Vec<u8>,
+    count: &mut u32,
+    families: &Families,
+    kind: Kind,
+    max: usize,
+    save: impl Fn(&P, &mut [u8]) -> Result<usize, SnapshotError>,
+) -> Result<(), PersistError> {
+    let mut buf = vec![0u8; max];
+    for (name, family) in families {
+        let Ok(family) = family.clone().downcast::<Keyed<String, P>>() else {
+            continue;
+        };
+        let capacity = u32::try_from(family.capacity()).unwrap_or(u32::MAX);
+        let mut entries: Vec<(String, Arc<P>)> = Vec::new();
+        family.for_each(|key, policy| entries.push((key.clone(), policy.clone())));
+        for (key, policy) in entries {
+            let n =
+                save(&policy, &mut buf).map_err(|_| PersistError::Corrupt("snapshot buffer"))?;
+            out.push(KEYED | kind.code());
+            put_str(out, name)?;
+            put_str(out, &key)?;
+            out.extend_from_slice(&capacity.to_le_bytes());
+            out.extend_from_slice(&(n as u32).to_le_bytes());
+            out.extend_from_slice(&buf[..n]);
+            *count += 1;
+        }
+    }
+    Ok(())
+}
+
+/// A string after its length (u16).
+fn put_str(out: &mut Vec<u8>, s: &str) -> Result<(), PersistError> {
+    let len = u16::try_from(s.len()).map_err(|_| PersistError::Corrupt("name too long"))?;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
 /// A cursor over the file's bytes; running out is corruption.
 struct Cursor<'a>(&'a [u8]);
 
@@ -164,12 +219,18 @@ impl<'a> Cursor<'a> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
+    fn str(&mut self) -> Result<&'a str, PersistError> {
+        let len = usize::from(self.u16()?);
+        std::str::from_utf8(self.take(len)?).map_err(|_| PersistError::Corrupt("name not UTF-8"))
+    }
 }
 
 /// One record of a checked file.
 struct Record<'a> {
     section: u8,
     name: &'a str,
+    /// A keyed family's entry: its key and the family's capacity.
+    entry: Option<(&'a str, u32)>,
     snapshot: &'a [u8],
 }
 
@@ -194,14 +255,18 @@ fn parse(bytes: &[u8]) -> Result<Vec<Record<'_>>, PersistError> {
     let mut records = Vec::new();
     for _ in 0..count {
         let section = c.u8()?;
-        let len = usize::from(c.u16()?);
-        let name = std::str::from_utf8(c.take(len)?)
-            .map_err(|_| PersistError::Corrupt("name not UTF-8"))?;
+        let name = c.str()?;
+        let entry = if section & KEYED != 0 {
+            Some((c.str()?, c.u32()?))
+        } else {
+            None
+        };
         let len = c.u32()? as usize;
         let snapshot = c.take(len)?;
         records.push(Record {
             section,
             name,
+            entry,
             snapshot,
         });
     }
@@ -291,6 +356,26 @@ impl Registry {
             ADAPTIVE_SNAPSHOT_MAX,
             |p, b| save_retrying(|| p.save_state(b, now, wall)),
         )?;
+        let families: Families = lock(&inner.families)
+            .iter()
+            .map(|((_, name), f)| (name.clone(), f.clone().as_any()))
+            .collect();
+        save_keyed::<Breaker>(
+            &mut records,
+            &mut count,
+            &families,
+            Kind::Breaker,
+            BREAKER_SNAPSHOT_MAX,
+            |p, b| p.save_state(b, now, wall),
+        )?;
+        save_keyed::<Limiter>(
+            &mut records,
+            &mut count,
+            &families,
+            Kind::RateLimiter,
+            RATE_SNAPSHOT_MAX,
+            |p, b| p.save_state(b, now, wall),
+        )?;
         let mut file = Vec::with_capacity(records.len() + 14);
         file.extend_from_slice(&MAGIC);
         file.extend_from_slice(&VERSION.to_le_bytes());
@@ -334,9 +419,35 @@ impl Registry {
         let wall = WallTime::now();
         let mut report = RestoreReport::default();
         for r in records {
-            let label =
-                |kind: Option<Kind>| format!("{}/{}", kind.map_or("unknown", section_name), r.name);
-            let kind = Kind::from_code(r.section);
+            let kind = Kind::from_code(r.section & !KEYED);
+            let section = kind.map_or("unknown", section_name);
+            let label = match r.entry {
+                Some((key, _)) => format!("{section}/{}[{key}]", r.name),
+                None => format!("{section}/{}", r.name),
+            };
+            if let Some((key, capacity)) = r.entry {
+                let (key, capacity) = (key.to_owned(), capacity as usize);
+                let done = match kind {
+                    Some(Kind::Breaker) => restore_entry(
+                        self.keyed_breaker::<String>(r.name, capacity),
+                        &key,
+                        now,
+                        |p| p.restore_state(r.snapshot, now, wall),
+                    ),
+                    Some(Kind::RateLimiter) => restore_entry(
+                        self.keyed_rate_limiter::<String>(r.name, capacity),
+                        &key,
+                        now,
+                        |p| p.restore_state(r.snapshot, now, wall),
+                    ),
+                    _ => Err(Skipped::UnknownSection(r.section)),
+                };
+                match done {
+                    Ok(()) => report.restored.push(label),
+                    Err(why) => report.skipped.push((label, why)),
+                }
+                continue;
+            }
             let done = match kind {
                 Some(Kind::Breaker) => self.restore_one(self.breaker(r.name), |p| {
                     p.restore_state(r.snapshot, now, wall)
@@ -356,8 +467,8 @@ impl Registry {
                 _ => Err(Skipped::UnknownSection(r.section)),
             };
             match done {
-                Ok(()) => report.restored.push(label(kind)),
-                Err(why) => report.skipped.push((label(kind), why)),
+                Ok(()) => report.restored.push(label),
+                Err(why) => report.skipped.push((label, why)),
             }
         }
         self.inner.emit(
@@ -398,6 +509,18 @@ impl Registry {
         let policy = policy.map_err(Skipped::Registry)?;
         restore(&policy).map_err(Skipped::Snapshot)
     }
+}
+
+/// Restores the entry `key` of a keyed family, creating it.
+fn restore_entry<P: Idle>(
+    family: Result<Arc<Keyed<String, P>>, RegistryError>,
+    key: &String,
+    now: tenlives_engine::time::Timestamp,
+    restore: impl FnOnce(&P) -> Result<(), SnapshotError>,
+) -> Result<(), Skipped> {
+    let family = family.map_err(Skipped::Registry)?;
+    let policy = family.get(key, now).map_err(Skipped::KeyedFull)?;
+    restore(&policy).map_err(Skipped::Snapshot)
 }
 
 /// An adaptive limiter answers [`SnapshotError::Busy`] while another thread
