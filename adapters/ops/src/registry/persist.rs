@@ -302,8 +302,9 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 impl Registry {
     /// Saves the state of every named breaker, rate limiter, retry budget,
-    /// throttle and adaptive limit to `path`, atomically (see the module
-    /// documentation); returns the number of policies saved. Policies keep
+    /// throttle and adaptive limit, and of every entry of the `String`-keyed
+    /// breaker and rate-limiter families, to `path`, atomically (see the
+    /// module documentation); returns the number of policies saved. Policies keep
     /// serving meanwhile: each is read at its own instant.
     ///
     /// # Errors
