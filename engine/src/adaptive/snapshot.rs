@@ -106,6 +106,10 @@ impl<A: LimitAlgorithm, S: EventSink> AdaptiveLimiter<A, S> {
             self.sampler.end(None);
             return Err(SnapshotError::Malformed);
         }
+        // Samples this limiter collected before the restore are not the
+        // snapshot's: dropped, so that its next window judges only what
+        // comes after.
+        let _ = self.sampler.harvest();
         // A limit of zero was refused above; set_limit refuses nothing else.
         let _ = self.bulkhead.set_limit(limit);
         let end = snapshot::restored_deadline(left, header.taken_at, now, wall);

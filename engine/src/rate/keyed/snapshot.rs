@@ -155,7 +155,8 @@ where
     /// Restores a snapshot that [`save_state`](Self::save_state) wrote, at
     /// `now` and wall-clock time `wall`, each key read back by `decode`
     /// (`None` refuses the snapshot). A key already in the table takes the
-    /// saved booking. Restore a limiter before other threads use it.
+    /// saved booking, or a full bucket if the snapshot does not hold it (as
+    /// a key never seen). Restore a limiter before other threads use it.
     ///
     /// # Errors
     ///
@@ -187,6 +188,9 @@ where
         }
         r.finish()?;
         let inner = &*self.inner;
+        // Keys the snapshot does not hold had a full bucket when it was
+        // taken: so they have here.
+        self.refill_all();
         let same = header.fingerprint == quota_fingerprint(&inner.quota);
         let t = now.as_nanos();
         let mut report = KeyedRestore::default();
@@ -203,6 +207,38 @@ where
             }
         }
         Ok(report)
+    }
+
+    /// Gives every key in the table a full bucket (the state of a key never
+    /// seen, which the sweep may then evict).
+    fn refill_all(&self) {
+        let inner = &*self.inner;
+        let _guard = epoch::pin();
+        for bucket in inner.buckets.iter() {
+            // ordering: Acquire, as in `find`.
+            let mut bits = bucket.header.load(Ordering::Acquire) & super::BITS;
+            while bits != 0 {
+                let i = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                // ordering: Relaxed, as in `find`.
+                let cell = bucket.cells[i].load(Ordering::Relaxed);
+                let entry = &inner.entries[super::cell_slot(cell)];
+                // ordering: Relaxed, as every access to a state cell. A dead
+                // entry is being evicted: it stays dead.
+                let mut current = entry.state.load(Ordering::Relaxed);
+                while current != DEAD && current != 0 {
+                    match entry.state.compare_exchange_weak(
+                        current,
+                        0,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    ) {
+                        Ok(_) => break,
+                        Err(actual) => current = actual,
+                    }
+                }
+            }
+        }
     }
 
     /// Sets `key`'s state, inserting it if absent; false if there is no
