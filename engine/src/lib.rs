@@ -19,6 +19,10 @@
 //!   (`docs/clocks-and-timers.md`).
 //! - [`retry`]: backoff schedules with seedable jitter, and a lock-free retry
 //!   budget.
+//! - [`snapshot`]: the frame of every primitive's state snapshot
+//!   (`save_state` into a caller's buffer, `restore_state` after a restart),
+//!   typed errors for damaged or foreign bytes, and the clock rule that
+//!   carries deadlines across a change of clock origin (`docs/snapshots.md`).
 //! - [`time`]: time as a value ([`time::Timestamp`]), the [`time::Clock`]
 //!   trait, a manual clock for tests and a monotonic clock under `std`.
 //!
@@ -55,6 +59,7 @@ pub mod queue;
 pub mod rate;
 pub mod retry;
 mod rng;
+pub mod snapshot;
 mod stripe;
 mod sync;
 pub mod throttle;

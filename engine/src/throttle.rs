@@ -58,6 +58,9 @@ use crate::time::Timestamp;
 /// The SplitMix64 increment: each draw advances a stripe's state by it.
 const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
+mod snapshot;
+pub use snapshot::THROTTLE_SNAPSHOT_MAX;
+
 /// Builder for [`ThrottleConfig`].
 #[derive(Clone, Debug)]
 #[must_use]

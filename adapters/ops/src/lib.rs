@@ -13,6 +13,13 @@
 //!   builders, errors with file, line and key path.
 //! - `reload` (feature `reload`): a watched file applied live, keeping
 //!   every policy's state; a bad file never replaces a good configuration.
+//! - State across restarts: [`Registry::save_state`] writes every named
+//!   policy's state to one file atomically, [`Persistence`] does it
+//!   periodically and on shutdown, [`Registry::restore_state`] brings it
+//!   back on start (`docs/snapshots.md`).
+//! - [`journal`]: the decision journal, a ring's events appended to
+//!   checksummed, rotated segment files, a torn tail cut on open, and a
+//!   reader that reports the gaps.
 //! - `admin` (feature `admin`): an axum router to list policies, read and
 //!   change configuration, force breakers, change limits, behind bearer
 //!   tokens with roles, every change audited.
@@ -24,6 +31,7 @@
 #[cfg(feature = "admin")]
 pub mod admin;
 pub mod config;
+pub mod journal;
 mod keyed;
 mod registry;
 #[cfg(feature = "reload")]
@@ -33,6 +41,7 @@ pub use config::{ConfigSet, Format, LoadError};
 
 pub use keyed::{Idle, Keyed, KeyedFull};
 pub use registry::{
-    Adaptive, ApplyReport, Breaker, Concurrency, Limiter, REGISTRY_SOURCE, Registry,
-    RegistryBuilder, RegistryError, RegistrySink, Retry, Ring, Throttler, events,
+    Adaptive, ApplyReport, Breaker, Concurrency, Limiter, PersistError, Persistence,
+    REGISTRY_SOURCE, Registry, RegistryBuilder, RegistryError, RegistrySink, RestoreReport, Retry,
+    Ring, Skipped, Throttler, events,
 };

@@ -72,6 +72,15 @@ pub mod events {
     /// `[action code, 0]`: 1 configuration set, 2 breaker forced open,
     /// 3 breaker closed (reset), 4 breaker disabled, 5 bulkhead limit set.
     pub const AUDIT: EventKind = EventKind(0x7F02);
+    /// The policies' state was saved ([`Registry::save_state`](crate::Registry::save_state)).
+    /// Payload: `[policies saved, bytes written]`.
+    pub const STATE_SAVED: EventKind = EventKind(0x7F10);
+    /// Policies' state was restored from a file. Payload: `[policies
+    /// restored, policies that start fresh]`.
+    pub const STATE_RESTORED: EventKind = EventKind(0x7F11);
+    /// A state file could not be used; every policy starts fresh. Payload:
+    /// `[1 corrupt, 2 unreadable, 0]`.
+    pub const STATE_DISCARDED: EventKind = EventKind(0x7F12);
 }
 
 /// Why the registry could not give a policy.
@@ -363,6 +372,8 @@ struct SourceEntry {
 
 #[cfg(feature = "otel")]
 mod otel;
+mod persist;
+pub use persist::{PersistError, Persistence, RestoreReport, Skipped};
 
 /// Named instances of one kind.
 struct Named<P> {

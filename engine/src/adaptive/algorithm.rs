@@ -40,7 +40,27 @@ pub trait LimitAlgorithm {
         *self = new;
         limit
     }
+
+    /// Writes what the algorithm measured into `words` for a state
+    /// snapshot ([`AdaptiveLimiter::save_state`](super::AdaptiveLimiter::save_state))
+    /// and returns how many words it used. The default, for an algorithm
+    /// that measures nothing beyond the limit, uses none.
+    fn save_measurements(&self, words: &mut [u64; MEASUREMENT_WORDS]) -> usize {
+        let _ = words;
+        0
+    }
+
+    /// Takes measurements that [`save_measurements`](Self::save_measurements)
+    /// wrote; returns false (and changes nothing) if they are not valid for
+    /// this algorithm, which refuses the snapshot. The default accepts only
+    /// no words.
+    fn restore_measurements(&mut self, words: &[u64]) -> bool {
+        words.is_empty()
+    }
 }
+
+/// Most words an algorithm's measurements take in a snapshot.
+pub const MEASUREMENT_WORDS: usize = 6;
 
 fn check_bounds(min: u32, initial: u32, max: u32) -> Result<(), ConfigError> {
     if min == 0 {
@@ -442,6 +462,50 @@ impl LimitAlgorithm for Gradient {
             ..new
         };
         limit.clamp(self.min, self.max)
+    }
+
+    /// The estimate, the long-term RTT, the windows seen, the windows since
+    /// the last probe, and the estimate a running probe returns to.
+    fn save_measurements(&self, words: &mut [u64; MEASUREMENT_WORDS]) -> usize {
+        *words = [
+            self.estimate.to_bits(),
+            self.long_rtt.to_bits(),
+            u64::from(self.windows),
+            u64::from(self.since_probe),
+            u64::from(self.probing.is_some()),
+            self.probing.unwrap_or(0.0).to_bits(),
+        ];
+        MEASUREMENT_WORDS
+    }
+
+    fn restore_measurements(&mut self, words: &[u64]) -> bool {
+        let &[estimate, long_rtt, windows, since_probe, probing, saved] = words else {
+            return false;
+        };
+        let (estimate, long_rtt, saved) = (
+            f64::from_bits(estimate),
+            f64::from_bits(long_rtt),
+            f64::from_bits(saved),
+        );
+        let (min, max) = (f64::from(self.min), f64::from(self.max));
+        let (Ok(windows), Ok(since_probe)) = (u32::try_from(windows), u32::try_from(since_probe))
+        else {
+            return false;
+        };
+        // An estimate saved under other bounds is moved into these, as
+        // `reconfigure` moves it.
+        if !estimate.is_finite() || !long_rtt.is_finite() || long_rtt < 0.0 || probing > 1 {
+            return false;
+        }
+        if probing == 1 && !saved.is_finite() {
+            return false;
+        }
+        self.estimate = estimate.clamp(min, max);
+        self.long_rtt = long_rtt;
+        self.windows = windows;
+        self.since_probe = since_probe;
+        self.probing = (probing == 1).then(|| saved.clamp(min, max));
+        true
     }
 }
 

@@ -67,11 +67,15 @@
 
 mod algorithm;
 mod sampler;
+mod snapshot;
 
 use core::fmt;
 use core::time::Duration;
 
-pub use algorithm::{Aimd, AimdBuilder, Gradient, GradientBuilder, LimitAlgorithm, WindowSample};
+pub use algorithm::{
+    Aimd, AimdBuilder, Gradient, GradientBuilder, LimitAlgorithm, MEASUREMENT_WORDS, WindowSample,
+};
+pub use snapshot::ADAPTIVE_SNAPSHOT_MAX;
 
 use crate::bulkhead::{Bulkhead, BulkheadFull, RawBulkheadPermit};
 use crate::error::ConfigError;

@@ -85,6 +85,12 @@ impl Sampler {
         now >= self.window_end.load(Ordering::Relaxed)
     }
 
+    /// When the current window ends, in ns (for a snapshot).
+    pub(crate) fn window_end(&self) -> u64 {
+        // ordering: Relaxed, as in `due`; a snapshot holds the flag.
+        self.window_end.load(Ordering::Relaxed)
+    }
+
     /// Takes the harvesting flag if nobody holds it.
     pub(crate) fn try_begin(&self) -> bool {
         // ordering: Acquire, pairs with the Release in `end`: the new holder

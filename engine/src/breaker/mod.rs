@@ -73,6 +73,7 @@
 pub(crate) mod config;
 mod model;
 mod ring;
+pub(crate) mod snapshot;
 pub(crate) mod window;
 mod word;
 
@@ -86,6 +87,7 @@ pub use config::{
     MAX_WINDOW_CALLS, WindowSpec,
 };
 pub use model::{BreakerModel, ModelPermit};
+pub use snapshot::BREAKER_SNAPSHOT_MAX;
 pub use window::WindowCounts;
 
 use config::Verdict;

@@ -240,6 +240,68 @@ impl StripedWindow {
     }
 }
 
+/// What a snapshot reads and writes (`snapshot.rs` of the breaker and the
+/// throttle): buckets by age, the bucket of `now` being age 0.
+impl StripedWindow {
+    /// The length of a bucket in nanoseconds.
+    pub(crate) fn bucket_ns(&self) -> u64 {
+        self.bucket.get()
+    }
+
+    /// How many buckets the window has.
+    pub(crate) fn bucket_count(&self) -> u32 {
+        self.buckets
+    }
+
+    /// Hands the counts of the window's buckets at `now` to `f`, newest
+    /// (age 0) first, as many as the window has (fewer near time zero).
+    pub(crate) fn buckets_by_age(
+        &self,
+        generation: u32,
+        now: Timestamp,
+        mut f: impl FnMut(WindowCounts),
+    ) {
+        let head = self.epoch(now);
+        for back in 0..u64::from(self.buckets) {
+            let Some(epoch) = head.checked_sub(back) else {
+                break;
+            };
+            f(self.bucket(generation, epoch));
+        }
+    }
+
+    /// Empties every bucket of every stripe (to tag 0, count 0); for a
+    /// window no other thread uses yet.
+    pub(crate) fn clear(&self) {
+        for stripe in &self.stripes {
+            for slot in &stripe.slots {
+                for word in [&slot.calls, &slot.failures, &slot.slow] {
+                    // ordering: SeqCst, like every window access.
+                    word.store(0, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
+    /// Sets the bucket `age` buckets before the bucket of `now` to `counts`
+    /// (in stripe 0), if the window reaches that far and it is not before
+    /// time zero; for a window no other thread uses yet.
+    pub(crate) fn put_by_age(
+        &self,
+        generation: u32,
+        now: Timestamp,
+        age: u64,
+        counts: WindowCounts,
+    ) {
+        if age >= u64::from(self.buckets) {
+            return;
+        }
+        if let Some(epoch) = self.epoch(now).checked_sub(age) {
+            self.store(generation, epoch, counts);
+        }
+    }
+}
+
 /// The striped, tagged time window; see the module documentation.
 pub(crate) struct StripedWindow {
     stripes: [CachePadded<Stripe>; STRIPES],

@@ -62,6 +62,9 @@ use super::gcra::{self, Refusal, State};
 use super::limiter::RateLimiter;
 use super::quota::Quota;
 
+mod snapshot;
+pub use snapshot::KeyedRestore;
+
 /// Cells per bucket: a header and seven cells fill a 64-byte line.
 const WAYS: usize = 7;
 const BITS: u64 = (1 << WAYS) - 1;

@@ -55,6 +55,11 @@ use super::error::{InsufficientCapacity, RateLimitError, RateLimited};
 use super::gcra::{self, Refusal, SEALED, State, acquire};
 use super::quota::Quota;
 
+mod snapshot;
+pub use snapshot::RATE_SNAPSHOT_MAX;
+#[cfg(feature = "std")]
+pub(in crate::rate) use snapshot::{BOOKING_LEN, Booking, fingerprint as quota_fingerprint};
+
 /// A new era's cell until the state is carried over into it. Nobody
 /// decides on it: an era becomes current only after its cell is set.
 #[cfg(feature = "std")]

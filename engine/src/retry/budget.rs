@@ -117,6 +117,9 @@ use crate::live::Layered;
 use crate::sync::{AtomicU64, Ordering, spin_hint};
 use crate::time::Timestamp;
 
+mod snapshot;
+pub use snapshot::BUDGET_SNAPSHOT_MAX;
+
 /// Most deposits, and most withdrawals, one bucket counts: `2^20 - 1`.
 /// Deposits beyond it are not counted (the budget errs towards fewer
 /// retries); withdrawals beyond it are refused.

@@ -42,6 +42,6 @@ mod budget_config;
 
 pub use backoff::{Backoff, BackoffIter};
 pub use budget::{
-    BUCKET_CAP, BudgetCounts, MAX_BUCKETS, MAX_RATIO_PPM, RetryBudget, RetryBudgetConfig,
-    RetryBudgetConfigBuilder,
+    BUCKET_CAP, BUDGET_SNAPSHOT_MAX, BudgetCounts, MAX_BUCKETS, MAX_RATIO_PPM, RetryBudget,
+    RetryBudgetConfig, RetryBudgetConfigBuilder,
 };

@@ -1,0 +1,289 @@
+//! The keyed rate limiter's state snapshot: the booking of every key whose
+//! tokens are still in use (see [`crate::snapshot`] for the frame and the
+//! clock rule, `docs/snapshots.md` for the layout). Feature `std`, like the
+//! keyed limiter; the snapshot goes into a `Vec` because its size depends
+//! on the keys.
+//!
+//! # Payload, version 1 (little-endian)
+//!
+//! | size | field |
+//! |---|---|
+//! | 4 | `n`, entries |
+//! | per entry: 4 + len | the key, as the caller's encoder wrote it, after its length |
+//! | per entry: 24 | its booking, as the direct limiter's snapshot holds it |
+//!
+//! A key whose bucket is full at the snapshot is left out: it is exactly
+//! like a key never seen. Restoring follows the direct limiter's rules for
+//! each key (exact under the same quota on a clock far enough from its
+//! origin, else re-expressed in whole tokens of the quota in force).
+
+use alloc::vec::Vec;
+use core::hash::{BuildHasher, Hash};
+
+use super::{DEAD, Found, Inserted, KeyedRateLimiter, RECLAIM_ROUNDS, reclaim_now};
+use crate::events::EventSink;
+use crate::rate::gcra::State;
+use crate::rate::limiter::{BOOKING_LEN, Booking, quota_fingerprint};
+use crate::snapshot::{self, HEADER_LEN, Kind, SnapshotError, TRAILER_LEN, WallTime};
+use crate::sync::{Ordering, epoch};
+use crate::time::Timestamp;
+
+const VERSION: u8 = 1;
+
+/// What a restore did with the snapshot's keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyedRestore {
+    /// Keys whose booking was restored.
+    pub restored: usize,
+    /// Keys the table had no room for (a smaller capacity than the
+    /// snapshot's, or too many keys in one bucket): they start fresh.
+    pub no_room: usize,
+    /// Keys whose booking had run out by the restore (time down): nothing
+    /// to restore.
+    pub expired: usize,
+}
+
+impl<K, H, S> KeyedRateLimiter<K, H, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    H: BuildHasher + Send + Sync + 'static,
+    S: EventSink + Send + Sync + 'static,
+{
+    /// Writes the booking of every key still using tokens at `now`
+    /// (wall-clock time `wall`) to `out` (cleared first) as a snapshot,
+    /// each key written by `encode` (append its bytes to the `Vec`), and
+    /// returns the number of keys saved. Other threads may use the limiter
+    /// meanwhile: each key's booking is read at one instant.
+    ///
+    /// ```
+    /// use tenlives_engine::rate::{KeyedConfig, KeyedRateLimiter, Quota};
+    /// use tenlives_engine::snapshot::WallTime;
+    /// use tenlives_engine::time::Timestamp;
+    ///
+    /// let config = KeyedConfig::new(Quota::per_second(2)?, 100)?;
+    /// let limiter = KeyedRateLimiter::new(config);
+    /// let t = Timestamp::from_nanos(9_000_000_000);
+    /// limiter.check_key(&"alice".to_string(), t)?;
+    /// limiter.check_key(&"alice".to_string(), t)?;
+    ///
+    /// let mut bytes = Vec::new();
+    /// let saved = limiter.save_state(&mut bytes, t, WallTime::UNIX_EPOCH, |k: &String, out| {
+    ///     out.extend_from_slice(k.as_bytes())
+    /// })?;
+    /// assert_eq!(saved, 1);
+    ///
+    /// let restarted = KeyedRateLimiter::new(config);
+    /// let report = restarted.restore_state(&bytes, Timestamp::ZERO, WallTime::UNIX_EPOCH, |b| {
+    ///     String::from_utf8(b.to_vec()).ok()
+    /// })?;
+    /// assert_eq!(report.restored, 1);
+    /// assert!(restarted.check_key(&"alice".to_string(), Timestamp::ZERO).is_err());
+    /// assert!(restarted.check_key(&"bob".to_string(), Timestamp::ZERO).is_ok());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`SnapshotError::Malformed`] when there are more than `u32::MAX`
+    /// keys or a key's encoding is longer than `u32::MAX` bytes.
+    pub fn save_state(
+        &self,
+        out: &mut Vec<u8>,
+        now: Timestamp,
+        wall: WallTime,
+        mut encode: impl FnMut(&K, &mut Vec<u8>),
+    ) -> Result<usize, SnapshotError> {
+        let inner = &*self.inner;
+        let mut body = Vec::new();
+        let mut count = 0usize;
+        let mut key_bytes = Vec::new();
+        let _guard = epoch::pin();
+        for bucket in inner.buckets.iter() {
+            // ordering: Acquire, as in `find`: the entries it names were
+            // written before their publication.
+            let mut bits = bucket.header.load(Ordering::Acquire) & super::BITS;
+            while bits != 0 {
+                let i = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                // ordering: Relaxed, as in `find`.
+                let cell = bucket.cells[i].load(Ordering::Relaxed);
+                let entry = &inner.entries[super::cell_slot(cell)];
+                // ordering: Relaxed, as every access to a state cell: it
+                // publishes no other memory.
+                let state = entry.state.load(Ordering::Relaxed);
+                if state == DEAD {
+                    continue;
+                }
+                let booking = Booking::of(&inner.quota, state, now);
+                if booking.is_full() {
+                    continue;
+                }
+                key_bytes.clear();
+                // SAFETY: a published entry's data is initialised and
+                // written again only after an epoch grace period; we are
+                // pinned (as in `find`).
+                unsafe {
+                    entry
+                        .data
+                        .with(|d| encode(&d.assume_init_ref().1, &mut key_bytes))
+                };
+                let len = u32::try_from(key_bytes.len()).map_err(|_| SnapshotError::Malformed)?;
+                body.extend_from_slice(&len.to_le_bytes());
+                body.extend_from_slice(&key_bytes);
+                body.extend_from_slice(&booking.to_bytes());
+                count += 1;
+            }
+        }
+        let count32 = u32::try_from(count).map_err(|_| SnapshotError::Malformed)?;
+        out.clear();
+        out.resize(HEADER_LEN + 4 + body.len() + TRAILER_LEN, 0);
+        let fingerprint = quota_fingerprint(&inner.quota);
+        snapshot::write_frame(
+            out,
+            Kind::KeyedRateLimiter,
+            VERSION,
+            fingerprint,
+            wall,
+            |w| {
+                w.u32(count32);
+                w.bytes(&body);
+            },
+        )?;
+        Ok(count)
+    }
+
+    /// Restores a snapshot that [`save_state`](Self::save_state) wrote, at
+    /// `now` and wall-clock time `wall`, each key read back by `decode`
+    /// (`None` refuses the snapshot). A key already in the table takes the
+    /// saved booking, or a full bucket if the snapshot does not hold it (as
+    /// a key never seen). Restore a limiter before other threads use it.
+    ///
+    /// # Errors
+    ///
+    /// A typed [`SnapshotError`], the table unchanged: damaged, cut, of
+    /// another kind or version, or a key `decode` refused
+    /// ([`SnapshotError::Malformed`]). A quota changed across the restart
+    /// is not an error: each booking is converted (see the module
+    /// documentation).
+    pub fn restore_state(
+        &self,
+        bytes: &[u8],
+        now: Timestamp,
+        wall: WallTime,
+        mut decode: impl FnMut(&[u8]) -> Option<K>,
+    ) -> Result<KeyedRestore, SnapshotError> {
+        let (header, mut r) = snapshot::open(bytes, Kind::KeyedRateLimiter, VERSION)?;
+        let count = r.u32()? as usize;
+        // Every entry takes at least 28 bytes: a count beyond what the
+        // payload holds is refused before anything is allocated for it.
+        if count > bytes.len() / (4 + BOOKING_LEN) {
+            return Err(SnapshotError::Malformed);
+        }
+        let mut saved = Vec::with_capacity(count);
+        for _ in 0..count {
+            let len = r.u32()? as usize;
+            let key = decode(r.take(len)?).ok_or(SnapshotError::Malformed)?;
+            let booking = Booking::read(&mut r)?;
+            saved.push((key, booking));
+        }
+        r.finish()?;
+        let inner = &*self.inner;
+        // Keys the snapshot does not hold had a full bucket when it was
+        // taken: so they have here.
+        self.refill_all();
+        let same = header.fingerprint == quota_fingerprint(&inner.quota);
+        let t = now.as_nanos();
+        let mut report = KeyedRestore::default();
+        for (key, booking) in &saved {
+            let state = booking.restored(&inner.quota, same, header.taken_at, now, wall);
+            if Booking::of(&inner.quota, state, now).is_full() {
+                report.expired += 1;
+                continue;
+            }
+            if self.put(key, state, t) {
+                report.restored += 1;
+            } else {
+                report.no_room += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Gives every key in the table a full bucket (the state of a key never
+    /// seen, which the sweep may then evict).
+    fn refill_all(&self) {
+        let inner = &*self.inner;
+        let _guard = epoch::pin();
+        for bucket in inner.buckets.iter() {
+            // ordering: Acquire, as in `find`.
+            let mut bits = bucket.header.load(Ordering::Acquire) & super::BITS;
+            while bits != 0 {
+                let i = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                // ordering: Relaxed, as in `find`.
+                let cell = bucket.cells[i].load(Ordering::Relaxed);
+                let entry = &inner.entries[super::cell_slot(cell)];
+                // ordering: Relaxed, as every access to a state cell. A dead
+                // entry is being evicted: it stays dead.
+                let mut current = entry.state.load(Ordering::Relaxed);
+                while current != DEAD && current != 0 {
+                    match entry.state.compare_exchange_weak(
+                        current,
+                        0,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    ) {
+                        Ok(_) => break,
+                        Err(actual) => current = actual,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sets `key`'s state, inserting it if absent; false if there is no
+    /// room for it.
+    fn put(&self, key: &K, state: State, t: u64) -> bool {
+        let inner = &*self.inner;
+        let hash = inner.hasher.hash_one(key);
+        let mut guard = epoch::pin();
+        let mut rounds = 0;
+        loop {
+            match self.find(key, hash) {
+                Found::Present { cell, entry } => {
+                    // ordering: Relaxed, as every access to a state cell.
+                    let current = entry.state.load(Ordering::Relaxed);
+                    if current == DEAD {
+                        self.help_unlink(hash, cell);
+                        continue;
+                    }
+                    // ordering: Relaxed, as above; a lost race (a request
+                    // charged it, or the sweep evicted it) decides again.
+                    if entry
+                        .state
+                        .compare_exchange(current, state, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        return true;
+                    }
+                }
+                Found::Absent => match self.insert(key, hash, state, t, &guard) {
+                    Inserted::Yes => return true,
+                    Inserted::AlreadyThere => {}
+                    // As `check_key_n`: let evicted entries' grace period
+                    // pass a few times before giving up.
+                    // ordering: Relaxed; a hint, see `retired`.
+                    Inserted::NoRoom
+                        if rounds < RECLAIM_ROUNDS && inner.retired.load(Ordering::Relaxed) > 0 =>
+                    {
+                        drop(guard);
+                        reclaim_now();
+                        guard = epoch::pin();
+                        rounds += 1;
+                    }
+                    Inserted::NoRoom => return false,
+                },
+            }
+        }
+    }
+}
