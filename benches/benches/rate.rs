@@ -23,11 +23,15 @@
 //!   second thread starts half-way round. Every key is checked once before
 //!   the run, and the benches assert that every key is still tracked after
 //!   it (nothing evicted and inserted again; governor's map keeps every key
-//!   anyway). The tenlives table's capacity is twice the number of keys, as
-//!   it was when a table of exactly the number of keys, filled at one
-//!   instant, now and then refused a key with `TableFull` (a bucket's seven
-//!   cells taken); with fourteen cells a bucket that is down to about one
-//!   key in 5·10^8 (`docs/rate-limiter.md`).
+//!   anyway). The tenlives table's capacity is twice the number of keys, so
+//!   that its free list stays above the quarter below which inserts sweep:
+//!   under the admitting quota a key is evictable (its bucket full again)
+//!   1 ns after its check, and with a clock that moves, a full table would
+//!   evict and insert keys all along, a different job from governor's
+//!   (whose map keeps every key). (A table of exactly the keys, filled at
+//!   one instant, refuses a key with `TableFull` only when fifteen keys land
+//!   in one bucket of fourteen cells, about one key in 5·10^8:
+//!   `docs/rate-limiter.md`.)
 //!
 //! Every operation asserts its outcome (admitted or refused), so both crates
 //! are always compared on the same branch.
