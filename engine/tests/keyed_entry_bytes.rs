@@ -51,7 +51,7 @@ fn bytes_per_entry_follow_the_layout() {
         let before = LIVE.load(Ordering::SeqCst);
         let limiter = KeyedRateLimiter::<u64>::new(KeyedConfig::new(quota, capacity).unwrap());
         let bytes = (LIVE.load(Ordering::SeqCst) - before) as usize;
-        let index = 64 * capacity.div_ceil(2).next_power_of_two();
+        let index = 64 * capacity.div_ceil(2).next_power_of_two().max(2);
         assert!(index <= 64 * capacity, "at most 64 index bytes per entry");
         let layout = index + capacity * (32 + 16);
         println!(

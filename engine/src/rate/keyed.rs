@@ -6,7 +6,7 @@
 //!   [`gcra`](super::gcra)) and an (initially empty) `(hash, key)` pair,
 //!   allocated once.
 //! - An index of `capacity / 2` (rounded up to a power of two: between half
-//!   the capacity and the capacity) buckets of one cache line each, 32 to 64
+//!   the capacity and the capacity; at least two) buckets of one cache line each, 32 to 64
 //!   bytes per entry: a header word (a version and an occupancy bit per
 //!   cell) and fourteen 32-bit cells, each naming an arena entry (in the low
 //!   bits, as many as the capacity needs) with a fragment of its key's hash
@@ -323,7 +323,9 @@ where
         S: Clone,
     {
         let capacity = config.capacity as usize;
-        let buckets = capacity.div_ceil(2).next_power_of_two();
+        // At least two: a bucket is picked by a shift of `64 - log2`, and a
+        // shift by 64 overflows.
+        let buckets = capacity.div_ceil(2).next_power_of_two().max(2);
         // `capacity <= 2^30`: at most 31 bits, leaving at least one for the
         // fragment.
         let slot_bits = u32::BITS - config.capacity.leading_zeros();
