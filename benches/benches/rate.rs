@@ -23,12 +23,15 @@
 //!   second thread starts half-way round. Every key is checked once before
 //!   the run, and the benches assert that every key is still tracked after
 //!   it (nothing evicted and inserted again; governor's map keeps every key
-//!   anyway). The tenlives table's capacity is twice the number of keys. At
-//!   a capacity of exactly the number of keys, filling it at one instant
-//!   (when no key can be evicted) now and then meets a bucket whose seven
-//!   cells are taken and refuses a key with `TableFull`: the rare case
-//!   `docs/rate-limiter.md` puts at about one insert in 10^6, which at
-//!   100 000 keys is one fill in a dozen.
+//!   anyway). The tenlives table's capacity is twice the number of keys, so
+//!   that its free list stays above the quarter below which inserts sweep:
+//!   under the admitting quota a key is evictable (its bucket full again)
+//!   1 ns after its check, and with a clock that moves, a full table would
+//!   evict and insert keys all along, a different job from governor's
+//!   (whose map keeps every key). (A table of exactly the keys, filled at
+//!   one instant, refuses a key with `TableFull` only when fifteen keys land
+//!   in one bucket of fourteen cells, about one key in 5·10^8:
+//!   `docs/rate-limiter.md`.)
 //!
 //! Every operation asserts its outcome (admitted or refused), so both crates
 //! are always compared on the same branch.
@@ -48,7 +51,13 @@
 //! is `RateLimiter::keyed` (dashmap, quanta clock, std's SipHash hasher) and
 //! `governor_fake_clock_foldhash` is `RateLimiter::dashmap_with_clock_and_hasher`
 //! with `FakeRelativeClock` and the hasher tenlives uses (foldhash), so that
-//! the comparison is not one of clocks or of hash functions.
+//! the comparison is not one of clocks or of hash functions. The keyed rows
+//! that read a real clock on every call, the way a service calls them, are
+//! `tenlives_quanta_clock` (quanta's TSC read as above, foldhash) beside
+//! `governor_quanta_clock_foldhash` (`dashmap_with_clock_and_hasher` with
+//! governor's default `QuantaClock` and foldhash): a serialising clock read
+//! per call exposes the cache misses of a large table that a frozen clock
+//! hides.
 
 use std::cell::Cell;
 use std::hint::black_box;
@@ -374,6 +383,41 @@ fn bench_keyed(c: &mut Criterion, keys: u64, label: &str) {
         expect::<true>(black_box(r).is_ok());
     });
     assert_eq!(limiter.in_use(), count, "no key was evicted");
+
+    // The same, reading quanta's TSC on every call as governor's default
+    // clock does (the keys inserted at that clock's time).
+    let tsc = QuantaTsc(quanta::Clock::new());
+    let limiter = KeyedRateLimiter::new(KeyedConfig::new(admitting(), 2 * count).expect("valid"));
+    for key in 0..keys {
+        limiter
+            .check_key(&key, tsc.now())
+            .expect("a new key has tokens");
+    }
+    keyed_both(&mut group, "tenlives_quanta_clock", keys, None, |key, _| {
+        let r = limiter.check_key(&key, tsc.now());
+        expect::<true>(black_box(r).is_ok());
+    });
+    assert_eq!(limiter.in_use(), count, "no key was evicted");
+
+    let limiter = governor::RateLimiter::dashmap_with_clock_and_hasher(
+        governor_admitting(),
+        governor::clock::QuantaClock::default(),
+        foldhash::fast::RandomState::default(),
+    );
+    for key in 0..keys {
+        limiter.check_key(&key).expect("a new key has tokens");
+    }
+    keyed_both(
+        &mut group,
+        "governor_quanta_clock_foldhash",
+        keys,
+        None,
+        |key, _| {
+            let r = limiter.check_key(&key);
+            expect::<true>(black_box(r).is_ok());
+        },
+    );
+    assert_eq!(limiter.len(), count);
 
     let limiter = governor::RateLimiter::keyed(governor_admitting());
     for key in 0..keys {

@@ -10,6 +10,12 @@
 #[cfg(not(tenlives_loom))]
 pub(crate) use portable_atomic::AtomicU64;
 
+#[cfg(all(feature = "std", tenlives_loom))]
+pub(crate) use loom::sync::atomic::AtomicU32;
+/// The keyed rate limiter's index cells (a hash fragment and an entry number).
+#[cfg(all(feature = "std", not(tenlives_loom)))]
+pub(crate) use portable_atomic::AtomicU32;
+
 #[cfg(tenlives_loom)]
 pub(crate) use loom::sync::atomic::AtomicU64;
 

@@ -5,12 +5,14 @@
 //! - An arena of `capacity` entries, each a GCRA state cell (128 bits, see
 //!   [`gcra`](super::gcra)) and an (initially empty) `(hash, key)` pair,
 //!   allocated once.
-//! - An index of `2 * capacity` (rounded up to a power of two) buckets of one
-//!   cache line each: a header word (a version and an occupancy bit per cell)
-//!   and seven cells, each naming an arena entry with 32 bits of its key's
-//!   hash. A key lives in the bucket its hash selects; two keys that share
-//!   the 32 bits are told apart by comparing the full hash and the keys
-//!   themselves, so distinct keys never share state.
+//! - An index of `capacity / 2` (rounded up to a power of two: between half
+//!   the capacity and the capacity; at least two) buckets of one cache line each, 32 to 64
+//!   bytes per entry: a header word (a version and an occupancy bit per
+//!   cell) and fourteen 32-bit cells, each naming an arena entry (in the low
+//!   bits, as many as the capacity needs) with a fragment of its key's hash
+//!   (the bits left). A key lives in the bucket its hash selects; two keys
+//!   that share the fragment are told apart by comparing the full hash and
+//!   the keys themselves, so distinct keys never share state.
 //! - A free list of arena entries (crossbeam-queue's lock-free `ArrayQueue`).
 //!
 //! # Protocol
@@ -53,7 +55,7 @@ use crossbeam_queue::ArrayQueue;
 
 use crate::error::ConfigError;
 use crate::events::{Event, EventKind, EventSink, NoSink};
-use crate::sync::{AtomicU64, AtomicU128, ExclusiveCell, Ordering, epoch, spin_hint};
+use crate::sync::{AtomicU32, AtomicU64, AtomicU128, ExclusiveCell, Ordering, epoch, spin_hint};
 use crate::time::Timestamp;
 
 use super::all::TokenSource;
@@ -65,14 +67,13 @@ use super::quota::Quota;
 mod snapshot;
 pub use snapshot::KeyedRestore;
 
-/// Cells per bucket: a header and seven cells fill a 64-byte line.
-const WAYS: usize = 7;
+/// Cells per bucket: a 64-bit header and fourteen 32-bit cells fill a
+/// 64-byte line.
+const WAYS: usize = 14;
 const BITS: u64 = (1 << WAYS) - 1;
 /// One version step in the header, above the occupancy bits.
-const VERSION: u64 = 1 << 8;
-/// The bits of a key's hash kept in its cell (the bucket comes from the
-/// product below, which depends mostly on the high bits).
-const FRAGMENT: u64 = 0xffff_ffff;
+const VERSION_SHIFT: u32 = 16;
+const VERSION: u64 = 1 << VERSION_SHIFT;
 /// Fibonacci hashing: spreads any hash, even one weak in its low bits, over
 /// the buckets.
 const FIB: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -151,19 +152,29 @@ impl KeyedConfig {
     }
 }
 
+/// One cache line of the index.
+///
+/// | word | bits | field |
+/// |---|---|---|
+/// | `header` | 16..64 | version, bumped by every publish and unlink (wraps) |
+/// | `header` | 14..16 | zero |
+/// | `header` | 0..14 | occupancy: cell `i` is published iff bit `i` is set |
+/// | `cells[i]` | `slot_bits..32` | fragment: the low bits of the key's hash |
+/// | `cells[i]` | `0..slot_bits` | the arena entry's number plus one (`0`: empty) |
+///
+/// `slot_bits` is fixed at construction: the fewest bits that hold the
+/// capacity (at most 31, for 2^30 entries).
 #[repr(align(64))]
 struct Bucket {
-    /// `version << 8 | occupancy bits`.
     header: AtomicU64,
-    /// `0` (empty) or `fragment << 32 | (entry + 1)`.
-    cells: [AtomicU64; WAYS],
+    cells: [AtomicU32; WAYS],
 }
 
 impl Bucket {
     fn new() -> Self {
         Bucket {
             header: AtomicU64::new(0),
-            cells: core::array::from_fn(|_| AtomicU64::new(0)),
+            cells: core::array::from_fn(|_| AtomicU32::new(0)),
         }
     }
 }
@@ -188,6 +199,8 @@ struct Inner<K, H, S: EventSink> {
     mask: u64,
     /// `64 - log2(buckets)`: a bucket is the top bits of `hash * FIB`.
     shift: u32,
+    /// The low bits of a cell that name its entry (see [`Bucket`]).
+    slot_bits: u32,
     entries: Box<[Entry<K>]>,
     free: ArrayQueue<u32>,
     low_water: usize,
@@ -215,7 +228,7 @@ impl<K, H, S: EventSink> Drop for Inner<K, H, S> {
             let bits = bucket.header.load(Ordering::Relaxed) & BITS;
             for i in 0..WAYS {
                 if bits & (1 << i) != 0 {
-                    let slot = cell_slot(bucket.cells[i].load(Ordering::Relaxed));
+                    let slot = self.cell_slot(bucket.cells[i].load(Ordering::Relaxed));
                     let entry = &self.entries[slot];
                     // SAFETY: `&mut self`: nobody else is here. A published
                     // cell's entry holds an initialised key, dropped once.
@@ -224,11 +237,6 @@ impl<K, H, S: EventSink> Drop for Inner<K, H, S> {
             }
         }
     }
-}
-
-#[inline(always)]
-fn cell_slot(cell: u64) -> usize {
-    ((cell & 0xffff_ffff) - 1) as usize
 }
 
 /// A rate limiter per key with a hard cap on the number of keys. The table
@@ -318,7 +326,12 @@ where
         S: Clone,
     {
         let capacity = config.capacity as usize;
-        let buckets = (2 * capacity).next_power_of_two();
+        // At least two: a bucket is picked by a shift of `64 - log2`, and a
+        // shift by 64 overflows.
+        let buckets = capacity.div_ceil(2).next_power_of_two().max(2);
+        // `capacity <= 2^30`: at most 31 bits, leaving at least one for the
+        // fragment.
+        let slot_bits = u32::BITS - config.capacity.leading_zeros();
         let free = ArrayQueue::new(capacity);
         for slot in 0..config.capacity {
             let _ = free.push(slot);
@@ -338,6 +351,7 @@ where
                 .into_boxed_slice(),
             mask: buckets as u64 - 1,
             shift: 64 - buckets.trailing_zeros(),
+            slot_bits,
             entries: (0..capacity)
                 .map(|_| Entry {
                     state: AtomicU128::new(0),
@@ -505,7 +519,7 @@ where
     fn find(&self, key: &K, hash: u64) -> Found<'_, K> {
         let inner = &*self.inner;
         let bucket = &inner.buckets[inner.bucket_of(hash)];
-        let fragment = hash & FRAGMENT;
+        let fragment = inner.fragment(hash);
         // ordering: Acquire pairs with the Release publish in `insert`: the
         // cells and entries it names were written before it.
         let mut bits = bucket.header.load(Ordering::Acquire) & BITS;
@@ -515,10 +529,10 @@ where
             // ordering: Relaxed; made visible by the header's Acquire above,
             // and not cleared before an epoch grace period we are inside of.
             let cell = bucket.cells[i].load(Ordering::Relaxed);
-            if cell >> 32 != fragment {
+            if cell >> inner.slot_bits != fragment {
                 continue;
             }
-            let entry = &inner.entries[cell_slot(cell)];
+            let entry = &inner.entries[inner.cell_slot(cell)];
             // SAFETY: a published entry's data is initialised and written
             // again only after an epoch grace period; the caller is pinned.
             let same = unsafe {
@@ -572,7 +586,7 @@ where
         entry.state.store(state, Ordering::Relaxed);
 
         let bucket = &inner.buckets[inner.bucket_of(hash)];
-        let cell_value = (hash & FRAGMENT) << 32 | (u64::from(slot) + 1);
+        let cell_value = inner.fragment(hash) << inner.slot_bits | (slot + 1);
         loop {
             // ordering: Acquire, as in `find`.
             let header = bucket.header.load(Ordering::Acquire);
@@ -582,7 +596,7 @@ where
                 return Inserted::AlreadyThere;
             }
             let Some(i) = claim_cell(bucket, header, cell_value) else {
-                // Seven keys share this bucket. Evict the fresh ones; their
+                // Fourteen keys share this bucket. Evict the fresh ones; their
                 // cells come back after the grace period, which the caller
                 // lets pass once before giving up.
                 drop(claim);
@@ -633,7 +647,7 @@ where
             bits &= bits - 1;
             // ordering: Relaxed, as in `find`.
             let cell = bucket.cells[i].load(Ordering::Relaxed);
-            let slot = cell_slot(cell);
+            let slot = inner.cell_slot(cell);
             let cell_state = &inner.entries[slot].state;
             // ordering: Relaxed; the compare-and-swap below confirms it.
             let state = cell_state.load(Ordering::Relaxed);
@@ -649,8 +663,9 @@ where
             unlink(bucket, i);
             let owner = Arc::clone(&self.inner);
             // Packed so the closure fits in crossbeam's inline storage (three
-            // words) and deferring allocates nothing: b < 2^31, slot < 2^30.
-            let at = (b as u64) << 33 | (slot as u64) << 3 | i as u64;
+            // words) and deferring allocates nothing: b < 2^29, slot < 2^30,
+            // i < 16.
+            let at = (b as u64) << 34 | (slot as u64) << 4 | i as u64;
             // ordering: Relaxed; a hint for `check_key_n`'s retries only.
             self.inner.retired.fetch_add(1, Ordering::Relaxed);
             guard.defer(move || owner.reclaim(at));
@@ -711,13 +726,27 @@ impl<K, H, S: EventSink> Inner<K, H, S> {
         (hash.wrapping_mul(FIB) >> self.shift) as usize
     }
 
+    /// The bits of `hash` a cell keeps: its low bits (the bucket comes from
+    /// the top bits of the product above, which depend mostly on the high
+    /// ones), as many as `slot_bits` leaves.
+    #[inline(always)]
+    fn fragment(&self, hash: u64) -> u32 {
+        (hash as u32) >> self.slot_bits
+    }
+
+    /// The arena entry a published cell names.
+    #[inline(always)]
+    fn cell_slot(&self, cell: u32) -> usize {
+        ((cell & ((1 << self.slot_bits) - 1)) - 1) as usize
+    }
+
     /// Runs after the grace period of an eviction: no reader can see the
     /// entry any more.
     fn reclaim(&self, at: u64) {
         let (b, slot, cell) = (
-            (at >> 33) as usize,
-            (at >> 3 & ((1 << 30) - 1)) as usize,
-            (at & 7) as usize,
+            (at >> 34) as usize,
+            (at >> 4 & ((1 << 30) - 1)) as usize,
+            (at & 15) as usize,
         );
         let entry = &self.entries[slot];
         // SAFETY: unlinked, and every thread that could have read it has
@@ -773,7 +802,7 @@ fn reclaim_now() {
 }
 
 /// Claims an empty, unpublished cell of `bucket` for `value`.
-fn claim_cell(bucket: &Bucket, header: u64, value: u64) -> Option<usize> {
+fn claim_cell(bucket: &Bucket, header: u64, value: u32) -> Option<usize> {
     (0..WAYS).find(|&i| {
         header & (1 << i) == 0
             // ordering: Acquire pairs with `reclaim`'s Release of the cell.
@@ -862,18 +891,18 @@ mod tests {
         // ordering: Relaxed; single-threaded test.
         inner.buckets[b]
             .header
-            .store(u64::MAX << 8, Ordering::Relaxed);
+            .store(u64::MAX << VERSION_SHIFT, Ordering::Relaxed);
         let now = Timestamp::from_nanos(5_000_000_000);
         assert!(limiter.check_key(&7, now).is_ok());
         let header = inner.buckets[b].header.load(Ordering::Relaxed);
-        assert_eq!(header >> 8, 0, "the version wrapped to 0");
+        assert_eq!(header >> VERSION_SHIFT, 0, "the version wrapped to 0");
         assert_eq!(header & BITS, 1, "the key is published");
         // The key is found again (its one token is gone), and an unlink
         // (sweeping it once refilled) moves the version on again.
         assert!(limiter.check_key(&7, now).is_err());
         assert_eq!(limiter.sweep(Timestamp::from_nanos(7_000_000_000)), 1);
         let header = inner.buckets[b].header.load(Ordering::Relaxed);
-        assert_eq!((header >> 8, header & BITS), (1, 0));
+        assert_eq!((header >> VERSION_SHIFT, header & BITS), (1, 0));
     }
 
     /// The keyed limiter at the ends of time and with time going backwards.

@@ -107,7 +107,7 @@ where
                 bits &= bits - 1;
                 // ordering: Relaxed, as in `find`.
                 let cell = bucket.cells[i].load(Ordering::Relaxed);
-                let entry = &inner.entries[super::cell_slot(cell)];
+                let entry = &inner.entries[inner.cell_slot(cell)];
                 // ordering: Relaxed, as every access to a state cell: it
                 // publishes no other memory.
                 let state = entry.state.load(Ordering::Relaxed);
@@ -222,7 +222,7 @@ where
                 bits &= bits - 1;
                 // ordering: Relaxed, as in `find`.
                 let cell = bucket.cells[i].load(Ordering::Relaxed);
-                let entry = &inner.entries[super::cell_slot(cell)];
+                let entry = &inner.entries[inner.cell_slot(cell)];
                 // ordering: Relaxed, as every access to a state cell. A dead
                 // entry is being evicted: it stays dead.
                 let mut current = entry.state.load(Ordering::Relaxed);
