@@ -45,6 +45,7 @@ use crate::error::Rejection;
 
 impl<Snk: EventSink> Admission for CircuitBreaker<Snk> {
     type Token = RawPermit;
+    const NAME: &'static str = "circuit_breaker";
 
     /// Always: an open breaker needs the time to know whether its open period
     /// is over, and a closed one times calls for its slow-call rule.

@@ -126,6 +126,7 @@ pub mod limit;
 pub mod queue;
 pub mod rate;
 pub mod retry;
+pub mod span;
 pub mod stack;
 pub mod throttle;
 pub mod timeout;

@@ -52,6 +52,7 @@ use crate::error::Rejection;
 
 impl<Snk: EventSink> Admission for Bulkhead<Snk> {
     type Token = RawBulkheadPermit;
+    const NAME: &'static str = "concurrency_limit";
 
     /// Never: a fixed limit counts permits, not time.
     #[inline]
@@ -83,6 +84,7 @@ impl<Snk: EventSink> Admission for Bulkhead<Snk> {
 
 impl<A: LimitAlgorithm, Snk: EventSink> Admission for AdaptiveLimiter<A, Snk> {
     type Token = RawBulkheadPermit;
+    const NAME: &'static str = "adaptive_limit";
 
     /// Always: round-trip times feed the limit.
     #[inline]

@@ -64,6 +64,7 @@ use tower_service::Service;
 
 use crate::clock::TokioClock;
 use crate::error::TenlivesError;
+use crate::span::{CallSpan, call_span};
 
 /// The SplitMix64 increment, to spread per-request jitter seeds.
 const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -392,13 +393,19 @@ where
         // The clone waits in the future, and is polled ready before each
         // retry; the first attempt goes to the service that was polled ready.
         let service = self.inner.clone();
-        let first = self.inner.call(req.clone());
+        let span = call_span!("tenlives.retry", "retry");
+        span.attempt();
+        let first = {
+            let _entered = span.enter();
+            self.inner.call(req.clone())
+        };
         RetryFuture {
             state: Attempt::Calling { future: first },
             service,
             request: req,
             schedule: None,
             shared: Arc::clone(shared),
+            span,
         }
     }
 }
@@ -430,6 +437,7 @@ pin_project! {
         request: Req,
         schedule: Option<BackoffIter>,
         shared: Arc<Shared<C, Snk>>,
+        span: CallSpan,
     }
 }
 
@@ -452,6 +460,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let _entered = this.span.enter();
         loop {
             match this.state.as_mut().project() {
                 AttemptProj::Calling { future } => {
@@ -470,6 +479,7 @@ where
                         }
                     }
                     this.state.set(Attempt::Done);
+                    this.span.ended(&result);
                     return Poll::Ready(result);
                 }
                 AttemptProj::Waiting { sleep } => {
@@ -478,11 +488,13 @@ where
                 }
                 AttemptProj::Readying => match std::task::ready!(this.service.poll_ready(cx)) {
                     Ok(()) => {
+                        this.span.attempt();
                         let future = this.service.call(this.request.clone());
                         this.state.set(Attempt::Calling { future });
                     }
                     Err(e) => {
                         this.state.set(Attempt::Done);
+                        this.span.outcome("error");
                         return Poll::Ready(Err(e));
                     }
                 },
