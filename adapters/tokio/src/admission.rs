@@ -585,7 +585,6 @@ where
         } else {
             Timestamp::ZERO
         };
-        let span = call_span!("tenlives.admission", A::NAME);
         let held = match shared.policy.admit(now) {
             // Nothing to hold: the call runs unaccompanied.
             Ok(_) if !A::HOLDS => None,
@@ -593,6 +592,7 @@ where
             // runs: a panic there unwinds through `held`, which releases it.
             Ok(token) => Some(Held::new(Arc::clone(shared), token, now)),
             Err(rejection) => {
+                let span = call_span!("tenlives.admission", A::NAME);
                 span.rejected(&rejection);
                 return AdmissionFuture {
                     inner: None,
@@ -602,11 +602,9 @@ where
                 };
             }
         };
+        let span = call_span!("tenlives.admission", A::NAME);
         span.admitted();
-        let inner = {
-            let _entered = span.enter();
-            self.inner.call(req)
-        };
+        let inner = span.in_scope(|| self.inner.call(req));
         AdmissionFuture {
             inner: Some(inner),
             rejection: None,
@@ -709,9 +707,8 @@ where
         let Some(inner) = this.inner.as_mut().as_pin_mut() else {
             return take_rejection(this.rejection);
         };
-        let _entered = this.span.enter();
         // A panic here unwinds through this future; dropping it releases.
-        let result = std::task::ready!(inner.poll(cx));
+        let result = std::task::ready!(this.span.in_scope(|| inner.poll(cx)));
         this.inner.set(None);
         match this.held.as_mut() {
             Some(held) => this.span.classified(held.complete(&result)),

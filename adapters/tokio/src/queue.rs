@@ -115,7 +115,7 @@ use tower_service::Service;
 
 use crate::clock::TokioClock;
 use crate::error::{Rejection, TenlivesError, queue_rejection, take_rejection};
-use crate::span::{CallSpan, call_span};
+use crate::span::{CallSpan, WaitStart, call_span};
 use crate::wheel::{OwnedAlarm, Timers};
 
 /// Which class of the admission queue a request waits in: a tenant, a
@@ -345,13 +345,10 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        let mut span = call_span!("tenlives.queue", "admission_queue");
+        let span = call_span!("tenlives.queue", "admission_queue");
         if let Ok(permit) = self.queue.try_acquire_owned() {
             span.admitted();
-            let future = {
-                let _entered = span.enter();
-                self.inner.call(req)
-            };
+            let future = span.in_scope(|| self.inner.call(req));
             return AdmissionQueueFuture::new(State::Running { future, permit }, span);
         }
         let now = self.clock.now();
@@ -369,7 +366,6 @@ where
                     // clone left here is polled ready before the next call.
                     let ready = self.inner.clone();
                     let service = std::mem::replace(&mut self.inner, ready);
-                    span.start_waiting();
                     return AdmissionQueueFuture::new(
                         State::Waiting {
                             waiter,
@@ -377,6 +373,7 @@ where
                             wait: Wait {
                                 deadline,
                                 max_wait: self.max_wait,
+                                started: span.wait_start(),
                             },
                             alarm: OwnedAlarm::new(self.timers.clone()),
                         },
@@ -404,6 +401,8 @@ struct Wait {
     deadline: Timestamp,
     /// The layer's maximum wait, for the rejection.
     max_wait: Duration,
+    /// When the wait started, if the call's span records it.
+    started: WaitStart,
 }
 
 pin_project! {
@@ -509,7 +508,7 @@ where
                         Poll::Ready(verdict) => verdict,
                         Poll::Pending => return Poll::Pending,
                     };
-                    span.stop_waiting();
+                    span.waited(wait.started);
                     match verdict {
                         Ok(permit) => {
                             span.admitted();

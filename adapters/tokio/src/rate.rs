@@ -169,10 +169,7 @@ where
         match self.limiter.check_key(&key, self.clock.now()) {
             Ok(()) => {
                 span.admitted();
-                let inner = {
-                    let _entered = span.enter();
-                    self.inner.call(req)
-                };
+                let inner = span.in_scope(|| self.inner.call(req));
                 KeyedRateLimitFuture::Admitted { inner, span }
             }
             Err(refused) => {

@@ -394,17 +394,15 @@ where
         // retry; the first attempt goes to the service that was polled ready.
         let service = self.inner.clone();
         let span = call_span!("tenlives.retry", "retry");
-        span.attempt();
-        let first = {
-            let _entered = span.enter();
-            self.inner.call(req.clone())
-        };
+        span.attempts(1);
+        let first = span.in_scope(|| self.inner.call(req.clone()));
         RetryFuture {
             state: Attempt::Calling { future: first },
             service,
             request: req,
             schedule: None,
             shared: Arc::clone(shared),
+            attempts: 1,
             span,
         }
     }
@@ -437,6 +435,8 @@ pin_project! {
         request: Req,
         schedule: Option<BackoffIter>,
         shared: Arc<Shared<C, Snk>>,
+        // Attempts made, the first included (for the call's span).
+        attempts: u32,
         span: CallSpan,
     }
 }
@@ -488,7 +488,8 @@ where
                 }
                 AttemptProj::Readying => match std::task::ready!(this.service.poll_ready(cx)) {
                     Ok(()) => {
-                        this.span.attempt();
+                        *this.attempts = this.attempts.saturating_add(1);
+                        this.span.attempts(*this.attempts);
                         let future = this.service.call(this.request.clone());
                         this.state.set(Attempt::Calling { future });
                     }

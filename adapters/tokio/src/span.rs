@@ -31,7 +31,7 @@
 //! of an empty span: `docs/telemetry.md` gives the instruction counts.
 
 #[cfg(feature = "tracing")]
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::mem::ManuallyDrop;
 #[cfg(feature = "tracing")]
 use std::time::Duration;
 
@@ -47,20 +47,33 @@ pub const TARGET: &str = "tenlives";
 /// Opens a layer's span: `call_span!("tenlives.timeout", "timeout")`.
 #[cfg(feature = "tracing")]
 macro_rules! call_span {
-    ($name:literal, $policy:expr) => {
-        $crate::span::CallSpan::from_span(::tracing::span!(
-            target: "tenlives",
-            ::tracing::Level::DEBUG,
-            $name,
-            policy = $policy,
-            decision = ::tracing::field::Empty,
-            reason = ::tracing::field::Empty,
-            retry_after_ms = ::tracing::field::Empty,
-            wait_ms = ::tracing::field::Empty,
-            attempts = ::tracing::field::Empty,
-            outcome = ::tracing::field::Empty,
-        ))
-    };
+    ($name:literal, $policy:expr) => {{
+        /// Opens the span: out of line, so that the layer's own code stays
+        /// as small as it was when nobody listens.
+        #[cold]
+        #[inline(never)]
+        fn open(policy: &'static str) -> $crate::span::CallSpan {
+            $crate::span::CallSpan::from_span(::tracing::span!(
+                target: "tenlives",
+                ::tracing::Level::DEBUG,
+                $name,
+                policy,
+                decision = ::tracing::field::Empty,
+                reason = ::tracing::field::Empty,
+                retry_after_ms = ::tracing::field::Empty,
+                wait_ms = ::tracing::field::Empty,
+                attempts = ::tracing::field::Empty,
+                outcome = ::tracing::field::Empty,
+            ))
+        }
+        // The level test first: with nobody listening at `DEBUG`, that load
+        // and compare is all a call pays.
+        if ::tracing::level_enabled!(::tracing::Level::DEBUG) {
+            open($policy)
+        } else {
+            $crate::span::CallSpan::OFF
+        }
+    }};
 }
 
 /// Without the feature: nothing.
@@ -79,12 +92,29 @@ pub(crate) use call_span;
 #[cfg(feature = "tracing")]
 #[derive(Debug)]
 pub struct CallSpan {
-    span: tracing::Span,
-    /// When the request started to wait in a queue (only when the span is
-    /// enabled).
-    waiting_since: Option<tokio::time::Instant>,
-    /// Attempts made (a retrying layer; only when the span is enabled).
-    attempts: AtomicU32,
+    /// `None` when nobody listens (then only the tag is written). Dropped
+    /// by `CallSpan`'s own `Drop`, out of line.
+    span: Option<ManuallyDrop<tracing::Span>>,
+}
+
+#[cfg(feature = "tracing")]
+impl Drop for CallSpan {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if let Some(span) = &mut self.span {
+            close(span);
+        }
+    }
+}
+
+/// Drops (closes) an enabled span.
+#[cfg(feature = "tracing")]
+#[cold]
+#[inline(never)]
+fn close(span: &mut ManuallyDrop<tracing::Span>) {
+    // SAFETY: called once, from `CallSpan::drop`, which never touches the
+    // span again.
+    unsafe { ManuallyDrop::drop(span) }
 }
 
 /// The span of one call through a layer: a `tracing::Span` with the
@@ -93,6 +123,14 @@ pub struct CallSpan {
 #[cfg(not(feature = "tracing"))]
 #[derive(Debug)]
 pub struct CallSpan;
+
+/// When a wait started, kept only when a span records it.
+#[cfg(feature = "tracing")]
+pub(crate) type WaitStart = Option<tokio::time::Instant>;
+/// Nothing to keep.
+#[cfg(not(feature = "tracing"))]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WaitStart;
 
 /// A guard keeping a [`CallSpan`] entered while a response future is polled.
 #[cfg(feature = "tracing")]
@@ -109,6 +147,11 @@ impl CallSpan {
     #[inline(always)]
     pub(crate) fn enter(&self) -> Entered<'_> {
         core::marker::PhantomData
+    }
+
+    #[inline(always)]
+    pub(crate) fn in_scope<R>(&self, f: impl FnOnce() -> R) -> R {
+        f()
     }
 
     #[inline(always)]
@@ -130,124 +173,159 @@ impl CallSpan {
     pub(crate) fn outcome(&self, _outcome: &'static str) {}
 
     #[inline(always)]
-    pub(crate) fn attempt(&self) {}
+    pub(crate) fn attempts(&self, _attempts: u32) {}
 
     #[inline(always)]
-    pub(crate) fn start_waiting(&mut self) {}
+    pub(crate) fn wait_start(&self) -> WaitStart {
+        WaitStart
+    }
 
     #[inline(always)]
-    pub(crate) fn stop_waiting(&self) {}
+    pub(crate) fn waited(&self, _start: WaitStart) {}
 }
 
 #[cfg(feature = "tracing")]
 impl CallSpan {
-    /// Wraps a span made by `call_span!`.
+    /// No span: nobody listens.
+    pub(crate) const OFF: CallSpan = CallSpan { span: None };
+
+    /// Wraps a span made by `call_span!`; a span no subscriber wanted is
+    /// not kept.
     #[inline]
     pub(crate) fn from_span(span: tracing::Span) -> Self {
+        if span.is_disabled() {
+            return CallSpan::OFF;
+        }
         CallSpan {
-            span,
-            waiting_since: None,
-            attempts: AtomicU32::new(0),
+            span: Some(ManuallyDrop::new(span)),
         }
     }
 
-    /// Whether a subscriber wants this span: every record below is skipped
-    /// when not.
-    #[inline]
-    fn on(&self) -> bool {
-        !self.span.is_disabled()
+    /// Enters the span for one poll.
+    #[inline(always)]
+    pub(crate) fn enter(&self) -> Entered<'_> {
+        match &self.span {
+            Some(span) => enter(span),
+            None => None,
+        }
     }
 
-    /// Enters the span for one poll.
-    #[inline]
-    pub(crate) fn enter(&self) -> Entered<'_> {
-        if self.on() {
-            Some(self.span.enter())
-        } else {
-            None
+    /// Runs `f` (the wrapped service's `call`) inside the span.
+    #[inline(always)]
+    pub(crate) fn in_scope<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.span {
+            Some(span) => {
+                let _entered = enter(span);
+                f()
+            }
+            None => f(),
         }
     }
 
     /// The policy admitted the call.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn admitted(&self) {
-        if self.on() {
-            self.span.record("decision", "admitted");
-        }
+        self.decided("admitted");
     }
 
-    /// A decision of another kind (what a fault layer does to the call).
-    #[inline]
+    /// A decision: `admitted`, or what a fault layer does to the call.
+    #[inline(always)]
     pub(crate) fn decided(&self, decision: &'static str) {
-        if self.on() {
-            self.span.record("decision", decision);
+        if let Some(span) = &self.span {
+            record_str(span, "decision", decision);
         }
     }
 
     /// The policy refused the call.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn rejected(&self, rejection: &Rejection) {
-        if self.on() {
-            self.span.record("decision", "rejected");
-            self.span
-                .record("reason", tracing::field::debug(rejection.reason()));
-            if let Some(after) = rejection.retry_after() {
-                self.span.record("retry_after_ms", millis(after));
-            }
+        if let Some(span) = &self.span {
+            record_rejection(span, rejection);
         }
     }
 
     /// The call ended, classified as `outcome`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn classified(&self, outcome: Outcome) {
-        if self.on() {
-            self.span.record("outcome", outcome_label(outcome));
+        if let Some(span) = &self.span {
+            record_str(span, "outcome", outcome_label(outcome));
         }
     }
 
     /// The call ended with `result`, not classified.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn ended<T, E>(&self, result: &Result<T, E>) {
-        if self.on() {
-            self.span
-                .record("outcome", if result.is_ok() { "ok" } else { "error" });
+        if let Some(span) = &self.span {
+            let outcome = if result.is_ok() { "ok" } else { "error" };
+            record_str(span, "outcome", outcome);
         }
     }
 
     /// The call ended as `outcome` (`timed_out`, say).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn outcome(&self, outcome: &'static str) {
-        if self.on() {
-            self.span.record("outcome", outcome);
+        if let Some(span) = &self.span {
+            record_str(span, "outcome", outcome);
         }
     }
 
-    /// A retrying layer makes one more attempt: `attempts` counts them.
-    #[inline]
-    pub(crate) fn attempt(&self) {
-        if self.on() {
-            // ordering: Relaxed; one future counts its own attempts, polled
-            // by one task at a time (the atomic only keeps the future Sync).
-            let attempts = self.attempts.fetch_add(1, Ordering::Relaxed) + 1;
-            self.span.record("attempts", attempts);
+    /// The attempts a retrying layer has made so far.
+    #[inline(always)]
+    pub(crate) fn attempts(&self, attempts: u32) {
+        if let Some(span) = &self.span {
+            record_u64(span, "attempts", u64::from(attempts));
         }
     }
 
-    /// The request starts to wait (in an admission queue).
-    #[inline]
-    pub(crate) fn start_waiting(&mut self) {
-        if self.on() {
-            self.waiting_since = Some(tokio::time::Instant::now());
-        }
+    /// When a wait starts (in an admission queue): `Some(now)` if the span
+    /// will record it, for [`waited`](Self::waited).
+    #[inline(always)]
+    pub(crate) fn wait_start(&self) -> WaitStart {
+        self.span.as_ref().map(|_| tokio::time::Instant::now())
     }
 
-    /// The wait is over (granted, shed or timed out): records `wait_ms`.
-    /// Called once per wait.
-    #[inline]
-    pub(crate) fn stop_waiting(&self) {
-        if let Some(since) = self.waiting_since {
-            self.span.record("wait_ms", millis(since.elapsed()));
+    /// The wait that started at `start` is over (granted, shed or timed
+    /// out): records `wait_ms`.
+    #[inline(always)]
+    pub(crate) fn waited(&self, start: WaitStart) {
+        if let (Some(span), Some(since)) = (&self.span, start) {
+            record_u64(span, "wait_ms", millis(since.elapsed()));
         }
+    }
+}
+
+// The work done only when a subscriber listens, out of line (see
+// `call_span!`).
+
+#[cfg(feature = "tracing")]
+#[cold]
+#[inline(never)]
+fn enter(span: &tracing::Span) -> Entered<'_> {
+    Some(span.enter())
+}
+
+#[cfg(feature = "tracing")]
+#[cold]
+#[inline(never)]
+fn record_str(span: &tracing::Span, field: &'static str, value: &'static str) {
+    span.record(field, value);
+}
+
+#[cfg(feature = "tracing")]
+#[cold]
+#[inline(never)]
+fn record_u64(span: &tracing::Span, field: &'static str, value: u64) {
+    span.record(field, value);
+}
+
+#[cfg(feature = "tracing")]
+#[cold]
+#[inline(never)]
+fn record_rejection(span: &tracing::Span, rejection: &Rejection) {
+    span.record("decision", "rejected");
+    span.record("reason", tracing::field::debug(rejection.reason()));
+    if let Some(after) = rejection.retry_after() {
+        span.record("retry_after_ms", millis(after));
     }
 }
 

@@ -215,10 +215,7 @@ where
         match HeldTicket::admit(&self.shared) {
             Ok(ticket) => {
                 span.admitted();
-                let inner = {
-                    let _entered = span.enter();
-                    self.inner.call(req)
-                };
+                let inner = span.in_scope(|| self.inner.call(req));
                 ThrottleFuture {
                     inner: Some(inner),
                     ticket: Some(ticket),

@@ -122,10 +122,7 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let span = call_span!("tenlives.timeout", "timeout");
-        let inner = {
-            let _entered = span.enter();
-            self.inner.call(req)
-        };
+        let inner = span.in_scope(|| self.inner.call(req));
         TimeoutFuture {
             inner,
             sleep: None,

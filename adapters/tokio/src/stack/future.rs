@@ -31,6 +31,8 @@ pub(crate) struct Retrying<S, Req> {
     /// without retries takes requests that cannot be cloned.
     clone_request: fn(&Req) -> Req,
     schedule: Option<BackoffIter>,
+    /// Attempts made, the first included (for the call's span).
+    attempts: u32,
 }
 
 impl<S, Req> Retrying<S, Req> {
@@ -40,6 +42,7 @@ impl<S, Req> Retrying<S, Req> {
             request,
             clone_request,
             schedule: None,
+            attempts: 1,
         }
     }
 }
@@ -321,7 +324,8 @@ where
                         Poll::Ready(Ok(())) => {
                             let p = &*this.held.policies;
                             let now = p.now_if(p.time_at_admit);
-                            span.attempt();
+                            retrying.attempts = retrying.attempts.saturating_add(1);
+                            span.attempts(retrying.attempts);
                             match p.admission.admit(now) {
                                 Ok(token) => {
                                     span.admitted();

@@ -489,7 +489,7 @@ where
         let mut held = Held::new(Arc::clone(&self.policies), now);
         let span = call_span!("tenlives.stack", "stack");
         if retry.is_some() {
-            span.attempt();
+            span.attempts(1);
         }
         let phase = match p.admission.admit(now) {
             Ok(token) => {
