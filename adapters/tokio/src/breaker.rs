@@ -42,6 +42,7 @@ use tenlives_engine::time::Timestamp;
 use crate::admission::{Admission, AdmissionLayer, AdmissionService};
 use crate::classify::DefaultClassifier;
 use crate::error::Rejection;
+use crate::outcome::report_call;
 
 impl<Snk: EventSink> Admission for CircuitBreaker<Snk> {
     type Token = RawPermit;
@@ -76,6 +77,7 @@ impl<Snk: EventSink> Admission for CircuitBreaker<Snk> {
     ) {
         // The permit carries its own admission time for the slow-call rule.
         self.record(token, outcome, now);
+        report_call(self.sink(), self.source_id(), now, outcome);
     }
 
     #[inline]

@@ -123,6 +123,7 @@ mod clock;
 pub mod error;
 pub mod fault;
 pub mod limit;
+mod outcome;
 pub mod queue;
 pub mod rate;
 pub mod retry;

@@ -49,6 +49,7 @@ use tenlives_engine::time::Timestamp;
 use crate::admission::{Admission, AdmissionLayer, AdmissionService};
 use crate::classify::DefaultClassifier;
 use crate::error::Rejection;
+use crate::outcome::report_call;
 
 impl<Snk: EventSink> Admission for Bulkhead<Snk> {
     type Token = RawBulkheadPermit;
@@ -69,11 +70,12 @@ impl<Snk: EventSink> Admission for Bulkhead<Snk> {
     fn complete(
         &self,
         token: RawBulkheadPermit,
-        _outcome: Outcome,
+        outcome: Outcome,
         _admitted_at: Timestamp,
-        _now: Timestamp,
+        now: Timestamp,
     ) {
         Bulkhead::release(self, token);
+        report_call(self.sink(), self.source_id(), now, outcome);
     }
 
     #[inline]
@@ -115,6 +117,8 @@ impl<A: LimitAlgorithm, Snk: EventSink> Admission for AdaptiveLimiter<A, Snk> {
             Outcome::Failure => self.complete_raw(token, None, now),
             Outcome::Ignored => self.bulkhead().release(token),
         }
+        let bulkhead = self.bulkhead();
+        report_call(bulkhead.sink(), bulkhead.source_id(), now, outcome);
     }
 
     #[inline]

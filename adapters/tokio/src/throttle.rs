@@ -46,6 +46,7 @@ use tower_service::Service;
 use crate::classify::{Classify, DefaultClassifier};
 use crate::clock::TokioClock;
 use crate::error::{Rejection, TenlivesError, take_rejection};
+use crate::outcome::report_call;
 use crate::span::{CallSpan, call_span};
 
 struct Shared<K, Snk: EventSink> {
@@ -96,6 +97,12 @@ impl<K, Snk: EventSink + 'static> HeldTicket<K, Snk> {
             Outcome::Success | Outcome::Ignored => ticket.accepted(now),
             Outcome::Failure => ticket.refused(now),
         }
+        report_call(
+            shared.throttle.sink(),
+            shared.throttle.source_id(),
+            now,
+            outcome,
+        );
         drop(shared);
         outcome
     }

@@ -479,6 +479,11 @@ impl<S: EventSink> CircuitBreaker<S> {
         &self.sink
     }
 
+    /// The source id its events carry (given to [`with_sink`](Self::with_sink)).
+    pub fn source_id(&self) -> u32 {
+        self.source
+    }
+
     #[inline]
     fn emit(&self, kind: EventKind, now: Timestamp, payload: [u64; 2]) {
         if self.sink.enabled() {
