@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 use tenlives_engine::breaker::BreakerState;
 
 use super::record::Tally;
-use super::report::{pct, table};
+use super::report::{pct, table_aligned};
 use super::results::FrontRun;
 use super::timeline::{PhaseKind, Timeline};
 
@@ -181,9 +181,11 @@ pub fn events_lost(front: &FrontRun) -> Option<Firing> {
     })
 }
 
-/// The report's section: a table of phases and the alerts named in each.
+/// The report's section: a table of phases and the alerts named in each,
+/// then what set off each alert other than the burn-rate ones.
 pub fn section(front: &FrontRun, timeline: &Timeline, started_secs: f64) -> String {
-    let rows: Vec<Vec<String>> = evaluate(front, timeline, started_secs)
+    let evaluated = evaluate(front, timeline, started_secs);
+    let rows: Vec<Vec<String>> = evaluated
         .iter()
         .map(|p| {
             vec![
@@ -195,14 +197,23 @@ pub fn section(front: &FrontRun, timeline: &Timeline, started_secs: f64) -> Stri
                 } else {
                     p.firing
                         .iter()
-                        .map(|f| format!("{} ({})", f.alert, f.measured))
+                        .map(|f| f.alert)
                         .collect::<Vec<_>>()
-                        .join("; ")
+                        .join(", ")
                 },
             ]
         })
         .collect();
-    let mut o = table(&["phase", "", "burn", "alerts"], &rows);
+    let mut o = table_aligned(&["phase", "", "burn", "alerts"], &rows, 4);
+    for p in &evaluated {
+        for f in p.firing.iter().filter(|f| !f.alert.contains("Burn")) {
+            let _ = writeln!(
+                o,
+                "  {:.0}-{:.0} s: {}: {}",
+                p.from_secs, p.to_secs, f.alert, f.measured
+            );
+        }
+    }
     let lost = events_lost(front).map_or("none".to_string(), |f| {
         format!("{} ({})", f.alert, f.measured)
     });
