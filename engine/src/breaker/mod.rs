@@ -157,6 +157,7 @@ pub enum Outcome {
 
 /// Why a call was rejected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum RejectReason {
     /// The breaker tripped and is waiting out its open duration.
     Open,
@@ -342,6 +343,7 @@ impl<S: EventSink> Drop for Permit<'_, S> {
 
 /// A point-in-time view of a breaker, for metrics and dashboards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Snapshot {
     /// The state.
     pub state: BreakerState,
@@ -408,6 +410,7 @@ impl CircuitBreaker {
 /// [`EventKind::BREAKER_OPENED`] event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum TripReason {
     /// The consecutive-failures rule.
     ConsecutiveFailures = 1,

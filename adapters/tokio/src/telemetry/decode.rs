@@ -154,6 +154,8 @@ pub(crate) fn trip_label(reason: Option<TripReason>) -> &'static str {
         Some(TripReason::FailureRate) => "failure_rate",
         Some(TripReason::SlowCallRate) => "slow_call_rate",
         Some(TripReason::FailedTest) => "failed_test",
+        // A reason this version does not know (`TripReason` may grow).
+        Some(_) => "other",
         None => "unknown",
     }
 }
