@@ -2,7 +2,7 @@
 //! `tracing`).
 //!
 //! With the feature on, each layer's `call` opens a span (target
-//! [`TARGET`](crate::span::TARGET), level `DEBUG`) that the response future
+//! [`TARGET`], level `DEBUG`) that the response future
 //! enters whenever it is polled, so what the wrapped service logs is inside
 //! it, and records on it:
 //!
