@@ -53,6 +53,13 @@
 //!   hasher tenlives uses (foldhash, same fixed seed), so that neither clock
 //!   nor hash function is what is compared.
 //! - `floor_fetch_add`: one `fetch_add(1, Relaxed)` on an `AtomicU64`.
+//! - `tenlives_layer_concurrency_limit`: one request through
+//!   `ConcurrencyLimitLayer` (limit 1000) over a service whose future is
+//!   ready at once: `call` + one poll to the answer + drop of the future.
+//!   Built with the benches' feature `tracing` (tenlives-tokio's spans on,
+//!   no subscriber installed) it is gated against the same baseline as
+//!   without: the spans' cost with nobody listening must stay under the
+//!   gate's 5 % (`docs/telemetry.md` has both counts).
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -123,6 +130,51 @@ type GovernorDirect =
 /// governor's dashmap-keyed limiter on its fake clock, hashing with foldhash.
 type GovernorKeyed =
     governor::RateLimiter<u64, DashMapStateStore<u64, Hasher>, FakeRelativeClock, FakeMiddleware>;
+
+/// The service under the layer benchmarks: answers at once.
+#[derive(Clone, Copy)]
+struct Ready;
+
+impl tower::Service<u64> for Ready {
+    type Response = u64;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<u64, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: u64) -> Self::Future {
+        std::future::ready(Ok(req))
+    }
+}
+
+/// The concurrency limit layer over [`Ready`].
+type LimitedService = tenlives_tokio::ConcurrencyLimitService<Ready>;
+
+/// Calls `svc` once and polls the answer out, as the layer benchmarks
+/// measure it.
+#[inline(always)]
+fn layer_call<S: tower::Service<u64>>(svc: &mut S) {
+    use std::future::Future;
+    let mut future = std::pin::pin!(svc.call(black_box(1)));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let _ = black_box(future.as_mut().poll(&mut cx).is_ready());
+}
+
+/// A concurrency-limited [`Ready`], warmed up.
+fn limited_service() -> Box<LimitedService> {
+    use tower::Layer;
+    let bulkhead = Bulkhead::new(1000).expect("a valid limit");
+    let mut svc = tenlives_tokio::ConcurrencyLimitLayer::new(bulkhead).layer(Ready);
+    for _ in 0..WARM_UP {
+        layer_call(&mut svc);
+    }
+    Box::new(svc)
+}
 
 /// The time of the measured operation, hidden from the optimiser.
 #[inline(always)]
@@ -493,6 +545,13 @@ mod harness {
     }
 
     #[library_benchmark]
+    #[bench::op(setup = limited_service)]
+    fn tenlives_layer_concurrency_limit(mut s: Box<LimitedService>) -> Box<LimitedService> {
+        layer_call(&mut *s);
+        s
+    }
+
+    #[library_benchmark]
     #[bench::op(setup = counter)]
     fn floor_fetch_add(c: Box<AtomicU64>) -> Box<AtomicU64> {
         black_box(c.fetch_add(1, Ordering::Relaxed));
@@ -511,7 +570,8 @@ mod harness {
             tenlives_retry_budget,
             tenlives_rate_check,
             tenlives_rate_check_n,
-            tenlives_keyed_check_1k
+            tenlives_keyed_check_1k,
+            tenlives_layer_concurrency_limit
     );
 
     library_benchmark_group!(

@@ -346,6 +346,11 @@ impl<S: EventSink> Bulkhead<S> {
         &self.sink
     }
 
+    /// The source id its events carry (given to [`with_sink`](Self::with_sink)).
+    pub fn source_id(&self) -> u32 {
+        self.source
+    }
+
     /// The source id its events carry.
     pub(crate) fn source(&self) -> u32 {
         self.source

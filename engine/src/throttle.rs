@@ -276,6 +276,16 @@ impl<S: EventSink> Throttle<S> {
         }
     }
 
+    /// The sink events go to.
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+
+    /// The source id its events carry (given to [`with_sink`](Self::with_sink)).
+    pub fn source_id(&self) -> u32 {
+        self.source
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> ThrottleConfig {
         self.era.with(|config, _| *config)

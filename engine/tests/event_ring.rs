@@ -180,6 +180,7 @@ fn stress_conservation_and_integrity() {
                                     last[p] = Some(n);
                                 }
                                 Some(Received::Lost(_)) => {}
+                                Some(other) => panic!("unexpected {other:?}"),
                                 None if finished => break,
                                 None => std::hint::spin_loop(),
                             }

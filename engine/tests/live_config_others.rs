@@ -26,6 +26,7 @@ fn one_event(seen: &mut Consumer<'_, impl AsRef<[Slot]>>) -> [u64; 2] {
             Received::Event(e) if e.kind == EventKind::CONFIG_CHANGED => found.push(e.payload),
             Received::Event(_) => {}
             Received::Lost(n) => panic!("{n} events lost"),
+            other => panic!("unexpected {other:?}"),
         }
     }
     assert_eq!(found.len(), 1, "one event per change: {found:?}");

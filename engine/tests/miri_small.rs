@@ -265,6 +265,7 @@ fn event_ring_two_producers_one_consumer() {
                         assert_eq!(e.payload[1], e.payload[0] ^ u64::from(e.source));
                     }
                     Some(Received::Lost(_)) => {}
+                    Some(other) => panic!("unexpected {other:?}"),
                     None if finished => break,
                     None => thread::yield_now(),
                 }

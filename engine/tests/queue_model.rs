@@ -175,6 +175,7 @@ impl Model {
                         Rejected::ShedLowPriority,
                     )
                 }
+                other => unreachable!("the model has no {other:?} policy"),
             };
             self.remove(victim);
             self.decided.push((victim, Outcome::Refused(why)));

@@ -545,6 +545,7 @@ fn soak(seed: u64, days: u64) -> Counts {
                     }
                 }
                 Received::Lost(k) => n.events_lost += k,
+                other => panic!("unexpected {other:?}"),
             }
         }
     };

@@ -61,6 +61,22 @@ fn smoke_runs_end_to_end_and_accounts_for_every_request() {
         serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(json["scenario"], "smoke");
     assert_eq!(json["passed"], true);
+    // The alerts section: one entry per phase of the script, with its burn
+    // rate; a healthy smoke run sets off none.
+    let alerts = &json["alerts"];
+    let by_phase = alerts["by_phase"].as_array().unwrap();
+    assert_eq!(
+        by_phase.len(),
+        json["script"].as_array().unwrap().len(),
+        "{alerts}"
+    );
+    for phase in by_phase {
+        assert!(phase["burn_rate"].as_f64().is_some(), "{alerts}");
+    }
+    assert!(
+        stdout.contains("Alerts of ops/rules/tenlives.rules.yml"),
+        "{stdout}"
+    );
     let fronts = json["fronts"].as_array().unwrap();
     assert_eq!(fronts.len(), 2);
     for front in fronts {

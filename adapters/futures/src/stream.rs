@@ -75,6 +75,7 @@ use tenlives_engine::events::{Consumer, Event, EventRing, EventSink, Received, S
 ///     .map(|item| match item {
 ///         Received::Event(e) => e.kind,
 ///         Received::Lost(n) => panic!("lost {n}"),
+///         other => panic!("unexpected {other:?}"), // `Received` may grow
 ///     })
 ///     .collect();
 /// assert_eq!(

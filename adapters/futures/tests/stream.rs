@@ -167,6 +167,7 @@ async fn primitives_feed_a_waiting_task<T: Timer>(timer: &T) -> Vec<EventKind> {
             match item {
                 Received::Event(e) => kinds.push(e.kind),
                 Received::Lost(n) => panic!("lost {n}"),
+                other => panic!("unexpected {other:?}"),
             }
         }
         kinds
@@ -280,6 +281,7 @@ fn flooding_producers_conserve_events() {
                             last[p] = Some(e.payload[0]);
                         }
                         Some(Received::Lost(_)) => {}
+                        Some(other) => panic!("unexpected {other:?}"),
                         None => unreachable!("never closed"),
                     }
                 }

@@ -61,6 +61,7 @@ use tower_service::Service;
 use crate::classify::{Classify, DefaultClassifier};
 use crate::clock::TokioClock;
 use crate::error::{Rejection, TenlivesError, take_rejection};
+use crate::span::{CallSpan, call_span};
 
 /// A policy that admits or rejects each request and hears how it went.
 ///
@@ -87,6 +88,11 @@ pub trait Admission {
     /// classified). A rate limiter, which spends its tokens on admission, is
     /// the example. Default: `true`.
     const HOLDS: bool = true;
+
+    /// The policy's name in the `policy` field of a call's `tracing` span
+    /// (feature `tracing`, see [`span`](crate::span)). Default:
+    /// `"admission"`.
+    const NAME: &'static str = "admission";
 
     /// Whether `admit` uses its time argument (and, unless
     /// [`needs_time_at_end`](Self::needs_time_at_end) says otherwise,
@@ -138,6 +144,7 @@ pub trait Admission {
 impl<A: Admission> Admission for Option<A> {
     type Token = Option<A::Token>;
     const HOLDS: bool = A::HOLDS;
+    const NAME: &'static str = A::NAME;
 
     #[inline]
     fn needs_time(&self) -> bool {
@@ -191,6 +198,7 @@ impl<A: Admission> Admission for Option<A> {
 impl<A: Admission, B: Admission> Admission for (A, B) {
     type Token = (A::Token, B::Token);
     const HOLDS: bool = A::HOLDS || B::HOLDS;
+    const NAME: &'static str = "chain";
 
     #[inline]
     fn needs_time(&self) -> bool {
@@ -281,6 +289,7 @@ impl<A: Admission> Drop for Releasing<'_, A> {
 impl<A: Admission + ?Sized> Admission for &A {
     type Token = A::Token;
     const HOLDS: bool = A::HOLDS;
+    const NAME: &'static str = A::NAME;
 
     #[inline]
     fn needs_time(&self) -> bool {
@@ -319,6 +328,7 @@ impl<A: Admission + ?Sized> Admission for &A {
 impl<A: Admission + ?Sized> Admission for Arc<A> {
     type Token = A::Token;
     const HOLDS: bool = A::HOLDS;
+    const NAME: &'static str = A::NAME;
 
     #[inline]
     fn needs_time(&self) -> bool {
@@ -362,6 +372,7 @@ impl<A: Admission + ?Sized> Admission for Arc<A> {
 impl<A: Admission, B: Admission, C: Admission> Admission for (A, B, C) {
     type Token = (A::Token, (B::Token, C::Token));
     const HOLDS: bool = A::HOLDS || B::HOLDS || C::HOLDS;
+    const NAME: &'static str = "chain";
 
     #[inline]
     fn needs_time(&self) -> bool {
@@ -581,17 +592,24 @@ where
             // runs: a panic there unwinds through `held`, which releases it.
             Ok(token) => Some(Held::new(Arc::clone(shared), token, now)),
             Err(rejection) => {
+                let span = call_span!("tenlives.admission", A::NAME);
+                span.rejected(&rejection);
                 return AdmissionFuture {
                     inner: None,
                     rejection: Some(rejection),
                     held: None,
+                    span,
                 };
             }
         };
+        let span = call_span!("tenlives.admission", A::NAME);
+        span.admitted();
+        let inner = span.in_scope(|| self.inner.call(req));
         AdmissionFuture {
-            inner: Some(self.inner.call(req)),
+            inner: Some(inner),
             rejection: None,
             held,
+            span,
         }
     }
 }
@@ -618,7 +636,7 @@ impl<A: Admission, K> Held<A, K> {
     /// Reports how the call went. The outcome is decided before the token
     /// leaves `self`, so a panicking classifier still releases it on drop.
     #[inline]
-    fn complete<Res, E>(&mut self, result: &Result<Res, E>)
+    fn complete<Res, E>(&mut self, result: &Result<Res, E>) -> Outcome
     where
         K: Classify<Res, E>,
     {
@@ -639,6 +657,7 @@ impl<A: Admission, K> Held<A, K> {
                 .policy
                 .complete(token, outcome, self.admitted_at, now);
         }
+        outcome
     }
 }
 
@@ -660,6 +679,7 @@ pin_project! {
         inner: Option<F>,
         rejection: Option<Rejection>,
         held: Option<Held<A, K>>,
+        span: CallSpan,
     }
 }
 
@@ -688,10 +708,11 @@ where
             return take_rejection(this.rejection);
         };
         // A panic here unwinds through this future; dropping it releases.
-        let result = std::task::ready!(inner.poll(cx));
+        let result = std::task::ready!(this.span.in_scope(|| inner.poll(cx)));
         this.inner.set(None);
-        if let Some(held) = this.held.as_mut() {
-            held.complete(&result);
+        match this.held.as_mut() {
+            Some(held) => this.span.classified(held.complete(&result)),
+            None => this.span.ended(&result),
         }
         // The token is gone; drop the Arc now rather than with the future.
         *this.held = None;

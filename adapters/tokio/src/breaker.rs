@@ -42,9 +42,11 @@ use tenlives_engine::time::Timestamp;
 use crate::admission::{Admission, AdmissionLayer, AdmissionService};
 use crate::classify::DefaultClassifier;
 use crate::error::Rejection;
+use crate::outcome::report_call;
 
 impl<Snk: EventSink> Admission for CircuitBreaker<Snk> {
     type Token = RawPermit;
+    const NAME: &'static str = "circuit_breaker";
 
     /// Always: an open breaker needs the time to know whether its open period
     /// is over, and a closed one times calls for its slow-call rule.
@@ -75,6 +77,7 @@ impl<Snk: EventSink> Admission for CircuitBreaker<Snk> {
     ) {
         // The permit carries its own admission time for the slow-call rule.
         self.record(token, outcome, now);
+        report_call(self.sink(), self.source_id(), now, outcome);
     }
 
     #[inline]

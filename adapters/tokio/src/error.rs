@@ -228,6 +228,10 @@ impl fmt::Display for Rejection {
             RejectionReason::CircuitBreaker(RejectReason::HalfOpenFull) => f.write_str(
                 "rejected: the circuit breaker is half-open and every probe slot is taken",
             )?,
+            // A reason this version does not know (`RejectReason` may grow).
+            RejectionReason::CircuitBreaker(other) => {
+                write!(f, "rejected: the circuit breaker refused ({other:?})")?;
+            }
             RejectionReason::ConcurrencyLimit { in_flight, limit } => write!(
                 f,
                 "rejected: the concurrency limit is reached ({in_flight} of {limit} in flight)"

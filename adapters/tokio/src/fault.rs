@@ -64,6 +64,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::error::{InjectedFault, TenlivesError};
+use crate::span::{CallSpan, call_span};
 
 /// The SplitMix64 increment.
 const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -236,6 +237,18 @@ enum Action {
     Hang,
 }
 
+impl Action {
+    /// The action's name in a call's span (`decision`).
+    fn label(self) -> &'static str {
+        match self {
+            Action::Pass => "pass",
+            Action::Error => "error",
+            Action::DropConnection => "drop_connection",
+            Action::Hang => "hang",
+        }
+    }
+}
+
 /// How injected failures are turned into the service's error type.
 ///
 /// [`WrapFaults`] (the default) gives [`TenlivesError<E>`]; a closure
@@ -391,8 +404,13 @@ where
             .stream
             .fetch_add(DRAWS.wrapping_mul(GAMMA), Ordering::Relaxed);
         let (action, delay) = shared.config.decide(state);
+        let span = call_span!("tenlives.fault", "fault");
+        span.decided(action.label());
         let inner = match action {
-            Action::Pass | Action::DropConnection => Some(self.inner.call(req)),
+            Action::Pass | Action::DropConnection => {
+                let _entered = span.enter();
+                Some(self.inner.call(req))
+            }
             Action::Error | Action::Hang => None,
         };
         FaultFuture {
@@ -400,6 +418,7 @@ where
             inner,
             action,
             errors: shared.errors.clone(),
+            span,
         }
     }
 }
@@ -414,6 +433,7 @@ pin_project! {
         inner: Option<F>,
         action: Action,
         errors: M,
+        span: CallSpan,
     }
 }
 
@@ -435,6 +455,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let _entered = this.span.enter();
         if let Some(delay) = this.delay.as_mut().as_pin_mut() {
             std::task::ready!(delay.poll(cx));
             this.delay.set(None);
@@ -442,7 +463,10 @@ where
         match *this.action {
             // Never completes, and never needs waking.
             Action::Hang => Poll::Pending,
-            Action::Error => Poll::Ready(Err(this.errors.injected(InjectedFault::Error))),
+            Action::Error => {
+                this.span.outcome("error");
+                Poll::Ready(Err(this.errors.injected(InjectedFault::Error)))
+            }
             Action::Pass | Action::DropConnection => {
                 let Some(inner) = this.inner.as_mut().as_pin_mut() else {
                     // Polled after completion: the caller's bug.
@@ -450,6 +474,10 @@ where
                 };
                 let result = std::task::ready!(inner.poll(cx));
                 this.inner.set(None);
+                match this.action {
+                    Action::DropConnection => this.span.outcome("error"),
+                    _ => this.span.ended(&result),
+                }
                 Poll::Ready(match this.action {
                     Action::DropConnection => {
                         Err(this.errors.injected(InjectedFault::ConnectionDropped))

@@ -49,9 +49,11 @@ use tenlives_engine::time::Timestamp;
 use crate::admission::{Admission, AdmissionLayer, AdmissionService};
 use crate::classify::DefaultClassifier;
 use crate::error::Rejection;
+use crate::outcome::report_call;
 
 impl<Snk: EventSink> Admission for Bulkhead<Snk> {
     type Token = RawBulkheadPermit;
+    const NAME: &'static str = "concurrency_limit";
 
     /// Never: a fixed limit counts permits, not time.
     #[inline]
@@ -68,11 +70,12 @@ impl<Snk: EventSink> Admission for Bulkhead<Snk> {
     fn complete(
         &self,
         token: RawBulkheadPermit,
-        _outcome: Outcome,
+        outcome: Outcome,
         _admitted_at: Timestamp,
-        _now: Timestamp,
+        now: Timestamp,
     ) {
         Bulkhead::release(self, token);
+        report_call(self.sink(), self.source_id(), now, outcome);
     }
 
     #[inline]
@@ -83,6 +86,7 @@ impl<Snk: EventSink> Admission for Bulkhead<Snk> {
 
 impl<A: LimitAlgorithm, Snk: EventSink> Admission for AdaptiveLimiter<A, Snk> {
     type Token = RawBulkheadPermit;
+    const NAME: &'static str = "adaptive_limit";
 
     /// Always: round-trip times feed the limit.
     #[inline]
@@ -113,6 +117,8 @@ impl<A: LimitAlgorithm, Snk: EventSink> Admission for AdaptiveLimiter<A, Snk> {
             Outcome::Failure => self.complete_raw(token, None, now),
             Outcome::Ignored => self.bulkhead().release(token),
         }
+        let bulkhead = self.bulkhead();
+        report_call(bulkhead.sink(), bulkhead.source_id(), now, outcome);
     }
 
     #[inline]

@@ -115,6 +115,7 @@ use tower_service::Service;
 
 use crate::clock::TokioClock;
 use crate::error::{Rejection, TenlivesError, queue_rejection, take_rejection};
+use crate::span::{CallSpan, WaitStart, call_span};
 use crate::wheel::{OwnedAlarm, Timers};
 
 /// Which class of the admission queue a request waits in: a tenant, a
@@ -344,11 +345,11 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
+        let span = call_span!("tenlives.queue", "admission_queue");
         if let Ok(permit) = self.queue.try_acquire_owned() {
-            return AdmissionQueueFuture::new(State::Running {
-                future: self.inner.call(req),
-                permit,
-            });
+            span.admitted();
+            let future = span.in_scope(|| self.inner.call(req));
+            return AdmissionQueueFuture::new(State::Running { future, permit }, span);
         }
         let now = self.clock.now();
         let deadline = now.saturating_add(self.max_wait);
@@ -365,22 +366,31 @@ where
                     // clone left here is polled ready before the next call.
                     let ready = self.inner.clone();
                     let service = std::mem::replace(&mut self.inner, ready);
-                    return AdmissionQueueFuture::new(State::Waiting {
-                        waiter,
-                        call: Some((service, req)),
-                        wait: Wait {
-                            deadline,
-                            max_wait: self.max_wait,
+                    return AdmissionQueueFuture::new(
+                        State::Waiting {
+                            waiter,
+                            call: Some((service, req)),
+                            wait: Wait {
+                                deadline,
+                                max_wait: self.max_wait,
+                                started: span.wait_start(),
+                            },
+                            alarm: OwnedAlarm::new(self.timers.clone()),
                         },
-                        alarm: OwnedAlarm::new(self.timers.clone()),
-                    });
+                        span,
+                    );
                 }
                 Err(rejected) => rejected,
             }
         };
-        AdmissionQueueFuture::new(State::Rejected {
-            rejection: Some(queue_rejection(rejected, self.max_wait)),
-        })
+        let rejection = queue_rejection(rejected, self.max_wait);
+        span.rejected(&rejection);
+        AdmissionQueueFuture::new(
+            State::Rejected {
+                rejection: Some(rejection),
+            },
+            span,
+        )
     }
 }
 
@@ -391,6 +401,8 @@ struct Wait {
     deadline: Timestamp,
     /// The layer's maximum wait, for the rejection.
     max_wait: Duration,
+    /// When the wait started, if the call's span records it.
+    started: WaitStart,
 }
 
 pin_project! {
@@ -432,12 +444,17 @@ pin_project! {
         state: State<S, Req, S::Future, P, Snk>,
         #[pin]
         sleep: Option<Sleep>,
+        span: CallSpan,
     }
 }
 
 impl<S: Service<Req>, Req, P: PermitSource, Snk: EventSink> AdmissionQueueFuture<S, Req, P, Snk> {
-    fn new(state: State<S, Req, S::Future, P, Snk>) -> Self {
-        AdmissionQueueFuture { state, sleep: None }
+    fn new(state: State<S, Req, S::Future, P, Snk>, span: CallSpan) -> Self {
+        AdmissionQueueFuture {
+            state,
+            sleep: None,
+            span,
+        }
     }
 }
 
@@ -467,12 +484,15 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let span = &*this.span;
+        let _entered = span.enter();
         loop {
             match this.state.as_mut().project() {
                 StateProj::Running { future, .. } => {
                     // A panic here unwinds through this future; dropping it
                     // drops the call, then releases the permit.
                     let result = std::task::ready!(future.poll(cx));
+                    span.ended(&result);
                     // The permit goes back (to the next waiter) now, not
                     // when the caller drops this future.
                     this.state.set(State::Done);
@@ -488,8 +508,10 @@ where
                         Poll::Ready(verdict) => verdict,
                         Poll::Pending => return Poll::Pending,
                     };
+                    span.waited(wait.started);
                     match verdict {
                         Ok(permit) => {
+                            span.admitted();
                             // The timer is done with; give its slot in the
                             // wheel back now.
                             this.sleep.set(None);
@@ -503,6 +525,7 @@ where
                         }
                         Err(rejected) => {
                             let rejection = queue_rejection(rejected, wait.max_wait);
+                            span.rejected(&rejection);
                             this.sleep.set(None);
                             this.state.set(State::Done);
                             return Poll::Ready(Err(TenlivesError::Rejected(rejection)));

@@ -49,10 +49,12 @@ use crate::admission::{Admission, AdmissionLayer, AdmissionService};
 use crate::classify::DefaultClassifier;
 use crate::clock::TokioClock;
 use crate::error::{Rejection, TenlivesError, take_rejection};
+use crate::span::{CallSpan, call_span};
 
 impl<Snk: EventSink> Admission for RateLimiter<Snk> {
     /// Tokens are spent on admission; nothing is held.
     type Token = ();
+    const NAME: &'static str = "rate_limit";
     const HOLDS: bool = false;
 
     /// Always: tokens appear with time.
@@ -163,13 +165,21 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let key = (self.extract)(&req);
+        let span = call_span!("tenlives.keyed_rate_limit", "keyed_rate_limit");
         match self.limiter.check_key(&key, self.clock.now()) {
-            Ok(()) => KeyedRateLimitFuture::Admitted {
-                inner: self.inner.call(req),
-            },
-            Err(refused) => KeyedRateLimitFuture::Refused {
-                rejection: Some(Rejection::from(refused)),
-            },
+            Ok(()) => {
+                span.admitted();
+                let inner = span.in_scope(|| self.inner.call(req));
+                KeyedRateLimitFuture::Admitted { inner, span }
+            }
+            Err(refused) => {
+                let rejection = Rejection::from(refused);
+                span.rejected(&rejection);
+                KeyedRateLimitFuture::Refused {
+                    rejection: Some(rejection),
+                    span,
+                }
+            }
         }
     }
 }
@@ -183,10 +193,10 @@ pin_project! {
     #[must_use = "futures do nothing unless polled"]
     pub enum KeyedRateLimitFuture<Fut> {
         /// Admitted: the inner service's future.
-        Admitted { #[pin] inner: Fut },
+        Admitted { #[pin] inner: Fut, span: CallSpan },
         /// Refused before reaching the inner service; the rejection is taken
         /// when the future resolves.
-        Refused { rejection: Option<Rejection> },
+        Refused { rejection: Option<Rejection>, span: CallSpan },
     }
 }
 
@@ -199,8 +209,13 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            KeyedProj::Admitted { inner } => inner.poll(cx).map_err(TenlivesError::Inner),
-            KeyedProj::Refused { rejection } => take_rejection(rejection),
+            KeyedProj::Admitted { inner, span } => {
+                let _entered = span.enter();
+                let result = std::task::ready!(inner.poll(cx));
+                span.ended(&result);
+                Poll::Ready(result.map_err(TenlivesError::Inner))
+            }
+            KeyedProj::Refused { rejection, .. } => take_rejection(rejection),
         }
     }
 }

@@ -64,6 +64,7 @@ use tower_service::Service;
 
 use crate::clock::TokioClock;
 use crate::error::TenlivesError;
+use crate::span::{CallSpan, call_span};
 
 /// The SplitMix64 increment, to spread per-request jitter seeds.
 const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -402,13 +403,17 @@ where
         // The clone waits in the future, and is polled ready before each
         // retry; the first attempt goes to the service that was polled ready.
         let service = self.inner.clone();
-        let first = self.inner.call(req.clone());
+        let span = call_span!("tenlives.retry", "retry");
+        span.attempts(1);
+        let first = span.in_scope(|| self.inner.call(req.clone()));
         RetryFuture {
             state: Attempt::Calling { future: first },
             service,
             request: req,
             schedule: None,
             shared: Arc::clone(shared),
+            attempts: 1,
+            span,
         }
     }
 }
@@ -440,6 +445,9 @@ pin_project! {
         request: Req,
         schedule: Option<BackoffIter>,
         shared: Arc<Shared<C, Snk>>,
+        // Attempts made, the first included (for the call's span).
+        attempts: u32,
+        span: CallSpan,
     }
 }
 
@@ -462,6 +470,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let _entered = this.span.enter();
         loop {
             match this.state.as_mut().project() {
                 AttemptProj::Calling { future } => {
@@ -485,6 +494,7 @@ where
                         }
                     }
                     this.state.set(Attempt::Done);
+                    this.span.ended(&result);
                     return Poll::Ready(result);
                 }
                 AttemptProj::Waiting { sleep } => {
@@ -493,11 +503,14 @@ where
                 }
                 AttemptProj::Readying => match std::task::ready!(this.service.poll_ready(cx)) {
                     Ok(()) => {
+                        *this.attempts = this.attempts.saturating_add(1);
+                        this.span.attempts(*this.attempts);
                         let future = this.service.call(this.request.clone());
                         this.state.set(Attempt::Calling { future });
                     }
                     Err(e) => {
                         this.state.set(Attempt::Done);
+                        this.span.outcome("error");
                         return Poll::Ready(Err(e));
                     }
                 },

@@ -46,6 +46,8 @@ use tower_service::Service;
 use crate::classify::{Classify, DefaultClassifier};
 use crate::clock::TokioClock;
 use crate::error::{Rejection, TenlivesError, take_rejection};
+use crate::outcome::report_call;
+use crate::span::{CallSpan, call_span};
 
 struct Shared<K, Snk: EventSink> {
     throttle: Throttle<Snk>,
@@ -87,17 +89,25 @@ impl<K, Snk: EventSink + 'static> HeldTicket<K, Snk> {
     }
 
     /// Tells the throttle how the backend answered.
-    fn report<Res, E>(self, result: &Result<Res, E>)
+    fn report<Res, E>(self, result: &Result<Res, E>) -> Outcome
     where
         K: Classify<Res, E>,
     {
         let HeldTicket { ticket, shared } = self;
         let now = shared.clock.now();
-        match shared.classifier.classify(result) {
+        let outcome = shared.classifier.classify(result);
+        match outcome {
             Outcome::Success | Outcome::Ignored => ticket.accepted(now),
             Outcome::Failure => ticket.refused(now),
         }
+        report_call(
+            shared.throttle.sink(),
+            shared.throttle.source_id(),
+            now,
+            outcome,
+        );
         drop(shared);
+        outcome
     }
 }
 
@@ -227,17 +237,27 @@ impl<S, K, Snk: EventSink + 'static> ThrottleService<S, K, Snk> {
     where
         S: Service<Req>,
     {
+        let span = call_span!("tenlives.throttle", "throttle");
         match HeldTicket::admit(&self.shared, percent) {
-            Ok(ticket) => ThrottleFuture {
-                inner: Some(self.inner.call(req)),
-                ticket: Some(ticket),
-                rejection: None,
-            },
-            Err(rejection) => ThrottleFuture {
-                inner: None,
-                ticket: None,
-                rejection: Some(rejection),
-            },
+            Ok(ticket) => {
+                span.admitted();
+                let inner = span.in_scope(|| self.inner.call(req));
+                ThrottleFuture {
+                    inner: Some(inner),
+                    ticket: Some(ticket),
+                    rejection: None,
+                    span,
+                }
+            }
+            Err(rejection) => {
+                span.rejected(&rejection);
+                ThrottleFuture {
+                    inner: None,
+                    ticket: None,
+                    rejection: Some(rejection),
+                    span,
+                }
+            }
         }
     }
 }
@@ -254,6 +274,7 @@ pin_project! {
         inner: Option<F>,
         ticket: Option<HeldTicket<K, Snk>>,
         rejection: Option<Rejection>,
+        span: CallSpan,
     }
 }
 
@@ -279,10 +300,11 @@ where
         let Some(inner) = this.inner.as_mut().as_pin_mut() else {
             return take_rejection(this.rejection);
         };
+        let _entered = this.span.enter();
         let result = std::task::ready!(inner.poll(cx));
         this.inner.set(None);
         if let Some(ticket) = this.ticket.take() {
-            ticket.report(&result);
+            this.span.classified(ticket.report(&result));
         }
         Poll::Ready(result.map_err(TenlivesError::Inner))
     }

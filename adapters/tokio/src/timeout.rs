@@ -45,6 +45,7 @@ use tower_service::Service;
 
 use crate::clock::TokioClock;
 use crate::error::TenlivesError;
+use crate::span::{CallSpan, call_span};
 
 /// A tower [`Layer`] that bounds how long a call may take. See the
 /// [module documentation](self).
@@ -120,10 +121,13 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
+        let span = call_span!("tenlives.timeout", "timeout");
+        let inner = span.in_scope(|| self.inner.call(req));
         TimeoutFuture {
-            inner: self.inner.call(req),
+            inner,
             sleep: None,
             deadline: Deadline::new(self.clock.instant_at(self.clock.now()), self.after),
+            span,
         }
     }
 }
@@ -177,6 +181,7 @@ pin_project! {
         #[pin]
         sleep: Option<Sleep>,
         deadline: Deadline,
+        span: CallSpan,
     }
 }
 
@@ -198,10 +203,13 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        let _entered = this.span.enter();
         if let Poll::Ready(result) = this.inner.poll(cx) {
+            this.span.ended(&result);
             return Poll::Ready(result.map_err(TenlivesError::Inner));
         }
         std::task::ready!(this.deadline.poll(this.sleep, cx));
+        this.span.outcome("timed_out");
         Poll::Ready(Err(TenlivesError::TimedOut {
             after: this.deadline.after,
         }))

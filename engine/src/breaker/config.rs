@@ -50,6 +50,7 @@ const PPM: u64 = 1_000_000;
 
 /// How the breaker measures its failure and slow-call rates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WindowSpec {
     /// Exactly the most recent `calls` calls that reported (fewer until that
     /// many have), each with its own outcome: a rate is judged over the last

@@ -159,6 +159,7 @@ pub enum Outcome {
 
 /// Why a call was rejected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum RejectReason {
     /// The breaker tripped and is waiting out its open duration.
     Open,
@@ -344,6 +345,7 @@ impl<S: EventSink> Drop for Permit<'_, S> {
 
 /// A point-in-time view of a breaker, for metrics and dashboards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Snapshot {
     /// The state.
     pub state: BreakerState,
@@ -410,6 +412,7 @@ impl CircuitBreaker {
 /// [`EventKind::BREAKER_OPENED`] event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum TripReason {
     /// The consecutive-failures rule.
     ConsecutiveFailures = 1,
@@ -479,6 +482,11 @@ impl<S: EventSink> CircuitBreaker<S> {
     /// The sink events go to.
     pub fn sink(&self) -> &S {
         &self.sink
+    }
+
+    /// The source id its events carry (given to [`with_sink`](Self::with_sink)).
+    pub fn source_id(&self) -> u32 {
+        self.source
     }
 
     #[inline]

@@ -75,6 +75,7 @@ struct Stripe {
 
 /// Totals over the window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WindowCounts {
     /// Calls that reported success or failure.
     pub calls: u64,

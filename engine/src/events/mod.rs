@@ -78,6 +78,7 @@ impl EventKind {
 
 /// One telemetry record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct Event {
     /// What happened.
     pub kind: EventKind,

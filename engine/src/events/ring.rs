@@ -304,6 +304,7 @@ impl<S: AsRef<[Slot]>> EventSink for EventRing<S> {
 
 /// What a consumer gets from [`Consumer::try_recv`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Received {
     /// The next event.
     Event(Event),

@@ -15,6 +15,7 @@ pub const MAX_CAPACITY: u32 = 1 << 20;
 
 /// What happens when a caller arrives at a full queue.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Overload {
     /// The newcomer is refused at once ([`Rejected::QueueFull`]); the
     /// waiters keep their places.

@@ -91,6 +91,7 @@ const SWEEP_WHEN_LOW: usize = 4;
 /// What a keyed limiter does with a new key when it has no room for it
 /// (every entry holds a key whose tokens are still in use).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WhenFull {
     /// Refuse the request with [`RateLimitError::TableFull`] (the default).
     Reject,

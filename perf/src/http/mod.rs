@@ -29,6 +29,7 @@
 //! plan, each request with its timeout, the watcher and the upstream script
 //! with the run's horizon, and the servers are aborted when the run ends.
 
+pub mod alerts;
 pub mod capacity;
 pub mod front;
 pub mod goodput;

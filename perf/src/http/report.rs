@@ -633,6 +633,21 @@ pub fn render(
         )?;
         writeln!(o)?;
     }
+    if let Some(p) = drive.protected() {
+        writeln!(
+            o,
+            "Alerts of ops/rules/tenlives.rules.yml the protected front would have set off\n\
+             (each rule's thresholds on the phase's own figures, the phase standing in for the\n\
+             rule's windows and `for:`; burn: the error budget's burn rate, objective {})",
+            super::alerts::OBJECTIVE
+        )?;
+        o.push_str(&super::alerts::section(
+            p,
+            info.timeline,
+            drive.started_secs,
+        ));
+        writeln!(o)?;
+    }
     let findings = findings(drive, info.timeline);
     if !findings.is_empty() {
         writeln!(o, "What this shows")?;
@@ -734,6 +749,8 @@ mod tests {
             "whole run     73",
             "80 (110.3 % of limit)",
             "50 (69.0 % of limit)",
+            "Alerts of ops/rules/tenlives.rules.yml the protected front would have set off",
+            "over the whole run: none",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

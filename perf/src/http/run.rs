@@ -574,6 +574,8 @@ fn read_events(
                 seen.lost += n;
                 continue;
             }
+            // A kind of receipt this version does not know.
+            _ => continue,
         };
         let to = match event.kind {
             EventKind::BREAKER_OPENED => BreakerState::Open,

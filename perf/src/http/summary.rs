@@ -122,6 +122,30 @@ fn goodput(info: &RunInfo<'_>, d: &Drive) -> Value {
     })
 }
 
+/// The `ops/` alerts the protected front would have set off, per phase
+/// (`alerts` module), and over the run; null without a protected front.
+fn alerts(info: &RunInfo<'_>, d: &Drive) -> Value {
+    let Some(p) = d.protected() else {
+        return Value::Null;
+    };
+    let firing = |f: &super::alerts::Firing| json!({"alert": f.alert, "measured": f.measured});
+    json!({
+        "objective": super::alerts::OBJECTIVE,
+        "by_phase": super::alerts::evaluate(p, info.timeline, d.started_secs)
+            .iter()
+            .take(200)
+            .map(|a| json!({
+                "from_s": a.from_secs,
+                "to_s": a.to_secs,
+                "phase": a.kind.label(),
+                "burn_rate": a.burn,
+                "firing": a.firing.iter().map(firing).collect::<Vec<_>>(),
+            }))
+            .collect::<Vec<_>>(),
+        "run": super::alerts::events_lost(p).iter().map(firing).collect::<Vec<_>>(),
+    })
+}
+
 /// The summary of one drive, with the checks made on it (if any).
 pub fn drive(name: &str, info: &RunInfo<'_>, d: &Drive, checks: &[Check]) -> Value {
     json!({
@@ -161,6 +185,7 @@ pub fn drive(name: &str, info: &RunInfo<'_>, d: &Drive, checks: &[Check]) -> Val
             "latency_threshold_ms": millis(info.protection.latency_threshold),
         },
         "fronts": d.fronts.iter().map(front).collect::<Vec<_>>(),
+        "alerts": alerts(info, d),
         "process": d.process.iter().map(|s| json!({
             "at_s": s.at_secs, "rss_bytes": s.rss_bytes, "fds": s.fds,
         })).collect::<Vec<_>>(),

@@ -345,9 +345,9 @@ impl Spec for BreakerSpec {
                 if let Some(n) = buckets {
                     let length = match defaults.window() {
                         tenlives_engine::breaker::WindowSpec::Time { length, .. } => length,
-                        tenlives_engine::breaker::WindowSpec::Count { .. } => {
-                            Duration::from_secs(10)
-                        }
+                        // A count window (or a kind this version does not
+                        // know): the builder's default length.
+                        _ => Duration::from_secs(10),
                     };
                     b = b.time_window(length, n);
                 }

@@ -21,6 +21,7 @@ use crate::admission::Admission;
 use crate::classify::Classify;
 use crate::error::{Rejection, TenlivesError};
 use crate::retry::{RetryClones, RetryStage};
+use crate::span::CallSpan;
 
 /// What a request needs for its next attempts.
 pub(crate) struct Retrying<S, Req> {
@@ -30,6 +31,8 @@ pub(crate) struct Retrying<S, Req> {
     /// without retries takes requests that cannot be cloned.
     clone_request: fn(&Req) -> Req,
     schedule: Option<BackoffIter>,
+    /// Attempts made, the first included (for the call's span).
+    attempts: u32,
 }
 
 impl<S, Req> Retrying<S, Req> {
@@ -39,6 +42,7 @@ impl<S, Req> Retrying<S, Req> {
             request,
             clone_request,
             schedule: None,
+            attempts: 1,
         }
     }
 }
@@ -80,7 +84,7 @@ impl<K, R, A: Admission> Held<K, R, A> {
     fn complete<Res, E>(
         &mut self,
         result: Result<Res, E>,
-    ) -> (Result<Res, TenlivesError<E>>, Option<Timestamp>)
+    ) -> (Result<Res, TenlivesError<E>>, Option<Timestamp>, Outcome)
     where
         K: Classify<Res, E>,
     {
@@ -96,7 +100,7 @@ impl<K, R, A: Admission> Held<K, R, A> {
             p.admission.complete(token, outcome, self.admitted_at, now);
         }
         let now = needs_time.then_some(now);
-        (result.map_err(TenlivesError::Inner), now)
+        (result.map_err(TenlivesError::Inner), now, outcome)
     }
 
     /// The timeout fired with an attempt in flight: it failed (a breaker
@@ -197,6 +201,7 @@ pin_project! {
         deadline: Option<Deadline>,
         retry: Option<Retrying<S, Req>>,
         held: Held<K, R, A>,
+        span: CallSpan,
     }
 }
 
@@ -206,6 +211,7 @@ impl<S: Service<Req>, Req, K, R, A: Admission> StackFuture<S, Req, K, R, A> {
         deadline: Option<Deadline>,
         retry: Option<Retrying<S, Req>>,
         held: Held<K, R, A>,
+        span: CallSpan,
     ) -> Self {
         StackFuture {
             phase,
@@ -214,6 +220,7 @@ impl<S: Service<Req>, Req, K, R, A: Admission> StackFuture<S, Req, K, R, A> {
             deadline,
             retry,
             held,
+            span,
         }
     }
 }
@@ -275,12 +282,18 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let span = &*this.span;
+        let _entered = span.enter();
         loop {
             // Each arm either goes on to the next phase, stops at `Pending`
             // (then the deadline is checked), or ends an attempt.
             let (result, now) = match this.phase.as_mut().project() {
                 PhaseProj::Calling { future } => match future.poll(cx) {
-                    Poll::Ready(result) => this.held.complete(result),
+                    Poll::Ready(result) => {
+                        let (result, now, outcome) = this.held.complete(result);
+                        span.classified(outcome);
+                        (result, now)
+                    }
                     Poll::Pending => break,
                 },
                 PhaseProj::Rejected { rejection } => match rejection.take() {
@@ -311,16 +324,22 @@ where
                         Poll::Ready(Ok(())) => {
                             let p = &*this.held.policies;
                             let now = p.now_if(p.time_at_admit);
+                            retrying.attempts = retrying.attempts.saturating_add(1);
+                            span.attempts(retrying.attempts);
                             match p.admission.admit(now) {
                                 Ok(token) => {
+                                    span.admitted();
                                     this.held.hold(token, now);
                                     let request = (retrying.clone_request)(&retrying.request);
                                     let future = retrying.service.call(request);
                                     this.phase.set(Phase::Calling { future });
                                 }
-                                Err(rejection) => this.phase.set(Phase::Rejected {
-                                    rejection: Some(rejection),
-                                }),
+                                Err(rejection) => {
+                                    span.rejected(&rejection);
+                                    this.phase.set(Phase::Rejected {
+                                        rejection: Some(rejection),
+                                    });
+                                }
                             }
                             continue;
                         }
@@ -380,6 +399,7 @@ where
             );
         }
         if poll_timer(this.held, this.timer.as_mut(), cx).is_ready() {
+            span.outcome("timed_out");
             this.held.timed_out();
             this.held.disarm();
             this.phase.set(Phase::Done);

@@ -99,6 +99,7 @@ use crate::classify::{Classify, DefaultClassifier};
 use crate::clock::TokioClock;
 use crate::error::TenlivesError;
 use crate::retry::{NoRetry, RetryPolicy, RetryStage};
+use crate::span::call_span;
 use crate::wheel::{self, Timers};
 use future::{Deadline, Held, Phase, Retrying};
 
@@ -486,18 +487,27 @@ where
         let retry = p.retry.prepare(&self.inner, &req).map(Retrying::new);
         let deadline = p.timeout.map(|after| Deadline::new(now, after));
         let mut held = Held::new(Arc::clone(&self.policies), now);
+        let span = call_span!("tenlives.stack", "stack");
+        if retry.is_some() {
+            span.attempts(1);
+        }
         let phase = match p.admission.admit(now) {
             Ok(token) => {
                 held.hold(token, now);
+                span.admitted();
+                let _entered = span.enter();
                 Phase::Calling {
                     future: self.inner.call(req),
                 }
             }
-            Err(rejection) => Phase::Rejected {
-                rejection: Some(rejection),
-            },
+            Err(rejection) => {
+                span.rejected(&rejection);
+                Phase::Rejected {
+                    rejection: Some(rejection),
+                }
+            }
         };
-        StackFuture::new(phase, deadline, retry, held)
+        StackFuture::new(phase, deadline, retry, held, span)
     }
 }
 

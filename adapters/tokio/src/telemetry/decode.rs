@@ -154,6 +154,8 @@ pub(crate) fn trip_label(reason: Option<TripReason>) -> &'static str {
         Some(TripReason::FailureRate) => "failure_rate",
         Some(TripReason::SlowCallRate) => "slow_call_rate",
         Some(TripReason::FailedTest) => "failed_test",
+        // A reason this version does not know (`TripReason` may grow).
+        Some(_) => "other",
         None => "unknown",
     }
 }
@@ -176,8 +178,8 @@ pub(crate) const KNOWN_KINDS: [(EventKind, &str); 17] = [
     (EventKind::KEYED_TABLE_FULL, "keyed_table_full"),
     (EventKind::CONFIG_CHANGED, "config_changed"),
     (EventKind::QUEUE_REJECTED, "queue_rejected"),
-    (super::outcome::CALL_SUCCEEDED, "call_succeeded"),
-    (super::outcome::CALL_FAILED, "call_failed"),
+    (crate::outcome::CALL_SUCCEEDED, "call_succeeded"),
+    (crate::outcome::CALL_FAILED, "call_failed"),
 ];
 
 /// The position of a known kind in [`KNOWN_KINDS`].
@@ -199,8 +201,8 @@ pub(crate) fn kind_index(kind: EventKind) -> Option<usize> {
         EventKind::KEYED_TABLE_FULL => 12,
         EventKind::CONFIG_CHANGED => 13,
         EventKind::QUEUE_REJECTED => 14,
-        super::outcome::CALL_SUCCEEDED => 15,
-        super::outcome::CALL_FAILED => 16,
+        crate::outcome::CALL_SUCCEEDED => 15,
+        crate::outcome::CALL_FAILED => 16,
         _ => return None,
     })
 }

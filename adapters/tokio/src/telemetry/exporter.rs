@@ -56,8 +56,8 @@ const REFUSED: usize = 2;
 /// reported outcomes, and every refusal a policy reports.
 fn call_outcome(kind: EventKind) -> Option<usize> {
     match kind {
-        super::outcome::CALL_SUCCEEDED => Some(SUCCEEDED),
-        super::outcome::CALL_FAILED => Some(FAILED),
+        crate::outcome::CALL_SUCCEEDED => Some(SUCCEEDED),
+        crate::outcome::CALL_FAILED => Some(FAILED),
         EventKind::BREAKER_REJECTED
         | EventKind::BULKHEAD_REJECTED
         | EventKind::RETRY_BUDGET_EXHAUSTED

@@ -64,8 +64,9 @@
 //! # }
 //! ```
 //!
-//! Call outcomes the application reports ([`report_outcome`]) and the
-//! policies' refusals make `tenlives_calls_total`, the good and bad calls of
+//! Call outcomes, which the layers report by themselves (and code calling
+//! the engine directly with [`report_outcome`]), and the policies' refusals
+//! make `tenlives_calls_total`, the good and bad calls of
 //! each protected path that error budgets are computed from. With the cargo
 //! feature `otel`, the `otel` module mirrors every metric into OpenTelemetry
 //! instruments and exports configuration values as gauges.
@@ -77,12 +78,11 @@ pub mod exposition;
 #[cfg(feature = "otel")]
 pub mod otel;
 mod otel_sample;
-mod outcome;
 mod sources;
 mod trace;
 
+pub use crate::outcome::{CALL_FAILED, CALL_SUCCEEDED, Outcome, report_outcome};
 pub use drain::{Drain, DrainConfig, DrainCounts, DrainHandle, spawn};
 pub use exporter::{Exporter, LateSources};
-pub use outcome::{CALL_FAILED, CALL_SUCCEEDED, Outcome, report_outcome};
 pub use sources::{Policy, PolicyKind, SourceError, SourceRegistry, SourceRegistryBuilder};
 pub use trace::TARGET;

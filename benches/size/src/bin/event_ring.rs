@@ -27,7 +27,7 @@ pub extern "C" fn _start() -> ! {
         match consumer.try_recv() {
             Some(Received::Event(e)) => observe(e.payload),
             Some(Received::Lost(n)) => observe(n),
-            None => {}
+            _ => {}
         }
     }
 }

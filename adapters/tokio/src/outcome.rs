@@ -2,10 +2,15 @@
 //! stream.
 //!
 //! The engine's primitives report what they refuse, not how the calls they
-//! let through ended. An application that wants an error budget for a
-//! protected call path reports each admitted call's outcome into the same
-//! ring, under the source id of the policy that protects the path, with
-//! [`report_outcome`]. The exporter then counts, per policy,
+//! let through ended. The tower layers report it for them: every policy
+//! that holds a call while it runs (a circuit breaker, a fixed or adaptive
+//! concurrency limit, in their own layers or in the stack, and the
+//! throttle) emits [`CALL_SUCCEEDED`] or [`CALL_FAILED`] into its own sink,
+//! under its own source id, when the call it admitted ends with a success
+//! or a failure as the layer's classifier judges it (a timeout of the stack
+//! is a failure; an `Ignored` outcome and a cancelled call report nothing).
+//! Code calling the engine directly reports each admitted call's outcome
+//! with [`report_outcome`]. The exporter then counts, per policy,
 //! `tenlives_calls_total{outcome="succeeded" | "failed" | "refused"}`:
 //! succeeded and failed from these events, refused from every refusal the
 //! policy itself reports (`BREAKER_REJECTED`, `BULKHEAD_REJECTED`,
@@ -25,6 +30,26 @@ pub const CALL_SUCCEEDED: EventKind = EventKind(0x7E00);
 /// An admitted call failed (by the application's own judgement: an error,
 /// a timeout, a response it classifies as a failure). Payload: `[0, 0]`.
 pub const CALL_FAILED: EventKind = EventKind(0x7E01);
+
+/// Reports how a call a layer admitted through a policy with `sink` and
+/// `source` ended, as the layer's classifier judged it: a success or a
+/// failure is an event, `Ignored` is none. Nothing at all with a disabled
+/// sink (`NoSink`: the test is a constant).
+#[inline]
+pub(crate) fn report_call<S: EventSink + ?Sized>(
+    sink: &S,
+    source: u32,
+    now: Timestamp,
+    outcome: tenlives_engine::breaker::Outcome,
+) {
+    use tenlives_engine::breaker::Outcome as Classified;
+    let outcome = match outcome {
+        Classified::Success => Outcome::Succeeded,
+        Classified::Failure => Outcome::Failed,
+        Classified::Ignored => return,
+    };
+    report_outcome(sink, source, now, outcome);
+}
 
 /// How an admitted call ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
