@@ -24,7 +24,9 @@
 //!   tripped, never full, never retrying. Subjects: tenlives' `StackLayer`
 //!   (one layer, one future); the same four tenlives layers stacked one on
 //!   another (`tenlives_layers`); tower-resilience's `TimeLimiter`, `Retry`,
-//!   `CircuitBreaker` and `Bulkhead` stacked the same way; tower's `Timeout`
+//!   `CircuitBreaker` and `Bulkhead` stacked the same way; tenlives'
+//!   `StackLayer` with its concurrency limit split over per-core shards
+//!   (`tenlives_stack_sharded`, `tenlives_engine::sharded`); tower's `Timeout`
 //!   and `ConcurrencyLimit` alone (`tower_timeout_limit`), and tenlives'
 //!   `StackLayer` with only those two stages (`tenlives_stack_timeout_limit`).
 //! - `layers/concurrency_limit`: tenlives `ConcurrencyLimitLayer` (rejects
@@ -54,6 +56,7 @@ use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker};
 use tenlives_engine::bulkhead::Bulkhead;
 use tenlives_engine::rate::RateLimiter;
 use tenlives_engine::retry::{Backoff, RetryBudget, RetryBudgetConfig};
+use tenlives_engine::sharded::ShardedBulkhead;
 use tenlives_tokio::{
     CircuitBreakerLayer, ConcurrencyLimitLayer, RateLimitLayer, RetryLayer, RetryPolicy,
     StackLayer, TimeoutLayer,
@@ -139,6 +142,15 @@ fn bench_stack(c: &mut Criterion) {
     both(g, "bare", || PendingOnce);
     both(g, "bare_always_ready", || Noop);
     rows!(g, both, "tenlives_stack", |inner| tenlives_stack(inner));
+    rows!(g, both, "tenlives_stack_sharded", |inner| {
+        StackLayer::builder()
+            .timeout(TIMEOUT)
+            .retry(retry_policy())
+            .circuit_breaker(breaker())
+            .sharded_concurrency_limit(ShardedBulkhead::new(LIMIT).expect("a valid limit"))
+            .build()
+            .layer(inner)
+    });
     rows!(g, both, "tenlives_layers", |inner| tenlives_layers(inner));
     rows!(g, both, "tower_resilience", |inner| peer::stack(inner));
     rows!(g, both, "tenlives_stack_timeout_limit", |inner| {

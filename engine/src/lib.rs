@@ -54,6 +54,7 @@ pub mod queue;
 pub mod rate;
 pub mod retry;
 mod rng;
+pub mod sharded;
 mod stripe;
 mod sync;
 pub mod throttle;

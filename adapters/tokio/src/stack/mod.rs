@@ -87,6 +87,7 @@ use tenlives_engine::breaker::CircuitBreaker;
 use tenlives_engine::bulkhead::Bulkhead;
 use tenlives_engine::events::EventSink;
 use tenlives_engine::rate::RateLimiter;
+use tenlives_engine::sharded::ShardedBulkhead;
 use tenlives_engine::time::{Clock, Timestamp};
 use tenlives_engine::timer::TimerWheel;
 use tower_layer::Layer;
@@ -357,6 +358,17 @@ impl<K, R, B, Rl, L> StackBuilder<K, R, DefaultAdmission<B, Rl, L>> {
         bulkhead: Bulkhead<Snk>,
     ) -> StackBuilder<K, R, DefaultAdmission<B, Rl, Bulkhead<Snk>>> {
         self.map_admission(|(breaker, rate, _)| (breaker, rate, Some(bulkhead)))
+    }
+
+    /// Limits concurrent calls with `limit`, split over per-core shards:
+    /// threads on different cores admit without writing one shared word,
+    /// at the price of refusals that can miss permits released during the
+    /// refusing call's scan (see [`tenlives_engine::sharded`]).
+    pub fn sharded_concurrency_limit(
+        self,
+        limit: ShardedBulkhead,
+    ) -> StackBuilder<K, R, DefaultAdmission<B, Rl, ShardedBulkhead>> {
+        self.map_admission(|(breaker, rate, _)| (breaker, rate, Some(limit)))
     }
 
     /// Limits concurrent calls with `limiter`, whose limit follows the
