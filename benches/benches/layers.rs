@@ -25,8 +25,10 @@
 //!   (one layer, one future); the same four tenlives layers stacked one on
 //!   another (`tenlives_layers`); tower-resilience's `TimeLimiter`, `Retry`,
 //!   `CircuitBreaker` and `Bulkhead` stacked the same way; tenlives'
-//!   `StackLayer` with its concurrency limit split over per-core shards
-//!   (`tenlives_stack_sharded`, `tenlives_engine::sharded`); tower's `Timeout`
+//!   `StackLayer` made static (`StackLayer::into_static`: requests touch no
+//!   reference count, `tenlives_stack_static`) and also with its concurrency
+//!   limit split over per-core shards (`tenlives_stack_sharded_static`,
+//!   `tenlives_engine::sharded`), pending once only; tower's `Timeout`
 //!   and `ConcurrencyLimit` alone (`tower_timeout_limit`), and tenlives'
 //!   `StackLayer` with only those two stages (`tenlives_stack_timeout_limit`).
 //! - `layers/concurrency_limit`: tenlives `ConcurrencyLimitLayer` (rejects
@@ -142,14 +144,25 @@ fn bench_stack(c: &mut Criterion) {
     both(g, "bare", || PendingOnce);
     both(g, "bare_always_ready", || Noop);
     rows!(g, both, "tenlives_stack", |inner| tenlives_stack(inner));
-    rows!(g, both, "tenlives_stack_sharded", |inner| {
+    both(g, "tenlives_stack_static", || {
+        StackLayer::builder()
+            .timeout(TIMEOUT)
+            .retry(retry_policy())
+            .circuit_breaker(breaker())
+            .concurrency_limit(Bulkhead::new(LIMIT).expect("a valid limit"))
+            .build()
+            .into_static()
+            .layer(PendingOnce)
+    });
+    both(g, "tenlives_stack_sharded_static", || {
         StackLayer::builder()
             .timeout(TIMEOUT)
             .retry(retry_policy())
             .circuit_breaker(breaker())
             .sharded_concurrency_limit(ShardedBulkhead::new(LIMIT).expect("a valid limit"))
             .build()
-            .layer(inner)
+            .into_static()
+            .layer(PendingOnce)
     });
     rows!(g, both, "tenlives_layers", |inner| tenlives_layers(inner));
     rows!(g, both, "tower_resilience", |inner| peer::stack(inner));

@@ -93,3 +93,41 @@ async fn the_stack_holds_and_gives_back_sharded_permits() {
         "the panicking request gave its permit back"
     );
 }
+
+/// A static stack (`into_static`) counts no reference per request and still
+/// gives every permit back on completion, drop and panic; the layer's
+/// clones and services keep working after the original layer is dropped.
+#[tokio::test(start_paused = true)]
+async fn a_static_stack_gives_back_what_it_holds() {
+    let layer = StackLayer::builder()
+        .timeout(Duration::from_millis(100))
+        .sharded_concurrency_limit(ShardedBulkhead::new(2).unwrap())
+        .build();
+    assert!(layer.is_counted());
+    let layer = layer.into_static();
+    assert!(!layer.is_counted());
+    let mut svc = layer.layer(Backend { panics: false });
+    let probe = layer.clone();
+    drop(layer);
+    let limit = || probe.policies().limit().unwrap();
+    for _ in 0..3 {
+        assert!(svc.ready().await.unwrap().call(()).await.is_ok());
+    }
+    let mut a = Box::pin(svc.ready().await.unwrap().call(()));
+    assert!(poll_once(&mut a).await.is_pending());
+    assert_eq!(limit().in_flight(), 1);
+    drop(a);
+    assert_eq!(limit().in_flight(), 0);
+    let mut panicking = probe.layer(Backend { panics: true });
+    let mut c = Box::pin(panicking.ready().await.unwrap().call(()));
+    assert!(poll_once(&mut c).await.is_pending());
+    let unwound = std::future::poll_fn(|cx| {
+        Poll::Ready(catch_unwind(AssertUnwindSafe(|| c.as_mut().poll(cx))))
+    })
+    .await;
+    assert!(unwound.is_err());
+    drop(c);
+    assert_eq!(limit().in_flight(), 0);
+    let timers = probe.policies().timers().unwrap();
+    assert_eq!(timers.fallbacks(), 0);
+}

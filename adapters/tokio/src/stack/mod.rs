@@ -75,6 +75,7 @@
 //! they need a tokio runtime with the time driver enabled.
 
 mod future;
+mod handle;
 
 use std::fmt;
 use std::sync::Arc;
@@ -102,6 +103,7 @@ use crate::error::TenlivesError;
 use crate::retry::{NoRetry, RetryPolicy, RetryStage};
 use crate::wheel::{self, Timers};
 use future::{Deadline, Held, Phase, Retrying};
+use handle::Handle;
 
 /// The admission stages the builder assembles: an optional breaker, then an
 /// optional rate limit, then an optional concurrency limit.
@@ -317,7 +319,7 @@ impl<K, R, A> StackBuilder<K, R, A> {
             }
         });
         StackLayer {
-            policies: Arc::new(Policies {
+            policies: Handle::new(Arc::new(Policies {
                 admission: self.admission,
                 classifier: self.classifier,
                 retry: self.retry,
@@ -327,7 +329,7 @@ impl<K, R, A> StackBuilder<K, R, A> {
                 time_at_call,
                 time_at_admit,
                 time_at_end,
-            }),
+            })),
         }
     }
 }
@@ -383,7 +385,7 @@ impl<K, R, B, Rl, L> StackBuilder<K, R, DefaultAdmission<B, Rl, L>> {
 
 /// One tower [`Layer`] for the whole stack. See the [module documentation](self).
 pub struct StackLayer<K = DefaultClassifier, R = NoRetry, A = DefaultAdmission> {
-    policies: Arc<Policies<K, R, A>>,
+    policies: Handle<Policies<K, R, A>>,
 }
 
 impl StackLayer {
@@ -406,12 +408,32 @@ impl<K, R, A> StackLayer<K, R, A> {
     pub fn policies(&self) -> &Policies<K, R, A> {
         &self.policies
     }
+
+    /// This layer, for a stack that lives as long as the process: its
+    /// policies are never freed (their memory and the timer wheel's driver
+    /// stay for good, even once every layer, service and request is
+    /// dropped), and in exchange the layer, its services and their requests
+    /// reach them without a reference count: no shared count is written per
+    /// request (an `Arc` clone and drop are two atomic read-modify-writes of
+    /// one line, which two threads admitting at once pass back and forth).
+    /// Layers cloned before keep counting; clones made after do not.
+    pub fn into_static(self) -> Self {
+        StackLayer {
+            policies: self.policies.into_static(),
+        }
+    }
+
+    /// Whether requests through this layer's services touch a shared
+    /// reference count (false after [`into_static`](Self::into_static)).
+    pub fn is_counted(&self) -> bool {
+        self.policies.is_counted()
+    }
 }
 
 impl<K, R, A> Clone for StackLayer<K, R, A> {
     fn clone(&self) -> Self {
         StackLayer {
-            policies: Arc::clone(&self.policies),
+            policies: self.policies.clone(),
         }
     }
 }
@@ -430,7 +452,7 @@ impl<S, K, R, A> Layer<S> for StackLayer<K, R, A> {
     fn layer(&self, inner: S) -> Self::Service {
         Stack {
             inner,
-            policies: Arc::clone(&self.policies),
+            policies: self.policies.clone(),
         }
     }
 }
@@ -438,7 +460,7 @@ impl<S, K, R, A> Layer<S> for StackLayer<K, R, A> {
 /// A service behind the whole stack. Made by [`StackLayer`].
 pub struct Stack<S, K = DefaultClassifier, R = NoRetry, A = DefaultAdmission> {
     inner: S,
-    policies: Arc<Policies<K, R, A>>,
+    policies: Handle<Policies<K, R, A>>,
 }
 
 impl<S, K, R, A> Stack<S, K, R, A> {
@@ -457,7 +479,7 @@ impl<S: Clone, K, R, A> Clone for Stack<S, K, R, A> {
     fn clone(&self) -> Self {
         Stack {
             inner: self.inner.clone(),
-            policies: Arc::clone(&self.policies),
+            policies: self.policies.clone(),
         }
     }
 }
@@ -497,7 +519,7 @@ where
         // service that was polled ready.
         let retry = p.retry.prepare(&self.inner, &req).map(Retrying::new);
         let deadline = p.timeout.map(|after| Deadline::new(now, after));
-        let mut held = Held::new(Arc::clone(&self.policies), now);
+        let mut held = Held::new(self.policies.clone(), now);
         let phase = match p.admission.admit(now) {
             Ok(token) => {
                 held.hold(token, now);
