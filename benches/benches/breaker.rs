@@ -132,6 +132,9 @@ fn failsafe_consecutive() -> impl ClosedSuccess + failsafe::CircuitBreaker {
         .build()
 }
 
+/// Makes a fresh breaker of one configuration.
+type MakeBreaker = fn() -> CircuitBreaker;
+
 /// `subject` on 1 thread and on 2 threads.
 fn closed_success<S: ClosedSuccess>(
     group: &mut BenchmarkGroup<'_, WallTime>,
@@ -166,7 +169,7 @@ fn bench_closed_success(c: &mut Criterion) {
                 .expect("valid config"),
         )
     };
-    let subjects: [(&str, fn() -> CircuitBreaker); 3] = [
+    let subjects: [(&str, MakeBreaker); 3] = [
         ("tenlives_consecutive", tenlives_consecutive),
         ("tenlives_rate_time_window", || {
             CircuitBreaker::new(BreakerConfig::default())
