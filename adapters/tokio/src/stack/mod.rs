@@ -15,7 +15,11 @@
 //! one `Arc` of [`Policies`] (policies, classifier and clock): every service
 //! the layer makes and every clone of those share it, and each request
 //! clones that `Arc` once, allocates nothing (beyond what the wrapped service
-//! and the request's own `Clone` do) and boxes nothing. The clock (a
+//! and the request's own `Clone` do) and boxes nothing. A stack that lives as
+//! long as the process can skip the clone: [`StackLayer::into_static`] leaks
+//! the policies and its requests reach them by a plain reference, writing no
+//! shared count. On two threads, its concurrency limit can also be split over
+//! per-core shards ([`StackBuilder::sharded_concurrency_limit`]). The clock (a
 //! [`TokioClock`]: the TSC, or tokio's clock when it is paused) is read once
 //! when a request is called and, where a stage judges the attempt by its
 //! end time (a slow-call rule, a time-based window, a failure that opens a
