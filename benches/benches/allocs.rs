@@ -623,7 +623,7 @@ fn layers(tally: &mut Tally) {
         tally,
         rt,
         "layers/concurrency_limit/tower_resilience",
-        |inner| { peer::bulkhead().layer(inner) }
+        |inner| peer::bulkhead().layer(inner)
     );
 
     forms!(tally, rt, "layers/timeout/tenlives", |inner| {
