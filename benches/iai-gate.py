@@ -45,6 +45,11 @@ PEERS = {
     "tenlives_rate_check": "governor_direct_check",
     "tenlives_rate_check_n": "governor_check_n",
     "tenlives_keyed_check_1k": "governor_keyed_check_1k",
+    # The secondary rows: tenlives given its time, governor on its fake clock
+    # (failsafe has no clock to fake: its rows pair with the headline only).
+    "tenlives_rate_check_no_clock_read": "governor_direct_check_fake_clock",
+    "tenlives_rate_check_n_no_clock_read": "governor_check_n_fake_clock",
+    "tenlives_keyed_check_1k_no_clock_read": "governor_keyed_check_1k_fake_clock",
 }
 FLOOR = "floor_fetch_add"
 

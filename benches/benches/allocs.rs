@@ -18,8 +18,9 @@
 //! `design_*`), which allocate nothing by construction, and the variants
 //! that differ from a counted operation only in the clock they read
 //! (`tenlives_quanta_clock`, `tenlives_monotonic_clock`,
-//! `tenlives_uneven_rate`) or in the service under the layer
-//! (`*_pending_once`).
+//! `tenlives_uneven_rate`). Layers are counted in both forms of `layers.rs`:
+//! around `PendingOnce` (the headline: every timer armed, a real wake) and
+//! around `Noop` (`*_always_ready`).
 //!
 //! With `--deny-tenlives`, exits 1 if any `tenlives*` operation allocated.
 //!
@@ -45,6 +46,7 @@ use tenlives_engine::events::{Event, EventKind, EventRing, Received, Slot};
 use tenlives_engine::queue::{AdmissionQueue, QueueConfig};
 use tenlives_engine::rate::{KeyedConfig, KeyedRateLimiter, Quota, RateLimiter};
 use tenlives_engine::retry::{Backoff, RetryBudget, RetryBudgetConfig};
+use tenlives_engine::sharded::ShardedBulkhead;
 use tenlives_engine::throttle::{Throttle, ThrottleConfig};
 use tenlives_engine::time::{ManualClock, Timestamp};
 use tenlives_test_support::{CountingAllocator, allocations_during};
@@ -71,6 +73,9 @@ const START_NS: u64 = 3_600_000_000_000;
 /// Time per operation, in nanoseconds.
 const STEP: u64 = 20;
 
+#[path = "support/pending_once.rs"]
+mod pending_once;
+use pending_once::PendingOnce;
 #[path = "support/tower_driver.rs"]
 mod tower_driver;
 use tower_driver::{Noop, drive, runtime};
@@ -519,66 +524,142 @@ fn retry_policy() -> RetryPolicy {
     RetryPolicy::new(backoff, RetryBudget::new(RetryBudgetConfig::default()))
 }
 
+/// `make` around `PendingOnce` (the headline form: a real wake, every timer
+/// armed) as `id`, and around `Noop` as `<id>_always_ready`, as in
+/// `layers.rs`.
+macro_rules! forms {
+    ($tally:expr, $rt:expr, $id:expr, |$inner:ident| $make:expr) => {{
+        {
+            let $inner = PendingOnce;
+            layer($tally, $rt, $id, $make);
+        }
+        {
+            let $inner = Noop;
+            layer($tally, $rt, &format!("{}_always_ready", $id), $make);
+        }
+    }};
+}
+
 fn layers(tally: &mut Tally) {
     let rt = runtime();
     let _in_runtime = rt.enter();
+    let rt = &rt;
     let timeout = Duration::from_secs(1);
     let bulkhead = || Bulkhead::new(LIMIT).expect("a valid limit");
     let breaker = || CircuitBreaker::new(BreakerConfig::default());
 
-    let stack = StackLayer::builder()
-        .timeout(timeout)
-        .retry(retry_policy())
-        .circuit_breaker(breaker())
-        .concurrency_limit(bulkhead())
-        .build()
-        .layer(Noop);
-    layer(tally, &rt, "layers/stack/tenlives_stack", stack);
-    let stack = ServiceBuilder::new()
-        .layer(TimeoutLayer::new(timeout))
-        .layer(RetryLayer::new(retry_policy()))
-        .layer(CircuitBreakerLayer::new(breaker()))
-        .layer(ConcurrencyLimitLayer::new(bulkhead()))
-        .service(Noop);
-    layer(tally, &rt, "layers/stack/tenlives_layers", stack);
+    forms!(tally, rt, "layers/stack/tenlives_stack", |inner| {
+        StackLayer::builder()
+            .timeout(timeout)
+            .retry(retry_policy())
+            .circuit_breaker(breaker())
+            .concurrency_limit(bulkhead())
+            .build()
+            .layer(inner)
+    });
     layer(
         tally,
-        &rt,
-        "layers/stack/tower_resilience",
-        peer::stack(Noop),
+        rt,
+        "layers/stack/tenlives_stack_static",
+        StackLayer::builder()
+            .timeout(timeout)
+            .retry(retry_policy())
+            .circuit_breaker(breaker())
+            .concurrency_limit(bulkhead())
+            .build()
+            .into_static()
+            .layer(PendingOnce),
+    );
+    layer(
+        tally,
+        rt,
+        "layers/stack/tenlives_stack_sharded_static",
+        StackLayer::builder()
+            .timeout(timeout)
+            .retry(retry_policy())
+            .circuit_breaker(breaker())
+            .sharded_concurrency_limit(ShardedBulkhead::new(LIMIT).expect("a valid limit"))
+            .build()
+            .into_static()
+            .layer(PendingOnce),
+    );
+    forms!(tally, rt, "layers/stack/tenlives_layers", |inner| {
+        ServiceBuilder::new()
+            .layer(TimeoutLayer::new(timeout))
+            .layer(RetryLayer::new(retry_policy()))
+            .layer(CircuitBreakerLayer::new(breaker()))
+            .layer(ConcurrencyLimitLayer::new(bulkhead()))
+            .service(inner)
+    });
+    forms!(tally, rt, "layers/stack/tower_resilience", |inner| {
+        peer::stack(inner)
+    });
+    forms!(
+        tally,
+        rt,
+        "layers/stack/tenlives_stack_timeout_limit",
+        |inner| {
+            StackLayer::builder()
+                .timeout(timeout)
+                .concurrency_limit(bulkhead())
+                .build()
+                .layer(inner)
+        }
+    );
+    forms!(tally, rt, "layers/stack/tower_timeout_limit", |inner| {
+        ServiceBuilder::new()
+            .timeout(timeout)
+            .concurrency_limit(LIMIT as usize)
+            .service(inner)
+    });
+
+    forms!(tally, rt, "layers/concurrency_limit/tenlives", |inner| {
+        ConcurrencyLimitLayer::new(bulkhead()).layer(inner)
+    });
+    forms!(tally, rt, "layers/concurrency_limit/tower", |inner| {
+        tower::limit::ConcurrencyLimitLayer::new(LIMIT as usize).layer(inner)
+    });
+    forms!(
+        tally,
+        rt,
+        "layers/concurrency_limit/tower_resilience",
+        |inner| peer::bulkhead().layer(inner)
     );
 
-    let svc = ConcurrencyLimitLayer::new(bulkhead()).layer(Noop);
-    layer(tally, &rt, "layers/concurrency_limit/tenlives", svc);
-    let svc = tower::limit::ConcurrencyLimitLayer::new(LIMIT as usize).layer(Noop);
-    layer(tally, &rt, "layers/concurrency_limit/tower", svc);
-    let svc = peer::bulkhead().layer(Noop);
-    layer(tally, &rt, "layers/concurrency_limit/tower_resilience", svc);
+    forms!(tally, rt, "layers/timeout/tenlives", |inner| {
+        TimeoutLayer::new(timeout).layer(inner)
+    });
+    forms!(tally, rt, "layers/timeout/tower", |inner| {
+        tower::timeout::TimeoutLayer::new(timeout).layer(inner)
+    });
+    forms!(tally, rt, "layers/timeout/tower_resilience", |inner| {
+        peer::timeout().layer(inner)
+    });
 
-    let svc = TimeoutLayer::new(timeout).layer(Noop);
-    layer(tally, &rt, "layers/timeout/tenlives", svc);
-    let svc = tower::timeout::TimeoutLayer::new(timeout).layer(Noop);
-    layer(tally, &rt, "layers/timeout/tower", svc);
-    let svc = peer::timeout().layer(Noop);
-    layer(tally, &rt, "layers/timeout/tower_resilience", svc);
+    forms!(tally, rt, "layers/breaker/tenlives", |inner| {
+        CircuitBreakerLayer::new(breaker()).layer(inner)
+    });
+    forms!(tally, rt, "layers/breaker/tower_resilience", |inner| {
+        peer::breaker().layer(inner)
+    });
 
-    let svc = CircuitBreakerLayer::new(breaker()).layer(Noop);
-    layer(tally, &rt, "layers/breaker/tenlives", svc);
-    let svc = peer::breaker().layer(Noop);
-    layer(tally, &rt, "layers/breaker/tower_resilience", svc);
+    forms!(tally, rt, "layers/retry/tenlives", |inner| {
+        RetryLayer::new(retry_policy()).layer(inner)
+    });
+    forms!(tally, rt, "layers/retry/tower_resilience", |inner| {
+        peer::retry::<std::convert::Infallible>().layer(inner)
+    });
 
-    let svc = RetryLayer::new(retry_policy()).layer(Noop);
-    layer(tally, &rt, "layers/retry/tenlives", svc);
-    let svc = peer::retry::<std::convert::Infallible>().layer(Noop);
-    layer(tally, &rt, "layers/retry/tower_resilience", svc);
-
-    let svc = RateLimitLayer::new(RateLimiter::new(peer::tenlives_quota())).layer(Noop);
-    layer(tally, &rt, "layers/rate_limit/tenlives", svc);
-    let svc = peer::rate_limit().layer(Noop);
-    layer(tally, &rt, "layers/rate_limit/tower_resilience", svc);
-    let svc = tower::limit::RateLimitLayer::new(u64::from(peer::RATE), Duration::from_secs(1))
-        .layer(Noop);
-    layer(tally, &rt, "layers/rate_limit/tower", svc);
+    forms!(tally, rt, "layers/rate_limit/tenlives", |inner| {
+        RateLimitLayer::new(RateLimiter::new(peer::tenlives_quota())).layer(inner)
+    });
+    forms!(tally, rt, "layers/rate_limit/tower_resilience", |inner| {
+        peer::rate_limit().layer(inner)
+    });
+    forms!(tally, rt, "layers/rate_limit/tower", |inner| {
+        tower::limit::RateLimitLayer::new(u64::from(peer::RATE), Duration::from_secs(1))
+            .layer(inner)
+    });
 }
 
 fn main() {

@@ -11,6 +11,17 @@
 //! operation, a `black_box` on its time argument, and a few instructions of
 //! call and return.
 //!
+//! Rows whose operation takes a time measure it the way the adapters call it:
+//! the time is read from the adapters' default clock, the process's
+//! `TscClock` (quanta's TSC, clamped), once per operation, inside the
+//! counted region; governor's rows likewise read its default clock (quanta's
+//! `Clock`), failsafe its own `Instant::now()`. The rows ending in
+//! `_no_clock_read` (tenlives, given `now` for free: a `black_box` of a
+//! constant) and `_fake_clock` (governor on its `FakeRelativeClock`, one
+//! relaxed load) are the secondary rows: what the decisions alone cost.
+//! Under callgrind the TSC read is counted as valgrind emulates `rdtsc`
+//! (a few instructions) plus quanta's scaling and the clamp.
+//!
 //! Benchmarks named `tenlives_*` are gated: the gate fails when one of their
 //! counts rises more than 5 % above `benches/iai-baselines.json`. The others
 //! are peers and a floor, reported for the ratios only:
@@ -38,6 +49,7 @@
 //!   same quota per key. Both keyed tables hash with foldhash under a fixed
 //!   seed, so that the key's place in its bucket, and with it the count, is
 //!   the same on every run.
+//! - each tenlives row above that takes a time has a `_no_clock_read` twin.
 //! - `failsafe_breaker_default`, `failsafe_breaker_consecutive`: failsafe 1.3's
 //!   `call(|| Ok(()))` with its default configuration and with its
 //!   consecutive-failures policy (it reads its own clock).
@@ -46,12 +58,12 @@
 //!   event into a full queue of 1024.
 //! - `governor_direct_check`, `governor_check_n`: governor 0.10's
 //!   `RateLimiter::check()` and `check_n(8)` with the same quota, on its
-//!   `FakeRelativeClock` (its cheapest clock, one relaxed load: the peer of
-//!   a `now` passed in).
+//!   default clock (quanta's); `..._fake_clock`: on its `FakeRelativeClock`
+//!   (its cheapest clock, one relaxed load: the peer of a `now` passed in).
 //! - `governor_keyed_check_1k`: governor's dashmap-keyed `check_key(&key)`
-//!   for a key present among 1 000, on `FakeRelativeClock` and with the
-//!   hasher tenlives uses (foldhash, same fixed seed), so that neither clock
-//!   nor hash function is what is compared.
+//!   for a key present among 1 000, on its default clock, with the hasher
+//!   tenlives uses (foldhash, same fixed seed), so that the hash function is
+//!   not what is compared; `..._fake_clock`: on `FakeRelativeClock`.
 //! - `floor_fetch_add`: one `fetch_add(1, Relaxed)` on an `AtomicU64`.
 //! - `tenlives_layer_concurrency_limit`: one request through
 //!   `ConcurrencyLimitLayer` (limit 1000) over a service whose future is
@@ -68,18 +80,18 @@ use std::time::Duration;
 use crossbeam_queue::ArrayQueue;
 use failsafe::CircuitBreaker as _;
 use failsafe::failure_policy::FailurePolicy;
-use governor::clock::FakeRelativeClock;
+use governor::clock::{DefaultClock, FakeRelativeClock};
 use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::state::{InMemoryState, NotKeyed};
 use iai_callgrind::main;
-use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker};
+use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker, Outcome};
 use tenlives_engine::bulkhead::Bulkhead;
 use tenlives_engine::events::{Event, EventKind, EventRing, NoSink, Slot};
 use tenlives_engine::rate::{KeyedConfig, KeyedRateLimiter, Quota, RateLimiter};
 use tenlives_engine::retry::{RetryBudget, RetryBudgetConfig};
 use tenlives_engine::throttle::{Throttle, ThrottleConfig};
-use tenlives_engine::time::Timestamp;
+use tenlives_engine::time::{Clock, Timestamp, TscClock};
 use tokio::sync::Semaphore;
 
 /// Where the timestamps start: an hour after the clock's origin, as a
@@ -176,6 +188,42 @@ fn limited_service() -> Box<LimitedService> {
     Box::new(svc)
 }
 
+/// governor's middleware on its default clock.
+type DefaultMiddleware = NoOpMiddleware<<DefaultClock as governor::clock::Clock>::Instant>;
+
+/// governor's direct limiter on its default clock.
+type GovernorDirectDefault =
+    governor::RateLimiter<NotKeyed, InMemoryState, DefaultClock, DefaultMiddleware>;
+
+/// governor's dashmap-keyed limiter on its default clock, with foldhash.
+type GovernorKeyedDefault =
+    governor::RateLimiter<u64, DashMapStateStore<u64, Hasher>, DefaultClock, DefaultMiddleware>;
+
+/// A subject with the clock the adapters read by default, made before the
+/// subject's warm-up (so the warm-up's times are on it).
+struct Timed<T> {
+    subject: T,
+    clock: TscClock,
+}
+
+impl<T> Timed<T> {
+    /// The time of the measured operation: one reading, an hour in (a
+    /// process that has run for a while, as the `_no_clock_read` rows'
+    /// constant says: windows and buckets then have a past to roll over).
+    #[inline(always)]
+    fn now(&self) -> Timestamp {
+        Timestamp::from_nanos(START_NS + self.clock.now().as_nanos())
+    }
+}
+
+/// `warm` run at a new clock's time, then boxed with it.
+fn timed<T>(warm: impl FnOnce(Timestamp) -> T) -> Box<Timed<T>> {
+    let clock = TscClock::new();
+    let start = Timestamp::from_nanos(START_NS + clock.now().as_nanos());
+    let subject = warm(start);
+    Box::new(Timed { subject, clock })
+}
+
 /// The time of the measured operation, hidden from the optimiser.
 #[inline(always)]
 fn now() -> Timestamp {
@@ -200,44 +248,88 @@ fn breaker_success(b: &CircuitBreaker, now: Timestamp) {
     permit.success(now);
 }
 
-/// `b` warmed up with successful calls at the start time.
-fn warm_breaker(b: CircuitBreaker) -> Box<CircuitBreaker> {
-    let start = Timestamp::from_nanos(START_NS);
+/// A closed breaker's call that succeeds, as the adapters make it: the
+/// clock read at admission, and at the end only where the outcome needs the
+/// time (`record_needs_time`).
+#[inline(always)]
+fn breaker_success_timed(t: &Timed<CircuitBreaker>) {
+    let b = &t.subject;
+    let now = t.now();
+    let permit = b.try_acquire_raw(now).expect("a closed breaker admits");
+    let end = if b.record_needs_time(&permit, Outcome::Success) {
+        t.now()
+    } else {
+        now
+    };
+    b.record(permit, Outcome::Success, end);
+}
+
+/// `b` warmed up with successful calls at `start`.
+fn warm_breaker(b: CircuitBreaker, start: Timestamp) -> CircuitBreaker {
     for _ in 0..WARM_UP {
         breaker_success(&b, start);
     }
-    Box::new(b)
+    b
 }
 
-/// A closed breaker, default configuration (failure rate, time window).
-fn breaker_time_window() -> Box<CircuitBreaker> {
-    warm_breaker(CircuitBreaker::new(BreakerConfig::default()))
+/// The default configuration (failure rate, time window).
+fn time_window() -> CircuitBreaker {
+    CircuitBreaker::new(BreakerConfig::default())
 }
 
-/// A closed breaker, consecutive-failures rule alone.
-fn breaker_consecutive() -> Box<CircuitBreaker> {
-    warm_breaker(CircuitBreaker::new(
+/// The consecutive-failures rule alone.
+fn consecutive() -> CircuitBreaker {
+    CircuitBreaker::new(
         BreakerConfig::builder()
             .without_failure_rate()
             .consecutive_failures(5)
             .open_duration(Duration::from_secs(60))
             .build()
             .expect("valid config"),
-    ))
+    )
 }
 
-/// A force-opened breaker that has already refused a few calls.
-fn breaker_forced_open() -> Box<CircuitBreaker> {
+/// A closed breaker, default configuration, warmed up at the start time.
+fn breaker_time_window() -> Box<CircuitBreaker> {
+    Box::new(warm_breaker(time_window(), Timestamp::from_nanos(START_NS)))
+}
+
+/// The same on the TSC.
+fn breaker_time_window_timed() -> Box<Timed<CircuitBreaker>> {
+    timed(|start| warm_breaker(time_window(), start))
+}
+
+/// A closed breaker, consecutive-failures rule alone.
+fn breaker_consecutive() -> Box<CircuitBreaker> {
+    Box::new(warm_breaker(consecutive(), Timestamp::from_nanos(START_NS)))
+}
+
+/// The same on the TSC.
+fn breaker_consecutive_timed() -> Box<Timed<CircuitBreaker>> {
+    timed(|start| warm_breaker(consecutive(), start))
+}
+
+/// A force-opened breaker that has already refused a few calls at `start`.
+fn forced_open(start: Timestamp) -> CircuitBreaker {
     let b = CircuitBreaker::new(BreakerConfig::default());
     b.force_open(Timestamp::ZERO);
-    let start = Timestamp::from_nanos(START_NS);
     for _ in 0..WARM_UP {
         assert!(
             b.try_acquire(start).is_err(),
             "a forced-open breaker refuses"
         );
     }
-    Box::new(b)
+    b
+}
+
+/// A force-opened breaker, warmed up at the start time.
+fn breaker_forced_open() -> Box<CircuitBreaker> {
+    Box::new(forced_open(Timestamp::from_nanos(START_NS)))
+}
+
+/// The same on the TSC.
+fn breaker_forced_open_timed() -> Box<Timed<CircuitBreaker>> {
+    timed(forced_open)
 }
 
 /// A bulkhead of 1000 permits, a few taken and given back.
@@ -258,26 +350,45 @@ fn event_ring() -> Box<Ring> {
     Box::new(ring)
 }
 
-/// A throttle, default configuration, that has accepted a few requests.
-fn throttle() -> Box<Throttle> {
+/// A throttle, default configuration, that has accepted a few requests at
+/// `start`.
+fn warm_throttle(start: Timestamp) -> Throttle {
     let t = Throttle::new(ThrottleConfig::builder().build().expect("valid config"));
-    let start = Timestamp::from_nanos(START_NS);
     for _ in 0..WARM_UP {
         t.try_admit(start).expect("admitted").accepted(start);
     }
-    Box::new(t)
+    t
+}
+
+/// A warmed-up throttle at the start time.
+fn throttle() -> Box<Throttle> {
+    Box::new(warm_throttle(Timestamp::from_nanos(START_NS)))
+}
+
+/// The same on the TSC.
+fn throttle_timed() -> Box<Timed<Throttle>> {
+    timed(warm_throttle)
 }
 
 /// A retry budget, default configuration, with a few deposits and
-/// withdrawals.
-fn retry_budget() -> Box<RetryBudget> {
+/// withdrawals at `start`.
+fn warm_retry_budget(start: Timestamp) -> RetryBudget {
     let r = RetryBudget::new(RetryBudgetConfig::default());
-    let start = Timestamp::from_nanos(START_NS);
     for _ in 0..WARM_UP {
         r.deposit(start);
         r.try_withdraw(start);
     }
-    Box::new(r)
+    r
+}
+
+/// A warmed-up retry budget at the start time.
+fn retry_budget() -> Box<RetryBudget> {
+    Box::new(warm_retry_budget(Timestamp::from_nanos(START_NS)))
+}
+
+/// The same on the TSC.
+fn retry_budget_timed() -> Box<Timed<RetryBudget>> {
+    timed(warm_retry_budget)
 }
 
 /// failsafe's successful call on a closed breaker.
@@ -340,18 +451,27 @@ fn governor_admitting() -> governor::Quota {
     governor::Quota::per_second(nonzero(RATE)).allow_burst(nonzero(BURST))
 }
 
-/// A direct limiter that has admitted a few requests.
-fn rate_limiter() -> Box<RateLimiter> {
+/// A direct limiter that has admitted a few requests at `start`.
+fn warm_rate_limiter(start: Timestamp) -> RateLimiter {
     let r = RateLimiter::new(admitting());
-    let start = Timestamp::from_nanos(START_NS);
     for _ in 0..WARM_UP {
         r.check(start).expect("admitted");
     }
-    Box::new(r)
+    r
 }
 
-/// A keyed limiter holding [`KEYS`] keys, [`KEY`] checked a few more times.
-fn keyed_limiter() -> Box<Keyed> {
+/// A warmed-up direct limiter at the start time.
+fn rate_limiter() -> Box<RateLimiter> {
+    Box::new(warm_rate_limiter(Timestamp::from_nanos(START_NS)))
+}
+
+/// The same on the TSC.
+fn rate_limiter_timed() -> Box<Timed<RateLimiter>> {
+    timed(warm_rate_limiter)
+}
+
+/// The keyed limiter of [`keyed_limiter`], filled and warmed up at `start`.
+fn warm_keyed(start: Timestamp) -> Keyed {
     let capacity = usize::try_from(KEYS).expect("fits");
     let k = KeyedRateLimiter::with_hasher_and_sink(
         KeyedConfig::new(admitting(), capacity).expect("valid config"),
@@ -359,7 +479,6 @@ fn keyed_limiter() -> Box<Keyed> {
         NoSink,
         0,
     );
-    let start = Timestamp::from_nanos(START_NS);
     for key in 0..KEYS {
         k.check_key(&key, start).expect("admitted");
     }
@@ -367,7 +486,17 @@ fn keyed_limiter() -> Box<Keyed> {
         k.check_key(&KEY, start).expect("admitted");
     }
     assert_eq!(k.in_use(), capacity, "every key is tracked");
-    Box::new(k)
+    k
+}
+
+/// A keyed limiter holding [`KEYS`] keys, [`KEY`] checked a few more times.
+fn keyed_limiter() -> Box<Keyed> {
+    Box::new(warm_keyed(Timestamp::from_nanos(START_NS)))
+}
+
+/// The same on the TSC.
+fn keyed_limiter_timed() -> Box<Timed<Keyed>> {
+    timed(warm_keyed)
 }
 
 /// governor's direct limiter on its fake clock, a few requests admitted.
@@ -400,6 +529,32 @@ fn governor_keyed() -> Box<GovernorKeyed> {
     Box::new(g)
 }
 
+/// governor's direct limiter on its default clock, a few requests admitted.
+fn governor_direct_default() -> Box<GovernorDirectDefault> {
+    let g = governor::RateLimiter::direct(governor_admitting());
+    for _ in 0..WARM_UP {
+        g.check().expect("admitted");
+    }
+    Box::new(g)
+}
+
+/// governor's keyed limiter on its default clock, [`KEYS`] keys, [`KEY`]
+/// checked a few more times.
+fn governor_keyed_default() -> Box<GovernorKeyedDefault> {
+    let g = governor::RateLimiter::dashmap_with_hasher(
+        governor_admitting(),
+        Hasher::with_seed(HASH_SEED),
+    );
+    for key in 0..KEYS {
+        g.check_key(&key).expect("admitted");
+    }
+    for _ in 0..WARM_UP {
+        g.check_key(&KEY).expect("admitted");
+    }
+    assert_eq!(g.len(), usize::try_from(KEYS).expect("fits"));
+    Box::new(g)
+}
+
 /// The floor's counter.
 fn counter() -> Box<AtomicU64> {
     Box::new(AtomicU64::new(0))
@@ -415,21 +570,21 @@ mod harness {
 
     #[library_benchmark]
     #[bench::op(setup = breaker_time_window)]
-    fn tenlives_breaker_time_window(b: Box<CircuitBreaker>) -> Box<CircuitBreaker> {
+    fn tenlives_breaker_time_window_no_clock_read(b: Box<CircuitBreaker>) -> Box<CircuitBreaker> {
         breaker_success(&b, now());
         b
     }
 
     #[library_benchmark]
     #[bench::op(setup = breaker_consecutive)]
-    fn tenlives_breaker_consecutive(b: Box<CircuitBreaker>) -> Box<CircuitBreaker> {
+    fn tenlives_breaker_consecutive_no_clock_read(b: Box<CircuitBreaker>) -> Box<CircuitBreaker> {
         breaker_success(&b, now());
         b
     }
 
     #[library_benchmark]
     #[bench::op(setup = breaker_forced_open)]
-    fn tenlives_breaker_rejection(b: Box<CircuitBreaker>) -> Box<CircuitBreaker> {
+    fn tenlives_breaker_rejection_no_clock_read(b: Box<CircuitBreaker>) -> Box<CircuitBreaker> {
         black_box(b.try_acquire(now()).err());
         b
     }
@@ -450,7 +605,7 @@ mod harness {
 
     #[library_benchmark]
     #[bench::op(setup = throttle)]
-    fn tenlives_throttle(t: Box<Throttle>) -> Box<Throttle> {
+    fn tenlives_throttle_no_clock_read(t: Box<Throttle>) -> Box<Throttle> {
         let now = now();
         t.try_admit(now).expect("admitted").accepted(now);
         t
@@ -458,7 +613,7 @@ mod harness {
 
     #[library_benchmark]
     #[bench::op(setup = retry_budget)]
-    fn tenlives_retry_budget(r: Box<RetryBudget>) -> Box<RetryBudget> {
+    fn tenlives_retry_budget_no_clock_read(r: Box<RetryBudget>) -> Box<RetryBudget> {
         let now = now();
         r.deposit(now);
         black_box(r.try_withdraw(now));
@@ -467,35 +622,35 @@ mod harness {
 
     #[library_benchmark]
     #[bench::op(setup = rate_limiter)]
-    fn tenlives_rate_check(r: Box<RateLimiter>) -> Box<RateLimiter> {
+    fn tenlives_rate_check_no_clock_read(r: Box<RateLimiter>) -> Box<RateLimiter> {
         black_box(r.check(now())).expect("admitted");
         r
     }
 
     #[library_benchmark]
     #[bench::op(setup = rate_limiter)]
-    fn tenlives_rate_check_n(r: Box<RateLimiter>) -> Box<RateLimiter> {
+    fn tenlives_rate_check_n_no_clock_read(r: Box<RateLimiter>) -> Box<RateLimiter> {
         black_box(r.check_n(black_box(N), now())).expect("admitted");
         r
     }
 
     #[library_benchmark]
     #[bench::op(setup = keyed_limiter)]
-    fn tenlives_keyed_check_1k(k: Box<Keyed>) -> Box<Keyed> {
+    fn tenlives_keyed_check_1k_no_clock_read(k: Box<Keyed>) -> Box<Keyed> {
         black_box(k.check_key(&black_box(KEY), now())).expect("admitted");
         k
     }
 
     #[library_benchmark]
     #[bench::op(setup = governor_direct)]
-    fn governor_direct_check(g: Box<GovernorDirect>) -> Box<GovernorDirect> {
+    fn governor_direct_check_fake_clock(g: Box<GovernorDirect>) -> Box<GovernorDirect> {
         black_box(g.check()).expect("admitted");
         g
     }
 
     #[library_benchmark]
     #[bench::op(setup = governor_direct)]
-    fn governor_check_n(g: Box<GovernorDirect>) -> Box<GovernorDirect> {
+    fn governor_check_n_fake_clock(g: Box<GovernorDirect>) -> Box<GovernorDirect> {
         let n = std::num::NonZeroU32::new(black_box(N)).expect("non-zero");
         black_box(g.check_n(n))
             .expect("within the burst")
@@ -505,7 +660,7 @@ mod harness {
 
     #[library_benchmark]
     #[bench::op(setup = governor_keyed)]
-    fn governor_keyed_check_1k(g: Box<GovernorKeyed>) -> Box<GovernorKeyed> {
+    fn governor_keyed_check_1k_fake_clock(g: Box<GovernorKeyed>) -> Box<GovernorKeyed> {
         black_box(g.check_key(&black_box(KEY))).expect("admitted");
         g
     }
@@ -558,19 +713,110 @@ mod harness {
         c
     }
 
+    #[library_benchmark]
+    #[bench::op(setup = breaker_time_window_timed)]
+    fn tenlives_breaker_time_window(b: Box<Timed<CircuitBreaker>>) -> Box<Timed<CircuitBreaker>> {
+        breaker_success_timed(&b);
+        b
+    }
+
+    #[library_benchmark]
+    #[bench::op(setup = breaker_consecutive_timed)]
+    fn tenlives_breaker_consecutive(b: Box<Timed<CircuitBreaker>>) -> Box<Timed<CircuitBreaker>> {
+        breaker_success_timed(&b);
+        b
+    }
+
+    #[library_benchmark]
+    #[bench::op(setup = breaker_forced_open_timed)]
+    fn tenlives_breaker_rejection(b: Box<Timed<CircuitBreaker>>) -> Box<Timed<CircuitBreaker>> {
+        black_box(b.subject.try_acquire_raw(b.now()).err());
+        b
+    }
+
+    #[library_benchmark]
+    #[bench::op(setup = throttle_timed)]
+    fn tenlives_throttle(t: Box<Timed<Throttle>>) -> Box<Timed<Throttle>> {
+        let now = t.now();
+        t.subject.try_admit(now).expect("admitted").accepted(now);
+        t
+    }
+
+    #[library_benchmark]
+    #[bench::op(setup = retry_budget_timed)]
+    fn tenlives_retry_budget(r: Box<Timed<RetryBudget>>) -> Box<Timed<RetryBudget>> {
+        let now = r.now();
+        r.subject.deposit(now);
+        black_box(r.subject.try_withdraw(now));
+        r
+    }
+
+    #[library_benchmark]
+    #[bench::op(setup = rate_limiter_timed)]
+    fn tenlives_rate_check(r: Box<Timed<RateLimiter>>) -> Box<Timed<RateLimiter>> {
+        black_box(r.subject.check(r.now())).expect("admitted");
+        r
+    }
+
+    #[library_benchmark]
+    #[bench::op(setup = rate_limiter_timed)]
+    fn tenlives_rate_check_n(r: Box<Timed<RateLimiter>>) -> Box<Timed<RateLimiter>> {
+        black_box(r.subject.check_n(black_box(N), r.now())).expect("admitted");
+        r
+    }
+
+    #[library_benchmark]
+    #[bench::op(setup = keyed_limiter_timed)]
+    fn tenlives_keyed_check_1k(k: Box<Timed<Keyed>>) -> Box<Timed<Keyed>> {
+        black_box(k.subject.check_key(&black_box(KEY), k.now())).expect("admitted");
+        k
+    }
+
+    #[library_benchmark]
+    #[bench::op(setup = governor_direct_default)]
+    fn governor_direct_check(g: Box<GovernorDirectDefault>) -> Box<GovernorDirectDefault> {
+        black_box(g.check()).expect("admitted");
+        g
+    }
+
+    #[library_benchmark]
+    #[bench::op(setup = governor_direct_default)]
+    fn governor_check_n(g: Box<GovernorDirectDefault>) -> Box<GovernorDirectDefault> {
+        let n = std::num::NonZeroU32::new(black_box(N)).expect("non-zero");
+        black_box(g.check_n(n))
+            .expect("within the burst")
+            .expect("admitted");
+        g
+    }
+
+    #[library_benchmark]
+    #[bench::op(setup = governor_keyed_default)]
+    fn governor_keyed_check_1k(g: Box<GovernorKeyedDefault>) -> Box<GovernorKeyedDefault> {
+        black_box(g.check_key(&black_box(KEY))).expect("admitted");
+        g
+    }
+
     library_benchmark_group!(
         name = tenlives;
         benchmarks =
             tenlives_breaker_time_window,
+            tenlives_breaker_time_window_no_clock_read,
             tenlives_breaker_consecutive,
+            tenlives_breaker_consecutive_no_clock_read,
             tenlives_breaker_rejection,
+            tenlives_breaker_rejection_no_clock_read,
             tenlives_bulkhead,
             tenlives_event_push,
             tenlives_throttle,
+            tenlives_throttle_no_clock_read,
             tenlives_retry_budget,
+            tenlives_retry_budget_no_clock_read,
             tenlives_rate_check,
+            tenlives_rate_check_no_clock_read,
             tenlives_rate_check_n,
+            tenlives_rate_check_n_no_clock_read,
             tenlives_keyed_check_1k,
+            tenlives_keyed_check_1k_no_clock_read,
             tenlives_layer_concurrency_limit
     );
 
@@ -582,8 +828,11 @@ mod harness {
             tokio_semaphore,
             crossbeam_array_queue_force_push,
             governor_direct_check,
+            governor_direct_check_fake_clock,
             governor_check_n,
+            governor_check_n_fake_clock,
             governor_keyed_check_1k,
+            governor_keyed_check_1k_fake_clock,
             floor_fetch_add
     );
 }

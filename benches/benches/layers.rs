@@ -1,46 +1,46 @@
-//! The tower layers around a service that does nothing: tenlives beside
-//! tower's own layers and tower-resilience 0.13.
+//! The tower layers around a service that waits, as a service's calls do:
+//! tenlives beside tower's own layers and tower-resilience 0.13.
 //!
-//! What is measured, per request: `ready().await` then `call(i).await` on a
-//! service whose response future is ready at once (`Noop`), in a loop inside
-//! one `block_on` of a current-thread tokio runtime (the clock is tokio's
-//! real one, not paused); the driver is `support/tower_driver.rs`, shared
-//! with the ninelives comparison. The bare service is the floor; each figure
-//! minus the floor is what the layer adds to a request. `2_threads`: two
-//! threads, each with its own runtime and its own clone of one service,
-//! reported as nanoseconds per request per thread.
+//! What is measured, per request: `ready().await` then `call(i).await`, in a
+//! loop inside one `block_on` of a current-thread tokio runtime (tokio's
+//! real clock, not paused, so every tenlives layer reads its default clock,
+//! the TSC, and tower's and tower-resilience's layers read theirs); the
+//! driver is `support/tower_driver.rs`, shared with the ninelives
+//! comparison. `2_threads`: two threads, each with its own runtime and its
+//! own clone of one service, reported as nanoseconds per request per thread.
 //!
-//! - `layers/stack`: the whole stack, outermost to innermost timeout (1 s),
-//!   retry (exponential backoff, 3 retries, a retry budget), circuit breaker
+//! Headline rows wrap `PendingOnce` (`support/pending_once.rs`): its call
+//! returns `Pending` once, waking its task, then answers, so every request
+//! goes through a real wake of the runtime, holds its permits across a poll
+//! and arms every timeout's timer (a tokio `Sleep` for tower and
+//! tower-resilience, an entry of the layer's timer wheel for tenlives).
+//! Secondary rows, named `..._always_ready`, wrap `Noop`, whose response is
+//! ready at once (no timer is armed, no wake). `bare` / `bare_always_ready`
+//! are the floors: each figure minus its floor is what the layers add.
+//!
+//! - `layers/stack`: outermost to innermost timeout (1 s), retry
+//!   (exponential backoff, 3 retries, a retry budget), circuit breaker
 //!   (failure rate over a time window) and concurrency limit (1000), never
 //!   tripped, never full, never retrying. Subjects: tenlives' `StackLayer`
 //!   (one layer, one future); the same four tenlives layers stacked one on
 //!   another (`tenlives_layers`); tower-resilience's `TimeLimiter`, `Retry`,
-//!   `CircuitBreaker` and `Bulkhead` stacked the same way; and `bare`. On 1
-//!   thread and on 2 threads sharing one stack (each thread with its own
-//!   runtime and its own clone of the service; reported as nanoseconds per
-//!   request per thread, as in the other benches).
+//!   `CircuitBreaker` and `Bulkhead` stacked the same way; tenlives'
+//!   `StackLayer` made static (`StackLayer::into_static`: requests touch no
+//!   reference count, `tenlives_stack_static`) and also with its concurrency
+//!   limit split over per-core shards (`tenlives_stack_sharded_static`,
+//!   `tenlives_engine::sharded`), pending once only; tower's `Timeout`
+//!   and `ConcurrencyLimit` alone (`tower_timeout_limit`), and tenlives'
+//!   `StackLayer` with only those two stages (`tenlives_stack_timeout_limit`).
 //! - `layers/concurrency_limit`: tenlives `ConcurrencyLimitLayer` (rejects
 //!   when full), tower's `ConcurrencyLimit` (waits in `poll_ready`),
-//!   tower-resilience's `Bulkhead`. Limit 1000, never reached. 1 and 2 threads.
+//!   tower-resilience's `Bulkhead`. Limit 1000, never reached.
 //! - `layers/timeout`: tenlives `TimeoutLayer`, tower's `Timeout`,
-//!   tower-resilience's `TimeLimiter`, 1 s, never reached, on 1 and 2
-//!   threads. tenlives makes its
-//!   `Sleep` only when the call returns `Pending`, so around `Noop` it only
-//!   reads the clock; `timeout_pending_once` measures the same layers around
-//!   a service that returns `Pending` once first, which makes and registers
-//!   every layer's timer.
-//! - `layers/pending_once`: the stack around a service that returns
-//!   `Pending` once before answering, so that every request arms its
-//!   timeout: tenlives' `StackLayer` with a timeout (1 s) and a concurrency
-//!   limit (1000), whose timeout takes an entry of the stack's timer wheel;
-//!   tower's `Timeout` and `ConcurrencyLimit` stacked the same way, whose
-//!   timeout makes and registers a tokio `Sleep`; and `bare`. 1 and 2
-//!   threads.
-//! - `layers/breaker`: tenlives `CircuitBreakerLayer`, tower-resilience's
-//!   `CircuitBreaker`, closed, every call a success, on 1 and 2 threads.
+//!   tower-resilience's `TimeLimiter`, 1 s, never reached.
+//! - `layers/breaker`: tenlives `CircuitBreakerLayer` (default breaker: a
+//!   failure rate over a time window), tower-resilience's `CircuitBreaker`,
+//!   closed, every call a success.
 //! - `layers/retry`: tenlives `RetryLayer`, tower-resilience's `Retry`, no
-//!   call failing (the cost of being ready to retry), on 1 and 2 threads.
+//!   call failing (the cost of being ready to retry).
 //! - `layers/rate_limit`: tenlives `RateLimitLayer` (GCRA, rejects when
 //!   over), tower-resilience's `RateLimiter` (fixed window, no wait) and
 //!   tower's `RateLimit` (fixed window, waits in `poll_ready`; not `Clone`,
@@ -58,6 +58,7 @@ use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker};
 use tenlives_engine::bulkhead::Bulkhead;
 use tenlives_engine::rate::RateLimiter;
 use tenlives_engine::retry::{Backoff, RetryBudget, RetryBudgetConfig};
+use tenlives_engine::sharded::ShardedBulkhead;
 use tenlives_tokio::{
     CircuitBreakerLayer, ConcurrencyLimitLayer, RateLimitLayer, RetryLayer, RetryPolicy,
     StackLayer, TimeoutLayer,
@@ -121,104 +122,126 @@ where
         .service(inner)
 }
 
+/// The subjects of one group: `add(group, name, make)` registers a row;
+/// each subject is given once around `PendingOnce` (the headline) and once
+/// around `Noop` (`<name>_always_ready`).
+macro_rules! rows {
+    ($group:expr, $add:ident, $name:expr, |$inner:ident| $make:expr) => {{
+        $add($group, $name, || {
+            let $inner = PendingOnce;
+            $make
+        });
+        $add($group, &format!("{}_always_ready", $name), || {
+            let $inner = Noop;
+            $make
+        });
+    }};
+}
+
 fn bench_stack(c: &mut Criterion) {
     let mut group = c.benchmark_group("layers/stack");
-    both(&mut group, "bare", || Noop);
-    both(&mut group, "tenlives_stack", || tenlives_stack(Noop));
-    both(&mut group, "tenlives_layers", || tenlives_layers(Noop));
-    both(&mut group, "tower_resilience", || peer::stack(Noop));
+    let g = &mut group;
+    both(g, "bare", || PendingOnce);
+    both(g, "bare_always_ready", || Noop);
+    rows!(g, both, "tenlives_stack", |inner| tenlives_stack(inner));
+    both(g, "tenlives_stack_static", || {
+        StackLayer::builder()
+            .timeout(TIMEOUT)
+            .retry(retry_policy())
+            .circuit_breaker(breaker())
+            .concurrency_limit(Bulkhead::new(LIMIT).expect("a valid limit"))
+            .build()
+            .into_static()
+            .layer(PendingOnce)
+    });
+    both(g, "tenlives_stack_sharded_static", || {
+        StackLayer::builder()
+            .timeout(TIMEOUT)
+            .retry(retry_policy())
+            .circuit_breaker(breaker())
+            .sharded_concurrency_limit(ShardedBulkhead::new(LIMIT).expect("a valid limit"))
+            .build()
+            .into_static()
+            .layer(PendingOnce)
+    });
+    rows!(g, both, "tenlives_layers", |inner| tenlives_layers(inner));
+    rows!(g, both, "tower_resilience", |inner| peer::stack(inner));
+    rows!(g, both, "tenlives_stack_timeout_limit", |inner| {
+        StackLayer::builder()
+            .timeout(TIMEOUT)
+            .concurrency_limit(Bulkhead::new(LIMIT).expect("a valid limit"))
+            .build()
+            .layer(inner)
+    });
+    rows!(g, both, "tower_timeout_limit", |inner| {
+        ServiceBuilder::new()
+            .timeout(TIMEOUT)
+            .concurrency_limit(LIMIT as usize)
+            .service(inner)
+    });
     group.finish();
 }
 
 fn bench_concurrency_limit(c: &mut Criterion) {
     let mut group = c.benchmark_group("layers/concurrency_limit");
-    both(&mut group, "tenlives", || {
-        ConcurrencyLimitLayer::new(Bulkhead::new(LIMIT).expect("a valid limit")).layer(Noop)
+    let g = &mut group;
+    rows!(g, both, "tenlives", |inner| {
+        ConcurrencyLimitLayer::new(Bulkhead::new(LIMIT).expect("a valid limit")).layer(inner)
     });
-    both(&mut group, "tower", || {
-        tower::limit::ConcurrencyLimitLayer::new(LIMIT as usize).layer(Noop)
+    rows!(g, both, "tower", |inner| {
+        tower::limit::ConcurrencyLimitLayer::new(LIMIT as usize).layer(inner)
     });
-    both(&mut group, "tower_resilience", || {
-        peer::bulkhead().layer(Noop)
-    });
+    rows!(g, both, "tower_resilience", |inner| peer::bulkhead()
+        .layer(inner));
     group.finish();
 }
 
 fn bench_timeout(c: &mut Criterion) {
     let mut group = c.benchmark_group("layers/timeout");
-    both(&mut group, "tenlives", || {
-        TimeoutLayer::new(TIMEOUT).layer(Noop)
+    let g = &mut group;
+    rows!(g, both, "tenlives", |inner| TimeoutLayer::new(TIMEOUT)
+        .layer(inner));
+    rows!(g, both, "tower", |inner| {
+        tower::timeout::TimeoutLayer::new(TIMEOUT).layer(inner)
     });
-    both(&mut group, "tower", || {
-        tower::timeout::TimeoutLayer::new(TIMEOUT).layer(Noop)
-    });
-    both(&mut group, "tower_resilience", || {
-        peer::timeout().layer(Noop)
-    });
-    one_thread(&mut group, "bare_pending_once", || PendingOnce);
-    one_thread(&mut group, "tenlives_pending_once", || {
-        TimeoutLayer::new(TIMEOUT).layer(PendingOnce)
-    });
-    one_thread(&mut group, "tower_pending_once", || {
-        tower::timeout::TimeoutLayer::new(TIMEOUT).layer(PendingOnce)
-    });
-    one_thread(&mut group, "tower_resilience_pending_once", || {
-        peer::timeout().layer(PendingOnce)
-    });
-    group.finish();
-}
-
-fn bench_pending_once(c: &mut Criterion) {
-    let mut group = c.benchmark_group("layers/pending_once");
-    both(&mut group, "bare", || PendingOnce);
-    both(&mut group, "tenlives_stack", || {
-        StackLayer::builder()
-            .timeout(TIMEOUT)
-            .concurrency_limit(Bulkhead::new(LIMIT).expect("a valid limit"))
-            .build()
-            .layer(PendingOnce)
-    });
-    both(&mut group, "tower_timeout_limit", || {
-        ServiceBuilder::new()
-            .timeout(TIMEOUT)
-            .concurrency_limit(LIMIT as usize)
-            .service(PendingOnce)
-    });
+    rows!(g, both, "tower_resilience", |inner| peer::timeout()
+        .layer(inner));
     group.finish();
 }
 
 fn bench_breaker(c: &mut Criterion) {
     let mut group = c.benchmark_group("layers/breaker");
-    both(&mut group, "tenlives", || {
-        CircuitBreakerLayer::new(breaker()).layer(Noop)
+    let g = &mut group;
+    rows!(g, both, "tenlives", |inner| {
+        CircuitBreakerLayer::new(breaker()).layer(inner)
     });
-    both(&mut group, "tower_resilience", || {
-        peer::breaker().layer(Noop)
-    });
+    rows!(g, both, "tower_resilience", |inner| peer::breaker()
+        .layer(inner));
     group.finish();
 }
 
 fn bench_retry(c: &mut Criterion) {
     let mut group = c.benchmark_group("layers/retry");
-    both(&mut group, "tenlives", || {
-        RetryLayer::new(retry_policy()).layer(Noop)
+    let g = &mut group;
+    rows!(g, both, "tenlives", |inner| {
+        RetryLayer::new(retry_policy()).layer(inner)
     });
-    both(&mut group, "tower_resilience", || {
-        peer::retry::<std::convert::Infallible>().layer(Noop)
+    rows!(g, both, "tower_resilience", |inner| {
+        peer::retry::<std::convert::Infallible>().layer(inner)
     });
     group.finish();
 }
 
 fn bench_rate_limit(c: &mut Criterion) {
     let mut group = c.benchmark_group("layers/rate_limit");
-    both(&mut group, "tenlives", || {
-        RateLimitLayer::new(RateLimiter::new(peer::tenlives_quota())).layer(Noop)
+    let g = &mut group;
+    rows!(g, both, "tenlives", |inner| {
+        RateLimitLayer::new(RateLimiter::new(peer::tenlives_quota())).layer(inner)
     });
-    both(&mut group, "tower_resilience", || {
-        peer::rate_limit().layer(Noop)
-    });
-    one_thread(&mut group, "tower", || {
-        tower::limit::RateLimitLayer::new(u64::from(RATE), Duration::from_secs(1)).layer(Noop)
+    rows!(g, both, "tower_resilience", |inner| peer::rate_limit()
+        .layer(inner));
+    rows!(g, one_thread, "tower", |inner| {
+        tower::limit::RateLimitLayer::new(u64::from(RATE), Duration::from_secs(1)).layer(inner)
     });
     group.finish();
 }
@@ -231,8 +254,8 @@ mod harness {
     criterion_group! {
         name = benches;
         config = support::config();
-        targets = bench_stack, bench_concurrency_limit, bench_timeout, bench_pending_once,
-            bench_breaker, bench_retry, bench_rate_limit
+        targets = bench_stack, bench_concurrency_limit, bench_timeout, bench_breaker,
+            bench_retry, bench_rate_limit
     }
 }
 criterion_main!(harness::benches);

@@ -36,6 +36,16 @@
 //!   admitted by a half-open breaker (1000 probe slots) and dropped
 //!   unreported, which frees its slot.
 //!
+//! Headline rows read the adapters' default clock (the process's
+//! `TscClock`, quanta's TSC) once per operation, as the tower layers do, and
+//! hand that reading (an hour after the benches' origin, `START_NS`, plus
+//! the time since the clock was made) to every decision of the operation;
+//! governor's keyed limiter in a headline row reads its own default clock
+//! (quanta's, `governor_default_foldhash`), failsafe its own
+//! `Instant::now()`. The secondary rows ending in `_no_clock_read` (and
+//! governor's `_fake_clock_` rows) are given their time for free, a counter
+//! advanced by the step above: what the decisions alone cost.
+//!
 //! `2_threads` is nanoseconds per operation per thread: the wall time for
 //! both threads to do `iters` operations each, divided by `iters`. Each
 //! benchmark runs for 1 s of warm-up and 2 s of measurement (`support::config`),
@@ -60,7 +70,7 @@ use tenlives_engine::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 use tenlives_engine::events::{Event, EventKind, EventRing, Slot};
 use tenlives_engine::rate::{KeyedConfig, KeyedRateLimiter, Quota};
 use tenlives_engine::throttle::{Throttle, ThrottleConfig};
-use tenlives_engine::time::Timestamp;
+use tenlives_engine::time::{Clock, Timestamp, TscClock};
 
 #[path = "support/keyed_driver.rs"]
 mod keyed_driver;
@@ -103,9 +113,22 @@ fn bench_keyed(c: &mut Criterion) {
                 .expect("a new key has tokens");
         }
         assert_eq!(limiter.in_use(), count);
+        let tsc = TscClock::new();
         keyed_one_thread(
             &mut group,
             &format!("tenlives/{keys}"),
+            keys,
+            &Cell::new(START_NS),
+            None,
+            |k, _| {
+                let now = Timestamp::from_nanos(START_NS + tsc.now().as_nanos());
+                let r = limiter.check_key(&k, now);
+                assert!(black_box(r).is_ok(), "admitted");
+            },
+        );
+        keyed_one_thread(
+            &mut group,
+            &format!("tenlives_no_clock_read/{keys}"),
             keys,
             &Cell::new(START_NS),
             None,
@@ -132,6 +155,27 @@ fn bench_keyed(c: &mut Criterion) {
             keys,
             &Cell::new(START_NS),
             Some(&fake),
+            |k, _| {
+                let r = limiter.check_key(&k);
+                assert!(black_box(r).is_ok(), "admitted");
+            },
+        );
+        assert_eq!(limiter.len(), count);
+        drop(limiter);
+
+        let limiter = governor::RateLimiter::dashmap_with_hasher(
+            governor_admitting(),
+            foldhash::fast::RandomState::default(),
+        );
+        for key in 0..keys {
+            limiter.check_key(&key).expect("a new key has tokens");
+        }
+        keyed_one_thread(
+            &mut group,
+            &format!("governor_default_foldhash/{keys}"),
+            keys,
+            &Cell::new(START_NS),
+            None,
             |k, _| {
                 let r = limiter.check_key(&k);
                 assert!(black_box(r).is_ok(), "admitted");
@@ -219,10 +263,25 @@ fn both(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, step: u64, op: imp
     });
 }
 
+/// `op` as the adapters call it, `<name>/{1_thread,2_threads}`: its time
+/// read from the TSC on each operation (an hour in, plus the time since the
+/// clock was made); and given its time for free, as
+/// `<name>_no_clock_read/...` (see [`both`]).
+fn both_timed(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    step: u64,
+    op: impl Fn(u64) + Sync,
+) {
+    let tsc = TscClock::new();
+    both(group, name, step, |_| op(START_NS + tsc.now().as_nanos()));
+    both(group, &format!("{name}_no_clock_read"), step, op);
+}
+
 fn bench_throttle(c: &mut Criterion) {
     let mut group = c.benchmark_group("scaling/throttle");
     let throttle = Throttle::new(ThrottleConfig::builder().build().expect("valid config"));
-    both(&mut group, "tenlives", 1, |t| {
+    both_timed(&mut group, "tenlives", 1, |t| {
         let now = Timestamp::from_nanos(t);
         throttle
             .try_admit(now)
@@ -240,7 +299,7 @@ fn bench_adaptive(c: &mut Criterion) {
         .expect("valid algorithm");
     let window = WindowConfig::new(Duration::from_millis(100), 1).expect("valid window");
     let limiter = AdaptiveLimiter::new(aimd, window, Timestamp::from_nanos(START_NS));
-    both(&mut group, "tenlives_aimd", 20, |t| {
+    both_timed(&mut group, "tenlives_aimd", 20, |t| {
         let now = Timestamp::from_nanos(t);
         limiter
             .try_acquire(now)
@@ -276,7 +335,7 @@ fn bench_breaker_rejection(c: &mut Criterion) {
 
     let b = consecutive(1);
     b.force_open(Timestamp::ZERO);
-    both(&mut group, "tenlives_forced_open", 1, |t| {
+    both_timed(&mut group, "tenlives_forced_open", 1, |t| {
         let r = b.try_acquire(Timestamp::from_nanos(t));
         assert!(black_box(r).is_err(), "rejected");
     });
@@ -284,7 +343,7 @@ fn bench_breaker_rejection(c: &mut Criterion) {
 
     let b = consecutive(1);
     trip(&b, Timestamp::from_nanos(START_NS));
-    both(&mut group, "tenlives_tripped", 1, |t| {
+    both_timed(&mut group, "tenlives_tripped", 1, |t| {
         let r = b.try_acquire(Timestamp::from_nanos(t));
         assert!(black_box(r).is_err(), "rejected");
     });
@@ -316,7 +375,7 @@ fn bench_half_open_probe(c: &mut Criterion) {
             .expect("probe"),
     );
     assert_eq!(b.state(), BreakerState::HalfOpen);
-    both(&mut group, "tenlives", 1, |t| {
+    both_timed(&mut group, "tenlives", 1, |t| {
         let probe = b
             .try_acquire(Timestamp::from_nanos(half_open_at + t - START_NS))
             .expect("a probe slot is free");

@@ -152,6 +152,12 @@ pub struct BulkheadFull {
 }
 
 impl BulkheadFull {
+    /// A refusal that saw `in_flight` permits held under `limit` (the
+    /// sharded limit's, added over its shards).
+    pub(crate) fn new(in_flight: u32, limit: u32) -> Self {
+        BulkheadFull { in_flight, limit }
+    }
+
     /// Permits in flight at the instant of the refusal.
     pub fn in_flight(&self) -> u32 {
         self.in_flight

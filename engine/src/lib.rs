@@ -59,6 +59,7 @@ pub mod queue;
 pub mod rate;
 pub mod retry;
 mod rng;
+pub mod sharded;
 pub mod snapshot;
 mod stripe;
 mod sync;

@@ -274,3 +274,28 @@ fn event_ring_two_producers_one_consumer() {
     });
     assert_eq!(consumer.read() + consumer.lost(), 2 * PER_PRODUCER);
 }
+
+#[test]
+fn sharded_limit_two_threads_steal_and_give_back() {
+    let s = Arc::new(tenlives_engine::sharded::ShardedBulkhead::new(3).unwrap());
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let s = Arc::clone(&s);
+            thread::spawn(move || {
+                for _ in 0..12 {
+                    let a = s.try_acquire();
+                    let b = s.try_acquire_raw();
+                    assert!(s.in_flight() <= 3);
+                    drop(a);
+                    if let Ok(b) = b {
+                        s.release(b);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(s.in_flight(), 0);
+}

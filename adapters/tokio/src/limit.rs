@@ -44,12 +44,47 @@ use tenlives_engine::adaptive::{AdaptiveLimiter, LimitAlgorithm};
 use tenlives_engine::breaker::Outcome;
 use tenlives_engine::bulkhead::{Bulkhead, RawBulkheadPermit};
 use tenlives_engine::events::{EventSink, NoSink};
+use tenlives_engine::sharded::{RawShardedPermit, ShardedBulkhead};
 use tenlives_engine::time::Timestamp;
 
 use crate::admission::{Admission, AdmissionLayer, AdmissionService};
 use crate::classify::DefaultClassifier;
 use crate::error::Rejection;
 use crate::outcome::report_call;
+
+/// The sharded limit: each thread takes permits from its own shard, so two
+/// cores admitting at once write different lines (see
+/// [`tenlives_engine::sharded`] for its precision).
+impl Admission for ShardedBulkhead {
+    type Token = RawShardedPermit;
+
+    /// Never: a fixed limit counts permits, not time.
+    #[inline]
+    fn needs_time(&self) -> bool {
+        false
+    }
+
+    #[inline]
+    fn admit(&self, _now: Timestamp) -> Result<RawShardedPermit, Rejection> {
+        self.try_acquire_raw().map_err(Rejection::from)
+    }
+
+    #[inline]
+    fn complete(
+        &self,
+        token: RawShardedPermit,
+        _outcome: Outcome,
+        _admitted_at: Timestamp,
+        _now: Timestamp,
+    ) {
+        ShardedBulkhead::release(self, token);
+    }
+
+    #[inline]
+    fn release(&self, token: RawShardedPermit) {
+        ShardedBulkhead::release(self, token);
+    }
+}
 
 impl<Snk: EventSink> Admission for Bulkhead<Snk> {
     type Token = RawBulkheadPermit;

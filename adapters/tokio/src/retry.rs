@@ -3,7 +3,7 @@
 //!
 //! [`RetryLayer`] calls the wrapped service; when the result is one the
 //! policy's classifier ([`ShouldRetry`]) says is retryable, it waits the next
-//! delay of the [`Backoff`] schedule on tokio's timer and calls again, until
+//! delay of the [`Backoff`] schedule and calls again, until
 //! the result is not retryable, the schedule ends (`with_max_retries`), or the
 //! [`RetryBudget`] refuses: every request deposits into the budget once, every
 //! retry withdraws, so retries stay a bounded share of the traffic and cannot
@@ -41,10 +41,17 @@
 //! # }
 //! ```
 //!
+//! A backoff wait is an entry of the layer's timer wheel ([`Timers`],
+//! shared by every service the layer makes; delays rounded up to its tick, 1
+//! ms by default), not a tokio `Sleep` of its own: a tokio `Sleep` only when
+//! every entry is taken, counted by [`Timers::fallbacks`]. The entry is
+//! given back when the wait ends, and when the future is dropped or unwound
+//! by a panic.
+//!
 //! # Panics
 //!
-//! A retry sleeps on tokio's timer: it needs a tokio runtime with the time
-//! driver enabled.
+//! A retry waits on the wheel, whose driver task sleeps on tokio's timer: it
+//! needs a tokio runtime with the time driver enabled.
 
 use std::fmt;
 use std::future::Future;
@@ -58,6 +65,7 @@ use pin_project_lite::pin_project;
 use tenlives_engine::events::{EventSink, NoSink};
 use tenlives_engine::retry::{Backoff, BackoffIter, RetryBudget};
 use tenlives_engine::time::{Clock, Timestamp};
+use tenlives_engine::timer::TimerEntry;
 use tokio::time::Sleep;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -65,6 +73,7 @@ use tower_service::Service;
 use crate::clock::TokioClock;
 use crate::error::TenlivesError;
 use crate::span::{CallSpan, call_span};
+use crate::wheel::Timers;
 
 /// The SplitMix64 increment, to spread per-request jitter seeds.
 const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -293,6 +302,8 @@ where
 struct Shared<C, Snk: EventSink> {
     policy: RetryPolicy<C, Snk>,
     clock: TokioClock,
+    /// The backoff waits' wheel.
+    timers: Timers,
 }
 
 /// A tower [`Layer`] that retries failed calls. See the
@@ -318,16 +329,35 @@ impl<C, Snk: EventSink> fmt::Debug for RetryLayer<C, Snk> {
 }
 
 impl<C, Snk: EventSink> RetryLayer<C, Snk> {
-    /// Retries as `policy` says, sleeping on a [`TokioClock`] made now.
+    /// Retries as `policy` says, timed on a [`TokioClock`] made now (with a
+    /// timer wheel of the default size on it).
     pub fn new(policy: RetryPolicy<C, Snk>) -> Self {
         Self::with_clock(policy, TokioClock::new())
     }
 
-    /// Retries as `policy` says, sleeping on `clock`.
+    /// Retries as `policy` says, timed on `clock` (with a timer wheel of the
+    /// default size on it).
     pub fn with_clock(policy: RetryPolicy<C, Snk>, clock: TokioClock) -> Self {
+        Self::with_timers(policy, Timers::with_defaults(clock))
+    }
+
+    /// Retries as `policy` says, waiting on `timers` (e.g. a wheel of
+    /// another size, or one shared with other layers) and timed on its
+    /// clock.
+    pub fn with_timers(policy: RetryPolicy<C, Snk>, timers: Timers) -> Self {
         RetryLayer {
-            shared: Arc::new(Shared { policy, clock }),
+            shared: Arc::new(Shared {
+                policy,
+                clock: timers.clock(),
+                timers,
+            }),
         }
+    }
+
+    /// The timer wheel of the backoff waits (e.g. to read
+    /// [`Timers::fallbacks`]).
+    pub fn timers(&self) -> &Timers {
+        &self.shared.timers
     }
 
     /// The policy, shared by every service this layer made.
@@ -408,10 +438,14 @@ where
         let first = span.in_scope(|| self.inner.call(req.clone()));
         RetryFuture {
             state: Attempt::Calling { future: first },
+            fallback: None,
             service,
             request: req,
             schedule: None,
-            shared: Arc::clone(shared),
+            held: Held {
+                shared: Arc::clone(shared),
+                alarm: None,
+            },
             attempts: 1,
             span,
         }
@@ -424,8 +458,8 @@ pin_project! {
     pub(crate) enum Attempt<F> {
         /// An attempt is in flight.
         Calling { #[pin] future: F },
-        /// Waiting out a backoff delay.
-        Waiting { #[pin] sleep: Sleep },
+        /// Waiting out a backoff delay (on the future's timer).
+        Waiting,
         /// The delay is over; waiting for the service to be ready.
         Readying,
         /// The result was returned.
@@ -433,18 +467,36 @@ pin_project! {
     }
 }
 
+/// The request's share of the layer, and its entry in the layer's timer
+/// wheel while it waits to retry, given back on drop.
+struct Held<C, Snk: EventSink> {
+    shared: Arc<Shared<C, Snk>>,
+    alarm: Option<TimerEntry>,
+}
+
+impl<C, Snk: EventSink> Drop for Held<C, Snk> {
+    fn drop(&mut self) {
+        if let Some(entry) = self.alarm.take() {
+            self.shared.timers.cancel(entry);
+        }
+    }
+}
+
 pin_project! {
     /// The response future of [`Retry`]: the attempt in flight (or the
-    /// backoff sleep), a clone of the service and of the request for the next
+    /// backoff wait), a clone of the service and of the request for the next
     /// attempt, and the request's backoff schedule.
     #[must_use = "futures do nothing unless polled"]
     pub struct RetryFuture<S: Service<Req>, Req, C, Snk: EventSink> {
         #[pin]
         state: Attempt<S::Future>,
+        // The backoff wait's tokio sleep, only when the wheel is full.
+        #[pin]
+        fallback: Option<Sleep>,
         service: S,
         request: Req,
         schedule: Option<BackoffIter>,
-        shared: Arc<Shared<C, Snk>>,
+        held: Held<C, Snk>,
         // Attempts made, the first included (for the call's span).
         attempts: u32,
         span: CallSpan,
@@ -475,7 +527,8 @@ where
             match this.state.as_mut().project() {
                 AttemptProj::Calling { future } => {
                     let result = std::task::ready!(future.poll(cx));
-                    let shared = &**this.shared;
+                    let held = &mut *this.held;
+                    let shared = &*held.shared;
                     if shared.policy.should_retry.should_retry(&result)
                         && let Some(delay) = shared.policy.next_delay(this.schedule)
                     {
@@ -486,10 +539,11 @@ where
                         };
                         let now = shared.clock.now();
                         if shared.policy.withdraw(now) {
-                            let wake_at = shared.clock.instant_at(now.saturating_add(delay));
-                            this.state.set(Attempt::Waiting {
-                                sleep: tokio::time::sleep_until(wake_at),
-                            });
+                            let wake_at = now.saturating_add(delay);
+                            shared
+                                .timers
+                                .set(&mut held.alarm, this.fallback.as_mut(), wake_at, cx);
+                            this.state.set(Attempt::Waiting);
                             continue;
                         }
                     }
@@ -497,8 +551,12 @@ where
                     this.span.ended(&result);
                     return Poll::Ready(result);
                 }
-                AttemptProj::Waiting { sleep } => {
-                    std::task::ready!(sleep.poll(cx));
+                AttemptProj::Waiting => {
+                    let held = &mut *this.held;
+                    let timers = &held.shared.timers;
+                    std::task::ready!(timers.poll(&mut held.alarm, this.fallback.as_mut(), cx));
+                    // The wait is over: the entry goes back now.
+                    timers.clear(&mut held.alarm, this.fallback.as_mut());
                     this.state.set(Attempt::Readying);
                 }
                 AttemptProj::Readying => match std::task::ready!(this.service.poll_ready(cx)) {

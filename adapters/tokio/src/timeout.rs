@@ -1,14 +1,19 @@
-//! A timeout as a tower layer, on tokio's timer.
+//! A timeout as a tower layer, on a shared timer wheel.
 //!
 //! [`TimeoutLayer`] fails a call with [`TenlivesError::TimedOut`] when its
 //! response has not arrived within the configured time from `call`; the
 //! wrapped call is then dropped (cancelled). The deadline is taken in `call`
 //! from a [`TokioClock`] (the TSC, or tokio's clock when it is paused: one
-//! reading of 10-15 ns instead of `Instant::now`'s 32-40 ns), and the
-//! `tokio::time::Sleep` that enforces it is made only when the
-//! wrapped call first returns `Pending`: a call that completes on its first
-//! poll never touches the timer. The sleep lives inside the named response
-//! future; nothing is boxed.
+//! reading of 10-15 ns instead of `Instant::now`'s 32-40 ns). The timer
+//! that enforces it is set only when the wrapped call first returns
+//! `Pending` (a call that completes on its first poll never touches it),
+//! as an entry of the layer's [`Timers`] wheel, shared by every service the
+//! layer makes: a few atomic operations and no tokio `Sleep` or timer-driver
+//! lock per request, deadlines rounded up to the wheel's tick (1 ms by
+//! default, [`TimeoutLayer::timer_wheel`] takes another). When every entry
+//! is taken, a request sleeps on a tokio `Sleep` of its own, counted by
+//! [`Timers::fallbacks`]. The entry is given back when the call ends, and
+//! when the future is dropped or unwound by a panic; nothing is boxed.
 //!
 //! ```
 //! use std::time::Duration;
@@ -29,7 +34,8 @@
 //! # Panics
 //!
 //! A call that does not complete on its first poll needs a tokio runtime with
-//! the time driver enabled, like any `tokio::time::sleep`.
+//! the time driver enabled, like any `tokio::time::sleep` (the wheel's driver
+//! task sleeps on tokio's timer).
 
 use std::fmt;
 use std::future::Future;
@@ -38,21 +44,26 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use tenlives_engine::time::Clock;
-use tokio::time::{Instant, Sleep};
+use tenlives_engine::ConfigError;
+use tenlives_engine::time::{Clock, Timestamp};
+use tokio::time::Sleep;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::clock::TokioClock;
 use crate::error::TenlivesError;
 use crate::span::{CallSpan, call_span};
+use crate::wheel::{OwnedAlarm, Timers};
 
 /// A tower [`Layer`] that bounds how long a call may take. See the
 /// [module documentation](self).
-#[derive(Clone, Copy, Debug)]
+///
+/// Clones share the timer wheel.
+#[derive(Clone, Debug)]
 pub struct TimeoutLayer {
     after: Duration,
     clock: TokioClock,
+    timers: Timers,
 }
 
 impl TimeoutLayer {
@@ -65,7 +76,33 @@ impl TimeoutLayer {
     /// Calls fail with [`TenlivesError::TimedOut`] after `after`, timed on
     /// `clock`.
     pub fn with_clock(after: Duration, clock: TokioClock) -> Self {
-        TimeoutLayer { after, clock }
+        TimeoutLayer {
+            after,
+            clock,
+            timers: Timers::with_defaults(clock),
+        }
+    }
+
+    /// The timer wheel of this layer's services: room for `capacity` timers
+    /// at once (requests beyond it sleep on a tokio `Sleep` each, counted by
+    /// [`Timers::fallbacks`]), deadlines rounded up to `resolution`. Default:
+    /// [`DEFAULT_CAPACITY`](crate::wheel::DEFAULT_CAPACITY) (1024) and [`DEFAULT_RESOLUTION`](crate::wheel::DEFAULT_RESOLUTION)
+    /// (1 ms). Services made before keep the wheel they were made with.
+    ///
+    /// # Errors
+    ///
+    /// A zero or too large capacity, a zero resolution.
+    pub fn timer_wheel(self, capacity: usize, resolution: Duration) -> Result<Self, ConfigError> {
+        Ok(TimeoutLayer {
+            timers: Timers::new(capacity, resolution, self.clock)?,
+            ..self
+        })
+    }
+
+    /// The timer wheel this layer's services share (e.g. to read
+    /// [`Timers::fallbacks`]).
+    pub fn timers(&self) -> &Timers {
+        &self.timers
     }
 }
 
@@ -77,6 +114,7 @@ impl<S> Layer<S> for TimeoutLayer {
             inner,
             after: self.after,
             clock: self.clock,
+            timers: self.timers.clone(),
         }
     }
 }
@@ -87,22 +125,24 @@ pub struct Timeout<S> {
     inner: S,
     after: Duration,
     clock: TokioClock,
+    timers: Timers,
 }
 
 impl<S> Timeout<S> {
     /// `inner`, whose calls fail after `after` (timed on a [`TokioClock`]
-    /// made now).
+    /// made now, on a timer wheel of its own).
     pub fn new(inner: S, after: Duration) -> Self {
-        Timeout {
-            inner,
-            after,
-            clock: TokioClock::new(),
-        }
+        TimeoutLayer::new(after).layer(inner)
     }
 
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+
+    /// The timer wheel this service's calls use.
+    pub fn timers(&self) -> &Timers {
+        &self.timers
     }
 }
 
@@ -125,62 +165,29 @@ where
         let inner = span.in_scope(|| self.inner.call(req));
         TimeoutFuture {
             inner,
-            sleep: None,
-            deadline: Deadline::new(self.clock.instant_at(self.clock.now()), self.after),
+            fallback: None,
+            alarm: OwnedAlarm::new(self.timers.clone()),
+            at: self.clock.now().saturating_add(self.after),
+            after: self.after,
             span,
         }
     }
 }
 
-/// When a call times out, and the timeout it came from.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Deadline {
-    pub(crate) at: Instant,
-    pub(crate) after: Duration,
-}
-
-/// About 30 years: how far a deadline that would overflow tokio's `Instant`
-/// is put instead (the same bound tokio uses for "never").
-const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
-
-impl Deadline {
-    /// The deadline `after` from `start`, saturating far in the future.
-    pub(crate) fn new(start: Instant, after: Duration) -> Self {
-        let at = start
-            .checked_add(after)
-            .unwrap_or_else(|| start + FAR_FUTURE);
-        Deadline { at, after }
-    }
-
-    /// Polls the deadline's sleep, making it on first use. `Ready` when the
-    /// deadline has passed.
-    #[inline]
-    pub(crate) fn poll(
-        &self,
-        mut sleep: Pin<&mut Option<Sleep>>,
-        cx: &mut Context<'_>,
-    ) -> Poll<()> {
-        if sleep.is_none() {
-            sleep.set(Some(tokio::time::sleep_until(self.at)));
-        }
-        match sleep.as_pin_mut() {
-            Some(sleep) => sleep.poll(cx),
-            // Set just above.
-            None => Poll::Pending,
-        }
-    }
-}
-
 pin_project! {
-    /// The response future of [`Timeout`]: the wrapped call, and the sleep
-    /// that ends it (made only once the call returns `Pending`).
+    /// The response future of [`Timeout`]: the wrapped call, and the timer
+    /// that ends it (a wheel entry, set only once the call returns
+    /// `Pending`; a tokio `Sleep` if the wheel is full). Dropping it gives
+    /// the entry back.
     #[must_use = "futures do nothing unless polled"]
     pub struct TimeoutFuture<F> {
         #[pin]
         inner: F,
         #[pin]
-        sleep: Option<Sleep>,
-        deadline: Deadline,
+        fallback: Option<Sleep>,
+        alarm: OwnedAlarm,
+        at: Timestamp,
+        after: Duration,
         span: CallSpan,
     }
 }
@@ -189,7 +196,8 @@ impl<F: fmt::Debug> fmt::Debug for TimeoutFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TimeoutFuture")
             .field("inner", &self.inner)
-            .field("deadline", &self.deadline)
+            .field("at", &self.at)
+            .field("after", &self.after)
             .finish_non_exhaustive()
     }
 }
@@ -202,16 +210,20 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         let _entered = this.span.enter();
         if let Poll::Ready(result) = this.inner.poll(cx) {
+            // The entry goes back now, not when the caller drops the future.
+            this.alarm.clear(this.fallback);
             this.span.ended(&result);
             return Poll::Ready(result.map_err(TenlivesError::Inner));
         }
-        std::task::ready!(this.deadline.poll(this.sleep, cx));
+        if !this.alarm.is_set(&this.fallback) {
+            this.alarm.set(this.fallback.as_mut(), *this.at, cx);
+        }
+        std::task::ready!(this.alarm.poll(this.fallback.as_mut(), cx));
+        this.alarm.clear(this.fallback);
         this.span.outcome("timed_out");
-        Poll::Ready(Err(TenlivesError::TimedOut {
-            after: this.deadline.after,
-        }))
+        Poll::Ready(Err(TenlivesError::TimedOut { after: *this.after }))
     }
 }

@@ -137,6 +137,11 @@ impl Timers {
         self.shared().wheel.capacity()
     }
 
+    /// The clock the wheel's deadlines are on.
+    pub fn clock(&self) -> TokioClock {
+        self.shared().clock
+    }
+
     /// The wheel's tick: deadlines are rounded up to it.
     pub fn resolution(&self) -> Duration {
         self.shared().wheel.resolution()
@@ -315,6 +320,11 @@ impl OwnedAlarm {
         cx: &mut Context<'_>,
     ) -> Poll<()> {
         self.timers.poll(&mut self.entry, fallback, cx)
+    }
+
+    /// Gives the entry (or the fallback sleep) back, fired or not.
+    pub(crate) fn clear(&mut self, fallback: Pin<&mut Option<Sleep>>) {
+        self.timers.clear(&mut self.entry, fallback);
     }
 }
 

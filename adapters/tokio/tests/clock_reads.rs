@@ -152,6 +152,59 @@ async fn a_stack_reads_the_clock_only_where_a_decision_needs_it() {
     assert_eq!(reads, 2.0);
 }
 
+fn retry_policy() -> tenlives_tokio::RetryPolicy {
+    use tenlives_engine::retry::{Backoff, RetryBudget, RetryBudgetConfig};
+    tenlives_tokio::RetryPolicy::new(
+        Backoff::exponential(Duration::from_millis(10), 2.0, Duration::from_secs(1))
+            .unwrap()
+            .with_max_retries(3),
+        RetryBudget::new(RetryBudgetConfig::default()),
+    )
+}
+
+/// The full stack, every stage on (timeout armed, retry with a budget,
+/// breaker, rate limit, concurrency limit): one reading per request, shared
+/// by the budget's deposit, the deadline, the rate limit and the breaker;
+/// two with the default breaker, which counts each call at its end.
+#[tokio::test(flavor = "current_thread")]
+async fn the_full_stack_reads_the_clock_once_per_request() {
+    let full = |breaker: CircuitBreaker| {
+        move |b: StackBuilder| {
+            b.timeout(Duration::from_secs(5))
+                .retry(retry_policy())
+                .circuit_breaker(breaker)
+                .rate_limit(RateLimiter::new(Quota::per_second(1_000_000).unwrap()))
+                .concurrency_limit(Bulkhead::new(8).unwrap())
+        }
+    };
+    let (clock, source) = counting();
+    let mut svc = full(count_breaker())(StackLayer::builder().clock(source))
+        .build()
+        .layer(PendingOnce);
+    assert_eq!(reads_per_request(clock, &mut svc, 100).await, 1.0);
+
+    let (clock, source) = counting();
+    let mut svc =
+        full(CircuitBreaker::new(BreakerConfig::default()))(StackLayer::builder().clock(source))
+            .build()
+            .layer(PendingOnce);
+    assert_eq!(reads_per_request(clock, &mut svc, 100).await, 2.0);
+}
+
+/// The stand-alone timeout and retry layers read the clock once per request
+/// each (the deadline; the budget's deposit), armed timer or not.
+#[tokio::test(flavor = "current_thread")]
+async fn the_timeout_and_retry_layers_read_the_clock_once() {
+    let (clock, source) = counting();
+    let mut svc =
+        tenlives_tokio::TimeoutLayer::with_clock(Duration::from_secs(5), source).layer(PendingOnce);
+    assert_eq!(reads_per_request(clock, &mut svc, 100).await, 1.0);
+
+    let (clock, source) = counting();
+    let mut svc = tenlives_tokio::RetryLayer::with_clock(retry_policy(), source).layer(PendingOnce);
+    assert_eq!(reads_per_request(clock, &mut svc, 100).await, 1.0);
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_breaker_layer_reads_the_end_time_only_where_a_rule_needs_it() {
     let (clock, source) = counting();

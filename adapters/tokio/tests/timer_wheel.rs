@@ -216,3 +216,121 @@ async fn a_finished_request_gives_its_entry_back_before_it_is_dropped() {
     assert!(poll_here(second.as_mut()).await.is_pending());
     assert_eq!(timers.fallbacks(), 0);
 }
+
+/// The stand-alone `TimeoutLayer` times out through its wheel (no fallback)
+/// on a paused clock, and a call dropped or unwound by a panic after its
+/// timer was armed gives the entry back: a wheel of one entry serves every
+/// next request.
+#[tokio::test(start_paused = true)]
+async fn the_timeout_layer_waits_on_the_wheel_and_gives_entries_back() {
+    use tenlives_tokio::TimeoutLayer;
+
+    let layer = TimeoutLayer::new(Duration::from_millis(300))
+        .timer_wheel(1, Duration::from_millis(1))
+        .unwrap();
+    let mut svc = layer.layer(backend(Mode::Forever));
+    let start = Instant::now();
+    let err = svc.ready().await.unwrap().call(()).await.unwrap_err();
+    assert!(matches!(err, TenlivesError::TimedOut { .. }), "{err:?}");
+    assert_eq!(start.elapsed(), Duration::from_millis(300));
+    assert_eq!(layer.timers().fallbacks(), 0);
+
+    for _ in 0..3 {
+        let mut fut = pin!(svc.ready().await.unwrap().call(()));
+        assert!(poll_here(fut.as_mut()).await.is_pending()); // armed
+    } // dropped each time
+    assert_eq!(layer.timers().fallbacks(), 0, "the entry came back on drop");
+
+    let mut panicking = layer.layer(backend(Mode::PanicLater));
+    for _ in 0..3 {
+        let mut fut = Box::pin(panicking.ready().await.unwrap().call(()));
+        assert!(poll_here(fut.as_mut()).await.is_pending()); // armed
+        let unwound = std::future::poll_fn(|cx| {
+            Poll::Ready(catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))))
+        })
+        .await;
+        assert!(unwound.is_err(), "the backend panicked");
+        drop(fut);
+    }
+    assert_eq!(
+        layer.timers().fallbacks(),
+        0,
+        "the entry came back on panic"
+    );
+
+    // Two at once: the second falls back to a sleep of its own, counted,
+    // and both still time out.
+    let mut a = pin!(svc.ready().await.unwrap().call(()));
+    let mut b = pin!(svc.ready().await.unwrap().call(()));
+    assert!(poll_here(a.as_mut()).await.is_pending());
+    assert!(poll_here(b.as_mut()).await.is_pending());
+    assert_eq!(layer.timers().fallbacks(), 1);
+    let (a, b) = tokio::join!(a, b);
+    assert!(matches!(a, Err(TenlivesError::TimedOut { .. })));
+    assert!(matches!(b, Err(TenlivesError::TimedOut { .. })));
+}
+
+/// The timeout layer on a running clock: never early, through the wheel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timeout_layer_fires_through_the_wheel_on_a_running_clock() {
+    let layer = tenlives_tokio::TimeoutLayer::new(Duration::from_millis(30));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let mut svc = layer.layer(backend(Mode::Forever));
+        tasks.push(tokio::spawn(async move {
+            let start = Instant::now();
+            let err = svc.ready().await.unwrap().call(()).await.unwrap_err();
+            assert!(matches!(err, TenlivesError::TimedOut { .. }), "{err:?}");
+            start.elapsed()
+        }));
+    }
+    for task in tasks {
+        let took = task.await.unwrap();
+        assert!(took >= Duration::from_millis(30), "{took:?}");
+        assert!(took < Duration::from_millis(500), "{took:?}");
+    }
+    assert_eq!(layer.timers().fallbacks(), 0);
+}
+
+/// The stand-alone `RetryLayer`'s backoff waits are wheel entries: the
+/// delays are kept exactly on a paused clock, an entry goes back when its
+/// wait ends (a wheel of one entry serves every retry), and one dropped
+/// while waiting gives its entry back.
+#[tokio::test(start_paused = true)]
+async fn the_retry_layer_waits_on_the_wheel_and_gives_entries_back() {
+    use tenlives_engine::retry::{Backoff, RetryBudget, RetryBudgetConfig};
+    use tenlives_tokio::{RetryLayer, RetryPolicy, Timers, TokioClock};
+
+    let backoff = Backoff::exponential(Duration::from_millis(10), 2.0, Duration::from_secs(1))
+        .unwrap()
+        .with_max_retries(3);
+    let budget = RetryBudget::new(
+        RetryBudgetConfig::builder()
+            .min_per_second(1000)
+            .build()
+            .unwrap(),
+    );
+    let timers = Timers::new(1, Duration::from_millis(1), TokioClock::new()).unwrap();
+    let layer = RetryLayer::with_timers(RetryPolicy::new(backoff, budget), timers);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let mut svc = layer.layer(tower::service_fn(move |(): ()| {
+        counted.fetch_add(1, Ordering::Relaxed);
+        std::future::ready(Err::<(), _>("no"))
+    }));
+    let start = Instant::now();
+    assert_eq!(svc.ready().await.unwrap().call(()).await, Err("no"));
+    assert_eq!(calls.load(Ordering::Relaxed), 4);
+    assert_eq!(start.elapsed(), Duration::from_millis(10 + 20 + 40));
+    assert_eq!(
+        layer.timers().fallbacks(),
+        0,
+        "one entry, given back after each wait"
+    );
+
+    for _ in 0..3 {
+        let mut fut = pin!(svc.ready().await.unwrap().call(()));
+        assert!(poll_here(fut.as_mut()).await.is_pending()); // waiting to retry
+    } // dropped while waiting
+    assert_eq!(layer.timers().fallbacks(), 0, "the entry came back on drop");
+}

@@ -141,16 +141,26 @@ impl Operation {
 /// Which iai-callgrind benchmark (`benches/benches/iai.rs`) counts the
 /// instructions of which criterion subject: `(iai name, operation,
 /// subject)`. A name may serve several operations (the floor does).
-pub const INSTRUCTIONS: [(&str, &str, &str); 24] = [
+pub const INSTRUCTIONS: [(&str, &str, &str); 33] = [
     (
         "tenlives_breaker_time_window",
         "breaker/closed_success",
         "tenlives_rate_time_window",
     ),
     (
+        "tenlives_breaker_time_window_no_clock_read",
+        "breaker/closed_success",
+        "tenlives_rate_time_window_no_clock_read",
+    ),
+    (
         "tenlives_breaker_consecutive",
         "breaker/closed_success",
         "tenlives_consecutive",
+    ),
+    (
+        "tenlives_breaker_consecutive_no_clock_read",
+        "breaker/closed_success",
+        "tenlives_consecutive_no_clock_read",
     ),
     (
         "failsafe_breaker_default",
@@ -173,9 +183,19 @@ pub const INSTRUCTIONS: [(&str, &str, &str); 24] = [
         "tenlives_forced_open",
     ),
     (
+        "tenlives_breaker_rejection_no_clock_read",
+        "breaker/open_rejection",
+        "tenlives_forced_open_no_clock_read",
+    ),
+    (
         "tenlives_breaker_rejection",
         "scaling/breaker_rejection",
         "tenlives_forced_open",
+    ),
+    (
+        "tenlives_breaker_rejection_no_clock_read",
+        "scaling/breaker_rejection",
+        "tenlives_forced_open_no_clock_read",
     ),
     ("tenlives_bulkhead", "bulkhead/acquire_release", "tenlives"),
     (
@@ -198,7 +218,17 @@ pub const INSTRUCTIONS: [(&str, &str, &str); 24] = [
         "retry_budget/deposit_withdraw",
         "tenlives",
     ),
+    (
+        "tenlives_retry_budget_no_clock_read",
+        "retry_budget/deposit_withdraw",
+        "tenlives_no_clock_read",
+    ),
     ("tenlives_throttle", "scaling/throttle", "tenlives"),
+    (
+        "tenlives_throttle_no_clock_read",
+        "scaling/throttle",
+        "tenlives_no_clock_read",
+    ),
     ("tenlives_event_push", "events/emit", "tenlives_ring"),
     (
         "crossbeam_array_queue_force_push",
@@ -206,22 +236,53 @@ pub const INSTRUCTIONS: [(&str, &str, &str); 24] = [
         "crossbeam_array_queue",
     ),
     ("floor_fetch_add", "events/emit", "floor_fetch_add"),
-    ("tenlives_rate_check", "rate/check_admitted", "tenlives"),
+    (
+        "tenlives_rate_check",
+        "rate/check_admitted",
+        "tenlives_quanta_clock",
+    ),
+    (
+        "tenlives_rate_check_no_clock_read",
+        "rate/check_admitted",
+        "tenlives",
+    ),
     (
         "governor_direct_check",
         "rate/check_admitted",
+        "governor_quanta_clock",
+    ),
+    (
+        "governor_direct_check_fake_clock",
+        "rate/check_admitted",
         "governor_fake_clock",
     ),
-    ("tenlives_rate_check_n", "rate/check_n8", "tenlives"),
-    ("governor_check_n", "rate/check_n8", "governor_fake_clock"),
-    ("tenlives_keyed_check_1k", "rate/keyed_1k", "tenlives"),
     (
-        "governor_keyed_check_1k",
+        "tenlives_rate_check_n_no_clock_read",
+        "rate/check_n8",
+        "tenlives",
+    ),
+    ("governor_check_n", "rate/check_n8", "governor_quanta_clock"),
+    (
+        "governor_check_n_fake_clock",
+        "rate/check_n8",
+        "governor_fake_clock",
+    ),
+    (
+        "tenlives_keyed_check_1k_no_clock_read",
+        "rate/keyed_1k",
+        "tenlives",
+    ),
+    (
+        "governor_keyed_check_1k_fake_clock",
         "rate/keyed_1k",
         "governor_fake_clock_foldhash",
     ),
     ("floor_fetch_add", "rate/check_admitted", "floor_fetch_add"),
-    ("tenlives_rate_check", "config/rate_check", "unchanged"),
+    (
+        "tenlives_rate_check_no_clock_read",
+        "config/rate_check",
+        "unchanged",
+    ),
 ];
 
 /// One section of the report: a job and the operations that do it.

@@ -4,7 +4,6 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use tokio::time::Sleep;
 use tower_service::Service;
 
 use super::Policies;
+use super::handle::Handle;
 use crate::admission::Admission;
 use crate::classify::Classify;
 use crate::error::{Rejection, TenlivesError};
@@ -47,12 +47,13 @@ impl<S, Req> Retrying<S, Req> {
     }
 }
 
-/// The request's share of the stack: the one `Arc` clone, the admission
+/// The request's share of the stack: its handle on the policies (one
+/// `Arc` clone, or none for a static stack), the admission
 /// token of the attempt in flight, and the request's entry in the stack's
 /// timer wheel. Dropping it gives the entry back and releases the token
 /// unreported.
 pub(crate) struct Held<K, R, A: Admission> {
-    policies: Arc<Policies<K, R, A>>,
+    policies: Handle<Policies<K, R, A>>,
     token: Option<A::Token>,
     admitted_at: Timestamp,
     /// The wheel entry of the future's one timer, once set.
@@ -60,7 +61,7 @@ pub(crate) struct Held<K, R, A: Admission> {
 }
 
 impl<K, R, A: Admission> Held<K, R, A> {
-    pub(crate) fn new(policies: Arc<Policies<K, R, A>>, now: Timestamp) -> Self {
+    pub(crate) fn new(policies: Handle<Policies<K, R, A>>, now: Timestamp) -> Self {
         Held {
             policies,
             token: None,

@@ -15,7 +15,11 @@
 //! one `Arc` of [`Policies`] (policies, classifier and clock): every service
 //! the layer makes and every clone of those share it, and each request
 //! clones that `Arc` once, allocates nothing (beyond what the wrapped service
-//! and the request's own `Clone` do) and boxes nothing. The clock (a
+//! and the request's own `Clone` do) and boxes nothing. A stack that lives as
+//! long as the process can skip the clone: [`StackLayer::into_static`] leaks
+//! the policies and its requests reach them by a plain reference, writing no
+//! shared count. On two threads, its concurrency limit can also be split over
+//! per-core shards ([`StackBuilder::sharded_concurrency_limit`]). The clock (a
 //! [`TokioClock`]: the TSC, or tokio's clock when it is paused) is read once
 //! when a request is called and, where a stage judges the attempt by its
 //! end time (a slow-call rule, a time-based window, a failure that opens a
@@ -75,6 +79,7 @@
 //! they need a tokio runtime with the time driver enabled.
 
 mod future;
+mod handle;
 
 use std::fmt;
 use std::sync::Arc;
@@ -87,6 +92,7 @@ use tenlives_engine::breaker::CircuitBreaker;
 use tenlives_engine::bulkhead::Bulkhead;
 use tenlives_engine::events::EventSink;
 use tenlives_engine::rate::RateLimiter;
+use tenlives_engine::sharded::ShardedBulkhead;
 use tenlives_engine::time::{Clock, Timestamp};
 use tenlives_engine::timer::TimerWheel;
 use tower_layer::Layer;
@@ -102,6 +108,7 @@ use crate::retry::{NoRetry, RetryPolicy, RetryStage};
 use crate::span::call_span;
 use crate::wheel::{self, Timers};
 use future::{Deadline, Held, Phase, Retrying};
+use handle::Handle;
 
 /// The admission stages the builder assembles: an optional breaker, then an
 /// optional rate limit, then an optional concurrency limit.
@@ -317,7 +324,7 @@ impl<K, R, A> StackBuilder<K, R, A> {
             }
         });
         StackLayer {
-            policies: Arc::new(Policies {
+            policies: Handle::new(Arc::new(Policies {
                 admission: self.admission,
                 classifier: self.classifier,
                 retry: self.retry,
@@ -327,7 +334,7 @@ impl<K, R, A> StackBuilder<K, R, A> {
                 time_at_call,
                 time_at_admit,
                 time_at_end,
-            }),
+            })),
         }
     }
 }
@@ -360,6 +367,17 @@ impl<K, R, B, Rl, L> StackBuilder<K, R, DefaultAdmission<B, Rl, L>> {
         self.map_admission(|(breaker, rate, _)| (breaker, rate, Some(bulkhead)))
     }
 
+    /// Limits concurrent calls with `limit`, split over per-core shards:
+    /// threads on different cores admit without writing one shared word,
+    /// at the price of refusals that can miss permits released during the
+    /// refusing call's scan (see [`tenlives_engine::sharded`]).
+    pub fn sharded_concurrency_limit(
+        self,
+        limit: ShardedBulkhead,
+    ) -> StackBuilder<K, R, DefaultAdmission<B, Rl, ShardedBulkhead>> {
+        self.map_admission(|(breaker, rate, _)| (breaker, rate, Some(limit)))
+    }
+
     /// Limits concurrent calls with `limiter`, whose limit follows the
     /// latency of the calls (see [`AdaptiveLimitLayer`](crate::AdaptiveLimitLayer)).
     pub fn adaptive_limit<Al: LimitAlgorithm, Snk: EventSink>(
@@ -372,7 +390,7 @@ impl<K, R, B, Rl, L> StackBuilder<K, R, DefaultAdmission<B, Rl, L>> {
 
 /// One tower [`Layer`] for the whole stack. See the [module documentation](self).
 pub struct StackLayer<K = DefaultClassifier, R = NoRetry, A = DefaultAdmission> {
-    policies: Arc<Policies<K, R, A>>,
+    policies: Handle<Policies<K, R, A>>,
 }
 
 impl StackLayer {
@@ -395,12 +413,32 @@ impl<K, R, A> StackLayer<K, R, A> {
     pub fn policies(&self) -> &Policies<K, R, A> {
         &self.policies
     }
+
+    /// This layer, for a stack that lives as long as the process: its
+    /// policies are never freed (their memory and the timer wheel's driver
+    /// stay for good, even once every layer, service and request is
+    /// dropped), and in exchange the layer, its services and their requests
+    /// reach them without a reference count: no shared count is written per
+    /// request (an `Arc` clone and drop are two atomic read-modify-writes of
+    /// one line, which two threads admitting at once pass back and forth).
+    /// Layers cloned before keep counting; clones made after do not.
+    pub fn into_static(self) -> Self {
+        StackLayer {
+            policies: self.policies.into_static(),
+        }
+    }
+
+    /// Whether requests through this layer's services touch a shared
+    /// reference count (false after [`into_static`](Self::into_static)).
+    pub fn is_counted(&self) -> bool {
+        self.policies.is_counted()
+    }
 }
 
 impl<K, R, A> Clone for StackLayer<K, R, A> {
     fn clone(&self) -> Self {
         StackLayer {
-            policies: Arc::clone(&self.policies),
+            policies: self.policies.clone(),
         }
     }
 }
@@ -419,7 +457,7 @@ impl<S, K, R, A> Layer<S> for StackLayer<K, R, A> {
     fn layer(&self, inner: S) -> Self::Service {
         Stack {
             inner,
-            policies: Arc::clone(&self.policies),
+            policies: self.policies.clone(),
         }
     }
 }
@@ -427,7 +465,7 @@ impl<S, K, R, A> Layer<S> for StackLayer<K, R, A> {
 /// A service behind the whole stack. Made by [`StackLayer`].
 pub struct Stack<S, K = DefaultClassifier, R = NoRetry, A = DefaultAdmission> {
     inner: S,
-    policies: Arc<Policies<K, R, A>>,
+    policies: Handle<Policies<K, R, A>>,
 }
 
 impl<S, K, R, A> Stack<S, K, R, A> {
@@ -446,7 +484,7 @@ impl<S: Clone, K, R, A> Clone for Stack<S, K, R, A> {
     fn clone(&self) -> Self {
         Stack {
             inner: self.inner.clone(),
-            policies: Arc::clone(&self.policies),
+            policies: self.policies.clone(),
         }
     }
 }
@@ -486,7 +524,7 @@ where
         // service that was polled ready.
         let retry = p.retry.prepare(&self.inner, &req).map(Retrying::new);
         let deadline = p.timeout.map(|after| Deadline::new(now, after));
-        let mut held = Held::new(Arc::clone(&self.policies), now);
+        let mut held = Held::new(self.policies.clone(), now);
         let span = call_span!("tenlives.stack", "stack");
         if retry.is_some() {
             span.attempts(1);
