@@ -231,7 +231,7 @@ async fn drops_and_panics_leave_nothing_held() {
     {
         let mut fut = pin!(svc2.ready().await.unwrap().call(Call::Forever));
         assert!(poll_once(fut.as_mut()).is_pending());
-        tokio::time::advance(Duration::from_millis(11)).await;
+        past_the_timeout().await;
         assert!(poll_once(fut.as_mut()).is_pending(), "in the fallback");
         assert_eq!(fallback2.taken(), 1);
         assert_eq!(limit.in_flight(), 0, "the call's permit went with the call");
@@ -258,10 +258,20 @@ async fn drops_and_panics_leave_nothing_held() {
     assert_eq!(limit.in_flight(), 0);
     let mut fb = Box::pin(b.ready().await.unwrap().call(Call::Forever));
     assert!(poll_once(fb.as_mut()).is_pending());
-    tokio::time::advance(Duration::from_millis(11)).await;
+    past_the_timeout().await;
     assert!(catch_unwind(AssertUnwindSafe(|| poll_once(fb.as_mut()))).is_err());
     drop(fb);
     assert_eq!(limit.in_flight(), 0);
+}
+
+/// Moves the paused clock past the 10 ms timeout. The timeout waits on the
+/// layer's timer wheel, whose driver task expires the entry when this task
+/// yields.
+async fn past_the_timeout() {
+    tokio::time::advance(Duration::from_millis(11)).await;
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+    }
 }
 
 type Nested = TenlivesError<TenlivesError<&'static str>>;
