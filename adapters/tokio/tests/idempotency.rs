@@ -498,3 +498,69 @@ async fn under_two_threads_a_stored_keys_upstream_completes_at_most_once() {
     assert_eq!(s.stored, KEYS as usize);
     assert!(s.replayed > 0);
 }
+
+/// Polls `f` on this thread until it is ready (a follower waiting on another
+/// thread's call is polled again and again).
+fn spin<F: Future + Unpin>(mut f: F) -> F::Output {
+    loop {
+        if let Poll::Ready(out) = poll_once(&mut f) {
+            return out;
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// Two threads ask for the same new key at the same moment, 100 000 times
+/// over, with an upstream that answers at once: the window where one request
+/// misses the store while the other's call completes and leaves the single
+/// flight is hit often. Every key's upstream runs exactly once, and both
+/// threads get its answer.
+#[test]
+fn two_threads_racing_on_each_new_key_call_its_upstream_once() {
+    const KEYS: u32 = 100_000;
+    let runs: Arc<Vec<AtomicUsize>> = Arc::new((0..KEYS).map(|_| AtomicUsize::new(0)).collect());
+    let upstream = {
+        let runs = Arc::clone(&runs);
+        tower::service_fn(move |r: Req| {
+            let key = r.key.unwrap();
+            let n = runs[key as usize].fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok::<Answer, &'static str>((r.key, n)))
+        })
+    };
+    let config = IdempotencyConfig::new(Duration::from_secs(3600), KEYS as usize, 16)
+        .clock(TokioClock::tsc());
+    let svc = IdempotencyLayer::new(key_fn, config).layer(upstream);
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    let wrong = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            let svc = svc.clone();
+            let barrier = Arc::clone(&barrier);
+            let wrong = &wrong;
+            s.spawn(move || {
+                for key in 0..KEYS {
+                    barrier.wait();
+                    // No assertion here: a panicking thread would leave the
+                    // other one at the barrier. The answers are checked below.
+                    let answer = spin(svc.clone().oneshot(req(key, ANSWER)));
+                    if answer != Ok((Some(key), 0)) {
+                        wrong.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    let twice = runs
+        .iter()
+        .filter(|n| n.load(Ordering::SeqCst) != 1)
+        .count();
+    assert_eq!(twice, 0, "keys whose upstream did not run exactly once");
+    assert_eq!(
+        wrong.load(Ordering::SeqCst),
+        0,
+        "answers not the one call's"
+    );
+    let s = svc.stats();
+    assert_eq!(s.executed, u64::from(KEYS));
+    assert_eq!(s.in_flight, 0);
+}
