@@ -564,3 +564,32 @@ fn two_threads_racing_on_each_new_key_call_its_upstream_once() {
     assert_eq!(s.executed, u64::from(KEYS));
     assert_eq!(s.in_flight, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_while_storing_reaches_the_driver_and_the_duplicates_and_frees_the_key() {
+    let counters = Arc::new(Counters::default());
+    let config = IdempotencyConfig::new(Duration::from_secs(60), 100, 1)
+        .store_if(|a: &Answer| {
+            assert!(a.1 != 0, "boom in store_if");
+            true
+        })
+        .clock(TokioClock::runtime());
+    let svc = IdempotencyLayer::new(key_fn, config).layer(Upstream(Arc::clone(&counters)));
+    let mut first = svc.clone().oneshot(req(1, ANSWER));
+    let mut dup = svc.clone().oneshot(req(1, ANSWER));
+    assert!(poll_once(&mut first).is_pending());
+    assert!(poll_once(&mut dup).is_pending());
+    tokio::time::advance(Duration::from_millis(10)).await;
+    assert!(catch_unwind(AssertUnwindSafe(|| poll_once(&mut first))).is_err());
+    drop(first);
+    let r = tokio::time::timeout(Duration::from_secs(1), dup)
+        .await
+        .expect("the duplicate never hangs");
+    assert_eq!(r.unwrap_err(), IdempotencyError::Panicked);
+    let s = svc.stats();
+    assert_eq!((s.in_flight, s.stored), (0, 0));
+    // The second call's response (call number 1) is stored.
+    assert_eq!(svc.clone().oneshot(req(1, ANSWER)).await.unwrap(), (Some(1), 1));
+    assert_eq!(svc.clone().oneshot(req(1, ANSWER)).await.unwrap(), (Some(1), 1));
+    assert_eq!(calls(&counters), 2);
+}
