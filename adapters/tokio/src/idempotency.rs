@@ -52,7 +52,7 @@
 //! the crate's [`TokioClock`], so the TTL follows tokio's paused clock in
 //! tests.
 //!
-//! The completed half is *not* the moka response cache ([`crate::cache`],
+//! The completed half is *not* the moka response cache (`cache` module,
 //! feature `cache`), on purpose: moka's TinyLFU admission may refuse to store
 //! a new entry, and its eviction order is by frequency. A response cache can
 //! afford that (a refused entry is one more upstream call); an idempotency
@@ -371,21 +371,18 @@ impl<K: Hash + Eq + Clone, R: Clone> Shared<K, R> {
 /// A request's key inside the single flight: a caller's key, or a unique
 /// number for a request without one (never shared, never stored).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-#[doc(hidden)]
-pub enum FlightKey<K> {
+enum FlightKey<K> {
     Keyed(K),
     Unique(u64),
 }
 
 /// A request on its way through the single flight, with its key.
-#[doc(hidden)]
-pub struct Keyed<K, Req> {
+struct Keyed<K, Req> {
     key: FlightKey<K>,
     req: Req,
 }
 
-#[doc(hidden)]
-pub type KeyOf<K, Req> = fn(&Keyed<K, Req>) -> FlightKey<K>;
+type KeyOf<K, Req> = fn(&Keyed<K, Req>) -> FlightKey<K>;
 
 fn key_of<K: Clone, Req>(r: &Keyed<K, Req>) -> FlightKey<K> {
     r.key.clone()
@@ -393,8 +390,7 @@ fn key_of<K: Clone, Req>(r: &Keyed<K, Req>) -> FlightKey<K> {
 
 /// Why a flight did not reach the wrapped service's answer.
 #[derive(Clone, Debug)]
-#[doc(hidden)]
-pub enum Refusal<E> {
+enum Refusal<E> {
     Upstream(E),
     Full,
 }
@@ -402,8 +398,7 @@ pub enum Refusal<E> {
 /// The wrapped service inside the single flight: answers a new flight from
 /// the store when its response was stored meanwhile, refuses a new key over
 /// `max_in_flight`, and stores the `Ok` response.
-#[doc(hidden)]
-pub struct Inner<S, K, R> {
+struct Inner<S, K, R> {
     inner: S,
     shared: Arc<Shared<K, R>>,
 }
@@ -419,8 +414,7 @@ impl<S: Clone, K, R> Clone for Inner<S, K, R> {
 
 /// A keyed call's place in `max_in_flight`, released on drop (completion,
 /// cancellation, or a panic in the wrapped service's `call` or future).
-#[doc(hidden)]
-pub struct InFlight<K, R>(Arc<Shared<K, R>>);
+struct InFlight<K, R>(Arc<Shared<K, R>>);
 
 impl<K, R> Drop for InFlight<K, R> {
     fn drop(&mut self) {
@@ -471,8 +465,7 @@ where
 
 pin_project! {
     /// The future inside a flight.
-    #[doc(hidden)]
-    pub struct InnerFuture<F, K, R, E> {
+    struct InnerFuture<F, K, R, E> {
         #[pin]
         upstream: Option<F>,
         ready: Option<Result<R, Refusal<E>>>,

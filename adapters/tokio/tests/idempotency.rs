@@ -589,7 +589,13 @@ async fn a_panic_while_storing_reaches_the_driver_and_the_duplicates_and_frees_t
     let s = svc.stats();
     assert_eq!((s.in_flight, s.stored), (0, 0));
     // The second call's response (call number 1) is stored.
-    assert_eq!(svc.clone().oneshot(req(1, ANSWER)).await.unwrap(), (Some(1), 1));
-    assert_eq!(svc.clone().oneshot(req(1, ANSWER)).await.unwrap(), (Some(1), 1));
+    assert_eq!(
+        svc.clone().oneshot(req(1, ANSWER)).await.unwrap(),
+        (Some(1), 1)
+    );
+    assert_eq!(
+        svc.clone().oneshot(req(1, ANSWER)).await.unwrap(),
+        (Some(1), 1)
+    );
     assert_eq!(calls(&counters), 2);
 }
