@@ -112,7 +112,9 @@
 //! when it is stored, or in the `store_if` predicate reaches the caller
 //! whose code ran it, releases the in-flight entry, stores nothing, and every
 //! duplicate waiting on it answers [`IdempotencyError::Panicked`]. A panic in
-//! the response's `Clone` on a stored hit reaches that caller only. The
+//! the response's `Clone` on a stored hit reaches that caller (and, when it
+//! happens on a new flight's second look in the store, the duplicates that
+//! joined that flight answer `Panicked`). The
 //! store's lock ignores poisoning: every critical section leaves it
 //! consistent wherever user code (`Clone`, `Hash`, `Eq`) can panic.
 //!
@@ -345,14 +347,13 @@ impl<K: Hash + Eq + Clone, R: Clone> Shared<K, R> {
             if current && *exp > now && !full {
                 break;
             }
-            let (k, seq, exp) = store.order.pop_front().expect("front exists");
+            let (k, _, exp) = store.order.pop_front().expect("front exists");
             if current {
                 store.map.remove(&k);
                 if exp > now {
                     bump(&self.evicted);
                 }
             }
-            let _ = seq;
         }
         let seq = store.next_seq;
         store.next_seq += 1;

@@ -599,3 +599,86 @@ async fn a_panic_while_storing_reaches_the_driver_and_the_duplicates_and_frees_t
     );
     assert_eq!(calls(&counters), 2);
 }
+
+/// Two worker threads on tokio's running clock, a 20 ms TTL, 8 keys asked
+/// for over and over for about 300 ms: for every key, each upstream call
+/// that completed was stored, and the key's next call started no earlier
+/// than that completion plus the TTL (at most once per TTL window while the
+/// response is stored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_two_threads_a_keys_upstream_runs_at_most_once_per_ttl_window() {
+    use std::time::Instant;
+    const KEYS: u32 = 8;
+    const TTL: Duration = Duration::from_millis(20);
+    // Per key: (start, completion) of each call that completed.
+    type Log = Arc<Mutex<Vec<Vec<(Instant, Instant)>>>>;
+    let log: Log = Arc::new(Mutex::new(vec![Vec::new(); KEYS as usize]));
+    let upstream = {
+        let log = Arc::clone(&log);
+        tower::service_fn(move |r: Req| {
+            let start = Instant::now();
+            let log = Arc::clone(&log);
+            async move {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                let key = r.key.unwrap();
+                log.lock().unwrap()[key as usize].push((start, Instant::now()));
+                Ok::<Answer, &'static str>((r.key, 0))
+            }
+        })
+    };
+    // The TTL is judged on tokio's clock, which is `std::time::Instant` here.
+    let config = IdempotencyConfig::new(TTL, 1000, 1000).clock(TokioClock::runtime());
+    let svc = IdempotencyLayer::new(key_fn, config).layer(upstream);
+    let deadline = Instant::now() + Duration::from_millis(300);
+    let mut tasks = Vec::new();
+    for t in 0..32u32 {
+        let svc = svc.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = t;
+            while Instant::now() < deadline {
+                i = i.wrapping_add(1);
+                let call = svc.clone().oneshot(req(i % KEYS, ANSWER));
+                if i % 7 == 0 {
+                    let _ = tokio::time::timeout(Duration::from_micros(500), call).await;
+                } else {
+                    call.await.unwrap();
+                }
+                tokio::time::sleep(Duration::from_micros(300)).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let log = log.lock().unwrap();
+    for (key, calls) in log.iter().enumerate() {
+        assert!(
+            calls.len() >= 2,
+            "key {key}: {} calls in 300 ms",
+            calls.len()
+        );
+        let mut calls = calls.clone();
+        calls.sort();
+        for pair in calls.windows(2) {
+            let ((_, done), (next_start, _)) = (pair[0], pair[1]);
+            assert!(
+                next_start + Duration::from_micros(1) >= done + TTL,
+                "key {key}: a call started {:?} after the previous completed, within the {TTL:?} TTL",
+                next_start.saturating_duration_since(done)
+            );
+        }
+    }
+    assert_eq!(svc.stats().in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_ttl_at_the_end_of_time_keeps_the_response_for_ever() {
+    let (svc, c) = service(Duration::MAX, 10, 10);
+    svc.clone().oneshot(req(1, ANSWER)).await.unwrap();
+    tokio::time::advance(Duration::from_secs(100 * 365 * 24 * 3600)).await;
+    assert_eq!(
+        svc.clone().oneshot(req(1, ANSWER)).await.unwrap(),
+        (Some(1), 0)
+    );
+    assert_eq!(calls(&c), 1);
+}
