@@ -339,21 +339,25 @@ impl<K: Hash + Eq + Clone, R: Clone> Shared<K, R> {
         let mut store = lock(&self.store);
         let store = &mut *store;
         // A panic in `Hash`/`Eq` below leaves the map and the queue
-        // consistent: an element is popped before its entry is removed, and
-        // a queue element whose entry is missing or newer is skipped.
+        // consistent: an entry leaves the map before its queue element is
+        // popped (a panicking removal removes nothing, and the next
+        // insertion tries again), and a queue element whose entry is
+        // missing or newer is skipped. Only the key's `Clone` and the map's
+        // insertion run after the queue's push, and an element pushed
+        // without its entry is skipped.
         while let Some((k, seq, exp)) = store.order.front() {
             let current = store.map.get(k).is_some_and(|e| e.seq == *seq);
             let full = store.map.len() >= self.max_stored;
             if current && *exp > now && !full {
                 break;
             }
-            let (k, _, exp) = store.order.pop_front().expect("front exists");
             if current {
-                store.map.remove(&k);
-                if exp > now {
+                store.map.remove(k);
+                if *exp > now {
                     bump(&self.evicted);
                 }
             }
+            store.order.pop_front();
         }
         let seq = store.next_seq;
         store.next_seq += 1;

@@ -682,3 +682,48 @@ async fn a_ttl_at_the_end_of_time_keeps_the_response_for_ever() {
     );
     assert_eq!(calls(&c), 1);
 }
+
+/// Hashing key 1 panics when `HASH_COUNTDOWN` reaches zero (counted down by
+/// every hash of key 1 while it is positive).
+static HASH_COUNTDOWN: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(Clone, PartialEq, Eq)]
+struct FragileKey(u32);
+
+impl std::hash::Hash for FragileKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        if self.0 == 1 {
+            let left = HASH_COUNTDOWN.load(Ordering::SeqCst);
+            if left > 0 {
+                HASH_COUNTDOWN.store(left - 1, Ordering::SeqCst);
+                assert!(left != 1, "boom in Hash");
+            }
+        }
+        self.0.hash(state);
+    }
+}
+
+/// The store's cap holds even when a key's `Hash` panics while its entry is
+/// being evicted: the eviction is retried by the next insertion.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_hash_during_eviction_leaves_the_cap_intact() {
+    let counters = Arc::new(Counters::default());
+    let config =
+        IdempotencyConfig::new(Duration::from_secs(60), 1, 10).clock(TokioClock::runtime());
+    let svc = IdempotencyLayer::new(|r: &Req| r.key.map(FragileKey), config)
+        .layer(Upstream(Arc::clone(&counters)));
+    svc.clone().oneshot(req(1, ANSWER)).await.unwrap();
+    // Storing key 2 evicts key 1: its lookup hashes it once, its removal a
+    // second time, which panics.
+    HASH_COUNTDOWN.store(2, Ordering::SeqCst);
+    let mut second = svc.clone().oneshot(req(2, ANSWER));
+    assert!(poll_once(&mut second).is_pending());
+    tokio::time::advance(Duration::from_millis(10)).await;
+    assert!(catch_unwind(AssertUnwindSafe(|| poll_once(&mut second))).is_err());
+    drop(second);
+    assert_eq!(HASH_COUNTDOWN.load(Ordering::SeqCst), 0);
+    assert!(svc.stats().stored <= 1);
+    svc.clone().oneshot(req(2, ANSWER)).await.unwrap();
+    assert_eq!(svc.stats().stored, 1, "the cap of 1 holds");
+    assert_eq!(svc.stats().in_flight, 0);
+}
