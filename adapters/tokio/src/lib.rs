@@ -20,6 +20,7 @@
 //! | `DeadlineLayer` (feature `http`) | keeps the caller's deadline, refuses what cannot finish, forwards what is left | [`TenlivesError<E>`] |
 //! | [`CoalesceLayer`] | concurrent requests with equal keys share one call (single flight) | [`CoalesceError<E>`] |
 //! | [`OutlierDetector`] / [`Ejectable`] | per-endpoint breakers; ejected endpoints are not ready (with tower's balancers, feature `balance`) | [`TenlivesError<E>`] |
+//! | [`IdempotencyLayer`] | duplicates of a keyed request wait for the call in flight or get its stored response (TTL, bounded) | [`IdempotencyError<E>`] |
 //! | `cache::CacheLayer` | answers from a moka response cache: TTL, tags, a byte budget (feature `cache`) | `E` |
 //!
 //! Common to all of them:
@@ -139,6 +140,7 @@ pub mod fault;
 #[cfg(feature = "http")]
 pub mod headers;
 pub mod hedge;
+pub mod idempotency;
 pub mod limit;
 mod outcome;
 pub mod queue;
@@ -162,6 +164,7 @@ pub use error::{InjectedFault, Rejection, RejectionReason, TenlivesError};
 pub use fallback::{FallbackFuture, FallbackLayer, WithFallback};
 pub use fault::{FaultConfig, FaultFuture, FaultInjection, FaultLayer};
 pub use hedge::{Hedge, HedgeFuture, HedgeLayer, HedgePolicy};
+pub use idempotency::{IdempotencyConfig, IdempotencyError, IdempotencyLayer, IdempotencyService};
 pub use limit::{
     AdaptiveLimitLayer, AdaptiveLimitService, ConcurrencyLimitLayer, ConcurrencyLimitService,
 };
