@@ -284,14 +284,7 @@ async fn replace(
     Path((section, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let token = match admin.authorize(&headers, Role::Admin) {
-        Ok(t) => t,
-        Err(r) => return *r,
-    };
-    match parse_body(&body) {
-        Ok(v) => set(&admin, &token.who, &section, &name, v, false),
-        Err(r) => *r,
-    }
+    write_config(&admin, &headers, &section, &name, &body, false)
 }
 
 async fn patch(
@@ -300,12 +293,25 @@ async fn patch(
     Path((section, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let token = match admin.authorize(&headers, Role::Admin) {
+    write_config(&admin, &headers, &section, &name, &body, true)
+}
+
+/// `PUT` (`merge` false: the body replaces the configuration) and `PATCH`
+/// (`merge` true: the body's keys are merged into it), for an admin.
+fn write_config(
+    admin: &Admin,
+    headers: &HeaderMap,
+    section: &str,
+    name: &str,
+    body: &Bytes,
+    merge: bool,
+) -> Response {
+    let token = match admin.authorize(headers, Role::Admin) {
         Ok(t) => t,
         Err(r) => return *r,
     };
-    match parse_body(&body) {
-        Ok(v) => set(&admin, &token.who, &section, &name, v, true),
+    match parse_body(body) {
+        Ok(v) => set(admin, &token.who, section, name, v, merge),
         Err(r) => *r,
     }
 }
