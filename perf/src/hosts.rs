@@ -95,6 +95,9 @@ pub struct HostsArgs {
     /// Both clients' timeout per request, in milliseconds.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub timeout_ms: u64,
+    /// The hedge delay: this quantile of recent latencies (`0.0..1.0`).
+    #[arg(long, default_value_t = 0.95)]
+    pub hedge_quantile: f64,
     /// The shortest hedge delay, in milliseconds.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub hedge_min_ms: u64,
@@ -632,7 +635,7 @@ pub async fn hosts(args: &HostsArgs) -> Result<bool, Box<dyn Error>> {
     ));
     let hedge = HedgeLayer::new(HedgePolicy::new(
         HedgeDelay::quantile(
-            LatencyTracker::new(0.95, 200, 50)?,
+            LatencyTracker::new(args.hedge_quantile, 200, 50)?,
             Duration::from_millis(20),
             Duration::from_millis(args.hedge_min_ms),
             Duration::from_millis(100).max(Duration::from_millis(args.hedge_min_ms)),
