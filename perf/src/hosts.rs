@@ -20,9 +20,9 @@
 //! - **plain**: `StackLayer` with the timeout only, over the balancer;
 //! - **protected**: `FallbackLayer` (a fallback value for every failure,
 //!   rejection and timeout) around the same `StackLayer` around a
-//!   `HedgeLayer` (the 95th percentile of recent latencies, clamped to
-//!   `[--hedge-min-ms, 100 ms]`, paid from a retry budget of 20 % plus 20 a
-//!   second) around the balancer, whose endpoints go through `EjectDiscover`
+//!   `HedgeLayer` (the `--hedge-quantile` of recent latencies, 0.9 by
+//!   default, clamped to `[--hedge-min-ms, 100 ms]` and `--hedge-min-ms`
+//!   until known; paid from a retry budget of 20 % plus 20 a second) around the balancer, whose endpoints go through `EjectDiscover`
 //!   (an `OutlierDetector`: 5 consecutive failures, or a failure rate three
 //!   times the others' over a second, eject an endpoint; at most one of the
 //!   three out at once).
@@ -81,7 +81,7 @@ pub struct HostsArgs {
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub concurrency: u64,
     /// Every upstream's service time per call, in milliseconds.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub service_ms: u64,
     /// The slow upstream takes `--slow-ms` on every this-many-th call.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
@@ -96,7 +96,7 @@ pub struct HostsArgs {
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub timeout_ms: u64,
     /// The hedge delay: this quantile of recent latencies (`0.0..1.0`).
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.9)]
     pub hedge_quantile: f64,
     /// The shortest hedge delay, in milliseconds.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=10_000))]
@@ -635,8 +635,8 @@ pub async fn hosts(args: &HostsArgs) -> Result<bool, Box<dyn Error>> {
     ));
     let hedge = HedgeLayer::new(HedgePolicy::new(
         HedgeDelay::quantile(
-            LatencyTracker::new(args.hedge_quantile, 200, 50)?,
-            Duration::from_millis(20),
+            LatencyTracker::new(args.hedge_quantile, 100, 50)?,
+            Duration::from_millis(args.hedge_min_ms),
             Duration::from_millis(args.hedge_min_ms),
             Duration::from_millis(100).max(Duration::from_millis(args.hedge_min_ms)),
         ),
