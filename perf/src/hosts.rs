@@ -84,7 +84,7 @@ pub struct HostsArgs {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub service_ms: u64,
     /// The slow upstream takes `--slow-ms` on every this-many-th call.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub slow_every: u64,
     /// The slow upstream's slow calls, in milliseconds.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=60_000))]
