@@ -547,8 +547,70 @@ fn take_calls(counters: &[Arc<AtomicU64>; 3]) -> [u64; 3] {
     std::array::from_fn(|i| counters[i].swap(0, Ordering::Relaxed))
 }
 
+/// Both runs' figures, and what the protected client's layers did.
+struct Outcome {
+    plain: Figures,
+    protected: Figures,
+    hedges: tenlives_tokio::hedge::HedgeStats,
+    hedge_delay: Duration,
+    ejections: tenlives_tokio::EjectionStats,
+    fallbacks: u64,
+}
+
 /// Runs the scenario: `Ok(true)` when the protected client beat the plain one.
 pub async fn hosts(args: &HostsArgs) -> Result<bool, Box<dyn Error>> {
+    let Outcome {
+        plain: plain_figures,
+        protected: protected_figures,
+        hedges,
+        hedge_delay,
+        ejections,
+        fallbacks,
+    } = run(args).await?;
+    println!();
+    print!("{}", table(&plain_figures, &protected_figures));
+    println!();
+    println!(
+        "  protected: {} hedges sent ({} won, {} refused by the budget; delay now {:.1} ms); {} ejections ({} by consecutive failures, {} by failure rate, {} refused by the cap), {} re-admissions; {} fallbacks",
+        hedges.hedges,
+        hedges.wins,
+        hedges.refused,
+        hedge_delay.as_secs_f64() * 1000.0,
+        ejections.ejections_by_breaker + ejections.ejections_by_rate,
+        ejections.ejections_by_breaker,
+        ejections.ejections_by_rate,
+        ejections.refused_by_cap,
+        ejections.readmissions,
+        fallbacks,
+    );
+    for (name, f) in [("plain", &plain_figures), ("protected", &protected_figures)] {
+        if f.requests < args.requests {
+            println!(
+                "  note: the {name} run stopped at the {} s limit after {} of {} requests",
+                args.seconds, f.requests, args.requests
+            );
+        }
+    }
+    let verdict = verdict(&plain_figures, &protected_figures);
+    if verdict.passed() {
+        println!(
+            "  PASS: protected beats plain on upstream success rate ({:.1} % vs {:.1} %) and p99 ({:.1} ms vs {:.1} ms)",
+            protected_figures.success_rate(),
+            plain_figures.success_rate(),
+            ms(protected_figures.quantile_us(0.99)),
+            ms(plain_figures.quantile_us(0.99)),
+        );
+    } else {
+        for failure in &verdict.failures {
+            println!("  FAIL: {failure}");
+        }
+    }
+    Ok(verdict.passed())
+}
+
+/// Starts the upstreams, runs the plain client then the protected one,
+/// stops the upstreams.
+async fn run(args: &HostsArgs) -> Result<Outcome, Box<dyn Error>> {
     let service = Duration::from_millis(args.service_ms);
     let behaviours = [
         Behaviour::Healthy { service },
@@ -664,48 +726,14 @@ pub async fn hosts(args: &HostsArgs) -> Result<bool, Box<dyn Error>> {
     for server in &servers {
         server.stop();
     }
-
-    println!();
-    print!("{}", table(&plain_figures, &protected_figures));
-    let hedges = hedge.stats();
-    let ejections = detector.stats();
-    println!();
-    println!(
-        "  protected: {} hedges sent ({} won, {} refused by the budget; delay now {:.1} ms); {} ejections ({} by consecutive failures, {} by failure rate, {} refused by the cap), {} re-admissions; {} fallbacks",
-        hedges.hedges,
-        hedges.wins,
-        hedges.refused,
-        hedge.delay().current().as_secs_f64() * 1000.0,
-        ejections.ejections_by_breaker + ejections.ejections_by_rate,
-        ejections.ejections_by_breaker,
-        ejections.ejections_by_rate,
-        ejections.refused_by_cap,
-        ejections.readmissions,
-        fallback.taken(),
-    );
-    for (name, f) in [("plain", &plain_figures), ("protected", &protected_figures)] {
-        if f.requests < args.requests {
-            println!(
-                "  note: the {name} run stopped at the {} s limit after {} of {} requests",
-                args.seconds, f.requests, args.requests
-            );
-        }
-    }
-    let verdict = verdict(&plain_figures, &protected_figures);
-    if verdict.passed() {
-        println!(
-            "  PASS: protected beats plain on upstream success rate ({:.1} % vs {:.1} %) and p99 ({:.1} ms vs {:.1} ms)",
-            protected_figures.success_rate(),
-            plain_figures.success_rate(),
-            ms(protected_figures.quantile_us(0.99)),
-            ms(plain_figures.quantile_us(0.99)),
-        );
-    } else {
-        for failure in &verdict.failures {
-            println!("  FAIL: {failure}");
-        }
-    }
-    Ok(verdict.passed())
+    Ok(Outcome {
+        plain: plain_figures,
+        protected: protected_figures,
+        hedges: hedge.stats(),
+        hedge_delay: hedge.delay().current(),
+        ejections: detector.stats(),
+        fallbacks: fallback.taken(),
+    })
 }
 
 #[cfg(test)]
@@ -815,6 +843,50 @@ mod tests {
         ] {
             assert!(t.contains(needle), "{needle:?} missing from\n{t}");
         }
+    }
+
+    /// The whole scenario, small: every request is accounted for, the
+    /// protected client ejects the failing upstream (the plain one feeds it
+    /// a large share of the calls), and no protected request fails. The
+    /// latencies are not checked here: they depend on the machine (the
+    /// command's verdict checks them).
+    #[test]
+    fn a_small_run_ejects_the_failing_upstream_and_accounts_for_every_request() {
+        let args = HostsArgs {
+            requests: 400,
+            seconds: 20,
+            concurrency: 8,
+            service_ms: 5,
+            slow_every: 10,
+            slow_ms: 100,
+            failing_percent: 100,
+            timeout_ms: 1_000,
+            hedge_quantile: 0.9,
+            hedge_min_ms: 5,
+        };
+        let outcome = crate::http::block_on(run(&args)).unwrap();
+        let (plain, protected) = (&outcome.plain, &outcome.protected);
+        for f in [plain, protected] {
+            assert_eq!(f.requests, 400);
+            assert_eq!(f.upstream + f.fallback + f.failed, f.requests);
+        }
+        // Plain: one call per request, and every call to the failing
+        // upstream is a failed request.
+        assert_eq!(plain.calls.iter().sum::<u64>(), 400);
+        assert_eq!(plain.failed, plain.calls[2]);
+        assert_eq!(plain.fallback, 0);
+        assert!(plain.calls[2] >= 40, "{:?}", plain.calls);
+        // Protected: ejected after 5 failures in a row (plus the calls in
+        // flight then, at most one per worker, and a probe a second).
+        assert!(outcome.ejections.ejections_by_breaker >= 1);
+        assert!(protected.calls[2] <= 5 + 8 + 20, "{:?}", protected.calls);
+        assert_eq!(protected.failed, 0);
+        assert_eq!(protected.fallback, outcome.fallbacks);
+        assert!(protected.success_rate() > plain.success_rate());
+        // Every upstream call is a request's first attempt or a hedge
+        // (a call refused by an ejected endpoint never reaches the wire).
+        assert!(protected.calls.iter().sum::<u64>() <= 400 + outcome.hedges.hedges);
+        assert_eq!(outcome.hedges.requests, 400);
     }
 
     #[test]
