@@ -12,6 +12,7 @@
 //! cargo run --release -p tenlives-perf -- serve --port 8080    # for wrk or perf
 //! cargo run --release -p tenlives-perf -- simulate             # the virtual-time breaker story
 //! cargo run --release -p tenlives-perf -- cache                # the response cache's hit rate and savings
+//! cargo run --release -p tenlives-perf -- hosts                # hedging, ejection, fallback over three upstreams
 //! ```
 //!
 //! - [`http`]: `demo` starts, on loopback, an upstream HTTP service that
@@ -27,6 +28,9 @@
 //!   the same seed prints the same report.
 //! - `adaptive`: the adaptive concurrency limiters in a simulation.
 //! - `cache`: the response cache layer on loopback, without and with it.
+//! - `hosts`: three upstreams on loopback (healthy, slow, failing) behind a
+//!   balancing client, plain and with hedging, outlier ejection and a
+//!   fallback.
 //!
 //! Exit status: 0 on success, 1 when a scenario's check failed, 2 on an
 //! error (bad options, a port that cannot be bound, a file that cannot be
@@ -34,6 +38,7 @@
 
 mod adaptive;
 mod cache;
+mod hosts;
 mod http;
 mod simulate;
 
@@ -99,6 +104,10 @@ enum Command {
     /// The response cache on loopback: the same Zipf-keyed load without and
     /// with the cache layer; checks the hit rate and the latency it saves.
     Cache(cache::CacheArgs),
+    /// Three upstreams on loopback (healthy, slow, failing) behind a p2c
+    /// balancing client, plain and with hedging, outlier ejection and a
+    /// fallback; checks that the protected client wins on success rate and p99.
+    Hosts(hosts::HostsArgs),
 }
 
 /// Runs the command: `Ok(true)` when it passed.
@@ -117,6 +126,7 @@ fn run(command: &Command) -> Result<bool, Box<dyn Error>> {
         Command::Simulate(args) => simulate::main(args).map(|()| true),
         Command::Adaptive(args) => adaptive::main(args).map(|()| true),
         Command::Cache(args) => http::block_on(cache::cache(args)),
+        Command::Hosts(args) => http::block_on(hosts::hosts(args)),
     }
 }
 
@@ -195,5 +205,14 @@ mod tests {
         assert_eq!(g.load.seconds, Some(20));
         assert_eq!(g.scenarios.len(), 2);
         assert!(!g.no_peers && g.min_limit_share == 90.0);
+        let cli = Cli::try_parse_from(["tenlives-perf", "hosts", "--requests", "1500"]).unwrap();
+        let Command::Hosts(h) = cli.command else {
+            panic!("parsed as hosts")
+        };
+        assert_eq!((h.requests, h.seconds, h.failing_percent), (1500, 20, 100));
+        assert!(
+            Cli::try_parse_from(["tenlives-perf", "hosts", "--failing-percent", "101"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["tenlives-perf", "hosts", "--slow-every", "0"]).is_err());
     }
 }
