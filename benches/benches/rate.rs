@@ -19,8 +19,11 @@
 //!   quota of `check_admitted`).
 //! - `rate/keyed_1k`, `rate/keyed_100k`: one token taken from one key's
 //!   limiter (the quota of `check_admitted` per key), the keys being the
-//!   integers below 1 000 or 100 000, visited in turn; on 2 threads, the
-//!   second thread starts half-way round. Every key is checked once before
+//!   integers below 1 000 or 100 000, visited every one once per round in
+//!   a scattered order (a stride of 7 919, `support/keyed_driver.rs`: not
+//!   the order they were inserted in, which tenlives' arena would serve from
+//!   consecutive lines); on 2 threads, the second thread starts half-way
+//!   round. Every key is checked once before
 //!   the run, and the benches assert that every key is still tracked after
 //!   it (nothing evicted and inserted again; governor's map keeps every key
 //!   anyway). The tenlives table's capacity is twice the number of keys, so
@@ -77,7 +80,7 @@ use tenlives_engine::time::{Clock, MonotonicClock, Timestamp};
 #[path = "support/keyed_driver.rs"]
 mod keyed_driver;
 mod support;
-use keyed_driver::{START_NS, STEP, keyed_one_thread};
+use keyed_driver::{START_NS, STEP, keyed_one_thread, next_key};
 
 /// The admitting quota: tokens a second.
 const RATE: u32 = 1_000_000_000;
@@ -314,6 +317,7 @@ fn two_threads_keyed(
     keys: u64,
     op: &(impl Fn(u64, u64) + Sync),
 ) -> Duration {
+    keyed_driver::assert_stride_fits(keys);
     let barrier = Barrier::new(2);
     let spans: Vec<(Instant, Instant)> = thread::scope(|scope| {
         let workers: Vec<_> = (0..2u64)
@@ -326,10 +330,7 @@ fn two_threads_keyed(
                     let mut t = start;
                     for _ in 0..iters {
                         t += STEP;
-                        key += 1;
-                        if key == keys {
-                            key = 0;
-                        }
+                        key = next_key(key, keys);
                         op(black_box(key), black_box(t));
                     }
                     (began, Instant::now())
@@ -393,6 +394,7 @@ fn bench_keyed(c: &mut Criterion, keys: u64, label: &str) {
             .check_key(&key, tsc.now())
             .expect("a new key has tokens");
     }
+    assert_eq!(limiter.in_use(), count, "no key was evicted while filling");
     keyed_both(&mut group, "tenlives_quanta_clock", keys, None, |key, _| {
         let r = limiter.check_key(&key, tsc.now());
         expect::<true>(black_box(r).is_ok());

@@ -6,7 +6,8 @@
 //!
 //! - `scaling/keyed/<subject>/<keys>`: one admitted `check_key` on a keyed
 //!   rate limiter holding `keys` keys (10^3, 10^4, 10^5, 10^6), the keys being
-//!   the integers below `keys`, visited in turn, on 1 thread. The quota and
+//!   the integers below `keys`, visited once per round in a scattered order
+//!   (`support/keyed_driver.rs`), on 1 thread. The quota and
 //!   the clocks are those of `rate.rs`: 10^9 tokens a second with a burst of
 //!   2^32 - 1 per key; tenlives (`tenlives`) is given `now`, a counter
 //!   advanced by 20 ns per operation; governor

@@ -15,7 +15,38 @@ pub const START_NS: u64 = 3_600_000_000_000;
 /// Stepped time per operation, in nanoseconds.
 pub const STEP: u64 = 20;
 
-/// `op(key, t)` on 1 thread over keys `0..keys`, visited in turn, time
+/// How far the key cursor moves per operation: a prime, so coprime with every
+/// key count the benches use (powers of ten), and every key is visited once
+/// per round. The keys are inserted in the order `0, 1, 2, ...`, and the
+/// tenlives table hands out its arena entries in the order keys arrive:
+/// visiting the keys in that same order would read tenlives' entries one
+/// after the other, which the hardware prefetcher follows, while governor's
+/// entries sit where their hash puts them. Traffic does not come back in the
+/// order keys first arrived; a stride reads both tables out of order alike.
+pub const KEY_STRIDE: u64 = 7_919;
+
+/// The key after `key` among `0..keys`, `keys` coprime with [`KEY_STRIDE`].
+#[inline(always)]
+pub fn next_key(key: u64, keys: u64) -> u64 {
+    let next = key + KEY_STRIDE % keys;
+    if next >= keys { next - keys } else { next }
+}
+
+/// Panics unless [`next_key`] visits every key of `0..keys` once per round
+/// (the stride and `keys` coprime).
+pub fn assert_stride_fits(keys: u64) {
+    let (mut a, mut b) = (KEY_STRIDE % keys, keys);
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    assert!(
+        a == 1 || keys == 1,
+        "the key stride must be coprime with {keys}"
+    );
+}
+
+/// `op(key, t)` on 1 thread over keys `0..keys`, visited in the order
+/// [`next_key`] steps (every key once per round), time
 /// advancing [`STEP`] per operation from `clock` (and on `fake` too, when
 /// given); the key cursor and the time carry on from one criterion call to
 /// the next, and the time on to whatever else reads `clock` after.
@@ -27,6 +58,7 @@ pub fn keyed_one_thread(
     fake: Option<&FakeRelativeClock>,
     op: impl Fn(u64, u64),
 ) {
+    assert_stride_fits(keys);
     let cursor = Cell::new(0u64);
     group.bench_function(id, |b| {
         b.iter_custom(|iters| {
@@ -40,10 +72,7 @@ pub fn keyed_one_thread(
             let mut t = start;
             for _ in 0..iters {
                 t += STEP;
-                key += 1;
-                if key == keys {
-                    key = 0;
-                }
+                key = next_key(key, keys);
                 op(black_box(key), black_box(t));
             }
             let elapsed = began.elapsed();
