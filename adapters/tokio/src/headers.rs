@@ -14,9 +14,13 @@
 //!   that knows when to retry ([`TenlivesError::retry_after`]), rounded up,
 //!   at least 1.
 //!
+//! [`RateLimitHeadersLayer`] writes the first two on every response of the
+//! service it wraps, from the limiter's state when the response is ready.
+//!
 //! Reading, for a client: [`upstream_retry_after`] is the wait a `429` or
-//! `503` answer asks for in `Retry-After` (delta-seconds; an HTTP-date is not
-//! read) or a gRPC answer in `grpc-retry-pushback-ms`; a
+//! `503` answer asks for in `Retry-After` (delta-seconds, or an HTTP-date:
+//! the time from now until then, zero for a date past) or a gRPC answer in
+//! `grpc-retry-pushback-ms`; a
 //! [`RetryLayer`](crate::RetryLayer) whose classifier is a
 //! [`HonourRetryAfter`] waits at least that (capped) before retrying.
 //!
@@ -39,14 +43,22 @@
 //! ```
 
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
 use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
-use tenlives_engine::events::EventSink;
+use pin_project_lite::pin_project;
+use tenlives_engine::events::{EventSink, NoSink};
 use tenlives_engine::rate::RateLimiter;
-use tenlives_engine::time::Timestamp;
+use tenlives_engine::time::{Clock, Timestamp};
+use tower_layer::Layer;
+use tower_service::Service;
 
+use crate::clock::TokioClock;
 use crate::error::TenlivesError;
 use crate::retry::ShouldRetry;
 
@@ -133,26 +145,192 @@ pub fn insert_retry_after<E>(headers: &mut HeaderMap, error: &TenlivesError<E>) 
     true
 }
 
-/// The wait an upstream's answer asks for: `Retry-After` in delta-seconds
-/// on a `429` or `503`, or `grpc-retry-pushback-ms` on any answer (a
-/// negative pushback, gRPC's "do not retry", is returned as `None` like a
-/// missing one). Malformed values count as absent.
+/// The wait an upstream's answer asks for: `Retry-After` on a `429` or
+/// `503`, in delta-seconds or as an HTTP-date (the time from now until
+/// then; zero for a date already past), or `grpc-retry-pushback-ms` on any
+/// answer (a negative pushback, gRPC's "do not retry", is returned as `None`
+/// like a missing one). Malformed values count as absent.
 pub fn upstream_retry_after(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
-    let number = |name: &HeaderName| -> Option<u64> {
+    upstream_retry_after_at(status, headers, SystemTime::now())
+}
+
+/// [`upstream_retry_after`] with the wall-clock time an HTTP-date is
+/// measured from given.
+pub fn upstream_retry_after_at(
+    status: StatusCode,
+    headers: &HeaderMap,
+    now: SystemTime,
+) -> Option<Duration> {
+    let text = |name: &HeaderName| -> Option<&str> {
         std::str::from_utf8(headers.get(name)?.as_bytes())
-            .ok()?
-            .trim()
-            .parse()
             .ok()
+            .map(str::trim)
     };
     if matches!(
         status,
         StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-    ) && let Some(secs) = number(&RETRY_AFTER)
+    ) && let Some(value) = text(&RETRY_AFTER)
     {
-        return Some(Duration::from_secs(secs));
+        if let Ok(secs) = value.parse::<u64>() {
+            return Some(Duration::from_secs(secs));
+        }
+        if let Ok(at) = httpdate::parse_http_date(value) {
+            return Some(at.duration_since(now).unwrap_or(Duration::ZERO));
+        }
     }
-    number(&GRPC_RETRY_PUSHBACK_MS).map(Duration::from_millis)
+    text(&GRPC_RETRY_PUSHBACK_MS)?
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_millis)
+}
+
+/// A layer writing `RateLimit-Policy` and `RateLimit` (see
+/// [`insert_rate_limit`]) on every response of the service it wraps, from
+/// `limiter`'s state when the response is ready, read on the tokio clock.
+/// It decides nothing: put the limiter itself in front
+/// ([`RateLimitLayer`](crate::RateLimitLayer) or a stack stage) and answer
+/// its rejections with a `429` carrying [`insert_retry_after`] and
+/// [`insert_rate_limit`].
+///
+/// A request costs one reference-count increment and, for the two header
+/// values, the allocations `HeaderValue` makes (it owns its bytes).
+///
+/// ```
+/// use std::sync::Arc;
+/// use tenlives_engine::rate::{Quota, RateLimiter};
+/// use tenlives_tokio::headers::RateLimitHeadersLayer;
+/// use tower::{service_fn, Layer, Service, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let limiter = Arc::new(RateLimiter::new(Quota::per_second(100).unwrap()));
+/// let mut svc = RateLimitHeadersLayer::new("api", Arc::clone(&limiter)).layer(service_fn(
+///     |_: ()| async { Ok::<_, std::convert::Infallible>(http::Response::new(())) },
+/// ));
+/// let response = svc.ready().await.unwrap().call(()).await.unwrap();
+/// assert_eq!(response.headers()["ratelimit-policy"], "\"api\";q=100;w=1");
+/// assert_eq!(response.headers()["ratelimit"], "\"api\";r=100;t=0");
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct RateLimitHeadersLayer<Snk: EventSink = NoSink> {
+    shared: Arc<HeadersShared<Snk>>,
+}
+
+impl<Snk: EventSink> Clone for RateLimitHeadersLayer<Snk> {
+    fn clone(&self) -> Self {
+        RateLimitHeadersLayer {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// What every service and response future of one layer share.
+#[derive(Debug)]
+struct HeadersShared<Snk: EventSink> {
+    name: Box<str>,
+    limiter: Arc<RateLimiter<Snk>>,
+    clock: TokioClock,
+}
+
+impl<Snk: EventSink> RateLimitHeadersLayer<Snk> {
+    /// Headers for `limiter`, the policy named `name` (a structured-field
+    /// string: printable ASCII without `"` or `\`; with another name the
+    /// layer writes nothing).
+    pub fn new(name: impl Into<Box<str>>, limiter: Arc<RateLimiter<Snk>>) -> Self {
+        RateLimitHeadersLayer {
+            shared: Arc::new(HeadersShared {
+                name: name.into(),
+                limiter,
+                clock: TokioClock::new(),
+            }),
+        }
+    }
+}
+
+impl<S, Snk: EventSink> Layer<S> for RateLimitHeadersLayer<Snk> {
+    type Service = RateLimitHeaders<S, Snk>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimitHeaders {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// A service whose responses carry the rate-limit headers. Made by
+/// [`RateLimitHeadersLayer`].
+#[derive(Debug)]
+pub struct RateLimitHeaders<S, Snk: EventSink = NoSink> {
+    inner: S,
+    shared: Arc<HeadersShared<Snk>>,
+}
+
+impl<S: Clone, Snk: EventSink> Clone for RateLimitHeaders<S, Snk> {
+    fn clone(&self) -> Self {
+        RateLimitHeaders {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S, Req, B, Snk> Service<Req> for RateLimitHeaders<S, Snk>
+where
+    S: Service<Req, Response = http::Response<B>>,
+    Snk: EventSink,
+{
+    type Response = http::Response<B>;
+    type Error = S::Error;
+    type Future = RateLimitHeadersFuture<S::Future, Snk>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        RateLimitHeadersFuture {
+            inner: self.inner.call(req),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`RateLimitHeaders`].
+    #[must_use = "futures do nothing unless polled"]
+    pub struct RateLimitHeadersFuture<F, Snk: EventSink> {
+        #[pin]
+        inner: F,
+        shared: Arc<HeadersShared<Snk>>,
+    }
+}
+
+impl<F, B, E, Snk> Future for RateLimitHeadersFuture<F, Snk>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+    Snk: EventSink,
+{
+    type Output = Result<http::Response<B>, E>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut result = std::task::ready!(this.inner.poll(cx));
+        if let Ok(response) = &mut result {
+            let shared = &**this.shared;
+            insert_rate_limit(
+                response.headers_mut(),
+                &shared.name,
+                &shared.limiter,
+                shared.clock.now(),
+            );
+        }
+        Poll::Ready(result)
+    }
 }
 
 /// A retry classifier for HTTP responses that also honours the wait the
@@ -270,10 +448,7 @@ mod tests {
             Some(Duration::from_secs(7))
         );
         assert_eq!(upstream_retry_after(StatusCode::OK, &h), None);
-        h.insert(
-            RETRY_AFTER,
-            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
-        );
+        h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(
             upstream_retry_after(StatusCode::TOO_MANY_REQUESTS, &h),
             None
@@ -285,5 +460,61 @@ mod tests {
         );
         h.insert(GRPC_RETRY_PUSHBACK_MS, HeaderValue::from_static("-1"));
         assert_eq!(upstream_retry_after(StatusCode::OK, &h), None);
+    }
+
+    /// The layer writes the limiter's state as it is when each response is
+    /// ready (on the tokio clock), and nothing on an error.
+    #[tokio::test(start_paused = true)]
+    async fn the_layer_writes_the_state_at_each_response() {
+        use tower::{ServiceExt, service_fn};
+
+        let limiter = Arc::new(RateLimiter::new(
+            Quota::per_minute(2).unwrap().with_burst(3).unwrap(),
+        ));
+        let clock = TokioClock::new();
+        let layer = RateLimitHeadersLayer::new("api", Arc::clone(&limiter));
+        let mut svc = layer.layer(service_fn(|fail: bool| async move {
+            if fail {
+                Err("upstream failed")
+            } else {
+                Ok(http::Response::new(()))
+            }
+        }));
+        limiter.check(clock.now()).unwrap();
+        let first = svc.ready().await.unwrap().call(false).await.unwrap();
+        assert_eq!(first.headers()[&RATELIMIT_POLICY], "\"api\";q=2;w=60");
+        // One token of 3 spent: whole again one interval (30 s) later.
+        assert_eq!(first.headers()[&RATELIMIT], "\"api\";r=2;t=30");
+        limiter.check(clock.now()).unwrap();
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let second = svc.ready().await.unwrap().call(false).await.unwrap();
+        assert_eq!(second.headers()[&RATELIMIT], "\"api\";r=1;t=50");
+        assert_eq!(
+            svc.ready().await.unwrap().call(true).await.unwrap_err(),
+            "upstream failed"
+        );
+    }
+
+    /// An HTTP-date is the time from now until then; a date past is no wait;
+    /// on a `200` it is not read.
+    #[test]
+    fn an_http_date_is_the_time_until_it() {
+        let date = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        let mut h = HeaderMap::new();
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        let before = date - Duration::from_secs(90);
+        assert_eq!(
+            upstream_retry_after_at(StatusCode::TOO_MANY_REQUESTS, &h, before),
+            Some(Duration::from_secs(90))
+        );
+        let after = date + Duration::from_secs(5);
+        assert_eq!(
+            upstream_retry_after_at(StatusCode::SERVICE_UNAVAILABLE, &h, after),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(upstream_retry_after_at(StatusCode::OK, &h, before), None);
     }
 }
