@@ -826,7 +826,16 @@ mod tests {
         let b = budget(1_000_000, 0, 8, 8);
         b.deposit(at(5));
         let mut t = 5;
-        for gap in [8, 9, 1 << 12, (1 << 12) + 3, 1 << 22, (1 << 22) + 3, 1 << 23, 1 << 33] {
+        for gap in [
+            8,
+            9,
+            1 << 12,
+            (1 << 12) + 3,
+            1 << 22,
+            (1 << 22) + 3,
+            1 << 23,
+            1 << 33,
+        ] {
             t += gap;
             assert_eq!(b.counts(at(t)), BudgetCounts::default(), "gap {gap}");
             assert!(!b.try_withdraw(at(t)));
