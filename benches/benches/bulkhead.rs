@@ -23,7 +23,7 @@
 //!   adapters' default clock (the process's `TscClock`) once per operation,
 //!   as `RetryLayer` and the stack do (one reading serves the deposit and
 //!   the withdrawal), on a window of 10 ms in 8 buckets (at real speed a
-//!   longer bucket reaches its cap of 2^20 - 1 counts and refuses);
+//!   longer bucket reaches its cap of 2^25 - 1 counts and refuses);
 //!   `tenlives_no_clock_read` is given the time for free (a counter
 //!   advanced 10 µs per operation).
 //!
@@ -202,8 +202,8 @@ fn bench_retry_budget(c: &mut Criterion) {
         )
     };
     // On the real clock a bench runs tens of millions of operations a
-    // second: a 1.25 s bucket would reach its cap of 2^20 - 1 deposits
-    // (`BUCKET_CAP`) within a tenth of a second and refuse. The clocked
+    // second: a 1.25 s bucket would reach its cap of 2^25 - 1 deposits
+    // (`BUCKET_CAP`) within a second or two and refuse. The clocked
     // row's window is therefore 10 ms in 8 buckets: a bucket of 1.25 ms
     // holds some tens of thousands of operations, and rolls as often in
     // real time as the counter row's does in its time.

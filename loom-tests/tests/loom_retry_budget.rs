@@ -197,3 +197,37 @@ fn a_stale_helper_never_overwrites_newer_buckets() {
         assert_eq!(c.withdrawals, 0);
     });
 }
+
+/// R2, R3, with the clocks of the report of 2026-12: each thread deposits
+/// and then withdraws, one at bucket 1 (it rolls the head), the other a
+/// little behind, at bucket 0, so its calls can land on either side of the
+/// roll. Each withdrawal follows its own thread's deposit, in the same or a
+/// later bucket, so the window always allows it: both are granted, and the
+/// window of bucket 1 holds both deposits and both withdrawals, the late
+/// thread's pair counted once, on whichever side of the roll it landed.
+#[test]
+fn a_lagging_thread_across_a_roll_is_granted_within_the_ratio() {
+    model(2, || {
+        let b = Arc::new(one_per_request());
+        let ahead = {
+            let b = b.clone();
+            thread::spawn(move || {
+                b.deposit(at(1));
+                b.try_withdraw(at(1))
+            })
+        };
+        b.deposit(at(0));
+        let late = b.try_withdraw(at(0));
+        let ahead = ahead.join().unwrap();
+        assert!(ahead && late, "refused within the ratio: {ahead} {late}");
+        // The window of bucket 1 is buckets 0 and 1: every call is in it,
+        // counted once, whichever side of the roll it landed on.
+        assert_eq!(
+            b.counts(at(1)),
+            BudgetCounts {
+                deposits: 2,
+                withdrawals: 2
+            }
+        );
+    });
+}

@@ -9,6 +9,13 @@
 //! retry withdraws, so retries stay a bounded share of the traffic and cannot
 //! multiply the load on a struggling dependency.
 //!
+//! The withdrawal is taken when the retry is sent: after the backoff wait and
+//! the service's readiness, with no await between it and the call. A request
+//! dropped during the wait has spent nothing, so calls downstream are exactly
+//! deposits plus withdrawals; a retry the budget refuses at that moment is not
+//! sent, and the request ends with the result it would have retried (kept in
+//! the response future during the wait).
+//!
 //! Each retry respects tower's contract: the response future holds a clone of
 //! the wrapped service and drives its `poll_ready` before each new call (the
 //! first attempt goes to the service that `poll_ready` was called on). The
@@ -442,6 +449,7 @@ where
             service,
             request: req,
             schedule: None,
+            last: None,
             held: Held {
                 shared: Arc::clone(shared),
                 alarm: None,
@@ -496,6 +504,9 @@ pin_project! {
         service: S,
         request: Req,
         schedule: Option<BackoffIter>,
+        // The result of the attempt before the backoff wait, returned if
+        // the budget refuses the retry when it is sent.
+        last: Option<Result<S::Response, S::Error>>,
         held: Held<C, Snk>,
         // Attempts made, the first included (for the call's span).
         attempts: u32,
@@ -537,15 +548,17 @@ where
                             Some(wait) => delay.max(wait),
                             None => delay,
                         };
-                        let now = shared.clock.now();
-                        if shared.policy.withdraw(now) {
-                            let wake_at = now.saturating_add(delay);
-                            shared
-                                .timers
-                                .set(&mut held.alarm, this.fallback.as_mut(), wake_at, cx);
-                            this.state.set(Attempt::Waiting);
-                            continue;
-                        }
+                        // The withdrawal waits for the retry to be sent
+                        // (`Readying`): a request dropped during the backoff
+                        // spends nothing. The result is kept to be returned
+                        // if the budget refuses then.
+                        let wake_at = shared.clock.now().saturating_add(delay);
+                        shared
+                            .timers
+                            .set(&mut held.alarm, this.fallback.as_mut(), wake_at, cx);
+                        *this.last = Some(result);
+                        this.state.set(Attempt::Waiting);
+                        continue;
                     }
                     this.state.set(Attempt::Done);
                     this.span.ended(&result);
@@ -561,6 +574,16 @@ where
                 }
                 AttemptProj::Readying => match std::task::ready!(this.service.poll_ready(cx)) {
                     Ok(()) => {
+                        let shared = &*this.held.shared;
+                        if !shared.policy.withdraw(shared.clock.now()) {
+                            // Refused at the moment of sending: the request
+                            // ends with the result it would have retried.
+                            this.state.set(Attempt::Done);
+                            let result = this.last.take().expect("a retry follows a result");
+                            this.span.ended(&result);
+                            return Poll::Ready(result);
+                        }
+                        *this.last = None;
                         *this.attempts = this.attempts.saturating_add(1);
                         this.span.attempts(*this.attempts);
                         let future = this.service.call(this.request.clone());

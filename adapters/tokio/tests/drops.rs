@@ -20,7 +20,7 @@ use tenlives_engine::time::{Clock, Timestamp};
 use tenlives_tokio::fault::{FaultConfig, FaultLayer};
 use tenlives_tokio::{
     AdaptiveLimitLayer, CircuitBreakerLayer, ConcurrencyLimitLayer, RetryLayer, RetryPolicy,
-    StackLayer, ThrottleLayer, TimeoutLayer,
+    StackLayer, ThrottleLayer, TimeoutLayer, TokioClock,
 };
 use tower::{Layer, Service, ServiceExt};
 
@@ -195,6 +195,10 @@ async fn retry_future_drops_cleanly_while_waiting_to_retry() {
     }
     tokio::time::advance(Duration::from_millis(50)).await;
     assert_eq!(backend.calls(), 1, "no retry after the drop");
+    // The retry was never sent, so it spent nothing: the budget counts one
+    // deposit and no withdrawal (docs/guarantees.md H1).
+    let counts = layer.policy().budget().counts(TokioClock::new().now());
+    assert_eq!((counts.deposits, counts.withdrawals), (1, 0));
 }
 
 fn stack_layer()
@@ -262,6 +266,9 @@ async fn stack_gives_everything_back_on_drop_and_panic() {
         assert_eq!(in_flight(), 0);
     }
     assert_eq!(in_flight(), 0);
+    // No retry of the stack was sent: none was withdrawn.
+    let counts = p.retry().budget().counts(p.clock().now());
+    assert_eq!(counts.withdrawals, 0, "{counts:?}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -394,6 +394,46 @@ async fn retry_stops_when_the_budget_is_spent() {
     assert_eq!((counts.deposits, counts.withdrawals), (2, 10));
 }
 
+/// The withdrawal is taken when the retry is sent: two requests fail
+/// together and both wait out the backoff with one retry left in the
+/// budget; the first to send it takes it, the other is refused then and
+/// ends with its last result, and the budget counts exactly the retry sent.
+#[tokio::test(start_paused = true)]
+async fn retry_withdraws_when_it_sends_and_a_refusal_returns_the_last_result() {
+    let backoff = Backoff::constant(ms(10)).unwrap().with_max_retries(5);
+    // No ratio; a reserve of 1 retry in a 1 s window.
+    let config = RetryBudgetConfig::builder()
+        .ratio(0.0)
+        .min_per_second(1)
+        .window(Duration::from_secs(1), 1)
+        .build()
+        .unwrap();
+    let layer = RetryLayer::new(RetryPolicy::new(backoff, RetryBudget::new(config)));
+    let backend = Backend::new();
+    let (mut a, mut b) = (layer.layer(backend.clone()), layer.layer(backend.clone()));
+    let first = a.ready().await.unwrap().call(Call::SlowFailMs(5));
+    let second = b.ready().await.unwrap().call(Call::SlowFailMs(5));
+    let mut first = std::pin::pin!(first);
+    let mut second = std::pin::pin!(second);
+    assert!(poll_once(first.as_mut()).is_pending());
+    assert!(poll_once(second.as_mut()).is_pending());
+    tokio::time::advance(ms(6)).await;
+    assert!(poll_once(first.as_mut()).is_pending(), "waiting to retry");
+    assert!(poll_once(second.as_mut()).is_pending(), "waiting to retry");
+    let now = TokioClock::new().now();
+    let counts = layer.policy().budget().counts(now);
+    assert_eq!(
+        (counts.deposits, counts.withdrawals),
+        (2, 0),
+        "nothing withdrawn while waiting"
+    );
+    let (x, y) = tokio::join!(first, second);
+    assert_eq!((x, y), (Err("failed slowly"), Err("failed slowly")));
+    assert_eq!(backend.calls(), 3, "two first attempts and one retry");
+    let counts = layer.policy().budget().counts(TokioClock::new().now());
+    assert_eq!((counts.deposits, counts.withdrawals), (2, 1));
+}
+
 #[tokio::test(start_paused = true)]
 async fn retry_asks_the_classifier_and_polls_ready_before_each_retry() {
     let backoff = Backoff::constant(ms(1)).unwrap().with_max_retries(3);
@@ -549,6 +589,57 @@ async fn stack_retries_through_the_breaker_and_the_limit() {
             .consecutive_failures,
         0
     );
+}
+
+/// The stack's retry stage withdraws when the retry is sent, like
+/// `RetryLayer`: of two requests waiting out their backoff with one retry
+/// left in the budget, one sends it and the other ends with its last result.
+#[tokio::test(start_paused = true)]
+async fn stack_retry_withdraws_when_it_sends() {
+    let config = RetryBudgetConfig::builder()
+        .ratio(0.0)
+        .min_per_second(1)
+        .window(Duration::from_secs(1), 1)
+        .build()
+        .unwrap();
+    let layer = full_stack(
+        Duration::from_secs(5),
+        consecutive_breaker(10, Duration::from_secs(1)),
+        4,
+        Backoff::constant(ms(10)).unwrap().with_max_retries(5),
+        RetryBudget::new(config),
+    );
+    let backend = Backend::new();
+    let (mut a, mut b) = (layer.layer(backend.clone()), layer.layer(backend.clone()));
+    let first = a.ready().await.unwrap().call(Call::SlowFailMs(5));
+    let second = b.ready().await.unwrap().call(Call::SlowFailMs(5));
+    let mut first = std::pin::pin!(first);
+    let mut second = std::pin::pin!(second);
+    assert!(poll_once(first.as_mut()).is_pending());
+    assert!(poll_once(second.as_mut()).is_pending());
+    tokio::time::advance(ms(6)).await;
+    assert!(poll_once(first.as_mut()).is_pending(), "waiting to retry");
+    assert!(poll_once(second.as_mut()).is_pending(), "waiting to retry");
+    let p = layer.policies();
+    let counts = p.retry().budget().counts(p.clock().now());
+    assert_eq!(
+        (counts.deposits, counts.withdrawals),
+        (2, 0),
+        "nothing withdrawn while waiting"
+    );
+    let (x, y) = tokio::join!(first, second);
+    assert!(
+        matches!(x, Err(TenlivesError::Inner("failed slowly"))),
+        "{x:?}"
+    );
+    assert!(
+        matches!(y, Err(TenlivesError::Inner("failed slowly"))),
+        "{y:?}"
+    );
+    assert_eq!(backend.calls(), 3, "two first attempts and one retry");
+    let counts = p.retry().budget().counts(p.clock().now());
+    assert_eq!((counts.deposits, counts.withdrawals), (2, 1));
+    assert_eq!(p.limit().unwrap().in_flight(), 0);
 }
 
 #[tokio::test(start_paused = true)]

@@ -235,7 +235,7 @@ impl RetryBudgetConfig {
 
     /// The pure rule: may one more withdrawal be granted in a window holding
     /// `counts`? Exact integer arithmetic, which cannot overflow for counts a
-    /// budget can hold (below `MAX_BUCKETS * 2^20` each, with a ratio of at
+    /// budget can hold (below `MAX_BUCKETS * 2^25` each, with a ratio of at
     /// most 10^7 ppm and a reserve below 2^32).
     #[inline]
     pub fn allows(&self, counts: BudgetCounts) -> bool {

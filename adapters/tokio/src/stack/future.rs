@@ -201,6 +201,9 @@ pin_project! {
         alarm: Alarm,
         deadline: Option<Deadline>,
         retry: Option<Retrying<S, Req>>,
+        // The result of the attempt before a backoff wait, returned if the
+        // budget refuses the retry when it is sent.
+        last: Option<Result<S::Response, TenlivesError<S::Error>>>,
         held: Held<K, R, A>,
         span: CallSpan,
     }
@@ -220,6 +223,7 @@ impl<S: Service<Req>, Req, K, R, A: Admission> StackFuture<S, Req, K, R, A> {
             alarm: Alarm::Unset,
             deadline,
             retry,
+            last: None,
             held,
             span,
         }
@@ -324,7 +328,23 @@ where
                         }
                         Poll::Ready(Ok(())) => {
                             let p = &*this.held.policies;
-                            let now = p.now_if(p.time_at_admit);
+                            // The retry is about to be sent: it withdraws
+                            // now, not when it was decided, so a request
+                            // dropped during its backoff spends nothing.
+                            let now = p.now_if(true);
+                            if !p.retry.withdraw(now) {
+                                // Refused: the request ends with the result
+                                // it would have retried.
+                                this.phase.set(Phase::Done);
+                                this.held.disarm();
+                                if let Some(result) = this.last.take() {
+                                    return Poll::Ready(result);
+                                }
+                                // Only a retry goes through `Readying`, and
+                                // only with a result kept.
+                                return Poll::Pending;
+                            }
+                            *this.last = None;
                             retrying.attempts = retrying.attempts.saturating_add(1);
                             span.attempts(retrying.attempts);
                             match p.admission.admit(now) {
@@ -366,7 +386,9 @@ where
                     // An attempt that could only start after the deadline
                     // would time out unsent: return this result instead.
                     let in_time = this.deadline.as_ref().is_none_or(|d| wake_at < d.at);
-                    if in_time && p.retry.withdraw(now) {
+                    if in_time {
+                        // The withdrawal is taken when the retry is sent
+                        // (`Readying`); the result is kept for a refusal.
                         set_timer(
                             this.held,
                             this.timer.as_mut(),
@@ -375,6 +397,7 @@ where
                             wake_at,
                             cx,
                         );
+                        *this.last = Some(result);
                         this.phase.set(Phase::Waiting);
                         continue;
                     }

@@ -43,7 +43,11 @@
 //!   reports nothing);
 //! - a retry waits at least the `retry_after` of a rejection, and gives up at
 //!   once (returning the last result) when the next attempt would start after
-//!   the timeout's deadline, instead of spending the budget on it;
+//!   the timeout's deadline, instead of spending the budget on it; a retry
+//!   withdraws from the budget when it is sent (after its backoff and the
+//!   service's readiness, just before admission), so a request dropped
+//!   during the backoff spends nothing, and a retry refused then ends the
+//!   request with the result it would have retried;
 //! - one error level: [`TenlivesError<E>`] with `E` the wrapped service's error.
 //!
 //! ```
@@ -130,9 +134,6 @@ pub struct Policies<K = DefaultClassifier, R = NoRetry, A = DefaultAdmission> {
     /// Whether `call` reads the clock: a timeout, a retry budget or an
     /// admission stage needs it.
     pub(crate) time_at_call: bool,
-    /// Whether admitting an attempt reads the clock: an admission stage
-    /// needs the time to admit, or to judge the attempt at its end.
-    pub(crate) time_at_admit: bool,
     /// Whether the end of an attempt reads the clock: an admission stage
     /// needs it.
     pub(crate) time_at_end: bool,
@@ -332,7 +333,6 @@ impl<K, R, A> StackBuilder<K, R, A> {
                 clock,
                 timers,
                 time_at_call,
-                time_at_admit,
                 time_at_end,
             })),
         }
