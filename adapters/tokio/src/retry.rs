@@ -248,6 +248,12 @@ pub trait RetryStage<S: Service<Req>, Req> {
     fn deposit(&self, now: Timestamp);
     /// The next delay of a request's schedule, if any.
     fn next_delay(&self, schedule: &mut Option<BackoffIter>) -> Option<Duration>;
+    /// The least wait before retrying after `result` that the upstream
+    /// asked for ([`ShouldRetry::server_wait`]), if any.
+    fn server_wait(
+        &self,
+        result: &Result<S::Response, TenlivesError<S::Error>>,
+    ) -> Option<Duration>;
     /// Whether the budget affords a retry at `now` (and spends it).
     fn withdraw(&self, now: Timestamp) -> bool;
 }
@@ -269,6 +275,13 @@ impl<S: Service<Req>, Req> RetryStage<S, Req> for NoRetry {
     fn deposit(&self, _now: Timestamp) {}
     #[inline]
     fn next_delay(&self, _schedule: &mut Option<BackoffIter>) -> Option<Duration> {
+        None
+    }
+    #[inline]
+    fn server_wait(
+        &self,
+        _result: &Result<S::Response, TenlivesError<S::Error>>,
+    ) -> Option<Duration> {
         None
     }
     #[inline]
@@ -299,6 +312,13 @@ where
     #[inline]
     fn next_delay(&self, schedule: &mut Option<BackoffIter>) -> Option<Duration> {
         RetryPolicy::next_delay(self, schedule)
+    }
+    #[inline]
+    fn server_wait(
+        &self,
+        result: &Result<S::Response, TenlivesError<S::Error>>,
+    ) -> Option<Duration> {
+        self.should_retry.server_wait(result)
     }
     #[inline]
     fn withdraw(&self, now: Timestamp) -> bool {

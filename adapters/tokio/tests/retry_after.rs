@@ -1,6 +1,7 @@
-//! The retry layer honours an upstream's `Retry-After` / gRPC pushback
-//! (feature `http`, paused clock): the retry waits at least what the server
-//! asked, capped, and is still one withdrawal from the budget.
+//! The retry layer and the stack's retry stage honour an upstream's
+//! `Retry-After` / gRPC pushback (feature `http`, paused clock): the retry
+//! waits at least what the server asked, capped, and is still one
+//! withdrawal from the budget.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -10,7 +11,7 @@ use http::{Response, StatusCode};
 use tenlives_engine::retry::{Backoff, RetryBudget, RetryBudgetConfig};
 use tenlives_engine::time::Clock;
 use tenlives_tokio::headers::HonourRetryAfter;
-use tenlives_tokio::{RetryLayer, RetryPolicy, TokioClock};
+use tenlives_tokio::{RetryLayer, RetryPolicy, StackLayer, TokioClock};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
@@ -25,8 +26,31 @@ fn retry_busy(r: &Res) -> bool {
     })
 }
 
+/// Which layer retries.
+#[derive(Clone, Copy, Debug)]
+enum Retrier {
+    Layer,
+    Stack,
+}
+
 /// The first answer is `status` with `header: value`; the next is 200.
 async fn first_retry_after(
+    status: StatusCode,
+    header: &'static str,
+    value: &'static str,
+    cap: Duration,
+) -> (Duration, u64) {
+    let layer = first_retry_after_through(Retrier::Layer, status, header, value, cap).await;
+    let stack = first_retry_after_through(Retrier::Stack, status, header, value, cap).await;
+    assert_eq!(
+        layer, stack,
+        "the stack's retry stage waits as the layer does"
+    );
+    layer
+}
+
+async fn first_retry_after_through(
+    retrier: Retrier,
     status: StatusCode,
     header: &'static str,
     value: &'static str,
@@ -44,25 +68,44 @@ async fn first_retry_after(
             Ok::<_, std::io::Error>(b.body(()).unwrap())
         }
     });
-    let layer = RetryLayer::new(
-        RetryPolicy::new(
-            Backoff::constant(Duration::from_millis(10))
-                .unwrap()
-                .with_max_retries(2),
-            RetryBudget::new(RetryBudgetConfig::default()),
-        )
-        .retry_if(HonourRetryAfter::new(retry_busy as fn(&Res) -> bool, cap)),
+    let policy = RetryPolicy::new(
+        Backoff::constant(Duration::from_millis(10))
+            .unwrap()
+            .with_max_retries(2),
+        RetryBudget::new(RetryBudgetConfig::default()),
     );
-    let mut svc = layer.layer(upstream);
     let start = Instant::now();
-    let answer = svc.ready().await.unwrap().call(()).await.unwrap();
-    assert_eq!(answer.status(), StatusCode::OK);
+    let now = || TokioClock::new().now();
+    let withdrawals = match retrier {
+        Retrier::Layer => {
+            let layer = RetryLayer::new(
+                policy.retry_if(HonourRetryAfter::new(retry_busy as fn(&Res) -> bool, cap)),
+            );
+            let mut svc = layer.layer(upstream);
+            let answer = svc.ready().await.unwrap().call(()).await.unwrap();
+            assert_eq!(answer.status(), StatusCode::OK);
+            layer.policy().budget().counts(now()).withdrawals
+        }
+        Retrier::Stack => {
+            type StackRes = Result<Response<()>, tenlives_tokio::TenlivesError<std::io::Error>>;
+            let busy = |r: &StackRes| {
+                r.as_ref().is_ok_and(|r| {
+                    matches!(
+                        r.status(),
+                        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+                    )
+                })
+            };
+            let layer = StackLayer::builder()
+                .retry(policy.retry_if(HonourRetryAfter::new(busy, cap)))
+                .build();
+            let mut svc = layer.layer(upstream);
+            let answer = svc.ready().await.unwrap().call(()).await.unwrap();
+            assert_eq!(answer.status(), StatusCode::OK);
+            layer.policies().retry().budget().counts(now()).withdrawals
+        }
+    };
     assert_eq!(calls.load(Ordering::Relaxed), 2);
-    let withdrawals = layer
-        .policy()
-        .budget()
-        .counts(TokioClock::new().now())
-        .withdrawals;
     (start.elapsed(), withdrawals)
 }
 

@@ -375,10 +375,14 @@ where
                 if p.retry.should_retry(&result)
                     && let Some(delay) = p.retry.next_delay(&mut retrying.schedule)
                 {
-                    // Retrying sooner than a policy said it would admit is
-                    // waste: wait at least that long.
+                    // Retrying sooner than a policy said it would admit, or
+                    // than the upstream asked, is waste: wait at least that.
                     let delay = match result.as_ref().err().and_then(TenlivesError::retry_after) {
                         Some(after) => delay.max(after),
+                        None => delay,
+                    };
+                    let delay = match p.retry.server_wait(&result) {
+                        Some(wait) => delay.max(wait),
                         None => delay,
                     };
                     let now = now.unwrap_or_else(|| p.now_if(true));
