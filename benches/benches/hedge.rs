@@ -20,6 +20,10 @@
 //! samples, refreshed every 100; tower with 10 data points and a 1 s
 //! rotation period), one hedge at most. `bare` is the floor. tower's
 //! `Hedge` is not `Clone`, so it runs on 1 thread only.
+//! `tower_resilience`: tower-resilience 0.13's `HedgeLayer` (feature
+//! `hedge`) with a fixed 10 ms delay (it has no percentile delay; 10 ms is
+//! where tenlives' delay starts), at most 2 attempts, as its builder's
+//! documentation sets it; its response future is boxed.
 
 use std::time::Duration;
 
@@ -77,17 +81,30 @@ where
     Hedge::new(inner, Always, 10, 0.9, Duration::from_secs(1))
 }
 
+fn tower_resilience_hedge() -> tower_resilience::hedge::HedgeLayer {
+    tower_resilience::hedge::HedgeLayer::builder()
+        .delay(Duration::from_millis(10))
+        .max_hedged_attempts(2)
+        .build()
+}
+
 fn bench_hedge(c: &mut Criterion) {
     let mut group = c.benchmark_group("hedge");
     both(&mut group, "at_once/bare", || Noop);
     both(&mut group, "at_once/tenlives", || tenlives().layer(Noop));
     one_thread(&mut group, "at_once/tower", || tower_hedge(Noop));
+    both(&mut group, "at_once/tower_resilience", || {
+        tower_resilience_hedge().layer(Noop)
+    });
     both(&mut group, "pending_once/bare", || PendingOnce);
     both(&mut group, "pending_once/tenlives", || {
         tenlives().layer(PendingOnce)
     });
     one_thread(&mut group, "pending_once/tower", || {
         tower_hedge(PendingOnce)
+    });
+    both(&mut group, "pending_once/tower_resilience", || {
+        tower_resilience_hedge().layer(PendingOnce)
     });
     group.finish();
 }
