@@ -5,21 +5,25 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
 
 use tenlives_engine::adaptive::{AdaptiveLimiter, Aimd};
 use tenlives_engine::breaker::CircuitBreaker;
 use tenlives_engine::bulkhead::Bulkhead;
 use tenlives_engine::events::{Event, EventKind, EventRing, EventSink, Slot};
+use tenlives_engine::queue::AdmissionQueue;
 use tenlives_engine::rate::RateLimiter;
 use tenlives_engine::retry::RetryBudget;
 use tenlives_engine::throttle::Throttle;
 use tenlives_engine::time::{Clock, MonotonicClock, Timestamp};
+use tenlives_tokio::queue::AdmissionQueueLayer;
 use tenlives_tokio::telemetry::{LateSources, Policy, PolicyKind, SourceError, SourceRegistry};
 
 use crate::config::{
-    AdaptiveLimitSpec, BreakerSpec, BulkheadSpec, ConfigSet, RateLimiterSpec, Resolved,
-    RetryBudgetSpec, Spec, ThrottleSpec,
+    AdaptiveLimitSpec, AdmissionQueueConfig, AdmissionQueueSpec, BreakerSpec, BulkheadSpec,
+    ConfigSet, RateLimiterSpec, Resolved, RetryBudgetSpec, Spec, ThrottleSpec,
 };
 use crate::keyed::{Idle, Keyed};
 
@@ -56,6 +60,62 @@ pub type Retry = RetryBudget<RegistrySink>;
 pub type Throttler = Throttle<RegistrySink>;
 /// An adaptive (AIMD) concurrency limit held by a registry.
 pub type Adaptive = AdaptiveLimiter<Aimd, RegistrySink>;
+/// The engine's admission queue inside an [`Admission`]: a queue in front
+/// of a concurrency limit of its own.
+pub type Queue = AdmissionQueue<Arc<Concurrency>, RegistrySink>;
+/// The tower layer [`Admission::layer`] builds.
+pub type QueueLayer = AdmissionQueueLayer<Arc<Concurrency>, RegistrySink>;
+
+/// An admission queue held by a registry: the engine's queue in front of a
+/// concurrency limit of its own, and the longest a request waits in it.
+///
+/// On a configuration change, the limit changes live (`Bulkhead::set_limit`,
+/// then a dispatcher pass, so that waiters get the permits a raise frees at
+/// once; a lowered limit stops grants until enough permits come back) and
+/// `max_wait` applies to layers built afterwards. The queue's shape —
+/// `capacity`, `classes`/`weights`, `overload` — is fixed by the engine when
+/// the queue is made (its slots are preallocated): a change to it is not
+/// applied, the queue keeps its waiters, and the instance is listed in
+/// [`ApplyReport::restart`]; the new shape is used when the instance is next
+/// created (a restart).
+#[derive(Debug)]
+pub struct Admission {
+    queue: Arc<Queue>,
+    /// `max_wait` in nanoseconds (saturated at `u64::MAX`).
+    max_wait: AtomicU64,
+}
+
+impl Admission {
+    /// The engine's queue (its permits come from [`Queue::source`]).
+    pub fn queue(&self) -> &Arc<Queue> {
+        &self.queue
+    }
+
+    /// The longest a request waits for a permit, as configured now.
+    pub fn max_wait(&self) -> Duration {
+        // ordering: Relaxed; a lone value, read whole, ordered with nothing.
+        Duration::from_nanos(self.max_wait.load(Ordering::Relaxed))
+    }
+
+    /// A `tenlives_tokio::queue::AdmissionQueueLayer` over this queue with
+    /// the `max_wait` in force now. Every layer built here shares the queue
+    /// and its permits; a later change of `max_wait` applies to layers built
+    /// after it.
+    pub fn layer(&self) -> QueueLayer {
+        AdmissionQueueLayer::new(self.queue.clone(), self.max_wait())
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl crate::keyed::Idle for Admission {
+    /// No waiter and no permit in flight.
+    fn is_idle(&self, _now: Timestamp) -> bool {
+        self.queue.waiting() == 0 && self.queue.source().in_flight() == 0
+    }
+}
 
 /// Events the registry itself emits (source: the policy named `registry`,
 /// kind `other`). Codes in the block tenlives reserves, above the engine's.
@@ -151,6 +211,11 @@ pub struct ApplyReport {
     /// for them (a rate limiter or bulkhead whose entry and default were
     /// removed).
     pub kept: Vec<String>,
+    /// Instances whose new configuration changes a part the engine cannot
+    /// change live (an admission queue's `capacity`, `classes`, `weights` or
+    /// `overload`): the parts it can change were applied (they are also in
+    /// `changed`), the rest waits for the instance's next creation.
+    pub restart: Vec<String>,
 }
 
 /// A primitive the registry can hold.
@@ -170,6 +235,60 @@ trait Primitive: Idle + Send + Sync + Sized + 'static {
     }
     /// What an operator wants to see of its state.
     fn state(&self, now: Timestamp) -> serde_json::Value;
+    /// True when `cfg` differs from the instance in a part `apply` cannot
+    /// change live.
+    fn needs_restart(&self, _cfg: &<Self::Spec as Spec>::Built) -> bool {
+        false
+    }
+}
+
+impl Primitive for Admission {
+    type Spec = AdmissionQueueSpec;
+    const KIND: PolicyKind = PolicyKind::Bulkhead;
+    fn section(set: &ConfigSet) -> &Resolved<AdmissionQueueSpec> {
+        &set.admission_queue
+    }
+    fn make(cfg: &AdmissionQueueConfig, sink: RegistrySink, source: u32, _now: Timestamp) -> Self {
+        // The limit was checked by `Bulkhead::new` when the configuration
+        // was loaded; the same check cannot fail here.
+        let bulkhead = Bulkhead::with_sink(cfg.limit, sink.clone(), source)
+            .expect("a validated bulkhead limit");
+        Admission {
+            queue: Arc::new(AdmissionQueue::with_sink(
+                Arc::new(bulkhead),
+                cfg.queue.clone(),
+                sink,
+                source,
+            )),
+            max_wait: AtomicU64::new(nanos(cfg.max_wait)),
+        }
+    }
+    fn apply(&self, cfg: &AdmissionQueueConfig, _now: Timestamp) {
+        // Validated at load time, as for a bulkhead.
+        let _ = self.queue.source().set_limit(cfg.limit);
+        // A raised limit frees permits behind the queue's back: a pass
+        // hands them to the waiters now.
+        self.queue.dispatch();
+        // ordering: Relaxed; see `max_wait`.
+        self.max_wait.store(nanos(cfg.max_wait), Ordering::Relaxed);
+    }
+    fn initial_limit(cfg: &AdmissionQueueConfig) -> Option<u32> {
+        Some(cfg.limit)
+    }
+    fn state(&self, _now: Timestamp) -> serde_json::Value {
+        let c = self.queue.config();
+        serde_json::json!({
+            "waiting": self.queue.waiting(),
+            "in_flight": self.queue.source().in_flight(),
+            "limit": self.queue.source().limit(),
+            "capacity": c.capacity(),
+            "weights": c.weights(),
+            "max_wait_ms": u64::try_from(self.max_wait().as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+    fn needs_restart(&self, cfg: &AdmissionQueueConfig) -> bool {
+        *self.queue.config() != cfg.queue
+    }
 }
 
 impl Primitive for Breaker {
@@ -451,6 +570,9 @@ fn reconfigure_one<P: Primitive>(
         Some((spec, built)) => {
             if before.map(|(s, _)| s) != Some(spec) {
                 policy.apply(built, now);
+                if policy.needs_restart(built) {
+                    report.restart.push(label.clone());
+                }
                 report.changed.push(label);
             }
         }
@@ -474,6 +596,7 @@ struct Inner {
     budgets: Named<Retry>,
     throttles: Named<Throttler>,
     adaptive: Named<Adaptive>,
+    queues: Named<Admission>,
     families: Mutex<Families>,
 }
 
@@ -582,6 +705,7 @@ impl RegistryBuilder {
             budgets: Named::default(),
             throttles: Named::default(),
             adaptive: Named::default(),
+            queues: Named::default(),
             families: Mutex::new(HashMap::new()),
         };
         Registry {
@@ -759,6 +883,19 @@ impl Registry {
         self.inner.named(&self.inner.adaptive, name)
     }
 
+    /// The admission queue named `name`, created on first use (with the
+    /// concurrency limit it stands in front of). Build its tower layer with
+    /// [`Admission::layer`].
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::NotConfigured`] when the configuration has no entry
+    /// (and no default) for it; [`RegistryError::NameTaken`] when a bulkhead
+    /// or adaptive limit has the name (their metrics would merge).
+    pub fn admission_queue(&self, name: &str) -> Result<Arc<Admission>, RegistryError> {
+        self.inner.named(&self.inner.queues, name)
+    }
+
     fn keyed<K, P>(&self, family: &str, capacity: usize) -> Result<Arc<Keyed<K, P>>, RegistryError>
     where
         K: Hash + Eq + Clone + fmt::Display + Send + Sync + 'static,
@@ -905,6 +1042,7 @@ impl Registry {
         each(i, &i.budgets, &config, &mut out)?;
         each(i, &i.throttles, &config, &mut out)?;
         each(i, &i.adaptive, &config, &mut out)?;
+        each(i, &i.queues, &config, &mut out)?;
         Ok(out)
     }
 
@@ -991,20 +1129,30 @@ impl Registry {
         each(&self.inner.budgets, &old, &new, now, &mut report);
         each(&self.inner.throttles, &old, &new, now, &mut report);
         each(&self.inner.adaptive, &old, &new, now, &mut report);
+        each(&self.inner.queues, &old, &new, now, &mut report);
         let families: Vec<Arc<dyn Family>> = lock(&self.inner.families).values().cloned().collect();
         for family in families {
             family.reconfigure(&self.inner, &old, &new, now, &mut report);
         }
         report.changed.sort();
         report.kept.sort();
+        report.restart.sort();
         self.inner
             .emit(events::CONFIG_APPLIED, [report.changed.len() as u64, 0]);
         tracing::info!(
             target: "tenlives::ops",
             changed = ?report.changed,
             kept = ?report.kept,
+            restart = ?report.restart,
             "configuration applied"
         );
+        if !report.restart.is_empty() {
+            tracing::warn!(
+                target: "tenlives::ops",
+                instances = ?report.restart,
+                "part of the new configuration (an admission queue's shape) takes effect only when these instances are next created"
+            );
+        }
         report
     }
 
@@ -1024,13 +1172,14 @@ impl Registry {
 
 /// The sections of a configuration, as the admin plane and
 /// [`Registry::set_instance`] name them.
-pub const SECTIONS: [&str; 6] = [
+pub const SECTIONS: [&str; 7] = [
     "circuit_breaker",
     "rate_limiter",
     "bulkhead",
     "retry_budget",
     "throttle",
     "adaptive_limit",
+    "admission_queue",
 ];
 
 fn views<P: Primitive>(
@@ -1087,6 +1236,7 @@ impl Registry {
         views(&self.inner.budgets, &config, now, &mut out);
         views(&self.inner.throttles, &config, now, &mut out);
         views(&self.inner.adaptive, &config, now, &mut out);
+        views(&self.inner.queues, &config, now, &mut out);
         let families = lock(&self.inner.families);
         let mut fams: Vec<serde_json::Value> = families.values().map(|f| f.view()).collect();
         fams.sort_by_key(|v| v.to_string());
@@ -1107,6 +1257,7 @@ impl Registry {
             "retry_budget" => find(&i.budgets, name).map(|p| view_of(&*p, name, &config, now)),
             "throttle" => find(&i.throttles, name).map(|p| view_of(&*p, name, &config, now)),
             "adaptive_limit" => find(&i.adaptive, name).map(|p| view_of(&*p, name, &config, now)),
+            "admission_queue" => find(&i.queues, name).map(|p| view_of(&*p, name, &config, now)),
             _ => None,
         }
     }
