@@ -20,6 +20,7 @@ use tenlives_engine::throttle::Throttle;
 use tenlives_engine::time::{Clock, MonotonicClock, Timestamp};
 use tenlives_tokio::queue::AdmissionQueueLayer;
 use tenlives_tokio::telemetry::{LateSources, Policy, PolicyKind, SourceError, SourceRegistry};
+use tenlives_tokio::{DefaultClassifier, NoRetry, StackLayer};
 
 use crate::config::{
     AdaptiveLimitSpec, AdmissionQueueConfig, AdmissionQueueSpec, BreakerSpec, BulkheadSpec,
@@ -65,6 +66,16 @@ pub type Adaptive = AdaptiveLimiter<Aimd, RegistrySink>;
 pub type Queue = AdmissionQueue<Arc<Concurrency>, RegistrySink>;
 /// The tower layer [`Admission::layer`] builds.
 pub type QueueLayer = AdmissionQueueLayer<Arc<Concurrency>, RegistrySink>;
+/// The admission stages of a [`RegistryStack`]: the registry's own
+/// breaker, rate limiter and bulkhead (shared, not copied), each present if
+/// the stack names one.
+pub type StackAdmission = (
+    Option<Arc<Breaker>>,
+    Option<Arc<Limiter>>,
+    Option<Arc<Concurrency>>,
+);
+/// The `tenlives_tokio::StackLayer` [`Registry::stack`] builds.
+pub type RegistryStack = StackLayer<DefaultClassifier, NoRetry, StackAdmission>;
 
 /// An admission queue held by a registry: the engine's queue in front of a
 /// concurrency limit of its own, and the longest a request waits in it.
@@ -214,7 +225,10 @@ pub struct ApplyReport {
     /// Instances whose new configuration changes a part the engine cannot
     /// change live (an admission queue's `capacity`, `classes`, `weights` or
     /// `overload`): the parts it can change were applied (they are also in
-    /// `changed`), the rest waits for the instance's next creation.
+    /// `changed`), the rest waits for the instance's next creation. Also
+    /// every stack built so far (`stack.name`) whose shape changed: layers
+    /// built from then on take the new shape, those built before keep
+    /// theirs.
     pub restart: Vec<String>,
 }
 
@@ -597,6 +611,8 @@ struct Inner {
     throttles: Named<Throttler>,
     adaptive: Named<Adaptive>,
     queues: Named<Admission>,
+    /// Stacks built so far: how many layers each.
+    stacks: Mutex<std::collections::BTreeMap<String, u64>>,
     families: Mutex<Families>,
 }
 
@@ -706,6 +722,7 @@ impl RegistryBuilder {
             throttles: Named::default(),
             adaptive: Named::default(),
             queues: Named::default(),
+            stacks: Mutex::new(Default::default()),
             families: Mutex::new(HashMap::new()),
         };
         Registry {
@@ -894,6 +911,54 @@ impl Registry {
     /// or adaptive limit has the name (their metrics would merge).
     pub fn admission_queue(&self, name: &str) -> Result<Arc<Admission>, RegistryError> {
         self.inner.named(&self.inner.queues, name)
+    }
+
+    /// A `tenlives_tokio::StackLayer` shaped by `stack.instances.<name>`
+    /// (else `stack.configs.default`): its timeout, and the named breaker,
+    /// rate limiter and bulkhead of this registry as its admission stages,
+    /// created on first use as by [`Registry::breaker`] and the others.
+    /// The stages are the registry's instances themselves, shared: a
+    /// reload or an admin change of a member policy reaches every stack
+    /// that holds it at once. The stack's own shape (which stages, which
+    /// names, the timeout) is read here: a change of it applies to layers
+    /// built afterwards, and is reported in [`ApplyReport::restart`].
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::NotConfigured`] for a stack the configuration does
+    /// not describe, or a member that cannot be created (a rate limiter or
+    /// bulkhead with no configuration); [`RegistryError::NameTaken`].
+    pub fn stack(&self, name: &str) -> Result<RegistryStack, RegistryError> {
+        let config = self.inner.config();
+        let (_, shape) =
+            config
+                .stack
+                .for_instance(name)
+                .ok_or_else(|| RegistryError::NotConfigured {
+                    section: "stack",
+                    name: name.to_owned(),
+                })?;
+        let breaker = shape
+            .circuit_breaker
+            .as_deref()
+            .map(|n| self.breaker(n))
+            .transpose()?;
+        let limiter = shape
+            .rate_limiter
+            .as_deref()
+            .map(|n| self.rate_limiter(n))
+            .transpose()?;
+        let bulkhead = shape
+            .bulkhead
+            .as_deref()
+            .map(|n| self.bulkhead(n))
+            .transpose()?;
+        let mut builder = StackLayer::builder().admission((breaker, limiter, bulkhead));
+        if let Some(after) = shape.timeout {
+            builder = builder.timeout(after);
+        }
+        *lock(&self.inner.stacks).entry(name.to_owned()).or_insert(0) += 1;
+        Ok(builder.build())
     }
 
     fn keyed<K, P>(&self, family: &str, capacity: usize) -> Result<Arc<Keyed<K, P>>, RegistryError>
@@ -1134,6 +1199,13 @@ impl Registry {
         for family in families {
             family.reconfigure(&self.inner, &old, &new, now, &mut report);
         }
+        for name in lock(&self.inner.stacks).keys() {
+            let before = old.stack.for_instance(name).map(|(s, _)| s);
+            let after = new.stack.for_instance(name).map(|(s, _)| s);
+            if before != after {
+                report.restart.push(format!("stack.{name}"));
+            }
+        }
         report.changed.sort();
         report.kept.sort();
         report.restart.sort();
@@ -1172,7 +1244,7 @@ impl Registry {
 
 /// The sections of a configuration, as the admin plane and
 /// [`Registry::set_instance`] name them.
-pub const SECTIONS: [&str; 7] = [
+pub const SECTIONS: [&str; 8] = [
     "circuit_breaker",
     "rate_limiter",
     "bulkhead",
@@ -1180,7 +1252,29 @@ pub const SECTIONS: [&str; 7] = [
     "throttle",
     "adaptive_limit",
     "admission_queue",
+    "stack",
 ];
+
+/// A built stack as the admin plane lists it.
+fn stack_view(config: &ConfigSet, name: &str, layers: u64) -> serde_json::Value {
+    let entry = config.stack.for_instance(name);
+    serde_json::json!({
+        "section": "stack",
+        "name": name,
+        "state": {
+            "layers_built": layers,
+            "timeout_ms": entry
+                .and_then(|(_, b)| b.timeout)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            "circuit_breaker": entry.and_then(|(_, b)| b.circuit_breaker.clone()),
+            "rate_limiter": entry.and_then(|(_, b)| b.rate_limiter.clone()),
+            "bulkhead": entry.and_then(|(_, b)| b.bulkhead.clone()),
+        },
+        "config": entry.map_or(serde_json::Value::Null, |(s, _)| {
+            serde_json::to_value(s).unwrap_or(serde_json::Value::Null)
+        }),
+    })
+}
 
 fn views<P: Primitive>(
     named: &Named<P>,
@@ -1237,6 +1331,9 @@ impl Registry {
         views(&self.inner.throttles, &config, now, &mut out);
         views(&self.inner.adaptive, &config, now, &mut out);
         views(&self.inner.queues, &config, now, &mut out);
+        for (name, layers) in lock(&self.inner.stacks).iter() {
+            out.push(stack_view(&config, name, *layers));
+        }
         let families = lock(&self.inner.families);
         let mut fams: Vec<serde_json::Value> = families.values().map(|f| f.view()).collect();
         fams.sort_by_key(|v| v.to_string());
@@ -1258,6 +1355,9 @@ impl Registry {
             "throttle" => find(&i.throttles, name).map(|p| view_of(&*p, name, &config, now)),
             "adaptive_limit" => find(&i.adaptive, name).map(|p| view_of(&*p, name, &config, now)),
             "admission_queue" => find(&i.queues, name).map(|p| view_of(&*p, name, &config, now)),
+            "stack" => lock(&i.stacks)
+                .get(name)
+                .map(|layers| stack_view(&config, name, *layers)),
             _ => None,
         }
     }

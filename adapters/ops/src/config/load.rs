@@ -9,7 +9,7 @@ use std::path::Path;
 use super::node::Node;
 use super::spec::{
     AdaptiveLimitSpec, AdmissionQueueSpec, BreakerSpec, BulkheadSpec, FileSpec, RateLimiterSpec,
-    RetryBudgetSpec, Section, Spec, ThrottleSpec,
+    RetryBudgetSpec, Section, Spec, StackSpec, ThrottleSpec,
 };
 
 /// Why a configuration was refused: where, and what is wrong.
@@ -106,6 +106,8 @@ pub struct ConfigSet {
     pub adaptive_limit: Resolved<AdaptiveLimitSpec>,
     /// Admission queues.
     pub admission_queue: Resolved<AdmissionQueueSpec>,
+    /// Stacks.
+    pub stack: Resolved<StackSpec>,
 }
 
 impl Default for ConfigSet {
@@ -201,6 +203,7 @@ impl ConfigSet {
             throttle: cx.resolve(&spec.throttle)?,
             adaptive_limit: cx.resolve(&spec.adaptive_limit)?,
             admission_queue: cx.resolve(&spec.admission_queue)?,
+            stack: cx.resolve(&spec.stack)?,
             spec: spec.clone(),
         })
     }

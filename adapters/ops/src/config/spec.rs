@@ -46,6 +46,10 @@ pub struct FileSpec {
     /// Admission queues in front of a concurrency limit.
     #[serde(default)]
     pub admission_queue: Section<AdmissionQueueSpec>,
+    /// Stacks: a timeout and named policies of the other sections in one
+    /// layer.
+    #[serde(default)]
+    pub stack: Section<StackSpec>,
 }
 
 /// The named configurations and the instances of one policy kind.
@@ -842,5 +846,91 @@ impl Spec for AdmissionQueueSpec {
             queue,
             max_wait,
         })
+    }
+}
+
+/// A stack (`tenlives_tokio::StackLayer`): a timeout and the policies of
+/// the registry it admits through, by name.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StackSpec {
+    /// The configuration this one inherits from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_config: Option<String>,
+    /// The whole request must end within this, or `off`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<OrOff<Dur>>,
+    /// The `circuit_breaker` instance it admits through, or `off`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<OrOff<String>>,
+    /// The `rate_limiter` instance it admits through, or `off`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<OrOff<String>>,
+    /// The `bulkhead` instance that limits its concurrency, or `off`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bulkhead: Option<OrOff<String>>,
+}
+
+/// A stack's validated shape: which stages, and the policies' names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StackConfig {
+    /// The timeout of the whole request.
+    pub timeout: Option<Duration>,
+    /// The circuit breaker, by name.
+    pub circuit_breaker: Option<String>,
+    /// The rate limiter, by name.
+    pub rate_limiter: Option<String>,
+    /// The concurrency limit (bulkhead), by name.
+    pub bulkhead: Option<String>,
+}
+
+fn named(v: &Option<OrOff<String>>) -> Option<String> {
+    match v {
+        Some(OrOff::On(name)) => Some(name.clone()),
+        _ => None,
+    }
+}
+
+impl Spec for StackSpec {
+    type Built = StackConfig;
+    const SECTION: &'static str = "stack";
+
+    fn base_config(&self) -> Option<&str> {
+        self.base_config.as_deref()
+    }
+
+    fn inherit(&self, parent: &Self) -> Self {
+        inherit!(self, parent; timeout, circuit_breaker, rate_limiter, bulkhead)
+    }
+
+    fn build(&self) -> Result<StackConfig, SpecError> {
+        let timeout = match self.timeout {
+            Some(OrOff::On(d)) if d.0.is_zero() => {
+                return Err(SpecError {
+                    key: Some("timeout"),
+                    kind: SpecErrorKind::Config(ConfigError::ZeroDuration { field: "timeout" }),
+                });
+            }
+            Some(OrOff::On(d)) => Some(d.0),
+            _ => None,
+        };
+        let out = StackConfig {
+            timeout,
+            circuit_breaker: named(&self.circuit_breaker),
+            rate_limiter: named(&self.rate_limiter),
+            bulkhead: named(&self.bulkhead),
+        };
+        if out == StackConfig::default() {
+            // Also what keeps a name the file does not list from getting an
+            // empty stack: there is no default stack without a
+            // `configs.default`.
+            return Err(SpecError {
+                key: None,
+                kind: SpecErrorKind::Conflict(
+                    "a stack needs at least one stage: `timeout`, `circuit_breaker`, `rate_limiter` or `bulkhead`",
+                ),
+            });
+        }
+        Ok(out)
     }
 }
