@@ -41,7 +41,7 @@ pub use config::{ConfigSet, Format, LoadError};
 
 pub use keyed::{Idle, Keyed, KeyedFull};
 pub use registry::{
-    Adaptive, ApplyReport, Breaker, Concurrency, Limiter, PersistError, Persistence,
-    REGISTRY_SOURCE, Registry, RegistryBuilder, RegistryError, RegistrySink, RestoreReport, Retry,
-    Ring, Skipped, Throttler, events,
+    Adaptive, Admission, ApplyReport, Breaker, Concurrency, Limiter, PersistError, Persistence,
+    Queue, QueueLayer, REGISTRY_SOURCE, Registry, RegistryBuilder, RegistryError, RegistrySink,
+    RestoreReport, Retry, Ring, Skipped, Throttler, events,
 };

@@ -5,21 +5,26 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
 
 use tenlives_engine::adaptive::{AdaptiveLimiter, Aimd};
 use tenlives_engine::breaker::CircuitBreaker;
 use tenlives_engine::bulkhead::Bulkhead;
 use tenlives_engine::events::{Event, EventKind, EventRing, EventSink, Slot};
+use tenlives_engine::queue::AdmissionQueue;
 use tenlives_engine::rate::RateLimiter;
 use tenlives_engine::retry::RetryBudget;
 use tenlives_engine::throttle::Throttle;
 use tenlives_engine::time::{Clock, MonotonicClock, Timestamp};
+use tenlives_tokio::queue::AdmissionQueueLayer;
 use tenlives_tokio::telemetry::{LateSources, Policy, PolicyKind, SourceError, SourceRegistry};
+use tenlives_tokio::{DefaultClassifier, NoRetry, StackLayer};
 
 use crate::config::{
-    AdaptiveLimitSpec, BreakerSpec, BulkheadSpec, ConfigSet, RateLimiterSpec, Resolved,
-    RetryBudgetSpec, Spec, ThrottleSpec,
+    AdaptiveLimitSpec, AdmissionQueueConfig, AdmissionQueueSpec, BreakerSpec, BulkheadSpec,
+    ConfigSet, RateLimiterSpec, Resolved, RetryBudgetSpec, Spec, ThrottleSpec,
 };
 use crate::keyed::{Idle, Keyed};
 
@@ -56,6 +61,72 @@ pub type Retry = RetryBudget<RegistrySink>;
 pub type Throttler = Throttle<RegistrySink>;
 /// An adaptive (AIMD) concurrency limit held by a registry.
 pub type Adaptive = AdaptiveLimiter<Aimd, RegistrySink>;
+/// The engine's admission queue inside an [`Admission`]: a queue in front
+/// of a concurrency limit of its own.
+pub type Queue = AdmissionQueue<Arc<Concurrency>, RegistrySink>;
+/// The tower layer [`Admission::layer`] builds.
+pub type QueueLayer = AdmissionQueueLayer<Arc<Concurrency>, RegistrySink>;
+/// The admission stages of a [`RegistryStack`]: the registry's own
+/// breaker, rate limiter and bulkhead (shared, not copied), each present if
+/// the stack names one.
+pub type StackAdmission = (
+    Option<Arc<Breaker>>,
+    Option<Arc<Limiter>>,
+    Option<Arc<Concurrency>>,
+);
+/// The `tenlives_tokio::StackLayer` [`Registry::stack`] builds.
+pub type RegistryStack = StackLayer<DefaultClassifier, NoRetry, StackAdmission>;
+
+/// An admission queue held by a registry: the engine's queue in front of a
+/// concurrency limit of its own, and the longest a request waits in it.
+///
+/// On a configuration change, the limit changes live (`Bulkhead::set_limit`,
+/// then a dispatcher pass, so that waiters get the permits a raise frees at
+/// once; a lowered limit stops grants until enough permits come back) and
+/// `max_wait` applies to layers built afterwards. The queue's shape —
+/// `capacity`, `classes`/`weights`, `overload` — is fixed by the engine when
+/// the queue is made (its slots are preallocated): a change to it is not
+/// applied, the queue keeps its waiters, and the instance is listed in
+/// [`ApplyReport::restart`]; the new shape is used when the instance is next
+/// created (a restart).
+#[derive(Debug)]
+pub struct Admission {
+    queue: Arc<Queue>,
+    /// `max_wait` in nanoseconds (saturated at `u64::MAX`).
+    max_wait: AtomicU64,
+}
+
+impl Admission {
+    /// The engine's queue (its permits come from [`Queue::source`]).
+    pub fn queue(&self) -> &Arc<Queue> {
+        &self.queue
+    }
+
+    /// The longest a request waits for a permit, as configured now.
+    pub fn max_wait(&self) -> Duration {
+        // ordering: Relaxed; a lone value, read whole, ordered with nothing.
+        Duration::from_nanos(self.max_wait.load(Ordering::Relaxed))
+    }
+
+    /// A `tenlives_tokio::queue::AdmissionQueueLayer` over this queue with
+    /// the `max_wait` in force now. Every layer built here shares the queue
+    /// and its permits; a later change of `max_wait` applies to layers built
+    /// after it.
+    pub fn layer(&self) -> QueueLayer {
+        AdmissionQueueLayer::new(self.queue.clone(), self.max_wait())
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl crate::keyed::Idle for Admission {
+    /// No waiter and no permit in flight.
+    fn is_idle(&self, _now: Timestamp) -> bool {
+        self.queue.waiting() == 0 && self.queue.source().in_flight() == 0
+    }
+}
 
 /// Events the registry itself emits (source: the policy named `registry`,
 /// kind `other`). Codes in the block tenlives reserves, above the engine's.
@@ -151,6 +222,14 @@ pub struct ApplyReport {
     /// for them (a rate limiter or bulkhead whose entry and default were
     /// removed).
     pub kept: Vec<String>,
+    /// Instances whose new configuration changes a part the engine cannot
+    /// change live (an admission queue's `capacity`, `classes`, `weights` or
+    /// `overload`): the parts it can change were applied (they are also in
+    /// `changed`), the rest waits for the instance's next creation. Also
+    /// every stack built so far (`stack.name`) whose shape changed: layers
+    /// built from then on take the new shape, those built before keep
+    /// theirs.
+    pub restart: Vec<String>,
 }
 
 /// A primitive the registry can hold.
@@ -170,6 +249,60 @@ trait Primitive: Idle + Send + Sync + Sized + 'static {
     }
     /// What an operator wants to see of its state.
     fn state(&self, now: Timestamp) -> serde_json::Value;
+    /// True when `cfg` differs from the instance in a part `apply` cannot
+    /// change live.
+    fn needs_restart(&self, _cfg: &<Self::Spec as Spec>::Built) -> bool {
+        false
+    }
+}
+
+impl Primitive for Admission {
+    type Spec = AdmissionQueueSpec;
+    const KIND: PolicyKind = PolicyKind::Bulkhead;
+    fn section(set: &ConfigSet) -> &Resolved<AdmissionQueueSpec> {
+        &set.admission_queue
+    }
+    fn make(cfg: &AdmissionQueueConfig, sink: RegistrySink, source: u32, _now: Timestamp) -> Self {
+        // The limit was checked by `Bulkhead::new` when the configuration
+        // was loaded; the same check cannot fail here.
+        let bulkhead = Bulkhead::with_sink(cfg.limit, sink.clone(), source)
+            .expect("a validated bulkhead limit");
+        Admission {
+            queue: Arc::new(AdmissionQueue::with_sink(
+                Arc::new(bulkhead),
+                cfg.queue.clone(),
+                sink,
+                source,
+            )),
+            max_wait: AtomicU64::new(nanos(cfg.max_wait)),
+        }
+    }
+    fn apply(&self, cfg: &AdmissionQueueConfig, _now: Timestamp) {
+        // Validated at load time, as for a bulkhead.
+        let _ = self.queue.source().set_limit(cfg.limit);
+        // A raised limit frees permits behind the queue's back: a pass
+        // hands them to the waiters now.
+        self.queue.dispatch();
+        // ordering: Relaxed; see `max_wait`.
+        self.max_wait.store(nanos(cfg.max_wait), Ordering::Relaxed);
+    }
+    fn initial_limit(cfg: &AdmissionQueueConfig) -> Option<u32> {
+        Some(cfg.limit)
+    }
+    fn state(&self, _now: Timestamp) -> serde_json::Value {
+        let c = self.queue.config();
+        serde_json::json!({
+            "waiting": self.queue.waiting(),
+            "in_flight": self.queue.source().in_flight(),
+            "limit": self.queue.source().limit(),
+            "capacity": c.capacity(),
+            "weights": c.weights(),
+            "max_wait_ms": u64::try_from(self.max_wait().as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+    fn needs_restart(&self, cfg: &AdmissionQueueConfig) -> bool {
+        *self.queue.config() != cfg.queue
+    }
 }
 
 impl Primitive for Breaker {
@@ -451,6 +584,9 @@ fn reconfigure_one<P: Primitive>(
         Some((spec, built)) => {
             if before.map(|(s, _)| s) != Some(spec) {
                 policy.apply(built, now);
+                if policy.needs_restart(built) {
+                    report.restart.push(label.clone());
+                }
                 report.changed.push(label);
             }
         }
@@ -474,6 +610,9 @@ struct Inner {
     budgets: Named<Retry>,
     throttles: Named<Throttler>,
     adaptive: Named<Adaptive>,
+    queues: Named<Admission>,
+    /// Stacks built so far: how many layers each.
+    stacks: Mutex<std::collections::BTreeMap<String, u64>>,
     families: Mutex<Families>,
 }
 
@@ -582,6 +721,8 @@ impl RegistryBuilder {
             budgets: Named::default(),
             throttles: Named::default(),
             adaptive: Named::default(),
+            queues: Named::default(),
+            stacks: Mutex::new(Default::default()),
             families: Mutex::new(HashMap::new()),
         };
         Registry {
@@ -759,6 +900,67 @@ impl Registry {
         self.inner.named(&self.inner.adaptive, name)
     }
 
+    /// The admission queue named `name`, created on first use (with the
+    /// concurrency limit it stands in front of). Build its tower layer with
+    /// [`Admission::layer`].
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::NotConfigured`] when the configuration has no entry
+    /// (and no default) for it; [`RegistryError::NameTaken`] when a bulkhead
+    /// or adaptive limit has the name (their metrics would merge).
+    pub fn admission_queue(&self, name: &str) -> Result<Arc<Admission>, RegistryError> {
+        self.inner.named(&self.inner.queues, name)
+    }
+
+    /// A `tenlives_tokio::StackLayer` shaped by `stack.instances.<name>`
+    /// (else `stack.configs.default`): its timeout, and the named breaker,
+    /// rate limiter and bulkhead of this registry as its admission stages,
+    /// created on first use as by [`Registry::breaker`] and the others.
+    /// The stages are the registry's instances themselves, shared: a
+    /// reload or an admin change of a member policy reaches every stack
+    /// that holds it at once. The stack's own shape (which stages, which
+    /// names, the timeout) is read here: a change of it applies to layers
+    /// built afterwards, and is reported in [`ApplyReport::restart`].
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::NotConfigured`] for a stack the configuration does
+    /// not describe, or a member that cannot be created (a rate limiter or
+    /// bulkhead with no configuration); [`RegistryError::NameTaken`].
+    pub fn stack(&self, name: &str) -> Result<RegistryStack, RegistryError> {
+        let config = self.inner.config();
+        let (_, shape) =
+            config
+                .stack
+                .for_instance(name)
+                .ok_or_else(|| RegistryError::NotConfigured {
+                    section: "stack",
+                    name: name.to_owned(),
+                })?;
+        let breaker = shape
+            .circuit_breaker
+            .as_deref()
+            .map(|n| self.breaker(n))
+            .transpose()?;
+        let limiter = shape
+            .rate_limiter
+            .as_deref()
+            .map(|n| self.rate_limiter(n))
+            .transpose()?;
+        let bulkhead = shape
+            .bulkhead
+            .as_deref()
+            .map(|n| self.bulkhead(n))
+            .transpose()?;
+        let mut builder = StackLayer::builder().admission((breaker, limiter, bulkhead));
+        if let Some(after) = shape.timeout {
+            builder = builder.timeout(after);
+        }
+        *lock(&self.inner.stacks).entry(name.to_owned()).or_insert(0) += 1;
+        Ok(builder.build())
+    }
+
     fn keyed<K, P>(&self, family: &str, capacity: usize) -> Result<Arc<Keyed<K, P>>, RegistryError>
     where
         K: Hash + Eq + Clone + fmt::Display + Send + Sync + 'static,
@@ -905,6 +1107,7 @@ impl Registry {
         each(i, &i.budgets, &config, &mut out)?;
         each(i, &i.throttles, &config, &mut out)?;
         each(i, &i.adaptive, &config, &mut out)?;
+        each(i, &i.queues, &config, &mut out)?;
         Ok(out)
     }
 
@@ -991,20 +1194,37 @@ impl Registry {
         each(&self.inner.budgets, &old, &new, now, &mut report);
         each(&self.inner.throttles, &old, &new, now, &mut report);
         each(&self.inner.adaptive, &old, &new, now, &mut report);
+        each(&self.inner.queues, &old, &new, now, &mut report);
         let families: Vec<Arc<dyn Family>> = lock(&self.inner.families).values().cloned().collect();
         for family in families {
             family.reconfigure(&self.inner, &old, &new, now, &mut report);
         }
+        for name in lock(&self.inner.stacks).keys() {
+            let before = old.stack.for_instance(name).map(|(s, _)| s);
+            let after = new.stack.for_instance(name).map(|(s, _)| s);
+            if before != after {
+                report.restart.push(format!("stack.{name}"));
+            }
+        }
         report.changed.sort();
         report.kept.sort();
+        report.restart.sort();
         self.inner
             .emit(events::CONFIG_APPLIED, [report.changed.len() as u64, 0]);
         tracing::info!(
             target: "tenlives::ops",
             changed = ?report.changed,
             kept = ?report.kept,
+            restart = ?report.restart,
             "configuration applied"
         );
+        if !report.restart.is_empty() {
+            tracing::warn!(
+                target: "tenlives::ops",
+                instances = ?report.restart,
+                "part of the new configuration (an admission queue's shape) takes effect only when these instances are next created"
+            );
+        }
         report
     }
 
@@ -1024,14 +1244,37 @@ impl Registry {
 
 /// The sections of a configuration, as the admin plane and
 /// [`Registry::set_instance`] name them.
-pub const SECTIONS: [&str; 6] = [
+pub const SECTIONS: [&str; 8] = [
     "circuit_breaker",
     "rate_limiter",
     "bulkhead",
     "retry_budget",
     "throttle",
     "adaptive_limit",
+    "admission_queue",
+    "stack",
 ];
+
+/// A built stack as the admin plane lists it.
+fn stack_view(config: &ConfigSet, name: &str, layers: u64) -> serde_json::Value {
+    let entry = config.stack.for_instance(name);
+    serde_json::json!({
+        "section": "stack",
+        "name": name,
+        "state": {
+            "layers_built": layers,
+            "timeout_ms": entry
+                .and_then(|(_, b)| b.timeout)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            "circuit_breaker": entry.and_then(|(_, b)| b.circuit_breaker.clone()),
+            "rate_limiter": entry.and_then(|(_, b)| b.rate_limiter.clone()),
+            "bulkhead": entry.and_then(|(_, b)| b.bulkhead.clone()),
+        },
+        "config": entry.map_or(serde_json::Value::Null, |(s, _)| {
+            serde_json::to_value(s).unwrap_or(serde_json::Value::Null)
+        }),
+    })
+}
 
 fn views<P: Primitive>(
     named: &Named<P>,
@@ -1087,6 +1330,10 @@ impl Registry {
         views(&self.inner.budgets, &config, now, &mut out);
         views(&self.inner.throttles, &config, now, &mut out);
         views(&self.inner.adaptive, &config, now, &mut out);
+        views(&self.inner.queues, &config, now, &mut out);
+        for (name, layers) in lock(&self.inner.stacks).iter() {
+            out.push(stack_view(&config, name, *layers));
+        }
         let families = lock(&self.inner.families);
         let mut fams: Vec<serde_json::Value> = families.values().map(|f| f.view()).collect();
         fams.sort_by_key(|v| v.to_string());
@@ -1107,6 +1354,10 @@ impl Registry {
             "retry_budget" => find(&i.budgets, name).map(|p| view_of(&*p, name, &config, now)),
             "throttle" => find(&i.throttles, name).map(|p| view_of(&*p, name, &config, now)),
             "adaptive_limit" => find(&i.adaptive, name).map(|p| view_of(&*p, name, &config, now)),
+            "admission_queue" => find(&i.queues, name).map(|p| view_of(&*p, name, &config, now)),
+            "stack" => lock(&i.stacks)
+                .get(name)
+                .map(|layers| stack_view(&config, name, *layers)),
             _ => None,
         }
     }

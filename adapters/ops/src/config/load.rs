@@ -8,8 +8,8 @@ use std::path::Path;
 
 use super::node::Node;
 use super::spec::{
-    AdaptiveLimitSpec, BreakerSpec, BulkheadSpec, FileSpec, RateLimiterSpec, RetryBudgetSpec,
-    Section, Spec, ThrottleSpec,
+    AdaptiveLimitSpec, AdmissionQueueSpec, BreakerSpec, BulkheadSpec, FileSpec, RateLimiterSpec,
+    RetryBudgetSpec, Section, Spec, StackSpec, ThrottleSpec,
 };
 
 /// Why a configuration was refused: where, and what is wrong.
@@ -104,6 +104,10 @@ pub struct ConfigSet {
     pub throttle: Resolved<ThrottleSpec>,
     /// Adaptive limits.
     pub adaptive_limit: Resolved<AdaptiveLimitSpec>,
+    /// Admission queues.
+    pub admission_queue: Resolved<AdmissionQueueSpec>,
+    /// Stacks.
+    pub stack: Resolved<StackSpec>,
 }
 
 impl Default for ConfigSet {
@@ -198,6 +202,8 @@ impl ConfigSet {
             retry_budget: cx.resolve(&spec.retry_budget)?,
             throttle: cx.resolve(&spec.throttle)?,
             adaptive_limit: cx.resolve(&spec.adaptive_limit)?,
+            admission_queue: cx.resolve(&spec.admission_queue)?,
+            stack: cx.resolve(&spec.stack)?,
             spec: spec.clone(),
         })
     }

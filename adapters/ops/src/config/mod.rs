@@ -7,6 +7,7 @@ pub mod spec;
 
 pub use load::{ConfigSet, Format, LoadError, Resolved};
 pub use spec::{
-    AdaptiveLimitConfig, AdaptiveLimitSpec, BreakerSpec, BulkheadConfig, BulkheadSpec, Dur,
-    FileSpec, OrOff, RateLimiterSpec, RetryBudgetSpec, Section, Spec, ThrottleSpec,
+    AdaptiveLimitConfig, AdaptiveLimitSpec, AdmissionQueueConfig, AdmissionQueueSpec, BreakerSpec,
+    BulkheadConfig, BulkheadSpec, Dur, FileSpec, OrOff, OverloadSpec, RateLimiterSpec,
+    RetryBudgetSpec, Section, Spec, StackConfig, StackSpec, ThrottleSpec,
 };

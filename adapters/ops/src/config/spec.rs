@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tenlives_engine::ConfigError;
 use tenlives_engine::adaptive::{Aimd, WindowConfig};
 use tenlives_engine::breaker::BreakerConfig;
+use tenlives_engine::queue::{Overload, QueueConfig};
 use tenlives_engine::rate::Quota;
 use tenlives_engine::retry::RetryBudgetConfig;
 use tenlives_engine::throttle::ThrottleConfig;
@@ -42,6 +43,13 @@ pub struct FileSpec {
     /// Adaptive concurrency limits (AIMD).
     #[serde(default)]
     pub adaptive_limit: Section<AdaptiveLimitSpec>,
+    /// Admission queues in front of a concurrency limit.
+    #[serde(default)]
+    pub admission_queue: Section<AdmissionQueueSpec>,
+    /// Stacks: a timeout and named policies of the other sections in one
+    /// layer.
+    #[serde(default)]
+    pub stack: Section<StackSpec>,
 }
 
 /// The named configurations and the instances of one policy kind.
@@ -711,5 +719,218 @@ impl Spec for AdaptiveLimitSpec {
         )
         .map_err(engine(map))?;
         Ok(AdaptiveLimitConfig { algorithm, window })
+    }
+}
+
+/// What an admission queue does when full, as written in a file.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OverloadSpec {
+    /// `shed_newest`: the newcomer is refused.
+    ShedNewest,
+    /// `shed_oldest`: the longest waiter is shed.
+    ShedOldest,
+    /// `shed_lowest_priority`: the newest waiter of the lowest-weight class
+    /// is shed.
+    ShedLowestPriority,
+}
+
+impl From<OverloadSpec> for Overload {
+    fn from(o: OverloadSpec) -> Overload {
+        match o {
+            OverloadSpec::ShedNewest => Overload::ShedNewest,
+            OverloadSpec::ShedOldest => Overload::ShedOldest,
+            OverloadSpec::ShedLowestPriority => Overload::ShedLowestPriority,
+        }
+    }
+}
+
+/// An admission queue (`tenlives_engine::queue::QueueConfig`) in front of a
+/// concurrency limit of its own, and how long a request waits in it (the
+/// `tenlives_tokio::queue::AdmissionQueueLayer`'s `max_wait`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionQueueSpec {
+    /// The configuration this one inherits from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_config: Option<String>,
+    /// Calls allowed in flight at once, the permits the queue hands out
+    /// (required).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// Waiters held at most, all classes together (required).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u32>,
+    /// Classes served in turn, one grant each per round (excludes
+    /// `weights`; default 1: FIFO).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classes: Option<u16>,
+    /// One class per weight, served by deficit round robin (excludes
+    /// `classes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weights: Option<Vec<u32>>,
+    /// What happens when full: `shed_newest` (default), `shed_oldest`,
+    /// `shed_lowest_priority`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overload: Option<OverloadSpec>,
+    /// The longest a request waits for a permit (required; `0s` never
+    /// waits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_wait: Option<Dur>,
+}
+
+/// An admission queue's validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdmissionQueueConfig {
+    /// Calls allowed in flight at once.
+    pub limit: u32,
+    /// The queue: capacity, classes and weights, overload policy.
+    pub queue: QueueConfig,
+    /// The longest a request waits for a permit.
+    pub max_wait: Duration,
+}
+
+impl Spec for AdmissionQueueSpec {
+    type Built = AdmissionQueueConfig;
+    const SECTION: &'static str = "admission_queue";
+
+    fn base_config(&self) -> Option<&str> {
+        self.base_config.as_deref()
+    }
+
+    fn inherit(&self, parent: &Self) -> Self {
+        let mut out = inherit!(self, parent; limit, capacity, classes, weights, overload, max_wait);
+        // The classes are one setting: an entry that sets either form
+        // replaces the inherited classes.
+        if self.classes.is_some() || self.weights.is_some() {
+            out.classes = self.classes;
+            out.weights = self.weights.clone();
+        }
+        out
+    }
+
+    fn build(&self) -> Result<AdmissionQueueConfig, SpecError> {
+        let map = |f: &str| -> Option<&'static str> {
+            Some(match f {
+                "limit" => "limit",
+                "capacity" => "capacity",
+                "classes" => "classes",
+                "weight" => "weights",
+                _ => return None,
+            })
+        };
+        let missing = |key| SpecError {
+            key: None,
+            kind: SpecErrorKind::Missing(key),
+        };
+        let limit = self.limit.ok_or_else(|| missing("limit"))?;
+        // The engine's own check, as for a bulkhead.
+        tenlives_engine::bulkhead::Bulkhead::new(limit).map_err(engine(map))?;
+        let capacity = self.capacity.ok_or_else(|| missing("capacity"))?;
+        let max_wait = self.max_wait.ok_or_else(|| missing("max_wait"))?.0;
+        let queue = match (self.classes, &self.weights) {
+            (Some(_), Some(_)) => {
+                return Err(SpecError {
+                    key: Some("weights"),
+                    kind: SpecErrorKind::Conflict("`classes` and `weights` exclude each other"),
+                });
+            }
+            (Some(n), None) => QueueConfig::round_robin(capacity, n),
+            (None, Some(w)) => QueueConfig::weighted(capacity, w),
+            (None, None) => QueueConfig::fifo(capacity),
+        }
+        .map_err(engine(map))?;
+        let queue = queue.overload(self.overload.map_or(Overload::ShedNewest, Overload::from));
+        Ok(AdmissionQueueConfig {
+            limit,
+            queue,
+            max_wait,
+        })
+    }
+}
+
+/// A stack (`tenlives_tokio::StackLayer`): a timeout and the policies of
+/// the registry it admits through, by name.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StackSpec {
+    /// The configuration this one inherits from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_config: Option<String>,
+    /// The whole request must end within this, or `off`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<OrOff<Dur>>,
+    /// The `circuit_breaker` instance it admits through, or `off`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<OrOff<String>>,
+    /// The `rate_limiter` instance it admits through, or `off`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<OrOff<String>>,
+    /// The `bulkhead` instance that limits its concurrency, or `off`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bulkhead: Option<OrOff<String>>,
+}
+
+/// A stack's validated shape: which stages, and the policies' names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StackConfig {
+    /// The timeout of the whole request.
+    pub timeout: Option<Duration>,
+    /// The circuit breaker, by name.
+    pub circuit_breaker: Option<String>,
+    /// The rate limiter, by name.
+    pub rate_limiter: Option<String>,
+    /// The concurrency limit (bulkhead), by name.
+    pub bulkhead: Option<String>,
+}
+
+fn named(v: &Option<OrOff<String>>) -> Option<String> {
+    match v {
+        Some(OrOff::On(name)) => Some(name.clone()),
+        _ => None,
+    }
+}
+
+impl Spec for StackSpec {
+    type Built = StackConfig;
+    const SECTION: &'static str = "stack";
+
+    fn base_config(&self) -> Option<&str> {
+        self.base_config.as_deref()
+    }
+
+    fn inherit(&self, parent: &Self) -> Self {
+        inherit!(self, parent; timeout, circuit_breaker, rate_limiter, bulkhead)
+    }
+
+    fn build(&self) -> Result<StackConfig, SpecError> {
+        let timeout = match self.timeout {
+            Some(OrOff::On(d)) if d.0.is_zero() => {
+                return Err(SpecError {
+                    key: Some("timeout"),
+                    kind: SpecErrorKind::Config(ConfigError::ZeroDuration { field: "timeout" }),
+                });
+            }
+            Some(OrOff::On(d)) => Some(d.0),
+            _ => None,
+        };
+        let out = StackConfig {
+            timeout,
+            circuit_breaker: named(&self.circuit_breaker),
+            rate_limiter: named(&self.rate_limiter),
+            bulkhead: named(&self.bulkhead),
+        };
+        if out == StackConfig::default() {
+            // Also what keeps a name the file does not list from getting an
+            // empty stack: there is no default stack without a
+            // `configs.default`.
+            return Err(SpecError {
+                key: None,
+                kind: SpecErrorKind::Conflict(
+                    "a stack needs at least one stage: `timeout`, `circuit_breaker`, `rate_limiter` or `bulkhead`",
+                ),
+            });
+        }
+        Ok(out)
     }
 }

@@ -20,7 +20,8 @@ impl Registry {
     /// A source for `tenlives_tokio::telemetry::otel::observe_config`: at
     /// each collection it reports the configuration in force of every named
     /// instance created so far — breakers' thresholds, rate limiters'
-    /// quotas, bulkheads' and adaptive limits' current limits — under the
+    /// quotas, bulkheads', adaptive limits' and admission queues' current
+    /// limits — under the
     /// instance's name, so the gauges follow reloads and admin changes.
     /// Keyed families are left out (their entries share the family's name).
     /// Holds the registry weakly: once it is dropped, nothing is reported.
@@ -41,6 +42,9 @@ impl Registry {
             });
             each(&inner.adaptive, |name, a| {
                 report.concurrency_limit(name.clone(), a.limit());
+            });
+            each(&inner.queues, |name, q| {
+                report.concurrency_limit(name.clone(), q.queue().source().limit());
             });
         })
     }

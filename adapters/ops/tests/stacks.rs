@@ -1,0 +1,257 @@
+//! Stacks as a registry kind: a named shape whose stages are the
+//! registry's own policies, read from real files, refused with file:line,
+//! reloaded (members live, shape for new layers), listed by the admin plane.
+#![cfg(all(feature = "toml", feature = "yaml"))]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tenlives_ops::{ConfigSet, Registry, RegistryError};
+use tower::{Layer, Service, ServiceExt};
+
+const YAML: &str = "\
+circuit_breaker:
+  instances:
+    payments: { consecutive_failures: 2, failure_rate: off, open_duration: 1h }
+rate_limiter:
+  instances:
+    api: { rate: 1000, period: 1s }
+bulkhead:
+  instances:
+    db: { limit: 1 }
+    other_db: { limit: 5 }
+stack:
+  configs:
+    default: { timeout: 2s, rate_limiter: api }
+  instances:
+    checkout:
+      circuit_breaker: payments
+      bulkhead: db
+    search:
+      rate_limiter: off
+      bulkhead: other_db
+";
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
+#[test]
+fn a_file_gives_stack_shapes_with_inheritance() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = ConfigSet::from_path(write(dir.path(), "s.yaml", YAML)).unwrap();
+    let (_, checkout) = set.stack.for_instance("checkout").unwrap();
+    assert_eq!(checkout.timeout, Some(Duration::from_secs(2)));
+    assert_eq!(checkout.circuit_breaker.as_deref(), Some("payments"));
+    assert_eq!(checkout.rate_limiter.as_deref(), Some("api"), "inherited");
+    assert_eq!(checkout.bulkhead.as_deref(), Some("db"));
+    let (_, search) = set.stack.for_instance("search").unwrap();
+    assert_eq!(search.rate_limiter, None, "switched off");
+    assert_eq!(search.circuit_breaker, None);
+
+    let toml = "\
+[stack.instances.checkout]
+timeout = \"500ms\"
+bulkhead = \"db\"
+";
+    let set = ConfigSet::from_path(write(dir.path(), "s.toml", toml)).unwrap();
+    let (_, checkout) = set.stack.for_instance("checkout").unwrap();
+    assert_eq!(checkout.timeout, Some(Duration::from_millis(500)));
+    assert!(
+        set.stack.for_instance("other").is_none(),
+        "no default stack"
+    );
+}
+
+#[test]
+fn invalid_stacks_are_refused_with_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |name: &str, text: &str, want: &str| {
+        let path = write(dir.path(), name, text);
+        let e = ConfigSet::from_path(&path).unwrap_err();
+        assert_eq!(e.to_string(), format!("{}{want}", path.display()));
+    };
+    check(
+        "a.yaml",
+        "stack:\n  instances:\n    checkout:\n      bulkhead: db\n      timeout: 0s\n",
+        ":5: stack.instances.checkout.timeout: `timeout` must be longer than zero",
+    );
+    check(
+        "b.yaml",
+        "stack:\n  instances:\n    checkout:\n      timeout: off\n",
+        ":3: stack.instances.checkout: a stack needs at least one stage: `timeout`, `circuit_breaker`, `rate_limiter` or `bulkhead`",
+    );
+    let path = write(
+        dir.path(),
+        "c.yaml",
+        "stack:\n  instances:\n    checkout:\n      bulkhead: db\n      retry: fast\n",
+    );
+    let e = ConfigSet::from_path(&path).unwrap_err();
+    assert_eq!(
+        (e.line, e.path.as_str()),
+        (5, "stack.instances.checkout.retry")
+    );
+    check(
+        "d.toml",
+        "[stack.instances.checkout]\nbulkhead = \"db\"\ntimeout = \"0s\"\n",
+        ":3: stack.instances.checkout.timeout: `timeout` must be longer than zero",
+    );
+}
+
+async fn ok(svc: &mut impl Service<u32, Response = u32, Error = impl std::fmt::Debug>) -> bool {
+    svc.ready().await.unwrap().call(1).await.is_ok()
+}
+
+#[tokio::test]
+async fn a_stack_shares_the_registrys_policies_and_follows_their_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "s.yaml", YAML);
+    let registry = Registry::builder()
+        .config(ConfigSet::from_path(&path).unwrap())
+        .build();
+    let layer = registry.stack("checkout").unwrap();
+    let (breaker, limiter, bulkhead) = layer.policies().admission();
+    assert!(Arc::ptr_eq(
+        breaker.as_ref().unwrap(),
+        &registry.breaker("payments").unwrap()
+    ));
+    assert!(Arc::ptr_eq(
+        limiter.as_ref().unwrap(),
+        &registry.rate_limiter("api").unwrap()
+    ));
+    let db = registry.bulkhead("db").unwrap();
+    assert!(Arc::ptr_eq(bulkhead.as_ref().unwrap(), &db));
+    assert_eq!(layer.policies().timeout(), Some(Duration::from_secs(2)));
+
+    let mut svc = layer.layer(tower::service_fn(|x: u32| async move {
+        Ok::<_, std::convert::Infallible>(x)
+    }));
+    assert!(ok(&mut svc).await);
+    // The bulkhead (limit 1) is full: the stack refuses.
+    let held = db.try_acquire().unwrap();
+    assert!(!ok(&mut svc).await, "admitted past a full bulkhead");
+    // A reload raises the member's limit: the same layer admits.
+    let raised = YAML.replace("db: { limit: 1 }", "db: { limit: 2 }");
+    let report =
+        registry.apply(ConfigSet::from_path(write(dir.path(), "s.yaml", &raised)).unwrap());
+    assert_eq!(report.changed, ["bulkhead.db"]);
+    assert!(report.restart.is_empty());
+    assert!(
+        ok(&mut svc).await,
+        "the member's reload did not reach the stack"
+    );
+    assert_eq!(db.in_flight(), 1, "the held permit is kept");
+    drop(held);
+    // An admin action on a member reaches the stack as well.
+    registry
+        .breaker("payments")
+        .unwrap()
+        .force_open(registry.now());
+    assert!(
+        !ok(&mut svc).await,
+        "admitted through a forced-open breaker"
+    );
+}
+
+#[tokio::test]
+async fn a_shape_change_applies_to_layers_built_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::builder()
+        .config(ConfigSet::from_path(write(dir.path(), "s.yaml", YAML)).unwrap())
+        .build();
+    let before = registry.stack("checkout").unwrap();
+    let reshaped = YAML.replace(
+        "      bulkhead: db\n",
+        "      bulkhead: other_db\n      timeout: 300ms\n",
+    );
+    let report =
+        registry.apply(ConfigSet::from_path(write(dir.path(), "s.yaml", &reshaped)).unwrap());
+    assert_eq!(report.restart, ["stack.checkout"]);
+    let after = registry.stack("checkout").unwrap();
+    let db = registry.bulkhead("db").unwrap();
+    let other = registry.bulkhead("other_db").unwrap();
+    assert!(Arc::ptr_eq(
+        before.policies().admission().2.as_ref().unwrap(),
+        &db
+    ));
+    assert_eq!(before.policies().timeout(), Some(Duration::from_secs(2)));
+    assert!(Arc::ptr_eq(
+        after.policies().admission().2.as_ref().unwrap(),
+        &other
+    ));
+    assert_eq!(after.policies().timeout(), Some(Duration::from_millis(300)));
+    // The default's timeout changes both stacks' shapes; `search` was
+    // never built, so only `checkout` is reported.
+    let text = YAML.replace("timeout: 2s", "timeout: 3s");
+    let again = registry.apply(ConfigSet::from_path(write(dir.path(), "s.yaml", &text)).unwrap());
+    assert_eq!(again.restart, ["stack.checkout"]);
+    let search = registry.stack("search").unwrap();
+    assert_eq!(search.policies().timeout(), Some(Duration::from_secs(3)));
+}
+
+#[tokio::test]
+async fn the_admin_listing_shows_built_stacks_and_errors_name_the_member() {
+    let registry = Registry::builder()
+        .config(ConfigSet::from_str("s.yaml", YAML, tenlives_ops::Format::Yaml).unwrap())
+        .build();
+    assert!(
+        registry.policy("stack", "checkout").is_none(),
+        "not built yet"
+    );
+    registry.stack("checkout").unwrap();
+    registry.stack("checkout").unwrap();
+    let all = registry.policies();
+    let view = all
+        .iter()
+        .find(|v| v["section"] == "stack" && v["name"] == "checkout")
+        .expect("listed");
+    assert_eq!(view["state"]["layers_built"], 2);
+    assert_eq!(view["state"]["bulkhead"], "db");
+    assert_eq!(view["state"]["circuit_breaker"], "payments");
+    assert_eq!(view["state"]["rate_limiter"], "api");
+    assert_eq!(view["state"]["timeout_ms"], 2000);
+    assert_eq!(view["config"]["bulkhead"], "db");
+    assert_eq!(registry.policy("stack", "checkout").as_ref(), Some(view));
+    // Its members are listed as the instances they are.
+    assert!(
+        all.iter()
+            .any(|v| v["section"] == "bulkhead" && v["name"] == "db")
+    );
+
+    // A name the file does not list gets `configs.default`'s shape.
+    let other = registry.stack("other").unwrap();
+    assert_eq!(other.policies().timeout(), Some(Duration::from_secs(2)));
+    let text = "stack:\n  instances:\n    s: { rate_limiter: missing }\n";
+    let bare = Registry::builder()
+        .config(ConfigSet::from_str("s.yaml", text, tenlives_ops::Format::Yaml).unwrap())
+        .build();
+    assert!(matches!(
+        bare.stack("nothing"),
+        Err(RegistryError::NotConfigured {
+            section: "stack",
+            ..
+        })
+    ));
+    assert_eq!(
+        bare.stack("s").unwrap_err(),
+        RegistryError::NotConfigured {
+            section: "rate_limiter",
+            name: "missing".into()
+        }
+    );
+    // The admin plane's set: a stack's entry is checked like any other.
+    let e = registry
+        .set_instance(
+            "stack",
+            "checkout",
+            serde_json::json!({ "timeout": "0s" }),
+            true,
+        )
+        .unwrap_err();
+    assert_eq!(e.path, "stack.instances.checkout.timeout");
+}
