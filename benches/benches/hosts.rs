@@ -18,6 +18,16 @@
 //!   tenlives' `CacheLayer` (moka, TTL 60 s, a byte budget) and
 //!   tower-resilience's `Cache` (LRU, 1024 entries, TTL 60 s); on 1 thread,
 //!   and on 2 threads sharing one cache (per request per thread).
+//! - `hosts/fallback`: `passthrough`, around a service answering every
+//!   call at once with a success (the fallback never used); `answered`, around a service whose
+//!   every call fails at once, every request answered by a fallback value:
+//!   tenlives' `FallbackLayer` with `FallbackValue` and tower-resilience's
+//!   `FallbackLayer::value` (its response future is boxed).
+//! - `hosts/outlier`: a request through one healthy endpoint of two that an
+//!   outlier detector watches (eject after 5 consecutive failures, at most
+//!   50 % ejected): tenlives' `OutlierDetector::endpoint` (an engine breaker
+//!   per endpoint) and tower-resilience's `OutlierDetectionLayer`; around
+//!   `Noop` and around a service pending once.
 
 use std::future::Future;
 use std::hint::black_box;
@@ -190,6 +200,123 @@ fn cache_hit(c: &mut Criterion) {
     g.finish();
 }
 
+/// A service answering at once: every call fails (`Upstream(true)`) or
+/// every call succeeds (`Upstream(false)`), with the same error type.
+#[derive(Clone, Copy, Debug)]
+struct Upstream(bool);
+
+/// [`Upstream`]'s error.
+#[derive(Clone, Copy, Debug)]
+struct Refused;
+
+impl Service<u64> for Upstream {
+    type Response = u64;
+    type Error = Refused;
+    type Future = std::future::Ready<Result<u64, Refused>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Refused>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: u64) -> Self::Future {
+        std::future::ready(if self.0 { Err(Refused) } else { Ok(req) })
+    }
+}
+
+fn fallback(c: &mut Criterion) {
+    use tenlives_tokio::fallback::{FallbackLayer, FallbackValue};
+    let mut g = c.benchmark_group("hosts/fallback");
+    let rt = runtime();
+    let tenlives = || {
+        FallbackLayer::new(
+            |_: &Refused| true,
+            FallbackValue::new(|_: Refused| Ok::<u64, Refused>(0)),
+        )
+    };
+    let peer = || tower_resilience::fallback::FallbackLayer::<u64, u64, Refused>::value(0);
+    g.bench_function("passthrough/bare", |b| {
+        b.iter_custom(|iters| time_on(&rt, &mut Upstream(false), iters))
+    });
+    g.bench_function("passthrough/tenlives", |b| {
+        let mut svc = tenlives().layer(Upstream(false));
+        b.iter_custom(|iters| time_on(&rt, &mut svc, iters))
+    });
+    g.bench_function("passthrough/tower_resilience", |b| {
+        let mut svc = peer().layer(Upstream(false));
+        b.iter_custom(|iters| time_on(&rt, &mut svc, iters))
+    });
+    g.bench_function("answered/tenlives", |b| {
+        let mut svc = tenlives().layer(Upstream(true));
+        b.iter_custom(|iters| time_on(&rt, &mut svc, iters))
+    });
+    g.bench_function("answered/tower_resilience", |b| {
+        let mut svc = peer().layer(Upstream(true));
+        b.iter_custom(|iters| time_on(&rt, &mut svc, iters))
+    });
+    g.finish();
+}
+
+fn outlier(c: &mut Criterion) {
+    use tenlives_engine::breaker::BreakerConfig;
+    use tenlives_tokio::{EjectionConfig, OutlierDetector};
+    let mut g = c.benchmark_group("hosts/outlier");
+    let rt = runtime();
+    let _guard = rt.enter();
+    let tenlives = || {
+        OutlierDetector::new(
+            EjectionConfig::new(
+                BreakerConfig::builder()
+                    .without_failure_rate()
+                    .consecutive_failures(5)
+                    .build()
+                    .expect("a valid breaker"),
+                50,
+                8,
+            )
+            .expect("a valid ejection configuration"),
+        )
+    };
+    let peer = || {
+        let detector = tower_resilience::outlier::OutlierDetector::new()
+            .max_ejection_percent(50)
+            .base_ejection_duration(Duration::from_secs(30));
+        detector.register("a", 5);
+        detector.register("b", 5);
+        tower_resilience::outlier::OutlierDetectionLayer::builder()
+            .detector(detector)
+            .instance_name("a")
+            .build()
+            .expect("a valid outlier layer")
+    };
+    g.bench_function("at_once/bare", |b| {
+        b.iter_custom(|iters| time_on(&rt, &mut Noop, iters))
+    });
+    g.bench_function("at_once/tenlives", |b| {
+        let detector = tenlives();
+        let mut svc = detector.endpoint(0u8, Noop);
+        let _other = detector.endpoint(1u8, Noop);
+        b.iter_custom(|iters| time_on(&rt, &mut svc, iters))
+    });
+    g.bench_function("at_once/tower_resilience", |b| {
+        let mut svc = peer().layer(Noop);
+        b.iter_custom(|iters| time_on(&rt, &mut svc, iters))
+    });
+    g.bench_function("pending_once/bare", |b| {
+        b.iter_custom(|iters| time_on(&rt, &mut PendingOnce, iters))
+    });
+    g.bench_function("pending_once/tenlives", |b| {
+        let detector = tenlives();
+        let mut svc = detector.endpoint(0u8, PendingOnce);
+        let _other = detector.endpoint(1u8, PendingOnce);
+        b.iter_custom(|iters| time_on(&rt, &mut svc, iters))
+    });
+    g.bench_function("pending_once/tower_resilience", |b| {
+        let mut svc = peer().layer(PendingOnce);
+        b.iter_custom(|iters| time_on(&rt, &mut svc, iters))
+    });
+    g.finish();
+}
+
 /// The harness. A module of its own because `criterion_group!` makes a `pub`
 /// function it cannot document; here it is not exported, so it needs no doc.
 mod harness {
@@ -198,7 +325,7 @@ mod harness {
     criterion_group! {
         name = benches;
         config = support::config();
-        targets = single_flight_alone, single_flight_shared, cache_hit
+        targets = single_flight_alone, single_flight_shared, cache_hit, fallback, outlier
     }
 }
 criterion_main!(harness::benches);
