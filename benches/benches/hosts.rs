@@ -288,33 +288,40 @@ fn outlier(c: &mut Criterion) {
             .build()
             .expect("a valid outlier layer")
     };
-    g.bench_function("at_once/bare", |b| {
-        b.iter_custom(|iters| time_on(&rt, &mut Noop, iters))
-    });
-    g.bench_function("at_once/tenlives", |b| {
-        let detector = tenlives();
-        let mut svc = detector.endpoint(0u8, Noop);
-        let _other = detector.endpoint(1u8, Noop);
-        b.iter_custom(|iters| time_on(&rt, &mut svc, iters))
-    });
-    g.bench_function("at_once/tower_resilience", |b| {
-        let mut svc = peer().layer(Noop);
-        b.iter_custom(|iters| time_on(&rt, &mut svc, iters))
-    });
-    g.bench_function("pending_once/bare", |b| {
-        b.iter_custom(|iters| time_on(&rt, &mut PendingOnce, iters))
-    });
-    g.bench_function("pending_once/tenlives", |b| {
-        let detector = tenlives();
-        let mut svc = detector.endpoint(0u8, PendingOnce);
-        let _other = detector.endpoint(1u8, PendingOnce);
-        b.iter_custom(|iters| time_on(&rt, &mut svc, iters))
-    });
-    g.bench_function("pending_once/tower_resilience", |b| {
-        let mut svc = peer().layer(PendingOnce);
-        b.iter_custom(|iters| time_on(&rt, &mut svc, iters))
-    });
+    outlier_rows(&mut g, &rt, "at_once", Noop, &tenlives, &peer);
+    outlier_rows(&mut g, &rt, "pending_once", PendingOnce, &tenlives, &peer);
     g.finish();
+}
+
+/// The rows of `hosts/outlier` around `inner`: bare, through a tenlives
+/// endpoint (one of two the detector watches), through tower-resilience's
+/// layer.
+fn outlier_rows<S, P>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    form: &str,
+    inner: S,
+    tenlives: &dyn Fn() -> tenlives_tokio::OutlierDetector<u8>,
+    peer: &dyn Fn() -> P,
+) where
+    S: Service<u64> + Clone,
+    P: Layer<S>,
+    P::Service: Service<u64>,
+{
+    g.bench_function(format!("{form}/bare"), |b| {
+        let mut svc = inner.clone();
+        b.iter_custom(|iters| time_on(rt, &mut svc, iters))
+    });
+    g.bench_function(format!("{form}/tenlives"), |b| {
+        let detector = tenlives();
+        let mut svc = detector.endpoint(0u8, inner.clone());
+        let _other = detector.endpoint(1u8, inner.clone());
+        b.iter_custom(|iters| time_on(rt, &mut svc, iters))
+    });
+    g.bench_function(format!("{form}/tower_resilience"), |b| {
+        let mut svc = peer().layer(inner.clone());
+        b.iter_custom(|iters| time_on(rt, &mut svc, iters))
+    });
 }
 
 /// The harness. A module of its own because `criterion_group!` makes a `pub`
