@@ -50,6 +50,7 @@ pub mod breaker;
 pub mod bulkhead;
 #[cfg(feature = "std")]
 pub mod config_cell;
+mod divide;
 mod error;
 pub mod events;
 pub mod latency;
