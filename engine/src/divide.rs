@@ -38,10 +38,9 @@ use core::ops::{Div, Rem};
 pub(crate) struct Divisor {
     /// `⌈2^128 / d⌉`, or 0 when `d` is a power of two.
     multiplier: u128,
-    /// The divisor itself.
+    /// The divisor itself (its trailing zeros are the shift for a power of
+    /// two: no third field, so two divisors stay as small as they were).
     divisor: u64,
-    /// `log2(d)` when `d` is a power of two (unused otherwise).
-    shift: u32,
 }
 
 impl Divisor {
@@ -57,15 +56,13 @@ impl Divisor {
             Divisor {
                 multiplier: 0,
                 divisor,
-                shift: divisor.trailing_zeros(),
             }
         } else {
             // ⌈2^128 / d⌉ = ⌊(2^128 - 1) / d⌋ + 1 when d does not divide
             // 2^128, which holds for every d that is not a power of two.
             Divisor {
-                multiplier: u128::MAX / divisor as u128 + 1,
+                multiplier: all_ones_divided_by(divisor) + 1,
                 divisor,
-                shift: 0,
             }
         }
     }
@@ -80,7 +77,7 @@ impl Divisor {
     #[inline]
     pub(crate) const fn quotient(self, n: u64) -> u64 {
         if self.multiplier == 0 {
-            return n >> self.shift;
+            return n >> self.divisor.trailing_zeros();
         }
         let n = n as u128;
         let lo = (self.multiplier as u64 as u128 * n) >> 64;
@@ -93,6 +90,31 @@ impl Divisor {
     pub(crate) const fn remainder(self, n: u64) -> u64 {
         n - self.quotient(n) * self.divisor
     }
+}
+
+/// `⌊(2^128 - 1) / d⌋` for a nonzero `d`, by binary long division with
+/// 64-bit operations only: `u128 / u128` is a large library routine on
+/// 32-bit targets (about 2 KB of `thumbv7em` code), and this runs once per
+/// configuration, never per request.
+const fn all_ones_divided_by(d: u64) -> u128 {
+    let mut quotient: u128 = 0;
+    // Invariant: remainder < d.
+    let mut remainder: u64 = 0;
+    let mut bit = 0;
+    while bit < 128 {
+        // Bring down the next dividend bit (every one is 1): the partial
+        // remainder 2r + 1 < 2d may need 65 bits, its top bit in `carry`.
+        let carry = remainder >> 63;
+        remainder = (remainder << 1) | 1;
+        quotient <<= 1;
+        if carry == 1 || remainder >= d {
+            // 2r + 1 - d < d fits 64 bits, so the wrapped difference is exact.
+            remainder = remainder.wrapping_sub(d);
+            quotient |= 1;
+        }
+        bit += 1;
+    }
+    quotient
 }
 
 impl Div<Divisor> for u64 {
@@ -205,8 +227,20 @@ mod tests {
         assert_eq!(Divisor::new(3).multiplier.wrapping_mul(3), 2);
         // A power of two is a shift.
         assert_eq!(Divisor::new(1 << 20).multiplier, 0);
-        assert_eq!(Divisor::new(1 << 20).shift, 20);
-        assert_eq!(Divisor::new(1).shift, 0);
+    }
+
+    #[test]
+    fn long_division_of_all_ones_matches_u128_division() {
+        for d in edge_divisors()
+            .into_iter()
+            .step_by(if cfg!(miri) { 11 } else { 1 })
+        {
+            assert_eq!(
+                super::all_ones_divided_by(d),
+                u128::MAX / u128::from(d),
+                "d = {d}"
+            );
+        }
     }
 
     #[test]
@@ -226,6 +260,7 @@ mod tests {
         #[test]
         fn random_divisor_and_dividend(d in 1..=u64::MAX, n in any::<u64>()) {
             check(d, n);
+            prop_assert_eq!(super::all_ones_divided_by(d), u128::MAX / u128::from(d));
         }
 
         #[test]
