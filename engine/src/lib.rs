@@ -33,6 +33,9 @@
 //!   per-thread stripe assignment and `std::error::Error` impls.
 //! - `quanta`: implies `std`; adds the fast clocks `time::TscClock` and
 //!   `time::RecentClock` (over the `quanta` crate).
+//! - `foldhash`: implies `std`; the keyed rate limiter's default hasher
+//!   (`rate::DefaultHashBuilder`) becomes foldhash instead of `std`'s
+//!   SipHash.
 //!
 //! Invariants, and the tests that check each, are listed in
 //! `docs/guarantees.md`.
@@ -50,6 +53,7 @@ pub mod breaker;
 pub mod bulkhead;
 #[cfg(feature = "std")]
 pub mod config_cell;
+mod divide;
 mod error;
 pub mod events;
 pub mod latency;

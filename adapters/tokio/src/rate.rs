@@ -40,7 +40,7 @@ use std::task::{Context, Poll};
 use pin_project_lite::pin_project;
 use tenlives_engine::breaker::Outcome;
 use tenlives_engine::events::{EventSink, NoSink};
-use tenlives_engine::rate::{KeyedRateLimiter, RateLimiter};
+use tenlives_engine::rate::{DefaultHashBuilder, KeyedRateLimiter, RateLimiter};
 use tenlives_engine::time::{Clock, Timestamp};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -94,7 +94,7 @@ pub type RateLimitService<S, K = DefaultClassifier, Snk = NoSink> =
 /// A layer giving each key its own rate limit; the key comes from the
 /// request through `extract`. Clones share one table.
 #[derive(Clone, Debug)]
-pub struct KeyedRateLimitLayer<Key, F, H = foldhash::fast::RandomState, Snk: EventSink = NoSink> {
+pub struct KeyedRateLimitLayer<Key, F, H = DefaultHashBuilder, Snk: EventSink = NoSink> {
     limiter: KeyedRateLimiter<Key, H, Snk>,
     extract: F,
     clock: TokioClock,

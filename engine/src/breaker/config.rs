@@ -4,7 +4,7 @@
 
 use core::time::Duration;
 
-use strength_reduce::StrengthReducedU64;
+use crate::divide::Divisor;
 
 use super::TripReason;
 use crate::error::ConfigError;
@@ -355,7 +355,7 @@ pub(crate) enum WindowKind {
     /// Exactly the last `calls` calls (`ring.rs`).
     Count { calls: u32 },
     /// Buckets of a fixed length; the bucket index is `now / length`.
-    Time { bucket: StrengthReducedU64 },
+    Time { bucket: Divisor },
 }
 
 /// A validated window.
@@ -365,7 +365,7 @@ pub(crate) struct Window {
     /// Buckets of a time window; 1 for a count window.
     pub(crate) buckets: u32,
     /// `buckets` as a divisor without a `div` instruction (slot = epoch % buckets).
-    pub(crate) buckets_divisor: StrengthReducedU64,
+    pub(crate) buckets_divisor: Divisor,
     pub(crate) spec: WindowSpec,
 }
 
@@ -377,7 +377,7 @@ impl Window {
                 return Ok(Window {
                     kind: WindowKind::Count { calls },
                     buckets: 1,
-                    buckets_divisor: StrengthReducedU64::new(1),
+                    buckets_divisor: Divisor::new(1),
                     spec,
                 });
             }
@@ -400,10 +400,10 @@ impl Window {
         }
         Ok(Window {
             kind: WindowKind::Time {
-                bucket: StrengthReducedU64::new(length / u64::from(buckets)),
+                bucket: Divisor::new(length / u64::from(buckets)),
             },
             buckets,
-            buckets_divisor: StrengthReducedU64::new(buckets.into()),
+            buckets_divisor: Divisor::new(buckets.into()),
             spec,
         })
     }

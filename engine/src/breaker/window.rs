@@ -45,8 +45,8 @@
 //! nobody. On x86-64 a `SeqCst` read-modify-write or load costs the same as a
 //! `Relaxed` one.
 
+use crate::divide::Divisor;
 use crossbeam_utils::CachePadded;
-use strength_reduce::StrengthReducedU64;
 
 use super::config::{MAX_BUCKETS, Window as WindowConfig, WindowKind};
 use super::ring::{CountWindow, Counted};
@@ -307,14 +307,14 @@ impl StripedWindow {
 pub(crate) struct StripedWindow {
     stripes: [CachePadded<Stripe>; STRIPES],
     /// Bucket length in nanoseconds.
-    bucket: StrengthReducedU64,
+    bucket: Divisor,
     buckets: u32,
     /// `buckets` as a divisor without a `div` instruction (slot = epoch % buckets).
-    buckets_divisor: StrengthReducedU64,
+    buckets_divisor: Divisor,
 }
 
 impl StripedWindow {
-    fn new(bucket: StrengthReducedU64, cfg: &WindowConfig) -> Self {
+    fn new(bucket: Divisor, cfg: &WindowConfig) -> Self {
         StripedWindow {
             stripes: core::array::from_fn(|_| CachePadded::new(Stripe::default())),
             bucket,

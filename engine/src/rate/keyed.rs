@@ -64,7 +64,9 @@ use super::gcra::{self, Refusal, State};
 use super::limiter::RateLimiter;
 use super::quota::Quota;
 
+mod hasher;
 mod snapshot;
+pub use hasher::{DefaultHashBuilder, KeyHasher};
 pub use snapshot::KeyedRestore;
 
 /// Cells per bucket: a 64-bit header and fourteen 32-bit cells fill a
@@ -260,7 +262,7 @@ impl<K, H, S: EventSink> Drop for Inner<K, H, S> {
 /// assert!(limiter.check_key(&"bob", now).is_ok());
 /// # Ok::<(), tenlives_engine::ConfigError>(())
 /// ```
-pub struct KeyedRateLimiter<K, H = foldhash::fast::RandomState, S: EventSink = NoSink> {
+pub struct KeyedRateLimiter<K, H = DefaultHashBuilder, S: EventSink = NoSink> {
     inner: Arc<Inner<K, H, S>>,
 }
 
@@ -289,15 +291,11 @@ impl<K> KeyedRateLimiter<K>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
 {
-    /// A keyed limiter with a randomly seeded hasher, emitting no events.
-    /// Allocates its whole table now.
+    /// A keyed limiter with a randomly seeded hasher
+    /// ([`DefaultHashBuilder`]), emitting no events. Allocates its whole
+    /// table now.
     pub fn new(config: KeyedConfig) -> Self {
-        KeyedRateLimiter::with_hasher_and_sink(
-            config,
-            foldhash::fast::RandomState::default(),
-            NoSink,
-            0,
-        )
+        KeyedRateLimiter::with_hasher_and_sink(config, DefaultHashBuilder::default(), NoSink, 0)
     }
 }
 

@@ -63,6 +63,9 @@ mod quota;
 pub use all::{AllOrNothingError, TokenSource, acquire_all};
 pub use error::{InsufficientCapacity, RateLimitError, RateLimited};
 #[cfg(feature = "std")]
-pub use keyed::{KeyedConfig, KeyedRateLimiter, KeyedRestore, KeyedSource, WhenFull};
+pub use keyed::{
+    DefaultHashBuilder, KeyHasher, KeyedConfig, KeyedRateLimiter, KeyedRestore, KeyedSource,
+    WhenFull,
+};
 pub use limiter::{RATE_SNAPSHOT_MAX, RateLimiter, Reservation};
 pub use quota::Quota;

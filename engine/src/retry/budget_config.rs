@@ -5,7 +5,7 @@
 
 use core::time::Duration;
 
-use strength_reduce::StrengthReducedU64;
+use crate::divide::Divisor;
 
 use crate::error::ConfigError;
 use crate::time::{Timestamp, checked_nanos};
@@ -154,7 +154,7 @@ impl RetryBudgetConfigBuilder {
             reserve,
             min_per_second: self.min_per_second,
             window: self.window,
-            bucket: StrengthReducedU64::new(window_ns / buckets),
+            bucket: Divisor::new(window_ns / buckets),
             buckets,
         })
     }
@@ -169,7 +169,7 @@ pub struct RetryBudgetConfig {
     min_per_second: u32,
     window: Duration,
     /// Bucket length in nanoseconds, as a divisor without a `div`.
-    pub(super) bucket: StrengthReducedU64,
+    pub(super) bucket: Divisor,
     /// Number of buckets, a power of two.
     pub(super) buckets: u64,
 }
