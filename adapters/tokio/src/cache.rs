@@ -90,6 +90,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::clock::TokioClock;
+use crate::span::{CallSpan, call_span};
 
 /// Bytes an entry costs beyond what the weigher counts: the entry record and
 /// moka's bookkeeping (an estimate: moka keeps a node, a deque link and a
@@ -582,21 +583,27 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
+        let span = call_span!("tenlives.cache", "cache");
         let cache = &self.layer.cache;
         let Some(key) = (self.layer.key_fn)(&req) else {
             bump(&cache.shared.counters.bypassed);
-            return CacheFuture::upstream(self.inner.call(req), None);
+            span.decided("bypass");
+            let upstream = span.in_scope(|| self.inner.call(req));
+            return CacheFuture::upstream(upstream, None, span);
         };
         if let Some(value) = cache.get(&key) {
-            return CacheFuture::hit(value);
+            span.decided("hit");
+            return CacheFuture::hit(value, span);
         }
+        span.decided("miss");
         let store = Store {
             epoch: cache.epoch(),
             key,
             cache: cache.clone(),
             tags_fn: Arc::clone(&self.layer.tags_fn),
         };
-        CacheFuture::upstream(self.inner.call(req), Some(store))
+        let upstream = span.in_scope(|| self.inner.call(req));
+        CacheFuture::upstream(upstream, Some(store), span)
     }
 }
 
@@ -616,23 +623,26 @@ pin_project! {
         upstream: Option<F>,
         hit: Option<V>,
         store: Option<Store<K, V, TF>>,
+        span: CallSpan,
     }
 }
 
 impl<F, K, V, TF> CacheFuture<F, K, V, TF> {
-    fn hit(value: V) -> Self {
+    fn hit(value: V, span: CallSpan) -> Self {
         CacheFuture {
             upstream: None,
             hit: Some(value),
             store: None,
+            span,
         }
     }
 
-    fn upstream(future: F, store: Option<Store<K, V, TF>>) -> Self {
+    fn upstream(future: F, store: Option<Store<K, V, TF>>, span: CallSpan) -> Self {
         CacheFuture {
             upstream: Some(future),
             hit: None,
             store,
+            span,
         }
     }
 }
@@ -656,14 +666,17 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        let _entered = this.span.enter();
         let Some(upstream) = this.upstream.as_pin_mut() else {
             let value = this
                 .hit
                 .take()
                 .expect("CacheFuture polled after completion");
+            this.span.outcome("ok");
             return Poll::Ready(Ok(value));
         };
         let result = std::task::ready!(upstream.poll(cx));
+        this.span.ended(&result);
         if let (Ok(value), Some(store)) = (&result, this.store.take()) {
             let tags = (store.tags_fn)(&store.key, value);
             let cache = &store.cache;

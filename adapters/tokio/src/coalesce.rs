@@ -89,6 +89,8 @@ use std::task::{Context, Poll, Waker};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::span::{CallSpan, call_span};
+
 /// The number of table shards (a power of two): concurrent requests for
 /// different keys rarely meet on one lock.
 const SHARDS: usize = 16;
@@ -400,6 +402,7 @@ where
         // A panic in the key closure, `Hash` or `Eq` below unwinds with
         // nothing taken (at most the shard's lock, whose poisoning is
         // ignored).
+        let span = call_span!("tenlives.coalesce", "coalesce");
         let key = self.key_fn.key(&req);
         let shard_index = self.table.shard_of(&key);
         let mut shard = lock(&self.table.shards[shard_index]);
@@ -412,10 +415,12 @@ where
                 let flight = Arc::clone(flight);
                 drop(st);
                 drop(shard);
+                span.decided("joined");
                 return CoalesceFuture {
                     flight: Some(flight),
                     id,
                     slot: None,
+                    span,
                 };
             }
             // A finished flight whose entry is still there: replaced below.
@@ -442,13 +447,15 @@ where
             flight: &flight,
             leaves: true,
         };
-        let future = self.inner.call(req);
+        span.decided("led");
+        let future = span.in_scope(|| self.inner.call(req));
         std::mem::forget(guard);
         *lock(&flight.future) = Some(future);
         CoalesceFuture {
             flight: Some(flight),
             id: LEADER,
             slot: None,
+            span,
         }
     }
 }
@@ -468,6 +475,7 @@ pub struct CoalesceFuture<K: Hash + Eq, F, Res, E> {
     id: u64,
     /// Where this caller's waker is registered: (slots epoch, index).
     slot: Option<(u64, usize)>,
+    span: CallSpan,
 }
 
 impl<K: Hash + Eq, F, Res, E> fmt::Debug for CoalesceFuture<K, F, Res, E> {
@@ -529,7 +537,13 @@ where
     type Output = Result<Res, CoalesceError<E>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let CoalesceFuture { flight, id, slot } = &mut *self;
+        let CoalesceFuture {
+            flight,
+            id,
+            slot,
+            span,
+        } = &mut *self;
+        let _entered = span.enter();
         let out = match flight.as_ref() {
             None => panic!("CoalesceFuture polled after completion"),
             Some(flight) => match drive(flight, *id, slot, cx) {
@@ -538,6 +552,7 @@ where
             },
         };
         *flight = None;
+        span.ended(&out);
         Poll::Ready(out)
     }
 }

@@ -77,6 +77,7 @@ use tower_service::Service;
 
 use crate::clock::TokioClock;
 use crate::error::{Rejection, RejectionReason, TenlivesError};
+use crate::span::{CallSpan, call_span};
 use crate::wheel::Timers;
 
 /// The time a request has left, as a request extension: read first by
@@ -276,23 +277,30 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let span = call_span!("tenlives.deadline", "deadline");
         let layer = &self.layer;
         let budget = match (layer.remaining(&req), layer.max) {
             (Some(left), Some(max)) => Some(left.min(max)),
             (left, max) => left.or(max),
         };
         let Some(budget) = budget else {
-            return DeadlineFuture::untimed(self.inner.call(req));
+            span.admitted();
+            let inner = span.in_scope(|| self.inner.call(req));
+            return DeadlineFuture::untimed(inner, span);
         };
+        span.budget(budget);
         if budget < layer.min {
-            return DeadlineFuture::refused(Rejection::new(
+            let rejection = Rejection::new(
                 RejectionReason::DeadlineTooShort {
                     remaining: budget,
                     needed: layer.min,
                 },
                 None,
-            ));
+            );
+            span.rejected(&rejection);
+            return DeadlineFuture::refused(rejection, span);
         }
+        span.admitted();
         req.extensions_mut().insert(RemainingBudget(budget));
         let mut buf = [0u8; 9];
         if let Ok(value) = HeaderValue::from_bytes(format_grpc_timeout(budget, &mut buf)) {
@@ -306,8 +314,9 @@ where
         }
         let at = layer.clock.now().saturating_add(budget);
         let timers = Some(layer.timers.clone());
+        let inner = span.in_scope(|| self.inner.call(req));
         DeadlineFuture {
-            inner: Some(self.inner.call(req)),
+            inner: Some(inner),
             fallback: None,
             alarm: Alarm {
                 timers,
@@ -316,6 +325,7 @@ where
             at,
             budget,
             refused: None,
+            span,
         }
     }
 }
@@ -347,6 +357,7 @@ pin_project! {
         at: Timestamp,
         budget: Duration,
         refused: Option<Rejection>,
+        span: CallSpan,
     }
 }
 
@@ -360,7 +371,7 @@ impl<F> fmt::Debug for DeadlineFuture<F> {
 }
 
 impl<F> DeadlineFuture<F> {
-    fn untimed(inner: F) -> Self {
+    fn untimed(inner: F, span: CallSpan) -> Self {
         DeadlineFuture {
             inner: Some(inner),
             fallback: None,
@@ -371,10 +382,11 @@ impl<F> DeadlineFuture<F> {
             at: Timestamp::MAX,
             budget: Duration::MAX,
             refused: None,
+            span,
         }
     }
 
-    fn refused(rejection: Rejection) -> Self {
+    fn refused(rejection: Rejection, span: CallSpan) -> Self {
         DeadlineFuture {
             inner: None,
             fallback: None,
@@ -385,6 +397,7 @@ impl<F> DeadlineFuture<F> {
             at: Timestamp::ZERO,
             budget: Duration::ZERO,
             refused: Some(rejection),
+            span,
         }
     }
 }
@@ -397,10 +410,12 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let _entered = this.span.enter();
         let Some(inner) = this.inner.as_mut().as_pin_mut() else {
             return crate::error::take_rejection(this.refused);
         };
         if let Poll::Ready(result) = inner.poll(cx) {
+            this.span.ended(&result);
             this.inner.set(None);
             if let (Some(timers), Some(_)) = (&this.alarm.timers, &this.alarm.entry) {
                 timers.clear(&mut this.alarm.entry, this.fallback);
@@ -419,6 +434,7 @@ where
         this.inner.set(None);
         timers.clear(&mut alarm.entry, this.fallback);
         *this.refused = None;
+        this.span.outcome("timed_out");
         Poll::Ready(Err(TenlivesError::TimedOut {
             after: *this.budget,
         }))

@@ -54,6 +54,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::error::TenlivesError;
+use crate::span::{CallSpan, call_span};
 
 /// Which errors the fallback answers for.
 ///
@@ -62,6 +63,15 @@ use crate::error::TenlivesError;
 pub trait FallbackWhen<Err> {
     /// Whether the fallback answers instead of returning `error`.
     fn selects(&self, error: &Err) -> bool;
+
+    /// What kind of failure `error` is, for the `reason` of the layer's
+    /// `tracing` span (feature `tracing`) when the fallback answers for it:
+    /// [`On`] says `rejected`, `timed_out`, `injected` or `failure`; the
+    /// default, `failure`.
+    fn reason(&self, error: &Err) -> &'static str {
+        let _ = error;
+        "failure"
+    }
 }
 
 impl<Err, F: Fn(&Err) -> bool> FallbackWhen<Err> for F {
@@ -147,6 +157,15 @@ impl<E> FallbackWhen<TenlivesError<E>> for On<E> {
             TenlivesError::TimedOut { .. } => self.timeouts,
             TenlivesError::Injected(_) => self.injected,
             TenlivesError::Inner(e) => self.failures.is_some_and(|f| f(e)),
+        }
+    }
+
+    fn reason(&self, error: &TenlivesError<E>) -> &'static str {
+        match error {
+            TenlivesError::Rejected(_) => "rejected",
+            TenlivesError::TimedOut { .. } => "timed_out",
+            TenlivesError::Injected(_) => "injected",
+            TenlivesError::Inner(_) => "failure",
         }
     }
 }
@@ -370,13 +389,16 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
+        let span = call_span!("tenlives.fallback", "fallback");
         let kept = self.shared.fallback.keep(&req);
+        let future = span.in_scope(|| self.inner.call(req));
         FallbackFuture {
             state: State::Primary {
-                future: self.inner.call(req),
+                future,
                 kept: Some(kept),
             },
             shared: Arc::clone(&self.shared),
+            span,
         }
     }
 }
@@ -397,6 +419,7 @@ pin_project! {
         #[pin]
         state: State<P, F::Kept, F::Future>,
         shared: Arc<Shared<W, F>>,
+        span: CallSpan,
     }
 }
 
@@ -418,15 +441,23 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let span = &*this.span;
+        let _entered = span.enter();
         loop {
             match this.state.as_mut().project() {
                 StateProj::Primary { future, kept } => {
                     let error = match std::task::ready!(future.poll(cx)) {
-                        Ok(response) => return Poll::Ready(Ok(response)),
+                        Ok(response) => {
+                            span.decided("primary");
+                            span.outcome("ok");
+                            return Poll::Ready(Ok(response));
+                        }
                         Err(error) => error,
                     };
                     let shared = &**this.shared;
                     if !shared.when.selects(&error) {
+                        span.decided("primary");
+                        span.outcome("error");
                         return Poll::Ready(Err(error));
                     }
                     let Some(kept) = kept.take() else {
@@ -436,10 +467,16 @@ where
                     };
                     // ordering: Relaxed; a statistic.
                     shared.taken.fetch_add(1, Ordering::Relaxed);
+                    span.decided("fallback");
+                    span.reason(shared.when.reason(&error));
                     let future = shared.fallback.fallback(kept, error);
                     this.state.set(State::Fallback { future });
                 }
-                StateProj::Fallback { future } => return future.poll(cx),
+                StateProj::Fallback { future } => {
+                    let result = std::task::ready!(future.poll(cx));
+                    span.ended(&result);
+                    return Poll::Ready(result);
+                }
             }
         }
     }

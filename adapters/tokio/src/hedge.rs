@@ -90,6 +90,7 @@ use tower_service::Service;
 
 use crate::clock::TokioClock;
 use crate::retry::{RetryLayer, RetryPolicy};
+use crate::span::{CallSpan, call_span};
 use crate::stack::StackLayer;
 use crate::wheel::Timers;
 
@@ -457,6 +458,7 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
+        let span = call_span!("tenlives.hedge", "hedge");
         let shared = &*self.shared;
         let hedged = K > 1 && (shared.idempotent)(&req);
         // The clones first: one that panics leaves no deposit without a call.
@@ -465,7 +467,7 @@ where
         shared.budget.deposit(now);
         // ordering: Relaxed; a statistic.
         shared.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let first = self.inner.call(req);
+        let first = span.in_scope(|| self.inner.call(req));
         let mut attempts: [Option<S::Future>; K] = std::array::from_fn(|_| None);
         attempts[0] = Some(first);
         let delay = shared.delay.current();
@@ -488,6 +490,7 @@ where
             sent: 1,
             in_flight: 1,
             failure: None,
+            span,
         }
     }
 }
@@ -540,6 +543,7 @@ pub struct HedgeFuture<S: Service<Req>, Req, B, I, P, const K: usize> {
     sent: usize,
     in_flight: usize,
     failure: Option<Result<S::Response, S::Error>>,
+    span: CallSpan,
 }
 
 impl<S: Service<Req>, Req, B, I, P, const K: usize> fmt::Debug for HedgeFuture<S, Req, B, I, P, K> {
@@ -569,6 +573,8 @@ where
         // implemented by `Held` only, which touches neither. Every other
         // field is never pinned and may be moved freely.
         let this = unsafe { self.get_unchecked_mut() };
+        // Exited before `finish`, which needs the whole future.
+        let entered = this.span.enter();
         loop {
             for i in 0..this.sent.min(K) {
                 // SAFETY: see above; slot `i` of the pinned array.
@@ -582,14 +588,18 @@ where
                 slot.set(None);
                 this.in_flight -= 1;
                 if this.held.shared.success.is_success(&result) {
+                    drop(entered);
                     this.finish(i);
+                    this.span.ended(&result);
                     return Poll::Ready(result);
                 }
                 this.failure = Some(result);
             }
             if this.in_flight == 0 {
+                drop(entered);
                 this.finish(usize::MAX);
                 if let Some(failure) = this.failure.take() {
+                    this.span.ended(&failure);
                     return Poll::Ready(failure);
                 }
                 // Polled after completion: the caller's bug; stay pending.
@@ -640,7 +650,7 @@ where
                             // the withdrawal it spent.
                             shared.counters.hedges.fetch_add(1, Ordering::Relaxed);
                             // Withdrawn: the call follows with no await between.
-                            let future = service.call(request.clone());
+                            let future = this.span.in_scope(|| service.call(request.clone()));
                             let i = this.sent;
                             // SAFETY: see above; slot `i` is `None` (never sent).
                             unsafe { Pin::new_unchecked(&mut this.attempts[i]) }.set(Some(future));
@@ -676,6 +686,13 @@ impl<S: Service<Req>, Req, B, I, P, const K: usize> HedgeFuture<S, Req, B, I, P,
         let fallback = unsafe { Pin::new_unchecked(&mut self.fallback) };
         let shared = &*self.held.shared;
         shared.timers.clear(&mut self.held.alarm, fallback);
+        self.span.decided(if self.sent > 1 {
+            "hedged"
+        } else {
+            "not_hedged"
+        });
+        self.span
+            .attempts(u32::try_from(self.sent).unwrap_or(u32::MAX));
         if winner == usize::MAX {
             return;
         }

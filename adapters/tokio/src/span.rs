@@ -63,6 +63,7 @@ macro_rules! call_span {
                 retry_after_ms = ::tracing::field::Empty,
                 wait_ms = ::tracing::field::Empty,
                 attempts = ::tracing::field::Empty,
+                budget_ms = ::tracing::field::Empty,
                 outcome = ::tracing::field::Empty,
             ))
         }
@@ -135,9 +136,16 @@ pub(crate) struct WaitStart;
 /// A guard keeping a [`CallSpan`] entered while a response future is polled.
 #[cfg(feature = "tracing")]
 pub(crate) type Entered<'a> = Option<tracing::span::Entered<'a>>;
-/// Nothing to exit.
+/// Nothing to exit: zero-sized, and not `Copy`, so that a layer may end it
+/// early with `drop` as it would the real guard.
 #[cfg(not(feature = "tracing"))]
-pub(crate) type Entered<'a> = core::marker::PhantomData<&'a ()>;
+pub(crate) struct Entered<'a>(core::marker::PhantomData<&'a ()>);
+
+#[cfg(not(feature = "tracing"))]
+impl Drop for Entered<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {}
+}
 
 #[cfg(not(feature = "tracing"))]
 impl CallSpan {
@@ -146,7 +154,7 @@ impl CallSpan {
 
     #[inline(always)]
     pub(crate) fn enter(&self) -> Entered<'_> {
-        core::marker::PhantomData
+        Entered(core::marker::PhantomData)
     }
 
     #[inline(always)]
@@ -164,6 +172,9 @@ impl CallSpan {
     pub(crate) fn rejected(&self, _rejection: &crate::error::Rejection) {}
 
     #[inline(always)]
+    pub(crate) fn reason(&self, _reason: &'static str) {}
+
+    #[inline(always)]
     pub(crate) fn classified(&self, _outcome: tenlives_engine::breaker::Outcome) {}
 
     #[inline(always)]
@@ -174,6 +185,10 @@ impl CallSpan {
 
     #[inline(always)]
     pub(crate) fn attempts(&self, _attempts: u32) {}
+
+    #[cfg(feature = "http")]
+    #[inline(always)]
+    pub(crate) fn budget(&self, _budget: std::time::Duration) {}
 
     #[inline(always)]
     pub(crate) fn wait_start(&self) -> WaitStart {
@@ -244,6 +259,14 @@ impl CallSpan {
         }
     }
 
+    /// Why a fallback answered: what kind of failure it answered for.
+    #[inline(always)]
+    pub(crate) fn reason(&self, reason: &'static str) {
+        if let Some(span) = &self.span {
+            record_str(span, "reason", reason);
+        }
+    }
+
     /// The call ended, classified as `outcome`.
     #[inline(always)]
     pub(crate) fn classified(&self, outcome: Outcome) {
@@ -274,6 +297,15 @@ impl CallSpan {
     pub(crate) fn attempts(&self, attempts: u32) {
         if let Some(span) = &self.span {
             record_u64(span, "attempts", u64::from(attempts));
+        }
+    }
+
+    /// The time a deadline layer gives the call.
+    #[cfg(feature = "http")]
+    #[inline(always)]
+    pub(crate) fn budget(&self, budget: Duration) {
+        if let Some(span) = &self.span {
+            record_u64(span, "budget_ms", millis(budget));
         }
     }
 
@@ -342,3 +374,9 @@ fn outcome_label(outcome: Outcome) -> &'static str {
         Outcome::Ignored => "ignored",
     }
 }
+
+// Without the feature, a call's span costs no byte in any response future.
+#[cfg(not(feature = "tracing"))]
+const _: () = assert!(core::mem::size_of::<CallSpan>() == 0);
+#[cfg(not(feature = "tracing"))]
+const _: () = assert!(core::mem::size_of::<Entered<'static>>() == 0);

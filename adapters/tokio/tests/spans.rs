@@ -334,3 +334,207 @@ async fn a_cancelled_call_closes_its_span_without_an_outcome() {
     assert_eq!(span.get("decision"), Some("admitted"));
     assert_eq!(span.get("outcome"), None);
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn fallback_span_says_whether_the_fallback_answered_and_why() {
+    use tenlives_tokio::TenlivesError;
+    use tenlives_tokio::fallback::{FallbackLayer, FallbackValue, On};
+
+    let (capture, _guard) = capture();
+    let layer = FallbackLayer::new(
+        On::timeouts(),
+        FallbackValue::new(|_: TenlivesError<&'static str>| Ok::<u32, _>(0)),
+    );
+    let mut svc = layer.layer(
+        TimeoutLayer::new(Duration::from_millis(10)).layer(service_fn(|slow: bool| async move {
+            tracing::info!("inside the call");
+            if slow {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Ok::<u32, &'static str>(7)
+        })),
+    );
+    assert_eq!(svc.ready().await.unwrap().call(false).await.unwrap(), 7);
+    let spans = capture.take();
+    let primary = spans
+        .iter()
+        .find(|s| s.name == "tenlives.fallback")
+        .unwrap();
+    assert_eq!(primary.get("policy"), Some("fallback"));
+    assert_eq!(primary.get("decision"), Some("primary"));
+    assert_eq!(primary.get("reason"), None);
+    assert_eq!(primary.get("outcome"), Some("ok"));
+
+    assert_eq!(svc.ready().await.unwrap().call(true).await.unwrap(), 0);
+    let spans = capture.take();
+    let taken = spans
+        .iter()
+        .find(|s| s.name == "tenlives.fallback")
+        .unwrap();
+    assert_eq!(taken.get("decision"), Some("fallback"));
+    assert_eq!(taken.get("reason"), Some("timed_out"));
+    assert_eq!(taken.get("outcome"), Some("ok"));
+    // The timeout's span is opened inside the fallback's, and the call's
+    // event inside the timeout's.
+    let timeout = spans.iter().find(|s| s.name == "tenlives.timeout").unwrap();
+    assert_eq!(timeout.get("outcome"), Some("timed_out"));
+    assert_eq!(timeout.events, ["inside the call"]);
+}
+
+#[cfg(feature = "http")]
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn deadline_span_records_the_budget_and_a_refusal() {
+    use tenlives_tokio::deadline::DeadlineLayer;
+
+    let (capture, _guard) = capture();
+    let layer = DeadlineLayer::new().min(Duration::from_millis(20));
+    let mut svc = layer.layer(service_fn(|_: http::Request<()>| async {
+        tracing::info!("inside the call");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok::<(), std::io::Error>(())
+    }));
+    let request = |timeout: &str| {
+        http::Request::builder()
+            .header("grpc-timeout", timeout)
+            .body(())
+            .unwrap()
+    };
+    assert!(svc.ready().await.unwrap().call(request("2S")).await.is_ok());
+    let span = only(capture.take());
+    assert_eq!(span.name, "tenlives.deadline");
+    assert_eq!(span.get("policy"), Some("deadline"));
+    assert_eq!(span.get("decision"), Some("admitted"));
+    assert_eq!(span.get("budget_ms"), Some("2000"));
+    assert_eq!(span.get("outcome"), Some("ok"));
+    assert_eq!(span.events, ["inside the call"]);
+
+    assert!(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(request("100m"))
+            .await
+            .is_err()
+    );
+    let span = only(capture.take());
+    assert_eq!(span.get("budget_ms"), Some("100"));
+    assert_eq!(span.get("outcome"), Some("timed_out"));
+
+    assert!(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(request("5m"))
+            .await
+            .is_err()
+    );
+    let span = only(capture.take());
+    assert_eq!(span.get("decision"), Some("rejected"));
+    assert_eq!(span.get("budget_ms"), Some("5"));
+    assert!(span.get("reason").unwrap().starts_with("DeadlineTooShort"));
+    assert!(span.events.is_empty());
+}
+
+#[cfg(feature = "cache")]
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn cache_span_says_hit_miss_or_bypass() {
+    use tenlives_tokio::cache::ResponseCache;
+
+    let (capture, _guard) = capture();
+    let cache = ResponseCache::<u32, String>::builder(Duration::from_secs(60), 1 << 20).build();
+    let mut svc = cache
+        .layer(
+            |r: &u32| (*r != 0).then_some(*r),
+            |_: &u32, _: &String| Vec::new(),
+        )
+        .layer(service_fn(|r: u32| async move {
+            tracing::info!("inside the call");
+            Ok::<_, ()>(format!("v{r}"))
+        }));
+    let mut decisions = Vec::new();
+    for req in [1, 1, 0] {
+        assert_eq!(
+            svc.ready().await.unwrap().call(req).await.unwrap(),
+            format!("v{req}")
+        );
+        let span = only(capture.take());
+        assert_eq!(span.name, "tenlives.cache");
+        assert_eq!(span.get("policy"), Some("cache"));
+        assert_eq!(span.get("outcome"), Some("ok"));
+        let inside = if span.get("decision") == Some("hit") {
+            0
+        } else {
+            1
+        };
+        assert_eq!(span.events.len(), inside, "{span:?}");
+        decisions.push(span.get("decision").unwrap().to_owned());
+    }
+    assert_eq!(decisions, ["miss", "hit", "bypass"]);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn coalesce_span_says_who_led_and_who_joined() {
+    use tenlives_tokio::CoalesceLayer;
+
+    let (capture, _guard) = capture();
+    let svc = CoalesceLayer::new(|r: &u32| *r).layer(service_fn(|r: u32| async move {
+        tracing::info!("inside the call");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        Ok::<_, ()>(r * 2)
+    }));
+    let (a, b) = tokio::join!(svc.clone().oneshot(4), svc.clone().oneshot(4));
+    assert_eq!((a.unwrap(), b.unwrap()), (8, 8));
+    let spans = capture.take();
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    let mut decisions: Vec<_> = spans.iter().map(|s| s.get("decision").unwrap()).collect();
+    decisions.sort_unstable();
+    assert_eq!(decisions, ["joined", "led"]);
+    for span in &spans {
+        assert_eq!(span.name, "tenlives.coalesce");
+        assert_eq!(span.get("policy"), Some("coalesce"));
+        assert_eq!(span.get("outcome"), Some("ok"));
+    }
+    let leader = spans
+        .iter()
+        .find(|s| s.get("decision") == Some("led"))
+        .unwrap();
+    assert_eq!(leader.events, ["inside the call"]);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn hedge_span_counts_the_attempts() {
+    use tenlives_tokio::hedge::{HedgeDelay, HedgeLayer, HedgePolicy};
+
+    let (capture, _guard) = capture();
+    let layer = HedgeLayer::new(HedgePolicy::new(
+        HedgeDelay::fixed(Duration::from_millis(50)),
+        Arc::new(RetryBudget::new(RetryBudgetConfig::default())),
+        |_: &u32| true,
+    ));
+    let calls = Arc::new(AtomicU32::new(0));
+    let mut svc = layer.layer(service_fn(move |ms: u32| {
+        let n = calls.fetch_add(1, Ordering::SeqCst);
+        async move {
+            tracing::info!("inside the call");
+            // The first attempt of a slow request is slower than its hedge.
+            let ms = if n == 1 { ms / 10 } else { ms };
+            tokio::time::sleep(Duration::from_millis(u64::from(ms))).await;
+            Ok::<_, ()>(ms)
+        }
+    }));
+    assert_eq!(svc.ready().await.unwrap().call(10).await.unwrap(), 10);
+    let span = only(capture.take());
+    assert_eq!(span.name, "tenlives.hedge");
+    assert_eq!(span.get("policy"), Some("hedge"));
+    assert_eq!(span.get("decision"), Some("not_hedged"));
+    assert_eq!(span.get("attempts"), Some("1"));
+    assert_eq!(span.get("outcome"), Some("ok"));
+    assert_eq!(span.events, ["inside the call"]);
+
+    assert_eq!(svc.ready().await.unwrap().call(1000).await.unwrap(), 100);
+    let span = only(capture.take());
+    assert_eq!(span.get("decision"), Some("hedged"));
+    assert_eq!(span.get("attempts"), Some("2"));
+    assert_eq!(span.get("outcome"), Some("ok"));
+    assert_eq!(span.events, ["inside the call", "inside the call"]);
+}
