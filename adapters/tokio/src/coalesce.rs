@@ -478,6 +478,14 @@ pub struct CoalesceFuture<K: Hash + Eq, F, Res, E> {
     span: CallSpan,
 }
 
+impl<K: Hash + Eq, F, Res, E> CoalesceFuture<K, F, Res, E> {
+    /// Whether this caller made the call (the others joined it).
+    #[cfg(feature = "tracing")]
+    pub(crate) fn led(&self) -> bool {
+        self.id == LEADER
+    }
+}
+
 impl<K: Hash + Eq, F, Res, E> fmt::Debug for CoalesceFuture<K, F, Res, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CoalesceFuture")

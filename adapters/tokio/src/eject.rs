@@ -62,6 +62,7 @@ use tower_service::Service;
 use crate::classify::{Classify, DefaultClassifier};
 use crate::clock::TokioClock;
 use crate::error::{Rejection, TenlivesError};
+use crate::span::{CallSpan, call_span};
 
 /// How often an ejected endpoint whose breaker is half-open with every probe
 /// slot taken checks again (the probes' outcomes do not wake it).
@@ -717,19 +718,29 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
+        let span = call_span!("tenlives.eject", "eject");
         let Some(health) = &self.health else {
-            return EjectFuture::running(self.inner.call(req), None);
+            // Past the detector's capacity: not tracked, never ejected.
+            span.decided("untracked");
+            let inner = span.in_scope(|| self.inner.call(req));
+            return EjectFuture::running(inner, None, span);
         };
         let now = health.pool.clock.now();
         match health.breaker.try_acquire_raw(now) {
-            Err(rejected) => EjectFuture::rejected(Rejection::from(rejected)),
+            Err(rejected) => {
+                let rejection = Rejection::from(rejected);
+                span.refused("ejected", &rejection);
+                EjectFuture::rejected(rejection, span)
+            }
             Ok(permit) => {
+                span.admitted();
                 // The permit has its owner before the wrapped service runs.
                 let held = HeldPermit {
                     permit: Some(permit),
                     health: Arc::clone(health),
                 };
-                EjectFuture::running(self.inner.call(req), Some(held))
+                let inner = span.in_scope(|| self.inner.call(req));
+                EjectFuture::running(inner, Some(held), span)
             }
         }
     }
@@ -758,7 +769,8 @@ impl<C> Drop for HeldPermit<C> {
 }
 
 impl<C> HeldPermit<C> {
-    fn report<Res, E>(mut self, result: &Result<Res, E>)
+    /// Records the call's outcome on the endpoint's breaker and returns it.
+    fn report<Res, E>(mut self, result: &Result<Res, E>) -> Outcome
     where
         C: Classify<Res, E>,
     {
@@ -766,7 +778,7 @@ impl<C> HeldPermit<C> {
         // released unreported by the drop.
         let outcome = self.health.pool.classifier.classify(result);
         let Some(permit) = self.permit.take() else {
-            return;
+            return outcome;
         };
         let health = &self.health;
         let now = health.pool.clock.now();
@@ -783,6 +795,7 @@ impl<C> HeldPermit<C> {
             health.after_record(now);
         }
         maybe_evaluate(&health.pool, now);
+        outcome
     }
 }
 
@@ -794,23 +807,26 @@ pin_project! {
         inner: Option<F>,
         held: Option<HeldPermit<C>>,
         rejected: Option<Rejection>,
+        span: CallSpan,
     }
 }
 
 impl<F, C> EjectFuture<F, C> {
-    fn running(inner: F, held: Option<HeldPermit<C>>) -> Self {
+    fn running(inner: F, held: Option<HeldPermit<C>>, span: CallSpan) -> Self {
         EjectFuture {
             inner: Some(inner),
             held,
             rejected: None,
+            span,
         }
     }
 
-    fn rejected(rejection: Rejection) -> Self {
+    fn rejected(rejection: Rejection, span: CallSpan) -> Self {
         EjectFuture {
             inner: None,
             held: None,
             rejected: Some(rejection),
+            span,
         }
     }
 }
@@ -830,6 +846,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        let _entered = this.span.enter();
         let Some(inner) = this.inner.as_pin_mut() else {
             let rejection = this
                 .rejected
@@ -838,8 +855,9 @@ where
             return Poll::Ready(Err(TenlivesError::Rejected(rejection)));
         };
         let result = std::task::ready!(inner.poll(cx));
-        if let Some(held) = this.held.take() {
-            held.report(&result);
+        match this.held.take() {
+            Some(held) => this.span.classified(held.report(&result)),
+            None => this.span.ended(&result),
         }
         Poll::Ready(result.map_err(TenlivesError::Inner))
     }

@@ -61,6 +61,7 @@ use tower_service::Service;
 use crate::clock::TokioClock;
 use crate::error::TenlivesError;
 use crate::retry::ShouldRetry;
+use crate::span::{CallSpan, call_span};
 
 /// `RateLimit`.
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -292,9 +293,11 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
+        let span = call_span!("tenlives.rate_limit_headers", "rate_limit_headers");
         RateLimitHeadersFuture {
-            inner: self.inner.call(req),
+            inner: span.in_scope(|| self.inner.call(req)),
             shared: Arc::clone(&self.shared),
+            span,
         }
     }
 }
@@ -306,6 +309,7 @@ pin_project! {
         #[pin]
         inner: F,
         shared: Arc<HeadersShared<Snk>>,
+        span: CallSpan,
     }
 }
 
@@ -319,7 +323,9 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        let _entered = this.span.enter();
         let mut result = std::task::ready!(this.inner.poll(cx));
+        this.span.ended(&result);
         if let Ok(response) = &mut result {
             let shared = &**this.shared;
             insert_rate_limit(

@@ -142,6 +142,7 @@ use tower_service::Service;
 
 use crate::clock::TokioClock;
 use crate::coalesce::{CoalesceError, CoalesceFuture, CoalesceLayer, CoalesceService};
+use crate::span::{CallSpan, call_span};
 
 /// The error of an idempotent call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -688,21 +689,35 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
+        let span = call_span!("tenlives.idempotency", "idempotency");
         // A panic in the key closure unwinds with nothing taken.
         let key = match (self.key_fn)(&req) {
             Some(key) => {
                 if let Some(response) = self.shared.get(&key) {
+                    span.decided("replayed");
                     return IdempotencyFuture {
                         state: State::Replay(Some(response)),
+                        span,
                     };
                 }
                 FlightKey::Keyed(key)
             }
-            // ordering: Relaxed; only uniqueness matters.
-            None => FlightKey::Unique(self.shared.unique.fetch_add(1, Ordering::Relaxed)),
+            None => {
+                span.decided("unkeyed");
+                // ordering: Relaxed; only uniqueness matters.
+                FlightKey::Unique(self.shared.unique.fetch_add(1, Ordering::Relaxed))
+            }
         };
+        #[cfg(feature = "tracing")]
+        let keyed = matches!(key, FlightKey::Keyed(_));
+        let flight = span.in_scope(|| self.flights.call(Keyed { key, req }));
+        #[cfg(feature = "tracing")]
+        if keyed {
+            span.decided(if flight.led() { "led" } else { "joined" });
+        }
         IdempotencyFuture {
-            state: State::Flight(self.flights.call(Keyed { key, req })),
+            state: State::Flight(flight),
+            span,
         }
     }
 }
@@ -728,6 +743,7 @@ enum State<K: Hash + Eq, F, R, E> {
 /// to the duplicates waiting on it (or cancels it if none is left).
 pub struct IdempotencyFuture<K: Hash + Eq, F, R, E> {
     state: State<K, F, R, E>,
+    span: CallSpan,
 }
 
 impl<K: Hash + Eq, F, R, E> fmt::Debug for IdempotencyFuture<K, F, R, E> {
@@ -753,9 +769,13 @@ where
     type Output = Result<R, IdempotencyError<E>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.state {
-            State::Replay(r) => Poll::Ready(Ok(r.take().expect("polled after completion"))),
-            State::Flight(f) => Pin::new(f).poll(cx).map_err(map_err),
-        }
+        let IdempotencyFuture { state, span } = &mut *self;
+        let _entered = span.enter();
+        let result = match state {
+            State::Replay(r) => Ok(r.take().expect("polled after completion")),
+            State::Flight(f) => std::task::ready!(Pin::new(f).poll(cx)).map_err(map_err),
+        };
+        span.ended(&result);
+        Poll::Ready(result)
     }
 }

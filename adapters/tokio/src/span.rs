@@ -172,6 +172,9 @@ impl CallSpan {
     pub(crate) fn rejected(&self, _rejection: &crate::error::Rejection) {}
 
     #[inline(always)]
+    pub(crate) fn refused(&self, _decision: &'static str, _rejection: &crate::error::Rejection) {}
+
+    #[inline(always)]
     pub(crate) fn reason(&self, _reason: &'static str) {}
 
     #[inline(always)]
@@ -254,8 +257,14 @@ impl CallSpan {
     /// The policy refused the call.
     #[inline(always)]
     pub(crate) fn rejected(&self, rejection: &Rejection) {
+        self.refused("rejected", rejection);
+    }
+
+    /// The policy refused the call, as `decision` (`ejected`, say).
+    #[inline(always)]
+    pub(crate) fn refused(&self, decision: &'static str, rejection: &Rejection) {
         if let Some(span) = &self.span {
-            record_rejection(span, rejection);
+            record_rejection(span, decision, rejection);
         }
     }
 
@@ -353,8 +362,8 @@ fn record_u64(span: &tracing::Span, field: &'static str, value: u64) {
 #[cfg(feature = "tracing")]
 #[cold]
 #[inline(never)]
-fn record_rejection(span: &tracing::Span, rejection: &Rejection) {
-    span.record("decision", "rejected");
+fn record_rejection(span: &tracing::Span, decision: &'static str, rejection: &Rejection) {
+    span.record("decision", decision);
     span.record("reason", tracing::field::debug(rejection.reason()));
     if let Some(after) = rejection.retry_after() {
         span.record("retry_after_ms", millis(after));

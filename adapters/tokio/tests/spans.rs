@@ -538,3 +538,118 @@ async fn hedge_span_counts_the_attempts() {
     assert_eq!(span.get("outcome"), Some("ok"));
     assert_eq!(span.events, ["inside the call", "inside the call"]);
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn eject_span_says_admitted_ejected_or_untracked() {
+    use tenlives_tokio::eject::{EjectionConfig, OutlierDetector};
+
+    let (capture, _guard) = capture();
+    let breaker = BreakerConfig::builder()
+        .without_failure_rate()
+        .consecutive_failures(1)
+        .open_duration(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    // One endpoint tracked, and it may be ejected.
+    let detector = OutlierDetector::new(EjectionConfig::new(breaker, 100, 1).unwrap());
+    let endpoint = || {
+        service_fn(|fail: bool| async move {
+            tracing::info!("inside the call");
+            if fail { Err("down") } else { Ok(()) }
+        })
+    };
+    let mut a = detector.endpoint(1u32, endpoint());
+    let mut b = detector.endpoint(2u32, endpoint());
+
+    assert!(a.ready().await.unwrap().call(true).await.is_err());
+    let span = only(capture.take());
+    assert_eq!(span.name, "tenlives.eject");
+    assert_eq!(span.get("policy"), Some("eject"));
+    assert_eq!(span.get("decision"), Some("admitted"));
+    assert_eq!(span.get("outcome"), Some("failure"));
+    assert_eq!(span.events, ["inside the call"]);
+    assert_eq!(detector.is_ejected(&1), Some(true));
+
+    // Called without waiting for readiness: the endpoint's breaker refuses.
+    assert!(a.call(false).await.is_err());
+    let span = only(capture.take());
+    assert_eq!(span.get("decision"), Some("ejected"));
+    assert!(span.get("reason").is_some());
+    assert_eq!(span.get("retry_after_ms"), Some("10000"));
+    assert!(span.events.is_empty());
+
+    assert!(b.ready().await.unwrap().call(false).await.is_ok());
+    let span = only(capture.take());
+    assert_eq!(span.get("decision"), Some("untracked"));
+    assert_eq!(span.get("outcome"), Some("ok"));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn idempotency_span_says_led_joined_replayed_or_unkeyed() {
+    use tenlives_tokio::{IdempotencyConfig, IdempotencyLayer, TokioClock};
+
+    let (capture, _guard) = capture();
+    let config =
+        IdempotencyConfig::new(Duration::from_secs(60), 100, 100).clock(TokioClock::runtime());
+    let svc = IdempotencyLayer::new(|r: &u32| (*r != 0).then_some(*r), config).layer(service_fn(
+        |r: u32| async move {
+            tracing::info!("inside the call");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Ok::<_, ()>(r + 1)
+        },
+    ));
+    let (a, b) = tokio::join!(svc.clone().oneshot(4), svc.clone().oneshot(4));
+    assert_eq!((a.unwrap(), b.unwrap()), (5, 5));
+    let spans: Vec<_> = capture
+        .take()
+        .into_iter()
+        .filter(|s| s.name == "tenlives.idempotency")
+        .collect();
+    let mut decisions: Vec<_> = spans.iter().map(|s| s.get("decision").unwrap()).collect();
+    decisions.sort_unstable();
+    assert_eq!(decisions, ["joined", "led"]);
+    for span in &spans {
+        assert_eq!(span.get("policy"), Some("idempotency"));
+        assert_eq!(span.get("outcome"), Some("ok"));
+    }
+
+    for (req, decision) in [(4, "replayed"), (0, "unkeyed")] {
+        assert_eq!(svc.clone().oneshot(req).await.unwrap(), req + 1);
+        let spans = capture.take();
+        let span = spans
+            .iter()
+            .find(|s| s.name == "tenlives.idempotency")
+            .unwrap();
+        assert_eq!(span.get("decision"), Some(decision));
+        assert_eq!(span.get("outcome"), Some("ok"));
+        // A replay makes no call.
+        let calls = spans.iter().map(|s| s.events.len()).sum::<usize>();
+        assert_eq!(calls, usize::from(decision != "replayed"), "{spans:?}");
+    }
+}
+
+#[cfg(feature = "http")]
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn rate_limit_headers_span_wraps_the_call() {
+    use tenlives_tokio::headers::RateLimitHeadersLayer;
+
+    let (capture, _guard) = capture();
+    let limiter = Arc::new(RateLimiter::new(Quota::per_second(100).unwrap()));
+    let mut svc =
+        RateLimitHeadersLayer::new("api", limiter).layer(service_fn(|fail: bool| async move {
+            tracing::info!("inside the call");
+            if fail {
+                Err("down")
+            } else {
+                Ok(http::Response::new(()))
+            }
+        }));
+    for (fail, outcome) in [(false, "ok"), (true, "error")] {
+        let _ = svc.ready().await.unwrap().call(fail).await;
+        let span = only(capture.take());
+        assert_eq!(span.name, "tenlives.rate_limit_headers");
+        assert_eq!(span.get("policy"), Some("rate_limit_headers"));
+        assert_eq!(span.get("outcome"), Some(outcome));
+        assert_eq!(span.events, ["inside the call"]);
+    }
+}
