@@ -8,20 +8,24 @@
 //!
 //! | field | when | value |
 //! |---|---|---|
-//! | `policy` | always | the layer's policy: `circuit_breaker`, `concurrency_limit`, `adaptive_limit`, `rate_limit`, `keyed_rate_limit`, `admission_queue`, `throttle`, `timeout`, `retry`, `fault`, `stack`, or the [`Admission::NAME`](crate::Admission::NAME) of a policy of your own |
-//! | `decision` | once the policy decided | `admitted` or `rejected`; for the fault layer, what it does: `pass`, `error`, `hang`, `drop_connection` |
-//! | `reason` | rejected | the [`RejectionReason`](crate::RejectionReason), as `Debug` |
+//! | `policy` | always | the layer's policy: `circuit_breaker`, `concurrency_limit`, `adaptive_limit`, `rate_limit`, `keyed_rate_limit`, `admission_queue`, `throttle`, `timeout`, `retry`, `fault`, `stack`, `hedge`, `fallback`, `deadline`, `coalesce`, `idempotency`, `cache`, `eject`, `rate_limit_headers`, or the [`Admission::NAME`](crate::Admission::NAME) of a policy of your own |
+//! | `decision` | once the policy decided | `admitted` or `rejected`; for the fault layer, what it does: `pass`, `error`, `hang`, `drop_connection`; hedge: `hedged` or `not_hedged`; fallback: `primary` or `fallback`; coalesce: `led` or `joined`; idempotency: `led`, `joined`, `replayed` or `unkeyed`; cache: `hit`, `miss` or `bypass`; eject: `admitted`, `ejected` or `untracked` |
+//! | `reason` | rejected | the [`RejectionReason`](crate::RejectionReason), as `Debug`; for a fallback taken, the kind of failure it answered (`FallbackWhen::reason`) |
 //! | `retry_after_ms` | rejected, when the policy knows | when to retry |
 //! | `wait_ms` | the admission queue, after a wait | how long the request waited |
-//! | `attempts` | retry, stack with retry | attempts made |
-//! | `outcome` | the call ended | `success`, `failure` or `ignored` where the layer classifies outcomes (breaker, limits, throttle, stack), `ok` or `error` elsewhere, `timed_out` for a timeout |
+//! | `attempts` | retry, stack with retry, hedge | attempts made |
+//! | `budget_ms` | deadline, when the call has one | the time the call is given |
+//! | `outcome` | the call ended | `success`, `failure` or `ignored` where the layer classifies outcomes (breaker, limits, throttle, stack, eject), `ok` or `error` elsewhere, `timed_out` for a timeout or a deadline |
 //!
 //! A span that closes with no `outcome` and a `decision` of `admitted` is a
 //! call that was cancelled (its future dropped).
 //!
 //! Spans are named `tenlives.<layer>` (`tenlives.admission`,
 //! `tenlives.queue`, `tenlives.keyed_rate_limit`, `tenlives.throttle`,
-//! `tenlives.timeout`, `tenlives.retry`, `tenlives.fault`, `tenlives.stack`).
+//! `tenlives.timeout`, `tenlives.retry`, `tenlives.fault`, `tenlives.stack`,
+//! `tenlives.hedge`, `tenlives.fallback`, `tenlives.deadline`,
+//! `tenlives.coalesce`, `tenlives.idempotency`, `tenlives.cache`,
+//! `tenlives.eject`, `tenlives.rate_limit_headers`).
 //!
 //! Cost: without the feature, [`CallSpan`] is a zero-sized type whose
 //! methods are empty, and the layers compile to what they were. With the
