@@ -20,11 +20,13 @@ use tenlives_engine::throttle::Throttle;
 use tenlives_engine::time::{Clock, MonotonicClock, Timestamp};
 use tenlives_tokio::queue::AdmissionQueueLayer;
 use tenlives_tokio::telemetry::{LateSources, Policy, PolicyKind, SourceError, SourceRegistry};
-use tenlives_tokio::{DefaultClassifier, NoRetry, StackLayer};
+use tenlives_tokio::{
+    DefaultClassifier, NoRetry, RetryOnErr, RetryPolicy, StackBuilder, StackLayer,
+};
 
 use crate::config::{
     AdaptiveLimitSpec, AdmissionQueueConfig, AdmissionQueueSpec, BreakerSpec, BulkheadSpec,
-    ConfigSet, RateLimiterSpec, Resolved, RetryBudgetSpec, Spec, ThrottleSpec,
+    ConfigSet, RateLimiterSpec, Resolved, RetryBudgetSpec, Spec, StackConfig, ThrottleSpec,
 };
 use crate::keyed::{Idle, Keyed};
 
@@ -76,6 +78,11 @@ pub type StackAdmission = (
 );
 /// The `tenlives_tokio::StackLayer` [`Registry::stack`] builds.
 pub type RegistryStack = StackLayer<DefaultClassifier, NoRetry, StackAdmission>;
+/// The `tenlives_tokio::StackLayer` [`Registry::retrying_stack`] builds: its
+/// retries withdraw from a retry budget of the registry, shared with every
+/// stack that names it.
+pub type RegistryRetryingStack =
+    StackLayer<DefaultClassifier, RetryPolicy<RetryOnErr, RegistrySink>, StackAdmission>;
 
 /// An admission queue held by a registry: the engine's queue in front of a
 /// concurrency limit of its own, and the longest a request waits in it.
@@ -183,6 +190,15 @@ pub enum RegistryError {
         /// The name.
         name: String,
     },
+    /// The stack retries (it names a `retry_budget`) and was asked for
+    /// through [`Registry::stack`], whose layer cannot retry; or it does
+    /// not retry and was asked for through [`Registry::retrying_stack`].
+    Retries {
+        /// The stack.
+        name: String,
+        /// Whether its configuration names a retry budget.
+        configured: bool,
+    },
 }
 
 impl fmt::Display for RegistryError {
@@ -205,6 +221,20 @@ impl fmt::Display for RegistryError {
             RegistryError::NameTaken { name } => write!(
                 f,
                 "`{name}` already labels the metrics of another instance of this kind"
+            ),
+            RegistryError::Retries {
+                name,
+                configured: true,
+            } => write!(
+                f,
+                "the stack `{name}` retries (it names a `retry_budget`): build it with `Registry::retrying_stack`"
+            ),
+            RegistryError::Retries {
+                name,
+                configured: false,
+            } => write!(
+                f,
+                "the stack `{name}` names no `retry_budget`: build it with `Registry::stack`, or add `stack.instances.{name}.retry_budget`"
             ),
         }
     }
@@ -929,6 +959,73 @@ impl Registry {
     /// not describe, or a member that cannot be created (a rate limiter or
     /// bulkhead with no configuration); [`RegistryError::NameTaken`].
     pub fn stack(&self, name: &str) -> Result<RegistryStack, RegistryError> {
+        let shape = self.stack_shape(name)?;
+        if shape.retry.is_some() {
+            return Err(RegistryError::Retries {
+                name: name.to_owned(),
+                configured: true,
+            });
+        }
+        let layer = self.stack_builder(&shape)?.build();
+        self.count_stack(name);
+        Ok(layer)
+    }
+
+    /// The stack named `name` with its retries: like [`stack`](Self::stack),
+    /// and its retries withdraw from the registry's retry budget the
+    /// configuration names (`stack.instances.<name>.retry_budget`), created
+    /// on first use and shared with every stack and
+    /// [`retry_budget`](Self::retry_budget) caller naming it, so their
+    /// retries together stay within its ratio. A reload of the budget's
+    /// configuration reaches built stacks; the backoff (`retry_backoff`,
+    /// `retry_backoff_cap`, `max_retries`) applies to stacks built after it.
+    /// Its services need `Clone` requests and a `Clone` wrapped service.
+    ///
+    /// Errors: as [`stack`](Self::stack); [`RegistryError::Retries`] if
+    /// the stack names no retry budget.
+    ///
+    /// ```
+    /// use tenlives_ops::{ConfigSet, Format, Registry};
+    ///
+    /// let yaml = "
+    /// retry_budget:
+    ///   instances:
+    ///     shared: { ratio: 0.2 }
+    /// stack:
+    ///   instances:
+    ///     users: { timeout: 2s, retry_budget: shared }
+    ///     orders: { timeout: 1s, retry_budget: shared, max_retries: 1 }
+    /// ";
+    /// let config = ConfigSet::from_str("policies.yaml", yaml, Format::Yaml).unwrap();
+    /// let registry = Registry::builder().config(config).build();
+    /// let users = registry.retrying_stack("users").unwrap();
+    /// let orders = registry.retrying_stack("orders").unwrap();
+    /// // One budget behind both stacks.
+    /// assert!(std::ptr::eq(users.policies().retry().budget(), orders.policies().retry().budget()));
+    /// assert!(registry.stack("users").is_err());
+    /// ```
+    pub fn retrying_stack(&self, name: &str) -> Result<RegistryRetryingStack, RegistryError> {
+        let shape = self.stack_shape(name)?;
+        let Some(retry) = &shape.retry else {
+            return Err(RegistryError::Retries {
+                name: name.to_owned(),
+                configured: false,
+            });
+        };
+        let budget = self.retry_budget(&retry.budget)?;
+        // Validated when the configuration was loaded.
+        let backoff = retry
+            .schedule()
+            .expect("a stack's backoff is validated when its configuration loads");
+        let layer = self
+            .stack_builder(&shape)?
+            .retry(RetryPolicy::shared(backoff, budget))
+            .build();
+        self.count_stack(name);
+        Ok(layer)
+    }
+
+    fn stack_shape(&self, name: &str) -> Result<StackConfig, RegistryError> {
         let config = self.inner.config();
         let (_, shape) =
             config
@@ -938,6 +1035,13 @@ impl Registry {
                     section: "stack",
                     name: name.to_owned(),
                 })?;
+        Ok(shape.clone())
+    }
+
+    fn stack_builder(
+        &self,
+        shape: &StackConfig,
+    ) -> Result<StackBuilder<DefaultClassifier, NoRetry, StackAdmission>, RegistryError> {
         let breaker = shape
             .circuit_breaker
             .as_deref()
@@ -957,8 +1061,11 @@ impl Registry {
         if let Some(after) = shape.timeout {
             builder = builder.timeout(after);
         }
+        Ok(builder)
+    }
+
+    fn count_stack(&self, name: &str) {
         *lock(&self.inner.stacks).entry(name.to_owned()).or_insert(0) += 1;
-        Ok(builder.build())
     }
 
     fn keyed<K, P>(&self, family: &str, capacity: usize) -> Result<Arc<Keyed<K, P>>, RegistryError>
@@ -1269,6 +1376,7 @@ fn stack_view(config: &ConfigSet, name: &str, layers: u64) -> serde_json::Value 
             "circuit_breaker": entry.and_then(|(_, b)| b.circuit_breaker.clone()),
             "rate_limiter": entry.and_then(|(_, b)| b.rate_limiter.clone()),
             "bulkhead": entry.and_then(|(_, b)| b.bulkhead.clone()),
+            "retry_budget": entry.and_then(|(_, b)| b.retry.as_ref().map(|r| r.budget.clone())),
         },
         "config": entry.map_or(serde_json::Value::Null, |(s, _)| {
             serde_json::to_value(s).unwrap_or(serde_json::Value::Null)

@@ -84,7 +84,7 @@ fn invalid_stacks_are_refused_with_file_line_and_key() {
     check(
         "b.yaml",
         "stack:\n  instances:\n    checkout:\n      timeout: off\n",
-        ":3: stack.instances.checkout: a stack needs at least one stage: `timeout`, `circuit_breaker`, `rate_limiter` or `bulkhead`",
+        ":3: stack.instances.checkout: a stack needs at least one stage: `timeout`, `circuit_breaker`, `rate_limiter`, `bulkhead` or `retry_budget`",
     );
     let path = write(
         dir.path(),
@@ -254,4 +254,169 @@ async fn the_admin_listing_shows_built_stacks_and_errors_name_the_member() {
         )
         .unwrap_err();
     assert_eq!(e.path, "stack.instances.checkout.timeout");
+}
+
+const RETRYING: &str = "\
+retry_budget:
+  instances:
+    shared: { ratio: 0.2, min_per_second: 0 }
+stack:
+  instances:
+    users: { timeout: 10s, retry_budget: shared }
+    orders: { timeout: 10s, retry_budget: shared, max_retries: 1, retry_backoff: 10ms, retry_backoff_cap: 20ms }
+    plain: { timeout: 1s }
+";
+
+/// A service that always fails, counting its calls.
+fn failing(
+    calls: &Arc<std::sync::atomic::AtomicUsize>,
+) -> impl Service<
+    u32,
+    Response = u32,
+    Error = &'static str,
+    Future = std::future::Ready<Result<u32, &'static str>>,
+> + Clone {
+    let calls = Arc::clone(calls);
+    tower::service_fn(move |_: u32| {
+        calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::future::ready(Err::<u32, _>("down"))
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn stacks_naming_one_retry_budget_retry_within_it_together() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let registry = Registry::builder()
+        .config(ConfigSet::from_str("r.yaml", RETRYING, tenlives_ops::Format::Yaml).unwrap())
+        .build();
+    let users = registry.retrying_stack("users").unwrap();
+    let orders = registry.retrying_stack("orders").unwrap();
+    let budget = registry.retry_budget("shared").unwrap();
+    assert!(std::ptr::eq(users.policies().retry().budget(), &*budget));
+    assert!(std::ptr::eq(orders.policies().retry().budget(), &*budget));
+    assert_eq!(orders.policies().retry().backoff().max_retries(), Some(1));
+    assert_eq!(users.policies().retry().backoff().max_retries(), Some(2));
+
+    // 100 requests that succeed through `users` fill the shared budget...
+    let mut fine = users.layer(tower::service_fn(|x: u32| async move {
+        Ok::<_, &'static str>(x)
+    }));
+    for i in 0..100 {
+        assert!(fine.ready().await.unwrap().call(i).await.is_ok());
+    }
+    // ...so 20 failing requests through `orders` may all retry once: on a
+    // budget of their own, 20 % of 20 requests, 4 could.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut b = orders.layer(failing(&calls));
+    for i in 0..20 {
+        assert!(b.ready().await.unwrap().call(i).await.is_err());
+    }
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        40,
+        "orders did not spend what users deposited"
+    );
+    // Both stacks together stay within 20 % of all 220 requests.
+    let mut a = users.layer(failing(&calls));
+    for i in 0..100 {
+        assert!(a.ready().await.unwrap().call(i).await.is_err());
+    }
+    let retries = calls.load(Ordering::Relaxed) - 120;
+    assert!(retries > 20, "users never retried");
+    assert!(
+        retries <= 44,
+        "{retries} retries through a 20 % shared budget of 220 requests"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_of_the_named_budget_reaches_built_stacks() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let closed = RETRYING.replace("ratio: 0.2", "ratio: 0.0");
+    let registry = Registry::builder()
+        .config(ConfigSet::from_path(write(dir.path(), "r.yaml", &closed)).unwrap())
+        .build();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut svc = registry
+        .retrying_stack("users")
+        .unwrap()
+        .layer(failing(&calls));
+    for i in 0..10 {
+        assert!(svc.ready().await.unwrap().call(i).await.is_err());
+    }
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        10,
+        "retried through a zero budget"
+    );
+    let opened = RETRYING.replace("ratio: 0.2", "ratio: 1.0");
+    let report =
+        registry.apply(ConfigSet::from_path(write(dir.path(), "r.yaml", &opened)).unwrap());
+    assert_eq!(report.changed, ["retry_budget.shared"]);
+    for i in 0..10 {
+        assert!(svc.ready().await.unwrap().call(i).await.is_err());
+    }
+    assert!(
+        calls.load(Ordering::Relaxed) > 20,
+        "the raised ratio did not reach the built stack: {} calls",
+        calls.load(Ordering::Relaxed)
+    );
+}
+
+#[test]
+fn retrying_and_plain_stacks_are_asked_for_by_their_own_names() {
+    let registry = Registry::builder()
+        .config(ConfigSet::from_str("r.yaml", RETRYING, tenlives_ops::Format::Yaml).unwrap())
+        .build();
+    let e = registry.stack("users").unwrap_err();
+    assert_eq!(
+        e,
+        RegistryError::Retries {
+            name: "users".into(),
+            configured: true
+        }
+    );
+    assert!(e.to_string().contains("Registry::retrying_stack"), "{e}");
+    let e = registry.retrying_stack("plain").unwrap_err();
+    assert_eq!(
+        e,
+        RegistryError::Retries {
+            name: "plain".into(),
+            configured: false
+        }
+    );
+    assert!(registry.stack("plain").is_ok());
+    // A stack naming a budget the file does not have.
+    let text = "stack:\n  instances:\n    s: { retry_budget: missing }\n";
+    let bare = Registry::builder()
+        .config(ConfigSet::from_str("s.yaml", text, tenlives_ops::Format::Yaml).unwrap())
+        .build();
+    assert!(
+        bare.retrying_stack("s").is_ok(),
+        "retry budgets have engine defaults"
+    );
+}
+
+#[test]
+fn a_stack_backoff_is_validated_with_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "r.yaml",
+        "stack:\n  instances:\n    s:\n      retry_budget: b\n      retry_backoff: 2s\n      retry_backoff_cap: 1s\n",
+    );
+    let e = ConfigSet::from_path(&path).unwrap_err();
+    assert_eq!(
+        e.path.as_str(),
+        "stack.instances.s.retry_backoff_cap",
+        "{e}"
+    );
+    let path = write(
+        dir.path(),
+        "z.yaml",
+        "stack:\n  instances:\n    s:\n      retry_budget: b\n      retry_backoff: 0s\n",
+    );
+    let e = ConfigSet::from_path(&path).unwrap_err();
+    assert_eq!(e.path.as_str(), "stack.instances.s.retry_backoff", "{e}");
 }

@@ -127,13 +127,34 @@ where
     }
 }
 
+/// Where a policy's budget lives: in the policy, or shared with other
+/// policies (a registry's named budget).
+#[allow(
+    clippy::large_enum_variant,
+    reason = "an owned budget stays inline, as before: no pointer to chase per request"
+)]
+enum BudgetHolder<Snk: EventSink> {
+    Owned(RetryBudget<Snk>),
+    Shared(Arc<RetryBudget<Snk>>),
+}
+
+impl<Snk: EventSink> BudgetHolder<Snk> {
+    #[inline]
+    fn get(&self) -> &RetryBudget<Snk> {
+        match self {
+            BudgetHolder::Owned(budget) => budget,
+            BudgetHolder::Shared(budget) => budget,
+        }
+    }
+}
+
 /// How requests are retried: the schedule, the budget and the classifier.
 ///
 /// One policy is shared by every service made by one layer (behind one
 /// `Arc`), so the budget counts all their traffic.
 pub struct RetryPolicy<C = RetryOnErr, Snk: EventSink = NoSink> {
     backoff: Backoff,
-    budget: RetryBudget<Snk>,
+    budget: BudgetHolder<Snk>,
     should_retry: C,
     seed: u64,
     /// Requests that retried so far: spreads the jitter seeds.
@@ -144,7 +165,7 @@ impl<C, Snk: EventSink> fmt::Debug for RetryPolicy<C, Snk> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryPolicy")
             .field("backoff", &self.backoff)
-            .field("budget", &self.budget)
+            .field("budget", self.budget.get())
             .field("seed", &self.seed)
             .finish_non_exhaustive()
     }
@@ -154,6 +175,32 @@ impl<Snk: EventSink> RetryPolicy<RetryOnErr, Snk> {
     /// Retries every error, waiting as `backoff` says, while `budget` allows.
     /// Jitter seed 0.
     pub fn new(backoff: Backoff, budget: RetryBudget<Snk>) -> Self {
+        Self::holding(backoff, BudgetHolder::Owned(budget))
+    }
+
+    /// Retries every error, waiting as `backoff` says, while the shared
+    /// `budget` allows: every policy (and hedge layer) given the same `Arc`
+    /// deposits into and withdraws from one budget, so their retries
+    /// together stay within its ratio — a named budget of a registry
+    /// shared by several stacks. Jitter seed 0.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use tenlives_engine::retry::{Backoff, RetryBudget, RetryBudgetConfig};
+    /// use tenlives_tokio::RetryPolicy;
+    ///
+    /// let budget = Arc::new(RetryBudget::new(RetryBudgetConfig::default()));
+    /// let backoff = Backoff::constant(Duration::from_millis(10)).unwrap();
+    /// let reads = RetryPolicy::shared(backoff.clone(), Arc::clone(&budget));
+    /// let writes = RetryPolicy::shared(backoff, Arc::clone(&budget));
+    /// assert!(std::ptr::eq(reads.budget(), writes.budget()));
+    /// ```
+    pub fn shared(backoff: Backoff, budget: Arc<RetryBudget<Snk>>) -> Self {
+        Self::holding(backoff, BudgetHolder::Shared(budget))
+    }
+
+    fn holding(backoff: Backoff, budget: BudgetHolder<Snk>) -> Self {
         RetryPolicy {
             backoff,
             budget,
@@ -190,9 +237,10 @@ impl<C, Snk: EventSink> RetryPolicy<C, Snk> {
         &self.backoff
     }
 
-    /// The retry budget.
+    /// The retry budget (the shared one, for a policy made by
+    /// [`RetryPolicy::shared`]).
     pub fn budget(&self) -> &RetryBudget<Snk> {
-        &self.budget
+        self.budget.get()
     }
 
     /// The classifier.
@@ -203,7 +251,7 @@ impl<C, Snk: EventSink> RetryPolicy<C, Snk> {
     /// A request starts: it counts toward what retries may spend.
     #[inline]
     pub(crate) fn deposit(&self, now: Timestamp) {
-        self.budget.deposit(now);
+        self.budget.get().deposit(now);
     }
 
     /// The delay before the next retry of a request whose schedule is
@@ -223,7 +271,7 @@ impl<C, Snk: EventSink> RetryPolicy<C, Snk> {
     /// Whether the budget affords one more retry at `now` (and spends it).
     #[inline]
     pub(crate) fn withdraw(&self, now: Timestamp) -> bool {
-        self.budget.try_withdraw(now)
+        self.budget.get().try_withdraw(now)
     }
 }
 

@@ -9,5 +9,5 @@ pub use load::{ConfigSet, Format, LoadError, Resolved};
 pub use spec::{
     AdaptiveLimitConfig, AdaptiveLimitSpec, AdmissionQueueConfig, AdmissionQueueSpec, BreakerSpec,
     BulkheadConfig, BulkheadSpec, Dur, FileSpec, OrOff, OverloadSpec, RateLimiterSpec,
-    RetryBudgetSpec, Section, Spec, StackConfig, StackSpec, ThrottleSpec,
+    RetryBudgetSpec, Section, Spec, StackConfig, StackRetryConfig, StackSpec, ThrottleSpec,
 };

@@ -18,7 +18,7 @@ use tenlives_engine::adaptive::{Aimd, WindowConfig};
 use tenlives_engine::breaker::BreakerConfig;
 use tenlives_engine::queue::{Overload, QueueConfig};
 use tenlives_engine::rate::Quota;
-use tenlives_engine::retry::RetryBudgetConfig;
+use tenlives_engine::retry::{Backoff, RetryBudgetConfig};
 use tenlives_engine::throttle::ThrottleConfig;
 
 /// A whole configuration file.
@@ -869,6 +869,45 @@ pub struct StackSpec {
     /// The `bulkhead` instance that limits its concurrency, or `off`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bulkhead: Option<OrOff<String>>,
+    /// The `retry_budget` instance its retries withdraw from, or `off` (no
+    /// retries). Several stacks naming one budget share it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<OrOff<String>>,
+    /// The first retry's wait bound, default 50 ms: each wait is drawn
+    /// between this and three times the previous one ("decorrelated
+    /// jitter"), at most `retry_backoff_cap`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_backoff: Option<Dur>,
+    /// The longest wait between attempts, default 1 s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_backoff_cap: Option<Dur>,
+    /// Retries per request at most, default 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+}
+
+/// How a stack retries: through a named retry budget of the registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StackRetryConfig {
+    /// The retry budget, by name.
+    pub budget: String,
+    /// The first wait's bound (see [`StackSpec::retry_backoff`]).
+    pub backoff: Duration,
+    /// The longest wait.
+    pub backoff_cap: Duration,
+    /// Retries per request at most.
+    pub max_retries: u32,
+}
+
+impl StackRetryConfig {
+    /// The backoff schedule: decorrelated jitter from `backoff` to
+    /// `backoff_cap`, at most `max_retries` retries.
+    pub fn schedule(&self) -> Result<Backoff, ConfigError> {
+        Ok(
+            Backoff::decorrelated_jitter(self.backoff, self.backoff_cap)?
+                .with_max_retries(self.max_retries),
+        )
+    }
 }
 
 /// A stack's validated shape: which stages, and the policies' names.
@@ -882,6 +921,8 @@ pub struct StackConfig {
     pub rate_limiter: Option<String>,
     /// The concurrency limit (bulkhead), by name.
     pub bulkhead: Option<String>,
+    /// Its retries, if it retries.
+    pub retry: Option<StackRetryConfig>,
 }
 
 fn named(v: &Option<OrOff<String>>) -> Option<String> {
@@ -900,7 +941,7 @@ impl Spec for StackSpec {
     }
 
     fn inherit(&self, parent: &Self) -> Self {
-        inherit!(self, parent; timeout, circuit_breaker, rate_limiter, bulkhead)
+        inherit!(self, parent; timeout, circuit_breaker, rate_limiter, bulkhead, retry_budget, retry_backoff, retry_backoff_cap, max_retries)
     }
 
     fn build(&self) -> Result<StackConfig, SpecError> {
@@ -914,11 +955,33 @@ impl Spec for StackSpec {
             Some(OrOff::On(d)) => Some(d.0),
             _ => None,
         };
+        let retry = match named(&self.retry_budget) {
+            Some(budget) => {
+                let retry = StackRetryConfig {
+                    budget,
+                    backoff: self
+                        .retry_backoff
+                        .map_or(Duration::from_millis(50), |d| d.0),
+                    backoff_cap: self
+                        .retry_backoff_cap
+                        .map_or(Duration::from_secs(1), |d| d.0),
+                    max_retries: self.max_retries.unwrap_or(2),
+                };
+                retry.schedule().map_err(engine(|field| match field {
+                    "base" => Some("retry_backoff"),
+                    "cap" => Some("retry_backoff_cap"),
+                    _ => None,
+                }))?;
+                Some(retry)
+            }
+            None => None,
+        };
         let out = StackConfig {
             timeout,
             circuit_breaker: named(&self.circuit_breaker),
             rate_limiter: named(&self.rate_limiter),
             bulkhead: named(&self.bulkhead),
+            retry,
         };
         if out == StackConfig::default() {
             // Also what keeps a name the file does not list from getting an
@@ -927,7 +990,7 @@ impl Spec for StackSpec {
             return Err(SpecError {
                 key: None,
                 kind: SpecErrorKind::Conflict(
-                    "a stack needs at least one stage: `timeout`, `circuit_breaker`, `rate_limiter` or `bulkhead`",
+                    "a stack needs at least one stage: `timeout`, `circuit_breaker`, `rate_limiter`, `bulkhead` or `retry_budget`",
                 ),
             });
         }
