@@ -108,6 +108,10 @@ enum Command {
     /// balancing client, plain and with hedging, outlier ejection and a
     /// fallback; checks that the protected client wins on success rate and p99.
     Hosts(hosts::HostsArgs),
+    /// The demo's open-loop load against a URL of your own (for example the
+    /// operations example while it reloads); fails when a request is not
+    /// answered in time.
+    Drive(http::drive::DriveArgs),
 }
 
 /// Runs the command: `Ok(true)` when it passed.
@@ -127,6 +131,7 @@ fn run(command: &Command) -> Result<bool, Box<dyn Error>> {
         Command::Adaptive(args) => adaptive::main(args).map(|()| true),
         Command::Cache(args) => http::block_on(cache::cache(args)),
         Command::Hosts(args) => http::block_on(hosts::hosts(args)),
+        Command::Drive(args) => http::block_on(http::drive::drive(args)),
     }
 }
 

@@ -5,6 +5,16 @@
 //! cargo run -p tenlives-ops --features yaml,reload,admin --example service -- --seconds 3
 //! ```
 //!
+//! Or serve only, and drive it with the demo's load generator (what CI
+//! does: 300 requests a second, open loop, while the file is reloaded):
+//!
+//! ```sh
+//! cargo run -p tenlives-ops --features yaml,reload,admin --example service -- \
+//!     --seconds 10 --serve-only --port-file /tmp/ops-port &
+//! cargo run --release -p tenlives-perf -- drive --seconds 10 --rate 300 \
+//!     --url "http://127.0.0.1:$(cat /tmp/ops-port)/api"
+//! ```
+//!
 //! The service, on loopback: `GET /api` spends a token of the rate limiter
 //! `api` (429 when there is none), then calls a simulated upstream through a
 //! tower layer admitting through the breaker `upstream` and the bulkhead
@@ -30,7 +40,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -44,7 +54,7 @@ use tenlives_ops::admin::{self, AdminConfig, Role};
 use tenlives_ops::reload::Reloader;
 use tenlives_ops::{Breaker, Concurrency, Limiter, Registry};
 use tenlives_tokio::telemetry::{self, DrainConfig, Exporter};
-use tenlives_tokio::{AdmissionLayer, TenlivesError, TokioClock};
+use tenlives_tokio::{AdmissionLayer, RejectionReason, TenlivesError, TokioClock};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -60,7 +70,23 @@ struct Args {
     /// Requests per burst (one burst every 20 ms).
     #[arg(long, default_value_t = 10)]
     burst: u32,
+    /// Send no requests of its own: serve while another program, such as
+    /// `tenlives-perf drive`, sends the load, making the same changes on the
+    /// same schedule, which starts at the first request and lasts
+    /// `--seconds` (then 2 s more of serving for the sender's last
+    /// requests).
+    #[arg(long)]
+    serve_only: bool,
+    /// Port to listen on, on 127.0.0.1 (0: a free one).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Write the port listened on to this file once listening.
+    #[arg(long)]
+    port_file: Option<std::path::PathBuf>,
 }
+
+/// Answers by phase and status, counted where the service answers.
+type Counts = Arc<Mutex<BTreeMap<(&'static str, u16), u32>>>;
 
 const ADMIN_TOKEN: &str = "example-admin-token-5d1f0e2a9c7b4e3f8a6d";
 const VIEWER_TOKEN: &str = "example-viewer-token-0b9e8d7c6a5f4e3d2c1b";
@@ -76,10 +102,13 @@ type Upstream = tenlives_tokio::AdmissionService<
 struct App {
     limiter: Arc<Limiter>,
     clock: TokioClock,
-    start: Instant,
+    /// When the schedule started: at once, or with `--serve-only` at the
+    /// first request.
+    start: Arc<OnceLock<Instant>>,
     fault: (f64, f64),
     length: Duration,
     upstream: Upstream,
+    served: Counts,
 }
 
 fn upstream_call(_: ()) -> std::future::Ready<Result<(), &'static str>> {
@@ -93,25 +122,54 @@ fn upstream_call(_: ()) -> std::future::Ready<Result<(), &'static str>> {
 // ordering: Relaxed, a flag the example flips; no data depends on it.
 static FAILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-async fn api(State(app): State<App>) -> (StatusCode, &'static str) {
-    let frac = app.start.elapsed().as_secs_f64() / app.length.as_secs_f64();
+async fn api(
+    State(app): State<App>,
+) -> (StatusCode, [(&'static str, &'static str); 1], &'static str) {
+    let start = *app.start.get_or_init(Instant::now);
+    let frac = start.elapsed().as_secs_f64() / app.length.as_secs_f64();
     FAILING.store(
         frac >= app.fault.0 && frac < app.fault.1,
         std::sync::atomic::Ordering::Relaxed,
     );
-    if app.limiter.check(app.clock.now()).is_err() {
-        return (StatusCode::TOO_MANY_REQUESTS, "rate limited\n");
-    }
-    let mut upstream = app.upstream.clone();
-    let result = match upstream.ready().await {
-        Ok(svc) => svc.call(()).await,
-        Err(e) => Err(e),
+    let answer = if app.limiter.check(app.clock.now()).is_err() {
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("x-tenlives", "rate")],
+            "rate limited\n",
+        )
+    } else {
+        let mut upstream = app.upstream.clone();
+        let result = match upstream.ready().await {
+            Ok(svc) => svc.call(()).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => (StatusCode::OK, [("x-tenlives", "ok")], "done\n"),
+            Err(TenlivesError::Rejected(r)) => {
+                // The header the demo's load generator sorts refusals by.
+                let by = match r.reason() {
+                    RejectionReason::CircuitBreaker(_) => "breaker",
+                    _ => "limit",
+                };
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [("x-tenlives", by)],
+                    "refused\n",
+                )
+            }
+            Err(_) => (
+                StatusCode::BAD_GATEWAY,
+                [("x-tenlives", "upstream-error")],
+                "upstream failed\n",
+            ),
+        }
     };
-    match result {
-        Ok(()) => (StatusCode::OK, "done\n"),
-        Err(TenlivesError::Rejected(_)) => (StatusCode::SERVICE_UNAVAILABLE, "refused\n"),
-        Err(_) => (StatusCode::BAD_GATEWAY, "upstream failed\n"),
-    }
+    *app.served
+        .lock()
+        .unwrap()
+        .entry((phase(frac), answer.0.as_u16()))
+        .or_default() += 1;
+    answer
 }
 
 /// One HTTP/1.1 request on a fresh loopback connection: the status code.
@@ -230,21 +288,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let upstream = AdmissionLayer::new((breaker.clone(), db.clone()))
         .layer(service_fn(upstream_call as fn(()) -> _));
-    let start = Instant::now();
+    let start = Arc::new(OnceLock::new());
+    let served = Counts::default();
     let app = App {
         limiter,
         clock,
-        start,
+        start: start.clone(),
         fault: (0.2, 0.45),
         length,
         upstream,
+        served: served.clone(),
     };
     let router = Router::new()
         .route("/api", get(api))
         .with_state(app)
         .nest("/admin", admin_router);
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let listener = TcpListener::bind(("127.0.0.1", args.port)).await?;
     let addr = listener.local_addr()?;
+    if let Some(file) = &args.port_file {
+        // Whole or absent: written aside, then renamed.
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, addr.port().to_string())?;
+        std::fs::rename(&tmp, file)?;
+    }
+    println!("listening on http://{addr}/api (admin plane at /admin)");
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
 
     let counts: Arc<Mutex<BTreeMap<(&'static str, u16), u32>>> = Arc::default();
@@ -253,6 +320,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut bad_written, mut good_written, mut admin_done) = (false, false, false);
     let mut admin_statuses = Vec::new();
     let mut breaker_opened = false;
+    let start = if args.serve_only {
+        // The schedule starts with the load: at the first request.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while start.get().is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        *start.get().ok_or("no request came within 60 s")?
+    } else {
+        *start.get_or_init(Instant::now)
+    };
     while start.elapsed() < length {
         let frac = start.elapsed().as_secs_f64() / length.as_secs_f64();
         if frac >= 0.5 && !bad_written {
@@ -270,6 +347,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             admin_done = true;
         }
         breaker_opened |= breaker.state() != tenlives_engine::breaker::BreakerState::Closed;
+        if args.serve_only {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
         for _ in 0..args.burst {
             let counts = counts.clone();
             sent += 1;
@@ -286,6 +367,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     for r in requests {
         r.await?;
+    }
+    if args.serve_only {
+        // The sender's last requests (it started before the first one
+        // arrived here) are still answered.
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
     // On a machine too slow for the timeline, the steps not reached yet.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -305,9 +391,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     server.abort();
     drain.stop().await?;
 
-    println!("\nresponses by phase and status:");
     let counts = counts.lock().unwrap().clone();
-    for ((phase, status), n) in &counts {
+    if !args.serve_only {
+        println!("\nresponses by phase and status, as the example's client saw them:");
+        for ((phase, status), n) in &counts {
+            println!("  {phase:<22} {status}: {n}");
+        }
+    }
+    let served = served.lock().unwrap().clone();
+    println!("\nanswers by phase and status, as the service gave them:");
+    for ((phase, status), n) in &served {
         println!("  {phase:<22} {status}: {n}");
     }
     println!(
@@ -338,14 +431,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|(_, n)| n)
         .sum();
     let quota = registry.rate_limiter("api")?.quota();
+    let in_phase = |p: &str, status: u16| {
+        served
+            .iter()
+            .filter(|((ph, s), _)| *ph == p && *s == status)
+            .map(|(_, n)| *n)
+            .sum::<u32>()
+    };
     let checks = [
         (
-            answered == sent,
-            format!("every request answered ({answered} of {sent})"),
+            args.serve_only || answered == sent,
+            if args.serve_only {
+                "every request answered: checked by the load's sender".to_owned()
+            } else {
+                format!("every request answered ({answered} of {sent})")
+            },
         ),
         (
-            counts.iter().any(|((_, s), _)| *s == 200),
-            "some requests served".to_owned(),
+            in_phase("1 healthy", 200) > 0 && in_phase("5 limit set by admin", 200) > 0,
+            "requests served before the fault and after every change".to_owned(),
         ),
         (
             breaker_opened,

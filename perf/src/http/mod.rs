@@ -31,6 +31,7 @@
 
 pub mod alerts;
 pub mod capacity;
+pub mod drive;
 pub mod front;
 pub mod goodput;
 pub mod load;
