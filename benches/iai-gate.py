@@ -17,6 +17,12 @@ Peers and the floor are reported, never gated: their counts belong to other
 crates. `--update` rewrites the baseline file from this run (and exits 0);
 see docs/performance.md for when that is legitimate.
 
+`--features tracing` runs the layer rows (`tenlives_layer*`: with the
+feature the bench has no other rows) built with the benches' feature `tracing` (tenlives-tokio's spans compiled in, no
+subscriber) and gates them against their own baselines, named
+`<row> [tracing]`: what the spans cost with nobody listening is bounded
+too. `--update` with it rewrites those baselines only.
+
 Standard library only: it runs wherever python3 and cargo do.
 """
 
@@ -54,13 +60,28 @@ PEERS = {
 FLOOR = "floor_fetch_add"
 
 
-def run_benchmarks():
-    """Runs the benchmarks; returns {name: Ir} in the order they ran."""
-    done = subprocess.run(COMMAND, cwd=ROOT, capture_output=True, text=True)
+def command(features):
+    """The cargo command: every row, or with `features` the layer rows (the
+    bench built with a feature runs those only)."""
+    if not features:
+        return COMMAND
+    i = COMMAND.index("--bench")
+    return COMMAND[:i] + ["--features", features] + COMMAND[i:]
+
+
+def suffix(features):
+    return f" [{features}]" if features else ""
+
+
+def run_benchmarks(features=None):
+    """Runs the benchmarks; returns {name: Ir} in the order they ran (names
+    suffixed with the features they were built with)."""
+    cmd = command(features)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         sys.stderr.write(done.stderr)
         sys.stdout.write(done.stdout)
-        print(f"iai-gate: `{' '.join(COMMAND)}` failed (exit {done.returncode})",
+        print(f"iai-gate: `{' '.join(cmd)}` failed (exit {done.returncode})",
               file=sys.stderr)
         sys.exit(2)
     counts = {}
@@ -69,7 +90,7 @@ def run_benchmarks():
         if not line.startswith("{"):
             continue
         summary = json.loads(line)
-        counts[summary["function_name"]] = instructions(summary)
+        counts[summary["function_name"] + suffix(features)] = instructions(summary)
     if not counts:
         sys.stderr.write(done.stderr)
         print("iai-gate: the benchmarks printed no JSON summary", file=sys.stderr)
@@ -150,21 +171,32 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--update", action="store_true",
                         help="rewrite benches/iai-baselines.json from this run")
+    parser.add_argument("--features", choices=["tracing"],
+                        help="run the layer rows built with this feature of the benches, "
+                             "gated against their own baselines")
     args = parser.parse_args()
 
-    print(f"iai-gate: {' '.join(COMMAND)}", flush=True)
-    counts = run_benchmarks()
+    print(f"iai-gate: {' '.join(command(args.features))}", flush=True)
+    counts = run_benchmarks(args.features)
     baselines = load_baselines()
     rows, failing = table(counts, baselines, gate=not args.update)
     print_table(rows)
 
+    mine = suffix(args.features)
     for name in baselines:
-        if name not in counts:
+        # Each run speaks for its own rows: plain names without features,
+        # `[feature]` names with them.
+        ours = name.endswith(mine) if mine else not name.endswith("]")
+        if ours and name not in counts:
             print(f"note: baseline {name} has no benchmark any more")
 
     if args.update:
+        # Rewrite this run's rows only: the other build's baselines stay.
+        kept = {n: ir for n, ir in baselines.items()
+                if (not n.endswith(mine) if mine else n.endswith("]"))}
+        kept.update(counts)
         with open(BASELINES, "w") as f:
-            json.dump(dict(sorted(counts.items())), f, indent=2)
+            json.dump(dict(sorted(kept.items())), f, indent=2)
             f.write("\n")
         print(f"iai-gate: wrote {len(counts)} baselines to {os.path.relpath(BASELINES, ROOT)}")
         return 0

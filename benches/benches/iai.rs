@@ -69,9 +69,11 @@
 //!   `ConcurrencyLimitLayer` (limit 1000) over a service whose future is
 //!   ready at once: `call` + one poll to the answer + drop of the future.
 //!   Built with the benches' feature `tracing` (tenlives-tokio's spans on,
-//!   no subscriber installed) it is gated against the same baseline as
-//!   without: the spans' cost with nobody listening must stay under the
-//!   gate's 5 % (`docs/telemetry.md` has both counts).
+//!   no subscriber installed) the bench runs this row alone, and
+//!   `python3 benches/iai-gate.py --features tracing` gates it against its
+//!   own baseline, `tenlives_layer_concurrency_limit [tracing]`: the spans'
+//!   cost with nobody listening is bounded too (`docs/telemetry.md` has
+//!   both counts).
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -816,8 +818,14 @@ mod harness {
             tenlives_rate_check_n,
             tenlives_rate_check_n_no_clock_read,
             tenlives_keyed_check_1k,
-            tenlives_keyed_check_1k_no_clock_read,
-            tenlives_layer_concurrency_limit
+            tenlives_keyed_check_1k_no_clock_read
+    );
+
+    // The tower layer rows: also run alone, built with the feature
+    // `tracing` (`python3 benches/iai-gate.py --features tracing`).
+    library_benchmark_group!(
+        name = layers;
+        benchmarks = tenlives_layer_concurrency_limit
     );
 
     library_benchmark_group!(
@@ -837,5 +845,11 @@ mod harness {
     );
 }
 
-use harness::{peers, tenlives};
-main!(library_benchmark_groups = tenlives, peers);
+use harness::{layers, peers, tenlives};
+#[cfg(not(feature = "tracing"))]
+main!(library_benchmark_groups = tenlives, layers, peers);
+// With the layers' spans compiled in, only the layer rows: the engine rows
+// do not change with the feature, and the gate counts these against their
+// own `[tracing]` baselines.
+#[cfg(feature = "tracing")]
+main!(library_benchmark_groups = layers);
