@@ -41,6 +41,7 @@ impl Clock for Unclamped {
 fn main() {
     let monotonic = MonotonicClock::new();
     let tsc = TscClock::new();
+    let shared = TscClock::shared_clamp();
     let unclamped = Unclamped(TscClock::new());
     let recent = RecentClock::new(Duration::from_millis(1)).expect("upkeep thread");
     for threads in [1, 2] {
@@ -49,7 +50,14 @@ fn main() {
             "  MonotonicClock      {:.1?}",
             per_read(&monotonic, threads)
         );
-        println!("  TscClock            {:.1?}", per_read(&tsc, threads));
+        println!(
+            "  TscClock (per-thread clamp) {:.1?}",
+            per_read(&tsc, threads)
+        );
+        println!(
+            "  TscClock, shared clamp {:.1?}",
+            per_read(&shared, threads)
+        );
         println!(
             "  TscClock, no clamp  {:.1?}",
             per_read(&unclamped, threads)

@@ -19,11 +19,26 @@
 //! on one core may be behind one read a moment earlier on another core
 //! (unsynchronised sockets, some hypervisors), so a thread that moves
 //! between cores could see time go back. Both clocks here therefore clamp:
-//! every value they return was, at that moment, the largest the clock had
-//! returned, kept in one atomic per clock (`TscClock`: a `fetch_max`;
-//! `RecentClock`: its one writer, the upkeep thread, only ever stores a
-//! larger value). A reading that happens after another (in the
-//! happens-before sense, on any thread) is never earlier.
+//!
+//! - [`TscClock::new`] clamps **per thread**: each reading is raised to the
+//!   largest counter value any `TscClock` returned on the calling thread (a
+//!   thread-local word, written by that thread only). A thread never sees
+//!   its clock go back, and no reading writes memory another thread reads,
+//!   so readings on many cores do not contend. Across threads, readings are
+//!   ordered as far as the counter is: quanta uses the TSC only where the
+//!   CPU reports it invariant, and then it is the same on every core of a
+//!   socket; the engine's primitives accept a `now` earlier than one they
+//!   have seen (guarantee R4 and the breaker's, in `docs/guarantees.md`), so
+//!   a skew between cores delays a decision by the skew, never breaks one.
+//! - [`TscClock::shared_clamp`] clamps **across threads**: every value it
+//!   returns was, at that moment, the largest the clock had returned on any
+//!   thread, kept in one atomic (a `fetch_max`). A reading that happens
+//!   after another (in the happens-before sense, on any thread) is never
+//!   earlier, at the price of one write to a shared cache line per reading:
+//!   on two threads a breaker's rejection took 22 ns with it against 4.9 ns
+//!   without (`docs/clocks-and-timers.md`).
+//! - [`RecentClock`]: its one writer, the upkeep thread, only ever stores a
+//!   larger value; a reading that happens after another is never earlier.
 
 use core::time::Duration;
 use std::sync::{Arc, Weak};
@@ -37,12 +52,15 @@ use crate::sync::{AtomicU64, Ordering};
 /// otherwise), measured from the moment the clock was made: about 10-15 ns
 /// a reading, against 32-40 ns for `MonotonicClock`.
 ///
-/// It never goes back. quanta promises that only as far as the counter
-/// does, and a counter read on one core may be behind one read a moment
-/// earlier on another (unsynchronised sockets, some hypervisors), so each
-/// reading is clamped to the largest the clock has returned, kept in one
-/// atomic (a `fetch_max`, about 1 ns more per reading here): a reading that
-/// happens after another, on any thread, is never earlier.
+/// It never goes back on a thread: quanta promises that only as far as the
+/// counter does, and a counter read on one core may be behind one read a
+/// moment earlier on another (unsynchronised sockets, some hypervisors), so
+/// each reading is clamped to the largest counter value returned on the
+/// calling thread (a thread-local word: nothing shared is written, so
+/// readings on many cores do not contend). Across threads, readings are as
+/// ordered as the counter; [`TscClock::shared_clamp`] orders them too, at
+/// the price of a shared write per reading (see the [module
+/// documentation](self)).
 ///
 /// The first clock made in a process calibrates the counter against the OS
 /// clock, which can take up to about 200 ms (quanta's figure); later ones
@@ -63,21 +81,53 @@ pub struct TscClock {
     clock: quanta::Clock,
     /// The raw counter value [`Timestamp::ZERO`] stands for.
     origin: u64,
-    /// The largest raw counter value returned so far: readings never go below
-    /// it.
+    /// With [`shared_clamp`](Self::shared_clamp): the largest raw counter
+    /// value returned so far on any thread; readings never go below it.
     last: AtomicU64,
+    /// Whether readings are clamped by `last` (across threads) instead of by
+    /// the thread's own floor.
+    shared: bool,
+}
+
+std::thread_local! {
+    /// The largest raw counter value a [`TscClock`] returned on this thread.
+    /// One word for every clock: they read the same counter, so a value one
+    /// returned is a reading the others may not go below either.
+    static FLOOR: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
 }
 
 impl TscClock {
-    /// A clock whose origin is now.
+    /// A clock whose origin is now, clamped per thread: a thread's readings
+    /// never go back, and no reading writes shared memory.
     pub fn new() -> Self {
+        Self::make(false)
+    }
+
+    /// A clock whose origin is now, clamped across threads: a reading that
+    /// happens after another, on any thread, is never earlier. Each reading
+    /// then writes one shared word (a `fetch_max`), which threads reading
+    /// the clock at once contend on; prefer [`new`](Self::new) unless
+    /// something of yours compares readings taken on different threads and
+    /// cannot accept a skew between cores.
+    pub fn shared_clamp() -> Self {
+        Self::make(true)
+    }
+
+    fn make(shared: bool) -> Self {
         let clock = quanta::Clock::new();
         let origin = clock.raw();
         TscClock {
             clock,
             origin,
             last: AtomicU64::new(origin),
+            shared,
         }
+    }
+
+    /// Whether readings are clamped across threads
+    /// ([`shared_clamp`](Self::shared_clamp)).
+    pub fn is_shared_clamp(&self) -> bool {
+        self.shared
     }
 
     /// The current instant without the clamp: the scaled counter as it
@@ -100,16 +150,29 @@ impl Clock for TscClock {
     #[inline]
     fn now(&self) -> Timestamp {
         let raw = self.clock.raw();
-        // ordering: Relaxed on both; the value is the only data the clock
-        // carries, and the modification order of `last` alone makes the
-        // readings monotonic (a reading that happens after another sees a
-        // `last` at least as late, by coherence).
-        let last = self.last.load(Ordering::Relaxed);
-        let raw = if raw > last {
-            raw.max(self.last.fetch_max(raw, Ordering::Relaxed))
+        let raw = if self.shared {
+            // ordering: Relaxed on both; the value is the only data the
+            // clock carries, and the modification order of `last` alone
+            // makes the readings monotonic (a reading that happens after
+            // another sees a `last` at least as late, by coherence).
+            let last = self.last.load(Ordering::Relaxed);
+            if raw > last {
+                raw.max(self.last.fetch_max(raw, Ordering::Relaxed))
+            } else {
+                last
+            }
         } else {
-            last
+            // A `const`-initialised `Cell` of a `Copy` type has no
+            // destructor, so the thread-local is never torn down: `with`
+            // cannot fail, even from another thread-local's destructor.
+            FLOOR.with(|floor| {
+                let raw = raw.max(floor.get());
+                floor.set(raw);
+                raw
+            })
         };
+        // A value below this clock's origin (a lagging core just after the
+        // clock was made) reads as zero: quanta's difference saturates.
         Timestamp(self.clock.delta_as_nanos(self.origin, raw))
     }
 }
@@ -215,8 +278,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tsc_clock_is_monotonic_across_threads() {
-        let clock = Arc::new(TscClock::new());
+    fn tsc_clock_never_goes_back_on_a_thread() {
+        let clock = TscClock::new();
+        assert!(!clock.is_shared_clamp());
+        let mut prev = clock.now();
+        for _ in 0..100_000 {
+            let t = clock.now();
+            assert!(t >= prev, "{t:?} < {prev:?}");
+            prev = t;
+        }
+    }
+
+    #[test]
+    fn the_thread_floor_holds_against_an_earlier_raw_value() {
+        // A reading below one this thread was given (as a lagging core
+        // would give after the thread moved) is raised to it, whichever
+        // clock gave it; another thread is not held back by it.
+        let clock = TscClock::new();
+        let other = TscClock::new();
+        let ahead = clock.clock.raw() + 1_000_000_000;
+        FLOOR.with(|f| f.set(ahead));
+        let t = clock.now();
+        assert_eq!(
+            t.as_nanos(),
+            clock.clock.delta_as_nanos(clock.origin, ahead)
+        );
+        assert!(clock.now_unclamped() < t);
+        assert_eq!(
+            other.now().as_nanos(),
+            other.clock.delta_as_nanos(other.origin, ahead)
+        );
+        let elsewhere = Arc::new(TscClock::new());
+        let on_thread = {
+            let c = Arc::clone(&elsewhere);
+            thread::spawn(move || c.now()).join().unwrap()
+        };
+        assert!(
+            on_thread.as_nanos() < elsewhere.clock.delta_as_nanos(elsewhere.origin, ahead),
+            "another thread was held back by this thread's floor"
+        );
+        // Leave the thread's floor where the counter is, for other tests
+        // on this test thread.
+        FLOOR.with(|f| f.set(0));
+    }
+
+    #[test]
+    fn a_shared_clamp_tsc_clock_is_monotonic_across_threads() {
+        let clock = Arc::new(TscClock::shared_clamp());
+        assert!(clock.is_shared_clamp());
         let handles: std::vec::Vec<_> = (0..4)
             .map(|_| {
                 let clock = Arc::clone(&clock);
@@ -251,10 +360,10 @@ mod tests {
     }
 
     #[test]
-    fn clamp_holds_against_an_earlier_raw_value() {
-        // A reading below the last one returned (as a lagging core would
-        // give) is raised to it.
-        let clock = TscClock::new();
+    fn the_shared_clamp_holds_against_an_earlier_raw_value() {
+        // A reading below the last one returned on any thread (as a lagging
+        // core would give) is raised to it.
+        let clock = TscClock::shared_clamp();
         let ahead = clock.clock.raw() + 1_000_000_000;
         clock.last.store(ahead, Ordering::Relaxed);
         let t = clock.now();
