@@ -58,7 +58,11 @@ use crate::time::Timestamp;
 /// The SplitMix64 increment: each draw advances a stripe's state by it.
 const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
+#[cfg(target_has_atomic = "64")]
+mod closed;
 mod snapshot;
+#[cfg(target_has_atomic = "64")]
+use closed::ClosedSum;
 pub use snapshot::THROTTLE_SNAPSHOT_MAX;
 
 /// Builder for [`ThrottleConfig`].
@@ -183,7 +187,7 @@ impl std::error::Error for Throttled {}
 /// The client-side throttle. See the [module documentation](self).
 pub struct Throttle<S: EventSink = NoSink> {
     /// The configuration and the window laid out for it.
-    era: Layered<ThrottleConfig, StripedWindow>,
+    era: Layered<ThrottleConfig, Windowed>,
     sink: S,
     source: u32,
     /// SplitMix64 state, shared: it is only advanced when the probability is
@@ -224,17 +228,76 @@ impl<S: EventSink> ThrottleTicket<'_, S> {
     }
 }
 
+/// A throttle's window, with the memo of its closed buckets
+/// (`throttle/closed.rs`) where the target has 64-bit atomics.
+struct Windowed {
+    window: StripedWindow,
+    #[cfg(target_has_atomic = "64")]
+    closed: ClosedSum,
+}
+
+impl core::ops::Deref for Windowed {
+    type Target = StripedWindow;
+    fn deref(&self) -> &StripedWindow {
+        &self.window
+    }
+}
+
+impl Windowed {
+    /// Forgets the closed buckets' sums (the window was rewritten).
+    fn forget_closed(&self) {
+        #[cfg(target_has_atomic = "64")]
+        self.closed.clear();
+    }
+}
+
+/// The buckets an admission adds up itself: the current one and the one
+/// before (which late records may still reach); the older ones come from
+/// the memo.
+#[cfg(target_has_atomic = "64")]
+const LIVE_BUCKETS: u64 = 2;
+
 /// An empty window laid out for `config`'s.
-fn time_window(config: &ThrottleConfig) -> StripedWindow {
+fn time_window(config: &ThrottleConfig) -> Windowed {
     match StripedWindow::for_time(&config.window) {
-        Some(window) => window,
+        Some(window) => Windowed {
+            window,
+            #[cfg(target_has_atomic = "64")]
+            closed: ClosedSum::default(),
+        },
         // `ThrottleConfigBuilder::build` makes only time windows.
         None => unreachable!("a throttle's window is a time window"),
     }
 }
 
-/// `(requests, accepts)` in `window` at `now`.
-fn counts(window: &StripedWindow, now: Timestamp) -> (u64, u64) {
+/// `(requests, accepts)` in `window` at `now`: the live buckets added up,
+/// the closed ones from the memo (added up and remembered on the first
+/// admission of a bucket).
+#[cfg(target_has_atomic = "64")]
+fn counts(window: &Windowed, now: Timestamp) -> (u64, u64) {
+    let epoch = window.epoch_at(now);
+    let buckets = u64::from(window.bucket_count());
+    let live = LIVE_BUCKETS.min(buckets);
+    let mut c = window.totals_back(0, epoch, 0..live);
+    if buckets > live {
+        let closed = window.closed.get(epoch).unwrap_or_else(|| {
+            let sums = window.totals_back(0, epoch, live..buckets);
+            window.closed.put(epoch, sums);
+            sums
+        });
+        c.calls += closed.calls;
+        c.failures += closed.failures;
+    }
+    // Never fewer accepts than none (see `bucket`: failures are capped by
+    // calls slot by slot).
+    (c.calls, c.calls.saturating_sub(c.failures))
+}
+
+/// `(requests, accepts)` in `window` at `now`, every bucket added up: on a
+/// target without 64-bit atomics (`thumbv7em`) the memo's emulated atomics
+/// would cost more code (about 3 KB) than the additions they save.
+#[cfg(not(target_has_atomic = "64"))]
+fn counts(window: &Windowed, now: Timestamp) -> (u64, u64) {
     let c = window.latest(0, now);
     (c.calls, c.calls.saturating_sub(c.failures))
 }
@@ -244,7 +307,7 @@ fn counts(window: &StripedWindow, now: Timestamp) -> (u64, u64) {
 /// it (with their number).
 fn relayout(
     now: Timestamp,
-) -> impl FnMut(&ThrottleConfig, &StripedWindow, &ThrottleConfig) -> Option<(StripedWindow, u64)> {
+) -> impl FnMut(&ThrottleConfig, &Windowed, &ThrottleConfig) -> Option<(Windowed, u64)> {
     move |old, window, new| {
         if new.window.spec == old.window.spec {
             return None;

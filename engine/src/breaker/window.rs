@@ -232,6 +232,27 @@ impl StripedWindow {
         self.sum(generation, self.epoch(now))
     }
 
+    /// The bucket epoch of `now`.
+    #[cfg(target_has_atomic = "64")]
+    #[inline]
+    pub(crate) fn epoch_at(&self, now: Timestamp) -> u64 {
+        self.epoch(now)
+    }
+
+    /// Totals over the buckets `back` buckets before `epoch` (0 being
+    /// `epoch`'s own bucket): `latest` is `0..buckets`, split so that a
+    /// caller may remember the older part (the throttle's closed buckets).
+    #[cfg(target_has_atomic = "64")]
+    #[inline]
+    pub(crate) fn totals_back(
+        &self,
+        generation: u32,
+        epoch: u64,
+        back: core::ops::Range<u64>,
+    ) -> WindowCounts {
+        self.sum_back(generation, epoch, back)
+    }
+
     /// Counts the buckets of this window that overlap `into`'s span at `now`
     /// into `into`'s bucket at `now`.
     pub(crate) fn carry_into(&self, into: &StripedWindow, generation: u32, now: Timestamp) {
@@ -362,8 +383,14 @@ impl StripedWindow {
 
     /// Totals over the window that ends at `epoch` for `generation`.
     fn sum(&self, generation: u32, epoch: u64) -> WindowCounts {
+        self.sum_back(generation, epoch, 0..u64::from(self.buckets))
+    }
+
+    /// Totals over the buckets `back` buckets before `epoch` (0: `epoch`'s
+    /// own), for `generation`; buckets before epoch 0 count nothing.
+    fn sum_back(&self, generation: u32, epoch: u64, back: core::ops::Range<u64>) -> WindowCounts {
         let mut total = WindowCounts::default();
-        for back in 0..u64::from(self.buckets) {
+        for back in back {
             let Some(epoch) = epoch.checked_sub(back) else {
                 break;
             };

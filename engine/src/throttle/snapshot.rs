@@ -73,6 +73,8 @@ impl<S: EventSink> Throttle<S> {
             r.finish()?;
             window.clear();
             restore_time_window(window, &saved, 0, header.taken_at, now, wall);
+            // The closed buckets were rewritten under the memo.
+            window.forget_closed();
             // ordering: Relaxed; the state only feeds the random stream.
             self.rng.store(rng, Ordering::Relaxed);
             Ok(())
