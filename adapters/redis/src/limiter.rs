@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::{Client, Script};
 use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker};
 use tenlives_engine::events::EventKind;
@@ -32,7 +32,7 @@ use tenlives_engine::rate::{Quota, RateLimited, RateLimiter};
 use tenlives_engine::time::{Clock, MonotonicClock, Timestamp};
 use tokio::sync::Notify;
 
-use crate::background::{Background, invoke, next_refresh};
+use crate::background::{Background, Conn, next_refresh};
 use crate::config::{FailurePolicy, FleetConfig, FleetError};
 use crate::gcra::{self, GcraParams, Reply};
 use crate::key::rate_key;
@@ -272,7 +272,7 @@ impl core::fmt::Debug for FleetRateLimiter {
 /// The state of the background task.
 struct Refresher {
     shared: Arc<Shared>,
-    conn: ConnectionManager,
+    conn: Conn,
     script: Script,
     key: String,
     params: GcraParams,
@@ -340,7 +340,7 @@ impl FleetRateLimiter {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(config.refresh_interval);
-        let conn = ConnectionManager::new_lazy_with_config(client, conn_config)?;
+        let conn = Conn::new(client, conn_config)?;
         let clock = MonotonicClock::new();
         let shared = Arc::new(Shared {
             lease: CachePadded::new(Lease {
@@ -553,7 +553,7 @@ impl Refresher {
                     .arg(want)
                     .arg(want.min(1))
                     .arg(ret);
-                let answer = invoke(&invocation, &mut self.conn, self.timeout).await;
+                let answer = self.conn.invoke(&invocation, self.timeout).await;
                 let reply = answer.as_deref().and_then(Reply::from_values);
                 let done = shared.clock.now();
                 match reply {
