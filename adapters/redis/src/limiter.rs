@@ -13,9 +13,9 @@
 //! A token leaves `tokens` exactly once: either a request takes it (and
 //! spends it, or puts it back when its own engine limiter refuses) or the
 //! task swaps it out to give it back to Redis. So no token is spent twice,
-//! and none is given back that was spent. The counter is
-//! [`LeaseTokens`](crate::lease) (`lease.rs`), which the loom model
-//! compiles as it is.
+//! and none is given back that was spent. The three words are
+//! `LeaseWords` in `lease.rs` (the counter is its `LeaseTokens`), which the
+//! loom model compiles as it is.
 
 use core::time::Duration;
 use std::sync::Arc;
