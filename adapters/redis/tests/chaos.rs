@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use redis::Commands;
 use tenlives_engine::rate::Quota;
 use tenlives_redis::{
     Admitted, FailurePolicy, FleetConfig, FleetPermit, FleetRateLimiter, FleetSemaphore, Refused,
@@ -373,9 +374,10 @@ async fn a_stalled_redis_times_out_and_never_hangs_the_limiter() {
             "a stalled Redis went unnoticed"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
+        // Decided at once, not after a wait on the stalled connection.
         let t = Instant::now();
         assert_eq!(limiter.try_acquire(), Err(Refused::FailClosed));
-        assert!(t.elapsed() < Duration::from_millis(50));
+        assert!(t.elapsed() < Duration::from_millis(500));
         // Released: recovery.
         proxy.set_stalled(false);
         let back_at = Instant::now();
@@ -617,7 +619,7 @@ async fn a_semaphore_behind_a_stalling_dropping_proxy_never_hangs_and_recovers()
             tokio::time::sleep(Duration::from_millis(250)).await;
             let t = Instant::now();
             assert_eq!(sem.try_acquire().unwrap_err(), SemaphoreRefused::FailClosed);
-            assert!(t.elapsed() < Duration::from_millis(50));
+            assert!(t.elapsed() < Duration::from_millis(500));
             off(&proxy);
             let back_at = Instant::now();
             assert!(
@@ -685,6 +687,13 @@ async fn a_crashed_process_s_claim_comes_back_after_its_ttl() {
         })
         .join()
         .unwrap();
+        // When the crashed holder's claim lapses, on Redis's clock (µs).
+        let mut con = server.connection();
+        let lapses: Vec<(String, f64)> = con
+            .zrange_withscores("tenlives:{crashed}:sem:ttl", 0, -1)
+            .unwrap();
+        assert_eq!(lapses.len(), 1, "{lapses:?}");
+        let lapse_us = lapses[0].1 as u64;
         let other = FleetSemaphore::start(config(), server.client())
             .await
             .unwrap();
@@ -699,9 +708,15 @@ async fn a_crashed_process_s_claim_comes_back_after_its_ttl() {
             "the crashed process's permits never came back"
         );
         let after = crashed_at.elapsed();
-        // Not before the TTL (less the last renewal's age, at most one
-        // refresh interval), and within a few refreshes after it.
-        assert!(after + Duration::from_millis(25) >= ttl, "{after:?}");
+        // Not before the claim lapsed on Redis's clock (and, by the wait's
+        // limit, within a second after the TTL).
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut con).unwrap();
+        let now_us = secs * 1_000_000 + micros;
+        assert!(
+            now_us >= lapse_us,
+            "permits back {} µs early",
+            lapse_us - now_us
+        );
         eprintln!("permits back {after:?} after the crash (ttl {ttl:?})");
         drop(permit);
         other.shutdown().await;
