@@ -304,6 +304,7 @@ async fn dropped_and_refused_connections_degrade_and_recover() {
         );
         let tally = Arc::new(Tally::default());
         let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
         let worker = load(
             Arc::clone(&limiter),
             Arc::clone(&tally),
@@ -343,6 +344,19 @@ async fn dropped_and_refused_connections_degrade_and_recover() {
         worker.join().expect("the load thread panicked");
         check_accounting(&limiter).await;
         assert!(proxy.accepted() > 2, "the client reconnected");
+        // The degraded bound over the whole run: the fallback limiter's
+        // burst plus its rate (500/s, burst 50).
+        let w_us = started.elapsed().as_micros() as u64;
+        let fallback = Tally::get(&tally.fallback);
+        let fallback_bound = 50 + w_us * 500 / 1_000_000 + 1;
+        assert!(
+            fallback <= fallback_bound,
+            "fallback admitted {fallback} > {fallback_bound}"
+        );
+        assert_eq!(
+            Tally::get(&tally.fail_open) + Tally::get(&tally.fail_closed),
+            0
+        );
         eprintln!(
             "recovered in {recovered_in:?}; {} connections; {:?}",
             proxy.accepted(),
