@@ -13,6 +13,7 @@
 //! cargo run --release -p tenlives-perf -- simulate             # the virtual-time breaker story
 //! cargo run --release -p tenlives-perf -- cache                # the response cache's hit rate and savings
 //! cargo run --release -p tenlives-perf -- hosts                # hedging, ejection, fallback over three upstreams
+//! cargo run --release -p tenlives-perf -- fleet --seconds 20   # three fronts sharing one quota through Redis
 //! ```
 //!
 //! - [`http`]: `demo` starts, on loopback, an upstream HTTP service that
@@ -31,6 +32,9 @@
 //! - `hosts`: three upstreams on loopback (healthy, slow, failing) behind a
 //!   balancing client, plain and with hedging, outlier ejection and a
 //!   fallback.
+//! - `fleet`: three HTTP fronts sharing one quota through a `redis-server`
+//!   the scenario starts on loopback; per-front and fleet admitted rates
+//!   against the quota and its stated bound.
 //!
 //! Exit status: 0 on success, 1 when a scenario's check failed, 2 on an
 //! error (bad options, a port that cannot be bound, a file that cannot be
@@ -38,6 +42,7 @@
 
 mod adaptive;
 mod cache;
+mod fleet;
 mod hosts;
 mod http;
 mod simulate;
@@ -112,6 +117,10 @@ enum Command {
     /// operations example while it reloads); fails when a request is not
     /// answered in time.
     Drive(http::drive::DriveArgs),
+    /// Three HTTP fronts sharing one quota through a redis-server started
+    /// on loopback, under the demo's load; checks the fleet's admitted rate
+    /// against the stated bound.
+    Fleet(fleet::FleetArgs),
 }
 
 /// Runs the command: `Ok(true)` when it passed.
@@ -132,6 +141,7 @@ fn run(command: &Command) -> Result<bool, Box<dyn Error>> {
         Command::Cache(args) => http::block_on(cache::cache(args)),
         Command::Hosts(args) => http::block_on(hosts::hosts(args)),
         Command::Drive(args) => http::block_on(http::drive::drive(args)),
+        Command::Fleet(args) => fleet::main(args),
     }
 }
 
@@ -168,6 +178,21 @@ mod tests {
         assert!(
             Cli::try_parse_from(["tenlives-perf", "simulate", "--duration-secs", "5"]).is_err()
         );
+    }
+
+    #[test]
+    fn fleet_takes_its_options() {
+        let cli = Cli::try_parse_from(["tenlives-perf", "fleet"]).unwrap();
+        let Command::Fleet(a) = cli.command else {
+            panic!("parsed as fleet")
+        };
+        assert_eq!((a.seconds, a.rate, a.quota), (20, 200, 100));
+        let cli = Cli::try_parse_from(["tenlives-perf", "fleet", "--seconds", "5"]).unwrap();
+        let Command::Fleet(a) = cli.command else {
+            panic!("parsed as fleet")
+        };
+        assert_eq!(a.seconds, 5);
+        assert!(Cli::try_parse_from(["tenlives-perf", "fleet", "--seconds", "1"]).is_err());
     }
 
     #[test]

@@ -13,11 +13,17 @@
 //! returned (the call succeeded) or lost (it failed: the token may have
 //! reached Redis, so it is never put back), `held + spent + returned + lost
 //! = granted` at every quiescent point.
+//!
+//! Beside the counter, [`LeaseWords`] holds the lease's expiry and Redis's
+//! availability, and makes the request path's decision on all three: spend
+//! a token of a valid lease, spend one of the last lease (Redis unreachable,
+//! degraded policy), or none. The loom model checks that decision racing a
+//! renewal and an expiry, too.
 
 #[cfg(not(tenlives_loom))]
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 #[cfg(tenlives_loom)]
-use loom::sync::atomic::{AtomicU64, Ordering};
+use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// What the task takes out of the lease to give back to Redis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +92,95 @@ impl LeaseTokens {
     pub(crate) fn held(&self) -> u64 {
         // ordering: Relaxed; a count for decisions and reports.
         self.tokens.load(Ordering::Relaxed)
+    }
+}
+
+/// What [`LeaseWords::take`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Take {
+    /// Took a token of a lease valid at `now`.
+    Valid,
+    /// Took a token of the last lease, past its expiry: Redis unreachable
+    /// and the caller spends the last lease (the degraded policy).
+    Last,
+    /// Took none: the lease is expired or empty; `available` is Redis's
+    /// availability as read for the decision.
+    None { available: bool },
+}
+
+/// The words the request path reads: the tokens, the expiry and Redis's
+/// availability.
+///
+/// | word | meaning | written by |
+/// |---|---|---|
+/// | `tokens` | granted, not spent, not given back | requests (take one, put one back), the task (grant, give back) |
+/// | `expiry` | instant (ns on the limiter's clock) after which the lease may not be spent while Redis is reachable | the task, after a successful call |
+/// | `available` | whether the last Redis call succeeded | the task |
+#[derive(Debug)]
+pub(crate) struct LeaseWords {
+    pub(crate) tokens: LeaseTokens,
+    expiry: AtomicU64,
+    available: AtomicBool,
+}
+
+impl LeaseWords {
+    /// No tokens, expired, Redis taken as available until a call fails.
+    pub(crate) fn new() -> Self {
+        LeaseWords {
+            tokens: LeaseTokens::new(0),
+            expiry: AtomicU64::new(0),
+            available: AtomicBool::new(true),
+        }
+    }
+
+    /// The request path: takes a token of a lease valid at `now`, or — Redis
+    /// unreachable and `spend_last` (the degraded policy) — of the last
+    /// lease, past its expiry.
+    #[inline]
+    pub(crate) fn take(&self, now: u64, spend_last: bool) -> Take {
+        // ordering: Relaxed for both words. A request needs no memory
+        // published with them: a token is a count, taken by a
+        // read-modify-write; a stale expiry or availability only moves one
+        // request to the other side of a renewal, expiry or failure that
+        // happened concurrently (the loom model checks what that allows).
+        let expiry = self.expiry.load(Ordering::Relaxed);
+        let available = self.available.load(Ordering::Relaxed);
+        let valid = now < expiry;
+        let last = !available && spend_last;
+        if (valid || last) && self.tokens.take_one() {
+            if valid { Take::Valid } else { Take::Last }
+        } else {
+            Take::None { available }
+        }
+    }
+
+    /// The expiry (the task reads it to decide a refresh).
+    pub(crate) fn expiry(&self) -> u64 {
+        // ordering: Relaxed; only the task writes it.
+        self.expiry.load(Ordering::Relaxed)
+    }
+
+    /// Whether the last Redis call succeeded.
+    pub(crate) fn available(&self) -> bool {
+        // ordering: Relaxed; a flag only the task writes.
+        self.available.load(Ordering::Relaxed)
+    }
+
+    /// A successful call granted `granted` tokens and renewed the lease
+    /// until `expiry`: the grant is added first, then the expiry, then Redis
+    /// is marked available. Returns whether it was unavailable (recovered).
+    pub(crate) fn renewed(&self, granted: u64, expiry: u64) -> bool {
+        self.tokens.grant(granted);
+        // ordering: Relaxed; see `take`.
+        self.expiry.store(expiry, Ordering::Relaxed);
+        !self.available.swap(true, Ordering::Relaxed)
+    }
+
+    /// A call failed: Redis is marked unavailable. Returns whether it was
+    /// available.
+    pub(crate) fn failed(&self) -> bool {
+        // ordering: Relaxed; see `take`.
+        self.available.swap(false, Ordering::Relaxed)
     }
 }
 

@@ -13,18 +13,18 @@
 //! A token leaves `tokens` exactly once: either a request takes it (and
 //! spends it, or puts it back when its own engine limiter refuses) or the
 //! task swaps it out to give it back to Redis. So no token is spent twice,
-//! and none is given back that was spent. The counter is
-//! [`LeaseTokens`](crate::lease) (`lease.rs`), which the loom model
-//! compiles as it is.
+//! and none is given back that was spent. The three words are
+//! `LeaseWords` in `lease.rs` (the counter is its `LeaseTokens`), which the
+//! loom model compiles as it is.
 
 use core::time::Duration;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::{Client, Script};
 use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker};
 use tenlives_engine::events::EventKind;
@@ -32,11 +32,11 @@ use tenlives_engine::rate::{Quota, RateLimited, RateLimiter};
 use tenlives_engine::time::{Clock, MonotonicClock, Timestamp};
 use tokio::sync::Notify;
 
-use crate::background::{Background, invoke, next_refresh};
+use crate::background::{Background, Conn, next_refresh};
 use crate::config::{FailurePolicy, FleetConfig, FleetError};
 use crate::gcra::{self, GcraParams, Reply};
 use crate::key::rate_key;
-use crate::lease::{GiveBack, LeaseTokens};
+use crate::lease::{GiveBack, LeaseWords, Take};
 use crate::reports::Reports;
 
 /// A request was decided under the failure policy, Redis being unreachable.
@@ -139,13 +139,6 @@ pub struct FleetStats {
     pub redis_errors: u64,
 }
 
-/// The words requests read, on their own cache line.
-struct Lease {
-    tokens: LeaseTokens,
-    expiry: AtomicU64,
-    available: AtomicBool,
-}
-
 /// Counters requests write, on another line.
 struct Demand {
     spent: AtomicU64,
@@ -153,7 +146,8 @@ struct Demand {
 }
 
 struct Shared {
-    lease: CachePadded<Lease>,
+    /// The words requests read, on their own cache line.
+    lease: CachePadded<LeaseWords>,
     demand: CachePadded<Demand>,
     reports: Reports,
     share: RateLimiter,
@@ -179,32 +173,30 @@ impl Shared {
 
     #[inline]
     fn try_acquire_at(&self, now: Timestamp) -> Result<Admitted, Refused> {
-        // ordering: Relaxed for the lease words. A request needs no memory
-        // published with them: a token is a count, taken by a
-        // read-modify-write; a stale expiry or availability only moves one
-        // request to the other side of a change that happened concurrently.
-        let expiry = self.lease.expiry.load(Ordering::Relaxed);
-        let available = self.lease.available.load(Ordering::Relaxed);
-        let valid = now.as_nanos() < expiry;
-        let last_lease = !available && self.policy == FailurePolicy::Degraded;
-        if (valid || last_lease) && self.lease.tokens.take_one() {
-            return match self.share.check(now) {
-                Ok(()) => {
-                    // ordering: Relaxed; a demand count read by the task.
-                    self.demand.spent.fetch_add(1, Ordering::Relaxed);
-                    if valid {
-                        Ok(Admitted::Lease)
-                    } else {
-                        self.degraded(true, 1, now);
-                        Ok(Admitted::LastLease)
+        let available = match self
+            .lease
+            .take(now.as_nanos(), self.policy == FailurePolicy::Degraded)
+        {
+            Take::None { available } => available,
+            taken => {
+                return match self.share.check(now) {
+                    Ok(()) => {
+                        // ordering: Relaxed; a demand count read by the task.
+                        self.demand.spent.fetch_add(1, Ordering::Relaxed);
+                        if taken == Take::Valid {
+                            Ok(Admitted::Lease)
+                        } else {
+                            self.degraded(true, 1, now);
+                            Ok(Admitted::LastLease)
+                        }
                     }
-                }
-                Err(limited) => {
-                    self.lease.tokens.put_back();
-                    Err(Refused::ShareLimited(limited))
-                }
-            };
-        }
+                    Err(limited) => {
+                        self.lease.tokens.put_back();
+                        Err(Refused::ShareLimited(limited))
+                    }
+                };
+            }
+        };
         if available {
             // ordering: Relaxed; a demand count read by the task.
             self.demand.starved.fetch_add(1, Ordering::Relaxed);
@@ -236,7 +228,7 @@ impl Shared {
         // ordering: Relaxed throughout; a snapshot for reports.
         FleetStats {
             lease_tokens: self.lease.tokens.held(),
-            redis_available: self.lease.available.load(Ordering::Relaxed),
+            redis_available: self.lease.available(),
             spent: self.demand.spent.load(Ordering::Relaxed),
             starved: self.demand.starved.load(Ordering::Relaxed),
             granted: self.granted.load(Ordering::Relaxed),
@@ -272,7 +264,7 @@ impl core::fmt::Debug for FleetRateLimiter {
 /// The state of the background task.
 struct Refresher {
     shared: Arc<Shared>,
-    conn: ConnectionManager,
+    conn: Conn,
     script: Script,
     key: String,
     params: GcraParams,
@@ -340,14 +332,10 @@ impl FleetRateLimiter {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(config.refresh_interval);
-        let conn = ConnectionManager::new_lazy_with_config(client, conn_config)?;
+        let conn = Conn::new(client, conn_config)?;
         let clock = MonotonicClock::new();
         let shared = Arc::new(Shared {
-            lease: CachePadded::new(Lease {
-                tokens: LeaseTokens::new(0),
-                expiry: AtomicU64::new(0),
-                available: AtomicBool::new(true),
-            }),
+            lease: CachePadded::new(LeaseWords::new()),
             demand: CachePadded::new(Demand {
                 spent: AtomicU64::new(0),
                 starved: AtomicU64::new(0),
@@ -497,9 +485,8 @@ impl Refresher {
         let now = self.shared.clock.now();
         let target = self.size(now);
         let lease = &self.shared.lease;
-        // ordering: Relaxed; see `try_acquire_at`.
-        let expiry = lease.expiry.load(Ordering::Relaxed);
-        let available = lease.available.load(Ordering::Relaxed);
+        let expiry = lease.expiry();
+        let available = lease.available();
         let held = lease.tokens.held();
         let expired = now.as_nanos() >= expiry;
         // Under the degraded policy with Redis unreachable, the last lease is
@@ -553,7 +540,7 @@ impl Refresher {
                     .arg(want)
                     .arg(want.min(1))
                     .arg(ret);
-                let answer = invoke(&invocation, &mut self.conn, self.timeout).await;
+                let answer = self.conn.invoke(&invocation, self.timeout).await;
                 let reply = answer.as_deref().and_then(Reply::from_values);
                 let done = shared.clock.now();
                 match reply {
@@ -566,18 +553,11 @@ impl Refresher {
         let lease = &shared.lease;
         match reply {
             Some(reply) => {
-                // ordering: Relaxed; expiry and availability are read
-                // independently of the tokens (a count, see `lease.rs`).
-                lease.tokens.grant(reply.granted);
-                lease.expiry.store(
-                    now.saturating_add(self.lease_duration).as_nanos(),
-                    Ordering::Relaxed,
-                );
-                // ordering: Relaxed; counts for reports, and a flag only
-                // this task writes.
+                // ordering: Relaxed; counts for reports.
                 shared.granted.fetch_add(reply.granted, Ordering::Relaxed);
                 shared.returned.fetch_add(ret, Ordering::Relaxed);
-                if !lease.available.swap(true, Ordering::Relaxed) {
+                let expiry = now.saturating_add(self.lease_duration).as_nanos();
+                if lease.renewed(reply.granted, expiry) {
                     let degraded = shared.reports.degraded_total();
                     shared
                         .reports
@@ -590,7 +570,7 @@ impl Refresher {
                 // The tokens taken out to give back may or may not have
                 // reached Redis: never put them back (no token spent twice).
                 shared.lost.fetch_add(ret, Ordering::Relaxed);
-                if lease.available.swap(false, Ordering::Relaxed) {
+                if lease.failed() {
                     let held = lease.tokens.held();
                     shared
                         .reports

@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
 use prometheus_client::metrics::counter::Counter;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::{Client, Script};
 use tenlives_engine::ConfigError;
 use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker};
@@ -46,7 +46,7 @@ use tenlives_engine::bulkhead::{Bulkhead, BulkheadPermit, RawBulkheadPermit};
 use tenlives_engine::time::{Clock, MonotonicClock, Timestamp};
 use tokio::sync::Notify;
 
-use crate::background::{Background, invoke, next_refresh};
+use crate::background::{Background, Conn, next_refresh};
 use crate::config::{FailurePolicy, FleetError, Ring, validate_timing};
 use crate::key::semaphore_keys;
 use crate::limiter::{REDIS_RECOVERED, REDIS_UNAVAILABLE};
@@ -431,7 +431,7 @@ impl fmt::Debug for FleetSemaphore {
 
 struct SemRefresher {
     shared: Arc<SemShared>,
-    conn: ConnectionManager,
+    conn: Conn,
     script: Script,
     keys: [String; 2],
     holder: String,
@@ -477,7 +477,7 @@ impl FleetSemaphore {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(config.refresh_interval);
-        let conn = ConnectionManager::new_lazy_with_config(client, conn_config)?;
+        let conn = Conn::new(client, conn_config)?;
         let bulkhead = Bulkhead::new(1)?;
         let reserve = bulkhead
             .try_acquire_raw()
@@ -694,7 +694,7 @@ impl SemRefresher {
                     .arg(&self.holder)
                     .arg(want)
                     .arg(ttl_ms);
-                let answer = invoke(&invocation, &mut self.conn, self.timeout).await;
+                let answer = self.conn.invoke(&invocation, self.timeout).await;
                 let held = match answer.as_deref() {
                     Some(&[held, _, _]) => u32::try_from(held).ok(),
                     _ => None,

@@ -384,6 +384,81 @@ pub fn effectiveness(path: &Path, scenarios: &[(&str, Vec<(&str, f64)>)]) -> Res
     Ok(())
 }
 
+/// One line of [`fleet_rates`]: a label and its points (seconds, per second).
+pub type RateLine<'a> = (&'a str, Vec<(f64, f64)>);
+
+/// The `fleet` scenario's plot: the admitted rate of each front and of the
+/// whole fleet per second, beside the quota (dashed) and the stated bound
+/// on one second's admissions (dotted).
+pub fn fleet_rates(
+    path: &Path,
+    title: &str,
+    fronts: &[RateLine<'_>],
+    global: &[(f64, f64)],
+    quota: f64,
+    bound: f64,
+) -> Res {
+    const FRONTS: [RGBColor; 4] = [P50, P99, REFUSED, OK];
+    let root = SVGBackend::new(path, (SIZE.0, SIZE.1 / 2 + 80)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let x1 = global.iter().map(|p| p.0 + 0.5).fold(1.0, f64::max);
+    let top = global.iter().map(|p| p.1).fold(bound, f64::max).max(1.0) * 1.1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..x1, 0.0..top)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since start")
+        .y_desc("admitted / s")
+        .draw()?;
+    chart
+        .draw_series(DashedLineSeries::new(
+            [(0.0, quota), (x1, quota)],
+            6,
+            4,
+            LIMIT.stroke_width(2),
+        ))?
+        .label("quota")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], LIMIT.stroke_width(2)));
+    chart
+        .draw_series(DashedLineSeries::new(
+            [(0.0, bound), (x1, bound)],
+            2,
+            4,
+            FAILED.stroke_width(2),
+        ))?
+        .label("bound on one second: b + rate + N·L")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], FAILED.stroke_width(2)));
+    chart
+        .draw_series(LineSeries::new(
+            global.iter().copied(),
+            GOOD.stroke_width(3),
+        ))?
+        .label("fleet (all fronts)")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], GOOD.stroke_width(3)));
+    for (i, (label, points)) in fronts.iter().enumerate() {
+        let color = FRONTS[i % FRONTS.len()];
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))?
+            .label(*label)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

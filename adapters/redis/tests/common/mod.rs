@@ -11,6 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod proxy;
+
 pub struct RedisServer {
     port: u16,
     dir: PathBuf,
@@ -39,6 +41,11 @@ impl RedisServer {
         };
         server.restart();
         server
+    }
+
+    /// The loopback port it listens on (the same across restarts).
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// The URL clients connect to.
