@@ -59,6 +59,7 @@ mod background;
 mod config;
 pub mod gcra;
 pub mod key;
+pub mod keyed;
 mod lease;
 mod limiter;
 mod reports;
@@ -66,6 +67,9 @@ pub mod semaphore;
 pub mod tower;
 
 pub use config::{FailurePolicy, FleetConfig, FleetError, Ring};
+pub use keyed::{
+    KeyedAdmitted, KeyedFleetConfig, KeyedFleetLimiter, KeyedFleetStats, KeyedRefused,
+};
 pub use limiter::{
     Admitted, FleetRateLimiter, FleetStats, REDIS_DEGRADED, REDIS_RECOVERED, REDIS_UNAVAILABLE,
     Refused,
