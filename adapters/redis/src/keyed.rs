@@ -416,7 +416,9 @@ where
         drop(guard);
         if !available {
             // Asked for when Redis is back; not charged (a degraded decision).
-            let _ = self.pending.push((key.clone(), false));
+            if !self.pending.is_full() {
+                let _ = self.pending.push((key.clone(), false));
+            }
             return self.by_policy(key, now);
         }
         match self.fallback.check_key(key, now) {
@@ -549,10 +551,13 @@ where
             .saturating_mul(2)
             .next_power_of_two()
             .max(PROBE);
+        // Twice the capacity: it sweeps (entries whose tokens all refilled)
+        // only when three quarters are in use, so a resident key's entry
+        // stays.
         let share = KeyedRateLimiter::new(
             KeyedConfig::new(
                 share_quota(&fleet.quota, fleet.max_share, max_lease)?,
-                config.capacity,
+                config.capacity.saturating_mul(2),
             )?
             .when_full(WhenFull::Admit),
         );
@@ -843,6 +848,12 @@ where
             busy_at: tick,
             fresh: true,
         };
+        // The key's share entry is made here, by the task (charging
+        // nothing), so that its requests find it and never clone the key.
+        let _ = self
+            .shared
+            .share
+            .check_key_n(&key, 0, self.shared.clock.now());
         self.index.insert(key.clone(), i);
         // ordering: Release; publishes the resident key (and its hash) to
         // requests, which load it with Acquire.

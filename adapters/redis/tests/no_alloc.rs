@@ -286,3 +286,86 @@ async fn no_layer_call_allocates() {
     assert_eq!(allocations, 0);
     assert!(admitted > 0 && rejected > 0, "{admitted} / {rejected}");
 }
+
+/// A keyed decision's outcome, without its payload.
+fn keyed_outcome(
+    r: Result<tenlives_redis::KeyedAdmitted, tenlives_redis::KeyedRefused>,
+) -> &'static str {
+    use tenlives_redis::{KeyedAdmitted, KeyedRefused};
+    match r {
+        Ok(KeyedAdmitted::Fleet(a)) => outcome(Ok(a)),
+        Err(KeyedRefused::Fleet(r)) => outcome(Err(r)),
+        Ok(KeyedAdmitted::NewKey) => "new key",
+        Err(KeyedRefused::NewKey(_)) => "new key refused",
+        Err(KeyedRefused::Backlog) => "backlog",
+        Err(KeyedRefused::TableFull) => "table full",
+    }
+}
+
+/// Resident keys (their leases, the fleet quota exhausted, the per-key
+/// share refusing; then, Redis gone, the last lease and the per-key
+/// fallback admitting and refusing) allocate nothing: `String` keys whose
+/// lease and engine entries are resident are compared, never cloned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_resident_key_path_allocates() {
+    use tenlives_redis::{KeyedFleetConfig, KeyedFleetLimiter};
+
+    let mut server = RedisServer::start();
+    let quota = Quota::per_second(1_000).unwrap().with_burst(200).unwrap();
+    let config = KeyedFleetConfig::new(
+        FleetConfig::new("keyed", quota)
+            .max_share(0.5)
+            .initial_lease(100)
+            .expected_instances(4)
+            .refresh_interval(Duration::from_millis(20))
+            .lease_duration(Duration::from_millis(100))
+            .redis_timeout(Duration::from_millis(50)),
+        64,
+    )
+    // Resident throughout, idle or not.
+    .idle_after(Duration::from_secs(60));
+    let limiter = KeyedFleetLimiter::<String>::start(config, server.client())
+        .await
+        .unwrap();
+    let keys: Vec<String> = (0..4).map(|i| format!("user-{i}")).collect();
+    // Make them resident (a new key's request clones it into the queue).
+    for k in &keys {
+        let _ = limiter.try_acquire(k);
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while keys.iter().any(|k| limiter.lease_of(k).is_none()) {
+        assert!(Instant::now() < deadline, "keys never resident");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut seen = HashSet::with_capacity(64);
+    let run = |n: usize, seen: &mut HashSet<&'static str>| {
+        allocations_during(|| {
+            for i in 0..n {
+                seen.insert(keyed_outcome(limiter.try_acquire(&keys[i % 4])));
+            }
+        })
+    };
+    assert_eq!(run(4_000, &mut seen), 0);
+    assert!(seen.contains("lease"), "{seen:?}");
+    assert!(
+        seen.contains("exhausted") || seen.contains("share"),
+        "{seen:?}"
+    );
+    // Top-ups, then Redis gone: last leases, then the per-key fallback.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while limiter.stats().lease_tokens == 0 {
+        assert!(Instant::now() < deadline, "no top-up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.kill();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while limiter.stats().redis_available {
+        assert!(Instant::now() < deadline, "Redis loss never noticed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(run(4_000, &mut seen), 0);
+    for path in ["last lease", "fallback", "fallback refused"] {
+        assert!(seen.contains(path), "{path} not taken: {seen:?}");
+    }
+}
