@@ -380,9 +380,18 @@ where
         // moves a request to the other side of a concurrent change.
         let available = self.available.load(Ordering::Relaxed);
         let guard = epoch::pin();
-        if let Some((slot, generation)) = self.find(key, hash, &guard) {
+        // A key installed whose first lease has not come yet (expiry 0) is
+        // decided as a new key (its allowance, its debt) while Redis and the
+        // key's state in it are fine.
+        if let Some((slot, generation, expiry)) = self
+            .find(key, hash, &guard)
             // ordering: Relaxed; see `available`.
-            let expiry = slot.expiry.load(Ordering::Relaxed);
+            .map(|(slot, g)| (slot, g, slot.expiry.load(Ordering::Relaxed)))
+            // ordering: Relaxed; see `available`.
+            .filter(|&(slot, _, expiry)| {
+                expiry != 0 || !available || slot.failed.load(Ordering::Relaxed)
+            })
+        {
             let reachable = available && !slot.failed.load(Ordering::Relaxed);
             let valid = now.as_nanos() < expiry;
             let last_lease = !reachable && self.policy == FailurePolicy::Degraded;
@@ -651,6 +660,12 @@ where
         self.shared.try_acquire_at(key, self.shared.clock.now())
     }
 
+    /// `key`'s limit as a value of its own: a policy for the futures form
+    /// (`tenlives-futures`' `guard` and `acquire`, feature `futures`).
+    pub fn for_key<'a>(&'a self, key: &'a K) -> ForKey<'a, K> {
+        ForKey { limiter: self, key }
+    }
+
     /// How long after `refused` trying again may help: the engine limiter's
     /// wait when one refused, else the refresh interval.
     pub fn retry_after(&self, refused: &KeyedRefused) -> Duration {
@@ -695,6 +710,49 @@ where
     /// the Redis timeout per pipeline), and waits for it.
     pub async fn shutdown(mut self) {
         self.background.shutdown().await;
+    }
+}
+
+/// One key's limit in a [`KeyedFleetLimiter`], from
+/// [`KeyedFleetLimiter::for_key`]: a policy of its own for the futures form.
+pub struct ForKey<'a, K> {
+    limiter: &'a KeyedFleetLimiter<K>,
+    key: &'a K,
+}
+
+impl<K: fmt::Debug> fmt::Debug for ForKey<'_, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ForKey")
+            .field("key", self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K> Clone for ForKey<'_, K> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<K> Copy for ForKey<'_, K> {}
+
+impl<K> ForKey<'_, K>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    /// [`KeyedFleetLimiter::try_acquire`] for the key.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyedRefused`].
+    #[inline]
+    pub fn try_acquire(&self) -> Result<KeyedAdmitted, KeyedRefused> {
+        self.limiter.try_acquire(self.key)
+    }
+
+    /// [`KeyedFleetLimiter::retry_after`].
+    pub fn retry_after(&self, refused: &KeyedRefused) -> Duration {
+        self.limiter.retry_after(refused)
     }
 }
 

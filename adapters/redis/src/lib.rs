@@ -57,6 +57,8 @@
 
 mod background;
 mod config;
+#[cfg(feature = "futures")]
+pub mod futures;
 pub mod gcra;
 pub mod key;
 pub mod keyed;
@@ -64,11 +66,13 @@ mod lease;
 mod limiter;
 mod reports;
 pub mod semaphore;
+#[cfg(feature = "stack")]
+pub mod stack;
 pub mod tower;
 
 pub use config::{FailurePolicy, FleetConfig, FleetError, Ring};
 pub use keyed::{
-    KeyedAdmitted, KeyedFleetConfig, KeyedFleetLimiter, KeyedFleetStats, KeyedRefused,
+    ForKey, KeyedAdmitted, KeyedFleetConfig, KeyedFleetLimiter, KeyedFleetStats, KeyedRefused,
 };
 pub use limiter::{
     Admitted, FleetRateLimiter, FleetStats, REDIS_DEGRADED, REDIS_RECOVERED, REDIS_UNAVAILABLE,
