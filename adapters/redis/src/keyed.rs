@@ -1147,3 +1147,90 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn slot() -> Slot<u64> {
+        Slot {
+            word: AtomicU64::new(0),
+            key: Atomic::null(),
+            expiry: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            spent: AtomicU64::new(0),
+            starved: AtomicU64::new(0),
+        }
+    }
+
+    /// The task evicts (bumping the generation and taking every token
+    /// out) and re-grants, round after round, while requests take tokens at
+    /// the generation they read: per generation, tokens taken by requests
+    /// plus tokens taken out by the task equal the tokens granted. A
+    /// request that read an old generation never takes a newer key's token.
+    #[test]
+    fn a_token_is_taken_only_at_its_own_generation() {
+        const ROUNDS: usize = 3_000;
+        let slot = Arc::new(slot());
+        let round = Arc::new(AtomicUsize::new(0));
+        let takers: Vec<_> = (0..2)
+            .map(|_| {
+                let (slot, round) = (Arc::clone(&slot), Arc::clone(&round));
+                std::thread::spawn(move || {
+                    let mut taken = vec![0u64; ROUNDS + 1];
+                    // ordering: Relaxed; a stop signal.
+                    while round.load(Ordering::Relaxed) < ROUNDS {
+                        // ordering: Acquire, as `find` reads it.
+                        let generation = gen_of(slot.word.load(Ordering::Acquire));
+                        // A pause between the read and the take widens the
+                        // window in which the task moves on.
+                        std::hint::spin_loop();
+                        if slot.take(generation) {
+                            taken[generation as usize] += 1;
+                        }
+                    }
+                    taken
+                })
+            })
+            .collect();
+        let mut granted = vec![0u64; ROUNDS + 1];
+        let mut returned = vec![0u64; ROUNDS + 1];
+        for r in 0..ROUNDS {
+            let g = gen_of(slot.word.load(Ordering::Relaxed)) as usize;
+            assert_eq!(g, r);
+            let n = 1 + (r as u64 % 5);
+            slot.grant(n);
+            granted[g] += n;
+            // Give the takers a moment with the tokens.
+            for _ in 0..2_000 {
+                std::hint::spin_loop();
+            }
+            if r % 3 == 0 {
+                returned[g] += slot.take_above(1);
+            }
+            // Evict: the next generation, no tokens.
+            let next = u64::from(gen_of(slot.word.load(Ordering::Relaxed)) + 1) << 32;
+            returned[g] += slot.word.swap(next, Ordering::Release) & TOKENS;
+            // ordering: Relaxed; a progress count.
+            round.store(r + 1, Ordering::Relaxed);
+        }
+        let mut taken = vec![0u64; ROUNDS + 1];
+        for t in takers {
+            for (g, n) in t.join().unwrap().into_iter().enumerate() {
+                taken[g] += n;
+            }
+        }
+        for g in 0..ROUNDS {
+            assert_eq!(
+                taken[g] + returned[g],
+                granted[g],
+                "generation {g}: taken {} returned {} granted {}",
+                taken[g],
+                returned[g],
+                granted[g]
+            );
+        }
+        assert!(taken.iter().sum::<u64>() > 0, "the takers never took");
+    }
+}
