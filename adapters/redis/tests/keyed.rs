@@ -496,3 +496,112 @@ async fn admissions_per_key_stay_within_one_reference_bucket() {
     accounted(&limiter.stats());
     limiter.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushed_script_is_reloaded_and_loses_no_token() {
+    let server = RedisServer::start();
+    let quota = Quota::per_second(100).unwrap().with_burst(50).unwrap();
+    let limiter = start(
+        &server,
+        KeyedFleetConfig::new(fleet("flush", quota).initial_lease(10), 8),
+    )
+    .await;
+    let key = "k".to_owned();
+    limiter.try_acquire(&key).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(2), || limiter
+            .lease_of(&key)
+            .unwrap_or(0)
+            > 0)
+        .await
+    );
+    let mut con = server.connection();
+    for _ in 0..3 {
+        // The script disappears (as after a restart of a Redis that kept
+        // its data); the next pipeline meets NOSCRIPT, reloads, carries on.
+        let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut con).unwrap();
+        let before = limiter.stats().granted;
+        let started = Instant::now();
+        while limiter.stats().granted == before {
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{:?}",
+                limiter.stats()
+            );
+            let _ = limiter.try_acquire(&key);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let s = limiter.stats();
+    assert!(s.redis_available, "{s:?}");
+    assert_eq!((s.key_errors, s.lost, s.redis_errors), (0, 0, 0), "{s:?}");
+    accounted(&s);
+    limiter.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_degrades_every_key_and_recovers_when_it_returns() {
+    let mut server = RedisServer::start();
+    // 200 a second, burst 40, E = 4: the fallback is 50/s, burst 10 per key.
+    let quota = Quota::per_second(200).unwrap().with_burst(40).unwrap();
+    let config = KeyedFleetConfig::new(
+        fleet("kill", quota)
+            .expected_instances(4)
+            .lease_duration(Duration::from_millis(200))
+            .redis_timeout(Duration::from_millis(50)),
+        8,
+    );
+    let limiter = start(&server, config).await;
+    let keys: Vec<String> = (0..3).map(|i| format!("k{i}")).collect();
+    let drive = |limiter: &KeyedFleetLimiter<String>| {
+        let mut admitted = 0u64;
+        for k in &keys {
+            for _ in 0..5 {
+                if limiter.try_acquire(k).is_ok() {
+                    admitted += 1;
+                }
+            }
+        }
+        admitted
+    };
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(300) {
+        drive(&limiter);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(keys.iter().all(|k| limiter.lease_of(k).is_some()));
+    server.kill();
+    assert!(wait_for(Duration::from_secs(3), || !limiter.stats().redis_available).await);
+    // Degraded: per key, the last lease (at most L = 40), then the fallback
+    // (burst 10, 50/s) — over 500 ms at most 40 + 10 + 25 + 1 per key.
+    let before = limiter.stats();
+    let down = Instant::now();
+    let mut admitted = 0;
+    while down.elapsed() < Duration::from_millis(500) {
+        admitted += drive(&limiter);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed_ms = down.elapsed().as_millis() as u64;
+    let bound = 3 * (40 + 10 + elapsed_ms * 50 / 1_000 + 1);
+    assert!(admitted <= bound, "{admitted} > {bound}");
+    let s = limiter.stats();
+    assert!(s.degraded_admitted > before.degraded_admitted, "{s:?}");
+    assert!(s.degraded_refused > 0, "{s:?}");
+    // Back: leases again within the breaker's open time plus refreshes.
+    server.restart();
+    let back = Instant::now();
+    let mut leased = false;
+    while back.elapsed() < Duration::from_secs(3) && !leased {
+        leased = keys
+            .iter()
+            .all(|k| limiter.try_acquire(k) == Ok(KeyedAdmitted::Fleet(Admitted::Lease)));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(leased, "{:?}", limiter.stats());
+    eprintln!(
+        "degraded: {admitted} admitted (bound {bound}); recovered in {:?}",
+        back.elapsed()
+    );
+    assert!(limiter.stats().redis_available);
+    limiter.shutdown().await;
+}
