@@ -71,6 +71,7 @@ pub mod futures;
 pub mod gcra;
 pub mod key;
 pub mod keyed;
+pub mod keyed_tower;
 mod lease;
 mod limiter;
 mod reports;
@@ -82,6 +83,9 @@ pub mod tower;
 pub use config::{FailurePolicy, FleetConfig, FleetError, Ring};
 pub use keyed::{
     ForKey, KeyedAdmitted, KeyedFleetConfig, KeyedFleetLimiter, KeyedFleetStats, KeyedRefused,
+};
+pub use keyed_tower::{
+    KeyedFleetRateLimit, KeyedFleetRateLimitLayer, KeyedFleetRejected, KeyedFleetResponseFuture,
 };
 pub use limiter::{
     Admitted, FleetRateLimiter, FleetStats, REDIS_DEGRADED, REDIS_RECOVERED, REDIS_UNAVAILABLE,

@@ -204,3 +204,49 @@ async fn the_fleet_limits_are_stages_of_the_stack() {
     }
     assert_eq!(rate.stats().spent, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keyed_layer_limits_each_key_taken_from_the_request() {
+    use tenlives_redis::{FleetLimitError, KeyedFleetRateLimitLayer};
+
+    let server = RedisServer::start();
+    let quota = Quota::per_minute(60).unwrap().with_burst(6).unwrap();
+    let keyed = Arc::new(
+        KeyedFleetLimiter::<u64>::start(
+            KeyedFleetConfig::new(
+                FleetConfig::new("layer", quota)
+                    .expected_instances(3)
+                    .refresh_interval(Duration::from_millis(20)),
+                8,
+            ),
+            server.client(),
+        )
+        .await
+        .unwrap(),
+    );
+    // The request is (user, payload); the key is the user.
+    let layer = KeyedFleetRateLimitLayer::new(Arc::clone(&keyed), |req: &(u64, u32)| req.0);
+    let mut svc = layer.layer(service_fn(|(_, x): (u64, u32)| async move {
+        Ok::<_, std::io::Error>(x)
+    }));
+    // A new user's allowance: burst 6 / 3 = 2, then refused with the
+    // allowance's wait; another user has an allowance of its own.
+    assert_eq!(svc.ready().await.unwrap().call((1, 10)).await.unwrap(), 10);
+    assert_eq!(svc.ready().await.unwrap().call((1, 11)).await.unwrap(), 11);
+    match svc.ready().await.unwrap().call((1, 12)).await {
+        Err(FleetLimitError::Rejected(r)) => {
+            assert!(matches!(r.reason, KeyedRefused::NewKey(_)), "{r:?}");
+            assert!(r.retry_after > Duration::ZERO);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(svc.ready().await.unwrap().call((2, 20)).await.unwrap(), 20);
+    // User 1's lease arrives (its 2 admissions charged first): then the
+    // lease decides.
+    assert!(
+        wait_for(Duration::from_secs(2), || keyed.lease_of(&1).unwrap_or(0)
+            > 0)
+        .await
+    );
+    assert_eq!(svc.ready().await.unwrap().call((1, 13)).await.unwrap(), 13);
+}
