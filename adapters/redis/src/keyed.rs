@@ -76,6 +76,7 @@ use crate::background::{Background, next_refresh};
 use crate::config::{FailurePolicy, FleetConfig, FleetError};
 use crate::gcra::{self, GcraParams, Reply};
 use crate::key::keyed_rate_key;
+use crate::keyed_word::SlotWord;
 use crate::limiter::{
     Admitted, REDIS_RECOVERED, REDIS_UNAVAILABLE, Refused, default_breaker, fallback_quota,
     share_quota,
@@ -86,7 +87,6 @@ use crate::reports::Reports;
 pub const PROBE: usize = 16;
 /// Script calls sent in one pipeline (one round trip) at most.
 pub const BATCH: usize = 128;
-const TOKENS: u64 = (1 << 32) - 1;
 
 /// The configuration of a [`KeyedFleetLimiter`]: the per-key quota and
 /// every setting of a [`FleetConfig`], plus the table's capacity.
@@ -225,7 +225,7 @@ struct Resident<K> {
 }
 
 struct Slot<K> {
-    word: AtomicU64,
+    word: SlotWord,
     key: Atomic<Resident<K>>,
     expiry: AtomicU64,
     failed: AtomicBool,
@@ -233,48 +233,23 @@ struct Slot<K> {
     starved: AtomicU64,
 }
 
-#[inline]
-fn gen_of(word: u64) -> u32 {
-    (word >> 32) as u32
-}
-
 impl<K> Slot<K> {
-    /// Takes one token of generation `generation` (the request path).
     #[inline]
     fn take(&self, generation: u32) -> bool {
-        // ordering: Relaxed; the generation and the count are one word, so
-        // the compare-and-swap itself checks the token is still the key's.
-        self.word
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
-                (gen_of(w) == generation && w & TOKENS > 0).then(|| w - 1)
-            })
-            .is_ok()
+        self.word.take(generation)
     }
 
-    /// Adds a grant (the task, which alone changes the generation).
     fn grant(&self, n: u64) {
-        // ordering: Relaxed; a count. Leases are at most `b <= u32::MAX`.
-        let _ = self
-            .word
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
-                Some((w & !TOKENS) | ((w & TOKENS) + n).min(TOKENS))
-            });
+        self.word.grant(n);
     }
 
-    /// Takes out the tokens above `keep` (the task).
     fn take_above(&self, keep: u64) -> u64 {
-        // ordering: Relaxed; see `take`.
-        self.word
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
-                (w & TOKENS > keep).then_some((w & !TOKENS) | keep)
-            })
-            .map_or(0, |w| (w & TOKENS) - keep)
+        self.word.take_above(keep)
     }
 
     #[inline]
     fn held(&self) -> u64 {
-        // ordering: Relaxed; a snapshot.
-        self.word.load(Ordering::Relaxed) & TOKENS
+        self.word.held()
     }
 
     fn demand(&self) -> u64 {
@@ -323,7 +298,7 @@ where
             // the key before it bumps the generation (Release), so a request
             // that reads the new generation reads the null (or a newer key),
             // never the evicted key with the new generation.
-            let generation = gen_of(slot.word.load(Ordering::Acquire));
+            let generation = slot.word.generation();
             let resident = slot.key.load(Ordering::Acquire, guard);
             // SAFETY: loaded under `guard`; the task retires a key only with
             // `defer_destroy` after unlinking it, so it lives while `guard`
@@ -581,7 +556,7 @@ where
         let shared = Arc::new(KShared {
             slots: (0..size)
                 .map(|_| Slot {
-                    word: AtomicU64::new(0),
+                    word: SlotWord::new(),
                     key: Atomic::null(),
                     expiry: AtomicU64::new(0),
                     failed: AtomicBool::new(false),
@@ -835,9 +810,7 @@ where
         // by it and is unlinked now.
         let resident = unsafe { old.as_ref() }?;
         self.index.remove(&resident.key);
-        let word = slot.word.load(Ordering::Relaxed);
-        let next = u64::from(gen_of(word).wrapping_add(1)) << 32;
-        let tokens = slot.word.swap(next, Ordering::Release) & TOKENS;
+        let tokens = slot.word.evict();
         slot.expiry.store(0, Ordering::Relaxed);
         // SAFETY: unlinked above; readers that may still hold it pinned the
         // epoch before, so it is freed after they unpin.
@@ -1155,7 +1128,7 @@ mod tests {
 
     fn slot() -> Slot<u64> {
         Slot {
-            word: AtomicU64::new(0),
+            word: SlotWord::new(),
             key: Atomic::null(),
             expiry: AtomicU64::new(0),
             failed: AtomicBool::new(false),
@@ -1181,8 +1154,7 @@ mod tests {
                     let mut taken = vec![0u64; ROUNDS + 1];
                     // ordering: Relaxed; a stop signal.
                     while round.load(Ordering::Relaxed) < ROUNDS {
-                        // ordering: Acquire, as `find` reads it.
-                        let generation = gen_of(slot.word.load(Ordering::Acquire));
+                        let generation = slot.word.generation();
                         // A pause between the read and the take widens the
                         // window in which the task moves on.
                         std::hint::spin_loop();
@@ -1197,7 +1169,7 @@ mod tests {
         let mut granted = vec![0u64; ROUNDS + 1];
         let mut returned = vec![0u64; ROUNDS + 1];
         for r in 0..ROUNDS {
-            let g = gen_of(slot.word.load(Ordering::Relaxed)) as usize;
+            let g = slot.word.generation() as usize;
             assert_eq!(g, r);
             let n = 1 + (r as u64 % 5);
             slot.grant(n);
@@ -1210,8 +1182,7 @@ mod tests {
                 returned[g] += slot.take_above(1);
             }
             // Evict: the next generation, no tokens.
-            let next = u64::from(gen_of(slot.word.load(Ordering::Relaxed)) + 1) << 32;
-            returned[g] += slot.word.swap(next, Ordering::Release) & TOKENS;
+            returned[g] += slot.word.evict();
             // ordering: Relaxed; a progress count.
             round.store(r + 1, Ordering::Relaxed);
         }

@@ -72,6 +72,7 @@ pub mod gcra;
 pub mod key;
 pub mod keyed;
 pub mod keyed_tower;
+mod keyed_word;
 mod lease;
 mod limiter;
 mod reports;
