@@ -605,3 +605,189 @@ async fn redis_killed_degrades_every_key_and_recovers_when_it_returns() {
     assert!(limiter.stats().redis_available);
     limiter.shutdown().await;
 }
+
+/// A fake server on loopback answering every command of a pipeline with
+/// `reply` (one reply per command: it counts the array headers starting a
+/// line).
+fn malformed_server(reply: &'static [u8]) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut at_line_start = true;
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    let mut replies = 0;
+                    for &b in &buf[..n] {
+                        if at_line_start && b == b'*' {
+                            replies += 1;
+                        }
+                        at_line_start = b == b'\n';
+                    }
+                    for _ in 0..replies {
+                        if stream.write_all(reply).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_reply_is_a_key_error_under_the_policy() {
+    let quota = Quota::per_second(100).unwrap().with_burst(10).unwrap();
+    // An integer where the script's four were due, and two integers.
+    for reply in [&b":7\r\n"[..], &b"*2\r\n:7\r\n:7\r\n"[..]] {
+        let port = malformed_server(reply);
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+        let config = KeyedFleetConfig::new(
+            fleet("garbled", quota)
+                .policy(FailurePolicy::FailClosed)
+                .redis_timeout(Duration::from_millis(100)),
+            8,
+        );
+        let limiter = KeyedFleetLimiter::<String>::start(config, client)
+            .await
+            .unwrap();
+        let key = "k".to_owned();
+        assert_eq!(limiter.try_acquire(&key), Ok(KeyedAdmitted::NewKey));
+        assert!(wait_for(Duration::from_secs(2), || limiter.stats().key_errors > 0).await);
+        // Nothing was granted; the key is decided by the policy (closed).
+        assert_eq!(
+            limiter.try_acquire(&key),
+            Err(KeyedRefused::Fleet(Refused::FailClosed))
+        );
+        let s = limiter.stats();
+        assert_eq!(s.granted, 0, "{s:?}");
+        accounted(&s);
+        limiter.shutdown().await;
+    }
+}
+
+mod property {
+    //! Random quotas, allowances and key counts, two limiters sharing the
+    //! keys under saturating demand: per key, the fleet's admissions stay
+    //! within what one global GCRA bucket — the reference model,
+    //! `gcra::Reference` — can grant over the same span, plus each
+    //! process's lease and its allowance before the lease (`N·(L + D)`),
+    //! and reach most of it.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    fn run(rate: u32, burst: u32, instances: u32, keys: usize) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let server = RedisServer::start();
+            let quota = Quota::per_second(rate).unwrap().with_burst(burst).unwrap();
+            let config = || {
+                KeyedFleetConfig::new(
+                    fleet("prop", quota)
+                        .expected_instances(instances)
+                        .max_share(0.5),
+                    16,
+                )
+            };
+            let limiters = [
+                Arc::new(start(&server, config()).await),
+                Arc::new(start(&server, config()).await),
+            ];
+            let names: Vec<String> = (0..keys).map(|i| format!("p{i}")).collect();
+            let admitted: Arc<Vec<AtomicU64>> =
+                Arc::new((0..keys).map(|_| AtomicU64::new(0)).collect());
+            let stop = Arc::new(AtomicBool::new(false));
+            let started = Instant::now();
+            let mut tasks = Vec::new();
+            for limiter in &limiters {
+                let (limiter, stop, admitted, names) = (
+                    Arc::clone(limiter),
+                    Arc::clone(&stop),
+                    Arc::clone(&admitted),
+                    names.clone(),
+                );
+                tasks.push(tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        for _ in 0..4 {
+                            for (i, key) in names.iter().enumerate() {
+                                if limiter.try_acquire(key).is_ok() {
+                                    admitted[i].fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            stop.store(true, Ordering::Relaxed);
+            for t in tasks {
+                t.await.unwrap();
+            }
+            let w_us = started.elapsed().as_micros() as u64;
+            // The reference: one bucket asked for everything it has every
+            // 100 µs over the span (plus 1 ms of clock skew).
+            let q = GcraParams::from_quota(&quota).unwrap();
+            let mut reference = Reference::new();
+            let t0 = 1_000_000_000_000;
+            let mut max_grant = 0;
+            let mut t = t0;
+            while t <= t0 + w_us + 1_000 {
+                max_grant += reference.decide(&q, t, u64::from(burst), 0, 0).granted;
+                t += 100;
+            }
+            let max_lease = u64::from((burst / 2).max(1));
+            let allowance = u64::from((burst / instances).max(1))
+                + u64::from((rate / instances).max(1)) * 100 / 1_000
+                + 1;
+            let bound = max_grant + 2 * (max_lease + allowance);
+            let ideal = w_us * u64::from(rate) / 1_000_000;
+            for (i, a) in admitted.iter().enumerate() {
+                let a = a.load(Ordering::Relaxed);
+                assert!(
+                    a <= bound,
+                    "key {i}: {a} > {bound} (reference {max_grant}) for {rate}/s b {burst} E {instances}"
+                );
+                assert!(
+                    a * 10 >= ideal * 6,
+                    "key {i}: only {a} of {ideal} for {rate}/s b {burst} E {instances}"
+                );
+            }
+            for l in &limiters {
+                accounted(&l.stats());
+            }
+            for l in limiters {
+                Arc::into_inner(l).unwrap().shutdown().await;
+            }
+        });
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 5, ..ProptestConfig::default() })]
+
+        #[test]
+        fn per_key_admissions_stay_within_one_reference_bucket(
+            rate in 100u32..400,
+            burst_div in 4u32..10,
+            instances in 1u32..4,
+            keys in 1usize..5,
+        ) {
+            // The burst covers a refresh interval's refill for the fleet
+            // (b ≥ rate · I / max_share with I = 20 ms).
+            let burst = (rate / burst_div).max(rate / 25 + 1);
+            run(rate, burst, instances, keys);
+        }
+    }
+}
