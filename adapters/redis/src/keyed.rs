@@ -7,11 +7,14 @@
 //! - A fixed table of `2 · capacity` (rounded up to a power of two) lease
 //!   slots, allocated once. A key lives in one of the [`PROBE`] slots after
 //!   the one its hash selects; at most `capacity` keys are resident at once.
-//! - Two engine [`KeyedRateLimiter`]s of the same capacity: the per-key
-//!   *share* limiter (`ceil(max_share · rate)` per period, as the unkeyed
-//!   limiter's share limiter) and the per-key *fallback* limiter
-//!   (`quota / expected_instances`), which decides a new key's first
-//!   requests and, Redis being unreachable, the degraded policy.
+//! - Two engine [`KeyedRateLimiter`]s: the per-key *share* limiter
+//!   (`ceil(max_share · rate)` per period, as the unkeyed limiter's share
+//!   limiter; `2 · capacity` entries, admitting keys it has no room for; the
+//!   task makes a key's entry when it installs the key, so a request never
+//!   clones a key) and the per-key *fallback* limiter (`quota /
+//!   expected_instances`; `capacity` entries, keys without room sharing one
+//!   limiter of that quota), which decides a new key's first requests and,
+//!   Redis being unreachable, the degraded policy.
 //! - A bounded queue of keys waiting for a lease (`pending_capacity`).
 //!
 //! # The slot words
@@ -21,12 +24,13 @@
 //! | `word` | 32..64 | generation: bumped when the slot's key is evicted (wraps) | the task |
 //! | `word` | 0..32 | tokens granted by Redis for the slot's key, not spent or given back | requests (take one, only at the generation they found the key at), the task |
 //! | `key` | pointer | the resident key and its hash (crossbeam-epoch), null when free | the task |
-//! | `expiry` | 64 | local instant (ns) until which the lease may be spent while Redis is reachable | the task |
+//! | `expiry` | 64 | local instant (ns) until which the lease may be spent while Redis is reachable; 0 before the key's first lease | the task |
 //! | `failed` | 1 | the key's last script call got an error reply (`WRONGTYPE`, malformed state) | the task |
 //! | `spent`, `starved` | 64 each | demand counts, for sizing | requests |
 //!
-//! Only the background task installs and evicts keys, so there are never two
-//! slots for one key. To evict, it first nulls the key pointer, then swaps
+//! The generation and the tokens are `SlotWord` (`keyed_word.rs`, checked
+//! by a loom model). Only the background task installs and evicts keys, so
+//! there are never two slots for one key. To evict, it first nulls the key pointer, then swaps
 //! the word to the next generation with no tokens (taking out every token
 //! left, to give back), and retires the key through the epoch. A request
 //! reads the word's generation *before* the key pointer (both `Acquire`),
@@ -40,7 +44,8 @@
 //!
 //! # A new key's first requests
 //!
-//! A key that is not resident has no lease yet. While Redis is reachable,
+//! A key that is not resident (or resident without its first lease yet)
+//! has no lease. While Redis is reachable,
 //! its requests are decided by the fallback limiter (`quota /
 //! expected_instances` per key: a burst of `⌊b / E⌋` at most, then
 //! `rate / E`), and each one admitted is queued as a *debt*: the task
@@ -434,6 +439,7 @@ where
         KeyedFleetStats {
             keys: r(&self.keys),
             lease_tokens: held,
+            // ordering: Relaxed; a snapshot.
             redis_available: self.available.load(Ordering::Relaxed),
             spent,
             starved,
@@ -461,6 +467,7 @@ impl<K> Drop for KShared<K> {
         unsafe {
             let guard = epoch::unprotected();
             for slot in &self.slots {
+                // ordering: Relaxed; exclusive access (`&mut self`).
                 let p = slot.key.swap(EpochShared::null(), Ordering::Relaxed, guard);
                 if !p.is_null() {
                     drop(p.into_owned());
@@ -811,6 +818,8 @@ where
         let resident = unsafe { old.as_ref() }?;
         self.index.remove(&resident.key);
         let tokens = slot.word.evict();
+        // ordering: Relaxed; read independently of the tokens (see
+        // `try_acquire_at`): a stale expiry at most refuses a request.
         slot.expiry.store(0, Ordering::Relaxed);
         // SAFETY: unlinked above; readers that may still hold it pinned the
         // epoch before, so it is freed after they unpin.
@@ -854,6 +863,7 @@ where
         let window = (0..PROBE).map(|j| (hash as usize).wrapping_add(j) & mask);
         let guard = epoch::pin();
         let free = window.clone().find(|&i| {
+            // ordering: Relaxed; the task alone writes key pointers.
             self.shared.slots[i]
                 .key
                 .load(Ordering::Relaxed, &guard)
@@ -869,6 +879,7 @@ where
             }
         };
         let slot = &self.shared.slots[i];
+        // ordering: Relaxed; a flag read on its own by requests.
         slot.failed.store(false, Ordering::Relaxed);
         let demand = slot.demand();
         self.meta[i] = Meta {
@@ -1024,6 +1035,7 @@ where
         for inv in &invocations {
             pipe.invoke_script(inv);
         }
+        // ordering: Relaxed; a count.
         shared
             .scripts
             .fetch_add(calls.len() as u64, Ordering::Relaxed);
@@ -1042,6 +1054,7 @@ where
         };
         permit.success(done);
         self.loaded = true;
+        // ordering: Relaxed; a flag only this task writes.
         if !shared.available.swap(true, Ordering::Relaxed) {
             let degraded = shared.reports.degraded_total();
             shared.reports.emit(REDIS_RECOVERED, now, [degraded, 0]);
@@ -1061,6 +1074,7 @@ where
                     match call.slot {
                         Some(i) => shared.slots[i].grant(call.ret),
                         None => {
+                            // ordering: Relaxed; a count.
                             shared.lost.fetch_add(call.ret, Ordering::Relaxed);
                         }
                     }
@@ -1069,6 +1083,7 @@ where
                     // An error reply for this key (WRONGTYPE, malformed
                     // state) or a malformed answer: the key is decided by
                     // the failure policy until a call for it succeeds.
+                    // ordering: Relaxed; counts, and a flag read on its own.
                     shared.key_errors.fetch_add(1, Ordering::Relaxed);
                     shared.lost.fetch_add(call.ret, Ordering::Relaxed);
                     if let Some(i) = call.slot {
@@ -1089,9 +1104,12 @@ where
         let charged = reply.granted.min(call.debt);
         meta.debt -= charged;
         meta.fresh = false;
+        // ordering: Relaxed; a count.
         shared.charged.fetch_add(charged, Ordering::Relaxed);
         let slot = &shared.slots[i];
         slot.grant(reply.granted - charged);
+        // ordering: Relaxed; the flag and the expiry are read on their own
+        // (see `try_acquire_at`), the tokens are a count.
         slot.failed.store(false, Ordering::Relaxed);
         slot.expiry.store(
             now.saturating_add(self.lease_duration).as_nanos(),
@@ -1113,6 +1131,7 @@ where
                 shared.lost.fetch_add(call.ret, Ordering::Relaxed);
             }
         }
+        // ordering: Relaxed; a flag only this task writes.
         if shared.available.swap(false, Ordering::Relaxed) {
             shared
                 .reports
