@@ -791,3 +791,34 @@ mod property {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_churn_stays_within_the_capacity_and_accounts_for_every_token() {
+    let server = RedisServer::start();
+    let quota = Quota::per_second(50).unwrap().with_burst(10).unwrap();
+    let limiter = start(
+        &server,
+        KeyedFleetConfig::new(fleet("churn", quota).initial_lease(4), 32),
+    )
+    .await;
+    let mut max_keys = 0;
+    let mut admitted = 0u64;
+    // 400 distinct keys, a few requests each, one key every 2 ms.
+    for i in 0..400 {
+        let key = format!("c{i}");
+        for _ in 0..3 {
+            if limiter.try_acquire(&key).is_ok() {
+                admitted += 1;
+            }
+        }
+        max_keys = max_keys.max(limiter.stats().keys);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let s = limiter.stats();
+    assert!(max_keys <= 32, "{max_keys} keys resident");
+    assert!(s.evicted >= 400 - 32, "{s:?}");
+    assert!(admitted >= 400, "{admitted}");
+    accounted(&s);
+    limiter.shutdown().await;
+}
