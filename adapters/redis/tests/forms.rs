@@ -250,3 +250,41 @@ async fn the_keyed_layer_limits_each_key_taken_from_the_request() {
     );
     assert_eq!(svc.ready().await.unwrap().call((1, 13)).await.unwrap(), 13);
 }
+
+/// A program with no tokio of its own: the limiter is started on a small
+/// tokio runtime kept on the side (its one worker runs the refresh), and the
+/// requests run on `futures`' executor on the program's own thread.
+#[test]
+fn a_program_without_tokio_keeps_a_side_runtime_for_the_refresh() {
+    let server = RedisServer::start();
+    let side = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let quota = Quota::per_minute(60).unwrap().with_burst(10).unwrap();
+    let keyed = side
+        .block_on(KeyedFleetLimiter::<String>::start(
+            KeyedFleetConfig::new(
+                FleetConfig::new("side", quota)
+                    .expected_instances(5)
+                    .refresh_interval(Duration::from_millis(20)),
+                8,
+            ),
+            server.client(),
+        ))
+        .unwrap();
+    let clock = MonotonicClock::new();
+    let key = "k".to_owned();
+    let run = || futures::executor::block_on(guard(&keyed.for_key(&key), clock, ok, async { 1 }));
+    assert_eq!(run(), Ok(1));
+    // The side runtime's worker installs the key and fetches its lease.
+    let started = std::time::Instant::now();
+    while keyed.lease_of(&key).unwrap_or(0) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(2), "no lease");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(run(), Ok(1));
+    assert_eq!(keyed.stats().charged, 1);
+    side.block_on(keyed.shutdown());
+}
