@@ -485,6 +485,29 @@ impl<K> Drop for KShared<K> {
 /// Dropping it stops the background task, which gives every lease back if
 /// the runtime still runs; [`shutdown`](Self::shutdown) does the same and
 /// waits for it.
+///
+/// ```no_run
+/// use tenlives_engine::rate::Quota;
+/// use tenlives_redis::{FleetConfig, KeyedAdmitted, KeyedFleetConfig, KeyedFleetLimiter};
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = redis::Client::open("redis://127.0.0.1:6379/")?;
+/// // 100 requests a minute per API key, fleet-wide; 100 000 keys at most
+/// // resident in this process.
+/// let quota = Quota::per_minute(100)?.with_burst(20)?;
+/// let config = KeyedFleetConfig::new(FleetConfig::new("api", quota).expected_instances(4), 100_000);
+/// let limiter = KeyedFleetLimiter::<String>::start(config, client).await?;
+///
+/// let api_key = "key-1234".to_owned();
+/// match limiter.try_acquire(&api_key) {
+///     Ok(KeyedAdmitted::NewKey) => { /* its first requests, charged later */ }
+///     Ok(_) => { /* serve */ }
+///     Err(refused) => println!("429, retry after {:?}", limiter.retry_after(&refused)),
+/// }
+/// limiter.shutdown().await; // every lease back to Redis
+/// # Ok(())
+/// # }
+/// ```
 pub struct KeyedFleetLimiter<K> {
     shared: Arc<KShared<K>>,
     background: Background,
