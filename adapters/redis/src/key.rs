@@ -69,6 +69,38 @@ pub fn semaphore_keys(prefix: &str, name: &str) -> Result<[String; 2], BadName> 
     ])
 }
 
+/// The key of `key`'s quota in the keyed quota family `name` under
+/// `prefix`: `prefix:{name:key}:rate`, with `%`, `{` and `}` in `key`
+/// written `%25`, `%7B` and `%7D` (so distinct keys make distinct names and
+/// the tag always closes where the name's does). The hash tag is
+/// `name:key`: each key of the family lands on the slot `CRC16(name:key)
+/// mod 16384` (escaped), so the family spreads over the cluster, and a
+/// script for one key touches one slot.
+///
+/// # Errors
+///
+/// [`BadName`] when `prefix` or `name` is empty or contains a brace (any
+/// `key` is accepted).
+pub fn keyed_rate_key(prefix: &str, name: &str, key: &str) -> Result<String, BadName> {
+    check(prefix)?;
+    check(name)?;
+    let mut out = String::with_capacity(prefix.len() + name.len() + key.len() + 10);
+    out.push_str(prefix);
+    out.push_str(":{");
+    out.push_str(name);
+    out.push(':');
+    for c in key.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            c => out.push(c),
+        }
+    }
+    out.push_str("}:rate");
+    Ok(out)
+}
+
 /// The cluster slot of `key`: CRC-16/XMODEM of its hash tag (or of the whole
 /// key when it has none) modulo [`CLUSTER_SLOTS`], as the cluster
 /// specification defines it.
@@ -123,6 +155,34 @@ mod tests {
         }
         // An empty tag hashes the whole key.
         assert_eq!(key_slot(b"a{}b"), crc16(b"a{}b") % CLUSTER_SLOTS);
+    }
+
+    #[test]
+    fn keyed_quota_keys_hash_by_name_and_escaped_key() {
+        let k = keyed_rate_key("tenlives", "api", "user-42").unwrap();
+        assert_eq!(k, "tenlives:{api:user-42}:rate");
+        assert_eq!(key_slot(k.as_bytes()), key_slot(b"api:user-42"));
+        // Braces in a key are escaped: the tag still closes after the key.
+        let k = keyed_rate_key("tenlives", "api", "a}b{c%").unwrap();
+        assert_eq!(k, "tenlives:{api:a%7Db%7Bc%25}:rate");
+        assert_eq!(key_slot(k.as_bytes()), key_slot(b"api:a%7Db%7Bc%25"));
+        // Escaping is injective: a key spelling an escape differs.
+        assert_ne!(
+            keyed_rate_key("t", "n", "%7D").unwrap(),
+            keyed_rate_key("t", "n", "}").unwrap()
+        );
+        // Different keys usually land on different slots.
+        let slots: std::collections::HashSet<u16> = (0..64)
+            .map(|i| {
+                key_slot(
+                    keyed_rate_key("t", "api", &i.to_string())
+                        .unwrap()
+                        .as_bytes(),
+                )
+            })
+            .collect();
+        assert!(slots.len() > 32, "{}", slots.len());
+        assert!(keyed_rate_key("t{", "api", "x").is_err());
     }
 
     #[test]

@@ -27,6 +27,15 @@
 //! crashed process's permits come back by themselves) and spends them
 //! through an engine [`Bulkhead`](tenlives_engine::bulkhead::Bulkhead).
 //!
+//! [`KeyedFleetLimiter`] gives one fleet-wide quota per key (per user, per
+//! API key), with the memory cap of the engine's keyed table: a lease per
+//! key, each key's quota in Redis under a hash-tagged key with a TTL, leases
+//! refreshed in batched pipelines and given back when a key is evicted.
+//!
+//! With feature `futures` the limiters are `tenlives-futures` policies (any
+//! executor); with feature `stack` they are `tenlives-tokio` admission
+//! stages (the combined `StackLayer`).
+//!
 //! `docs/redis.md` describes the lease protocol, the bound on what a fleet
 //! can over-admit, the cluster key mapping and what is not built yet.
 //!
@@ -57,15 +66,28 @@
 
 mod background;
 mod config;
+#[cfg(feature = "futures")]
+pub mod futures;
 pub mod gcra;
 pub mod key;
+pub mod keyed;
+pub mod keyed_tower;
+mod keyed_word;
 mod lease;
 mod limiter;
 mod reports;
 pub mod semaphore;
+#[cfg(feature = "stack")]
+pub mod stack;
 pub mod tower;
 
 pub use config::{FailurePolicy, FleetConfig, FleetError, Ring};
+pub use keyed::{
+    ForKey, KeyedAdmitted, KeyedFleetConfig, KeyedFleetLimiter, KeyedFleetStats, KeyedRefused,
+};
+pub use keyed_tower::{
+    KeyedFleetRateLimit, KeyedFleetRateLimitLayer, KeyedFleetRejected, KeyedFleetResponseFuture,
+};
 pub use limiter::{
     Admitted, FleetRateLimiter, FleetStats, REDIS_DEGRADED, REDIS_RECOVERED, REDIS_UNAVAILABLE,
     Refused,

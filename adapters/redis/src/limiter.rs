@@ -294,12 +294,12 @@ pub(crate) fn default_breaker() -> BreakerConfig {
         .unwrap_or_default()
 }
 
-fn share_quota(quota: &Quota, share: f64, max_lease: u32) -> Result<Quota, FleetError> {
+pub(crate) fn share_quota(quota: &Quota, share: f64, max_lease: u32) -> Result<Quota, FleetError> {
     let rate = ((f64::from(quota.rate()) * share).ceil() as u32).clamp(1, quota.rate());
     Ok(Quota::new(rate, quota.period())?.with_burst(max_lease)?)
 }
 
-fn fallback_quota(quota: &Quota, n: u32) -> Result<Quota, FleetError> {
+pub(crate) fn fallback_quota(quota: &Quota, n: u32) -> Result<Quota, FleetError> {
     let rate = (quota.rate() / n).max(1);
     let burst = (quota.burst() / n).max(1);
     Ok(Quota::new(rate, quota.period())?.with_burst(burst)?)

@@ -286,3 +286,161 @@ async fn no_layer_call_allocates() {
     assert_eq!(allocations, 0);
     assert!(admitted > 0 && rejected > 0, "{admitted} / {rejected}");
 }
+
+/// A keyed decision's outcome, without its payload.
+fn keyed_outcome(
+    r: Result<tenlives_redis::KeyedAdmitted, tenlives_redis::KeyedRefused>,
+) -> &'static str {
+    use tenlives_redis::{KeyedAdmitted, KeyedRefused};
+    match r {
+        Ok(KeyedAdmitted::Fleet(a)) => outcome(Ok(a)),
+        Err(KeyedRefused::Fleet(r)) => outcome(Err(r)),
+        Ok(KeyedAdmitted::NewKey) => "new key",
+        Err(KeyedRefused::NewKey(_)) => "new key refused",
+        Err(KeyedRefused::Backlog) => "backlog",
+        Err(KeyedRefused::TableFull) => "table full",
+    }
+}
+
+/// Resident keys (their leases, the fleet quota exhausted, the per-key
+/// share refusing; then, Redis gone, the last lease and the per-key
+/// fallback admitting and refusing) allocate nothing: `String` keys whose
+/// lease and engine entries are resident are compared, never cloned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_resident_key_path_allocates() {
+    use tenlives_redis::{KeyedFleetConfig, KeyedFleetLimiter};
+
+    let mut server = RedisServer::start();
+    let quota = Quota::per_second(1_000).unwrap().with_burst(200).unwrap();
+    let config = KeyedFleetConfig::new(
+        FleetConfig::new("keyed", quota)
+            .max_share(0.5)
+            .initial_lease(100)
+            .expected_instances(4)
+            .refresh_interval(Duration::from_millis(20))
+            .lease_duration(Duration::from_millis(100))
+            .redis_timeout(Duration::from_millis(50)),
+        64,
+    )
+    // Resident throughout, idle or not.
+    .idle_after(Duration::from_secs(60));
+    let limiter = KeyedFleetLimiter::<String>::start(config, server.client())
+        .await
+        .unwrap();
+    let keys: Vec<String> = (0..4).map(|i| format!("user-{i}")).collect();
+    // Make them resident (a new key's request clones it into the queue).
+    for k in &keys {
+        let _ = limiter.try_acquire(k);
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while keys.iter().any(|k| limiter.lease_of(k).unwrap_or(0) == 0) {
+        assert!(Instant::now() < deadline, "keys never resident");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut seen = HashSet::with_capacity(64);
+    let run = |n: usize, seen: &mut HashSet<&'static str>| {
+        allocations_during(|| {
+            for i in 0..n {
+                seen.insert(keyed_outcome(limiter.try_acquire(&keys[i % 4])));
+            }
+        })
+    };
+    assert_eq!(run(4_000, &mut seen), 0);
+    assert!(seen.contains("lease"), "{seen:?}");
+    assert!(
+        seen.contains("exhausted") || seen.contains("share"),
+        "{seen:?}"
+    );
+    // Top-ups, then Redis gone: last leases, then the per-key fallback.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while limiter.stats().lease_tokens == 0 {
+        assert!(Instant::now() < deadline, "no top-up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.kill();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while limiter.stats().redis_available {
+        assert!(Instant::now() < deadline, "Redis loss never noticed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(run(4_000, &mut seen), 0);
+    for path in ["last lease", "fallback", "fallback refused"] {
+        assert!(seen.contains(path), "{path} not taken: {seen:?}");
+    }
+}
+
+/// A call through the keyed layer, with a key that costs no allocation to
+/// take from the request (`u64`), allocates nothing once the key is
+/// resident, admitted or rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_keyed_layer_call_allocates() {
+    use std::future::{Future, Ready, ready};
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+    use tenlives_redis::{
+        FleetLimitError, KeyedFleetConfig, KeyedFleetLimiter, KeyedFleetRateLimitLayer,
+    };
+    use tower_layer::Layer;
+    use tower_service::Service;
+
+    struct Inner;
+    impl Service<(u64, u64)> for Inner {
+        type Response = u64;
+        type Error = ();
+        type Future = Ready<Result<u64, ()>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: (u64, u64)) -> Self::Future {
+            ready(Ok(req.1))
+        }
+    }
+
+    let server = RedisServer::start();
+    let quota = Quota::per_second(1_000).unwrap().with_burst(200).unwrap();
+    let config = KeyedFleetConfig::new(
+        FleetConfig::new("klayer", quota)
+            .max_share(0.5)
+            .initial_lease(100)
+            .refresh_interval(Duration::from_millis(20))
+            .lease_duration(Duration::from_millis(500)),
+        16,
+    )
+    .idle_after(Duration::from_secs(60));
+    let limiter = Arc::new(
+        KeyedFleetLimiter::<u64>::start(config, server.client())
+            .await
+            .unwrap(),
+    );
+    for user in 0..3 {
+        let _ = limiter.try_acquire(&user);
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while (0..3).any(|u| limiter.lease_of(&u).unwrap_or(0) == 0) {
+        assert!(Instant::now() < deadline, "keys never resident");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut svc = KeyedFleetRateLimitLayer::new(limiter, |req: &(u64, u64)| req.0).layer(Inner);
+    let mut cx = Context::from_waker(Waker::noop());
+    let (mut admitted, mut rejected) = (0u64, 0u64);
+    let allocations = allocations_during(|| {
+        for i in 0..3_000u64 {
+            assert!(svc.poll_ready(&mut cx).is_ready());
+            let fut = pin!(svc.call((i % 3, i)));
+            match fut.poll(&mut cx) {
+                Poll::Ready(Ok(v)) => {
+                    assert_eq!(v, i);
+                    admitted += 1;
+                }
+                Poll::Ready(Err(FleetLimitError::Rejected(r))) => {
+                    assert!(r.retry_after > Duration::ZERO);
+                    rejected += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    });
+    assert_eq!(allocations, 0);
+    assert!(admitted > 0 && rejected > 0, "{admitted} / {rejected}");
+}
