@@ -1,0 +1,28 @@
+//! Record request traffic, replay it in virtual time against a candidate
+//! configuration, and run a candidate beside the live one (shadow).
+//!
+//! - [`Recorder`] and [`RecordLayer`]: a bounded, lock-free capture of
+//!   requests (arrival, key, outcome, latency, retry) and a tower layer
+//!   that fills it; [`Trace`] is its text form.
+//! - [`Candidate`]: the policies a [`ConfigSet`](crate::ConfigSet) gives
+//!   one instance name (breaker, rate limiter, bulkhead, retry budget,
+//!   throttle), deciding in a tenlives stack's order.
+//! - [`replay()`]: a trace against a candidate on a `ManualClock`; the
+//!   same trace and configuration give the same [`Replay`], byte for byte
+//!   in [`Replay::render`].
+//! - [`ShadowLayer`]: a candidate beside the live service, counting its
+//!   disagreements ([`ShadowStats`]).
+//!
+//! `docs/replay.md` in the repository states the rules.
+
+mod candidate;
+mod layer;
+mod run;
+mod shadow;
+mod trace;
+
+pub use candidate::{Candidate, CandidateError, Stage, Token};
+pub use layer::{RecordFuture, RecordLayer, RecordService, Tag, stack_outcome};
+pub use run::{Bucket, Decision, Replay, Transition, format_ns, replay};
+pub use shadow::{ShadowCounts, ShadowFuture, ShadowLayer, ShadowService, ShadowStats};
+pub use trace::{Recorder, TRACE_HEADER, Trace, TraceError, TraceOutcome, TraceRecord};
