@@ -13,6 +13,7 @@
 //! cargo run --release -p tenlives-perf -- simulate             # the virtual-time breaker story
 //! cargo run --release -p tenlives-perf -- cache                # the response cache's hit rate and savings
 //! cargo run --release -p tenlives-perf -- hosts                # hedging, ejection, fallback over three upstreams
+//! cargo run --release -p tenlives-perf -- replay --trace perf/replay/demo.trace --config perf/replay/tight.yaml --config perf/replay/loose.toml
 //! ```
 //!
 //! - [`http`]: `demo` starts, on loopback, an upstream HTTP service that
@@ -40,6 +41,7 @@ mod adaptive;
 mod cache;
 mod hosts;
 mod http;
+mod replay;
 mod simulate;
 
 use std::error::Error;
@@ -108,6 +110,13 @@ enum Command {
     /// balancing client, plain and with hedging, outlier ejection and a
     /// fallback; checks that the protected client wins on success rate and p99.
     Hosts(hosts::HostsArgs),
+    /// Replays a request trace in virtual time against one or two
+    /// configuration files; prints what each admits and rejects and when
+    /// its breaker opens, side by side, and writes plots.
+    Replay(replay::ReplayArgs),
+    /// Records a request trace from a short real run (a dependency that
+    /// fails for the middle third, behind a live breaker).
+    Record(replay::RecordArgs),
 }
 
 /// Runs the command: `Ok(true)` when it passed.
@@ -127,6 +136,10 @@ fn run(command: &Command) -> Result<bool, Box<dyn Error>> {
         Command::Adaptive(args) => adaptive::main(args).map(|()| true),
         Command::Cache(args) => http::block_on(cache::cache(args)),
         Command::Hosts(args) => http::block_on(hosts::hosts(args)),
+        Command::Replay(args) => replay::main(args).map(|()| true),
+        Command::Record(args) => {
+            http::block_on(async { replay::record(args).await.map(|()| true) })
+        }
     }
 }
 
