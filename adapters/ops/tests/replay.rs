@@ -9,7 +9,9 @@ use tenlives_ops::config::{
     BreakerSpec, BulkheadSpec, Dur, FileSpec, OrOff, RateLimiterSpec, RetryBudgetSpec, Section,
     ThrottleSpec,
 };
-use tenlives_ops::replay::{Candidate, Decision, Stage, Trace, TraceOutcome, TraceRecord, replay};
+use tenlives_ops::replay::{
+    Candidate, Decision, MAX_BUCKETS, Stage, Trace, TraceOutcome, TraceRecord, replay,
+};
 
 const MS: u64 = 1_000_000;
 const S: u64 = 1_000 * MS;
@@ -324,7 +326,7 @@ fn a_configuration_without_policies_or_for_another_instance_is_refused() {
 }
 
 #[test]
-fn times_at_the_ends_of_the_range_do_not_panic() {
+fn times_at_the_ends_of_the_range_do_not_panic_nor_allocate_a_bucket_each() {
     let records = vec![
         TraceRecord {
             at_ns: 0,
@@ -352,9 +354,22 @@ fn times_at_the_ends_of_the_range_do_not_panic() {
         circuit_breaker: default_section(breaker()),
         ..FileSpec::default()
     };
-    // A huge series would be the failure: a bucket per... keep buckets
-    // coarse enough that u64::MAX fits in a few.
-    let r = replay(&Trace::new(records), &candidate(&spec), u64::MAX / 4);
+    // One-second buckets over 584 years: the buckets widen to keep the
+    // series at most MAX_BUCKETS long.
+    let r = replay(&Trace::new(records), &candidate(&spec), S);
     assert_eq!(r.decisions.len(), 3);
-    assert!(r.series.len() <= 5);
+    assert!(r.series.len() <= MAX_BUCKETS, "{} buckets", r.series.len());
+    assert!(r.bucket_ns > S);
+    assert_eq!(r.series.iter().map(|b| b.arrived).sum::<u64>(), 3);
+}
+
+#[test]
+fn buckets_keep_their_length_when_the_trace_fits() {
+    let trace = synthetic(5, 30, 50, outage);
+    let r = replay(&trace, &candidate(&everything()), 100 * MS);
+    assert_eq!(r.bucket_ns, 100 * MS);
+    assert_eq!(
+        r.series.len(),
+        usize::try_from(trace.records.last().unwrap().at_ns / (100 * MS)).unwrap() + 1
+    );
 }

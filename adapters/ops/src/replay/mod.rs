@@ -23,6 +23,6 @@ mod trace;
 
 pub use candidate::{Candidate, CandidateError, Stage, Token};
 pub use layer::{RecordFuture, RecordLayer, RecordService, Tag, stack_outcome};
-pub use run::{Bucket, Decision, Replay, Transition, format_ns, replay};
+pub use run::{Bucket, Decision, MAX_BUCKETS, Replay, Transition, format_ns, replay};
 pub use shadow::{ShadowCounts, ShadowFuture, ShadowLayer, ShadowService, ShadowStats};
 pub use trace::{Recorder, TRACE_HEADER, Trace, TraceError, TraceOutcome, TraceRecord};

@@ -133,6 +133,11 @@ impl Replay {
     }
 }
 
+/// The most buckets a replay's series holds: a trace longer than this many
+/// buckets gets wider buckets (the smallest multiple of the asked length
+/// that fits).
+pub const MAX_BUCKETS: usize = 100_000;
+
 /// Nanoseconds as seconds with millisecond precision: `12.345s`.
 pub fn format_ns(ns: u64) -> String {
     format!(
@@ -158,7 +163,8 @@ fn outcome_of(o: TraceOutcome) -> Option<Outcome> {
 
 /// Replays `trace` against `candidate` in virtual time (a
 /// [`ManualClock`] moved to each arrival and each completion), with
-/// `bucket_ns` long buckets in the series.
+/// `bucket_ns` long buckets in the series (widened to a multiple of it when
+/// the trace spans more than [`MAX_BUCKETS`] of them).
 ///
 /// Rules: requests arrive at their recorded instant; an admitted request
 /// completes at arrival plus its recorded latency with its recorded
@@ -169,7 +175,12 @@ fn outcome_of(o: TraceOutcome) -> Option<Outcome> {
 /// clock, iterates a hash map or draws an unseeded random number, so the
 /// result depends on the trace and the configuration only.
 pub fn replay(trace: &Trace, candidate: &Candidate, bucket_ns: u64) -> Replay {
+    // Buckets wide enough that the series holds at most MAX_BUCKETS: a
+    // bucket a nanosecond over a trace of years would be terabytes.
+    let span = trace.records.last().map_or(0, |r| r.at_ns);
+    let least = span / MAX_BUCKETS as u64 + 1;
     let bucket_ns = bucket_ns.max(1);
+    let bucket_ns = bucket_ns.saturating_mul(least.div_ceil(bucket_ns));
     let mut run = Run {
         candidate,
         clock: ManualClock::new(),
