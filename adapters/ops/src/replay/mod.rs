@@ -12,15 +12,23 @@
 //!   in [`Replay::render`].
 //! - [`ShadowLayer`]: a candidate beside the live service, counting its
 //!   disagreements ([`ShadowStats`]).
+//! - [`Canary`] and [`CanaryLayer`]: a candidate taking a share of the
+//!   traffic, promoted into the registry's live configuration or rolled
+//!   back by guardrails over its windows, every step audited.
 //!
 //! `docs/replay.md` in the repository states the rules.
 
+mod canary;
 mod candidate;
 mod layer;
 mod run;
 mod shadow;
 mod trace;
 
+pub use canary::{
+    Arm, Breach, Canary, CanaryError, CanaryEvent, CanaryFuture, CanaryLayer, CanaryService,
+    CanaryStep, Guardrails, Phase, WindowStats,
+};
 pub use candidate::{Candidate, CandidateError, Stage, Token};
 pub use layer::{RecordFuture, RecordLayer, RecordService, Tag, stack_outcome};
 pub use run::{Bucket, Decision, MAX_BUCKETS, Replay, Transition, format_ns, replay};
