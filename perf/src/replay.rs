@@ -322,7 +322,7 @@ pub async fn record(args: &RecordArgs) -> Result<(), Box<dyn Error>> {
     let dependency = tower::service_fn(move |n: u64| async move {
         let t = start.elapsed();
         let outage = t >= length / 3 && t < 2 * length / 3;
-        if outage && n % 10 != 0 {
+        if outage && !n.is_multiple_of(10) {
             tokio::time::sleep(Duration::from_millis(30)).await;
             Err("dependency down")
         } else {

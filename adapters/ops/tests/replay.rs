@@ -65,9 +65,9 @@ fn synthetic(seed: u64, seconds: u64, per_second: u64, fail: impl Fn(u64) -> u64
         let roll = rng.next() % 100;
         let outcome = if roll < fail(t) {
             TraceOutcome::Err
-        } else if rng.next() % 50 == 0 {
+        } else if rng.next().is_multiple_of(50) {
             TraceOutcome::Shed
-        } else if rng.next() % 40 == 0 {
+        } else if rng.next().is_multiple_of(40) {
             TraceOutcome::Ignored
         } else {
             TraceOutcome::Ok
@@ -77,7 +77,7 @@ fn synthetic(seed: u64, seconds: u64, per_second: u64, fail: impl Fn(u64) -> u64
             key: rng.next() % 7,
             outcome,
             latency_ns: MS + rng.next() % (80 * MS),
-            retry: rng.next() % 10 == 0,
+            retry: rng.next().is_multiple_of(10),
         });
     }
     Trace::new(records)

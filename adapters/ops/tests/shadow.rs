@@ -30,7 +30,7 @@ fn upstream(
     every: u32,
 ) -> impl Service<u32, Response = u32, Error = &'static str, Future: Send> + Clone {
     service_fn(move |n: u32| async move {
-        if every != 0 && n % every == 0 {
+        if every != 0 && n.is_multiple_of(every) {
             Err("upstream failed")
         } else {
             Ok(n)
@@ -186,7 +186,7 @@ async fn a_panicking_classifier_in_the_shadow_changes_no_live_decision() {
                 Tag::default()
             },
             |r: &Result<u32, TenlivesError<&'static str>>| match r {
-                Ok(n) if n % 2 == 0 => panic!("classifier"),
+                Ok(n) if n.is_multiple_of(2) => panic!("classifier"),
                 r => stack_outcome(r),
             },
         )
@@ -205,7 +205,9 @@ async fn a_panicking_classifier_in_the_shadow_changes_no_live_decision() {
     assert_eq!(live.state(), plain_breaker.state());
     let c = stats.counts();
     // Panics: the tag once (5), the classifier on every even success.
-    let even_successes = (1..=20u32).filter(|n| n % 2 == 0 && n % 3 != 0).count() as u64;
+    let even_successes = (1..=20u32)
+        .filter(|n| n.is_multiple_of(2) && n % 3 != 0)
+        .count() as u64;
     assert_eq!(c.panics, 1 + even_successes);
     // No permit leaked: the candidate never refused.
     assert_eq!(c.would_reject_but_admitted, 0);

@@ -377,7 +377,7 @@ mod tests {
             key: at_ns % 3,
             outcome,
             latency_ns: 1_000 + at_ns,
-            retry: at_ns % 5 == 0,
+            retry: at_ns.is_multiple_of(5),
         }
     }
 
