@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tenlives_engine::breaker::Outcome;
+use tenlives_engine::breaker::{BreakerState, Outcome};
 use tenlives_engine::events::{EventRing, Received};
 use tenlives_engine::time::{Clock, Timestamp};
 use tenlives_ops::config::{BreakerSpec, BulkheadSpec, FileSpec, OrOff, RateLimiterSpec, Section};
@@ -99,6 +99,8 @@ fn a_good_candidate_is_promoted_into_the_live_configuration_keeping_state() {
         .events(ring.clone())
         .build();
     let live = registry.breaker("api").unwrap();
+    // State the promotion must keep: the live breaker held open by hand.
+    live.force_open(at(0));
     let canary = Canary::new(&registry, "api", with_breaker(20.0), 10, guard(), at(0)).unwrap();
     drive(&canary, 0, 5, Duration::from_millis(20), |_| {
         Outcome::Success
@@ -118,6 +120,7 @@ fn a_good_candidate_is_promoted_into_the_live_configuration_keeping_state() {
     // Promoted through live configuration: the same breaker, reconfigured.
     assert!(Arc::ptr_eq(&live, &registry.breaker("api").unwrap()));
     assert_eq!(live.config().failure_rate(), Some(20.0));
+    assert_eq!(live.state(), BreakerState::ForcedOpen);
     // The third window closed at 3 s, the first request of the fourth.
     let promoted = canary.events().last().unwrap().at;
     assert_eq!(promoted, at(3000));
