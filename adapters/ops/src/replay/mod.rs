@@ -18,12 +18,12 @@
 //!
 //! `docs/replay.md` in the repository states the rules.
 
-mod canary;
-mod candidate;
-mod layer;
-mod run;
-mod shadow;
-mod trace;
+pub mod canary;
+pub mod candidate;
+pub mod layer;
+pub mod run;
+pub mod shadow;
+pub mod trace;
 
 pub use canary::{
     Arm, Breach, Canary, CanaryError, CanaryEvent, CanaryFuture, CanaryLayer, CanaryService,
