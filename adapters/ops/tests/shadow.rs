@@ -145,13 +145,15 @@ async fn the_shadow_counts_what_it_would_admit_and_breaker_states_that_differ() 
         }),
         |_: &u32| Tag::default(),
         stack_outcome,
-    )
-    .compare_breaker({
+    );
+    // A clone taken before `compare_breaker` shares the comparison.
+    let early = shadow.clone();
+    let shadow = shadow.compare_breaker({
         let live = live.clone();
         move || live.state()
     });
     let stats = shadow.stats();
-    let svc = shadow.layer(AdmissionLayer::new(live.clone()).layer(upstream(1)));
+    let svc = early.layer(AdmissionLayer::new(live.clone()).layer(upstream(1)));
     for n in 1..=8 {
         let r = svc.clone().oneshot(n).await;
         assert!(r.is_err());

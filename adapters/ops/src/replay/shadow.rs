@@ -27,8 +27,8 @@
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use tenlives_engine::breaker::{BreakerState, Outcome};
@@ -100,13 +100,13 @@ type LiveState = Arc<dyn Fn() -> BreakerState + Send + Sync>;
 struct Shared {
     candidate: Candidate,
     stats: Arc<ShadowStats>,
-    live_breaker: Option<LiveState>,
+    live_breaker: OnceLock<LiveState>,
     clock: TokioClock,
 }
 
 impl Shared {
     fn compare_breakers(&self) {
-        let (Some(live), Some(shadow)) = (&self.live_breaker, self.candidate.breaker_state())
+        let (Some(live), Some(shadow)) = (self.live_breaker.get(), self.candidate.breaker_state())
         else {
             return;
         };
@@ -157,7 +157,7 @@ impl<T, C> ShadowLayer<T, C> {
             shared: Arc::new(Shared {
                 candidate,
                 stats: Arc::new(ShadowStats::default()),
-                live_breaker: None,
+                live_breaker: OnceLock::new(),
                 clock: TokioClock::new(),
             }),
             tag,
@@ -167,14 +167,11 @@ impl<T, C> ShadowLayer<T, C> {
 
     /// Compares the candidate's breaker with the live one, whose state
     /// `state` reads (for a registry breaker: `move || breaker.state()`).
-    /// Call before cloning the layer.
-    pub fn compare_breaker(
-        mut self,
-        state: impl Fn() -> BreakerState + Send + Sync + 'static,
-    ) -> Self {
-        if let Some(shared) = Arc::get_mut(&mut self.shared) {
-            shared.live_breaker = Some(Arc::new(state));
-        }
+    /// Shared with every clone of the layer and its services; the first
+    /// function given stays.
+    #[must_use]
+    pub fn compare_breaker(self, state: impl Fn() -> BreakerState + Send + Sync + 'static) -> Self {
+        let _first_stays = self.shared.live_breaker.set(Arc::new(state));
         self
     }
 
