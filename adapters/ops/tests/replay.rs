@@ -373,3 +373,119 @@ fn buckets_keep_their_length_when_the_trace_fits() {
         usize::try_from(trace.records.last().unwrap().at_ns / (100 * MS)).unwrap() + 1
     );
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn record() -> impl Strategy<Value = TraceRecord> {
+        (
+            0..10 * S,
+            0..5u64,
+            prop_oneof![
+                Just(TraceOutcome::Ok),
+                Just(TraceOutcome::Err),
+                Just(TraceOutcome::Ignored),
+                Just(TraceOutcome::Shed),
+            ],
+            0..300 * MS,
+            any::<bool>(),
+        )
+            .prop_map(|(at_ns, key, outcome, latency_ns, retry)| TraceRecord {
+                at_ns,
+                key,
+                outcome,
+                latency_ns,
+                retry,
+            })
+    }
+
+    fn spec() -> impl Strategy<Value = FileSpec> {
+        (
+            1.0..=100.0f64,
+            1..60u32,
+            1..1000u32,
+            1..50u32,
+            proptest::option::of(1..10u32),
+            any::<bool>(),
+        )
+            .prop_map(|(rate, calls, per_second, burst, limit, budget)| {
+                let mut spec = FileSpec {
+                    circuit_breaker: default_section(BreakerSpec {
+                        failure_rate: Some(OrOff::On(rate)),
+                        window_calls: Some(calls),
+                        minimum_calls: Some(calls),
+                        open_duration: Some(Dur(Duration::from_millis(700))),
+                        ..BreakerSpec::default()
+                    }),
+                    rate_limiter: default_section(RateLimiterSpec {
+                        rate: Some(per_second),
+                        burst: Some(burst),
+                        ..RateLimiterSpec::default()
+                    }),
+                    ..FileSpec::default()
+                };
+                if let Some(limit) = limit {
+                    spec.bulkhead = default_section(BulkheadSpec {
+                        limit: Some(limit),
+                        ..BulkheadSpec::default()
+                    });
+                }
+                if budget {
+                    spec.retry_budget = default_section(RetryBudgetSpec::default());
+                    spec.throttle = default_section(ThrottleSpec {
+                        seed: Some(u64::from(calls)),
+                        ..ThrottleSpec::default()
+                    });
+                }
+                spec
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Replay determinism (RP1) and its accounting, for any trace and
+        /// configuration.
+        #[test]
+        fn any_trace_replays_the_same_twice_and_accounts_for_every_request(
+            records in proptest::collection::vec(record(), 0..400),
+            spec in spec(),
+            bucket_ms in 1..2000u64,
+        ) {
+            let trace = Trace::new(records);
+            let back = Trace::parse(&trace.write()).unwrap();
+            prop_assert_eq!(&back, &trace);
+            let a = replay(&trace, &candidate(&spec), bucket_ms * MS);
+            let b = replay(&back, &candidate(&spec), bucket_ms * MS);
+            prop_assert_eq!(a.render(), b.render());
+            prop_assert_eq!(&a, &b);
+            let n = trace.records.len() as u64;
+            prop_assert_eq!(a.decisions.len() as u64, n);
+            prop_assert_eq!(a.admitted() + a.rejected_total(), n);
+            prop_assert_eq!(a.series.iter().map(|b| b.arrived).sum::<u64>(), n);
+            prop_assert_eq!(
+                a.series.iter().map(|b| b.admitted).sum::<u64>(),
+                a.admitted()
+            );
+            // Transitions chain and move forward in time.
+            let mut state = BreakerState::Closed;
+            let mut when = 0;
+            for t in &a.transitions {
+                prop_assert_eq!(t.from, state);
+                prop_assert!(t.at_ns >= when);
+                state = t.to;
+                when = t.at_ns;
+            }
+            // A request the live policy shed is never counted as an outcome.
+            let shed_admitted = trace
+                .records
+                .iter()
+                .zip(&a.decisions)
+                .filter(|(r, d)| r.outcome == TraceOutcome::Shed && **d == Decision::Admitted)
+                .count() as u64;
+            prop_assert_eq!(a.unknown, shed_admitted);
+        }
+    }
+}
