@@ -46,6 +46,10 @@ pub struct ReplayArgs {
     /// section's `configs.default`).
     #[arg(long, default_value = "default")]
     pub instance: String,
+    /// Give each key of the trace its own rate limiter (as a keyed
+    /// rate-limiter family does) instead of one for all.
+    #[arg(long)]
+    pub per_key: bool,
     /// The length of a bucket of the plot, in milliseconds.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub bucket_ms: u64,
@@ -68,8 +72,11 @@ fn compare(trace: &Trace, args: &ReplayArgs) -> Result<(String, Vec<Side>), Box<
     let mut sides = Vec::new();
     for path in &args.configs {
         let config = ConfigSet::from_path(path)?;
-        let candidate = Candidate::from_config(&config, &args.instance)
+        let mut candidate = Candidate::from_config(&config, &args.instance)
             .map_err(|e| format!("{}: {e}", path.display()))?;
+        if args.per_key {
+            candidate = candidate.rate_per_key();
+        }
         sides.push(Side {
             name: path.file_name().map_or_else(
                 || path.display().to_string(),
@@ -384,6 +391,7 @@ mod tests {
                 .map(|c| root.join("replay").join(c))
                 .collect(),
             instance: "default".into(),
+            per_key: false,
             bucket_ms: 250,
             out: std::env::temp_dir(),
         }

@@ -10,8 +10,13 @@ fn root() -> &'static Path {
 }
 
 fn run(out: &Path, configs: &[PathBuf]) -> Output {
+    run_with(out, configs, &[])
+}
+
+fn run_with(out: &Path, configs: &[PathBuf], extra: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenlives-perf"));
-    cmd.args(["replay", "--trace"])
+    cmd.arg("replay").args(extra);
+    cmd.args(["--trace"])
         .arg(root().join("replay/demo.trace"))
         .arg("--out")
         .arg(out);
@@ -73,4 +78,34 @@ fn a_bad_configuration_exits_2_naming_the_file() {
         "{err}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn per_key_gives_each_key_of_the_trace_its_own_rate_limiter() {
+    let out = std::env::temp_dir().join(format!("tenlives-perf-replay-key-{}", std::process::id()));
+    let configs = [root().join("replay/tight.yaml")];
+    let one = run(&out, &configs);
+    let per_key = run_with(&out, &configs, &["--per-key"]);
+    assert!(
+        per_key.status.success(),
+        "{}",
+        String::from_utf8_lossy(&per_key.stderr)
+    );
+    let (one, per_key) = (
+        String::from_utf8(one.stdout).unwrap(),
+        String::from_utf8(per_key.stdout).unwrap(),
+    );
+    assert!(per_key.contains("rate_limiter (per key)"), "{per_key}");
+    // The demo trace has four keys: 90 a second each refuses nothing of
+    // its 25 a second, where 90 for all refused some.
+    let refused = |text: &str| -> u64 {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("by rate_limiter"))
+            .unwrap_or_else(|| panic!("{text}"));
+        line.split_whitespace().last().unwrap().parse().unwrap()
+    };
+    assert!(refused(&one) > 0, "{one}");
+    assert_eq!(refused(&per_key), 0, "{per_key}");
+    std::fs::remove_dir_all(&out).unwrap();
 }

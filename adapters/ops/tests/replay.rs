@@ -204,6 +204,45 @@ fn a_rate_limit_admits_its_quota_of_an_even_trace() {
 }
 
 #[test]
+fn a_rate_limit_per_key_gives_each_key_its_quota() {
+    // Two keys, each 100 a second, alternating; 50 a second allowed, burst 1.
+    let records: Vec<_> = (0..2000)
+        .map(|i| TraceRecord {
+            at_ns: i * 5 * MS,
+            key: i % 2,
+            outcome: TraceOutcome::Ok,
+            latency_ns: MS,
+            retry: false,
+        })
+        .collect();
+    let trace = Trace::new(records);
+    let spec = FileSpec {
+        rate_limiter: default_section(RateLimiterSpec {
+            rate: Some(50),
+            burst: Some(1),
+            ..RateLimiterSpec::default()
+        }),
+        ..FileSpec::default()
+    };
+    let one = replay(&trace, &candidate(&spec), S);
+    let per_key = replay(&trace, &candidate(&spec).rate_per_key(), S);
+    // One limiter for both: 50 a second in all; one each: 50 a second each.
+    assert_eq!(one.admitted(), 500, "{}", one.render());
+    assert_eq!(per_key.admitted(), 1000, "{}", per_key.render());
+    for key in 0..2 {
+        let admitted = trace
+            .records
+            .iter()
+            .zip(&per_key.decisions)
+            .filter(|(r, d)| r.key == key && **d == Decision::Admitted)
+            .count();
+        assert_eq!(admitted, 500, "key {key}");
+    }
+    assert!(per_key.render().contains("rate_limiter (per key)"));
+    assert!(!one.render().contains("per key"));
+}
+
+#[test]
 fn a_concurrency_limit_never_holds_more_than_its_limit_of_recorded_calls() {
     let trace = synthetic(11, 5, 300, |_| 5);
     let spec = FileSpec {
@@ -453,7 +492,12 @@ mod properties {
             records in proptest::collection::vec(record(), 0..400),
             spec in spec(),
             bucket_ms in 1..2000u64,
+            per_key in any::<bool>(),
         ) {
+            let candidate = |spec: &FileSpec| {
+                let c = candidate(spec);
+                if per_key { c.rate_per_key() } else { c }
+            };
             let trace = Trace::new(records);
             let back = Trace::parse(&trace.write()).unwrap();
             prop_assert_eq!(&back, &trace);

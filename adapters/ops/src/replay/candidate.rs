@@ -2,7 +2,9 @@
 //! built from a [`ConfigSet`], deciding on requests in the order a tenlives
 //! stack does, with no clock of their own (every call takes the time).
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::{Mutex, PoisonError};
 
 use tenlives_engine::breaker::{BreakerState, CircuitBreaker, Outcome, RawPermit};
 use tenlives_engine::bulkhead::{Bulkhead, RawBulkheadPermit};
@@ -85,11 +87,15 @@ pub struct Token {
 /// fills it), the breaker, the rate limiter, the concurrency limit, the
 /// throttle. A refusal by a later stage hands back what the earlier ones
 /// gave (a breaker permit is released uncounted; a rate limiter's token is
-/// spent, as in a tenlives stack).
+/// spent, as in a tenlives stack). The rate limiter is one for all keys,
+/// or one per key with [`Candidate::rate_per_key`].
 #[derive(Debug)]
 pub struct Candidate {
     breaker: Option<CircuitBreaker>,
     rate: Option<RateLimiter>,
+    /// With [`Candidate::rate_per_key`]: a limiter per key, each with the
+    /// rate limiter's quota.
+    keyed: Option<Mutex<BTreeMap<u64, RateLimiter>>>,
     bulkhead: Option<Bulkhead>,
     budget: Option<RetryBudget>,
     throttle: Option<Throttle>,
@@ -149,6 +155,7 @@ impl Candidate {
         Ok(Candidate {
             breaker: breaker.map(CircuitBreaker::new),
             rate: rate.map(RateLimiter::new),
+            keyed: None,
             bulkhead: bulkhead
                 .map(|b| Bulkhead::new(b.limit))
                 .transpose()
@@ -156,6 +163,23 @@ impl Candidate {
             budget: budget.map(RetryBudget::new),
             throttle: throttle.map(Throttle::new),
         })
+    }
+
+    /// Gives each key its own rate limiter with the configured quota (as a
+    /// registry's keyed rate-limiter family does), instead of one for all
+    /// keys. For replays: a new key allocates its limiter, and each
+    /// admission takes a lock. Nothing changes without a rate limiter.
+    #[must_use]
+    pub fn rate_per_key(mut self) -> Self {
+        if self.rate.is_some() {
+            self.keyed = Some(Mutex::new(BTreeMap::new()));
+        }
+        self
+    }
+
+    /// Whether each key has its own rate limiter.
+    pub fn is_rate_per_key(&self) -> bool {
+        self.keyed.is_some()
     }
 
     /// The candidate's breaker state, if it has a breaker.
@@ -184,6 +208,16 @@ impl Candidate {
     ///
     /// The refusing [`Stage`].
     pub fn admit(&self, now: Timestamp, retry: bool) -> Result<Token, Stage> {
+        self.admit_key(now, 0, retry)
+    }
+
+    /// As [`Candidate::admit`], for a request of `key` (which matters only
+    /// with [`Candidate::rate_per_key`]).
+    ///
+    /// # Errors
+    ///
+    /// The refusing [`Stage`].
+    pub fn admit_key(&self, now: Timestamp, key: u64, retry: bool) -> Result<Token, Stage> {
         if let Some(budget) = &self.budget {
             if retry {
                 if !budget.try_withdraw(now) {
@@ -202,9 +236,18 @@ impl Candidate {
             bulkhead: None,
             throttle: false,
         };
-        if let Some(rate) = &self.rate
-            && rate.check(now).is_err()
-        {
+        let limited = match (&self.keyed, &self.rate) {
+            (Some(keyed), Some(rate)) => keyed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(key)
+                .or_insert_with(|| RateLimiter::new(rate.quota()))
+                .check(now)
+                .is_err(),
+            (None, Some(rate)) => rate.check(now).is_err(),
+            (_, None) => false,
+        };
+        if limited {
             self.release(token);
             return Err(Stage::RateLimit);
         }

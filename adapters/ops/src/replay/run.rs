@@ -51,6 +51,8 @@ pub struct Bucket {
 pub struct Replay {
     /// The candidate's stages, in order.
     pub stages: Vec<Stage>,
+    /// Whether each key had its own rate limiter.
+    pub rate_per_key: bool,
     /// The decision on each record of the trace, in trace order.
     pub decisions: Vec<Decision>,
     /// Admitted requests by how they ended.
@@ -102,7 +104,10 @@ impl Replay {
             "stages: {}",
             self.stages
                 .iter()
-                .map(|s| s.name())
+                .map(|s| match s {
+                    Stage::RateLimit if self.rate_per_key => "rate_limiter (per key)",
+                    s => s.name(),
+                })
                 .collect::<Vec<_>>()
                 .join(" > ")
         );
@@ -166,7 +171,8 @@ fn outcome_of(o: TraceOutcome) -> Option<Outcome> {
 /// `bucket_ns` long buckets in the series (widened to a multiple of it when
 /// the trace spans more than [`MAX_BUCKETS`] of them).
 ///
-/// Rules: requests arrive at their recorded instant; an admitted request
+/// Rules: requests arrive at their recorded instant (with their key, for a
+/// candidate whose rate limit is [per key](Candidate::rate_per_key)); an admitted request
 /// completes at arrival plus its recorded latency with its recorded
 /// outcome; completions due at or before an arrival are reported first
 /// (in order of completion time, then arrival); a request the live policy
@@ -188,6 +194,7 @@ pub fn replay(trace: &Trace, candidate: &Candidate, bucket_ns: u64) -> Replay {
         state: candidate.breaker_state(),
         out: Replay {
             stages: candidate.stages(),
+            rate_per_key: candidate.is_rate_per_key(),
             decisions: Vec::with_capacity(trace.records.len()),
             succeeded: 0,
             failed: 0,
@@ -213,7 +220,7 @@ pub fn replay(trace: &Trace, candidate: &Candidate, bucket_ns: u64) -> Replay {
         if r.outcome == TraceOutcome::Shed {
             bucket.live_shed += 1;
         }
-        let decision = match candidate.admit(now, r.retry) {
+        let decision = match candidate.admit_key(now, r.key, r.retry) {
             Ok(token) => {
                 bucket.admitted += 1;
                 match outcome_of(r.outcome) {
