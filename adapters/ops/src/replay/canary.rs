@@ -226,7 +226,7 @@ impl ArmStats {
         // ordering: Relaxed; counters. A request counted during the swap
         // lands in this window or the next, either is fine.
         let take = |a: &AtomicU64| a.swap(0, Ordering::Relaxed);
-        let counts: Vec<u64> = self.latency.iter().map(take).collect();
+        let counts: [u64; BUCKETS] = std::array::from_fn(|i| take(&self.latency[i]));
         let total: u64 = counts.iter().sum();
         let p99 = (total > 0).then(|| {
             let rank = total - total / 100;
