@@ -32,6 +32,9 @@
 //! - `hosts`: three upstreams on loopback (healthy, slow, failing) behind a
 //!   balancing client, plain and with hedging, outlier ejection and a
 //!   fallback.
+//! - `replay`: a recorded request trace replayed in virtual time against one
+//!   or two configuration files, side by side, with plots; `record` makes a
+//!   trace from a short real run (`docs/replay.md`).
 //!
 //! Exit status: 0 on success, 1 when a scenario's check failed, 2 on an
 //! error (bad options, a port that cannot be bound, a file that cannot be
