@@ -16,6 +16,26 @@
 //!   traffic, promoted into the registry's live configuration or rolled
 //!   back by guardrails over its windows, every step audited.
 //!
+//! ```
+//! use tenlives_ops::ConfigSet;
+//! use tenlives_ops::config::{FileSpec, RateLimiterSpec};
+//! use tenlives_ops::replay::{Candidate, Decision, Stage, Trace, replay};
+//!
+//! // Three requests within 2 µs; the third is a retry that failed.
+//! let trace = Trace::parse("# tenlives trace v1\n0 1 ok 1000\n1000 1 ok 1000\n2000 2 err 5000 retry\n")?;
+//! let mut spec = FileSpec::default();
+//! spec.rate_limiter.configs.insert(
+//!     "default".into(),
+//!     RateLimiterSpec { rate: Some(1), burst: Some(2), ..Default::default() },
+//! );
+//! let candidate = Candidate::from_config(&ConfigSet::from_file_spec(&spec)?, "api")?;
+//! let run = replay(&trace, &candidate, 1_000_000_000);
+//! assert_eq!(run.decisions[2], Decision::Rejected(Stage::RateLimit));
+//! assert_eq!((run.admitted(), run.rejected_total()), (2, 1));
+//! assert_eq!(run.render(), replay(&trace, &Candidate::from_config(&ConfigSet::from_file_spec(&spec)?, "api")?, 1_000_000_000).render());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! `docs/replay.md` in the repository states the rules.
 
 pub mod canary;
