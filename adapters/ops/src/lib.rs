@@ -22,7 +22,8 @@
 //!   reader that reports the gaps.
 //! - [`replay`]: request traces recorded by a tower layer, replayed in
 //!   virtual time against a candidate configuration, and a candidate run
-//!   beside the live one as a shadow.
+//!   beside the live one as a shadow or given a share of the traffic as a
+//!   canary that guardrails promote or roll back.
 //! - `admin` (feature `admin`): an axum router to list policies, read and
 //!   change configuration, force breakers, change limits, behind bearer
 //!   tokens with roles, every change audited.
