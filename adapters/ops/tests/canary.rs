@@ -355,3 +355,29 @@ async fn the_layer_routes_reports_and_survives_a_panicking_classifier() {
         })
     );
 }
+
+#[test]
+fn time_going_backwards_or_stopping_at_its_end_closes_no_window() {
+    let registry = Registry::builder().config(with_breaker(50.0)).build();
+    let g = Guardrails {
+        min_requests: 1,
+        ..guard()
+    };
+    let canary = Canary::new(&registry, "api", with_breaker(20.0), 100, g, at(5000)).unwrap();
+    // Earlier than the start: counted, no window closes.
+    drive(&canary, 1000, 1, Duration::from_millis(5), |_| {
+        Outcome::Success
+    });
+    assert_eq!(steps(&canary), ["started 100"]);
+    // A clock stuck at its end: a window that would end past it never
+    // ends, so requests at `Timestamp::MAX` cannot each close one.
+    let end = Canary::new(&registry, "api", with_breaker(20.0), 100, g, Timestamp::MAX).unwrap();
+    for _ in 0..10 {
+        let arm = end.route(Timestamp::MAX);
+        let token = end.admit(arm, Timestamp::MAX, false).unwrap();
+        end.complete(arm, token, Outcome::Success, Duration::ZERO, Timestamp::MAX);
+    }
+    end.tick(Timestamp::MAX);
+    assert_eq!(end.phase(), Phase::Running);
+    assert_eq!(steps(&end), ["started 100"]);
+}

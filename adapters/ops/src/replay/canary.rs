@@ -251,6 +251,13 @@ impl ArmStats {
     }
 }
 
+/// Whether a window ending at `end` (nanoseconds) has ended by `now`. A
+/// window whose end saturated at the clock's end never ends: a clock stuck
+/// at `Timestamp::MAX` would otherwise close one window per request.
+fn ended(end: u64, now: Timestamp) -> bool {
+    end != u64::MAX && now.as_nanos() >= end
+}
+
 fn bump(a: &AtomicU64) {
     // ordering: Relaxed; a counter, nothing is published through it.
     a.fetch_add(1, Ordering::Relaxed);
@@ -370,9 +377,7 @@ impl Canary {
     /// Closes the window if it ended by `now`, judging it.
     pub fn tick(&self, now: Timestamp) {
         // ordering: Relaxed; a hint checked again under the lock.
-        if now.as_nanos() < self.window_end.load(Ordering::Relaxed)
-            || self.phase() != Phase::Running
-        {
+        if !ended(self.window_end.load(Ordering::Relaxed), now) || self.phase() != Phase::Running {
             return;
         }
         let Ok(mut control) = self.control.try_lock() else {
@@ -385,9 +390,7 @@ impl Canary {
     fn close(&self, control: &mut Control, now: Timestamp) {
         // ordering: Relaxed; the window end is only written under the lock
         // held here.
-        if now.as_nanos() < self.window_end.load(Ordering::Relaxed)
-            || self.phase() != Phase::Running
-        {
+        if !ended(self.window_end.load(Ordering::Relaxed), now) || self.phase() != Phase::Running {
             return;
         }
         let stats = self.stats.take();
