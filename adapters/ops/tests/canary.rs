@@ -14,7 +14,7 @@ use tenlives_ops::replay::{
 };
 use tenlives_ops::{ConfigSet, REGISTRY_SOURCE, Registry, events};
 use tenlives_tokio::TokioClock;
-use tower::{Layer, ServiceExt, service_fn};
+use tower::{Layer, Service, ServiceExt, service_fn};
 
 const MS: u64 = 1_000_000;
 
@@ -380,4 +380,43 @@ fn time_going_backwards_or_stopping_at_its_end_closes_no_window() {
     end.tick(Timestamp::MAX);
     assert_eq!(end.phase(), Phase::Running);
     assert_eq!(steps(&end), ["started 100"]);
+}
+
+#[tokio::test]
+async fn a_panic_in_the_services_call_gives_the_arm_its_permit_back() {
+    let registry = Registry::builder().config(with_breaker(50.0)).build();
+    let candidate = ConfigSet::from_file_spec(&FileSpec {
+        bulkhead: default_section(BulkheadSpec {
+            limit: Some(1),
+            ..BulkheadSpec::default()
+        }),
+        ..FileSpec::default()
+    })
+    .unwrap();
+    let clock = TokioClock::runtime();
+    let canary =
+        Arc::new(Canary::new(&registry, "api", candidate, 100, guard(), clock.now()).unwrap());
+    let mut svc = CanaryLayer::new(
+        canary,
+        clock,
+        |_: &u32| Tag::default(),
+        |r: &Result<u32, &'static str>| {
+            if r.is_ok() {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            }
+        },
+    )
+    .layer(tower::service_fn(|n: u32| {
+        assert!(n != 0, "call panics");
+        std::future::ready(Ok::<_, &'static str>(n))
+    }));
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = tower::Service::call(&mut svc, 0);
+    }));
+    assert!(panicked.is_err());
+    for n in 1..=3 {
+        assert_eq!(svc.ready().await.unwrap().call(n).await, Ok(n));
+    }
 }

@@ -252,3 +252,52 @@ async fn a_cancelled_request_gives_the_candidate_its_permit_back() {
         (1, 1, 0)
     );
 }
+
+/// A service whose `call` itself panics for request 0.
+#[derive(Clone, Copy)]
+struct PanicsInCall;
+
+impl tower::Service<u32> for PanicsInCall {
+    type Response = u32;
+    type Error = TenlivesError<&'static str>;
+    type Future = std::future::Ready<Result<u32, TenlivesError<&'static str>>>;
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, n: u32) -> Self::Future {
+        assert!(n != 0, "call panics");
+        std::future::ready(Ok(n))
+    }
+}
+
+#[tokio::test]
+async fn a_panic_in_the_live_services_call_gives_the_candidate_its_permit_back() {
+    let shadow = ShadowLayer::new(
+        candidate(FileSpec {
+            bulkhead: default_section(BulkheadSpec {
+                limit: Some(1),
+                ..BulkheadSpec::default()
+            }),
+            ..FileSpec::default()
+        }),
+        |_: &u32| Tag::default(),
+        stack_outcome,
+    );
+    let stats = shadow.stats();
+    let mut svc = shadow.layer(PanicsInCall);
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = svc.call(0);
+    }));
+    assert!(panicked.is_err());
+    for n in 1..=3 {
+        assert_eq!(svc.ready().await.unwrap().call(n).await.ok(), Some(n));
+    }
+    let c = stats.counts();
+    assert_eq!(
+        (c.requests, c.agreed, c.would_reject_but_admitted),
+        (3, 3, 0)
+    );
+}

@@ -648,18 +648,23 @@ where
         let arm = self.canary.route(now);
         let retry = (self.tag)(&req).retry;
         match self.canary.admit(arm, now, retry) {
-            Ok(token) => CanaryFuture {
-                inner: Some(self.inner.call(req)),
-                held: Some(HeldArm {
+            Ok(token) => {
+                // Held before the call: if `call` panics, the arm's permits
+                // go back as it unwinds.
+                let held = HeldArm {
                     canary: self.canary.clone(),
                     arm,
                     token: Some(token),
                     started: now,
                     clock: self.clock,
-                }),
-                refused: None,
-                classify: self.classify.clone(),
-            },
+                };
+                CanaryFuture {
+                    inner: Some(self.inner.call(req)),
+                    held: Some(held),
+                    refused: None,
+                    classify: self.classify.clone(),
+                }
+            }
             Err(stage) => CanaryFuture {
                 inner: None,
                 held: None,

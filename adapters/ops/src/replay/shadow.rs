@@ -247,14 +247,17 @@ where
             Some(Err(stage)) => (None, Some(stage)),
             None => (None, None),
         };
+        // Held before the live call: if `call` panics, the candidate's
+        // permits go back as it unwinds.
+        let held = Held {
+            shared: self.shared.clone(),
+            token,
+            refused,
+            judged,
+        };
         ShadowFuture {
             inner: self.inner.call(req),
-            held: Held {
-                shared: self.shared.clone(),
-                token,
-                refused,
-                judged,
-            },
+            held,
             classify: self.classify.clone(),
         }
     }
