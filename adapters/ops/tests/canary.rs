@@ -413,7 +413,7 @@ async fn a_panic_in_the_services_call_gives_the_arm_its_permit_back() {
         std::future::ready(Ok::<_, &'static str>(n))
     }));
     let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let _ = tower::Service::call(&mut svc, 0);
+        drop(tower::Service::call(&mut svc, 0));
     }));
     assert!(panicked.is_err());
     for n in 1..=3 {
