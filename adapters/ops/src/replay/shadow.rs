@@ -282,7 +282,7 @@ impl Drop for Held {
 
 impl Held {
     fn finish(&mut self, live: Result<TraceOutcome, ()>) {
-        let shared = self.shared.clone();
+        let shared = &*self.shared;
         let stats = &shared.stats;
         let Ok(live) = live else {
             ShadowStats::bump(&stats.panics);
