@@ -75,6 +75,10 @@
 //!   cost with nobody listening is bounded too (`docs/telemetry.md` has
 //!   both counts).
 
+// With `tracing` the bench runs the layer rows only: the engine rows and
+// the peers' setups are compiled but not registered.
+#![cfg_attr(feature = "tracing", allow(dead_code, unused_imports))]
+
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

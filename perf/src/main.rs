@@ -14,6 +14,7 @@
 //! cargo run --release -p tenlives-perf -- cache                # the response cache's hit rate and savings
 //! cargo run --release -p tenlives-perf -- hosts                # hedging, ejection, fallback over three upstreams
 //! cargo run --release -p tenlives-perf -- fleet --seconds 20   # three fronts sharing one quota through Redis
+//! cargo run --release -p tenlives-perf -- replay --trace perf/replay/demo.trace --config perf/replay/tight.yaml --config perf/replay/loose.toml
 //! ```
 //!
 //! - [`http`]: `demo` starts, on loopback, an upstream HTTP service that
@@ -35,6 +36,9 @@
 //! - `fleet`: three HTTP fronts sharing one quota through a `redis-server`
 //!   the scenario starts on loopback; per-front and fleet admitted rates
 //!   against the quota and its stated bound.
+//! - `replay`: a recorded request trace replayed in virtual time against one
+//!   or two configuration files, side by side, with plots; `record` makes a
+//!   trace from a short real run (`docs/replay.md`).
 //!
 //! Exit status: 0 on success, 1 when a scenario's check failed, 2 on an
 //! error (bad options, a port that cannot be bound, a file that cannot be
@@ -45,6 +49,7 @@ mod cache;
 mod fleet;
 mod hosts;
 mod http;
+mod replay;
 mod simulate;
 
 use std::error::Error;
@@ -121,6 +126,13 @@ enum Command {
     /// on loopback, under the demo's load; checks the fleet's admitted rate
     /// against the stated bound.
     Fleet(fleet::FleetArgs),
+    /// Replays a request trace in virtual time against one or two
+    /// configuration files; prints what each admits and rejects and when
+    /// its breaker opens, side by side, and writes plots.
+    Replay(replay::ReplayArgs),
+    /// Records a request trace from a short real run (a dependency that
+    /// fails for the middle third, behind a live breaker).
+    Record(replay::RecordArgs),
 }
 
 /// Runs the command: `Ok(true)` when it passed.
@@ -142,6 +154,10 @@ fn run(command: &Command) -> Result<bool, Box<dyn Error>> {
         Command::Hosts(args) => http::block_on(hosts::hosts(args)),
         Command::Drive(args) => http::block_on(http::drive::drive(args)),
         Command::Fleet(args) => fleet::main(args),
+        Command::Replay(args) => replay::main(args).map(|()| true),
+        Command::Record(args) => {
+            http::block_on(async { replay::record(args).await.map(|()| true) })
+        }
     }
 }
 

@@ -20,6 +20,10 @@
 //! - [`journal`]: the decision journal, a ring's events appended to
 //!   checksummed, rotated segment files, a torn tail cut on open, and a
 //!   reader that reports the gaps.
+//! - [`replay`]: request traces recorded by a tower layer, replayed in
+//!   virtual time against a candidate configuration, and a candidate run
+//!   beside the live one as a shadow or given a share of the traffic as a
+//!   canary that guardrails promote or roll back.
 //! - `admin` (feature `admin`): an axum router to list policies, read and
 //!   change configuration, force breakers, change limits, behind bearer
 //!   tokens with roles, every change audited.
@@ -36,6 +40,7 @@ mod keyed;
 mod registry;
 #[cfg(feature = "reload")]
 pub mod reload;
+pub mod replay;
 
 pub use config::{ConfigSet, Format, LoadError};
 

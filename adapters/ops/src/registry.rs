@@ -159,6 +159,16 @@ pub mod events {
     /// A state file could not be used; every policy starts fresh. Payload:
     /// `[1 corrupt, 2 unreadable, 0]`.
     pub const STATE_DISCARDED: EventKind = EventKind(0x7F12);
+    /// A canary started or judged a window (`replay::Canary`). Payload:
+    /// `[0 started, share in percent]`, `[1 quiet, requests]` or `[2 passed,
+    /// good windows in a row]`.
+    pub const CANARY_WINDOW: EventKind = EventKind(0x7F20);
+    /// A canary's candidate was applied as the configuration in force.
+    /// Payload: `[instances whose configuration changed, 0]`.
+    pub const CANARY_PROMOTED: EventKind = EventKind(0x7F21);
+    /// A canary broke a guardrail and was rolled back. Payload: `[the
+    /// window's candidate requests, of which failed]`.
+    pub const CANARY_ROLLED_BACK: EventKind = EventKind(0x7F22);
 }
 
 /// Why the registry could not give a policy.
