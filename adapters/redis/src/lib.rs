@@ -63,6 +63,7 @@ mod lease;
 mod limiter;
 mod reports;
 pub mod semaphore;
+pub mod sim;
 pub mod tower;
 
 pub use config::{FailurePolicy, FleetConfig, FleetError, Ring};
