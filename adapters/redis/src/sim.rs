@@ -279,6 +279,10 @@ pub struct Outcome {
     /// of every length `w = e − s` (in tokens; negative when no window
     /// reaches `b + w/T`).
     pub excess: f64,
+    /// The largest `admitted([0, e]) − e/T − b` over every `e`: the
+    /// windows that open before any instance holds a token (a fresh key),
+    /// where the stated bound is `b + w/T` exactly.
+    pub excess_from_start: f64,
     /// The most admitted in any window of [`Outcome::window`].
     pub worst_window: u64,
     /// The window length of [`Outcome::worst_window`] (1 s, or the run when
@@ -531,6 +535,7 @@ pub fn run(config: &SimConfig) -> Result<Outcome, FleetError> {
         per_instance,
         attempts,
         excess: max_excess(&admissions, t_ns) - params.b as f64,
+        excess_from_start: excess_from_start(&admissions, t_ns) - params.b as f64,
         worst_window: worst_window(&admissions, window.as_nanos() as u64),
         window,
         window_quota: window.as_nanos() as f64 / t_ns,
@@ -558,6 +563,16 @@ pub fn max_excess(times: &[u64], t_ns: f64) -> f64 {
         best = best.max(g - low);
     }
     if times.is_empty() { 0.0 } else { best + 1.0 }
+}
+
+/// The largest `count([0, t_k]) − t_k / T` over the admissions (times
+/// sorted, in ns).
+pub fn excess_from_start(times: &[u64], t_ns: f64) -> f64 {
+    times
+        .iter()
+        .enumerate()
+        .map(|(k, &t)| (k + 1) as f64 - t as f64 / t_ns)
+        .fold(0.0, f64::max)
 }
 
 /// The most admissions (times sorted, in ns) in any closed window of
@@ -596,5 +611,7 @@ mod tests {
         assert_eq!(worst_window(&times, 3), 4);
         assert_eq!(worst_window(&times, 100), 6);
         assert_eq!(max_excess(&[], 1.0), 0.0);
+        // From 0: 5 by 4 ns (4.6), 7 by 200 ns (−13).
+        assert!((excess_from_start(&times, 10.0) - 4.6).abs() < 1e-9);
     }
 }

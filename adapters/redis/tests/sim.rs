@@ -87,6 +87,13 @@ fn the_stated_bounds_hold_in_every_simulated_run() {
         let slack = c.over_admission_slack();
         assert!(o.excess <= slack, "over-admission {} > {slack}: {what}", o.excess);
         closest = closest.max(o.excess / slack);
+        // From a fresh key (no instance holds a token at 0): at most
+        // b + w/T, to Redis's µs and float rounding.
+        assert!(
+            o.excess_from_start <= 1e-6,
+            "from the start: {} over b + w/T: {what}",
+            o.excess_from_start
+        );
         // At most one script call per instance per refresh interval.
         let n = u64::from(c.instances);
         let ticks = (c.duration.as_nanos() / c.refresh_interval.as_nanos()) as u64 + 1;
