@@ -13,6 +13,7 @@
 //! cargo run --release -p tenlives-perf -- simulate             # the virtual-time breaker story
 //! cargo run --release -p tenlives-perf -- cache                # the response cache's hit rate and savings
 //! cargo run --release -p tenlives-perf -- hosts                # hedging, ejection, fallback over three upstreams
+//! cargo run --release -p tenlives-perf -- fleet-sim            # the Redis lease protocol in virtual time
 //! ```
 //!
 //! - [`http`]: `demo` starts, on loopback, an upstream HTTP service that
@@ -38,6 +39,7 @@
 
 mod adaptive;
 mod cache;
+mod fleet_sim;
 mod hosts;
 mod http;
 mod simulate;
@@ -108,6 +110,11 @@ enum Command {
     /// balancing client, plain and with hedging, outlier ejection and a
     /// fallback; checks that the protected client wins on success rate and p99.
     Hosts(hosts::HostsArgs),
+    /// The Redis lease protocol of tenlives-redis in virtual time: 4
+    /// instances sharing one quota, swept over the lease size and the
+    /// refresh interval; writes CSV and an SVG plot, exit 1 when a run
+    /// breaks the stated over-admission bound.
+    FleetSim(fleet_sim::FleetSimArgs),
 }
 
 /// Runs the command: `Ok(true)` when it passed.
@@ -127,6 +134,7 @@ fn run(command: &Command) -> Result<bool, Box<dyn Error>> {
         Command::Adaptive(args) => adaptive::main(args).map(|()| true),
         Command::Cache(args) => http::block_on(cache::cache(args)),
         Command::Hosts(args) => http::block_on(hosts::hosts(args)),
+        Command::FleetSim(args) => fleet_sim::main(args),
     }
 }
 
