@@ -18,8 +18,10 @@
 //! The quota of the timed runs admits everything (10^9 a second), so that
 //! every subject makes the same decision. After the timed runs a second,
 //! untimed part measures what the quota is for, at 100 000 a second with a
-//! burst of 2 000 (`max_share` 0.5, so a lease of at most 1 000, the bound's
-//! `N·L` is 1 % of a second's quota): the two-level limiter and the
+//! burst of 1 000 (`max_share` 1, so a lease of at most 1 000: the bound's
+//! `N·L` is 1 % of a second's quota, and a lease covers a 5 ms cycle's
+//! refill of 500 with room for the round trip): the local limiter, the
+//! two-level limiter and the
 //! per-request script each decide as fast as one thread can for 1 s,
 //! printing admitted, over-admission beyond `w/T + b`, Redis calls per
 //! 1 000 admitted, and the p50 and p99 of one decision (each timed with
@@ -34,7 +36,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, criterion_group};
+use criterion::{Criterion, criterion_group, criterion_main};
 use tenlives_engine::rate::{Quota, RateLimiter};
 use tenlives_engine::time::{Clock, MonotonicClock};
 use tenlives_redis::gcra::{self, GcraParams};
@@ -103,6 +105,7 @@ fn fleet(
     server: &Server,
     name: &str,
     quota: Quota,
+    max_share: f64,
 ) -> (tokio::runtime::Runtime, Arc<FleetRateLimiter>) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -110,7 +113,7 @@ fn fleet(
         .build()
         .expect("a runtime");
     let config = FleetConfig::new(name, quota)
-        .max_share(0.5)
+        .max_share(max_share)
         .refresh_interval(Duration::from_millis(5))
         .lease_duration(Duration::from_millis(500))
         .redis_timeout(Duration::from_secs(1));
@@ -173,7 +176,7 @@ fn decide(c: &mut Criterion) {
         b.iter(|| black_box(local.check(clock.now()).is_ok()))
     });
 
-    let (rt, two_level) = fleet(&server, "bench-open", open_quota());
+    let (rt, two_level) = fleet(&server, "bench-open", open_quota(), 0.5);
     group.bench_function("two_level", |b| {
         b.iter(|| black_box(two_level.try_acquire().is_ok()))
     });
@@ -229,19 +232,22 @@ fn drive(window: Duration, mut decide: impl FnMut() -> bool) -> (u64, u64, Vec<D
     (admitted, decisions, times)
 }
 
+/// The bounded quota's burst, and the largest lease (`max_share` 1).
+const BURST: u32 = 1_000;
+
 /// The untimed part: over- and under-admission and Redis calls at a quota
 /// that binds.
 fn bounded(server: &Server) {
     let window = Duration::from_secs(1);
     let quota = Quota::per_second(100_000)
-        .and_then(|q| q.with_burst(2_000))
+        .and_then(|q| q.with_burst(BURST))
         .expect("quota");
-    let allowed = 100_000.0 * window.as_secs_f64() + 2_000.0;
+    let allowed = 100_000.0 * window.as_secs_f64() + f64::from(BURST);
     println!(
-        "\nbounded quota: 100 000/s, burst 2 000, max_share 0.5 (L = 1 000), refresh 5 ms, 1 process, {window:?} of saturating decisions"
+        "\nbounded quota: 100 000/s, burst {BURST}, max_share 1 (L = {BURST}: N·L = 1 % of a second's quota), refresh 5 ms, 1 process, {window:?} of saturating decisions"
     );
     println!(
-        "{:<20}{:>12}{:>10}{:>14}{:>12}{:>10}{:>10}",
+        "{:<20}{:>12}{:>10}{:>14}{:>12}{:>12}{:>12}",
         "subject", "decisions", "admitted", "over w/T+b", "calls/1000", "p50", "p99"
     );
 
@@ -250,12 +256,19 @@ fn bounded(server: &Server) {
     let (a, d, t) = drive(window, || local.check(clock.now()).is_ok());
     row("local_limiter", a, d, allowed, 0.0, &t);
 
-    let (rt, limiter) = fleet(server, "bench-bounded", quota);
+    let (rt, limiter) = fleet(server, "bench-bounded", quota, 1.0);
     let before = limiter.stats();
     let (a, d, t) = drive(window, || limiter.try_acquire().is_ok());
     let after = limiter.stats();
     let calls = (after.redis_calls - before.redis_calls) as f64;
-    row("two_level", a, d, allowed, calls * 1_000.0 / a.max(1) as f64, &t);
+    row(
+        "two_level",
+        a,
+        d,
+        allowed,
+        calls * 1_000.0 / a.max(1) as f64,
+        &t,
+    );
     rt.block_on(Arc::into_inner(limiter).expect("one owner").shutdown());
     drop(rt);
 
@@ -273,20 +286,20 @@ fn bounded(server: &Server) {
 
 fn row(name: &str, admitted: u64, decisions: u64, allowed: f64, calls: f64, t: &[Duration]) {
     println!(
-        "{:<20}{:>12}{:>10}{:>13.2}%{:>12.2}{:>10?}{:>10?}",
+        "{:<20}{:>12}{:>10}{:>13.2}%{:>12.2}{:>12?}{:>12?}",
         name,
         decisions,
         admitted,
-        (admitted as f64 - allowed) / (allowed - 2_000.0) * 100.0,
+        (admitted as f64 - allowed) / (allowed - f64::from(BURST)) * 100.0,
         calls,
         percentile(t, 50.0),
         percentile(t, 99.0),
     );
 }
 
-criterion_group!(benches, decide);
+mod harness {
+    use super::*;
 
-fn main() {
-    benches();
-    Criterion::default().configure_from_args().final_summary();
+    criterion_group!(benches, decide);
 }
+criterion_main!(harness::benches);

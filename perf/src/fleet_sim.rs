@@ -246,7 +246,9 @@ fn plot(path: &Path, rows: &[Row]) -> Result<(), Box<dyn Error>> {
             .y_desc(unit)
             .draw()?;
         if bound {
-            let first = rows.iter().filter(|r| r.config.demand.name() == "saturating");
+            let first = rows
+                .iter()
+                .filter(|r| r.config.demand.name() == "saturating");
             chart
                 .draw_series(LineSeries::new(
                     first.map(|r| (r.outcome.max_lease as f64, 1.0)),
@@ -302,6 +304,9 @@ mod tests {
             assert!(x.outcome.excess <= x.config.over_admission_slack());
         }
         let text = table(&a, &a[..1]).unwrap();
-        assert!(text.contains("saturating") && text.contains("crash"), "{text}");
+        assert!(
+            text.contains("saturating") && text.contains("crash"),
+            "{text}"
+        );
     }
 }

@@ -9,7 +9,7 @@
 //! the refresh plan (what to give back, what to ask for, whether to call at
 //! all), and the way a reply is applied — driven by a
 //! [`ManualClock`](tenlives_engine::time::ManualClock) instead of a tokio
-//! task. Redis is [`gcra::Reference`], the exact model the Lua script is
+//! task. Redis is [`gcra::Reference`](crate::gcra::Reference), the exact model the Lua script is
 //! checked against call for call (`tests/script.rs`), fed Redis's clock in
 //! whole microseconds.
 //!
@@ -476,7 +476,12 @@ pub fn run(config: &SimConfig) -> Result<Outcome, FleetError> {
                     None => push(&mut queue, at + interval_ns, Event::Refresh(i)),
                 }
             }
-            Event::Decide { i, want, ret, start } => {
+            Event::Decide {
+                i,
+                want,
+                ret,
+                start,
+            } => {
                 let redis_us = REDIS_EPOCH_US + at / 1_000;
                 let reply = redis.decide(&params, redis_us, want, want.min(1), ret);
                 let leg = latency + rng.upto(jitter);

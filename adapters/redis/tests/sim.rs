@@ -85,7 +85,11 @@ fn the_stated_bounds_hold_in_every_simulated_run() {
         // Over-admission: in every window of every length, at most
         // b + w/T + N·L (plus the network's jitter over T).
         let slack = c.over_admission_slack();
-        assert!(o.excess <= slack, "over-admission {} > {slack}: {what}", o.excess);
+        assert!(
+            o.excess <= slack,
+            "over-admission {} > {slack}: {what}",
+            o.excess
+        );
         closest = closest.max(o.excess / slack);
         // From a fresh key (no instance holds a token at 0): at most
         // b + w/T, to Redis's µs and float rounding.
@@ -97,7 +101,11 @@ fn the_stated_bounds_hold_in_every_simulated_run() {
         // At most one script call per instance per refresh interval.
         let n = u64::from(c.instances);
         let ticks = (c.duration.as_nanos() / c.refresh_interval.as_nanos()) as u64 + 1;
-        assert!(o.redis_calls <= n * ticks, "{} calls: {what}", o.redis_calls);
+        assert!(
+            o.redis_calls <= n * ticks,
+            "{} calls: {what}",
+            o.redis_calls
+        );
         // Every token granted is spent, held, given back or lost with the
         // crashed instance: never more admitted than granted.
         assert!(o.admitted <= o.granted, "{what}");
@@ -174,7 +182,10 @@ fn a_crashed_instance_leaves_its_share_to_the_others() {
     // Instance 0 admits nothing after 5 s: about half of what it admits
     // running the whole 10 s, while the fleet still takes the quota (three
     // instances of share 0.5 can carry it).
-    assert!(o.per_instance[0] * 10 < saturating.per_instance[0] * 6, "{o:?}");
+    assert!(
+        o.per_instance[0] * 10 < saturating.per_instance[0] * 6,
+        "{o:?}"
+    );
     assert!(o.under_fraction() < 0.01, "{o:?}");
     // What the crashed instance held is at most one lease.
     assert!(o.crashed_held <= o.max_lease);
