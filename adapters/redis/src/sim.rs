@@ -7,11 +7,11 @@
 //! limiter's own state — the lease words, the share and fallback engine
 //! limiters and the request path (`try_acquire_at`), the lease sizing and
 //! the refresh plan (what to give back, what to ask for, whether to call at
-//! all), and the way a reply is applied — driven by a
-//! [`ManualClock`](tenlives_engine::time::ManualClock) instead of a tokio
-//! task. Redis is [`gcra::Reference`](crate::gcra::Reference), the exact model the Lua script is
-//! checked against call for call (`tests/script.rs`), fed Redis's clock in
-//! whole microseconds.
+//! all), and the way a reply is applied — driven by a [`ManualClock`]
+//! instead of a tokio task. Redis is
+//! [`gcra::Reference`](crate::gcra::Reference), the exact model the Lua
+//! script is checked against call for call (`tests/script.rs`), fed
+//! Redis's clock in whole microseconds.
 //!
 //! What the simulation adds is only the world around them: request
 //! arrivals (a [`Demand`] pattern), the network (a one-way latency with
