@@ -302,6 +302,11 @@ pub struct Outcome {
     pub returned: u64,
     /// Tokens held by the crashed instance when it crashed (never spent).
     pub crashed_held: u64,
+    /// The most tokens any instance held right after a reply was applied:
+    /// the premise of the over-admission bound is that it never exceeds
+    /// the largest lease `L` (a grant is at most the target minus what
+    /// was held at the call's start).
+    pub max_held: u64,
 }
 
 impl Outcome {
@@ -420,6 +425,7 @@ pub fn run(config: &SimConfig) -> Result<Outcome, FleetError> {
     let mut admissions: Vec<u64> = Vec::new();
     let mut per_instance = vec![0u64; n as usize];
     let (mut attempts, mut calls, mut crashed_held) = (0u64, 0u64, 0u64);
+    let mut max_held = 0u64;
 
     while let Some(Reverse((at, _, event))) = queue.pop() {
         let now = clock.advance_to(Timestamp::from_nanos(at));
@@ -518,6 +524,7 @@ pub fn run(config: &SimConfig) -> Result<Outcome, FleetError> {
                     Timestamp::from_nanos(start),
                     config.lease_duration,
                 );
+                max_held = max_held.max(inst.shared.stats().lease_tokens);
                 push(&mut queue, at + interval_ns, Event::Refresh(i));
             }
         }
@@ -550,6 +557,7 @@ pub fn run(config: &SimConfig) -> Result<Outcome, FleetError> {
         granted,
         returned,
         crashed_held,
+        max_held,
     })
 }
 

@@ -82,6 +82,8 @@ fn the_stated_bounds_hold_in_every_simulated_run() {
             c.seed
         );
         assert_eq!(o.max_lease, u64::from(c.fleet_config().max_lease()));
+        // The bound's premise: no instance ever holds more than `L`.
+        assert!(o.max_held <= o.max_lease, "held {}: {what}", o.max_held);
         // Over-admission: in every window of every length, at most
         // b + w/T + N·L (plus the network's jitter over T).
         let slack = c.over_admission_slack();
