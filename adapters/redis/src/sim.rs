@@ -31,12 +31,13 @@ use core::cmp::Reverse;
 use core::time::Duration;
 use std::collections::BinaryHeap;
 
+use tenlives_engine::breaker::{CircuitBreaker, Outcome as CallOutcome, RawPermit};
 use tenlives_engine::rate::Quota;
 use tenlives_engine::time::{ManualClock, Timestamp};
 
 use crate::config::{FleetConfig, FleetError};
 use crate::gcra::{GcraParams, Reference};
-use crate::limiter::{Shared, Sizing};
+use crate::limiter::{Shared, Sizing, default_breaker};
 
 /// Redis's clock at the simulation's origin, in µs since the Unix epoch (a
 /// 16-digit time, as the real `TIME` gives).
@@ -188,6 +189,12 @@ pub struct SimConfig {
     pub demand: Demand,
     /// Seed of the arrivals, the latencies and the instances' start offsets.
     pub seed: u64,
+    /// Redis unreachable from the first instant to the second (from the
+    /// start): a call Redis would decide then fails after the Redis
+    /// timeout (100 ms), through each instance's circuit breaker (the
+    /// limiter's default: open after 3 consecutive failures for 500 ms),
+    /// and the failure policy (degraded) decides.
+    pub outage: Option<(Duration, Duration)>,
 }
 
 impl SimConfig {
@@ -210,6 +217,7 @@ impl SimConfig {
             warmup: Duration::from_millis(500),
             demand,
             seed,
+            outage: None,
         }
     }
 
@@ -307,6 +315,13 @@ pub struct Outcome {
     /// the largest lease `L` (a grant is at most the target minus what
     /// was held at the call's start).
     pub max_held: u64,
+    /// Requests admitted under the failure policy (Redis unreachable).
+    pub degraded_admitted: u64,
+    /// Script calls that failed or that the breaker refused.
+    pub redis_errors: u64,
+    /// The last admission decided with a lease token (not degraded), from
+    /// the start, in ns (`None`: none).
+    pub last_lease_admission: Option<u64>,
 }
 
 impl Outcome {
@@ -362,6 +377,9 @@ enum Event {
     Arrival(u32),
     /// Instance `i`'s refresh tick.
     Refresh(u32),
+    /// Instance `i`'s call (which gave back `ret` and started at `start`)
+    /// failed: Redis was unreachable and the timeout expired.
+    Failed { i: u32, ret: u64, start: u64 },
     /// Redis runs instance `i`'s call (`want`, `ret`), which started at
     /// `start` (ns).
     Decide {
@@ -382,6 +400,9 @@ enum Event {
 struct Instance {
     shared: Shared,
     sizing: Sizing,
+    breaker: CircuitBreaker,
+    /// The breaker's permit of the call in flight.
+    permit: Option<RawPermit>,
     crashed: bool,
 }
 
@@ -410,6 +431,8 @@ pub fn run(config: &SimConfig) -> Result<Outcome, FleetError> {
         instances.push(Instance {
             shared: Shared::new(&fleet, max_lease)?,
             sizing: Sizing::new(&fleet, Timestamp::ZERO),
+            breaker: CircuitBreaker::new(fleet.breaker.clone().unwrap_or_else(default_breaker)),
+            permit: None,
             crashed: false,
         });
         let offset = rng.upto(interval_ns);
@@ -422,10 +445,17 @@ pub fn run(config: &SimConfig) -> Result<Outcome, FleetError> {
     let latency = config.latency.as_nanos() as u64;
     let jitter = config.jitter.as_nanos() as u64;
     let crash_at = config.demand.crash().map(|d| d.as_nanos() as u64);
+    let timeout = fleet.redis_timeout.as_nanos() as u64;
+    let down = |t: u64| {
+        config
+            .outage
+            .is_some_and(|(a, b)| (a.as_nanos() as u64..b.as_nanos() as u64).contains(&t))
+    };
     let mut admissions: Vec<u64> = Vec::new();
     let mut per_instance = vec![0u64; n as usize];
     let (mut attempts, mut calls, mut crashed_held) = (0u64, 0u64, 0u64);
     let mut max_held = 0u64;
+    let mut last_lease_admission = None;
 
     while let Some(Reverse((at, _, event))) = queue.pop() {
         let now = clock.advance_to(Timestamp::from_nanos(at));
@@ -442,9 +472,12 @@ pub fn run(config: &SimConfig) -> Result<Outcome, FleetError> {
                     continue;
                 }
                 attempts += 1;
-                if instances[i as usize].shared.try_acquire_at(now).is_ok() {
+                if let Ok(how) = instances[i as usize].shared.try_acquire_at(now) {
                     admissions.push(at);
                     per_instance[i as usize] += 1;
+                    if !how.is_degraded() {
+                        last_lease_admission = Some(at);
+                    }
                 }
                 let r = config
                     .demand
@@ -462,8 +495,16 @@ pub fn run(config: &SimConfig) -> Result<Outcome, FleetError> {
                     continue;
                 }
                 let target = inst.sizing.size(inst.shared.demand(), now);
-                match inst.shared.plan(target, now) {
-                    Some((want, give_back)) => {
+                let plan = inst.shared.plan(target, now);
+                let permit = plan.map(|_| inst.breaker.try_acquire_raw(now));
+                match (plan, permit) {
+                    (Some(_), Some(Err(_))) => {
+                        // The breaker refused: a failed call, at once.
+                        inst.shared.apply(None, 0, now, config.lease_duration);
+                        push(&mut queue, at + interval_ns, Event::Refresh(i));
+                    }
+                    (Some((want, give_back)), Some(Ok(raw))) => {
+                        inst.permit = Some(raw);
                         let ret = inst.shared.take_back(give_back, params.b);
                         calls += 1;
                         let leg = latency + rng.upto(jitter);
@@ -479,8 +520,24 @@ pub fn run(config: &SimConfig) -> Result<Outcome, FleetError> {
                             },
                         );
                     }
-                    None => push(&mut queue, at + interval_ns, Event::Refresh(i)),
+                    _ => push(&mut queue, at + interval_ns, Event::Refresh(i)),
                 }
+            }
+            Event::Failed { i, ret, start } => {
+                let inst = &mut instances[i as usize];
+                if let Some(raw) = inst.permit.take() {
+                    inst.breaker.record(raw, CallOutcome::Failure, now);
+                }
+                if inst.crashed {
+                    continue;
+                }
+                inst.shared.apply(
+                    None,
+                    ret,
+                    Timestamp::from_nanos(start),
+                    config.lease_duration,
+                );
+                push(&mut queue, at + interval_ns, Event::Refresh(i));
             }
             Event::Decide {
                 i,
@@ -488,6 +545,15 @@ pub fn run(config: &SimConfig) -> Result<Outcome, FleetError> {
                 ret,
                 start,
             } => {
+                if down(at) {
+                    // Unreachable: the caller sees its timeout expire.
+                    push(
+                        &mut queue,
+                        (start + timeout).max(at),
+                        Event::Failed { i, ret, start },
+                    );
+                    continue;
+                }
                 let redis_us = REDIS_EPOCH_US + at / 1_000;
                 let reply = redis.decide(&params, redis_us, want, want.min(1), ret);
                 let leg = latency + rng.upto(jitter);
@@ -508,7 +574,10 @@ pub fn run(config: &SimConfig) -> Result<Outcome, FleetError> {
                 ret,
                 start,
             } => {
-                let inst = &instances[i as usize];
+                let inst = &mut instances[i as usize];
+                if let Some(raw) = inst.permit.take() {
+                    inst.breaker.record(raw, CallOutcome::Success, now);
+                }
                 if inst.crashed {
                     continue;
                 }
@@ -531,10 +600,13 @@ pub fn run(config: &SimConfig) -> Result<Outcome, FleetError> {
     }
 
     let (mut granted, mut returned) = (0u64, 0u64);
+    let (mut degraded_admitted, mut redis_errors) = (0u64, 0u64);
     for inst in &instances {
         let s = inst.shared.stats();
         granted += s.granted;
         returned += s.returned;
+        degraded_admitted += s.degraded_admitted;
+        redis_errors += s.redis_errors;
     }
     let t_ns = config.t_ns(&params);
     let window = config.duration.min(Duration::from_secs(1));
@@ -558,6 +630,9 @@ pub fn run(config: &SimConfig) -> Result<Outcome, FleetError> {
         returned,
         crashed_held,
         max_held,
+        degraded_admitted,
+        redis_errors,
+        last_lease_admission,
     })
 }
 
