@@ -191,6 +191,27 @@ fn a_crashed_instance_leaves_its_share_to_the_others() {
     assert!(o.under_fraction() < 0.01, "{o:?}");
     // What the crashed instance held is at most one lease.
     assert!(o.crashed_held <= o.max_lease);
+
+    // At 0.8 of the quota an instance holds about two intervals' worth of
+    // its demand (2 · 20 + 1 tokens, within L = 50) when it crashes: those
+    // are never spent nor given back, and the others are unaffected.
+    let moderate = sim::run(&SimConfig {
+        demand: Demand::Crash {
+            overload: 0.8,
+            at: Duration::from_secs(5),
+        },
+        ..crash.clone()
+    })
+    .unwrap();
+    assert!(
+        moderate.crashed_held > 0 && moderate.crashed_held <= moderate.max_lease,
+        "{moderate:?}"
+    );
+    assert!(moderate.admitted + moderate.crashed_held <= moderate.granted);
+    assert!(
+        moderate.excess <= crash.over_admission_slack(),
+        "{moderate:?}"
+    );
 }
 
 #[test]
