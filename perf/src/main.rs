@@ -15,6 +15,7 @@
 //! cargo run --release -p tenlives-perf -- hosts                # hedging, ejection, fallback over three upstreams
 //! cargo run --release -p tenlives-perf -- fleet --seconds 20   # three fronts sharing one quota through Redis
 //! cargo run --release -p tenlives-perf -- replay --trace perf/replay/demo.trace --config perf/replay/tight.yaml --config perf/replay/loose.toml
+//! cargo run --release -p tenlives-perf -- fleet-sim            # the Redis lease protocol in virtual time
 //! ```
 //!
 //! - [`http`]: `demo` starts, on loopback, an upstream HTTP service that
@@ -47,6 +48,7 @@
 mod adaptive;
 mod cache;
 mod fleet;
+mod fleet_sim;
 mod hosts;
 mod http;
 mod replay;
@@ -133,6 +135,11 @@ enum Command {
     /// Records a request trace from a short real run (a dependency that
     /// fails for the middle third, behind a live breaker).
     Record(replay::RecordArgs),
+    /// The Redis lease protocol of tenlives-redis in virtual time: 4
+    /// instances sharing one quota, swept over the lease size and the
+    /// refresh interval; writes CSV and an SVG plot, exit 1 when a run
+    /// breaks the stated over-admission bound.
+    FleetSim(fleet_sim::FleetSimArgs),
 }
 
 /// Runs the command: `Ok(true)` when it passed.
@@ -158,6 +165,7 @@ fn run(command: &Command) -> Result<bool, Box<dyn Error>> {
         Command::Record(args) => {
             http::block_on(async { replay::record(args).await.map(|()| true) })
         }
+        Command::FleetSim(args) => fleet_sim::main(args),
     }
 }
 

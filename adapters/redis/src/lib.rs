@@ -77,6 +77,7 @@ mod lease;
 mod limiter;
 mod reports;
 pub mod semaphore;
+pub mod sim;
 #[cfg(feature = "stack")]
 pub mod stack;
 pub mod tower;

@@ -145,7 +145,7 @@ struct Demand {
     starved: AtomicU64,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     /// The words requests read, on their own cache line.
     lease: CachePadded<LeaseWords>,
     demand: CachePadded<Demand>,
@@ -172,7 +172,7 @@ impl Shared {
     }
 
     #[inline]
-    fn try_acquire_at(&self, now: Timestamp) -> Result<Admitted, Refused> {
+    pub(crate) fn try_acquire_at(&self, now: Timestamp) -> Result<Admitted, Refused> {
         let available = match self
             .lease
             .take(now.as_nanos(), self.policy == FailurePolicy::Degraded)
@@ -224,7 +224,124 @@ impl Shared {
         }
     }
 
-    fn stats(&self) -> FleetStats {
+    /// The words and limiters of a fresh limiter: no lease, Redis assumed
+    /// reachable until a call says otherwise.
+    pub(crate) fn new(config: &FleetConfig, max_lease: u32) -> Result<Shared, FleetError> {
+        Ok(Shared {
+            lease: CachePadded::new(LeaseWords::new()),
+            demand: CachePadded::new(Demand {
+                spent: AtomicU64::new(0),
+                starved: AtomicU64::new(0),
+            }),
+            reports: Reports::new(config.events.clone(), config.source),
+            share: RateLimiter::new(share_quota(&config.quota, config.max_share, max_lease)?),
+            fallback: RateLimiter::new(fallback_quota(&config.quota, config.expected_instances)?),
+            clock: MonotonicClock::new(),
+            policy: config.policy,
+            interval: config.refresh_interval,
+            granted: AtomicU64::new(0),
+            returned: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            redis_calls: AtomicU64::new(0),
+            redis_errors: AtomicU64::new(0),
+        })
+    }
+
+    /// The demand so far: requests admitted from the lease and refused
+    /// because it was empty.
+    pub(crate) fn demand(&self) -> u64 {
+        // ordering: Relaxed; counts.
+        self.demand.spent.load(Ordering::Relaxed) + self.demand.starved.load(Ordering::Relaxed)
+    }
+
+    /// What a refresh at `now` aiming at `target` tokens asks of Redis:
+    /// `(want, give back)`, or `None` when it skips the call (Redis
+    /// reachable at the last call, nothing to give back or ask for, and the
+    /// lease not within two intervals of its expiry).
+    pub(crate) fn plan(&self, target: u64, now: Timestamp) -> Option<(u64, GiveBack)> {
+        let lease = &self.lease;
+        let expiry = lease.expiry();
+        let available = lease.available();
+        let held = lease.tokens.held();
+        let expired = now.as_nanos() >= expiry;
+        // Under the degraded policy with Redis unreachable, the last lease is
+        // spent instead of given back.
+        let keep_last = !available && self.policy == FailurePolicy::Degraded;
+        let give_back = if expired && !keep_last {
+            GiveBack::All
+        } else if available && held > 2 * target {
+            GiveBack::Above(target)
+        } else {
+            GiveBack::Nothing
+        };
+        let want = match give_back {
+            GiveBack::All => target,
+            _ => target.saturating_sub(held),
+        };
+        let renew_soon = expiry.saturating_sub(now.as_nanos())
+            < 2 * u64::try_from(self.interval.as_nanos()).unwrap_or(u64::MAX);
+        if want == 0 && give_back == GiveBack::Nothing && !renew_soon && available {
+            return None;
+        }
+        Some((want, give_back))
+    }
+
+    /// Takes out of the lease what a call the breaker let through gives
+    /// back (at most `b`, what the script takes back at once), and counts
+    /// the call.
+    pub(crate) fn take_back(&self, give_back: GiveBack, b: u64) -> u64 {
+        let mut ret = self.lease.tokens.give_back(give_back);
+        // The script takes back at most `b` at once; a surplus never left
+        // for Redis and goes back into the lease (a lease holds at most
+        // `max_lease <= b`, so this does not happen in practice).
+        if ret > b {
+            self.lease.tokens.grant(ret - b);
+            ret = b;
+        }
+        // ordering: Relaxed; counts.
+        self.redis_calls.fetch_add(1, Ordering::Relaxed);
+        ret
+    }
+
+    /// Applies the answer of a call that started at `now` and gave back
+    /// `ret` tokens (`None`: it failed, timed out, or the breaker refused
+    /// it) to the lease.
+    pub(crate) fn apply(
+        &self,
+        reply: Option<Reply>,
+        ret: u64,
+        now: Timestamp,
+        lease_duration: Duration,
+    ) {
+        let lease = &self.lease;
+        match reply {
+            Some(reply) => {
+                // ordering: Relaxed; counts for reports.
+                self.granted.fetch_add(reply.granted, Ordering::Relaxed);
+                self.returned.fetch_add(ret, Ordering::Relaxed);
+                let expiry = now.saturating_add(lease_duration).as_nanos();
+                if lease.renewed(reply.granted, expiry) {
+                    let degraded = self.reports.degraded_total();
+                    self.reports
+                        .emit(REDIS_RECOVERED, now, [degraded, reply.granted]);
+                }
+            }
+            None => {
+                // ordering: Relaxed; counts and a flag (see above).
+                self.redis_errors.fetch_add(1, Ordering::Relaxed);
+                // The tokens taken out to give back may or may not have
+                // reached Redis: never put them back (no token spent twice).
+                self.lost.fetch_add(ret, Ordering::Relaxed);
+                if lease.failed() {
+                    let held = lease.tokens.held();
+                    self.reports
+                        .emit(REDIS_UNAVAILABLE, now, [self.policy.code(), held]);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn stats(&self) -> FleetStats {
         // ordering: Relaxed throughout; a snapshot for reports.
         FleetStats {
             lease_tokens: self.lease.tokens.held(),
@@ -271,8 +388,14 @@ struct Refresher {
     breaker: CircuitBreaker,
     lease_duration: Duration,
     interval: Duration,
-    max_lease: u64,
     timeout: Duration,
+    sizing: Sizing,
+}
+
+/// How a refresh sizes the lease from the demand since the previous one.
+pub(crate) struct Sizing {
+    interval: Duration,
+    max_lease: u64,
     /// Demand (spent + starved) and time at the previous refresh.
     last_demand: u64,
     last_at: Timestamp,
@@ -280,6 +403,46 @@ struct Refresher {
     target: u64,
     /// Whether no refresh happened yet.
     first: bool,
+}
+
+impl Sizing {
+    /// Before the first refresh, at `now`: the initial lease (default a
+    /// quarter of the largest, at least 1).
+    pub(crate) fn new(config: &FleetConfig, now: Timestamp) -> Sizing {
+        let max_lease = config.max_lease();
+        let initial = config
+            .initial_lease
+            .unwrap_or(max_lease / 4)
+            .clamp(1, max_lease);
+        Sizing {
+            interval: config.refresh_interval,
+            max_lease: u64::from(max_lease),
+            last_demand: 0,
+            last_at: now,
+            target: u64::from(initial),
+            first: true,
+        }
+    }
+
+    /// Sizes the next lease from the demand since the last refresh (`demand`
+    /// the total so far): twice what the process would spend until the next
+    /// one, within `[1, max_lease]`.
+    pub(crate) fn size(&mut self, demand: u64, now: Timestamp) -> u64 {
+        let delta = demand.saturating_sub(self.last_demand);
+        let elapsed = now
+            .saturating_duration_since(self.last_at)
+            .as_nanos()
+            .max(1);
+        self.last_demand = demand;
+        self.last_at = now;
+        // Until the first refresh with a known elapsed time, the initial size.
+        if !self.first {
+            let per_interval = u128::from(delta) * self.interval.as_nanos() / elapsed;
+            self.target = u64::try_from(2 * per_interval + 1).unwrap_or(u64::MAX);
+        }
+        self.first = false;
+        self.target.clamp(1, self.max_lease)
+    }
 }
 
 /// What a refresh gives back to Redis.
@@ -311,7 +474,9 @@ impl FleetRateLimiter {
     /// fail: a Redis that is down at start is the failure policy's business,
     /// not an error). Each limiter has its own connection to `client`'s
     /// server, managed by the `redis` crate's `ConnectionManager`
-    /// (reconnecting by itself).
+    /// (reconnecting by itself), rebuilt by the background task after a
+    /// failed call the manager cannot recover from (a reply that is not
+    /// RESP).
     ///
     /// # Errors
     ///
@@ -333,29 +498,9 @@ impl FleetRateLimiter {
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(config.refresh_interval);
         let conn = Conn::new(client, conn_config)?;
-        let clock = MonotonicClock::new();
-        let shared = Arc::new(Shared {
-            lease: CachePadded::new(LeaseWords::new()),
-            demand: CachePadded::new(Demand {
-                spent: AtomicU64::new(0),
-                starved: AtomicU64::new(0),
-            }),
-            reports: Reports::new(config.events.clone(), config.source),
-            share: RateLimiter::new(share_quota(&config.quota, config.max_share, max_lease)?),
-            fallback: RateLimiter::new(fallback_quota(&config.quota, config.expected_instances)?),
-            clock,
-            policy: config.policy,
-            interval: config.refresh_interval,
-            granted: AtomicU64::new(0),
-            returned: AtomicU64::new(0),
-            lost: AtomicU64::new(0),
-            redis_calls: AtomicU64::new(0),
-            redis_errors: AtomicU64::new(0),
-        });
-        let initial = config
-            .initial_lease
-            .unwrap_or(max_lease / 4)
-            .clamp(1, max_lease);
+        let shared = Arc::new(Shared::new(&config, max_lease)?);
+        let now = shared.clock.now();
+        let sizing = Sizing::new(&config, now);
         let mut refresher = Refresher {
             shared: Arc::clone(&shared),
             conn,
@@ -365,12 +510,8 @@ impl FleetRateLimiter {
             breaker: CircuitBreaker::new(config.breaker.unwrap_or_else(default_breaker)),
             lease_duration: config.lease_duration,
             interval: config.refresh_interval,
-            max_lease: u64::from(max_lease),
             timeout: config.redis_timeout,
-            last_demand: 0,
-            last_at: clock.now(),
-            target: u64::from(initial),
-            first: true,
+            sizing,
         };
         refresher.refresh().await;
         Ok(FleetRateLimiter {
@@ -455,60 +596,15 @@ impl Refresher {
         }
     }
 
-    /// Sizes the next lease from the demand since the last refresh: twice
-    /// what the process would spend until the next one, within
-    /// `[1, max_lease]`.
-    fn size(&mut self, now: Timestamp) -> u64 {
-        // ordering: Relaxed; counts.
-        let demand = self.shared.demand.spent.load(Ordering::Relaxed)
-            + self.shared.demand.starved.load(Ordering::Relaxed);
-        let delta = demand.saturating_sub(self.last_demand);
-        let elapsed = now
-            .saturating_duration_since(self.last_at)
-            .as_nanos()
-            .max(1);
-        self.last_demand = demand;
-        self.last_at = now;
-        // Until the first refresh with a known elapsed time, the initial size.
-        if !self.first {
-            let per_interval = u128::from(delta) * self.interval.as_nanos() / elapsed;
-            self.target = u64::try_from(2 * per_interval + 1).unwrap_or(u64::MAX);
-        }
-        self.first = false;
-        self.target.clamp(1, self.max_lease)
-    }
-
     /// One refresh: gives back an expired lease, or (Redis reachable) the
     /// excess of a lease more than twice its target (the demand fell), and
     /// tops the lease up to its target — in one script call.
     async fn refresh(&mut self) {
         let now = self.shared.clock.now();
-        let target = self.size(now);
-        let lease = &self.shared.lease;
-        let expiry = lease.expiry();
-        let available = lease.available();
-        let held = lease.tokens.held();
-        let expired = now.as_nanos() >= expiry;
-        // Under the degraded policy with Redis unreachable, the last lease is
-        // spent instead of given back.
-        let keep_last = !available && self.shared.policy == FailurePolicy::Degraded;
-        let give_back = if expired && !keep_last {
-            GiveBack::All
-        } else if available && held > 2 * target {
-            GiveBack::Above(target)
-        } else {
-            GiveBack::Nothing
-        };
-        let want = match give_back {
-            GiveBack::All => target,
-            _ => target.saturating_sub(held),
-        };
-        let renew_soon = expiry.saturating_sub(now.as_nanos())
-            < 2 * u64::try_from(self.interval.as_nanos()).unwrap_or(u64::MAX);
-        if want == 0 && give_back == GiveBack::Nothing && !renew_soon && available {
-            return;
+        let target = self.sizing.size(self.shared.demand(), now);
+        if let Some((want, give_back)) = self.shared.plan(target, now) {
+            self.call(want, give_back, now).await;
         }
-        self.call(want, give_back, now).await;
     }
 
     /// One script call through the breaker and the timeout; applies the
@@ -521,17 +617,7 @@ impl Refresher {
         let reply = match self.breaker.try_acquire(now) {
             Err(_) => None,
             Ok(permit) => {
-                ret = shared.lease.tokens.give_back(give_back);
-                // The script takes back at most `b` at once; a surplus never
-                // left for Redis and goes back into the lease (a lease holds
-                // at most `max_lease <= b`, so this does not happen in
-                // practice).
-                if ret > self.params.b {
-                    shared.lease.tokens.grant(ret - self.params.b);
-                    ret = self.params.b;
-                }
-                // ordering: Relaxed; counts.
-                shared.redis_calls.fetch_add(1, Ordering::Relaxed);
+                ret = shared.take_back(give_back, self.params.b);
                 let mut invocation = self.script.key(&self.key);
                 invocation
                     .arg(self.params.p)
@@ -550,34 +636,7 @@ impl Refresher {
                 reply
             }
         };
-        let lease = &shared.lease;
-        match reply {
-            Some(reply) => {
-                // ordering: Relaxed; counts for reports.
-                shared.granted.fetch_add(reply.granted, Ordering::Relaxed);
-                shared.returned.fetch_add(ret, Ordering::Relaxed);
-                let expiry = now.saturating_add(self.lease_duration).as_nanos();
-                if lease.renewed(reply.granted, expiry) {
-                    let degraded = shared.reports.degraded_total();
-                    shared
-                        .reports
-                        .emit(REDIS_RECOVERED, now, [degraded, reply.granted]);
-                }
-            }
-            None => {
-                // ordering: Relaxed; counts and a flag (see above).
-                shared.redis_errors.fetch_add(1, Ordering::Relaxed);
-                // The tokens taken out to give back may or may not have
-                // reached Redis: never put them back (no token spent twice).
-                shared.lost.fetch_add(ret, Ordering::Relaxed);
-                if lease.failed() {
-                    let held = lease.tokens.held();
-                    shared
-                        .reports
-                        .emit(REDIS_UNAVAILABLE, now, [shared.policy.code(), held]);
-                }
-            }
-        }
+        shared.apply(reply, ret, now, self.lease_duration);
         reply
     }
 }
