@@ -4,7 +4,9 @@
 //! duplicate a key's state — a charge that races with the eviction of its
 //! key is kept (in the old entry if the charge won, in a fresh one if the
 //! eviction won), and two threads inserting the same new key end up sharing
-//! one entry. Under loom the epoch never reclaims (see engine/src/sync.rs),
+//! one entry. The chain models put every key in one bucket, so inserts
+//! (pushes in front of the chain), charges and a sweep's unlinks (of the
+//! chain's first entry or one behind it) race on one head. Under loom the epoch never reclaims (see engine/src/sync.rs),
 //! so these models check the table's own atomic protocol.
 #![cfg(tenlives_loom)]
 
