@@ -9,8 +9,8 @@ use tenlives_engine::time::Timestamp;
 /// L7: a table of `capacity` entries takes `capacity` distinct keys at one
 /// instant (no evictions possible) without running out of room: the keys
 /// spread over the buckets even when their hashes are weak in the low bits
-/// (sequential integers through foldhash), so no bucket's seven cells
-/// overflow. Deterministic: fixed hasher seeds.
+/// (sequential integers through foldhash); a chain has no length limit, so
+/// only a full arena refuses. Deterministic: fixed hasher seeds.
 #[test]
 fn a_table_holds_its_capacity_in_live_keys() {
     use foldhash::fast::FixedState;

@@ -3,10 +3,10 @@
 //! prints them per entry (run with `--nocapture`; docs/performance.md quotes
 //! them). The table is allocated whole at construction, so this is its
 //! memory at any fill. Checked: the bytes per entry stay within the layout
-//! `docs/rate-limiter.md` describes (an index of 64-byte buckets, half the
-//! capacity rounded up to a power of two: at most 64 bytes per entry; an
-//! entry of 32 bytes for a `u64` key; a free-list slot of 16 bytes), plus
-//! a fixed part.
+//! `docs/rate-limiter.md` describes (an index of 4-byte chain heads, the
+//! capacity rounded up to a power of two: at most 8 bytes per entry; an
+//! entry of 32 bytes for a `u64` key, its state, link word and key; a
+//! free-list slot of 16 bytes), plus a fixed part.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -51,8 +51,8 @@ fn bytes_per_entry_follow_the_layout() {
         let before = LIVE.load(Ordering::SeqCst);
         let limiter = KeyedRateLimiter::<u64>::new(KeyedConfig::new(quota, capacity).unwrap());
         let bytes = (LIVE.load(Ordering::SeqCst) - before) as usize;
-        let index = 64 * capacity.div_ceil(2).next_power_of_two().max(2);
-        assert!(index <= 64 * capacity, "at most 64 index bytes per entry");
+        let index = 4 * capacity.next_power_of_two().max(2);
+        assert!(index <= 8 * capacity, "at most 8 index bytes per entry");
         let layout = index + capacity * (32 + 16);
         println!(
             "capacity {capacity}: {bytes} bytes, {:.1} per entry (index {:.1}, entry and free slot {:.1}, fixed {})",

@@ -4,12 +4,14 @@
 //! duplicate a key's state — a charge that races with the eviction of its
 //! key is kept (in the old entry if the charge won, in a fresh one if the
 //! eviction won), and two threads inserting the same new key end up sharing
-//! one entry. Under loom the epoch never reclaims (see engine/src/sync.rs),
+//! one entry. The chain models put every key in one bucket, so inserts
+//! (pushes in front of the chain), charges and a sweep's unlinks (of the
+//! chain's first entry or one behind it) race on one head. Under loom the epoch never reclaims (see engine/src/sync.rs),
 //! so these models check the table's own atomic protocol.
 #![cfg(tenlives_loom)]
 
 use std::collections::hash_map::DefaultHasher;
-use std::hash::BuildHasherDefault;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use loom::sync::Arc;
 use loom::thread;
@@ -21,6 +23,29 @@ use tenlives_loom_tests::model;
 /// A fixed hasher: loom needs every execution of a model to take the same
 /// path through the table, so the key must land in the same bucket each time.
 type Fixed = BuildHasherDefault<DefaultHasher>;
+
+/// Hashes every key alike: every key lands in one bucket's chain with the
+/// same tag, told apart only by `Eq`, so the models race on one head.
+#[derive(Default)]
+struct Collide;
+
+impl Hasher for Collide {
+    fn finish(&self) -> u64 {
+        0x0123_4567_89ab_cdef
+    }
+    fn write(&mut self, _: &[u8]) {}
+}
+
+fn one_chain(burst: u32) -> Arc<KeyedRateLimiter<u32, BuildHasherDefault<Collide>>> {
+    let quota = Quota::per_second(1).unwrap().with_burst(burst).unwrap();
+    let config = KeyedConfig::new(quota, 4).unwrap();
+    Arc::new(KeyedRateLimiter::with_hasher_and_sink(
+        config,
+        BuildHasherDefault::default(),
+        NoSink,
+        0,
+    ))
+}
 
 fn table(burst: u32) -> Arc<KeyedRateLimiter<u32, Fixed>> {
     let quota = Quota::per_second(1).unwrap().with_burst(burst).unwrap();
@@ -80,5 +105,77 @@ fn racing_inserts_of_one_key_share_one_entry() {
             "a second entry duplicated the key"
         );
         assert_eq!(t.in_use(), 1);
+    });
+}
+
+/// L5, the chain protocol: one bucket holds key 3 (in use) in front of key 7
+/// (evictable). A new key's insert (a push in front of the chain), a charge
+/// of key 7 and a sweep (unlinking 7 from the middle of the chain, or through
+/// a new front entry the insert pushed while it swept) race.
+/// Afterwards each key has exactly the tokens its own requests took: the
+/// insert is not lost to the unlink, the charge not lost to the eviction,
+/// and key 3 untouched.
+#[test]
+fn an_insert_a_charge_and_an_eviction_in_one_chain() {
+    model(2, || {
+        let t = one_chain(2);
+        let earlier = Timestamp::ZERO;
+        let now = Timestamp::from_nanos(10_000_000_000);
+        t.check_key(&7, earlier).unwrap();
+        t.check_key_n(&3, 2, now).unwrap();
+        let inserter = {
+            let t = t.clone();
+            thread::spawn(move || t.check_key(&9, now).is_ok())
+        };
+        let charger = {
+            let t = t.clone();
+            thread::spawn(move || t.check_key(&7, now).is_ok())
+        };
+        let evicted = t.sweep(now);
+        assert!(inserter.join().unwrap(), "a new key has its burst");
+        assert!(charger.join().unwrap(), "a full bucket grants one token");
+        assert!(evicted <= 1, "only key 7 was fresh");
+        for key in [7, 9] {
+            assert!(
+                t.peek_key_n(&key, 1, now).is_ok(),
+                "key {key}: one token left"
+            );
+            assert!(
+                t.peek_key_n(&key, 2, now).is_err(),
+                "key {key}: a charge was lost"
+            );
+        }
+        assert!(t.peek_key_n(&3, 1, now).is_err(), "key 3 kept its booking");
+        // 3, 9 and 7 (in its first entry, or a new one after the eviction).
+        assert_eq!(t.in_use(), 3 + evicted);
+    });
+}
+
+/// L5, the chain protocol: two first requests of one key race with the
+/// eviction of the chain's front entry (key 7, evictable, pushed last). The
+/// inserts publish against a head the unlink moves: one entry for key 5.
+#[test]
+fn racing_inserts_and_an_unlink_of_the_front_share_one_entry() {
+    model(2, || {
+        let t = one_chain(2);
+        let earlier = Timestamp::ZERO;
+        let now = Timestamp::from_nanos(10_000_000_000);
+        t.check_key(&7, earlier).unwrap();
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let t = t.clone();
+                thread::spawn(move || t.check_key(&5, now).is_ok())
+            })
+            .collect();
+        let evicted = t.sweep(now);
+        for th in threads {
+            assert!(th.join().unwrap());
+        }
+        assert!(evicted <= 1);
+        assert!(
+            t.peek_key_n(&5, 1, now).is_err(),
+            "a second entry duplicated the key"
+        );
+        assert_eq!(t.in_use(), 1 + 1, "key 5 and key 7 (kept or retired)");
     });
 }

@@ -2,43 +2,45 @@
 //!
 //! # Layout
 //!
-//! - An arena of `capacity` entries, each a GCRA state cell (128 bits, see
-//!   [`gcra`](super::gcra)) and an (initially empty) `(hash, key)` pair,
-//!   allocated once.
-//! - An index of `capacity / 2` (rounded up to a power of two: between half
-//!   the capacity and the capacity; at least two) buckets of one cache line each, 32 to 64
-//!   bytes per entry: a header word (a version and an occupancy bit per
-//!   cell) and fourteen 32-bit cells, each naming an arena entry (in the low
-//!   bits, as many as the capacity needs) with a fragment of its key's hash
-//!   (the bits left). A key lives in the bucket its hash selects; two keys
-//!   that share the fragment are told apart by comparing the full hash and
-//!   the keys themselves, so distinct keys never share state.
-//! - A free list of arena entries (crossbeam-queue's lock-free `ArrayQueue`).
+//! - An arena of `capacity` entries, allocated once, each 32 bytes for a
+//!   `u64` key: the GCRA state cell (128 bits, see [`gcra`](super::gcra)), a
+//!   link word (the low 32 bits of the key's hash beside the number of the
+//!   next entry of its chain) and the (initially empty) key. A check of a
+//!   present key reads one entry: its tag, key and state share a line.
+//! - An index of one 32-bit head per bucket, `capacity` rounded up to a power
+//!   of two buckets (4 to 8 bytes per entry): the number of the first entry
+//!   of the bucket's chain, and a bit held by the one thread sweeping it.
+//! - A free list of arena entries (crossbeam-queue's lock-free `ArrayQueue`),
+//!   handed out in order, so the entries in use are dense in the arena.
 //!
 //! # Protocol
 //!
-//! - Lookup: pin the epoch, read the header, compare the cells whose bit is
-//!   set. No lock, no write: a present key costs one header and cell read,
-//!   one key comparison and the compare-and-swap on its state cell.
-//! - Insert (a new key): take a free entry, write the key and the state of a
-//!   first request into it, claim an empty cell with a compare-and-swap, then
-//!   publish it by a compare-and-swap of the header from the version read
-//!   before scanning the bucket. Any concurrent insert into the bucket bumps
-//!   the version, so the publish fails and the bucket is scanned again: two
-//!   threads can never publish the same key twice. The version has 56 bits
-//!   and wraps (`wrapping_add`): a publish could be fooled only by exactly
-//!   `2^56` changes of one bucket between its read and its compare-and-swap.
+//! - Lookup: pin the epoch, read the head, walk the chain comparing tags,
+//!   then keys, skipping entries being evicted. No lock, no write: a present
+//!   key costs one head and (usually) one entry read, one key comparison and
+//!   the compare-and-swap on its state cell.
+//! - Insert (a new key): take a free entry, write the key, its tag and the
+//!   state of a first request into it, link it in front of the chain read
+//!   before scanning the chain, and publish it by a compare-and-swap of the
+//!   head from that value. Any concurrent insert into the bucket changes the
+//!   head, so the publish fails and the chain is scanned again: two threads
+//!   can never publish the same key twice. The head needs no version: the
+//!   entry it named when read cannot be reused while the inserter is pinned,
+//!   so an unchanged head means every entry pushed since has been unlinked.
 //! - A user `Hash`, `Eq` or `Clone` that panics loses nothing: the hash and
 //!   the lookups before an insert hold no entry, and an entry taken off the
 //!   free list is held by a guard that puts it back if the insert unwinds.
 //! - Eviction: only of an entry whose theoretical arrival time is in the past
-//!   (its state means "full bucket", exactly like a fresh key's). The evictor
+//!   (its state means "full bucket", exactly like a fresh key's), by the one
+//!   thread holding the bucket's sweeping bit (others skip the bucket). It
 //!   first swaps the state cell to a `DEAD` mark with a compare-and-swap, so
 //!   a request racing with it either charges the entry before (and the
 //!   eviction fails, because the entry is no longer fresh) or finds it dead
 //!   (and starts again with a fresh key, which decides the same way). Then it
-//!   clears the cell's bit and hands the entry back to the free list through
-//!   the epoch: a reader that might still look at it finishes first.
+//!   unlinks the entry (only the sweeper changes a published entry's link,
+//!   and an unlinked entry's link is never changed: a reader standing on it
+//!   walks on) and hands it back to the free list through the epoch: a
+//!   reader that might still look at it finishes first.
 //!
 //! Eviction happens when the free list runs low (a few buckets are swept per
 //! insert below a quarter free) or empty (a longer sweep), and on
@@ -69,13 +71,10 @@ mod snapshot;
 pub use hasher::{DefaultHashBuilder, KeyHasher};
 pub use snapshot::KeyedRestore;
 
-/// Cells per bucket: a 64-bit header and fourteen 32-bit cells fill a
-/// 64-byte line.
-const WAYS: usize = 14;
-const BITS: u64 = (1 << WAYS) - 1;
-/// One version step in the header, above the occupancy bits.
-const VERSION_SHIFT: u32 = 16;
-const VERSION: u64 = 1 << VERSION_SHIFT;
+/// A head's sweeping bit: set while one thread sweeps the bucket.
+const SWEEPING: u32 = 1 << 31;
+/// The low 32 bits of a link word: the next entry's number plus one.
+const NEXT: u64 = u32::MAX as u64;
 /// Fibonacci hashing: spreads any hash, even one weak in its low bits, over
 /// the buckets.
 const FIB: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -155,39 +154,31 @@ impl KeyedConfig {
     }
 }
 
-/// One cache line of the index.
+/// An arena entry. Its link word:
 ///
-/// | word | bits | field |
-/// |---|---|---|
-/// | `header` | 16..64 | version, bumped by every publish and unlink (wraps) |
-/// | `header` | 14..16 | zero |
-/// | `header` | 0..14 | occupancy: cell `i` is published iff bit `i` is set |
-/// | `cells[i]` | `slot_bits..32` | fragment: the low bits of the key's hash |
-/// | `cells[i]` | `0..slot_bits` | the arena entry's number plus one (`0`: empty) |
+/// | bits | field |
+/// |---|---|
+/// | 32..64 | tag: the low 32 bits of the key's hash |
+/// | 0..32 | the next entry of the chain, its number plus one (`0`: the end) |
 ///
-/// `slot_bits` is fixed at construction: the fewest bits that hold the
-/// capacity (at most 31, for 2^30 entries).
-#[repr(align(64))]
-struct Bucket {
-    header: AtomicU64,
-    cells: [AtomicU32; WAYS],
-}
-
-impl Bucket {
-    fn new() -> Self {
-        Bucket {
-            header: AtomicU64::new(0),
-            cells: core::array::from_fn(|_| AtomicU32::new(0)),
-        }
-    }
-}
-
+/// A bucket's head (`Inner::heads`):
+///
+/// | bits | field |
+/// |---|---|
+/// | 31 | `SWEEPING`: one thread is evicting from this bucket |
+/// | 0..31 | the chain's first entry, its number plus one (`0`: empty) |
+///
+/// Entries are numbered below 2^30, so a number plus one fits in 31 bits.
 struct Entry<K> {
     state: AtomicU128,
+    /// Written by the inserter before publishing; after that, changed only
+    /// by the thread sweeping the bucket while the entry is linked (its
+    /// next entry was unlinked), never once the entry is unlinked.
+    link: AtomicU64,
     /// Written only while the entry is off the free list and not yet
     /// published, or after it has been unlinked and every reader that could
     /// see it has unpinned.
-    data: ExclusiveCell<MaybeUninit<(u64, K)>>,
+    key: ExclusiveCell<MaybeUninit<K>>,
 }
 
 enum Overflow<S: EventSink> {
@@ -198,12 +189,11 @@ enum Overflow<S: EventSink> {
 
 struct Inner<K, H, S: EventSink> {
     quota: Quota,
-    buckets: Box<[Bucket]>,
+    /// One head per bucket (see [`Entry`] for its bits).
+    heads: Box<[AtomicU32]>,
     mask: u64,
     /// `64 - log2(buckets)`: a bucket is the top bits of `hash * FIB`.
     shift: u32,
-    /// The low bits of a cell that name its entry (see [`Bucket`]).
-    slot_bits: u32,
     entries: Box<[Entry<K>]>,
     free: ArrayQueue<u32>,
     low_water: usize,
@@ -216,7 +206,7 @@ struct Inner<K, H, S: EventSink> {
     source: u32,
 }
 
-// SAFETY: entries' `data` cells are accessed under the protocol in the module
+// SAFETY: entries' `key` cells are accessed under the protocol in the module
 // documentation: written only by the one thread that owns the entry (taken off
 // the free list, or reclaimed after an epoch grace period), read only while
 // published. Keys move between threads (K: Send) and are read from several
@@ -227,17 +217,14 @@ unsafe impl<K: Send + Sync, H: Send, S: EventSink + Send> Send for Inner<K, H, S
 
 impl<K, H, S: EventSink> Drop for Inner<K, H, S> {
     fn drop(&mut self) {
-        for bucket in self.buckets.iter() {
-            let bits = bucket.header.load(Ordering::Relaxed) & BITS;
-            for i in 0..WAYS {
-                if bits & (1 << i) != 0 {
-                    let slot = self.cell_slot(bucket.cells[i].load(Ordering::Relaxed));
-                    let entry = &self.entries[slot];
-                    // SAFETY: `&mut self`: nobody else is here. A published
-                    // cell's entry holds an initialised key, dropped once.
-                    unsafe { entry.data.with_mut(|d| d.assume_init_drop()) };
-                }
-            }
+        for b in 0..self.heads.len() {
+            self.walk(b, |entry| {
+                // SAFETY: `&mut self`: nobody else is here. Every linked
+                // entry holds an initialised key (an evicted one is unlinked
+                // before its sweeper lets go of the bucket, and its pending
+                // reclaim holds the table alive), dropped once.
+                unsafe { entry.key.with_mut(|k| k.assume_init_drop()) };
+            });
         }
     }
 }
@@ -299,9 +286,11 @@ where
     }
 }
 
-enum Found<'a, K> {
-    Present { cell: usize, entry: &'a Entry<K> },
-    Absent,
+/// A published entry holding the key, and the state read from it (never
+/// `DEAD`).
+struct Found<'a, K> {
+    entry: &'a Entry<K>,
+    state: State,
 }
 
 enum Inserted {
@@ -327,10 +316,7 @@ where
         let capacity = config.capacity as usize;
         // At least two: a bucket is picked by a shift of `64 - log2`, and a
         // shift by 64 overflows.
-        let buckets = capacity.div_ceil(2).next_power_of_two().max(2);
-        // `capacity <= 2^30`: at most 31 bits, leaving at least one for the
-        // fragment.
-        let slot_bits = u32::BITS - config.capacity.leading_zeros();
+        let buckets = capacity.next_power_of_two().max(2);
         let free = ArrayQueue::new(capacity);
         for slot in 0..config.capacity {
             let _ = free.push(slot);
@@ -344,17 +330,17 @@ where
         };
         let inner = Inner {
             quota: config.quota,
-            buckets: (0..buckets)
-                .map(|_| Bucket::new())
+            heads: (0..buckets)
+                .map(|_| AtomicU32::new(0))
                 .collect::<Vec<_>>()
                 .into_boxed_slice(),
             mask: buckets as u64 - 1,
             shift: 64 - buckets.trailing_zeros(),
-            slot_bits,
             entries: (0..capacity)
                 .map(|_| Entry {
                     state: AtomicU128::new(0),
-                    data: ExclusiveCell::new(MaybeUninit::uninit()),
+                    link: AtomicU64::new(0),
+                    key: ExclusiveCell::new(MaybeUninit::uninit()),
                 })
                 .collect::<Vec<_>>()
                 .into_boxed_slice(),
@@ -415,12 +401,13 @@ where
         let mut rounds = 0;
         loop {
             match self.find(key, hash) {
-                Found::Present { cell, entry } => match charge(&entry.state, &inner.quota, t, n) {
+                Some(found) => match charge(&found.entry.state, found.state, &inner.quota, t, n) {
                     Ok(()) => return Ok(()),
                     Err(Some(refusal)) => return Err(self.refused(refusal, n, now)),
-                    Err(None) => self.help_unlink(hash, cell),
+                    // Evicted under us: the next lookup skips it.
+                    Err(None) => {}
                 },
-                Found::Absent => {
+                None => {
                     let grant = gcra::decide(&inner.quota, 0, t, t, n)
                         .map_err(|refusal| self.refused(refusal, n, now))?;
                     match self.insert(key, hash, grant.state, t, &guard) {
@@ -460,14 +447,7 @@ where
         let hash = inner.hasher.hash_one(key);
         let t = now.as_nanos();
         let _guard = epoch::pin();
-        let state = match self.find(key, hash) {
-            // ordering: Relaxed; a peek is a snapshot.
-            Found::Present { entry, .. } => match entry.state.load(Ordering::Relaxed) {
-                DEAD => 0,
-                s => s,
-            },
-            Found::Absent => 0,
-        };
+        let state = self.find(key, hash).map_or(0, |found| found.state);
         gcra::decide(&inner.quota, state, t, t, u64::from(n))
             .map(|_| ())
             .map_err(|refusal| refusal.into_error(&inner.quota, n, now))
@@ -478,9 +458,10 @@ where
     pub fn refund_key(&self, key: &K, n: u32) {
         let hash = self.inner.hasher.hash_one(key);
         let _guard = epoch::pin();
-        if let Found::Present { entry, .. } = self.find(key, hash) {
+        if let Some(found) = self.find(key, hash) {
             // ordering: Relaxed, as in `gcra::refund`; a dead entry stays dead.
-            let _ = entry
+            let _ = found
+                .entry
                 .state
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
                     (s != DEAD).then(|| {
@@ -497,11 +478,12 @@ where
     /// fresh key would decide exactly like) and returns how many. Their
     /// entries become reusable after an epoch grace period. Inserts sweep on
     /// their own when the table runs low; call this to reclaim room ahead of
-    /// a burst of new keys.
+    /// a burst of new keys. A bucket another thread is sweeping at the same
+    /// moment is left to that thread.
     pub fn sweep(&self, now: Timestamp) -> usize {
         let t = now.as_nanos();
         let guard = epoch::pin();
-        let evicted = (0..self.inner.buckets.len())
+        let evicted = (0..self.inner.heads.len())
             .map(|b| self.evict_fresh(b, t, &guard))
             .sum();
         guard.flush();
@@ -514,37 +496,39 @@ where
         KeyedSource { limiter: self, key }
     }
 
+    /// The live entry of `key` (hashed to `hash`), if it is published. The
+    /// caller is pinned.
     #[inline(always)]
-    fn find(&self, key: &K, hash: u64) -> Found<'_, K> {
+    fn find(&self, key: &K, hash: u64) -> Option<Found<'_, K>> {
         let inner = &*self.inner;
-        let bucket = &inner.buckets[inner.bucket_of(hash)];
-        let fragment = inner.fragment(hash);
+        let tag = hash & !NEXT;
         // ordering: Acquire pairs with the Release publish in `insert`: the
-        // cells and entries it names were written before it.
-        let mut bits = bucket.header.load(Ordering::Acquire) & BITS;
-        while bits != 0 {
-            let i = bits.trailing_zeros() as usize;
-            bits &= bits - 1;
-            // ordering: Relaxed; made visible by the header's Acquire above,
-            // and not cleared before an epoch grace period we are inside of.
-            let cell = bucket.cells[i].load(Ordering::Relaxed);
-            if cell >> inner.slot_bits != fragment {
+        // entry it names was written before it.
+        let mut next = inner.heads[inner.bucket_of(hash)].load(Ordering::Acquire) & !SWEEPING;
+        while next != 0 {
+            let entry = &inner.entries[next as usize - 1];
+            // ordering: Acquire pairs with the Release of the publish (or of
+            // an unlink) that wrote the next entry's number: that entry was
+            // published before.
+            let link = entry.link.load(Ordering::Acquire);
+            next = link as u32;
+            if link & !NEXT != tag {
                 continue;
             }
-            let entry = &inner.entries[inner.cell_slot(cell)];
-            // SAFETY: a published entry's data is initialised and written
-            // again only after an epoch grace period; the caller is pinned.
-            let same = unsafe {
-                entry.data.with(|d| {
-                    let (h, k) = d.assume_init_ref();
-                    *h == hash && k == key
-                })
-            };
-            if same {
-                return Found::Present { cell: i, entry };
+            // SAFETY: a published entry's key is initialised and written
+            // again only after it is unlinked and an epoch grace period has
+            // passed; the caller is pinned, and it reached the entry from a
+            // head it read while pinned.
+            if unsafe { entry.key.with(|k| k.assume_init_ref() == key) } {
+                // ordering: Relaxed, as in `gcra::acquire`: the state cell
+                // publishes no other memory.
+                let state = entry.state.load(Ordering::Relaxed);
+                if state != DEAD {
+                    return Some(Found { entry, state });
+                }
             }
         }
-        Found::Absent
+        None
     }
 
     fn insert(&self, key: &K, hash: u64, state: State, now: u64, guard: &epoch::Guard) -> Inserted {
@@ -576,38 +560,33 @@ where
         // published, and no reader can reach it. If `clone` panics, nothing
         // was written and the claim hands the slot back unfilled.
         unsafe {
-            entry.data.with_mut(|d| {
-                d.write((hash, key.clone()));
+            entry.key.with_mut(|k| {
+                k.write(key.clone());
             })
         };
         claim.filled = true;
-        // ordering: Relaxed; published by the header's Release below.
+        // ordering: Relaxed; published by the head's Release below.
         entry.state.store(state, Ordering::Relaxed);
 
-        let bucket = &inner.buckets[inner.bucket_of(hash)];
-        let cell_value = inner.fragment(hash) << inner.slot_bits | (slot + 1);
+        let head = &inner.heads[inner.bucket_of(hash)];
+        let tag = hash & !NEXT;
         loop {
             // ordering: Acquire, as in `find`.
-            let header = bucket.header.load(Ordering::Acquire);
-            // No cell is claimed here, so a panic in `K::eq` loses nothing
+            let first = head.load(Ordering::Acquire);
+            // Nothing is published here, so a panic in `K::eq` loses nothing
             // the claim does not give back.
-            if let Found::Present { .. } = self.find(key, hash) {
+            if self.find(key, hash).is_some() {
                 return Inserted::AlreadyThere;
             }
-            let Some(i) = claim_cell(bucket, header, cell_value) else {
-                // Fourteen keys share this bucket. Evict the fresh ones; their
-                // cells come back after the grace period, which the caller
-                // lets pass once before giving up.
-                drop(claim);
-                self.evict_fresh(inner.bucket_of(hash), now, guard);
-                return Inserted::NoRoom;
-            };
-            let published = header.wrapping_add(VERSION) | (1 << i);
-            // ordering: Release publishes the entry and the cell; AcqRel so a
-            // failed attempt that rescans sees what the winner published.
-            match bucket.header.compare_exchange(
-                header,
-                published,
+            // ordering: Relaxed; published by the head's Release below.
+            entry
+                .link
+                .store(tag | u64::from(first & !SWEEPING), Ordering::Relaxed);
+            // ordering: Release publishes the entry (key, state, link); AcqRel
+            // so a failed attempt that rescans sees what the winner published.
+            match head.compare_exchange(
+                first,
+                first & SWEEPING | (slot + 1),
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
@@ -615,11 +594,7 @@ where
                     core::mem::forget(claim);
                     return Inserted::Yes;
                 }
-                Err(_) => {
-                    // ordering: Relaxed; the cell was never published.
-                    bucket.cells[i].store(0, Ordering::Relaxed);
-                    spin_hint();
-                }
+                Err(_) => spin_hint(),
             }
         }
     }
@@ -634,50 +609,48 @@ where
     }
 
     /// Evicts the entries of bucket `b` that are fresh at `now` (ns);
-    /// returns how many.
+    /// returns how many. Skips the bucket if another thread is sweeping it.
     fn evict_fresh(&self, b: usize, now: u64, guard: &epoch::Guard) -> usize {
         let inner = &*self.inner;
-        let bucket = &inner.buckets[b];
-        // ordering: Acquire, as in `find`.
-        let mut bits = bucket.header.load(Ordering::Acquire) & BITS;
+        let head = &inner.heads[b];
+        // ordering: Acquire, as in `find`; the bit makes this thread the
+        // only one changing the links of the bucket's published entries
+        // until it lets go below (with Release).
+        let first = head.fetch_or(SWEEPING, Ordering::Acquire);
+        if first & SWEEPING != 0 {
+            return 0;
+        }
+        let mut next = first;
         let mut evicted = 0;
-        while bits != 0 {
-            let i = bits.trailing_zeros() as usize;
-            bits &= bits - 1;
-            // ordering: Relaxed, as in `find`.
-            let cell = bucket.cells[i].load(Ordering::Relaxed);
-            let slot = inner.cell_slot(cell);
-            let cell_state = &inner.entries[slot].state;
+        while next != 0 {
+            let slot = next as usize - 1;
+            let entry = &inner.entries[slot];
+            // ordering: Acquire, as in `find`.
+            next = entry.link.load(Ordering::Acquire) as u32;
             // ordering: Relaxed; the compare-and-swap below confirms it.
-            let state = cell_state.load(Ordering::Relaxed);
-            if state == DEAD || !gcra::is_full(&inner.quota, state, now) {
-                continue;
-            }
-            if cell_state
-                .compare_exchange(state, DEAD, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
+            let state = entry.state.load(Ordering::Relaxed);
+            if state == DEAD
+                || !gcra::is_full(&inner.quota, state, now)
+                || entry
+                    .state
+                    .compare_exchange(state, DEAD, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
             {
                 continue;
             }
-            unlink(bucket, i);
+            inner.unlink(head, slot as u32 + 1, next);
             let owner = Arc::clone(&self.inner);
-            // Packed so the closure fits in crossbeam's inline storage (three
-            // words) and deferring allocates nothing: b < 2^29, slot < 2^30,
-            // i < 16.
-            let at = (b as u64) << 34 | (slot as u64) << 4 | i as u64;
             // ordering: Relaxed; a hint for `check_key_n`'s retries only.
-            self.inner.retired.fetch_add(1, Ordering::Relaxed);
-            guard.defer(move || owner.reclaim(at));
+            inner.retired.fetch_add(1, Ordering::Relaxed);
+            // Two words (the table and a number): the closure fits in
+            // crossbeam's inline storage, and deferring allocates nothing.
+            guard.defer(move || owner.reclaim(slot));
             evicted += 1;
         }
+        // ordering: Release; the next sweeper of the bucket starts after
+        // this one's unlinks.
+        head.fetch_and(!SWEEPING, Ordering::Release);
         evicted
-    }
-
-    /// A reader met a dead entry at `cell`: make sure it is unlinked so the
-    /// next lookup does not meet it again.
-    fn help_unlink(&self, hash: u64, cell: usize) {
-        let bucket = &self.inner.buckets[self.inner.bucket_of(hash)];
-        unlink(bucket, cell);
     }
 
     #[cold]
@@ -725,34 +698,71 @@ impl<K, H, S: EventSink> Inner<K, H, S> {
         (hash.wrapping_mul(FIB) >> self.shift) as usize
     }
 
-    /// The bits of `hash` a cell keeps: its low bits (the bucket comes from
-    /// the top bits of the product above, which depend mostly on the high
-    /// ones), as many as `slot_bits` leaves.
-    #[inline(always)]
-    fn fragment(&self, hash: u64) -> u32 {
-        (hash as u32) >> self.slot_bits
+    /// Calls `f` on every entry of bucket `b`'s chain, dead ones included.
+    /// The caller is pinned (or holds the table exclusively).
+    fn walk(&self, b: usize, mut f: impl FnMut(&Entry<K>)) {
+        // ordering: Acquire, as in `find`.
+        let mut next = self.heads[b].load(Ordering::Acquire) & !SWEEPING;
+        while next != 0 {
+            let entry = &self.entries[next as usize - 1];
+            // ordering: Acquire, as in `find`.
+            next = entry.link.load(Ordering::Acquire) as u32;
+            f(entry);
+        }
     }
 
-    /// The arena entry a published cell names.
-    #[inline(always)]
-    fn cell_slot(&self, cell: u32) -> usize {
-        ((cell & ((1 << self.slot_bits) - 1)) - 1) as usize
+    /// Unlinks entry `x` (its number plus one), whose link names `after`,
+    /// from the chain of `head`. The caller holds the bucket's sweeping bit,
+    /// so `x` is linked and stays reachable: inserts only push in front,
+    /// and nobody else unlinks.
+    fn unlink(&self, head: &AtomicU32, x: u32, after: u32) {
+        loop {
+            // ordering: Acquire, as in `find`.
+            let first = head.load(Ordering::Acquire);
+            if first & !SWEEPING == x {
+                // ordering: Release, as an insert's publish: `after` was
+                // published before; AcqRel so a failure sees the new first.
+                if head
+                    .compare_exchange(
+                        first,
+                        first & SWEEPING | after,
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+                {
+                    return;
+                }
+                continue;
+            }
+            // An insert pushed entries in front of `x`: one of them (or an
+            // entry after them) is its predecessor now.
+            let mut at = first & !SWEEPING;
+            while at != 0 {
+                let pred = &self.entries[at as usize - 1];
+                // ordering: Acquire, as in `find`.
+                let link = pred.link.load(Ordering::Acquire);
+                if link as u32 == x {
+                    // ordering: Release, as above. Only this thread changes a
+                    // published entry's link while it sweeps.
+                    pred.link
+                        .store(link & !NEXT | u64::from(after), Ordering::Release);
+                    return;
+                }
+                at = link as u32;
+            }
+            // Unreachable: `x` is linked. Start again rather than lose it.
+            spin_hint();
+        }
     }
 
-    /// Runs after the grace period of an eviction: no reader can see the
-    /// entry any more.
-    fn reclaim(&self, at: u64) {
-        let (b, slot, cell) = (
-            (at >> 34) as usize,
-            (at >> 4 & ((1 << 30) - 1)) as usize,
-            (at & 15) as usize,
-        );
+    /// Runs after the grace period of an eviction: no reader can see entry
+    /// `slot` any more.
+    fn reclaim(&self, slot: usize) {
         let entry = &self.entries[slot];
         // SAFETY: unlinked, and every thread that could have read it has
         // unpinned since: this is the only access.
-        unsafe { entry.data.with_mut(|d| d.assume_init_drop()) };
-        // ordering: Release; whoever claims the cell next starts after this.
-        self.buckets[b].cells[cell].store(0, Ordering::Release);
+        unsafe { entry.key.with_mut(|k| k.assume_init_drop()) };
         // The queue holds every slot, so there is room for this one.
         let _ = self.free.push(slot as u32);
         // ordering: Relaxed; a hint only (see `retired`).
@@ -766,7 +776,7 @@ impl<K, H, S: EventSink> Inner<K, H, S> {
 struct Claim<'a, K, H, S: EventSink> {
     inner: &'a Inner<K, H, S>,
     slot: u32,
-    /// The entry holds an initialised `(hash, key)`.
+    /// The entry holds an initialised key.
     filled: bool,
 }
 
@@ -776,12 +786,12 @@ impl<K, H, S: EventSink> Drop for Claim<'_, K, H, S> {
         // SAFETY: never published, so still ours alone; initialised iff
         // `filled`. Moved out before the slot goes back, so that a panicking
         // `K::drop` below cannot leak the slot.
-        let data = self
+        let key = self
             .filled
-            .then(|| unsafe { entry.data.with_mut(|d| d.assume_init_read()) });
+            .then(|| unsafe { entry.key.with_mut(|k| k.assume_init_read()) });
         // The queue holds every slot, so there is room for this one.
         let _ = self.inner.free.push(self.slot);
-        drop(data);
+        drop(key);
     }
 }
 
@@ -800,39 +810,22 @@ fn reclaim_now() {
     }
 }
 
-/// Claims an empty, unpublished cell of `bucket` for `value`.
-fn claim_cell(bucket: &Bucket, header: u64, value: u32) -> Option<usize> {
-    (0..WAYS).find(|&i| {
-        header & (1 << i) == 0
-            // ordering: Acquire pairs with `reclaim`'s Release of the cell.
-            && bucket.cells[i]
-                .compare_exchange(0, value, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-    })
-}
-
-/// Clears cell `i`'s bit if it is still set.
-fn unlink(bucket: &Bucket, i: usize) {
-    // ordering: Relaxed loads, AcqRel update: the header is the bucket's
-    // publication point, and a concurrent insert must see the version move.
-    let _ = bucket
-        .header
-        .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |h| {
-            (h & (1 << i) != 0).then(|| h.wrapping_add(VERSION) & !(1 << i))
-        });
-}
-
-/// Charges `n` tokens to an entry's state at `now` (ns). `Err(None)` when
-/// it is dead.
+/// Charges `n` tokens to an entry's state cell, read as `state`, at `now`
+/// (ns). `Err(None)` when it is dead.
 #[inline(always)]
-fn charge(cell: &AtomicU128, quota: &Quota, now: u64, n: u64) -> Result<(), Option<Refusal>> {
-    // ordering: Relaxed, as in `gcra::acquire`.
-    let mut state = cell.load(Ordering::Relaxed);
+fn charge(
+    cell: &AtomicU128,
+    mut state: State,
+    quota: &Quota,
+    now: u64,
+    n: u64,
+) -> Result<(), Option<Refusal>> {
     loop {
         if state == DEAD {
             return Err(None);
         }
         let grant = gcra::decide(quota, state, now, now, n).map_err(Some)?;
+        // ordering: Relaxed, as in `gcra::acquire`.
         match cell.compare_exchange_weak(state, grant.state, Ordering::Relaxed, Ordering::Relaxed) {
             Ok(_) => return Ok(()),
             Err(actual) => {
@@ -874,34 +867,63 @@ mod tests {
     use super::*;
     use foldhash::fast::FixedState;
 
-    /// A bucket's version at its largest: the next insert or unlink wraps it
-    /// (to version 0), and the table goes on working.
+    /// Hashes every key to the same value: one chain, one tag.
+    #[derive(Default)]
+    struct Collide;
+
+    impl core::hash::Hasher for Collide {
+        fn finish(&self) -> u64 {
+            0x5151_5151_5151_5151
+        }
+        fn write(&mut self, _: &[u8]) {}
+    }
+
+    /// Forty keys in one bucket with the same tag: each keeps its own state
+    /// (told apart by `Eq`), and evicting every other one (the chain's
+    /// first, middle and last entries among them) leaves the others found
+    /// with their state, the evicted ones found again as fresh keys. Before
+    /// the chained index a bucket held fourteen keys and the fifteenth was
+    /// refused with `TableFull`.
     #[test]
-    fn the_bucket_version_wraps_harmlessly() {
+    fn colliding_keys_share_one_chain_and_evict_from_any_place() {
         let quota = Quota::per_second(1).unwrap();
         let limiter = KeyedRateLimiter::with_hasher_and_sink(
-            KeyedConfig::new(quota, 4).unwrap(),
-            FixedState::with_seed(1),
+            KeyedConfig::new(quota, 64).unwrap(),
+            core::hash::BuildHasherDefault::<Collide>::default(),
             NoSink,
             0,
         );
-        let inner = &*limiter.inner;
-        let b = inner.bucket_of(inner.hasher.hash_one(7u64));
+        let t0 = Timestamp::ZERO;
+        let t1 = Timestamp::from_nanos(5_000_000_000);
+        for k in 0..40u32 {
+            assert_eq!(limiter.check_key(&k, t0), Ok(()), "key {k}");
+        }
+        assert_eq!(limiter.in_use(), 40);
+        // Even keys charged again at t1: in use. Odd keys refilled: fresh.
+        for k in (0..40u32).step_by(2) {
+            assert_eq!(limiter.check_key(&k, t1), Ok(()), "key {k}");
+        }
+        assert_eq!(limiter.sweep(t1), 20);
+        for k in 0..40u32 {
+            let spent = limiter.peek_key_n(&k, 1, t1).is_err();
+            assert_eq!(spent, k % 2 == 0, "key {k}");
+        }
+        // The odd keys come back as new entries, the even ones are refused.
+        for k in 0..40u32 {
+            assert_eq!(limiter.check_key(&k, t1).is_ok(), k % 2 == 1, "key {k}");
+        }
         // ordering: Relaxed; single-threaded test.
-        inner.buckets[b]
-            .header
-            .store(u64::MAX << VERSION_SHIFT, Ordering::Relaxed);
-        let now = Timestamp::from_nanos(5_000_000_000);
-        assert!(limiter.check_key(&7, now).is_ok());
-        let header = inner.buckets[b].header.load(Ordering::Relaxed);
-        assert_eq!(header >> VERSION_SHIFT, 0, "the version wrapped to 0");
-        assert_eq!(header & BITS, 1, "the key is published");
-        // The key is found again (its one token is gone), and an unlink
-        // (sweeping it once refilled) moves the version on again.
-        assert!(limiter.check_key(&7, now).is_err());
-        assert_eq!(limiter.sweep(Timestamp::from_nanos(7_000_000_000)), 1);
-        let header = inner.buckets[b].header.load(Ordering::Relaxed);
-        assert_eq!((header >> VERSION_SHIFT, header & BITS), (1, 0));
+        let first = limiter.inner.heads[limiter.inner.bucket_of(0x5151_5151_5151_5151)]
+            .load(Ordering::Relaxed);
+        assert_eq!(first & SWEEPING, 0, "the sweeper let go of the bucket");
+        let mut chain = 0;
+        let _guard = epoch::pin();
+        limiter
+            .inner
+            .walk(limiter.inner.bucket_of(0x5151_5151_5151_5151), |_| {
+                chain += 1
+            });
+        assert_eq!(chain, 40, "20 kept and 20 inserted again, none dead");
     }
 
     /// The keyed limiter at the ends of time and with time going backwards.

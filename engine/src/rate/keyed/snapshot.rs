@@ -98,41 +98,43 @@ where
         let mut count = 0usize;
         let mut key_bytes = Vec::new();
         let _guard = epoch::pin();
-        for bucket in inner.buckets.iter() {
-            // ordering: Acquire, as in `find`: the entries it names were
-            // written before their publication.
-            let mut bits = bucket.header.load(Ordering::Acquire) & super::BITS;
-            while bits != 0 {
-                let i = bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                // ordering: Relaxed, as in `find`.
-                let cell = bucket.cells[i].load(Ordering::Relaxed);
-                let entry = &inner.entries[inner.cell_slot(cell)];
+        let mut malformed = false;
+        for b in 0..inner.heads.len() {
+            inner.walk(b, |entry| {
+                if malformed {
+                    return;
+                }
                 // ordering: Relaxed, as every access to a state cell: it
                 // publishes no other memory.
                 let state = entry.state.load(Ordering::Relaxed);
                 if state == DEAD {
-                    continue;
+                    return;
                 }
                 let booking = Booking::of(&inner.quota, state, now);
                 if booking.is_full() {
-                    continue;
+                    return;
                 }
                 key_bytes.clear();
-                // SAFETY: a published entry's data is initialised and
-                // written again only after an epoch grace period; we are
-                // pinned (as in `find`).
+                // SAFETY: a linked entry's key is initialised and written
+                // again only after an epoch grace period; we are pinned and
+                // reached it from a head read while pinned (as in `find`).
                 unsafe {
                     entry
-                        .data
-                        .with(|d| encode(&d.assume_init_ref().1, &mut key_bytes))
+                        .key
+                        .with(|k| encode(k.assume_init_ref(), &mut key_bytes))
                 };
-                let len = u32::try_from(key_bytes.len()).map_err(|_| SnapshotError::Malformed)?;
+                let Ok(len) = u32::try_from(key_bytes.len()) else {
+                    malformed = true;
+                    return;
+                };
                 body.extend_from_slice(&len.to_le_bytes());
                 body.extend_from_slice(&key_bytes);
                 body.extend_from_slice(&booking.to_bytes());
                 count += 1;
-            }
+            });
+        }
+        if malformed {
+            return Err(SnapshotError::Malformed);
         }
         let count32 = u32::try_from(count).map_err(|_| SnapshotError::Malformed)?;
         out.clear();
@@ -214,15 +216,8 @@ where
     fn refill_all(&self) {
         let inner = &*self.inner;
         let _guard = epoch::pin();
-        for bucket in inner.buckets.iter() {
-            // ordering: Acquire, as in `find`.
-            let mut bits = bucket.header.load(Ordering::Acquire) & super::BITS;
-            while bits != 0 {
-                let i = bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                // ordering: Relaxed, as in `find`.
-                let cell = bucket.cells[i].load(Ordering::Relaxed);
-                let entry = &inner.entries[inner.cell_slot(cell)];
+        for b in 0..inner.heads.len() {
+            inner.walk(b, |entry| {
                 // ordering: Relaxed, as every access to a state cell. A dead
                 // entry is being evicted: it stays dead.
                 let mut current = entry.state.load(Ordering::Relaxed);
@@ -237,7 +232,7 @@ where
                         Err(actual) => current = actual,
                     }
                 }
-            }
+            });
         }
     }
 
@@ -250,15 +245,13 @@ where
         let mut rounds = 0;
         loop {
             match self.find(key, hash) {
-                Found::Present { cell, entry } => {
-                    // ordering: Relaxed, as every access to a state cell.
-                    let current = entry.state.load(Ordering::Relaxed);
-                    if current == DEAD {
-                        self.help_unlink(hash, cell);
-                        continue;
-                    }
-                    // ordering: Relaxed, as above; a lost race (a request
-                    // charged it, or the sweep evicted it) decides again.
+                Some(Found {
+                    entry,
+                    state: current,
+                }) => {
+                    // ordering: Relaxed, as every access to a state cell; a
+                    // lost race (a request charged it, or the sweep evicted
+                    // it) decides again.
                     if entry
                         .state
                         .compare_exchange(current, state, Ordering::Relaxed, Ordering::Relaxed)
@@ -267,7 +260,7 @@ where
                         return true;
                     }
                 }
-                Found::Absent => match self.insert(key, hash, state, t, &guard) {
+                None => match self.insert(key, hash, state, t, &guard) {
                     Inserted::Yes => return true,
                     Inserted::AlreadyThere => {}
                     // As `check_key_n`: let evicted entries' grace period
