@@ -215,6 +215,9 @@ enum PermitKind {
     Closed,
     /// A half-open probe: holds a probe slot.
     Probe,
+    /// A scout of an open breaker (`probe_every`): holds nothing; its
+    /// success ends the open period.
+    Scout,
     /// Admitted while metrics-only: measured, never trips.
     Metrics,
     /// Admitted while disabled: not measured.
@@ -243,7 +246,7 @@ impl RawPermit {
     }
     /// Whether this is a half-open probe.
     pub fn is_probe(&self) -> bool {
-        self.kind == PermitKind::Probe
+        matches!(self.kind, PermitKind::Probe | PermitKind::Scout)
     }
     /// When the call was admitted (the `now` given to the admission).
     pub fn admitted_at(&self) -> Timestamp {
@@ -720,10 +723,17 @@ impl<S: EventSink> CircuitBreaker<S> {
                 // ordering: Relaxed; see `try_acquire_raw`.
                 let until = self.core.open_until.load(Ordering::Relaxed);
                 if now.as_nanos() >= until {
-                    return Ok(());
+                    let every = self.with_era(|cfg, _| cfg.probe_every_ns);
+                    if every.is_some_and(|e| now.as_nanos().saturating_add(e) <= until) {
+                        // See `scout`: the last deadline is taken.
+                        (RejectReason::Open, Some(Duration::ZERO))
+                    } else {
+                        return Ok(());
+                    }
+                } else {
+                    let left = Duration::from_nanos(until - now.as_nanos());
+                    (RejectReason::Open, Some(left))
                 }
-                let left = Duration::from_nanos(until - now.as_nanos());
-                (RejectReason::Open, Some(left))
             }
             _ => {
                 // KIND_HALF_OPEN
@@ -765,6 +775,9 @@ impl<S: EventSink> CircuitBreaker<S> {
                     if now.as_nanos() < until {
                         let left = Duration::from_nanos(until - now.as_nanos());
                         return Err(self.reject(RejectReason::Open, Some(left), now));
+                    }
+                    if let Some(every) = self.with_era(|cfg, _| cfg.probe_every_ns) {
+                        return self.scout(s, until, every, now);
                     }
                     let half_open = s.next(KIND_HALF_OPEN, s.trips(), 1);
                     match self.exchange(s, half_open) {
@@ -864,6 +877,11 @@ impl<S: EventSink> CircuitBreaker<S> {
                     self.record_closed(cfg, window, permit.generation, failed, slow, now);
                 }
                 PermitKind::Probe => self.record_probe(cfg, permit.generation, failed, slow, now),
+                PermitKind::Scout => {
+                    if !failed {
+                        self.record_scout(cfg, permit.generation, slow, now);
+                    }
+                }
                 PermitKind::Metrics => {
                     if self.load().generation() == permit.generation {
                         window.record(permit.generation, now, failed, slow);
@@ -1005,13 +1023,96 @@ impl<S: EventSink> CircuitBreaker<S> {
     ) {
         let open_ns = cfg.open_ns_for(opening.trips());
         let until = now.as_nanos().saturating_add(open_ns);
-        // ordering: Relaxed; published by the Release of the exchange below.
-        self.core.open_until.store(until, Ordering::Relaxed);
+        // ordering: Release; published to admissions by the Release of the
+        // exchange below, and to a scout's compare-exchange (Acquire) that
+        // reads it directly, which must then see at least this generation
+        // (see `scout`).
+        self.core.open_until.store(until, Ordering::Release);
         let open = StateWord::new(KIND_OPEN, opening.trips(), 0, opening.generation());
         // A failure means an operator moved the breaker meanwhile; theirs wins.
         let _ = self.exchange(opening, open);
         let what = reason as u64 | (u64::from(opening.trips()) << 32);
         self.emit(EventKind::BREAKER_OPENED, now, [what, open_ns]);
+    }
+
+    /// An open breaker whose deadline `until` has passed, with scouts every
+    /// `every` nanoseconds: the first admission to move the deadline on takes
+    /// the scout; the breaker stays open.
+    #[cold]
+    #[inline(never)]
+    fn scout(
+        &self,
+        s: StateWord,
+        until: u64,
+        every: u64,
+        now: Timestamp,
+    ) -> Result<RawPermit, Rejected> {
+        let next = now.as_nanos().saturating_add(every);
+        if next <= until {
+            // Time has reached `Timestamp::MAX` and a scout already took the
+            // last deadline: no interval is left for another.
+            return Err(self.reject(RejectReason::Open, Some(Duration::ZERO), now));
+        }
+        // ordering: AcqRel; Release publishes the new deadline to the next
+        // scout's compare-exchange, Acquire synchronises with whoever wrote
+        // `until` (a trip's Release store or an earlier scout), so that the
+        // confirmation below sees that writer's generation or a later one.
+        // Acquire on failure: the deadline read is another scout's.
+        if let Err(taken) =
+            self.core
+                .open_until
+                .compare_exchange(until, next, Ordering::AcqRel, Ordering::Acquire)
+        {
+            let left = Duration::from_nanos(taken.saturating_sub(now.as_nanos()));
+            return Err(self.reject(RejectReason::Open, Some(left), now));
+        }
+        // The deadline moved was this generation's only if the breaker is
+        // still open in it: a word never comes back once its generation
+        // passed, so the same word now means open throughout, and every
+        // writer of a later generation's deadline would have changed it
+        // first. A same-value exchange makes this the admission's
+        // linearisation point. If it fails, the slot taken belonged to a
+        // later period (or to none): that period's next scout comes one
+        // interval later, and this call is refused.
+        match self.exchange(s, s) {
+            Ok(()) => Ok(self.permit(s, PermitKind::Scout, now)),
+            Err(_) => Err(self.reject(RejectReason::Open, Some(Duration::from_nanos(every)), now)),
+        }
+    }
+
+    /// A scout of `generation` succeeded: if the breaker is still open in
+    /// it, the open period ends, closing the breaker when one probe is the
+    /// whole test and half-opening it otherwise. A slow success that the
+    /// test would fail counts as a failed scout: nothing.
+    #[cold]
+    fn record_scout(&self, cfg: &BreakerConfig, generation: u32, slow: bool, now: Timestamp) {
+        let close = match cfg.probe_verdict(1, 0, u32::from(slow), false) {
+            Verdict::Close => true,
+            Verdict::Pending => false,
+            Verdict::Reopen => return,
+        };
+        let s = self.load();
+        if s.generation() != generation || s.kind() != KIND_OPEN {
+            return;
+        }
+        let new = if close {
+            s.next(KIND_CLOSED, 0, 0)
+        } else {
+            s.next(KIND_HALF_OPEN, s.trips(), 0)
+        };
+        // Within an open generation only this transition (or an operator's)
+        // changes the word, so one attempt decides.
+        if self.exchange(s, new).is_ok() {
+            if close {
+                self.emit(EventKind::BREAKER_CLOSED, now, [1, 0]);
+            } else {
+                self.emit(
+                    EventKind::BREAKER_HALF_OPENED,
+                    now,
+                    [u64::from(s.trips()), u64::from(cfg.probes)],
+                );
+            }
+        }
     }
 
     #[cold]

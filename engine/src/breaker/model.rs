@@ -50,6 +50,7 @@ struct Bucket {
 enum Kind {
     Closed,
     Probe,
+    Scout,
     Metrics,
     Passthrough,
 }
@@ -69,7 +70,7 @@ impl ModelPermit {
     }
     /// Whether it is a half-open probe.
     pub fn is_probe(&self) -> bool {
-        self.kind == Kind::Probe
+        matches!(self.kind, Kind::Probe | Kind::Scout)
     }
 }
 
@@ -191,6 +192,24 @@ impl BreakerModel {
                         retry_after: left,
                     });
                 }
+                if let Some(every) = self.config.probe_every_ns {
+                    // A scout: the breaker stays open, the next one waits.
+                    let next = now.saturating_add(every);
+                    if next <= until {
+                        // At `Timestamp::MAX`: the last deadline is taken.
+                        return Err(Rejected {
+                            reason: RejectReason::Open,
+                            retry_after: Some(Duration::ZERO),
+                        });
+                    }
+                    let until = next;
+                    self.state = State::Open { until, trips };
+                    return Ok(ModelPermit {
+                        generation: self.generation,
+                        kind: Kind::Scout,
+                        admitted_at: now,
+                    });
+                }
                 self.go(State::HalfOpen {
                     trips,
                     admitted: 1,
@@ -296,6 +315,19 @@ impl BreakerModel {
                     Verdict::Pending => {}
                     Verdict::Close => self.go(State::Closed { run: 0 }),
                     Verdict::Reopen => self.trip((trips + 1).min(MAX_TRIPS), now),
+                }
+            }
+            (Kind::Scout, State::Open { trips, .. }) if !failed => {
+                match self.config.probe_verdict(1, 0, u32::from(slow), false) {
+                    Verdict::Close => self.go(State::Closed { run: 0 }),
+                    Verdict::Pending => self.go(State::HalfOpen {
+                        trips,
+                        admitted: 0,
+                        succeeded: 0,
+                        failed: 0,
+                        slow: 0,
+                    }),
+                    Verdict::Reopen => {}
                 }
             }
             _ => {}

@@ -25,7 +25,9 @@
 //! |---------------------|----------------------|---------------------------------------------|
 //! | Closed              | Opening (trips 1)    | the failure or slow call that breaks a rule |
 //! | Opening             | Open (same gen)      | the thread that made the trip, after it stored `open_until` |
-//! | Open                | HalfOpen (payload 1) | the first admission at or after `open_until`; it takes a probe slot |
+//! | Open                | HalfOpen (payload 1) | the first admission at or after `open_until`; it takes a probe slot (without scouts) |
+//! | Open                | Open (same word)     | with scouts (`probe_every`): the admission that moved `open_until` on confirms the word with a same-value CAS; no transition |
+//! | Open                | Closed / HalfOpen (payload 0) | with scouts: the first successful scout of this generation (Closed when one probe is the test) |
 //! | HalfOpen            | Closed               | the probe report that completes a passing test |
 //! | HalfOpen            | Opening (trips + 1)  | a failing test, or the first failed probe if so configured |
 //! | any                 | ForcedOpen, Disabled, MetricsOnly, Closed | explicit calls (operator) |
@@ -33,6 +35,11 @@
 //! Within a generation only the payload changes: Closed counts consecutive
 //! failures up and resets them to 0; HalfOpen counts admitted probes up to the
 //! configured number and down when a probe is dropped unreported.
+//!
+//! With scouts, `open_until` also moves while `Open`: the admission that
+//! takes a scout compare-and-swaps it from the deadline it read to `now +
+//! interval` (`AcqRel`; the trip's store is `Release`), see
+//! `CircuitBreaker::scout`.
 //!
 //! `Opening` exists because the open deadline does not fit beside the
 //! generation: the tripping thread publishes the deadline in `open_until`
