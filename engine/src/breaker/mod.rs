@@ -59,6 +59,7 @@
 //! | an open breaker's deadline | kept: it was set when the breaker opened; the next trip uses the new durations |
 //! | the consecutive-failure run | kept, judged against the new limit at the next failure |
 //! | a half-open test | judged with the new probe count; probes already admitted count towards it |
+//! | scouts (`probe_every`) turned on, off or changed | the next admission at or after the open deadline follows the new setting (a scout, or the half-open test); a scout already out still ends its open period if it succeeds |
 //! | the window, same layout (kind, size, buckets) | kept: the new thresholds judge the same counts at the next failure |
 //! | the window, new layout | a new window; the old window's newest calls that fit it are carried over (into a time window's current bucket: the old buckets that overlap its span, or all of an old count window; into a count window: as many of the newest calls as it holds, in their order, an old time window's buckets oldest first), so a rate is not forgotten |
 //!
