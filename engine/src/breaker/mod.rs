@@ -59,7 +59,7 @@
 //! | an open breaker's deadline | kept: it was set when the breaker opened; the next trip uses the new durations |
 //! | the consecutive-failure run | kept, judged against the new limit at the next failure |
 //! | a half-open test | judged with the new probe count; probes already admitted count towards it |
-//! | scouts (`probe_every`) turned on, off or changed | the next admission at or after the open deadline follows the new setting (a scout, or the half-open test); a scout already out still ends its open period if it succeeds |
+//! | scouts (`probe_every`) turned on, off or changed | decided when the breaker opens: an open period that began with scouts scouts at the new interval (or, with scouts now off, ends in the half-open test); one that began without them ends in the half-open test; a scout already out still ends its open period if it succeeds |
 //! | the window, same layout (kind, size, buckets) | kept: the new thresholds judge the same counts at the next failure |
 //! | the window, new layout | a new window; the old window's newest calls that fit it are carried over (into a time window's current bucket: the old buckets that overlap its span, or all of an old count window; into a count window: as many of the newest calls as it holds, in their order, an old time window's buckets oldest first), so a rate is not forgotten |
 //!
@@ -95,7 +95,7 @@ use config::Verdict;
 use window::{CallWindow, Recorded};
 use word::{
     KIND_CLOSED, KIND_DISABLED, KIND_FORCED_OPEN, KIND_HALF_OPEN, KIND_METRICS_ONLY, KIND_OPEN,
-    KIND_OPENING, MAX_TRIPS, ProbeWord, StateWord, is_newer,
+    KIND_OPENING, KIND_SCOUTING, MAX_TRIPS, ProbeWord, StateWord, is_newer,
 };
 
 use crate::events::{Event, EventKind, EventSink, NoSink};
@@ -124,7 +124,7 @@ impl BreakerState {
     fn from_kind(kind: u64) -> Self {
         match kind {
             KIND_CLOSED => BreakerState::Closed,
-            KIND_OPENING | KIND_OPEN => BreakerState::Open,
+            KIND_OPENING | KIND_OPEN | KIND_SCOUTING => BreakerState::Open,
             KIND_HALF_OPEN => BreakerState::HalfOpen,
             KIND_FORCED_OPEN => BreakerState::ForcedOpen,
             KIND_DISABLED => BreakerState::Disabled,
@@ -720,11 +720,15 @@ impl<S: EventSink> CircuitBreaker<S> {
                 let full = self.with_era(|cfg, _| cfg.open_ns_for(s.trips()));
                 (RejectReason::Open, Some(Duration::from_nanos(full)))
             }
-            KIND_OPEN => {
+            KIND_OPEN | KIND_SCOUTING => {
                 // ordering: Relaxed; see `try_acquire_raw`.
                 let until = self.core.open_until.load(Ordering::Relaxed);
                 if now.as_nanos() >= until {
-                    let every = self.with_era(|cfg, _| cfg.probe_every_ns);
+                    let every = if s.kind() == KIND_SCOUTING {
+                        self.with_era(|cfg, _| cfg.probe_every_ns)
+                    } else {
+                        None
+                    };
                     if every.is_some_and(|e| now.as_nanos().saturating_add(e) <= until) {
                         // See `scout`: the last deadline is taken.
                         (RejectReason::Open, Some(Duration::ZERO))
@@ -777,9 +781,10 @@ impl<S: EventSink> CircuitBreaker<S> {
                         let left = Duration::from_nanos(until - now.as_nanos());
                         return Err(self.reject(RejectReason::Open, Some(left), now));
                     }
-                    if let Some(every) = self.with_era(|cfg, _| cfg.probe_every_ns) {
-                        return self.scout(s, until, every, now);
-                    }
+                    // Scouts are decided when the breaker opens (a payload
+                    // of 1): reading the configuration here instead cost
+                    // every admission, closed and forced open too, 3 to 13
+                    // instructions in callgrind, in registers spilled.
                     let half_open = s.next(KIND_HALF_OPEN, s.trips(), 1);
                     match self.exchange(s, half_open) {
                         Ok(()) => {
@@ -798,7 +803,12 @@ impl<S: EventSink> CircuitBreaker<S> {
                     }
                 }
                 _ => {
-                    // KIND_HALF_OPEN
+                    // KIND_HALF_OPEN, or KIND_SCOUTING (checked here rather
+                    // than in an arm of its own: either way of reading it
+                    // first cost every admission instructions in callgrind)
+                    if s.kind() == KIND_SCOUTING {
+                        return self.admit_scouting(now);
+                    }
                     let admitted = s.payload();
                     if admitted >= self.with_era(|cfg, _| cfg.probes) {
                         return Err(self.reject(RejectReason::HalfOpenFull, None, now));
@@ -877,11 +887,11 @@ impl<S: EventSink> CircuitBreaker<S> {
                 PermitKind::Closed => {
                     self.record_closed(cfg, window, permit.generation, failed, slow, now);
                 }
-                PermitKind::Probe => self.record_probe(cfg, permit.generation, failed, slow, now),
-                PermitKind::Scout => {
-                    if !failed {
-                        self.record_scout(cfg, permit.generation, slow, now);
-                    }
+                // One arm for both: a sixth arm here cost the closed
+                // success path instructions in callgrind.
+                PermitKind::Probe | PermitKind::Scout => {
+                    let scout = permit.kind == PermitKind::Scout;
+                    self.record_probe(cfg, permit.generation, scout, failed, slow, now);
                 }
                 PermitKind::Metrics => {
                     if self.load().generation() == permit.generation {
@@ -1029,18 +1039,60 @@ impl<S: EventSink> CircuitBreaker<S> {
         // reads it directly, which must then see at least this generation
         // (see `scout`).
         self.core.open_until.store(until, Ordering::Release);
-        let open = StateWord::new(KIND_OPEN, opening.trips(), 0, opening.generation());
+        // Whether this open period scouts is decided now, in its kind.
+        let kind = if cfg.probe_every_ns.is_some() {
+            KIND_SCOUTING
+        } else {
+            KIND_OPEN
+        };
+        let open = StateWord::new(kind, opening.trips(), 0, opening.generation());
         // A failure means an operator moved the breaker meanwhile; theirs wins.
         let _ = self.exchange(opening, open);
         let what = reason as u64 | (u64::from(opening.trips()) << 32);
         self.emit(EventKind::BREAKER_OPENED, now, [what, open_ns]);
     }
 
+    /// An open period with scouts is over at `now` (word `s`, deadline
+    /// `until`): a scout, or, when the configuration no longer has scouts
+    /// (changed since the breaker opened), the `Open -> HalfOpen`
+    /// transition that takes the first probe. When that transition loses a
+    /// race, the admission starts over from the word it finds.
+    #[cold]
+    #[inline(never)]
+    fn admit_scouting(&self, now: Timestamp) -> Result<RawPermit, Rejected> {
+        // Loaded again here, not passed: one value fewer live across the
+        // call kept the forced-open rejection at its instruction count.
+        let s = self.load();
+        if s.kind() != KIND_SCOUTING {
+            return self.try_acquire_raw(now);
+        }
+        // ordering: Relaxed; the Acquire load of the open word made the
+        // tripping thread's store visible.
+        let until = self.core.open_until.load(Ordering::Relaxed);
+        if now.as_nanos() < until {
+            let left = Duration::from_nanos(until - now.as_nanos());
+            return Err(self.reject(RejectReason::Open, Some(left), now));
+        }
+        if let Some(every) = self.with_era(|cfg, _| cfg.probe_every_ns) {
+            return self.scout(s, until, every, now);
+        }
+        let half_open = s.next(KIND_HALF_OPEN, s.trips(), 1);
+        if self.exchange(s, half_open).is_err() {
+            return self.try_acquire_raw(now);
+        }
+        let probes = self.with_era(|cfg, _| u64::from(cfg.probes));
+        self.emit(
+            EventKind::BREAKER_HALF_OPENED,
+            now,
+            [u64::from(s.trips()), probes],
+        );
+        Ok(self.permit(half_open, PermitKind::Probe, now))
+    }
+
     /// An open breaker whose deadline `until` has passed, with scouts every
     /// `every` nanoseconds: the first admission to move the deadline on takes
     /// the scout; the breaker stays open.
-    #[cold]
-    #[inline(never)]
+    #[inline]
     fn scout(
         &self,
         s: StateWord,
@@ -1093,7 +1145,7 @@ impl<S: EventSink> CircuitBreaker<S> {
             Verdict::Reopen => return,
         };
         let s = self.load();
-        if s.generation() != generation || s.kind() != KIND_OPEN {
+        if s.generation() != generation || s.kind() != KIND_SCOUTING {
             return;
         }
         let new = if close {
@@ -1121,10 +1173,17 @@ impl<S: EventSink> CircuitBreaker<S> {
         &self,
         cfg: &BreakerConfig,
         generation: u32,
+        scout: bool,
         failed: bool,
         slow: bool,
         now: Timestamp,
     ) {
+        if scout {
+            if !failed {
+                self.record_scout(cfg, generation, slow, now);
+            }
+            return;
+        }
         // ordering: AcqRel/Acquire like the state word: the reporter that
         // completes the test must see every earlier report.
         let mut w = ProbeWord(self.core.probes.load(Ordering::Acquire));
@@ -1239,7 +1298,7 @@ impl<S: EventSink> CircuitBreaker<S> {
         let retry_after = match kind {
             KIND_OPENING => Some(opening_ns),
             // ordering: Relaxed; see `try_acquire_raw`.
-            KIND_OPEN => Some(
+            KIND_OPEN | KIND_SCOUTING => Some(
                 self.core
                     .open_until
                     .load(Ordering::Relaxed)

@@ -26,6 +26,8 @@ enum State {
     Open {
         until: u64,
         trips: u32,
+        /// Whether scouts were configured when it opened.
+        scouts: bool,
     },
     HalfOpen {
         trips: u32,
@@ -184,7 +186,11 @@ impl BreakerModel {
                     retry_after: None,
                 });
             }
-            State::Open { until, trips } => {
+            State::Open {
+                until,
+                trips,
+                scouts,
+            } => {
                 if now < until {
                     let left = Some(Duration::from_nanos(until - now));
                     return Err(Rejected {
@@ -192,7 +198,7 @@ impl BreakerModel {
                         retry_after: left,
                     });
                 }
-                if let Some(every) = self.config.probe_every_ns {
+                if let Some(every) = self.config.probe_every_ns.filter(|_| scouts) {
                     // A scout: the breaker stays open, the next one waits.
                     let next = now.saturating_add(every);
                     if next <= until {
@@ -203,7 +209,11 @@ impl BreakerModel {
                         });
                     }
                     let until = next;
-                    self.state = State::Open { until, trips };
+                    self.state = State::Open {
+                        until,
+                        trips,
+                        scouts,
+                    };
                     return Ok(ModelPermit {
                         generation: self.generation,
                         kind: Kind::Scout,
@@ -336,7 +346,12 @@ impl BreakerModel {
 
     fn trip(&mut self, trips: u32, now: u64) {
         let until = now.saturating_add(self.config.open_ns_for(trips));
-        self.go(State::Open { until, trips });
+        let scouts = self.config.probe_every_ns.is_some();
+        self.go(State::Open {
+            until,
+            trips,
+            scouts,
+        });
     }
 
     /// Gives a permit back unreported.

@@ -714,3 +714,31 @@ fn probe_every_must_be_longer_than_zero() {
     assert_eq!(c.probe_every(), Some(ms(7)));
     assert_eq!(BreakerConfig::default().probe_every(), None);
 }
+
+#[test]
+fn a_restored_open_breaker_scouts_as_the_restoring_configuration_says() {
+    use crate::snapshot::WallTime;
+    let c = ManualClock::new();
+    let b = scouting(1);
+    call(&b, &c, Outcome::Failure).unwrap();
+    let mut buf = [0u8; BREAKER_SNAPSHOT_MAX];
+    let wall = WallTime::from_unix_nanos(1_000_000_000);
+    let n = b.save_state(&mut buf, c.now(), wall).unwrap();
+    // Restored with scouts: after the deadline it scouts and stays open.
+    let again = scouting(1);
+    again.restore_state(&buf[..n], c.now(), wall).unwrap();
+    let later = c.now().saturating_add(ms(100));
+    assert!(again.try_acquire(later).expect("a scout").is_probe());
+    assert_eq!(again.state(), BreakerState::Open);
+    // Restored without: the classic half-open test.
+    let classic = breaker(
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .consecutive_failures(1)
+            .open_duration(ms(100))
+            .half_open_probes(1),
+    );
+    classic.restore_state(&buf[..n], c.now(), wall).unwrap();
+    assert!(classic.try_acquire(later).expect("a probe").is_probe());
+    assert_eq!(classic.state(), BreakerState::HalfOpen);
+}
