@@ -710,6 +710,31 @@ fn probe_every_must_be_longer_than_zero() {
         .build()
         .unwrap_err();
     assert_eq!(err.to_string(), "`probe_every` must be longer than zero");
+    let err = BreakerConfig::builder()
+        .probe_every(Duration::MAX)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("probe_every"), "{err}");
+    // The longest interval that fits in nanoseconds is accepted, and a scout
+    // then waits until the end of time.
+    let longest = Duration::from_nanos(u64::MAX);
+    let b = breaker(
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .consecutive_failures(1)
+            .open_duration(ms(1))
+            .probe_every(longest),
+    );
+    let t = Timestamp::from_nanos(1_000_000);
+    b.try_acquire(Timestamp::ZERO)
+        .unwrap()
+        .failure(Timestamp::ZERO);
+    assert!(b.try_acquire(t).expect("the first scout").is_probe());
+    let r = b.try_acquire(t).unwrap_err();
+    assert_eq!(
+        r.retry_after(),
+        Some(Duration::from_nanos(u64::MAX - 1_000_000))
+    );
     let c = BreakerConfig::builder().probe_every(ms(7)).build().unwrap();
     assert_eq!(c.probe_every(), Some(ms(7)));
     assert_eq!(BreakerConfig::default().probe_every(), None);
