@@ -9,7 +9,8 @@
 //! through identical generations), B4 (stale outcomes change nothing), B5
 //! (dropped permits count as nothing and free probe slots), B6 (exactly the
 //! configured probes), B7 (rejections say why and when), B10 (a count window
-//! is exactly the last n calls), B11 (`would_admit`).
+//! is exactly the last n calls), B11 (`would_admit`), B13 (scouts, when a
+//! configuration has `probe_every`).
 
 use core::time::Duration;
 
@@ -72,9 +73,17 @@ struct Cfg {
     backoff: Option<(f64, u64)>,
     probes: u32,
     reopen_first: bool,
+    probe_every_ms: Option<u64>,
 }
 
 fn cfg() -> impl Strategy<Value = Cfg> {
+    (base_cfg(), proptest::option::of(1..400u64)).prop_map(|(c, probe_every_ms)| Cfg {
+        probe_every_ms,
+        ..c
+    })
+}
+
+fn base_cfg() -> impl Strategy<Value = Cfg> {
     (
         proptest::option::of(1.0..100.0f64),
         proptest::option::of((1.0..100.0f64, 1..500u64)),
@@ -120,6 +129,7 @@ fn cfg() -> impl Strategy<Value = Cfg> {
                 backoff,
                 probes,
                 reopen_first,
+                probe_every_ms: None,
             },
         )
 }
@@ -154,6 +164,9 @@ fn build(c: &Cfg) -> BreakerConfig {
         .half_open_probes(c.probes);
     if let Some((m, cap)) = c.backoff {
         b = b.open_backoff(m, Duration::from_millis(cap.max(c.open_ms)));
+    }
+    if let Some(ms) = c.probe_every_ms {
+        b = b.probe_every(Duration::from_millis(ms));
     }
     b.reopen_on_first_failure(c.reopen_first)
         .build()

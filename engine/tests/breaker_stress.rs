@@ -2,7 +2,8 @@
 //! no record is lost (B2), a count window's counts equal its outcomes after
 //! laps of concurrent overwrites (B10), at most the configured probes are ever out at once
 //! and every dropped probe frees its slot (B5, B6), and concurrent failures
-//! crossing a threshold trip exactly once (B1).
+//! crossing a threshold trip exactly once (B1); an open breaker with scouts
+//! lets exactly one through per interval (B13).
 
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -168,6 +169,77 @@ fn half_open_never_admits_more_than_its_probes() {
         "every dropped probe gave its slot back"
     );
     assert!(granted.load(Ordering::Relaxed) >= probes as usize);
+}
+
+/// Scouts (`probe_every`): however many threads ask at once, each deadline
+/// lets exactly one scout through, the breaker stays open while scouts fail,
+/// and one success among many failing scouts closes it exactly once.
+#[test]
+fn one_scout_per_interval_however_many_ask() {
+    let breaker = CircuitBreaker::new(
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .consecutive_failures(1)
+            .half_open_probes(1)
+            .open_duration(Duration::from_millis(100))
+            .probe_every(Duration::from_millis(10))
+            .build()
+            .unwrap(),
+    );
+    breaker
+        .try_acquire(Timestamp::ZERO)
+        .unwrap()
+        .failure(Timestamp::ZERO);
+    let rounds = 200u64;
+    let barrier = Barrier::new(THREADS);
+    let granted: Vec<AtomicUsize> = (0..rounds).map(|_| AtomicUsize::new(0)).collect();
+    thread::scope(|s| {
+        for _ in 0..THREADS {
+            s.spawn(|| {
+                for round in 0..rounds {
+                    // Every thread at the same instant: the round's deadline.
+                    let now = Timestamp::from_nanos(100_000_000 + round * 10_000_000);
+                    barrier.wait();
+                    for _ in 0..200 {
+                        if let Ok(p) = breaker.try_acquire(now) {
+                            assert!(p.is_probe());
+                            granted[round as usize].fetch_add(1, Ordering::Relaxed);
+                            p.failure(now); // a failed scout changes nothing
+                        }
+                    }
+                    barrier.wait();
+                }
+            });
+        }
+    });
+    for (round, g) in granted.iter().enumerate() {
+        assert_eq!(g.load(Ordering::Relaxed), 1, "round {round}");
+    }
+    assert_eq!(breaker.state(), BreakerState::Open);
+    assert_eq!(breaker.generation(), 1, "failed scouts made no transition");
+    // Many scouts out at once, from several deadlines; they answer
+    // concurrently, one success among them: closed exactly once.
+    let mut scouts = Vec::new();
+    for round in 0..THREADS as u64 {
+        let now = Timestamp::from_nanos(2_200_000_000 + round * 10_000_000);
+        scouts.push(breaker.try_acquire(now).expect("a scout").into_raw());
+    }
+    let end = Timestamp::from_nanos(3_000_000_000);
+    thread::scope(|s| {
+        for (i, raw) in scouts.into_iter().enumerate() {
+            let breaker = &breaker;
+            s.spawn(move || {
+                let outcome = if i == 2 {
+                    Outcome::Success
+                } else {
+                    Outcome::Failure
+                };
+                breaker.record(raw, outcome, end);
+            });
+        }
+    });
+    assert_eq!(breaker.state(), BreakerState::Closed);
+    assert_eq!(breaker.generation(), 2);
 }
 
 #[test]

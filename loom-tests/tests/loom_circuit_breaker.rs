@@ -263,3 +263,90 @@ fn dropped_probe_frees_its_slot() {
         assert!(b.try_acquire(LATER).is_ok(), "the slot is free again");
     });
 }
+
+/// A breaker with scouts every 10 ms, tripped at `T0` (open 1 s).
+fn scouting() -> Arc<CircuitBreaker> {
+    let b = Arc::new(CircuitBreaker::new(
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .consecutive_failures(1)
+            .open_duration(Duration::from_secs(1))
+            .half_open_probes(1)
+            .probe_every(Duration::from_millis(10))
+            .build()
+            .unwrap(),
+    ));
+    b.try_acquire(T0).unwrap().failure(T0);
+    assert_eq!(b.state(), BreakerState::Open);
+    b
+}
+
+/// B13: three threads ask an open breaker with scouts at the same instant
+/// past its deadline: exactly one scout goes, the breaker stays open in
+/// the same generation, and the next deadline is one interval later.
+#[test]
+fn one_scout_per_deadline() {
+    model(3, || {
+        let b = scouting();
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                let b = b.clone();
+                thread::spawn(move || b.try_acquire_raw(LATER).ok())
+            })
+            .collect();
+        let scouts: Vec<_> = handles
+            .into_iter()
+            .filter_map(|h| h.join().unwrap())
+            .collect();
+        assert_eq!(scouts.len(), 1);
+        assert!(scouts[0].is_probe());
+        assert_eq!((b.state(), b.generation()), (BreakerState::Open, 1));
+        let r = b.try_acquire(LATER).unwrap_err();
+        assert_eq!(r.retry_after(), Some(Duration::from_millis(10)));
+        for s in scouts {
+            b.record(s, Outcome::Failure, LATER);
+        }
+        assert_eq!((b.state(), b.generation()), (BreakerState::Open, 1));
+    });
+}
+
+/// B13, B4: a scout's success (closing the breaker) races a closed call's
+/// failure (tripping it again) and an admission far past every deadline.
+/// Whatever the order, a scout admitted there is stamped with the
+/// generation the breaker was open in when it was admitted, so its success
+/// closes that open period only: never a later one it raced into.
+#[test]
+fn a_scout_never_ends_a_later_open_period() {
+    // Past the 1 s open period of a trip at `LATER`.
+    const MUCH_LATER: Timestamp = Timestamp::from_nanos(4_000_000_000);
+    model(2, || {
+        let b = scouting();
+        let first = b.try_acquire_raw(LATER).unwrap();
+        let closer = {
+            let b = b.clone();
+            thread::spawn(move || b.record(first, Outcome::Success, LATER))
+        };
+        let tripper = {
+            let b = b.clone();
+            thread::spawn(move || {
+                if let Ok(p) = b.try_acquire_raw(LATER) {
+                    b.record(p, Outcome::Failure, LATER);
+                }
+            })
+        };
+        let late = b.try_acquire_raw(MUCH_LATER).ok();
+        closer.join().unwrap();
+        tripper.join().unwrap();
+        let (state, generation) = (b.state(), b.generation());
+        if let Some(p) = late {
+            let (scout, stamped) = (p.is_probe(), p.generation());
+            b.record(p, Outcome::Success, MUCH_LATER);
+            if scout && stamped != generation {
+                assert_eq!((b.state(), b.generation()), (state, generation));
+            }
+            if scout && stamped == generation && state == BreakerState::Open {
+                assert_eq!(b.state(), BreakerState::Closed);
+            }
+        }
+    });
+}

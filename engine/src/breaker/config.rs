@@ -93,6 +93,7 @@ pub struct BreakerConfigBuilder {
     open_backoff: Option<(f64, Duration)>,
     probes: u32,
     reopen_on_first_failure: bool,
+    probe_every: Option<Duration>,
 }
 
 impl Default for BreakerConfigBuilder {
@@ -110,6 +111,7 @@ impl Default for BreakerConfigBuilder {
             open_backoff: None,
             probes: 3,
             reopen_on_first_failure: false,
+            probe_every: None,
         }
     }
 }
@@ -223,6 +225,29 @@ impl BreakerConfigBuilder {
         self
     }
 
+    /// Probe an open breaker's dependency with **scouts**: once the open
+    /// duration is over, the breaker stays open and admits one call every
+    /// `interval` (the first admission at or after each deadline), whether
+    /// or not earlier scouts have answered. A scout that fails, or times
+    /// out, or is dropped, changes nothing: the next one goes `interval`
+    /// later. The first scout that succeeds ends the open period at once:
+    /// it closes the breaker when one probe is the whole half-open test
+    /// ([`half_open_probes`](Self::half_open_probes)`(1)`), else it starts
+    /// the half-open test (with all its probes).
+    ///
+    /// Without it (the default) the breaker half-opens when the open
+    /// duration is over, admits its probes and refuses everything else
+    /// until they answer: a probe to a stalled dependency holds the test for
+    /// the call's whole timeout, and a failed test opens the breaker for
+    /// another open duration. With scouts the dependency still receives one
+    /// call per `interval` while it is down, and a recovery is seen within
+    /// `interval` plus one call's latency of when it happened, however long
+    /// a failing call takes.
+    pub fn probe_every(mut self, interval: Duration) -> Self {
+        self.probe_every = Some(interval);
+        self
+    }
+
     /// Validates the settings.
     pub fn build(self) -> Result<BreakerConfig, ConfigError> {
         let builder = self.clone();
@@ -274,6 +299,17 @@ impl BreakerConfigBuilder {
         };
         check_range("half_open_probes", self.probes, MAX_PROBES)?;
         let open_ns = open_table(self.open_duration, self.open_backoff)?;
+        let probe_every_ns = match self.probe_every {
+            Some(d) => match checked_nanos("probe_every", d)? {
+                0 => {
+                    return Err(ConfigError::ZeroDuration {
+                        field: "probe_every",
+                    });
+                }
+                ns => Some(ns),
+            },
+            None => None,
+        };
         Ok(BreakerConfig {
             failure_rate_ppm,
             slow_rate_ppm,
@@ -284,6 +320,7 @@ impl BreakerConfigBuilder {
             open_ns,
             probes: self.probes,
             reopen_on_first_failure: self.reopen_on_first_failure,
+            probe_every_ns,
             builder,
         })
     }
@@ -442,6 +479,9 @@ pub struct BreakerConfig {
     pub(crate) open_ns: [u64; OPEN_STEPS],
     pub(crate) probes: u32,
     pub(crate) reopen_on_first_failure: bool,
+    /// Scouts while open: one every this many nanoseconds (`None`: the
+    /// classic half-open test).
+    pub(crate) probe_every_ns: Option<u64>,
     /// The settings this configuration was built from.
     builder: BreakerConfigBuilder,
 }
@@ -519,6 +559,12 @@ impl BreakerConfig {
     /// Whether the first failed probe reopens the breaker at once.
     pub fn reopen_on_first_failure(&self) -> bool {
         self.reopen_on_first_failure
+    }
+
+    /// The interval between scouts while open, if scouts are on
+    /// ([`BreakerConfigBuilder::probe_every`]).
+    pub fn probe_every(&self) -> Option<Duration> {
+        self.probe_every_ns.map(Duration::from_nanos)
     }
 
     /// How long the breaker stays open after its `trips`-th consecutive trip

@@ -59,6 +59,7 @@
 //! | an open breaker's deadline | kept: it was set when the breaker opened; the next trip uses the new durations |
 //! | the consecutive-failure run | kept, judged against the new limit at the next failure |
 //! | a half-open test | judged with the new probe count; probes already admitted count towards it |
+//! | scouts (`probe_every`) turned on, off or changed | decided when the breaker opens: an open period that began with scouts scouts at the new interval (or, with scouts now off, ends in the half-open test); one that began without them ends in the half-open test; a scout already out still ends its open period if it succeeds |
 //! | the window, same layout (kind, size, buckets) | kept: the new thresholds judge the same counts at the next failure |
 //! | the window, new layout | a new window; the old window's newest calls that fit it are carried over (into a time window's current bucket: the old buckets that overlap its span, or all of an old count window; into a count window: as many of the newest calls as it holds, in their order, an old time window's buckets oldest first), so a rate is not forgotten |
 //!
@@ -94,7 +95,7 @@ use config::Verdict;
 use window::{CallWindow, Recorded};
 use word::{
     KIND_CLOSED, KIND_DISABLED, KIND_FORCED_OPEN, KIND_HALF_OPEN, KIND_METRICS_ONLY, KIND_OPEN,
-    KIND_OPENING, MAX_TRIPS, ProbeWord, StateWord, is_newer,
+    KIND_OPENING, KIND_SCOUTING, MAX_TRIPS, ProbeWord, StateWord, is_newer,
 };
 
 use crate::events::{Event, EventKind, EventSink, NoSink};
@@ -123,7 +124,7 @@ impl BreakerState {
     fn from_kind(kind: u64) -> Self {
         match kind {
             KIND_CLOSED => BreakerState::Closed,
-            KIND_OPENING | KIND_OPEN => BreakerState::Open,
+            KIND_OPENING | KIND_OPEN | KIND_SCOUTING => BreakerState::Open,
             KIND_HALF_OPEN => BreakerState::HalfOpen,
             KIND_FORCED_OPEN => BreakerState::ForcedOpen,
             KIND_DISABLED => BreakerState::Disabled,
@@ -215,6 +216,9 @@ enum PermitKind {
     Closed,
     /// A half-open probe: holds a probe slot.
     Probe,
+    /// A scout of an open breaker (`probe_every`): holds nothing; its
+    /// success ends the open period.
+    Scout,
     /// Admitted while metrics-only: measured, never trips.
     Metrics,
     /// Admitted while disabled: not measured.
@@ -243,7 +247,7 @@ impl RawPermit {
     }
     /// Whether this is a half-open probe.
     pub fn is_probe(&self) -> bool {
-        self.kind == PermitKind::Probe
+        matches!(self.kind, PermitKind::Probe | PermitKind::Scout)
     }
     /// When the call was admitted (the `now` given to the admission).
     pub fn admitted_at(&self) -> Timestamp {
@@ -716,14 +720,25 @@ impl<S: EventSink> CircuitBreaker<S> {
                 let full = self.with_era(|cfg, _| cfg.open_ns_for(s.trips()));
                 (RejectReason::Open, Some(Duration::from_nanos(full)))
             }
-            KIND_OPEN => {
+            KIND_OPEN | KIND_SCOUTING => {
                 // ordering: Relaxed; see `try_acquire_raw`.
                 let until = self.core.open_until.load(Ordering::Relaxed);
                 if now.as_nanos() >= until {
-                    return Ok(());
+                    let every = if s.kind() == KIND_SCOUTING {
+                        self.with_era(|cfg, _| cfg.probe_every_ns)
+                    } else {
+                        None
+                    };
+                    if every.is_some_and(|e| now.as_nanos().saturating_add(e) <= until) {
+                        // See `scout`: the last deadline is taken.
+                        (RejectReason::Open, Some(Duration::ZERO))
+                    } else {
+                        return Ok(());
+                    }
+                } else {
+                    let left = Duration::from_nanos(until - now.as_nanos());
+                    (RejectReason::Open, Some(left))
                 }
-                let left = Duration::from_nanos(until - now.as_nanos());
-                (RejectReason::Open, Some(left))
             }
             _ => {
                 // KIND_HALF_OPEN
@@ -766,6 +781,10 @@ impl<S: EventSink> CircuitBreaker<S> {
                         let left = Duration::from_nanos(until - now.as_nanos());
                         return Err(self.reject(RejectReason::Open, Some(left), now));
                     }
+                    // Scouts are decided when the breaker opens (a payload
+                    // of 1): reading the configuration here instead cost
+                    // every admission, closed and forced open too, 3 to 13
+                    // instructions in callgrind, in registers spilled.
                     let half_open = s.next(KIND_HALF_OPEN, s.trips(), 1);
                     match self.exchange(s, half_open) {
                         Ok(()) => {
@@ -784,7 +803,12 @@ impl<S: EventSink> CircuitBreaker<S> {
                     }
                 }
                 _ => {
-                    // KIND_HALF_OPEN
+                    // KIND_HALF_OPEN, or KIND_SCOUTING (checked here rather
+                    // than in an arm of its own: either way of reading it
+                    // first cost every admission instructions in callgrind)
+                    if s.kind() == KIND_SCOUTING {
+                        return self.admit_scouting(now);
+                    }
                     let admitted = s.payload();
                     if admitted >= self.with_era(|cfg, _| cfg.probes) {
                         return Err(self.reject(RejectReason::HalfOpenFull, None, now));
@@ -863,7 +887,12 @@ impl<S: EventSink> CircuitBreaker<S> {
                 PermitKind::Closed => {
                     self.record_closed(cfg, window, permit.generation, failed, slow, now);
                 }
-                PermitKind::Probe => self.record_probe(cfg, permit.generation, failed, slow, now),
+                // One arm for both: a sixth arm here cost the closed
+                // success path instructions in callgrind.
+                PermitKind::Probe | PermitKind::Scout => {
+                    let scout = permit.kind == PermitKind::Scout;
+                    self.record_probe(cfg, permit.generation, scout, failed, slow, now);
+                }
                 PermitKind::Metrics => {
                     if self.load().generation() == permit.generation {
                         window.record(permit.generation, now, failed, slow);
@@ -1005,13 +1034,138 @@ impl<S: EventSink> CircuitBreaker<S> {
     ) {
         let open_ns = cfg.open_ns_for(opening.trips());
         let until = now.as_nanos().saturating_add(open_ns);
-        // ordering: Relaxed; published by the Release of the exchange below.
-        self.core.open_until.store(until, Ordering::Relaxed);
-        let open = StateWord::new(KIND_OPEN, opening.trips(), 0, opening.generation());
+        // ordering: Release; published to admissions by the Release of the
+        // exchange below, and to a scout's compare-exchange (Acquire) that
+        // reads it directly, which must then see at least this generation
+        // (see `scout`).
+        self.core.open_until.store(until, Ordering::Release);
+        // Whether this open period scouts is decided now, in its kind.
+        let kind = if cfg.probe_every_ns.is_some() {
+            KIND_SCOUTING
+        } else {
+            KIND_OPEN
+        };
+        let open = StateWord::new(kind, opening.trips(), 0, opening.generation());
         // A failure means an operator moved the breaker meanwhile; theirs wins.
         let _ = self.exchange(opening, open);
         let what = reason as u64 | (u64::from(opening.trips()) << 32);
         self.emit(EventKind::BREAKER_OPENED, now, [what, open_ns]);
+    }
+
+    /// An open period with scouts is over at `now` (word `s`, deadline
+    /// `until`): a scout, or, when the configuration no longer has scouts
+    /// (changed since the breaker opened), the `Open -> HalfOpen`
+    /// transition that takes the first probe. When that transition loses a
+    /// race, the admission starts over from the word it finds.
+    #[cold]
+    #[inline(never)]
+    fn admit_scouting(&self, now: Timestamp) -> Result<RawPermit, Rejected> {
+        // Loaded again here, not passed: one value fewer live across the
+        // call kept the forced-open rejection at its instruction count.
+        let s = self.load();
+        if s.kind() != KIND_SCOUTING {
+            return self.try_acquire_raw(now);
+        }
+        // ordering: Relaxed; the Acquire load of the open word made the
+        // tripping thread's store visible.
+        let until = self.core.open_until.load(Ordering::Relaxed);
+        if now.as_nanos() < until {
+            let left = Duration::from_nanos(until - now.as_nanos());
+            return Err(self.reject(RejectReason::Open, Some(left), now));
+        }
+        if let Some(every) = self.with_era(|cfg, _| cfg.probe_every_ns) {
+            return self.scout(s, until, every, now);
+        }
+        let half_open = s.next(KIND_HALF_OPEN, s.trips(), 1);
+        if self.exchange(s, half_open).is_err() {
+            return self.try_acquire_raw(now);
+        }
+        let probes = self.with_era(|cfg, _| u64::from(cfg.probes));
+        self.emit(
+            EventKind::BREAKER_HALF_OPENED,
+            now,
+            [u64::from(s.trips()), probes],
+        );
+        Ok(self.permit(half_open, PermitKind::Probe, now))
+    }
+
+    /// An open breaker whose deadline `until` has passed, with scouts every
+    /// `every` nanoseconds: the first admission to move the deadline on takes
+    /// the scout; the breaker stays open.
+    #[inline]
+    fn scout(
+        &self,
+        s: StateWord,
+        until: u64,
+        every: u64,
+        now: Timestamp,
+    ) -> Result<RawPermit, Rejected> {
+        let next = now.as_nanos().saturating_add(every);
+        if next <= until {
+            // Time has reached `Timestamp::MAX` and a scout already took the
+            // last deadline: no interval is left for another.
+            return Err(self.reject(RejectReason::Open, Some(Duration::ZERO), now));
+        }
+        // ordering: AcqRel; Release publishes the new deadline to the next
+        // scout's compare-exchange, Acquire synchronises with whoever wrote
+        // `until` (a trip's Release store or an earlier scout), so that the
+        // confirmation below sees that writer's generation or a later one.
+        // Acquire on failure: the deadline read is another scout's.
+        if let Err(taken) =
+            self.core
+                .open_until
+                .compare_exchange(until, next, Ordering::AcqRel, Ordering::Acquire)
+        {
+            let left = Duration::from_nanos(taken.saturating_sub(now.as_nanos()));
+            return Err(self.reject(RejectReason::Open, Some(left), now));
+        }
+        // The deadline moved was this generation's only if the breaker is
+        // still open in it: a word never comes back once its generation
+        // passed, so the same word now means open throughout, and every
+        // writer of a later generation's deadline would have changed it
+        // first. A same-value exchange makes this the admission's
+        // linearisation point. If it fails, the slot taken belonged to a
+        // later period (or to none): that period's next scout comes one
+        // interval later, and this call is refused.
+        match self.exchange(s, s) {
+            Ok(()) => Ok(self.permit(s, PermitKind::Scout, now)),
+            Err(_) => Err(self.reject(RejectReason::Open, Some(Duration::from_nanos(every)), now)),
+        }
+    }
+
+    /// A scout of `generation` succeeded: if the breaker is still open in
+    /// it, the open period ends, closing the breaker when one probe is the
+    /// whole test and half-opening it otherwise. A slow success that the
+    /// test would fail counts as a failed scout: nothing.
+    #[cold]
+    fn record_scout(&self, cfg: &BreakerConfig, generation: u32, slow: bool, now: Timestamp) {
+        let close = match cfg.probe_verdict(1, 0, u32::from(slow), false) {
+            Verdict::Close => true,
+            Verdict::Pending => false,
+            Verdict::Reopen => return,
+        };
+        let s = self.load();
+        if s.generation() != generation || s.kind() != KIND_SCOUTING {
+            return;
+        }
+        let new = if close {
+            s.next(KIND_CLOSED, 0, 0)
+        } else {
+            s.next(KIND_HALF_OPEN, s.trips(), 0)
+        };
+        // Within an open generation only this transition (or an operator's)
+        // changes the word, so one attempt decides.
+        if self.exchange(s, new).is_ok() {
+            if close {
+                self.emit(EventKind::BREAKER_CLOSED, now, [1, 0]);
+            } else {
+                self.emit(
+                    EventKind::BREAKER_HALF_OPENED,
+                    now,
+                    [u64::from(s.trips()), u64::from(cfg.probes)],
+                );
+            }
+        }
     }
 
     #[cold]
@@ -1019,10 +1173,17 @@ impl<S: EventSink> CircuitBreaker<S> {
         &self,
         cfg: &BreakerConfig,
         generation: u32,
+        scout: bool,
         failed: bool,
         slow: bool,
         now: Timestamp,
     ) {
+        if scout {
+            if !failed {
+                self.record_scout(cfg, generation, slow, now);
+            }
+            return;
+        }
         // ordering: AcqRel/Acquire like the state word: the reporter that
         // completes the test must see every earlier report.
         let mut w = ProbeWord(self.core.probes.load(Ordering::Acquire));
@@ -1137,7 +1298,7 @@ impl<S: EventSink> CircuitBreaker<S> {
         let retry_after = match kind {
             KIND_OPENING => Some(opening_ns),
             // ordering: Relaxed; see `try_acquire_raw`.
-            KIND_OPEN => Some(
+            KIND_OPEN | KIND_SCOUTING => Some(
                 self.core
                     .open_until
                     .load(Ordering::Relaxed)

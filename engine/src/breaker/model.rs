@@ -26,6 +26,8 @@ enum State {
     Open {
         until: u64,
         trips: u32,
+        /// Whether scouts were configured when it opened.
+        scouts: bool,
     },
     HalfOpen {
         trips: u32,
@@ -50,6 +52,7 @@ struct Bucket {
 enum Kind {
     Closed,
     Probe,
+    Scout,
     Metrics,
     Passthrough,
 }
@@ -69,7 +72,7 @@ impl ModelPermit {
     }
     /// Whether it is a half-open probe.
     pub fn is_probe(&self) -> bool {
-        self.kind == Kind::Probe
+        matches!(self.kind, Kind::Probe | Kind::Scout)
     }
 }
 
@@ -183,12 +186,38 @@ impl BreakerModel {
                     retry_after: None,
                 });
             }
-            State::Open { until, trips } => {
+            State::Open {
+                until,
+                trips,
+                scouts,
+            } => {
                 if now < until {
                     let left = Some(Duration::from_nanos(until - now));
                     return Err(Rejected {
                         reason: RejectReason::Open,
                         retry_after: left,
+                    });
+                }
+                if let Some(every) = self.config.probe_every_ns.filter(|_| scouts) {
+                    // A scout: the breaker stays open, the next one waits.
+                    let next = now.saturating_add(every);
+                    if next <= until {
+                        // At `Timestamp::MAX`: the last deadline is taken.
+                        return Err(Rejected {
+                            reason: RejectReason::Open,
+                            retry_after: Some(Duration::ZERO),
+                        });
+                    }
+                    let until = next;
+                    self.state = State::Open {
+                        until,
+                        trips,
+                        scouts,
+                    };
+                    return Ok(ModelPermit {
+                        generation: self.generation,
+                        kind: Kind::Scout,
+                        admitted_at: now,
                     });
                 }
                 self.go(State::HalfOpen {
@@ -298,13 +327,31 @@ impl BreakerModel {
                     Verdict::Reopen => self.trip((trips + 1).min(MAX_TRIPS), now),
                 }
             }
+            (Kind::Scout, State::Open { trips, .. }) if !failed => {
+                match self.config.probe_verdict(1, 0, u32::from(slow), false) {
+                    Verdict::Close => self.go(State::Closed { run: 0 }),
+                    Verdict::Pending => self.go(State::HalfOpen {
+                        trips,
+                        admitted: 0,
+                        succeeded: 0,
+                        failed: 0,
+                        slow: 0,
+                    }),
+                    Verdict::Reopen => {}
+                }
+            }
             _ => {}
         }
     }
 
     fn trip(&mut self, trips: u32, now: u64) {
         let until = now.saturating_add(self.config.open_ns_for(trips));
-        self.go(State::Open { until, trips });
+        let scouts = self.config.probe_every_ns.is_some();
+        self.go(State::Open {
+            until,
+            trips,
+            scouts,
+        });
     }
 
     /// Gives a permit back unreported.

@@ -44,7 +44,7 @@ use super::config::Verdict;
 use super::window::{CallWindow, StripedWindow, WindowCounts};
 use super::word::{
     KIND_CLOSED, KIND_DISABLED, KIND_FORCED_OPEN, KIND_HALF_OPEN, KIND_METRICS_ONLY, KIND_OPEN,
-    KIND_OPENING, MAX_TRIPS, ProbeWord, StateWord,
+    KIND_OPENING, KIND_SCOUTING, MAX_TRIPS, ProbeWord, StateWord,
 };
 use super::{CircuitBreaker, MAX_BUCKETS, MAX_WINDOW_CALLS};
 use crate::events::EventSink;
@@ -179,7 +179,9 @@ impl<S: EventSink> CircuitBreaker<S> {
         // A closed state from a decided test starts with an empty window.
         let decided = kind != s.kind();
         snapshot::write_frame(buf, Kind::Breaker, VERSION, fingerprint, wall, |w| {
-            let saved_kind = if kind == KIND_OPENING {
+            // An open breaker is saved as open whether or not it scouts: the
+            // configuration that restores it decides.
+            let saved_kind = if kind == KIND_OPENING || kind == KIND_SCOUTING {
                 KIND_OPEN
             } else {
                 kind
@@ -200,7 +202,9 @@ impl<S: EventSink> CircuitBreaker<S> {
                 KIND_OPENING => opening_ns,
                 // ordering: Relaxed; the Acquire load of `Open` in `load`
                 // made the tripping thread's store visible.
-                KIND_OPEN => snapshot::remaining(self.core.open_until.load(Ordering::Relaxed), now),
+                KIND_OPEN | KIND_SCOUTING => {
+                    snapshot::remaining(self.core.open_until.load(Ordering::Relaxed), now)
+                }
                 _ => 0,
             };
             w.u64(open_left);
@@ -265,10 +269,20 @@ impl<S: EventSink> CircuitBreaker<S> {
         // store below publishes it again.
         self.core.probes.store(probes.0, Ordering::Release);
         let until = snapshot::restored_deadline(saved.open_left, header.taken_at, now, wall);
-        // ordering: Relaxed; the Release store of the state word below
-        // publishes it to every admission that loads `Open`.
-        self.core.open_until.store(until, Ordering::Relaxed);
-        let word = StateWord::new(saved.kind, saved.trips, saved.payload, generation);
+        // ordering: Release; the Release store of the state word below
+        // publishes it to every admission that loads `Open`, and a scout's
+        // compare-exchange that reads it directly synchronises with it (see
+        // `CircuitBreaker::scout`).
+        self.core.open_until.store(until, Ordering::Release);
+        // A restored open period scouts if the configuration in force has
+        // scouts.
+        let kind =
+            if saved.kind == KIND_OPEN && self.with_era(|cfg, _| cfg.probe_every_ns.is_some()) {
+                KIND_SCOUTING
+            } else {
+                saved.kind
+            };
+        let word = StateWord::new(kind, saved.trips, saved.payload, generation);
         // ordering: Release, pairs with the Acquire load in `load`, so that
         // a reader of the restored word sees its deadline, probes and window.
         self.core.state.store(word.0, Ordering::Release);

@@ -540,3 +540,230 @@ fn would_admit_agrees_at_the_ends_of_time() {
     assert_eq!(b.would_admit(Timestamp::MAX), Ok(()));
     assert!(b.try_acquire(Timestamp::MAX).unwrap().is_probe());
 }
+
+fn scouting(probes: u32) -> CircuitBreaker {
+    breaker(
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .consecutive_failures(1)
+            .open_duration(ms(100))
+            .half_open_probes(probes)
+            .probe_every(ms(20)),
+    )
+}
+
+#[test]
+fn scouts_go_one_per_interval_while_the_breaker_stays_open() {
+    let b = scouting(1);
+    let c = ManualClock::new();
+    call(&b, &c, Outcome::Failure).unwrap();
+    assert_eq!(b.state(), BreakerState::Open);
+    c.advance(ms(99));
+    assert_eq!(
+        b.try_acquire(c.now()).unwrap_err().retry_after(),
+        Some(ms(1))
+    );
+    c.advance(ms(1));
+    let generation = b.generation();
+    let scout = b.try_acquire(c.now()).expect("the first scout");
+    assert!(scout.is_probe());
+    assert_eq!(scout.generation(), generation);
+    // The breaker stays open, and the next scout waits a whole interval.
+    assert_eq!(b.state(), BreakerState::Open);
+    let r = b.try_acquire(c.now()).unwrap_err();
+    assert_eq!(
+        (r.reason(), r.retry_after()),
+        (RejectReason::Open, Some(ms(20)))
+    );
+    // A failed scout changes nothing: not the state, not the generation,
+    // not the deadline.
+    c.advance(ms(5));
+    scout.failure(c.now());
+    assert_eq!(
+        (b.state(), b.generation()),
+        (BreakerState::Open, generation)
+    );
+    assert_eq!(
+        b.try_acquire(c.now()).unwrap_err().retry_after(),
+        Some(ms(15))
+    );
+    c.advance(ms(15));
+    let second = b.try_acquire(c.now()).expect("the second scout");
+    // Its success closes the breaker (one probe is the whole test).
+    second.success(c.now());
+    assert_eq!(b.state(), BreakerState::Closed);
+    assert_eq!(b.generation(), generation.wrapping_add(1));
+}
+
+#[test]
+fn a_stalled_scout_does_not_hold_back_the_next() {
+    let b = scouting(1);
+    let c = ManualClock::new();
+    call(&b, &c, Outcome::Failure).unwrap();
+    c.advance(ms(100));
+    let stalled = b.try_acquire(c.now()).expect("scout 1");
+    c.advance(ms(20));
+    let stalled_too = b.try_acquire(c.now()).expect("scout 2, scout 1 still out");
+    c.advance(ms(20));
+    let answered = b.try_acquire(c.now()).expect("scout 3");
+    c.advance(ms(10));
+    answered.success(c.now());
+    assert_eq!(b.state(), BreakerState::Closed);
+    // The stalled scouts fail after the close: stale, they change nothing.
+    let generation = b.generation();
+    c.advance(ms(200));
+    stalled.failure(c.now());
+    stalled_too.failure(c.now());
+    assert_eq!(
+        (b.state(), b.generation()),
+        (BreakerState::Closed, generation)
+    );
+}
+
+#[test]
+fn a_scouts_success_starts_a_test_of_more_probes() {
+    let b = scouting(2);
+    let c = ManualClock::new();
+    call(&b, &c, Outcome::Failure).unwrap();
+    c.advance(ms(100));
+    let scout = b.try_acquire(c.now()).expect("scout");
+    // Dropped unreported: nothing changes, no slot to free.
+    drop(scout);
+    assert_eq!(b.state(), BreakerState::Open);
+    c.advance(ms(20));
+    b.try_acquire(c.now()).expect("scout").success(c.now());
+    assert_eq!(b.state(), BreakerState::HalfOpen);
+    assert_eq!(b.snapshot(c.now()).probes_admitted, 0);
+    let p1 = b.try_acquire(c.now()).expect("probe 1");
+    let p2 = b.try_acquire(c.now()).expect("probe 2");
+    assert_eq!(
+        b.try_acquire(c.now()).unwrap_err().reason(),
+        RejectReason::HalfOpenFull
+    );
+    // A failed test opens the breaker again, then scouts again.
+    p1.failure(c.now());
+    p2.success(c.now());
+    assert_eq!(b.state(), BreakerState::Open);
+    assert_eq!(b.snapshot(c.now()).trips, 2);
+    c.advance(ms(100));
+    assert!(b.try_acquire(c.now()).expect("scout").is_probe());
+    assert_eq!(b.state(), BreakerState::Open);
+}
+
+#[test]
+fn a_slow_scout_that_would_fail_the_test_counts_as_failed() {
+    let b = breaker(
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .consecutive_failures(1)
+            .slow_calls(50.0, ms(50))
+            .open_duration(ms(100))
+            .half_open_probes(1)
+            .probe_every(ms(20)),
+    );
+    let c = ManualClock::new();
+    call(&b, &c, Outcome::Failure).unwrap();
+    c.advance(ms(100));
+    let slow = b.try_acquire(c.now()).expect("scout");
+    c.advance(ms(60));
+    slow.success(c.now());
+    assert_eq!(b.state(), BreakerState::Open);
+    let fast = b.try_acquire(c.now()).expect("the next scout");
+    c.advance(ms(5));
+    fast.success(c.now());
+    assert_eq!(b.state(), BreakerState::Closed);
+}
+
+#[test]
+fn a_scout_at_the_end_of_time_saturates() {
+    let b = scouting(1);
+    let end = Timestamp::MAX;
+    b.try_acquire(end).unwrap().failure(end);
+    // Opened at the end of time: its deadline is the end of time, and no
+    // interval is left after it for a scout.
+    let r = b.try_acquire(end).unwrap_err();
+    assert_eq!(
+        (r.reason(), r.retry_after()),
+        (RejectReason::Open, Some(Duration::ZERO))
+    );
+    assert_eq!(b.would_admit(end), Err(r));
+    let almost = Timestamp::from_nanos(u64::MAX - 150_000_000);
+    let b = scouting(1);
+    b.try_acquire(almost).unwrap().failure(almost);
+    let late = Timestamp::from_nanos(u64::MAX - 10);
+    let scout = b.try_acquire(late).expect("a scout");
+    // It took the last deadline: none is left, even at the end of time.
+    assert_eq!(
+        b.try_acquire(late).unwrap_err().reason(),
+        RejectReason::Open
+    );
+    let r = b.try_acquire(end).unwrap_err();
+    assert_eq!(r.retry_after(), Some(Duration::ZERO));
+    scout.success(late);
+    assert_eq!(b.state(), BreakerState::Closed);
+}
+
+#[test]
+fn probe_every_must_be_longer_than_zero() {
+    let err = BreakerConfig::builder()
+        .probe_every(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.to_string(), "`probe_every` must be longer than zero");
+    let err = BreakerConfig::builder()
+        .probe_every(Duration::MAX)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("probe_every"), "{err}");
+    // The longest interval that fits in nanoseconds is accepted, and a scout
+    // then waits until the end of time.
+    let longest = Duration::from_nanos(u64::MAX);
+    let b = breaker(
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .consecutive_failures(1)
+            .open_duration(ms(1))
+            .probe_every(longest),
+    );
+    let t = Timestamp::from_nanos(1_000_000);
+    b.try_acquire(Timestamp::ZERO)
+        .unwrap()
+        .failure(Timestamp::ZERO);
+    assert!(b.try_acquire(t).expect("the first scout").is_probe());
+    let r = b.try_acquire(t).unwrap_err();
+    assert_eq!(
+        r.retry_after(),
+        Some(Duration::from_nanos(u64::MAX - 1_000_000))
+    );
+    let c = BreakerConfig::builder().probe_every(ms(7)).build().unwrap();
+    assert_eq!(c.probe_every(), Some(ms(7)));
+    assert_eq!(BreakerConfig::default().probe_every(), None);
+}
+
+#[test]
+fn a_restored_open_breaker_scouts_as_the_restoring_configuration_says() {
+    use crate::snapshot::WallTime;
+    let c = ManualClock::new();
+    let b = scouting(1);
+    call(&b, &c, Outcome::Failure).unwrap();
+    let mut buf = [0u8; BREAKER_SNAPSHOT_MAX];
+    let wall = WallTime::from_unix_nanos(1_000_000_000);
+    let n = b.save_state(&mut buf, c.now(), wall).unwrap();
+    // Restored with scouts: after the deadline it scouts and stays open.
+    let again = scouting(1);
+    again.restore_state(&buf[..n], c.now(), wall).unwrap();
+    let later = c.now().saturating_add(ms(100));
+    assert!(again.try_acquire(later).expect("a scout").is_probe());
+    assert_eq!(again.state(), BreakerState::Open);
+    // Restored without: the classic half-open test.
+    let classic = breaker(
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .consecutive_failures(1)
+            .open_duration(ms(100))
+            .half_open_probes(1),
+    );
+    classic.restore_state(&buf[..n], c.now(), wall).unwrap();
+    assert!(classic.try_acquire(later).expect("a probe").is_probe());
+    assert_eq!(classic.state(), BreakerState::HalfOpen);
+}

@@ -25,7 +25,11 @@
 //! |---------------------|----------------------|---------------------------------------------|
 //! | Closed              | Opening (trips 1)    | the failure or slow call that breaks a rule |
 //! | Opening             | Open (same gen)      | the thread that made the trip, after it stored `open_until` |
-//! | Open                | HalfOpen (payload 1) | the first admission at or after `open_until`; it takes a probe slot |
+//! | Open                | HalfOpen (payload 1) | the first admission at or after `open_until`; it takes a probe slot (without scouts) |
+//! | Opening             | Scouting (same gen)  | as Opening -> Open, when the configuration has scouts (`probe_every`) |
+//! | Scouting            | Scouting (same word) | the admission that moved `open_until` on confirms the word with a same-value CAS; no transition |
+//! | Scouting            | Closed / HalfOpen (payload 0) | the first successful scout of this generation (Closed when one probe is the test) |
+//! | Scouting            | HalfOpen (payload 1) | the first admission at or after `open_until` when the configuration no longer has scouts |
 //! | HalfOpen            | Closed               | the probe report that completes a passing test |
 //! | HalfOpen            | Opening (trips + 1)  | a failing test, or the first failed probe if so configured |
 //! | any                 | ForcedOpen, Disabled, MetricsOnly, Closed | explicit calls (operator) |
@@ -33,6 +37,14 @@
 //! Within a generation only the payload changes: Closed counts consecutive
 //! failures up and resets them to 0; HalfOpen counts admitted probes up to the
 //! configured number and down when a probe is dropped unreported.
+//!
+//! `Scouting` is `Open` with scouts (reported as Open): a kind of its own so
+//! that the admission path decides it from the word it already loaded (a
+//! configuration read there cost every admission instructions). While
+//! `Scouting`, `open_until` also moves: the admission that
+//! takes a scout compare-and-swaps it from the deadline it read to `now +
+//! interval` (`AcqRel`; the trip's store is `Release`), see
+//! `CircuitBreaker::scout`.
 //!
 //! `Opening` exists because the open deadline does not fit beside the
 //! generation: the tripping thread publishes the deadline in `open_until`
@@ -73,6 +85,9 @@ pub(crate) const KIND_FORCED_OPEN: u64 = 4;
 pub(crate) const KIND_DISABLED: u64 = 5;
 /// Everything passes and is measured; the breaker never trips.
 pub(crate) const KIND_METRICS_ONLY: u64 = 6;
+/// Open, with scouts (`probe_every`): rejects until `open_until`, then lets
+/// one call through per interval (reported as Open).
+pub(crate) const KIND_SCOUTING: u64 = 7;
 
 const KIND_BITS: u32 = 3;
 const KIND_MASK: u64 = (1 << KIND_BITS) - 1;

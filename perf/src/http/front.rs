@@ -286,6 +286,16 @@ pub fn open_for_rate(rate: u32) -> Duration {
     Duration::from_millis(ms.clamp(100, 1000))
 }
 
+/// How often the default protection's breaker lets a scout through while
+/// open, for a load of `rate` requests per second: the time in which 15
+/// requests arrive, so that a dead upstream receives about 7 % of the
+/// requests as scouts (and the calls that showed it dead); at least 20 ms,
+/// at most a second.
+pub fn probe_every_for_rate(rate: u32) -> Duration {
+    let ms = 15 * 1000 / u64::from(rate.max(1));
+    Duration::from_millis(ms.clamp(20, 1000))
+}
+
 /// The protected front's policies.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Protection {
@@ -319,6 +329,12 @@ pub struct Protection {
     pub max_open: Duration,
     /// Half-open probes.
     pub probes: u32,
+    /// Scouts while open: once the open period is over, one call every this
+    /// long is let through, whether or not the earlier ones answered, and
+    /// the first that succeeds closes the breaker (`None`: the classic
+    /// half-open test, which a probe to a stalled upstream holds for its
+    /// whole timeout).
+    pub probe_every: Option<Duration>,
     /// The adaptive limit's `(min, initial, max)`.
     pub limits: (u32, u32, u32),
     /// The AIMD limit shrinks when a window's mean latency exceeds this (or
@@ -333,10 +349,14 @@ impl Protection {
     /// The breaker is tuned for goodput (see `docs/demo.md`, "Goodput"):
     /// it also opens after [`CONSECUTIVE_FAILURES`] failures in a row (a
     /// dead upstream is seen within a few dozen calls, whatever the window
-    /// remembers of the healthy time before), tests with [`PROBES`] probes,
-    /// and waits only [`open_for_rate`]`(rate)` between tests, without
-    /// growing: a recovered upstream is refused for at most that long, and
-    /// a dead one receives probes at most 5 % of the requests.
+    /// remembers of the healthy time before), stays open
+    /// [`open_for_rate`]`(rate)`, without growing, then sends a scout every
+    /// [`probe_every_for_rate`]`(rate)` whether or not the earlier ones
+    /// answered, and closes at the first that succeeds ([`PROBES`] probe
+    /// is the test): a recovered upstream is refused for at most an
+    /// interval and a call's latency, even when the calls that failed
+    /// stalled until the timeout, and a dead one receives scouts on about
+    /// 7 % of the requests.
     pub fn for_rate(rate: u32) -> Protection {
         let rate_limit = rate.saturating_mul(3).max(10);
         let open = open_for_rate(rate);
@@ -354,6 +374,7 @@ impl Protection {
             open,
             max_open: open,
             probes: PROBES,
+            probe_every: Some(probe_every_for_rate(rate)),
             // The floor keeps a stray error from shrinking the limit below
             // what a healthy load needs: AIMD counts every failed call as a
             // drop and multiplies the limit down, but grows it only when at
@@ -382,6 +403,9 @@ impl Protection {
             .open_duration(self.open)
             .open_backoff(2.0, self.max_open)
             .half_open_probes(self.probes);
+        if let Some(every) = self.probe_every {
+            config = config.probe_every(every);
+        }
         if let Some(n) = self.consecutive_failures {
             config = config.consecutive_failures(n);
         }
@@ -755,6 +779,10 @@ mod tests {
         assert_eq!(open_for_rate(100_000), ms(100));
         let p = Protection::for_rate(150);
         assert_eq!((p.open, p.max_open, p.probes), (ms(133), ms(133), 1));
+        assert_eq!(p.probe_every, Some(ms(100)));
+        assert_eq!(probe_every_for_rate(300), ms(50));
+        assert_eq!(probe_every_for_rate(10), ms(1000));
+        assert_eq!(probe_every_for_rate(100_000), ms(20));
         assert!(p.timeout < p.objective);
     }
 

@@ -202,7 +202,7 @@ pub fn protection(p: &Protection) -> String {
          {} retry of 5xx or lost answers, within a budget of {} of requests + 10/s;\n  \
          rate limit {}/s (burst {});\n  \
          circuit breaker opening at {:.0} % failures over {} (once {} calls were seen){},\n  \
-         open {}, then {} probes;\n  \
+         open {}, then {};\n  \
          adaptive concurrency limit (AIMD) {}..{} starting at {}, shrinking when a window's mean\n  \
          latency exceeds {} or a call fails.\n",
         ms(p.timeout),
@@ -217,7 +217,19 @@ pub fn protection(p: &Protection) -> String {
         p.consecutive_failures
             .map_or_else(String::new, |n| format!(" or after {n} failures in a row")),
         open,
-        p.probes,
+        match p.probe_every {
+            Some(every) => format!(
+                "one scout every {} until one succeeds ({} probe{} then)",
+                ms(every),
+                p.probes,
+                if p.probes == 1 {
+                    " is the test"
+                } else {
+                    "s test it"
+                }
+            ),
+            None => format!("{} probes", p.probes),
+        },
         p.limits.0,
         p.limits.2,
         p.limits.1,

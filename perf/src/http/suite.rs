@@ -144,6 +144,10 @@ pub struct GoodputArgs {
     /// limit (run-to-run noise); at least one answer.
     #[arg(long, default_value_t = 1.0)]
     pub tolerance: f64,
+    /// Largest p99 of the tenlives front's answers, ms (default: the
+    /// latency objective; CI gives slack for a loaded machine).
+    #[arg(long)]
+    pub max_p99_ms: Option<u64>,
 }
 
 /// The aims, as fractions.
@@ -158,6 +162,9 @@ pub struct Aims {
     pub tolerance: f64,
     /// The latency objective.
     pub objective: Duration,
+    /// Largest p99 of the tenlives front's answers (the objective unless
+    /// told otherwise).
+    pub max_p99: Duration,
 }
 
 /// The name of a front in the tables: the protected front is tenlives'.
@@ -216,9 +223,13 @@ pub fn checks(rows: &[Row], drive: &Drive, aims: &Aims) -> Vec<Check> {
     }
     let front = &drive.fronts[p];
     out.push(sli::at_most_time(
-        "tenlives p99 of answers within the objective",
+        if aims.max_p99 == aims.objective {
+            "tenlives p99 of answers within the objective"
+        } else {
+            "tenlives p99 of answers"
+        },
         front.total.all.p99,
-        aims.objective,
+        aims.max_p99,
     ));
     let down = offered_while_down(front);
     if down > 0 {
@@ -393,6 +404,7 @@ async fn one(scenario: Scenario, args: &GoodputArgs, out: &Path) -> Result<Ran, 
         max_down_share: args.max_down_share / 100.0,
         tolerance: args.tolerance / 100.0,
         objective,
+        max_p99: args.max_p99_ms.map_or(objective, Duration::from_millis),
     };
     let mut all = drive.fronts.iter().map(sli::accounting).collect::<Vec<_>>();
     all.extend(checks(&rows, &drive, &aims));
@@ -497,6 +509,7 @@ mod tests {
             max_down_share: 0.1,
             tolerance: 0.01,
             objective: Duration::from_millis(300),
+            max_p99: Duration::from_millis(300),
         }
     }
 
@@ -534,6 +547,7 @@ mod tests {
             tolerance: 0.0,
             min_limit_share: 0.96,
             objective: Duration::from_millis(10),
+            max_p99: Duration::from_millis(10),
             ..aims()
         };
         let rows = [
@@ -549,6 +563,12 @@ mod tests {
                 "tenlives p99 of answers within the objective",
             ]
         );
+        // `--max-p99-ms` judges the p99 on its own bound, not the objective.
+        let slack = Aims {
+            max_p99: Duration::from_secs(3600),
+            ..strict
+        };
+        assert!(!failed(&rows, &slack).iter().any(|n| n.contains("p99")));
     }
 
     #[test]

@@ -179,6 +179,7 @@ pub fn drive(name: &str, info: &RunInfo<'_>, d: &Drive, checks: &[Check]) -> Val
             "open_ms": millis(info.protection.open),
             "max_open_ms": millis(info.protection.max_open),
             "probes": info.protection.probes,
+            "probe_every_ms": info.protection.probe_every.map(millis),
             "limit_min": info.protection.limits.0,
             "limit_initial": info.protection.limits.1,
             "limit_max": info.protection.limits.2,
