@@ -995,6 +995,8 @@ impl Registry {
     /// the stack names no retry budget.
     ///
     /// ```
+    /// # #[cfg(feature = "yaml")]
+    /// # fn main() {
     /// use tenlives_ops::{ConfigSet, Format, Registry};
     ///
     /// let yaml = "
@@ -1013,6 +1015,9 @@ impl Registry {
     /// // One budget behind both stacks.
     /// assert!(std::ptr::eq(users.policies().retry().budget(), orders.policies().retry().budget()));
     /// assert!(registry.stack("users").is_err());
+    /// # }
+    /// # #[cfg(not(feature = "yaml"))]
+    /// # fn main() {}
     /// ```
     pub fn retrying_stack(&self, name: &str) -> Result<RegistryRetryingStack, RegistryError> {
         let shape = self.stack_shape(name)?;
