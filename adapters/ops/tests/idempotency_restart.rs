@@ -280,3 +280,45 @@ fn completion_records_round_trip_and_refuse_oversized_input() {
     let (j, report) = Journal::open(dir.path(), config()).unwrap();
     assert_eq!((j.next_seq(), report.cut), (2, None));
 }
+
+#[tokio::test]
+async fn a_key_too_long_is_counted_and_a_response_too_long_is_journalled_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = Journal::open(dir.path(), config()).unwrap();
+    let log = Arc::new(
+        CompletionJournal::new(journal, |k: &String| k.as_bytes().to_vec()).keep_responses(
+            |r: &String| {
+                r.as_bytes()
+                    .repeat(if r.ends_with(" 2") { 1 } else { 10_000 })
+            },
+        ),
+    );
+    let (svc, calls) = service(TTL);
+    assert!(svc.set_completion_log(log.clone()).is_ok());
+    let long_key = "k".repeat(tenlives_ops::journal::MAX_KEY + 1);
+    // Not journalled, counted; the request itself is answered.
+    assert_eq!(send(&svc, &long_key, 1).await.unwrap(), "charge #0: 1");
+    assert_eq!(log.failures(), 1);
+    // Its response encodes to 120 000 bytes: journalled without it.
+    send(&svc, "big", 3).await.unwrap();
+    send(&svc, "small", 2).await.unwrap();
+    assert_eq!(log.failures(), 1);
+    drop((svc, log));
+
+    let (svc, calls2, restored) = start(dir.path(), TTL, true, SystemTime::now());
+    assert_eq!(restored, 2);
+    assert_eq!(send(&svc, "small", 2).await.unwrap(), "charge #2: 2");
+    assert_eq!(
+        send(&svc, "big", 3).await,
+        Err(IdempotencyError::CompletedBefore)
+    );
+    // The long key was not journalled: it runs again.
+    send(&svc, &long_key, 1).await.unwrap();
+    assert_eq!(
+        (
+            calls.load(Ordering::Relaxed),
+            calls2.load(Ordering::Relaxed)
+        ),
+        (3, 1)
+    );
+}

@@ -757,14 +757,14 @@ where
     ) -> usize {
         let shared = &self.shared;
         let mut stored = 0;
+        if shared.max_stored == 0 {
+            return 0;
+        }
         for entry in entries {
             let age = now.duration_since(entry.at).unwrap_or(Duration::ZERO);
             let Some(left) = shared.ttl.checked_sub(age).filter(|l| !l.is_zero()) else {
                 continue;
             };
-            if shared.max_stored == 0 {
-                continue;
-            }
             let expires = shared.clock.now().saturating_add(left);
             shared.insert_until(entry.key, entry.response, expires);
             bump(&shared.restored);
