@@ -21,10 +21,12 @@ const HEADER: usize = 18;
 const EVENT_RECORD: usize = 47;
 const LOST_RECORD: usize = 25;
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 enum Rec {
     Event(Event),
     Lost(u64),
+    /// An idempotency key completed: time, key, response if kept.
+    Completed(u64, Vec<u8>, Option<Vec<u8>>),
 }
 
 impl Rec {
@@ -32,6 +34,7 @@ impl Rec {
         match self {
             Rec::Event(_) => EVENT_RECORD,
             Rec::Lost(_) => LOST_RECORD,
+            Rec::Completed(_, k, r) => 32 + k.len() + r.as_ref().map_or(0, Vec::len),
         }
     }
 }
@@ -42,6 +45,12 @@ fn rec() -> impl Strategy<Value = Rec> {
             Rec::Event(Event::new(EventKind(k), s, Timestamp::from_nanos(t), p))
         }),
         1 => (1..1_000u64).prop_map(Rec::Lost),
+        2 => (
+            any::<u64>(),
+            proptest::collection::vec(any::<u8>(), 0..40),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..60)),
+        )
+            .prop_map(|(at, k, r)| Rec::Completed(at, k, r)),
     ]
 }
 
@@ -57,6 +66,7 @@ fn write(journal: &mut Journal, recs: &[Rec]) {
         match r {
             Rec::Event(e) => journal.append(e).unwrap(),
             Rec::Lost(n) => journal.append_lost(*n).unwrap(),
+            Rec::Completed(at, k, r) => journal.append_completed(k, *at, r.as_deref()).unwrap(),
         };
     }
 }
@@ -72,14 +82,27 @@ fn read_all(dir: &std::path::Path) -> Vec<JournalItem> {
 fn records(items: &[JournalItem]) -> Vec<Rec> {
     let mut out = Vec::new();
     for item in items {
-        match *item {
+        match item {
             JournalItem::Event { seq, event } => {
-                assert_eq!(seq as usize, out.len());
-                out.push(Rec::Event(event));
+                assert_eq!(*seq as usize, out.len());
+                out.push(Rec::Event(*event));
             }
             JournalItem::Lost { seq, events } => {
-                assert_eq!(seq as usize, out.len());
-                out.push(Rec::Lost(events));
+                assert_eq!(*seq as usize, out.len());
+                out.push(Rec::Lost(*events));
+            }
+            JournalItem::Completed {
+                seq,
+                at_unix_nanos,
+                key,
+                response,
+            } => {
+                assert_eq!(*seq as usize, out.len());
+                out.push(Rec::Completed(
+                    *at_unix_nanos,
+                    key.clone(),
+                    response.clone(),
+                ));
             }
             _ => {}
         }
@@ -117,12 +140,13 @@ proptest! {
         prop_assert_eq!(report.cut, None);
         write(&mut j, &recs[split..]);
         let items = read_all(dir.path());
-        prop_assert!(items.iter().all(|i| matches!(i, JournalItem::Event { .. } | JournalItem::Lost { .. })), "{:?}", items);
+        prop_assert!(items.iter().all(|i| matches!(i, JournalItem::Event { .. } | JournalItem::Lost { .. } | JournalItem::Completed { .. })), "{:?}", items);
         prop_assert_eq!(records(&items), recs.clone());
         // Rotation: no segment past its size unless it holds one record.
+        let largest = recs.iter().map(Rec::size).max().unwrap_or(0).max(EVENT_RECORD);
         for f in segment_files(dir.path()) {
             let len = std::fs::metadata(&f).unwrap().len();
-            prop_assert!(len <= segment_bytes.max((HEADER + EVENT_RECORD) as u64));
+            prop_assert!(len <= segment_bytes.max((HEADER + largest) as u64));
         }
     }
 
@@ -186,7 +210,7 @@ proptest! {
         write(&mut j, &more);
         drop(j);
         let items = read_all(dir.path());
-        prop_assert!(items.iter().all(|i| matches!(i, JournalItem::Event { .. } | JournalItem::Lost { .. })), "{:?}", items);
+        prop_assert!(items.iter().all(|i| matches!(i, JournalItem::Event { .. } | JournalItem::Lost { .. } | JournalItem::Completed { .. })), "{:?}", items);
         let mut all = expected;
         all.extend_from_slice(&more);
         prop_assert_eq!(records(&items), all);

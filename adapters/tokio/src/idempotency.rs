@@ -118,11 +118,20 @@
 //! store's lock ignores poisoning: every critical section leaves it
 //! consistent wherever user code (`Clone`, `Hash`, `Eq`) can panic.
 //!
-//! # Not here
+//! # Across restarts
 //!
-//! The store lives in memory: a restarted process forgets which keys it
-//! completed. Persisting completed keys through the decision journal, so
-//! that a restarted process keeps refusing duplicates, is not done.
+//! The store lives in memory. To keep refusing duplicates after a restart,
+//! give the service a [`CompletionLog`]
+//! ([`IdempotencyService::set_completion_log`]): every response about to be
+//! stored is handed to it first, with its key and the wall-clock time, so
+//! no caller (not even a duplicate's replay) sees a response the log was
+//! not handed. On start, [`IdempotencyService::restore`] puts the keys read
+//! back from the log into the store for what is left of their TTL (judged
+//! on the wall clock): a duplicate gets the kept response, or
+//! [`IdempotencyError::CompletedBefore`] when the log kept only the key.
+//! `tenlives_ops::journal::CompletionJournal` is such a log over the
+//! decision journal, and `tenlives_ops::journal::read_completions` reads
+//! it back (this crate does not depend on that one).
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -131,9 +140,9 @@ use std::hash::Hash;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use pin_project_lite::pin_project;
 use tenlives_engine::time::{Clock, Timestamp};
@@ -158,6 +167,10 @@ pub enum IdempotencyError<E> {
     /// The request's key was new and `max_in_flight` keyed calls were in
     /// flight: refused without calling the wrapped service.
     InFlightFull,
+    /// The request's key completed before (restored with
+    /// [`IdempotencyService::restore`], younger than the TTL) but its
+    /// response was not kept: refused without calling the wrapped service.
+    CompletedBefore,
 }
 
 impl<E> IdempotencyError<E> {
@@ -165,7 +178,9 @@ impl<E> IdempotencyError<E> {
     pub fn into_upstream(self) -> Option<E> {
         match self {
             IdempotencyError::Upstream(e) => Some(e),
-            IdempotencyError::Panicked | IdempotencyError::InFlightFull => None,
+            IdempotencyError::Panicked
+            | IdempotencyError::InFlightFull
+            | IdempotencyError::CompletedBefore => None,
         }
     }
 }
@@ -178,6 +193,9 @@ impl<E: fmt::Display> fmt::Display for IdempotencyError<E> {
             IdempotencyError::InFlightFull => {
                 f.write_str("too many idempotency keys in flight; the request was refused")
             }
+            IdempotencyError::CompletedBefore => f.write_str(
+                "a request with this idempotency key completed before; its response was not kept",
+            ),
         }
     }
 }
@@ -186,7 +204,9 @@ impl<E: std::error::Error + 'static> std::error::Error for IdempotencyError<E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             IdempotencyError::Upstream(e) => Some(e),
-            IdempotencyError::Panicked | IdempotencyError::InFlightFull => None,
+            IdempotencyError::Panicked
+            | IdempotencyError::InFlightFull
+            | IdempotencyError::CompletedBefore => None,
         }
     }
 }
@@ -266,6 +286,10 @@ pub struct IdempotencyStats {
     pub refused: u64,
     /// Stored responses evicted to make room (not counting expiry).
     pub evicted: u64,
+    /// Completed keys put in the store by [`IdempotencyService::restore`].
+    pub restored: u64,
+    /// Keyed requests refused with [`IdempotencyError::CompletedBefore`].
+    pub refused_completed: u64,
     /// Responses stored now (expired ones may count until the next store
     /// sweeps them).
     pub stored: usize,
@@ -293,7 +317,8 @@ struct Store<K, R> {
 }
 
 struct StoredEntry<R> {
-    response: R,
+    /// `None`: a restored key whose response was not kept.
+    response: Option<R>,
     seq: u64,
     expires: Timestamp,
 }
@@ -305,17 +330,21 @@ struct Shared<K, R> {
     max_in_flight: usize,
     store_if: Option<StoreIf<R>>,
     clock: TokioClock,
+    log: OnceLock<Arc<dyn CompletionLog<K, R>>>,
     in_flight: AtomicUsize,
     unique: AtomicU64,
     executed: AtomicU64,
     replayed: AtomicU64,
     refused: AtomicU64,
     evicted: AtomicU64,
+    restored: AtomicU64,
+    refused_completed: AtomicU64,
 }
 
 impl<K: Hash + Eq + Clone, R: Clone> Shared<K, R> {
-    /// The stored response for `key`, if younger than the TTL.
-    fn get(&self, key: &K) -> Option<R> {
+    /// The stored entry for `key`, if younger than the TTL: `Some(None)`
+    /// for a restored key whose response was not kept.
+    fn get(&self, key: &K) -> Option<Option<R>> {
         let now = self.clock.now();
         let store = lock(&self.store);
         let entry = store.map.get(key)?;
@@ -325,18 +354,28 @@ impl<K: Hash + Eq + Clone, R: Clone> Shared<K, R> {
         // A panic in `Clone` leaves the store as it was.
         let response = entry.response.clone();
         drop(store);
-        bump(&self.replayed);
+        bump(if response.is_some() {
+            &self.replayed
+        } else {
+            &self.refused_completed
+        });
         Some(response)
     }
 
-    /// Stores `response` for `key`, evicting expired entries and then the
-    /// oldest completed ones to stay within `max_stored`.
+    /// Stores `response` for `key` for the TTL from now.
     fn insert(&self, key: K, response: R) {
+        let expires = self.clock.now().saturating_add(self.ttl);
+        self.insert_until(key, Some(response), expires);
+    }
+
+    /// Stores `response` for `key` until `expires`, evicting expired
+    /// entries and then the oldest completed ones to stay within
+    /// `max_stored`.
+    fn insert_until(&self, key: K, response: Option<R>, expires: Timestamp) {
         if self.max_stored == 0 {
             return;
         }
         let now = self.clock.now();
-        let expires = now.saturating_add(self.ttl);
         let mut store = lock(&self.store);
         let store = &mut *store;
         // A panic in `Hash`/`Eq` below leaves the map and the queue
@@ -399,6 +438,7 @@ fn key_of<K: Clone, Req>(r: &Keyed<K, Req>) -> FlightKey<K> {
 enum Refusal<E> {
     Upstream(E),
     Full,
+    Completed,
 }
 
 /// The wrapped service inside the single flight: answers a new flight from
@@ -451,8 +491,10 @@ where
         let shared = &self.shared;
         // A flight that ended and left the table stored its response first:
         // look again (see the module documentation).
-        if let Some(response) = shared.get(&key) {
-            return InnerFuture::ready(Ok(response));
+        match shared.get(&key) {
+            Some(Some(response)) => return InnerFuture::ready(Ok(response)),
+            Some(None) => return InnerFuture::ready(Err(Refusal::Completed)),
+            None => {}
         }
         // ordering: Relaxed; a bound on a count, read-modify-write so that
         // concurrent new keys cannot both take the last place.
@@ -513,7 +555,12 @@ where
         let result = std::task::ready!(upstream.poll(cx));
         if let (Ok(response), Some((key, permit))) = (&result, this.store.take()) {
             let shared = &permit.0;
-            if shared.store_if.as_ref().is_none_or(|p| p(response)) {
+            if shared.max_stored > 0 && shared.store_if.as_ref().is_none_or(|p| p(response)) {
+                // The log first: no caller sees a stored response (a
+                // duplicate's replay) that the log was not handed.
+                if let Some(log) = shared.log.get() {
+                    log.completed(&key, response, SystemTime::now());
+                }
                 // Before the flight leaves the table (it does so after this
                 // poll returns): see the module documentation.
                 shared.insert(key, response.clone());
@@ -590,12 +637,15 @@ where
             max_in_flight: c.max_in_flight,
             store_if: c.store_if.clone(),
             clock: c.clock.unwrap_or_default(),
+            log: OnceLock::new(),
             in_flight: AtomicUsize::new(0),
             unique: AtomicU64::new(0),
             executed: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
+            restored: AtomicU64::new(0),
+            refused_completed: AtomicU64::new(0),
         });
         let flights = CoalesceLayer::new(key_of::<K, Req> as KeyOf<K, Req>).layer(Inner {
             inner,
@@ -666,10 +716,93 @@ where
             replayed: s.replayed.load(Ordering::Relaxed),
             refused: s.refused.load(Ordering::Relaxed),
             evicted: s.evicted.load(Ordering::Relaxed),
+            restored: s.restored.load(Ordering::Relaxed),
+            refused_completed: s.refused_completed.load(Ordering::Relaxed),
             stored: lock(&s.store).map.len(),
             in_flight: s.in_flight.load(Ordering::Relaxed),
         }
     }
+
+    /// Hands every response stored from now on to `log` (see
+    /// [`CompletionLog`]); clones of this service share it. Returns `log`
+    /// back if a log was set already (a service has at most one).
+    ///
+    /// # Errors
+    ///
+    /// `log` itself when a log was set before.
+    pub fn set_completion_log(
+        &self,
+        log: Arc<dyn CompletionLog<K, S::Response>>,
+    ) -> Result<(), Arc<dyn CompletionLog<K, S::Response>>> {
+        self.shared.log.set(log)
+    }
+
+    /// Puts keys completed before (by an earlier process, read back from
+    /// where a [`CompletionLog`] wrote them) into the store, so that their
+    /// duplicates are answered with the kept response, or refused with
+    /// [`IdempotencyError::CompletedBefore`] when it was not kept. An entry
+    /// completed at `at` expires at `at` plus the TTL, judged against `now`
+    /// (the wall clock, [`SystemTime::now()`] in a service): an entry at
+    /// or past it is skipped, a younger one is stored for what is left of
+    /// its TTL on the layer's clock. An `at` later than `now` (the wall
+    /// clock stepped back across the restart) counts as completed at
+    /// `now`, so it is kept at most one whole TTL. The store's cap holds:
+    /// restoring more than `max_stored` keeps the last ones. Call it before
+    /// serving, with the entries in completion order (as a log reads them
+    /// back); returns the entries stored.
+    pub fn restore(
+        &self,
+        entries: impl IntoIterator<Item = Completed<K, S::Response>>,
+        now: SystemTime,
+    ) -> usize {
+        let shared = &self.shared;
+        let mut stored = 0;
+        if shared.max_stored == 0 {
+            return 0;
+        }
+        for entry in entries {
+            let age = now.duration_since(entry.at).unwrap_or(Duration::ZERO);
+            let Some(left) = shared.ttl.checked_sub(age).filter(|l| !l.is_zero()) else {
+                continue;
+            };
+            let expires = shared.clock.now().saturating_add(left);
+            shared.insert_until(entry.key, entry.response, expires);
+            bump(&shared.restored);
+            stored += 1;
+        }
+        stored
+    }
+}
+
+/// Where a service hands each response it stores, so that a restarted
+/// process can [`restore`](IdempotencyService::restore) the keys it had
+/// completed. `tenlives_ops::journal::CompletionJournal` writes them to a
+/// decision journal.
+///
+/// [`completed`](Self::completed) runs inside the completing call's last
+/// poll, before the response is stored and before any caller receives it:
+/// when it returns, the record should be as durable as the log promises
+/// (a journal synced at every write: on disk). It runs on the request's
+/// task, so it costs that request its time (a file write, an `fsync`). A
+/// panic in it reaches the caller whose poll ran it, as a panic in the
+/// response's `Clone` does: the response is not stored and every duplicate
+/// waiting answers [`IdempotencyError::Panicked`].
+pub trait CompletionLog<K, R>: Send + Sync {
+    /// The call for `key` completed at `at` (wall clock) with `response`,
+    /// which is about to be stored.
+    fn completed(&self, key: &K, response: &R, at: SystemTime);
+}
+
+/// A key completed by an earlier process, for
+/// [`IdempotencyService::restore`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completed<K, R> {
+    /// The idempotency key.
+    pub key: K,
+    /// When its call completed (wall clock).
+    pub at: SystemTime,
+    /// Its response, if it was kept; `None` refuses its duplicates.
+    pub response: Option<R>,
 }
 
 impl<S, KF, K, Req> Service<Req> for IdempotencyService<S, KF, K, Req>
@@ -694,9 +827,18 @@ where
         let key = match (self.key_fn)(&req) {
             Some(key) => {
                 if let Some(response) = self.shared.get(&key) {
-                    span.decided("replayed");
+                    let answer = match response {
+                        Some(response) => {
+                            span.decided("replayed");
+                            Ok(response)
+                        }
+                        None => {
+                            span.decided("completed_before");
+                            Err(IdempotencyError::CompletedBefore)
+                        }
+                    };
                     return IdempotencyFuture {
-                        state: State::Replay(Some(response)),
+                        state: State::Replay(Some(answer)),
                         span,
                     };
                 }
@@ -726,6 +868,7 @@ fn map_err<E>(e: CoalesceError<Refusal<E>>) -> IdempotencyError<E> {
     match e {
         CoalesceError::Upstream(Refusal::Upstream(e)) => IdempotencyError::Upstream(e),
         CoalesceError::Upstream(Refusal::Full) => IdempotencyError::InFlightFull,
+        CoalesceError::Upstream(Refusal::Completed) => IdempotencyError::CompletedBefore,
         CoalesceError::Panicked => IdempotencyError::Panicked,
     }
 }
@@ -734,7 +877,7 @@ type FlightFuture<K, F, R, E> =
     CoalesceFuture<FlightKey<K>, InnerFuture<F, K, R, E>, R, Refusal<E>>;
 
 enum State<K: Hash + Eq, F, R, E> {
-    Replay(Option<R>),
+    Replay(Option<Result<R, IdempotencyError<E>>>),
     Flight(FlightFuture<K, F, R, E>),
 }
 
@@ -772,7 +915,7 @@ where
         let IdempotencyFuture { state, span } = &mut *self;
         let _entered = span.enter();
         let result = match state {
-            State::Replay(r) => Ok(r.take().expect("polled after completion")),
+            State::Replay(r) => r.take().expect("polled after completion"),
             State::Flight(f) => std::task::ready!(Pin::new(f).poll(cx)).map_err(map_err),
         };
         span.ended(&result);

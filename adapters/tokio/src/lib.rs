@@ -164,7 +164,10 @@ pub use error::{InjectedFault, Rejection, RejectionReason, TenlivesError};
 pub use fallback::{FallbackFuture, FallbackLayer, WithFallback};
 pub use fault::{FaultConfig, FaultFuture, FaultInjection, FaultLayer};
 pub use hedge::{Hedge, HedgeFuture, HedgeLayer, HedgePolicy};
-pub use idempotency::{IdempotencyConfig, IdempotencyError, IdempotencyLayer, IdempotencyService};
+pub use idempotency::{
+    Completed, CompletionLog, IdempotencyConfig, IdempotencyError, IdempotencyLayer,
+    IdempotencyService,
+};
 pub use limit::{
     AdaptiveLimitLayer, AdaptiveLimitService, ConcurrencyLimitLayer, ConcurrencyLimitService,
 };

@@ -10,9 +10,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use tenlives_tokio::idempotency::IdempotencyStats;
+use tenlives_tokio::idempotency::{Completed, CompletionLog, IdempotencyStats};
 use tenlives_tokio::{IdempotencyConfig, IdempotencyError, IdempotencyLayer, TokioClock};
 use tower::{Layer, Service, ServiceExt};
 
@@ -726,4 +726,145 @@ async fn a_panicking_hash_during_eviction_leaves_the_cap_intact() {
     svc.clone().oneshot(req(2, ANSWER)).await.unwrap();
     assert_eq!(svc.stats().stored, 1, "the cap of 1 holds");
     assert_eq!(svc.stats().in_flight, 0);
+}
+
+/// Records what a service hands its completion log; panics on key 99.
+#[derive(Default)]
+struct Log(Mutex<Vec<(u32, Answer)>>);
+
+impl CompletionLog<u32, Answer> for Log {
+    fn completed(&self, key: &u32, response: &Answer, _: SystemTime) {
+        assert!(*key != 99, "boom in the log");
+        self.0.lock().unwrap().push((*key, *response));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_log_has_a_response_before_any_caller_and_only_stored_ones() {
+    let (svc, _) = service(Duration::from_secs(60), 100, 100);
+    let log = Arc::new(Log::default());
+    assert!(svc.set_completion_log(log.clone()).is_ok());
+    assert!(svc.set_completion_log(Arc::new(Log::default())).is_err());
+    let answer = svc.clone().oneshot(req(1, ANSWER)).await.unwrap();
+    assert_eq!(*log.0.lock().unwrap(), [(1, answer)]);
+    // Errors and responses kept out of the store are not logged.
+    svc.clone().oneshot(req(2, Script::Fail)).await.unwrap_err();
+    assert_eq!(log.0.lock().unwrap().len(), 1);
+    let (nothing_stored, _) = service(Duration::from_secs(60), 0, 100);
+    let empty = Arc::new(Log::default());
+    assert!(nothing_stored.set_completion_log(empty.clone()).is_ok());
+    nothing_stored
+        .clone()
+        .oneshot(req(3, ANSWER))
+        .await
+        .unwrap();
+    assert!(empty.0.lock().unwrap().is_empty());
+}
+
+/// A log that reads its service's store size when it is handed a response.
+#[derive(Default)]
+struct Peek(std::sync::OnceLock<Svc>, Mutex<Vec<usize>>);
+
+impl CompletionLog<u32, Answer> for Peek {
+    fn completed(&self, _: &u32, _: &Answer, _: SystemTime) {
+        let stored = self.0.get().unwrap().stats().stored;
+        self.1.lock().unwrap().push(stored);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_log_is_handed_a_response_before_it_is_stored() {
+    let (svc, _) = service(Duration::from_secs(60), 100, 100);
+    let peek = Arc::new(Peek::default());
+    assert!(peek.0.set(svc.clone()).is_ok());
+    assert!(svc.set_completion_log(peek.clone()).is_ok());
+    svc.clone().oneshot(req(1, ANSWER)).await.unwrap();
+    svc.clone().oneshot(req(2, ANSWER)).await.unwrap();
+    // Nothing a duplicate could replay was stored before the log had it.
+    assert_eq!(*peek.1.lock().unwrap(), [0, 1]);
+    assert_eq!(stats(&svc).stored, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_in_the_log_reaches_its_poller_and_the_duplicates_and_stores_nothing() {
+    let (svc, c) = service(Duration::from_secs(60), 100, 100);
+    assert!(svc.set_completion_log(Arc::new(Log::default())).is_ok());
+    let mut first = svc.clone().oneshot(req(99, ANSWER));
+    let mut dup = svc.clone().oneshot(req(99, ANSWER));
+    assert!(poll_once(&mut first).is_pending());
+    assert!(poll_once(&mut dup).is_pending());
+    tokio::time::advance(Duration::from_millis(10)).await;
+    assert!(catch_unwind(AssertUnwindSafe(|| poll_once(&mut first))).is_err());
+    drop(first);
+    let r = tokio::time::timeout(Duration::from_secs(1), dup)
+        .await
+        .expect("the duplicate never hangs");
+    assert_eq!(r.unwrap_err(), IdempotencyError::Panicked);
+    let s = stats(&svc);
+    assert_eq!((s.in_flight, s.stored), (0, 0));
+    assert_eq!(calls(&c), 1);
+}
+
+fn done(key: u32, at: SystemTime, response: Option<Answer>) -> Completed<u32, Answer> {
+    Completed { key, at, response }
+}
+
+#[tokio::test(start_paused = true)]
+async fn restored_keys_answer_or_refuse_and_keep_to_the_cap_and_the_ttl() {
+    let now = SystemTime::now();
+    let ttl = Duration::from_secs(60);
+    let (svc, c) = service(ttl, 2, 100);
+    let n = svc.restore(
+        [
+            done(1, now - Duration::from_secs(60), Some((Some(1), 70))), // at the TTL: skipped
+            done(2, now - Duration::from_secs(30), Some((Some(2), 71))), // evicted by the cap
+            done(3, now - Duration::from_secs(20), None),
+            // The wall clock stepped back: completed "in the future", kept one TTL.
+            done(4, now + Duration::from_secs(3600), Some((Some(4), 73))),
+        ],
+        now,
+    );
+    assert_eq!(n, 3);
+    let s = stats(&svc);
+    assert_eq!((s.restored, s.stored, s.evicted), (3, 2, 1));
+    assert_eq!(
+        svc.clone().oneshot(req(3, ANSWER)).await,
+        Err(IdempotencyError::CompletedBefore)
+    );
+    assert_eq!(
+        svc.clone().oneshot(req(4, ANSWER)).await.unwrap(),
+        (Some(4), 73)
+    );
+    assert_eq!(calls(&c), 0);
+    // 3 expires 40 s on (what was left of its TTL), 4 after a whole TTL.
+    tokio::time::advance(Duration::from_secs(40)).await;
+    svc.clone().oneshot(req(3, ANSWER)).await.unwrap();
+    assert_eq!(calls(&c), 1);
+    // (the call for 3 took 10 ms)
+    tokio::time::advance(Duration::from_millis(19_989)).await;
+    assert_eq!(
+        svc.clone().oneshot(req(4, ANSWER)).await.unwrap(),
+        (Some(4), 73)
+    );
+    tokio::time::advance(Duration::from_millis(1)).await;
+    svc.clone().oneshot(req(4, ANSWER)).await.unwrap();
+    assert_eq!(calls(&c), 2);
+    let s = stats(&svc);
+    assert_eq!((s.refused_completed, s.replayed), (1, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_flight_refuses_a_key_restored_meanwhile() {
+    // The second look in the store (see IK3) also sees restored keys.
+    let (svc, c) = service(Duration::from_secs(60), 100, 100);
+    let mut svc2 = svc.clone();
+    std::future::poll_fn(|cx| svc2.poll_ready(cx))
+        .await
+        .unwrap();
+    svc.restore([done(5, SystemTime::now(), None)], SystemTime::now());
+    assert_eq!(
+        svc2.call(req(5, ANSWER)).await,
+        Err(IdempotencyError::CompletedBefore)
+    );
+    assert_eq!(calls(&c), 0);
 }

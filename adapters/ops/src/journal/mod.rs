@@ -45,12 +45,14 @@
 //!         JournalItem::Lost { .. } => { /* the ring dropped events here */ }
 //!         JournalItem::Missing { .. } => { /* records not in the files */ }
 //!         JournalItem::Damaged { .. } => { /* bytes that failed their check */ }
+//!         JournalItem::Completed { .. } => { /* an idempotency key completed */ }
 //!     }
 //! }
 //! assert_eq!(events, 1);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod completions;
 mod reader;
 mod record;
 
@@ -64,8 +66,10 @@ use std::time::{Duration, Instant};
 
 use tenlives_engine::events::{Consumer, Event, EventRing, Received, Slot};
 
+pub use completions::{CompletionJournal, read_completions};
 pub use reader::{JournalItem, JournalReader};
 use record::{Body, HEADER_LEN};
+pub use record::{MAX_KEY, MAX_RESPONSE};
 
 /// When appended records are forced to disk (`fsync`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -309,6 +313,38 @@ impl Journal {
     pub fn append_lost(&mut self, events: u64) -> io::Result<u64> {
         let seq = self.next_seq;
         self.write(&[Body::Lost(events)])?;
+        Ok(seq)
+    }
+
+    /// Appends a record saying that the call for the idempotency key `key`
+    /// (as encoded) completed at `at_unix_nanos` (wall clock, nanoseconds
+    /// since the Unix epoch), with its response (as encoded) if it is kept;
+    /// returns its sequence number. [`CompletionJournal`] calls it for an
+    /// idempotency layer, [`read_completions`] reads the records back.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for a key longer than [`MAX_KEY`] or a response
+    /// longer than [`MAX_RESPONSE`] bytes (nothing written); otherwise as
+    /// [`append`](Self::append).
+    pub fn append_completed(
+        &mut self,
+        key: &[u8],
+        at_unix_nanos: u64,
+        response: Option<&[u8]>,
+    ) -> io::Result<u64> {
+        if key.len() > MAX_KEY || response.is_some_and(|r| r.len() > MAX_RESPONSE) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an idempotency key or response too long for a journal record",
+            ));
+        }
+        let seq = self.next_seq;
+        self.write(&[Body::Completed(
+            at_unix_nanos,
+            key.to_vec(),
+            response.map(<[u8]>::to_vec),
+        )])?;
         Ok(seq)
     }
 

@@ -10,7 +10,7 @@ use super::record::{self, Body, HEADER_LEN};
 use super::{segment_path, segments};
 
 /// One item of a journal, in order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JournalItem {
     /// An event, with its record's sequence number.
     Event {
@@ -26,6 +26,18 @@ pub enum JournalItem {
         seq: u64,
         /// Events lost.
         events: u64,
+    },
+    /// An idempotency key whose call completed
+    /// ([`Journal::append_completed`](super::Journal::append_completed)).
+    Completed {
+        /// The record's sequence number.
+        seq: u64,
+        /// When the call completed: nanoseconds since the Unix epoch.
+        at_unix_nanos: u64,
+        /// The key, as encoded.
+        key: Vec<u8>,
+        /// The response, as encoded, if it was kept.
+        response: Option<Vec<u8>>,
     },
     /// Records `from .. to` (sequence numbers) are not in the files: a
     /// segment was removed, or its damaged tail skipped.
@@ -127,6 +139,14 @@ impl Iterator for JournalReader {
                             return Some(Ok(match body {
                                 Body::Event(event) => JournalItem::Event { seq, event },
                                 Body::Lost(events) => JournalItem::Lost { seq, events },
+                                Body::Completed(at_unix_nanos, key, response) => {
+                                    JournalItem::Completed {
+                                        seq,
+                                        at_unix_nanos,
+                                        key,
+                                        response,
+                                    }
+                                }
                             }));
                         }
                         _ => {

@@ -22,6 +22,7 @@
 //! |---|---|
 //! | 1 event | kind u16, source u32, time u64 (ns), payload 2 × u64 |
 //! | 2 lost | events the ring dropped here (u64) |
+//! | 3 completed | completion time u64 (ns since the Unix epoch), key length u16, key, response flag u8 (0 none, 1 kept), response length u32, response |
 //!
 //! Sequence numbers count records, one apart, across segments.
 
@@ -32,16 +33,25 @@ use tenlives_engine::time::Timestamp;
 pub(super) const MAGIC: [u8; 4] = *b"TLJN";
 pub(super) const VERSION: u16 = 1;
 pub(super) const HEADER_LEN: usize = 4 + 2 + 8 + 4;
-/// The largest body a record has (an event).
-pub(super) const MAX_BODY: usize = 1 + 8 + 2 + 4 + 8 + 16;
+/// The longest idempotency key a completion record holds.
+pub const MAX_KEY: usize = 1024;
+/// The longest response a completion record holds.
+pub const MAX_RESPONSE: usize = 64 << 10;
+/// The largest body a record has (a completion with the longest key and
+/// response).
+pub(super) const MAX_BODY: usize = 1 + 8 + 8 + 2 + MAX_KEY + 1 + 4 + MAX_RESPONSE;
 const EVENT: u8 = 1;
 const LOST: u8 = 2;
+const COMPLETED: u8 = 3;
 
 /// What a record holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Body {
     Event(Event),
     Lost(u64),
+    /// An idempotency key whose call completed: (wall-clock ns since the
+    /// Unix epoch, key, response if kept).
+    Completed(u64, Vec<u8>, Option<Vec<u8>>),
 }
 
 /// A segment header for a segment whose first record is `first_seq`.
@@ -67,9 +77,29 @@ pub(super) fn read_header(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(h[6..14].try_into().ok()?))
 }
 
-/// Appends the record `seq: body` to `out`.
+/// Appends the record `seq: body` to `out`. A completion's key and
+/// response must be within [`MAX_KEY`] and [`MAX_RESPONSE`] (the journal
+/// checks before).
 pub(super) fn encode(out: &mut Vec<u8>, seq: u64, body: &Body) {
-    let mut b = [0u8; MAX_BODY];
+    if let Body::Completed(at, key, response) = body {
+        let start = out.len();
+        out.extend_from_slice(&[0u8; 8]);
+        out.push(COMPLETED);
+        out.extend_from_slice(&seq.to_le_bytes());
+        out.extend_from_slice(&at.to_le_bytes());
+        out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+        out.extend_from_slice(key);
+        let resp: &[u8] = response.as_deref().unwrap_or(&[]);
+        out.push(u8::from(response.is_some()));
+        out.extend_from_slice(&(resp.len() as u32).to_le_bytes());
+        out.extend_from_slice(resp);
+        let n = out.len() - start - 8;
+        let crc = crc32(&out[start + 8..]);
+        out[start..start + 4].copy_from_slice(&(n as u32).to_le_bytes());
+        out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        return;
+    }
+    let mut b = [0u8; 39];
     let n = match body {
         Body::Event(e) => {
             b[0] = EVENT;
@@ -87,6 +117,7 @@ pub(super) fn encode(out: &mut Vec<u8>, seq: u64, body: &Body) {
             b[9..17].copy_from_slice(&n.to_le_bytes());
             17
         }
+        Body::Completed(..) => unreachable!("encoded above"),
     };
     out.extend_from_slice(&(n as u32).to_le_bytes());
     out.extend_from_slice(&crc32(&b[..n]).to_le_bytes());
@@ -117,6 +148,22 @@ pub(super) fn decode(bytes: &[u8]) -> Option<(u64, Body, usize)> {
             [u64_at(23)?, u64_at(31)?],
         )),
         (&LOST, 17) => Body::Lost(u64_at(9)?),
+        (&COMPLETED, _) => {
+            let at = u64_at(9)?;
+            let klen = u16::from_le_bytes(b.get(17..19)?.try_into().ok()?) as usize;
+            if klen > MAX_KEY {
+                return None;
+            }
+            let key = b.get(19..19 + klen)?;
+            let r = 19 + klen;
+            let flag = *b.get(r)?;
+            let rlen = u32::from_le_bytes(b.get(r + 1..r + 5)?.try_into().ok()?) as usize;
+            if flag > 1 || (flag == 0 && rlen != 0) || rlen > MAX_RESPONSE || r + 5 + rlen != len {
+                return None;
+            }
+            let response = (flag == 1).then(|| b[r + 5..].to_vec());
+            Body::Completed(at, key.to_vec(), response)
+        }
         _ => return None,
     };
     Some((seq, body, 8 + len))
