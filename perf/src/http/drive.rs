@@ -1,6 +1,6 @@
 //! `drive`: the demo's load against a service of your own.
 //!
-//! The same open-loop generator as the demo ([`load`](super::load)): a
+//! The same open-loop generator as the demo ([`load`]): a
 //! constant rate of arrivals, sent whether or not earlier ones were
 //! answered, latency measured from each arrival's scheduled instant,
 //! bounded in flight and per request. It prints what the service answered
