@@ -52,6 +52,7 @@ mod fleet_sim;
 mod hosts;
 mod http;
 mod replay;
+mod restart;
 mod simulate;
 
 use std::error::Error;
@@ -140,6 +141,14 @@ enum Command {
     /// refresh interval; writes CSV and an SVG plot, exit 1 when a run
     /// breaks the stated over-admission bound.
     FleetSim(fleet_sim::FleetSimArgs),
+    /// A service (a child process: a registry's rate limiter and breaker,
+    /// its state saved periodically) killed with SIGKILL mid-load and
+    /// restarted from its state file; checks the quota across the restart,
+    /// that the breaker stays open, and measures the gap.
+    Restart(restart::RestartArgs),
+    /// The service of `restart`, run by it as a child process.
+    #[command(hide = true)]
+    RestartChild(restart::ChildArgs),
 }
 
 /// Runs the command: `Ok(true)` when it passed.
@@ -166,6 +175,8 @@ fn run(command: &Command) -> Result<bool, Box<dyn Error>> {
             http::block_on(async { replay::record(args).await.map(|()| true) })
         }
         Command::FleetSim(args) => fleet_sim::main(args),
+        Command::Restart(args) => restart::main(args),
+        Command::RestartChild(args) => restart::child(args).map(|()| true),
     }
 }
 
