@@ -528,10 +528,15 @@ impl Second {
 }
 
 fn seconds(sent: &[Sent], admitted: &[f64], n: usize) -> Vec<Second> {
+    buckets(sent, admitted, n, 1.0)
+}
+
+/// The run in `n` buckets of `width` seconds.
+fn buckets(sent: &[Sent], admitted: &[f64], n: usize, width: f64) -> Vec<Second> {
     let mut out = vec![Second::default(); n];
     let mut latencies: Vec<Vec<Duration>> = vec![Vec::new(); n];
     for s in sent {
-        let i = (s.at.as_secs() as usize).min(n - 1);
+        let i = ((s.at.as_secs_f64() / width) as usize).min(n - 1);
         let b = &mut out[i];
         b.sent += 1;
         match s.status {
@@ -549,7 +554,7 @@ fn seconds(sent: &[Sent], admitted: &[f64], n: usize) -> Vec<Second> {
     }
     for &t in admitted {
         if t >= 0.0 {
-            out[(t as usize).min(n - 1)].admitted += 1;
+            out[((t / width) as usize).min(n - 1)].admitted += 1;
         }
     }
     for (b, mut l) in out.iter_mut().zip(latencies) {
@@ -791,8 +796,9 @@ async fn run(args: &RestartArgs, dir: &Path) -> Result<bool, Box<dyn Error>> {
     );
     std::fs::create_dir_all(&args.out)?;
     let path = args.out.join("restart.svg");
-    plot(&path, args, &per_second, outcome.kill)?;
-    print!("{text}plot: {}\n", path.display());
+    let tenths = buckets(&outcome.sent, &outcome.admitted, n * 10, 0.1);
+    plot(&path, args, &tenths, outcome.kill)?;
+    println!("{text}plot: {}", path.display());
     Ok(checks.iter().all(|c| c.2))
 }
 
@@ -896,20 +902,24 @@ fn report(
     text
 }
 
-/// Per-second answers by status, the kill marked.
+/// A line of the plot: its label, colour and value in one second.
+type Series = (&'static str, RGBColor, fn(&Second) -> u64);
+
+/// Answers by status in 0.1 s buckets (as rates a second), the kill marked.
 fn plot(
     path: &Path,
     args: &RestartArgs,
-    per_second: &[Second],
+    tenths: &[Second],
     kill: Duration,
 ) -> Result<(), Box<dyn Error>> {
     let root = SVGBackend::new(path, (1000, 480)).into_drawing_area();
     root.fill(&WHITE)?;
-    let x1 = per_second.len() as f64;
-    let top = per_second.iter().map(|b| b.sent).max().unwrap_or(1).max(1) as f64 * 1.15;
+    // Buckets of 0.1 s, drawn as rates a second.
+    let x1 = tenths.len() as f64 / 10.0;
+    let top = tenths.iter().map(|b| b.sent).max().unwrap_or(1).max(1) as f64 * 11.5;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "tenlives restart: answers per second, the service SIGKILLed and restarted",
+            "tenlives restart: answers by status (per second, in 0.1 s buckets), the service SIGKILLed and restarted",
             ("sans-serif", 18),
         )
         .margin(10)
@@ -934,7 +944,7 @@ fn plot(
                 RGBColor(0xDC, 0x32, 0x2F).filled(),
             )
         });
-    let series: [(&str, RGBColor, fn(&Second) -> u64); 6] = [
+    let series: [Series; 6] = [
         ("200", RGBColor(0x14, 0x5A, 0x28), |b| b.ok),
         ("429 over quota", RGBColor(0x26, 0x8B, 0xD2), |b| b.limited),
         ("503 breaker open", RGBColor(0xB5, 0x89, 0x00), |b| {
@@ -949,10 +959,10 @@ fn plot(
         }),
     ];
     for (label, color, f) in series {
-        let points: Vec<(f64, f64)> = per_second
+        let points: Vec<(f64, f64)> = tenths
             .iter()
             .enumerate()
-            .map(|(i, b)| (i as f64 + 0.5, f(b) as f64))
+            .map(|(i, b)| ((i as f64 + 0.5) / 10.0, f(b) as f64 * 10.0))
             .collect();
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))?
