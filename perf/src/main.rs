@@ -16,6 +16,7 @@
 //! cargo run --release -p tenlives-perf -- fleet --seconds 20   # three fronts sharing one quota through Redis
 //! cargo run --release -p tenlives-perf -- replay --trace perf/replay/demo.trace --config perf/replay/tight.yaml --config perf/replay/loose.toml
 //! cargo run --release -p tenlives-perf -- fleet-sim            # the Redis lease protocol in virtual time
+//! cargo run --release -p tenlives-perf -- restart              # a service SIGKILLed mid-load, restarted from its state file
 //! ```
 //!
 //! - [`http`]: `demo` starts, on loopback, an upstream HTTP service that
@@ -40,6 +41,9 @@
 //! - `replay`: a recorded request trace replayed in virtual time against one
 //!   or two configuration files, side by side, with plots; `record` makes a
 //!   trace from a short real run (`docs/replay.md`).
+//! - `restart`: a service (this binary as a child process) with a registry's
+//!   rate limiter and breaker, its state saved periodically, SIGKILLed
+//!   mid-load and restarted from its state file (`docs/snapshots.md`).
 //!
 //! Exit status: 0 on success, 1 when a scenario's check failed, 2 on an
 //! error (bad options, a port that cannot be bound, a file that cannot be
@@ -228,6 +232,37 @@ mod tests {
         };
         assert_eq!(a.seconds, 5);
         assert!(Cli::try_parse_from(["tenlives-perf", "fleet", "--seconds", "1"]).is_err());
+    }
+
+    #[test]
+    fn restart_takes_its_options() {
+        let cli = Cli::try_parse_from(["tenlives-perf", "restart", "--seconds", "6"]).unwrap();
+        let Command::Restart(a) = cli.command else {
+            panic!("parsed as restart")
+        };
+        assert_eq!((a.seconds, a.rate, a.quota, a.burst), (6, 300, 100, 100));
+        assert!(!a.no_restore);
+        assert!(Cli::try_parse_from(["tenlives-perf", "restart", "--seconds", "2"]).is_err());
+        let cli = Cli::try_parse_from([
+            "tenlives-perf",
+            "restart-child",
+            "--state-dir",
+            "/tmp/x",
+            "--port",
+            "1",
+            "--upstream",
+            "127.0.0.1:2",
+            "--quota",
+            "100",
+            "--burst",
+            "20",
+            "--save-ms",
+            "50",
+            "--open-ms",
+            "2000",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Command::RestartChild(_)));
     }
 
     #[test]
