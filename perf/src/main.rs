@@ -16,6 +16,7 @@
 //! cargo run --release -p tenlives-perf -- fleet --seconds 20   # three fronts sharing one quota through Redis
 //! cargo run --release -p tenlives-perf -- replay --trace perf/replay/demo.trace --config perf/replay/tight.yaml --config perf/replay/loose.toml
 //! cargo run --release -p tenlives-perf -- fleet-sim            # the Redis lease protocol in virtual time
+//! cargo run --release -p tenlives-perf -- restart              # a service SIGKILLed mid-load, restarted from its state file
 //! ```
 //!
 //! - [`http`]: `demo` starts, on loopback, an upstream HTTP service that
@@ -40,6 +41,9 @@
 //! - `replay`: a recorded request trace replayed in virtual time against one
 //!   or two configuration files, side by side, with plots; `record` makes a
 //!   trace from a short real run (`docs/replay.md`).
+//! - `restart`: a service (this binary as a child process) with a registry's
+//!   rate limiter and breaker, its state saved periodically, SIGKILLed
+//!   mid-load and restarted from its state file (`docs/snapshots.md`).
 //!
 //! Exit status: 0 on success, 1 when a scenario's check failed, 2 on an
 //! error (bad options, a port that cannot be bound, a file that cannot be
@@ -52,6 +56,7 @@ mod fleet_sim;
 mod hosts;
 mod http;
 mod replay;
+mod restart;
 mod simulate;
 
 use std::error::Error;
@@ -140,6 +145,14 @@ enum Command {
     /// refresh interval; writes CSV and an SVG plot, exit 1 when a run
     /// breaks the stated over-admission bound.
     FleetSim(fleet_sim::FleetSimArgs),
+    /// A service (a child process: a registry's rate limiter and breaker,
+    /// its state saved periodically) killed with SIGKILL mid-load and
+    /// restarted from its state file; checks the quota across the restart,
+    /// that the breaker stays open, and measures the gap.
+    Restart(restart::RestartArgs),
+    /// The service of `restart`, run by it as a child process.
+    #[command(hide = true)]
+    RestartChild(restart::ChildArgs),
 }
 
 /// Runs the command: `Ok(true)` when it passed.
@@ -166,6 +179,8 @@ fn run(command: &Command) -> Result<bool, Box<dyn Error>> {
             http::block_on(async { replay::record(args).await.map(|()| true) })
         }
         Command::FleetSim(args) => fleet_sim::main(args),
+        Command::Restart(args) => restart::main(args),
+        Command::RestartChild(args) => restart::child(args).map(|()| true),
     }
 }
 
@@ -217,6 +232,37 @@ mod tests {
         };
         assert_eq!(a.seconds, 5);
         assert!(Cli::try_parse_from(["tenlives-perf", "fleet", "--seconds", "1"]).is_err());
+    }
+
+    #[test]
+    fn restart_takes_its_options() {
+        let cli = Cli::try_parse_from(["tenlives-perf", "restart", "--seconds", "6"]).unwrap();
+        let Command::Restart(a) = cli.command else {
+            panic!("parsed as restart")
+        };
+        assert_eq!((a.seconds, a.rate, a.quota, a.burst), (6, 300, 100, 100));
+        assert!(!a.no_restore);
+        assert!(Cli::try_parse_from(["tenlives-perf", "restart", "--seconds", "2"]).is_err());
+        let cli = Cli::try_parse_from([
+            "tenlives-perf",
+            "restart-child",
+            "--state-dir",
+            "/tmp/x",
+            "--port",
+            "1",
+            "--upstream",
+            "127.0.0.1:2",
+            "--quota",
+            "100",
+            "--burst",
+            "20",
+            "--save-ms",
+            "50",
+            "--open-ms",
+            "2000",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Command::RestartChild(_)));
     }
 
     #[test]
