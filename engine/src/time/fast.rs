@@ -59,8 +59,8 @@ use crate::sync::{AtomicU64, Ordering};
 /// calling thread (a thread-local word: nothing shared is written, so
 /// readings on many cores do not contend). Across threads, readings are as
 /// ordered as the counter; [`TscClock::shared_clamp`] orders them too, at
-/// the price of a shared write per reading (see the [module
-/// documentation](self)).
+/// the price of a shared write per reading (`docs/clocks-and-timers.md`,
+/// "Monotonicity").
 ///
 /// The first clock made in a process calibrates the counter against the OS
 /// clock, which can take up to about 200 ms (quanta's figure); later ones
