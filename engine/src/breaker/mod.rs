@@ -1064,7 +1064,7 @@ impl<S: EventSink> CircuitBreaker<S> {
         // call kept the forced-open rejection at its instruction count.
         let s = self.load();
         if s.kind() != KIND_SCOUTING {
-            return self.try_acquire_raw(now);
+            return self.try_acquire_again(now);
         }
         // ordering: Relaxed; the Acquire load of the open word made the
         // tripping thread's store visible.
@@ -1078,7 +1078,7 @@ impl<S: EventSink> CircuitBreaker<S> {
         }
         let half_open = s.next(KIND_HALF_OPEN, s.trips(), 1);
         if self.exchange(s, half_open).is_err() {
-            return self.try_acquire_raw(now);
+            return self.try_acquire_again(now);
         }
         let probes = self.with_era(|cfg, _| u64::from(cfg.probes));
         self.emit(
@@ -1087,6 +1087,16 @@ impl<S: EventSink> CircuitBreaker<S> {
             [u64::from(s.trips()), probes],
         );
         Ok(self.permit(half_open, PermitKind::Probe, now))
+    }
+
+    /// `try_acquire_raw` from the start, out of line: the scouting path's
+    /// way back when the word moved on. One call site for both of its
+    /// returns, so a firmware carries one more copy of the admission, not
+    /// two (`benches/size-gate.py`: 18 476 bytes with two).
+    #[cold]
+    #[inline(never)]
+    fn try_acquire_again(&self, now: Timestamp) -> Result<RawPermit, Rejected> {
+        self.try_acquire_raw(now)
     }
 
     /// An open breaker whose deadline `until` has passed, with scouts every
