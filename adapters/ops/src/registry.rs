@@ -209,6 +209,14 @@ pub enum RegistryError {
         /// Whether its configuration names a retry budget.
         configured: bool,
     },
+    /// A stack's retry backoff is invalid (a configuration built in code:
+    /// files are checked when they load).
+    InvalidStack {
+        /// The stack.
+        name: String,
+        /// The backoff's error.
+        error: tenlives_engine::ConfigError,
+    },
 }
 
 impl fmt::Display for RegistryError {
@@ -246,6 +254,12 @@ impl fmt::Display for RegistryError {
                 f,
                 "the stack `{name}` names no `retry_budget`: build it with `Registry::stack`, or add `stack.instances.{name}.retry_budget`"
             ),
+            RegistryError::InvalidStack { name, error } => {
+                write!(
+                    f,
+                    "the stack `{name}` has an invalid retry backoff: {error}"
+                )
+            }
         }
     }
 }
@@ -992,7 +1006,9 @@ impl Registry {
     /// Its services need `Clone` requests and a `Clone` wrapped service.
     ///
     /// Errors: as [`stack`](Self::stack); [`RegistryError::Retries`] if
-    /// the stack names no retry budget.
+    /// the stack names no retry budget; [`RegistryError::InvalidStack`] for
+    /// a backoff that does not validate (possible only for a configuration
+    /// built in code).
     ///
     /// ```
     /// # #[cfg(feature = "yaml")]
@@ -1028,10 +1044,14 @@ impl Registry {
             });
         };
         let budget = self.retry_budget(&retry.budget)?;
-        // Validated when the configuration was loaded.
+        // Validated when a file loads; a configuration built in code (its
+        // fields are public) is checked here.
         let backoff = retry
             .schedule()
-            .expect("a stack's backoff is validated when its configuration loads");
+            .map_err(|error| RegistryError::InvalidStack {
+                name: name.to_owned(),
+                error,
+            })?;
         let layer = self
             .stack_builder(&shape)?
             .retry(RetryPolicy::shared(backoff, budget))

@@ -420,3 +420,20 @@ fn a_stack_backoff_is_validated_with_file_line_and_key() {
     let e = ConfigSet::from_path(&path).unwrap_err();
     assert_eq!(e.path.as_str(), "stack.instances.s.retry_backoff", "{e}");
 }
+
+#[test]
+fn a_backoff_built_in_code_that_does_not_validate_is_a_typed_error() {
+    let mut set = ConfigSet::from_str("r.yaml", RETRYING, tenlives_ops::Format::Yaml).unwrap();
+    // Files are checked when they load; fields set in code are not.
+    let (_, users) = set.stack.instances.get_mut("users").unwrap();
+    let retry = users.retry.as_mut().unwrap();
+    retry.backoff = Duration::from_secs(2);
+    retry.backoff_cap = Duration::from_secs(1);
+    let registry = Registry::builder().config(set).build();
+    let e = registry.retrying_stack("users").unwrap_err();
+    assert!(
+        matches!(&e, RegistryError::InvalidStack { name, .. } if name == "users"),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("invalid retry backoff"), "{e}");
+}
