@@ -22,11 +22,13 @@
 //!
 //! Headline rows measure tenlives the way its adapters call it: the engine
 //! never reads a clock, so the row reads the adapters' default clock (the
-//! process's `TscClock`, quanta's TSC) once at admission, and once more at
-//! the end only where the breaker says the outcome needs the time
+//! process's `TscClock`, quanta's TSC) at admission only where the decision
+//! needs it (`try_acquire_raw_with`: an open breaker, or a slow-call rule),
+//! and at the end only where the breaker says the outcome needs the time
 //! (`record_needs_time`: the default time window does, the
 //! consecutive-failures rule and the count window do not), exactly as the
-//! tower layers and the stack do. failsafe reads `Instant::now()` itself
+//! breaker layer and the futures adapter do (the stack reads once at the
+//! call when it has a timeout or a rate limit, which need the time anyway). failsafe reads `Instant::now()` itself
 //! wherever its design needs it (its rate window on every success, its open
 //! state on every admission), with its default clock. The secondary rows
 //! ending in `_no_clock_read` give tenlives `now` for free (a counter
@@ -80,8 +82,8 @@ where
     }
 }
 
-/// A tenlives breaker as the adapters call it: the clock read at admission,
-/// and at the end only where the outcome needs the time.
+/// A tenlives breaker as the adapters call it: the clock read at admission
+/// and at the end only where the decision needs the time.
 struct Clocked<'a> {
     breaker: &'a CircuitBreaker,
     clock: &'a TscClock,
@@ -91,12 +93,13 @@ impl ClosedSuccess for Clocked<'_> {
     #[inline]
     fn succeed(&self, _t: u64) {
         let b = self.breaker;
-        let now = self.clock.now();
-        let permit = b.try_acquire_raw(now).expect("a closed breaker admits");
+        let permit = b
+            .try_acquire_raw_with(|| self.clock.now())
+            .expect("a closed breaker admits");
         let end = if b.record_needs_time(&permit, Outcome::Success) {
             self.clock.now()
         } else {
-            now
+            Timestamp::ZERO
         };
         b.record(permit, Outcome::Success, end);
     }
@@ -207,7 +210,7 @@ fn bench_open_rejection(c: &mut Criterion) {
     let b = tenlives_consecutive();
     b.force_open(Timestamp::ZERO);
     group.bench_function("tenlives_forced_open", |bench| {
-        bench.iter(|| b.try_acquire_raw(clock.now()).err());
+        bench.iter(|| b.try_acquire_raw_with(|| clock.now()).err());
     });
     group.bench_function("tenlives_forced_open_no_clock_read", |bench| {
         let mut t = START_NS;
@@ -235,7 +238,7 @@ fn bench_open_rejection(c: &mut Criterion) {
             .failure(tripped_at);
     }
     group.bench_function("tenlives_tripped", |bench| {
-        bench.iter(|| on_clock.try_acquire_raw(clock.now()).err());
+        bench.iter(|| on_clock.try_acquire_raw_with(|| clock.now()).err());
     });
     assert_eq!(on_clock.state(), BreakerState::Open);
     group.bench_function("tenlives_tripped_no_clock_read", |bench| {

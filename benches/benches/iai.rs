@@ -27,12 +27,14 @@
 //! are peers and a floor, reported for the ratios only:
 //!
 //! - `tenlives_breaker_time_window`: a closed breaker with the default
-//!   configuration (a failure rate over a time window): `try_acquire(now)` +
-//!   `Permit::success(now)`.
+//!   configuration (a failure rate over a time window): admitted with
+//!   `try_acquire_raw_with(clock)` (no reading: closed, no slow-call rule)
+//!   and recorded a success at its end (one reading: the window's bucket).
+//!   Its `_no_clock_read` twin: `try_acquire(now)` + `Permit::success(now)`.
 //! - `tenlives_breaker_consecutive`: the same with the consecutive-failures
-//!   rule alone.
-//! - `tenlives_breaker_rejection`: `try_acquire(now)` refused by a
-//!   force-opened breaker.
+//!   rule alone (no reading at all).
+//! - `tenlives_breaker_rejection`: `try_acquire_raw_with(clock)` refused by a
+//!   force-opened breaker (one reading).
 //! - `tenlives_bulkhead`: `Bulkhead::try_acquire()` + drop of the permit, limit
 //!   1000.
 //! - `tenlives_event_push`: `EventRing::push` into a full ring of 1024.
@@ -255,17 +257,20 @@ fn breaker_success(b: &CircuitBreaker, now: Timestamp) {
 }
 
 /// A closed breaker's call that succeeds, as the adapters make it: the
-/// clock read at admission, and at the end only where the outcome needs the
-/// time (`record_needs_time`).
+/// clock read at admission only where the decision needs it
+/// (`try_acquire_raw_with`: not for a closed breaker without a slow-call
+/// rule), and at the end only where the outcome needs the time
+/// (`record_needs_time`).
 #[inline(always)]
 fn breaker_success_timed(t: &Timed<CircuitBreaker>) {
     let b = &t.subject;
-    let now = t.now();
-    let permit = b.try_acquire_raw(now).expect("a closed breaker admits");
+    let permit = b
+        .try_acquire_raw_with(|| t.now())
+        .expect("a closed breaker admits");
     let end = if b.record_needs_time(&permit, Outcome::Success) {
         t.now()
     } else {
-        now
+        Timestamp::ZERO
     };
     b.record(permit, Outcome::Success, end);
 }
@@ -736,7 +741,7 @@ mod harness {
     #[library_benchmark]
     #[bench::op(setup = breaker_forced_open_timed)]
     fn tenlives_breaker_rejection(b: Box<Timed<CircuitBreaker>>) -> Box<Timed<CircuitBreaker>> {
-        black_box(b.subject.try_acquire_raw(b.now()).err());
+        black_box(b.subject.try_acquire_raw_with(|| b.now()).err());
         b
     }
 

@@ -6,7 +6,7 @@
 //!
 //! | policy | admit | complete with `Success` / `Failure` / `Ignored` | abandon (drop) |
 //! |---|---|---|---|
-//! | [`CircuitBreaker`] | `try_acquire(now)` | `record(outcome, now)` | permit released, nothing recorded |
+//! | [`CircuitBreaker`] | `try_acquire_with(now)`: no clock read when closed without a slow-call rule | `record_with(outcome, now)`: a clock read only where a rule needs the end time | permit released, nothing recorded |
 //! | [`Bulkhead`] | `try_acquire()`, no clock read | permit released, no clock read | permit released |
 //! | [`AdaptiveLimiter`] | `try_acquire(now)` | `success(now)` (round-trip time) / `dropped(now)` / released without a sample | released without a sample |
 //! | [`Throttle`] | `try_admit(now)` | `accepted(now)` / `refused(now)` / not counted | not counted |
@@ -53,12 +53,12 @@ impl<S: EventSink> Admission for CircuitBreaker<S> {
 
     #[inline]
     fn admit<C: Clock>(&self, clock: &C) -> Result<Permit<'_, S>, Rejected> {
-        self.try_acquire(clock.now())
+        self.try_acquire_with(|| clock.now())
     }
 
     #[inline]
     fn complete<C: Clock>(permit: Permit<'_, S>, outcome: Outcome, clock: &C) {
-        permit.record(outcome, clock.now());
+        permit.record_with(outcome, || clock.now());
     }
 }
 

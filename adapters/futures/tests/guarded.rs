@@ -234,3 +234,55 @@ async fn a_panicking_tokio_task_releases_the_permit() {
     assert!(task.await.unwrap_err().is_cancelled());
     assert_eq!(bh.in_flight(), 0);
 }
+
+/// A clock that counts its readings.
+struct Counting {
+    inner: ManualClock,
+    reads: std::cell::Cell<u32>,
+}
+
+impl Clock for Counting {
+    fn now(&self) -> tenlives_engine::time::Timestamp {
+        self.reads.set(self.reads.get() + 1);
+        self.inner.now()
+    }
+}
+
+#[test]
+fn a_guarded_breaker_reads_the_clock_only_where_a_rule_needs_it() {
+    use core::time::Duration;
+    use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker};
+    let clock = Counting {
+        inner: ManualClock::new(),
+        reads: std::cell::Cell::new(0),
+    };
+    let reads_for = |b: &CircuitBreaker, result: Result<u32, &'static str>| {
+        let before = clock.reads.get();
+        let _ = block_on(guard(b, &clock, classify, Steps::new(1, result)));
+        clock.reads.get() - before
+    };
+    // Consecutive failures alone: a success reads nothing; a failure reads
+    // its end (it may open the breaker); an open breaker reads at admission.
+    let consecutive = CircuitBreaker::new(
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .consecutive_failures(1)
+            .build()
+            .unwrap(),
+    );
+    assert_eq!(reads_for(&consecutive, Ok(1)), 0);
+    assert_eq!(reads_for(&consecutive, Err("boom")), 1);
+    assert_eq!(consecutive.state(), BreakerState::Open);
+    assert_eq!(reads_for(&consecutive, Ok(1)), 1);
+    // A time window finds a success's bucket by its end; a slow-call rule
+    // also measures from the admission.
+    let window = CircuitBreaker::new(BreakerConfig::default());
+    assert_eq!(reads_for(&window, Ok(1)), 1);
+    let slow = CircuitBreaker::new(
+        BreakerConfig::builder()
+            .slow_calls(50.0, Duration::from_secs(1))
+            .build()
+            .unwrap(),
+    );
+    assert_eq!(reads_for(&slow, Ok(1)), 2);
+}

@@ -127,6 +127,30 @@ pub trait Admission {
     /// retry.
     fn admit(&self, now: Timestamp) -> Result<Self::Token, Rejection>;
 
+    /// Admits a request, reading the time through `now` only if the
+    /// decision needs it, and says when it was admitted: the time read, or
+    /// `None` when none was. [`AdmissionLayer`]'s services admit through
+    /// it. Default: reads the time when [`needs_time`](Self::needs_time)
+    /// says so, then [`admit`](Self::admit). A policy whose need depends on
+    /// its state overrides it (a closed circuit breaker without a
+    /// slow-call rule reads nothing, see
+    /// [`CircuitBreaker::try_acquire_raw_with`](tenlives_engine::breaker::CircuitBreaker::try_acquire_raw_with)).
+    /// An override that returns `None` promises that
+    /// [`complete`](Self::complete) ignores its `admitted_at`.
+    ///
+    /// # Errors
+    ///
+    /// As [`admit`](Self::admit).
+    #[inline]
+    fn admit_with(
+        &self,
+        now: impl FnOnce() -> Timestamp,
+    ) -> Result<(Self::Token, Option<Timestamp>), Rejection> {
+        let now = self.needs_time().then(now);
+        self.admit(now.unwrap_or(Timestamp::ZERO))
+            .map(|token| (token, now))
+    }
+
     /// The request admitted at `admitted_at` ended at `now` with `outcome`.
     fn complete(
         &self,
@@ -171,6 +195,17 @@ impl<A: Admission> Admission for Option<A> {
         match self {
             Some(a) => a.admit(now).map(Some),
             None => Ok(None),
+        }
+    }
+
+    #[inline]
+    fn admit_with(
+        &self,
+        now: impl FnOnce() -> Timestamp,
+    ) -> Result<(Self::Token, Option<Timestamp>), Rejection> {
+        match self {
+            Some(a) => a.admit_with(now).map(|(token, at)| (Some(token), at)),
+            None => Ok((None, None)),
         }
     }
 
@@ -307,6 +342,14 @@ impl<A: Admission + ?Sized> Admission for &A {
     }
 
     #[inline]
+    fn admit_with(
+        &self,
+        now: impl FnOnce() -> Timestamp,
+    ) -> Result<(Self::Token, Option<Timestamp>), Rejection> {
+        (**self).admit_with(now)
+    }
+
+    #[inline]
     fn complete(
         &self,
         token: Self::Token,
@@ -348,6 +391,14 @@ impl<A: Admission + ?Sized> Admission for Arc<A> {
     #[inline]
     fn admit(&self, now: Timestamp) -> Result<Self::Token, Rejection> {
         (**self).admit(now)
+    }
+
+    #[inline]
+    fn admit_with(
+        &self,
+        now: impl FnOnce() -> Timestamp,
+    ) -> Result<(Self::Token, Option<Timestamp>), Rejection> {
+        (**self).admit_with(now)
     }
 
     #[inline]
@@ -580,17 +631,27 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let shared = &self.shared;
-        let now = if shared.time_at_call {
-            shared.clock.now()
+        // The policy reads the clock only if its decision needs it; a call
+        // timed at its end without an admission time is one whose policy
+        // ignores it (`Admission::admit_with`).
+        let admitted = if shared.time_at_call {
+            shared.policy.admit_with(|| shared.clock.now())
         } else {
-            Timestamp::ZERO
+            shared
+                .policy
+                .admit(Timestamp::ZERO)
+                .map(|token| (token, None))
         };
-        let held = match shared.policy.admit(now) {
+        let held = match admitted {
             // Nothing to hold: the call runs unaccompanied.
             Ok(_) if !A::HOLDS => None,
             // The holder owns the token before the wrapped service's `call`
             // runs: a panic there unwinds through `held`, which releases it.
-            Ok(token) => Some(Held::new(Arc::clone(shared), token, now)),
+            Ok((token, at)) => Some(Held::new(
+                Arc::clone(shared),
+                token,
+                at.unwrap_or(Timestamp::ZERO),
+            )),
             Err(rejection) => {
                 let span = call_span!("tenlives.admission", A::NAME);
                 span.rejected(&rejection);

@@ -49,7 +49,8 @@ impl<Snk: EventSink> Admission for CircuitBreaker<Snk> {
     const NAME: &'static str = "circuit_breaker";
 
     /// Always: an open breaker needs the time to know whether its open period
-    /// is over, and a closed one times calls for its slow-call rule.
+    /// is over, and a closed one times calls for its slow-call rule (a
+    /// closed one without that rule reads none: see `admit_with`).
     #[inline]
     fn needs_time(&self) -> bool {
         true
@@ -65,6 +66,19 @@ impl<Snk: EventSink> Admission for CircuitBreaker<Snk> {
     #[inline]
     fn admit(&self, now: Timestamp) -> Result<RawPermit, Rejection> {
         self.try_acquire_raw(now).map_err(Rejection::from)
+    }
+
+    /// Reads the time only where the breaker decides with it: not for a
+    /// closed breaker without a slow-call rule (the permit carries its own
+    /// admission time when a rule measures the call).
+    #[inline]
+    fn admit_with(
+        &self,
+        now: impl FnOnce() -> Timestamp,
+    ) -> Result<(RawPermit, Option<Timestamp>), Rejection> {
+        self.try_acquire_raw_with(now)
+            .map(|permit| (permit, None))
+            .map_err(Rejection::from)
     }
 
     #[inline]

@@ -205,16 +205,51 @@ async fn the_timeout_and_retry_layers_read_the_clock_once() {
     assert_eq!(reads_per_request(clock, &mut svc, 100).await, 1.0);
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn a_breaker_layer_reads_the_end_time_only_where_a_rule_needs_it() {
+/// Clock readings per request through a breaker layer alone.
+async fn breaker_layer_reads(breaker: CircuitBreaker, n: u64) -> f64 {
     let (clock, source) = counting();
     let layer = tenlives_tokio::CircuitBreakerLayer::with_classifier(
-        count_breaker(),
+        breaker,
         tenlives_tokio::DefaultClassifier,
         source,
     );
     let mut svc = layer.layer(PendingOnce);
-    assert_eq!(reads_per_request(clock, &mut svc, 100).await, 1.0);
+    reads_per_request(clock, &mut svc, n).await
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_breaker_layer_reads_the_clock_only_where_a_rule_needs_it() {
+    // Closed, consecutive failures only: a success needs no time, and
+    // neither does the admission.
+    assert_eq!(breaker_layer_reads(count_breaker(), 100).await, 0.0);
+    // A failure rate over a time window: the end time finds the bucket.
+    let default = CircuitBreaker::new(BreakerConfig::default());
+    assert_eq!(breaker_layer_reads(default, 100).await, 1.0);
+    // A slow-call rule measures the call: at admission and at the end.
+    let slow = CircuitBreaker::new(
+        BreakerConfig::builder()
+            .slow_calls(50.0, Duration::from_secs(1))
+            .build()
+            .unwrap(),
+    );
+    assert_eq!(breaker_layer_reads(slow, 100).await, 2.0);
+    // Open: the admission reads the time to know whether the open period
+    // is over (and refuses; nothing is read at an end that never comes).
+    let open = count_breaker();
+    open.force_open(Timestamp::ZERO);
+    let (clock, source) = counting();
+    let layer = tenlives_tokio::CircuitBreakerLayer::with_classifier(
+        open,
+        tenlives_tokio::DefaultClassifier,
+        source,
+    );
+    let mut svc = layer.layer(PendingOnce);
+    let before = clock.reads(); // the layer's clock reads once when made
+    for _ in 0..10 {
+        let err = svc.ready().await.unwrap().call(1).await.unwrap_err();
+        assert!(err.is_rejected());
+    }
+    assert_eq!(clock.reads() - before, 10);
 }
 
 #[tokio::test(flavor = "current_thread")]

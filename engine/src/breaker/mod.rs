@@ -249,7 +249,9 @@ impl RawPermit {
     pub fn is_probe(&self) -> bool {
         matches!(self.kind, PermitKind::Probe | PermitKind::Scout)
     }
-    /// When the call was admitted (the `now` given to the admission).
+    /// When the call was admitted (the `now` given to the admission);
+    /// [`Timestamp::MAX`] when it was admitted through
+    /// [`CircuitBreaker::try_acquire_raw_with`] without reading the time.
     pub fn admitted_at(&self) -> Timestamp {
         self.admitted_at
     }
@@ -271,6 +273,21 @@ impl<S: EventSink> Permit<'_, S> {
     /// Reports the call's outcome; `now` is when it completed.
     pub fn record(mut self, outcome: Outcome, now: Timestamp) {
         if let Some(raw) = self.raw.take() {
+            self.breaker.record(raw, outcome, now);
+        }
+    }
+    /// Reports the call's outcome, reading when it completed through `now`
+    /// only if the record needs it (see
+    /// [`CircuitBreaker::record_needs_time`]): with
+    /// [`CircuitBreaker::try_acquire_with`], a success through a closed
+    /// breaker on consecutive failures reads no clock at all.
+    pub fn record_with(mut self, outcome: Outcome, now: impl FnOnce() -> Timestamp) {
+        if let Some(raw) = self.raw.take() {
+            let now = if self.breaker.record_needs_time(&raw, outcome) {
+                now()
+            } else {
+                Timestamp::ZERO
+            };
             self.breaker.record(raw, outcome, now);
         }
     }
@@ -761,7 +778,13 @@ impl<S: EventSink> CircuitBreaker<S> {
     // success path 9 ns (a store-forwarding stall) in the events bench.
     #[inline(always)]
     pub fn try_acquire_raw(&self, now: Timestamp) -> Result<RawPermit, Rejected> {
-        let mut s = self.load();
+        self.acquire_from(self.load(), now)
+    }
+
+    /// [`try_acquire_raw`](Self::try_acquire_raw) from the state word `s`
+    /// just loaded.
+    #[inline(always)]
+    fn acquire_from(&self, mut s: StateWord, now: Timestamp) -> Result<RawPermit, Rejected> {
         loop {
             let kind = match s.kind() {
                 KIND_CLOSED => PermitKind::Closed,
@@ -825,6 +848,88 @@ impl<S: EventSink> CircuitBreaker<S> {
             };
             return Ok(self.permit(s, kind, now));
         }
+    }
+
+    /// Like [`try_acquire`](Self::try_acquire), reading the time through
+    /// `now` only where the decision needs it, at most once: a closed (or
+    /// metrics-only) breaker without a slow-call rule and a disabled one
+    /// admit without it; an open, half-open or forced-open breaker reads
+    /// it (its open period, its events). With a clock read costing more
+    /// than the decision (`docs/clocks-and-timers.md`), this is how a
+    /// caller holding a clock should ask.
+    ///
+    /// A permit admitted without reading the time has
+    /// [`Timestamp::MAX`] as its [`admitted_at`](RawPermit::admitted_at);
+    /// should the configuration gain a slow-call rule before its outcome
+    /// is recorded, the call does not count as slow (its duration is
+    /// unknown).
+    ///
+    /// ```
+    /// use core::cell::Cell;
+    /// use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker};
+    /// use tenlives_engine::time::Timestamp;
+    ///
+    /// let breaker = CircuitBreaker::new(
+    ///     BreakerConfig::builder()
+    ///         .without_failure_rate()
+    ///         .consecutive_failures(5)
+    ///         .build()?,
+    /// );
+    /// let reads = Cell::new(0);
+    /// let clock = || {
+    ///     reads.set(reads.get() + 1);
+    ///     Timestamp::ZERO
+    /// };
+    /// let permit = breaker.try_acquire_with(clock).expect("closed");
+    /// assert_eq!(reads.get(), 0); // closed, no slow-call rule: no reading
+    /// # drop(permit);
+    /// # Ok::<(), tenlives_engine::ConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`try_acquire`](Self::try_acquire).
+    #[inline]
+    pub fn try_acquire_with(
+        &self,
+        now: impl FnOnce() -> Timestamp,
+    ) -> Result<Permit<'_, S>, Rejected> {
+        self.try_acquire_raw_with(now).map(|raw| Permit {
+            breaker: self,
+            raw: Some(raw),
+        })
+    }
+
+    /// [`try_acquire_with`](Self::try_acquire_with) returning the
+    /// low-level token, as [`try_acquire_raw`](Self::try_acquire_raw).
+    ///
+    /// # Errors
+    ///
+    /// As [`try_acquire`](Self::try_acquire).
+    #[inline(always)]
+    pub fn try_acquire_raw_with(
+        &self,
+        now: impl FnOnce() -> Timestamp,
+    ) -> Result<RawPermit, Rejected> {
+        let s = self.load();
+        let kind = match s.kind() {
+            KIND_CLOSED => PermitKind::Closed,
+            KIND_METRICS_ONLY => PermitKind::Metrics,
+            KIND_DISABLED => PermitKind::Passthrough,
+            // Open, opening, half-open, scouting or forced open: the
+            // decision (or its event) needs the time. (This match costs
+            // those refusals 7 instructions in callgrind, 72 -> 79 on the
+            // forced-open row; a bit-set test instead cost them 5 and the
+            // closed admissions 6 more: the closed path is the hot one.)
+            _ => return self.acquire_from(s, now()),
+        };
+        // The same permit `try_acquire_raw` gives in these states (they take
+        // no transition), with the admission time only where a slow-call
+        // rule will measure the call from it.
+        let timed =
+            kind != PermitKind::Passthrough && self.with_era(|cfg, _| cfg.slow_rate_ppm.is_some());
+        let at = if timed { now() } else { Timestamp::MAX };
+        Ok(self.permit(s, kind, at))
     }
 
     #[inline]
