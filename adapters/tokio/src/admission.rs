@@ -321,102 +321,71 @@ impl<A: Admission> Drop for Releasing<'_, A> {
     }
 }
 
-impl<A: Admission + ?Sized> Admission for &A {
-    type Token = A::Token;
-    const HOLDS: bool = A::HOLDS;
-    const NAME: &'static str = A::NAME;
+/// `Admission` for a pointer to a policy (`&A`, `Arc<A>`): every method
+/// handed to the policy, so that the pointer admits exactly as the policy.
+/// One list for both: the reference once missed `needs_time_to_complete`,
+/// and read the clock at the end of every call its breaker did not need.
+macro_rules! delegate_admission {
+    ($(#[$doc:meta])* $pointer:ty) => {
+        $(#[$doc])*
+        impl<A: Admission + ?Sized> Admission for $pointer {
+            type Token = A::Token;
+            const HOLDS: bool = A::HOLDS;
+            const NAME: &'static str = A::NAME;
 
-    #[inline]
-    fn needs_time(&self) -> bool {
-        (**self).needs_time()
-    }
+            #[inline]
+            fn needs_time(&self) -> bool {
+                (**self).needs_time()
+            }
 
-    #[inline]
-    fn needs_time_at_end(&self) -> bool {
-        (**self).needs_time_at_end()
-    }
+            #[inline]
+            fn needs_time_at_end(&self) -> bool {
+                (**self).needs_time_at_end()
+            }
 
-    #[inline]
-    fn admit(&self, now: Timestamp) -> Result<Self::Token, Rejection> {
-        (**self).admit(now)
-    }
+            #[inline]
+            fn needs_time_to_complete(&self, token: &Self::Token, outcome: Outcome) -> bool {
+                (**self).needs_time_to_complete(token, outcome)
+            }
 
-    #[inline]
-    fn admit_with(
-        &self,
-        now: impl FnOnce() -> Timestamp,
-    ) -> Result<(Self::Token, Option<Timestamp>), Rejection> {
-        (**self).admit_with(now)
-    }
+            #[inline]
+            fn admit(&self, now: Timestamp) -> Result<Self::Token, Rejection> {
+                (**self).admit(now)
+            }
 
-    #[inline]
-    fn complete(
-        &self,
-        token: Self::Token,
-        outcome: Outcome,
-        admitted_at: Timestamp,
-        now: Timestamp,
-    ) {
-        (**self).complete(token, outcome, admitted_at, now);
-    }
+            #[inline]
+            fn admit_with(
+                &self,
+                now: impl FnOnce() -> Timestamp,
+            ) -> Result<(Self::Token, Option<Timestamp>), Rejection> {
+                (**self).admit_with(now)
+            }
 
-    #[inline]
-    fn release(&self, token: Self::Token) {
-        (**self).release(token);
-    }
+            #[inline]
+            fn complete(
+                &self,
+                token: Self::Token,
+                outcome: Outcome,
+                admitted_at: Timestamp,
+                now: Timestamp,
+            ) {
+                (**self).complete(token, outcome, admitted_at, now);
+            }
+
+            #[inline]
+            fn release(&self, token: Self::Token) {
+                (**self).release(token);
+            }
+        }
+    };
 }
 
-/// A policy shared behind an `Arc` (as a registry of named policies hands
-/// them out) admits as the policy itself.
-impl<A: Admission + ?Sized> Admission for Arc<A> {
-    type Token = A::Token;
-    const HOLDS: bool = A::HOLDS;
-    const NAME: &'static str = A::NAME;
-
-    #[inline]
-    fn needs_time(&self) -> bool {
-        (**self).needs_time()
-    }
-
-    #[inline]
-    fn needs_time_at_end(&self) -> bool {
-        (**self).needs_time_at_end()
-    }
-
-    #[inline]
-    fn needs_time_to_complete(&self, token: &Self::Token, outcome: Outcome) -> bool {
-        (**self).needs_time_to_complete(token, outcome)
-    }
-
-    #[inline]
-    fn admit(&self, now: Timestamp) -> Result<Self::Token, Rejection> {
-        (**self).admit(now)
-    }
-
-    #[inline]
-    fn admit_with(
-        &self,
-        now: impl FnOnce() -> Timestamp,
-    ) -> Result<(Self::Token, Option<Timestamp>), Rejection> {
-        (**self).admit_with(now)
-    }
-
-    #[inline]
-    fn complete(
-        &self,
-        token: Self::Token,
-        outcome: Outcome,
-        admitted_at: Timestamp,
-        now: Timestamp,
-    ) {
-        (**self).complete(token, outcome, admitted_at, now);
-    }
-
-    #[inline]
-    fn release(&self, token: Self::Token) {
-        (**self).release(token);
-    }
-}
+delegate_admission!(&A);
+delegate_admission!(
+    /// A policy shared behind an `Arc` (as a registry of named policies hands
+    /// them out) admits as the policy itself.
+    Arc<A>
+);
 
 /// A triple is the chain `(A, (B, C))`: admitted left to right, a rejection
 /// releasing what came before, completed right to left (see the pair).

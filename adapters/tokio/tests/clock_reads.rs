@@ -273,3 +273,22 @@ async fn the_queue_layer_reads_the_clock_only_for_a_request_that_waits() {
     assert!(a.is_ok() && b.is_ok());
     assert_eq!(clock.reads() - before, 1);
 }
+
+#[test]
+fn a_policy_behind_a_reference_or_an_arc_needs_the_time_as_the_policy_does() {
+    use tenlives_engine::breaker::Outcome;
+    use tenlives_tokio::Admission;
+    fn needs<A: Admission>(a: &A) -> (bool, bool) {
+        let (token, _) = a.admit_with(|| Timestamp::ZERO).expect("closed");
+        let needs = (
+            a.needs_time_to_complete(&token, Outcome::Success),
+            a.needs_time_to_complete(&token, Outcome::Failure),
+        );
+        a.release(token);
+        needs
+    }
+    let breaker = count_breaker();
+    assert_eq!(needs(&breaker), (false, true));
+    assert_eq!(needs(&&breaker), (false, true));
+    assert_eq!(needs(&std::sync::Arc::new(count_breaker())), (false, true));
+}
