@@ -10,8 +10,12 @@
 //! - An index of one 32-bit head per bucket, `capacity` rounded up to a power
 //!   of two buckets (4 to 8 bytes per entry): the number of the first entry
 //!   of the bucket's chain, and a bit held by the one thread sweeping it.
-//! - A free list of arena entries (crossbeam-queue's lock-free `ArrayQueue`),
-//!   handed out in order, so the entries in use are dense in the arena.
+//! - A free list of arena entries ([`free`]: a lock-free stack linked
+//!   through one 32-bit number per entry, its exact length in its head
+//!   word), handed out in order at first and last in, first out after, so
+//!   the entries in use stay dense in the arena. It needs no ABA tag: pops
+//!   happen only while pinned, and every push of an entry goes through the
+//!   epoch (see its module documentation).
 //!
 //! # Protocol
 //!
@@ -29,7 +33,9 @@
 //!   so an unchanged head means every entry pushed since has been unlinked.
 //! - A user `Hash`, `Eq` or `Clone` that panics loses nothing: the hash and
 //!   the lookups before an insert hold no entry, and an entry taken off the
-//!   free list is held by a guard that puts it back if the insert unwinds.
+//!   free list is held by a guard that hands it back through the epoch if
+//!   the insert unwinds or finds the key published meanwhile (reusable
+//!   after a grace period, as an evicted entry).
 //! - Eviction: only of an entry whose theoretical arrival time is in the past
 //!   (its state means "full bucket", exactly like a fresh key's), by the one
 //!   thread holding the bucket's sweeping bit (others skip the bucket). It
@@ -53,21 +59,23 @@ use core::fmt;
 use core::hash::{BuildHasher, Hash};
 use core::mem::MaybeUninit;
 
-use crossbeam_queue::ArrayQueue;
-
 use crate::error::ConfigError;
 use crate::events::{Event, EventKind, EventSink, NoSink};
 use crate::sync::{AtomicU32, AtomicU64, AtomicU128, ExclusiveCell, Ordering, epoch, spin_hint};
 use crate::time::Timestamp;
 
+use free::FreeList;
 use super::all::TokenSource;
 use super::error::RateLimitError;
 use super::gcra::{self, Refusal, State};
 use super::limiter::RateLimiter;
 use super::quota::Quota;
 
+mod free;
 mod hasher;
 mod snapshot;
+#[cfg(tenlives_loom)]
+pub use free::FreeList;
 pub use hasher::{DefaultHashBuilder, KeyHasher};
 pub use snapshot::KeyedRestore;
 
@@ -195,10 +203,12 @@ struct Inner<K, H, S: EventSink> {
     /// `64 - log2(buckets)`: a bucket is the top bits of `hash * FIB`.
     shift: u32,
     entries: Box<[Entry<K>]>,
-    free: ArrayQueue<u32>,
+    free: FreeList,
     low_water: usize,
     hand: AtomicU64,
-    /// Evicted entries waiting for their grace period.
+    /// Entries waiting for their grace period before going back to the
+    /// free list: evicted, or handed back by an insert that did not
+    /// publish.
     retired: AtomicU64,
     hasher: H,
     overflow: Overflow<S>,
@@ -317,10 +327,7 @@ where
         // At least two: a bucket is picked by a shift of `64 - log2`, and a
         // shift by 64 overflows.
         let buckets = capacity.next_power_of_two().max(2);
-        let free = ArrayQueue::new(capacity);
-        for slot in 0..config.capacity {
-            let _ = free.push(slot);
-        }
+        let free = FreeList::full(config.capacity);
         let overflow = match config.when_full {
             WhenFull::Reject => Overflow::Reject,
             WhenFull::Admit => Overflow::Admit,
@@ -368,8 +375,10 @@ where
         self.inner.entries.len()
     }
 
-    /// Entries in use: keys tracked, plus evicted entries waiting for their
-    /// epoch grace period before reuse.
+    /// Entries in use: keys tracked, plus entries waiting for their epoch
+    /// grace period before reuse (evicted, or taken by an insert that did
+    /// not finish: it lost a race to insert the same key, or a `K::clone`
+    /// or `K::eq` panicked).
     pub fn in_use(&self) -> usize {
         self.inner.entries.len() - self.inner.free.len()
     }
@@ -533,12 +542,14 @@ where
 
     fn insert(&self, key: &K, hash: u64, state: State, now: u64, guard: &epoch::Guard) -> Inserted {
         let inner = &*self.inner;
-        let slot = match inner.free.pop() {
+        // SAFETY: the caller is pinned (`guard`) for the whole call.
+        let slot = match unsafe { inner.free.pop() } {
             Some(slot) => slot,
             None => {
                 self.sweep_some(SWEEP_WHEN_EMPTY, now, guard);
                 guard.flush();
-                match inner.free.pop() {
+                // SAFETY: as above.
+                match unsafe { inner.free.pop() } {
                     Some(slot) => slot,
                     None => return Inserted::NoRoom,
                 }
@@ -548,7 +559,8 @@ where
         // ends, unless it is published: a panicking `K::clone` or `K::eq`
         // must not leak it.
         let mut claim = Claim {
-            inner,
+            owner: &self.inner,
+            guard,
             slot,
             filled: false,
         };
@@ -763,8 +775,17 @@ impl<K, H, S: EventSink> Inner<K, H, S> {
         // SAFETY: unlinked, and every thread that could have read it has
         // unpinned since: this is the only access.
         unsafe { entry.key.with_mut(|k| k.assume_init_drop()) };
-        // The queue holds every slot, so there is room for this one.
-        let _ = self.free.push(slot as u32);
+        self.hand_back(slot as u32);
+    }
+
+    /// Runs after the grace period of an entry taken off the free list
+    /// (evicted since, or never published): puts it back.
+    fn hand_back(&self, slot: u32) {
+        // SAFETY: `slot` was popped by an insert and is not on the list;
+        // this runs from a function deferred through the epoch after that
+        // pop (by the sweeper after unlinking it, or by the insert's claim),
+        // so every pop that could have read it on top has finished.
+        unsafe { self.free.push(slot) };
         // ordering: Relaxed; a hint only (see `retired`).
         self.retired.fetch_sub(1, Ordering::Relaxed);
     }
@@ -772,25 +793,45 @@ impl<K, H, S: EventSink> Inner<K, H, S> {
 
 /// An entry taken off the free list by an insert and not (yet) published.
 /// Dropping it, on any path that does not publish, panics included, hands
-/// the entry back: dropping the key if it was written.
-struct Claim<'a, K, H, S: EventSink> {
-    inner: &'a Inner<K, H, S>,
+/// the entry back through the epoch (the free list's rule: no push but a
+/// deferred one), dropping the key if it was written.
+///
+/// Its bounds are those the deferred hand-back needs (`Send + 'static`),
+/// which every insert has.
+struct Claim<'a, K, H, S>
+where
+    K: Send + Sync + 'static,
+    H: Send + Sync + 'static,
+    S: EventSink + Send + Sync + 'static,
+{
+    owner: &'a Arc<Inner<K, H, S>>,
+    /// The insert's pin, under which the entry was popped.
+    guard: &'a epoch::Guard,
     slot: u32,
     /// The entry holds an initialised key.
     filled: bool,
 }
 
-impl<K, H, S: EventSink> Drop for Claim<'_, K, H, S> {
+impl<K, H, S> Drop for Claim<'_, K, H, S>
+where
+    K: Send + Sync + 'static,
+    H: Send + Sync + 'static,
+    S: EventSink + Send + Sync + 'static,
+{
     fn drop(&mut self) {
-        let entry = &self.inner.entries[self.slot as usize];
+        let entry = &self.owner.entries[self.slot as usize];
         // SAFETY: never published, so still ours alone; initialised iff
-        // `filled`. Moved out before the slot goes back, so that a panicking
-        // `K::drop` below cannot leak the slot.
+        // `filled`. Moved out before the slot is handed back, so that a
+        // panicking `K::drop` below cannot leak the slot.
         let key = self
             .filled
             .then(|| unsafe { entry.key.with_mut(|k| k.assume_init_read()) });
-        // The queue holds every slot, so there is room for this one.
-        let _ = self.inner.free.push(self.slot);
+        // ordering: Relaxed; a hint for `check_key_n`'s retries only.
+        self.owner.retired.fetch_add(1, Ordering::Relaxed);
+        let owner = Arc::clone(self.owner);
+        let slot = self.slot;
+        // Deferred after our pop: see `free`. Two words, as an eviction's.
+        self.guard.defer(move || owner.hand_back(slot));
         drop(key);
     }
 }

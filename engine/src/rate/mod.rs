@@ -67,5 +67,10 @@ pub use keyed::{
     DefaultHashBuilder, KeyHasher, KeyedConfig, KeyedRateLimiter, KeyedRestore, KeyedSource,
     WhenFull,
 };
+/// The keyed table's free list, public only in loom builds for its model
+/// (`loom-tests/tests/loom_free_list.rs`).
+#[cfg(all(feature = "std", tenlives_loom))]
+#[doc(hidden)]
+pub use keyed::FreeList;
 pub use limiter::{RATE_SNAPSHOT_MAX, RateLimiter, Reservation};
 pub use quota::Quota;
