@@ -64,12 +64,13 @@ use crate::events::{Event, EventKind, EventSink, NoSink};
 use crate::sync::{AtomicU32, AtomicU64, AtomicU128, ExclusiveCell, Ordering, epoch, spin_hint};
 use crate::time::Timestamp;
 
-use free::FreeList;
 use super::all::TokenSource;
 use super::error::RateLimitError;
 use super::gcra::{self, Refusal, State};
 use super::limiter::RateLimiter;
 use super::quota::Quota;
+#[cfg(not(tenlives_loom))]
+use free::FreeList;
 
 mod free;
 mod hasher;
