@@ -908,6 +908,8 @@ where
 mod tests {
     use super::*;
     use foldhash::fast::FixedState;
+    use std::string::String;
+    use std::vec;
 
     /// Hashes every key to the same value: one chain, one tag.
     #[derive(Default)]
@@ -966,6 +968,127 @@ mod tests {
                 chain += 1
             });
         assert_eq!(chain, 40, "20 kept and 20 inserted again, none dead");
+    }
+
+    /// A key whose `Clone` panics for every id that is a multiple of 16:
+    /// such a key is never inserted, and each attempt takes an entry off
+    /// the free list and hands it back while unwinding.
+    #[derive(Debug, PartialEq, Eq, Hash)]
+    struct Flaky(u32);
+
+    const FLAKY: &str = "Flaky::clone panics on purpose";
+
+    impl Clone for Flaky {
+        fn clone(&self) -> Self {
+            if self.0 % 16 == 0 {
+                panic!("{FLAKY}");
+            }
+            Flaky(self.0)
+        }
+    }
+
+    /// L8: threads churn keys through a small table, with evictions (keys
+    /// refill within 1 s of table time, the table is swept by inserts
+    /// running low and by `sweep`) and `K::clone` panicking during inserts.
+    /// Afterwards, once the grace periods have passed, every entry is
+    /// either in exactly one chain (once) or on the free list (once), the
+    /// free list's length counts the entries it holds, and `in_use` the
+    /// linked ones.
+    #[test]
+    fn churn_with_evictions_and_panics_conserves_every_entry() {
+        let (threads, ops, capacity, keys) = if cfg!(miri) {
+            (2, 150, 8, 24)
+        } else {
+            (4, 20_000, 64, 256)
+        };
+        let quiet = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<String>().map(String::as_str) != Some(FLAKY) {
+                quiet(info);
+            }
+        }));
+        let limiter = KeyedRateLimiter::with_hasher_and_sink(
+            KeyedConfig::new(Quota::per_second(1).unwrap(), capacity).unwrap(),
+            FixedState::with_seed(9),
+            NoSink,
+            0,
+        );
+        let panics = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|me| {
+                    let limiter = &limiter;
+                    scope.spawn(move || {
+                        let mut rng = crate::rng::SplitMix64::new(me as u64);
+                        let mut panics = 0;
+                        for op in 0..ops {
+                            // 10 ms of table time per operation: a key is
+                            // fresh again 100 operations after its charge.
+                            let now = Timestamp::from_nanos(op as u64 * 10_000_000);
+                            let key = Flaky(rng.between(0, keys - 1) as u32);
+                            if op % 97 == 0 {
+                                limiter.sweep(now);
+                            }
+                            let call =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    limiter.check_key(&key, now)
+                                }));
+                            panics += usize::from(call.is_err());
+                        }
+                        panics
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap())
+                .sum::<usize>()
+        });
+        assert!(panics > 0, "no clone panicked: the test tests nothing");
+        let inner = &*limiter.inner;
+        // ordering: Relaxed; the workers have been joined.
+        for _ in 0..100_000 {
+            if inner.retired.load(Ordering::Relaxed) == 0 {
+                break;
+            }
+            epoch::pin().flush();
+            std::thread::yield_now();
+        }
+        assert_eq!(
+            inner.retired.load(Ordering::Relaxed),
+            0,
+            "grace periods pending"
+        );
+        let mut place = vec![None; capacity];
+        {
+            let _guard = epoch::pin();
+            for b in 0..inner.heads.len() {
+                inner.walk(b, |entry| {
+                    // SAFETY: `entry` is an element of `inner.entries`.
+                    let slot = unsafe {
+                        (entry as *const Entry<Flaky>).offset_from(inner.entries.as_ptr())
+                    } as usize;
+                    assert_eq!(place[slot], None, "entry {slot} linked twice");
+                    place[slot] = Some("linked");
+                });
+            }
+        }
+        let linked = place.iter().flatten().count();
+        assert_eq!(limiter.in_use(), linked, "in use against linked");
+        let listed = inner.free.len();
+        // SAFETY: the workers have been joined and nothing is pinned on
+        // their behalf: the list is ours alone.
+        while let Some(slot) = unsafe { inner.free.pop() } {
+            let slot = slot as usize;
+            assert_eq!(place[slot], None, "entry {slot} free and {:?}", place[slot]);
+            place[slot] = Some("free");
+        }
+        assert!(place.iter().all(Option::is_some), "entries lost: {place:?}");
+        assert_eq!(listed, capacity - linked, "the free list's length");
+        // Give the entries back, so that dropping the table finds it whole.
+        for slot in (0..capacity).filter(|&s| place[s] == Some("free")) {
+            // SAFETY: popped just above, and still nobody else uses the list.
+            unsafe { inner.free.push(slot as u32) };
+        }
     }
 
     /// The keyed limiter at the ends of time and with time going backwards.
