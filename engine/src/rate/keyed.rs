@@ -980,7 +980,7 @@ mod tests {
 
     impl Clone for Flaky {
         fn clone(&self) -> Self {
-            if self.0 % 16 == 0 {
+            if self.0.is_multiple_of(16) {
                 panic!("{FLAKY}");
             }
             Flaky(self.0)
