@@ -657,7 +657,9 @@ where
             inner.retired.fetch_add(1, Ordering::Relaxed);
             // Two words (the table and a number): the closure fits in
             // crossbeam's inline storage, and deferring allocates nothing.
-            guard.defer(move || owner.reclaim(slot));
+            // SAFETY: deferred after the entry was unlinked, so after the
+            // insert's pop that took it (`reclaim`'s contract).
+            guard.defer(move || unsafe { owner.reclaim(slot) });
             evicted += 1;
         }
         // ordering: Release; the next sweeper of the bucket starts after
@@ -771,21 +773,33 @@ impl<K, H, S: EventSink> Inner<K, H, S> {
 
     /// Runs after the grace period of an eviction: no reader can see entry
     /// `slot` any more.
-    fn reclaim(&self, slot: usize) {
+    ///
+    /// # Safety
+    ///
+    /// Called only from a function deferred through the epoch after entry
+    /// `slot` was unlinked, once.
+    unsafe fn reclaim(&self, slot: usize) {
         let entry = &self.entries[slot];
         // SAFETY: unlinked, and every thread that could have read it has
         // unpinned since: this is the only access.
         unsafe { entry.key.with_mut(|k| k.assume_init_drop()) };
-        self.hand_back(slot as u32);
+        // SAFETY: the insert that published the entry popped it before, so
+        // this is deferred after that pop, and the entry, unlinked, is
+        // neither in use nor on the list.
+        unsafe { self.hand_back(slot as u32) };
     }
 
     /// Runs after the grace period of an entry taken off the free list
     /// (evicted since, or never published): puts it back.
-    fn hand_back(&self, slot: u32) {
-        // SAFETY: `slot` was popped by an insert and is not on the list;
-        // this runs from a function deferred through the epoch after that
-        // pop (by the sweeper after unlinking it, or by the insert's claim),
-        // so every pop that could have read it on top has finished.
+    ///
+    /// # Safety
+    ///
+    /// Entry `slot` was popped, is not on the list and no longer in use,
+    /// and this runs from a function deferred through the epoch after that
+    /// pop (the free list's rule 2), once.
+    unsafe fn hand_back(&self, slot: u32) {
+        // SAFETY: the contract above is `push`'s: every pop that could have
+        // read `slot` on top has finished.
         unsafe { self.free.push(slot) };
         // ordering: Relaxed; a hint only (see `retired`).
         self.retired.fetch_sub(1, Ordering::Relaxed);
@@ -832,7 +846,9 @@ where
         let owner = Arc::clone(self.owner);
         let slot = self.slot;
         // Deferred after our pop: see `free`. Two words, as an eviction's.
-        self.guard.defer(move || owner.hand_back(slot));
+        // SAFETY: never published, the key moved out, and deferred after
+        // the pop that took it (`hand_back`'s contract).
+        self.guard.defer(move || unsafe { owner.hand_back(slot) });
         drop(key);
     }
 }
