@@ -21,6 +21,10 @@
 //! a push that does not wait for the grace period (what a hand-back by an
 //! immediate push would be) lets a stalled pop install a stale link and an
 //! entry is lost: `an_immediate_push_loses_an_entry` expects that failure.
+//! Checked by hand as well: a push whose compare-and-swap is `Relaxed`
+//! instead of `Release` (the pop may read a stale link) fails the two other
+//! models, as "entries lost: the list holds [true, true, false]" and "more
+//! entries than made".
 #![cfg(tenlives_loom)]
 
 use loom::sync::Arc;
