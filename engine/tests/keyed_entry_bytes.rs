@@ -6,7 +6,7 @@
 //! `docs/rate-limiter.md` describes (an index of 4-byte chain heads, the
 //! capacity rounded up to a power of two: at most 8 bytes per entry; an
 //! entry of 32 bytes for a `u64` key, its state, link word and key; a
-//! free-list slot of 16 bytes), plus a fixed part.
+//! free-list link of 4 bytes), plus a fixed part.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -53,7 +53,7 @@ fn bytes_per_entry_follow_the_layout() {
         let bytes = (LIVE.load(Ordering::SeqCst) - before) as usize;
         let index = 4 * capacity.next_power_of_two().max(2);
         assert!(index <= 8 * capacity, "at most 8 index bytes per entry");
-        let layout = index + capacity * (32 + 16);
+        let layout = index + capacity * (32 + 4);
         println!(
             "capacity {capacity}: {bytes} bytes, {:.1} per entry (index {:.1}, entry and free slot {:.1}, fixed {})",
             bytes as f64 / capacity as f64,

@@ -7,7 +7,9 @@
 //! one entry. The chain models put every key in one bucket, so inserts
 //! (pushes in front of the chain), charges and a sweep's unlinks (of the
 //! chain's first entry or one behind it) race on one head. Under loom the epoch never reclaims (see engine/src/sync.rs),
-//! so these models check the table's own atomic protocol.
+//! so these models check the table's own atomic protocol: an evicted entry,
+//! or one an insert took and handed back, stays in use; the free list's own
+//! protocol, with grace periods, is modelled in `loom_free_list.rs`.
 #![cfg(tenlives_loom)]
 
 use std::collections::hash_map::DefaultHasher;
@@ -104,7 +106,11 @@ fn racing_inserts_of_one_key_share_one_entry() {
             t.peek_key_n(&7, 1, now).is_err(),
             "a second entry duplicated the key"
         );
-        assert_eq!(t.in_use(), 1);
+        // The key's entry, and the entry of an insert that lost the race
+        // to publish if it had taken one: handed back through the epoch, so
+        // in use until a grace period that never ends under loom.
+        let in_use = t.in_use();
+        assert!((1..=2).contains(&in_use), "{in_use} entries in use");
     });
 }
 
@@ -176,6 +182,11 @@ fn racing_inserts_and_an_unlink_of_the_front_share_one_entry() {
             t.peek_key_n(&5, 1, now).is_err(),
             "a second entry duplicated the key"
         );
-        assert_eq!(t.in_use(), 1 + 1, "key 5 and key 7 (kept or retired)");
+        // Key 5 and key 7 (kept or retired), and the entry of an insert of
+        // key 5 that lost the race to publish, if it had taken one (handed
+        // back through the epoch: in use under loom, where grace periods
+        // never end).
+        let in_use = t.in_use();
+        assert!((2..=3).contains(&in_use), "{in_use} entries in use");
     });
 }

@@ -10,8 +10,12 @@
 //! - An index of one 32-bit head per bucket, `capacity` rounded up to a power
 //!   of two buckets (4 to 8 bytes per entry): the number of the first entry
 //!   of the bucket's chain, and a bit held by the one thread sweeping it.
-//! - A free list of arena entries (crossbeam-queue's lock-free `ArrayQueue`),
-//!   handed out in order, so the entries in use are dense in the arena.
+//! - A free list of arena entries ([`free`]: a lock-free stack linked
+//!   through one 32-bit number per entry, its exact length in its head
+//!   word), handed out in order at first and last in, first out after, so
+//!   the entries in use stay dense in the arena. It needs no ABA tag: pops
+//!   happen only while pinned, and every push of an entry goes through the
+//!   epoch (see its module documentation).
 //!
 //! # Protocol
 //!
@@ -29,7 +33,9 @@
 //!   so an unchanged head means every entry pushed since has been unlinked.
 //! - A user `Hash`, `Eq` or `Clone` that panics loses nothing: the hash and
 //!   the lookups before an insert hold no entry, and an entry taken off the
-//!   free list is held by a guard that puts it back if the insert unwinds.
+//!   free list is held by a guard that hands it back through the epoch if
+//!   the insert unwinds or finds the key published meanwhile (reusable
+//!   after a grace period, as an evicted entry).
 //! - Eviction: only of an entry whose theoretical arrival time is in the past
 //!   (its state means "full bucket", exactly like a fresh key's), by the one
 //!   thread holding the bucket's sweeping bit (others skip the bucket). It
@@ -53,8 +59,6 @@ use core::fmt;
 use core::hash::{BuildHasher, Hash};
 use core::mem::MaybeUninit;
 
-use crossbeam_queue::ArrayQueue;
-
 use crate::error::ConfigError;
 use crate::events::{Event, EventKind, EventSink, NoSink};
 use crate::sync::{AtomicU32, AtomicU64, AtomicU128, ExclusiveCell, Ordering, epoch, spin_hint};
@@ -65,9 +69,14 @@ use super::error::RateLimitError;
 use super::gcra::{self, Refusal, State};
 use super::limiter::RateLimiter;
 use super::quota::Quota;
+#[cfg(not(tenlives_loom))]
+use free::FreeList;
 
+mod free;
 mod hasher;
 mod snapshot;
+#[cfg(tenlives_loom)]
+pub use free::FreeList;
 pub use hasher::{DefaultHashBuilder, KeyHasher};
 pub use snapshot::KeyedRestore;
 
@@ -195,10 +204,12 @@ struct Inner<K, H, S: EventSink> {
     /// `64 - log2(buckets)`: a bucket is the top bits of `hash * FIB`.
     shift: u32,
     entries: Box<[Entry<K>]>,
-    free: ArrayQueue<u32>,
+    free: FreeList,
     low_water: usize,
     hand: AtomicU64,
-    /// Evicted entries waiting for their grace period.
+    /// Entries waiting for their grace period before going back to the
+    /// free list: evicted, or handed back by an insert that did not
+    /// publish.
     retired: AtomicU64,
     hasher: H,
     overflow: Overflow<S>,
@@ -317,10 +328,7 @@ where
         // At least two: a bucket is picked by a shift of `64 - log2`, and a
         // shift by 64 overflows.
         let buckets = capacity.next_power_of_two().max(2);
-        let free = ArrayQueue::new(capacity);
-        for slot in 0..config.capacity {
-            let _ = free.push(slot);
-        }
+        let free = FreeList::full(config.capacity);
         let overflow = match config.when_full {
             WhenFull::Reject => Overflow::Reject,
             WhenFull::Admit => Overflow::Admit,
@@ -368,8 +376,10 @@ where
         self.inner.entries.len()
     }
 
-    /// Entries in use: keys tracked, plus evicted entries waiting for their
-    /// epoch grace period before reuse.
+    /// Entries in use: keys tracked, plus entries waiting for their epoch
+    /// grace period before reuse (evicted, or taken by an insert that did
+    /// not finish: it lost a race to insert the same key, or a `K::clone`
+    /// or `K::eq` panicked).
     pub fn in_use(&self) -> usize {
         self.inner.entries.len() - self.inner.free.len()
     }
@@ -533,12 +543,14 @@ where
 
     fn insert(&self, key: &K, hash: u64, state: State, now: u64, guard: &epoch::Guard) -> Inserted {
         let inner = &*self.inner;
-        let slot = match inner.free.pop() {
+        // SAFETY: the caller is pinned (`guard`) for the whole call.
+        let slot = match unsafe { inner.free.pop() } {
             Some(slot) => slot,
             None => {
                 self.sweep_some(SWEEP_WHEN_EMPTY, now, guard);
                 guard.flush();
-                match inner.free.pop() {
+                // SAFETY: as above.
+                match unsafe { inner.free.pop() } {
                     Some(slot) => slot,
                     None => return Inserted::NoRoom,
                 }
@@ -548,7 +560,8 @@ where
         // ends, unless it is published: a panicking `K::clone` or `K::eq`
         // must not leak it.
         let mut claim = Claim {
-            inner,
+            owner: &self.inner,
+            guard,
             slot,
             filled: false,
         };
@@ -644,7 +657,9 @@ where
             inner.retired.fetch_add(1, Ordering::Relaxed);
             // Two words (the table and a number): the closure fits in
             // crossbeam's inline storage, and deferring allocates nothing.
-            guard.defer(move || owner.reclaim(slot));
+            // SAFETY: deferred after the entry was unlinked, so after the
+            // insert's pop that took it (`reclaim`'s contract).
+            guard.defer(move || unsafe { owner.reclaim(slot) });
             evicted += 1;
         }
         // ordering: Release; the next sweeper of the bucket starts after
@@ -758,13 +773,34 @@ impl<K, H, S: EventSink> Inner<K, H, S> {
 
     /// Runs after the grace period of an eviction: no reader can see entry
     /// `slot` any more.
-    fn reclaim(&self, slot: usize) {
+    ///
+    /// # Safety
+    ///
+    /// Called only from a function deferred through the epoch after entry
+    /// `slot` was unlinked, once.
+    unsafe fn reclaim(&self, slot: usize) {
         let entry = &self.entries[slot];
         // SAFETY: unlinked, and every thread that could have read it has
         // unpinned since: this is the only access.
         unsafe { entry.key.with_mut(|k| k.assume_init_drop()) };
-        // The queue holds every slot, so there is room for this one.
-        let _ = self.free.push(slot as u32);
+        // SAFETY: the insert that published the entry popped it before, so
+        // this is deferred after that pop, and the entry, unlinked, is
+        // neither in use nor on the list.
+        unsafe { self.hand_back(slot as u32) };
+    }
+
+    /// Runs after the grace period of an entry taken off the free list
+    /// (evicted since, or never published): puts it back.
+    ///
+    /// # Safety
+    ///
+    /// Entry `slot` was popped, is not on the list and no longer in use,
+    /// and this runs from a function deferred through the epoch after that
+    /// pop (the free list's rule 2), once.
+    unsafe fn hand_back(&self, slot: u32) {
+        // SAFETY: the contract above is `push`'s: every pop that could have
+        // read `slot` on top has finished.
+        unsafe { self.free.push(slot) };
         // ordering: Relaxed; a hint only (see `retired`).
         self.retired.fetch_sub(1, Ordering::Relaxed);
     }
@@ -772,25 +808,47 @@ impl<K, H, S: EventSink> Inner<K, H, S> {
 
 /// An entry taken off the free list by an insert and not (yet) published.
 /// Dropping it, on any path that does not publish, panics included, hands
-/// the entry back: dropping the key if it was written.
-struct Claim<'a, K, H, S: EventSink> {
-    inner: &'a Inner<K, H, S>,
+/// the entry back through the epoch (the free list's rule: no push but a
+/// deferred one), dropping the key if it was written.
+///
+/// Its bounds are those the deferred hand-back needs (`Send + 'static`),
+/// which every insert has.
+struct Claim<'a, K, H, S>
+where
+    K: Send + Sync + 'static,
+    H: Send + Sync + 'static,
+    S: EventSink + Send + Sync + 'static,
+{
+    owner: &'a Arc<Inner<K, H, S>>,
+    /// The insert's pin, under which the entry was popped.
+    guard: &'a epoch::Guard,
     slot: u32,
     /// The entry holds an initialised key.
     filled: bool,
 }
 
-impl<K, H, S: EventSink> Drop for Claim<'_, K, H, S> {
+impl<K, H, S> Drop for Claim<'_, K, H, S>
+where
+    K: Send + Sync + 'static,
+    H: Send + Sync + 'static,
+    S: EventSink + Send + Sync + 'static,
+{
     fn drop(&mut self) {
-        let entry = &self.inner.entries[self.slot as usize];
+        let entry = &self.owner.entries[self.slot as usize];
         // SAFETY: never published, so still ours alone; initialised iff
-        // `filled`. Moved out before the slot goes back, so that a panicking
-        // `K::drop` below cannot leak the slot.
+        // `filled`. Moved out before the slot is handed back, so that a
+        // panicking `K::drop` below cannot leak the slot.
         let key = self
             .filled
             .then(|| unsafe { entry.key.with_mut(|k| k.assume_init_read()) });
-        // The queue holds every slot, so there is room for this one.
-        let _ = self.inner.free.push(self.slot);
+        // ordering: Relaxed; a hint for `check_key_n`'s retries only.
+        self.owner.retired.fetch_add(1, Ordering::Relaxed);
+        let owner = Arc::clone(self.owner);
+        let slot = self.slot;
+        // Deferred after our pop: see `free`. Two words, as an eviction's.
+        // SAFETY: never published, the key moved out, and deferred after
+        // the pop that took it (`hand_back`'s contract).
+        self.guard.defer(move || unsafe { owner.hand_back(slot) });
         drop(key);
     }
 }
@@ -866,6 +924,8 @@ where
 mod tests {
     use super::*;
     use foldhash::fast::FixedState;
+    use std::string::String;
+    use std::vec;
 
     /// Hashes every key to the same value: one chain, one tag.
     #[derive(Default)]
@@ -924,6 +984,127 @@ mod tests {
                 chain += 1
             });
         assert_eq!(chain, 40, "20 kept and 20 inserted again, none dead");
+    }
+
+    /// A key whose `Clone` panics for every id that is a multiple of 16:
+    /// such a key is never inserted, and each attempt takes an entry off
+    /// the free list and hands it back while unwinding.
+    #[derive(Debug, PartialEq, Eq, Hash)]
+    struct Flaky(u32);
+
+    const FLAKY: &str = "Flaky::clone panics on purpose";
+
+    impl Clone for Flaky {
+        fn clone(&self) -> Self {
+            if self.0.is_multiple_of(16) {
+                panic!("{FLAKY}");
+            }
+            Flaky(self.0)
+        }
+    }
+
+    /// L8: threads churn keys through a small table, with evictions (keys
+    /// refill within 1 s of table time, the table is swept by inserts
+    /// running low and by `sweep`) and `K::clone` panicking during inserts.
+    /// Afterwards, once the grace periods have passed, every entry is
+    /// either in exactly one chain (once) or on the free list (once), the
+    /// free list's length counts the entries it holds, and `in_use` the
+    /// linked ones.
+    #[test]
+    fn churn_with_evictions_and_panics_conserves_every_entry() {
+        let (threads, ops, capacity, keys) = if cfg!(miri) {
+            (2, 150, 8, 24)
+        } else {
+            (4, 20_000, 64, 256)
+        };
+        let quiet = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<String>().map(String::as_str) != Some(FLAKY) {
+                quiet(info);
+            }
+        }));
+        let limiter = KeyedRateLimiter::with_hasher_and_sink(
+            KeyedConfig::new(Quota::per_second(1).unwrap(), capacity).unwrap(),
+            FixedState::with_seed(9),
+            NoSink,
+            0,
+        );
+        let panics = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|me| {
+                    let limiter = &limiter;
+                    scope.spawn(move || {
+                        let mut rng = crate::rng::SplitMix64::new(me as u64);
+                        let mut panics = 0;
+                        for op in 0..ops {
+                            // 10 ms of table time per operation: a key is
+                            // fresh again 100 operations after its charge.
+                            let now = Timestamp::from_nanos(op as u64 * 10_000_000);
+                            let key = Flaky(rng.between(0, keys - 1) as u32);
+                            if op % 97 == 0 {
+                                limiter.sweep(now);
+                            }
+                            let call =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    limiter.check_key(&key, now)
+                                }));
+                            panics += usize::from(call.is_err());
+                        }
+                        panics
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap())
+                .sum::<usize>()
+        });
+        assert!(panics > 0, "no clone panicked: the test tests nothing");
+        let inner = &*limiter.inner;
+        // ordering: Relaxed; the workers have been joined.
+        for _ in 0..100_000 {
+            if inner.retired.load(Ordering::Relaxed) == 0 {
+                break;
+            }
+            epoch::pin().flush();
+            std::thread::yield_now();
+        }
+        assert_eq!(
+            inner.retired.load(Ordering::Relaxed),
+            0,
+            "grace periods pending"
+        );
+        let mut place = vec![None; capacity];
+        {
+            let _guard = epoch::pin();
+            for b in 0..inner.heads.len() {
+                inner.walk(b, |entry| {
+                    // SAFETY: `entry` is an element of `inner.entries`.
+                    let slot = unsafe {
+                        (entry as *const Entry<Flaky>).offset_from(inner.entries.as_ptr())
+                    } as usize;
+                    assert_eq!(place[slot], None, "entry {slot} linked twice");
+                    place[slot] = Some("linked");
+                });
+            }
+        }
+        let linked = place.iter().flatten().count();
+        assert_eq!(limiter.in_use(), linked, "in use against linked");
+        let listed = inner.free.len();
+        // SAFETY: the workers have been joined and nothing is pinned on
+        // their behalf: the list is ours alone.
+        while let Some(slot) = unsafe { inner.free.pop() } {
+            let slot = slot as usize;
+            assert_eq!(place[slot], None, "entry {slot} free and {:?}", place[slot]);
+            place[slot] = Some("free");
+        }
+        assert!(place.iter().all(Option::is_some), "entries lost: {place:?}");
+        assert_eq!(listed, capacity - linked, "the free list's length");
+        // Give the entries back, so that dropping the table finds it whole.
+        for slot in (0..capacity).filter(|&s| place[s] == Some("free")) {
+            // SAFETY: popped just above, and still nobody else uses the list.
+            unsafe { inner.free.push(slot as u32) };
+        }
     }
 
     /// The keyed limiter at the ends of time and with time going backwards.

@@ -62,6 +62,11 @@ mod quota;
 
 pub use all::{AllOrNothingError, TokenSource, acquire_all};
 pub use error::{InsufficientCapacity, RateLimitError, RateLimited};
+/// The keyed table's free list, public only in loom builds for its model
+/// (`loom-tests/tests/loom_free_list.rs`).
+#[cfg(all(feature = "std", tenlives_loom))]
+#[doc(hidden)]
+pub use keyed::FreeList;
 #[cfg(feature = "std")]
 pub use keyed::{
     DefaultHashBuilder, KeyHasher, KeyedConfig, KeyedRateLimiter, KeyedRestore, KeyedSource,
