@@ -205,15 +205,25 @@ async fn the_timeout_and_retry_layers_read_the_clock_once() {
     assert_eq!(reads_per_request(clock, &mut svc, 100).await, 1.0);
 }
 
-/// Clock readings per request through a breaker layer alone.
-async fn breaker_layer_reads(breaker: CircuitBreaker, n: u64) -> f64 {
+/// A breaker layer alone around `PendingOnce`, on a counting clock.
+fn breaker_layer(
+    breaker: CircuitBreaker,
+) -> (
+    &'static Counting,
+    impl Service<u32, Response = u32, Error = tenlives_tokio::TenlivesError<&'static str>>,
+) {
     let (clock, source) = counting();
     let layer = tenlives_tokio::CircuitBreakerLayer::with_classifier(
         breaker,
         tenlives_tokio::DefaultClassifier,
         source,
     );
-    let mut svc = layer.layer(PendingOnce);
+    (clock, layer.layer(PendingOnce))
+}
+
+/// Clock readings per request through a breaker layer alone.
+async fn breaker_layer_reads(breaker: CircuitBreaker, n: u64) -> f64 {
+    let (clock, mut svc) = breaker_layer(breaker);
     reads_per_request(clock, &mut svc, n).await
 }
 
@@ -237,13 +247,7 @@ async fn a_breaker_layer_reads_the_clock_only_where_a_rule_needs_it() {
     // is over (and refuses; nothing is read at an end that never comes).
     let open = count_breaker();
     open.force_open(Timestamp::ZERO);
-    let (clock, source) = counting();
-    let layer = tenlives_tokio::CircuitBreakerLayer::with_classifier(
-        open,
-        tenlives_tokio::DefaultClassifier,
-        source,
-    );
-    let mut svc = layer.layer(PendingOnce);
+    let (clock, mut svc) = breaker_layer(open);
     let before = clock.reads(); // the layer's clock reads once when made
     for _ in 0..10 {
         let err = svc.ready().await.unwrap().call(1).await.unwrap_err();
