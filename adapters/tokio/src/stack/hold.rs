@@ -87,7 +87,7 @@ impl Holds {
         let words = cap.div_ceil(64);
         let mut bits: Vec<AtomicU64> = (0..words).map(|_| AtomicU64::new(0)).collect();
         // The bits past `cap` in the last word are set for good: never free.
-        if cap % 64 != 0
+        if !cap.is_multiple_of(64)
             && let Some(last) = bits.last_mut()
         {
             *last.get_mut() = !0u64 << (cap % 64);
