@@ -482,7 +482,11 @@ fn the_stacks_hold_allocates_nothing_per_request() {
                 let held = held.as_pin_mut().unwrap();
                 let (a, b) = tokio::join!(scout, held);
                 assert_eq!(a.is_ok(), i.is_multiple_of(3));
-                assert_eq!(b.is_ok(), i.is_multiple_of(3), "admitted after a success only");
+                assert_eq!(
+                    b.is_ok(),
+                    i.is_multiple_of(3),
+                    "admitted after a success only"
+                );
             }
             assert_eq!(layer.policies().held(), 0);
         };
