@@ -141,7 +141,7 @@ impl<K, R, A: Admission> Held<K, R, A> {
         let Some(holds) = p.holds.as_ref() else {
             return false;
         };
-        if std::mem::replace(&mut self.held_once, true) {
+        if self.held_once {
             return false;
         }
         let now = p.now_if(true);
@@ -155,6 +155,7 @@ impl<K, R, A: Admission> Held<K, R, A> {
         let Some(slot) = holds.claim() else {
             return false;
         };
+        self.held_once = true;
         self.hold = Some(Hold {
             slot,
             seen: None,
