@@ -15,6 +15,7 @@ use std::time::Duration;
 use tenlives_engine::breaker::{BreakerConfig, BreakerState, CircuitBreaker, RejectReason};
 use tenlives_engine::bulkhead::Bulkhead;
 use tenlives_engine::retry::{Backoff, RetryBudget, RetryBudgetConfig};
+use tenlives_engine::time::Clock;
 use tenlives_tokio::{RejectionReason, RetryPolicy, Stack, StackLayer, TenlivesError};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
@@ -416,4 +417,59 @@ fn the_settings_are_checked() {
         Some((ms(10), tenlives_tokio::MAX_HOLD_CAP))
     );
     assert_eq!(StackLayer::builder().build().policies().hold(), None);
+}
+
+fn refusals(result: &Result<u32, TenlivesError<&'static str>>) -> bool {
+    matches!(result, Err(TenlivesError::Rejected(_)))
+}
+
+/// A refusal that is not held (the concurrency limit's) leaves the request
+/// free to hold a later one: its retry, refused by a breaker that opened
+/// meanwhile, is held until the scout is due, goes as the scout, and
+/// succeeds.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_not_held_leaves_a_later_attempt_free_to_hold() {
+    let upstream = Upstream::new(Mode::Up(ms(50)));
+    let cb = CircuitBreaker::new(
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .consecutive_failures(1)
+            .open_duration(ms(100))
+            .probe_every(ms(50))
+            .half_open_probes(1)
+            .build()
+            .unwrap(),
+    );
+    let retry = RetryPolicy::new(
+        Backoff::constant(ms(5)).unwrap().with_max_retries(1),
+        RetryBudget::new(RetryBudgetConfig::default()),
+    )
+    .retry_if(refusals as Never);
+    let svc: Svc = StackLayer::builder()
+        .timeout(Duration::from_secs(1))
+        .retry(retry)
+        .hold_for_breaker(ms(200), 8)
+        .unwrap()
+        .circuit_breaker(cb)
+        .concurrency_limit(Bulkhead::new(1).unwrap())
+        .build()
+        .layer(upstream.clone());
+    // The one permit is taken for 50 ms.
+    let busy = send(&svc, 1);
+    tokio::time::sleep(ms(1)).await;
+    let late = send(&svc, 2);
+    tokio::time::sleep(ms(1)).await;
+    // Refused by the limit (not held), the request waits 5 ms to retry;
+    // meanwhile the breaker opens for 100 ms.
+    let now = svc.policies().clock().now();
+    breaker(&svc).try_acquire(now).unwrap().failure(now);
+    assert_eq!(breaker(&svc).state(), BreakerState::Open);
+    let (result, took) = late.await.unwrap();
+    // The retry, refused by the breaker, was held until the first scout
+    // was due (100 ms after the trip) and went as that scout.
+    assert_eq!(result.unwrap(), 2);
+    assert!(took >= ms(151) && took <= ms(153), "took {took:?}");
+    assert_eq!(busy.await.unwrap().0.unwrap(), 1);
+    assert_eq!(breaker(&svc).state(), BreakerState::Closed);
+    assert_clean(&svc);
 }
