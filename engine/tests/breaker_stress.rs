@@ -217,13 +217,17 @@ fn one_scout_per_interval_however_many_ask() {
     }
     assert_eq!(breaker.state(), BreakerState::Open);
     assert_eq!(breaker.generation(), 1, "failed scouts made no transition");
-    // Many scouts out at once, from several deadlines; they answer
-    // concurrently, one success among them: closed exactly once.
+    // Many scouts out at once, from several deadlines (each waiting longer
+    // for the scouts still out); they answer concurrently, one success
+    // among them: closed exactly once.
     let mut scouts = Vec::new();
-    for round in 0..THREADS as u64 {
-        let now = Timestamp::from_nanos(2_200_000_000 + round * 10_000_000);
+    let mut now = Timestamp::from_nanos(2_200_000_000);
+    for _ in 0..THREADS {
         scouts.push(breaker.try_acquire(now).expect("a scout").into_raw());
+        let wait = breaker.try_acquire(now).unwrap_err().retry_after().unwrap();
+        now = now.saturating_add(wait);
     }
+    assert_eq!(breaker.scouts_in_flight() as usize, THREADS);
     let end = Timestamp::from_nanos(3_000_000_000);
     thread::scope(|s| {
         for (i, raw) in scouts.into_iter().enumerate() {
@@ -240,6 +244,11 @@ fn one_scout_per_interval_however_many_ask() {
     });
     assert_eq!(breaker.state(), BreakerState::Closed);
     assert_eq!(breaker.generation(), 2);
+    assert_eq!(
+        breaker.scouts_in_flight(),
+        0,
+        "every scout counted out once"
+    );
 }
 
 #[test]

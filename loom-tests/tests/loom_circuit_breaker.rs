@@ -303,9 +303,39 @@ fn one_scout_per_deadline() {
         assert_eq!((b.state(), b.generation()), (BreakerState::Open, 1));
         let r = b.try_acquire(LATER).unwrap_err();
         assert_eq!(r.retry_after(), Some(Duration::from_millis(10)));
+        assert_eq!(b.scouts_in_flight(), 1, "the losers counted nothing");
         for s in scouts {
             b.record(s, Outcome::Failure, LATER);
         }
+        assert_eq!((b.state(), b.generation()), (BreakerState::Open, 1));
+        assert_eq!(b.scouts_in_flight(), 0);
+    });
+}
+
+/// B13: a scout's failure races the next scout's admission. The next
+/// deadline is one interval later if the failure was counted first, two
+/// (the wait doubled for a scout still out) otherwise; either way the
+/// count of scouts out ends at zero once both are reported.
+#[test]
+fn a_scouts_answer_racing_the_next_scout_leaves_the_count_exact() {
+    const NEXT: Timestamp = Timestamp::from_nanos(LATER.as_nanos() + 10_000_000);
+    model(2, || {
+        let b = scouting();
+        let first = b.try_acquire_raw(LATER).unwrap();
+        let answer = {
+            let b = b.clone();
+            thread::spawn(move || b.record(first, Outcome::Failure, NEXT))
+        };
+        let second = b.try_acquire_raw(NEXT).expect("the next scout is due");
+        answer.join().unwrap();
+        let wait = b.try_acquire(NEXT).unwrap_err().retry_after();
+        assert!(
+            wait == Some(Duration::from_millis(10)) || wait == Some(Duration::from_millis(20)),
+            "{wait:?}"
+        );
+        assert_eq!(b.scouts_in_flight(), 1);
+        b.release(second);
+        assert_eq!(b.scouts_in_flight(), 0);
         assert_eq!((b.state(), b.generation()), (BreakerState::Open, 1));
     });
 }

@@ -119,6 +119,17 @@ pub trait Admission {
         true
     }
 
+    /// Whether `token` is a circuit breaker's probe or scout: a call whose
+    /// outcome the breaker waits for to decide whether to close. A stack
+    /// that holds refused requests for the breaker's answer
+    /// ([`StackBuilder::hold_for_breaker`](crate::StackBuilder::hold_for_breaker))
+    /// wakes them when such a call ends. Default: `false`.
+    #[inline]
+    fn is_probe(&self, token: &Self::Token) -> bool {
+        let _ = token;
+        false
+    }
+
     /// Admits a request at `now`, or says why not.
     ///
     /// # Errors
@@ -191,6 +202,14 @@ impl<A: Admission> Admission for Option<A> {
     }
 
     #[inline]
+    fn is_probe(&self, token: &Self::Token) -> bool {
+        match (self, token) {
+            (Some(a), Some(token)) => a.is_probe(token),
+            _ => false,
+        }
+    }
+
+    #[inline]
     fn admit(&self, now: Timestamp) -> Result<Self::Token, Rejection> {
         match self {
             Some(a) => a.admit(now).map(Some),
@@ -251,6 +270,11 @@ impl<A: Admission, B: Admission> Admission for (A, B) {
     fn needs_time_to_complete(&self, token: &Self::Token, outcome: Outcome) -> bool {
         (self.0.needs_time_at_end() && self.0.needs_time_to_complete(&token.0, outcome))
             || (self.1.needs_time_at_end() && self.1.needs_time_to_complete(&token.1, outcome))
+    }
+
+    #[inline]
+    fn is_probe(&self, (a, b): &Self::Token) -> bool {
+        self.0.is_probe(a) || self.1.is_probe(b)
     }
 
     #[inline]
@@ -349,6 +373,11 @@ macro_rules! delegate_admission {
             }
 
             #[inline]
+            fn is_probe(&self, token: &Self::Token) -> bool {
+                (**self).is_probe(token)
+            }
+
+            #[inline]
             fn admit(&self, now: Timestamp) -> Result<Self::Token, Rejection> {
                 (**self).admit(now)
             }
@@ -410,6 +439,11 @@ impl<A: Admission, B: Admission, C: Admission> Admission for (A, B, C) {
         (self.0.needs_time_at_end() && self.0.needs_time_to_complete(a, outcome))
             || (self.1.needs_time_at_end() && self.1.needs_time_to_complete(b, outcome))
             || (self.2.needs_time_at_end() && self.2.needs_time_to_complete(c, outcome))
+    }
+
+    #[inline]
+    fn is_probe(&self, (a, (b, c)): &Self::Token) -> bool {
+        self.0.is_probe(a) || self.1.is_probe(b) || self.2.is_probe(c)
     }
 
     #[inline]

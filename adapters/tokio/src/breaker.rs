@@ -64,6 +64,11 @@ impl<Snk: EventSink> Admission for CircuitBreaker<Snk> {
     }
 
     #[inline]
+    fn is_probe(&self, token: &RawPermit) -> bool {
+        token.is_probe()
+    }
+
+    #[inline]
     fn admit(&self, now: Timestamp) -> Result<RawPermit, Rejection> {
         self.try_acquire_raw(now).map_err(Rejection::from)
     }

@@ -182,7 +182,9 @@ pub use retry::{
     NoRetry, Retry, RetryClones, RetryFuture, RetryLayer, RetryOnErr, RetryPolicy, RetryStage,
     ShouldRetry,
 };
-pub use stack::{DefaultAdmission, Policies, Stack, StackBuilder, StackFuture, StackLayer};
+pub use stack::{
+    DefaultAdmission, MAX_HOLD_CAP, Policies, Stack, StackBuilder, StackFuture, StackLayer,
+};
 pub use throttle::{ThrottleFuture, ThrottleLayer, ThrottleService};
 pub use timeout::{Timeout, TimeoutFuture, TimeoutLayer};
 pub use wheel::Timers;

@@ -405,3 +405,99 @@ fn the_fallback_layer_allocates_nothing_per_request() {
         );
     });
 }
+
+/// A service that fails or succeeds as its switch says, after one
+/// `Pending` (so that a scout is in flight while another request holds).
+#[derive(Clone)]
+struct Switch {
+    fail: Rc<Cell<bool>>,
+}
+
+impl Service<u64> for Switch {
+    type Response = u64;
+    type Error = &'static str;
+    type Future = Answer;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: u64) -> Answer {
+        Answer {
+            pending: 1,
+            result: if self.fail.get() {
+                Err("down")
+            } else {
+                Ok(req)
+            },
+        }
+    }
+}
+
+/// The stack's hold for the breaker's answer: rounds in which the breaker
+/// opens, a scout goes, and a request refused meanwhile is held (its slot
+/// taken, its waker registered, its wheel entry set) until the scout's
+/// answer admits it (a success) or refuses it (a failure), or is dropped
+/// while held. None of it allocates.
+#[test]
+fn the_stacks_hold_allocates_nothing_per_request() {
+    runtime().block_on(async {
+        let breaker = CircuitBreaker::new(
+            BreakerConfig::builder()
+                .without_failure_rate()
+                .consecutive_failures(1)
+                .open_duration(Duration::from_millis(5))
+                .probe_every(Duration::from_millis(5))
+                .half_open_probes(1)
+                .build()
+                .unwrap(),
+        );
+        let layer = StackLayer::builder()
+            .timeout(Duration::from_secs(1))
+            .retry(retry_policy().retry_if(|_: &Result<u64, _>| false))
+            .hold_for_breaker(Duration::from_millis(50), 4)
+            .unwrap()
+            .circuit_breaker(breaker)
+            .concurrency_limit(Bulkhead::new(8).unwrap())
+            .build();
+        let fail = Rc::new(Cell::new(true));
+        let mut svc = layer.layer(Switch { fail: fail.clone() });
+        let mut round = async |i: u64| {
+            // Opens the breaker.
+            fail.set(true);
+            assert!(svc.ready().await.ok().unwrap().call(i).await.is_err());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            // The scout (admitted in `call`), then a request refused and held.
+            fail.set(i % 3 == 1);
+            let scout = svc.ready().await.ok().unwrap().call(i);
+            let mut held = std::pin::pin!(Some(svc.ready().await.ok().unwrap().call(i)));
+            let first = poll_here(held.as_mut().as_pin_mut().unwrap()).await;
+            assert!(first.is_pending());
+            assert_eq!(layer.policies().held(), 1);
+            if i % 3 == 2 {
+                held.set(None);
+                assert_eq!(layer.policies().held(), 0, "the slot came back on drop");
+                assert!(scout.await.is_ok());
+            } else {
+                let held = held.as_pin_mut().unwrap();
+                let (a, b) = tokio::join!(scout, held);
+                assert_eq!(a.is_ok(), i.is_multiple_of(3));
+                assert_eq!(
+                    b.is_ok(),
+                    i.is_multiple_of(3),
+                    "admitted after a success only"
+                );
+            }
+            assert_eq!(layer.policies().held(), 0);
+        };
+        for i in 0..30 {
+            round(i).await;
+        }
+        let before = allocations();
+        for i in 0..300 {
+            round(i).await;
+        }
+        assert_eq!(allocations() - before, 0);
+        assert_eq!(layer.policies().probes_in_flight(), 0);
+    });
+}

@@ -398,7 +398,19 @@ struct Core {
     open_until: AtomicU64,
     /// Outcomes of the current half-open probes; see `word.rs`.
     probes: AtomicU64,
+    /// Scout permits admitted and not yet reported or released, of any
+    /// generation: each further one doubles the interval before the next
+    /// scout (see `scout`).
+    /// (A 64-bit word like the others: the engine's 32-bit atomics are
+    /// for `std` builds only.)
+    scouts: AtomicU64,
 }
+
+/// The most doublings of the scout interval for scouts still out: with
+/// two or more unanswered, the next waits four intervals. (Eight, tried
+/// in `tenlives-perf goodput`, sent as few calls to a stalled upstream
+/// and saw the end of a latency spike 0.1 s later; see `docs/breaker.md`.)
+pub const MAX_SCOUT_DOUBLINGS: u32 = 2;
 
 /// A lock-free circuit breaker. See the [module documentation](self).
 ///
@@ -493,6 +505,7 @@ impl<S: EventSink> CircuitBreaker<S> {
                 state: AtomicU64::new(StateWord::new(KIND_CLOSED, 0, 0, 0).0),
                 open_until: AtomicU64::new(0),
                 probes: AtomicU64::new(ProbeWord::fresh(0).0),
+                scouts: AtomicU64::new(0),
             }),
             era: Layered::new(config, window),
             sink,
@@ -683,6 +696,45 @@ impl<S: EventSink> CircuitBreaker<S> {
         self.load().generation()
     }
 
+    /// Scouts admitted and not yet reported or released (of any open
+    /// period): each one still out doubles the interval before the next
+    /// scout, up to [`MAX_SCOUT_DOUBLINGS`] times. One load.
+    pub fn scouts_in_flight(&self) -> u32 {
+        // ordering: Relaxed; a count read as a hint.
+        let out = self.core.scouts.load(Ordering::Relaxed);
+        u32::try_from(out).unwrap_or(u32::MAX)
+    }
+
+    /// The wait before the next scout, for an interval of `every`
+    /// nanoseconds: doubled for each scout still out, at most
+    /// [`MAX_SCOUT_DOUBLINGS`] times, saturating.
+    #[inline]
+    fn scout_wait(&self, every: u64) -> u64 {
+        // ordering: Relaxed; see `scouts_in_flight`.
+        let out = self.core.scouts.load(Ordering::Relaxed);
+        // At most `MAX_SCOUT_DOUBLINGS` (2): the cast cannot truncate.
+        let out = out.min(u64::from(MAX_SCOUT_DOUBLINGS)) as u32;
+        if every.leading_zeros() >= out {
+            every << out
+        } else {
+            u64::MAX
+        }
+    }
+
+    /// A scout permit ended (reported or released): one fewer out. Every
+    /// scout permit ends exactly once, on the breaker that issued it (the
+    /// `RawPermit` contract), so the count never goes below zero; a permit
+    /// handed to another breaker would leave it off, which costs at most
+    /// the longest wait ([`MAX_SCOUT_DOUBLINGS`]) between scouts.
+    #[cold]
+    #[inline(never)]
+    fn scout_ended(&self) {
+        // ordering: Relaxed; a count read as a hint, no other memory is
+        // published through it. (A plain decrement: a saturating loop cost
+        // the thumbv7em breaker 200 bytes.)
+        self.core.scouts.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Asks to make a call at `now`. The returned [`Permit`] reports the
     /// outcome (or releases on drop).
     #[inline]
@@ -743,6 +795,7 @@ impl<S: EventSink> CircuitBreaker<S> {
                 if now.as_nanos() >= until {
                     let every = if s.kind() == KIND_SCOUTING {
                         self.with_era(|cfg, _| cfg.probe_every_ns)
+                            .map(|e| self.scout_wait(e))
                     } else {
                         None
                     };
@@ -1030,6 +1083,9 @@ impl<S: EventSink> CircuitBreaker<S> {
     /// failure, and frees its half-open probe slot.
     pub fn release(&self, permit: RawPermit) {
         if permit.kind != PermitKind::Probe {
+            if permit.kind == PermitKind::Scout {
+                self.scout_ended();
+            }
             return;
         }
         let mut s = self.load();
@@ -1215,6 +1271,11 @@ impl<S: EventSink> CircuitBreaker<S> {
         every: u64,
         now: Timestamp,
     ) -> Result<RawPermit, Rejected> {
+        // Each scout still out doubles the wait for the next one: a stalled
+        // dependency, whose scouts hang until their timeout, receives fewer;
+        // one that refuses at once (its scouts answer before the next is
+        // due) still gets one per interval.
+        let every = self.scout_wait(every);
         let next = now.as_nanos().saturating_add(every);
         if next <= until {
             // Time has reached `Timestamp::MAX` and a scout already took the
@@ -1243,7 +1304,11 @@ impl<S: EventSink> CircuitBreaker<S> {
         // later period (or to none): that period's next scout comes one
         // interval later, and this call is refused.
         match self.exchange(s, s) {
-            Ok(()) => Ok(self.permit(s, PermitKind::Scout, now)),
+            Ok(()) => {
+                // ordering: Relaxed; see `scouts_in_flight`.
+                self.core.scouts.fetch_add(1, Ordering::Relaxed);
+                Ok(self.permit(s, PermitKind::Scout, now))
+            }
             Err(_) => Err(self.reject(RejectReason::Open, Some(Duration::from_nanos(every)), now)),
         }
     }
@@ -1294,6 +1359,7 @@ impl<S: EventSink> CircuitBreaker<S> {
         now: Timestamp,
     ) {
         if scout {
+            self.scout_ended();
             if !failed {
                 self.record_scout(cfg, generation, slow, now);
             }

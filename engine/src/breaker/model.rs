@@ -120,6 +120,8 @@ pub struct BreakerModel {
     buckets: [Bucket; MAX_BUCKETS],
     /// Count windows: the last calls of this generation.
     last: LastCalls,
+    /// Scouts admitted and not yet reported or released, any generation.
+    scouts_out: u32,
 }
 
 impl BreakerModel {
@@ -135,6 +137,7 @@ impl BreakerModel {
                 oldest: 0,
                 len: 0,
             },
+            scouts_out: 0,
         }
     }
 
@@ -199,8 +202,11 @@ impl BreakerModel {
                     });
                 }
                 if let Some(every) = self.config.probe_every_ns.filter(|_| scouts) {
-                    // A scout: the breaker stays open, the next one waits.
-                    let next = now.saturating_add(every);
+                    // A scout: the breaker stays open, the next one waits,
+                    // twice as long for each scout still out (at most
+                    // `MAX_SCOUT_DOUBLINGS` times).
+                    let out = self.scouts_out.min(super::MAX_SCOUT_DOUBLINGS);
+                    let next = now.saturating_add(every.saturating_mul(1 << out));
                     if next <= until {
                         // At `Timestamp::MAX`: the last deadline is taken.
                         return Err(Rejected {
@@ -214,6 +220,7 @@ impl BreakerModel {
                         trips,
                         scouts,
                     };
+                    self.scouts_out += 1;
                     return Ok(ModelPermit {
                         generation: self.generation,
                         kind: Kind::Scout,
@@ -269,6 +276,9 @@ impl BreakerModel {
             Outcome::Failure => true,
             Outcome::Ignored => return self.release(permit),
         };
+        if permit.kind == Kind::Scout {
+            self.scouts_out = self.scouts_out.saturating_sub(1);
+        }
         if permit.generation != self.generation {
             return;
         }
@@ -356,6 +366,9 @@ impl BreakerModel {
 
     /// Gives a permit back unreported.
     pub fn release(&mut self, permit: ModelPermit) {
+        if permit.kind == Kind::Scout {
+            self.scouts_out = self.scouts_out.saturating_sub(1);
+        }
         if permit.kind != Kind::Probe || permit.generation != self.generation {
             return;
         }

@@ -596,28 +596,89 @@ fn scouts_go_one_per_interval_while_the_breaker_stays_open() {
 }
 
 #[test]
-fn a_stalled_scout_does_not_hold_back_the_next() {
+fn a_stalled_scout_does_not_hold_back_the_next_it_only_doubles_the_wait() {
     let b = scouting(1);
     let c = ManualClock::new();
     call(&b, &c, Outcome::Failure).unwrap();
     c.advance(ms(100));
     let stalled = b.try_acquire(c.now()).expect("scout 1");
+    assert_eq!(b.scouts_in_flight(), 1);
     c.advance(ms(20));
+    // Scout 1 is still out: scout 2 goes, and the next waits two intervals.
     let stalled_too = b.try_acquire(c.now()).expect("scout 2, scout 1 still out");
+    assert_eq!(
+        b.try_acquire(c.now()).unwrap_err().retry_after(),
+        Some(ms(40))
+    );
     c.advance(ms(20));
+    assert_eq!(
+        b.would_admit(c.now()).unwrap_err().retry_after(),
+        Some(ms(20))
+    );
+    c.advance(ms(20));
+    // Two still out: scout 3 goes, the next waits four intervals.
     let answered = b.try_acquire(c.now()).expect("scout 3");
+    assert_eq!(b.scouts_in_flight(), 3);
+    assert_eq!(
+        b.try_acquire(c.now()).unwrap_err().retry_after(),
+        Some(ms(80))
+    );
     c.advance(ms(10));
     answered.success(c.now());
     assert_eq!(b.state(), BreakerState::Closed);
-    // The stalled scouts fail after the close: stale, they change nothing.
+    assert_eq!(b.scouts_in_flight(), 2);
+    // The stalled scouts fail after the close: stale, they change nothing
+    // but the count of scouts out.
     let generation = b.generation();
     c.advance(ms(200));
     stalled.failure(c.now());
-    stalled_too.failure(c.now());
+    drop(stalled_too);
     assert_eq!(
         (b.state(), b.generation()),
         (BreakerState::Closed, generation)
     );
+    assert_eq!(b.scouts_in_flight(), 0);
+}
+
+#[test]
+fn scouts_that_answer_before_the_next_keep_the_interval_and_the_wait_grows_at_most_fourfold() {
+    let b = scouting(1);
+    let c = ManualClock::new();
+    call(&b, &c, Outcome::Failure).unwrap();
+    c.advance(ms(100));
+    // A dependency that refuses at once: every scout answers before the
+    // next is due, and they go one per interval.
+    for _ in 0..5 {
+        let scout = b.try_acquire(c.now()).expect("a scout");
+        scout.failure(c.now());
+        assert_eq!(b.scouts_in_flight(), 0);
+        assert_eq!(
+            b.try_acquire(c.now()).unwrap_err().retry_after(),
+            Some(ms(20))
+        );
+        c.advance(ms(20));
+    }
+    // Scouts that hang: 20, 40, then 80 ms between them, no longer.
+    let mut out = alloc::vec::Vec::new();
+    for wait in [20, 40, 80, 80, 80] {
+        out.push(b.try_acquire(c.now()).expect("a scout"));
+        assert_eq!(
+            b.try_acquire(c.now()).unwrap_err().retry_after(),
+            Some(ms(wait))
+        );
+        c.advance(ms(wait));
+    }
+    assert_eq!(b.scouts_in_flight(), 5);
+    // Released unreported (cancelled), they are no longer out.
+    out.clear();
+    assert_eq!(b.scouts_in_flight(), 0);
+    let scout = b.try_acquire(c.now()).expect("a scout");
+    assert_eq!(
+        b.try_acquire(c.now()).unwrap_err().retry_after(),
+        Some(ms(20))
+    );
+    scout.success(c.now());
+    assert_eq!(b.state(), BreakerState::Closed);
 }
 
 #[test]

@@ -296,6 +296,27 @@ pub fn probe_every_for_rate(rate: u32) -> Duration {
     Duration::from_millis(ms.clamp(20, 1000))
 }
 
+/// How long the default protection holds a request its breaker refuses
+/// while a scout's answer is coming, for a load of `rate` requests per
+/// second: two scout intervals ([`probe_every_for_rate`]), so that a
+/// request refused just after a scout failed still hears the next one, and
+/// at most 135 ms (half the default timeout), so that a held request that
+/// is then admitted still answers within the objective.
+pub fn hold_for_rate(rate: u32) -> Duration {
+    (2 * probe_every_for_rate(rate)).min(Duration::from_millis(135))
+}
+
+/// How many requests the default protection holds at once, for a load of
+/// `rate` requests per second: twice the requests that arrive during one
+/// hold ([`hold_for_rate`]), at least 16, at most 1024; the rest are refused
+/// at once.
+pub fn hold_cap_for_rate(rate: u32) -> usize {
+    let hold_ms = u64::from(rate) * hold_for_rate(rate).as_millis() as u64 / 1000;
+    usize::try_from(2 * hold_ms)
+        .unwrap_or(usize::MAX)
+        .clamp(16, 1024)
+}
+
 /// The protected front's policies.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Protection {
@@ -335,6 +356,10 @@ pub struct Protection {
     /// half-open test, which a probe to a stalled upstream holds for its
     /// whole timeout).
     pub probe_every: Option<Duration>,
+    /// Holds a request the breaker refuses while a scout's answer is
+    /// coming, for at most this long and this many requests at once
+    /// (`StackBuilder::hold_for_breaker`); `None`: refused at once.
+    pub hold: Option<(Duration, usize)>,
     /// The adaptive limit's `(min, initial, max)`.
     pub limits: (u32, u32, u32),
     /// The AIMD limit shrinks when a window's mean latency exceeds this (or
@@ -356,7 +381,10 @@ impl Protection {
     /// is the test): a recovered upstream is refused for at most an
     /// interval and a call's latency, even when the calls that failed
     /// stalled until the timeout, and a dead one receives scouts on about
-    /// 7 % of the requests.
+    /// 7 % of the requests. A request the breaker refuses while a scout is
+    /// in flight or due within [`hold_for_rate`]`(rate)` is held for the
+    /// scout's answer (at most [`hold_cap_for_rate`]`(rate)` at once):
+    /// admitted if the scout closes the breaker, refused otherwise.
     pub fn for_rate(rate: u32) -> Protection {
         let rate_limit = rate.saturating_mul(3).max(10);
         let open = open_for_rate(rate);
@@ -375,11 +403,17 @@ impl Protection {
             max_open: open,
             probes: PROBES,
             probe_every: Some(probe_every_for_rate(rate)),
+            hold: Some((hold_for_rate(rate), hold_cap_for_rate(rate))),
             // The floor keeps a stray error from shrinking the limit below
             // what a healthy load needs: AIMD counts every failed call as a
             // drop and multiplies the limit down, but grows it only when at
-            // least half of it is in use.
-            limits: (16, 32, 128),
+            // least half of it is in use. 24 rather than 16: a down
+            // upstream's failures take the limit to its floor, and when a
+            // scout closes the breaker the requests held for its answer
+            // (about 15 at 300/s) are admitted at once with the calls in
+            // flight; a floor of 16 shed 22 to 34 of them a run in the
+            // goodput suite's `flapping` (docs/demo.md).
+            limits: (24, 32, 128),
             latency_threshold: Duration::from_millis(100),
         }
     }
@@ -434,9 +468,11 @@ impl Protection {
             ),
         )
         .retry_if(retry_if as RetryIf);
-        Ok(StackLayer::builder()
-            .timeout(self.timeout)
-            .retry(retry)
+        let mut builder = StackLayer::builder().timeout(self.timeout).retry(retry);
+        if let Some((max_wait, cap)) = self.hold {
+            builder = builder.hold_for_breaker(max_wait, cap)?;
+        }
+        Ok(builder
             .classify(classify as Classifier)
             .clock(clock)
             .circuit_breaker(breaker)
@@ -784,6 +820,14 @@ mod tests {
         assert_eq!(probe_every_for_rate(10), ms(1000));
         assert_eq!(probe_every_for_rate(100_000), ms(20));
         assert!(p.timeout < p.objective);
+        assert_eq!(hold_for_rate(300), ms(100));
+        assert_eq!(hold_for_rate(10), ms(135));
+        assert_eq!(hold_cap_for_rate(300), 60);
+        assert_eq!(hold_cap_for_rate(10), 16);
+        assert_eq!(hold_cap_for_rate(100_000), 1024);
+        assert_eq!(p.hold, Some((hold_for_rate(150), hold_cap_for_rate(150))));
+        // Holding and then calling still answers within the objective.
+        assert!(hold_for_rate(1) * 2 <= p.timeout);
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -834,6 +878,10 @@ mod tests {
             let policies = layer.policies();
             assert!(policies.breaker().is_some() && policies.rate_limit().is_some());
             assert_eq!(policies.limit().unwrap().limit(), 32);
+            assert_eq!(
+                policies.hold(),
+                Some((hold_for_rate(rate), hold_cap_for_rate(rate)))
+            );
         }
     }
 }

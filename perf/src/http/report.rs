@@ -229,6 +229,12 @@ pub fn protection(p: &Protection) -> String {
                 }
             ),
             None => format!("{} probes", p.probes),
+        } + &match p.hold {
+            Some((wait, cap)) => format!(
+                ";\n  a refusal while a scout's answer is coming is held for it, up to {} (at most {cap} at once)",
+                ms(wait)
+            ),
+            None => String::new(),
         },
         p.limits.0,
         p.limits.2,

@@ -148,6 +148,11 @@ pub struct GoodputArgs {
     /// latency objective; CI gives slack for a loaded machine).
     #[arg(long)]
     pub max_p99_ms: Option<u64>,
+    /// The tenlives front refuses at once what its breaker refuses, without
+    /// holding it for a scout's answer (the recommended stack before the
+    /// hold): for comparison.
+    #[arg(long)]
+    pub no_hold: bool,
 }
 
 /// The aims, as fractions.
@@ -350,7 +355,10 @@ async fn one(scenario: Scenario, args: &GoodputArgs, out: &Path) -> Result<Ran, 
     let rate = load.rate.unwrap_or(DEFAULT_RATE);
     let timeline = Arc::new(scenario.timeline(length, Duration::from_millis(load.latency_ms)));
     let plan = RatePlan::constant(rate, length);
-    let protection = Protection::for_rate(rate);
+    let mut protection = Protection::for_rate(rate);
+    if args.no_hold {
+        protection.hold = None;
+    }
     let objective = load
         .objective_ms
         .map_or(protection.objective, Duration::from_millis);

@@ -180,6 +180,8 @@ pub fn drive(name: &str, info: &RunInfo<'_>, d: &Drive, checks: &[Check]) -> Val
             "max_open_ms": millis(info.protection.max_open),
             "probes": info.protection.probes,
             "probe_every_ms": info.protection.probe_every.map(millis),
+            "hold_ms": info.protection.hold.map(|(wait, _)| millis(wait)),
+            "hold_cap": info.protection.hold.map(|(_, cap)| cap),
             "limit_min": info.protection.limits.0,
             "limit_initial": info.protection.limits.1,
             "limit_max": info.protection.limits.2,

@@ -17,11 +17,13 @@ use tower_service::Service;
 
 use super::Policies;
 use super::handle::Handle;
+use super::hold::{Hold, Holds};
 use crate::admission::Admission;
 use crate::classify::Classify;
-use crate::error::{Rejection, TenlivesError};
+use crate::error::{Rejection, RejectionReason, TenlivesError};
 use crate::retry::{RetryClones, RetryStage};
 use crate::span::CallSpan;
+use tenlives_engine::breaker::RejectReason;
 
 /// What a request needs for its next attempts.
 pub(crate) struct Retrying<S, Req> {
@@ -58,6 +60,13 @@ pub(crate) struct Held<K, R, A: Admission> {
     admitted_at: Timestamp,
     /// The wheel entry of the future's one timer, once set.
     alarm: Option<TimerEntry>,
+    /// The token in flight is a breaker's probe or scout, counted in the
+    /// stack's [`Holds`] (only when the stack holds).
+    probe: bool,
+    /// The request's hold for the breaker's answer, while it holds.
+    hold: Option<Hold>,
+    /// The request has held once (it holds at most once).
+    held_once: bool,
 }
 
 impl<K, R, A: Admission> Held<K, R, A> {
@@ -67,14 +76,119 @@ impl<K, R, A: Admission> Held<K, R, A> {
             token: None,
             admitted_at: now,
             alarm: None,
+            probe: false,
+            hold: None,
+            held_once: false,
         }
     }
 
     /// Keeps the token of an attempt admitted at `now`.
     #[inline]
     pub(crate) fn hold(&mut self, token: A::Token, now: Timestamp) {
+        if let Some(holds) = self.policies.holds.as_ref()
+            && self.policies.admission.is_probe(&token)
+        {
+            holds.probe_sent();
+            self.probe = true;
+        }
         self.token = Some(token);
         self.admitted_at = now;
+    }
+
+    /// The probe in flight (if the token was one) reported its outcome.
+    #[inline]
+    fn probe_answered(&mut self) {
+        if std::mem::take(&mut self.probe)
+            && let Some(holds) = self.policies.holds.as_ref()
+        {
+            holds.probe_answered();
+        }
+    }
+
+    /// Whether a breaker refusal `rejection` may be held for the breaker's
+    /// answer, given the bound `until`: `Some(due)` with when that answer
+    /// is due (`None`: a probe of this stack is in flight, time unknown),
+    /// `None` to refuse at once.
+    fn answer_due(
+        holds: &Holds,
+        rejection: &Rejection,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Option<Option<Timestamp>> {
+        if now >= until {
+            return None;
+        }
+        match rejection.reason() {
+            RejectionReason::CircuitBreaker(RejectReason::Open | RejectReason::HalfOpenFull) => {}
+            _ => return None,
+        }
+        // A zero retry-after is a breaker with no deadline left to scout
+        // at (time at its end): nothing is due.
+        if let Some(after) = rejection.retry_after().filter(|d| !d.is_zero()) {
+            let due = now.saturating_add(after);
+            if due < until {
+                return Some(Some(due));
+            }
+        }
+        (holds.probes_in_flight() > 0).then_some(None)
+    }
+
+    /// The first attempt to hold this request after `rejection`: takes a
+    /// slot if the breaker's answer is coming within the hold's bound (and
+    /// the request's `deadline`) and a slot is free.
+    fn start_hold(&mut self, rejection: &Rejection, deadline: Option<&Deadline>) -> bool {
+        let p = &*self.policies;
+        let Some(holds) = p.holds.as_ref() else {
+            return false;
+        };
+        if self.held_once {
+            return false;
+        }
+        let now = p.now_if(true);
+        let mut until = now.saturating_add(holds.max_wait);
+        if let Some(d) = deadline {
+            until = until.min(d.at);
+        }
+        let Some(due) = Self::answer_due(holds, rejection, now, until) else {
+            return false;
+        };
+        let Some(slot) = holds.claim() else {
+            return false;
+        };
+        self.held_once = true;
+        self.hold = Some(Hold {
+            slot,
+            seen: None,
+            answered: false,
+            until,
+            due,
+        });
+        true
+    }
+
+    /// A held request was refused again at `now`: hold on (the breaker has
+    /// not answered yet, an answer is still due within the bound) or not.
+    fn resume_hold(&mut self, rejection: &Rejection, now: Timestamp) -> bool {
+        let (Some(holds), Some(hold)) = (self.policies.holds.as_ref(), self.hold.as_mut()) else {
+            return false;
+        };
+        if hold.answered {
+            return false;
+        }
+        match Self::answer_due(holds, rejection, now, hold.until) {
+            Some(due) => {
+                hold.due = due;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Gives the hold's slot back.
+    fn end_hold(&mut self) {
+        if let (Some(hold), Some(holds)) = (self.hold.take(), self.policies.holds.as_ref()) {
+            holds.release(hold.slot);
+        }
     }
 
     /// The attempt ended with `result`: classify it, report it, and return it
@@ -99,6 +213,7 @@ impl<K, R, A: Admission> Held<K, R, A> {
         let now = p.now_if(needs_time);
         if let Some(token) = self.token.take() {
             p.admission.complete(token, outcome, self.admitted_at, now);
+            self.probe_answered();
         }
         let now = needs_time.then_some(now);
         (result.map_err(TenlivesError::Inner), now, outcome)
@@ -114,6 +229,7 @@ impl<K, R, A: Admission> Held<K, R, A> {
             let now = p.now_if(needs_time);
             p.admission
                 .complete(token, Outcome::Failure, self.admitted_at, now);
+            self.probe_answered();
         }
     }
 }
@@ -125,6 +241,7 @@ impl<K, R, A: Admission> Held<K, R, A> {
         if let (Some(entry), Some(timers)) = (self.alarm.take(), self.policies.timers.as_ref()) {
             timers.cancel(entry);
         }
+        self.end_hold();
     }
 }
 
@@ -133,6 +250,13 @@ impl<K, R, A: Admission> Drop for Held<K, R, A> {
         self.disarm();
         if let Some(token) = self.token.take() {
             self.policies.admission.release(token);
+        }
+        // A probe released unreported, or one whose report panicked: the
+        // breaker heard nothing, so nobody is woken.
+        if std::mem::take(&mut self.probe)
+            && let Some(holds) = self.policies.holds.as_ref()
+        {
+            holds.probe_dropped();
         }
     }
 }
@@ -147,8 +271,13 @@ pin_project! {
         Rejected { rejection: Option<Rejection> },
         /// Waiting out a backoff delay (on the future's timer).
         Waiting,
-        /// The delay is over; waiting for the clone of the service to be ready.
-        Readying,
+        /// The breaker refused; held for its next answer (a probe's or a
+        /// scout's outcome), its next scout's time or the hold's bound.
+        Holding,
+        /// The delay is over (or, `held`, the held request is to try
+        /// admission again); waiting for the clone of the service to be
+        /// ready.
+        Readying { held: bool },
         /// The result was returned.
         Done,
     }
@@ -183,6 +312,8 @@ enum Alarm {
     Deadline,
     /// Set for the end of a backoff delay.
     Backoff,
+    /// Set for a held request's next look at the breaker.
+    Hold,
 }
 
 pin_project! {
@@ -266,7 +397,8 @@ impl<S: Service<Req>, Req, K, R, A: Admission> fmt::Debug for StackFuture<S, Req
             Phase::Calling { .. } => "calling",
             Phase::Rejected { .. } => "rejected",
             Phase::Waiting => "waiting",
-            Phase::Readying => "readying",
+            Phase::Holding => "holding",
+            Phase::Readying { .. } => "readying",
             Phase::Done => "done",
         };
         f.debug_struct("StackFuture")
@@ -302,7 +434,18 @@ where
                     Poll::Pending => break,
                 },
                 PhaseProj::Rejected { rejection } => match rejection.take() {
-                    Some(rejection) => (Err(TenlivesError::Rejected(rejection)), None),
+                    Some(rejection) => {
+                        // A refusal of the breaker, held for its answer
+                        // (only a stack that holds, and keeps the request's
+                        // clones, does).
+                        if this.retry.is_some()
+                            && this.held.start_hold(&rejection, this.deadline.as_ref())
+                        {
+                            this.phase.set(Phase::Holding);
+                            continue;
+                        }
+                        (Err(TenlivesError::Rejected(rejection)), None)
+                    }
                     None => break,
                 },
                 PhaseProj::Waiting => {
@@ -310,10 +453,49 @@ where
                         // The deadline is later than the end of the delay.
                         return Poll::Pending;
                     }
-                    this.phase.set(Phase::Readying);
+                    this.phase.set(Phase::Readying { held: false });
                     continue;
                 }
-                PhaseProj::Readying => {
+                PhaseProj::Holding => {
+                    let held = &mut *this.held;
+                    let (Some(holds), Some(hold)) =
+                        (held.policies.holds.as_ref(), held.hold.as_mut())
+                    else {
+                        // Only a request with a hold goes through `Holding`.
+                        this.phase.set(Phase::Done);
+                        return Poll::Pending;
+                    };
+                    let seen = holds.register(hold.slot, cx.waker());
+                    let look_again = match hold.seen {
+                        // Registered: look once more, in case the answer
+                        // came between the refusal and the registration.
+                        None => {
+                            hold.seen = Some(seen);
+                            true
+                        }
+                        Some(before) if before != seen => {
+                            hold.answered = true;
+                            true
+                        }
+                        Some(_) => false,
+                    };
+                    if !look_again {
+                        let at = hold.due.map_or(hold.until, |due| due.min(hold.until));
+                        if *this.alarm != Alarm::Hold {
+                            set_timer(held, this.timer.as_mut(), this.alarm, Alarm::Hold, at, cx);
+                        }
+                        if poll_timer(held, this.timer.as_mut(), cx).is_pending() {
+                            // The hold ends before the deadline.
+                            return Poll::Pending;
+                        }
+                        // Fired: set again for the next hold, if any.
+                        *this.alarm = Alarm::Unset;
+                    }
+                    this.phase.set(Phase::Readying { held: true });
+                    continue;
+                }
+                PhaseProj::Readying { held } => {
+                    let held = *held;
                     let Some(retrying) = this.retry.as_mut() else {
                         // Only a retry goes through `Readying`.
                         this.phase.set(Phase::Done);
@@ -325,6 +507,34 @@ where
                             this.phase.set(Phase::Done);
                             this.held.disarm();
                             return Poll::Ready(Err(TenlivesError::Inner(e)));
+                        }
+                        Poll::Ready(Ok(())) if held => {
+                            // A held request tries admission again: the
+                            // same attempt, no retry and no withdrawal.
+                            let p = &*this.held.policies;
+                            let now = p.now_if(true);
+                            match p.admission.admit(now) {
+                                Ok(token) => {
+                                    span.admitted();
+                                    this.held.end_hold();
+                                    this.held.hold(token, now);
+                                    let request = (retrying.clone_request)(&retrying.request);
+                                    let future = retrying.service.call(request);
+                                    this.phase.set(Phase::Calling { future });
+                                }
+                                Err(rejection) => {
+                                    if this.held.resume_hold(&rejection, now) {
+                                        this.phase.set(Phase::Holding);
+                                    } else {
+                                        span.rejected(&rejection);
+                                        this.held.end_hold();
+                                        this.phase.set(Phase::Rejected {
+                                            rejection: Some(rejection),
+                                        });
+                                    }
+                                }
+                            }
+                            continue;
                         }
                         Poll::Ready(Ok(())) => {
                             let p = &*this.held.policies;

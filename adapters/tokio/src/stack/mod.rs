@@ -84,6 +84,7 @@
 
 mod future;
 mod handle;
+mod hold;
 
 use std::fmt;
 use std::sync::Arc;
@@ -103,6 +104,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 pub use future::StackFuture;
+pub use hold::MAX_HOLD_CAP;
 
 use crate::admission::Admission;
 use crate::classify::{Classify, DefaultClassifier};
@@ -113,6 +115,7 @@ use crate::span::call_span;
 use crate::wheel::{self, Timers};
 use future::{Deadline, Held, Phase, Retrying};
 use handle::Handle;
+use hold::Holds;
 
 /// The admission stages the builder assembles: an optional breaker, then an
 /// optional rate limit, then an optional concurrency limit.
@@ -137,6 +140,8 @@ pub struct Policies<K = DefaultClassifier, R = NoRetry, A = DefaultAdmission> {
     /// Whether the end of an attempt reads the clock: an admission stage
     /// needs it.
     pub(crate) time_at_end: bool,
+    /// Holding breaker refusals for the breaker's answer, if on.
+    pub(crate) holds: Option<Holds>,
 }
 
 impl<K, R: fmt::Debug, A: fmt::Debug> fmt::Debug for Policies<K, R, A> {
@@ -175,6 +180,21 @@ impl<K, R, A> Policies<K, R, A> {
     pub fn timers(&self) -> Option<&Timers> {
         self.timers.as_ref()
     }
+    /// The hold for the breaker's answer, if on
+    /// ([`StackBuilder::hold_for_breaker`]): `(max_wait, cap)`.
+    pub fn hold(&self) -> Option<(Duration, usize)> {
+        self.holds.as_ref().map(|h| (h.max_wait, h.cap()))
+    }
+    /// Requests held for the breaker's answer now (reads every occupancy
+    /// word: for metrics and tests, not the request path).
+    pub fn held(&self) -> usize {
+        self.holds.as_ref().map_or(0, Holds::held)
+    }
+    /// Probes and scouts of the breaker admitted through this stack and
+    /// not ended yet (counted only when the stack holds).
+    pub fn probes_in_flight(&self) -> u32 {
+        self.holds.as_ref().map_or(0, Holds::probes_in_flight)
+    }
     #[inline]
     pub(crate) fn now_if(&self, needed: bool) -> Timestamp {
         if needed {
@@ -211,6 +231,7 @@ pub struct StackBuilder<K = DefaultClassifier, R = NoRetry, A = DefaultAdmission
     timeout: Option<Duration>,
     clock: Option<TokioClock>,
     wheel: (usize, Duration),
+    hold: Option<(Duration, usize)>,
 }
 
 impl<K, R: fmt::Debug, A: fmt::Debug> fmt::Debug for StackBuilder<K, R, A> {
@@ -246,6 +267,7 @@ impl<K, R, A> StackBuilder<K, R, A> {
             timeout: self.timeout,
             clock: self.clock,
             wheel: self.wheel,
+            hold: self.hold,
         }
     }
 
@@ -260,6 +282,7 @@ impl<K, R, A> StackBuilder<K, R, A> {
             timeout: self.timeout,
             clock: self.clock,
             wheel: self.wheel,
+            hold: self.hold,
         }
     }
 
@@ -305,6 +328,7 @@ impl<K, R, A> StackBuilder<K, R, A> {
             timeout: self.timeout,
             clock: self.clock,
             wheel: self.wheel,
+            hold: self.hold,
         }
     }
 
@@ -334,8 +358,44 @@ impl<K, R, A> StackBuilder<K, R, A> {
                 timers,
                 time_at_call,
                 time_at_end,
+                holds: self.hold.map(|(max_wait, cap)| Holds::new(max_wait, cap)),
             })),
         }
+    }
+}
+
+impl<K, C, Snk: EventSink, A> StackBuilder<K, RetryPolicy<C, Snk>, A> {
+    /// Holds a request that the circuit breaker refuses, while an answer of
+    /// the breaker is coming, instead of refusing it at once: for at most
+    /// `max_wait` (and never past the request's timeout), at most `cap`
+    /// requests at once. Off by default.
+    ///
+    /// A refusal is held when the breaker is open and its next scout (or
+    /// half-open probe) is due within the hold, or when a probe or scout
+    /// sent through this stack is in flight. A held request tries admission
+    /// again, through every admission stage, when such a probe reports its
+    /// outcome (a scout that succeeds closes the breaker: the held requests
+    /// are admitted), when the next scout is due (it may be the scout), and
+    /// at the end of the hold. It is refused, with the breaker's rejection
+    /// as without the option, when the breaker answered and still refuses
+    /// (the scout failed), when no answer is due within what is left of the
+    /// hold, or at its end. A request holds at most once; a refusal that
+    /// finds `cap` requests held is refused at once.
+    ///
+    /// Cost: nothing on an admitted request, beyond a check of whether its
+    /// permit is a probe; a held request takes one of `cap` slots made when
+    /// the stack is built (a compare-and-swap), its waker registered there,
+    /// and one entry of the stack's timer wheel. Nothing is allocated or
+    /// locked per request. Held requests use the clones of the service and
+    /// request that the retry stage keeps, so the option needs one.
+    ///
+    /// # Errors
+    ///
+    /// A zero `max_wait` or `cap`, or a `cap` above [`MAX_HOLD_CAP`].
+    pub fn hold_for_breaker(mut self, max_wait: Duration, cap: usize) -> Result<Self, ConfigError> {
+        Holds::check(max_wait, cap)?;
+        self.hold = Some((max_wait, cap));
+        Ok(self)
     }
 }
 
@@ -404,6 +464,7 @@ impl StackLayer {
             timeout: None,
             clock: None,
             wheel: (wheel::DEFAULT_CAPACITY, wheel::DEFAULT_RESOLUTION),
+            hold: None,
         }
     }
 }
