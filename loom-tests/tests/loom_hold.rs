@@ -20,7 +20,17 @@
 //! flight for a slot given back and taken again reaches at most the new
 //! owner, once. HB2: a slot has one owner at a time (loom checks every
 //! access to each slot's cell) and the count of held requests is exact
-//! once they are given back. Preemption bound 3.
+//! once they are given back. Preemption bound 3 (2 for the model with
+//! three threads besides the main one); every model also passes with
+//! `LOOM_MAX_PREEMPTIONS=5` (six minutes for the file).
+//!
+//! Each seeded bug fails a model: the waiter's fence weakened to `Release`,
+//! or the notifier's removed, fails the three wake models as loom's
+//! "deadlock" (the held request asleep, the probe done); the answer
+//! count's bump made `Relaxed` fails them as "saw the count move but not
+//! the answer"; the slot's release made `Relaxed` fails the three claim
+//! models as "Causality violation: Concurrent write accesses to
+//! `UnsafeCell`".
 #![cfg(tenlives_loom)]
 
 #[allow(dead_code)]
@@ -147,10 +157,7 @@ fn a_wake_racing_a_slot_handed_on_is_not_lost() {
         let holds = Arc::new(Holds::new(WAIT, 1));
         let closed = Arc::new(AtomicBool::new(false));
         holds.probe_sent();
-        let (old, new) = (
-            Arc::new(AtomicUsize::new(0)),
-            Arc::new(AtomicUsize::new(0)),
-        );
+        let (old, new) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let requests = {
             let (holds, closed, old, new) =
                 (holds.clone(), closed.clone(), old.clone(), new.clone());
@@ -191,10 +198,7 @@ fn a_slot_handed_to_another_request_mid_wake_loses_nothing() {
         let closed = Arc::new(AtomicBool::new(false));
         holds.probe_sent();
         let slot = holds.claim().expect("a free slot");
-        let (old, new) = (
-            Arc::new(AtomicUsize::new(0)),
-            Arc::new(AtomicUsize::new(0)),
-        );
+        let (old, new) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let first = {
             let (holds, old) = (holds.clone(), old.clone());
             thread::spawn(move || {
