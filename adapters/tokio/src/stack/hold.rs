@@ -26,12 +26,41 @@
 //! makes its new owner poll once more.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 use std::task::Waker;
 use std::time::Duration;
 
+// The atomics and the waker cells come from loom under `--cfg tenlives_loom`:
+// loom-tests/tests/loom_hold.rs compiles this very file (through `#[path]`)
+// and checks the table above on it. Nothing else here names their origin.
+#[cfg(not(tenlives_loom))]
 use atomic_waker::AtomicWaker;
+#[cfg(tenlives_loom)]
+use loom::future::AtomicWaker;
+#[cfg(tenlives_loom)]
+use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+#[cfg(not(tenlives_loom))]
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 use tenlives_engine::ConfigError;
+
+/// Stores `waker` in `cell` (`atomic_waker` and loom name it differently).
+#[cfg(not(tenlives_loom))]
+fn put_waker(cell: &AtomicWaker, waker: &Waker) {
+    cell.register(waker);
+}
+#[cfg(tenlives_loom)]
+fn put_waker(cell: &AtomicWaker, waker: &Waker) {
+    cell.register_by_ref(waker);
+}
+
+/// Takes the waker out of `cell`, if any.
+#[cfg(not(tenlives_loom))]
+fn take_waker(cell: &AtomicWaker) -> Option<Waker> {
+    cell.take()
+}
+#[cfg(tenlives_loom)]
+fn take_waker(cell: &AtomicWaker) -> Option<Waker> {
+    cell.take_waker()
+}
 
 /// The most requests one stack holds at once.
 pub const MAX_HOLD_CAP: usize = 4096;
@@ -85,16 +114,17 @@ impl Holds {
     /// `cap` slots (checked by [`check`](Self::check)).
     pub(crate) fn new(max_wait: Duration, cap: usize) -> Self {
         let words = cap.div_ceil(64);
-        let mut bits: Vec<AtomicU64> = (0..words).map(|_| AtomicU64::new(0)).collect();
         // The bits past `cap` in the last word are set for good: never free.
-        if !cap.is_multiple_of(64)
-            && let Some(last) = bits.last_mut()
-        {
-            *last.get_mut() = !0u64 << (cap % 64);
-        }
+        let padding = if cap.is_multiple_of(64) {
+            0
+        } else {
+            !0u64 << (cap % 64)
+        };
         Holds {
             max_wait,
-            bits: bits.into_boxed_slice(),
+            bits: (0..words)
+                .map(|w| AtomicU64::new(if w + 1 == words { padding } else { 0 }))
+                .collect(),
             wakers: (0..cap).map(|_| AtomicWaker::new()).collect(),
             answers: AtomicU64::new(0),
             probes: AtomicU32::new(0),
@@ -151,7 +181,7 @@ impl Holds {
     /// Registers `waker` in `slot` and returns the answer count to compare
     /// with (see the module's table).
     pub(crate) fn register(&self, slot: usize, waker: &Waker) -> u64 {
-        self.wakers[slot].register(waker);
+        put_waker(&self.wakers[slot], waker);
         // ordering: SeqCst fence, pairs with the notifier's: see the table.
         fence(Ordering::SeqCst);
         // ordering: Acquire, pairs with the notifier's bump: a request that
@@ -161,7 +191,7 @@ impl Holds {
 
     /// Gives `slot` back.
     pub(crate) fn release(&self, slot: usize) {
-        drop(self.wakers[slot].take());
+        drop(take_waker(&self.wakers[slot]));
         // ordering: Release, pairs with the next claimer's Acquire.
         self.bits[slot / 64].fetch_and(!(1 << (slot % 64)), Ordering::Release);
     }
