@@ -36,6 +36,13 @@
 //! - `scaling/half_open_probe/tenlives/{1_thread,2_threads}`: one probe
 //!   admitted by a half-open breaker (1000 probe slots) and dropped
 //!   unreported, which frees its slot.
+//! - `scaling/timer_wheel/tenlives/{1_thread,2_threads}`: one timer armed
+//!   on a shared `TimerWheel` (1024 entries, 1 ms ticks, what the tower
+//!   layers make) for a second after `now` and given back before it fires,
+//!   as every request through a layer with a timeout does; no driver runs
+//!   (nothing is due). Given its time, no clock read: a lab row of the wheel
+//!   alone, whose 2-thread figure shows what the two threads' registrations
+//!   share.
 //!
 //! Headline rows read the adapters' default clock (the process's
 //! `TscClock`, quanta's TSC) once per operation, as the tower layers do, and
@@ -58,6 +65,7 @@
 use std::cell::Cell;
 use std::hint::black_box;
 use std::num::NonZeroU32;
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use criterion::{
@@ -72,6 +80,7 @@ use tenlives_engine::events::{Event, EventKind, EventRing, Slot};
 use tenlives_engine::rate::{KeyedConfig, KeyedRateLimiter, Quota};
 use tenlives_engine::throttle::{Throttle, ThrottleConfig};
 use tenlives_engine::time::{Clock, Timestamp, TscClock};
+use tenlives_engine::timer::TimerWheel;
 
 #[path = "support/keyed_driver.rs"]
 mod keyed_driver;
@@ -386,6 +395,19 @@ fn bench_half_open_probe(c: &mut Criterion) {
     group.finish();
 }
 
+fn bench_timer_wheel(c: &mut Criterion) {
+    let mut group = c.benchmark_group("scaling/timer_wheel");
+    let wheel = TimerWheel::new(1024, Duration::from_millis(1)).expect("a valid wheel");
+    both(&mut group, "tenlives", 20, |t| {
+        let deadline = Timestamp::from_nanos(t + 1_000_000_000);
+        let registered = wheel
+            .register(deadline, Waker::noop())
+            .expect("a free entry");
+        wheel.cancel(black_box(registered.entry));
+    });
+    group.finish();
+}
+
 /// The harness. A module of its own because `criterion_group!` makes a `pub`
 /// function it cannot document; here it is not exported, so it needs no doc.
 mod harness {
@@ -395,7 +417,7 @@ mod harness {
         name = benches;
         config = support::config();
         targets = bench_keyed, bench_ring_push, bench_throttle, bench_adaptive,
-            bench_breaker_rejection, bench_half_open_probe
+            bench_breaker_rejection, bench_half_open_probe, bench_timer_wheel
     }
 }
 criterion_main!(harness::benches);

@@ -8,11 +8,17 @@
 //! back and taken again) never fires or wakes the entry's new use. W4: every
 //! entry comes back to the free stack once its owner and any expirer are
 //! done with it. W5: a registration racing an expiry is never left without
-//! a driver wake-up at or before its deadline. loom also checks every
+//! a driver wake-up at or before its deadline. W8: the wheel is full only
+//! when every entry is taken: a thread whose stripe is empty takes another
+//! stripe's entry, which goes back to that stripe. loom also checks every
 //! access to the waker cells for exclusivity.
 //!
+//! Under loom the wheel has two stripes (`STRIPES` is 2 under
+//! `cfg(tenlives_loom)`), and a thread's stripe is a hash of its loom id: the
+//! models below that take more entries than one stripe holds take from both.
+//!
 //! Every model explores up to 4 preemptions per execution (3 for the
-//! three-thread model); the whole file runs in about a second.
+//! three-thread models).
 #![cfg(tenlives_loom)]
 
 use std::sync::Arc;
@@ -215,6 +221,77 @@ fn two_owners_and_an_expiry_share_one_entry() {
         for count in not_due.join().unwrap() {
             assert_eq!(wakes(&count), 0, "woken before its deadline");
         }
+        assert_all_free(&w);
+    });
+}
+
+/// W5 across stripes: two registrations (each in its own stripe, or one in
+/// the other's when its own is taken) racing an expiry are each covered:
+/// the registrant is told to wake the driver, or the expiry's `next` is at
+/// or before its deadline, or an earlier registration is covered; and the
+/// wheel's `next_due` ends at the earliest deadline.
+#[test]
+fn registrations_in_two_stripes_racing_expiry_are_never_lost() {
+    model(3, || {
+        // Three entries in two stripes (two and one): the main thread's
+        // `later` and the two registrants take every one.
+        let w = wheel(3);
+        let later = w.register(at(50), Waker::noop()).unwrap();
+        let registrant = |deadline: u64| {
+            let w = Arc::clone(&w);
+            thread::spawn(move || {
+                let reg = w
+                    .register(at(deadline), Waker::noop())
+                    .expect("a free entry");
+                (reg.wake_driver, reg.entry)
+            })
+        };
+        let first = registrant(5);
+        let second = registrant(7);
+        let next = w.expire(at(0)).next;
+        let (first_wake, first) = first.join().unwrap();
+        let (second_wake, second) = second.join().unwrap();
+        let covered = |wake: bool, deadline: u64| wake || next.is_some_and(|t| t <= at(deadline));
+        let first_covered = covered(first_wake, 5);
+        assert!(
+            first_covered,
+            "deadline 5 uncovered: wake {first_wake}, next {next:?}"
+        );
+        assert!(
+            covered(second_wake, 7) || first_covered,
+            "deadline 7 uncovered: wake {second_wake}, next {next:?}"
+        );
+        assert_eq!(w.next_due(), Some(at(5)));
+        w.cancel(first);
+        w.cancel(second);
+        w.cancel(later.entry);
+        assert_all_free(&w);
+    });
+}
+
+/// W8, W4: two owners, each registering and cancelling twice on a wheel of
+/// one entry per stripe, never find it full (they hold two at most),
+/// whichever stripes they start from, and every entry ends in its own
+/// stripe's free stack.
+#[test]
+fn an_owner_whose_stripe_is_empty_takes_another_and_gives_it_back() {
+    model(3, || {
+        let w = wheel(2);
+        let owner = |deadline: u64| {
+            let w = Arc::clone(&w);
+            thread::spawn(move || {
+                for _ in 0..2 {
+                    let reg = w
+                        .register(at(deadline), Waker::noop())
+                        .expect("a free entry");
+                    w.cancel(reg.entry);
+                }
+            })
+        };
+        let a = owner(5);
+        let b = owner(7);
+        a.join().unwrap();
+        b.join().unwrap();
         assert_all_free(&w);
     });
 }

@@ -53,23 +53,47 @@
 //! later use than the state word it was read with only leads to a
 //! compare-and-swap that fails.
 //!
+//! # Stripes
+//!
+//! The entries are split into up to eight stripes (a power of two, at most
+//! one per entry), each a contiguous run of entries with its own free stack,
+//! scan bound and `next_due` word on a cache line of its own. A thread
+//! registers in its own stripe (`stripe.rs`: one per thread, round-robin)
+//! and takes an entry of the next stripes in turn only when its own is
+//! empty, so the wheel is full only when every entry is taken. An entry goes
+//! back to the stripe it came from. Threads on different cores therefore
+//! write different lines when they register and cancel: with one free stack
+//! and one `next_due` word for the whole wheel, every request wrote both
+//! shared words, and on two threads those three read-modify-writes per
+//! request were most of a request's cost through the stack
+//! (`docs/performance.md`, "The timer wheel on two threads").
+//!
 //! # When the driver must wake: `next_due`
 //!
-//! `next_due` holds the earliest tick the driver must run `expire` at
-//! (`u64::MAX`: none). A registrant lowers it with `fetch_min` after arming
-//! its entry, and is told to wake the driver when it lowered it. `expire`
-//! first swaps it to `u64::MAX`, then scans, then lowers it with `fetch_min`
-//! to the earliest deadline still armed. Every one of these is a
-//! read-modify-write (AcqRel) of the one word, so they are totally ordered:
-//! a registration ordered before an expirer's swap is seen by its scan (the
-//! swap reads its write or a later one); one ordered after it finds a value
-//! the expirer has not yet lowered to cover it, lowers it, and wakes the
-//! driver if it lowered it below what the driver waits for. No deadline is
-//! left without a driver wake-up at or before it.
+//! Each stripe's `next_due` holds the earliest tick the driver must run
+//! `expire` at for that stripe's entries (`u64::MAX`: none); the wheel's
+//! [`next_due`](TimerWheel::next_due) is the minimum over the stripes. A
+//! registrant lowers its stripe's word with `fetch_min` after arming its
+//! entry, and is told to wake the driver when it lowered it. `expire`, for
+//! each stripe, first swaps the word to `u64::MAX`, then scans the stripe,
+//! then lowers the word with `fetch_min` to the earliest deadline still
+//! armed there. Every one of these is a read-modify-write (AcqRel) of the
+//! one word, so they are totally ordered: a registration ordered before an
+//! expirer's swap is seen by its scan (the swap reads its write or a later
+//! one); one ordered after it finds a value the expirer has not yet lowered
+//! to cover it, lowers it, and wakes the driver if it lowered it. No
+//! deadline is left without a driver wake-up at or before it.
 //!
-//! The scan visits entries below `high`, the highest index ever taken plus
-//! one (the free stack hands out low indices first, so `high` follows the
-//! peak number of concurrent timers, not the capacity).
+//! A registration lower than its stripe's word but not lower than another
+//! stripe's still asks for a wake-up the driver did not need (it wakes,
+//! reads the minimum again and sleeps for the same instant); that happens
+//! at most once per stripe after each expiry has emptied it. Telling exactly
+//! would mean reading the other stripes' words, which other cores write.
+//!
+//! The scan visits each stripe's entries below its `high`, the highest
+//! index ever taken there plus one (the free stack hands out low indices
+//! first, so `high` follows the peak number of concurrent timers, not the
+//! capacity).
 //!
 //! The waker cell is the admission queue's (`queue/slot.rs`): a wake that
 //! races a registration leaves the cell to the owner, which reads the state
@@ -81,8 +105,11 @@ use core::fmt;
 use core::task::{Poll, Waker};
 use core::time::Duration;
 
+use crossbeam_utils::CachePadded;
+
 use crate::error::ConfigError;
 use crate::queue::{Callbacks, FreeStack, MAX_FREE_LEN, WakerCell};
+use crate::stripe::{self, STRIPES};
 use crate::sync::{AtomicU64, Ordering};
 use crate::time::{Timestamp, checked_nanos};
 
@@ -138,7 +165,10 @@ struct Entry {
 /// never given back stays taken.
 #[must_use = "an entry that is not cancelled stays taken"]
 pub struct TimerEntry {
+    /// The entry, in the wheel's array.
     index: u32,
+    /// The stripe it was taken from, and goes back to.
+    stripe: u32,
     generation: u64,
     /// The identity (data and vtable addresses) of the waker last stored, so
     /// that a poll with the same waker does not store it again.
@@ -166,8 +196,11 @@ fn identity(waker: &Waker) -> (usize, usize) {
 pub struct Registered {
     /// The timer.
     pub entry: TimerEntry,
-    /// Its deadline is earlier than any the driver was waiting for: wake the
-    /// driver so that it sleeps until [`TimerWheel::next_due`] instead.
+    /// Its deadline is earlier than any other armed in its stripe, so
+    /// perhaps earlier than what the driver waits for: wake the driver so
+    /// that it sleeps until [`TimerWheel::next_due`] instead. (When another
+    /// stripe holds an earlier deadline the wake-up was not needed; see
+    /// the module documentation.)
     pub wake_driver: bool,
 }
 
@@ -219,14 +252,26 @@ pub struct Expired {
 /// ```
 pub struct TimerWheel {
     entries: Box<[Entry]>,
-    free: FreeStack,
-    /// One past the highest index ever taken: the scan's bound. Only grows.
-    high: AtomicU64,
-    /// The earliest tick `expire` must run at, or `NONE` (see the module
-    /// documentation).
-    next_due: AtomicU64,
+    /// A power of two of them, each over its own run of `entries`.
+    stripes: Box<[CachePadded<Stripe>]>,
     /// Nanoseconds per tick.
     resolution: u64,
+}
+
+/// A run of entries with its own free stack, scan bound and `next_due`
+/// word, written mostly by the thread whose stripe it is (see the module
+/// documentation).
+struct Stripe {
+    /// The index of its first entry in the wheel's array.
+    start: usize,
+    /// Its entries not in use, numbered from `start`.
+    free: FreeStack,
+    /// One past the highest of its indices (from `start`) ever taken: the
+    /// scan's bound. Only grows.
+    high: AtomicU64,
+    /// The earliest tick `expire` must run at for its entries, or `NONE`
+    /// (see the module documentation).
+    next_due: AtomicU64,
 }
 
 // SAFETY: the only non-`Sync` part is each entry's waker cell, which is
@@ -279,11 +324,30 @@ impl TimerWheel {
                 waker: WakerCell::new(),
             })
             .collect();
+        // The largest power of two of stripes that gives each an entry; the
+        // first `capacity % count` take one entry more than the rest.
+        let count = if capacity >= STRIPES {
+            STRIPES
+        } else {
+            1 << capacity.ilog2()
+        };
+        let mut start = 0;
+        let stripes: Vec<CachePadded<Stripe>> = (0..count)
+            .map(|s| {
+                let len = capacity / count + usize::from(s < capacity % count);
+                let stripe = Stripe {
+                    start,
+                    free: FreeStack::full(len),
+                    high: AtomicU64::new(0),
+                    next_due: AtomicU64::new(NONE),
+                };
+                start += len;
+                CachePadded::new(stripe)
+            })
+            .collect();
         Ok(TimerWheel {
             entries: entries.into_boxed_slice(),
-            free: FreeStack::full(capacity),
-            high: AtomicU64::new(0),
-            next_due: AtomicU64::new(NONE),
+            stripes: stripes.into_boxed_slice(),
             resolution,
         })
     }
@@ -316,7 +380,9 @@ impl TimerWheel {
     ///
     /// [`WheelFull`] when every entry is taken.
     pub fn register(&self, deadline: Timestamp, waker: &Waker) -> Result<Registered, WheelFull> {
-        let index = self.free.pop().ok_or(WheelFull)?;
+        let (stripe_index, local) = self.take()?;
+        let stripe = &self.stripes[stripe_index];
+        let index = stripe.start + local;
         let entry = &self.entries[index];
         let tick = self.tick_of(deadline);
         // ordering: Relaxed; the entry is ours (popped with Acquire, after
@@ -332,24 +398,40 @@ impl TimerWheel {
         entry
             .state
             .store(word(generation, ARMED, OWN), Ordering::Release);
-        let bound = index as u64 + 1;
+        let bound = local as u64 + 1;
         // ordering: Relaxed for the check; the fetch_max is published to
         // expirers by our AcqRel fetch_min on `next_due` below.
-        if self.high.load(Ordering::Relaxed) < bound {
-            self.high.fetch_max(bound, Ordering::Relaxed);
+        if stripe.high.load(Ordering::Relaxed) < bound {
+            stripe.high.fetch_max(bound, Ordering::Relaxed);
         }
-        // ordering: AcqRel, one of the read-modify-writes on `next_due` that
-        // the module documentation orders: an expirer whose swap reads this
-        // write or a later one sees our entry and `high`.
-        let before = self.next_due.fetch_min(tick, Ordering::AcqRel);
+        // ordering: AcqRel, one of the read-modify-writes on the stripe's
+        // `next_due` that the module documentation orders: an expirer whose
+        // swap reads this write or a later one sees our entry and `high`.
+        let before = stripe.next_due.fetch_min(tick, Ordering::AcqRel);
         Ok(Registered {
             entry: TimerEntry {
                 index: index as u32,
+                stripe: stripe_index as u32,
                 generation,
                 registered: identity(waker),
             },
             wake_driver: tick < before,
         })
+    }
+
+    /// Takes a free entry: from this thread's stripe, or else from the next
+    /// stripes in turn. Returns the stripe and the entry's index in it.
+    #[inline]
+    fn take(&self) -> Result<(usize, usize), WheelFull> {
+        let mask = self.stripes.len() - 1;
+        let home = stripe::current() & mask;
+        if let Some(local) = self.stripes[home].free.pop() {
+            return Ok((home, local));
+        }
+        (1..self.stripes.len())
+            .map(|i| (home + i) & mask)
+            .find_map(|s| self.stripes[s].free.pop().map(|local| (s, local)))
+            .ok_or(WheelFull)
     }
 
     /// `Ready` once the timer has fired; otherwise `Pending`, with `waker`
@@ -408,7 +490,7 @@ impl TimerWheel {
                 // (its compare-and-swap needs ARMED); the owner is us, and
                 // the entry is not on the free stack yet.
                 unsafe { cell.waker.clear_exclusive() };
-                self.free.push(index);
+                self.give_back(entry.stripe as usize, index);
             }
             Err(_) => {
                 // Fired. Empty the cell (a wake still inside it keeps it and
@@ -419,17 +501,29 @@ impl TimerWheel {
                 // expirer's use.
                 let before = cell.state.fetch_and(!OWN, Ordering::AcqRel);
                 if before & DRIVER == 0 {
-                    self.free.push(index);
+                    self.give_back(entry.stripe as usize, index);
                 }
             }
         }
     }
 
+    /// Returns entry `index` to stripe `stripe`'s free stack.
+    #[inline]
+    fn give_back(&self, stripe: usize, index: usize) {
+        let stripe = &self.stripes[stripe];
+        stripe.free.push(index - stripe.start);
+    }
+
     /// The earliest deadline armed (on the tick grid), as far as the last
     /// registrations and expiry know; `None` if none.
     pub fn next_due(&self) -> Option<Timestamp> {
-        // ordering: Acquire, pairs with the registrants' AcqRel fetch_min.
-        let tick = self.next_due.load(Ordering::Acquire);
+        let tick = self
+            .stripes
+            .iter()
+            // ordering: Acquire, pairs with the registrants' AcqRel fetch_min.
+            .map(|stripe| stripe.next_due.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(NONE);
         (tick != NONE).then(|| self.instant_of(tick))
     }
 
@@ -437,16 +531,39 @@ impl TimerWheel {
     /// owner, and says when to run again.
     pub fn expire(&self, now: Timestamp) -> Expired {
         let now_tick = now.as_nanos() / self.resolution;
-        // ordering: AcqRel, see the module documentation: every registration
-        // before this swap is visible to the scan below.
-        self.next_due.swap(NONE, Ordering::AcqRel);
-        // ordering: Relaxed; made visible by the swap's Acquire (a
-        // registrant raises `high` before its fetch_min on `next_due`).
-        let high = self.high.load(Ordering::Relaxed) as usize;
-        let mut earliest = NONE;
+        let mut next = NONE;
         let mut fired = 0;
         let mut callbacks = Callbacks::new();
-        for (index, cell) in self.entries[..high].iter().enumerate() {
+        for stripe in self.stripes.iter() {
+            next = next.min(self.expire_stripe(stripe, now_tick, &mut fired, &mut callbacks));
+        }
+        // A waker's panic, held (with `std`) until the wheel is consistent.
+        callbacks.finish();
+        Expired {
+            fired,
+            next: (next != NONE).then(|| self.instant_of(next)),
+        }
+    }
+
+    /// One stripe's part of [`expire`](Self::expire): fires what is due at
+    /// `now_tick` (counting it in `fired`, its wakers into `callbacks`) and
+    /// returns the stripe's `next_due` after the pass.
+    fn expire_stripe(
+        &self,
+        stripe: &Stripe,
+        now_tick: u64,
+        fired: &mut usize,
+        callbacks: &mut Callbacks,
+    ) -> u64 {
+        // ordering: AcqRel, see the module documentation: every registration
+        // in this stripe before this swap is visible to the scan below.
+        stripe.next_due.swap(NONE, Ordering::AcqRel);
+        // ordering: Relaxed; made visible by the swap's Acquire (a
+        // registrant raises `high` before its fetch_min on `next_due`).
+        let high = stripe.high.load(Ordering::Relaxed) as usize;
+        let mut earliest = NONE;
+        for local in 0..high {
+            let cell = &self.entries[stripe.start + local];
             // ordering: Acquire, pairs with the registrant's Release store:
             // seeing ARMED, we see its deadline and waker.
             let s = cell.state.load(Ordering::Acquire);
@@ -475,23 +592,17 @@ impl TimerWheel {
             // woken last: a waker that panics (user code) finds the entry's
             // bookkeeping done, and the rest of the pass still runs.
             let waker = cell.waker.take_to_wake();
-            fired += 1;
+            *fired += 1;
             // ordering: AcqRel, as the owner's clearing of OWN.
             let before = cell.state.fetch_and(!DRIVER, Ordering::AcqRel);
             if before & OWN == 0 {
-                self.free.push(index);
+                stripe.free.push(local);
             }
             callbacks.wake(waker);
         }
         // ordering: AcqRel, see the module documentation.
-        let before = self.next_due.fetch_min(earliest, Ordering::AcqRel);
-        let next = earliest.min(before);
-        // A waker's panic, held (with `std`) until the wheel is consistent.
-        callbacks.finish();
-        Expired {
-            fired,
-            next: (next != NONE).then(|| self.instant_of(next)),
-        }
+        let before = stripe.next_due.fetch_min(earliest, Ordering::AcqRel);
+        earliest.min(before)
     }
 }
 

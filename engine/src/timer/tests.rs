@@ -1,10 +1,13 @@
 //! The timer wheel against a sequential model: a `BTreeMap` of the armed
-//! deadlines (in ticks), the set of fired timers, and the `next_due` word as
-//! the protocol defines it (lowered by each registration, recomputed exactly
-//! by each expiry). Every operation's result (`WheelFull`, `wake_driver`,
-//! fired counts, `next`, `poll`) and every wake must match the model.
+//! deadlines (in ticks), the set of fired timers, each stripe's free
+//! entries and its `next_due` word as the protocol defines it (lowered by
+//! each registration in the stripe, recomputed exactly by each expiry).
+//! Every operation's result (`WheelFull`, the stripe an entry is taken
+//! from, `wake_driver`, fired counts, `next`, `poll`) and every wake must
+//! match the model.
 
 use alloc::sync::Arc;
+use alloc::vec;
 use alloc::vec::Vec;
 use core::task::Waker;
 use core::time::Duration;
@@ -87,9 +90,19 @@ proptest! {
         let mut next_id = 0u64;
         let mut live: Vec<Live> = Vec::new();
         // The model.
-        let mut armed: BTreeMap<u64, u64> = BTreeMap::new(); // id -> tick
+        let mut armed: BTreeMap<u64, (u64, usize)> = BTreeMap::new(); // id -> (tick, stripe)
         let mut fired: BTreeSet<u64> = BTreeSet::new();
-        let mut next_due = NONE;
+        let stripes = wheel.stripes.len();
+        prop_assert!(stripes.is_power_of_two() && stripes <= STRIPES.min(capacity));
+        // Each stripe's entries: from its start to the next one's.
+        let lens: Vec<usize> = (0..stripes)
+            .map(|s| wheel.stripes.get(s + 1).map_or(capacity, |next| next.start) - wheel.stripes[s].start)
+            .collect();
+        prop_assert_eq!(lens.iter().sum::<usize>(), capacity);
+        prop_assert!(lens.iter().all(|&len| len >= capacity / stripes));
+        let mut free = lens.clone();
+        let mut next_due = vec![NONE; stripes];
+        let home = stripe::current() & (stripes - 1);
         for op in ops {
             match op {
                 Op::Register(after) => {
@@ -98,10 +111,19 @@ proptest! {
                     match wheel.register(Timestamp::from_nanos(deadline), &waker) {
                         Ok(reg) => {
                             prop_assert!(live.len() < capacity);
+                            // This thread's stripe, or else the next one
+                            // with a free entry.
+                            let want = (0..stripes).map(|i| (home + i) % stripes).find(|&s| free[s] > 0);
+                            let s = reg.entry.stripe as usize;
+                            prop_assert_eq!(Some(s), want);
+                            let start = wheel.stripes[s].start;
+                            let index = reg.entry.index as usize;
+                            prop_assert!(index >= start && index < start + lens[s]);
+                            free[s] -= 1;
                             let tick = deadline.div_ceil(RES);
-                            prop_assert_eq!(reg.wake_driver, tick < next_due);
-                            next_due = next_due.min(tick);
-                            armed.insert(next_id, tick);
+                            prop_assert_eq!(reg.wake_driver, tick < next_due[s]);
+                            next_due[s] = next_due[s].min(tick);
+                            armed.insert(next_id, (tick, s));
                             live.push(Live { id: next_id, entry: reg.entry, count, waker });
                             next_id += 1;
                         }
@@ -111,6 +133,7 @@ proptest! {
                 Op::Cancel(k) if !live.is_empty() => {
                     let l = live.swap_remove(k % live.len());
                     let wakes = l.count.0.load(StdOrdering::Relaxed);
+                    free[l.entry.stripe as usize] += 1;
                     wheel.cancel(l.entry);
                     armed.remove(&l.id);
                     let was_fired = fired.remove(&l.id);
@@ -127,15 +150,18 @@ proptest! {
                 Op::Expire(by) => {
                     now += by;
                     let now_tick = now / RES;
-                    let due: Vec<u64> = armed.iter().filter(|(_, t)| **t <= now_tick).map(|(id, _)| *id).collect();
+                    let due: Vec<u64> = armed.iter().filter(|(_, (t, _))| *t <= now_tick).map(|(id, _)| *id).collect();
                     for id in &due {
                         armed.remove(id);
                         fired.insert(*id);
                     }
                     let expired = wheel.expire(Timestamp::from_nanos(now));
                     prop_assert_eq!(expired.fired, due.len());
-                    next_due = armed.values().copied().min().unwrap_or(NONE);
-                    let want = (next_due != NONE).then(|| Timestamp::from_nanos(next_due * RES));
+                    for (s, word) in next_due.iter_mut().enumerate() {
+                        *word = armed.values().filter(|(_, at)| *at == s).map(|(t, _)| *t).min().unwrap_or(NONE);
+                    }
+                    let earliest = next_due.iter().copied().min().unwrap_or(NONE);
+                    let want = (earliest != NONE).then(|| Timestamp::from_nanos(earliest * RES));
                     prop_assert_eq!(expired.next, want);
                     prop_assert_eq!(wheel.next_due(), want);
                 }
