@@ -508,3 +508,27 @@ async fn a_breaker_chained_with_a_limit_leaves_nothing_whichever_reading_panics(
     )
     .await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_chain_whose_later_stage_reads_a_panicking_clock_releases_the_earlier_ones() {
+    // The limit admits without the time, the rate limit reads it (the one
+    // reading the chain makes): a panic there gives the limit's permit back.
+    use tenlives_engine::rate::Quota;
+    let (clock, source) = Faulty::new();
+    let upstream = Upstream::new();
+    let layer = AdmissionLayer::with_classifier(
+        (
+            Bulkhead::new(1).unwrap(),
+            RateLimiter::new(Quota::per_second(1_000).unwrap()),
+        ),
+        DefaultClassifier,
+        source,
+    );
+    let svc = layer.layer(upstream.clone());
+    clock.arm(0);
+    assert!(panicked(send(&svc, 1)).await);
+    clock.disarm();
+    assert_eq!(layer.policy().0.in_flight(), 0, "the limit's permit leaked");
+    assert_eq!(send(&svc, 2).await.unwrap().unwrap(), 2);
+    assert_eq!(layer.policy().0.in_flight(), 0);
+}
