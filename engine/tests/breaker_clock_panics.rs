@@ -233,7 +233,8 @@ fn a_probe_whose_record_panics_frees_its_slot() {
     // Half-open, one of two probes out (the call under test is the second).
     fn half_open(b: &Breaker) -> Timestamp {
         trip(b);
-        std::mem::forget(b.try_acquire(at_ms(100)).unwrap().into_raw());
+        // The first probe stays out: its raw token is never handed back.
+        let _out = b.try_acquire(at_ms(100)).unwrap().into_raw();
         at_ms(110)
     }
     for outcome in [Outcome::Success, Outcome::Failure] {
