@@ -296,7 +296,7 @@ impl<A: Admission, B: Admission> Admission for (A, B) {
         Ok((a.keep(), b))
     }
 
-    /// Both stages read through one [`Lazy`]: at most one reading, made
+    /// Both stages read through one lazy clock: at most one reading, made
     /// by the first stage whose decision needs it. If `B` rejects, or
     /// the reading panics in `B`, `A`'s token is released. Says the
     /// admission time if either stage does.
