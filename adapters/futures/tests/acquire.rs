@@ -362,3 +362,122 @@ async fn a_tokio_waiter_cancelled_by_a_timeout_leaves_nothing() {
     assert_eq!(bh.in_flight(), 0);
     assert!(block_on(acquire(bh, &timer, Timestamp::ZERO)).is_ok());
 }
+
+/// A manual timer whose clock's reading number `panic_at` (counted from
+/// its making) panics.
+struct FaultyTimer {
+    inner: ManualTimer,
+    reads: Cell<u32>,
+    panic_at: Cell<u32>,
+}
+
+impl FaultyTimer {
+    fn new(panic_at: u32) -> Self {
+        FaultyTimer {
+            inner: ManualTimer::new(),
+            reads: Cell::new(0),
+            panic_at: Cell::new(panic_at),
+        }
+    }
+}
+
+impl Clock for FaultyTimer {
+    fn now(&self) -> Timestamp {
+        let n = self.reads.get();
+        self.reads.set(n + 1);
+        if n == self.panic_at.get() {
+            panic!("the clock panicked");
+        }
+        self.inner.now()
+    }
+}
+
+impl Timer for FaultyTimer {
+    type Clock = Self;
+    type Sleep<'a> = tenlives_futures::ManualSleep<'a>;
+    fn clock(&self) -> &Self {
+        self
+    }
+    fn sleep_until(&self, deadline: Timestamp) -> Self::Sleep<'_> {
+        self.inner.sleep_until(deadline)
+    }
+}
+
+/// Polls `waiter` (advancing `timer` between polls) until it is ready or
+/// panics; returns whether it panicked (with the clock's panic).
+fn drive_until_panic<F: std::future::Future + Unpin>(waiter: &mut F, timer: &FaultyTimer) -> bool {
+    loop {
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            poll_once(std::pin::Pin::new(&mut *waiter))
+        }));
+        match polled {
+            Err(payload) => {
+                assert_eq!(payload.downcast_ref::<&str>(), Some(&"the clock panicked"));
+                return true;
+            }
+            Ok(Poll::Ready(_)) => return false,
+            Ok(Poll::Pending) => {
+                timer.inner.advance_to_next().expect("the waiter sleeps");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_waiter_whose_clock_panics_at_any_attempt_leaves_nothing() {
+    // Attempts at 0, 1, 3, 7, 15 ms and the deadline (20 ms): each reads
+    // the clock once; make each reading panic in turn.
+    for n in 0..6 {
+        let timer = FaultyTimer::new(n);
+        let bh = bulkhead(1);
+        let held = bh.try_acquire().unwrap();
+        let mut waiter = Box::pin(acquire(&bh, &timer, at_ms(20)));
+        assert!(drive_until_panic(&mut waiter, &timer), "reading {n}");
+        drop(waiter);
+        assert_eq!(timer.inner.sleepers(), 0, "reading {n}: a sleep left");
+        assert_eq!(
+            bh.in_flight(),
+            1,
+            "reading {n}: only the permit held outside"
+        );
+        drop(held);
+        // Afterwards a waiter takes the free permit at its first attempt.
+        let permit = block_on(acquire(&bh, &timer, at_ms(100))).unwrap();
+        assert_eq!(bh.in_flight(), 1);
+        drop(permit);
+        assert_eq!(bh.in_flight(), 0);
+    }
+}
+
+#[test]
+fn a_breaker_waiter_whose_clock_panics_takes_no_probe() {
+    // Open until 5 s: an attempt at 0 (refused, told when), one at 5 s
+    // (the probe). A panic at the second leaves the breaker open, its
+    // probe untaken.
+    for n in 0..2 {
+        let timer = FaultyTimer::new(u32::MAX);
+        let b = breaker();
+        for _ in 0..2 {
+            b.try_acquire(timer.inner.now())
+                .unwrap()
+                .failure(timer.inner.now());
+        }
+        timer.panic_at.set(timer.reads.get() + n);
+        let mut waiter = Box::pin(acquire(&b, &timer, at_ms(10_000)));
+        assert!(drive_until_panic(&mut waiter, &timer), "reading {n}");
+        drop(waiter);
+        assert_eq!(timer.inner.sleepers(), 0);
+        let s = b.snapshot(timer.inner.now());
+        assert_eq!(
+            (s.state, s.probes_admitted),
+            (BreakerState::Open, 0),
+            "reading {n}"
+        );
+        timer.panic_at.set(u32::MAX);
+        timer.inner.advance_to(at_ms(5_000));
+        let probe = block_on(acquire(&b, &timer, at_ms(10_000))).unwrap();
+        assert!(probe.is_probe());
+        probe.success(timer.inner.now());
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+}

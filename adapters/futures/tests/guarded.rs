@@ -286,3 +286,137 @@ fn a_guarded_breaker_reads_the_clock_only_where_a_rule_needs_it() {
     );
     assert_eq!(reads_for(&slow, Ok(1)), 2);
 }
+
+/// A clock on `inner` whose reading number `panic_at` (from its making)
+/// panics.
+struct Faulty {
+    inner: ManualClock,
+    reads: std::cell::Cell<u32>,
+    panic_at: std::cell::Cell<u32>,
+}
+
+impl Faulty {
+    fn new() -> Self {
+        Faulty {
+            inner: ManualClock::new(),
+            reads: std::cell::Cell::new(0),
+            panic_at: std::cell::Cell::new(u32::MAX),
+        }
+    }
+}
+
+impl Clock for Faulty {
+    fn now(&self) -> tenlives_engine::time::Timestamp {
+        let n = self.reads.get();
+        self.reads.set(n + 1);
+        if n == self.panic_at.get() {
+            panic!("the clock panicked");
+        }
+        self.inner.now()
+    }
+}
+
+/// For a guarded call over the policy `make` builds (on the clock it is
+/// given) that ends with `result` after one `Pending`: counts the clock
+/// readings of a run without a panic, then, for each of them, a run where
+/// that reading panics. The panic reaches the caller, and the policy is
+/// left (`state`: what it holds and what it recorded) as if the call had
+/// never been made, for a reading at admission, or as if it had been
+/// cancelled after its admission, for a reading at its end; a call made
+/// a second later with a sound clock is admitted and completes.
+fn each_reading_panics<P: Admission>(
+    name: &str,
+    make: impl Fn(&ManualClock) -> P,
+    state: impl Fn(&P, &ManualClock) -> String,
+    result: Result<u32, &'static str>,
+) {
+    let clock = Faulty::new();
+    let p = make(&clock.inner);
+    let before = clock.reads.get();
+    let mut fut = Box::pin(guard(&p, &clock, classify, Steps::new(1, result)));
+    assert!(poll_once(fut.as_mut()).is_pending());
+    let at_admission = clock.reads.get() - before;
+    assert!(block_on(fut).is_ok());
+    let reads = clock.reads.get() - before;
+    assert!(reads > 0, "{name}: no reading to make panic");
+    for n in 0..reads {
+        // The twin: untouched, or its call admitted and dropped.
+        let sound = ManualClock::new();
+        let twin = make(&sound);
+        if n >= at_admission {
+            let mut fut = Box::pin(guard(&twin, &sound, classify, Steps::new(1, result)));
+            assert!(poll_once(fut.as_mut()).is_pending());
+        }
+        let expected = state(&twin, &sound);
+        let clock = Faulty::new();
+        let p = make(&clock.inner);
+        clock.panic_at.set(clock.reads.get() + n);
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            block_on(guard(&p, &clock, classify, Steps::new(1, result)))
+        }));
+        let what = format!("{name} {result:?}, reading {n} of {reads} panicking");
+        let Err(payload) = caught else {
+            panic!("{what}: the panic did not reach the caller")
+        };
+        assert_eq!(payload.downcast_ref::<&str>(), Some(&"the clock panicked"));
+        assert_eq!(state(&p, &clock.inner), expected, "{what}");
+        clock.panic_at.set(u32::MAX);
+        // (Past a scouting breaker's next scout.)
+        clock.inner.advance(core::time::Duration::from_secs(1));
+        let again = block_on(guard(&p, &clock, classify, Steps::new(1, Ok(1))));
+        assert!(matches!(again, Ok(Ok(1))), "{what}: admitted afterwards");
+    }
+}
+
+#[test]
+fn a_panicking_clock_leaves_every_policy_as_it_was() {
+    use core::time::Duration;
+    use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker};
+    let breaker_state = |b: &CircuitBreaker, clock: &ManualClock| {
+        format!("{:?} {}", b.snapshot(clock.now()), b.scouts_in_flight())
+    };
+    let scouting = |clock: &ManualClock| {
+        let b = CircuitBreaker::new(
+            BreakerConfig::builder()
+                .without_failure_rate()
+                .consecutive_failures(1)
+                .open_duration(Duration::from_secs(1))
+                .half_open_probes(1)
+                .probe_every(Duration::from_millis(100))
+                .build()
+                .unwrap(),
+        );
+        b.try_acquire(clock.now()).unwrap().failure(clock.now());
+        clock.advance(Duration::from_secs(1));
+        b
+    };
+    let slow = |_: &ManualClock| {
+        CircuitBreaker::new(
+            BreakerConfig::builder()
+                .without_failure_rate()
+                .slow_calls(50.0, Duration::from_secs(1))
+                .build()
+                .unwrap(),
+        )
+    };
+    for result in [Ok(1), Err("boom")] {
+        // The probe of a half-open breaker: its slot comes back.
+        each_reading_panics("half-open", half_open_breaker, breaker_state, result);
+        // The scout of an open one: no longer counted.
+        each_reading_panics("scouting", scouting, breaker_state, result);
+        // A closed breaker timing its calls: nothing counted.
+        each_reading_panics("slow rule", slow, breaker_state, result);
+        each_reading_panics(
+            "adaptive",
+            adaptive,
+            |a, _| format!("{} {}", a.in_flight(), a.pending_samples()),
+            result,
+        );
+        each_reading_panics(
+            "throttle",
+            |_| throttle(),
+            |t, clock| format!("{:?}", t.counts(clock.now())),
+            result,
+        );
+    }
+}

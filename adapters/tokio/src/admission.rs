@@ -40,7 +40,12 @@
 //!   the token is released when the future is dropped;
 //! - an admission stage of a pair (`(A, B)`, triples, a stage of the user's)
 //!   panics in `admit` or `complete`: the stages before it are released
-//!   while unwinding.
+//!   while unwinding;
+//! - the clock panics (a clock of the user's, see
+//!   [`TokioClock::from_source`]): at admission it is read before the
+//!   stage that reads it takes anything, and the stages before it are
+//!   released; at the end it is read while the holder still owns the
+//!   token.
 //!
 //! [`CircuitBreakerLayer`]: crate::CircuitBreakerLayer
 //! [`ConcurrencyLimitLayer`]: crate::ConcurrencyLimitLayer
@@ -140,14 +145,21 @@ pub trait Admission {
 
     /// Admits a request, reading the time through `now` only if the
     /// decision needs it, and says when it was admitted: the time read, or
-    /// `None` when none was. [`AdmissionLayer`]'s services admit through
-    /// it. Default: reads the time when [`needs_time`](Self::needs_time)
-    /// says so, then [`admit`](Self::admit). A policy whose need depends on
-    /// its state overrides it (a closed circuit breaker without a
-    /// slow-call rule reads nothing, see
-    /// [`CircuitBreaker::try_acquire_raw_with`](tenlives_engine::breaker::CircuitBreaker::try_acquire_raw_with)).
+    /// `None` when none was. [`AdmissionLayer`]'s services and the
+    /// [`StackLayer`](crate::StackLayer)'s first attempt admit through it.
+    /// Default: reads the time when [`needs_time`](Self::needs_time) (or
+    /// [`needs_time_at_end`](Self::needs_time_at_end): `complete` is given
+    /// the admission time) says so, then [`admit`](Self::admit). A policy
+    /// whose need depends on its state overrides it (a closed circuit
+    /// breaker without a slow-call rule reads nothing, see
+    /// [`CircuitBreaker::try_acquire_raw_with`](tenlives_engine::breaker::CircuitBreaker::try_acquire_raw_with)),
+    /// and so do the chains (pairs and triples): their stages share one
+    /// reading, made by the first stage that needs it, so a chain reads
+    /// at most once, and not at all when no stage decides with the time.
     /// An override that returns `None` promises that
-    /// [`complete`](Self::complete) ignores its `admitted_at`.
+    /// [`complete`](Self::complete) ignores its `admitted_at`. If `now`
+    /// panics, nothing is held: an override calls it before it takes
+    /// anything, or (a chain) releases what earlier stages took.
     ///
     /// # Errors
     ///
@@ -157,7 +169,7 @@ pub trait Admission {
         &self,
         now: impl FnOnce() -> Timestamp,
     ) -> Result<(Self::Token, Option<Timestamp>), Rejection> {
-        let now = self.needs_time().then(now);
+        let now = (self.needs_time() || self.needs_time_at_end()).then(now);
         self.admit(now.unwrap_or(Timestamp::ZERO))
             .map(|token| (token, now))
     }
@@ -284,6 +296,22 @@ impl<A: Admission, B: Admission> Admission for (A, B) {
         Ok((a.keep(), b))
     }
 
+    /// Both stages read through one lazy clock: at most one reading, made
+    /// by the first stage whose decision needs it. If `B` rejects, or
+    /// the reading panics in `B`, `A`'s token is released. Says the
+    /// admission time if either stage does.
+    #[inline]
+    fn admit_with(
+        &self,
+        now: impl FnOnce() -> Timestamp,
+    ) -> Result<(Self::Token, Option<Timestamp>), Rejection> {
+        let mut clock = Lazy::new(now);
+        let (a, at_a) = self.0.admit_with(|| clock.read())?;
+        let a = Releasing::new(&self.0, a);
+        let (b, at_b) = self.1.admit_with(|| clock.read())?;
+        Ok(((a.keep(), b), at_a.or(at_b)))
+    }
+
     /// Inner stage first: it ended first. If it panics, `A`'s token is
     /// released.
     #[inline]
@@ -304,6 +332,40 @@ impl<A: Admission, B: Admission> Admission for (A, B) {
         let a = Releasing::new(&self.0, a);
         self.1.release(b);
         drop(a);
+    }
+}
+
+/// A clock read at most once: the first [`read`](Lazy::read) calls it,
+/// later ones return that reading. The stages of a chain share one, so a
+/// chain reads the time once however many of its stages decide with it,
+/// and never when none does. On the stack, no allocation.
+struct Lazy<F> {
+    clock: Option<F>,
+    reading: Option<Timestamp>,
+}
+
+impl<F: FnOnce() -> Timestamp> Lazy<F> {
+    #[inline]
+    fn new(clock: F) -> Self {
+        Lazy {
+            clock: Some(clock),
+            reading: None,
+        }
+    }
+
+    #[inline]
+    fn read(&mut self) -> Timestamp {
+        if let Some(t) = self.reading {
+            return t;
+        }
+        // The clock is taken only here, and a reading follows unless it
+        // panics, which unwinds out of the chain: never read twice.
+        let Some(clock) = self.clock.take() else {
+            unreachable!("a lazy clock is read once")
+        };
+        let t = clock();
+        self.reading = Some(t);
+        t
     }
 }
 
@@ -449,6 +511,15 @@ impl<A: Admission, B: Admission, C: Admission> Admission for (A, B, C) {
     #[inline]
     fn admit(&self, now: Timestamp) -> Result<Self::Token, Rejection> {
         chain(self).admit(now)
+    }
+
+    /// One reading at most, shared by the three stages (see the pair).
+    #[inline]
+    fn admit_with(
+        &self,
+        now: impl FnOnce() -> Timestamp,
+    ) -> Result<(Self::Token, Option<Timestamp>), Rejection> {
+        chain(self).admit_with(now)
     }
 
     #[inline]

@@ -296,3 +296,124 @@ fn a_policy_behind_a_reference_or_an_arc_needs_the_time_as_the_policy_does() {
     assert_eq!(needs(&&breaker), (false, true));
     assert_eq!(needs(&std::sync::Arc::new(count_breaker())), (false, true));
 }
+
+/// Clock readings per request over `n` requests through `svc`, whatever
+/// they answer (refusals included).
+async fn reads_per_answer<S>(clock: &Counting, svc: &mut S, n: u64) -> f64
+where
+    S: Service<u32>,
+    S::Error: std::fmt::Debug,
+{
+    let before = clock.reads();
+    for _ in 0..n {
+        let _ = svc.ready().await.unwrap().call(0).await;
+    }
+    (clock.reads() - before) as f64 / n as f64
+}
+
+/// A stack with the policies `policies` adds, on a counting clock.
+fn stack_on(
+    policies: impl FnOnce(StackBuilder) -> StackBuilder,
+) -> (&'static Counting, tenlives_tokio::Stack<PendingOnce>) {
+    let (clock, source) = counting();
+    let svc = policies(StackLayer::builder().clock(source))
+        .build()
+        .layer(PendingOnce);
+    (clock, svc)
+}
+
+/// A stack without a timeout or retries reads the clock at admission only
+/// where a stage decides with the time, once however many do; with a
+/// timeout, once (the deadline's reading serves the stages).
+#[tokio::test(flavor = "current_thread")]
+async fn a_stack_reads_the_clock_at_admission_only_where_a_stage_decides_with_it() {
+    let bulkhead = || Bulkhead::new(8).unwrap();
+    let rate = || RateLimiter::new(Quota::per_second(1_000_000).unwrap());
+    // A closed breaker on consecutive failures and a limit: no reading.
+    let (clock, mut svc) = stack_on(|b| {
+        b.circuit_breaker(count_breaker())
+            .concurrency_limit(bulkhead())
+    });
+    assert_eq!(reads_per_answer(clock, &mut svc, 100).await, 0.0);
+
+    // The same breaker open (for an hour): one reading, its refusal.
+    let open = CircuitBreaker::new(
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .consecutive_failures(1)
+            .open_duration(Duration::from_secs(3600))
+            .build()
+            .unwrap(),
+    );
+    let (clock, mut svc) = stack_on(|b| b.circuit_breaker(open).concurrency_limit(bulkhead()));
+    let breaker = svc.policies().breaker().unwrap();
+    let now = svc.policies().clock().now();
+    breaker.try_acquire(now).unwrap().failure(now);
+    let refused = svc.ready().await.unwrap().call(0).await.unwrap_err();
+    assert!(refused.is_rejected());
+    assert_eq!(reads_per_answer(clock, &mut svc, 100).await, 1.0);
+
+    // A rate limit behind the closed breaker: one reading, the limit's.
+    let (clock, mut svc) = stack_on(|b| {
+        b.circuit_breaker(count_breaker())
+            .rate_limit(rate())
+            .concurrency_limit(bulkhead())
+    });
+    assert_eq!(reads_per_answer(clock, &mut svc, 100).await, 1.0);
+
+    // A slow-call rule and a rate limit both decide with the time: one
+    // reading shared at admission, one at the end for the call's length.
+    let slow = CircuitBreaker::new(
+        BreakerConfig::builder()
+            .slow_calls(50.0, Duration::from_secs(1))
+            .build()
+            .unwrap(),
+    );
+    let (clock, mut svc) = stack_on(|b| b.circuit_breaker(slow).rate_limit(rate()));
+    assert_eq!(reads_per_answer(clock, &mut svc, 100).await, 2.0);
+
+    // With a timeout: the deadline's reading, and no other.
+    let (clock, mut svc) = stack_on(|b| {
+        b.timeout(Duration::from_secs(5))
+            .circuit_breaker(count_breaker())
+            .rate_limit(rate())
+            .concurrency_limit(bulkhead())
+    });
+    assert_eq!(reads_per_answer(clock, &mut svc, 100).await, 1.0);
+}
+
+/// A chain of stages behind one admission layer shares one reading.
+#[tokio::test(flavor = "current_thread")]
+async fn a_chain_reads_the_clock_once_and_only_where_a_stage_decides_with_it() {
+    use tenlives_tokio::{AdmissionLayer, DefaultClassifier};
+    let (clock, source) = counting();
+    let layer = AdmissionLayer::with_classifier(
+        (count_breaker(), Bulkhead::new(8).unwrap()),
+        DefaultClassifier,
+        source,
+    );
+    let mut svc = layer.layer(PendingOnce);
+    assert_eq!(reads_per_answer(clock, &mut svc, 100).await, 0.0);
+
+    let (clock, source) = counting();
+    let slow = CircuitBreaker::new(
+        BreakerConfig::builder()
+            .without_failure_rate()
+            .slow_calls(50.0, Duration::from_secs(1))
+            .build()
+            .unwrap(),
+    );
+    let layer = AdmissionLayer::with_classifier(
+        (
+            slow,
+            RateLimiter::new(Quota::per_second(1_000_000).unwrap()),
+            Bulkhead::new(8).unwrap(),
+        ),
+        DefaultClassifier,
+        source,
+    );
+    let mut svc = layer.layer(PendingOnce);
+    // Admission: one reading for the breaker and the rate limit; the end:
+    // one for the slow-call rule.
+    assert_eq!(reads_per_answer(clock, &mut svc, 100).await, 2.0);
+}

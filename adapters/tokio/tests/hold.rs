@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tenlives_engine::breaker::{BreakerConfig, BreakerState, CircuitBreaker, RejectReason};
+use tenlives_engine::breaker::{
+    BreakerConfig, BreakerConfigBuilder, BreakerState, CircuitBreaker, RejectReason,
+};
 use tenlives_engine::bulkhead::Bulkhead;
 use tenlives_engine::retry::{Backoff, RetryBudget, RetryBudgetConfig};
 use tenlives_engine::time::Clock;
@@ -111,31 +113,47 @@ type Svc = Stack<
     ),
 >;
 
-/// A stack with a breaker that opens at the first failure for 100 ms and
-/// then scouts every 50 ms, a concurrency limit of 8, a timeout of 1 s,
-/// no retries, holding refusals up to `hold` (at most `cap` at once).
+/// A breaker that opens at the first failure for 100 ms and then scouts
+/// every 50 ms (the probes of its half-open state left to the caller).
+fn scouting_config() -> BreakerConfigBuilder {
+    BreakerConfig::builder()
+        .without_failure_rate()
+        .consecutive_failures(1)
+        .open_duration(ms(100))
+        .probe_every(ms(50))
+}
+
+/// The scouting breaker whose one probe (a scout's success) closes it.
+fn scouting_breaker() -> CircuitBreaker {
+    CircuitBreaker::new(scouting_config().half_open_probes(1).build().unwrap())
+}
+
+/// A retry policy on `backoff` with the default budget.
+fn retry_on(backoff: Backoff) -> RetryPolicy {
+    RetryPolicy::new(backoff, RetryBudget::new(RetryBudgetConfig::default()))
+}
+
+/// One retry, `after` the first attempt.
+fn one_retry_after(after: Duration) -> Backoff {
+    Backoff::constant(after).unwrap().with_max_retries(1)
+}
+
+/// The retry stage of the holding stacks: it keeps the request's clones
+/// (the hold needs them) but never retries.
+fn never_retrying() -> RetryPolicy<Never> {
+    retry_on(one_retry_after(ms(10))).retry_if(never as Never)
+}
+
+/// A stack with the scouting breaker, a concurrency limit of 8, a timeout
+/// of 1 s, no retries, holding refusals up to `hold` (at most `cap` at
+/// once).
 fn stack(upstream: &Upstream, hold: Duration, cap: usize) -> Svc {
-    let breaker = CircuitBreaker::new(
-        BreakerConfig::builder()
-            .without_failure_rate()
-            .consecutive_failures(1)
-            .open_duration(ms(100))
-            .probe_every(ms(50))
-            .half_open_probes(1)
-            .build()
-            .unwrap(),
-    );
-    let retry = RetryPolicy::new(
-        Backoff::constant(ms(10)).unwrap().with_max_retries(1),
-        RetryBudget::new(RetryBudgetConfig::default()),
-    )
-    .retry_if(never as Never);
     StackLayer::builder()
         .timeout(Duration::from_secs(1))
-        .retry(retry)
+        .retry(never_retrying())
         .hold_for_breaker(hold, cap)
         .unwrap()
-        .circuit_breaker(breaker)
+        .circuit_breaker(scouting_breaker())
         .concurrency_limit(Bulkhead::new(8).unwrap())
         .build()
         .layer(upstream.clone())
@@ -266,23 +284,10 @@ async fn a_held_request_is_refused_at_the_hold_bound() {
 #[tokio::test(start_paused = true)]
 async fn the_hold_never_outlasts_the_timeout() {
     let upstream = Upstream::new(Mode::Down);
-    let breaker = CircuitBreaker::new(
-        BreakerConfig::builder()
-            .without_failure_rate()
-            .consecutive_failures(1)
-            .open_duration(ms(100))
-            .probe_every(ms(50))
-            .build()
-            .unwrap(),
-    );
-    let retry = RetryPolicy::new(
-        Backoff::constant(ms(10)).unwrap().with_max_retries(1),
-        RetryBudget::new(RetryBudgetConfig::default()),
-    )
-    .retry_if(never as Never);
+    let breaker = CircuitBreaker::new(scouting_config().build().unwrap());
     let mut svc: Svc = StackLayer::builder()
         .timeout(ms(20))
-        .retry(retry)
+        .retry(never_retrying())
         .hold_for_breaker(ms(500), 8)
         .unwrap()
         .circuit_breaker(breaker)
@@ -394,13 +399,7 @@ async fn the_cap_refuses_beyond_it_at_once() {
 
 #[test]
 fn the_settings_are_checked() {
-    let retry = || {
-        RetryPolicy::new(
-            Backoff::constant(ms(10)).unwrap(),
-            RetryBudget::new(RetryBudgetConfig::default()),
-        )
-    };
-    let builder = || StackLayer::builder().retry(retry());
+    let builder = || StackLayer::builder().retry(retry_on(Backoff::constant(ms(10)).unwrap()));
     assert!(builder().hold_for_breaker(Duration::ZERO, 8).is_err());
     assert!(builder().hold_for_breaker(ms(10), 0).is_err());
     assert!(
@@ -430,27 +429,13 @@ fn refusals(result: &Result<u32, TenlivesError<&'static str>>) -> bool {
 #[tokio::test(start_paused = true)]
 async fn a_refusal_not_held_leaves_a_later_attempt_free_to_hold() {
     let upstream = Upstream::new(Mode::Up(ms(50)));
-    let cb = CircuitBreaker::new(
-        BreakerConfig::builder()
-            .without_failure_rate()
-            .consecutive_failures(1)
-            .open_duration(ms(100))
-            .probe_every(ms(50))
-            .half_open_probes(1)
-            .build()
-            .unwrap(),
-    );
-    let retry = RetryPolicy::new(
-        Backoff::constant(ms(5)).unwrap().with_max_retries(1),
-        RetryBudget::new(RetryBudgetConfig::default()),
-    )
-    .retry_if(refusals as Never);
+    let retry = retry_on(one_retry_after(ms(5))).retry_if(refusals as Never);
     let svc: Svc = StackLayer::builder()
         .timeout(Duration::from_secs(1))
         .retry(retry)
         .hold_for_breaker(ms(200), 8)
         .unwrap()
-        .circuit_breaker(cb)
+        .circuit_breaker(scouting_breaker())
         .concurrency_limit(Bulkhead::new(1).unwrap())
         .build()
         .layer(upstream.clone());

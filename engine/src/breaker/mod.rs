@@ -281,13 +281,21 @@ impl<S: EventSink> Permit<'_, S> {
     /// [`CircuitBreaker::record_needs_time`]): with
     /// [`CircuitBreaker::try_acquire_with`], a success through a closed
     /// breaker on consecutive failures reads no clock at all.
+    ///
+    /// The permit stays in `self` while `now` runs: should the clock
+    /// panic, unwinding drops it, which releases it unreported like any
+    /// permit of a call that panicked (a half-open probe's slot is freed,
+    /// a scout no longer counts as out).
     pub fn record_with(mut self, outcome: Outcome, now: impl FnOnce() -> Timestamp) {
+        let Some(raw) = self.raw.as_ref() else {
+            return;
+        };
+        let now = if self.breaker.record_needs_time(raw, outcome) {
+            now()
+        } else {
+            Timestamp::ZERO
+        };
         if let Some(raw) = self.raw.take() {
-            let now = if self.breaker.record_needs_time(&raw, outcome) {
-                now()
-            } else {
-                Timestamp::ZERO
-            };
             self.breaker.record(raw, outcome, now);
         }
     }

@@ -220,13 +220,18 @@ impl<K, R, A: Admission> Held<K, R, A> {
     }
 
     /// The timeout fired with an attempt in flight: it failed (a breaker
-    /// counts a failure, an adaptive limit a drop).
+    /// counts a failure, an adaptive limit a drop). The clock is read
+    /// while the token is still in `self`, so a clock that panics leaves
+    /// it to the drop, which releases it.
     fn timed_out(&mut self) {
         let p = &*self.policies;
+        let Some(token) = self.token.as_ref() else {
+            return;
+        };
+        let needs_time =
+            p.time_at_end && p.admission.needs_time_to_complete(token, Outcome::Failure);
+        let now = p.now_if(needs_time);
         if let Some(token) = self.token.take() {
-            let needs_time =
-                p.time_at_end && p.admission.needs_time_to_complete(&token, Outcome::Failure);
-            let now = p.now_if(needs_time);
             p.admission
                 .complete(token, Outcome::Failure, self.admitted_at, now);
             self.probe_answered();

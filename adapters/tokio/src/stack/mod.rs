@@ -20,13 +20,18 @@
 //! the policies and its requests reach them by a plain reference, writing no
 //! shared count. On two threads, its concurrency limit can also be split over
 //! per-core shards ([`StackBuilder::sharded_concurrency_limit`]). The clock (a
-//! [`TokioClock`]: the TSC, or tokio's clock when it is paused) is read once
-//! when a request is called and, where a stage judges the attempt by its
-//! end time (a slow-call rule, a time-based window, a failure that opens a
-//! breaker, an adaptive limit), once when it ends (and when a retry is
-//! admitted); the reading is shared by every stage that needs it, and a
-//! stack with no stage that needs the time reads no clock at all
-//! (`tests/clock_reads.rs` counts the readings). One
+//! [`TokioClock`]: the TSC, or tokio's clock when it is paused) is read at
+//! most once when a request is called: always with a timeout (the
+//! deadline) or retries (the budget's deposit), else only if an admission
+//! stage decides with the time ([`Admission::admit_with`]: an open breaker,
+//! a slow-call rule, a rate limit, an adaptive limit; a closed breaker on
+//! consecutive failures and a fixed limit read none). Where a stage judges
+//! the attempt by its end time (a slow-call rule, a time-based window, a
+//! failure that opens a breaker, an adaptive limit) it is read once more
+//! when the attempt ends (and when a retry is admitted); each reading is
+//! shared by every stage that needs it, and a stack with no stage that
+//! needs the time reads no clock at all (`tests/clock_reads.rs` counts the
+//! readings). One
 //! timer, set only when the request first returns `Pending`, serves both the
 //! deadline and the backoff waits: an entry in the stack's shared timer
 //! wheel ([`Timers`]: a few atomic operations, no tokio `Sleep` and no
@@ -134,9 +139,14 @@ pub struct Policies<K = DefaultClassifier, R = NoRetry, A = DefaultAdmission> {
     /// The timer wheel of the timeout and the backoff waits (none without
     /// either).
     pub(crate) timers: Option<Timers>,
-    /// Whether `call` reads the clock: a timeout, a retry budget or an
-    /// admission stage needs it.
+    /// Whether `call` reads the clock before admission: a timeout (its
+    /// deadline) or a retry budget (its deposit) needs it. Without either,
+    /// the admission stages read it only if their decision needs it
+    /// (`Admission::admit_with`).
     pub(crate) time_at_call: bool,
+    /// Whether an admission stage may read the clock to admit, or is given
+    /// the admission time at the end.
+    pub(crate) time_at_admit: bool,
     /// Whether the end of an attempt reads the clock: an admission stage
     /// needs it.
     pub(crate) time_at_end: bool,
@@ -339,7 +349,7 @@ impl<K, R, A> StackBuilder<K, R, A> {
     {
         let time_at_end = self.admission.needs_time_at_end();
         let time_at_admit = time_at_end || self.admission.needs_time();
-        let time_at_call = time_at_admit || self.retry_on || self.timeout.is_some();
+        let time_at_call = self.retry_on || self.timeout.is_some();
         let clock = self.clock.unwrap_or_default();
         let timers = (self.retry_on || self.timeout.is_some()).then(|| {
             let (capacity, resolution) = self.wheel;
@@ -357,6 +367,7 @@ impl<K, R, A> StackBuilder<K, R, A> {
                 clock,
                 timers,
                 time_at_call,
+                time_at_admit,
                 time_at_end,
                 holds: self.hold.map(|(max_wait, cap)| Holds::new(max_wait, cap)),
             })),
@@ -578,21 +589,35 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let p = &*self.policies;
-        let now = p.now_if(p.time_at_call);
-        p.retry.deposit(now);
+        // A deadline or a retry budget needs the time of the call; else the
+        // admission stages read it, once between them, only if their
+        // decision needs it (a closed breaker without a slow-call rule and
+        // a fixed limit read none).
+        let mut read = p.time_at_call.then(|| p.clock.now());
+        let start = read.unwrap_or(Timestamp::ZERO);
+        p.retry.deposit(start);
         // The clones wait in the future for retries, and the clone of the
         // service is polled ready before each; the first attempt goes to the
         // service that was polled ready.
         let retry = p.retry.prepare(&self.inner, &req).map(Retrying::new);
-        let deadline = p.timeout.map(|after| Deadline::new(now, after));
-        let mut held = Held::new(self.policies.clone(), now);
+        let deadline = p.timeout.map(|after| Deadline::new(start, after));
+        let mut held = Held::new(self.policies.clone(), start);
         let span = call_span!("tenlives.stack", "stack");
         if retry.is_some() {
             span.attempts(1);
         }
-        let phase = match p.admission.admit(now) {
-            Ok(token) => {
-                held.hold(token, now);
+        let admitted = if p.time_at_admit {
+            p.admission
+                .admit_with(|| *read.get_or_insert_with(|| p.clock.now()))
+        } else {
+            p.admission
+                .admit(Timestamp::ZERO)
+                .map(|token| (token, None))
+        };
+        let phase = match admitted {
+            Ok((token, _)) => {
+                // The reading shared by every stage, if one was made.
+                held.hold(token, read.unwrap_or(Timestamp::ZERO));
                 span.admitted();
                 let _entered = span.enter();
                 Phase::Calling {
