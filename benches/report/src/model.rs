@@ -439,16 +439,29 @@ pub fn by_job(ops: Vec<Operation>) -> Vec<(String, &'static [&'static str], Vec<
     sections
 }
 
-/// The peers a tenlives subject of `op` is compared with. A variant is
-/// compared with the same variant: `tenlives_quanta_clock` with the peers
-/// named `*_quanta_clock`, `tenlives_pending_once` with `*_pending_once`.
-/// A subject whose variant no peer has is compared with the peers that are
-/// not some other tenlives subject's variant.
+/// Name endings that say how a row calls its subject rather than which
+/// subject it is: a row ending in one is compared only with peers ending in
+/// the same, and a row without with peers without (an always-ready
+/// secondary row is never the peer of a headline row around a pending
+/// future, nor the other way round).
+const MODES: [&str; 1] = ["_always_ready"];
+
+/// The mode ending of `name`, if it has one.
+fn mode(name: &str) -> Option<&'static str> {
+    MODES.into_iter().find(|m| name.ends_with(m))
+}
+
+/// The peers a tenlives subject of `op` is compared with: only peers of the
+/// same mode (see [`MODES`]). A variant is compared with the same variant:
+/// `tenlives_quanta_clock` with the peers named `*_quanta_clock`,
+/// `tenlives_pending_once` with `*_pending_once`. A subject whose variant no
+/// peer has is compared with the peers that are not some other tenlives
+/// subject's variant.
 pub fn comparable_peers<'a>(op: &'a Operation, tenlives: &str) -> Vec<&'a Subject> {
     let peers: Vec<&Subject> = op
         .subjects
         .iter()
-        .filter(|s| s.kind == Kind::Peer)
+        .filter(|s| s.kind == Kind::Peer && mode(&s.name) == mode(tenlives))
         .collect();
     let variant = tenlives.strip_prefix("tenlives").unwrap_or("");
     if !variant.is_empty() {
@@ -616,6 +629,40 @@ mod tests {
         assert_eq!(names("tenlives"), ["tower"]);
         assert_eq!(names("tenlives_pending_once"), ["tower_pending_once"]);
         assert_eq!(names("tenlives_other"), ["tower"]);
+    }
+
+    #[test]
+    fn a_headline_row_is_never_compared_with_an_always_ready_peer() {
+        let subject = |name: &str, one: f64| Subject {
+            name: name.to_owned(),
+            kind: Kind::of(name),
+            one: Some(one),
+            two: None,
+            by_param: BTreeMap::new(),
+            instructions: None,
+            allocations: None,
+        };
+        // As `layers/stack`: the always-ready peer is the fastest row, and
+        // no peer shares a headline subject's variant.
+        let op = Operation {
+            id: "layers/stack".to_owned(),
+            subjects: vec![
+                subject("tenlives_stack", 265.0),
+                subject("tenlives_stack_always_ready", 108.0),
+                subject("tower_timeout_limit", 271.0),
+                subject("tower_timeout_limit_always_ready", 70.6),
+                subject("tower_resilience", 919.0),
+                subject("tower_resilience_always_ready", 637.0),
+            ],
+        };
+        assert_eq!(
+            best_peer(&op, "tenlives_stack", Threads::One),
+            Some(("tower_timeout_limit", 271.0))
+        );
+        assert_eq!(
+            best_peer(&op, "tenlives_stack_always_ready", Threads::One),
+            Some(("tower_timeout_limit_always_ready", 70.6))
+        );
     }
 
     #[test]

@@ -73,13 +73,28 @@ impl Runner {
         args
     }
 
+    /// `path` as the report prints it: relative to the repository when it
+    /// lies inside it, else as `<target>/` and its name (a target directory
+    /// elsewhere, set by `CARGO_TARGET_DIR`), so that no machine's path is
+    /// written into the document.
+    fn shown_path(&self, path: &Path) -> String {
+        match path.strip_prefix(&self.root) {
+            Ok(inside) => inside.display().to_string(),
+            Err(_) => format!(
+                "<target>/{}",
+                path.file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+            ),
+        }
+    }
+
     /// Runs `cargo args…` (with `env` set), its output going to the
     /// terminal, or its standard output captured when `capture`; returns the
     /// captured output (empty when not captured), or `None` if it failed.
     fn cargo(&mut self, env: &[(&str, &Path)], args: &[&str], capture: bool) -> Option<String> {
         let shown: Vec<String> = env
             .iter()
-            .map(|(k, v)| format!("{k}={}", v.display()))
+            .map(|(k, v)| format!("{k}={}", self.shown_path(v)))
             .chain(std::iter::once("cargo".to_owned()))
             .chain(args.iter().map(|a| (*a).to_owned()))
             .collect();
