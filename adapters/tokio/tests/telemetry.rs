@@ -4,8 +4,9 @@
 //! the ring overwrote.
 #![cfg(feature = "telemetry")]
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker};
@@ -35,8 +36,28 @@ impl Captured {
     }
 }
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<Captured>>>);
+// What the layer records for the current thread while it captures; `None`
+// when it does not.
+thread_local! {
+    static CAPTURED: RefCell<Option<Vec<Captured>>> = const { RefCell::new(None) };
+}
+
+/// Records the events of a thread that is capturing. It is the test
+/// binary's one global subscriber, installed once and never changed. With a
+/// scoped subscriber per test (`with_default`, as before), every scoped
+/// subscriber set or dropped on one thread makes `tracing` recompute every
+/// callsite's cached interest from the subscribers alive when it began; a
+/// test whose own subscriber registered a callsite meanwhile could find it
+/// cached as of no interest, and its event was not delivered (CI failed so
+/// once, in `a_breaker_that_trips_and_recovers_is_logged_and_exported`, as
+/// `left: 0, right: 1` on the lines logged; 700 runs of the old binary here,
+/// idle and loaded, did not repeat it). One subscriber for the whole binary
+/// leaves nothing to recompute.
+struct ThreadCapture;
+
+/// Captures what the current thread logs: [`Capture::during`].
+#[derive(Clone, Copy)]
+struct Capture;
 
 struct Fields<'a>(&'a mut BTreeMap<String, String>);
 
@@ -49,25 +70,36 @@ impl Visit for Fields<'_> {
     }
 }
 
-impl<S: tracing::Subscriber> Layer<S> for Capture {
+impl<S: tracing::Subscriber> Layer<S> for ThreadCapture {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
-        let mut fields = BTreeMap::new();
-        event.record(&mut Fields(&mut fields));
-        self.0.lock().unwrap().push(Captured {
-            level: *event.metadata().level(),
-            target: event.metadata().target().into(),
-            fields,
+        CAPTURED.with(|captured| {
+            if let Some(events) = captured.borrow_mut().as_mut() {
+                let mut fields = BTreeMap::new();
+                event.record(&mut Fields(&mut fields));
+                events.push(Captured {
+                    level: *event.metadata().level(),
+                    target: event.metadata().target().into(),
+                    fields,
+                });
+            }
         });
     }
 }
 
 impl Capture {
-    /// Runs `f` with this layer as the thread's subscriber, and returns what
-    /// it logged during `f`.
+    /// Runs `f`, and returns what the current thread logged during it.
     fn during<R>(&self, f: impl FnOnce() -> R) -> (R, Vec<Captured>) {
-        let subscriber = tracing_subscriber::registry().with(self.clone());
-        let r = tracing::subscriber::with_default(subscriber, f);
-        (r, std::mem::take(&mut *self.0.lock().unwrap()))
+        static INSTALL: Once = Once::new();
+        INSTALL.call_once(|| {
+            tracing::subscriber::set_global_default(
+                tracing_subscriber::registry().with(ThreadCapture),
+            )
+            .expect("the test binary's only global subscriber");
+        });
+        CAPTURED.with(|captured| *captured.borrow_mut() = Some(Vec::new()));
+        let r = f();
+        let logs = CAPTURED.with(|captured| captured.borrow_mut().take().unwrap_or_default());
+        (r, logs)
     }
 }
 
@@ -288,7 +320,7 @@ fn breaker_sources() -> SourceRegistry {
 #[test]
 fn a_breaker_that_trips_and_recovers_is_logged_and_exported() {
     let (ring, exporter, mut drain) = setup(64, breaker_sources());
-    let capture = Capture::default();
+    let capture = Capture;
     let clock = ManualClock::new();
     let breaker = CircuitBreaker::with_sink(
         BreakerConfig::builder()
@@ -413,7 +445,7 @@ fn a_breaker_that_trips_and_recovers_is_logged_and_exported() {
 #[test]
 fn forced_states_move_the_gauge_and_log_where_they_came_from() {
     let (ring, exporter, mut drain) = setup(16, breaker_sources());
-    let capture = Capture::default();
+    let capture = Capture;
     let config = BreakerConfig::builder()
         .consecutive_failures(1)
         .build()
@@ -497,7 +529,7 @@ fn a_full_bulkhead_is_logged_and_exported() {
         .build()
         .unwrap();
     let (ring, exporter, mut drain) = setup(64, sources);
-    let capture = Capture::default();
+    let capture = Capture;
     let bulkhead = Bulkhead::with_sink(2, ring.clone(), BULKHEAD).unwrap();
     let db = |m: &[MetricFamily], name: &str| value(m, name, &[("policy", "db")]);
 
@@ -570,7 +602,7 @@ fn events_overwritten_before_a_drain_are_counted_and_logged() {
         .build()
         .unwrap();
     let (ring, exporter, mut drain) = setup(8, sources);
-    let capture = Capture::default();
+    let capture = Capture;
     let bulkhead = Bulkhead::with_sink(1, ring.clone(), BULKHEAD).unwrap();
     for _ in 0..10 {
         drop(bulkhead.try_acquire().unwrap()); // two events each
@@ -625,7 +657,7 @@ fn events_overwritten_before_a_drain_are_counted_and_logged() {
 #[test]
 fn unregistered_sources_and_application_kinds_are_labelled_by_number() {
     let (ring, exporter, mut drain) = setup(16, breaker_sources());
-    let capture = Capture::default();
+    let capture = Capture;
     let custom = EventKind(EventKind::USER.0 + 2);
     ring.emit(Event::new(custom, 99, Timestamp::from_nanos(7), [11, 12]));
     ring.emit(Event::new(custom, 99, Timestamp::from_nanos(8), [13, 14]));
@@ -671,7 +703,7 @@ fn late_sources_name_policies_registered_after_the_exporter() {
     });
     let exporter = Arc::new(Exporter::new(breaker_sources()).with_late_sources(late));
     let mut drain = Drain::new(ring.clone(), exporter.clone());
-    let capture = Capture::default();
+    let capture = Capture;
     let bulkhead = Bulkhead::with_sink(3, ring.clone(), 7).unwrap();
     let _held = bulkhead.try_acquire().unwrap();
     ring.emit(Event::new(
