@@ -15,6 +15,16 @@
 //! whole tokens of the new quota, capped at its burst without debt. It shares no code with
 //! the engine (which reduces `rate / period` and counts tokens since a reset).
 //!
+//! A quota whose interval is a whole number of nanoseconds (`rate` divides
+//! `period`) and whose burst spans less than `2^62` ns runs on the engine's
+//! 64-bit state, with its two documented departures, modelled here: `TAT`
+//! never passes `2^63 - 1` ns (a request that would push it further, or
+//! that comes later, is refused with an earliest time of `u64::MAX`, and
+//! only the tokens that fit count as available; a quota change cuts `TAT`
+//! there; a request that would pass it is refused so whether or not it
+//! would have conformed), and a refund may take `TAT` back to zero rather than only to the
+//! last full bucket.
+//!
 //! Invariants checked (docs/guarantees.md): L1 (never more than the burst at
 //! one instant), L2 (exact GCRA: every decision, every earliest time, every
 //! count of available tokens equals the definition's), L3 (refunds never
@@ -46,7 +56,12 @@ struct Reference {
     tat: u128,
     /// The last instant a request found a full bucket (or a quota change).
     reset: u64,
+    /// On the engine's 64-bit state (see the module documentation).
+    narrow: bool,
 }
+
+/// The latest `TAT` of the 64-bit state, in ns.
+const NARROW_END: u128 = (1 << 63) - 1;
 
 #[derive(Debug, PartialEq)]
 enum Decision {
@@ -68,6 +83,26 @@ impl Reference {
             debt,
             tat: 0,
             reset: 0,
+            narrow: period_ns.is_multiple_of(u64::from(rate))
+                && u128::from(burst) * u128::from(period_ns / u64::from(rate)) < 1 << 62,
+        }
+    }
+
+    /// A reference on the 128-bit state whatever the quota (the keyed
+    /// limiter's entries).
+    fn wide(rate: u32, period_ns: u64, burst: u32, debt: bool) -> Self {
+        Reference {
+            narrow: false,
+            ..Reference::new(rate, period_ns, burst, debt)
+        }
+    }
+
+    /// The latest `TAT` the state holds, times `rate`.
+    fn end(&self) -> u128 {
+        if self.narrow {
+            NARROW_END * self.rate
+        } else {
+            u128::MAX
         }
     }
 
@@ -83,6 +118,9 @@ impl Reference {
         };
         let now = u128::from(t) * self.rate;
         let start = self.tat.max(now);
+        if start + n * self.period > self.end() {
+            return Decision::Limited { earliest: u64::MAX };
+        }
         // max(TAT, t) + cost·T - b·T, when positive.
         let ready = (start + cost * self.period).saturating_sub(self.burst * self.period);
         if ready > u128::from(horizon) * self.rate {
@@ -113,7 +151,11 @@ impl Reference {
     }
 
     fn refund(&mut self, n: u32) {
-        let floor = u128::from(self.reset) * self.rate;
+        let floor = if self.narrow {
+            0
+        } else {
+            u128::from(self.reset) * self.rate
+        };
         self.tat = self
             .tat
             .saturating_sub(u128::from(n) * self.period)
@@ -123,7 +165,8 @@ impl Reference {
     fn available(&self, t: u64) -> u64 {
         let now = u128::from(t) * self.rate;
         let tat = self.tat.max(now);
-        ((now + self.burst * self.period).saturating_sub(tat) / self.period) as u64
+        let tokens = (now + self.burst * self.period).saturating_sub(tat) / self.period;
+        tokens.min(self.end().saturating_sub(tat) / self.period) as u64
     }
 
     fn change(&mut self, rate: u32, period_ns: u64, burst: u32, debt: bool, t: u64) {
@@ -138,6 +181,7 @@ impl Reference {
                 next.tat = cap;
                 next.reset = t;
             }
+            next.tat = next.tat.min(next.end());
             *self = next;
             return;
         }
@@ -146,7 +190,7 @@ impl Reference {
         if !debt {
             k = k.min(next.burst);
         }
-        next.tat = u128::from(t) * next.rate + k * next.period;
+        next.tat = (u128::from(t) * next.rate + k * next.period).min(next.end());
         next.reset = t;
         *self = next;
     }
@@ -375,7 +419,7 @@ proptest! {
         let mut t = 1_000u64;
         for (key, op, sweep) in ops {
             let now = Timestamp::from_nanos(t);
-            let model = models.entry(key).or_insert_with(|| Reference::new(rate, period, burst, false));
+            let model = models.entry(key).or_insert_with(|| Reference::wide(rate, period, burst, false));
             match op {
                 Op::Advance(d) => t += d % period.max(2),
                 Op::Check | Op::Reserve(..) | Op::CancelLast | Op::Earliest(_) => {

@@ -23,13 +23,20 @@ use common::rng;
 const THREADS: usize = 3;
 const STEPS: u64 = if cfg!(debug_assertions) { 300 } else { 1_000 };
 
+/// The direct limiter's quotas: 7 tokens every 3 ms (an emission interval
+/// that is not a whole number of nanoseconds: the 128-bit state), and 7
+/// every 2 999 997 ns (428 571 ns exactly: the 64-bit state).
+fn quotas() -> [Quota; 2] {
+    [3_000_000, 2_999_997].map(|period| {
+        Quota::new(7, Duration::from_nanos(period))
+            .unwrap()
+            .with_burst(20)
+            .unwrap()
+    })
+}
+
 fn quota() -> Quota {
-    // 7 tokens every 3 ms: an emission interval that is not a whole number
-    // of nanoseconds.
-    Quota::new(7, Duration::from_millis(3))
-        .unwrap()
-        .with_burst(20)
-        .unwrap()
+    quotas()[0]
 }
 
 /// Moves virtual time on by at most `burst - 1` emission intervals at a time,
@@ -56,7 +63,13 @@ fn drive(clock: &AtomicU64, stop: &AtomicBool, drained: impl Fn(Timestamp) -> bo
 
 #[test]
 fn direct_limiter_conserves_tokens_across_threads() {
-    let limiter = RateLimiter::new(quota());
+    for quota in quotas() {
+        direct_limiter_conserves_tokens(quota);
+    }
+}
+
+fn direct_limiter_conserves_tokens(quota: Quota) {
+    let limiter = RateLimiter::new(quota);
     let clock = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     // Reservations in progress. A cancel gives tokens back, but never more than
@@ -114,13 +127,19 @@ fn direct_limiter_conserves_tokens_across_threads() {
         let kept: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
         (kept, end)
     });
-    let expected = quota().tokens_by(Duration::from_nanos(end)) + u64::from(quota().burst());
-    assert_eq!(kept, expected);
+    let expected = quota.tokens_by(Duration::from_nanos(end)) + u64::from(quota.burst());
+    assert_eq!(kept, expected, "{quota:?}");
 }
 
 #[test]
 fn direct_limiter_never_exceeds_the_bound_while_time_runs() {
-    let limiter = RateLimiter::new(quota());
+    for quota in quotas() {
+        direct_limiter_stays_within_the_bound(quota);
+    }
+}
+
+fn direct_limiter_stays_within_the_bound(quota: Quota) {
+    let limiter = RateLimiter::new(quota);
     let clock = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     // Operations done: the driver lets a few happen between its steps, so
@@ -155,7 +174,7 @@ fn direct_limiter_never_exceeds_the_bound_while_time_runs() {
                                 }
                             }
                         }
-                        assert!(limiter.available(now) <= u64::from(quota().burst()));
+                        assert!(limiter.available(now) <= u64::from(quota.burst()));
                         ops.fetch_add(1, Ordering::SeqCst);
                     }
                     kept
@@ -177,8 +196,11 @@ fn direct_limiter_never_exceeds_the_bound_while_time_runs() {
     });
     // Reservations may book up to their wait beyond the last reading.
     let end = clock.load(Ordering::SeqCst) + 2_000_000;
-    let bound = quota().tokens_by(Duration::from_nanos(end)) + u64::from(quota().burst());
-    assert!(kept <= bound, "kept {kept} tokens, bound {bound}");
+    let bound = quota.tokens_by(Duration::from_nanos(end)) + u64::from(quota.burst());
+    assert!(
+        kept <= bound,
+        "{quota:?}: kept {kept} tokens, bound {bound}"
+    );
     assert!(kept > 0);
 }
 

@@ -9,6 +9,11 @@
 //! interleaving of the change (link, seal, convert, publish, by the writer
 //! or by a helping check) with the checks and a refund.
 //!
+//! Two more models change between the 64-bit and the 128-bit state cells
+//! (engine/src/rate/cell.rs): a quota with a whole-nanosecond interval and
+//! one a third of a nanosecond longer or shorter, so that whole tokens of
+//! one are whole tokens of the other and the conversion is exact.
+//!
 //! The engine's epoch shim never frees under loom: these models check the
 //! change protocol; reclamation is modelled in `loom_live_config.rs`.
 #![cfg(tenlives_loom)]
@@ -43,6 +48,51 @@ fn checks_racing_a_change_grant_exactly_the_burst() {
         let granted = checker.join().unwrap() + rest(&l);
         assert_eq!(granted, 2);
         assert_eq!(l.quota(), quota().with_debt());
+    });
+}
+
+/// Ten a second on the 128-bit state: 3 tokens every `300 ms + delta`
+/// (`delta` of -1 or 1 ns), a burst of 2. Its interval is a third of a
+/// nanosecond away from `quota()`'s, so `k <= 2` tokens booked under one
+/// are `k` tokens of the other (rounded up as a change rounds).
+fn wide_quota(delta: i64) -> Quota {
+    let period = 300_000_000u64.checked_add_signed(delta).unwrap();
+    Quota::new(3, core::time::Duration::from_nanos(period))
+        .unwrap()
+        .with_burst(2)
+        .unwrap()
+}
+
+/// Two checks race with a change from the 64-bit cell to the 128-bit one:
+/// exactly the burst in all.
+#[test]
+fn checks_racing_a_change_to_the_wide_cell_grant_exactly_the_burst() {
+    model(3, || {
+        let l = Arc::new(RateLimiter::new(quota()));
+        let checker = {
+            let l = l.clone();
+            thread::spawn(move || u32::from(l.check(NOW).is_ok()) + u32::from(l.check(NOW).is_ok()))
+        };
+        l.set_quota(wide_quota(1), NOW);
+        let granted = checker.join().unwrap() + rest(&l);
+        assert_eq!(granted, 2);
+        assert_eq!(l.quota(), wide_quota(1));
+    });
+}
+
+/// And from the 128-bit cell to the 64-bit one.
+#[test]
+fn checks_racing_a_change_to_the_narrow_cell_grant_exactly_the_burst() {
+    model(3, || {
+        let l = Arc::new(RateLimiter::new(wide_quota(-1)));
+        let checker = {
+            let l = l.clone();
+            thread::spawn(move || u32::from(l.check(NOW).is_ok()) + u32::from(l.check(NOW).is_ok()))
+        };
+        l.set_quota(quota(), NOW);
+        let granted = checker.join().unwrap() + rest(&l);
+        assert_eq!(granted, 2);
+        assert_eq!(l.quota(), quota());
     });
 }
 

@@ -25,10 +25,11 @@
 //! waits for another thread: a change half done by a preempted writer is
 //! finished by whoever needs it.
 //!
-//! Cost: while the first era is in force, a check loads `current` (on the
-//! state cell's cache line) and tests the cell for `SEALED`, a few
-//! instructions over a limiter that cannot change. Once a change has
-//! happened, each call also pins the epoch (crossbeam-epoch; see
+//! Cost: while the first era is in force, a check decides on the first
+//! era's cell without reading `current`: its `SEALED` bit says whether a
+//! change replaced it (on the 64-bit cell the bit costs no test of its own:
+//! a sealed `TAT` fails the end-of-time comparison). Once a change has
+//! happened, each call finds the first cell sealed, then pins the epoch (crossbeam-epoch; see
 //! [`config_cell`](crate::config_cell) for what a pin costs) to read the era
 //! safely.
 //!
@@ -47,12 +48,14 @@ use alloc::boxed::Box;
 
 use crate::events::{Event, EventKind, EventSink, NoSink};
 #[cfg(feature = "std")]
+use crate::sync::Ordering;
+#[cfg(feature = "std")]
 use crate::sync::{AtomicPtr, epoch, fence};
-use crate::sync::{AtomicU128, Ordering};
 use crate::time::Timestamp;
 
+use super::cell::Cell;
 use super::error::{InsufficientCapacity, RateLimitError, RateLimited};
-use super::gcra::{self, Refusal, SEALED, State, acquire};
+use super::gcra::{self, Refusal};
 use super::quota::Quota;
 
 mod snapshot;
@@ -60,12 +63,8 @@ pub use snapshot::RATE_SNAPSHOT_MAX;
 #[cfg(feature = "std")]
 pub(in crate::rate) use snapshot::{BOOKING_LEN, Booking, fingerprint as quota_fingerprint};
 
-/// A new era's cell until the state is carried over into it. Nobody
-/// decides on it: an era becomes current only after its cell is set.
-#[cfg(feature = "std")]
-const PENDING: State = State::MAX;
-
-/// A GCRA rate limiter over one 128-bit atomic cell. See the
+/// A GCRA rate limiter over one atomic cell (64 bits when the quota's
+/// emission interval is a whole number of nanoseconds, else 128). See the
 /// [module documentation](super).
 ///
 /// All methods take `&self`; share it by reference, in an `Arc` or in a
@@ -81,9 +80,9 @@ pub struct RateLimiter<S: EventSink = NoSink> {
 
 /// What every call reads first, on one cache line.
 struct Head {
-    /// The first era's state (see [`gcra`]), `SEALED` with the final state
-    /// once a change replaced it.
-    state: AtomicU128,
+    /// The first era's state (see [`cell`](super::cell)), `SEALED` with the
+    /// final state once a change replaced it.
+    state: Cell,
     /// The era in force; null while it is the first one.
     #[cfg(feature = "std")]
     current: AtomicPtr<Era>,
@@ -96,9 +95,9 @@ struct Head {
 #[cfg(feature = "std")]
 struct Era {
     quota: Quota,
-    /// `PENDING`, then a state against `quota`, then `SEALED` with the final
-    /// state.
-    state: AtomicU128,
+    /// Pending, then a state against `quota`, then `SEALED` with the final
+    /// state (see [`cell`](super::cell)).
+    state: Cell,
     /// The era replacing this one, once a change linked it.
     next: AtomicPtr<Era>,
     /// The `now` of the change that made this era: the instant the state
@@ -110,7 +109,7 @@ struct Era {
 #[derive(Clone, Copy)]
 struct View<'a> {
     quota: &'a Quota,
-    cell: &'a AtomicU128,
+    cell: &'a Cell,
     #[cfg(feature = "std")]
     next: &'a AtomicPtr<Era>,
     /// Null for the first era.
@@ -127,14 +126,12 @@ impl RateLimiter {
 
 impl<S: EventSink> fmt::Debug for RateLimiter<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (quota, state) = self.with_era(|era| {
-            // ordering: Relaxed; a snapshot for display.
-            Some((*era.quota, era.cell.load(Ordering::Relaxed) & !SEALED))
-        });
+        let (quota, (reset, booked_since)) =
+            self.with_era(|era| Some((*era.quota, era.cell.describe()?)));
         f.debug_struct("RateLimiter")
             .field("quota", &quota)
-            .field("reset", &gcra::reset_of(state))
-            .field("booked_since", &gcra::tokens_of(state))
+            .field("reset", &reset)
+            .field("booked_since", &booked_since)
             .finish_non_exhaustive()
     }
 }
@@ -179,23 +176,13 @@ impl<S: EventSink> Reservation<'_, S> {
     }
 }
 
-/// A snapshot of an era's state for a decision that takes nothing;
-/// `None` when the era is sealed.
-#[inline(always)]
-fn snapshot(cell: &AtomicU128) -> Option<State> {
-    // ordering: Relaxed; a peek is a snapshot that may be stale the moment
-    // it is returned.
-    let state = cell.load(Ordering::Relaxed);
-    (state & SEALED == 0).then_some(state)
-}
-
 impl<S: EventSink> RateLimiter<S> {
     /// A limiter enforcing `quota` that reports refusals and quota changes
     /// to `sink`, tagged with `source` (see `docs/events.md`).
     pub fn with_sink(quota: Quota, sink: S, source: u32) -> Self {
         RateLimiter {
             head: CachePadded::new(Head {
-                state: AtomicU128::new(0),
+                state: Cell::new(&quota, 0),
                 #[cfg(feature = "std")]
                 current: AtomicPtr::new(core::ptr::null_mut()),
                 #[cfg(feature = "std")]
@@ -209,7 +196,7 @@ impl<S: EventSink> RateLimiter<S> {
 
     /// The quota in force.
     pub fn quota(&self) -> Quota {
-        self.with_era(|era| Some(*era.quota))
+        self.with_era(|era| (!era.cell.is_sealed()).then_some(*era.quota))
     }
 
     /// The sink events go to.
@@ -232,16 +219,14 @@ impl<S: EventSink> RateLimiter<S> {
 
     /// Runs `f` on the era in force until it returns `Some` (it returns
     /// `None` when it met a sealed cell: the era was replaced under it).
+    ///
+    /// The first era is tried first, without reading `current`: once a
+    /// change has replaced it, its cell is sealed for good (the seal comes
+    /// before the publication), so `f` finds it sealed and the call goes on
+    /// to the era in force; before that, deciding on it is deciding on the
+    /// era in force.
     #[inline(always)]
     fn with_era<R>(&self, mut f: impl FnMut(View<'_>) -> Option<R>) -> R {
-        #[cfg(feature = "std")]
-        {
-            // ordering: Acquire, pairs with the AcqRel publication in
-            // `advance`, so that an era's quota and cell are visible.
-            if !self.head.current.load(Ordering::Acquire).is_null() {
-                return self.with_live_era(f);
-            }
-        }
         if let Some(r) = f(self.first()) {
             return r;
         }
@@ -315,12 +300,11 @@ impl<S: EventSink> RateLimiter<S> {
         // that finds the cell sealed: it must find the link too. Against
         // grants the seal needs nothing more than the cell's modification
         // order: a compare-and-swap from an unsealed value fails after it.
-        let state = era.cell.fetch_or(SEALED, Ordering::Release) & !SEALED;
-        let converted = gcra::convert(era.quota, &next.quota, state, next.since.as_nanos());
-        // ordering: Relaxed; the publication below orders it for readers.
-        let _ =
-            next.state
-                .compare_exchange(PENDING, converted, Ordering::Relaxed, Ordering::Relaxed);
+        let since = next.since.as_nanos();
+        let state = era.cell.seal(era.quota, since);
+        let converted = gcra::convert(era.quota, &next.quota, state, since);
+        // The publication below orders it for readers.
+        next.state.settle(&next.quota, converted);
         // ordering: AcqRel on success: Release publishes the converted cell
         // (and the era) to readers that Acquire `current`; Acquire on
         // failure is not needed, we read nothing from it.
@@ -335,16 +319,54 @@ impl<S: EventSink> RateLimiter<S> {
         }
     }
 
+    /// Takes `n` tokens at `t` that conform by `horizon`, from the era in
+    /// force: the grant's ready time, or the refusal and the quota that
+    /// refused. The first era's cell inline (the hot path: no closure, no
+    /// pointer read), the others out of line (see [`with_era`](Self::with_era)).
+    #[inline(always)]
+    fn take(&self, t: u64, horizon: u64, n: u64) -> Result<u64, (Refusal, Quota)> {
+        match self.head.state.acquire(&self.quota, t, horizon, n) {
+            Some(Ok(ready)) => Ok(ready),
+            Some(Err(refusal)) => Err((refusal, self.quota)),
+            None => self.take_live(t, horizon, n),
+        }
+    }
+
+    /// [`take`](Self::take) once the first era is sealed.
+    #[inline(never)]
+    fn take_live(&self, t: u64, horizon: u64, n: u64) -> Result<u64, (Refusal, Quota)> {
+        #[cfg(feature = "std")]
+        {
+            self.with_live_era(|era| {
+                Some(
+                    era.cell
+                        .acquire(era.quota, t, horizon, n)?
+                        .map_err(|refusal| (refusal, *era.quota)),
+                )
+            })
+        }
+        #[cfg(not(feature = "std"))]
+        {
+            let _ = (t, horizon, n);
+            unreachable!("only a live quota change (feature std) seals a cell")
+        }
+    }
+
     /// Takes one token, or says when one will be available.
-    #[inline]
+    #[inline(always)]
     pub fn check(&self, now: Timestamp) -> Result<(), RateLimited> {
         let t = now.as_nanos();
-        self.with_era(|era| match acquire(era.cell, era.quota, t, t, 1)? {
-            Ok(_) => Some(Ok(())),
-            Err(refusal) => Some(Err(self
-                .refused(era.quota, refusal, 1, now)
-                .expect_limited())),
-        })
+        match self.take(t, t, 1) {
+            Ok(_) => Ok(()),
+            Err((refusal, quota)) => Err(self.refused_one(&quota, refusal, now)),
+        }
+    }
+
+    /// A refusal of one token, out of line so that [`check`](Self::check)
+    /// inlines as a few instructions around one compare-and-swap.
+    #[inline(never)]
+    fn refused_one(&self, quota: &Quota, refusal: Refusal, now: Timestamp) -> RateLimited {
+        self.refused(quota, refusal, 1, now).expect_limited()
     }
 
     /// Takes `n` tokens at once, all or none.
@@ -358,12 +380,10 @@ impl<S: EventSink> RateLimiter<S> {
     #[inline]
     pub fn check_n(&self, n: u32, now: Timestamp) -> Result<(), RateLimitError> {
         let t = now.as_nanos();
-        self.with_era(
-            |era| match acquire(era.cell, era.quota, t, t, u64::from(n))? {
-                Ok(_) => Some(Ok(())),
-                Err(refusal) => Some(Err(self.refused(era.quota, refusal, n, now))),
-            },
-        )
+        match self.take(t, t, u64::from(n)) {
+            Ok(_) => Ok(()),
+            Err((refusal, quota)) => Err(self.refused(&quota, refusal, n, now)),
+        }
     }
 
     /// Whether `n` tokens are available now, without taking them.
@@ -374,8 +394,7 @@ impl<S: EventSink> RateLimiter<S> {
     pub fn peek_n(&self, n: u32, now: Timestamp) -> Result<(), RateLimitError> {
         let t = now.as_nanos();
         self.with_era(|era| {
-            let state = snapshot(era.cell)?;
-            Some(match gcra::decide(era.quota, state, t, t, u64::from(n)) {
+            Some(match era.cell.decide(era.quota, t, t, u64::from(n))? {
                 Ok(_) => Ok(()),
                 Err(refusal) => Err(refusal.into_error(era.quota, n, now)),
             })
@@ -393,10 +412,9 @@ impl<S: EventSink> RateLimiter<S> {
     pub fn earliest(&self, n: u32, now: Timestamp) -> Result<Timestamp, InsufficientCapacity> {
         let t = now.as_nanos();
         self.with_era(|era| {
-            let state = snapshot(era.cell)?;
             Some(
-                match gcra::decide(era.quota, state, t, u64::MAX, u64::from(n)) {
-                    Ok(grant) => Ok(Timestamp::from_nanos(grant.ready)),
+                match era.cell.decide(era.quota, t, u64::MAX, u64::from(n))? {
+                    Ok(ready) => Ok(Timestamp::from_nanos(ready)),
                     Err(Refusal::NotYet { ready }) => Ok(Timestamp::from_nanos(ready)),
                     Err(Refusal::Insufficient) => Err(gcra::insufficient(era.quota, n)),
                 },
@@ -421,13 +439,10 @@ impl<S: EventSink> RateLimiter<S> {
     ) -> Result<Reservation<'_, S>, RateLimitError> {
         let t = now.as_nanos();
         let horizon = now.saturating_add(max_wait).as_nanos();
-        let ready_at =
-            self.with_era(
-                |era| match acquire(era.cell, era.quota, t, horizon, u64::from(n))? {
-                    Ok(grant) => Some(Ok(Timestamp::from_nanos(grant.ready))),
-                    Err(refusal) => Some(Err(self.refused(era.quota, refusal, n, now))),
-                },
-            )?;
+        let ready_at = match self.take(t, horizon, u64::from(n)) {
+            Ok(ready) => Timestamp::from_nanos(ready),
+            Err((refusal, quota)) => return Err(self.refused(&quota, refusal, n, now)),
+        };
         Ok(Reservation {
             limiter: self,
             tokens: u64::from(n),
@@ -437,10 +452,8 @@ impl<S: EventSink> RateLimiter<S> {
 
     /// Tokens that could be taken now (at most the burst).
     pub fn available(&self, now: Timestamp) -> u64 {
-        self.with_era(|era| {
-            let state = snapshot(era.cell)?;
-            Some(gcra::available(era.quota, state, now.as_nanos()))
-        })
+        let t = now.as_nanos();
+        self.with_era(|era| era.cell.available(era.quota, t))
     }
 
     /// Replaces the quota while other threads use the limiter, carrying its
@@ -472,7 +485,7 @@ impl<S: EventSink> RateLimiter<S> {
     pub fn set_quota(&self, quota: Quota, now: Timestamp) {
         let new = Box::into_raw(Box::new(Era {
             quota,
-            state: AtomicU128::new(PENDING),
+            state: Cell::pending(&quota),
             next: AtomicPtr::new(core::ptr::null_mut()),
             since: now,
         }));
@@ -500,8 +513,11 @@ impl<S: EventSink> RateLimiter<S> {
             // SAFETY: `new` was linked and published above; it can only be
             // retired after a later change unlinks it, after we pinned.
             let era = unsafe { &*new };
-            let ahead = snapshot(&era.state)
-                .map_or(0, |state| gcra::ahead(&era.quota, state, now.as_nanos()));
+            let t = now.as_nanos();
+            let ahead = era
+                .state
+                .peek(&era.quota, t)
+                .map_or(0, |state| gcra::ahead(&era.quota, state, t));
             self.sink.emit(Event::new(
                 EventKind::CONFIG_CHANGED,
                 self.source,
@@ -516,10 +532,14 @@ impl<S: EventSink> RateLimiter<S> {
     /// collector to free replaced quotas, so a change needs exclusive access.
     #[cfg(not(feature = "std"))]
     pub fn set_quota(&mut self, quota: Quota, now: Timestamp) {
-        // ordering: Relaxed; `&mut self` excludes every other access.
-        let state = self.head.state.load(Ordering::Relaxed);
-        let converted = gcra::convert(&self.quota, &quota, state, now.as_nanos());
-        self.head.state.store(converted, Ordering::Relaxed);
+        let t = now.as_nanos();
+        let state = self
+            .head
+            .state
+            .peek(&self.quota, t)
+            .expect("only a live quota change (feature std) seals a cell");
+        let converted = gcra::convert(&self.quota, &quota, state, t);
+        self.head.state = Cell::new(&quota, converted);
         self.quota = quota;
         if self.sink.enabled() {
             let ahead = gcra::ahead(&quota, converted, now.as_nanos());
@@ -540,7 +560,7 @@ impl<S: EventSink> RateLimiter<S> {
     }
 
     fn give_back(&self, n: u64) {
-        self.with_era(|era| gcra::refund(era.cell, n));
+        self.with_era(|era| era.cell.refund(era.quota, n));
     }
 
     /// A refusal, described (inline: refusals are the common case of a
@@ -654,15 +674,16 @@ mod tests {
         assert!(l.check(at(2_500)).is_ok());
     }
 
-    /// One token a nanosecond at the end of time: no overflow, and a fresh
-    /// limiter hands out its whole burst.
+    /// A limiter on the 128-bit state at the end of time: no overflow, and
+    /// a fresh limiter hands out its whole burst.
     #[test]
     fn the_end_of_time_is_handled() {
         for quota in [
-            Quota::new(1, Duration::from_nanos(1)).unwrap(),
-            Quota::per_second(1).unwrap(),
-            Quota::new(u32::MAX, Duration::from_nanos(u64::from(u32::MAX))).unwrap(),
+            Quota::new(2, Duration::from_nanos(3)).unwrap(),
+            Quota::per_second(3).unwrap(),
+            Quota::new(u32::MAX, Duration::from_nanos(u64::from(u32::MAX) + 1)).unwrap(),
         ] {
+            assert!(!RateLimiter::new(quota).head.state.is_narrow(), "{quota:?}");
             let q = quota.with_burst(5).unwrap();
             let l = RateLimiter::new(q);
             assert_eq!(l.available(Timestamp::MAX), 5, "{q:?}");
@@ -679,6 +700,37 @@ mod tests {
             assert_eq!(l.earliest(1, Timestamp::MAX).unwrap(), Timestamp::MAX);
             r.cancel();
             assert_eq!(l.available(Timestamp::MAX), 5);
+        }
+    }
+
+    /// A limiter on the 64-bit state (a whole-nanosecond interval) is
+    /// exact until `TAT` would pass 2^63 ns, then refuses everything as
+    /// "never" and says nothing is available (the documented departure).
+    #[test]
+    fn a_narrow_limiter_fails_closed_at_the_end_of_time() {
+        for quota in [
+            Quota::new(1, Duration::from_nanos(1)).unwrap(),
+            Quota::per_second(1).unwrap(),
+            Quota::new(u32::MAX, Duration::from_nanos(u64::from(u32::MAX))).unwrap(),
+        ] {
+            let q = quota.with_burst(5).unwrap();
+            let l = RateLimiter::new(q);
+            assert!(l.head.state.is_narrow(), "{q:?}");
+            let t = q.emission_interval().as_nanos() as u64;
+            let last = at((1 << 63) - 1 - 5 * t);
+            assert_eq!(l.available(last), 5, "{q:?}");
+            l.check_n(5, last).unwrap();
+            // `TAT` is at the end: another token would pass it, "never".
+            for now in [last, at(last.as_nanos() + t), at(1 << 63), Timestamp::MAX] {
+                assert_eq!(l.available(now), 0, "{q:?}");
+                assert_eq!(l.check(now).unwrap_err().earliest(), Timestamp::MAX);
+                assert_eq!(l.earliest(1, now).unwrap(), Timestamp::MAX);
+                assert!(l.reserve_n(1, now, Duration::MAX).is_err());
+                assert!(l.peek_n(1, now).is_err());
+            }
+            let fresh = RateLimiter::new(q);
+            assert_eq!(fresh.available(Timestamp::MAX), 0);
+            assert!(fresh.check(Timestamp::MAX).is_err());
         }
     }
 
@@ -727,8 +779,14 @@ mod tests {
             }
             // A burst drained at the end of time: a request stamped any
             // earlier finds the arrival time ahead of it, and is refused.
+            // (A narrow limiter's end is the last instant its burst fits.)
             let l = RateLimiter::new(q);
-            l.check_n(4, Timestamp::MAX).unwrap();
+            let end = if l.head.state.is_narrow() {
+                at((1 << 63) - 1 - 4 * q.emission_interval().as_nanos() as u64)
+            } else {
+                Timestamp::MAX
+            };
+            l.check_n(4, end).unwrap();
             for t in [Timestamp::ZERO, at(u64::MAX / 2), at(u64::MAX - 1)] {
                 assert!(l.check(t).is_err(), "{q:?} at {t:?}");
                 assert_eq!(l.available(t), 0);

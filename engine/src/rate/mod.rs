@@ -53,6 +53,7 @@
 //! and evicts only keys a fresh key would be indistinguishable from.
 
 mod all;
+mod cell;
 mod error;
 mod gcra;
 #[cfg(feature = "std")]

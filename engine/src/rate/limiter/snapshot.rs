@@ -27,15 +27,14 @@
 //! burst: the rule of [`RateLimiter::set_quota`].
 
 use crate::events::EventSink;
-use crate::rate::gcra::{self, MAX_TOKENS, State, pack, reset_of, tokens_of};
+use crate::rate::gcra::{MAX_TOKENS, State, pack, reset_of, tokens_of};
 use crate::rate::quota::Quota;
 use crate::snapshot::{
     self, HEADER_LEN, Header, Kind, Reader, SnapshotError, TRAILER_LEN, WallTime, Writer,
 };
-use crate::sync::Ordering;
 use crate::time::Timestamp;
 
-use super::{RateLimiter, snapshot as peek_state};
+use super::RateLimiter;
 
 const VERSION: u8 = 1;
 
@@ -188,7 +187,8 @@ impl<S: EventSink> RateLimiter<S> {
         now: Timestamp,
         wall: WallTime,
     ) -> Result<usize, SnapshotError> {
-        let (quota, state) = self.with_era(|era| Some((*era.quota, peek_state(era.cell)?)));
+        let t = now.as_nanos();
+        let (quota, state) = self.with_era(|era| Some((*era.quota, era.cell.peek(era.quota, t)?)));
         let booking = Booking::of(&quota, state, now);
         snapshot::write_frame(
             buf,
@@ -225,24 +225,7 @@ impl<S: EventSink> RateLimiter<S> {
         self.with_era(|era| {
             let same = header.fingerprint == fingerprint(era.quota);
             let new = booking.restored(era.quota, same, header.taken_at, now, wall);
-            // ordering: Relaxed, as every access to the cell: it publishes
-            // no other memory (see `gcra::acquire`).
-            let mut current = era.cell.load(Ordering::Relaxed);
-            loop {
-                if current & gcra::SEALED != 0 {
-                    return None;
-                }
-                // ordering: Relaxed, as above.
-                match era.cell.compare_exchange_weak(
-                    current,
-                    new,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => return Some(()),
-                    Err(actual) => current = actual,
-                }
-            }
+            era.cell.replace(era.quota, new)
         });
         Ok(())
     }

@@ -1,0 +1,479 @@
+//! A direct limiter's state cell, in one of two widths chosen by its quota.
+//!
+//! # Why two
+//!
+//! A 128-bit compare-and-swap (`cmpxchg16b` on x86_64) costs about twice a
+//! 64-bit one, and a 128-bit load beside it more again: measured on the
+//! project's 2-vCPU machine, a load and a compare-and-swap of a 128-bit
+//! word take 9.2 ns, of a 64-bit word 2.5 ns (one `fetch_add`: 2.1 ns). The
+//! 128-bit state of [`gcra`](super::gcra) is what makes any fractional
+//! emission interval exact; a quota whose interval is a whole number of
+//! nanoseconds (`a = 1`: 10 a second, 100 a minute, 1 000 an hour, every
+//! rate that divides its period in nanoseconds) needs no fraction, and its
+//! theoretical arrival time fits a 64-bit word:
+//!
+//! | width | chosen when | bits |
+//! |---|---|---|
+//! | narrow (`AtomicU64`) | `a = 1` and `b·T < 2^62` ns | 63 `SEALED`, 0..63 `TAT` in ns |
+//! | wide (`AtomicU128`) | otherwise | as in [`gcra`](super::gcra): `reset`, `SEALED`, `k` |
+//!
+//! A narrow decision is the same definition in 64-bit integers: every
+//! grant, refusal, earliest time and available count equals the wide
+//! decision's for the same `TAT`, with two departures, both documented in
+//! `docs/rate-limiter.md` and checked by the model test:
+//!
+//! - **The end of time.** `TAT` must stay below `2^63` ns (292 years after
+//!   the clock's origin; the engine's clocks start at zero). A grant that
+//!   would book past it is refused with an earliest time of
+//!   [`Timestamp::MAX`](crate::time::Timestamp::MAX) ("never"), where the
+//!   wide state would grant: a narrow limiter fails closed 292 years in.
+//! - **A refund's floor.** A refund moves `TAT` back by `n·T`; the wide
+//!   state stops at the instant of the last full bucket (it counts tokens
+//!   since then), the narrow one at zero. Any `TAT` at or before `now` is a
+//!   full bucket, so the two differ only for a caller whose time then goes
+//!   back before that instant.
+//!
+//! Both cells keep the [`SEALED`] protocol of live quota changes: a seal is
+//! a `fetch_or` of the bit, the state under it is final, and a cell made
+//! for a new era holds a `PENDING` value (every bit set, so it reads as
+//! sealed) until the state is carried over into it. A change may cross
+//! widths: the state carried over is converted through the wide form.
+
+use crate::sync::{AtomicU64, AtomicU128, Ordering, spin_hint};
+
+use super::gcra::{self, Refusal, SEALED, State};
+use super::quota::Quota;
+
+/// Bit 63 of a narrow cell: the quota was replaced (as [`SEALED`]).
+const NARROW_SEALED: u64 = 1 << 63;
+
+/// The latest `TAT` a narrow cell holds, in ns.
+pub(crate) const NARROW_MAX: u64 = NARROW_SEALED - 1;
+
+/// A direct limiter's state cell (see the module documentation).
+pub(crate) enum Cell {
+    /// `TAT` in whole nanoseconds, bit 63 `SEALED`.
+    Narrow(AtomicU64),
+    /// The 128-bit state of [`gcra`](super::gcra).
+    Wide(AtomicU128),
+}
+
+/// Whether `quota`'s state fits a narrow cell.
+#[inline]
+fn fits_narrow(quota: &Quota) -> bool {
+    quota.a() == 1 && quota.burst_c() < 1 << 62
+}
+
+/// A narrow cell's `TAT` for the wide `state`, cut at [`NARROW_MAX`].
+fn narrow_of(quota: &Quota, state: State) -> u64 {
+    let tat = u128::from(gcra::reset_of(state))
+        + u128::from(gcra::tokens_of(state)) * u128::from(quota.c());
+    u64::try_from(tat).map_or(NARROW_MAX, |t| t.min(NARROW_MAX))
+}
+
+/// The wide form of a narrow `tat` for decisions at `now`: `(reset, k)`
+/// with `reset + k·T = tat` and `reset <= now` where `tat - now` allows it
+/// (whole tokens booked since an instant not after `now`, as a wide state
+/// made at `now` would hold), else `(tat, 0)`.
+fn wide_of(quota: &Quota, tat: u64, now: u64) -> State {
+    if tat <= now {
+        return gcra::pack(tat, 0);
+    }
+    let c = quota.c();
+    let k = (tat - now).div_ceil(c).min(tat / c);
+    gcra::pack(tat - k * c, k)
+}
+
+/// A narrow decision: [`gcra::decide`] for a quota that [`fits_narrow`],
+/// on `TAT` in ns: the new `TAT` and the grant's ready time, or the
+/// refusal; `None` when `tat` is sealed (or pending).
+///
+/// The seal needs no test of its own on the way to a grant: a sealed
+/// `tat` has bit 63 set, so `max(TAT, t) + n·T` passes [`NARROW_MAX`] and
+/// lands on the end-of-time branch, which tells the two apart.
+#[inline(always)]
+fn decide_narrow(
+    quota: &Quota,
+    tat: u64,
+    now: u64,
+    horizon: u64,
+    n: u64,
+) -> Option<Result<(u64, u64), Refusal>> {
+    let c = quota.c();
+    // Below 2^62: checked when the cell was made narrow.
+    let burst_c = quota.burst_c() as u64;
+    let (cost, booked) = if n <= quota.burst_tokens() {
+        (n * c, n * c)
+    } else if quota.allows_debt() {
+        (burst_c, n.saturating_mul(c))
+    } else if tat & NARROW_SEALED != 0 {
+        return None;
+    } else {
+        return Some(Err(Refusal::Insufficient));
+    };
+    let start = tat.max(now);
+    let next = start.saturating_add(booked);
+    if next > NARROW_MAX {
+        if tat & NARROW_SEALED != 0 {
+            return None;
+        }
+        return Some(Err(Refusal::NotYet { ready: u64::MAX }));
+    }
+    // Conforms by `horizon` iff max(TAT, t) + cost·T - b·T <= horizon. No
+    // overflow: `cost <= booked`, so `start + cost <= next`.
+    let ready = (start + cost).saturating_sub(burst_c);
+    if ready > horizon {
+        return Some(Err(Refusal::NotYet { ready }));
+    }
+    Some(Ok((next, ready.max(now))))
+}
+
+/// [`Cell::acquire`] on a wide cell, out of line: a 128-bit decision costs
+/// several times a call, and keeping it out of the callers leaves the
+/// narrow path a small leaf that inlines.
+#[inline(never)]
+fn acquire_wide(
+    cell: &AtomicU128,
+    quota: &Quota,
+    now: u64,
+    horizon: u64,
+    n: u64,
+) -> Option<Result<u64, Refusal>> {
+    gcra::acquire(cell, quota, now, horizon, n).map(|r| r.map(|grant| grant.ready))
+}
+
+impl Cell {
+    /// A cell for `quota` holding the wide `state`.
+    pub(crate) fn new(quota: &Quota, state: State) -> Self {
+        if fits_narrow(quota) {
+            Cell::Narrow(AtomicU64::new(narrow_of(quota, state)))
+        } else {
+            Cell::Wide(AtomicU128::new(state))
+        }
+    }
+
+    /// A new era's cell for `quota`, pending until [`settle`](Self::settle).
+    #[cfg(feature = "std")]
+    pub(crate) fn pending(quota: &Quota) -> Self {
+        if fits_narrow(quota) {
+            Cell::Narrow(AtomicU64::new(u64::MAX))
+        } else {
+            Cell::Wide(AtomicU128::new(State::MAX))
+        }
+    }
+
+    /// Applies a decision for `n` tokens at `now` (conforming by `horizon`)
+    /// with one compare-and-swap per attempt: the grant's ready time, or the
+    /// refusal that took effect; `None` when the cell is sealed.
+    #[inline(always)]
+    pub(crate) fn acquire(
+        &self,
+        quota: &Quota,
+        now: u64,
+        horizon: u64,
+        n: u64,
+    ) -> Option<Result<u64, Refusal>> {
+        match self {
+            Cell::Narrow(cell) => {
+                // ordering: Relaxed throughout, as in `gcra::acquire`: the
+                // cell publishes no other memory, and a seal is a
+                // read-modify-write of the same word.
+                let mut tat = cell.load(Ordering::Relaxed);
+                loop {
+                    let (next, ready) = match decide_narrow(quota, tat, now, horizon, n)? {
+                        Ok(grant) => grant,
+                        Err(refusal) => return Some(Err(refusal)),
+                    };
+                    match cell.compare_exchange_weak(
+                        tat,
+                        next,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    ) {
+                        Ok(_) => return Some(Ok(ready)),
+                        Err(actual) => {
+                            tat = actual;
+                            spin_hint();
+                        }
+                    }
+                }
+            }
+            Cell::Wide(cell) => acquire_wide(cell, quota, now, horizon, n),
+        }
+    }
+
+    /// The state in wide form for decisions at `now` that take nothing;
+    /// `None` when sealed.
+    #[inline]
+    pub(crate) fn peek(&self, quota: &Quota, now: u64) -> Option<State> {
+        // ordering: Relaxed; a peek is a snapshot that may be stale the
+        // moment it is returned.
+        match self {
+            Cell::Narrow(cell) => {
+                let tat = cell.load(Ordering::Relaxed);
+                (tat & NARROW_SEALED == 0).then(|| wide_of(quota, tat, now))
+            }
+            Cell::Wide(cell) => {
+                let state = cell.load(Ordering::Relaxed);
+                (state & SEALED == 0).then_some(state)
+            }
+        }
+    }
+
+    /// The decision [`acquire`](Self::acquire) would take, without taking
+    /// anything; `None` when sealed.
+    #[inline]
+    pub(crate) fn decide(
+        &self,
+        quota: &Quota,
+        now: u64,
+        horizon: u64,
+        n: u64,
+    ) -> Option<Result<u64, Refusal>> {
+        match self {
+            Cell::Narrow(cell) => {
+                // ordering: Relaxed, as in `peek`.
+                let tat = cell.load(Ordering::Relaxed);
+                decide_narrow(quota, tat, now, horizon, n).map(|r| r.map(|(_, ready)| ready))
+            }
+            Cell::Wide(_) => {
+                let state = self.peek(quota, now)?;
+                Some(gcra::decide(quota, state, now, horizon, n).map(|grant| grant.ready))
+            }
+        }
+    }
+
+    /// Tokens that [`acquire`](Self::acquire) would grant at `now`, one
+    /// request at a time (at most the burst); `None` when sealed.
+    pub(crate) fn available(&self, quota: &Quota, now: u64) -> Option<u64> {
+        let state = self.peek(quota, now)?;
+        let tokens = gcra::available(quota, state, now);
+        Some(match self {
+            Cell::Narrow(_) => {
+                // Only the tokens whose grant keeps `TAT` at or below the
+                // end of a narrow cell's time.
+                let tat = narrow_of(quota, state).max(now);
+                tokens.min(NARROW_MAX.saturating_sub(tat) / quota.c())
+            }
+            Cell::Wide(_) => tokens,
+        })
+    }
+
+    /// `(reset, booked since)` for display (a narrow cell shows its `TAT`
+    /// as the reset, nothing booked since); `None` when sealed.
+    pub(crate) fn describe(&self) -> Option<(u64, u64)> {
+        // ordering: Relaxed; a snapshot for display.
+        match self {
+            Cell::Narrow(cell) => {
+                let tat = cell.load(Ordering::Relaxed);
+                (tat & NARROW_SEALED == 0).then_some((tat, 0))
+            }
+            Cell::Wide(cell) => {
+                let state = cell.load(Ordering::Relaxed);
+                (state & SEALED == 0).then(|| (gcra::reset_of(state), gcra::tokens_of(state)))
+            }
+        }
+    }
+
+    /// Whether a quota change has sealed the cell (or it is still pending).
+    pub(crate) fn is_sealed(&self) -> bool {
+        // ordering: Relaxed; a sealed cell stays sealed, and an unsealed
+        // answer is a decision taken before the seal.
+        match self {
+            Cell::Narrow(cell) => cell.load(Ordering::Relaxed) & NARROW_SEALED != 0,
+            Cell::Wide(cell) => cell.load(Ordering::Relaxed) & SEALED != 0,
+        }
+    }
+
+    /// Gives back `n` tokens: `TAT` goes back `n·T` (see the module
+    /// documentation for the floor). `None` when sealed.
+    #[inline]
+    pub(crate) fn refund(&self, quota: &Quota, n: u64) -> Option<()> {
+        match self {
+            // ordering: Relaxed, as in `gcra::refund`.
+            Cell::Narrow(cell) => cell
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
+                    (tat & NARROW_SEALED == 0)
+                        .then(|| tat.saturating_sub(n.saturating_mul(quota.c())))
+                })
+                .ok()
+                .map(drop),
+            Cell::Wide(cell) => gcra::refund(cell, n),
+        }
+    }
+
+    /// Seals the cell and returns its final state in wide form for `now`
+    /// (`quota` is the quota it was made for).
+    #[cfg(feature = "std")]
+    pub(crate) fn seal(&self, quota: &Quota, now: u64) -> State {
+        // ordering: Release, as the seal in `limiter.rs` documents: a
+        // thread that finds the cell sealed (and fences Acquire) finds the
+        // link made before it.
+        match self {
+            Cell::Narrow(cell) => {
+                let tat = cell.fetch_or(NARROW_SEALED, Ordering::Release) & !NARROW_SEALED;
+                wide_of(quota, tat, now)
+            }
+            Cell::Wide(cell) => cell.fetch_or(SEALED, Ordering::Release) & !SEALED,
+        }
+    }
+
+    /// Sets a pending cell to `state` (wide form, for `quota`); a no-op when
+    /// another helper already did.
+    #[cfg(feature = "std")]
+    pub(crate) fn settle(&self, quota: &Quota, state: State) {
+        // ordering: Relaxed; the publication of the era orders it for
+        // readers (see `limiter.rs`).
+        match self {
+            Cell::Narrow(cell) => {
+                let _ = cell.compare_exchange(
+                    u64::MAX,
+                    narrow_of(quota, state),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            Cell::Wide(cell) => {
+                let _ =
+                    cell.compare_exchange(State::MAX, state, Ordering::Relaxed, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Replaces the state with `state` (wide form, for `quota`) unless the
+    /// cell is sealed (`None`).
+    pub(crate) fn replace(&self, quota: &Quota, state: State) -> Option<()> {
+        // ordering: Relaxed, as every access to the cell.
+        match self {
+            Cell::Narrow(cell) => {
+                let new = narrow_of(quota, state);
+                cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
+                    (tat & NARROW_SEALED == 0).then_some(new)
+                })
+            }
+            .ok()
+            .map(drop),
+            Cell::Wide(cell) => cell
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |current| {
+                    (current & SEALED == 0).then_some(state)
+                })
+                .ok()
+                .map(drop),
+        }
+    }
+
+    /// Whether this is a narrow cell.
+    #[cfg(test)]
+    pub(crate) fn is_narrow(&self) -> bool {
+        matches!(self, Cell::Narrow(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::time::Duration;
+
+    const MS: u64 = 1_000_000;
+
+    /// The narrow decision equals the wide one, state for state, over a run
+    /// of grants, refusals, horizons and refunds.
+    #[test]
+    fn a_narrow_cell_decides_as_the_wide_state_does() {
+        for quota in [
+            Quota::per_second(10).unwrap().with_burst(3).unwrap(),
+            Quota::new(7, Duration::from_millis(7)).unwrap(),
+            Quota::per_second(4)
+                .unwrap()
+                .with_burst(2)
+                .unwrap()
+                .with_debt(),
+        ] {
+            let narrow = Cell::new(&quota, 0);
+            assert!(narrow.is_narrow(), "{quota:?}");
+            let wide = AtomicU128::new(0);
+            let mut now = 1_000 * MS;
+            for step in 0..400u64 {
+                let n = 1 + step % 4;
+                let horizon = now + (step % 3) * 50 * MS;
+                let a = narrow.acquire(&quota, now, horizon, n).unwrap();
+                let b = gcra::acquire(&wide, &quota, now, horizon, n)
+                    .unwrap()
+                    .map(|g| g.ready);
+                assert_eq!(a, b, "{quota:?} step {step} at {now}");
+                if step % 7 == 0 {
+                    narrow.refund(&quota, 1).unwrap();
+                    gcra::refund(&wide, 1).unwrap();
+                }
+                let state = wide.load(Ordering::Relaxed);
+                for t in [now, now + 37 * MS] {
+                    let peeked = narrow.peek(&quota, t).unwrap();
+                    assert_eq!(
+                        gcra::available(&quota, peeked, t),
+                        gcra::available(&quota, state, t)
+                    );
+                    assert_eq!(
+                        gcra::ahead(&quota, peeked, t),
+                        gcra::ahead(&quota, state, t)
+                    );
+                }
+                now += (step % 5) * 30 * MS;
+            }
+        }
+    }
+
+    #[test]
+    fn fractional_or_huge_intervals_stay_wide() {
+        assert!(!Cell::new(&Quota::per_second(3).unwrap(), 0).is_narrow());
+        // A burst of 2^32 - 1 tokens an hour apart: b·T beyond 2^62 ns.
+        let long = Quota::per_hour(1).unwrap().with_burst(u32::MAX).unwrap();
+        assert!(!Cell::new(&long, 0).is_narrow());
+    }
+
+    #[test]
+    fn a_narrow_cell_fails_closed_at_the_end_of_time() {
+        let quota = Quota::per_second(10).unwrap().with_burst(2).unwrap();
+        let cell = Cell::new(&quota, 0);
+        // The last instant a whole burst fits: exact to the end.
+        let last = NARROW_MAX - 200 * MS;
+        assert_eq!(cell.available(&quota, last), Some(2));
+        assert_eq!(cell.acquire(&quota, last, last, 1), Some(Ok(last)));
+        assert_eq!(cell.acquire(&quota, last, last, 1), Some(Ok(last)));
+        // `TAT` is at the end: another token would pass it, so "never".
+        for t in [last, last + 100 * MS, NARROW_MAX, u64::MAX] {
+            assert_eq!(cell.available(&quota, t), Some(0));
+            assert_eq!(
+                cell.decide(&quota, t, t, 1),
+                Some(Err(Refusal::NotYet { ready: u64::MAX }))
+            );
+            assert_eq!(
+                cell.acquire(&quota, t, t, 1),
+                Some(Err(Refusal::NotYet { ready: u64::MAX }))
+            );
+        }
+        // A fresh cell at the end of time: one token fits at NARROW_MAX - T.
+        let fresh = Cell::new(&quota, 0);
+        assert_eq!(fresh.available(&quota, NARROW_MAX - 150 * MS), Some(1));
+        assert_eq!(fresh.available(&quota, u64::MAX), Some(0));
+    }
+
+    #[test]
+    fn the_wide_form_of_a_narrow_state_is_exact_and_reset_not_after_now() {
+        let quota = Quota::per_second(10).unwrap().with_burst(5).unwrap();
+        for (tat, now) in [
+            (1_250 * MS, 1_000 * MS),
+            (1_000 * MS, 1_000 * MS),
+            (50 * MS, 0),
+            (3, 7),
+        ] {
+            let state = wide_of(&quota, tat, now);
+            let (reset, k) = (gcra::reset_of(state), gcra::tokens_of(state));
+            assert_eq!(
+                u128::from(reset) + u128::from(k) * 100 * u128::from(MS),
+                u128::from(tat)
+            );
+            assert!(reset <= now || k == tat / (100 * MS), "{tat} {now}");
+            assert_eq!(narrow_of(&quota, state), tat);
+        }
+    }
+}
