@@ -102,18 +102,20 @@ fn decide_narrow(
     let c = quota.c();
     // Below 2^62: checked when the cell was made narrow.
     let burst_c = quota.burst_c() as u64;
+    // `booked <= 2^63`, so `start + booked` wraps only when `start` has
+    // bit 63 set, which the test below catches with `next`'s.
     let (cost, booked) = if n <= quota.burst_tokens() {
         (n * c, n * c)
     } else if quota.allows_debt() {
-        (burst_c, n.saturating_mul(c))
+        (burst_c, n.saturating_mul(c).min(NARROW_SEALED))
     } else if tat & NARROW_SEALED != 0 {
         return None;
     } else {
         return Some(Err(Refusal::Insufficient));
     };
     let start = tat.max(now);
-    let next = start.saturating_add(booked);
-    if next > NARROW_MAX {
+    let next = start.wrapping_add(booked);
+    if (start | next) > NARROW_MAX {
         if tat & NARROW_SEALED != 0 {
             return None;
         }
@@ -131,7 +133,7 @@ fn decide_narrow(
 /// [`Cell::acquire`] on a wide cell, out of line: a 128-bit decision costs
 /// several times a call, and keeping it out of the callers leaves the
 /// narrow path a small leaf that inlines.
-#[inline(never)]
+#[inline]
 fn acquire_wide(
     cell: &AtomicU128,
     quota: &Quota,
