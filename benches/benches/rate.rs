@@ -11,8 +11,12 @@
 //!   never runs it dry). Beside it, the floors: one `fetch_add(1, Relaxed)`
 //!   on a shared `AtomicU64`, and one compare-and-swap (a load and one
 //!   `compare_exchange` from it, not retried), the write every GCRA check
-//!   makes. `tenlives_uneven_rate` (1 thread only) is tenlives at 999 999 937
-//!   tokens a second, a rate that takes the token grid's general path.
+//!   makes on the 64-bit state; `floor_cas_128` is the same on a
+//!   `portable_atomic::AtomicU128`, the write on the 128-bit state.
+//!   `tenlives` runs on the 64-bit state (10^9 a second: a whole-nanosecond
+//!   interval); `tenlives_uneven_rate` (1 thread only) is tenlives at
+//!   999 999 937 tokens a second, an interval that is not a whole number of
+//!   nanoseconds, so on the 128-bit state.
 //! - `rate/check_refused`: one token refused by a direct limiter with one
 //!   token an hour, taken before the run.
 //! - `rate/check_n8`: 8 tokens taken at once, all or none, admitted (the
@@ -193,6 +197,11 @@ fn cas(word: &AtomicU64) {
     black_box(word.compare_exchange(seen, seen + 1, Ordering::Relaxed, Ordering::Relaxed)).ok();
 }
 
+fn cas_128(word: &portable_atomic::AtomicU128) {
+    let seen = word.load(Ordering::Relaxed);
+    black_box(word.compare_exchange(seen, seen + 1, Ordering::Relaxed, Ordering::Relaxed)).ok();
+}
+
 fn bench_check_admitted(c: &mut Criterion) {
     let mut group = c.benchmark_group("rate/check_admitted");
 
@@ -201,6 +210,8 @@ fn bench_check_admitted(c: &mut Criterion) {
         black_box(word.fetch_add(1, Ordering::Relaxed));
     });
     both(&mut group, "floor_cas", None, |_| cas(&word));
+    let word_128 = portable_atomic::AtomicU128::new(0);
+    both(&mut group, "floor_cas_128", None, |_| cas_128(&word_128));
 
     let limiter = RateLimiter::new(admitting());
     both(&mut group, "tenlives", None, |t| {
