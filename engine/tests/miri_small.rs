@@ -139,7 +139,9 @@ fn keyed_rate_table_with_evictions() {
 }
 
 /// Quota changes racing checks: every era the limiter retires is reclaimed
-/// safely, and the tokens never exceed the burst of the quota in force.
+/// safely, and the tokens never exceed the burst of the quota in force. The
+/// changes cross between the 64-bit cell (whole-nanosecond intervals) and
+/// the 128-bit one (30 and 300 a second).
 #[test]
 fn rate_limiter_quota_changes_racing_checks() {
     let limiter = RateLimiter::new(Quota::per_second(100).unwrap());
@@ -151,7 +153,7 @@ fn rate_limiter_quota_changes_racing_checks() {
             }
         });
         s.spawn(|| {
-            for (i, rate) in [50, 200, 10, 100].into_iter().enumerate() {
+            for (i, rate) in [50, 300, 10, 30, 100].into_iter().enumerate() {
                 limiter.set_quota(Quota::per_second(rate).unwrap(), at(i as u64 * 5));
             }
             done.store(true, Ordering::Release);
