@@ -1,5 +1,7 @@
-//! Rate limiting with GCRA: a direct limiter over one 128-bit atomic cell,
-//! and a keyed limiter (one state per key) in a table of fixed size.
+//! Rate limiting with GCRA: a direct limiter over one atomic cell (64 bits
+//! when the emission interval is a whole number of nanoseconds, 128
+//! otherwise), and a keyed limiter (one state per key) in a table of fixed
+//! size.
 //!
 //! # The algorithm
 //!
@@ -10,7 +12,10 @@
 //! b·T` (`T` the emission interval, `b` the burst), and then `TAT :=
 //! max(TAT, t) + n·T`. Here `T = period / rate` is held exactly, as a
 //! fraction, and `TAT` as `(reset, k)`: the nanosecond of the last full
-//! bucket and the tokens booked since, `TAT = reset + k·T` (see `gcra.rs`).
+//! bucket and the tokens booked since, `TAT = reset + k·T` (see `gcra.rs`);
+//! where `T` is a whole number of nanoseconds, the direct limiter holds
+//! `TAT` itself in 64 bits (see `cell.rs` and `docs/rate-limiter.md` for
+//! the two departures that costs, at the end of time and on refunds).
 //! Nothing is rounded except the nanosecond a refusal reports, so a rate
 //! that does not divide the period (3 per second) never drifts: over any
 //! time `t`, at most `t / T + b` tokens are handed out, whatever the rate,
