@@ -41,8 +41,9 @@
 //! - [`install`] (called by [`capture`]) sets the global default once per
 //!   process: a [`Registry`] with a forwarding layer. Every callsite's
 //!   interest is `always`; every capture also asks `tracing` to recompute the
-//!   cached interests (`rebuild_interest_cache`), which repairs a callsite a
-//!   thread registered as `never` before the install.
+//!   cached interests (`rebuild_interest_cache`); creating the subscriber
+//!   recomputes them too, which repairs a callsite a thread registered as
+//!   `never` before the install (`tests/first_hit_before_install.rs`).
 //! - Every callback on a thread that captures — span new, record, follows
 //!   from, enter, exit, close, id change, event enabled, event — goes to the
 //!   layer that thread registered last, with a [`Context`] over the shared
