@@ -14,7 +14,7 @@ use tenlives_ops::{ConfigSet, REGISTRY_SOURCE, Registry, events};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::field::{Field, Visit};
-use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::layer::Context;
 
 const ADMIN: &str = "admin-secret-0123456789abcdef0123456789";
 const VIEWER: &str = "viewer-secret-0123456789abcdef012345678";
@@ -129,12 +129,14 @@ fn tokens() -> AdminConfig {
         .rate_limit(Quota::per_minute(1000).unwrap())
 }
 
-// One thread: the server's tasks run where the test's subscriber is set.
+// One thread: the server's tasks run on the test's thread, the only one
+// the capture records (the test binary's one global subscriber,
+// `tenlives_test_support::tracing_capture`, rather than a scoped one, which
+// can lose events whose callsite another thread hit first).
 #[tokio::test(flavor = "current_thread")]
 async fn tokens_roles_validation_changes_and_audit() {
     let records = Records::default();
-    let _guard =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(records.clone()));
+    let _capture = tenlives_test_support::tracing_capture::capture(records.clone());
     let ring = Arc::new(EventRing::with_capacity(1024).unwrap());
     let mut consumer = ring.consumer();
     let registry = Registry::builder()

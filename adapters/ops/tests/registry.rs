@@ -413,7 +413,6 @@ async fn registry_policies_go_straight_into_tower_layers() {
 #[test]
 fn a_refused_configuration_is_logged_as_a_warning_with_its_reason() {
     use std::sync::Mutex;
-    use tracing_subscriber::layer::SubscriberExt;
 
     #[derive(Clone, Default)]
     struct Lines(Arc<Mutex<Vec<String>>>);
@@ -431,9 +430,11 @@ fn a_refused_configuration_is_logged_as_a_warning_with_its_reason() {
         }
     }
 
+    // Through the test binary's one global subscriber, capturing this
+    // thread (where `reject` logs), not a scoped one: see
+    // `tenlives_test_support::tracing_capture` for the events those lose.
     let lines = Lines::default();
-    let _guard =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(lines.clone()));
+    let _capture = tenlives_test_support::tracing_capture::capture(lines.clone());
     let registry = registry(&SharedClock::default());
     let e = ConfigSet::from_str(
         "p.yaml",

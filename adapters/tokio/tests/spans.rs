@@ -15,6 +15,7 @@ use tenlives_engine::queue::{AdmissionQueue, QueueConfig};
 use tenlives_engine::rate::{KeyedConfig, KeyedRateLimiter, Quota, RateLimiter};
 use tenlives_engine::retry::{Backoff, RetryBudget, RetryBudgetConfig};
 use tenlives_engine::throttle::{Throttle, ThrottleConfig};
+use tenlives_test_support::tracing_capture;
 use tenlives_tokio::fault::{FaultConfig, FaultLayer};
 use tenlives_tokio::{
     AdmissionQueueLayer, CircuitBreakerLayer, ConcurrencyLimitLayer, KeyedRateLimitLayer,
@@ -24,7 +25,7 @@ use tower::{Layer, Service, ServiceExt, service_fn};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
-use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
 /// A closed span: its name and the fields that had values.
@@ -108,10 +109,15 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<S> for Ca
     }
 }
 
-fn capture() -> (Capture, tracing::subscriber::DefaultGuard) {
+/// Records this thread's spans until the guard drops, through the test
+/// binary's one global subscriber (`tenlives_test_support::tracing_capture`:
+/// a scoped subscriber per test could miss a span whose callsite another
+/// thread hit first). Only the test's thread is captured: every test runs
+/// on a `current_thread` runtime, so the layers' spans and the services'
+/// events happen there.
+fn capture() -> (Capture, tracing_capture::Capture) {
     let capture = Capture::default();
-    let subscriber = tracing_subscriber::registry().with(capture.clone());
-    let guard = tracing::subscriber::set_default(subscriber);
+    let guard = tracing_capture::capture(capture.clone());
     (capture, guard)
 }
 

@@ -4,19 +4,19 @@
 //! the ring overwrote.
 #![cfg(feature = "telemetry")]
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker};
 use tenlives_engine::bulkhead::Bulkhead;
 use tenlives_engine::events::{Event, EventKind, EventRing, EventSink, Slot};
 use tenlives_engine::time::{Clock, ManualClock, Timestamp};
+use tenlives_test_support::tracing_capture;
 use tenlives_tokio::telemetry::{Drain, DrainCounts, Exporter, PolicyKind, SourceRegistry};
 use tracing::Level;
 use tracing::field::{Field, Visit};
-use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use tracing_subscriber::layer::{Context, Layer};
 
 // ---------------------------------------------------------------------------
 // A tracing layer that records every event.
@@ -36,24 +36,15 @@ impl Captured {
     }
 }
 
-// What the layer records for the current thread while it captures; `None`
-// when it does not.
-thread_local! {
-    static CAPTURED: RefCell<Option<Vec<Captured>>> = const { RefCell::new(None) };
-}
-
-/// Records the events of a thread that is capturing. It is the test
-/// binary's one global subscriber, installed once and never changed. With a
-/// scoped subscriber per test (`with_default`, as before), every scoped
-/// subscriber set or dropped on one thread makes `tracing` recompute every
-/// callsite's cached interest from the subscribers alive when it began; a
-/// test whose own subscriber registered a callsite meanwhile could find it
-/// cached as of no interest, and its event was not delivered (CI failed so
-/// once, in `a_breaker_that_trips_and_recovers_is_logged_and_exported`, as
-/// `left: 0, right: 1` on the lines logged; 700 runs of the old binary here,
-/// idle and loaded, did not repeat it). One subscriber for the whole binary
-/// leaves nothing to recompute.
-struct ThreadCapture;
+/// Records the events of the thread that captures: registered for the
+/// duration of [`Capture::during`] with the test binary's one global
+/// subscriber (`tenlives_test_support::tracing_capture`, whose module doc
+/// says why not a scoped subscriber per test: CI once lost the half-open
+/// transition's line, `left: 0, right: 1`, in
+/// `a_breaker_that_trips_and_recovers_is_logged_and_exported`). The drain
+/// logs on the thread that calls it, so the test's thread sees all of it.
+#[derive(Clone, Default)]
+struct Events(Arc<Mutex<Vec<Captured>>>);
 
 /// Captures what the current thread logs: [`Capture::during`].
 #[derive(Clone, Copy)]
@@ -70,18 +61,14 @@ impl Visit for Fields<'_> {
     }
 }
 
-impl<S: tracing::Subscriber> Layer<S> for ThreadCapture {
+impl<S: tracing::Subscriber> Layer<S> for Events {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
-        CAPTURED.with(|captured| {
-            if let Some(events) = captured.borrow_mut().as_mut() {
-                let mut fields = BTreeMap::new();
-                event.record(&mut Fields(&mut fields));
-                events.push(Captured {
-                    level: *event.metadata().level(),
-                    target: event.metadata().target().into(),
-                    fields,
-                });
-            }
+        let mut fields = BTreeMap::new();
+        event.record(&mut Fields(&mut fields));
+        self.0.lock().unwrap().push(Captured {
+            level: *event.metadata().level(),
+            target: event.metadata().target().into(),
+            fields,
         });
     }
 }
@@ -89,16 +76,11 @@ impl<S: tracing::Subscriber> Layer<S> for ThreadCapture {
 impl Capture {
     /// Runs `f`, and returns what the current thread logged during it.
     fn during<R>(&self, f: impl FnOnce() -> R) -> (R, Vec<Captured>) {
-        static INSTALL: Once = Once::new();
-        INSTALL.call_once(|| {
-            tracing::subscriber::set_global_default(
-                tracing_subscriber::registry().with(ThreadCapture),
-            )
-            .expect("the test binary's only global subscriber");
-        });
-        CAPTURED.with(|captured| *captured.borrow_mut() = Some(Vec::new()));
+        let events = Events::default();
+        let capture = tracing_capture::capture(events.clone());
         let r = f();
-        let logs = CAPTURED.with(|captured| captured.borrow_mut().take().unwrap_or_default());
+        drop(capture);
+        let logs = std::mem::take(&mut *events.0.lock().unwrap());
         (r, logs)
     }
 }
