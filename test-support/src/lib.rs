@@ -12,7 +12,7 @@
 //! and asserts with [`allocations_during`] that a request path allocates
 //! nothing.
 //!
-//! With feature `tracing`, [`tracing_capture`] gives a test binary one global
+//! With feature `tracing`, `tracing_capture` gives a test binary one global
 //! `tracing` subscriber that forwards each thread's callbacks to the layer
 //! that thread registered, instead of a scoped subscriber per test (whose
 //! cached callsite interest can lose events; the module says how).
