@@ -215,11 +215,24 @@ enum Op {
 }
 
 fn op(burst: u32, period_ns: u64) -> impl Strategy<Value = Op> {
+    prop_oneof![
+        20 => forward_op(burst, period_ns),
+        1 => (0..period_ns / 4).prop_map(Op::Back),
+        1 => prop_oneof![Just(0u64), 0..period_ns].prop_map(Op::EndOfTime),
+        1 => any::<usize>().prop_map(Op::Change),
+    ]
+}
+
+/// The operations that keep time moving forwards. Keyed runs use only
+/// these: an eviction judges a key fresh at the sweep's `now`, and a later
+/// request stamped earlier would find it fresh where the reference still
+/// remembers it. (Generated directly rather than filtered out of `op`: a
+/// filter rejected one operation in eight, and at a few thousand cases the
+/// rejections passed proptest's limit and aborted the test.)
+fn forward_op(burst: u32, period_ns: u64) -> impl Strategy<Value = Op> {
     let max_n = burst * 2 + 2;
     prop_oneof![
         4 => (0..period_ns / 2).prop_map(Op::Advance),
-        1 => (0..period_ns / 4).prop_map(Op::Back),
-        1 => prop_oneof![Just(0u64), 0..period_ns].prop_map(Op::EndOfTime),
         5 => Just(Op::Check),
         3 => (1..=max_n).prop_map(Op::CheckN),
         2 => (1..=max_n).prop_map(Op::Peek),
@@ -227,17 +240,7 @@ fn op(burst: u32, period_ns: u64) -> impl Strategy<Value = Op> {
         2 => ((1..=max_n), 0..period_ns).prop_map(|(n, w)| Op::Reserve(n, w)),
         1 => Just(Op::CancelLast),
         1 => (1..=max_n).prop_map(Op::Refund),
-        1 => any::<usize>().prop_map(Op::Change),
     ]
-}
-
-/// Keyed runs keep time moving forwards: an eviction judges a key fresh at
-/// the sweep's `now`, and a later request stamped earlier would find it
-/// fresh where the reference still remembers it.
-fn forward_op(burst: u32, period_ns: u64) -> impl Strategy<Value = Op> {
-    op(burst, period_ns).prop_filter("time moves forwards", |op| {
-        !matches!(op, Op::Back(_) | Op::EndOfTime(_) | Op::Change(_))
-    })
 }
 
 fn quota_params() -> impl Strategy<Value = (u32, u64, u32, bool)> {
