@@ -2,10 +2,11 @@
 //!
 //! # Why two
 //!
-//! A 128-bit compare-and-swap (`cmpxchg16b` on x86_64) costs about twice a
-//! 64-bit one, and a 128-bit load beside it more again: measured on the
-//! project's 2-vCPU machine, a load and a compare-and-swap of a 128-bit
-//! word take 9.2 ns, of a 64-bit word 2.5 ns (one `fetch_add`: 2.1 ns). The
+//! A 128-bit compare-and-swap (`cmpxchg16b` on x86_64) costs several times
+//! a 64-bit one: the rate bench's floor rows put a load and a
+//! compare-and-swap of a 128-bit word at 11-14 ns against 3.5 ns for a
+//! 64-bit word (`floor_cas_128` and `floor_cas` in `benches/benches/rate.rs`,
+//! figures in `docs/performance.md`). The
 //! 128-bit state of [`gcra`](super::gcra) is what makes any fractional
 //! emission interval exact; a quota whose interval is a whole number of
 //! nanoseconds (`a = 1`: 10 a second, 100 a minute, 1 000 an hour, every
