@@ -182,7 +182,14 @@ impl fmt::Display for KeyedRefused {
 
 impl std::error::Error for KeyedRefused {}
 
-/// A point-in-time view of a keyed limiter.
+/// A view of a keyed limiter, its counters read one at a time.
+///
+/// Every token Redis granted is charged to a debt or put in a lease, and
+/// every lease token is held, spent, given back or lost:
+/// `charged + lease_tokens + spent + returned + lost == granted`. The
+/// identity holds in a view taken while no request is deciding and no
+/// pipeline is in flight; while the background task gives tokens back, they
+/// are out of the leases but not yet counted `returned` or `lost`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KeyedFleetStats {
     /// Keys resident now.
@@ -430,7 +437,7 @@ where
     fn stats(&self) -> KeyedFleetStats {
         let (mut spent, mut starved, mut held) = (0, 0, 0);
         for slot in &self.slots {
-            // ordering: Relaxed throughout; a snapshot.
+            // ordering: Relaxed throughout; counts, each read on its own.
             spent += slot.spent.load(Ordering::Relaxed);
             starved += slot.starved.load(Ordering::Relaxed);
             held += slot.held();
@@ -712,9 +719,12 @@ where
     }
 
     /// Stops the background task after it gave every lease back (bounded by
-    /// the Redis timeout per pipeline), and waits for it.
-    pub async fn shutdown(mut self) {
+    /// the Redis timeout per pipeline), waits for it, and returns the final
+    /// view: nothing moves tokens any more, so its accounting identity (see
+    /// [`KeyedFleetStats`]) holds exactly.
+    pub async fn shutdown(mut self) -> KeyedFleetStats {
         self.background.shutdown().await;
+        self.shared.stats()
     }
 }
 
@@ -1041,8 +1051,10 @@ where
         for call in &mut calls {
             if let Some(i) = call.slot {
                 let slot = &shared.slots[i];
-                let keep = slot.held().saturating_sub(call.ret);
-                call.ret = slot.take_above(keep).min(self.params.b);
+                // At most a burst goes back per call (what the script
+                // takes); the rest stays in the lease for the next one.
+                let keep = slot.held().saturating_sub(call.ret.min(self.params.b));
+                call.ret = slot.take_above(keep);
             }
         }
         let invocations: Vec<_> = calls

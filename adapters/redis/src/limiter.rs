@@ -110,7 +110,13 @@ impl core::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
-/// A point-in-time view of a limiter, for tests, dashboards and metrics.
+/// A view of a limiter, for tests, dashboards and metrics, its counters read
+/// one at a time.
+///
+/// Every token granted is held, spent, given back or lost:
+/// `lease_tokens + spent + returned + lost == granted` in a view taken while
+/// no request is deciding and no give-back is in flight (a give-back under
+/// way has taken its tokens out of the lease but not yet counted them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FleetStats {
     /// Tokens held (granted, not spent, not given back).
@@ -579,9 +585,12 @@ impl FleetRateLimiter {
     }
 
     /// Stops the background task after it gave the unspent tokens back to
-    /// Redis (bounded by the Redis timeout), and waits for it.
-    pub async fn shutdown(mut self) {
+    /// Redis (bounded by the Redis timeout), waits for it, and returns the
+    /// final view: nothing moves tokens any more, so its accounting identity
+    /// (see [`FleetStats`]) holds exactly.
+    pub async fn shutdown(mut self) -> FleetStats {
         self.background.shutdown().await;
+        self.shared.stats()
     }
 }
 

@@ -626,9 +626,11 @@ impl FleetSemaphore {
     }
 
     /// Stops the background task after it shrank the claim in Redis to the
-    /// permits still in use (zero when none are), and waits for it.
-    pub async fn shutdown(mut self) {
+    /// permits still in use (zero when none are), waits for it, and returns
+    /// the final view.
+    pub async fn shutdown(mut self) -> SemaphoreStats {
         self.background.shutdown().await;
+        self.stats()
     }
 }
 

@@ -22,7 +22,7 @@ use tenlives_redis::{
 };
 
 use common::proxy::Proxy;
-use common::{RedisServer, wait_for};
+use common::{RedisServer, fleet_accounted, wait_for};
 
 /// No test may take longer than this (a hang fails the test).
 const BOUND: Duration = Duration::from_secs(40);
@@ -130,20 +130,6 @@ fn rate_config(name: &str, quota: Quota) -> FleetConfig {
         .redis_timeout(Duration::from_millis(50))
 }
 
-/// `held + spent + returned + lost = granted` once no call is in flight
-/// (a give-back under way has taken its tokens out of the lease but not yet
-/// counted them returned or lost): it must hold again within a second.
-async fn check_accounting(limiter: &FleetRateLimiter) {
-    let holds = |s: &tenlives_redis::FleetStats| {
-        s.lease_tokens + s.spent + s.returned + s.lost == s.granted
-    };
-    assert!(
-        wait_for(Duration::from_secs(1), || holds(&limiter.stats())).await,
-        "tokens unaccounted for: {:?}",
-        limiter.stats()
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_redis_leaves_the_local_decision_latency_unchanged() {
     bounded(async {
@@ -192,7 +178,7 @@ async fn a_slow_redis_leaves_the_local_decision_latency_unchanged() {
             "p99 {slow} ns while Redis was slow vs {fast} ns"
         );
         proxy.set_delay(Duration::ZERO);
-        check_accounting(&limiter).await;
+        fleet_accounted(&limiter).await;
         limiter.shutdown().await;
     })
     .await;
@@ -254,7 +240,7 @@ async fn redis_stopped_mid_load_and_restarted_stays_within_the_degraded_bound() 
         // Every token admitted from a lease was granted by Redis (and the
         // grants of each Redis life are within b + w/T: two lives here).
         assert_eq!(lease + last, s.spent, "{s:?}");
-        check_accounting(&limiter).await;
+        fleet_accounted(&limiter).await;
         let w_us = w.as_micros() as u64;
         assert!(
             s.granted <= 2 * 100 + w_us * 1_000 / 1_000_000 + 2,
@@ -342,7 +328,7 @@ async fn dropped_and_refused_connections_degrade_and_recover() {
         let recovered_in = back_at.elapsed();
         stop.store(true, Ordering::Relaxed);
         worker.join().expect("the load thread panicked");
-        check_accounting(&limiter).await;
+        fleet_accounted(&limiter).await;
         assert!(proxy.accepted() > 2, "the client reconnected");
         // The degraded bound over the whole run: the fallback limiter's
         // burst plus its rate (500/s, burst 50).
@@ -401,7 +387,7 @@ async fn a_stalled_redis_times_out_and_never_hangs_the_limiter() {
             limiter.stats()
         );
         eprintln!("recovered in {:?}", back_at.elapsed());
-        check_accounting(&limiter).await;
+        fleet_accounted(&limiter).await;
         // Shutdown while Redis stalls again: bounded by the Redis timeout,
         // the give-back counted lost (it may or may not have arrived).
         proxy.set_stalled(true);

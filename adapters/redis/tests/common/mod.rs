@@ -11,6 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use tenlives_redis::{FleetRateLimiter, FleetStats, KeyedFleetLimiter, KeyedFleetStats};
+
 pub mod proxy;
 
 pub struct RedisServer {
@@ -124,4 +126,44 @@ pub async fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     cond()
+}
+
+/// Every token granted to a fleet limiter is held, spent, given back or
+/// lost.
+pub fn fleet_balanced(s: &FleetStats) -> bool {
+    s.lease_tokens + s.spent + s.returned + s.lost == s.granted
+}
+
+/// Every token Redis granted to a keyed limiter went to a debt or a lease,
+/// and every lease token is held, spent, given back or lost.
+pub fn keyed_balanced(s: &KeyedFleetStats) -> bool {
+    s.charged + s.lease_tokens + s.spent + s.returned + s.lost == s.granted
+}
+
+/// [`fleet_balanced`] must hold again within a second. `stats` reads its
+/// counters one at a time, and a give-back under way has taken its tokens
+/// out of the lease but not yet counted them returned or lost, so a view
+/// may miss them while a call is in flight; a token really lost never lets
+/// the identity hold. (`shutdown`'s final view holds exactly.)
+pub async fn fleet_accounted(limiter: &FleetRateLimiter) {
+    assert!(
+        wait_for(Duration::from_secs(1), || fleet_balanced(&limiter.stats())).await,
+        "tokens unaccounted for: {:?}",
+        limiter.stats()
+    );
+}
+
+/// [`keyed_balanced`] must hold again within a second (see
+/// [`fleet_accounted`]), and no more debt was settled than was made.
+pub async fn keyed_accounted<K>(limiter: &KeyedFleetLimiter<K>)
+where
+    K: std::hash::Hash + Eq + Clone + Send + Sync + std::fmt::Display + 'static,
+{
+    assert!(
+        wait_for(Duration::from_secs(1), || keyed_balanced(&limiter.stats())).await,
+        "tokens unaccounted for: {:?}",
+        limiter.stats()
+    );
+    let s = limiter.stats();
+    assert!(s.charged + s.uncharged <= s.provisional, "{s:?}");
 }
