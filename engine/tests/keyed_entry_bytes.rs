@@ -5,8 +5,9 @@
 //! memory at any fill. Checked: the bytes per entry stay within the layout
 //! `docs/rate-limiter.md` describes (an index of 4-byte chain heads, the
 //! capacity rounded up to a power of two: at most 8 bytes per entry; an
-//! entry of 32 bytes for a `u64` key, its state, link word and key; a
-//! free-list link of 4 bytes), plus a fixed part.
+//! entry for a `u64` key of its state, link word and key: 24 bytes with a
+//! 64-bit state word, 32 with a 128-bit one; a free-list link of 4 bytes),
+//! plus a fixed part.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -37,7 +38,17 @@ static GLOBAL: Tracking = Tracking;
 
 #[test]
 fn bytes_per_entry_follow_the_layout() {
-    let quota = Quota::per_second(10).unwrap();
+    // 10 a second: a whole-nanosecond interval, a 64-bit state word; 3 a
+    // second: a third of a second, the 128-bit state.
+    for (quota, entry) in [
+        (Quota::per_second(10).unwrap(), 24),
+        (Quota::per_second(3).unwrap(), 32),
+    ] {
+        measure(quota, entry);
+    }
+}
+
+fn measure(quota: Quota, entry: usize) {
     // Warm this thread's epoch registration before measuring.
     drop(KeyedRateLimiter::<u64>::new(
         KeyedConfig::new(quota, 1).unwrap(),
@@ -53,9 +64,9 @@ fn bytes_per_entry_follow_the_layout() {
         let bytes = (LIVE.load(Ordering::SeqCst) - before) as usize;
         let index = 4 * capacity.next_power_of_two().max(2);
         assert!(index <= 8 * capacity, "at most 8 index bytes per entry");
-        let layout = index + capacity * (32 + 4);
+        let layout = index + capacity * (entry + 4);
         println!(
-            "capacity {capacity}: {bytes} bytes, {:.1} per entry (index {:.1}, entry and free slot {:.1}, fixed {})",
+            "{entry}-byte entries, capacity {capacity}: {bytes} bytes, {:.1} per entry (index {:.1}, entry and free slot {:.1}, fixed {})",
             bytes as f64 / capacity as f64,
             index as f64 / capacity as f64,
             (bytes - index) as f64 / capacity as f64,

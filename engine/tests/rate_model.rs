@@ -17,7 +17,8 @@
 //!
 //! A quota whose interval is a whole number of nanoseconds (`rate` divides
 //! `period`) and whose burst spans less than `2^62` ns runs on the engine's
-//! 64-bit state, with its two documented departures, modelled here: `TAT`
+//! 64-bit state (the direct limiter's cell, and every entry of a keyed
+//! table for that quota), with its two documented departures, modelled here: `TAT`
 //! never passes `2^63 - 1` ns (a request that would push it further, or
 //! that comes later, is refused with an earliest time of `u64::MAX`, and
 //! only the tokens that fit count as available; a quota change cuts `TAT`
@@ -85,15 +86,6 @@ impl Reference {
             reset: 0,
             narrow: period_ns.is_multiple_of(u64::from(rate))
                 && u128::from(burst) * u128::from(period_ns / u64::from(rate)) < 1 << 62,
-        }
-    }
-
-    /// A reference on the 128-bit state whatever the quota (the keyed
-    /// limiter's entries).
-    fn wide(rate: u32, period_ns: u64, burst: u32, debt: bool) -> Self {
-        Reference {
-            narrow: false,
-            ..Reference::new(rate, period_ns, burst, debt)
         }
     }
 
@@ -422,7 +414,7 @@ proptest! {
         let mut t = 1_000u64;
         for (key, op, sweep) in ops {
             let now = Timestamp::from_nanos(t);
-            let model = models.entry(key).or_insert_with(|| Reference::wide(rate, period, burst, false));
+            let model = models.entry(key).or_insert_with(|| Reference::new(rate, period, burst, false));
             match op {
                 Op::Advance(d) => t += d % period.max(2),
                 Op::Check | Op::Reserve(..) | Op::CancelLast | Op::Earliest(_) => {

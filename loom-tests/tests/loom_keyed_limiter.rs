@@ -38,9 +38,17 @@ impl Hasher for Collide {
     fn write(&mut self, _: &[u8]) {}
 }
 
-fn one_chain(burst: u32) -> Arc<KeyedRateLimiter<u32, BuildHasherDefault<Collide>>> {
-    let quota = Quota::per_second(1).unwrap().with_burst(burst).unwrap();
-    let config = KeyedConfig::new(quota, 4).unwrap();
+/// Every model runs on both widths of the table's state words: 1 a second
+/// (a whole-nanosecond interval: 64-bit words) and 3 a second (128-bit),
+/// both refilled long before the models' 10 s.
+const WIDTHS: [u32; 2] = [1, 3];
+
+fn quota(rate: u32, burst: u32) -> Quota {
+    Quota::per_second(rate).unwrap().with_burst(burst).unwrap()
+}
+
+fn one_chain(rate: u32, burst: u32) -> Arc<KeyedRateLimiter<u32, BuildHasherDefault<Collide>>> {
+    let config = KeyedConfig::new(quota(rate, burst), 4).unwrap();
     Arc::new(KeyedRateLimiter::with_hasher_and_sink(
         config,
         BuildHasherDefault::default(),
@@ -49,9 +57,8 @@ fn one_chain(burst: u32) -> Arc<KeyedRateLimiter<u32, BuildHasherDefault<Collide
     ))
 }
 
-fn table(burst: u32) -> Arc<KeyedRateLimiter<u32, Fixed>> {
-    let quota = Quota::per_second(1).unwrap().with_burst(burst).unwrap();
-    let config = KeyedConfig::new(quota, 4).unwrap();
+fn table(rate: u32, burst: u32) -> Arc<KeyedRateLimiter<u32, Fixed>> {
+    let config = KeyedConfig::new(quota(rate, burst), 4).unwrap();
     Arc::new(KeyedRateLimiter::with_hasher_and_sink(
         config,
         Fixed::default(),
@@ -64,54 +71,58 @@ fn table(burst: u32) -> Arc<KeyedRateLimiter<u32, Fixed>> {
 /// charges it while another sweeps: afterwards exactly one token is gone.
 #[test]
 fn a_charge_racing_with_eviction_is_never_lost() {
-    model(3, || {
-        let t = table(2);
-        let earlier = Timestamp::ZERO;
-        let now = Timestamp::from_nanos(10_000_000_000);
-        t.check_key(&7, earlier).unwrap();
-        let charger = {
-            let t = t.clone();
-            thread::spawn(move || t.check_key(&7, now).is_ok())
-        };
-        let sweeper = {
-            let t = t.clone();
-            thread::spawn(move || t.sweep(now))
-        };
-        assert!(charger.join().unwrap(), "a full bucket grants one token");
-        let evicted = sweeper.join().unwrap();
-        assert!(evicted <= 1);
-        // One token of two is left, whichever won.
-        assert!(t.peek_key_n(&7, 1, now).is_ok());
-        assert!(t.peek_key_n(&7, 2, now).is_err(), "the charge was lost");
-    });
+    for rate in WIDTHS {
+        model(3, move || {
+            let t = table(rate, 2);
+            let earlier = Timestamp::ZERO;
+            let now = Timestamp::from_nanos(10_000_000_000);
+            t.check_key(&7, earlier).unwrap();
+            let charger = {
+                let t = t.clone();
+                thread::spawn(move || t.check_key(&7, now).is_ok())
+            };
+            let sweeper = {
+                let t = t.clone();
+                thread::spawn(move || t.sweep(now))
+            };
+            assert!(charger.join().unwrap(), "a full bucket grants one token");
+            let evicted = sweeper.join().unwrap();
+            assert!(evicted <= 1);
+            // One token of two is left, whichever won.
+            assert!(t.peek_key_n(&7, 1, now).is_ok());
+            assert!(t.peek_key_n(&7, 2, now).is_err(), "the charge was lost");
+        });
+    }
 }
 
 /// L5: two threads make the first request of the same key at once; the
 /// table ends up with one entry holding both charges.
 #[test]
 fn racing_inserts_of_one_key_share_one_entry() {
-    model(3, || {
-        let t = table(2);
-        let now = Timestamp::ZERO;
-        let threads: Vec<_> = (0..2)
-            .map(|_| {
-                let t = t.clone();
-                thread::spawn(move || t.check_key(&7, now).is_ok())
-            })
-            .collect();
-        for th in threads {
-            assert!(th.join().unwrap());
-        }
-        assert!(
-            t.peek_key_n(&7, 1, now).is_err(),
-            "a second entry duplicated the key"
-        );
-        // The key's entry, and the entry of an insert that lost the race
-        // to publish if it had taken one: handed back through the epoch, so
-        // in use until a grace period that never ends under loom.
-        let in_use = t.in_use();
-        assert!((1..=2).contains(&in_use), "{in_use} entries in use");
-    });
+    for rate in WIDTHS {
+        model(3, move || {
+            let t = table(rate, 2);
+            let now = Timestamp::ZERO;
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let t = t.clone();
+                    thread::spawn(move || t.check_key(&7, now).is_ok())
+                })
+                .collect();
+            for th in threads {
+                assert!(th.join().unwrap());
+            }
+            assert!(
+                t.peek_key_n(&7, 1, now).is_err(),
+                "a second entry duplicated the key"
+            );
+            // The key's entry, and the entry of an insert that lost the race
+            // to publish if it had taken one: handed back through the epoch, so
+            // in use until a grace period that never ends under loom.
+            let in_use = t.in_use();
+            assert!((1..=2).contains(&in_use), "{in_use} entries in use");
+        });
+    }
 }
 
 /// L5, the chain protocol: one bucket holds key 3 (in use) in front of key 7
@@ -123,38 +134,40 @@ fn racing_inserts_of_one_key_share_one_entry() {
 /// and key 3 untouched.
 #[test]
 fn an_insert_a_charge_and_an_eviction_in_one_chain() {
-    model(2, || {
-        let t = one_chain(2);
-        let earlier = Timestamp::ZERO;
-        let now = Timestamp::from_nanos(10_000_000_000);
-        t.check_key(&7, earlier).unwrap();
-        t.check_key_n(&3, 2, now).unwrap();
-        let inserter = {
-            let t = t.clone();
-            thread::spawn(move || t.check_key(&9, now).is_ok())
-        };
-        let charger = {
-            let t = t.clone();
-            thread::spawn(move || t.check_key(&7, now).is_ok())
-        };
-        let evicted = t.sweep(now);
-        assert!(inserter.join().unwrap(), "a new key has its burst");
-        assert!(charger.join().unwrap(), "a full bucket grants one token");
-        assert!(evicted <= 1, "only key 7 was fresh");
-        for key in [7, 9] {
-            assert!(
-                t.peek_key_n(&key, 1, now).is_ok(),
-                "key {key}: one token left"
-            );
-            assert!(
-                t.peek_key_n(&key, 2, now).is_err(),
-                "key {key}: a charge was lost"
-            );
-        }
-        assert!(t.peek_key_n(&3, 1, now).is_err(), "key 3 kept its booking");
-        // 3, 9 and 7 (in its first entry, or a new one after the eviction).
-        assert_eq!(t.in_use(), 3 + evicted);
-    });
+    for rate in WIDTHS {
+        model(2, move || {
+            let t = one_chain(rate, 2);
+            let earlier = Timestamp::ZERO;
+            let now = Timestamp::from_nanos(10_000_000_000);
+            t.check_key(&7, earlier).unwrap();
+            t.check_key_n(&3, 2, now).unwrap();
+            let inserter = {
+                let t = t.clone();
+                thread::spawn(move || t.check_key(&9, now).is_ok())
+            };
+            let charger = {
+                let t = t.clone();
+                thread::spawn(move || t.check_key(&7, now).is_ok())
+            };
+            let evicted = t.sweep(now);
+            assert!(inserter.join().unwrap(), "a new key has its burst");
+            assert!(charger.join().unwrap(), "a full bucket grants one token");
+            assert!(evicted <= 1, "only key 7 was fresh");
+            for key in [7, 9] {
+                assert!(
+                    t.peek_key_n(&key, 1, now).is_ok(),
+                    "key {key}: one token left"
+                );
+                assert!(
+                    t.peek_key_n(&key, 2, now).is_err(),
+                    "key {key}: a charge was lost"
+                );
+            }
+            assert!(t.peek_key_n(&3, 1, now).is_err(), "key 3 kept its booking");
+            // 3, 9 and 7 (in its first entry, or a new one after the eviction).
+            assert_eq!(t.in_use(), 3 + evicted);
+        });
+    }
 }
 
 /// L5, the chain protocol: two first requests of one key race with the
@@ -162,8 +175,10 @@ fn an_insert_a_charge_and_an_eviction_in_one_chain() {
 /// inserts publish against a head the unlink moves: one entry for key 5.
 #[test]
 fn racing_inserts_and_an_unlink_of_the_front_share_one_entry() {
-    model(2, || {
-        let t = one_chain(2);
+    // No state word races here but the sweep's: one width.
+    let rate = WIDTHS[0];
+    model(2, move || {
+        let t = one_chain(rate, 2);
         let earlier = Timestamp::ZERO;
         let now = Timestamp::from_nanos(10_000_000_000);
         t.check_key(&7, earlier).unwrap();

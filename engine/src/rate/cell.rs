@@ -61,12 +61,12 @@ pub(crate) enum Cell {
 
 /// Whether `quota`'s state fits a narrow cell.
 #[inline]
-fn fits_narrow(quota: &Quota) -> bool {
+pub(super) fn fits_narrow(quota: &Quota) -> bool {
     quota.a() == 1 && quota.burst_c() < 1 << 62
 }
 
 /// A narrow cell's `TAT` for the wide `state`, cut at [`NARROW_MAX`].
-fn narrow_of(quota: &Quota, state: State) -> u64 {
+pub(super) fn narrow_of(quota: &Quota, state: State) -> u64 {
     let tat = u128::from(gcra::reset_of(state))
         + u128::from(gcra::tokens_of(state)) * u128::from(quota.c());
     u64::try_from(tat).map_or(NARROW_MAX, |t| t.min(NARROW_MAX))
@@ -76,7 +76,7 @@ fn narrow_of(quota: &Quota, state: State) -> u64 {
 /// with `reset + k·T = tat` and `reset <= now` where `tat - now` allows it
 /// (whole tokens booked since an instant not after `now`, as a wide state
 /// made at `now` would hold), else `(tat, 0)`.
-fn wide_of(quota: &Quota, tat: u64, now: u64) -> State {
+pub(super) fn wide_of(quota: &Quota, tat: u64, now: u64) -> State {
     if tat <= now {
         return gcra::pack(tat, 0);
     }
@@ -93,7 +93,7 @@ fn wide_of(quota: &Quota, tat: u64, now: u64) -> State {
 /// `tat` has bit 63 set, so `max(TAT, t) + n·T` passes [`NARROW_MAX`] and
 /// lands on the end-of-time branch, which tells the two apart.
 #[inline(always)]
-fn decide_narrow(
+pub(super) fn decide_narrow(
     quota: &Quota,
     tat: u64,
     now: u64,

@@ -61,24 +61,37 @@ use core::mem::MaybeUninit;
 
 use crate::error::ConfigError;
 use crate::events::{Event, EventKind, EventSink, NoSink};
-use crate::sync::{AtomicU32, AtomicU64, AtomicU128, ExclusiveCell, Ordering, epoch, spin_hint};
+use crate::sync::{AtomicU32, AtomicU64, ExclusiveCell, Ordering, epoch, spin_hint};
 use crate::time::Timestamp;
 
 use super::all::TokenSource;
 use super::error::RateLimitError;
-use super::gcra::{self, Refusal, State};
+use super::gcra::Refusal;
 use super::limiter::RateLimiter;
 use super::quota::Quota;
 #[cfg(not(tenlives_loom))]
 use free::FreeList;
 
+/// Runs `$body` with `$inner` bound to the table's `Arc<Inner<…>>`, in
+/// whichever width it has: the one branch a call pays for the two widths.
+macro_rules! on_table {
+    ($limiter:expr, $inner:ident => $body:expr) => {
+        match &$limiter.table {
+            Table::Narrow($inner) => $body,
+            Table::Wide($inner) => $body,
+        }
+    };
+}
+
 mod free;
 mod hasher;
 mod snapshot;
+mod word;
 #[cfg(tenlives_loom)]
 pub use free::FreeList;
 pub use hasher::{DefaultHashBuilder, KeyHasher};
 pub use snapshot::KeyedRestore;
+use word::{Narrow, Wide, Word};
 
 /// A head's sweeping bit: set while one thread sweeps the bucket.
 const SWEEPING: u32 = 1 << 31;
@@ -87,9 +100,6 @@ const NEXT: u64 = u32::MAX as u64;
 /// Fibonacci hashing: spreads any hash, even one weak in its low bits, over
 /// the buckets.
 const FIB: u64 = 0x9E37_79B9_7F4A_7C15;
-/// The state of an entry being evicted (never a valid state: its token
-/// count is above `gcra::MAX_TOKENS`).
-const DEAD: State = State::MAX;
 /// Buckets swept when the free list is empty.
 const SWEEP_WHEN_EMPTY: usize = 64;
 /// Most rounds of `reclaim_now` a new key that found no room waits through
@@ -178,8 +188,9 @@ impl KeyedConfig {
 /// | 0..31 | the chain's first entry, its number plus one (`0`: empty) |
 ///
 /// Entries are numbered below 2^30, so a number plus one fits in 31 bits.
-struct Entry<K> {
-    state: AtomicU128,
+struct Entry<K, W: Word> {
+    /// The key's state, in the table's width ([`word`]).
+    state: W::Cell,
     /// Written by the inserter before publishing; after that, changed only
     /// by the thread sweeping the bucket while the entry is linked (its
     /// next entry was unlinked), never once the entry is unlinked.
@@ -196,14 +207,14 @@ enum Overflow<S: EventSink> {
     Shared(Box<RateLimiter<S>>),
 }
 
-struct Inner<K, H, S: EventSink> {
+struct Inner<K, H, S: EventSink, W: Word> {
     quota: Quota,
     /// One head per bucket (see [`Entry`] for its bits).
     heads: Box<[AtomicU32]>,
     mask: u64,
     /// `64 - log2(buckets)`: a bucket is the top bits of `hash * FIB`.
     shift: u32,
-    entries: Box<[Entry<K>]>,
+    entries: Box<[Entry<K, W>]>,
     free: FreeList,
     low_water: usize,
     hand: AtomicU64,
@@ -222,11 +233,11 @@ struct Inner<K, H, S: EventSink> {
 // the free list, or reclaimed after an epoch grace period), read only while
 // published. Keys move between threads (K: Send) and are read from several
 // at once (K: Sync).
-unsafe impl<K: Send + Sync, H: Sync, S: EventSink + Sync> Sync for Inner<K, H, S> {}
+unsafe impl<K: Send + Sync, H: Sync, S: EventSink + Sync, W: Word> Sync for Inner<K, H, S, W> {}
 // SAFETY: as above; nothing in `Inner` is tied to a thread.
-unsafe impl<K: Send + Sync, H: Send, S: EventSink + Send> Send for Inner<K, H, S> {}
+unsafe impl<K: Send + Sync, H: Send, S: EventSink + Send, W: Word> Send for Inner<K, H, S, W> {}
 
-impl<K, H, S: EventSink> Drop for Inner<K, H, S> {
+impl<K, H, S: EventSink, W: Word> Drop for Inner<K, H, S, W> {
     fn drop(&mut self) {
         for b in 0..self.heads.len() {
             self.walk(b, |entry| {
@@ -261,27 +272,33 @@ impl<K, H, S: EventSink> Drop for Inner<K, H, S> {
 /// # Ok::<(), tenlives_engine::ConfigError>(())
 /// ```
 pub struct KeyedRateLimiter<K, H = DefaultHashBuilder, S: EventSink = NoSink> {
-    inner: Arc<Inner<K, H, S>>,
+    table: Table<K, H, S>,
+}
+
+/// The table, in the width of state word its quota allows ([`word`]).
+enum Table<K, H, S: EventSink> {
+    Narrow(Arc<Inner<K, H, S, Narrow>>),
+    Wide(Arc<Inner<K, H, S, Wide>>),
 }
 
 impl<K, H, S: EventSink> Clone for KeyedRateLimiter<K, H, S> {
     fn clone(&self) -> Self {
-        KeyedRateLimiter {
-            inner: Arc::clone(&self.inner),
-        }
+        let table = match &self.table {
+            Table::Narrow(inner) => Table::Narrow(Arc::clone(inner)),
+            Table::Wide(inner) => Table::Wide(Arc::clone(inner)),
+        };
+        KeyedRateLimiter { table }
     }
 }
 
 impl<K, H, S: EventSink> fmt::Debug for KeyedRateLimiter<K, H, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyedRateLimiter")
-            .field("quota", &self.inner.quota)
-            .field("capacity", &self.inner.entries.len())
-            .field(
-                "in_use",
-                &(self.inner.entries.len() - self.inner.free.len()),
-            )
-            .finish_non_exhaustive()
+        on_table!(self, inner => f
+            .debug_struct("KeyedRateLimiter")
+            .field("quota", &inner.quota)
+            .field("capacity", &inner.entries.len())
+            .field("in_use", &inner.in_use())
+            .finish_non_exhaustive())
     }
 }
 
@@ -299,9 +316,9 @@ where
 
 /// A published entry holding the key, and the state read from it (never
 /// `DEAD`).
-struct Found<'a, K> {
-    entry: &'a Entry<K>,
-    state: State,
+struct Found<'a, K, W: Word> {
+    entry: &'a Entry<K, W>,
+    state: W::Raw,
 }
 
 enum Inserted {
@@ -324,11 +341,6 @@ where
     where
         S: Clone,
     {
-        let capacity = config.capacity as usize;
-        // At least two: a bucket is picked by a shift of `64 - log2`, and a
-        // shift by 64 overflows.
-        let buckets = capacity.next_power_of_two().max(2);
-        let free = FreeList::full(config.capacity);
         let overflow = match config.when_full {
             WhenFull::Reject => Overflow::Reject,
             WhenFull::Admit => Overflow::Admit,
@@ -336,44 +348,23 @@ where
                 Overflow::Shared(Box::new(RateLimiter::with_sink(q, sink.clone(), source)))
             }
         };
-        let inner = Inner {
-            quota: config.quota,
-            heads: (0..buckets)
-                .map(|_| AtomicU32::new(0))
-                .collect::<Vec<_>>()
-                .into_boxed_slice(),
-            mask: buckets as u64 - 1,
-            shift: 64 - buckets.trailing_zeros(),
-            entries: (0..capacity)
-                .map(|_| Entry {
-                    state: AtomicU128::new(0),
-                    link: AtomicU64::new(0),
-                    key: ExclusiveCell::new(MaybeUninit::uninit()),
-                })
-                .collect::<Vec<_>>()
-                .into_boxed_slice(),
-            free,
-            low_water: capacity / 4,
-            hand: AtomicU64::new(0),
-            retired: AtomicU64::new(0),
-            hasher,
-            overflow,
-            sink,
-            source,
+        let parts = (config, hasher, overflow, sink, source);
+        let table = if Narrow::fits(&config.quota) {
+            Table::Narrow(Arc::new(Inner::new(parts)))
+        } else {
+            Table::Wide(Arc::new(Inner::new(parts)))
         };
-        KeyedRateLimiter {
-            inner: Arc::new(inner),
-        }
+        KeyedRateLimiter { table }
     }
 
     /// The per-key quota.
     pub fn quota(&self) -> &Quota {
-        &self.inner.quota
+        on_table!(self, inner => &inner.quota)
     }
 
     /// The most keys tracked at once.
     pub fn capacity(&self) -> usize {
-        self.inner.entries.len()
+        on_table!(self, inner => inner.entries.len())
     }
 
     /// Entries in use: keys tracked, plus entries waiting for their epoch
@@ -381,7 +372,7 @@ where
     /// not finish: it lost a race to insert the same key, or a `K::clone`
     /// or `K::eq` panicked).
     pub fn in_use(&self) -> usize {
-        self.inner.entries.len() - self.inner.free.len()
+        on_table!(self, inner => inner.in_use())
     }
 
     /// Takes one token from `key`'s limiter.
@@ -403,24 +394,116 @@ where
     /// when `n` exceeds the burst and the quota allows no debt.
     #[inline]
     pub fn check_key_n(&self, key: &K, n: u32, now: Timestamp) -> Result<(), RateLimitError> {
-        let inner = &*self.inner;
-        let hash = inner.hasher.hash_one(key);
+        on_table!(self, inner => inner.check_key_n(key, n, now))
+    }
+
+    /// Whether `n` tokens are available to `key` now, taking nothing (a key
+    /// not in the table has a full burst).
+    ///
+    /// # Errors
+    ///
+    /// As [`check_key_n`](Self::check_key_n), except that a full table is
+    /// not reported: a peek never inserts.
+    pub fn peek_key_n(&self, key: &K, n: u32, now: Timestamp) -> Result<(), RateLimitError> {
+        on_table!(self, inner => inner.peek_key_n(key, n, now))
+    }
+
+    /// Gives back `n` tokens that `key` was charged earlier. Does nothing if
+    /// the key is no longer tracked (then its tokens had all refilled).
+    pub fn refund_key(&self, key: &K, n: u32) {
+        on_table!(self, inner => inner.refund_key(key, n));
+    }
+
+    /// Evicts every key whose tokens have all refilled by `now` (which a
+    /// fresh key would decide exactly like) and returns how many. Their
+    /// entries become reusable after an epoch grace period. Inserts sweep on
+    /// their own when the table runs low; call this to reclaim room ahead of
+    /// a burst of new keys. A bucket another thread is sweeping at the same
+    /// moment is left to that thread.
+    pub fn sweep(&self, now: Timestamp) -> usize {
+        on_table!(self, inner => inner.sweep(now))
+    }
+
+    /// A [`TokenSource`] for `key`, to take part in
+    /// [`acquire_all`](super::acquire_all).
+    pub fn source<'a>(&'a self, key: &'a K) -> KeyedSource<'a, K, H, S> {
+        KeyedSource { limiter: self, key }
+    }
+}
+
+/// What a table is built from: its settings, hasher, overflow policy, sink
+/// and source.
+type Parts<H, S> = (KeyedConfig, H, Overflow<S>, S, u32);
+
+impl<K, H, S, W> Inner<K, H, S, W>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    H: BuildHasher + Send + Sync + 'static,
+    S: EventSink + Send + Sync + 'static,
+    W: Word,
+{
+    /// Allocates the whole table, every entry free and fresh.
+    fn new((config, hasher, overflow, sink, source): Parts<H, S>) -> Self {
+        let capacity = config.capacity as usize;
+        // At least two: a bucket is picked by a shift of `64 - log2`, and a
+        // shift by 64 overflows.
+        let buckets = capacity.next_power_of_two().max(2);
+        Inner {
+            quota: config.quota,
+            heads: (0..buckets)
+                .map(|_| AtomicU32::new(0))
+                .collect::<Vec<_>>()
+                .into_boxed_slice(),
+            mask: buckets as u64 - 1,
+            shift: 64 - buckets.trailing_zeros(),
+            entries: (0..capacity)
+                .map(|_| Entry {
+                    state: W::cell(W::FRESH),
+                    link: AtomicU64::new(0),
+                    key: ExclusiveCell::new(MaybeUninit::uninit()),
+                })
+                .collect::<Vec<_>>()
+                .into_boxed_slice(),
+            free: FreeList::full(config.capacity),
+            low_water: capacity / 4,
+            hand: AtomicU64::new(0),
+            retired: AtomicU64::new(0),
+            hasher,
+            overflow,
+            sink,
+            source,
+        }
+    }
+
+    #[inline(always)]
+    fn check_key_n(
+        self: &Arc<Self>,
+        key: &K,
+        n: u32,
+        now: Timestamp,
+    ) -> Result<(), RateLimitError> {
+        let hash = self.hasher.hash_one(key);
         let t = now.as_nanos();
         let n = u64::from(n);
         let mut guard = epoch::pin();
         let mut rounds = 0;
         loop {
             match self.find(key, hash) {
-                Some(found) => match charge(&found.entry.state, found.state, &inner.quota, t, n) {
-                    Ok(()) => return Ok(()),
-                    Err(Some(refusal)) => return Err(self.refused(refusal, n, now)),
-                    // Evicted under us: the next lookup skips it.
-                    Err(None) => {}
-                },
+                Some(found) => {
+                    match charge::<W>(&found.entry.state, found.state, &self.quota, t, n) {
+                        Ok(()) => return Ok(()),
+                        Err(Some(refusal)) => return Err(self.refused(refusal, n, now)),
+                        // Evicted under us: the next lookup skips it.
+                        Err(None) => {}
+                    }
+                }
                 None => {
-                    let grant = gcra::decide(&inner.quota, 0, t, t, n)
-                        .map_err(|refusal| self.refused(refusal, n, now))?;
-                    match self.insert(key, hash, grant.state, t, &guard) {
+                    let state = match W::decide(&self.quota, W::FRESH, t, n) {
+                        Some(Ok(state)) => state,
+                        Some(Err(refusal)) => return Err(self.refused(refusal, n, now)),
+                        None => unreachable!("a fresh state is never dead"),
+                    };
+                    match self.insert(key, hash, state, t, &guard) {
                         Inserted::Yes => return Ok(()),
                         Inserted::AlreadyThere => continue,
                         // Entries evicted by the sweep wait for their grace
@@ -431,7 +514,7 @@ where
                         // ordering: Relaxed; a hint, see `retired`.
                         Inserted::NoRoom
                             if rounds < RECLAIM_ROUNDS
-                                && inner.retired.load(Ordering::Relaxed) > 0 =>
+                                && self.retired.load(Ordering::Relaxed) > 0 =>
                         {
                             drop(guard);
                             reclaim_now();
@@ -445,72 +528,49 @@ where
         }
     }
 
-    /// Whether `n` tokens are available to `key` now, taking nothing (a key
-    /// not in the table has a full burst).
-    ///
-    /// # Errors
-    ///
-    /// As [`check_key_n`](Self::check_key_n), except that a full table is
-    /// not reported: a peek never inserts.
-    pub fn peek_key_n(&self, key: &K, n: u32, now: Timestamp) -> Result<(), RateLimitError> {
-        let inner = &*self.inner;
-        let hash = inner.hasher.hash_one(key);
+    fn peek_key_n(&self, key: &K, n: u32, now: Timestamp) -> Result<(), RateLimitError> {
+        let hash = self.hasher.hash_one(key);
         let t = now.as_nanos();
         let _guard = epoch::pin();
-        let state = self.find(key, hash).map_or(0, |found| found.state);
-        gcra::decide(&inner.quota, state, t, t, u64::from(n))
-            .map(|_| ())
-            .map_err(|refusal| refusal.into_error(&inner.quota, n, now))
-    }
-
-    /// Gives back `n` tokens that `key` was charged earlier. Does nothing if
-    /// the key is no longer tracked (then its tokens had all refilled).
-    pub fn refund_key(&self, key: &K, n: u32) {
-        let hash = self.inner.hasher.hash_one(key);
-        let _guard = epoch::pin();
-        if let Some(found) = self.find(key, hash) {
-            // ordering: Relaxed, as in `gcra::refund`; a dead entry stays dead.
-            let _ = found
-                .entry
-                .state
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
-                    (s != DEAD).then(|| {
-                        gcra::pack(
-                            gcra::reset_of(s),
-                            gcra::tokens_of(s).saturating_sub(u64::from(n)),
-                        )
-                    })
-                });
+        let state = self.find(key, hash).map_or(W::FRESH, |found| found.state);
+        match W::decide(&self.quota, state, t, u64::from(n)) {
+            Some(Err(refusal)) => Err(refusal.into_error(&self.quota, n, now)),
+            // `find` returns no dead state.
+            Some(Ok(_)) | None => Ok(()),
         }
     }
 
-    /// Evicts every key whose tokens have all refilled by `now` (which a
-    /// fresh key would decide exactly like) and returns how many. Their
-    /// entries become reusable after an epoch grace period. Inserts sweep on
-    /// their own when the table runs low; call this to reclaim room ahead of
-    /// a burst of new keys. A bucket another thread is sweeping at the same
-    /// moment is left to that thread.
-    pub fn sweep(&self, now: Timestamp) -> usize {
+    fn refund_key(&self, key: &K, n: u32) {
+        let hash = self.hasher.hash_one(key);
+        let _guard = epoch::pin();
+        if let Some(found) = self.find(key, hash) {
+            let mut state = found.state;
+            // A dead entry stays dead.
+            while state != W::DEAD {
+                let refunded = W::refund(&self.quota, state, u64::from(n));
+                match W::swap_weak(&found.entry.state, state, refunded) {
+                    Ok(()) => break,
+                    Err(actual) => state = actual,
+                }
+            }
+        }
+    }
+
+    fn sweep(self: &Arc<Self>, now: Timestamp) -> usize {
         let t = now.as_nanos();
         let guard = epoch::pin();
-        let evicted = (0..self.inner.heads.len())
+        let evicted = (0..self.heads.len())
             .map(|b| self.evict_fresh(b, t, &guard))
             .sum();
         guard.flush();
         evicted
     }
 
-    /// A [`TokenSource`] for `key`, to take part in
-    /// [`acquire_all`](super::acquire_all).
-    pub fn source<'a>(&'a self, key: &'a K) -> KeyedSource<'a, K, H, S> {
-        KeyedSource { limiter: self, key }
-    }
-
     /// The live entry of `key` (hashed to `hash`), if it is published. The
     /// caller is pinned.
     #[inline(always)]
-    fn find(&self, key: &K, hash: u64) -> Option<Found<'_, K>> {
-        let inner = &*self.inner;
+    fn find(&self, key: &K, hash: u64) -> Option<Found<'_, K, W>> {
+        let inner = self;
         let tag = hash & !NEXT;
         // ordering: Acquire pairs with the Release publish in `insert`: the
         // entry it names was written before it.
@@ -530,10 +590,8 @@ where
             // passed; the caller is pinned, and it reached the entry from a
             // head it read while pinned.
             if unsafe { entry.key.with(|k| k.assume_init_ref() == key) } {
-                // ordering: Relaxed, as in `gcra::acquire`: the state cell
-                // publishes no other memory.
-                let state = entry.state.load(Ordering::Relaxed);
-                if state != DEAD {
+                let state = W::load(&entry.state);
+                if state != W::DEAD {
                     return Some(Found { entry, state });
                 }
             }
@@ -541,8 +599,15 @@ where
         None
     }
 
-    fn insert(&self, key: &K, hash: u64, state: State, now: u64, guard: &epoch::Guard) -> Inserted {
-        let inner = &*self.inner;
+    fn insert(
+        self: &Arc<Self>,
+        key: &K,
+        hash: u64,
+        state: W::Raw,
+        now: u64,
+        guard: &epoch::Guard,
+    ) -> Inserted {
+        let inner = &**self;
         // SAFETY: the caller is pinned (`guard`) for the whole call.
         let slot = match unsafe { inner.free.pop() } {
             Some(slot) => slot,
@@ -560,7 +625,7 @@ where
         // ends, unless it is published: a panicking `K::clone` or `K::eq`
         // must not leak it.
         let mut claim = Claim {
-            owner: &self.inner,
+            owner: self,
             guard,
             slot,
             filled: false,
@@ -578,8 +643,8 @@ where
             })
         };
         claim.filled = true;
-        // ordering: Relaxed; published by the head's Release below.
-        entry.state.store(state, Ordering::Relaxed);
+        // Published by the head's Release below.
+        W::store(&entry.state, state);
 
         let head = &inner.heads[inner.bucket_of(hash)];
         let tag = hash & !NEXT;
@@ -612,8 +677,8 @@ where
         }
     }
 
-    fn sweep_some(&self, buckets: usize, now: u64, guard: &epoch::Guard) {
-        let inner = &*self.inner;
+    fn sweep_some(self: &Arc<Self>, buckets: usize, now: u64, guard: &epoch::Guard) {
+        let inner = &**self;
         for _ in 0..buckets {
             // ordering: Relaxed; the hand only spreads sweeping around.
             let b = inner.hand.fetch_add(1, Ordering::Relaxed) & inner.mask;
@@ -623,8 +688,8 @@ where
 
     /// Evicts the entries of bucket `b` that are fresh at `now` (ns);
     /// returns how many. Skips the bucket if another thread is sweeping it.
-    fn evict_fresh(&self, b: usize, now: u64, guard: &epoch::Guard) -> usize {
-        let inner = &*self.inner;
+    fn evict_fresh(self: &Arc<Self>, b: usize, now: u64, guard: &epoch::Guard) -> usize {
+        let inner = &**self;
         let head = &inner.heads[b];
         // ordering: Acquire, as in `find`; the bit makes this thread the
         // only one changing the links of the bucket's published entries
@@ -640,19 +705,16 @@ where
             let entry = &inner.entries[slot];
             // ordering: Acquire, as in `find`.
             next = entry.link.load(Ordering::Acquire) as u32;
-            // ordering: Relaxed; the compare-and-swap below confirms it.
-            let state = entry.state.load(Ordering::Relaxed);
-            if state == DEAD
-                || !gcra::is_full(&inner.quota, state, now)
-                || entry
-                    .state
-                    .compare_exchange(state, DEAD, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_err()
+            // The compare-and-swap below confirms it.
+            let state = W::load(&entry.state);
+            if state == W::DEAD
+                || !W::is_full(&inner.quota, state, now)
+                || W::swap(&entry.state, state, W::DEAD).is_err()
             {
                 continue;
             }
             inner.unlink(head, slot as u32 + 1, next);
-            let owner = Arc::clone(&self.inner);
+            let owner = Arc::clone(self);
             // ordering: Relaxed; a hint for `check_key_n`'s retries only.
             inner.retired.fetch_add(1, Ordering::Relaxed);
             // Two words (the table and a number): the closure fits in
@@ -670,7 +732,7 @@ where
 
     #[cold]
     fn no_room(&self, n: u64, now: Timestamp) -> Result<(), RateLimitError> {
-        let inner = &*self.inner;
+        let inner = self;
         if inner.sink.enabled() {
             inner.sink.emit(Event::new(
                 EventKind::KEYED_TABLE_FULL,
@@ -692,8 +754,8 @@ where
     #[cold]
     fn refused(&self, refusal: Refusal, n: u64, now: Timestamp) -> RateLimitError {
         // `n` came from a `u32`.
-        let err = refusal.into_error(&self.inner.quota, n as u32, now);
-        let inner = &*self.inner;
+        let err = refusal.into_error(&self.quota, n as u32, now);
+        let inner = self;
         if inner.sink.enabled() {
             let wait = err.retry_after().map_or(u64::MAX, |d| d.as_nanos() as u64);
             inner.sink.emit(Event::new(
@@ -707,7 +769,11 @@ where
     }
 }
 
-impl<K, H, S: EventSink> Inner<K, H, S> {
+impl<K, H, S: EventSink, W: Word> Inner<K, H, S, W> {
+    fn in_use(&self) -> usize {
+        self.entries.len() - self.free.len()
+    }
+
     #[inline(always)]
     fn bucket_of(&self, hash: u64) -> usize {
         (hash.wrapping_mul(FIB) >> self.shift) as usize
@@ -715,7 +781,7 @@ impl<K, H, S: EventSink> Inner<K, H, S> {
 
     /// Calls `f` on every entry of bucket `b`'s chain, dead ones included.
     /// The caller is pinned (or holds the table exclusively).
-    fn walk(&self, b: usize, mut f: impl FnMut(&Entry<K>)) {
+    fn walk(&self, b: usize, mut f: impl FnMut(&Entry<K, W>)) {
         // ordering: Acquire, as in `find`.
         let mut next = self.heads[b].load(Ordering::Acquire) & !SWEEPING;
         while next != 0 {
@@ -813,13 +879,14 @@ impl<K, H, S: EventSink> Inner<K, H, S> {
 ///
 /// Its bounds are those the deferred hand-back needs (`Send + 'static`),
 /// which every insert has.
-struct Claim<'a, K, H, S>
+struct Claim<'a, K, H, S, W>
 where
     K: Send + Sync + 'static,
     H: Send + Sync + 'static,
     S: EventSink + Send + Sync + 'static,
+    W: Word,
 {
-    owner: &'a Arc<Inner<K, H, S>>,
+    owner: &'a Arc<Inner<K, H, S, W>>,
     /// The insert's pin, under which the entry was popped.
     guard: &'a epoch::Guard,
     slot: u32,
@@ -827,11 +894,12 @@ where
     filled: bool,
 }
 
-impl<K, H, S> Drop for Claim<'_, K, H, S>
+impl<K, H, S, W> Drop for Claim<'_, K, H, S, W>
 where
     K: Send + Sync + 'static,
     H: Send + Sync + 'static,
     S: EventSink + Send + Sync + 'static,
+    W: Word,
 {
     fn drop(&mut self) {
         let entry = &self.owner.entries[self.slot as usize];
@@ -871,21 +939,17 @@ fn reclaim_now() {
 /// Charges `n` tokens to an entry's state cell, read as `state`, at `now`
 /// (ns). `Err(None)` when it is dead.
 #[inline(always)]
-fn charge(
-    cell: &AtomicU128,
-    mut state: State,
+fn charge<W: Word>(
+    cell: &W::Cell,
+    mut state: W::Raw,
     quota: &Quota,
     now: u64,
     n: u64,
 ) -> Result<(), Option<Refusal>> {
     loop {
-        if state == DEAD {
-            return Err(None);
-        }
-        let grant = gcra::decide(quota, state, now, now, n).map_err(Some)?;
-        // ordering: Relaxed, as in `gcra::acquire`.
-        match cell.compare_exchange_weak(state, grant.state, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => return Ok(()),
+        let next = W::decide(quota, state, now, n).ok_or(None)?.map_err(Some)?;
+        match W::swap_weak(cell, state, next) {
+            Ok(()) => return Ok(()),
             Err(actual) => {
                 state = actual;
                 spin_hint();
@@ -922,6 +986,7 @@ where
 
 #[cfg(test)]
 mod tests {
+    use super::super::cell;
     use super::*;
     use foldhash::fast::FixedState;
     use std::string::String;
@@ -944,9 +1009,32 @@ mod tests {
     /// with their state, the evicted ones found again as fresh keys. Before
     /// the chained index a bucket held fourteen keys and the fifteenth was
     /// refused with `TableFull`.
+    /// 1 a second (a narrow table) and 3 a second with a burst of 1 (an
+    /// interval of a third of a second: a wide one), each key refilled
+    /// within a second.
+    fn one_per_second_on_both_widths() -> [Quota; 2] {
+        [
+            Quota::per_second(1).unwrap(),
+            Quota::per_second(3).unwrap().with_burst(1).unwrap(),
+        ]
+    }
+
+    #[test]
+    fn both_widths_are_chosen_by_the_quota() {
+        let [narrow, wide] = one_per_second_on_both_widths();
+        let table = |q| KeyedRateLimiter::<u32>::new(KeyedConfig::new(q, 4).unwrap()).table;
+        assert!(matches!(table(narrow), Table::Narrow(_)));
+        assert!(matches!(table(wide), Table::Wide(_)));
+    }
+
     #[test]
     fn colliding_keys_share_one_chain_and_evict_from_any_place() {
-        let quota = Quota::per_second(1).unwrap();
+        for quota in one_per_second_on_both_widths() {
+            colliding_keys(quota);
+        }
+    }
+
+    fn colliding_keys(quota: Quota) {
         let limiter = KeyedRateLimiter::with_hasher_and_sink(
             KeyedConfig::new(quota, 64).unwrap(),
             core::hash::BuildHasherDefault::<Collide>::default(),
@@ -972,18 +1060,16 @@ mod tests {
         for k in 0..40u32 {
             assert_eq!(limiter.check_key(&k, t1).is_ok(), k % 2 == 1, "key {k}");
         }
-        // ordering: Relaxed; single-threaded test.
-        let first = limiter.inner.heads[limiter.inner.bucket_of(0x5151_5151_5151_5151)]
-            .load(Ordering::Relaxed);
-        assert_eq!(first & SWEEPING, 0, "the sweeper let go of the bucket");
-        let mut chain = 0;
-        let _guard = epoch::pin();
-        limiter
-            .inner
-            .walk(limiter.inner.bucket_of(0x5151_5151_5151_5151), |_| {
-                chain += 1
-            });
-        assert_eq!(chain, 40, "20 kept and 20 inserted again, none dead");
+        on_table!(limiter, inner => {
+            let bucket = inner.bucket_of(0x5151_5151_5151_5151);
+            // ordering: Relaxed; single-threaded test.
+            let first = inner.heads[bucket].load(Ordering::Relaxed);
+            assert_eq!(first & SWEEPING, 0, "the sweeper let go of the bucket");
+            let mut chain = 0;
+            let _guard = epoch::pin();
+            inner.walk(bucket, |_| chain += 1);
+            assert_eq!(chain, 40, "20 kept and 20 inserted again, none dead");
+        });
     }
 
     /// A key whose `Clone` panics for every id that is a multiple of 16:
@@ -1012,6 +1098,12 @@ mod tests {
     /// linked ones.
     #[test]
     fn churn_with_evictions_and_panics_conserves_every_entry() {
+        for quota in one_per_second_on_both_widths() {
+            churn(quota);
+        }
+    }
+
+    fn churn(quota: Quota) {
         let (threads, ops, capacity, keys) = if cfg!(miri) {
             (2, 150, 8, 24)
         } else {
@@ -1024,7 +1116,7 @@ mod tests {
             }
         }));
         let limiter = KeyedRateLimiter::with_hasher_and_sink(
-            KeyedConfig::new(Quota::per_second(1).unwrap(), capacity).unwrap(),
+            KeyedConfig::new(quota, capacity).unwrap(),
             FixedState::with_seed(9),
             NoSink,
             0,
@@ -1060,7 +1152,12 @@ mod tests {
                 .sum::<usize>()
         });
         assert!(panics > 0, "no clone panicked: the test tests nothing");
-        let inner = &*limiter.inner;
+        on_table!(limiter, inner => conserved(inner, capacity));
+    }
+
+    /// Once the grace periods have passed, every entry is linked or free,
+    /// once.
+    fn conserved<W: Word>(inner: &Inner<Flaky, FixedState, NoSink, W>, capacity: usize) {
         // ordering: Relaxed; the workers have been joined.
         for _ in 0..100_000 {
             if inner.retired.load(Ordering::Relaxed) == 0 {
@@ -1080,16 +1177,16 @@ mod tests {
             for b in 0..inner.heads.len() {
                 inner.walk(b, |entry| {
                     // SAFETY: `entry` is an element of `inner.entries`.
-                    let slot = unsafe {
-                        (entry as *const Entry<Flaky>).offset_from(inner.entries.as_ptr())
-                    } as usize;
+                    let slot =
+                        unsafe { core::ptr::from_ref(entry).offset_from(inner.entries.as_ptr()) }
+                            as usize;
                     assert_eq!(place[slot], None, "entry {slot} linked twice");
                     place[slot] = Some("linked");
                 });
             }
         }
         let linked = place.iter().flatten().count();
-        assert_eq!(limiter.in_use(), linked, "in use against linked");
+        assert_eq!(inner.in_use(), linked, "in use against linked");
         let listed = inner.free.len();
         // SAFETY: the workers have been joined and nothing is pinned on
         // their behalf: the list is ours alone.
@@ -1107,9 +1204,42 @@ mod tests {
         }
     }
 
-    /// The keyed limiter at the ends of time and with time going backwards.
+    /// The keyed limiter at the ends of time and with time going backwards,
+    /// on a wide table (an interval of 1.5 ns, a burst of 2): a fresh burst
+    /// at `Timestamp::MAX`, as the wide state decides.
     #[test]
-    fn the_ends_of_time_and_time_going_backwards() {
+    fn the_ends_of_time_and_time_going_backwards_on_a_wide_table() {
+        let quota = Quota::new(2, core::time::Duration::from_nanos(3)).unwrap();
+        let limiter = KeyedRateLimiter::with_hasher_and_sink(
+            KeyedConfig::new(quota, 4).unwrap(),
+            FixedState::with_seed(2),
+            NoSink,
+            0,
+        );
+        assert!(matches!(limiter.table, Table::Wide(_)));
+        for _ in 0..2 {
+            assert!(limiter.check_key(&1, Timestamp::MAX).is_ok());
+        }
+        assert!(limiter.check_key(&1, Timestamp::MAX).is_err());
+        // Stamped earlier: the key's arrival time is ahead of it.
+        assert!(limiter.check_key(&1, Timestamp::ZERO).is_err());
+        assert!(limiter.peek_key_n(&1, 1, Timestamp::ZERO).is_err());
+        assert_eq!(limiter.sweep(Timestamp::ZERO), 0);
+        assert_eq!(limiter.sweep(Timestamp::MAX), 0);
+        limiter.refund_key(&1, 2);
+        assert_eq!(limiter.sweep(Timestamp::MAX), 1);
+        // Two tokens at 0 book until 3 ns; the next conforms at 1.5 ns.
+        assert!(limiter.check_key_n(&2, 2, Timestamp::ZERO).is_ok());
+        assert!(limiter.check_key(&2, Timestamp::from_nanos(1)).is_err());
+        assert!(limiter.check_key(&2, Timestamp::from_nanos(2)).is_ok());
+    }
+
+    /// The same on a narrow table (1 a nanosecond, a burst of 3), which
+    /// fails closed at the end of its time (2^63 ns): a key never seen is
+    /// refused at `Timestamp::MAX` with no time it will conform, and so is
+    /// every key past the end; time going backwards is as on a wide table.
+    #[test]
+    fn the_ends_of_time_and_time_going_backwards_on_a_narrow_table() {
         let quota = Quota::new(1, core::time::Duration::from_nanos(1))
             .unwrap()
             .with_burst(3)
@@ -1120,16 +1250,29 @@ mod tests {
             NoSink,
             0,
         );
+        assert!(matches!(limiter.table, Table::Narrow(_)));
+        let never = |e: RateLimitError| matches!(e, RateLimitError::Limited(l) if l.earliest() == Timestamp::MAX);
+        assert!(never(limiter.check_key(&1, Timestamp::MAX).unwrap_err()));
+        assert_eq!(limiter.in_use(), 0, "a refused new key takes no entry");
+        let late = Timestamp::from_nanos(cell::NARROW_MAX - 3);
         for _ in 0..3 {
-            assert!(limiter.check_key(&1, Timestamp::MAX).is_ok());
+            assert!(limiter.check_key(&1, late).is_ok());
         }
-        assert!(limiter.check_key(&1, Timestamp::MAX).is_err());
+        // The next token would book past the end.
+        assert!(never(
+            limiter
+                .check_key(&1, Timestamp::from_nanos(cell::NARROW_MAX))
+                .unwrap_err()
+        ));
         // Stamped earlier: the key's arrival time is ahead of it.
         assert!(limiter.check_key(&1, Timestamp::ZERO).is_err());
         assert!(limiter.peek_key_n(&1, 1, Timestamp::ZERO).is_err());
         assert_eq!(limiter.sweep(Timestamp::ZERO), 0);
-        assert_eq!(limiter.sweep(Timestamp::MAX), 0);
         limiter.refund_key(&1, 3);
+        assert!(
+            limiter.peek_key_n(&1, 3, Timestamp::ZERO).is_err(),
+            "refunded to `late - 3`"
+        );
         assert_eq!(limiter.sweep(Timestamp::MAX), 1);
         assert!(limiter.check_key_n(&2, 3, Timestamp::ZERO).is_ok());
         assert!(limiter.check_key(&2, Timestamp::ZERO).is_err());

@@ -20,10 +20,13 @@
 use alloc::vec::Vec;
 use core::hash::{BuildHasher, Hash};
 
-use super::{DEAD, Found, Inserted, KeyedRateLimiter, RECLAIM_ROUNDS, reclaim_now};
+use alloc::sync::Arc;
+
+use super::word::Word;
+use super::{Found, Inner, Inserted, KeyedRateLimiter, RECLAIM_ROUNDS, Table, reclaim_now};
 use crate::events::EventSink;
-use crate::rate::gcra::State;
 use crate::rate::limiter::{BOOKING_LEN, Booking, quota_fingerprint};
+use crate::snapshot::Header;
 use crate::snapshot::{self, HEADER_LEN, Kind, SnapshotError, TRAILER_LEN, WallTime};
 use crate::sync::{Ordering, epoch};
 use crate::time::Timestamp;
@@ -93,7 +96,63 @@ where
         wall: WallTime,
         mut encode: impl FnMut(&K, &mut Vec<u8>),
     ) -> Result<usize, SnapshotError> {
-        let inner = &*self.inner;
+        on_table!(self, inner => inner.save_state(out, now, wall, &mut encode))
+    }
+
+    /// Restores a snapshot that [`save_state`](Self::save_state) wrote, at
+    /// `now` and wall-clock time `wall`, each key read back by `decode`
+    /// (`None` refuses the snapshot). A key already in the table takes the
+    /// saved booking, or a full bucket if the snapshot does not hold it (as
+    /// a key never seen). Restore a limiter before other threads use it.
+    ///
+    /// # Errors
+    ///
+    /// A typed [`SnapshotError`], the table unchanged: damaged, cut, of
+    /// another kind or version, or a key `decode` refused
+    /// ([`SnapshotError::Malformed`]). A quota changed across the restart
+    /// is not an error: each booking is converted (see the module
+    /// documentation).
+    pub fn restore_state(
+        &self,
+        bytes: &[u8],
+        now: Timestamp,
+        wall: WallTime,
+        mut decode: impl FnMut(&[u8]) -> Option<K>,
+    ) -> Result<KeyedRestore, SnapshotError> {
+        let (header, mut r) = snapshot::open(bytes, Kind::KeyedRateLimiter, VERSION)?;
+        let count = r.u32()? as usize;
+        // Every entry takes at least 28 bytes: a count beyond what the
+        // payload holds is refused before anything is allocated for it.
+        if count > bytes.len() / (4 + BOOKING_LEN) {
+            return Err(SnapshotError::Malformed);
+        }
+        let mut saved = Vec::with_capacity(count);
+        for _ in 0..count {
+            let len = r.u32()? as usize;
+            let key = decode(r.take(len)?).ok_or(SnapshotError::Malformed)?;
+            let booking = Booking::read(&mut r)?;
+            saved.push((key, booking));
+        }
+        r.finish()?;
+        Ok(on_table!(self, inner => inner.restore(&saved, &header, now, wall)))
+    }
+}
+
+impl<K, H, S, W> Inner<K, H, S, W>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    H: BuildHasher + Send + Sync + 'static,
+    S: EventSink + Send + Sync + 'static,
+    W: Word,
+{
+    fn save_state(
+        &self,
+        out: &mut Vec<u8>,
+        now: Timestamp,
+        wall: WallTime,
+        encode: &mut impl FnMut(&K, &mut Vec<u8>),
+    ) -> Result<usize, SnapshotError> {
+        let inner = self;
         let mut body = Vec::new();
         let mut count = 0usize;
         let mut key_bytes = Vec::new();
@@ -104,13 +163,12 @@ where
                 if malformed {
                     return;
                 }
-                // ordering: Relaxed, as every access to a state cell: it
-                // publishes no other memory.
-                let state = entry.state.load(Ordering::Relaxed);
-                if state == DEAD {
+                let state = W::load(&entry.state);
+                if state == W::DEAD {
                     return;
                 }
-                let booking = Booking::of(&inner.quota, state, now);
+                let t = now.as_nanos();
+                let booking = Booking::of(&inner.quota, W::to_wide(&inner.quota, state, t), now);
                 if booking.is_full() {
                     return;
                 }
@@ -154,81 +212,48 @@ where
         Ok(count)
     }
 
-    /// Restores a snapshot that [`save_state`](Self::save_state) wrote, at
-    /// `now` and wall-clock time `wall`, each key read back by `decode`
-    /// (`None` refuses the snapshot). A key already in the table takes the
-    /// saved booking, or a full bucket if the snapshot does not hold it (as
-    /// a key never seen). Restore a limiter before other threads use it.
-    ///
-    /// # Errors
-    ///
-    /// A typed [`SnapshotError`], the table unchanged: damaged, cut, of
-    /// another kind or version, or a key `decode` refused
-    /// ([`SnapshotError::Malformed`]). A quota changed across the restart
-    /// is not an error: each booking is converted (see the module
-    /// documentation).
-    pub fn restore_state(
-        &self,
-        bytes: &[u8],
+    /// Restores the keys read from a snapshot (see
+    /// [`KeyedRateLimiter::restore_state`]).
+    fn restore(
+        self: &Arc<Self>,
+        saved: &[(K, Booking)],
+        header: &Header,
         now: Timestamp,
         wall: WallTime,
-        mut decode: impl FnMut(&[u8]) -> Option<K>,
-    ) -> Result<KeyedRestore, SnapshotError> {
-        let (header, mut r) = snapshot::open(bytes, Kind::KeyedRateLimiter, VERSION)?;
-        let count = r.u32()? as usize;
-        // Every entry takes at least 28 bytes: a count beyond what the
-        // payload holds is refused before anything is allocated for it.
-        if count > bytes.len() / (4 + BOOKING_LEN) {
-            return Err(SnapshotError::Malformed);
-        }
-        let mut saved = Vec::with_capacity(count);
-        for _ in 0..count {
-            let len = r.u32()? as usize;
-            let key = decode(r.take(len)?).ok_or(SnapshotError::Malformed)?;
-            let booking = Booking::read(&mut r)?;
-            saved.push((key, booking));
-        }
-        r.finish()?;
-        let inner = &*self.inner;
+    ) -> KeyedRestore {
+        let inner = &**self;
         // Keys the snapshot does not hold had a full bucket when it was
         // taken: so they have here.
         self.refill_all();
         let same = header.fingerprint == quota_fingerprint(&inner.quota);
         let t = now.as_nanos();
         let mut report = KeyedRestore::default();
-        for (key, booking) in &saved {
+        for (key, booking) in saved {
             let state = booking.restored(&inner.quota, same, header.taken_at, now, wall);
             if Booking::of(&inner.quota, state, now).is_full() {
                 report.expired += 1;
                 continue;
             }
-            if self.put(key, state, t) {
+            if self.put(key, W::of_wide(&inner.quota, state), t) {
                 report.restored += 1;
             } else {
                 report.no_room += 1;
             }
         }
-        Ok(report)
+        report
     }
 
     /// Gives every key in the table a full bucket (the state of a key never
     /// seen, which the sweep may then evict).
     fn refill_all(&self) {
-        let inner = &*self.inner;
         let _guard = epoch::pin();
-        for b in 0..inner.heads.len() {
-            inner.walk(b, |entry| {
-                // ordering: Relaxed, as every access to a state cell. A dead
-                // entry is being evicted: it stays dead.
-                let mut current = entry.state.load(Ordering::Relaxed);
-                while current != DEAD && current != 0 {
-                    match entry.state.compare_exchange_weak(
-                        current,
-                        0,
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    ) {
-                        Ok(_) => break,
+        for b in 0..self.heads.len() {
+            self.walk(b, |entry| {
+                // A dead entry is being evicted: it stays dead.
+                let mut current = W::load(&entry.state);
+                while current != W::DEAD && current != W::FRESH {
+                    match W::swap_weak(&entry.state, current, W::FRESH) {
+                        Ok(()) => break,
                         Err(actual) => current = actual,
                     }
                 }
@@ -238,8 +263,8 @@ where
 
     /// Sets `key`'s state, inserting it if absent; false if there is no
     /// room for it.
-    fn put(&self, key: &K, state: State, t: u64) -> bool {
-        let inner = &*self.inner;
+    fn put(self: &Arc<Self>, key: &K, state: W::Raw, t: u64) -> bool {
+        let inner = &**self;
         let hash = inner.hasher.hash_one(key);
         let mut guard = epoch::pin();
         let mut rounds = 0;
@@ -249,14 +274,9 @@ where
                     entry,
                     state: current,
                 }) => {
-                    // ordering: Relaxed, as every access to a state cell; a
-                    // lost race (a request charged it, or the sweep evicted
-                    // it) decides again.
-                    if entry
-                        .state
-                        .compare_exchange(current, state, Ordering::Relaxed, Ordering::Relaxed)
-                        .is_ok()
-                    {
+                    // A lost race (a request charged it, or the sweep
+                    // evicted it) decides again.
+                    if W::swap(&entry.state, current, state).is_ok() {
                         return true;
                     }
                 }

@@ -1,0 +1,203 @@
+//! A keyed table's state words, in the width the table's quota allows.
+//!
+//! The quota of a keyed limiter is fixed, so the whole table takes one
+//! width, chosen as the direct limiter's cell is (see
+//! [`cell`](super::super::cell)): a quota whose emission interval is a whole
+//! number of nanoseconds (and `b·T < 2^62` ns) keeps each key's `TAT` in a
+//! 64-bit word, [`Narrow`]; any other keeps the exact 128-bit `(reset, k)`
+//! state, [`Wide`]. The table's code is written once over [`Word`] and
+//! compiled for both; a request picks the table's width with one branch.
+//!
+//! Both widths keep the table's two marks: `0` is a full bucket (a key
+//! never seen), and [`Word::DEAD`] an entry being evicted, which no
+//! decision accepts. The narrow word's dead mark has bit 63 set, like a
+//! direct limiter's sealed cell, so its decision refuses it with no test of
+//! its own; its two departures from the wide state (a 292-year end of time,
+//! a refund's floor at zero) are those of the direct limiter's narrow cell.
+
+use crate::sync::{AtomicU64, AtomicU128, Ordering};
+
+use super::super::cell::{self, NARROW_MAX};
+use super::super::gcra::{self, Refusal, State};
+use super::super::quota::Quota;
+
+/// One width of a keyed table's state words (see the module
+/// documentation).
+pub(crate) trait Word: 'static {
+    /// The atomic word an entry holds.
+    type Cell: Send + Sync;
+    /// Its value.
+    type Raw: Copy + Eq + core::fmt::Debug;
+    /// An entry being evicted; never a state a decision accepts.
+    const DEAD: Self::Raw;
+    /// A full bucket: the state of a key never seen.
+    const FRESH: Self::Raw;
+
+    /// Whether a table for `quota` may take this width.
+    fn fits(quota: &Quota) -> bool;
+    /// A new cell holding `raw`.
+    fn cell(raw: Self::Raw) -> Self::Cell;
+    /// The cell's value (ordering: Relaxed; a state cell publishes no other
+    /// memory).
+    fn load(cell: &Self::Cell) -> Self::Raw;
+    /// Sets the cell of an entry nobody else can reach yet (Relaxed).
+    fn store(cell: &Self::Cell, raw: Self::Raw);
+    /// A weak compare-and-swap (Relaxed), the actual value on failure.
+    fn swap_weak(cell: &Self::Cell, current: Self::Raw, new: Self::Raw) -> Result<(), Self::Raw>;
+    /// A strong compare-and-swap (Relaxed), the actual value on failure.
+    fn swap(cell: &Self::Cell, current: Self::Raw, new: Self::Raw) -> Result<(), Self::Raw>;
+    /// The state after granting `n` tokens at `now` (ns) without waiting,
+    /// or the refusal; `None` for [`DEAD`](Self::DEAD).
+    fn decide(
+        quota: &Quota,
+        raw: Self::Raw,
+        now: u64,
+        n: u64,
+    ) -> Option<Result<Self::Raw, Refusal>>;
+    /// Whether the bucket is full at `now` (`TAT <= now`): the key decides
+    /// exactly as a key never seen, so it may be evicted.
+    fn is_full(quota: &Quota, raw: Self::Raw, now: u64) -> bool;
+    /// The state after giving back `n` tokens (not [`DEAD`](Self::DEAD)).
+    fn refund(quota: &Quota, raw: Self::Raw, n: u64) -> Self::Raw;
+    /// The wide form of `raw` for decisions at `now` (snapshots).
+    fn to_wide(quota: &Quota, raw: Self::Raw, now: u64) -> State;
+    /// The word holding the wide `state` (restores).
+    fn of_wide(quota: &Quota, state: State) -> Self::Raw;
+}
+
+/// `TAT` in whole nanoseconds in an `AtomicU64`; `DEAD` is every bit set.
+pub(crate) enum Narrow {}
+
+/// The 128-bit `(reset, k)` state of [`gcra`] in an `AtomicU128`.
+pub(crate) enum Wide {}
+
+impl Word for Narrow {
+    type Cell = AtomicU64;
+    type Raw = u64;
+    const DEAD: u64 = u64::MAX;
+    const FRESH: u64 = 0;
+
+    #[inline]
+    fn fits(quota: &Quota) -> bool {
+        cell::fits_narrow(quota)
+    }
+
+    fn cell(raw: u64) -> AtomicU64 {
+        AtomicU64::new(raw)
+    }
+
+    #[inline(always)]
+    fn load(cell: &AtomicU64) -> u64 {
+        // ordering: Relaxed, as in `gcra::acquire`.
+        cell.load(Ordering::Relaxed)
+    }
+
+    fn store(cell: &AtomicU64, raw: u64) {
+        // ordering: Relaxed; published by the head's Release.
+        cell.store(raw, Ordering::Relaxed);
+    }
+
+    #[inline(always)]
+    fn swap_weak(cell: &AtomicU64, current: u64, new: u64) -> Result<(), u64> {
+        // ordering: Relaxed, as in `gcra::acquire`.
+        cell.compare_exchange_weak(current, new, Ordering::Relaxed, Ordering::Relaxed)
+            .map(drop)
+    }
+
+    fn swap(cell: &AtomicU64, current: u64, new: u64) -> Result<(), u64> {
+        // ordering: Relaxed, as in `gcra::acquire`.
+        cell.compare_exchange(current, new, Ordering::Relaxed, Ordering::Relaxed)
+            .map(drop)
+    }
+
+    #[inline(always)]
+    fn decide(quota: &Quota, tat: u64, now: u64, n: u64) -> Option<Result<u64, Refusal>> {
+        // `DEAD` has bit 63 set: the narrow decision's sealed case.
+        cell::decide_narrow(quota, tat, now, now, n).map(|r| r.map(|(next, _)| next))
+    }
+
+    #[inline]
+    fn is_full(_: &Quota, tat: u64, now: u64) -> bool {
+        tat <= now
+    }
+
+    fn refund(quota: &Quota, tat: u64, n: u64) -> u64 {
+        tat.saturating_sub(n.saturating_mul(quota.c()))
+    }
+
+    fn to_wide(quota: &Quota, tat: u64, now: u64) -> State {
+        cell::wide_of(quota, tat.min(NARROW_MAX), now)
+    }
+
+    fn of_wide(quota: &Quota, state: State) -> u64 {
+        cell::narrow_of(quota, state)
+    }
+}
+
+impl Word for Wide {
+    type Cell = AtomicU128;
+    type Raw = State;
+    /// Never a valid state: its token count is above `gcra::MAX_TOKENS`.
+    const DEAD: State = State::MAX;
+    const FRESH: State = 0;
+
+    fn fits(_: &Quota) -> bool {
+        true
+    }
+
+    fn cell(raw: State) -> AtomicU128 {
+        AtomicU128::new(raw)
+    }
+
+    #[inline(always)]
+    fn load(cell: &AtomicU128) -> State {
+        // ordering: Relaxed, as in `gcra::acquire`.
+        cell.load(Ordering::Relaxed)
+    }
+
+    fn store(cell: &AtomicU128, raw: State) {
+        // ordering: Relaxed; published by the head's Release.
+        cell.store(raw, Ordering::Relaxed);
+    }
+
+    #[inline(always)]
+    fn swap_weak(cell: &AtomicU128, current: State, new: State) -> Result<(), State> {
+        // ordering: Relaxed, as in `gcra::acquire`.
+        cell.compare_exchange_weak(current, new, Ordering::Relaxed, Ordering::Relaxed)
+            .map(drop)
+    }
+
+    fn swap(cell: &AtomicU128, current: State, new: State) -> Result<(), State> {
+        // ordering: Relaxed, as in `gcra::acquire`.
+        cell.compare_exchange(current, new, Ordering::Relaxed, Ordering::Relaxed)
+            .map(drop)
+    }
+
+    #[inline(always)]
+    fn decide(quota: &Quota, state: State, now: u64, n: u64) -> Option<Result<State, Refusal>> {
+        if state == Self::DEAD {
+            return None;
+        }
+        Some(gcra::decide(quota, state, now, now, n).map(|grant| grant.state))
+    }
+
+    #[inline]
+    fn is_full(quota: &Quota, state: State, now: u64) -> bool {
+        gcra::is_full(quota, state, now)
+    }
+
+    fn refund(_: &Quota, state: State, n: u64) -> State {
+        gcra::pack(
+            gcra::reset_of(state),
+            gcra::tokens_of(state).saturating_sub(n),
+        )
+    }
+
+    fn to_wide(_: &Quota, state: State, _: u64) -> State {
+        state
+    }
+
+    fn of_wide(_: &Quota, state: State) -> State {
+        state
+    }
+}
