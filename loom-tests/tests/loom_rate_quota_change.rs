@@ -35,20 +35,28 @@ fn rest(l: &RateLimiter) -> u32 {
     (0..3).map(|_| u32::from(l.check(NOW).is_ok())).sum()
 }
 
-/// Two checks race with a quota change: exactly the burst in all.
-#[test]
-fn checks_racing_a_change_grant_exactly_the_burst() {
-    model(3, || {
-        let l = Arc::new(RateLimiter::new(quota()));
+/// Two checks race with a change from quota `from` to quota `to` (both of
+/// a burst of 2, converting exactly): exactly the burst in all, and `to`
+/// in force afterwards.
+fn checks_racing_a_change(from: Quota, to: Quota) {
+    model(3, move || {
+        let l = Arc::new(RateLimiter::new(from));
         let checker = {
             let l = l.clone();
             thread::spawn(move || u32::from(l.check(NOW).is_ok()) + u32::from(l.check(NOW).is_ok()))
         };
-        l.set_quota(quota().with_debt(), NOW);
+        l.set_quota(to, NOW);
         let granted = checker.join().unwrap() + rest(&l);
         assert_eq!(granted, 2);
-        assert_eq!(l.quota(), quota().with_debt());
+        assert_eq!(l.quota(), to);
     });
+}
+
+/// Two checks race with a quota change (debt mode only): exactly the burst
+/// in all.
+#[test]
+fn checks_racing_a_change_grant_exactly_the_burst() {
+    checks_racing_a_change(quota(), quota().with_debt());
 }
 
 /// Ten a second on the 128-bit state: 3 tokens every `300 ms + delta`
@@ -67,33 +75,13 @@ fn wide_quota(delta: i64) -> Quota {
 /// exactly the burst in all.
 #[test]
 fn checks_racing_a_change_to_the_wide_cell_grant_exactly_the_burst() {
-    model(3, || {
-        let l = Arc::new(RateLimiter::new(quota()));
-        let checker = {
-            let l = l.clone();
-            thread::spawn(move || u32::from(l.check(NOW).is_ok()) + u32::from(l.check(NOW).is_ok()))
-        };
-        l.set_quota(wide_quota(1), NOW);
-        let granted = checker.join().unwrap() + rest(&l);
-        assert_eq!(granted, 2);
-        assert_eq!(l.quota(), wide_quota(1));
-    });
+    checks_racing_a_change(quota(), wide_quota(1));
 }
 
 /// And from the 128-bit cell to the 64-bit one.
 #[test]
 fn checks_racing_a_change_to_the_narrow_cell_grant_exactly_the_burst() {
-    model(3, || {
-        let l = Arc::new(RateLimiter::new(wide_quota(-1)));
-        let checker = {
-            let l = l.clone();
-            thread::spawn(move || u32::from(l.check(NOW).is_ok()) + u32::from(l.check(NOW).is_ok()))
-        };
-        l.set_quota(quota(), NOW);
-        let granted = checker.join().unwrap() + rest(&l);
-        assert_eq!(granted, 2);
-        assert_eq!(l.quota(), quota());
-    });
+    checks_racing_a_change(wide_quota(-1), quota());
 }
 
 /// Two changes race with each other and with a check (the second writer

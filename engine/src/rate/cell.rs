@@ -249,21 +249,26 @@ impl Cell {
     /// Tokens that [`acquire`](Self::acquire) would grant at `now`, one
     /// request at a time (at most the burst); `None` when sealed.
     pub(crate) fn available(&self, quota: &Quota, now: u64) -> Option<u64> {
-        let state = self.peek(quota, now)?;
-        let tokens = gcra::available(quota, state, now);
-        Some(match self {
-            Cell::Narrow(_) => {
+        match self {
+            Cell::Narrow(cell) => {
+                // ordering: Relaxed, as in `peek`.
+                let tat = cell.load(Ordering::Relaxed);
+                if tat & NARROW_SEALED != 0 {
+                    return None;
+                }
+                let tokens = gcra::available(quota, wide_of(quota, tat, now), now);
                 // Only the tokens whose grant keeps `TAT` at or below the
                 // end of a narrow cell's time.
-                let tat = narrow_of(quota, state).max(now);
-                tokens.min(NARROW_MAX.saturating_sub(tat) / quota.c())
+                Some(tokens.min(NARROW_MAX.saturating_sub(tat.max(now)) / quota.c()))
             }
-            Cell::Wide(_) => tokens,
-        })
+            Cell::Wide(_) => Some(gcra::available(quota, self.peek(quota, now)?, now)),
+        }
     }
 
     /// `(reset, booked since)` for display (a narrow cell shows its `TAT`
-    /// as the reset, nothing booked since); `None` when sealed.
+    /// as the reset, nothing booked since); `None` when sealed (or still
+    /// pending): a sealed cell stays sealed, and an unsealed answer is a
+    /// state read before the seal.
     pub(crate) fn describe(&self) -> Option<(u64, u64)> {
         // ordering: Relaxed; a snapshot for display.
         match self {
@@ -275,16 +280,6 @@ impl Cell {
                 let state = cell.load(Ordering::Relaxed);
                 (state & SEALED == 0).then(|| (gcra::reset_of(state), gcra::tokens_of(state)))
             }
-        }
-    }
-
-    /// Whether a quota change has sealed the cell (or it is still pending).
-    pub(crate) fn is_sealed(&self) -> bool {
-        // ordering: Relaxed; a sealed cell stays sealed, and an unsealed
-        // answer is a decision taken before the seal.
-        match self {
-            Cell::Narrow(cell) => cell.load(Ordering::Relaxed) & NARROW_SEALED != 0,
-            Cell::Wide(cell) => cell.load(Ordering::Relaxed) & SEALED != 0,
         }
     }
 

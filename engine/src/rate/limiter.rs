@@ -196,7 +196,7 @@ impl<S: EventSink> RateLimiter<S> {
 
     /// The quota in force.
     pub fn quota(&self) -> Quota {
-        self.with_era(|era| (!era.cell.is_sealed()).then_some(*era.quota))
+        self.with_era(|era| era.cell.describe().map(|_| *era.quota))
     }
 
     /// The sink events go to.
