@@ -23,7 +23,7 @@ use common::rng;
 const THREADS: usize = 3;
 const STEPS: u64 = if cfg!(debug_assertions) { 300 } else { 1_000 };
 
-/// The direct limiter's quotas: 7 tokens every 3 ms (an emission interval
+/// The limiters' quotas: 7 tokens every 3 ms (an emission interval
 /// that is not a whole number of nanoseconds: the 128-bit state), and 7
 /// every 2 999 997 ns (428 571 ns exactly: the 64-bit state).
 fn quotas() -> [Quota; 2] {
@@ -33,10 +33,6 @@ fn quotas() -> [Quota; 2] {
             .with_burst(20)
             .unwrap()
     })
-}
-
-fn quota() -> Quota {
-    quotas()[0]
 }
 
 /// Moves virtual time on by at most `burst - 1` emission intervals at a time,
@@ -204,11 +200,18 @@ fn direct_limiter_stays_within_the_bound(quota: Quota) {
     assert!(kept > 0);
 }
 
+/// On a table of 128-bit and one of 64-bit state words (`quotas()`).
 #[test]
 fn keyed_limiter_conserves_tokens_per_key_while_sweeping() {
+    for quota in quotas() {
+        keyed_conserves(quota);
+    }
+}
+
+fn keyed_conserves(quota: Quota) {
     const KEYS: usize = 8;
     let limiter = KeyedRateLimiter::new(
-        KeyedConfig::new(quota(), 16)
+        KeyedConfig::new(quota, 16)
             .unwrap()
             .when_full(WhenFull::Reject),
     );
@@ -246,7 +249,7 @@ fn keyed_limiter_conserves_tokens_per_key_while_sweeping() {
             (0..KEYS).all(|k| limiter.peek_key_n(&k, 1, now).is_err())
         })
     });
-    let expected = quota().tokens_by(Duration::from_nanos(end)) + u64::from(quota().burst());
+    let expected = quota.tokens_by(Duration::from_nanos(end)) + u64::from(quota.burst());
     for (key, kept) in kept.iter().enumerate() {
         assert_eq!(kept.load(Ordering::SeqCst), expected, "key {key}");
     }
