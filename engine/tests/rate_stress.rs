@@ -200,7 +200,19 @@ fn direct_limiter_stays_within_the_bound(quota: Quota) {
     assert!(kept > 0);
 }
 
-/// On a table of 128-bit and one of 64-bit state words (`quotas()`).
+/// On a table of 128-bit and one of 64-bit state words (`quotas()`): three
+/// threads charge 64 keys while a fourth sweeps. Time moves as in
+/// `drive`, except that every fourth step jumps two bursts ahead, so every
+/// key's bucket refills and the sweeper may evict it while the workers
+/// charge it (the race guarantee L5 is about: a charge is kept in the old
+/// entry or the key starts fresh, never both, never lost). A bucket full at
+/// a jump `j` (no debt left) grants exactly `burst + tokens_by(t - j)` by
+/// a later `t` reached in small steps, so each key's total is exact. The
+/// sweeper sweeps at the oldest time a worker may still be deciding with:
+/// L5 covers requests stamped at or after the sweep's `now` (a worker that
+/// read the time before a jump and decides after an eviction at the new
+/// time would take a token from a fresh bucket in the past, which this
+/// test, sweeping at the new time, failed on as one token too many).
 #[test]
 fn keyed_limiter_conserves_tokens_per_key_while_sweeping() {
     for quota in quotas() {
@@ -209,48 +221,111 @@ fn keyed_limiter_conserves_tokens_per_key_while_sweeping() {
 }
 
 fn keyed_conserves(quota: Quota) {
-    const KEYS: usize = 8;
+    // Enough keys that some are still full when the workers start on a
+    // jump's time and the sweep at it runs.
+    const KEYS: usize = 64;
     let limiter = KeyedRateLimiter::new(
-        KeyedConfig::new(quota, 16)
+        KeyedConfig::new(quota, 128)
             .unwrap()
             .when_full(WhenFull::Reject),
     );
     let clock = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
+    let evicted = AtomicU64::new(0);
+    // Closed while time jumps: no worker starts a decision.
+    let gate = AtomicBool::new(false);
+    // The time each worker is deciding with: 0 while it reads the clock,
+    // then the time it read, `u64::MAX` between its decisions.
+    let seen: Vec<AtomicU64> = (0..THREADS).map(|_| AtomicU64::new(u64::MAX)).collect();
     let kept: Vec<AtomicU64> = (0..KEYS).map(|_| AtomicU64::new(0)).collect();
-    let end = thread::scope(|s| {
+    let expected = thread::scope(|s| {
         for w in 0..THREADS {
-            let (limiter, clock, stop, kept) = (&limiter, &clock, &stop, &kept);
+            let (limiter, clock, stop, kept, seen, gate) =
+                (&limiter, &clock, &stop, &kept, &seen, &gate);
             s.spawn(move || {
                 let mut next = rng(w as u64 + 10);
                 while !stop.load(Ordering::SeqCst) {
-                    let now = Timestamp::from_nanos(clock.load(Ordering::SeqCst));
+                    // Announced before the gate is looked at: a worker that
+                    // passes an open gate reads the clock after a jump's
+                    // time was stored, or is waited for before it.
+                    seen[w].store(0, Ordering::SeqCst);
+                    if gate.load(Ordering::SeqCst) {
+                        seen[w].store(u64::MAX, Ordering::SeqCst);
+                        thread::yield_now();
+                        continue;
+                    }
+                    let t = clock.load(Ordering::SeqCst);
+                    seen[w].store(t, Ordering::SeqCst);
+                    let now = Timestamp::from_nanos(t);
                     let key = (next() % KEYS as u64) as usize;
                     let n = 1 + (next() % 2) as u32;
                     if limiter.check_key_n(&key, n, now).is_ok() {
                         kept[key].fetch_add(u64::from(n), Ordering::SeqCst);
                     }
+                    seen[w].store(u64::MAX, Ordering::SeqCst);
                 }
             });
         }
-        // The sweeper evicts keys whose tokens have refilled, racing with
-        // the workers' lookups and charges.
         {
-            let (limiter, clock, stop) = (&limiter, &clock, &stop);
+            let (limiter, clock, stop, evicted, seen) = (&limiter, &clock, &stop, &evicted, &seen);
             s.spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
-                    limiter.sweep(Timestamp::from_nanos(clock.load(Ordering::SeqCst)));
+                    // Read the clock first: a worker that reads it after
+                    // reads this time or a later one.
+                    let t = clock.load(Ordering::SeqCst);
+                    let oldest = seen.iter().map(|t| t.load(Ordering::SeqCst)).min();
+                    let now = Timestamp::from_nanos(oldest.map_or(t, |o| o.min(t)));
+                    evicted.fetch_add(limiter.sweep(now) as u64, Ordering::SeqCst);
                     assert!(limiter.in_use() <= limiter.capacity());
                     thread::yield_now();
                 }
             });
         }
-        drive(&clock, &stop, |now| {
-            (0..KEYS).all(|k| limiter.peek_key_n(&k, 1, now).is_err())
-        })
+        let drained = |now| (0..KEYS).all(|k| limiter.peek_key_n(&k, 1, now).is_err());
+        let mut next = rng(99);
+        let burst = u64::from(quota.burst());
+        let interval = quota.period().as_nanos() as u64 / u64::from(quota.rate());
+        let (mut t, mut full_at, mut expected) = (0u64, 0u64, burst);
+        for step in 1..=STEPS {
+            while !drained(Timestamp::from_nanos(t)) {
+                thread::yield_now();
+            }
+            if step % 4 == 0 {
+                // The epoch since the last full bucket ends at `t`.
+                expected += quota.tokens_by(Duration::from_nanos(t - full_at)) + burst;
+                t += 2 * burst * interval;
+                full_at = t;
+                // No decision with the old time may run past the jump: close
+                // the gate, wait for every worker's decision to end, move
+                // time, open the gate and sweep at once at the new time
+                // (every key not yet charged at it is full, and its eviction
+                // races the workers' charges).
+                gate.store(true, Ordering::SeqCst);
+                while seen.iter().any(|s| s.load(Ordering::SeqCst) != u64::MAX) {
+                    thread::yield_now();
+                }
+                clock.store(t, Ordering::SeqCst);
+                gate.store(false, Ordering::SeqCst);
+                evicted.fetch_add(
+                    limiter.sweep(Timestamp::from_nanos(t)) as u64,
+                    Ordering::SeqCst,
+                );
+            } else {
+                t += 1 + next() % ((burst - 1) * interval);
+                clock.store(t, Ordering::SeqCst);
+            }
+        }
+        while !drained(Timestamp::from_nanos(t)) {
+            thread::yield_now();
+        }
+        stop.store(true, Ordering::SeqCst);
+        expected + quota.tokens_by(Duration::from_nanos(t - full_at))
     });
-    let expected = quota.tokens_by(Duration::from_nanos(end)) + u64::from(quota.burst());
     for (key, kept) in kept.iter().enumerate() {
         assert_eq!(kept.load(Ordering::SeqCst), expected, "key {key}");
     }
+    assert!(
+        evicted.load(Ordering::SeqCst) > 0,
+        "no key was evicted: the test tests no race with eviction"
+    );
 }
