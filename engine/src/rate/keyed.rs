@@ -2,11 +2,14 @@
 //!
 //! # Layout
 //!
-//! - An arena of `capacity` entries, allocated once, each 32 bytes for a
-//!   `u64` key: the GCRA state cell (128 bits, see [`gcra`](super::gcra)), a
-//!   link word (the low 32 bits of the key's hash beside the number of the
-//!   next entry of its chain) and the (initially empty) key. A check of a
-//!   present key reads one entry: its tag, key and state share a line.
+//! - An arena of `capacity` entries, allocated once, each 24 bytes for a
+//!   `u64` key (32 with a 128-bit state): the key's GCRA state word, in the
+//!   width the quota allows ([`word`]: `TAT` in 64 bits for a
+//!   whole-nanosecond interval, else the 128-bit state of
+//!   [`gcra`](super::gcra)), a link word (the low 32 bits of the key's hash
+//!   beside the number of the next entry of its chain) and the (initially
+//!   empty) key. A check of a present key reads one entry: its tag, key and
+//!   state share a line (or two, for an entry that straddles one).
 //! - An index of one 32-bit head per bucket, `capacity` rounded up to a power
 //!   of two buckets (4 to 8 bytes per entry): the number of the first entry
 //!   of the bucket's chain, and a bit held by the one thread sweeping it.
@@ -39,7 +42,7 @@
 //! - Eviction: only of an entry whose theoretical arrival time is in the past
 //!   (its state means "full bucket", exactly like a fresh key's), by the one
 //!   thread holding the bucket's sweeping bit (others skip the bucket). It
-//!   first swaps the state cell to a `DEAD` mark with a compare-and-swap, so
+//!   first swaps the state word to a `DEAD` mark with a compare-and-swap, so
 //!   a request racing with it either charges the entry before (and the
 //!   eviction fails, because the entry is no longer fresh) or finds it dead
 //!   (and starts again with a fresh key, which decides the same way). Then it
