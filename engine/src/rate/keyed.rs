@@ -1101,7 +1101,16 @@ mod tests {
     /// linked ones.
     #[test]
     fn churn_with_evictions_and_panics_conserves_every_entry() {
-        for quota in one_per_second_on_both_widths() {
+        // Under Miri the 64-bit table only (the epoch and free-list
+        // protocol is the same code for both; `miri_small` runs the 128-bit
+        // one): the run is Miri's longest.
+        let widths = one_per_second_on_both_widths();
+        let widths = if cfg!(miri) {
+            &widths[..1]
+        } else {
+            &widths[..]
+        };
+        for &quota in widths {
             churn(quota);
         }
     }
