@@ -117,28 +117,28 @@ fn admission_queue_owned_forms_across_threads() {
 /// reclaiming evicted entries through the epoch collector) and sweep.
 #[test]
 fn keyed_rate_table_with_evictions() {
-    // 3 000 a second: 128-bit state words (the unit test
-    // `churn_with_evictions_and_panics_conserves_every_entry` runs a table
-    // of 64-bit ones under Miri).
-    let quota = Quota::per_second(3_000).unwrap();
-    let config = KeyedConfig::new(quota, 4)
-        .unwrap()
-        .when_full(WhenFull::Admit);
-    let limiter: KeyedRateLimiter<u64> = KeyedRateLimiter::new(config);
-    thread::scope(|s| {
-        for t in 0..2u64 {
-            let limiter = &limiter;
-            s.spawn(move || {
-                for i in 0..12u64 {
-                    let key = (i * 3 + t) % 7;
-                    let _ = limiter.check_key(&key, at(i * 10));
-                }
-                limiter.sweep(at(10_000));
-            });
-        }
-    });
-    assert!(limiter.in_use() <= limiter.capacity());
-    crossbeam_epoch::pin().flush();
+    // 1 000 a second: 64-bit state words; 3 000 a second: 128-bit ones.
+    for rate in [1_000, 3_000] {
+        let quota = Quota::per_second(rate).unwrap();
+        let config = KeyedConfig::new(quota, 4)
+            .unwrap()
+            .when_full(WhenFull::Admit);
+        let limiter: KeyedRateLimiter<u64> = KeyedRateLimiter::new(config);
+        thread::scope(|s| {
+            for t in 0..2u64 {
+                let limiter = &limiter;
+                s.spawn(move || {
+                    for i in 0..12u64 {
+                        let key = (i * 3 + t) % 7;
+                        let _ = limiter.check_key(&key, at(i * 10));
+                    }
+                    limiter.sweep(at(10_000));
+                });
+            }
+        });
+        assert!(limiter.in_use() <= limiter.capacity());
+        crossbeam_epoch::pin().flush();
+    }
 }
 
 /// Quota changes racing checks: every era the limiter retires is reclaimed

@@ -1102,8 +1102,8 @@ mod tests {
     #[test]
     fn churn_with_evictions_and_panics_conserves_every_entry() {
         // Under Miri the 64-bit table only (the epoch and free-list
-        // protocol is the same code for both; `miri_small` runs the 128-bit
-        // one): the run is Miri's longest.
+        // protocol is the same code for both; `miri_small` runs both): the
+        // run is Miri's longest.
         let widths = one_per_second_on_both_widths();
         let widths = if cfg!(miri) {
             &widths[..1]
