@@ -46,6 +46,10 @@
 //!   a second, a burst of 2^32 - 1).
 //! - `tenlives_rate_check_n`: `RateLimiter::check_n(8, now)`, admitted, same
 //!   quota.
+//! - `tenlives_rate_check_uneven_no_clock_read`: `RateLimiter::check(now)`,
+//!   admitted, at 999 999 937 tokens a second (an interval that is not a
+//!   whole number of nanoseconds, so the 128-bit state; the rows above run
+//!   on the 64-bit one). No peer row: governor has no such path.
 //! - `tenlives_keyed_check_1k`: `KeyedRateLimiter::check_key(&key, now)` for
 //!   a `u64` key present in a full table of 1 000 keys (capacity 1 000),
 //!   same quota per key. Both keyed tables hash with foldhash under a fixed
@@ -464,11 +468,26 @@ fn governor_admitting() -> governor::Quota {
 
 /// A direct limiter that has admitted a few requests at `start`.
 fn warm_rate_limiter(start: Timestamp) -> RateLimiter {
-    let r = RateLimiter::new(admitting());
+    warm(RateLimiter::new(admitting()), start)
+}
+
+fn warm(r: RateLimiter, start: Timestamp) -> RateLimiter {
     for _ in 0..WARM_UP {
         r.check(start).expect("admitted");
     }
     r
+}
+
+/// A warmed-up direct limiter on the 128-bit state: the admitting burst at
+/// a rate that does not divide a second.
+fn rate_limiter_uneven() -> Box<RateLimiter> {
+    let quota = Quota::per_second(999_999_937)
+        .and_then(|q| q.with_burst(BURST))
+        .expect("valid quota");
+    Box::new(warm(
+        RateLimiter::new(quota),
+        Timestamp::from_nanos(START_NS),
+    ))
 }
 
 /// A warmed-up direct limiter at the start time.
@@ -634,6 +653,13 @@ mod harness {
     #[library_benchmark]
     #[bench::op(setup = rate_limiter)]
     fn tenlives_rate_check_no_clock_read(r: Box<RateLimiter>) -> Box<RateLimiter> {
+        black_box(r.check(now())).expect("admitted");
+        r
+    }
+
+    #[library_benchmark]
+    #[bench::op(setup = rate_limiter_uneven)]
+    fn tenlives_rate_check_uneven_no_clock_read(r: Box<RateLimiter>) -> Box<RateLimiter> {
         black_box(r.check(now())).expect("admitted");
         r
     }
@@ -824,6 +850,7 @@ mod harness {
             tenlives_retry_budget_no_clock_read,
             tenlives_rate_check,
             tenlives_rate_check_no_clock_read,
+            tenlives_rate_check_uneven_no_clock_read,
             tenlives_rate_check_n,
             tenlives_rate_check_n_no_clock_read,
             tenlives_keyed_check_1k,
