@@ -131,6 +131,56 @@ fn a_shed_whose_wake_panics_during_enqueue_orphans_nothing() {
     }
 }
 
+/// The same shed through the `Acquire` future, whose first poll makes its
+/// waiter in the future itself before the pass runs: the panic reaches the
+/// poll, and the newcomer is a waiter like any other. Dropped, it gives its
+/// place up; kept and polled again, it is granted the released permit.
+#[test]
+fn an_acquire_whose_first_pass_panics_is_a_waiter_dropped_or_kept() {
+    use std::future::Future;
+    use std::pin::pin;
+
+    let config = QueueConfig::fifo(1).unwrap().overload(Overload::ShedOldest);
+    let q = AdmissionQueue::new(Bulkhead::new(1).unwrap(), config);
+    let clock = tenlives_engine::time::ManualClock::new();
+    let mut cx = Context::from_waker(Waker::noop());
+    for keep in [false, true, false, true] {
+        let held = q.try_acquire().expect("free");
+        let mut oldest = q.enqueue(0, Timestamp::MAX, &panicking()).unwrap();
+        let mut newcomer = Box::pin(q.acquire(0, Timestamp::MAX, &clock));
+        let m = message(catch_unwind(AssertUnwindSafe(|| {
+            let _ = newcomer
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()));
+        })));
+        assert!(m.contains("this waker panics"), "{m}");
+        assert!(matches!(
+            poll(&mut oldest, Timestamp::ZERO),
+            Poll::Ready(Err(Rejected::ShedOldest))
+        ));
+        assert_eq!(q.waiting(), 1, "the newcomer waits");
+        if keep {
+            assert!(newcomer.as_mut().poll(&mut cx).is_pending());
+            drop(held);
+            let Poll::Ready(Ok(permit)) = newcomer.as_mut().poll(&mut cx) else {
+                panic!("granted the released permit");
+            };
+            drop(permit);
+        } else {
+            drop(newcomer);
+            assert_eq!(q.waiting(), 0, "dropping the future gave its place up");
+            drop(held);
+        }
+        assert_idle(&q);
+        // A fresh future after it goes through as usual.
+        let Poll::Ready(Ok(permit)) = pin!(q.acquire(0, Timestamp::MAX, &clock)).poll(&mut cx)
+        else {
+            panic!("a free permit");
+        };
+        drop(permit);
+    }
+}
+
 /// A sweep whose wake panics: the timed-out waiter is retired all the same
 /// (its notice posted, the pass run). Failed before the fix: `waiting()`
 /// stayed 1 and `try_acquire` answered `Busy` with the bulkhead empty.

@@ -523,17 +523,30 @@ impl<'q, P: PermitSource, S: EventSink, C: Clock + Unpin> Future for Acquire<'q,
                     this.queue.report(this.class, Rejected::TimedOut, now);
                     Poll::Ready(Err(Rejected::TimedOut))
                 } else {
-                    match this.queue.enqueue(this.class, this.deadline, cx.waker()) {
+                    match this
+                        .queue
+                        .enqueue_ticket(this.class, this.deadline, cx.waker())
+                    {
                         Err(rejected) => Poll::Ready(Err(rejected)),
-                        // `enqueue` stored the waker; its pass may have
-                        // decided the waiter already.
-                        Ok(mut waiter) => match waiter.verdict() {
-                            Some(verdict) => Poll::Ready(verdict),
-                            None => {
-                                this.state = State::Waiting(waiter);
-                                Poll::Pending
+                        // `enqueue`, with the waiter made in the future's
+                        // state, where it stays: it exists before the pass
+                        // runs (a waker that panics in the pass unwinds
+                        // through this future, whose drop gives the place
+                        // up), and the pass's verdict is read in place
+                        // rather than from a copy of the waiter on the
+                        // stack (copies of it just written stalled this
+                        // poll on store forwarding).
+                        Ok(ticket) => {
+                            this.state = State::Waiting(Waiter::new(this.queue, ticket));
+                            this.queue.request_pass();
+                            match &mut this.state {
+                                State::Waiting(waiter) => match waiter.verdict() {
+                                    Some(verdict) => Poll::Ready(verdict),
+                                    None => Poll::Pending,
+                                },
+                                _ => unreachable!("the waiter was just stored"),
                             }
-                        },
+                        }
                     }
                 }
             }

@@ -68,6 +68,7 @@ use crate::sync::{AtomicU32, AtomicU64, ExclusiveCell, Ordering, epoch, spin_hin
 use crate::time::Timestamp;
 
 use super::all::TokenSource;
+use super::cell;
 use super::error::RateLimitError;
 use super::gcra::Refusal;
 use super::limiter::RateLimiter;
@@ -352,7 +353,7 @@ where
             }
         };
         let parts = (config, hasher, overflow, sink, source);
-        let table = if Narrow::fits(&config.quota) {
+        let table = if cell::fits_narrow(&config.quota) {
             Table::Narrow(Arc::new(Inner::new(parts)))
         } else {
             Table::Wide(Arc::new(Inner::new(parts)))

@@ -33,8 +33,6 @@ pub(crate) trait Word: 'static {
     /// A full bucket: the state of a key never seen.
     const FRESH: Self::Raw;
 
-    /// Whether a table for `quota` may take this width.
-    fn fits(quota: &Quota) -> bool;
     /// A new cell holding `raw`.
     fn cell(raw: Self::Raw) -> Self::Cell;
     /// The cell's value (ordering: Relaxed; a state cell publishes no other
@@ -78,10 +76,6 @@ impl Word for Narrow {
     const FRESH: u64 = 0;
 
     #[inline]
-    fn fits(quota: &Quota) -> bool {
-        cell::fits_narrow(quota)
-    }
-
     fn cell(raw: u64) -> AtomicU64 {
         AtomicU64::new(raw)
     }
@@ -140,10 +134,6 @@ impl Word for Wide {
     /// Never a valid state: its token count is above `gcra::MAX_TOKENS`.
     const DEAD: State = State::MAX;
     const FRESH: State = 0;
-
-    fn fits(_: &Quota) -> bool {
-        true
-    }
 
     fn cell(raw: State) -> AtomicU128 {
         AtomicU128::new(raw)
