@@ -68,6 +68,12 @@ fn table(rate: u32, burst: u32) -> Arc<KeyedRateLimiter<u32, Fixed>> {
     ))
 }
 
+/// When key 7, the evictable key of the models below, takes its token.
+const EARLIER: Timestamp = Timestamp::ZERO;
+/// Ten seconds later: key 7's bucket is full again (evictable), and the
+/// models' requests and sweeps run at this time.
+const NOW: Timestamp = Timestamp::from_nanos(10_000_000_000);
+
 /// L5: key 7 is in the table with a full bucket (evictable). One thread
 /// charges it while another sweeps: afterwards exactly one token is gone.
 #[test]
@@ -75,23 +81,21 @@ fn a_charge_racing_with_eviction_is_never_lost() {
     for rate in WIDTHS {
         model(3, move || {
             let t = table(rate, 2);
-            let earlier = Timestamp::ZERO;
-            let now = Timestamp::from_nanos(10_000_000_000);
-            t.check_key(&7, earlier).unwrap();
+            t.check_key(&7, EARLIER).unwrap();
             let charger = {
                 let t = t.clone();
-                thread::spawn(move || t.check_key(&7, now).is_ok())
+                thread::spawn(move || t.check_key(&7, NOW).is_ok())
             };
             let sweeper = {
                 let t = t.clone();
-                thread::spawn(move || t.sweep(now))
+                thread::spawn(move || t.sweep(NOW))
             };
             assert!(charger.join().unwrap(), "a full bucket grants one token");
             let evicted = sweeper.join().unwrap();
             assert!(evicted <= 1);
             // One token of two is left, whichever won.
-            assert!(t.peek_key_n(&7, 1, now).is_ok());
-            assert!(t.peek_key_n(&7, 2, now).is_err(), "the charge was lost");
+            assert!(t.peek_key_n(&7, 1, NOW).is_ok());
+            assert!(t.peek_key_n(&7, 2, NOW).is_err(), "the charge was lost");
         });
     }
 }
@@ -140,33 +144,31 @@ fn an_insert_a_charge_and_an_eviction_in_one_chain() {
     let rate = WIDTHS[0];
     model(2, move || {
         let t = one_chain(rate, 2);
-        let earlier = Timestamp::ZERO;
-        let now = Timestamp::from_nanos(10_000_000_000);
-        t.check_key(&7, earlier).unwrap();
-        t.check_key_n(&3, 2, now).unwrap();
+        t.check_key(&7, EARLIER).unwrap();
+        t.check_key_n(&3, 2, NOW).unwrap();
         let inserter = {
             let t = t.clone();
-            thread::spawn(move || t.check_key(&9, now).is_ok())
+            thread::spawn(move || t.check_key(&9, NOW).is_ok())
         };
         let charger = {
             let t = t.clone();
-            thread::spawn(move || t.check_key(&7, now).is_ok())
+            thread::spawn(move || t.check_key(&7, NOW).is_ok())
         };
-        let evicted = t.sweep(now);
+        let evicted = t.sweep(NOW);
         assert!(inserter.join().unwrap(), "a new key has its burst");
         assert!(charger.join().unwrap(), "a full bucket grants one token");
         assert!(evicted <= 1, "only key 7 was fresh");
         for key in [7, 9] {
             assert!(
-                t.peek_key_n(&key, 1, now).is_ok(),
+                t.peek_key_n(&key, 1, NOW).is_ok(),
                 "key {key}: one token left"
             );
             assert!(
-                t.peek_key_n(&key, 2, now).is_err(),
+                t.peek_key_n(&key, 2, NOW).is_err(),
                 "key {key}: a charge was lost"
             );
         }
-        assert!(t.peek_key_n(&3, 1, now).is_err(), "key 3 kept its booking");
+        assert!(t.peek_key_n(&3, 1, NOW).is_err(), "key 3 kept its booking");
         // 3, 9 and 7 (in its first entry, or a new one after the eviction).
         assert_eq!(t.in_use(), 3 + evicted);
     });
@@ -181,22 +183,20 @@ fn racing_inserts_and_an_unlink_of_the_front_share_one_entry() {
     let rate = WIDTHS[0];
     model(2, move || {
         let t = one_chain(rate, 2);
-        let earlier = Timestamp::ZERO;
-        let now = Timestamp::from_nanos(10_000_000_000);
-        t.check_key(&7, earlier).unwrap();
+        t.check_key(&7, EARLIER).unwrap();
         let threads: Vec<_> = (0..2)
             .map(|_| {
                 let t = t.clone();
-                thread::spawn(move || t.check_key(&5, now).is_ok())
+                thread::spawn(move || t.check_key(&5, NOW).is_ok())
             })
             .collect();
-        let evicted = t.sweep(now);
+        let evicted = t.sweep(NOW);
         for th in threads {
             assert!(th.join().unwrap());
         }
         assert!(evicted <= 1);
         assert!(
-            t.peek_key_n(&5, 1, now).is_err(),
+            t.peek_key_n(&5, 1, NOW).is_err(),
             "a second entry duplicated the key"
         );
         // Key 5 and key 7 (kept or retired), and the entry of an insert of
