@@ -45,7 +45,9 @@ use criterion::{
 };
 use crossbeam_queue::ArrayQueue;
 use tenlives_engine::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
-use tenlives_engine::events::{Event, EventKind, EventRing, EventSink, Received, Slot};
+use tenlives_engine::events::{
+    Event, EventKind, EventRing, EventSink, LaneRing, LaneSlot, Received, Slot,
+};
 use tenlives_engine::time::Timestamp;
 
 mod support;
@@ -60,6 +62,14 @@ const CAPACITY: usize = 1024;
 
 /// A ring on the heap, as an application would make one.
 type Ring = EventRing<Box<[Slot]>>;
+
+/// A laned ring on the heap.
+type Lanes = LaneRing<Box<[LaneSlot]>>;
+
+/// The laned ring's lanes: as many as the threads that emit at once in the
+/// two-thread rows, so that each keeps to a lane of its own, and as many
+/// slots in all as every other subject holds.
+const LANES: usize = 2;
 
 /// The event emitted at `t` nanoseconds: the same for every subject.
 #[inline]
@@ -83,6 +93,13 @@ trait Emit: Sync {
 }
 
 impl Emit for Ring {
+    #[inline]
+    fn emit(&self, event: Event) {
+        self.push(event);
+    }
+}
+
+impl Emit for Lanes {
     #[inline]
     fn emit(&self, event: Event) {
         self.push(event);
@@ -270,6 +287,10 @@ fn bench_emit(c: &mut Criterion) {
     emit(&mut group, "tenlives_ring", &ring);
     // Either filtered out (`cargo bench -- <filter>`) or long enough to lap.
     assert!(ring.emitted() == 0 || ring.emitted() > CAPACITY as u64);
+
+    let lanes = Lanes::new(LANES, CAPACITY / LANES).expect("valid lanes");
+    emit(&mut group, "tenlives_lanes", &lanes);
+    assert!(lanes.emitted() == 0 || lanes.emitted() > CAPACITY as u64);
 
     let broadcast = Broadcast::new();
     emit(&mut group, "tokio_broadcast", &broadcast);

@@ -93,6 +93,13 @@ pub enum ConfigError {
         /// The bytes asked for.
         bytes: u64,
     },
+    /// A number of slots cannot be shared evenly between lanes.
+    UnevenLanes {
+        /// The slots given.
+        slots: u64,
+        /// The lanes asked for.
+        lanes: u64,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -154,6 +161,9 @@ impl fmt::Display for ConfigError {
                     f,
                     "`{field}` needs {bytes} bytes, which the allocator refused"
                 )
+            }
+            ConfigError::UnevenLanes { slots, lanes } => {
+                write!(f, "{slots} slots cannot be shared evenly by {lanes} lanes")
             }
             ConfigError::NoTripRule => write!(
                 f,

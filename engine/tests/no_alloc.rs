@@ -11,7 +11,7 @@ use std::time::Duration;
 use tenlives_engine::adaptive::{AdaptiveLimiter, Aimd, WindowConfig};
 use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker, Outcome};
 use tenlives_engine::bulkhead::Bulkhead;
-use tenlives_engine::events::{Event, EventKind, EventRing};
+use tenlives_engine::events::{Event, EventKind, EventRing, LaneRing};
 use tenlives_engine::retry::{Backoff, RetryBudget, RetryBudgetConfig};
 use tenlives_engine::throttle::{Throttle, ThrottleConfig};
 use tenlives_engine::time::Timestamp;
@@ -141,6 +141,8 @@ fn the_request_paths_never_allocate() {
 fn events_throttle_and_adaptive_limits_never_allocate() {
     let ring = EventRing::with_capacity(64).unwrap();
     let mut consumer = ring.consumer();
+    let lanes = LaneRing::new(2, 32).unwrap();
+    let mut lane_consumer = lanes.consumer();
     let throttle = Throttle::with_sink(
         ThrottleConfig::builder()
             .minimum_requests(5)
@@ -157,6 +159,8 @@ fn events_throttle_and_adaptive_limits_never_allocate() {
             let now = Timestamp::from_nanos(i * 100_000);
             ring.push(Event::new(EventKind::USER, 0, now, [i, 0]));
             std::hint::black_box(consumer.try_recv());
+            lanes.push(Event::new(EventKind::USER, 0, now, [i, 0]));
+            std::hint::black_box(lane_consumer.try_recv());
             match throttle.try_admit(now) {
                 Ok(ticket) if i % 3 == 0 => ticket.accepted(now),
                 Ok(ticket) => ticket.refused(now), // pushes the throttle into rejecting

@@ -10,8 +10,10 @@
 //! The schema — every kind and what its payload words mean — is in
 //! `docs/events.md`.
 
+mod lanes;
 mod ring;
 
+pub use lanes::{LaneConsumer, LaneRing, LaneSlot, MAX_LANES};
 pub use ring::{Consumer, EventRing, MAX_CAPACITY, Received, Slot};
 
 use crate::time::Timestamp;

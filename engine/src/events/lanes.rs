@@ -1,0 +1,645 @@
+//! The laned event ring: a broadcast ring split into lanes, each written by
+//! one producer at a time, so that producers on different cores write
+//! different cache lines and an emit makes one read-modify-write.
+//!
+//! # Protocol
+//!
+//! A ring of `L` lanes of `C` slots each (`C` a power of two). Each lane has
+//! one word, on a cache line of its own:
+//!
+//! ```text
+//! word: [ next : 63 | busy : 1 ]
+//! ```
+//!
+//! `next` is the lane's next sequence number: events `0 .. next` of the lane
+//! are published; `busy` says a producer is writing event `next`. Event `n`
+//! of a lane lives in the lane's slot `n % C`, four plain data words.
+//!
+//! A producer picks its home lane (its thread's stripe, see
+//! `crate::stripe`), and claims it with one compare-and-swap from
+//! `next << 1` to `next << 1 | 1`. A lane found busy (another producer is
+//! writing it, perhaps preempted) is not waited for: the producer tries the
+//! next lane, once around; if every lane is busy it drops the event and
+//! counts it in `dropped`, where consumers find it. The owner writes the
+//! four words and releases the lane by storing `(next + 1) << 1`.
+//!
+//! The lane word is the slot's version, seqlock style. A consumer at lane
+//! position `r` reads the word: `r < next` means event `r` is published; it
+//! reads the slot's words, then (after an Acquire fence) the word again. If
+//! by then a producer has begun an event `m >= r + C` (`next + busy > r + C`),
+//! the slot may hold that later event's words: event `r` is counted lost,
+//! with every other event of the lane the producers have lapped. Otherwise
+//! no writer touched the slot since event `r`, and the words are event `r`.
+//! Every event is therefore delivered once or counted lost once, per
+//! consumer: `read + lost = emitted` since it joined.
+
+use core::fmt;
+
+use crossbeam_utils::CachePadded;
+
+use super::{Event, EventKind, EventSink, Received};
+use crate::error::ConfigError;
+use crate::stripe::{self, STRIPES};
+use crate::sync::{AtomicU64, Ordering, fence};
+use crate::time::Timestamp;
+
+/// The most lanes a ring can have.
+pub const MAX_LANES: usize = 8;
+
+const BUSY: u64 = 1;
+
+/// One slot of a laned ring: the four words of one event. Storage for a ring
+/// in a `static` is `[const { LaneSlot::new() }; N]`.
+pub struct LaneSlot {
+    words: [AtomicU64; 4],
+}
+
+impl LaneSlot {
+    /// An empty slot.
+    #[cfg(not(tenlives_loom))]
+    pub const fn new() -> Self {
+        LaneSlot {
+            words: [
+                AtomicU64::new(0),
+                AtomicU64::new(0),
+                AtomicU64::new(0),
+                AtomicU64::new(0),
+            ],
+        }
+    }
+
+    /// An empty slot.
+    #[cfg(tenlives_loom)]
+    pub fn new() -> Self {
+        LaneSlot {
+            words: core::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Default for LaneSlot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for LaneSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LaneSlot").finish_non_exhaustive()
+    }
+}
+
+/// A broadcast ring of events in lanes, over storage `S`: `Box<[LaneSlot]>`
+/// (with the `alloc` feature, from [`LaneRing::new`]), a `[LaneSlot; N]`
+/// array, or a `&'static [LaneSlot]`.
+///
+/// Beside [`EventRing`](super::EventRing), which puts every event in one
+/// sequence, a laned ring gives each producer a lane of its own while there
+/// are no more producers than lanes. What it buys: an emit is one
+/// compare-and-swap on a word no other core writes, and producers on
+/// different cores never share a cache line. What it costs, and why it is a
+/// choice rather than the default:
+///
+/// - a producer keeps to one lane, so it can overwrite only its lane's
+///   `lane_capacity` events, not the whole ring's;
+/// - events are ordered within a lane only: a consumer returns each lane's
+///   events in the order they were written, taking lanes in turn; two
+///   events of different lanes come in no particular order (their `time`
+///   says when they happened);
+/// - a producer that finds every lane busy drops its event (consumers count
+///   it lost): with one lane that is any two producers emitting at the same
+///   instant, so give a ring at least as many lanes as threads that emit at
+///   once.
+///
+/// ```
+/// use tenlives_engine::events::{Event, EventKind, EventSink, LaneRing, LaneSlot, Received};
+/// use tenlives_engine::time::Timestamp;
+///
+/// // Two lanes of four events, in a static: no allocator needed.
+/// static SLOTS: [LaneSlot; 8] = [const { LaneSlot::new() }; 8];
+/// let ring = LaneRing::from_slots(&SLOTS, 2).unwrap();
+///
+/// let mut consumer = ring.consumer(); // joins now
+/// for i in 0..6 {
+///     ring.emit(Event::new(EventKind::USER, 7, Timestamp::from_nanos(i), [i, 0]));
+/// }
+/// // One thread writes one lane: six events into its four slots.
+/// assert_eq!(consumer.try_recv(), Some(Received::Lost(2)));
+/// assert!(matches!(consumer.try_recv(), Some(Received::Event(e)) if e.payload[0] == 2));
+/// assert_eq!(ring.emitted(), 6);
+/// ```
+pub struct LaneRing<S: AsRef<[LaneSlot]>> {
+    /// One word per lane (only the first `lanes` are used).
+    words: [CachePadded<AtomicU64>; MAX_LANES],
+    /// Events dropped because every lane was busy.
+    dropped: CachePadded<AtomicU64>,
+    slots: S,
+    lanes: usize,
+    /// Each stripe's home lane (`stripe % lanes`, without a division per push).
+    home: [u8; STRIPES],
+    /// `lane_capacity - 1`.
+    mask: u64,
+}
+
+impl<S: AsRef<[LaneSlot]>> fmt::Debug for LaneRing<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LaneRing")
+            .field("lanes", &self.lanes)
+            .field("lane_capacity", &self.lane_capacity())
+            .field("emitted", &self.emitted())
+            .finish()
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl LaneRing<alloc::boxed::Box<[LaneSlot]>> {
+    /// A ring of `lanes` lanes (1 to [`MAX_LANES`]) of `lane_capacity` slots
+    /// each (a power of two, at least 2), on the heap.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Zero`] or [`ConfigError::TooLarge`] for a number of
+    /// lanes out of bounds,
+    /// [`ConfigError::NotPowerOfTwo`] for a bad lane capacity,
+    /// [`ConfigError::TooLarge`] when the slots would not fit in memory's
+    /// address space, [`ConfigError::OutOfMemory`] when the allocator
+    /// refuses them.
+    pub fn new(lanes: usize, lane_capacity: usize) -> Result<Self, ConfigError> {
+        check_lanes(lanes)?;
+        check_lane_capacity(lane_capacity)?;
+        let too_large = ConfigError::TooLarge {
+            field: "laned ring lane capacity",
+            value: lane_capacity as u64,
+            max: (max_slots() / lanes) as u64,
+        };
+        let total = lane_capacity.checked_mul(lanes).ok_or(too_large.clone())?;
+        if total > max_slots() {
+            return Err(too_large);
+        }
+        let mut slots: alloc::vec::Vec<LaneSlot> = alloc::vec::Vec::new();
+        slots
+            .try_reserve_exact(total)
+            .map_err(|_| ConfigError::OutOfMemory {
+                field: "laned ring capacity",
+                // Cannot overflow: bounded by `max_slots` above.
+                bytes: (total * core::mem::size_of::<LaneSlot>()) as u64,
+            })?;
+        slots.extend((0..total).map(|_| LaneSlot::new()));
+        Self::from_slots(slots.into_boxed_slice(), lanes)
+    }
+}
+
+/// The most slots any slice can hold: `isize::MAX` bytes.
+#[cfg(feature = "alloc")]
+const fn max_slots() -> usize {
+    isize::MAX as usize / core::mem::size_of::<LaneSlot>()
+}
+
+fn check_lanes(lanes: usize) -> Result<(), ConfigError> {
+    if lanes == 0 {
+        return Err(ConfigError::Zero {
+            field: "laned ring lanes",
+        });
+    }
+    if lanes > MAX_LANES {
+        return Err(ConfigError::TooLarge {
+            field: "laned ring lanes",
+            value: lanes as u64,
+            max: MAX_LANES as u64,
+        });
+    }
+    Ok(())
+}
+
+fn check_lane_capacity(lane_capacity: usize) -> Result<(), ConfigError> {
+    if lane_capacity < 2 || !lane_capacity.is_power_of_two() {
+        return Err(ConfigError::NotPowerOfTwo {
+            field: "laned ring lane capacity",
+            value: lane_capacity as u64,
+        });
+    }
+    Ok(())
+}
+
+impl<S: AsRef<[LaneSlot]>> LaneRing<S> {
+    /// A ring of `lanes` lanes over caller-provided slots, which it divides
+    /// evenly: their number divided by `lanes` must be a power of two of at
+    /// least 2. The slots must be fresh (as made by [`LaneSlot::new`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Zero`] or [`ConfigError::TooLarge`] for `lanes`
+    /// outside 1 to [`MAX_LANES`], [`ConfigError::UnevenLanes`] when they do
+    /// not divide the slots evenly, [`ConfigError::NotPowerOfTwo`] when a
+    /// lane's share is not a power of two of at least 2.
+    pub fn from_slots(slots: S, lanes: usize) -> Result<Self, ConfigError> {
+        check_lanes(lanes)?;
+        let total = slots.as_ref().len();
+        if total % lanes != 0 {
+            return Err(ConfigError::UnevenLanes {
+                slots: total as u64,
+                lanes: lanes as u64,
+            });
+        }
+        let lane_capacity = total / lanes;
+        check_lane_capacity(lane_capacity)?;
+        Ok(LaneRing {
+            words: core::array::from_fn(|_| CachePadded::new(AtomicU64::new(0))),
+            dropped: CachePadded::new(AtomicU64::new(0)),
+            slots,
+            lanes,
+            // `lanes <= MAX_LANES`, which fits a byte.
+            home: core::array::from_fn(|stripe| (stripe % lanes) as u8),
+            mask: lane_capacity as u64 - 1,
+        })
+    }
+
+    /// How many lanes the ring has.
+    pub fn lanes(&self) -> usize {
+        self.lanes
+    }
+
+    /// How many events one lane holds.
+    pub fn lane_capacity(&self) -> usize {
+        self.mask as usize + 1
+    }
+
+    /// How many events were emitted so far: written (including those later
+    /// overwritten), being written, or dropped because every lane was busy.
+    pub fn emitted(&self) -> u64 {
+        // ordering: Relaxed; a count for reports.
+        let written: u64 = self.words[..self.lanes]
+            .iter()
+            .map(|w| {
+                let w = w.load(Ordering::Relaxed);
+                (w >> 1) + (w & BUSY)
+            })
+            .sum();
+        written + self.dropped()
+    }
+
+    /// How many events were dropped because every lane was busy.
+    pub fn dropped(&self) -> u64 {
+        // ordering: Relaxed; a count for reports.
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    fn slot(&self, lane: usize, seq: u64) -> &LaneSlot {
+        let index = lane * (self.mask as usize + 1) + (seq & self.mask) as usize;
+        &self.slots.as_ref()[index]
+    }
+
+    /// Writes one event into this thread's lane, or the next free one,
+    /// overwriting that lane's oldest event when it is full. Never blocks,
+    /// never allocates, never waits for a consumer or another producer; drops
+    /// the event (counted in [`dropped`](Self::dropped)) when every lane is
+    /// being written.
+    #[inline]
+    pub fn push(&self, event: Event) {
+        let lanes = self.lanes;
+        let mut lane = usize::from(self.home[stripe::current()]);
+        for _ in 0..lanes {
+            let word = &self.words[lane];
+            // ordering: Relaxed; the compare-and-swap below decides.
+            let seen = word.load(Ordering::Relaxed);
+            // ordering: Acquire on success, pairs with the Release store that
+            // freed the lane: the previous owner's writes to the slot come
+            // before this owner's.
+            if seen & BUSY == 0
+                && word
+                    .compare_exchange(seen, seen | BUSY, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.write(lane, seen >> 1, event);
+                return;
+            }
+            lane += 1;
+            if lane == lanes {
+                lane = 0;
+            }
+        }
+        // ordering: Relaxed; consumers read the count, it publishes nothing.
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Writes event `seq` of a lane this producer owns, and frees the lane.
+    #[inline]
+    fn write(&self, lane: usize, seq: u64, event: Event) {
+        let slot = self.slot(lane, seq);
+        // ordering: Release fence; the seqlock writer's barrier between the
+        // claim (`busy`) and the data, pairing with the Acquire fence a
+        // reader puts between reading the data and re-reading the word.
+        fence(Ordering::Release);
+        // ordering: Relaxed data words; published by the word's store below.
+        slot.words[0].store(
+            u64::from(event.kind.0) | (u64::from(event.source) << 32),
+            Ordering::Relaxed,
+        );
+        slot.words[1].store(event.time.as_nanos(), Ordering::Relaxed);
+        slot.words[2].store(event.payload[0], Ordering::Relaxed);
+        slot.words[3].store(event.payload[1], Ordering::Relaxed);
+        // ordering: Release, pairs with the Acquire load in
+        // `LaneConsumer::try_recv` and the next owner's claim.
+        self.words[lane].store((seq + 1) << 1, Ordering::Release);
+    }
+
+    /// A consumer that will read every event emitted from now on.
+    pub fn consumer(&self) -> LaneConsumer<'_, S> {
+        let mut cursors = [0; MAX_LANES];
+        for (cursor, word) in cursors.iter_mut().zip(&self.words[..self.lanes]) {
+            // ordering: Acquire; keeps "from now on" tight (a stale word only
+            // makes the consumer start earlier).
+            *cursor = word.load(Ordering::Acquire) >> 1;
+        }
+        LaneConsumer {
+            ring: self,
+            cursors,
+            // ordering: Relaxed; a count.
+            dropped: self.dropped.load(Ordering::Relaxed),
+            turn: 0,
+            last: None,
+            read: 0,
+            lost: 0,
+        }
+    }
+}
+
+impl<S: AsRef<[LaneSlot]>> EventSink for LaneRing<S> {
+    #[inline]
+    fn emit(&self, event: Event) {
+        self.push(event);
+    }
+}
+
+/// A reader of a [`LaneRing`] with its own position in every lane. Any
+/// number can exist; each sees every event from when it joined, or learns
+/// exactly how many it lost.
+pub struct LaneConsumer<'r, S: AsRef<[LaneSlot]>> {
+    ring: &'r LaneRing<S>,
+    cursors: [u64; MAX_LANES],
+    /// The ring's drop count already reported.
+    dropped: u64,
+    /// The lane to look at first.
+    turn: usize,
+    /// The lane of the last report, if it came from a lane.
+    last: Option<usize>,
+    read: u64,
+    lost: u64,
+}
+
+impl<S: AsRef<[LaneSlot]>> fmt::Debug for LaneConsumer<'_, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LaneConsumer")
+            .field("cursors", &&self.cursors[..self.ring.lanes])
+            .field("read", &self.read)
+            .field("lost", &self.lost)
+            .finish()
+    }
+}
+
+impl<S: AsRef<[LaneSlot]>> LaneConsumer<'_, S> {
+    /// Events read so far.
+    pub fn read(&self) -> u64 {
+        self.read
+    }
+
+    /// Events reported lost so far (overwritten before this consumer read
+    /// them, or dropped because every lane was busy).
+    pub fn lost(&self) -> u64 {
+        self.lost
+    }
+
+    /// The position of the next event this consumer will look at in each
+    /// lane.
+    pub fn cursors(&self) -> &[u64] {
+        &self.cursors[..self.ring.lanes]
+    }
+
+    /// The lane the last [`try_recv`](Self::try_recv) report came from:
+    /// `None` before the first, after a `None`, and for a report of events
+    /// dropped because every lane was busy (those belong to no lane). Within
+    /// a lane, each producer's events come in the order it emitted them.
+    pub fn last_lane(&self) -> Option<usize> {
+        self.last
+    }
+
+    fn lose(&mut self, lane: Option<usize>, n: u64) -> Option<Received> {
+        self.last = lane;
+        self.lost += n;
+        Some(Received::Lost(n))
+    }
+
+    /// The next event, a report of lost events, or `None` when no lane has
+    /// a published event this consumer has not seen. Lanes are taken in
+    /// turn, one event at a time. Never blocks.
+    pub fn try_recv(&mut self) -> Option<Received> {
+        let ring = self.ring;
+        // ordering: Relaxed; a count.
+        let dropped = ring.dropped.load(Ordering::Relaxed);
+        if dropped != self.dropped {
+            let n = dropped - self.dropped;
+            self.dropped = dropped;
+            return self.lose(None, n);
+        }
+        let capacity = ring.mask + 1;
+        for _ in 0..ring.lanes {
+            let lane = self.turn;
+            self.turn = if lane + 1 == ring.lanes { 0 } else { lane + 1 };
+            let r = self.cursors[lane];
+            // ordering: Acquire, pairs with the Release store that published
+            // event `next - 1` (and so every event before it).
+            let word = ring.words[lane].load(Ordering::Acquire);
+            if r >= word >> 1 {
+                continue; // nothing new in this lane
+            }
+            // Events whose producers have begun: a slot is safe to read
+            // while fewer than a lap of them lie past `r`.
+            let begun = (word >> 1) + (word & BUSY);
+            if begun - r > capacity {
+                self.cursors[lane] = begun - capacity;
+                return self.lose(Some(lane), begun - capacity - r);
+            }
+            let slot = ring.slot(lane, r);
+            let w0 = slot.words[0].load(Ordering::Relaxed);
+            let time = slot.words[1].load(Ordering::Relaxed);
+            let p0 = slot.words[2].load(Ordering::Relaxed);
+            let p1 = slot.words[3].load(Ordering::Relaxed);
+            // ordering: Acquire fence, pairs with the producer's Release
+            // fence after its claim: if any word above came from a later
+            // writer, the load below sees that writer's claim.
+            fence(Ordering::Acquire);
+            let again = ring.words[lane].load(Ordering::Relaxed);
+            let begun = (again >> 1) + (again & BUSY);
+            if begun - r > capacity {
+                // Overwritten while we read it, and maybe more since.
+                self.cursors[lane] = begun - capacity;
+                return self.lose(Some(lane), begun - capacity - r);
+            }
+            self.cursors[lane] = r + 1;
+            self.last = Some(lane);
+            self.read += 1;
+            return Some(Received::Event(Event {
+                kind: EventKind(w0 as u16),
+                source: (w0 >> 32) as u32,
+                time: Timestamp::from_nanos(time),
+                payload: [p0, p1],
+            }));
+        }
+        self.last = None;
+        None
+    }
+}
+
+#[cfg(all(test, feature = "alloc", not(tenlives_loom)))]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+    use alloc::vec::Vec;
+
+    fn event(i: u64) -> Event {
+        Event::new(EventKind::USER, 3, Timestamp::from_nanos(i), [i, !i])
+    }
+
+    fn home<S: AsRef<[LaneSlot]>>(ring: &LaneRing<S>) -> usize {
+        usize::from(ring.home[stripe::current()])
+    }
+
+    /// A lane held by another producer (here: marked busy by hand) is not
+    /// waited for: the event goes to the next lane; with every lane held it
+    /// is dropped, counted, and reported lost to consumers, outside any lane.
+    #[test]
+    fn a_busy_lane_is_passed_over_and_all_busy_drops() {
+        let ring = LaneRing::new(2, 4).unwrap();
+        let mut consumer = ring.consumer();
+        let mine = home(&ring);
+        let other = 1 - mine;
+        ring.words[mine].store(BUSY, Ordering::Relaxed);
+        ring.push(event(1));
+        assert_eq!(ring.words[other].load(Ordering::Relaxed), 1 << 1);
+        assert_eq!(consumer.try_recv(), Some(Received::Event(event(1))));
+        assert_eq!(consumer.last_lane(), Some(other));
+
+        ring.words[other].store((1 << 1) | BUSY, Ordering::Relaxed);
+        ring.push(event(2));
+        assert_eq!(ring.dropped(), 1);
+        // Two lanes "being written" (events 0 of `mine`, 1 of `other`), one
+        // written, one dropped.
+        assert_eq!(ring.emitted(), 4);
+        assert_eq!(consumer.try_recv(), Some(Received::Lost(1)));
+        assert_eq!(consumer.last_lane(), None);
+        assert_eq!(consumer.try_recv(), None);
+        assert_eq!((consumer.read(), consumer.lost()), (1, 1));
+
+        // Released, both lanes take events again.
+        ring.words[mine].store(0, Ordering::Release);
+        ring.words[other].store(1 << 1, Ordering::Release);
+        ring.push(event(3));
+        assert_eq!(consumer.try_recv(), Some(Received::Event(event(3))));
+        assert_eq!(consumer.last_lane(), Some(mine));
+    }
+
+    /// A producer that has begun overwriting the slot a consumer is about to
+    /// read makes that event lost, even before it publishes anything.
+    #[test]
+    fn an_event_being_overwritten_is_lost_not_read() {
+        let ring = LaneRing::new(1, 2).unwrap();
+        let mut consumer = ring.consumer();
+        ring.push(event(0));
+        ring.push(event(1));
+        // The producer of event 2 has claimed the lane (it writes slot 0,
+        // which holds event 0) but not finished.
+        ring.words[0].store((2 << 1) | BUSY, Ordering::Relaxed);
+        assert_eq!(consumer.try_recv(), Some(Received::Lost(1)));
+        assert_eq!(consumer.last_lane(), Some(0));
+        assert_eq!(consumer.try_recv(), Some(Received::Event(event(1))));
+        // Event 2 is not published yet.
+        assert_eq!(consumer.try_recv(), None);
+        assert_eq!(consumer.cursors(), &[2]);
+        assert_eq!(ring.emitted(), 3);
+    }
+
+    /// Lanes are taken in turn: two lanes with events interleave one by one.
+    #[test]
+    fn lanes_are_read_in_turn() {
+        let ring = LaneRing::new(2, 4).unwrap();
+        let mut consumer = ring.consumer();
+        let mine = home(&ring);
+        ring.push(event(0));
+        ring.push(event(1));
+        // Write two events into the other lane by holding this one.
+        ring.words[mine].store((2 << 1) | BUSY, Ordering::Relaxed);
+        ring.push(event(10));
+        ring.push(event(11));
+        ring.words[mine].store(2 << 1, Ordering::Release);
+        let mut got = Vec::new();
+        while let Some(Received::Event(e)) = consumer.try_recv() {
+            got.push((consumer.last_lane().unwrap(), e.payload[0]));
+        }
+        let other = 1 - mine;
+        let expected = if mine == 0 {
+            [(0, 0), (1, 10), (0, 1), (1, 11)]
+        } else {
+            [(0, 10), (1, 0), (0, 11), (1, 1)]
+        };
+        assert_eq!(got, expected, "home lane {mine}, other {other}");
+    }
+
+    #[test]
+    fn bad_shapes_are_typed_errors() {
+        assert_eq!(
+            LaneRing::new(0, 4).unwrap_err(),
+            ConfigError::Zero {
+                field: "laned ring lanes"
+            }
+        );
+        assert!(matches!(
+            LaneRing::new(MAX_LANES + 1, 4),
+            Err(ConfigError::TooLarge {
+                value: 9,
+                max: 8,
+                ..
+            })
+        ));
+        for bad in [0, 1, 3, 12] {
+            assert!(matches!(
+                LaneRing::new(2, bad),
+                Err(ConfigError::NotPowerOfTwo { value, .. }) if value == bad as u64
+            ));
+        }
+        let slots: Vec<LaneSlot> = (0..12).map(|_| LaneSlot::new()).collect();
+        assert_eq!(
+            LaneRing::from_slots(slots, 5).unwrap_err(),
+            ConfigError::UnevenLanes {
+                slots: 12,
+                lanes: 5
+            }
+        );
+        let slots: Vec<LaneSlot> = (0..12).map(|_| LaneSlot::new()).collect();
+        assert!(matches!(
+            LaneRing::from_slots(slots, 2),
+            Err(ConfigError::NotPowerOfTwo { value: 6, .. })
+        ));
+        assert!(matches!(
+            LaneRing::new(8, 1 << 62),
+            Err(ConfigError::TooLarge { .. })
+        ));
+        let err = LaneRing::from_slots((0..12).map(|_| LaneSlot::new()).collect::<Vec<_>>(), 5)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "12 slots cannot be shared evenly by 5 lanes"
+        );
+    }
+
+    /// Within the address space but beyond any machine's memory: the
+    /// allocator refuses, and that is an error, not an abort.
+    #[test]
+    #[cfg_attr(miri, ignore = "asks the allocator for exabytes")]
+    fn an_impossible_ring_is_a_typed_error() {
+        assert!(matches!(
+            LaneRing::new(1, 1 << 56),
+            Err(ConfigError::OutOfMemory { bytes, .. }) if bytes == 32 << 56
+        ));
+    }
+}

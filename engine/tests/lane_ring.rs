@@ -1,0 +1,193 @@
+//! Laned event ring: property test against a sequential model, and a
+//! multi-producer, multi-consumer stress test of exact loss accounting and
+//! per-lane order (E6-E8 in docs/guarantees.md).
+//!
+//! Model: one thread writes one lane (its home lane), so from one thread a
+//! ring of `L` lanes of `C` slots behaves as one ring of `C`: it keeps the
+//! last `C` events, and a consumer more than `C` behind loses the older ones.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+
+use proptest::prelude::*;
+use tenlives_engine::events::{Event, EventKind, LaneRing, MAX_LANES, Received};
+use tenlives_engine::time::Timestamp;
+
+fn event(seq: u64, source: u32) -> Event {
+    // A payload that checks itself: payload[1] is a hash of the rest.
+    let p0 = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    Event::new(
+        EventKind(seq as u16 | 1),
+        source,
+        Timestamp::from_nanos(seq),
+        [p0, checksum(seq, source, p0)],
+    )
+}
+
+fn checksum(seq: u64, source: u32, p0: u64) -> u64 {
+    (seq ^ (u64::from(source) << 40) ^ p0.rotate_left(17)).wrapping_mul(0xff51_afd7_ed55_8ccd)
+}
+
+fn intact(e: &Event) -> bool {
+    e.payload[1] == checksum(e.time.as_nanos(), e.source, e.payload[0])
+        && e.kind == EventKind(e.time.as_nanos() as u16 | 1)
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Emit(u8),
+    Read(usize),
+    Join,
+}
+
+proptest! {
+    /// E7: from one thread, what the model says, whatever the lanes.
+    #[test]
+    fn one_thread_matches_the_model(
+        lanes in 1usize..=MAX_LANES,
+        log_cap in 1u32..5,
+        ops in proptest::collection::vec(prop_oneof![
+            3 => (1u8..12).prop_map(Op::Emit),
+            3 => any::<usize>().prop_map(Op::Read),
+            1 => Just(Op::Join),
+        ], 1..200),
+    ) {
+        let cap = 1usize << log_cap;
+        let ring = LaneRing::new(lanes, cap).unwrap();
+        let mut kept: VecDeque<Event> = VecDeque::new();
+        let mut emitted = 0u64;
+        // Each consumer beside the model's cursor and where it joined.
+        let mut consumers = vec![(ring.consumer(), 0u64, 0u64)];
+        let mut lane = None;
+        for op in ops {
+            match op {
+                Op::Emit(n) => {
+                    for _ in 0..n {
+                        let e = event(emitted, 1);
+                        ring.push(e);
+                        kept.push_back(e);
+                        if kept.len() > cap {
+                            kept.pop_front();
+                        }
+                        emitted += 1;
+                    }
+                }
+                Op::Join => consumers.push((ring.consumer(), emitted, emitted)),
+                Op::Read(i) => {
+                    let n = consumers.len();
+                    let (real, cursor, _) = &mut consumers[i % n];
+                    let oldest = emitted - kept.len() as u64;
+                    let expected = if *cursor == emitted {
+                        None
+                    } else if *cursor < oldest {
+                        let n = oldest - *cursor;
+                        *cursor = oldest;
+                        Some(Received::Lost(n))
+                    } else {
+                        let e = kept[(*cursor - oldest) as usize];
+                        *cursor += 1;
+                        Some(Received::Event(e))
+                    };
+                    prop_assert_eq!(real.try_recv(), expected);
+                    if expected.is_some() {
+                        // One thread, one lane.
+                        let seen = real.last_lane();
+                        prop_assert!(seen.is_some_and(|l| l < lanes));
+                        prop_assert!(lane.is_none() || lane == seen);
+                        lane = seen;
+                    } else {
+                        prop_assert_eq!(real.last_lane(), None);
+                    }
+                }
+            }
+        }
+        prop_assert_eq!(ring.emitted(), emitted);
+        prop_assert_eq!(ring.dropped(), 0);
+        for (real, cursor, joined) in &consumers {
+            // Everything it was told about since it joined, and where its
+            // lanes' positions stand (one lane used: their sum).
+            prop_assert_eq!(real.read() + real.lost(), *cursor - *joined);
+            prop_assert_eq!(real.cursors().iter().sum::<u64>(), *cursor);
+        }
+    }
+}
+
+/// E6, E8: producers and consumers racing over millions of events; for each
+/// consumer read + lost = emitted since it joined (drops included), every
+/// event read is intact, and within a lane each producer's events come in the
+/// order it emitted them. With one lane, producers collide and drop; with as
+/// many lanes as producers they mostly keep to their own.
+#[test]
+fn stress_conservation_integrity_and_lane_order() {
+    const PRODUCERS: u32 = 3;
+    const PER_PRODUCER: u64 = if cfg!(debug_assertions) {
+        200_000
+    } else {
+        1_500_000
+    };
+    for (lanes, lane_capacity) in [(1usize, 2usize), (1, 256), (2, 4), (4, 256), (8, 2)] {
+        let ring = LaneRing::new(lanes, lane_capacity).unwrap();
+        let done = AtomicBool::new(false);
+        let results: Vec<_> = thread::scope(|s| {
+            let consumers: Vec<_> = (0..2)
+                .map(|_| {
+                    let mut c = ring.consumer();
+                    let done = &done;
+                    s.spawn(move || {
+                        let mut last = [[None::<u64>; PRODUCERS as usize]; MAX_LANES];
+                        loop {
+                            let finished = done.load(Ordering::Acquire);
+                            match c.try_recv() {
+                                Some(Received::Event(e)) => {
+                                    assert!(intact(&e), "torn event {e:?}");
+                                    let lane = c.last_lane().expect("an event has a lane");
+                                    let p = e.source as usize;
+                                    let n = e.time.as_nanos();
+                                    if let Some(prev) = last[lane][p] {
+                                        assert!(
+                                            n > prev,
+                                            "lane {lane}, producer {p}: {n} after {prev}"
+                                        );
+                                    }
+                                    last[lane][p] = Some(n);
+                                }
+                                Some(Received::Lost(_)) => {}
+                                Some(other) => panic!("unexpected {other:?}"),
+                                None if finished => break,
+                                None => std::hint::spin_loop(),
+                            }
+                        }
+                        (c.read(), c.lost())
+                    })
+                })
+                .collect();
+            let producers: Vec<_> = (0..PRODUCERS)
+                .map(|p| {
+                    let ring = &ring;
+                    s.spawn(move || {
+                        for i in 0..PER_PRODUCER {
+                            ring.push(event(i, p));
+                        }
+                    })
+                })
+                .collect();
+            for h in producers {
+                h.join().unwrap();
+            }
+            done.store(true, Ordering::Release);
+            consumers.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let emitted = ring.emitted();
+        assert_eq!(emitted, u64::from(PRODUCERS) * PER_PRODUCER);
+        for (read, lost) in results {
+            assert_eq!(
+                read + lost,
+                emitted,
+                "{lanes} lanes of {lane_capacity}: read {read} + lost {lost} (dropped {})",
+                ring.dropped()
+            );
+            assert!(read > 0);
+        }
+    }
+}
