@@ -38,6 +38,8 @@
 //! - `tenlives_bulkhead`: `Bulkhead::try_acquire()` + drop of the permit, limit
 //!   1000.
 //! - `tenlives_event_push`: `EventRing::push` into a full ring of 1024.
+//! - `tenlives_lane_push`: `LaneRing::push` into a full laned ring of 2 lanes
+//!   of 512 (the thread's own lane free, as with one producer per lane).
 //! - `tenlives_throttle`: `Throttle::try_admit(now)` +
 //!   `ThrottleTicket::accepted(now)`, default configuration.
 //! - `tenlives_retry_budget`: `RetryBudget::deposit(now)` +
@@ -99,7 +101,7 @@ use governor::state::{InMemoryState, NotKeyed};
 use iai_callgrind::main;
 use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker, Outcome};
 use tenlives_engine::bulkhead::Bulkhead;
-use tenlives_engine::events::{Event, EventKind, EventRing, NoSink, Slot};
+use tenlives_engine::events::{Event, EventKind, EventRing, LaneRing, LaneSlot, NoSink, Slot};
 use tenlives_engine::rate::{KeyedConfig, KeyedRateLimiter, Quota, RateLimiter};
 use tenlives_engine::retry::{RetryBudget, RetryBudgetConfig};
 use tenlives_engine::throttle::{Throttle, ThrottleConfig};
@@ -119,6 +121,9 @@ const CAPACITY: usize = 1024;
 
 /// An event ring on the heap, as an application would make one.
 type Ring = EventRing<Box<[Slot]>>;
+
+/// A laned event ring on the heap.
+type Lanes = LaneRing<Box<[LaneSlot]>>;
 
 /// The admitting quota: tokens a second.
 const RATE: u32 = 1_000_000_000;
@@ -359,6 +364,15 @@ fn bulkhead() -> Box<Bulkhead> {
 /// A ring of 1024 that has wrapped: every push overwrites.
 fn event_ring() -> Box<Ring> {
     let ring = EventRing::with_capacity(CAPACITY).expect("valid capacity");
+    for _ in 0..=CAPACITY {
+        ring.push(event());
+    }
+    Box::new(ring)
+}
+
+/// A laned ring of 2 lanes of 512 whose lane (this thread's) has wrapped.
+fn lane_ring() -> Box<Lanes> {
+    let ring = LaneRing::new(2, CAPACITY / 2).expect("valid lanes");
     for _ in 0..=CAPACITY {
         ring.push(event());
     }
@@ -634,6 +648,13 @@ mod harness {
     }
 
     #[library_benchmark]
+    #[bench::op(setup = lane_ring)]
+    fn tenlives_lane_push(ring: Box<Lanes>) -> Box<Lanes> {
+        ring.push(event());
+        ring
+    }
+
+    #[library_benchmark]
     #[bench::op(setup = throttle)]
     fn tenlives_throttle_no_clock_read(t: Box<Throttle>) -> Box<Throttle> {
         let now = now();
@@ -844,6 +865,7 @@ mod harness {
             tenlives_breaker_rejection_no_clock_read,
             tenlives_bulkhead,
             tenlives_event_push,
+            tenlives_lane_push,
             tenlives_throttle,
             tenlives_throttle_no_clock_read,
             tenlives_retry_budget,

@@ -139,6 +139,8 @@ pub struct LaneRing<S: AsRef<[LaneSlot]>> {
     home: [u8; STRIPES],
     /// `lane_capacity - 1`.
     mask: u64,
+    /// `log2(lane_capacity)`: a lane's first slot is `lane << shift`.
+    shift: u32,
 }
 
 impl<S: AsRef<[LaneSlot]>> fmt::Debug for LaneRing<S> {
@@ -251,6 +253,7 @@ impl<S: AsRef<[LaneSlot]>> LaneRing<S> {
             // `lanes <= MAX_LANES`, which fits a byte.
             home: core::array::from_fn(|stripe| (stripe % lanes) as u8),
             mask: lane_capacity as u64 - 1,
+            shift: lane_capacity.trailing_zeros(),
         })
     }
 
@@ -286,7 +289,7 @@ impl<S: AsRef<[LaneSlot]>> LaneRing<S> {
 
     #[inline]
     fn slot(&self, lane: usize, seq: u64) -> &LaneSlot {
-        let index = lane * (self.mask as usize + 1) + (seq & self.mask) as usize;
+        let index = (lane << self.shift) + (seq & self.mask) as usize;
         &self.slots.as_ref()[index]
     }
 
@@ -297,35 +300,57 @@ impl<S: AsRef<[LaneSlot]>> LaneRing<S> {
     /// being written.
     #[inline]
     pub fn push(&self, event: Event) {
-        let lanes = self.lanes;
-        let mut lane = usize::from(self.home[stripe::current()]);
-        for _ in 0..lanes {
-            let word = &self.words[lane];
-            // ordering: Relaxed; the compare-and-swap below decides.
-            let seen = word.load(Ordering::Relaxed);
-            // ordering: Acquire on success, pairs with the Release store that
-            // freed the lane: the previous owner's writes to the slot come
-            // before this owner's.
-            if seen & BUSY == 0
-                && word
-                    .compare_exchange(seen, seen | BUSY, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            {
-                self.write(lane, seen >> 1, event);
-                return;
-            }
+        // The mask only proves the index in bounds: a stripe is below STRIPES.
+        let home = usize::from(self.home[stripe::current() & (STRIPES - 1)]);
+        if !self.try_push(home, event) {
+            self.push_elsewhere(home, event);
+        }
+    }
+
+    /// Writes `event` into `lane` if no other producer is writing it.
+    #[inline(always)]
+    fn try_push(&self, lane: usize, event: Event) -> bool {
+        // The mask only proves the index in bounds: `lane < lanes <= MAX_LANES`.
+        let word = &self.words[lane & (MAX_LANES - 1)];
+        // ordering: Relaxed; the compare-and-swap below decides.
+        let seen = word.load(Ordering::Relaxed);
+        // ordering: Acquire on success, pairs with the Release store that
+        // freed the lane: the previous owner's writes to the slot come
+        // before this owner's.
+        if seen & BUSY != 0
+            || word
+                .compare_exchange(seen, seen | BUSY, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+        {
+            return false;
+        }
+        self.write(word, lane, seen >> 1, event);
+        true
+    }
+
+    /// The home lane was busy: the other lanes in turn, once around, then
+    /// the event is dropped and counted.
+    #[cold]
+    #[inline(never)]
+    fn push_elsewhere(&self, home: usize, event: Event) {
+        let mut lane = home;
+        for _ in 1..self.lanes {
             lane += 1;
-            if lane == lanes {
+            if lane == self.lanes {
                 lane = 0;
+            }
+            if self.try_push(lane, event) {
+                return;
             }
         }
         // ordering: Relaxed; consumers read the count, it publishes nothing.
         self.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Writes event `seq` of a lane this producer owns, and frees the lane.
-    #[inline]
-    fn write(&self, lane: usize, seq: u64, event: Event) {
+    /// Writes event `seq` of a lane this producer owns (`word` is the
+    /// lane's), and frees the lane.
+    #[inline(always)]
+    fn write(&self, word: &AtomicU64, lane: usize, seq: u64, event: Event) {
         let slot = self.slot(lane, seq);
         // ordering: Release fence; the seqlock writer's barrier between the
         // claim (`busy`) and the data, pairing with the Acquire fence a
@@ -341,7 +366,7 @@ impl<S: AsRef<[LaneSlot]>> LaneRing<S> {
         slot.words[3].store(event.payload[1], Ordering::Relaxed);
         // ordering: Release, pairs with the Acquire load in
         // `LaneConsumer::try_recv` and the next owner's claim.
-        self.words[lane].store((seq + 1) << 1, Ordering::Release);
+        word.store((seq + 1) << 1, Ordering::Release);
     }
 
     /// A consumer that will read every event emitted from now on.
