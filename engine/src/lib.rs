@@ -85,3 +85,8 @@ struct ReadmeDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct CrateReadmeDoctests;
+
+/// `docs/events.md`'s example, compiled and run as a doc test.
+#[cfg(all(doctest, feature = "alloc"))]
+#[doc = include_str!("../../docs/events.md")]
+struct EventsDoctests;
