@@ -8,7 +8,9 @@
 //! [`AtomicWaker`]. [`WakingSink::stream`] makes that task's side, an
 //! [`EventStream`] yielding [`Received::Event`] and [`Received::Lost`] items.
 //! Nothing takes a lock: a push is the ring's usual one `fetch_add` plus one
-//! compare-and-swap, and the wake is atomic-waker's two read-modify-writes.
+//! compare-and-swap (one compare-and-swap for a
+//! [`LaneRing`](tenlives_engine::events::LaneRing)), and the wake is
+//! atomic-waker's two read-modify-writes.
 //!
 //! # No lost wake-up
 //!
@@ -21,7 +23,8 @@
 //! 4. only then return `Pending`.
 //!
 //! A producer works in the opposite order: it publishes the event in the
-//! ring (the slot's `Release` stamp store), then calls
+//! ring (the slot's `Release` stamp store; a laned ring's lane word, or its
+//! count of dropped events), then calls
 //! [`AtomicWaker::wake`]. Take any producer whose event the read of step 3
 //! missed. Its `wake` then cannot have happened before the registration of
 //! step 2 in the waker's state word: the registration's compare-and-swap
@@ -40,7 +43,7 @@
 //! An `AtomicWaker` holds one waker, so a `WakingSink` serves one
 //! `EventStream` at a time ([`WakingSink::stream`] refuses a second one while
 //! the first lives). Other readers can still read the ring without waiting,
-//! through [`WakingSink::ring`] and `EventRing::consumer`.
+//! through [`WakingSink::ring`] and its `consumer`.
 
 use core::fmt;
 use core::pin::Pin;
@@ -50,7 +53,9 @@ use core::task::{Context, Poll};
 use atomic_waker::AtomicWaker;
 use futures_core::Stream;
 use futures_core::stream::FusedStream;
-use tenlives_engine::events::{Consumer, Event, EventRing, EventSink, Received, Slot};
+#[cfg(doc)]
+use tenlives_engine::events::EventRing;
+use tenlives_engine::events::{Event, EventReader, EventSink, EventSource, Received};
 
 /// An [`EventSink`] that pushes into an [`EventRing`] and wakes the task
 /// awaiting its [`EventStream`]. See the [module documentation](self).
@@ -84,8 +89,8 @@ use tenlives_engine::events::{Consumer, Event, EventRing, EventSink, Received, S
 /// );
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub struct WakingSink<S: AsRef<[Slot]>> {
-    ring: EventRing<S>,
+pub struct WakingSink<R: EventSource> {
+    ring: R,
     waker: AtomicWaker,
     /// Set by `close`; never cleared.
     closed: AtomicBool,
@@ -93,9 +98,10 @@ pub struct WakingSink<S: AsRef<[Slot]>> {
     subscribed: AtomicBool,
 }
 
-impl<S: AsRef<[Slot]>> WakingSink<S> {
-    /// A sink over `ring`.
-    pub fn new(ring: EventRing<S>) -> Self {
+impl<R: EventSource> WakingSink<R> {
+    /// A sink over `ring`: an [`EventRing`] or a
+    /// [`LaneRing`](tenlives_engine::events::LaneRing).
+    pub fn new(ring: R) -> Self {
         WakingSink {
             ring,
             waker: AtomicWaker::new(),
@@ -105,7 +111,7 @@ impl<S: AsRef<[Slot]>> WakingSink<S> {
     }
 
     /// The ring underneath, e.g. for readers that poll it themselves.
-    pub fn ring(&self) -> &EventRing<S> {
+    pub fn ring(&self) -> &R {
         &self.ring
     }
 
@@ -115,7 +121,7 @@ impl<S: AsRef<[Slot]>> WakingSink<S> {
     /// # Errors
     ///
     /// [`AlreadySubscribed`] if a stream of this sink has not been dropped.
-    pub fn stream(&self) -> Result<EventStream<'_, S>, AlreadySubscribed> {
+    pub fn stream(&self) -> Result<EventStream<'_, R>, AlreadySubscribed> {
         // ordering: Acquire on success pairs with the Release store in
         // `EventStream::drop`: the previous stream is gone entirely.
         if self
@@ -127,7 +133,7 @@ impl<S: AsRef<[Slot]>> WakingSink<S> {
         }
         Ok(EventStream {
             sink: self,
-            consumer: self.ring.consumer(),
+            consumer: self.ring.reader(),
             ended: false,
         })
     }
@@ -149,16 +155,16 @@ impl<S: AsRef<[Slot]>> WakingSink<S> {
     }
 }
 
-impl<S: AsRef<[Slot]>> EventSink for WakingSink<S> {
+impl<R: EventSource> EventSink for WakingSink<R> {
     #[inline]
     fn emit(&self, event: Event) {
         // Publish first, then wake: see "No lost wake-up" above.
-        self.ring.push(event);
+        self.ring.emit(event);
         self.waker.wake();
     }
 }
 
-impl<S: AsRef<[Slot]>> fmt::Debug for WakingSink<S> {
+impl<R: EventSource + fmt::Debug> fmt::Debug for WakingSink<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WakingSink")
             .field("ring", &self.ring)
@@ -189,13 +195,13 @@ impl std::error::Error for AlreadySubscribed {}
 /// takes no lock and allocates nothing; registering the task's waker clones
 /// it only when the task changed.
 #[must_use = "streams do nothing unless polled"]
-pub struct EventStream<'s, S: AsRef<[Slot]>> {
-    sink: &'s WakingSink<S>,
-    consumer: Consumer<'s, S>,
+pub struct EventStream<'s, R: EventSource> {
+    sink: &'s WakingSink<R>,
+    consumer: R::Reader<'s>,
     ended: bool,
 }
 
-impl<S: AsRef<[Slot]>> EventStream<'_, S> {
+impl<R: EventSource> EventStream<'_, R> {
     /// Events read so far.
     pub fn read(&self) -> u64 {
         self.consumer.read()
@@ -212,7 +218,7 @@ impl<S: AsRef<[Slot]>> EventStream<'_, S> {
     }
 }
 
-impl<S: AsRef<[Slot]>> Stream for EventStream<'_, S> {
+impl<R: EventSource> Stream for EventStream<'_, R> {
     type Item = Received;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Received>> {
@@ -243,13 +249,13 @@ impl<S: AsRef<[Slot]>> Stream for EventStream<'_, S> {
     }
 }
 
-impl<S: AsRef<[Slot]>> FusedStream for EventStream<'_, S> {
+impl<R: EventSource> FusedStream for EventStream<'_, R> {
     fn is_terminated(&self) -> bool {
         self.ended
     }
 }
 
-impl<S: AsRef<[Slot]>> fmt::Debug for EventStream<'_, S> {
+impl<R: EventSource> fmt::Debug for EventStream<'_, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EventStream")
             .field("consumer", &self.consumer)
@@ -258,7 +264,7 @@ impl<S: AsRef<[Slot]>> fmt::Debug for EventStream<'_, S> {
     }
 }
 
-impl<S: AsRef<[Slot]>> Drop for EventStream<'_, S> {
+impl<R: EventSource> Drop for EventStream<'_, R> {
     fn drop(&mut self) {
         // Drop the registered waker now rather than keep the task alive
         // until the next emit.
@@ -313,9 +319,9 @@ mod tests {
     /// to wake. The stream must still return the event instead of sleeping.
     #[test]
     fn an_emit_between_read_and_register_is_not_lost() {
-        let sink: &'static WakingSink<Box<[Slot]>> = Box::leak(Box::new(WakingSink::new(
-            EventRing::with_capacity(8).unwrap(),
-        )));
+        let sink: &'static WakingSink<EventRing<Box<[Slot]>>> = Box::leak(Box::new(
+            WakingSink::new(EventRing::with_capacity(8).unwrap()),
+        ));
         let mut stream = sink.stream().unwrap();
         let event = Event::new(EventKind::USER, 3, Timestamp::ZERO, [1, 2]);
         let mut emitted = false;

@@ -15,7 +15,9 @@ use futures::stream::FusedStream;
 use futures::task::LocalSpawnExt;
 use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker};
 use tenlives_engine::bulkhead::Bulkhead;
-use tenlives_engine::events::{Event, EventKind, EventRing, EventSink, Received, Slot};
+use tenlives_engine::events::{
+    Event, EventKind, EventRing, EventSink, EventSource, LaneRing, Received, Slot,
+};
 use tenlives_engine::time::{Clock, Timestamp};
 use tenlives_futures::{AlreadySubscribed, ManualTimer, Timer, WakingSink};
 
@@ -23,7 +25,7 @@ fn user_event(i: u64) -> Event {
     Event::new(EventKind::USER, 1, Timestamp::from_nanos(i), [i, 0])
 }
 
-fn sink(capacity: usize) -> WakingSink<Box<[Slot]>> {
+fn sink(capacity: usize) -> WakingSink<EventRing<Box<[Slot]>>> {
     WakingSink::new(EventRing::with_capacity(capacity).unwrap())
 }
 
@@ -225,8 +227,20 @@ async fn primitives_feed_a_waiting_task_on_tokio() {
 /// `src/stream.rs` catches that removal every time.)
 #[test]
 fn no_wake_up_is_lost_across_threads() {
+    no_wake_up_is_lost(sink(4));
+}
+
+/// The same over a laned ring: publication is the lane word's store.
+#[test]
+fn no_wake_up_is_lost_across_threads_on_a_laned_ring() {
+    no_wake_up_is_lost(WakingSink::new(LaneRing::new(2, 2).unwrap()));
+}
+
+/// One producer emits an event, waits for the consumer (awaiting the
+/// stream on another thread) to acknowledge it, and emits the next: a lost
+/// wake-up would hang the consumer.
+fn no_wake_up_is_lost<R: EventSource + Sync>(sink: WakingSink<R>) {
     const ROUNDS: u64 = 100_000;
-    let sink = sink(4);
     let acked = AtomicU64::new(0);
     std::thread::scope(|s| {
         let mut stream = sink.stream().unwrap();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use tenlives_engine::events::{Event, EventKind, EventRing};
+use tenlives_engine::events::{Event, EventKind, EventRing, LaneRing};
 use tenlives_engine::time::Timestamp;
 use tenlives_ops::journal::{
     FsyncPolicy, Journal, JournalConfig, JournalDrain, JournalItem, JournalReader,
@@ -312,4 +312,47 @@ fn the_drain_thread_journals_everything_pushed_before_shutdown() {
         item,
         JournalItem::Event { seq, event } if *seq == i as u64 && event.payload[0] == i as u64
     )));
+}
+
+/// A laned ring drains into a journal as an `EventRing` does: two threads
+/// emitting at once, every event journalled once or recorded as a gap.
+#[test]
+fn the_drain_thread_journals_a_laned_ring() {
+    const PER_THREAD: u64 = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let ring = Arc::new(LaneRing::new(2, 512).unwrap());
+    let (j, _) = Journal::open(dir.path(), JournalConfig::default()).unwrap();
+    let drain = JournalDrain::spawn(ring.clone(), j, Duration::from_millis(5)).unwrap();
+    std::thread::scope(|s| {
+        for source in 0..2u32 {
+            let ring = &ring;
+            s.spawn(move || {
+                for i in 0..PER_THREAD {
+                    ring.push(Event::new(
+                        EventKind(3),
+                        source,
+                        Timestamp::from_nanos(i),
+                        [i, 0],
+                    ));
+                }
+            });
+        }
+    });
+    drain.shutdown().unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let mut lost = 0;
+    for item in read_all(dir.path()) {
+        match item {
+            JournalItem::Event { event, .. } => {
+                assert!(
+                    seen.insert((event.source, event.payload[0])),
+                    "{event:?} twice"
+                );
+            }
+            JournalItem::Lost { events, .. } => lost += events,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen.len() as u64 + lost, 2 * PER_THREAD);
+    assert_eq!(lost, ring.dropped(), "lanes of 512 overwrite nothing");
 }

@@ -449,6 +449,14 @@ impl<S: AsRef<[LaneSlot]>> LaneConsumer<'_, S> {
         self.last
     }
 
+    /// How far this consumer has come, on the scale of
+    /// [`LaneRing::emitted`]: the events emitted before it joined plus those
+    /// it has read or counted lost (the sum of its lanes' positions and the
+    /// drops it has reported).
+    pub fn position(&self) -> u64 {
+        self.cursors().iter().sum::<u64>() + self.dropped
+    }
+
     fn lose(&mut self, lane: Option<usize>, n: u64) -> Option<Received> {
         self.last = lane;
         self.lost += n;

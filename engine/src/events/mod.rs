@@ -122,6 +122,137 @@ pub trait EventSink {
     fn emit(&self, event: Event);
 }
 
+/// A ring that consumers join: [`EventRing`] and [`LaneRing`]. Readers that
+/// work with either (a telemetry drain, a journal) take an `EventSource`.
+///
+/// ```
+/// use tenlives_engine::events::{Event, EventKind, EventReader, EventRing, EventSource, LaneRing, Received};
+/// use tenlives_engine::time::Timestamp;
+///
+/// fn count_events<R: EventSource>(ring: &R, emit: usize) -> u64 {
+///     let mut reader = ring.reader();
+///     for i in 0..emit as u64 {
+///         ring.emit(Event::new(EventKind::USER, 1, Timestamp::from_nanos(i), [i, 0]));
+///     }
+///     while reader.try_recv().is_some() {}
+///     reader.read()
+/// }
+/// assert_eq!(count_events(&EventRing::with_capacity(8)?, 5), 5);
+/// assert_eq!(count_events(&LaneRing::new(2, 8)?, 5), 5);
+/// # Ok::<(), tenlives_engine::ConfigError>(())
+/// ```
+pub trait EventSource: EventSink {
+    /// The ring's consumer.
+    type Reader<'a>: EventReader + core::fmt::Debug + Unpin
+    where
+        Self: 'a;
+
+    /// A consumer that will read every event emitted from now on.
+    fn reader(&self) -> Self::Reader<'_>;
+
+    /// How many events were emitted so far (including those overwritten or
+    /// dropped).
+    fn emitted(&self) -> u64;
+}
+
+/// A consumer of an [`EventSource`]: [`Consumer`] and [`LaneConsumer`].
+pub trait EventReader {
+    /// The next event, a report of lost events, or `None` when nothing new
+    /// is published. Never blocks.
+    fn try_recv(&mut self) -> Option<Received>;
+
+    /// Events read so far.
+    fn read(&self) -> u64;
+
+    /// Events reported lost so far.
+    fn lost(&self) -> u64;
+
+    /// How far this consumer has come, on the scale of
+    /// [`EventSource::emitted`]: the events emitted before it joined plus
+    /// those it has read or counted lost. A reader that wants only what was
+    /// emitted before some moment reads while `position() < emitted()` as
+    /// taken at that moment.
+    fn position(&self) -> u64;
+}
+
+impl<S: AsRef<[Slot]>> EventSource for EventRing<S> {
+    type Reader<'a>
+        = Consumer<'a, S>
+    where
+        Self: 'a;
+
+    #[inline]
+    fn reader(&self) -> Consumer<'_, S> {
+        self.consumer()
+    }
+
+    #[inline]
+    fn emitted(&self) -> u64 {
+        EventRing::emitted(self)
+    }
+}
+
+impl<S: AsRef<[Slot]>> EventReader for Consumer<'_, S> {
+    #[inline]
+    fn try_recv(&mut self) -> Option<Received> {
+        Consumer::try_recv(self)
+    }
+
+    #[inline]
+    fn read(&self) -> u64 {
+        Consumer::read(self)
+    }
+
+    #[inline]
+    fn lost(&self) -> u64 {
+        Consumer::lost(self)
+    }
+
+    #[inline]
+    fn position(&self) -> u64 {
+        self.cursor()
+    }
+}
+
+impl<S: AsRef<[LaneSlot]>> EventSource for LaneRing<S> {
+    type Reader<'a>
+        = LaneConsumer<'a, S>
+    where
+        Self: 'a;
+
+    #[inline]
+    fn reader(&self) -> LaneConsumer<'_, S> {
+        self.consumer()
+    }
+
+    #[inline]
+    fn emitted(&self) -> u64 {
+        LaneRing::emitted(self)
+    }
+}
+
+impl<S: AsRef<[LaneSlot]>> EventReader for LaneConsumer<'_, S> {
+    #[inline]
+    fn try_recv(&mut self) -> Option<Received> {
+        LaneConsumer::try_recv(self)
+    }
+
+    #[inline]
+    fn read(&self) -> u64 {
+        LaneConsumer::read(self)
+    }
+
+    #[inline]
+    fn lost(&self) -> u64 {
+        LaneConsumer::lost(self)
+    }
+
+    #[inline]
+    fn position(&self) -> u64 {
+        LaneConsumer::position(self)
+    }
+}
+
 /// A sink that passes on only the events whose kind `keep` accepts, e.g. to
 /// record a bulkhead's rejections but not its every grant and release.
 ///

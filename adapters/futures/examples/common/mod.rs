@@ -17,7 +17,7 @@ use tenlives_engine::events::{EventKind, EventRing, Received, Slot};
 use tenlives_engine::time::{Clock, Timestamp};
 use tenlives_futures::{Timer, WakingSink, acquire, guard};
 
-type Sink = Arc<WakingSink<Box<[Slot]>>>;
+type Sink = Arc<WakingSink<EventRing<Box<[Slot]>>>>;
 
 /// Everything the clients share.
 pub struct Scenario<T> {

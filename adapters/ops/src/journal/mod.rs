@@ -64,7 +64,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tenlives_engine::events::{Consumer, Event, EventRing, Received, Slot};
+use tenlives_engine::events::{Event, EventReader, EventSource, Received};
 
 pub use completions::{CompletionJournal, read_completions};
 pub use reader::{JournalItem, JournalReader};
@@ -355,7 +355,7 @@ impl Journal {
     ///
     /// As [`append`](Self::append); the events read before the error are
     /// gone from the consumer.
-    pub fn drain<S: AsRef<[Slot]>>(&mut self, consumer: &mut Consumer<'_, S>) -> io::Result<usize> {
+    pub fn drain<C: EventReader>(&mut self, consumer: &mut C) -> io::Result<usize> {
         let mut total = 0;
         let mut batch = Vec::new();
         loop {
@@ -440,26 +440,25 @@ pub struct JournalDrain {
 }
 
 impl JournalDrain {
-    /// Starts draining `ring` into `journal`. Events pushed after this
-    /// returns are journalled (the consumer joins before it returns).
+    /// Starts draining `ring` (an
+    /// [`EventRing`](tenlives_engine::events::EventRing) or a
+    /// [`LaneRing`](tenlives_engine::events::LaneRing)) into `journal`.
+    /// Events pushed after this returns are journalled (the consumer joins
+    /// before it returns).
     ///
     /// # Errors
     ///
     /// When the thread cannot be started.
-    pub fn spawn<S>(
-        ring: Arc<EventRing<S>>,
-        mut journal: Journal,
-        every: Duration,
-    ) -> io::Result<Self>
+    pub fn spawn<R>(ring: Arc<R>, mut journal: Journal, every: Duration) -> io::Result<Self>
     where
-        S: AsRef<[Slot]> + Send + Sync + 'static,
+        R: EventSource + Send + Sync + 'static,
     {
         let (stop, stopped) = mpsc::channel::<()>();
         let (ready, joined) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("tenlives-journal".into())
             .spawn(move || {
-                let mut consumer = ring.consumer();
+                let mut consumer = ring.reader();
                 // The spawner waits for this; if it is gone, nobody minds.
                 let _ = ready.send(());
                 loop {

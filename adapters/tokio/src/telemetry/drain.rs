@@ -9,7 +9,7 @@ use std::sync::atomic::{Ordering, fence};
 use std::time::Duration;
 
 use tenlives_engine::ConfigError;
-use tenlives_engine::events::{Consumer, Event, EventRing, Received, Slot};
+use tenlives_engine::events::{Event, EventReader, EventSource, Received};
 use tenlives_engine::time::Timestamp;
 use tokio::sync::oneshot;
 use tokio::task::{JoinError, JoinHandle};
@@ -73,7 +73,8 @@ struct Seen {
     last_transition: Option<Timestamp>,
 }
 
-/// A reader of one [`EventRing`] that sends every event to `tracing` (target
+/// A reader of one ring (an [`EventSource`]: an `EventRing` or a
+/// `LaneRing`) that sends every event to `tracing` (target
 /// [`trace::TARGET`]) and to an [`Exporter`]'s metrics.
 ///
 /// It joins the ring when created: it sees every event emitted from then
@@ -101,11 +102,11 @@ struct Seen {
 /// assert!(text.contains(r#"tenlives_rejections_total{policy="db",reason="bulkhead_full"} 1"#));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub struct Drain<S: AsRef<[Slot]> + 'static> {
+pub struct Drain<R: EventSource + 'static> {
     // Declared before `ring`, so dropped before it: `consumer` borrows the
     // ring that `ring` keeps alive (see `Drain::new`).
-    consumer: Consumer<'static, S>,
-    ring: Arc<EventRing<S>>,
+    consumer: R::Reader<'static>,
+    ring: Arc<R>,
     exporter: Arc<Exporter>,
     /// One per registered policy, in the order of `sources().policies()`.
     seen: Box<[Seen]>,
@@ -117,7 +118,7 @@ pub struct Drain<S: AsRef<[Slot]> + 'static> {
     totals: DrainCounts,
 }
 
-impl<S: AsRef<[Slot]> + 'static> fmt::Debug for Drain<S> {
+impl<R: EventSource + 'static> fmt::Debug for Drain<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Drain")
             .field("consumer", &self.consumer)
@@ -126,18 +127,20 @@ impl<S: AsRef<[Slot]> + 'static> fmt::Debug for Drain<S> {
     }
 }
 
-impl<S: AsRef<[Slot]> + 'static> Drain<S> {
-    /// A drain of `ring` into `exporter`, reading from the ring's current head.
-    pub fn new(ring: Arc<EventRing<S>>, exporter: Arc<Exporter>) -> Self {
+impl<R: EventSource + 'static> Drain<R> {
+    /// A drain of `ring` (an [`EventRing`](tenlives_engine::events::EventRing)
+    /// or a [`LaneRing`](tenlives_engine::events::LaneRing)) into `exporter`,
+    /// reading what is emitted from now on.
+    pub fn new(ring: Arc<R>, exporter: Arc<Exporter>) -> Self {
         // SAFETY: the ring lives in the `Arc`'s heap allocation, which never
         // moves and stays alive while any `Arc` to it exists. This drain
         // holds one in `ring` for as long as `consumer` exists (`consumer` is
         // dropped first, by field order, and is never handed out), so the
         // `'static` borrow is never used after the ring is freed.
-        let ring_ref: &'static EventRing<S> = unsafe { &*Arc::as_ptr(&ring) };
+        let ring_ref: &'static R = unsafe { &*Arc::as_ptr(&ring) };
         let seen = vec![Seen::default(); exporter.sources().len()].into_boxed_slice();
         Drain {
-            consumer: ring_ref.consumer(),
+            consumer: ring_ref.reader(),
             ring,
             exporter,
             seen,
@@ -177,7 +180,7 @@ impl<S: AsRef<[Slot]> + 'static> Drain<S> {
     pub fn drain_once(&mut self) -> DrainCounts {
         let end = self.ring.emitted();
         let mut pass = DrainCounts::default();
-        while self.consumer.cursor() < end {
+        while self.consumer.position() < end {
             match self.consumer.try_recv() {
                 None => break,
                 Some(Received::Lost(n)) => pass.lost += n,
@@ -257,13 +260,10 @@ impl<S: AsRef<[Slot]> + 'static> Drain<S> {
 /// # Panics
 ///
 /// Outside a tokio runtime (as `tokio::spawn`).
-pub fn spawn<S>(
-    ring: Arc<EventRing<S>>,
-    exporter: Arc<Exporter>,
-    config: DrainConfig,
-) -> DrainHandle
+pub fn spawn<R>(ring: Arc<R>, exporter: Arc<Exporter>, config: DrainConfig) -> DrainHandle
 where
-    S: AsRef<[Slot]> + Send + Sync + 'static,
+    R: EventSource + Send + Sync + 'static,
+    R::Reader<'static>: Send,
 {
     let mut drain = Drain::new(ring, exporter);
     let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
