@@ -5,7 +5,9 @@
 //! and holds 1024 of them. What is measured, per operation:
 //!
 //! - `events/emit/<subject>/1_thread` and `/2_threads`: one event written.
-//!   tenlives `EventRing::push`; tokio `broadcast::Sender::send` with one
+//!   tenlives `EventRing::push`; tenlives `LaneRing::push` into 2 lanes of
+//!   512 (as many lanes as the threads of `2_threads`, each thread keeping to
+//!   its own); tokio `broadcast::Sender::send` with one
 //!   receiver alive that never reads, so the channel overwrites its oldest
 //!   value as the ring does; `ArrayQueue::force_push`, which overwrites too;
 //!   `SyncSender::try_send`; and a floor, one `fetch_add(1, Relaxed)` on a
@@ -20,7 +22,8 @@
 //!   the channel: every timed `try_send` succeeds. Its time is the sum over
 //!   batches of each batch's wall time. The other subjects run as one batch.
 //! - `events/consume/<subject>`: one event written and read back on one
-//!   thread: tenlives `push` + `Consumer::try_recv`, broadcast `send` +
+//!   thread: tenlives `push` + `Consumer::try_recv` (and the same for the
+//!   laned ring), broadcast `send` +
 //!   `Receiver::try_recv`, `ArrayQueue` `push` + `pop`, `sync_channel`
 //!   `try_send` + `try_recv`.
 //! - `events/sink/<subject>`: what events cost a circuit breaker. The same
@@ -319,6 +322,21 @@ fn bench_consume(c: &mut Criterion) {
         b.iter(|| {
             t += 1;
             ring.push(event_at(black_box(t)));
+            match consumer.try_recv() {
+                Some(Received::Event(e)) => e,
+                other => panic!("expected the event just pushed, got {other:?}"),
+            }
+        });
+    });
+    assert_eq!(consumer.lost(), 0);
+
+    let lanes = Lanes::new(LANES, CAPACITY / LANES).expect("valid lanes");
+    let mut consumer = lanes.consumer();
+    group.bench_function("tenlives_lanes", |b| {
+        let mut t = START_NS;
+        b.iter(|| {
+            t += 1;
+            lanes.push(event_at(black_box(t)));
             match consumer.try_recv() {
                 Some(Received::Event(e)) => e,
                 other => panic!("expected the event just pushed, got {other:?}"),
