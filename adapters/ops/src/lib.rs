@@ -46,7 +46,7 @@ pub use config::{ConfigSet, Format, LoadError};
 
 pub use keyed::{Idle, Keyed, KeyedFull};
 pub use registry::{
-    Adaptive, Admission, ApplyReport, Breaker, Concurrency, Limiter, PersistError, Persistence,
-    Queue, QueueLayer, REGISTRY_SOURCE, Registry, RegistryBuilder, RegistryError, RegistrySink,
-    RestoreReport, Retry, Ring, Skipped, Throttler, events,
+    Adaptive, Admission, ApplyReport, Breaker, Concurrency, EventTarget, LanedRing, Limiter,
+    PersistError, Persistence, Queue, QueueLayer, REGISTRY_SOURCE, Registry, RegistryBuilder,
+    RegistryError, RegistrySink, RestoreReport, Retry, Ring, Skipped, Throttler, events,
 };

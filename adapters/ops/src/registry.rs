@@ -12,7 +12,7 @@ use std::time::Duration;
 use tenlives_engine::adaptive::{AdaptiveLimiter, Aimd};
 use tenlives_engine::breaker::CircuitBreaker;
 use tenlives_engine::bulkhead::Bulkhead;
-use tenlives_engine::events::{Event, EventKind, EventRing, EventSink, Slot};
+use tenlives_engine::events::{Event, EventKind, EventRing, EventSink, LaneRing, LaneSlot, Slot};
 use tenlives_engine::queue::AdmissionQueue;
 use tenlives_engine::rate::RateLimiter;
 use tenlives_engine::retry::RetryBudget;
@@ -33,20 +33,49 @@ use crate::keyed::{Idle, Keyed};
 /// The event ring policies of a registry write to.
 pub type Ring = EventRing<Box<[Slot]>>;
 
+/// A laned event ring policies of a registry may write to instead: for
+/// many threads reporting at once (`docs/events.md`).
+pub type LanedRing = LaneRing<Box<[LaneSlot]>>;
+
+/// The ring a registry reports to: a [`Ring`] or a [`LanedRing`], made
+/// from an `Arc` of either (see [`RegistryBuilder::events`]).
+#[derive(Clone, Debug)]
+pub struct EventTarget(Target);
+
+#[derive(Clone, Debug)]
+enum Target {
+    Ordered(Arc<Ring>),
+    Laned(Arc<LanedRing>),
+}
+
+impl From<Arc<Ring>> for EventTarget {
+    fn from(ring: Arc<Ring>) -> Self {
+        EventTarget(Target::Ordered(ring))
+    }
+}
+
+impl From<Arc<LanedRing>> for EventTarget {
+    fn from(ring: Arc<LanedRing>) -> Self {
+        EventTarget(Target::Laned(ring))
+    }
+}
+
 /// Where a registry's policies send their events: its ring, if it has one.
 #[derive(Clone, Debug, Default)]
-pub struct RegistrySink(Option<Arc<Ring>>);
+pub struct RegistrySink(Option<Target>);
 
 impl EventSink for RegistrySink {
     #[inline]
     fn enabled(&self) -> bool {
-        self.0.as_ref().is_some_and(|r| r.enabled())
+        self.0.is_some()
     }
 
     #[inline]
     fn emit(&self, event: Event) {
-        if let Some(ring) = &self.0 {
-            ring.emit(event);
+        match &self.0 {
+            Some(Target::Ordered(ring)) => ring.push(event),
+            Some(Target::Laned(ring)) => ring.push(event),
+            None => {}
         }
     }
 }
@@ -723,7 +752,7 @@ impl fmt::Debug for Registry {
 pub struct RegistryBuilder {
     config: ConfigSet,
     clock: Arc<dyn Clock + Send + Sync>,
-    ring: Option<Arc<Ring>>,
+    ring: Option<Target>,
 }
 
 impl fmt::Debug for RegistryBuilder {
@@ -747,9 +776,12 @@ impl RegistryBuilder {
         self
     }
 
-    /// The event ring every policy (and the registry) reports to.
-    pub fn events(mut self, ring: Arc<Ring>) -> Self {
-        self.ring = Some(ring);
+    /// The event ring every policy (and the registry) reports to: an
+    /// `Arc<`[`Ring`]`>`, or an `Arc<`[`LanedRing`]`>` when many threads
+    /// report at once (each writes a lane of its own; capacity and order
+    /// are per lane, `docs/events.md`).
+    pub fn events(mut self, ring: impl Into<EventTarget>) -> Self {
+        self.ring = Some(ring.into().0);
         self
     }
 
