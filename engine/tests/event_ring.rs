@@ -6,95 +6,42 @@
 //! C; otherwise it reads event r. From one thread, the atomic ring must
 //! deliver exactly what the model says, in order (E1, E2 in docs/guarantees.md).
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
 use proptest::prelude::*;
-use tenlives_engine::events::{Event, EventKind, EventRing, Received, Slot};
-use tenlives_engine::time::Timestamp;
+use tenlives_engine::events::{EventRing, Received, Slot};
 
-fn event(seq: u64, source: u32) -> Event {
-    // A payload that checks itself: payload[1] is a hash of the rest.
-    let p0 = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    Event::new(
-        EventKind(seq as u16 | 1),
-        source,
-        Timestamp::from_nanos(seq),
-        [p0, checksum(seq, source, p0)],
-    )
-}
-
-fn checksum(seq: u64, source: u32, p0: u64) -> u64 {
-    (seq ^ (u64::from(source) << 40) ^ p0.rotate_left(17)).wrapping_mul(0xff51_afd7_ed55_8ccd)
-}
-
-fn intact(e: &Event) -> bool {
-    e.payload[1] == checksum(e.time.as_nanos(), e.source, e.payload[0])
-        && e.kind == EventKind(e.time.as_nanos() as u16 | 1)
-}
-
-#[derive(Clone, Debug)]
-enum Op {
-    Emit(u8),
-    Read(usize),
-    Join,
-}
-
-struct ModelConsumer {
-    cursor: u64,
-}
+#[path = "common/events.rs"]
+mod events;
+use events::{LastEvents, Op, event, intact, ops};
 
 proptest! {
     #[test]
-    fn ring_matches_the_model(
-        log_cap in 1u32..5,
-        ops in proptest::collection::vec(prop_oneof![
-            3 => (1u8..12).prop_map(Op::Emit),
-            3 => any::<usize>().prop_map(Op::Read),
-            1 => Just(Op::Join),
-        ], 1..200),
-    ) {
+    fn ring_matches_the_model(log_cap in 1u32..5, ops in ops()) {
         let cap = 1usize << log_cap;
         let ring = EventRing::with_capacity(cap).unwrap();
-        let mut kept: VecDeque<Event> = VecDeque::new();
-        let mut emitted = 0u64;
-        let mut consumers = vec![(ring.consumer(), ModelConsumer { cursor: 0 })];
+        let mut model = LastEvents::new(cap);
+        // Each consumer beside the model's cursor.
+        let mut consumers = vec![(ring.consumer(), 0u64)];
         for op in ops {
             match op {
                 Op::Emit(n) => {
                     for _ in 0..n {
-                        let e = event(emitted, 1);
-                        ring.push(e);
-                        kept.push_back(e);
-                        if kept.len() > cap {
-                            kept.pop_front();
-                        }
-                        emitted += 1;
+                        ring.push(model.emit());
                     }
                 }
-                Op::Join => consumers.push((ring.consumer(), ModelConsumer { cursor: emitted })),
+                Op::Join => consumers.push((ring.consumer(), model.emitted())),
                 Op::Read(i) => {
                     let n = consumers.len();
-                    let (real, model) = &mut consumers[i % n];
-                    let oldest = emitted - kept.len() as u64;
-                    let expected = if model.cursor == emitted {
-                        None
-                    } else if model.cursor < oldest {
-                        let n = oldest - model.cursor;
-                        model.cursor = oldest;
-                        Some(Received::Lost(n))
-                    } else {
-                        let e = kept[(model.cursor - oldest) as usize];
-                        model.cursor += 1;
-                        Some(Received::Event(e))
-                    };
+                    let (real, cursor) = &mut consumers[i % n];
+                    let expected = model.receive(cursor);
                     prop_assert_eq!(real.try_recv(), expected);
                 }
             }
         }
-        for (real, model) in &consumers {
-            prop_assert_eq!(real.cursor(), model.cursor);
+        for (real, cursor) in &consumers {
+            prop_assert_eq!(real.cursor(), *cursor);
         }
     }
 }

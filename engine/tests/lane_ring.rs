@@ -6,40 +6,15 @@
 //! ring of `L` lanes of `C` slots behaves as one ring of `C`: it keeps the
 //! last `C` events, and a consumer more than `C` behind loses the older ones.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
 use proptest::prelude::*;
-use tenlives_engine::events::{Event, EventKind, LaneRing, MAX_LANES, Received};
-use tenlives_engine::time::Timestamp;
+use tenlives_engine::events::{LaneRing, MAX_LANES, Received};
 
-fn event(seq: u64, source: u32) -> Event {
-    // A payload that checks itself: payload[1] is a hash of the rest.
-    let p0 = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    Event::new(
-        EventKind(seq as u16 | 1),
-        source,
-        Timestamp::from_nanos(seq),
-        [p0, checksum(seq, source, p0)],
-    )
-}
-
-fn checksum(seq: u64, source: u32, p0: u64) -> u64 {
-    (seq ^ (u64::from(source) << 40) ^ p0.rotate_left(17)).wrapping_mul(0xff51_afd7_ed55_8ccd)
-}
-
-fn intact(e: &Event) -> bool {
-    e.payload[1] == checksum(e.time.as_nanos(), e.source, e.payload[0])
-        && e.kind == EventKind(e.time.as_nanos() as u16 | 1)
-}
-
-#[derive(Clone, Debug)]
-enum Op {
-    Emit(u8),
-    Read(usize),
-    Join,
-}
+#[path = "common/events.rs"]
+mod events;
+use events::{LastEvents, Op, event, intact, ops};
 
 proptest! {
     /// E7: from one thread, what the model says, whatever the lanes.
@@ -47,16 +22,11 @@ proptest! {
     fn one_thread_matches_the_model(
         lanes in 1usize..=MAX_LANES,
         log_cap in 1u32..5,
-        ops in proptest::collection::vec(prop_oneof![
-            3 => (1u8..12).prop_map(Op::Emit),
-            3 => any::<usize>().prop_map(Op::Read),
-            1 => Just(Op::Join),
-        ], 1..200),
+        ops in ops(),
     ) {
         let cap = 1usize << log_cap;
         let ring = LaneRing::new(lanes, cap).unwrap();
-        let mut kept: VecDeque<Event> = VecDeque::new();
-        let mut emitted = 0u64;
+        let mut model = LastEvents::new(cap);
         // Each consumer beside the model's cursor and where it joined.
         let mut consumers = vec![(ring.consumer(), 0u64, 0u64)];
         let mut lane = None;
@@ -64,31 +34,17 @@ proptest! {
             match op {
                 Op::Emit(n) => {
                     for _ in 0..n {
-                        let e = event(emitted, 1);
-                        ring.push(e);
-                        kept.push_back(e);
-                        if kept.len() > cap {
-                            kept.pop_front();
-                        }
-                        emitted += 1;
+                        ring.push(model.emit());
                     }
                 }
-                Op::Join => consumers.push((ring.consumer(), emitted, emitted)),
+                Op::Join => {
+                    let now = model.emitted();
+                    consumers.push((ring.consumer(), now, now));
+                }
                 Op::Read(i) => {
                     let n = consumers.len();
                     let (real, cursor, _) = &mut consumers[i % n];
-                    let oldest = emitted - kept.len() as u64;
-                    let expected = if *cursor == emitted {
-                        None
-                    } else if *cursor < oldest {
-                        let n = oldest - *cursor;
-                        *cursor = oldest;
-                        Some(Received::Lost(n))
-                    } else {
-                        let e = kept[(*cursor - oldest) as usize];
-                        *cursor += 1;
-                        Some(Received::Event(e))
-                    };
+                    let expected = model.receive(cursor);
                     prop_assert_eq!(real.try_recv(), expected);
                     if expected.is_some() {
                         // One thread, one lane.
@@ -102,13 +58,14 @@ proptest! {
                 }
             }
         }
-        prop_assert_eq!(ring.emitted(), emitted);
+        prop_assert_eq!(ring.emitted(), model.emitted());
         prop_assert_eq!(ring.dropped(), 0);
         for (real, cursor, joined) in &consumers {
             // Everything it was told about since it joined, and where its
             // lanes' positions stand (one lane used: their sum).
             prop_assert_eq!(real.read() + real.lost(), *cursor - *joined);
             prop_assert_eq!(real.cursors().iter().sum::<u64>(), *cursor);
+            prop_assert_eq!(real.position(), *cursor);
         }
     }
 }

@@ -37,11 +37,11 @@ use core::fmt;
 
 use crossbeam_utils::CachePadded;
 
-use super::{Event, EventKind, EventSink, Received};
+use super::words::Words;
+use super::{Event, EventSink, Received};
 use crate::error::ConfigError;
 use crate::stripe::{self, STRIPES};
 use crate::sync::{AtomicU64, Ordering, fence};
-use crate::time::Timestamp;
 
 /// The most lanes a ring can have.
 pub const MAX_LANES: usize = 8;
@@ -51,7 +51,7 @@ const BUSY: u64 = 1;
 /// One slot of a laned ring: the four words of one event. Storage for a ring
 /// in a `static` is `[const { LaneSlot::new() }; N]`.
 pub struct LaneSlot {
-    words: [AtomicU64; 4],
+    words: Words,
 }
 
 impl LaneSlot {
@@ -59,12 +59,7 @@ impl LaneSlot {
     #[cfg(not(tenlives_loom))]
     pub const fn new() -> Self {
         LaneSlot {
-            words: [
-                AtomicU64::new(0),
-                AtomicU64::new(0),
-                AtomicU64::new(0),
-                AtomicU64::new(0),
-            ],
+            words: Words::new(),
         }
     }
 
@@ -72,7 +67,7 @@ impl LaneSlot {
     #[cfg(tenlives_loom)]
     pub fn new() -> Self {
         LaneSlot {
-            words: core::array::from_fn(|_| AtomicU64::new(0)),
+            words: Words::new(),
         }
     }
 }
@@ -356,14 +351,8 @@ impl<S: AsRef<[LaneSlot]>> LaneRing<S> {
         // claim (`busy`) and the data, pairing with the Acquire fence a
         // reader puts between reading the data and re-reading the word.
         fence(Ordering::Release);
-        // ordering: Relaxed data words; published by the word's store below.
-        slot.words[0].store(
-            u64::from(event.kind.0) | (u64::from(event.source) << 32),
-            Ordering::Relaxed,
-        );
-        slot.words[1].store(event.time.as_nanos(), Ordering::Relaxed);
-        slot.words[2].store(event.payload[0], Ordering::Relaxed);
-        slot.words[3].store(event.payload[1], Ordering::Relaxed);
+        // Published by the word's store below.
+        slot.words.store(event);
         // ordering: Release, pairs with the Acquire load in
         // `LaneConsumer::try_recv` and the next owner's claim.
         word.store((seq + 1) << 1, Ordering::Release);
@@ -493,11 +482,7 @@ impl<S: AsRef<[LaneSlot]>> LaneConsumer<'_, S> {
                 self.cursors[lane] = begun - capacity;
                 return self.lose(Some(lane), begun - capacity - r);
             }
-            let slot = ring.slot(lane, r);
-            let w0 = slot.words[0].load(Ordering::Relaxed);
-            let time = slot.words[1].load(Ordering::Relaxed);
-            let p0 = slot.words[2].load(Ordering::Relaxed);
-            let p1 = slot.words[3].load(Ordering::Relaxed);
+            let event = ring.slot(lane, r).words.load();
             // ordering: Acquire fence, pairs with the producer's Release
             // fence after its claim: if any word above came from a later
             // writer, the load below sees that writer's claim.
@@ -512,12 +497,7 @@ impl<S: AsRef<[LaneSlot]>> LaneConsumer<'_, S> {
             self.cursors[lane] = r + 1;
             self.last = Some(lane);
             self.read += 1;
-            return Some(Received::Event(Event {
-                kind: EventKind(w0 as u16),
-                source: (w0 >> 32) as u32,
-                time: Timestamp::from_nanos(time),
-                payload: [p0, p1],
-            }));
+            return Some(Received::Event(event));
         }
         self.last = None;
         None
@@ -527,6 +507,8 @@ impl<S: AsRef<[LaneSlot]>> LaneConsumer<'_, S> {
 #[cfg(all(test, feature = "alloc", not(tenlives_loom)))]
 mod tests {
     use super::*;
+    use crate::events::EventKind;
+    use crate::time::Timestamp;
     use alloc::string::ToString;
     use alloc::vec::Vec;
 

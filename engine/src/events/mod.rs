@@ -12,6 +12,7 @@
 
 mod lanes;
 mod ring;
+mod words;
 
 pub use lanes::{LaneConsumer, LaneRing, LaneSlot, MAX_LANES};
 pub use ring::{Consumer, EventRing, MAX_CAPACITY, Received, Slot};

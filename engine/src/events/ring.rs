@@ -42,10 +42,10 @@ use core::fmt;
 
 use crossbeam_utils::CachePadded;
 
-use super::{Event, EventKind, EventSink};
+use super::words::Words;
+use super::{Event, EventSink};
 use crate::error::ConfigError;
 use crate::sync::{AtomicU64, Ordering, fence};
-use crate::time::Timestamp;
 
 const WRITING: u64 = 1;
 
@@ -65,7 +65,7 @@ const fn stamp_seq(stamp: u64) -> u64 {
 pub struct Slot {
     stamp: AtomicU64,
     skipped: AtomicU64,
-    words: [AtomicU64; 4],
+    words: Words,
 }
 
 impl Slot {
@@ -75,12 +75,7 @@ impl Slot {
         Slot {
             stamp: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
-            words: [
-                AtomicU64::new(0),
-                AtomicU64::new(0),
-                AtomicU64::new(0),
-                AtomicU64::new(0),
-            ],
+            words: Words::new(),
         }
     }
 
@@ -90,7 +85,7 @@ impl Slot {
         Slot {
             stamp: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
-            words: core::array::from_fn(|_| AtomicU64::new(0)),
+            words: Words::new(),
         }
     }
 }
@@ -269,14 +264,8 @@ impl<S: AsRef<[Slot]>> EventRing<S> {
         // claim (`writing`) and the data, pairing with the Acquire fence a
         // reader puts between reading the data and re-reading the stamp.
         fence(Ordering::Release);
-        // ordering: Relaxed data words; published by the stamp store below.
-        slot.words[0].store(
-            u64::from(event.kind.0) | (u64::from(event.source) << 32),
-            Ordering::Relaxed,
-        );
-        slot.words[1].store(event.time.as_nanos(), Ordering::Relaxed);
-        slot.words[2].store(event.payload[0], Ordering::Relaxed);
-        slot.words[3].store(event.payload[1], Ordering::Relaxed);
+        // Published by the stamp store below.
+        slot.words.store(event);
         // ordering: Release, pairs with the Acquire stamp load in `Consumer::try_recv`.
         slot.stamp.store(mine, Ordering::Release);
     }
@@ -375,10 +364,7 @@ impl<S: AsRef<[Slot]>> Consumer<'_, S> {
         // ordering: Acquire, pairs with the producer's Release stamp store.
         let stamp = slot.stamp.load(Ordering::Acquire);
         if stamp == done(r) {
-            let w0 = slot.words[0].load(Ordering::Relaxed);
-            let time = slot.words[1].load(Ordering::Relaxed);
-            let p0 = slot.words[2].load(Ordering::Relaxed);
-            let p1 = slot.words[3].load(Ordering::Relaxed);
+            let event = slot.words.load();
             // ordering: Acquire fence, pairs with the producer's Release
             // fence after its claim: if any word above came from a later
             // writer, the stamp load below sees that writer's claim.
@@ -388,12 +374,6 @@ impl<S: AsRef<[Slot]>> Consumer<'_, S> {
             }
             self.cursor += 1;
             self.read += 1;
-            let event = Event {
-                kind: EventKind(w0 as u16),
-                source: (w0 >> 32) as u32,
-                time: Timestamp::from_nanos(time),
-                payload: [p0, p1],
-            };
             return Some(Received::Event(event));
         }
         if stamp != 0 && stamp_seq(stamp) > r {
