@@ -49,7 +49,8 @@ use criterion::{
 use crossbeam_queue::ArrayQueue;
 use tenlives_engine::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 use tenlives_engine::events::{
-    Event, EventKind, EventRing, EventSink, LaneRing, LaneSlot, Received, Slot,
+    Event, EventKind, EventReader, EventRing, EventSink, EventSource, LaneRing, LaneSlot, Received,
+    Slot,
 };
 use tenlives_engine::time::Timestamp;
 
@@ -312,38 +313,36 @@ fn bench_emit(c: &mut Criterion) {
     group.finish();
 }
 
+/// One event pushed into `ring` and read back by one consumer.
+fn consume<R: EventSource>(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, ring: &R) {
+    let mut consumer = ring.reader();
+    group.bench_function(name, |b| {
+        let mut t = START_NS;
+        b.iter(|| {
+            t += 1;
+            ring.emit(event_at(black_box(t)));
+            match consumer.try_recv() {
+                Some(Received::Event(e)) => e,
+                other => panic!("expected the event just pushed, got {other:?}"),
+            }
+        });
+    });
+    assert_eq!(consumer.lost(), 0);
+}
+
 fn bench_consume(c: &mut Criterion) {
     let mut group = c.benchmark_group("events/consume");
 
-    let ring = Ring::with_capacity(CAPACITY).expect("a power of two");
-    let mut consumer = ring.consumer();
-    group.bench_function("tenlives_ring", |b| {
-        let mut t = START_NS;
-        b.iter(|| {
-            t += 1;
-            ring.push(event_at(black_box(t)));
-            match consumer.try_recv() {
-                Some(Received::Event(e)) => e,
-                other => panic!("expected the event just pushed, got {other:?}"),
-            }
-        });
-    });
-    assert_eq!(consumer.lost(), 0);
-
-    let lanes = Lanes::new(LANES, CAPACITY / LANES).expect("valid lanes");
-    let mut consumer = lanes.consumer();
-    group.bench_function("tenlives_lanes", |b| {
-        let mut t = START_NS;
-        b.iter(|| {
-            t += 1;
-            lanes.push(event_at(black_box(t)));
-            match consumer.try_recv() {
-                Some(Received::Event(e)) => e,
-                other => panic!("expected the event just pushed, got {other:?}"),
-            }
-        });
-    });
-    assert_eq!(consumer.lost(), 0);
+    consume(
+        &mut group,
+        "tenlives_ring",
+        &Ring::with_capacity(CAPACITY).expect("a power of two"),
+    );
+    consume(
+        &mut group,
+        "tenlives_lanes",
+        &Lanes::new(LANES, CAPACITY / LANES).expect("valid lanes"),
+    );
 
     let (tx, mut rx) = broadcast::channel(CAPACITY);
     group.bench_function("tokio_broadcast", |b| {

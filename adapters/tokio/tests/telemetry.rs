@@ -258,6 +258,16 @@ fn value(families: &[MetricFamily], name: &str, labels: &[(&str, &str)]) -> Opti
         .map(|s| s.value)
 }
 
+/// The sum of `tenlives_events_total` over all its labels.
+fn events_total(families: &[MetricFamily]) -> f64 {
+    families
+        .iter()
+        .filter(|f| f.name == "tenlives_events_total")
+        .flat_map(|f| &f.samples)
+        .map(|s| s.value)
+        .sum()
+}
+
 fn scrape(exporter: &Exporter) -> Vec<MetricFamily> {
     let text = parse_text(&exporter.render_text().unwrap());
     let om = parse_openmetrics(&exporter.render_openmetrics().unwrap());
@@ -604,13 +614,7 @@ fn events_overwritten_before_a_drain_are_counted_and_logged() {
 
     let m = scrape(&exporter);
     assert_eq!(value(&m, "tenlives_events_lost_total", &[]), Some(12.0));
-    let events: f64 = m
-        .iter()
-        .filter(|f| f.name == "tenlives_events_total")
-        .flat_map(|f| &f.samples)
-        .map(|s| s.value)
-        .sum();
-    assert_eq!(events, 8.0);
+    assert_eq!(events_total(&m), 8.0);
 
     // Losses accumulate; read + lost = emitted.
     for _ in 0..5 {
@@ -664,13 +668,7 @@ fn a_drain_reads_a_laned_ring_written_by_several_threads() {
     // lost only if two threads shared a lane and met on it.
     assert_eq!(pass.lost, ring.dropped());
     let m = scrape(&exporter);
-    let events: f64 = m
-        .iter()
-        .filter(|f| f.name == "tenlives_events_total")
-        .flat_map(|f| &f.samples)
-        .map(|s| s.value)
-        .sum();
-    assert_eq!(events, pass.events as f64);
+    assert_eq!(events_total(&m), pass.events as f64);
     assert_eq!(drain.drain_once(), DrainCounts::default());
 }
 
