@@ -38,7 +38,7 @@ use core::fmt;
 use crossbeam_utils::CachePadded;
 
 use super::words::Words;
-use super::{Event, EventSink, Received};
+use super::{Event, EventSink, Received, check_power_of_two};
 use crate::error::ConfigError;
 use crate::stripe::{self, STRIPES};
 use crate::sync::{AtomicU64, Ordering, fence};
@@ -209,13 +209,14 @@ fn check_lanes(lanes: usize) -> Result<(), ConfigError> {
 }
 
 fn check_lane_capacity(lane_capacity: usize) -> Result<(), ConfigError> {
-    if lane_capacity < 2 || !lane_capacity.is_power_of_two() {
-        return Err(ConfigError::NotPowerOfTwo {
-            field: "laned ring lane capacity",
-            value: lane_capacity as u64,
-        });
-    }
-    Ok(())
+    check_power_of_two("laned ring lane capacity", lane_capacity)
+}
+
+/// The events of a lane whose producers have begun, published or being
+/// written, as its word says.
+#[inline]
+const fn begun(word: u64) -> u64 {
+    (word >> 1) + (word & BUSY)
 }
 
 impl<S: AsRef<[LaneSlot]>> LaneRing<S> {
@@ -268,10 +269,7 @@ impl<S: AsRef<[LaneSlot]>> LaneRing<S> {
         // ordering: Relaxed; a count for reports.
         let written: u64 = self.words[..self.lanes]
             .iter()
-            .map(|w| {
-                let w = w.load(Ordering::Relaxed);
-                (w >> 1) + (w & BUSY)
-            })
+            .map(|w| begun(w.load(Ordering::Relaxed)))
             .sum();
         written + self.dropped()
     }
@@ -452,6 +450,20 @@ impl<S: AsRef<[LaneSlot]>> LaneConsumer<'_, S> {
         Some(Received::Lost(n))
     }
 
+    /// If producers of `lane` (whose word reads `word`) have begun more
+    /// than a lap of events past `r`, the consumer's event `r` and those
+    /// after it up to the oldest still safe to read are lost: moves the
+    /// cursor there and reports them.
+    fn lapped(&mut self, lane: usize, r: u64, word: u64) -> Option<Received> {
+        let begun = begun(word);
+        let capacity = self.ring.mask + 1;
+        if begun - r <= capacity {
+            return None;
+        }
+        self.cursors[lane] = begun - capacity;
+        self.lose(Some(lane), begun - capacity - r)
+    }
+
     /// The next event, a report of lost events, or `None` when no lane has
     /// a published event this consumer has not seen. Lanes are taken in
     /// turn, one event at a time. Never blocks.
@@ -464,7 +476,6 @@ impl<S: AsRef<[LaneSlot]>> LaneConsumer<'_, S> {
             self.dropped = dropped;
             return self.lose(None, n);
         }
-        let capacity = ring.mask + 1;
         for _ in 0..ring.lanes {
             let lane = self.turn;
             self.turn = if lane + 1 == ring.lanes { 0 } else { lane + 1 };
@@ -475,24 +486,19 @@ impl<S: AsRef<[LaneSlot]>> LaneConsumer<'_, S> {
             if r >= word >> 1 {
                 continue; // nothing new in this lane
             }
-            // Events whose producers have begun: a slot is safe to read
-            // while fewer than a lap of them lie past `r`.
-            let begun = (word >> 1) + (word & BUSY);
-            if begun - r > capacity {
-                self.cursors[lane] = begun - capacity;
-                return self.lose(Some(lane), begun - capacity - r);
+            // A slot is safe to read while fewer than a lap of begun events
+            // lie past `r`.
+            if let Some(lost) = self.lapped(lane, r, word) {
+                return Some(lost);
             }
             let event = ring.slot(lane, r).words.load();
             // ordering: Acquire fence, pairs with the producer's Release
             // fence after its claim: if any word above came from a later
             // writer, the load below sees that writer's claim.
             fence(Ordering::Acquire);
-            let again = ring.words[lane].load(Ordering::Relaxed);
-            let begun = (again >> 1) + (again & BUSY);
-            if begun - r > capacity {
-                // Overwritten while we read it, and maybe more since.
-                self.cursors[lane] = begun - capacity;
-                return self.lose(Some(lane), begun - capacity - r);
+            // Overwritten while we read it (and maybe more since)?
+            if let Some(lost) = self.lapped(lane, r, ring.words[lane].load(Ordering::Relaxed)) {
+                return Some(lost);
             }
             self.cursors[lane] = r + 1;
             self.last = Some(lane);

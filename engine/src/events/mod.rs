@@ -17,7 +17,20 @@ mod words;
 pub use lanes::{LaneConsumer, LaneRing, LaneSlot, MAX_LANES};
 pub use ring::{Consumer, EventRing, MAX_CAPACITY, Received, Slot};
 
+use crate::error::ConfigError;
 use crate::time::Timestamp;
+
+/// A ring's (or a lane's) number of slots: a power of two of at least 2,
+/// so that a sequence number finds its slot with a mask.
+fn check_power_of_two(field: &'static str, slots: usize) -> Result<(), ConfigError> {
+    if slots < 2 || !slots.is_power_of_two() {
+        return Err(ConfigError::NotPowerOfTwo {
+            field,
+            value: slots as u64,
+        });
+    }
+    Ok(())
+}
 
 /// What happened. A `u16` code; codes below [`EventKind::USER`] are reserved
 /// for tenlives, codes from it up are free for applications.

@@ -43,7 +43,7 @@ use core::fmt;
 use crossbeam_utils::CachePadded;
 
 use super::words::Words;
-use super::{Event, EventSink};
+use super::{Event, EventSink, check_power_of_two};
 use crate::error::ConfigError;
 use crate::sync::{AtomicU64, Ordering, fence};
 
@@ -174,12 +174,7 @@ impl EventRing<alloc::boxed::Box<[Slot]>> {
 }
 
 fn check_capacity(capacity: usize) -> Result<(), ConfigError> {
-    if capacity < 2 || !capacity.is_power_of_two() {
-        return Err(ConfigError::NotPowerOfTwo {
-            field: "event ring capacity",
-            value: capacity as u64,
-        });
-    }
+    check_power_of_two("event ring capacity", capacity)?;
     if capacity > MAX_CAPACITY {
         return Err(ConfigError::TooLarge {
             field: "event ring capacity",
