@@ -200,10 +200,13 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "integer arithmetic without unsafe or atomics: nothing for Miri to find, half a minute under it"
+    )]
     fn edge_values_match_the_hardware_division() {
         let ds = edge_divisors();
-        let step = if cfg!(miri) { 7 } else { 1 };
-        for &d in ds.iter().step_by(step) {
+        for &d in &ds {
             for n in edge_dividends(d) {
                 check(d, n);
             }
@@ -211,8 +214,12 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "integer arithmetic without unsafe or atomics: nothing for Miri to find, half a minute under it"
+    )]
     fn every_small_dividend_and_divisor() {
-        let max = if cfg!(miri) { 40 } else { 600 };
+        let max = 600;
         for d in 1..max {
             for n in 0..max * 3 {
                 check(d, n);
