@@ -213,7 +213,8 @@ impl std::error::Error for Rejected {}
 /// Four bytes wide, as wide as the `u32` beside it in [`RawPermit`]: a
 /// one-byte kind is stored as one byte and then, moved with its padding,
 /// read back as four, which the CPU cannot forward from the byte store (a
-/// stall of about 10 ns per admission in the layers, found by profiling).
+/// stall per admission in the layers, found by profiling; about 8 ns of
+/// the breaker layer's time, `docs/performance.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 enum PermitKind {
