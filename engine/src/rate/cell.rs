@@ -131,6 +131,34 @@ pub(super) fn decide_narrow(
     Some(Ok((next, ready.max(now))))
 }
 
+/// [`Cell::acquire`] on a narrow cell.
+#[inline(always)]
+pub(crate) fn acquire_narrow(
+    cell: &AtomicU64,
+    quota: &Quota,
+    now: u64,
+    horizon: u64,
+    n: u64,
+) -> Option<Result<u64, Refusal>> {
+    // ordering: Relaxed throughout, as in `gcra::acquire`: the cell
+    // publishes no other memory, and a seal is a read-modify-write of the
+    // same word.
+    let mut tat = cell.load(Ordering::Relaxed);
+    loop {
+        let (next, ready) = match decide_narrow(quota, tat, now, horizon, n)? {
+            Ok(grant) => grant,
+            Err(refusal) => return Some(Err(refusal)),
+        };
+        match cell.compare_exchange_weak(tat, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return Some(Ok(ready)),
+            Err(actual) => {
+                tat = actual;
+                spin_hint();
+            }
+        }
+    }
+}
+
 /// [`Cell::acquire`] on a wide cell, out of line: a 128-bit decision costs
 /// several times a call, and keeping it out of the callers leaves the
 /// narrow path a small leaf that inlines.
@@ -177,31 +205,18 @@ impl Cell {
         n: u64,
     ) -> Option<Result<u64, Refusal>> {
         match self {
-            Cell::Narrow(cell) => {
-                // ordering: Relaxed throughout, as in `gcra::acquire`: the
-                // cell publishes no other memory, and a seal is a
-                // read-modify-write of the same word.
-                let mut tat = cell.load(Ordering::Relaxed);
-                loop {
-                    let (next, ready) = match decide_narrow(quota, tat, now, horizon, n)? {
-                        Ok(grant) => grant,
-                        Err(refusal) => return Some(Err(refusal)),
-                    };
-                    match cell.compare_exchange_weak(
-                        tat,
-                        next,
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    ) {
-                        Ok(_) => return Some(Ok(ready)),
-                        Err(actual) => {
-                            tat = actual;
-                            spin_hint();
-                        }
-                    }
-                }
-            }
+            Cell::Narrow(cell) => acquire_narrow(cell, quota, now, horizon, n),
             Cell::Wide(cell) => acquire_wide(cell, quota, now, horizon, n),
+        }
+    }
+
+    /// The word of a narrow cell, `None` for a wide one.
+    #[cfg(target_has_atomic = "64")]
+    #[inline(always)]
+    pub(crate) fn narrow(&self) -> Option<&AtomicU64> {
+        match self {
+            Cell::Narrow(cell) => Some(cell),
+            Cell::Wide(_) => None,
         }
     }
 
