@@ -159,9 +159,12 @@ pub(crate) fn acquire_narrow(
     }
 }
 
-/// [`Cell::acquire`] on a wide cell, out of line: a 128-bit decision costs
-/// several times a call, and keeping it out of the callers leaves the
-/// narrow path a small leaf that inlines.
+/// [`Cell::acquire`] on a wide cell. Inlined, so that a caller's constants
+/// (one token, a horizon of now) fold into the 128-bit decision; the
+/// direct limiter's checks keep it out of their inlined narrow path by
+/// calling it from a function of its own (`RateLimiter::check`), which
+/// costs less than an out-of-line decision here that cannot fold them
+/// (`docs/performance.md`, "The GCRA check on a 64-bit cell").
 #[inline]
 fn acquire_wide(
     cell: &AtomicU128,
