@@ -49,6 +49,7 @@ PEERS = {
     "tenlives_bulkhead": "tokio_semaphore",
     "tenlives_event_push": "crossbeam_array_queue_force_push",
     "tenlives_lane_push": "crossbeam_array_queue_force_push",
+    "tenlives_lane_producer_push": "crossbeam_array_queue_force_push",
     "tenlives_rate_check": "governor_direct_check",
     "tenlives_rate_check_n": "governor_check_n",
     "tenlives_keyed_check_1k": "governor_keyed_check_1k",

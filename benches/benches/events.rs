@@ -7,7 +7,9 @@
 //! - `events/emit/<subject>/1_thread` and `/2_threads`: one event written.
 //!   tenlives `EventRing::push`; tenlives `LaneRing::push` into 2 lanes of
 //!   512 (as many lanes as the threads of `2_threads`, each thread keeping to
-//!   its own); tokio `broadcast::Sender::send` with one
+//!   its own); `LaneProducer::push` into the same shape of ring, each thread
+//!   through a producer that owns a lane (taken when the thread starts,
+//!   outside the timed region); tokio `broadcast::Sender::send` with one
 //!   receiver alive that never reads, so the channel overwrites its oldest
 //!   value as the ring does; `ArrayQueue::force_push`, which overwrites too;
 //!   `SyncSender::try_send`; and a floor, one `fetch_add(1, Relaxed)` on a
@@ -89,24 +91,34 @@ trait Emit: Sync {
         None
     }
 
-    /// Writes one event.
-    fn emit(&self, event: Event);
+    /// What one thread emits through: the subject itself for those shared by
+    /// every thread, or a handle the thread holds (a `LaneProducer`).
+    fn emitter(&self) -> impl FnMut(Event) + '_;
 
     /// Empties the subject (outside the timed region).
     fn empty(&self) {}
 }
 
 impl Emit for Ring {
-    #[inline]
-    fn emit(&self, event: Event) {
-        self.push(event);
+    fn emitter(&self) -> impl FnMut(Event) + '_ {
+        |event| self.push(event)
     }
 }
 
 impl Emit for Lanes {
-    #[inline]
-    fn emit(&self, event: Event) {
-        self.push(event);
+    fn emitter(&self) -> impl FnMut(Event) + '_ {
+        |event| self.push(event)
+    }
+}
+
+/// A laned ring whose every thread emits through a `LaneProducer` owning a
+/// lane (as many lanes as threads).
+struct OwnedLanes(Lanes);
+
+impl Emit for OwnedLanes {
+    fn emitter(&self) -> impl FnMut(Event) + '_ {
+        let producer = self.0.producer().expect("a lane for every thread");
+        move |event| producer.push(event)
     }
 }
 
@@ -125,17 +137,19 @@ impl Broadcast {
 }
 
 impl Emit for Broadcast {
-    #[inline]
-    fn emit(&self, event: Event) {
+    fn emitter(&self) -> impl FnMut(Event) + '_ {
         // `send` fails only when no receiver is alive, and one is.
-        black_box(self.tx.send(event).is_ok());
+        |event| {
+            black_box(self.tx.send(event).is_ok());
+        }
     }
 }
 
 impl Emit for ArrayQueue<Event> {
-    #[inline]
-    fn emit(&self, event: Event) {
-        black_box(self.force_push(event));
+    fn emitter(&self) -> impl FnMut(Event) + '_ {
+        |event| {
+            black_box(self.force_push(event));
+        }
     }
 }
 
@@ -161,9 +175,8 @@ impl Emit for SyncChannel {
         Some(CAPACITY as u64)
     }
 
-    #[inline]
-    fn emit(&self, event: Event) {
-        self.tx.try_send(event).expect("drained before every batch");
+    fn emitter(&self) -> impl FnMut(Event) + '_ {
+        |event| self.tx.try_send(event).expect("drained before every batch")
     }
 
     fn empty(&self) {
@@ -175,9 +188,10 @@ impl Emit for SyncChannel {
 
 /// The floor: the cheapest shared write an emission could make.
 impl Emit for AtomicU64 {
-    #[inline]
-    fn emit(&self, _event: Event) {
-        black_box(self.fetch_add(1, Ordering::Relaxed));
+    fn emitter(&self) -> impl FnMut(Event) + '_ {
+        |_event| {
+            black_box(self.fetch_add(1, Ordering::Relaxed));
+        }
     }
 }
 
@@ -235,6 +249,7 @@ fn emit_on_threads<E: Emit>(subject: &E, threads: usize, iters: u64) -> Duration
         let workers: Vec<_> = (0..threads)
             .map(|id| {
                 scope.spawn(move || {
+                    let mut emit = subject.emitter();
                     let mut spans = Vec::with_capacity(iters.div_ceil(per_thread) as usize);
                     let mut t = START_NS;
                     let mut left = iters;
@@ -244,7 +259,7 @@ fn emit_on_threads<E: Emit>(subject: &E, threads: usize, iters: u64) -> Duration
                         let start = Instant::now();
                         for _ in 0..n {
                             t += 1;
-                            subject.emit(event_at(black_box(t)));
+                            emit(event_at(black_box(t)));
                         }
                         spans.push((start, Instant::now()));
                         left -= n;
@@ -295,6 +310,10 @@ fn bench_emit(c: &mut Criterion) {
     let lanes = Lanes::new(LANES, CAPACITY / LANES).expect("valid lanes");
     emit(&mut group, "tenlives_lanes", &lanes);
     assert!(lanes.emitted() == 0 || lanes.emitted() > CAPACITY as u64);
+
+    let owned = OwnedLanes(Lanes::new(LANES, CAPACITY / LANES).expect("valid lanes"));
+    emit(&mut group, "tenlives_lane_producer", &owned);
+    assert_eq!(owned.0.dropped(), 0);
 
     let broadcast = Broadcast::new();
     emit(&mut group, "tokio_broadcast", &broadcast);

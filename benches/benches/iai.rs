@@ -40,6 +40,8 @@
 //! - `tenlives_event_push`: `EventRing::push` into a full ring of 1024.
 //! - `tenlives_lane_push`: `LaneRing::push` into a full laned ring of 2 lanes
 //!   of 512 (the thread's own lane free, as with one producer per lane).
+//! - `tenlives_lane_producer_push`: `LaneProducer::push` into the same ring,
+//!   through a producer that owns the thread's lane.
 //! - `tenlives_throttle`: `Throttle::try_admit(now)` +
 //!   `ThrottleTicket::accepted(now)`, default configuration.
 //! - `tenlives_retry_budget`: `RetryBudget::deposit(now)` +
@@ -101,7 +103,9 @@ use governor::state::{InMemoryState, NotKeyed};
 use iai_callgrind::main;
 use tenlives_engine::breaker::{BreakerConfig, CircuitBreaker, Outcome};
 use tenlives_engine::bulkhead::Bulkhead;
-use tenlives_engine::events::{Event, EventKind, EventRing, LaneRing, LaneSlot, NoSink, Slot};
+use tenlives_engine::events::{
+    Event, EventKind, EventRing, LaneProducer, LaneRing, LaneSlot, NoSink, Slot,
+};
 use tenlives_engine::rate::{KeyedConfig, KeyedRateLimiter, Quota, RateLimiter};
 use tenlives_engine::retry::{RetryBudget, RetryBudgetConfig};
 use tenlives_engine::throttle::{Throttle, ThrottleConfig};
@@ -377,6 +381,17 @@ fn lane_ring() -> Box<Lanes> {
         ring.push(event());
     }
     Box::new(ring)
+}
+
+/// A producer owning a lane of a ring as `lane_ring`'s, wrapped; the ring
+/// is leaked so that the producer can borrow it for as long as it runs.
+fn lane_producer() -> LaneProducer<'static, Box<[LaneSlot]>> {
+    let ring: &'static Lanes = Box::leak(lane_ring());
+    let producer = ring.producer().expect("every lane is free");
+    for _ in 0..=CAPACITY {
+        producer.push(event());
+    }
+    producer
 }
 
 /// A throttle, default configuration, that has accepted a few requests at
@@ -655,6 +670,15 @@ mod harness {
     }
 
     #[library_benchmark]
+    #[bench::op(setup = lane_producer)]
+    fn tenlives_lane_producer_push(
+        producer: LaneProducer<'static, Box<[LaneSlot]>>,
+    ) -> LaneProducer<'static, Box<[LaneSlot]>> {
+        producer.push(event());
+        producer
+    }
+
+    #[library_benchmark]
     #[bench::op(setup = throttle)]
     fn tenlives_throttle_no_clock_read(t: Box<Throttle>) -> Box<Throttle> {
         let now = now();
@@ -866,6 +890,7 @@ mod harness {
             tenlives_bulkhead,
             tenlives_event_push,
             tenlives_lane_push,
+            tenlives_lane_producer_push,
             tenlives_throttle,
             tenlives_throttle_no_clock_read,
             tenlives_retry_budget,

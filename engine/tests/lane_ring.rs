@@ -17,15 +17,22 @@ mod events;
 use events::{LastEvents, Op, event, intact, ops};
 
 proptest! {
-    /// E7: from one thread, what the model says, whatever the lanes.
+    /// E7, E10: from one thread, what the model says, whatever the lanes,
+    /// pushing shared or through a producer that owns a lane.
     #[test]
     fn one_thread_matches_the_model(
         lanes in 1usize..=MAX_LANES,
         log_cap in 1u32..5,
+        owned in any::<bool>(),
         ops in ops(),
     ) {
         let cap = 1usize << log_cap;
         let ring = LaneRing::new(lanes, cap).unwrap();
+        let producer = owned.then(|| ring.producer().expect("every lane is free"));
+        let push = |e| match &producer {
+            Some(p) => p.push(e),
+            None => ring.push(e),
+        };
         let mut model = LastEvents::new(cap);
         // Each consumer beside the model's cursor and where it joined.
         let mut consumers = vec![(ring.consumer(), 0u64, 0u64)];
@@ -34,7 +41,7 @@ proptest! {
             match op {
                 Op::Emit(n) => {
                     for _ in 0..n {
-                        ring.push(model.emit());
+                        push(model.emit());
                     }
                 }
                 Op::Join => {
@@ -74,7 +81,11 @@ proptest! {
 /// consumer read + lost = emitted since it joined (drops included), every
 /// event read is intact, and within a lane each producer's events come in the
 /// order it emitted them. With one lane, producers collide and drop; with as
-/// many lanes as producers they mostly keep to their own.
+/// many lanes as producers they mostly keep to their own. E10: the first
+/// `owners` producers push through a `LaneProducer` when they get one,
+/// giving their lane back and asking again every 4096 events (pushing shared
+/// while every lane is taken), so owned and shared writers hand lanes over
+/// throughout.
 #[test]
 fn stress_conservation_integrity_and_lane_order() {
     const PRODUCERS: u32 = 3;
@@ -83,7 +94,14 @@ fn stress_conservation_integrity_and_lane_order() {
     } else {
         1_500_000
     };
-    for (lanes, lane_capacity) in [(1usize, 2usize), (1, 256), (2, 4), (4, 256), (8, 2)] {
+    for (lanes, lane_capacity, owners) in [
+        (1usize, 2usize, 0u32),
+        (1, 256, 1),
+        (2, 4, 0),
+        (2, 4, 1),
+        (4, 256, 2),
+        (8, 2, 3),
+    ] {
         let ring = LaneRing::new(lanes, lane_capacity).unwrap();
         let done = AtomicBool::new(false);
         let results: Vec<_> = thread::scope(|s| {
@@ -123,8 +141,17 @@ fn stress_conservation_integrity_and_lane_order() {
                 .map(|p| {
                     let ring = &ring;
                     s.spawn(move || {
+                        let owner = p < owners;
+                        let mut mine = if owner { ring.producer() } else { None };
                         for i in 0..PER_PRODUCER {
-                            ring.push(event(i, p));
+                            if owner && i % 4096 == 4095 {
+                                drop(mine.take());
+                                mine = ring.producer();
+                            }
+                            match &mine {
+                                Some(producer) => producer.push(event(i, p)),
+                                None => ring.push(event(i, p)),
+                            }
                         }
                     })
                 })
@@ -141,7 +168,7 @@ fn stress_conservation_integrity_and_lane_order() {
             assert_eq!(
                 read + lost,
                 emitted,
-                "{lanes} lanes of {lane_capacity}: read {read} + lost {lost} (dropped {})",
+                "{lanes} lanes of {lane_capacity}, {owners} owners: read {read} + lost {lost} (dropped {})",
                 ring.dropped()
             );
             assert!(read > 0);

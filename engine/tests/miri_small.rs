@@ -282,9 +282,10 @@ fn event_ring_two_producers_one_consumer() {
 
 /// Two producers on a laned ring of two lanes of two slots, a consumer
 /// reading: read plus lost (drops included) is what was emitted, no event is
-/// torn, and within a lane each producer's events keep their order.
-#[test]
-fn lane_ring_two_producers_one_consumer() {
+/// torn, and within a lane each producer's events keep their order. With
+/// `owned`, the first producer pushes through a `LaneProducer` (plain
+/// stores), giving its lane back and taking one again halfway.
+fn lane_ring_two_producers_one_consumer(owned: bool) {
     const PER_PRODUCER: u64 = 12;
     let ring = LaneRing::new(2, 2).unwrap();
     let mut consumer = ring.consumer();
@@ -294,13 +295,23 @@ fn lane_ring_two_producers_one_consumer() {
             let ring = &ring;
             let producers_done = &producers_done;
             s.spawn(move || {
+                let owner = owned && p == 0;
+                let mut mine = if owner { ring.producer() } else { None };
                 for i in 0..PER_PRODUCER {
-                    ring.push(Event::new(
+                    if owner && i == PER_PRODUCER / 2 {
+                        drop(mine.take());
+                        mine = ring.producer();
+                    }
+                    let event = Event::new(
                         EventKind::USER,
                         p,
                         Timestamp::from_nanos(i),
                         [i, i ^ u64::from(p)],
-                    ));
+                    );
+                    match &mine {
+                        Some(producer) => producer.push(event),
+                        None => ring.push(event),
+                    }
                 }
                 producers_done.fetch_add(1, Ordering::Release);
             });
@@ -327,6 +338,17 @@ fn lane_ring_two_producers_one_consumer() {
     });
     assert_eq!(consumer.read() + consumer.lost(), 2 * PER_PRODUCER);
     assert_eq!(ring.emitted(), 2 * PER_PRODUCER);
+}
+
+#[test]
+fn lane_ring_two_producers_one_consumer_shared() {
+    lane_ring_two_producers_one_consumer(false);
+}
+
+/// E10 under Miri: an owner's plain stores beside a shared producer.
+#[test]
+fn lane_ring_an_owned_lane_a_shared_producer_one_consumer() {
+    lane_ring_two_producers_one_consumer(true);
 }
 
 #[test]

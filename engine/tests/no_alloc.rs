@@ -161,6 +161,11 @@ fn events_throttle_and_adaptive_limits_never_allocate() {
             std::hint::black_box(consumer.try_recv());
             lanes.push(Event::new(EventKind::USER, 0, now, [i, 0]));
             std::hint::black_box(lane_consumer.try_recv());
+            // A producer taken, used and given back: no allocation either.
+            let producer = lanes.producer().expect("a lane is free");
+            producer.push(Event::new(EventKind::USER, 1, now, [i, 1]));
+            drop(producer);
+            std::hint::black_box(lane_consumer.try_recv());
             match throttle.try_admit(now) {
                 Ok(ticket) if i % 3 == 0 => ticket.accepted(now),
                 Ok(ticket) => ticket.refused(now), // pushes the throttle into rejecting

@@ -1,6 +1,6 @@
 //! The laned event ring: a broadcast ring split into lanes, each written by
 //! one producer at a time, so that producers on different cores write
-//! different cache lines and an emit makes one read-modify-write.
+//! different cache lines and an emit makes at most one read-modify-write.
 //!
 //! # Protocol
 //!
@@ -8,20 +8,29 @@
 //! one word, on a cache line of its own:
 //!
 //! ```text
-//! word: [ next : 63 | busy : 1 ]
+//! word: [ next : 62 | owned : 1 | busy : 1 ]
 //! ```
 //!
 //! `next` is the lane's next sequence number: events `0 .. next` of the lane
-//! are published; `busy` says a producer is writing event `next`. Event `n`
-//! of a lane lives in the lane's slot `n % C`, four plain data words.
+//! are published; `busy` says a producer is writing event `next`; `owned`
+//! says a [`LaneProducer`] holds the lane for itself. Event `n` of a lane
+//! lives in the lane's slot `n % C`, four plain data words.
 //!
-//! A producer picks its home lane (its thread's stripe, see
-//! `crate::stripe`), and claims it with one compare-and-swap from
-//! `next << 1` to `next << 1 | 1`. A lane found busy (another producer is
-//! writing it, perhaps preempted) is not waited for: the producer tries the
-//! next lane, once around; if every lane is busy it drops the event and
-//! counts it in `dropped`, where consumers find it. The owner writes the
-//! four words and releases the lane by storing `(next + 1) << 1`.
+//! A shared producer ([`LaneRing::push`]) picks its home lane (its thread's
+//! stripe, see `crate::stripe`), and claims it with one compare-and-swap
+//! from `next << 2` to `next << 2 | busy`. A lane found busy or owned is not
+//! waited for: the producer tries the next lane, once around; if every lane
+//! is busy or owned it drops the event and counts it in `dropped`, where
+//! consumers find it. The claimant writes the four words and releases the
+//! lane by storing `(next + 1) << 2`.
+//!
+//! A [`LaneProducer`] takes a lane with one compare-and-swap from
+//! `next << 2` to `next << 2 | owned`. From then on it is the lane word's
+//! only writer, so it writes it with plain stores, a seqlock writer's: it
+//! stores `next << 2 | owned | busy` (the same "event `next` begun" a
+//! shared claim says, without a read-modify-write), writes the four words,
+//! and publishes with `(next + 1) << 2 | owned`. Dropping it stores
+//! `next << 2` (Release): the lane is shared again, its sequence going on.
 //!
 //! The lane word is the slot's version, seqlock style. A consumer at lane
 //! position `r` reads the word: `r < next` means event `r` is published; it
@@ -33,7 +42,9 @@
 //! Every event is therefore delivered once or counted lost once, per
 //! consumer: `read + lost = emitted` since it joined.
 
+use core::cell::Cell;
 use core::fmt;
+use core::marker::PhantomData;
 
 use crossbeam_utils::CachePadded;
 
@@ -46,7 +57,24 @@ use crate::sync::{AtomicU64, Ordering, fence};
 /// The most lanes a ring can have.
 pub const MAX_LANES: usize = 8;
 
+/// A producer is writing the lane's event `next`.
 const BUSY: u64 = 1;
+/// A [`LaneProducer`] holds the lane: shared pushes pass it over.
+const OWNED: u64 = 2;
+/// Where a lane word's sequence number starts.
+const SEQ: u32 = 2;
+
+/// A lane word: sequence number `next` and `flags` (`BUSY`, `OWNED`).
+#[inline(always)]
+const fn lane_word(next: u64, flags: u64) -> u64 {
+    (next << SEQ) | flags
+}
+
+/// The sequence number of a lane word: the events published in the lane.
+#[inline(always)]
+const fn published(word: u64) -> u64 {
+    word >> SEQ
+}
 
 /// One slot of a laned ring: the four words of one event. Storage for a ring
 /// in a `static` is `[const { LaneSlot::new() }; N]`.
@@ -212,11 +240,27 @@ fn check_lane_capacity(lane_capacity: usize) -> Result<(), ConfigError> {
     check_power_of_two("laned ring lane capacity", lane_capacity)
 }
 
+/// Writes event `seq` into `slot` of a lane whose word (`word`, already
+/// saying `busy`) this producer has claimed, and publishes it, leaving
+/// `flags` in the word.
+#[inline(always)]
+fn publish(word: &AtomicU64, slot: &LaneSlot, seq: u64, event: Event, flags: u64) {
+    // ordering: Release fence; the seqlock writer's barrier between the
+    // claim (`busy`) and the data, pairing with the Acquire fence a reader
+    // puts between reading the data and re-reading the word.
+    fence(Ordering::Release);
+    // Published by the word's store below.
+    slot.words.store(event);
+    // ordering: Release, pairs with the Acquire load in
+    // `LaneConsumer::try_recv` and the next writer's claim.
+    word.store(lane_word(seq + 1, flags), Ordering::Release);
+}
+
 /// The events of a lane whose producers have begun, published or being
 /// written, as its word says.
 #[inline]
 const fn begun(word: u64) -> u64 {
-    (word >> 1) + (word & BUSY)
+    published(word) + (word & BUSY)
 }
 
 impl<S: AsRef<[LaneSlot]>> LaneRing<S> {
@@ -293,11 +337,80 @@ impl<S: AsRef<[LaneSlot]>> LaneRing<S> {
     /// being written.
     #[inline]
     pub fn push(&self, event: Event) {
-        // The mask only proves the index in bounds: a stripe is below STRIPES.
-        let home = usize::from(self.home[stripe::current() & (STRIPES - 1)]);
+        let home = self.home_lane();
         if !self.try_push(home, event) {
             self.push_elsewhere(home, event);
         }
+    }
+
+    /// This thread's home lane.
+    #[inline(always)]
+    fn home_lane(&self) -> usize {
+        // The mask only proves the index in bounds: a stripe is below STRIPES.
+        usize::from(self.home[stripe::current() & (STRIPES - 1)])
+    }
+
+    /// Takes a lane for the returned producer alone: this thread's home
+    /// lane if it is free, else the next free one; `None` when every lane
+    /// is being written or already owned.
+    ///
+    /// A [`LaneProducer`] emits with plain stores, no read-modify-write
+    /// (about 1 ns an event, less than one `fetch_add`:
+    /// `docs/performance.md`, "A lane of one's own"), and no other producer
+    /// writes its lane while it lives: shared [`push`](Self::push)es pass
+    /// the lane over, and with every lane owned they drop their events.
+    /// Dropping the producer gives the lane back (a leaked one keeps it
+    /// forever). It is [`Send`] but not [`Sync`]: one thread at a time
+    /// emits through it, such as a worker thread of a thread-per-core
+    /// runtime, or the one executor of an embedded target.
+    ///
+    /// ```
+    /// use tenlives_engine::events::{Event, EventKind, LaneRing, Received};
+    /// use tenlives_engine::time::Timestamp;
+    ///
+    /// let ring = LaneRing::new(2, 4)?;
+    /// let mut consumer = ring.consumer();
+    /// let producer = ring.producer().expect("a lane is free");
+    /// producer.push(Event::new(EventKind::USER, 1, Timestamp::from_nanos(5), [7, 0]));
+    /// // The other lane still takes shared pushes; with both owned, they drop.
+    /// let second = ring.producer().expect("the other lane is free");
+    /// ring.push(Event::new(EventKind::USER, 2, Timestamp::from_nanos(6), [8, 0]));
+    /// assert_eq!(ring.dropped(), 1);
+    /// drop((producer, second)); // both lanes shared again
+    /// assert_eq!(consumer.try_recv(), Some(Received::Lost(1)));
+    /// assert!(matches!(consumer.try_recv(), Some(Received::Event(e)) if e.payload[0] == 7));
+    /// # Ok::<(), tenlives_engine::ConfigError>(())
+    /// ```
+    pub fn producer(&self) -> Option<LaneProducer<'_, S>> {
+        let mut lane = self.home_lane();
+        for _ in 0..self.lanes {
+            let word = &self.words[lane];
+            // ordering: Relaxed; the compare-and-swap below decides.
+            let seen = word.load(Ordering::Relaxed);
+            // ordering: Acquire on success, pairs with the Release store that
+            // freed the lane: its previous writers' writes come before the
+            // producer's.
+            if seen & (BUSY | OWNED) == 0
+                && word
+                    .compare_exchange(seen, seen | OWNED, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                let first = lane << self.shift;
+                return Some(LaneProducer {
+                    word,
+                    slots: &self.slots.as_ref()[first..first + self.lane_capacity()],
+                    mask: self.mask,
+                    lane,
+                    next: Cell::new(published(seen)),
+                    ring: PhantomData,
+                });
+            }
+            lane += 1;
+            if lane == self.lanes {
+                lane = 0;
+            }
+        }
+        None
     }
 
     /// Writes `event` into `lane` if no other producer is writing it.
@@ -308,16 +421,16 @@ impl<S: AsRef<[LaneSlot]>> LaneRing<S> {
         // ordering: Relaxed; the compare-and-swap below decides.
         let seen = word.load(Ordering::Relaxed);
         // ordering: Acquire on success, pairs with the Release store that
-        // freed the lane: the previous owner's writes to the slot come
-        // before this owner's.
-        if seen & BUSY != 0
+        // freed the lane: the previous writer's writes to the slot come
+        // before this one's.
+        if seen & (BUSY | OWNED) != 0
             || word
                 .compare_exchange(seen, seen | BUSY, Ordering::Acquire, Ordering::Relaxed)
                 .is_err()
         {
             return false;
         }
-        self.write(word, lane, seen >> 1, event);
+        self.write(word, lane, published(seen), event);
         true
     }
 
@@ -340,20 +453,11 @@ impl<S: AsRef<[LaneSlot]>> LaneRing<S> {
         self.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Writes event `seq` of a lane this producer owns (`word` is the
-    /// lane's), and frees the lane.
+    /// Writes event `seq` of a lane this producer has claimed (`word` is the
+    /// lane's, already saying `busy`), and publishes it.
     #[inline(always)]
     fn write(&self, word: &AtomicU64, lane: usize, seq: u64, event: Event) {
-        let slot = self.slot(lane, seq);
-        // ordering: Release fence; the seqlock writer's barrier between the
-        // claim (`busy`) and the data, pairing with the Acquire fence a
-        // reader puts between reading the data and re-reading the word.
-        fence(Ordering::Release);
-        // Published by the word's store below.
-        slot.words.store(event);
-        // ordering: Release, pairs with the Acquire load in
-        // `LaneConsumer::try_recv` and the next owner's claim.
-        word.store((seq + 1) << 1, Ordering::Release);
+        publish(word, self.slot(lane, seq), seq, event, 0);
     }
 
     /// A consumer that will read every event emitted from now on.
@@ -362,7 +466,7 @@ impl<S: AsRef<[LaneSlot]>> LaneRing<S> {
         for (cursor, word) in cursors.iter_mut().zip(&self.words[..self.lanes]) {
             // ordering: Acquire; keeps "from now on" tight (a stale word only
             // makes the consumer start earlier).
-            *cursor = word.load(Ordering::Acquire) >> 1;
+            *cursor = published(word.load(Ordering::Acquire));
         }
         LaneConsumer {
             ring: self,
@@ -378,6 +482,102 @@ impl<S: AsRef<[LaneSlot]>> LaneRing<S> {
 }
 
 impl<S: AsRef<[LaneSlot]>> EventSink for LaneRing<S> {
+    #[inline]
+    fn emit(&self, event: Event) {
+        self.push(event);
+    }
+}
+
+/// A producer that holds one lane of a [`LaneRing`] for itself, from
+/// [`LaneRing::producer`]: it is the lane word's only writer, so an emit is
+/// plain stores (the seqlock writer's), no read-modify-write. Consumers read
+/// its events as any lane's. Dropping it gives the lane back to shared
+/// pushes, its sequence going on.
+///
+/// It may move to another thread but not be shared by two, since two
+/// threads writing one lane with plain stores would tear its events:
+///
+/// ```compile_fail
+/// use tenlives_engine::events::{Event, EventKind, LaneRing};
+/// use tenlives_engine::time::Timestamp;
+///
+/// let ring = LaneRing::new(2, 4).unwrap();
+/// let producer = ring.producer().unwrap();
+/// let event = Event::new(EventKind::USER, 1, Timestamp::ZERO, [0, 0]);
+/// std::thread::scope(|s| {
+///     s.spawn(|| producer.push(event)); // `LaneProducer` is not `Sync`
+///     producer.push(event);
+/// });
+/// ```
+///
+/// (With `move ||` and without the second push, it compiles: the producer
+/// is `Send`.)
+pub struct LaneProducer<'r, S: AsRef<[LaneSlot]>> {
+    /// The lane's word, which this producer alone writes.
+    word: &'r AtomicU64,
+    /// The lane's slots.
+    slots: &'r [LaneSlot],
+    /// `lane_capacity - 1`.
+    mask: u64,
+    lane: usize,
+    /// The lane's next sequence number. A `Cell`: the producer is not
+    /// `Sync`, so no two threads ever emit through it at once.
+    next: Cell<u64>,
+    ring: PhantomData<&'r LaneRing<S>>,
+}
+
+impl<S: AsRef<[LaneSlot]>> fmt::Debug for LaneProducer<'_, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LaneProducer")
+            .field("lane", &self.lane)
+            .field("next", &self.next.get())
+            .finish()
+    }
+}
+
+impl<S: AsRef<[LaneSlot]>> LaneProducer<'_, S> {
+    /// The lane this producer holds.
+    pub fn lane(&self) -> usize {
+        self.lane
+    }
+
+    /// Writes one event into the producer's lane, overwriting its oldest
+    /// event when the lane is full. Never blocks, never allocates, never
+    /// drops the event.
+    #[inline]
+    pub fn push(&self, event: Event) {
+        let seq = self.next.get();
+        let word = self.word;
+        // ordering: Release, though a seqlock writer's first store is
+        // usually Relaxed: a consumer whose Acquire load reads this word
+        // takes `published` from it and reads event `seq - 1`, whose words
+        // were published by this producer's previous store. Only a
+        // read-modify-write (a shared claim) would carry that store's
+        // release on; a plain store must release again. (A plain `mov` on
+        // x86 either way.) The Release fence in `write` orders this claim
+        // before the slot's words.
+        word.store(lane_word(seq, OWNED | BUSY), Ordering::Release);
+        publish(
+            word,
+            &self.slots[(seq & self.mask) as usize],
+            seq,
+            event,
+            OWNED,
+        );
+        self.next.set(seq + 1);
+    }
+}
+
+impl<S: AsRef<[LaneSlot]>> Drop for LaneProducer<'_, S> {
+    fn drop(&mut self) {
+        // ordering: Release, pairs with the Acquire claim of the next
+        // producer of the lane: this producer's writes come before its.
+        self.word
+            .store(lane_word(self.next.get(), 0), Ordering::Release);
+    }
+}
+
+impl<S: AsRef<[LaneSlot]>> EventSink for LaneProducer<'_, S> {
     #[inline]
     fn emit(&self, event: Event) {
         self.push(event);
@@ -483,7 +683,7 @@ impl<S: AsRef<[LaneSlot]>> LaneConsumer<'_, S> {
             // ordering: Acquire, pairs with the Release store that published
             // event `next - 1` (and so every event before it).
             let word = ring.words[lane].load(Ordering::Acquire);
-            if r >= word >> 1 {
+            if r >= published(word) {
                 continue; // nothing new in this lane
             }
             // A slot is safe to read while fewer than a lap of begun events
@@ -537,11 +737,11 @@ mod tests {
         let other = 1 - mine;
         ring.words[mine].store(BUSY, Ordering::Relaxed);
         ring.push(event(1));
-        assert_eq!(ring.words[other].load(Ordering::Relaxed), 1 << 1);
+        assert_eq!(ring.words[other].load(Ordering::Relaxed), lane_word(1, 0));
         assert_eq!(consumer.try_recv(), Some(Received::Event(event(1))));
         assert_eq!(consumer.last_lane(), Some(other));
 
-        ring.words[other].store((1 << 1) | BUSY, Ordering::Relaxed);
+        ring.words[other].store(lane_word(1, BUSY), Ordering::Relaxed);
         ring.push(event(2));
         assert_eq!(ring.dropped(), 1);
         // Two lanes "being written" (events 0 of `mine`, 1 of `other`), one
@@ -554,7 +754,7 @@ mod tests {
 
         // Released, both lanes take events again.
         ring.words[mine].store(0, Ordering::Release);
-        ring.words[other].store(1 << 1, Ordering::Release);
+        ring.words[other].store(lane_word(1, 0), Ordering::Release);
         ring.push(event(3));
         assert_eq!(consumer.try_recv(), Some(Received::Event(event(3))));
         assert_eq!(consumer.last_lane(), Some(mine));
@@ -570,7 +770,7 @@ mod tests {
         ring.push(event(1));
         // The producer of event 2 has claimed the lane (it writes slot 0,
         // which holds event 0) but not finished.
-        ring.words[0].store((2 << 1) | BUSY, Ordering::Relaxed);
+        ring.words[0].store(lane_word(2, BUSY), Ordering::Relaxed);
         assert_eq!(consumer.try_recv(), Some(Received::Lost(1)));
         assert_eq!(consumer.last_lane(), Some(0));
         assert_eq!(consumer.try_recv(), Some(Received::Event(event(1))));
@@ -580,14 +780,14 @@ mod tests {
         assert_eq!(ring.emitted(), 3);
     }
 
-    /// Sequence numbers far along (a lane that has taken 2^62 events, about
-    /// 146 years at one event a nanosecond) are handled like small ones: no
-    /// arithmetic of the protocol overflows before a lane's 2^63rd event.
+    /// Sequence numbers far along (a lane that has taken 2^61 events, about
+    /// 73 years at one event a nanosecond) are handled like small ones: no
+    /// arithmetic of the protocol overflows before a lane's 2^62nd event.
     #[test]
     fn a_lane_far_along_reads_and_laps_as_at_the_start() {
         let ring = LaneRing::new(1, 2).unwrap();
-        let start = 1u64 << 62;
-        ring.words[0].store(start << 1, Ordering::Relaxed);
+        let start = 1u64 << 61;
+        ring.words[0].store(lane_word(start, 0), Ordering::Relaxed);
         let mut consumer = ring.consumer();
         assert_eq!(consumer.cursors(), &[start]);
         for i in 0..5 {
@@ -601,6 +801,87 @@ mod tests {
         assert_eq!(consumer.position(), start + 5);
     }
 
+    /// An owned lane is passed over by shared pushes and taken by no second
+    /// producer; its events are read as any lane's; dropping the producer
+    /// gives the lane back with its sequence going on.
+    #[test]
+    fn an_owned_lane_is_its_producers_alone_until_dropped() {
+        let ring = LaneRing::new(2, 4).unwrap();
+        let mut consumer = ring.consumer();
+        let producer = ring.producer().unwrap();
+        let mine = producer.lane();
+        assert_eq!(mine, home(&ring), "the home lane first");
+        for i in 0..3 {
+            producer.push(event(i));
+        }
+        assert_eq!(
+            ring.words[mine].load(Ordering::Relaxed),
+            lane_word(3, OWNED)
+        );
+        // Shared pushes go to the other lane; a second producer gets it.
+        ring.push(event(10));
+        assert_eq!(published(ring.words[1 - mine].load(Ordering::Relaxed)), 1);
+        let second = ring.producer().unwrap();
+        assert_eq!(second.lane(), 1 - mine);
+        assert!(ring.producer().is_none(), "every lane is owned");
+        ring.push(event(11));
+        assert_eq!(ring.dropped(), 1);
+        assert_eq!(ring.emitted(), 5);
+        drop(second);
+
+        let mut got = Vec::new();
+        while let Some(r) = consumer.try_recv() {
+            got.push((r, consumer.last_lane()));
+        }
+        // Lanes are read in turn: the drop first, then each lane in order.
+        assert_eq!(got[0], (Received::Lost(1), None));
+        let lane = |l| -> Vec<_> { got.iter().filter(|g| g.1 == Some(l)).map(|g| g.0).collect() };
+        let events =
+            |ids: &[u64]| -> Vec<_> { ids.iter().map(|&i| Received::Event(event(i))).collect() };
+        assert_eq!(lane(mine), events(&[0, 1, 2]));
+        assert_eq!(lane(1 - mine), events(&[10]));
+        assert_eq!(got.len(), 5);
+
+        // Given back, the lane's sequence goes on under shared pushes and a
+        // later producer.
+        drop(producer);
+        assert_eq!(ring.words[mine].load(Ordering::Relaxed), lane_word(3, 0));
+        ring.push(event(4));
+        let again = ring.producer().unwrap();
+        assert_eq!(again.lane(), mine);
+        again.push(event(5));
+        assert_eq!(consumer.try_recv(), Some(Received::Event(event(4))));
+        assert_eq!(consumer.try_recv(), Some(Received::Event(event(5))));
+        assert_eq!(consumer.cursors()[mine], 5);
+        assert_eq!((consumer.read(), consumer.lost()), (6, 1));
+    }
+
+    /// A producer laps a consumer as shared pushes do, and a producer
+    /// mid-write (its claim stored, the words not yet) makes the event it
+    /// overwrites lost, not read.
+    #[test]
+    fn an_owned_lane_laps_and_loses_as_a_shared_one() {
+        let ring = LaneRing::new(1, 2).unwrap();
+        let mut consumer = ring.consumer();
+        let producer = ring.producer().unwrap();
+        for i in 0..5 {
+            producer.push(event(i));
+        }
+        assert_eq!(consumer.try_recv(), Some(Received::Lost(3)));
+        assert_eq!(consumer.try_recv(), Some(Received::Event(event(3))));
+        producer.push(event(5));
+        // As `push` leaves the word between its two stores for event 6,
+        // which overwrites event 4's slot.
+        ring.words[0].store(lane_word(6, OWNED | BUSY), Ordering::Relaxed);
+        assert_eq!(ring.emitted(), 7);
+        assert_eq!(consumer.try_recv(), Some(Received::Lost(1)));
+        assert_eq!(consumer.try_recv(), Some(Received::Event(event(5))));
+        assert_eq!(consumer.try_recv(), None);
+        ring.words[0].store(lane_word(6, OWNED), Ordering::Relaxed);
+        drop(producer);
+        assert_eq!(ring.emitted(), 6);
+    }
+
     /// Lanes are taken in turn: two lanes with events interleave one by one.
     #[test]
     fn lanes_are_read_in_turn() {
@@ -610,10 +891,10 @@ mod tests {
         ring.push(event(0));
         ring.push(event(1));
         // Write two events into the other lane by holding this one.
-        ring.words[mine].store((2 << 1) | BUSY, Ordering::Relaxed);
+        ring.words[mine].store(lane_word(2, BUSY), Ordering::Relaxed);
         ring.push(event(10));
         ring.push(event(11));
-        ring.words[mine].store(2 << 1, Ordering::Release);
+        ring.words[mine].store(lane_word(2, 0), Ordering::Release);
         let mut got = Vec::new();
         while let Some(Received::Event(e)) = consumer.try_recv() {
             got.push((consumer.last_lane().unwrap(), e.payload[0]));

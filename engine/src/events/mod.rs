@@ -14,7 +14,7 @@ mod lanes;
 mod ring;
 mod words;
 
-pub use lanes::{LaneConsumer, LaneRing, LaneSlot, MAX_LANES};
+pub use lanes::{LaneConsumer, LaneProducer, LaneRing, LaneSlot, MAX_LANES};
 pub use ring::{Consumer, EventRing, MAX_CAPACITY, Received, Slot};
 
 use crate::error::ConfigError;
