@@ -141,17 +141,21 @@ fn assert_conserved(
     assert!(consumer.lost() >= ring.dropped());
 }
 
-/// E6, E8: two producers emitting two events each into a laned ring of
+/// E6, E8: two producers emitting two events and one into a laned ring of
 /// `lanes` lanes of two slots, a consumer reading all along. With one lane
 /// the producers collide (one finds the lane busy and drops its event) and
-/// lap the consumer; with two they may share a home lane (loom's stripes
-/// are a hash of the thread) and pass one another over.
+/// three events lap the consumer; with two lanes they may share a home lane
+/// (loom's stripes are a hash of the thread) and pass one another over.
+/// (With two events each, the one-lane model took a minute; with three in
+/// all it takes under a second and still fails if the consumer skips its
+/// second look at the lane word or a busy lane's claim is not refused,
+/// checked by hand on 2026-12-07.)
 fn lanes_conserve_events(lanes: usize) {
     model(2, move || {
         let ring = laned(lanes, 2);
         let mut consumer = ring.consumer();
         let producers = spawn_producers(&ring, 2, |ring, p| {
-            for i in 0..2 {
+            for i in 0..2 - u64::from(p) {
                 ring.push(event(p, i));
             }
         });
@@ -161,7 +165,7 @@ fn lanes_conserve_events(lanes: usize) {
             p.join().unwrap();
         }
         drain_lanes(&mut consumer, &mut seen);
-        assert_conserved(&ring, &consumer, &seen, 4);
+        assert_conserved(&ring, &consumer, &seen, 3);
     });
 }
 
