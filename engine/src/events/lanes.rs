@@ -355,7 +355,7 @@ impl<S: AsRef<[LaneSlot]>> LaneRing<S> {
     /// is being written or already owned.
     ///
     /// A [`LaneProducer`] emits with plain stores, no read-modify-write
-    /// (about 1 ns an event, less than one `fetch_add`:
+    /// (about 2 ns an event, less than one `fetch_add`:
     /// `docs/performance.md`, "A lane of one's own"), and no other producer
     /// writes its lane while it lives: shared [`push`](Self::push)es pass
     /// the lane over, and with every lane owned they drop their events.
@@ -554,8 +554,8 @@ impl<S: AsRef<[LaneSlot]>> LaneProducer<'_, S> {
         // were published by this producer's previous store. Only a
         // read-modify-write (a shared claim) would carry that store's
         // release on; a plain store must release again. (A plain `mov` on
-        // x86 either way.) The Release fence in `write` orders this claim
-        // before the slot's words.
+        // x86 either way.) The Release fence in `publish` orders this
+        // claim before the slot's words.
         word.store(lane_word(seq, OWNED | BUSY), Ordering::Release);
         publish(
             word,
