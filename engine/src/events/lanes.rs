@@ -240,6 +240,23 @@ fn check_lane_capacity(lane_capacity: usize) -> Result<(), ConfigError> {
     check_power_of_two("laned ring lane capacity", lane_capacity)
 }
 
+/// Sets `flag` (`BUSY` for one event, `OWNED` for a producer) in a lane word
+/// that is neither busy nor owned; returns the word as it was, or `None` if
+/// the lane is taken (or was taken meanwhile).
+#[inline(always)]
+fn claim(word: &AtomicU64, flag: u64) -> Option<u64> {
+    // ordering: Relaxed; the compare-and-swap below decides.
+    let seen = word.load(Ordering::Relaxed);
+    if seen & (BUSY | OWNED) != 0 {
+        return None;
+    }
+    // ordering: Acquire on success, pairs with the Release store that freed
+    // the lane: its previous writers' writes to the slots come before the
+    // claimant's.
+    word.compare_exchange(seen, seen | flag, Ordering::Acquire, Ordering::Relaxed)
+        .ok()
+}
+
 /// Writes event `seq` into `slot` of a lane whose word (`word`, already
 /// saying `busy`) this producer has claimed, and publishes it, leaving
 /// `flags` in the word.
@@ -382,35 +399,25 @@ impl<S: AsRef<[LaneSlot]>> LaneRing<S> {
     /// # Ok::<(), tenlives_engine::ConfigError>(())
     /// ```
     pub fn producer(&self) -> Option<LaneProducer<'_, S>> {
-        let mut lane = self.home_lane();
-        for _ in 0..self.lanes {
+        self.lanes_from(self.home_lane()).find_map(|lane| {
             let word = &self.words[lane];
-            // ordering: Relaxed; the compare-and-swap below decides.
-            let seen = word.load(Ordering::Relaxed);
-            // ordering: Acquire on success, pairs with the Release store that
-            // freed the lane: its previous writers' writes come before the
-            // producer's.
-            if seen & (BUSY | OWNED) == 0
-                && word
-                    .compare_exchange(seen, seen | OWNED, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            {
-                let first = lane << self.shift;
-                return Some(LaneProducer {
-                    word,
-                    slots: &self.slots.as_ref()[first..first + self.lane_capacity()],
-                    mask: self.mask,
-                    lane,
-                    next: Cell::new(published(seen)),
-                    ring: PhantomData,
-                });
-            }
-            lane += 1;
-            if lane == self.lanes {
-                lane = 0;
-            }
-        }
-        None
+            let seen = claim(word, OWNED)?;
+            let first = lane << self.shift;
+            Some(LaneProducer {
+                word,
+                slots: &self.slots.as_ref()[first..first + self.lane_capacity()],
+                mask: self.mask,
+                lane,
+                next: Cell::new(published(seen)),
+                ring: PhantomData,
+            })
+        })
+    }
+
+    /// Every lane once, from `start` on, wrapping round.
+    fn lanes_from(&self, start: usize) -> impl Iterator<Item = usize> {
+        let lanes = self.lanes;
+        (start..lanes).chain(0..start)
     }
 
     /// Writes `event` into `lane` if no other producer is writing it.
@@ -418,18 +425,9 @@ impl<S: AsRef<[LaneSlot]>> LaneRing<S> {
     fn try_push(&self, lane: usize, event: Event) -> bool {
         // The mask only proves the index in bounds: `lane < lanes <= MAX_LANES`.
         let word = &self.words[lane & (MAX_LANES - 1)];
-        // ordering: Relaxed; the compare-and-swap below decides.
-        let seen = word.load(Ordering::Relaxed);
-        // ordering: Acquire on success, pairs with the Release store that
-        // freed the lane: the previous writer's writes to the slot come
-        // before this one's.
-        if seen & (BUSY | OWNED) != 0
-            || word
-                .compare_exchange(seen, seen | BUSY, Ordering::Acquire, Ordering::Relaxed)
-                .is_err()
-        {
+        let Some(seen) = claim(word, BUSY) else {
             return false;
-        }
+        };
         self.write(word, lane, published(seen), event);
         true
     }
@@ -439,15 +437,12 @@ impl<S: AsRef<[LaneSlot]>> LaneRing<S> {
     #[cold]
     #[inline(never)]
     fn push_elsewhere(&self, home: usize, event: Event) {
-        let mut lane = home;
-        for _ in 1..self.lanes {
-            lane += 1;
-            if lane == self.lanes {
-                lane = 0;
-            }
-            if self.try_push(lane, event) {
-                return;
-            }
+        if self
+            .lanes_from(home)
+            .skip(1)
+            .any(|lane| self.try_push(lane, event))
+        {
+            return;
         }
         // ordering: Relaxed; consumers read the count, it publishes nothing.
         self.dropped.fetch_add(1, Ordering::Relaxed);
