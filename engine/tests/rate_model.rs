@@ -59,6 +59,13 @@ struct Reference {
     reset: u64,
     /// On the engine's 64-bit state (see the module documentation).
     narrow: bool,
+    /// `gcd(rate, period)`: the engine's state counts in units of
+    /// `1 / a` ns, `a = rate / g`.
+    g: u128,
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// The latest `TAT` of the 64-bit state, in ns.
@@ -84,15 +91,18 @@ impl Reference {
             debt,
             tat: 0,
             reset: 0,
-            narrow: period_ns.is_multiple_of(u64::from(rate))
-                && u128::from(burst) * u128::from(period_ns / u64::from(rate)) < 1 << 62,
+            narrow: u64::from(rate) / gcd(u64::from(rate), period_ns) <= 16
+                && u128::from(burst) * u128::from(period_ns / gcd(u64::from(rate), period_ns))
+                    < 1 << 62,
+            g: u128::from(gcd(u64::from(rate), period_ns)),
         }
     }
 
-    /// The latest `TAT` the state holds, times `rate`.
+    /// The latest `TAT` the state holds, times `rate`: `TAT·a` at most
+    /// `2^63 - 1` on the 64-bit state.
     fn end(&self) -> u128 {
         if self.narrow {
-            NARROW_END * self.rate
+            NARROW_END * self.g
         } else {
             u128::MAX
         }

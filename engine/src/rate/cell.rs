@@ -13,26 +13,39 @@
 //! rate that divides its period in nanoseconds) needs no fraction, and its
 //! theoretical arrival time fits a 64-bit word:
 //!
+//! A quota whose interval is a small fraction (`a <= 16`: 3, 7, 30 or 300
+//! a second, 7 a minute) fits one too, counted in units of `1 / a` ns: the
+//! wide decision's own arithmetic (it multiplies every time by `a`), with
+//! `TAT·a` below `2^63`:
+//!
 //! | width | chosen when | bits |
 //! |---|---|---|
 //! | narrow (`AtomicU64`) | `a = 1` and `b·T < 2^62` ns | 63 `SEALED`, 0..63 `TAT` in ns |
+//! | scaled (`AtomicU64`) | `1 < a <= 16` and `b·T·a < 2^62` | 63 `SEALED`, 0..63 `TAT·a` |
 //! | wide (`AtomicU128`) | otherwise | as in [`gcra`](super::gcra): `reset`, `SEALED`, `k` |
 //!
-//! A narrow decision is the same definition in 64-bit integers: every
-//! grant, refusal, earliest time and available count equals the wide
+//! A narrow or scaled decision is the same definition in 64-bit integers:
+//! every grant, refusal, earliest time and available count equals the wide
 //! decision's for the same `TAT`, with two departures, both documented in
 //! `docs/rate-limiter.md` and checked by the model test:
 //!
-//! - **The end of time.** `TAT` must stay below `2^63` ns (292 years after
-//!   the clock's origin; the engine's clocks start at zero). A grant that
+//! - **The end of time.** `TAT·a` must stay below `2^63` (292 years after
+//!   the clock's origin for a narrow cell, `292 / a` years for a scaled
+//!   one, 18 at the least; the engine's clocks start at zero). A grant that
 //!   would book past it is refused with an earliest time of
 //!   [`Timestamp::MAX`](crate::time::Timestamp::MAX) ("never"), where the
-//!   wide state would grant: a narrow limiter fails closed 292 years in.
+//!   wide state would grant: such a limiter fails closed that far in.
 //! - **A refund's floor.** A refund moves `TAT` back by `n·T`; the wide
 //!   state stops at the instant of the last full bucket (it counts tokens
-//!   since then), the narrow one at zero. Any `TAT` at or before `now` is a
-//!   full bucket, so the two differ only for a caller whose time then goes
-//!   back before that instant.
+//!   since then), the 64-bit cells at zero. Any `TAT` at or before `now` is
+//!   a full bucket, so the two differ only for a caller whose time then
+//!   goes back before that instant.
+//!
+//! A scaled `TAT` is not always `reset + k·T` for whole nanoseconds `reset`
+//! (after a refund below the last full bucket, or within `T·a` ns of the
+//! origin); where no such split exists, its wide form (for a quota change
+//! or a description) rounds `TAT` up to the next nanosecond: later by less
+//! than one, never earlier.
 //!
 //! Both cells keep the [`SEALED`] protocol of live quota changes: a seal is
 //! a `fetch_or` of the bit, the state under it is final, and a cell made
@@ -48,41 +61,74 @@ use super::quota::Quota;
 /// Bit 63 of a narrow cell: the quota was replaced (as [`SEALED`]).
 const NARROW_SEALED: u64 = 1 << 63;
 
-/// The latest `TAT` a narrow cell holds, in ns.
+/// The latest `TAT` a narrow cell holds, in ns (`TAT·a` for a scaled one).
 pub(crate) const NARROW_MAX: u64 = NARROW_SEALED - 1;
+
+/// The largest `a` a scaled cell takes: its end of time, `2^63 / a` ns, is
+/// then at least `2^59` ns (18 years) after the clock's origin.
+pub(crate) const MAX_SCALE: u64 = 16;
 
 /// A direct limiter's state cell (see the module documentation).
 pub(crate) enum Cell {
-    /// `TAT` in whole nanoseconds, bit 63 `SEALED`.
+    /// `TAT` in whole nanoseconds (`a = 1`), bit 63 `SEALED`.
     Narrow(AtomicU64),
+    /// `TAT·a` (`1 < a <= MAX_SCALE`), bit 63 `SEALED`.
+    Scaled(AtomicU64),
     /// The 128-bit state of [`gcra`](super::gcra).
     Wide(AtomicU128),
 }
 
-/// Whether `quota`'s state fits a narrow cell.
+/// Whether `quota`'s state fits a narrow cell (`TAT` in whole ns): the
+/// keyed table's choice (it has no scaled width).
+#[cfg(feature = "std")]
 #[inline]
 pub(super) fn fits_narrow(quota: &Quota) -> bool {
-    quota.a() == 1 && quota.burst_c() < 1 << 62
+    quota.a() == 1 && fits_64(quota)
 }
 
-/// A narrow cell's `TAT` for the wide `state`, cut at [`NARROW_MAX`].
+/// Whether `quota`'s state fits a 64-bit cell, narrow or scaled.
+#[inline]
+fn fits_64(quota: &Quota) -> bool {
+    quota.a() <= MAX_SCALE && quota.burst_c() < 1 << 62
+}
+
+/// A 64-bit cell's `TAT·a` for the wide `state`, cut at [`NARROW_MAX`].
 pub(super) fn narrow_of(quota: &Quota, state: State) -> u64 {
-    let tat = u128::from(gcra::reset_of(state))
-        + u128::from(gcra::tokens_of(state)) * u128::from(quota.c());
+    let tat = gcra::tat(quota, state);
     u64::try_from(tat).map_or(NARROW_MAX, |t| t.min(NARROW_MAX))
 }
 
-/// The wide form of a narrow `tat` for decisions at `now`: `(reset, k)`
-/// with `reset + k·T = tat` and `reset <= now` where `tat - now` allows it
-/// (whole tokens booked since an instant not after `now`, as a wide state
-/// made at `now` would hold), else `(tat, 0)`.
+/// The wide form of a 64-bit cell's `tat` (`TAT·a`) for decisions at
+/// `now`: `(reset, k)` with `reset·a + k·c = tat` and `reset <= now` where
+/// `tat` allows it (whole tokens booked since an instant not after `now`,
+/// as a wide state made at `now` would hold), else the latest such `reset`
+/// after `now`; where no whole `reset` exists (a scaled `tat` only), `TAT`
+/// rounded up to the next nanosecond.
 pub(super) fn wide_of(quota: &Quota, tat: u64, now: u64) -> State {
-    if tat <= now {
-        return gcra::pack(tat, 0);
+    let (a, c) = (quota.a(), quota.c());
+    let t = u128::from(now) * u128::from(a);
+    // Tokens booked since `now`, rounded up: the fewest `k` that keeps
+    // `reset` at or before `now`.
+    let fewest = u64::try_from((u128::from(tat).saturating_sub(t)).div_ceil(u128::from(c)))
+        .unwrap_or(u64::MAX);
+    // `reset·a = tat - k·c` needs `k·c ≡ tat (mod a)`: one `k` in `0..a`
+    // (`a` and `c` are coprime), and every `k` that differs from it by a
+    // multiple of `a`.
+    let residue = (0..a)
+        .find(|k| (k * (c % a)) % a == tat % a)
+        .expect("a and c are coprime");
+    let most = tat / c;
+    if most < residue {
+        // No whole `reset`: `TAT` rounded up.
+        return gcra::pack(tat.div_ceil(a), 0);
     }
-    let c = quota.c();
-    let k = (tat - now).div_ceil(c).min(tat / c);
-    gcra::pack(tat - k * c, k)
+    // The fewest `k >= fewest` of the residue's class, else the most that
+    // `tat` holds.
+    let k = match fewest.checked_add((residue + a - fewest % a) % a) {
+        Some(k) if k <= most => k,
+        _ => most - (most - residue) % a,
+    };
+    gcra::pack((tat - k * c) / a, k)
 }
 
 /// A narrow decision: [`gcra::decide`] for a quota that [`fits_narrow`],
@@ -159,6 +205,46 @@ pub(crate) fn acquire_narrow(
     }
 }
 
+/// [`Cell::acquire`] on a scaled cell: the narrow decision on times
+/// multiplied by `a` (saturating: a time past the cell's end is refused as
+/// "never"), its ready time divided back, rounded up as the wide decision
+/// rounds it.
+#[inline]
+fn acquire_scaled(
+    cell: &AtomicU64,
+    quota: &Quota,
+    now: u64,
+    horizon: u64,
+    n: u64,
+) -> Option<Result<u64, Refusal>> {
+    let a = quota.a();
+    let t = now.saturating_mul(a);
+    Some(
+        match acquire_narrow(cell, quota, t, horizon.saturating_mul(a), n)? {
+            Ok(ready) => Ok(unscale(a, ready, t, now)),
+            Err(refusal) => Err(unscale_refusal(a, refusal)),
+        },
+    )
+}
+
+/// A scaled decision's ready time in ns: `now` when it is `t = now·a`,
+/// else rounded up.
+#[inline(always)]
+fn unscale(a: u64, ready: u64, t: u64, now: u64) -> u64 {
+    if ready <= t { now } else { ready.div_ceil(a) }
+}
+
+/// A scaled refusal in ns (its "never" stays "never").
+#[inline]
+fn unscale_refusal(a: u64, refusal: Refusal) -> Refusal {
+    match refusal {
+        Refusal::NotYet { ready } if ready != u64::MAX => Refusal::NotYet {
+            ready: ready.div_ceil(a),
+        },
+        other => other,
+    }
+}
+
 /// [`Cell::acquire`] on a wide cell. Inlined, so that a caller's constants
 /// (one token, a horizon of now) fold into the 128-bit decision; the
 /// direct limiter's checks keep it out of their inlined narrow path by
@@ -179,21 +265,25 @@ fn acquire_wide(
 impl Cell {
     /// A cell for `quota` holding the wide `state`.
     pub(crate) fn new(quota: &Quota, state: State) -> Self {
-        if fits_narrow(quota) {
-            Cell::Narrow(AtomicU64::new(narrow_of(quota, state)))
-        } else {
+        Cell::of_width(quota, narrow_of(quota, state), state)
+    }
+
+    /// A cell of `quota`'s width holding `word` if it is 64 bits wide,
+    /// `state` if it is 128.
+    fn of_width(quota: &Quota, word: u64, state: State) -> Self {
+        if !fits_64(quota) {
             Cell::Wide(AtomicU128::new(state))
+        } else if quota.a() == 1 {
+            Cell::Narrow(AtomicU64::new(word))
+        } else {
+            Cell::Scaled(AtomicU64::new(word))
         }
     }
 
     /// A new era's cell for `quota`, pending until [`settle`](Self::settle).
     #[cfg(feature = "std")]
     pub(crate) fn pending(quota: &Quota) -> Self {
-        if fits_narrow(quota) {
-            Cell::Narrow(AtomicU64::new(u64::MAX))
-        } else {
-            Cell::Wide(AtomicU128::new(State::MAX))
-        }
+        Cell::of_width(quota, u64::MAX, State::MAX)
     }
 
     /// Applies a decision for `n` tokens at `now` (conforming by `horizon`)
@@ -209,6 +299,7 @@ impl Cell {
     ) -> Option<Result<u64, Refusal>> {
         match self {
             Cell::Narrow(cell) => acquire_narrow(cell, quota, now, horizon, n),
+            Cell::Scaled(cell) => acquire_scaled(cell, quota, now, horizon, n),
             Cell::Wide(cell) => acquire_wide(cell, quota, now, horizon, n),
         }
     }
@@ -219,7 +310,7 @@ impl Cell {
     pub(crate) fn narrow(&self) -> Option<&AtomicU64> {
         match self {
             Cell::Narrow(cell) => Some(cell),
-            Cell::Wide(_) => None,
+            Cell::Scaled(_) | Cell::Wide(_) => None,
         }
     }
 
@@ -230,7 +321,7 @@ impl Cell {
         // ordering: Relaxed; a peek is a snapshot that may be stale the
         // moment it is returned.
         match self {
-            Cell::Narrow(cell) => {
+            Cell::Narrow(cell) | Cell::Scaled(cell) => {
                 let tat = cell.load(Ordering::Relaxed);
                 (tat & NARROW_SEALED == 0).then(|| wide_of(quota, tat, now))
             }
@@ -257,6 +348,17 @@ impl Cell {
                 let tat = cell.load(Ordering::Relaxed);
                 decide_narrow(quota, tat, now, horizon, n).map(|r| r.map(|(_, ready)| ready))
             }
+            Cell::Scaled(cell) => {
+                // ordering: Relaxed, as in `peek`.
+                let tat = cell.load(Ordering::Relaxed);
+                let (a, t) = (quota.a(), now.saturating_mul(quota.a()));
+                Some(
+                    match decide_narrow(quota, tat, t, horizon.saturating_mul(a), n)? {
+                        Ok((_, ready)) => Ok(unscale(a, ready, t, now)),
+                        Err(refusal) => Err(unscale_refusal(a, refusal)),
+                    },
+                )
+            }
             Cell::Wide(_) => {
                 let state = self.peek(quota, now)?;
                 Some(gcra::decide(quota, state, now, horizon, n).map(|grant| grant.ready))
@@ -268,31 +370,32 @@ impl Cell {
     /// request at a time (at most the burst); `None` when sealed.
     pub(crate) fn available(&self, quota: &Quota, now: u64) -> Option<u64> {
         match self {
-            Cell::Narrow(cell) => {
+            Cell::Narrow(cell) | Cell::Scaled(cell) => {
                 // ordering: Relaxed, as in `peek`.
                 let tat = cell.load(Ordering::Relaxed);
                 if tat & NARROW_SEALED != 0 {
                     return None;
                 }
-                let tokens = gcra::available(quota, wide_of(quota, tat, now), now);
+                let t = now.saturating_mul(quota.a());
+                let tokens = gcra::available_at(quota, u128::from(tat), u128::from(t));
                 // Only the tokens whose grant keeps `TAT` at or below the
-                // end of a narrow cell's time.
-                Some(tokens.min(NARROW_MAX.saturating_sub(tat.max(now)) / quota.c()))
+                // end of a 64-bit cell's time.
+                Some(tokens.min(NARROW_MAX.saturating_sub(tat.max(t)) / quota.c()))
             }
             Cell::Wide(_) => Some(gcra::available(quota, self.peek(quota, now)?, now)),
         }
     }
 
-    /// `(reset, booked since)` for display (a narrow cell shows its `TAT`
-    /// as the reset, nothing booked since); `None` when sealed (or still
-    /// pending): a sealed cell stays sealed, and an unsealed answer is a
-    /// state read before the seal.
-    pub(crate) fn describe(&self) -> Option<(u64, u64)> {
+    /// `(reset, booked since)` for display (a 64-bit cell shows its `TAT`,
+    /// rounded up to whole ns, as the reset, nothing booked since); `None`
+    /// when sealed (or still pending): a sealed cell stays sealed, and an
+    /// unsealed answer is a state read before the seal.
+    pub(crate) fn describe(&self, quota: &Quota) -> Option<(u64, u64)> {
         // ordering: Relaxed; a snapshot for display.
         match self {
-            Cell::Narrow(cell) => {
+            Cell::Narrow(cell) | Cell::Scaled(cell) => {
                 let tat = cell.load(Ordering::Relaxed);
-                (tat & NARROW_SEALED == 0).then_some((tat, 0))
+                (tat & NARROW_SEALED == 0).then(|| (tat.div_ceil(quota.a()), 0))
             }
             Cell::Wide(cell) => {
                 let state = cell.load(Ordering::Relaxed);
@@ -307,7 +410,8 @@ impl Cell {
     pub(crate) fn refund(&self, quota: &Quota, n: u64) -> Option<()> {
         match self {
             // ordering: Relaxed, as in `gcra::refund`.
-            Cell::Narrow(cell) => cell
+            // `n·T` is `n·c` in a scaled cell's units too.
+            Cell::Narrow(cell) | Cell::Scaled(cell) => cell
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
                     (tat & NARROW_SEALED == 0)
                         .then(|| tat.saturating_sub(n.saturating_mul(quota.c())))
@@ -326,7 +430,7 @@ impl Cell {
         // thread that finds the cell sealed (and fences Acquire) finds the
         // link made before it.
         match self {
-            Cell::Narrow(cell) => {
+            Cell::Narrow(cell) | Cell::Scaled(cell) => {
                 let tat = cell.fetch_or(NARROW_SEALED, Ordering::Release) & !NARROW_SEALED;
                 wide_of(quota, tat, now)
             }
@@ -341,7 +445,7 @@ impl Cell {
         // ordering: Relaxed; the publication of the era orders it for
         // readers (see `limiter.rs`).
         match self {
-            Cell::Narrow(cell) => {
+            Cell::Narrow(cell) | Cell::Scaled(cell) => {
                 let _ = cell.compare_exchange(
                     u64::MAX,
                     narrow_of(quota, state),
@@ -361,7 +465,7 @@ impl Cell {
     pub(crate) fn replace(&self, quota: &Quota, state: State) -> Option<()> {
         // ordering: Relaxed, as every access to the cell.
         match self {
-            Cell::Narrow(cell) => {
+            Cell::Narrow(cell) | Cell::Scaled(cell) => {
                 let new = narrow_of(quota, state);
                 cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
                     (tat & NARROW_SEALED == 0).then_some(new)
@@ -383,6 +487,12 @@ impl Cell {
     pub(crate) fn is_narrow(&self) -> bool {
         matches!(self, Cell::Narrow(_))
     }
+
+    /// Whether this is a 128-bit cell.
+    #[cfg(test)]
+    pub(crate) fn is_wide(&self) -> bool {
+        matches!(self, Cell::Wide(_))
+    }
 }
 
 #[cfg(test)]
@@ -392,21 +502,45 @@ mod tests {
 
     const MS: u64 = 1_000_000;
 
-    /// The narrow decision equals the wide one, state for state, over a run
-    /// of grants, refusals, horizons and refunds.
+    /// The narrow and scaled decisions equal the wide one, state for state,
+    /// over a run of grants, refusals, horizons and refunds.
     #[test]
     fn a_narrow_cell_decides_as_the_wide_state_does() {
-        for quota in [
-            Quota::per_second(10).unwrap().with_burst(3).unwrap(),
-            Quota::new(7, Duration::from_millis(7)).unwrap(),
-            Quota::per_second(4)
-                .unwrap()
-                .with_burst(2)
-                .unwrap()
-                .with_debt(),
+        for (quota, narrow) in [
+            (Quota::per_second(10).unwrap().with_burst(3).unwrap(), true),
+            (Quota::new(7, Duration::from_millis(7)).unwrap(), true),
+            (
+                Quota::per_second(4)
+                    .unwrap()
+                    .with_burst(2)
+                    .unwrap()
+                    .with_debt(),
+                true,
+            ),
+            // Scaled: a = 3, 7, 9 and 16 (the largest that fits).
+            (Quota::per_second(30).unwrap().with_burst(4).unwrap(), false),
+            (Quota::per_second(7).unwrap(), false),
+            (Quota::per_second(90).unwrap().with_burst(5).unwrap(), false),
+            (
+                Quota::new(16, Duration::from_nanos(999_999_999))
+                    .unwrap()
+                    .with_burst(3)
+                    .unwrap()
+                    .with_debt(),
+                false,
+            ),
         ] {
-            let narrow = Cell::new(&quota, 0);
-            assert!(narrow.is_narrow(), "{quota:?}");
+            let cell = Cell::new(&quota, 0);
+            assert_eq!(cell.is_narrow(), narrow, "{quota:?}");
+            assert!(!cell.is_wide(), "{quota:?}");
+            decide_as_the_wide_state(&quota, &cell);
+        }
+    }
+
+    /// Runs `narrow` (a 64-bit cell) beside a wide state from `(0, 0)`.
+    fn decide_as_the_wide_state(quota: &Quota, narrow: &Cell) {
+        let quota = *quota;
+        {
             let wide = AtomicU128::new(0);
             let mut now = 1_000 * MS;
             for step in 0..if cfg!(miri) { 100 } else { 400u64 } {
@@ -417,13 +551,32 @@ mod tests {
                     .unwrap()
                     .map(|g| g.ready);
                 assert_eq!(a, b, "{quota:?} step {step} at {now}");
+                assert_eq!(
+                    narrow.decide(&quota, now + 3, horizon + 3, n),
+                    Some(
+                        gcra::decide(
+                            &quota,
+                            wide.load(Ordering::Relaxed),
+                            now + 3,
+                            horizon + 3,
+                            n
+                        )
+                        .map(|g| g.ready)
+                    ),
+                    "{quota:?} step {step} at {now}"
+                );
                 if step % 7 == 0 {
                     narrow.refund(&quota, 1).unwrap();
                     gcra::refund(&wide, 1).unwrap();
                 }
                 let state = wide.load(Ordering::Relaxed);
-                for t in [now, now + 37 * MS] {
+                for t in [now, now + 37 * MS, now + 37 * MS + 1] {
+                    assert_eq!(
+                        narrow.available(&quota, t),
+                        Some(gcra::available(&quota, state, t))
+                    );
                     let peeked = narrow.peek(&quota, t).unwrap();
+                    assert_eq!(gcra::tat(&quota, peeked), gcra::tat(&quota, state));
                     assert_eq!(
                         gcra::available(&quota, peeked, t),
                         gcra::available(&quota, state, t)
@@ -433,17 +586,67 @@ mod tests {
                         gcra::ahead(&quota, state, t)
                     );
                 }
-                now += (step % 5) * 30 * MS;
+                now += (step % 5) * 30 * MS + step % 3;
             }
         }
     }
 
     #[test]
-    fn fractional_or_huge_intervals_stay_wide() {
-        assert!(!Cell::new(&Quota::per_second(3).unwrap(), 0).is_narrow());
+    fn finer_fractions_or_huge_intervals_stay_wide() {
+        // a = 17: past the scaled cell's largest.
+        assert!(Cell::new(&Quota::per_second(17).unwrap(), 0).is_wide());
+        assert!(!Cell::new(&Quota::per_second(3).unwrap(), 0).is_wide());
         // A burst of 2^32 - 1 tokens an hour apart: b·T beyond 2^62 ns.
         let long = Quota::per_hour(1).unwrap().with_burst(u32::MAX).unwrap();
-        assert!(!Cell::new(&long, 0).is_narrow());
+        assert!(Cell::new(&long, 0).is_wide());
+        // The same with a = 3: b·T·a beyond 2^62.
+        let long = Quota::new(3, Duration::from_secs(3_601))
+            .unwrap()
+            .with_burst(u32::MAX)
+            .unwrap();
+        assert_eq!(long.a(), 3);
+        assert!(Cell::new(&long, 0).is_wide());
+    }
+
+    #[test]
+    fn a_scaled_cell_fails_closed_at_its_end_of_time() {
+        // T = 10^8 / 3 ns: `TAT·3` ends at NARROW_MAX.
+        let quota = Quota::per_second(30).unwrap().with_burst(2).unwrap();
+        let cell = Cell::new(&quota, 0);
+        let end = NARROW_MAX / 3;
+        // The last instant a whole burst fits: granted, at that instant.
+        let last = end - 66_666_667;
+        assert_eq!(cell.available(&quota, last), Some(2));
+        assert_eq!(cell.acquire(&quota, last, last, 1), Some(Ok(last)));
+        assert_eq!(cell.acquire(&quota, last, last, 1), Some(Ok(last)));
+        for t in [last, end, end + 1, u64::MAX / 3 + 1, u64::MAX] {
+            assert_eq!(cell.available(&quota, t), Some(0), "{t}");
+            assert_eq!(
+                cell.acquire(&quota, t, t, 1),
+                Some(Err(Refusal::NotYet { ready: u64::MAX })),
+                "{t}"
+            );
+        }
+        // A fresh cell past the end: nothing, "never" (a time whose
+        // multiple by `a` saturates too).
+        let fresh = Cell::new(&quota, 0);
+        for t in [end, u64::MAX] {
+            assert_eq!(fresh.available(&quota, t), Some(0));
+            assert_eq!(
+                fresh.decide(&quota, t, t, 1),
+                Some(Err(Refusal::NotYet { ready: u64::MAX }))
+            );
+        }
+        // `horizon` saturating is exact: a wait to the end of the clock.
+        let fresh = Cell::new(&quota, 0);
+        let t = 1_000 * MS;
+        for _ in 0..2 {
+            assert_eq!(fresh.acquire(&quota, t, u64::MAX, 1), Some(Ok(t)));
+        }
+        assert_eq!(
+            fresh.acquire(&quota, t, u64::MAX, 1),
+            Some(Ok(t + 33_333_334))
+        );
     }
 
     #[test]
@@ -491,5 +694,39 @@ mod tests {
             assert!(reset <= now || k == tat / (100 * MS), "{tat} {now}");
             assert_eq!(narrow_of(&quota, state), tat);
         }
+    }
+
+    #[test]
+    fn the_wide_form_of_a_scaled_state_is_exact_where_a_split_exists() {
+        // T = 10^9 / 7 ns: `TAT·7 = reset·7 + k·10^9`.
+        let quota = Quota::per_second(7).unwrap().with_burst(5).unwrap();
+        let c = 1_000_000_000;
+        for reset in [0, 1, 999, 5 * c, 5 * c + 3] {
+            for k in 0..12 {
+                let tat = reset * 7 + k * c;
+                for now in [0, reset, reset + 1, reset + 2 * c, tat / 7, tat / 7 + 1] {
+                    let state = wide_of(&quota, tat, now);
+                    let (r, j) = (gcra::reset_of(state), gcra::tokens_of(state));
+                    assert_eq!(gcra::tat(&quota, state), u128::from(tat), "{tat} {now}");
+                    // `reset` at or before `now` where a split allows it;
+                    // else the latest `reset` after it.
+                    if r > now {
+                        assert!(
+                            (j + 1..=tat / c).all(|more| (tat - more * c) % 7 != 0),
+                            "{tat} {now}: ({r}, {j})"
+                        );
+                    }
+                    assert_eq!(narrow_of(&quota, state), tat);
+                }
+            }
+        }
+        // No split: `2·10^9 + 5 - k·10^9` is a multiple of 7 only for
+        // `k ≡ 4 (mod 7)`, and `tat` holds two intervals. Rounded up to the
+        // next nanosecond.
+        let tat = 2 * c + 5;
+        let state = wide_of(&quota, tat, 0);
+        assert_eq!(state, gcra::pack(tat.div_ceil(7), 0));
+        assert!(gcra::tat(&quota, state) >= u128::from(tat));
+        assert!(gcra::tat(&quota, state) < u128::from(tat) + 7);
     }
 }

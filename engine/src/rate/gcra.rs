@@ -71,7 +71,7 @@ pub(crate) const fn tokens_of(state: State) -> u64 {
 /// `TAT·a`: the theoretical arrival time in units of `1 / a` ns. `state`
 /// is not sealed (callers check first).
 #[inline(always)]
-fn tat(quota: &Quota, state: State) -> u128 {
+pub(crate) fn tat(quota: &Quota, state: State) -> u128 {
     debug_assert!(
         state & SEALED == 0,
         "a sealed or dead state is not decided on"
@@ -197,8 +197,15 @@ pub(crate) fn is_full(quota: &Quota, state: State, now: u64) -> bool {
 /// Tokens that could be taken at `now`: `min(b, floor((now + b·T - max(TAT,
 /// now)) / T))`.
 pub(crate) fn available(quota: &Quota, state: State, now: u64) -> u64 {
-    let t = u128::from(now) * u128::from(quota.a());
-    let tat = tat(quota, state);
+    available_at(
+        quota,
+        tat(quota, state),
+        u128::from(now) * u128::from(quota.a()),
+    )
+}
+
+/// [`available`] for `TAT·a = tat` at `t = now·a`.
+pub(crate) fn available_at(quota: &Quota, tat: u128, t: u128) -> u64 {
     if tat <= t {
         return quota.burst_tokens();
     }

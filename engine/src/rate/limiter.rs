@@ -127,7 +127,7 @@ impl RateLimiter {
 impl<S: EventSink> fmt::Debug for RateLimiter<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (quota, (reset, booked_since)) =
-            self.with_era(|era| Some((*era.quota, era.cell.describe()?)));
+            self.with_era(|era| Some((*era.quota, era.cell.describe(era.quota)?)));
         f.debug_struct("RateLimiter")
             .field("quota", &quota)
             .field("reset", &reset)
@@ -196,7 +196,7 @@ impl<S: EventSink> RateLimiter<S> {
 
     /// The quota in force.
     pub fn quota(&self) -> Quota {
-        self.with_era(|era| era.cell.describe().map(|_| *era.quota))
+        self.with_era(|era| era.cell.describe(era.quota).map(|_| *era.quota))
     }
 
     /// The sink events go to.
@@ -721,11 +721,11 @@ mod tests {
     #[test]
     fn the_end_of_time_is_handled() {
         for quota in [
-            Quota::new(2, Duration::from_nanos(3)).unwrap(),
-            Quota::per_second(3).unwrap(),
+            Quota::new(17, Duration::from_nanos(19)).unwrap(),
+            Quota::per_second(17).unwrap(),
             Quota::new(u32::MAX, Duration::from_nanos(u64::from(u32::MAX) + 1)).unwrap(),
         ] {
-            assert!(!RateLimiter::new(quota).head.state.is_narrow(), "{quota:?}");
+            assert!(RateLimiter::new(quota).head.state.is_wide(), "{quota:?}");
             let q = quota.with_burst(5).unwrap();
             let l = RateLimiter::new(q);
             assert_eq!(l.available(Timestamp::MAX), 5, "{q:?}");
@@ -745,21 +745,27 @@ mod tests {
         }
     }
 
-    /// A limiter on the 64-bit state (a whole-nanosecond interval) is
-    /// exact until `TAT` would pass 2^63 ns, then refuses everything as
-    /// "never" and says nothing is available (the documented departure).
+    /// A limiter on a 64-bit state (an interval of whole or sixteenths of
+    /// nanoseconds at the finest) is exact until `TAT·a` would pass 2^63,
+    /// then refuses everything as "never" and says nothing is available
+    /// (the documented departure).
     #[test]
     fn a_narrow_limiter_fails_closed_at_the_end_of_time() {
         for quota in [
             Quota::new(1, Duration::from_nanos(1)).unwrap(),
             Quota::per_second(1).unwrap(),
             Quota::new(u32::MAX, Duration::from_nanos(u64::from(u32::MAX))).unwrap(),
+            // Scaled: a = 2, 3 and 16.
+            Quota::new(2, Duration::from_nanos(3)).unwrap(),
+            Quota::per_second(30).unwrap(),
+            Quota::new(16, Duration::from_nanos(999_999_999)).unwrap(),
         ] {
             let q = quota.with_burst(5).unwrap();
             let l = RateLimiter::new(q);
-            assert!(l.head.state.is_narrow(), "{q:?}");
-            let t = q.emission_interval().as_nanos() as u64;
-            let last = at((1 << 63) - 1 - 5 * t);
+            assert!(!l.head.state.is_wide(), "{q:?}");
+            assert_eq!(l.head.state.is_narrow(), q.a() == 1, "{q:?}");
+            let t = q.c().div_ceil(q.a());
+            let last = at(((1 << 63) - 1 - 5 * q.c()) / q.a());
             assert_eq!(l.available(last), 5, "{q:?}");
             l.check_n(5, last).unwrap();
             // `TAT` is at the end: another token would pass it, "never".
@@ -783,6 +789,7 @@ mod tests {
         for quota in [
             Quota::new(1, Duration::from_nanos(1)).unwrap(),
             Quota::per_second(3).unwrap(),
+            Quota::per_second(17).unwrap(),
             Quota::per_hour(7).unwrap().with_debt(),
         ] {
             let q = quota.with_burst(4).unwrap();
@@ -821,12 +828,12 @@ mod tests {
             }
             // A burst drained at the end of time: a request stamped any
             // earlier finds the arrival time ahead of it, and is refused.
-            // (A narrow limiter's end is the last instant its burst fits.)
+            // (A 64-bit cell's end is the last instant its burst fits.)
             let l = RateLimiter::new(q);
-            let end = if l.head.state.is_narrow() {
-                at((1 << 63) - 1 - 4 * q.emission_interval().as_nanos() as u64)
-            } else {
+            let end = if l.head.state.is_wide() {
                 Timestamp::MAX
+            } else {
+                at(((1 << 63) - 1 - 4 * q.c()) / q.a())
             };
             l.check_n(4, end).unwrap();
             for t in [Timestamp::ZERO, at(u64::MAX / 2), at(u64::MAX - 1)] {
