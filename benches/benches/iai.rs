@@ -54,6 +54,9 @@
 //!   admitted, at 999 999 937 tokens a second (an interval that is not a
 //!   whole number of nanoseconds, so the 128-bit state; the rows above run
 //!   on the 64-bit one). No peer row: governor has no such path.
+//! - `tenlives_rate_check_fractional_no_clock_read`: the same at
+//!   750 000 000 tokens a second (an interval of 4/3 ns: the scaled 64-bit
+//!   state, `TAT·3`).
 //! - `tenlives_keyed_check_1k`: `KeyedRateLimiter::check_key(&key, now)` for
 //!   a `u64` key present in a full table of 1 000 keys (capacity 1 000),
 //!   same quota per key. Both keyed tables hash with foldhash under a fixed
@@ -510,7 +513,18 @@ fn warm(r: RateLimiter, start: Timestamp) -> RateLimiter {
 /// A warmed-up direct limiter on the 128-bit state: the admitting burst at
 /// a rate that does not divide a second.
 fn rate_limiter_uneven() -> Box<RateLimiter> {
-    let quota = Quota::per_second(999_999_937)
+    rate_limiter_at(999_999_937)
+}
+
+/// The same on the scaled 64-bit state: an interval of 4/3 ns.
+fn rate_limiter_fractional() -> Box<RateLimiter> {
+    rate_limiter_at(750_000_000)
+}
+
+/// A warmed-up direct limiter at `rate` tokens a second, the admitting
+/// burst.
+fn rate_limiter_at(rate: u32) -> Box<RateLimiter> {
+    let quota = Quota::per_second(rate)
         .and_then(|q| q.with_burst(BURST))
         .expect("valid quota");
     Box::new(warm(
@@ -710,6 +724,13 @@ mod harness {
     }
 
     #[library_benchmark]
+    #[bench::op(setup = rate_limiter_fractional)]
+    fn tenlives_rate_check_fractional_no_clock_read(r: Box<RateLimiter>) -> Box<RateLimiter> {
+        black_box(r.check(now())).expect("admitted");
+        r
+    }
+
+    #[library_benchmark]
     #[bench::op(setup = rate_limiter)]
     fn tenlives_rate_check_n_no_clock_read(r: Box<RateLimiter>) -> Box<RateLimiter> {
         black_box(r.check_n(black_box(N), now())).expect("admitted");
@@ -898,6 +919,7 @@ mod harness {
             tenlives_rate_check,
             tenlives_rate_check_no_clock_read,
             tenlives_rate_check_uneven_no_clock_read,
+            tenlives_rate_check_fractional_no_clock_read,
             tenlives_rate_check_n,
             tenlives_rate_check_n_no_clock_read,
             tenlives_keyed_check_1k,

@@ -16,7 +16,9 @@
 //!   `tenlives` runs on the 64-bit state (10^9 a second: a whole-nanosecond
 //!   interval); `tenlives_uneven_rate` (1 thread only) is tenlives at
 //!   999 999 937 tokens a second, an interval that is not a whole number of
-//!   nanoseconds, so on the 128-bit state.
+//!   nanoseconds, so on the 128-bit state; `tenlives_fractional_rate`
+//!   (1 thread only) at 750 000 000 a second, an interval of 4/3 ns, on the
+//!   scaled 64-bit state (`TAT·3`, `docs/rate-limiter.md`).
 //! - `rate/check_refused`: one token refused by a direct limiter with one
 //!   token an hour, taken before the run.
 //! - `rate/check_n8`: 8 tokens taken at once, all or none, admitted (the
@@ -116,6 +118,14 @@ fn governor_admitting() -> governor::Quota {
 /// `engine/src/rate/quota.rs`) where the admitting quota takes the shortcut.
 fn admitting_uneven() -> Quota {
     Quota::per_second(999_999_937)
+        .and_then(|q| q.with_burst(BURST))
+        .expect("valid quota")
+}
+
+/// 750 000 000 tokens a second: an interval of 4/3 ns, a fraction small
+/// enough for the scaled 64-bit cell (`TAT·3`).
+fn admitting_fractional() -> Quota {
+    Quota::per_second(750_000_000)
         .and_then(|q| q.with_burst(BURST))
         .expect("valid quota")
 }
@@ -223,6 +233,18 @@ fn bench_check_admitted(c: &mut Criterion) {
     one_thread(
         &mut group,
         "tenlives_uneven_rate",
+        &Cell::new(START_NS),
+        None,
+        &|t| {
+            let r = limiter.check(Timestamp::from_nanos(t));
+            expect::<true>(black_box(r).is_ok());
+        },
+    );
+
+    let limiter = RateLimiter::new(admitting_fractional());
+    one_thread(
+        &mut group,
+        "tenlives_fractional_rate",
         &Cell::new(START_NS),
         None,
         &|t| {

@@ -9,10 +9,10 @@
 //! interleaving of the change (link, seal, convert, publish, by the writer
 //! or by a helping check) with the checks and a refund.
 //!
-//! Two more models change between the 64-bit and the 128-bit state cells
-//! (engine/src/rate/cell.rs): a quota with a whole-nanosecond interval and
-//! one a third of a nanosecond longer or shorter, so that whole tokens of
-//! one are whole tokens of the other and the conversion is exact.
+//! Four more models change between the state cells (engine/src/rate/cell.rs:
+//! narrow, scaled, wide): a quota with a whole-nanosecond interval and ones
+//! a third or a seventeenth of a nanosecond longer or shorter, so that whole
+//! tokens of one are whole tokens of the other and the conversion is exact.
 //!
 //! The engine's epoch shim never frees under loom: these models check the
 //! change protocol; reclamation is modelled in `loom_live_config.rs`.
@@ -59,29 +59,45 @@ fn checks_racing_a_change_grant_exactly_the_burst() {
     checks_racing_a_change(quota(), quota().with_debt());
 }
 
-/// Ten a second on the 128-bit state: 3 tokens every `300 ms + delta`
-/// (`delta` of -1 or 1 ns), a burst of 2. Its interval is a third of a
-/// nanosecond away from `quota()`'s, so `k <= 2` tokens booked under one
-/// are `k` tokens of the other (rounded up as a change rounds).
-fn wide_quota(delta: i64) -> Quota {
-    let period = 300_000_000u64.checked_add_signed(delta).unwrap();
-    Quota::new(3, core::time::Duration::from_nanos(period))
+/// Ten a second in fractions: `rate` tokens every `rate · 100 ms + delta`
+/// (`delta` of -1 or 1 ns), a burst of 2; `a = rate`. Its interval is
+/// `1 / rate` ns away from `quota()`'s, so `k <= 2` tokens booked under a
+/// shorter interval are `k` tokens of a longer one (rounded up as a change
+/// rounds). A `rate` of 3 takes the scaled 64-bit cell, of 17 the 128-bit
+/// one.
+fn fractional_quota(rate: u32, delta: i64) -> Quota {
+    let period = (u64::from(rate) * 100_000_000)
+        .checked_add_signed(delta)
+        .unwrap();
+    Quota::new(rate, core::time::Duration::from_nanos(period))
         .unwrap()
         .with_burst(2)
         .unwrap()
 }
 
-/// Two checks race with a change from the 64-bit cell to the 128-bit one:
+/// Two checks race with a change from the narrow cell to the 128-bit one:
 /// exactly the burst in all.
 #[test]
 fn checks_racing_a_change_to_the_wide_cell_grant_exactly_the_burst() {
-    checks_racing_a_change(quota(), wide_quota(1));
+    checks_racing_a_change(quota(), fractional_quota(17, 1));
 }
 
-/// And from the 128-bit cell to the 64-bit one.
+/// And from the 128-bit cell to the narrow one.
 #[test]
 fn checks_racing_a_change_to_the_narrow_cell_grant_exactly_the_burst() {
-    checks_racing_a_change(wide_quota(-1), quota());
+    checks_racing_a_change(fractional_quota(17, -1), quota());
+}
+
+/// From the 128-bit cell to the scaled one (`TAT·3`).
+#[test]
+fn checks_racing_a_change_to_the_scaled_cell_grant_exactly_the_burst() {
+    checks_racing_a_change(fractional_quota(17, -1), fractional_quota(3, 1));
+}
+
+/// And from the scaled cell to the narrow one.
+#[test]
+fn checks_racing_a_change_from_the_scaled_cell_grant_exactly_the_burst() {
+    checks_racing_a_change(fractional_quota(3, -1), quota());
 }
 
 /// Two changes race with each other and with a check (the second writer

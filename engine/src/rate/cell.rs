@@ -70,12 +70,12 @@ pub(crate) const MAX_SCALE: u64 = 16;
 
 /// A direct limiter's state cell (see the module documentation).
 pub(crate) enum Cell {
+    /// The 128-bit state of [`gcra`](super::gcra).
+    Wide(AtomicU128),
     /// `TAT` in whole nanoseconds (`a = 1`), bit 63 `SEALED`.
     Narrow(AtomicU64),
     /// `TAT·a` (`1 < a <= MAX_SCALE`), bit 63 `SEALED`.
     Scaled(AtomicU64),
-    /// The 128-bit state of [`gcra`](super::gcra).
-    Wide(AtomicU128),
 }
 
 /// Whether `quota`'s state fits a narrow cell (`TAT` in whole ns): the
@@ -209,8 +209,8 @@ pub(crate) fn acquire_narrow(
 /// multiplied by `a` (saturating: a time past the cell's end is refused as
 /// "never"), its ready time divided back, rounded up as the wide decision
 /// rounds it.
-#[inline]
-fn acquire_scaled(
+#[inline(always)]
+pub(crate) fn acquire_scaled(
     cell: &AtomicU64,
     quota: &Quota,
     now: u64,
@@ -311,6 +311,16 @@ impl Cell {
         match self {
             Cell::Narrow(cell) => Some(cell),
             Cell::Scaled(_) | Cell::Wide(_) => None,
+        }
+    }
+
+    /// The word of a scaled cell, `None` for any other.
+    #[cfg(target_has_atomic = "64")]
+    #[inline(always)]
+    pub(crate) fn scaled(&self) -> Option<&AtomicU64> {
+        match self {
+            Cell::Scaled(cell) => Some(cell),
+            Cell::Narrow(_) | Cell::Wide(_) => None,
         }
     }
 

@@ -374,11 +374,30 @@ impl<S: EventSink> RateLimiter<S> {
         self.check_out_of_line(now)
     }
 
-    /// [`check`](Self::check) on a wide cell, or on a sealed one (on any
-    /// cell where 64-bit atomics are emulated, and inlined there).
+    /// [`check`](Self::check) on a scaled cell; the wide or sealed one a
+    /// call further (where 64-bit atomics are emulated, every cell, all
+    /// inlined).
     #[cfg_attr(target_has_atomic = "64", inline(never))]
     #[cfg_attr(not(target_has_atomic = "64"), inline(always))]
     fn check_out_of_line(&self, now: Timestamp) -> Result<(), RateLimited> {
+        // The scaled cell in a function of its own, away from the 128-bit
+        // decision's registers (as the narrow one in `check`).
+        #[cfg(target_has_atomic = "64")]
+        if let Some(cell) = self.head.state.scaled() {
+            let t = now.as_nanos();
+            match super::cell::acquire_scaled(cell, &self.quota, t, t, 1) {
+                Some(Ok(_)) => return Ok(()),
+                Some(Err(refusal)) => return Err(self.refused_one(&self.quota, refusal, now)),
+                None => {}
+            }
+        }
+        self.check_wide(now)
+    }
+
+    /// [`check`](Self::check) on a wide cell, or on a sealed one.
+    #[cfg_attr(target_has_atomic = "64", inline(never))]
+    #[cfg_attr(not(target_has_atomic = "64"), inline(always))]
+    fn check_wide(&self, now: Timestamp) -> Result<(), RateLimited> {
         let t = now.as_nanos();
         match self.take(t, t, 1) {
             Ok(_) => Ok(()),
@@ -421,6 +440,22 @@ impl<S: EventSink> RateLimiter<S> {
     #[cfg_attr(target_has_atomic = "64", inline(never))]
     #[cfg_attr(not(target_has_atomic = "64"), inline(always))]
     fn check_n_out_of_line(&self, n: u32, now: Timestamp) -> Result<(), RateLimitError> {
+        #[cfg(target_has_atomic = "64")]
+        if let Some(cell) = self.head.state.scaled() {
+            let t = now.as_nanos();
+            match super::cell::acquire_scaled(cell, &self.quota, t, t, u64::from(n)) {
+                Some(Ok(_)) => return Ok(()),
+                Some(Err(refusal)) => return Err(self.refused(&self.quota, refusal, n, now)),
+                None => {}
+            }
+        }
+        self.check_n_wide(n, now)
+    }
+
+    /// [`check_n`](Self::check_n) on a wide cell, or on a sealed one.
+    #[cfg_attr(target_has_atomic = "64", inline(never))]
+    #[cfg_attr(not(target_has_atomic = "64"), inline(always))]
+    fn check_n_wide(&self, n: u32, now: Timestamp) -> Result<(), RateLimitError> {
         let t = now.as_nanos();
         match self.take(t, t, u64::from(n)) {
             Ok(_) => Ok(()),
