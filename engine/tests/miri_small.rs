@@ -143,8 +143,8 @@ fn keyed_rate_table_with_evictions() {
 
 /// Quota changes racing checks: every era the limiter retires is reclaimed
 /// safely, and the tokens never exceed the burst of the quota in force. The
-/// changes cross between the 64-bit cell (whole-nanosecond intervals) and
-/// the 128-bit one (30 and 300 a second).
+/// changes cross between the narrow cell (whole-nanosecond intervals), the
+/// scaled one (30 and 300 a second) and the 128-bit one (17 a second).
 #[test]
 fn rate_limiter_quota_changes_racing_checks() {
     let limiter = RateLimiter::new(Quota::per_second(100).unwrap());
@@ -156,7 +156,7 @@ fn rate_limiter_quota_changes_racing_checks() {
             }
         });
         s.spawn(|| {
-            for (i, rate) in [50, 300, 10, 30, 100].into_iter().enumerate() {
+            for (i, rate) in [50, 300, 17, 10, 30, 100].into_iter().enumerate() {
                 limiter.set_quota(Quota::per_second(rate).unwrap(), at(i as u64 * 5));
             }
             done.store(true, Ordering::Release);

@@ -1,10 +1,11 @@
 //! loom models of the direct rate limiter's state cell
-//! (engine/src/rate/cell.rs, gcra.rs, limiter.rs), each run on both cells:
-//! the 64-bit one (10 a second, `T` = 100 ms exactly) and the 128-bit one
-//! (3 every 300 000 001 ns, `T` a third of a nanosecond longer: `(reset, k)`
-//! in one 128-bit cell, modelled under loom by engine/src/sync.rs's
-//! `AtomicU128`, a loom `AtomicPtr` to immutable values with the orderings
-//! the engine asks for).
+//! (engine/src/rate/cell.rs, gcra.rs, limiter.rs), each run on all three
+//! cells: the narrow one (10 a second, `T` = 100 ms exactly), the scaled
+//! one (3 every 300 000 001 ns, `T` a third of a nanosecond longer: `TAT·3`
+//! in 64 bits) and the 128-bit one (17 every 1 700 000 001 ns, `T` a
+//! seventeenth of a nanosecond longer: `(reset, k)` in one 128-bit cell,
+//! modelled under loom by engine/src/sync.rs's `AtomicU128`, a loom
+//! `AtomicPtr` to immutable values with the orderings the engine asks for).
 //!
 //! L1 (docs/guarantees.md): at one instant, concurrent checks never admit
 //! more than the burst, and under enough demand admit exactly the burst;
@@ -25,25 +26,29 @@ use tenlives_engine::rate::{Quota, RateLimiter, TokenSource, acquire_all};
 use tenlives_engine::time::Timestamp;
 use tenlives_loom_tests::model;
 
-/// The two cells' quotas, with a burst of `burst`.
-fn quotas(burst: u32) -> [Quota; 2] {
+/// The three cells' quotas, with a burst of `burst`.
+fn quotas(burst: u32) -> [Quota; 3] {
     [
         Quota::per_second(10).unwrap(),
         Quota::new(3, Duration::from_nanos(300_000_001)).unwrap(),
+        Quota::new(17, Duration::from_nanos(1_700_000_001)).unwrap(),
     ]
     .map(|q| q.with_burst(burst).unwrap())
 }
 
 /// Runs `f` as a loom model (at most `preemptions`) once per cell, with a
 /// function making a limiter of the given burst on that cell's quota.
-fn on_both_cells(preemptions: usize, f: fn(fn(u32) -> Arc<RateLimiter>)) {
+fn on_every_cell(preemptions: usize, f: fn(fn(u32) -> Arc<RateLimiter>)) {
     fn narrow(burst: u32) -> Arc<RateLimiter> {
         Arc::new(RateLimiter::new(quotas(burst)[0]))
     }
-    fn wide(burst: u32) -> Arc<RateLimiter> {
+    fn scaled(burst: u32) -> Arc<RateLimiter> {
         Arc::new(RateLimiter::new(quotas(burst)[1]))
     }
-    for limiter in [narrow as fn(u32) -> Arc<RateLimiter>, wide] {
+    fn wide(burst: u32) -> Arc<RateLimiter> {
+        Arc::new(RateLimiter::new(quotas(burst)[2]))
+    }
+    for limiter in [narrow as fn(u32) -> Arc<RateLimiter>, scaled, wide] {
         model(preemptions, move || f(limiter));
     }
 }
@@ -54,7 +59,7 @@ const NOW: Timestamp = Timestamp::from_nanos(1_000_000_000);
 /// burst of 3 at the same instant: exactly 3 are granted.
 #[test]
 fn concurrent_checks_at_one_instant_grant_exactly_the_burst() {
-    on_both_cells(3, |limiter| {
+    on_every_cell(3, |limiter| {
         let l = limiter(3);
         let threads: Vec<_> = (0..3)
             .map(|i| {
@@ -74,8 +79,8 @@ fn concurrent_checks_at_one_instant_grant_exactly_the_burst() {
     });
 }
 
-/// L2: burst 2 at 10 a second (T = 100 ms; on the 128-bit cell a third of
-/// a nanosecond more, which moves no decision below), both tokens taken at
+/// L2: burst 2 at 10 a second (T = 100 ms; on the fractional cells a third
+/// or a seventeenth of a nanosecond more, which moves no decision below), both tokens taken at
 /// NOW, so TAT = NOW + 200 ms. A checks at NOW + 250 ms (a full bucket: it resets
 /// the state to TAT = NOW + 350 ms); B checks at NOW + 150 ms (a stale
 /// reading). B first: both pass, TAT = NOW + 400 ms. A first: B is refused
@@ -86,7 +91,7 @@ fn a_refill_racing_with_a_stale_check_is_one_order_or_the_other() {
     fn at(ms: u64) -> Timestamp {
         Timestamp::from_nanos(NOW.as_nanos() + ms * 1_000_000)
     }
-    on_both_cells(3, |limiter| {
+    on_every_cell(3, |limiter| {
         let l = limiter(2);
         l.check_n(2, NOW).unwrap();
         let refill = {
@@ -100,8 +105,8 @@ fn a_refill_racing_with_a_stale_check_is_one_order_or_the_other() {
         assert!(refill.join().unwrap(), "a full bucket always grants");
         let stale_granted = stale.join().unwrap();
         let expected = if stale_granted { 1 } else { 2 };
-        // A nanosecond after NOW + 350 ms: the 128-bit quota's refill
-        // lands a third of a nanosecond after it.
+        // A nanosecond after NOW + 350 ms: the fractional quotas' refill
+        // lands a third (a seventeenth) of a nanosecond after it.
         let end = Timestamp::from_nanos(at(350).as_nanos() + 1);
         assert_eq!(l.available(end), expected);
     });
@@ -112,7 +117,7 @@ fn a_refill_racing_with_a_stale_check_is_one_order_or_the_other() {
 /// and afterwards exactly the tokens they kept are gone.
 #[test]
 fn reserve_and_cancel_racing_with_checks_never_over_admit() {
-    on_both_cells(3, |limiter| {
+    on_every_cell(3, |limiter| {
         let l = limiter(2);
         let reserver = {
             let l = l.clone();
@@ -144,7 +149,7 @@ fn reserve_and_cancel_racing_with_checks_never_over_admit() {
 /// remains in a is its burst minus the successful acquisitions.
 #[test]
 fn all_or_nothing_never_leaves_a_partial_charge() {
-    on_both_cells(3, |limiter| {
+    on_every_cell(3, |limiter| {
         let a = limiter(1);
         let b = limiter(1);
         let both = {

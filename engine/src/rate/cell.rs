@@ -74,9 +74,22 @@ pub(crate) enum Cell {
     Wide(AtomicU128),
     /// `TAT` in whole nanoseconds (`a = 1`), bit 63 `SEALED`.
     Narrow(AtomicU64),
-    /// `TAT·a` (`1 < a <= MAX_SCALE`), bit 63 `SEALED`.
-    Scaled(AtomicU64),
+    /// `TAT·a` (`1 < a <= MAX_SCALE`), bit 63 `SEALED`. Only where 64-bit
+    /// atomics are native ([`Native`]; elsewhere never made, on purpose).
+    #[cfg_attr(not(target_has_atomic = "64"), allow(dead_code))]
+    Scaled(AtomicU64, Native),
 }
+
+/// What a scaled cell needs of its target: `()` where 64-bit atomics are
+/// native. Where they are emulated (a lock around every access, as on
+/// 32-bit microcontrollers) a 64-bit word saves little over the 128-bit
+/// one, and the scaled cell's code is not worth a firmware's flash: there
+/// the type has no value, so no scaled cell exists and the compiler drops
+/// every branch for one.
+#[cfg(target_has_atomic = "64")]
+pub(crate) type Native = ();
+#[cfg(not(target_has_atomic = "64"))]
+pub(crate) type Native = core::convert::Infallible;
 
 /// Whether `quota`'s state fits a narrow cell (`TAT` in whole ns): the
 /// keyed table's choice (it has no scaled width).
@@ -86,10 +99,16 @@ pub(super) fn fits_narrow(quota: &Quota) -> bool {
     quota.a() == 1 && fits_64(quota)
 }
 
-/// Whether `quota`'s state fits a 64-bit cell, narrow or scaled.
+/// Whether `quota`'s state fits a 64-bit cell, narrow or scaled (scaled
+/// only where 64-bit atomics are native, see [`Native`]).
 #[inline]
 fn fits_64(quota: &Quota) -> bool {
-    quota.a() <= MAX_SCALE && quota.burst_c() < 1 << 62
+    let most = if cfg!(target_has_atomic = "64") {
+        MAX_SCALE
+    } else {
+        1
+    };
+    quota.a() <= most && quota.burst_c() < 1 << 62
 }
 
 /// A 64-bit cell's `TAT·a` for the wide `state`, cut at [`NARROW_MAX`].
@@ -268,6 +287,19 @@ impl Cell {
         Cell::of_width(quota, narrow_of(quota, state), state)
     }
 
+    /// A scaled cell holding `word`.
+    #[cfg(target_has_atomic = "64")]
+    fn new_scaled(word: u64) -> Self {
+        Cell::Scaled(AtomicU64::new(word), ())
+    }
+
+    /// No scaled cell where 64-bit atomics are emulated: [`fits_64`] takes
+    /// no fraction there.
+    #[cfg(not(target_has_atomic = "64"))]
+    fn new_scaled(_: u64) -> Self {
+        unreachable!("no scaled cell without native 64-bit atomics")
+    }
+
     /// A cell of `quota`'s width holding `word` if it is 64 bits wide,
     /// `state` if it is 128.
     fn of_width(quota: &Quota, word: u64, state: State) -> Self {
@@ -276,7 +308,7 @@ impl Cell {
         } else if quota.a() == 1 {
             Cell::Narrow(AtomicU64::new(word))
         } else {
-            Cell::Scaled(AtomicU64::new(word))
+            Cell::new_scaled(word)
         }
     }
 
@@ -299,7 +331,7 @@ impl Cell {
     ) -> Option<Result<u64, Refusal>> {
         match self {
             Cell::Narrow(cell) => acquire_narrow(cell, quota, now, horizon, n),
-            Cell::Scaled(cell) => acquire_scaled(cell, quota, now, horizon, n),
+            Cell::Scaled(cell, _) => acquire_scaled(cell, quota, now, horizon, n),
             Cell::Wide(cell) => acquire_wide(cell, quota, now, horizon, n),
         }
     }
@@ -310,7 +342,7 @@ impl Cell {
     pub(crate) fn narrow(&self) -> Option<&AtomicU64> {
         match self {
             Cell::Narrow(cell) => Some(cell),
-            Cell::Scaled(_) | Cell::Wide(_) => None,
+            Cell::Scaled(..) | Cell::Wide(_) => None,
         }
     }
 
@@ -319,7 +351,7 @@ impl Cell {
     #[inline(always)]
     pub(crate) fn scaled(&self) -> Option<&AtomicU64> {
         match self {
-            Cell::Scaled(cell) => Some(cell),
+            Cell::Scaled(cell, _) => Some(cell),
             Cell::Narrow(_) | Cell::Wide(_) => None,
         }
     }
@@ -331,7 +363,7 @@ impl Cell {
         // ordering: Relaxed; a peek is a snapshot that may be stale the
         // moment it is returned.
         match self {
-            Cell::Narrow(cell) | Cell::Scaled(cell) => {
+            Cell::Narrow(cell) | Cell::Scaled(cell, _) => {
                 let tat = cell.load(Ordering::Relaxed);
                 (tat & NARROW_SEALED == 0).then(|| wide_of(quota, tat, now))
             }
@@ -358,7 +390,7 @@ impl Cell {
                 let tat = cell.load(Ordering::Relaxed);
                 decide_narrow(quota, tat, now, horizon, n).map(|r| r.map(|(_, ready)| ready))
             }
-            Cell::Scaled(cell) => {
+            Cell::Scaled(cell, _) => {
                 // ordering: Relaxed, as in `peek`.
                 let tat = cell.load(Ordering::Relaxed);
                 let (a, t) = (quota.a(), now.saturating_mul(quota.a()));
@@ -380,7 +412,7 @@ impl Cell {
     /// request at a time (at most the burst); `None` when sealed.
     pub(crate) fn available(&self, quota: &Quota, now: u64) -> Option<u64> {
         match self {
-            Cell::Narrow(cell) | Cell::Scaled(cell) => {
+            Cell::Narrow(cell) | Cell::Scaled(cell, _) => {
                 // ordering: Relaxed, as in `peek`.
                 let tat = cell.load(Ordering::Relaxed);
                 if tat & NARROW_SEALED != 0 {
@@ -403,7 +435,7 @@ impl Cell {
     pub(crate) fn describe(&self, quota: &Quota) -> Option<(u64, u64)> {
         // ordering: Relaxed; a snapshot for display.
         match self {
-            Cell::Narrow(cell) | Cell::Scaled(cell) => {
+            Cell::Narrow(cell) | Cell::Scaled(cell, _) => {
                 let tat = cell.load(Ordering::Relaxed);
                 (tat & NARROW_SEALED == 0).then(|| (tat.div_ceil(quota.a()), 0))
             }
@@ -421,7 +453,7 @@ impl Cell {
         match self {
             // ordering: Relaxed, as in `gcra::refund`.
             // `n·T` is `n·c` in a scaled cell's units too.
-            Cell::Narrow(cell) | Cell::Scaled(cell) => cell
+            Cell::Narrow(cell) | Cell::Scaled(cell, _) => cell
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
                     (tat & NARROW_SEALED == 0)
                         .then(|| tat.saturating_sub(n.saturating_mul(quota.c())))
@@ -440,7 +472,7 @@ impl Cell {
         // thread that finds the cell sealed (and fences Acquire) finds the
         // link made before it.
         match self {
-            Cell::Narrow(cell) | Cell::Scaled(cell) => {
+            Cell::Narrow(cell) | Cell::Scaled(cell, _) => {
                 let tat = cell.fetch_or(NARROW_SEALED, Ordering::Release) & !NARROW_SEALED;
                 wide_of(quota, tat, now)
             }
@@ -455,7 +487,7 @@ impl Cell {
         // ordering: Relaxed; the publication of the era orders it for
         // readers (see `limiter.rs`).
         match self {
-            Cell::Narrow(cell) | Cell::Scaled(cell) => {
+            Cell::Narrow(cell) | Cell::Scaled(cell, _) => {
                 let _ = cell.compare_exchange(
                     u64::MAX,
                     narrow_of(quota, state),
@@ -475,7 +507,7 @@ impl Cell {
     pub(crate) fn replace(&self, quota: &Quota, state: State) -> Option<()> {
         // ordering: Relaxed, as every access to the cell.
         match self {
-            Cell::Narrow(cell) | Cell::Scaled(cell) => {
+            Cell::Narrow(cell) | Cell::Scaled(cell, _) => {
                 let new = narrow_of(quota, state);
                 cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
                     (tat & NARROW_SEALED == 0).then_some(new)

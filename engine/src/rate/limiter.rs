@@ -64,7 +64,8 @@ pub use snapshot::RATE_SNAPSHOT_MAX;
 pub(in crate::rate) use snapshot::{BOOKING_LEN, Booking, fingerprint as quota_fingerprint};
 
 /// A GCRA rate limiter over one atomic cell (64 bits when the quota's
-/// emission interval is a whole number of nanoseconds, else 128). See the
+/// emission interval is a whole number of nanoseconds or a fraction `c / a`
+/// ns with `a <= 16`, else 128). See the
 /// [module documentation](super).
 ///
 /// All methods take `&self`; share it by reference, in an `Arc` or in a

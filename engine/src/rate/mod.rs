@@ -1,6 +1,6 @@
 //! Rate limiting with GCRA: a direct limiter over one atomic cell (64 bits
-//! when the emission interval is a whole number of nanoseconds, 128
-//! otherwise), and a keyed limiter (one state per key) in a table of fixed
+//! when the emission interval is a whole number of nanoseconds or a
+//! fraction `c / a` with `a <= 16`, 128 otherwise), and a keyed limiter (one state per key) in a table of fixed
 //! size.
 //!
 //! # The algorithm
@@ -14,8 +14,9 @@
 //! fraction, and `TAT` as `(reset, k)`: the nanosecond of the last full
 //! bucket and the tokens booked since, `TAT = reset + k·T` (see `gcra.rs`);
 //! where `T` is a whole number of nanoseconds, the direct limiter holds
-//! `TAT` itself in 64 bits (see `cell.rs` and `docs/rate-limiter.md` for
-//! the two departures that costs, at the end of time and on refunds).
+//! `TAT` itself in 64 bits, and where it is a small fraction `c / a` ns,
+//! `TAT·a` (see `cell.rs` and `docs/rate-limiter.md` for the two
+//! departures that costs, at the end of time and on refunds).
 //! Nothing is rounded except the nanosecond a refusal reports, so a rate
 //! that does not divide the period (3 per second) never drifts: over any
 //! time `t`, at most `t / T + b` tokens are handed out, whatever the rate,
