@@ -39,10 +39,12 @@ static GLOBAL: Tracking = Tracking;
 #[test]
 fn bytes_per_entry_follow_the_layout() {
     // 10 a second: a whole-nanosecond interval, a 64-bit state word; 3 a
-    // second: a third of a second, the 128-bit state.
+    // second: a third of a second, a scaled 64-bit word; 17 a second: a
+    // seventeenth, the 128-bit state.
     for (quota, entry) in [
         (Quota::per_second(10).unwrap(), 24),
-        (Quota::per_second(3).unwrap(), 32),
+        (Quota::per_second(3).unwrap(), 24),
+        (Quota::per_second(17).unwrap(), 32),
     ] {
         measure(quota, entry);
     }

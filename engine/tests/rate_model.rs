@@ -18,8 +18,8 @@
 //! A quota whose interval is a whole number of nanoseconds (`rate` divides
 //! `period`) and whose burst spans less than `2^62` ns runs on the engine's
 //! 64-bit state (the direct limiter's cell, and every entry of a keyed
-//! table for that quota), and so does, on the direct limiter, one whose
-//! interval is a fraction `c / a` ns with `a <= 16` (its cell holds `TAT·a`),
+//! table for that quota), and so does one whose interval is a fraction
+//! `c / a` ns with `a <= 16` (its cell or word holds `TAT·a`),
 //! with two documented departures, modelled here: `TAT·a`
 //! never passes `2^63 - 1` (a request that would push it further, or
 //! that comes later, is refused with an earliest time of `u64::MAX`, and
@@ -98,13 +98,6 @@ impl Reference {
                     < 1 << 62,
             g: u128::from(gcd(u64::from(rate), period_ns)),
         }
-    }
-
-    /// The same, for an entry of a keyed table: 64 bits wide only for a
-    /// whole-nanosecond interval (the table has no scaled width).
-    fn in_a_keyed_table(mut self) -> Self {
-        self.narrow &= self.g == self.rate;
-        self
     }
 
     /// The latest `TAT` the state holds, times `rate`: `TAT·a` at most
@@ -435,7 +428,7 @@ proptest! {
             let now = Timestamp::from_nanos(t);
             let model = models
                 .entry(key)
-                .or_insert_with(|| Reference::new(rate, period, burst, false).in_a_keyed_table());
+                .or_insert_with(|| Reference::new(rate, period, burst, false));
             match op {
                 Op::Advance(d) => t += d % period.max(2),
                 Op::Check | Op::Reserve(..) | Op::CancelLast | Op::Earliest(_) => {

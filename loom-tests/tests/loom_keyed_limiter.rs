@@ -38,11 +38,12 @@ impl Hasher for Collide {
     fn write(&mut self, _: &[u8]) {}
 }
 
-/// The models run on both widths of the table's state words (the two
+/// The models run on every width of the table's state words (the two
 /// chain models on the first): 1 a second (a whole-nanosecond interval:
-/// 64-bit words) and 3 a second (128-bit), both refilled long before the
+/// 64-bit words), 3 a second (a third of a second: scaled 64-bit words,
+/// `TAT·3`) and 17 a second (128-bit), all refilled long before the
 /// models' 10 s.
-const WIDTHS: [u32; 2] = [1, 3];
+const WIDTHS: [u32; 3] = [1, 3, 17];
 
 fn quota(rate: u32, burst: u32) -> Quota {
     Quota::per_second(rate).unwrap().with_burst(burst).unwrap()

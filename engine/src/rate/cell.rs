@@ -91,8 +91,7 @@ pub(crate) type Native = ();
 #[cfg(not(target_has_atomic = "64"))]
 pub(crate) type Native = core::convert::Infallible;
 
-/// Whether `quota`'s state fits a narrow cell (`TAT` in whole ns): the
-/// keyed table's choice (it has no scaled width).
+/// Whether `quota`'s state fits a narrow cell (`TAT` in whole ns).
 #[cfg(feature = "std")]
 #[inline]
 pub(super) fn fits_narrow(quota: &Quota) -> bool {
@@ -102,7 +101,7 @@ pub(super) fn fits_narrow(quota: &Quota) -> bool {
 /// Whether `quota`'s state fits a 64-bit cell, narrow or scaled (scaled
 /// only where 64-bit atomics are native, see [`Native`]).
 #[inline]
-fn fits_64(quota: &Quota) -> bool {
+pub(super) fn fits_64(quota: &Quota) -> bool {
     let most = if cfg!(target_has_atomic = "64") {
         MAX_SCALE
     } else {
@@ -255,7 +254,7 @@ fn unscale(a: u64, ready: u64, t: u64, now: u64) -> u64 {
 
 /// A scaled refusal in ns (its "never" stays "never").
 #[inline]
-fn unscale_refusal(a: u64, refusal: Refusal) -> Refusal {
+pub(crate) fn unscale_refusal(a: u64, refusal: Refusal) -> Refusal {
     match refusal {
         Refusal::NotYet { ready } if ready != u64::MAX => Refusal::NotYet {
             ready: ready.div_ceil(a),

@@ -4,16 +4,19 @@
 //! width, chosen as the direct limiter's cell is (see
 //! [`cell`](super::super::cell)): a quota whose emission interval is a whole
 //! number of nanoseconds (and `b·T < 2^62` ns) keeps each key's `TAT` in a
-//! 64-bit word, [`Narrow`]; any other keeps the exact 128-bit `(reset, k)`
-//! state, [`Wide`]. The table's code is written once over [`Word`] and
-//! compiled for both; a request picks the table's width with one branch.
+//! 64-bit word, [`Narrow`]; one whose interval is a small fraction `c / a`
+//! ns (`a <= 16`, where 64-bit atomics are native) keeps `TAT·a` in one,
+//! [`Scaled`]; any other keeps the exact 128-bit `(reset, k)` state,
+//! [`Wide`]. The table's code is written once over [`Word`] and compiled
+//! for all three; a request picks the table's width with one branch.
 //!
 //! Both widths keep the table's two marks: `0` is a full bucket (a key
 //! never seen), and [`Word::DEAD`] an entry being evicted, which no
 //! decision accepts. The narrow word's dead mark has bit 63 set, like a
 //! direct limiter's sealed cell, so its decision refuses it with no test of
-//! its own; its two departures from the wide state (a 292-year end of time,
-//! a refund's floor at zero) are those of the direct limiter's narrow cell.
+//! its own; its two departures from the wide state (an end of time 292
+//! years in, `292 / a` for a scaled word; a refund's floor at zero) are
+//! those of the direct limiter's 64-bit cells.
 
 use crate::sync::{AtomicU64, AtomicU128, Ordering};
 
@@ -63,13 +66,20 @@ pub(crate) trait Word: 'static {
     fn of_wide(quota: &Quota, state: State) -> Self::Raw;
 }
 
-/// `TAT` in whole nanoseconds in an `AtomicU64`; `DEAD` is every bit set.
-pub(crate) enum Narrow {}
+/// `TAT·a` in an `AtomicU64`, in whole nanoseconds when `SCALED` is false
+/// (`a = 1`); `DEAD` is every bit set.
+pub(crate) enum Word64<const SCALED: bool> {}
+
+/// `TAT` in whole nanoseconds.
+pub(crate) type Narrow = Word64<false>;
+
+/// `TAT·a`, for `1 < a <= 16`.
+pub(crate) type Scaled = Word64<true>;
 
 /// The 128-bit `(reset, k)` state of [`gcra`] in an `AtomicU128`.
 pub(crate) enum Wide {}
 
-impl Word for Narrow {
+impl<const SCALED: bool> Word for Word64<SCALED> {
     type Cell = AtomicU64;
     type Raw = u64;
     const DEAD: u64 = u64::MAX;
@@ -107,12 +117,26 @@ impl Word for Narrow {
     #[inline(always)]
     fn decide(quota: &Quota, tat: u64, now: u64, n: u64) -> Option<Result<u64, Refusal>> {
         // `DEAD` has bit 63 set: the narrow decision's sealed case.
-        cell::decide_narrow(quota, tat, now, now, n).map(|r| r.map(|(next, _)| next))
+        if SCALED {
+            // In units of `1 / a` ns, as the direct limiter's scaled cell.
+            let a = quota.a();
+            let t = now.saturating_mul(a);
+            cell::decide_narrow(quota, tat, t, t, n).map(|r| {
+                r.map(|(next, _)| next)
+                    .map_err(|e| cell::unscale_refusal(a, e))
+            })
+        } else {
+            cell::decide_narrow(quota, tat, now, now, n).map(|r| r.map(|(next, _)| next))
+        }
     }
 
     #[inline]
-    fn is_full(_: &Quota, tat: u64, now: u64) -> bool {
-        tat <= now
+    fn is_full(quota: &Quota, tat: u64, now: u64) -> bool {
+        if SCALED {
+            tat <= now.saturating_mul(quota.a())
+        } else {
+            tat <= now
+        }
     }
 
     fn refund(quota: &Quota, tat: u64, n: u64) -> u64 {
