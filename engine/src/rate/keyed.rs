@@ -1309,32 +1309,27 @@ mod tests {
         assert!(limiter.check_key(&2, Timestamp::from_nanos(2)).is_ok());
     }
 
-    /// The same on a scaled table (2 every 3 ns, `T` = 1.5 ns, a burst of
-    /// 3), which fails closed as a narrow one, at `2^63 / 2` ns.
-    #[test]
-    fn the_ends_of_time_and_time_going_backwards_on_a_scaled_table() {
-        let quota = Quota::new(2, core::time::Duration::from_nanos(3))
-            .unwrap()
-            .with_burst(3)
-            .unwrap();
-        let limiter = KeyedRateLimiter::with_hasher_and_sink(
-            KeyedConfig::new(quota, 4).unwrap(),
-            FixedState::with_seed(2),
-            NoSink,
-            0,
-        );
-        assert!(matches!(limiter.table, Table::Scaled(_)));
+    /// A 64-bit table of burst 3 at the end of its time: a key never seen
+    /// is refused at `Timestamp::MAX` with no time it will conform; three
+    /// tokens fit at `late`, the last instant a whole burst does, and a
+    /// request at `end` is refused as "never"; stamped earlier, the key's
+    /// arrival time is ahead of it; a refund of all three leaves it there,
+    /// and a sweep at the end of the clock evicts it.
+    fn a_64_bit_table_fails_closed(
+        limiter: &KeyedRateLimiter<u32, FixedState>,
+        late: u64,
+        end: u64,
+    ) {
         let never = |e: RateLimitError| matches!(e, RateLimitError::Limited(l) if l.earliest() == Timestamp::MAX);
         assert!(never(limiter.check_key(&1, Timestamp::MAX).unwrap_err()));
         assert_eq!(limiter.in_use(), 0, "a refused new key takes no entry");
-        // The last instant a whole burst fits: `TAT·2 = late·2 + 3·3`.
-        let late = Timestamp::from_nanos((cell::NARROW_MAX - 9) / 2);
+        let late = Timestamp::from_nanos(late);
         for _ in 0..3 {
             assert!(limiter.check_key(&1, late).is_ok());
         }
         assert!(never(
             limiter
-                .check_key(&1, Timestamp::from_nanos(cell::NARROW_MAX / 2))
+                .check_key(&1, Timestamp::from_nanos(end))
                 .unwrap_err()
         ));
         assert!(limiter.check_key(&1, Timestamp::ZERO).is_err());
@@ -1346,6 +1341,30 @@ mod tests {
             "refunded to `late`"
         );
         assert_eq!(limiter.sweep(Timestamp::MAX), 1);
+    }
+
+    /// A table of burst 3 at `quota`.
+    fn burst_of_three(rate: u32, period_ns: u64) -> KeyedRateLimiter<u32, FixedState> {
+        let quota = Quota::new(rate, core::time::Duration::from_nanos(period_ns))
+            .unwrap()
+            .with_burst(3)
+            .unwrap();
+        KeyedRateLimiter::with_hasher_and_sink(
+            KeyedConfig::new(quota, 4).unwrap(),
+            FixedState::with_seed(2),
+            NoSink,
+            0,
+        )
+    }
+
+    /// The same on a scaled table (2 every 3 ns, `T` = 1.5 ns, a burst of
+    /// 3), which fails closed as a narrow one, at `2^63 / 2` ns.
+    #[test]
+    fn the_ends_of_time_and_time_going_backwards_on_a_scaled_table() {
+        let limiter = burst_of_three(2, 3);
+        assert!(matches!(limiter.table, Table::Scaled(_)));
+        // `TAT·2 = late·2 + 3·3` at most `NARROW_MAX`.
+        a_64_bit_table_fails_closed(&limiter, (cell::NARROW_MAX - 9) / 2, cell::NARROW_MAX / 2);
         // Three tokens at 0 book until 4.5 ns; the next conforms at 1.5 ns,
         // and a refusal says 2 (rounded up).
         assert!(limiter.check_key_n(&2, 3, Timestamp::ZERO).is_ok());
@@ -1362,40 +1381,9 @@ mod tests {
     /// every key past the end; time going backwards is as on a wide table.
     #[test]
     fn the_ends_of_time_and_time_going_backwards_on_a_narrow_table() {
-        let quota = Quota::new(1, core::time::Duration::from_nanos(1))
-            .unwrap()
-            .with_burst(3)
-            .unwrap();
-        let limiter = KeyedRateLimiter::with_hasher_and_sink(
-            KeyedConfig::new(quota, 4).unwrap(),
-            FixedState::with_seed(2),
-            NoSink,
-            0,
-        );
+        let limiter = burst_of_three(1, 1);
         assert!(matches!(limiter.table, Table::Narrow(_)));
-        let never = |e: RateLimitError| matches!(e, RateLimitError::Limited(l) if l.earliest() == Timestamp::MAX);
-        assert!(never(limiter.check_key(&1, Timestamp::MAX).unwrap_err()));
-        assert_eq!(limiter.in_use(), 0, "a refused new key takes no entry");
-        let late = Timestamp::from_nanos(cell::NARROW_MAX - 3);
-        for _ in 0..3 {
-            assert!(limiter.check_key(&1, late).is_ok());
-        }
-        // The next token would book past the end.
-        assert!(never(
-            limiter
-                .check_key(&1, Timestamp::from_nanos(cell::NARROW_MAX))
-                .unwrap_err()
-        ));
-        // Stamped earlier: the key's arrival time is ahead of it.
-        assert!(limiter.check_key(&1, Timestamp::ZERO).is_err());
-        assert!(limiter.peek_key_n(&1, 1, Timestamp::ZERO).is_err());
-        assert_eq!(limiter.sweep(Timestamp::ZERO), 0);
-        limiter.refund_key(&1, 3);
-        assert!(
-            limiter.peek_key_n(&1, 3, Timestamp::ZERO).is_err(),
-            "refunded to `late - 3`"
-        );
-        assert_eq!(limiter.sweep(Timestamp::MAX), 1);
+        a_64_bit_table_fails_closed(&limiter, cell::NARROW_MAX - 3, cell::NARROW_MAX);
         assert!(limiter.check_key_n(&2, 3, Timestamp::ZERO).is_ok());
         assert!(limiter.check_key(&2, Timestamp::ZERO).is_err());
         assert!(limiter.check_key(&2, Timestamp::from_nanos(1)).is_ok());
