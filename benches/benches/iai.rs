@@ -62,6 +62,10 @@
 //!   same quota per key. Both keyed tables hash with foldhash under a fixed
 //!   seed, so that the key's place in its bucket, and with it the count, is
 //!   the same on every run.
+//! - `tenlives_keyed_check_1k_fractional_no_clock_read`,
+//!   `tenlives_keyed_check_1k_uneven_no_clock_read`: the same at 750 000 000
+//!   and at 999 999 937 tokens a second per key (a table of scaled 64-bit
+//!   words and one of 128-bit states).
 //! - each tenlives row above that takes a time has a `_no_clock_read` twin.
 //! - `failsafe_breaker_default`, `failsafe_breaker_consecutive`: failsafe 1.3's
 //!   `call(|| Ok(()))` with its default configuration and with its
@@ -545,9 +549,14 @@ fn rate_limiter_timed() -> Box<Timed<RateLimiter>> {
 
 /// The keyed limiter of [`keyed_limiter`], filled and warmed up at `start`.
 fn warm_keyed(start: Timestamp) -> Keyed {
+    warm_keyed_at(admitting(), start)
+}
+
+/// A keyed limiter at `quota`, filled and warmed up at `start`.
+fn warm_keyed_at(quota: Quota, start: Timestamp) -> Keyed {
     let capacity = usize::try_from(KEYS).expect("fits");
     let k = KeyedRateLimiter::with_hasher_and_sink(
-        KeyedConfig::new(admitting(), capacity).expect("valid config"),
+        KeyedConfig::new(quota, capacity).expect("valid config"),
         Hasher::with_seed(HASH_SEED),
         NoSink,
         0,
@@ -565,6 +574,24 @@ fn warm_keyed(start: Timestamp) -> Keyed {
 /// A keyed limiter holding [`KEYS`] keys, [`KEY`] checked a few more times.
 fn keyed_limiter() -> Box<Keyed> {
     Box::new(warm_keyed(Timestamp::from_nanos(START_NS)))
+}
+
+/// The same at 750 000 000 tokens a second: scaled 64-bit words.
+fn keyed_limiter_fractional() -> Box<Keyed> {
+    keyed_limiter_at(750_000_000)
+}
+
+/// The same at 999 999 937 tokens a second: 128-bit states.
+fn keyed_limiter_uneven() -> Box<Keyed> {
+    keyed_limiter_at(999_999_937)
+}
+
+/// A keyed limiter at `rate` tokens a second, the admitting burst.
+fn keyed_limiter_at(rate: u32) -> Box<Keyed> {
+    let quota = Quota::per_second(rate)
+        .and_then(|q| q.with_burst(BURST))
+        .expect("valid quota");
+    Box::new(warm_keyed_at(quota, Timestamp::from_nanos(START_NS)))
 }
 
 /// The same on the TSC.
@@ -740,6 +767,20 @@ mod harness {
     #[library_benchmark]
     #[bench::op(setup = keyed_limiter)]
     fn tenlives_keyed_check_1k_no_clock_read(k: Box<Keyed>) -> Box<Keyed> {
+        black_box(k.check_key(&black_box(KEY), now())).expect("admitted");
+        k
+    }
+
+    #[library_benchmark]
+    #[bench::op(setup = keyed_limiter_fractional)]
+    fn tenlives_keyed_check_1k_fractional_no_clock_read(k: Box<Keyed>) -> Box<Keyed> {
+        black_box(k.check_key(&black_box(KEY), now())).expect("admitted");
+        k
+    }
+
+    #[library_benchmark]
+    #[bench::op(setup = keyed_limiter_uneven)]
+    fn tenlives_keyed_check_1k_uneven_no_clock_read(k: Box<Keyed>) -> Box<Keyed> {
         black_box(k.check_key(&black_box(KEY), now())).expect("admitted");
         k
     }
@@ -923,7 +964,9 @@ mod harness {
             tenlives_rate_check_n,
             tenlives_rate_check_n_no_clock_read,
             tenlives_keyed_check_1k,
-            tenlives_keyed_check_1k_no_clock_read
+            tenlives_keyed_check_1k_no_clock_read,
+            tenlives_keyed_check_1k_fractional_no_clock_read,
+            tenlives_keyed_check_1k_uneven_no_clock_read
     );
 
     // The tower layer rows: also run alone, built with the feature
