@@ -584,7 +584,7 @@ mod tests {
         {
             let wide = AtomicU128::new(0);
             let mut now = 1_000 * MS;
-            for step in 0..if cfg!(miri) { 100 } else { 400u64 } {
+            for step in 0..if cfg!(miri) { 40 } else { 400u64 } {
                 let n = 1 + step % 4;
                 let horizon = now + (step % 3) * 50 * MS;
                 let a = narrow.acquire(&quota, now, horizon, n).unwrap();

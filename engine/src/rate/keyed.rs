@@ -1091,8 +1091,12 @@ mod tests {
     /// refused with `TableFull`.
     #[test]
     fn colliding_keys_share_one_chain_and_evict_from_any_place() {
-        for quota in one_per_second_on_every_width() {
-            colliding_keys(quota);
+        // Under Miri not the scaled table: its atomics are the narrow
+        // one's, the same generic code (`word::Word64`).
+        for (i, quota) in one_per_second_on_every_width().into_iter().enumerate() {
+            if !(cfg!(miri) && i == 1) {
+                colliding_keys(quota);
+            }
         }
     }
 
