@@ -10,9 +10,9 @@
 //! [`Wide`]. The table's code is written once over [`Word`] and compiled
 //! for all three; a request picks the table's width with one branch.
 //!
-//! Both widths keep the table's two marks: `0` is a full bucket (a key
+//! Every width keeps the table's two marks: `0` is a full bucket (a key
 //! never seen), and [`Word::DEAD`] an entry being evicted, which no
-//! decision accepts. The narrow word's dead mark has bit 63 set, like a
+//! decision accepts. A 64-bit word's dead mark has bit 63 set, like a
 //! direct limiter's sealed cell, so its decision refuses it with no test of
 //! its own; its two departures from the wide state (an end of time 292
 //! years in, `292 / a` for a scaled word; a refund's floor at zero) are
