@@ -71,7 +71,8 @@
 //! lock of the flight's state on completion. Allocations come only from what
 //! sharing needs: one `Arc` per *flight* (holding the key, the upstream future
 //! inline, and the result until every caller took it) and the table's entry
-//! for it (amortised in the shard's `HashMap`); a follower that waits
+//! for it (amortised in the shard's `HashMap`, which has room for four
+//! flights from the start); a follower that waits
 //! registers its waker in a slot vector that grows by doubling (amortised, so
 //! at most `log2(n)` allocations for `n` waiting followers); each follower but
 //! the last receives a `Clone` of the result (the last takes it by move). A
@@ -201,24 +202,43 @@ struct Flight<K, F, R> {
 
 type Shard<K, F, R> = Mutex<HashMap<K, Arc<Flight<K, F, R>>, foldhash::fast::RandomState>>;
 
+/// The flights each shard has room for from the start: a shard allocates
+/// its table when it is made, not on the first request that reaches it.
+const SHARD_CAPACITY: usize = 4;
+
 /// The table of flights, shared by the layer and every service it made.
 struct Table<K, F, R> {
+    /// Chooses the shard; seeded apart from the shards' own hasher, so the
+    /// bits that choose a shard are not the bits its table probes with.
     hasher: foldhash::fast::RandomState,
     shards: [Shard<K, F, R>; SHARDS],
 }
 
 impl<K: Hash + Eq, F, R> Table<K, F, R> {
     fn new() -> Self {
-        let hasher = foldhash::fast::RandomState::default();
+        let within = foldhash::fast::RandomState::default();
         Table {
-            shards: std::array::from_fn(|_| Mutex::new(HashMap::with_hasher(hasher.clone()))),
-            hasher,
+            shards: std::array::from_fn(|_| {
+                Mutex::new(HashMap::with_capacity_and_hasher(
+                    SHARD_CAPACITY,
+                    within.clone(),
+                ))
+            }),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 
     fn shard_of(&self, key: &K) -> usize {
-        // `SHARDS` is a power of two; the high bits of foldhash mix well.
-        (self.hasher.hash_one(key) >> 60) as usize & (SHARDS - 1)
+        // `SHARDS` is a power of two. foldhash's fast hash of consecutive
+        // integers leaves its top bits uneven for some seeds (measured: of
+        // 1 000 consecutive keys, some seeds put none on 8 of 16 shards), so
+        // one multiplication by an odd constant folds every bit into the top
+        // four before they choose.
+        let mixed = self
+            .hasher
+            .hash_one(key)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (mixed >> (u64::BITS - SHARDS.trailing_zeros())) as usize
     }
 
     /// Removes `flight`'s entry if the table still maps its key to it.
@@ -656,6 +676,45 @@ impl<K: Hash + Eq, F, Res, E> Drop for CoalesceFuture<K, F, Res, E> {
             let wakers = st.take_wakers();
             drop(st);
             wake_all(wakers);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Shaped like the idempotency layer's flight key: an enum's hash
+    /// writes its discriminant, then the number.
+    #[derive(Hash, PartialEq, Eq)]
+    enum Key {
+        #[allow(dead_code)]
+        Keyed(u64),
+        Unique(u64),
+    }
+
+    type KeyTable = Table<Key, std::future::Ready<()>, ()>;
+
+    #[test]
+    fn consecutive_keys_spread_over_every_shard() {
+        // Fresh seeds each round: the spread must not depend on a lucky one.
+        // Before the multiplication, some seeds left 8 of 16 shards empty.
+        for _ in 0..500 {
+            let table = KeyTable::new();
+            let mut load = [0u32; SHARDS];
+            for n in 0..1_000u64 {
+                load[table.shard_of(&Key::Unique(n))] += 1;
+            }
+            // 62.5 a shard if even; measured at most 98 over 2 000 seeds.
+            assert!(load.iter().all(|&n| (16..=160).contains(&n)), "{load:?}");
+        }
+    }
+
+    #[test]
+    fn every_shard_has_room_before_the_first_request() {
+        let table = KeyTable::new();
+        for shard in &table.shards {
+            assert!(lock(shard).capacity() >= SHARD_CAPACITY);
         }
     }
 }
