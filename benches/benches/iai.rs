@@ -491,7 +491,12 @@ fn array_queue() -> Box<ArrayQueue<Event>> {
 
 /// The admitting quota, for tenlives.
 fn admitting() -> Quota {
-    Quota::per_second(RATE)
+    admitting_at(RATE)
+}
+
+/// The admitting burst at `rate` tokens a second.
+fn admitting_at(rate: u32) -> Quota {
+    Quota::per_second(rate)
         .and_then(|q| q.with_burst(BURST))
         .expect("valid quota")
 }
@@ -528,11 +533,8 @@ fn rate_limiter_fractional() -> Box<RateLimiter> {
 /// A warmed-up direct limiter at `rate` tokens a second, the admitting
 /// burst.
 fn rate_limiter_at(rate: u32) -> Box<RateLimiter> {
-    let quota = Quota::per_second(rate)
-        .and_then(|q| q.with_burst(BURST))
-        .expect("valid quota");
     Box::new(warm(
-        RateLimiter::new(quota),
+        RateLimiter::new(admitting_at(rate)),
         Timestamp::from_nanos(START_NS),
     ))
 }
@@ -588,10 +590,10 @@ fn keyed_limiter_uneven() -> Box<Keyed> {
 
 /// A keyed limiter at `rate` tokens a second, the admitting burst.
 fn keyed_limiter_at(rate: u32) -> Box<Keyed> {
-    let quota = Quota::per_second(rate)
-        .and_then(|q| q.with_burst(BURST))
-        .expect("valid quota");
-    Box::new(warm_keyed_at(quota, Timestamp::from_nanos(START_NS)))
+    Box::new(warm_keyed_at(
+        admitting_at(rate),
+        Timestamp::from_nanos(START_NS),
+    ))
 }
 
 /// The same on the TSC.

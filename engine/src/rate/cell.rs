@@ -237,19 +237,19 @@ pub(crate) fn acquire_scaled(
 ) -> Option<Result<u64, Refusal>> {
     let a = quota.a();
     let t = now.saturating_mul(a);
-    Some(
-        match acquire_narrow(cell, quota, t, horizon.saturating_mul(a), n)? {
-            Ok(ready) => Ok(unscale(a, ready, t, now)),
-            Err(refusal) => Err(unscale_refusal(a, refusal)),
-        },
-    )
+    let decision = acquire_narrow(cell, quota, t, horizon.saturating_mul(a), n)?;
+    Some(unscale(a, t, now, decision))
 }
 
-/// A scaled decision's ready time in ns: `now` when it is `t = now·a`,
-/// else rounded up.
+/// A decision taken at `t = now·a` in units of `1 / a` ns, in ns again:
+/// a ready time of `t` or earlier is `now`, a later one rounded up; a
+/// refusal as [`unscale_refusal`].
 #[inline(always)]
-fn unscale(a: u64, ready: u64, t: u64, now: u64) -> u64 {
-    if ready <= t { now } else { ready.div_ceil(a) }
+fn unscale(a: u64, t: u64, now: u64, decision: Result<u64, Refusal>) -> Result<u64, Refusal> {
+    match decision {
+        Ok(ready) => Ok(if ready <= t { now } else { ready.div_ceil(a) }),
+        Err(refusal) => Err(unscale_refusal(a, refusal)),
+    }
 }
 
 /// A scaled refusal in ns (its "never" stays "never").
@@ -393,12 +393,8 @@ impl Cell {
                 // ordering: Relaxed, as in `peek`.
                 let tat = cell.load(Ordering::Relaxed);
                 let (a, t) = (quota.a(), now.saturating_mul(quota.a()));
-                Some(
-                    match decide_narrow(quota, tat, t, horizon.saturating_mul(a), n)? {
-                        Ok((_, ready)) => Ok(unscale(a, ready, t, now)),
-                        Err(refusal) => Err(unscale_refusal(a, refusal)),
-                    },
-                )
+                let decision = decide_narrow(quota, tat, t, horizon.saturating_mul(a), n)?;
+                Some(unscale(a, t, now, decision.map(|(_, ready)| ready)))
             }
             Cell::Wide(_) => {
                 let state = self.peek(quota, now)?;
