@@ -20,13 +20,15 @@
 //! 64-bit state (the direct limiter's cell, and every entry of a keyed
 //! table for that quota), and so does one whose interval is a fraction
 //! `c / a` ns with `a <= 16` (its cell or word holds `TAT·a`),
-//! with two documented departures, modelled here: `TAT·a`
-//! never passes `2^63 - 1` (a request that would push it further, or
+//! with two documented departures, modelled here: `(TAT - origin)·a`
+//! never passes `2^63 - 1`, the origin zero for a whole interval and, for
+//! a fraction, `2^50` ns before the state's first use (clamped at zero;
+//! a time before the origin is decided as at the origin) (a request that would push it further, or
 //! that comes later, is refused with an earliest time of `u64::MAX`, and
 //! only the tokens that fit count as available; a quota change cuts `TAT`
 //! there; a request that would pass it is refused so whether or not it
 //! would have conformed), and a refund may take `TAT` back to zero rather than only to the
-//! last full bucket.
+//! last full bucket (to the origin).
 //!
 //! Invariants checked (docs/guarantees.md): L1 (never more than the burst at
 //! one instant), L2 (exact GCRA: every decision, every earliest time, every
@@ -64,7 +66,13 @@ struct Reference {
     /// `gcd(rate, period)`: the engine's state counts in units of
     /// `1 / a` ns, `a = rate / g`.
     g: u128,
+    /// Where a scaled state (64-bit, `a > 1`) counts from: set by its
+    /// first use; zero for the others.
+    origin: Option<u64>,
 }
+
+/// How far before its first use a scaled state's origin is put.
+const ORIGIN_SLACK: u64 = 1 << 50;
 
 fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 { a } else { gcd(b, a % b) }
@@ -97,14 +105,34 @@ impl Reference {
                 && u128::from(burst) * u128::from(period_ns / gcd(u64::from(rate), period_ns))
                     < 1 << 62,
             g: u128::from(gcd(u64::from(rate), period_ns)),
+            origin: None,
         }
     }
 
-    /// The latest `TAT` the state holds, times `rate`: `TAT·a` at most
-    /// `2^63 - 1` on the 64-bit state.
+    /// Whether the engine keeps this state in a scaled 64-bit word.
+    fn scaled(&self) -> bool {
+        self.narrow && self.rate / self.g > 1
+    }
+
+    /// The origin for a use at `t`: the first use of a scaled state sets
+    /// it.
+    fn origin_at(&mut self, t: u64) -> u64 {
+        if !self.scaled() {
+            return 0;
+        }
+        *self.origin.get_or_insert(t.saturating_sub(ORIGIN_SLACK))
+    }
+
+    /// The origin, times `rate`.
+    fn origin_units(&self) -> u128 {
+        u128::from(self.origin.unwrap_or(0)) * self.rate
+    }
+
+    /// The latest `TAT` the state holds, times `rate`: `(TAT - origin)·a`
+    /// at most `2^63 - 1` on the 64-bit state.
     fn end(&self) -> u128 {
         if self.narrow {
-            NARROW_END * self.g
+            NARROW_END * self.g + self.origin_units()
         } else {
             u128::MAX
         }
@@ -112,6 +140,8 @@ impl Reference {
 
     /// Decides `n` tokens at `t` that must conform by `horizon`.
     fn take(&mut self, n: u32, t: u64, horizon: u64) -> Decision {
+        let origin = self.origin_at(t);
+        let (real, t, horizon) = (t, t.max(origin), horizon.max(origin));
         let n = u128::from(n);
         let cost = if n <= self.burst {
             n
@@ -138,15 +168,23 @@ impl Reference {
         self.tat = start + n * self.period;
         Decision::Granted {
             ready_at: if ready <= now {
-                t
+                real
             } else {
                 ceil_ns(ready, self.rate)
             },
         }
     }
 
+    /// The decision on `n` tokens at `t`, taking nothing (it may set the
+    /// origin, as the engine's does).
+    fn peek(&mut self, n: u32, t: u64) -> Decision {
+        self.origin_at(t);
+        self.clone().take(n, t, t)
+    }
+
     /// When `n` tokens conform if nobody else takes any.
-    fn earliest(&self, n: u32, t: u64) -> Option<u64> {
+    fn earliest(&mut self, n: u32, t: u64) -> Option<u64> {
+        self.origin_at(t);
         match self.clone().take(n, t, u64::MAX) {
             Decision::Granted { ready_at } => Some(ready_at),
             Decision::Limited { earliest } => Some(earliest),
@@ -156,7 +194,7 @@ impl Reference {
 
     fn refund(&mut self, n: u32) {
         let floor = if self.narrow {
-            0
+            self.origin_units()
         } else {
             u128::from(self.reset) * self.rate
         };
@@ -166,8 +204,8 @@ impl Reference {
             .max(floor.min(self.tat));
     }
 
-    fn available(&self, t: u64) -> u64 {
-        let now = u128::from(t) * self.rate;
+    fn available(&mut self, t: u64) -> u64 {
+        let now = u128::from(t.max(self.origin_at(t))) * self.rate;
         let tat = self.tat.max(now);
         let tokens = (now + self.burst * self.period).saturating_sub(tat) / self.period;
         tokens.min(self.end().saturating_sub(tat) / self.period) as u64
@@ -176,6 +214,8 @@ impl Reference {
     fn change(&mut self, rate: u32, period_ns: u64, burst: u32, debt: bool, t: u64) {
         let now = u128::from(t) * self.rate;
         let mut next = Reference::new(rate, period_ns, burst, debt);
+        // A new scaled state counts from the change.
+        next.origin_at(t);
         if self.rate * next.period == next.rate * self.period {
             // The same interval: TAT is kept, cut at the new burst.
             next.tat = self.tat * next.rate / self.rate;
@@ -185,7 +225,7 @@ impl Reference {
                 next.tat = cap;
                 next.reset = t;
             }
-            next.tat = next.tat.min(next.end());
+            next.tat = next.tat.min(next.end()).max(next.origin_units());
             *self = next;
             return;
         }
@@ -194,7 +234,9 @@ impl Reference {
         if !debt {
             k = k.min(next.burst);
         }
-        next.tat = (u128::from(t) * next.rate + k * next.period).min(next.end());
+        next.tat = (u128::from(t) * next.rate + k * next.period)
+            .min(next.end())
+            .max(next.origin_units());
         next.reset = t;
         *self = next;
     }
@@ -294,12 +336,15 @@ proptest! {
         params in quota_params(),
         others in prop::collection::vec(quota_params(), 4),
         ops in prop::collection::vec(op(8, 1_000_000_000), 1..200),
+        // A clock's first microsecond, or nanoseconds since the Unix epoch
+        // (past `2^63 / a` for `a >= 6`: scaled states count from an origin).
+        start in prop_oneof![Just(1_000u64), Just(1_765_000_000_000_000_000)],
     ) {
         let (rate, period, burst, debt) = params;
         let limiter = RateLimiter::new(quota_of(params));
         let mut model = Reference::new(rate, period, burst, debt);
         let (mut rate, mut period, mut burst) = (rate, period, burst);
-        let mut t = 1_000u64;
+        let mut t = start;
         let mut reservations = Vec::new();
         for op in ops {
             let now = Timestamp::from_nanos(t);
@@ -317,7 +362,7 @@ proptest! {
                 }
                 Op::Peek(n) => {
                     let got = decision(limiter.peek_n(n, now).map(|()| now));
-                    let want = model.clone().take(n, t, t);
+                    let want = model.peek(n, t);
                     prop_assert_eq!(got, want);
                 }
                 Op::Earliest(n) => {
@@ -402,7 +447,7 @@ proptest! {
                     prop_assert_eq!(got, want);
                 }
             }
-            for (limiter, model) in limiters.iter().zip(&models) {
+            for (limiter, model) in limiters.iter().zip(&mut models) {
                 prop_assert_eq!(limiter.available(now), model.available(t));
             }
         }

@@ -16,12 +16,12 @@
 //! A quota whose interval is a small fraction (`a <= 16`: 3, 7, 30 or 300
 //! a second, 7 a minute) fits one too, counted in units of `1 / a` ns: the
 //! wide decision's own arithmetic (it multiplies every time by `a`), with
-//! `TAT·a` below `2^63`:
+//! `(TAT - origin)·a` below `2^63`:
 //!
 //! | width | chosen when | bits |
 //! |---|---|---|
 //! | narrow (`AtomicU64`) | `a = 1` and `b·T < 2^62` ns | 63 `SEALED`, 0..63 `TAT` in ns |
-//! | scaled (`AtomicU64`) | `1 < a <= 16` and `b·T·a < 2^62` | 63 `SEALED`, 0..63 `TAT·a` |
+//! | scaled (`AtomicU64` and its origin) | `1 < a <= 16` and `b·T·a < 2^62` | 63 `SEALED`, 0..63 `(TAT - origin)·a` |
 //! | wide (`AtomicU128`) | otherwise | as in [`gcra`](super::gcra): `reset`, `SEALED`, `k` |
 //!
 //! A narrow or scaled decision is the same definition in 64-bit integers:
@@ -29,9 +29,11 @@
 //! decision's for the same `TAT`, with two departures, both documented in
 //! `docs/rate-limiter.md` and checked by the model test:
 //!
-//! - **The end of time.** `TAT·a` must stay below `2^63` (292 years after
-//!   the clock's origin for a narrow cell, `292 / a` years for a scaled
-//!   one, 18 at the least; the engine's clocks start at zero). A grant that
+//! - **The end of time.** `(TAT - origin)·a` must stay below `2^63` (292
+//!   years after the timestamps' zero for a narrow cell, whose origin is
+//!   zero; `292 / a` years, 18 at the least, after a scaled cell's
+//!   [`Origin`], `2^50` ns before its first use, so that timestamps from
+//!   any zero, such as the Unix epoch, are far from its end). A grant that
 //!   would book past it is refused with an earliest time of
 //!   [`Timestamp::MAX`](crate::time::Timestamp::MAX) ("never"), where the
 //!   wide state would grant: such a limiter fails closed that far in.
@@ -64,8 +66,8 @@ const NARROW_SEALED: u64 = 1 << 63;
 /// The latest `TAT` a narrow cell holds, in ns (`TAT·a` for a scaled one).
 pub(crate) const NARROW_MAX: u64 = NARROW_SEALED - 1;
 
-/// The largest `a` a scaled cell takes: its end of time, `2^63 / a` ns, is
-/// then at least `2^59` ns (18 years) after the clock's origin.
+/// The largest `a` a scaled cell takes: its end of time, `2^63 / a` ns
+/// after its [`Origin`], is then at least `2^59` ns (18 years) away.
 pub(crate) const MAX_SCALE: u64 = 16;
 
 /// A direct limiter's state cell (see the module documentation).
@@ -74,10 +76,85 @@ pub(crate) enum Cell {
     Wide(AtomicU128),
     /// `TAT` in whole nanoseconds (`a = 1`), bit 63 `SEALED`.
     Narrow(AtomicU64),
-    /// `TAT·a` (`1 < a <= MAX_SCALE`), bit 63 `SEALED`. Only where 64-bit
-    /// atomics are native ([`Native`]; elsewhere never made, on purpose).
+    /// `(TAT - origin)·a` (`1 < a <= MAX_SCALE`), bit 63 `SEALED`. Only
+    /// where 64-bit atomics are native ([`Native`]; elsewhere never made,
+    /// on purpose).
     #[cfg_attr(not(target_has_atomic = "64"), allow(dead_code))]
-    Scaled(AtomicU64, Native),
+    Scaled(Scaled, Native),
+}
+
+/// A scaled cell: its word, `(TAT - origin)·a`, and the origin.
+pub(crate) struct Scaled {
+    pub(crate) word: AtomicU64,
+    pub(crate) origin: Origin,
+}
+
+/// How far before its first `now` a scaled state's [`Origin`] is put:
+/// times up to that far back (a clock going back, a caller's older
+/// timestamp) are still decided exactly; earlier ones as at the origin.
+/// `2^50` ns, 13 days: a clock that starts at zero keeps the origin at zero
+/// for its first 13 days, and the end of time moves by a 700th at most.
+pub(crate) const ORIGIN_SLACK: u64 = 1 << 50;
+
+/// Where a scaled state's time starts. A scaled word counts `TAT·a` in 63
+/// bits, which at `a = 16` end `2^59` ns (18 years) after their zero; a
+/// caller's timestamps may start anywhere (nanoseconds since the Unix epoch
+/// are past `2^63 / a` for every `a >= 6`), so the word counts from an
+/// origin instead: [`ORIGIN_SLACK`] before the first `now` it is used at,
+/// unset until then. Once set it never changes, and every thread obtains
+/// the same value: a reader that finds it unset sets it with a
+/// compare-and-swap, which returns the value set first.
+pub(crate) struct Origin(AtomicU64);
+
+impl Origin {
+    const UNSET: u64 = u64::MAX;
+
+    /// An origin the first use sets.
+    pub(crate) fn unset() -> Self {
+        Origin(AtomicU64::new(Self::UNSET))
+    }
+
+    /// The origin for a state first used at `now`.
+    pub(crate) fn before(now: u64) -> Self {
+        Origin(AtomicU64::new(now.saturating_sub(ORIGIN_SLACK)))
+    }
+
+    /// The origin, set for `now` if this is the first use.
+    #[inline(always)]
+    pub(crate) fn at(&self, now: u64) -> u64 {
+        // ordering: Relaxed; the value is the only data, and a stale
+        // "unset" goes through the compare-and-swap, which reads the latest.
+        let origin = self.0.load(Ordering::Relaxed);
+        if origin != Self::UNSET {
+            origin
+        } else {
+            self.set(now)
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn set(&self, now: u64) -> u64 {
+        let origin = now.saturating_sub(ORIGIN_SLACK);
+        // ordering: Relaxed, as in `at`.
+        match self
+            .0
+            .compare_exchange(Self::UNSET, origin, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => origin,
+            Err(set) => set,
+        }
+    }
+
+    /// The origin if set (a state whose origin is unset was never used,
+    /// and is a full bucket at any time; a stale "unset" is possible, so
+    /// a decision goes on with [`at`](Self::at)).
+    #[inline(always)]
+    pub(crate) fn get(&self) -> Option<u64> {
+        // ordering: Relaxed; a snapshot for display.
+        let origin = self.0.load(Ordering::Relaxed);
+        (origin != Self::UNSET).then_some(origin)
+    }
 }
 
 /// What a scaled cell needs of its target: `()` where 64-bit atomics are
@@ -110,10 +187,28 @@ pub(super) fn fits_64(quota: &Quota) -> bool {
     quota.a() <= most && quota.burst_c() < 1 << 62
 }
 
-/// A 64-bit cell's `TAT·a` for the wide `state`, cut at [`NARROW_MAX`].
-pub(super) fn narrow_of(quota: &Quota, state: State) -> u64 {
+/// A narrow cell's `TAT` for the wide `state`, cut at [`NARROW_MAX`].
+pub(crate) fn narrow_of(quota: &Quota, state: State) -> u64 {
     let tat = gcra::tat(quota, state);
     u64::try_from(tat).map_or(NARROW_MAX, |t| t.min(NARROW_MAX))
+}
+
+/// A 64-bit word's `(TAT - origin)·a` for the wide `state`: zero for a
+/// `TAT` before the origin (a full bucket at any time from it on), cut at
+/// [`NARROW_MAX`].
+pub(crate) fn narrow_from(quota: &Quota, state: State, origin: u64) -> u64 {
+    let tat = gcra::tat(quota, state).saturating_sub(u128::from(origin) * u128::from(quota.a()));
+    u64::try_from(tat).map_or(NARROW_MAX, |t| t.min(NARROW_MAX))
+}
+
+/// [`wide_of`] for a word counted from `origin`: the wide form in
+/// nanoseconds from the timestamps' zero.
+pub(crate) fn wide_from(quota: &Quota, tat: u64, now: u64, origin: u64) -> State {
+    let state = wide_of(quota, tat, now.saturating_sub(origin));
+    gcra::pack(
+        gcra::reset_of(state).saturating_add(origin),
+        gcra::tokens_of(state),
+    )
 }
 
 /// The wide form of a 64-bit cell's `tat` (`TAT·a`) for decisions at
@@ -122,7 +217,7 @@ pub(super) fn narrow_of(quota: &Quota, state: State) -> u64 {
 /// as a wide state made at `now` would hold), else the latest such `reset`
 /// after `now`; where no whole `reset` exists (a scaled `tat` only), `TAT`
 /// rounded up to the next nanosecond.
-pub(super) fn wide_of(quota: &Quota, tat: u64, now: u64) -> State {
+pub(crate) fn wide_of(quota: &Quota, tat: u64, now: u64) -> State {
     let (a, c) = (quota.a(), quota.c());
     let t = u128::from(now) * u128::from(a);
     // Tokens booked since `now`, rounded up: the fewest `k` that keeps
@@ -229,38 +324,57 @@ pub(crate) fn acquire_narrow(
 /// rounds it.
 #[inline(always)]
 pub(crate) fn acquire_scaled(
-    cell: &AtomicU64,
+    cell: &Scaled,
     quota: &Quota,
     now: u64,
     horizon: u64,
     n: u64,
 ) -> Option<Result<u64, Refusal>> {
-    let a = quota.a();
-    let t = now.saturating_mul(a);
-    let decision = acquire_narrow(cell, quota, t, horizon.saturating_mul(a), n)?;
-    Some(unscale(a, t, now, decision))
+    let (a, origin) = (quota.a(), cell.origin.at(now));
+    let t = scale(a, origin, now);
+    let decision = acquire_narrow(&cell.word, quota, t, scale(a, origin, horizon), n)?;
+    Some(unscale(a, origin, t, now, decision))
 }
 
-/// A decision taken at `t = now·a` in units of `1 / a` ns, in ns again:
+/// A time in a scaled word's units: `(time - origin)·a`, saturating (a
+/// time before the origin is the origin; one past the word's end is
+/// refused as "never").
+#[inline(always)]
+pub(crate) fn scale(a: u64, origin: u64, time: u64) -> u64 {
+    time.saturating_sub(origin).saturating_mul(a)
+}
+
+/// A decision taken at `t`, `now` in a scaled word's units, in ns again:
 /// a ready time of `t` or earlier is `now`, a later one rounded up; a
 /// refusal as [`unscale_refusal`].
 #[inline(always)]
-fn unscale(a: u64, t: u64, now: u64, decision: Result<u64, Refusal>) -> Result<u64, Refusal> {
+fn unscale(
+    a: u64,
+    origin: u64,
+    t: u64,
+    now: u64,
+    decision: Result<u64, Refusal>,
+) -> Result<u64, Refusal> {
     match decision {
-        Ok(ready) => Ok(if ready <= t { now } else { ready.div_ceil(a) }),
-        Err(refusal) => Err(unscale_refusal(a, refusal)),
+        Ok(ready) => Ok(if ready <= t {
+            now
+        } else {
+            origin.saturating_add(ready.div_ceil(a))
+        }),
+        Err(refusal) => Err(unscale_refusal(a, origin, refusal)),
     }
 }
 
-/// A scaled refusal in ns (its "never" stays "never").
+/// A scaled refusal in ns, rounded up (its "never" stays "never").
 #[inline]
-pub(crate) fn unscale_refusal(a: u64, refusal: Refusal) -> Refusal {
+pub(crate) fn unscale_refusal(a: u64, origin: u64, refusal: Refusal) -> Refusal {
     match refusal {
         Refusal::NotYet { ready } if ready != u64::MAX => Refusal::NotYet {
             ready: ready.div_ceil(a),
         },
         other => other,
     }
+    .later_by(origin)
 }
 
 /// [`Cell::acquire`] on a wide cell. Inlined, so that a caller's constants
@@ -281,40 +395,61 @@ fn acquire_wide(
 }
 
 impl Cell {
-    /// A cell for `quota` holding the wide `state`.
-    pub(crate) fn new(quota: &Quota, state: State) -> Self {
-        Cell::of_width(quota, narrow_of(quota, state), state)
+    /// A cell for `quota` with a full bucket, never used.
+    pub(crate) fn fresh(quota: &Quota) -> Self {
+        Cell::of_width(quota, narrow_of(quota, 0), 0, Origin::unset)
     }
 
-    /// A scaled cell holding `word`.
+    /// A cell for `quota` holding the wide `state`, first used at `now`.
+    #[cfg_attr(feature = "std", allow(dead_code))]
+    pub(crate) fn new(quota: &Quota, state: State, now: u64) -> Self {
+        if !fits_64(quota) {
+            Cell::Wide(AtomicU128::new(state))
+        } else if quota.a() == 1 {
+            Cell::Narrow(AtomicU64::new(narrow_of(quota, state)))
+        } else {
+            let origin = Origin::before(now);
+            let word = narrow_from(quota, state, now.saturating_sub(ORIGIN_SLACK));
+            Cell::new_scaled(word, origin)
+        }
+    }
+
+    /// A scaled cell holding `word`, counted from `origin`.
     #[cfg(target_has_atomic = "64")]
-    fn new_scaled(word: u64) -> Self {
-        Cell::Scaled(AtomicU64::new(word), ())
+    fn new_scaled(word: u64, origin: Origin) -> Self {
+        Cell::Scaled(
+            Scaled {
+                word: AtomicU64::new(word),
+                origin,
+            },
+            (),
+        )
     }
 
     /// No scaled cell where 64-bit atomics are emulated: [`fits_64`] takes
     /// no fraction there.
     #[cfg(not(target_has_atomic = "64"))]
-    fn new_scaled(_: u64) -> Self {
+    fn new_scaled(_: u64, _: Origin) -> Self {
         unreachable!("no scaled cell without native 64-bit atomics")
     }
 
-    /// A cell of `quota`'s width holding `word` if it is 64 bits wide,
-    /// `state` if it is 128.
-    fn of_width(quota: &Quota, word: u64, state: State) -> Self {
+    /// A cell of `quota`'s width holding `word` if it is 64 bits wide
+    /// (counted from `origin` if scaled), `state` if it is 128.
+    fn of_width(quota: &Quota, word: u64, state: State, origin: impl FnOnce() -> Origin) -> Self {
         if !fits_64(quota) {
             Cell::Wide(AtomicU128::new(state))
         } else if quota.a() == 1 {
             Cell::Narrow(AtomicU64::new(word))
         } else {
-            Cell::new_scaled(word)
+            Cell::new_scaled(word, origin())
         }
     }
 
-    /// A new era's cell for `quota`, pending until [`settle`](Self::settle).
+    /// A new era's cell for `quota`, made at `since`, pending until
+    /// [`settle`](Self::settle).
     #[cfg(feature = "std")]
-    pub(crate) fn pending(quota: &Quota) -> Self {
-        Cell::of_width(quota, u64::MAX, State::MAX)
+    pub(crate) fn pending(quota: &Quota, since: u64) -> Self {
+        Cell::of_width(quota, u64::MAX, State::MAX, || Origin::before(since))
     }
 
     /// Applies a decision for `n` tokens at `now` (conforming by `horizon`)
@@ -348,7 +483,7 @@ impl Cell {
     /// The word of a scaled cell, `None` for any other.
     #[cfg(target_has_atomic = "64")]
     #[inline(always)]
-    pub(crate) fn scaled(&self) -> Option<&AtomicU64> {
+    pub(crate) fn scaled(&self) -> Option<&Scaled> {
         match self {
             Cell::Scaled(cell, _) => Some(cell),
             Cell::Narrow(_) | Cell::Wide(_) => None,
@@ -362,9 +497,13 @@ impl Cell {
         // ordering: Relaxed; a peek is a snapshot that may be stale the
         // moment it is returned.
         match self {
-            Cell::Narrow(cell) | Cell::Scaled(cell, _) => {
+            Cell::Narrow(cell) => {
                 let tat = cell.load(Ordering::Relaxed);
                 (tat & NARROW_SEALED == 0).then(|| wide_of(quota, tat, now))
+            }
+            Cell::Scaled(cell, _) => {
+                let tat = cell.word.load(Ordering::Relaxed);
+                (tat & NARROW_SEALED == 0).then(|| wide_from(quota, tat, now, cell.origin.at(now)))
             }
             Cell::Wide(cell) => {
                 let state = cell.load(Ordering::Relaxed);
@@ -390,11 +529,12 @@ impl Cell {
                 decide_narrow(quota, tat, now, horizon, n).map(|r| r.map(|(_, ready)| ready))
             }
             Cell::Scaled(cell, _) => {
+                let (a, origin) = (quota.a(), cell.origin.at(now));
                 // ordering: Relaxed, as in `peek`.
-                let tat = cell.load(Ordering::Relaxed);
-                let (a, t) = (quota.a(), now.saturating_mul(quota.a()));
-                let decision = decide_narrow(quota, tat, t, horizon.saturating_mul(a), n)?;
-                Some(unscale(a, t, now, decision.map(|(_, ready)| ready)))
+                let tat = cell.word.load(Ordering::Relaxed);
+                let t = scale(a, origin, now);
+                let decision = decide_narrow(quota, tat, t, scale(a, origin, horizon), n)?;
+                Some(unscale(a, origin, t, now, decision.map(|(_, ready)| ready)))
             }
             Cell::Wide(_) => {
                 let state = self.peek(quota, now)?;
@@ -406,21 +546,20 @@ impl Cell {
     /// Tokens that [`acquire`](Self::acquire) would grant at `now`, one
     /// request at a time (at most the burst); `None` when sealed.
     pub(crate) fn available(&self, quota: &Quota, now: u64) -> Option<u64> {
-        match self {
-            Cell::Narrow(cell) | Cell::Scaled(cell, _) => {
-                // ordering: Relaxed, as in `peek`.
-                let tat = cell.load(Ordering::Relaxed);
-                if tat & NARROW_SEALED != 0 {
-                    return None;
-                }
-                let t = now.saturating_mul(quota.a());
-                let tokens = gcra::available_at(quota, u128::from(tat), u128::from(t));
-                // Only the tokens whose grant keeps `TAT` at or below the
-                // end of a 64-bit cell's time.
-                Some(tokens.min(NARROW_MAX.saturating_sub(tat.max(t)) / quota.c()))
-            }
-            Cell::Wide(_) => Some(gcra::available(quota, self.peek(quota, now)?, now)),
+        let (cell, t) = match self {
+            Cell::Narrow(cell) => (cell, now),
+            Cell::Scaled(cell, _) => (&cell.word, scale(quota.a(), cell.origin.at(now), now)),
+            Cell::Wide(_) => return Some(gcra::available(quota, self.peek(quota, now)?, now)),
+        };
+        // ordering: Relaxed, as in `peek`.
+        let tat = cell.load(Ordering::Relaxed);
+        if tat & NARROW_SEALED != 0 {
+            return None;
         }
+        let tokens = gcra::available_at(quota, u128::from(tat), u128::from(t));
+        // Only the tokens whose grant keeps `TAT` at or below the end of a
+        // 64-bit cell's time.
+        Some(tokens.min(NARROW_MAX.saturating_sub(tat.max(t)) / quota.c()))
     }
 
     /// `(reset, booked since)` for display (a 64-bit cell shows its `TAT`,
@@ -430,9 +569,16 @@ impl Cell {
     pub(crate) fn describe(&self, quota: &Quota) -> Option<(u64, u64)> {
         // ordering: Relaxed; a snapshot for display.
         match self {
-            Cell::Narrow(cell) | Cell::Scaled(cell, _) => {
+            Cell::Narrow(cell) => {
                 let tat = cell.load(Ordering::Relaxed);
-                (tat & NARROW_SEALED == 0).then(|| (tat.div_ceil(quota.a()), 0))
+                (tat & NARROW_SEALED == 0).then_some((tat, 0))
+            }
+            Cell::Scaled(cell, _) => {
+                let tat = cell.word.load(Ordering::Relaxed);
+                // An unset origin: never used, a full bucket (its word 0).
+                let origin = cell.origin.get().unwrap_or(0);
+                (tat & NARROW_SEALED == 0)
+                    .then(|| (origin.saturating_add(tat.div_ceil(quota.a())), 0))
             }
             Cell::Wide(cell) => {
                 let state = cell.load(Ordering::Relaxed);
@@ -448,7 +594,7 @@ impl Cell {
         match self {
             // ordering: Relaxed, as in `gcra::refund`.
             // `n·T` is `n·c` in a scaled cell's units too.
-            Cell::Narrow(cell) | Cell::Scaled(cell, _) => cell
+            Cell::Narrow(cell) | Cell::Scaled(Scaled { word: cell, .. }, _) => cell
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
                     (tat & NARROW_SEALED == 0)
                         .then(|| tat.saturating_sub(n.saturating_mul(quota.c())))
@@ -467,56 +613,57 @@ impl Cell {
         // thread that finds the cell sealed (and fences Acquire) finds the
         // link made before it.
         match self {
-            Cell::Narrow(cell) | Cell::Scaled(cell, _) => {
+            Cell::Narrow(cell) => {
                 let tat = cell.fetch_or(NARROW_SEALED, Ordering::Release) & !NARROW_SEALED;
                 wide_of(quota, tat, now)
+            }
+            Cell::Scaled(cell, _) => {
+                let tat = cell.word.fetch_or(NARROW_SEALED, Ordering::Release) & !NARROW_SEALED;
+                wide_from(quota, tat, now, cell.origin.at(now))
             }
             Cell::Wide(cell) => cell.fetch_or(SEALED, Ordering::Release) & !SEALED,
         }
     }
 
-    /// Sets a pending cell to `state` (wide form, for `quota`); a no-op when
-    /// another helper already did.
+    /// Sets a pending cell, made at `since`, to `state` (wide form, for
+    /// `quota`); a no-op when another helper already did.
     #[cfg(feature = "std")]
-    pub(crate) fn settle(&self, quota: &Quota, state: State) {
+    pub(crate) fn settle(&self, quota: &Quota, state: State, since: u64) {
         // ordering: Relaxed; the publication of the era orders it for
         // readers (see `limiter.rs`).
-        match self {
-            Cell::Narrow(cell) | Cell::Scaled(cell, _) => {
-                let _ = cell.compare_exchange(
-                    u64::MAX,
-                    narrow_of(quota, state),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
-            }
+        let (cell, word) = match self {
+            Cell::Narrow(cell) => (cell, narrow_of(quota, state)),
+            Cell::Scaled(cell, _) => (&cell.word, narrow_from(quota, state, cell.origin.at(since))),
             Cell::Wide(cell) => {
                 let _ =
                     cell.compare_exchange(State::MAX, state, Ordering::Relaxed, Ordering::Relaxed);
+                return;
             }
-        }
+        };
+        let _ = cell.compare_exchange(u64::MAX, word, Ordering::Relaxed, Ordering::Relaxed);
     }
 
-    /// Replaces the state with `state` (wide form, for `quota`) unless the
-    /// cell is sealed (`None`).
-    pub(crate) fn replace(&self, quota: &Quota, state: State) -> Option<()> {
+    /// Replaces the state with `state` (wide form, for `quota`, restored at
+    /// `now`) unless the cell is sealed (`None`).
+    pub(crate) fn replace(&self, quota: &Quota, state: State, now: u64) -> Option<()> {
         // ordering: Relaxed, as every access to the cell.
-        match self {
-            Cell::Narrow(cell) | Cell::Scaled(cell, _) => {
-                let new = narrow_of(quota, state);
-                cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
-                    (tat & NARROW_SEALED == 0).then_some(new)
-                })
+        let (cell, new) = match self {
+            Cell::Narrow(cell) => (cell, narrow_of(quota, state)),
+            Cell::Scaled(cell, _) => (&cell.word, narrow_from(quota, state, cell.origin.at(now))),
+            Cell::Wide(cell) => {
+                return cell
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |current| {
+                        (current & SEALED == 0).then_some(state)
+                    })
+                    .ok()
+                    .map(drop);
             }
-            .ok()
-            .map(drop),
-            Cell::Wide(cell) => cell
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |current| {
-                    (current & SEALED == 0).then_some(state)
-                })
-                .ok()
-                .map(drop),
-        }
+        };
+        cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
+            (tat & NARROW_SEALED == 0).then_some(new)
+        })
+        .ok()
+        .map(drop)
     }
 
     /// Whether this is a narrow cell.
@@ -567,19 +714,28 @@ mod tests {
                 false,
             ),
         ] {
-            let cell = Cell::new(&quota, 0);
-            assert_eq!(cell.is_narrow(), narrow, "{quota:?}");
-            assert!(!cell.is_wide(), "{quota:?}");
-            decide_as_the_wide_state(&quota, &cell);
+            // From a clock's first second, and from nanoseconds since the
+            // Unix epoch (past `2^63 / a` for every `a >= 6`: a scaled
+            // cell counts from its first use).
+            for start in [1_000 * MS, UNIX] {
+                let cell = Cell::fresh(&quota);
+                assert_eq!(cell.is_narrow(), narrow, "{quota:?}");
+                assert!(!cell.is_wide(), "{quota:?}");
+                decide_as_the_wide_state(&quota, &cell, start);
+            }
         }
     }
 
-    /// Runs `narrow` (a 64-bit cell) beside a wide state from `(0, 0)`.
-    fn decide_as_the_wide_state(quota: &Quota, narrow: &Cell) {
+    /// 2025-12-06 in nanoseconds since the Unix epoch.
+    const UNIX: u64 = 1_765_000_000_000_000_000;
+
+    /// Runs `narrow` (a 64-bit cell) beside a wide state from `(0, 0)`,
+    /// the first request at `start`.
+    fn decide_as_the_wide_state(quota: &Quota, narrow: &Cell, start: u64) {
         let quota = *quota;
         {
             let wide = AtomicU128::new(0);
-            let mut now = 1_000 * MS;
+            let mut now = start;
             for step in 0..if cfg!(miri) { 40 } else { 400u64 } {
                 let n = 1 + step % 4;
                 let horizon = now + (step % 3) * 50 * MS;
@@ -631,51 +787,60 @@ mod tests {
     #[test]
     fn finer_fractions_or_huge_intervals_stay_wide() {
         // a = 17: past the scaled cell's largest.
-        assert!(Cell::new(&Quota::per_second(17).unwrap(), 0).is_wide());
-        assert!(!Cell::new(&Quota::per_second(3).unwrap(), 0).is_wide());
+        assert!(Cell::fresh(&Quota::per_second(17).unwrap()).is_wide());
+        assert!(!Cell::fresh(&Quota::per_second(3).unwrap()).is_wide());
         // A burst of 2^32 - 1 tokens an hour apart: b·T beyond 2^62 ns.
         let long = Quota::per_hour(1).unwrap().with_burst(u32::MAX).unwrap();
-        assert!(Cell::new(&long, 0).is_wide());
+        assert!(Cell::fresh(&long).is_wide());
         // The same with a = 3: b·T·a beyond 2^62.
         let long = Quota::new(3, Duration::from_secs(3_601))
             .unwrap()
             .with_burst(u32::MAX)
             .unwrap();
         assert_eq!(long.a(), 3);
-        assert!(Cell::new(&long, 0).is_wide());
+        assert!(Cell::fresh(&long).is_wide());
     }
 
     #[test]
     fn a_scaled_cell_fails_closed_at_its_end_of_time() {
-        // T = 10^8 / 3 ns: `TAT·3` ends at NARROW_MAX.
+        // T = 10^8 / 3 ns: `(TAT - origin)·3` ends at NARROW_MAX, the origin
+        // `ORIGIN_SLACK` before the first use (or zero).
         let quota = Quota::per_second(30).unwrap().with_burst(2).unwrap();
-        let cell = Cell::new(&quota, 0);
-        let end = NARROW_MAX / 3;
-        // The last instant a whole burst fits: granted, at that instant.
-        let last = end - 66_666_667;
-        assert_eq!(cell.available(&quota, last), Some(2));
-        assert_eq!(cell.acquire(&quota, last, last, 1), Some(Ok(last)));
-        assert_eq!(cell.acquire(&quota, last, last, 1), Some(Ok(last)));
-        for t in [last, end, end + 1, u64::MAX / 3 + 1, u64::MAX] {
-            assert_eq!(cell.available(&quota, t), Some(0), "{t}");
-            assert_eq!(
-                cell.acquire(&quota, t, t, 1),
-                Some(Err(Refusal::NotYet { ready: u64::MAX })),
-                "{t}"
-            );
+        for first in [0, ORIGIN_SLACK + 5, UNIX] {
+            let cell = Cell::fresh(&quota);
+            assert_eq!(cell.acquire(&quota, first, first, 1), Some(Ok(first)));
+            let origin = first.saturating_sub(ORIGIN_SLACK);
+            let end = origin + NARROW_MAX / 3;
+            // The last instant a whole burst fits: granted, at that instant.
+            let last = end - 66_666_667;
+            assert_eq!(cell.available(&quota, last), Some(2));
+            assert_eq!(cell.acquire(&quota, last, last, 1), Some(Ok(last)));
+            assert_eq!(cell.acquire(&quota, last, last, 1), Some(Ok(last)));
+            // Past the end, and where `(t - origin)·a` saturates.
+            let saturated = origin.saturating_add(u64::MAX / 3 + 1);
+            for t in [last, end, end + 1, saturated, u64::MAX] {
+                assert_eq!(cell.available(&quota, t), Some(0), "{t}");
+                assert_eq!(
+                    cell.acquire(&quota, t, t, 1),
+                    Some(Err(Refusal::NotYet { ready: u64::MAX })),
+                    "{t}"
+                );
+            }
         }
-        // A fresh cell past the end: nothing, "never" (a time whose
-        // multiple by `a` saturates too).
-        let fresh = Cell::new(&quota, 0);
-        for t in [end, u64::MAX] {
-            assert_eq!(fresh.available(&quota, t), Some(0));
-            assert_eq!(
-                fresh.decide(&quota, t, t, 1),
-                Some(Err(Refusal::NotYet { ready: u64::MAX }))
-            );
+        // A fresh cell first used anywhere, however late, counts from
+        // there: a whole burst.
+        for t in [NARROW_MAX / 3, UNIX, u64::MAX] {
+            let fresh = Cell::fresh(&quota);
+            assert_eq!(fresh.available(&quota, t), Some(2), "{t}");
+            assert_eq!(fresh.decide(&quota, t, t, 1), Some(Ok(t)));
+            assert_eq!(fresh.acquire(&quota, t, t, 2), Some(Ok(t)));
+            assert!(matches!(
+                fresh.acquire(&quota, t, t, 1),
+                Some(Err(Refusal::NotYet { ready })) if ready > t || ready == u64::MAX
+            ));
         }
         // `horizon` saturating is exact: a wait to the end of the clock.
-        let fresh = Cell::new(&quota, 0);
+        let fresh = Cell::fresh(&quota);
         let t = 1_000 * MS;
         for _ in 0..2 {
             assert_eq!(fresh.acquire(&quota, t, u64::MAX, 1), Some(Ok(t)));
@@ -689,7 +854,7 @@ mod tests {
     #[test]
     fn a_narrow_cell_fails_closed_at_the_end_of_time() {
         let quota = Quota::per_second(10).unwrap().with_burst(2).unwrap();
-        let cell = Cell::new(&quota, 0);
+        let cell = Cell::fresh(&quota);
         // The last instant a whole burst fits: exact to the end.
         let last = NARROW_MAX - 200 * MS;
         assert_eq!(cell.available(&quota, last), Some(2));
@@ -708,7 +873,7 @@ mod tests {
             );
         }
         // A fresh cell at the end of time: one token fits at NARROW_MAX - T.
-        let fresh = Cell::new(&quota, 0);
+        let fresh = Cell::fresh(&quota);
         assert_eq!(fresh.available(&quota, NARROW_MAX - 150 * MS), Some(1));
         assert_eq!(fresh.available(&quota, u64::MAX), Some(0));
     }

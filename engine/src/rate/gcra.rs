@@ -101,6 +101,18 @@ pub(crate) enum Refusal {
 }
 
 impl Refusal {
+    /// The refusal with its ready time `origin` ns later (a refusal in a
+    /// scaled table's time, in the caller's); "never" stays "never".
+    #[inline]
+    pub(crate) fn later_by(self, origin: u64) -> Self {
+        match self {
+            Refusal::NotYet { ready } if ready != u64::MAX => Refusal::NotYet {
+                ready: ready.saturating_add(origin),
+            },
+            other => other,
+        }
+    }
+
     /// The error a caller sees for this refusal of `n` tokens at `now`.
     #[inline]
     pub(crate) fn into_error(self, quota: &Quota, n: u32, now: Timestamp) -> RateLimitError {

@@ -68,7 +68,7 @@ use crate::sync::{AtomicU32, AtomicU64, ExclusiveCell, Ordering, epoch, spin_hin
 use crate::time::Timestamp;
 
 use super::all::TokenSource;
-use super::cell;
+use super::cell::{self, Origin};
 use super::error::RateLimitError;
 use super::gcra::Refusal;
 use super::limiter::RateLimiter;
@@ -214,6 +214,9 @@ enum Overflow<S: EventSink> {
 
 struct Inner<K, H, S: EventSink, W: Word> {
     quota: Quota,
+    /// Where a scaled table's time starts (see [`Word::RELATIVE`]); unused
+    /// by the others.
+    origin: Origin,
     /// One head per bucket (see [`Entry`] for its bits).
     heads: Box<[AtomicU32]>,
     mask: u64,
@@ -468,6 +471,7 @@ where
         let buckets = capacity.next_power_of_two().max(2);
         Inner {
             quota: config.quota,
+            origin: Origin::unset(),
             heads: (0..buckets)
                 .map(|_| AtomicU32::new(0))
                 .collect::<Vec<_>>()
@@ -517,7 +521,7 @@ where
         // must follow.
         let head = &self.heads[self.bucket_of(hash)];
         prefetch(head);
-        let t = now.as_nanos();
+        let (t, origin) = self.time(now);
         let n = u64::from(n);
         let mut guard = epoch::pin();
         let mut rounds = 0;
@@ -526,7 +530,9 @@ where
                 Some(found) => {
                     match charge::<W>(&found.entry.state, found.state, &self.quota, t, n) {
                         Ok(()) => return Ok(()),
-                        Err(Some(refusal)) => return Err(self.refused(refusal, n, now)),
+                        Err(Some(refusal)) => {
+                            return Err(self.refused(refusal.later_by(origin), n, now));
+                        }
                         // Evicted under us: the next lookup skips it.
                         Err(None) => {}
                     }
@@ -534,7 +540,9 @@ where
                 None => {
                     let state = match W::decide(&self.quota, W::FRESH, t, n) {
                         Some(Ok(state)) => state,
-                        Some(Err(refusal)) => return Err(self.refused(refusal, n, now)),
+                        Some(Err(refusal)) => {
+                            return Err(self.refused(refusal.later_by(origin), n, now));
+                        }
                         None => unreachable!("a fresh state is never dead"),
                     };
                     match self.insert(key, hash, state, t, &guard) {
@@ -564,11 +572,11 @@ where
 
     fn peek_key_n(&self, key: &K, n: u32, now: Timestamp) -> Result<(), RateLimitError> {
         let hash = self.hasher.hash_one(key);
-        let t = now.as_nanos();
+        let (t, origin) = self.time(now);
         let _guard = epoch::pin();
         let state = self.find(key, hash).map_or(W::FRESH, |found| found.state);
         match W::decide(&self.quota, state, t, u64::from(n)) {
-            Some(Err(refusal)) => Err(refusal.into_error(&self.quota, n, now)),
+            Some(Err(refusal)) => Err(refusal.later_by(origin).into_error(&self.quota, n, now)),
             // `find` returns no dead state.
             Some(Ok(_)) | None => Ok(()),
         }
@@ -591,13 +599,26 @@ where
     }
 
     fn sweep(self: &Arc<Self>, now: Timestamp) -> usize {
-        let t = now.as_nanos();
+        let (t, _) = self.time(now);
         let guard = epoch::pin();
         let evicted = (0..self.heads.len())
             .map(|b| self.evict_fresh(b, t, &guard))
             .sum();
         guard.flush();
         evicted
+    }
+
+    /// `now` in the table's time (nanoseconds since its origin for a scaled
+    /// table, see [`Word::RELATIVE`]), and the origin (zero for the others).
+    #[inline(always)]
+    fn time(&self, now: Timestamp) -> (u64, u64) {
+        let now = now.as_nanos();
+        if W::RELATIVE {
+            let origin = self.origin.at(now);
+            (now.saturating_sub(origin), origin)
+        } else {
+            (now, 0)
+        }
     }
 
     /// The live entry of `key` (hashed to `hash`), if it is published. The
@@ -1367,6 +1388,8 @@ mod tests {
     fn the_ends_of_time_and_time_going_backwards_on_a_scaled_table() {
         let limiter = burst_of_three(2, 3);
         assert!(matches!(limiter.table, Table::Scaled(_)));
+        // The table's origin at zero (a peek sets it, taking nothing).
+        assert!(limiter.peek_key_n(&9, 1, Timestamp::ZERO).is_ok());
         // `TAT·2 = late·2 + 3·3` at most `NARROW_MAX`.
         a_64_bit_table_fails_closed(&limiter, (cell::NARROW_MAX - 9) / 2, cell::NARROW_MAX / 2);
         // Three tokens at 0 book until 4.5 ns; the next conforms at 1.5 ns,
@@ -1377,6 +1400,43 @@ mod tests {
             matches!(refused, RateLimitError::Limited(l) if l.earliest() == Timestamp::from_nanos(2))
         );
         assert!(limiter.check_key(&2, Timestamp::from_nanos(2)).is_ok());
+    }
+
+    /// A scaled table counts from its first request: from a time in
+    /// nanoseconds since the Unix epoch (past `2^63 / a` for every
+    /// `a >= 6`), and from the end of the clock, keys decide as on a
+    /// 128-bit table.
+    #[test]
+    fn a_scaled_table_counts_from_its_first_request() {
+        const UNIX: u64 = 1_765_000_000_000_000_000;
+        for start in [UNIX, u64::MAX - 10] {
+            // 7 a second: T = 10^9 / 7 ns, a = 7.
+            let limiter = burst_of_three(7, 1_000_000_000);
+            assert!(matches!(limiter.table, Table::Scaled(_)));
+            let now = Timestamp::from_nanos(start);
+            assert!(limiter.check_key_n(&1, 3, now).is_ok());
+            let refused = limiter.check_key(&1, now).unwrap_err();
+            let next = start.saturating_add(142_857_143);
+            assert!(
+                matches!(refused, RateLimitError::Limited(l) if l.earliest().as_nanos() == next),
+                "{refused:?}"
+            );
+            assert!(limiter.check_key_n(&2, 3, now).is_ok());
+            assert!(limiter.peek_key_n(&2, 1, now).is_err());
+            if start == UNIX {
+                assert!(
+                    limiter
+                        .check_key(&1, Timestamp::from_nanos(next - 1))
+                        .is_err()
+                );
+                assert!(limiter.check_key(&1, Timestamp::from_nanos(next)).is_ok());
+                // Full again a burst's time on: swept.
+                assert_eq!(
+                    limiter.sweep(Timestamp::from_nanos(UNIX + 1_000_000_000)),
+                    2
+                );
+            }
+        }
     }
 
     /// The same on a narrow table (1 a nanosecond, a burst of 3), which

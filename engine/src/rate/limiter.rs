@@ -183,7 +183,7 @@ impl<S: EventSink> RateLimiter<S> {
     pub fn with_sink(quota: Quota, sink: S, source: u32) -> Self {
         RateLimiter {
             head: CachePadded::new(Head {
-                state: Cell::new(&quota, 0),
+                state: Cell::fresh(&quota),
                 #[cfg(feature = "std")]
                 current: AtomicPtr::new(core::ptr::null_mut()),
                 #[cfg(feature = "std")]
@@ -305,7 +305,7 @@ impl<S: EventSink> RateLimiter<S> {
         let state = era.cell.seal(era.quota, since);
         let converted = gcra::convert(era.quota, &next.quota, state, since);
         // The publication below orders it for readers.
-        next.state.settle(&next.quota, converted);
+        next.state.settle(&next.quota, converted, since);
         // ordering: AcqRel on success: Release publishes the converted cell
         // (and the era) to readers that Acquire `current`; Acquire on
         // failure is not needed, we read nothing from it.
@@ -563,7 +563,7 @@ impl<S: EventSink> RateLimiter<S> {
     pub fn set_quota(&self, quota: Quota, now: Timestamp) {
         let new = Box::into_raw(Box::new(Era {
             quota,
-            state: Cell::pending(&quota),
+            state: Cell::pending(&quota, now.as_nanos()),
             next: AtomicPtr::new(core::ptr::null_mut()),
             since: now,
         }));
@@ -617,7 +617,7 @@ impl<S: EventSink> RateLimiter<S> {
             .peek(&self.quota, t)
             .expect("only a live quota change (feature std) seals a cell");
         let converted = gcra::convert(&self.quota, &quota, state, t);
-        self.head.state = Cell::new(&quota, converted);
+        self.head.state = Cell::new(&quota, converted, t);
         self.quota = quota;
         if self.sink.enabled() {
             let ahead = gcra::ahead(&quota, converted, now.as_nanos());
@@ -782,9 +782,10 @@ mod tests {
     }
 
     /// A limiter on a 64-bit state (an interval of whole or sixteenths of
-    /// nanoseconds at the finest) is exact until `TAT·a` would pass 2^63,
-    /// then refuses everything as "never" and says nothing is available
-    /// (the documented departure).
+    /// nanoseconds at the finest) is exact until `(TAT - origin)·a` would
+    /// pass 2^63 (the origin zero here: first used at zero), then refuses
+    /// everything as "never" and says nothing is available (the documented
+    /// departure).
     #[test]
     fn a_narrow_limiter_fails_closed_at_the_end_of_time() {
         for quota in [
@@ -800,6 +801,7 @@ mod tests {
             let l = RateLimiter::new(q);
             assert!(!l.head.state.is_wide(), "{q:?}");
             assert_eq!(l.head.state.is_narrow(), q.a() == 1, "{q:?}");
+            l.check(Timestamp::ZERO).unwrap();
             let t = q.c().div_ceil(q.a());
             let last = at(((1 << 63) - 1 - 5 * q.c()) / q.a());
             assert_eq!(l.available(last), 5, "{q:?}");
@@ -813,8 +815,45 @@ mod tests {
                 assert!(l.peek_n(1, now).is_err());
             }
             let fresh = RateLimiter::new(q);
-            assert_eq!(fresh.available(Timestamp::MAX), 0);
-            assert!(fresh.check(Timestamp::MAX).is_err());
+            if q.a() == 1 {
+                assert_eq!(fresh.available(Timestamp::MAX), 0);
+                assert!(fresh.check(Timestamp::MAX).is_err());
+            } else {
+                // A scaled cell counts from its first use, wherever that is.
+                assert_eq!(fresh.available(Timestamp::MAX), 5);
+                fresh.check_n(5, Timestamp::MAX).unwrap();
+                assert!(fresh.check(Timestamp::MAX).is_err());
+            }
+        }
+    }
+
+    /// Timestamps in nanoseconds since the Unix epoch (2025-12-06, past
+    /// `2^63 / a` for every `a >= 6`): every cell decides as the 128-bit
+    /// one would, a scaled one counting from its first use.
+    #[test]
+    fn timestamps_from_the_unix_epoch_are_decided_exactly() {
+        const UNIX: u64 = 1_765_000_000_000_000_000;
+        for quota in [
+            Quota::per_second(10).unwrap(),
+            Quota::per_second(7).unwrap(),
+            Quota::per_second(30).unwrap(),
+            Quota::per_minute(7).unwrap(),
+            Quota::new(16, Duration::from_nanos(999_999_999)).unwrap(),
+            Quota::per_second(17).unwrap(),
+        ] {
+            let q = quota.with_burst(3).unwrap();
+            let l = RateLimiter::new(q);
+            let now = at(UNIX);
+            l.check_n(3, now).unwrap();
+            let refused = l.check(now).unwrap_err();
+            // The next token comes one interval after the burst's first,
+            // rounded up to the nanosecond.
+            let next = at(UNIX + q.c().div_ceil(q.a()));
+            assert_eq!(refused.earliest(), next, "{q:?}");
+            assert_eq!(l.earliest(1, now).unwrap(), next, "{q:?}");
+            assert!(l.check(at(next.as_nanos() - 1)).is_err(), "{q:?}");
+            l.check(next).unwrap();
+            assert_eq!(l.available(at(UNIX + 10 * q.c())), 3, "{q:?}");
         }
     }
 

@@ -167,8 +167,9 @@ where
                 if state == W::DEAD {
                     return;
                 }
-                let t = now.as_nanos();
-                let booking = Booking::of(&inner.quota, W::to_wide(&inner.quota, state, t), now);
+                let (_, origin) = inner.time(now);
+                let wide = W::to_wide(&inner.quota, state, now.as_nanos(), origin);
+                let booking = Booking::of(&inner.quota, wide, now);
                 if booking.is_full() {
                     return;
                 }
@@ -226,7 +227,7 @@ where
         // taken: so they have here.
         self.refill_all();
         let same = header.fingerprint == quota_fingerprint(&inner.quota);
-        let t = now.as_nanos();
+        let (t, origin) = inner.time(now);
         let mut report = KeyedRestore::default();
         for (key, booking) in saved {
             let state = booking.restored(&inner.quota, same, header.taken_at, now, wall);
@@ -234,7 +235,7 @@ where
                 report.expired += 1;
                 continue;
             }
-            if self.put(key, W::of_wide(&inner.quota, state), t) {
+            if self.put(key, W::of_wide(&inner.quota, state, origin), t) {
                 report.restored += 1;
             } else {
                 report.no_room += 1;

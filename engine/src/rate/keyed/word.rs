@@ -15,8 +15,10 @@
 //! decision accepts. A 64-bit word's dead mark has bit 63 set, like a
 //! direct limiter's sealed cell, so its decision refuses it with no test of
 //! its own; its two departures from the wide state (an end of time 292
-//! years in, `292 / a` for a scaled word; a refund's floor at zero) are
-//! those of the direct limiter's 64-bit cells.
+//! years in, `292 / a` years after the table's origin for a scaled word; a
+//! refund's floor at zero, at the origin) are those of the direct
+//! limiter's 64-bit cells. A scaled table counts its time from one origin
+//! for all its keys ([`cell::Origin`]), set by its first request.
 
 use crate::sync::{AtomicU64, AtomicU128, Ordering};
 
@@ -35,6 +37,11 @@ pub(crate) trait Word: 'static {
     const DEAD: Self::Raw;
     /// A full bucket: the state of a key never seen.
     const FRESH: Self::Raw;
+    /// Whether the word counts time from the table's origin (a scaled
+    /// word, see [`cell::Origin`]); the others count from the timestamps'
+    /// zero. The `now` every method below takes is in the table's time:
+    /// nanoseconds since the origin for a relative word, else as given.
+    const RELATIVE: bool;
 
     /// A new cell holding `raw`.
     fn cell(raw: Self::Raw) -> Self::Cell;
@@ -47,8 +54,9 @@ pub(crate) trait Word: 'static {
     fn swap_weak(cell: &Self::Cell, current: Self::Raw, new: Self::Raw) -> Result<(), Self::Raw>;
     /// A strong compare-and-swap (Relaxed), the actual value on failure.
     fn swap(cell: &Self::Cell, current: Self::Raw, new: Self::Raw) -> Result<(), Self::Raw>;
-    /// The state after granting `n` tokens at `now` (ns) without waiting,
-    /// or the refusal; `None` for [`DEAD`](Self::DEAD).
+    /// The state after granting `n` tokens at `now` (the table's time)
+    /// without waiting, or the refusal (its ready time in the table's
+    /// time); `None` for [`DEAD`](Self::DEAD).
     fn decide(
         quota: &Quota,
         raw: Self::Raw,
@@ -60,10 +68,12 @@ pub(crate) trait Word: 'static {
     fn is_full(quota: &Quota, raw: Self::Raw, now: u64) -> bool;
     /// The state after giving back `n` tokens (not [`DEAD`](Self::DEAD)).
     fn refund(quota: &Quota, raw: Self::Raw, n: u64) -> Self::Raw;
-    /// The wide form of `raw` for decisions at `now` (snapshots).
-    fn to_wide(quota: &Quota, raw: Self::Raw, now: u64) -> State;
-    /// The word holding the wide `state` (restores).
-    fn of_wide(quota: &Quota, state: State) -> Self::Raw;
+    /// The wide form of `raw` for decisions at `now`, both in ns from the
+    /// timestamps' zero, for a table whose origin is `origin` (snapshots).
+    fn to_wide(quota: &Quota, raw: Self::Raw, now: u64, origin: u64) -> State;
+    /// The word holding the wide `state` (in ns from the timestamps' zero)
+    /// in a table whose origin is `origin` (restores).
+    fn of_wide(quota: &Quota, state: State, origin: u64) -> Self::Raw;
 }
 
 /// `TAT·a` in an `AtomicU64`, in whole nanoseconds when `SCALED` is false
@@ -84,6 +94,7 @@ impl<const SCALED: bool> Word for Word64<SCALED> {
     type Raw = u64;
     const DEAD: u64 = u64::MAX;
     const FRESH: u64 = 0;
+    const RELATIVE: bool = SCALED;
 
     #[inline]
     fn cell(raw: u64) -> AtomicU64 {
@@ -123,7 +134,7 @@ impl<const SCALED: bool> Word for Word64<SCALED> {
             let t = now.saturating_mul(a);
             cell::decide_narrow(quota, tat, t, t, n).map(|r| {
                 r.map(|(next, _)| next)
-                    .map_err(|e| cell::unscale_refusal(a, e))
+                    .map_err(|e| cell::unscale_refusal(a, 0, e))
             })
         } else {
             cell::decide_narrow(quota, tat, now, now, n).map(|r| r.map(|(next, _)| next))
@@ -143,12 +154,20 @@ impl<const SCALED: bool> Word for Word64<SCALED> {
         tat.saturating_sub(n.saturating_mul(quota.c()))
     }
 
-    fn to_wide(quota: &Quota, tat: u64, now: u64) -> State {
-        cell::wide_of(quota, tat.min(NARROW_MAX), now)
+    fn to_wide(quota: &Quota, tat: u64, now: u64, origin: u64) -> State {
+        if SCALED {
+            cell::wide_from(quota, tat.min(NARROW_MAX), now, origin)
+        } else {
+            cell::wide_of(quota, tat.min(NARROW_MAX), now)
+        }
     }
 
-    fn of_wide(quota: &Quota, state: State) -> u64 {
-        cell::narrow_of(quota, state)
+    fn of_wide(quota: &Quota, state: State, origin: u64) -> u64 {
+        if SCALED {
+            cell::narrow_from(quota, state, origin)
+        } else {
+            cell::narrow_of(quota, state)
+        }
     }
 }
 
@@ -158,6 +177,7 @@ impl Word for Wide {
     /// Never a valid state: its token count is above `gcra::MAX_TOKENS`.
     const DEAD: State = State::MAX;
     const FRESH: State = 0;
+    const RELATIVE: bool = false;
 
     fn cell(raw: State) -> AtomicU128 {
         AtomicU128::new(raw)
@@ -207,11 +227,11 @@ impl Word for Wide {
         )
     }
 
-    fn to_wide(_: &Quota, state: State, _: u64) -> State {
+    fn to_wide(_: &Quota, state: State, _: u64, _: u64) -> State {
         state
     }
 
-    fn of_wide(_: &Quota, state: State) -> State {
+    fn of_wide(_: &Quota, state: State, _: u64) -> State {
         state
     }
 }

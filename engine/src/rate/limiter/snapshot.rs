@@ -225,7 +225,7 @@ impl<S: EventSink> RateLimiter<S> {
         self.with_era(|era| {
             let same = header.fingerprint == fingerprint(era.quota);
             let new = booking.restored(era.quota, same, header.taken_at, now, wall);
-            era.cell.replace(era.quota, new)
+            era.cell.replace(era.quota, new, now.as_nanos())
         });
         Ok(())
     }
