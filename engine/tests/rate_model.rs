@@ -175,16 +175,14 @@ impl Reference {
         }
     }
 
-    /// The decision on `n` tokens at `t`, taking nothing (it may set the
-    /// origin, as the engine's does).
-    fn peek(&mut self, n: u32, t: u64) -> Decision {
-        self.origin_at(t);
+    /// The decision on `n` tokens at `t`, taking nothing (and leaving the
+    /// origin to the next decision, as the engine does).
+    fn peek(&self, n: u32, t: u64) -> Decision {
         self.clone().take(n, t, t)
     }
 
     /// When `n` tokens conform if nobody else takes any.
-    fn earliest(&mut self, n: u32, t: u64) -> Option<u64> {
-        self.origin_at(t);
+    fn earliest(&self, n: u32, t: u64) -> Option<u64> {
         match self.clone().take(n, t, u64::MAX) {
             Decision::Granted { ready_at } => Some(ready_at),
             Decision::Limited { earliest } => Some(earliest),
@@ -204,11 +202,14 @@ impl Reference {
             .max(floor.min(self.tat));
     }
 
-    fn available(&mut self, t: u64) -> u64 {
-        let now = u128::from(t.max(self.origin_at(t))) * self.rate;
+    /// Tokens available at `t` (a look: the origin it would set is not
+    /// kept).
+    fn available(&self, t: u64) -> u64 {
+        let mut at = self.clone();
+        let now = u128::from(t.max(at.origin_at(t))) * self.rate;
         let tat = self.tat.max(now);
         let tokens = (now + self.burst * self.period).saturating_sub(tat) / self.period;
-        tokens.min(self.end().saturating_sub(tat) / self.period) as u64
+        tokens.min(at.end().saturating_sub(tat) / self.period) as u64
     }
 
     fn change(&mut self, rate: u32, period_ns: u64, burst: u32, debt: bool, t: u64) {
@@ -447,7 +448,7 @@ proptest! {
                     prop_assert_eq!(got, want);
                 }
             }
-            for (limiter, model) in limiters.iter().zip(&mut models) {
+            for (limiter, model) in limiters.iter().zip(&models) {
                 prop_assert_eq!(limiter.available(now), model.available(t));
             }
         }

@@ -146,6 +146,18 @@ impl Origin {
         }
     }
 
+    /// The origin for a look at `now` that takes nothing: the origin if
+    /// set, else the one a decision at `now` would set, without setting it
+    /// (so that asking about a far time, `available(Timestamp::MAX)` say,
+    /// does not move the origin the first decision will set). The caller
+    /// loads the word first, with Acquire: a word written by a decision
+    /// (Release) brings the origin set before it; a word still zero is a
+    /// full bucket whatever the origin.
+    #[inline]
+    pub(crate) fn peek(&self, now: u64) -> u64 {
+        self.get().unwrap_or(now.saturating_sub(ORIGIN_SLACK))
+    }
+
     /// The origin if set (a state whose origin is unset was never used,
     /// and is a full bucket at any time; a stale "unset" is possible, so
     /// a decision goes on with [`at`](Self::at)).
@@ -299,16 +311,19 @@ pub(crate) fn acquire_narrow(
     horizon: u64,
     n: u64,
 ) -> Option<Result<u64, Refusal>> {
-    // ordering: Relaxed throughout, as in `gcra::acquire`: the cell
-    // publishes no other memory, and a seal is a read-modify-write of the
-    // same word.
+    // ordering: Relaxed loads, as in `gcra::acquire`: a seal is a
+    // read-modify-write of the same word. Release on success: a scaled
+    // cell's word is counted from its origin, which this thread set or
+    // read before; a reader that takes nothing loads the word with Acquire
+    // and then the origin, and so finds the origin the word was written
+    // with (see `Origin::peek`). Free on x86 (every compare-and-swap is).
     let mut tat = cell.load(Ordering::Relaxed);
     loop {
         let (next, ready) = match decide_narrow(quota, tat, now, horizon, n)? {
             Ok(grant) => grant,
             Err(refusal) => return Some(Err(refusal)),
         };
-        match cell.compare_exchange_weak(tat, next, Ordering::Relaxed, Ordering::Relaxed) {
+        match cell.compare_exchange_weak(tat, next, Ordering::Release, Ordering::Relaxed) {
             Ok(_) => return Some(Ok(ready)),
             Err(actual) => {
                 tat = actual;
@@ -502,8 +517,10 @@ impl Cell {
                 (tat & NARROW_SEALED == 0).then(|| wide_of(quota, tat, now))
             }
             Cell::Scaled(cell, _) => {
-                let tat = cell.word.load(Ordering::Relaxed);
-                (tat & NARROW_SEALED == 0).then(|| wide_from(quota, tat, now, cell.origin.at(now)))
+                // ordering: Acquire, see `Origin::peek`.
+                let tat = cell.word.load(Ordering::Acquire);
+                (tat & NARROW_SEALED == 0)
+                    .then(|| wide_from(quota, tat, now, cell.origin.peek(now)))
             }
             Cell::Wide(cell) => {
                 let state = cell.load(Ordering::Relaxed);
@@ -529,9 +546,9 @@ impl Cell {
                 decide_narrow(quota, tat, now, horizon, n).map(|r| r.map(|(_, ready)| ready))
             }
             Cell::Scaled(cell, _) => {
-                let (a, origin) = (quota.a(), cell.origin.at(now));
-                // ordering: Relaxed, as in `peek`.
-                let tat = cell.word.load(Ordering::Relaxed);
+                // ordering: Acquire, see `Origin::peek`.
+                let tat = cell.word.load(Ordering::Acquire);
+                let (a, origin) = (quota.a(), cell.origin.peek(now));
                 let t = scale(a, origin, now);
                 let decision = decide_narrow(quota, tat, t, scale(a, origin, horizon), n)?;
                 Some(unscale(a, origin, t, now, decision.map(|(_, ready)| ready)))
@@ -546,13 +563,16 @@ impl Cell {
     /// Tokens that [`acquire`](Self::acquire) would grant at `now`, one
     /// request at a time (at most the burst); `None` when sealed.
     pub(crate) fn available(&self, quota: &Quota, now: u64) -> Option<u64> {
-        let (cell, t) = match self {
-            Cell::Narrow(cell) => (cell, now),
-            Cell::Scaled(cell, _) => (&cell.word, scale(quota.a(), cell.origin.at(now), now)),
+        let (tat, t) = match self {
+            // ordering: Relaxed, as in `peek`.
+            Cell::Narrow(cell) => (cell.load(Ordering::Relaxed), now),
+            Cell::Scaled(cell, _) => {
+                // ordering: Acquire, see `Origin::peek`.
+                let tat = cell.word.load(Ordering::Acquire);
+                (tat, scale(quota.a(), cell.origin.peek(now), now))
+            }
             Cell::Wide(_) => return Some(gcra::available(quota, self.peek(quota, now)?, now)),
         };
-        // ordering: Relaxed, as in `peek`.
-        let tat = cell.load(Ordering::Relaxed);
         if tat & NARROW_SEALED != 0 {
             return None;
         }
@@ -574,7 +594,8 @@ impl Cell {
                 (tat & NARROW_SEALED == 0).then_some((tat, 0))
             }
             Cell::Scaled(cell, _) => {
-                let tat = cell.word.load(Ordering::Relaxed);
+                // ordering: Acquire, see `Origin::peek`.
+                let tat = cell.word.load(Ordering::Acquire);
                 // An unset origin: never used, a full bucket (its word 0).
                 let origin = cell.origin.get().unwrap_or(0);
                 (tat & NARROW_SEALED == 0)
@@ -659,7 +680,8 @@ impl Cell {
                     .map(drop);
             }
         };
-        cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
+        // ordering: Release on success, as a decision's (`acquire_narrow`).
+        cell.fetch_update(Ordering::Release, Ordering::Relaxed, |tat| {
             (tat & NARROW_SEALED == 0).then_some(new)
         })
         .ok()

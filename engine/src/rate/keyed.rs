@@ -572,7 +572,7 @@ where
 
     fn peek_key_n(&self, key: &K, n: u32, now: Timestamp) -> Result<(), RateLimitError> {
         let hash = self.hasher.hash_one(key);
-        let (t, origin) = self.time(now);
+        let (t, origin) = self.time_peek(now);
         let _guard = epoch::pin();
         let state = self.find(key, hash).map_or(W::FRESH, |found| found.state);
         match W::decide(&self.quota, state, t, u64::from(n)) {
@@ -599,7 +599,7 @@ where
     }
 
     fn sweep(self: &Arc<Self>, now: Timestamp) -> usize {
-        let (t, _) = self.time(now);
+        let (t, _) = self.time_peek(now);
         let guard = epoch::pin();
         let evicted = (0..self.heads.len())
             .map(|b| self.evict_fresh(b, t, &guard))
@@ -609,12 +609,26 @@ where
     }
 
     /// `now` in the table's time (nanoseconds since its origin for a scaled
-    /// table, see [`Word::RELATIVE`]), and the origin (zero for the others).
+    /// table, see [`Word::RELATIVE`]), and the origin (zero for the others);
+    /// the first request sets a scaled table's origin.
     #[inline(always)]
     fn time(&self, now: Timestamp) -> (u64, u64) {
+        self.time_with(now, Origin::at)
+    }
+
+    /// [`time`](Self::time) for a look that takes nothing: an unset origin
+    /// stays unset (`Origin::peek`). Every entry was inserted by a request
+    /// that set the origin first, and is reached through the Acquire loads
+    /// of `find` or `walk`: it is read with that origin.
+    fn time_peek(&self, now: Timestamp) -> (u64, u64) {
+        self.time_with(now, Origin::peek)
+    }
+
+    #[inline(always)]
+    fn time_with(&self, now: Timestamp, origin: impl FnOnce(&Origin, u64) -> u64) -> (u64, u64) {
         let now = now.as_nanos();
         if W::RELATIVE {
-            let origin = self.origin.at(now);
+            let origin = origin(&self.origin, now);
             (now.saturating_sub(origin), origin)
         } else {
             (now, 0)
@@ -1346,8 +1360,9 @@ mod tests {
         end: u64,
     ) {
         let never = |e: RateLimitError| matches!(e, RateLimitError::Limited(l) if l.earliest() == Timestamp::MAX);
+        let in_use = limiter.in_use();
         assert!(never(limiter.check_key(&1, Timestamp::MAX).unwrap_err()));
-        assert_eq!(limiter.in_use(), 0, "a refused new key takes no entry");
+        assert_eq!(limiter.in_use(), in_use, "a refused new key takes no entry");
         let late = Timestamp::from_nanos(late);
         for _ in 0..3 {
             assert!(limiter.check_key(&1, late).is_ok());
@@ -1388,8 +1403,9 @@ mod tests {
     fn the_ends_of_time_and_time_going_backwards_on_a_scaled_table() {
         let limiter = burst_of_three(2, 3);
         assert!(matches!(limiter.table, Table::Scaled(_)));
-        // The table's origin at zero (a peek sets it, taking nothing).
-        assert!(limiter.peek_key_n(&9, 1, Timestamp::ZERO).is_ok());
+        // The table's origin at zero, set by a request; its key swept.
+        assert!(limiter.check_key(&9, Timestamp::ZERO).is_ok());
+        assert_eq!(limiter.sweep(Timestamp::from_nanos(10)), 1);
         // `TAT·2 = late·2 + 3·3` at most `NARROW_MAX`.
         a_64_bit_table_fails_closed(&limiter, (cell::NARROW_MAX - 9) / 2, cell::NARROW_MAX / 2);
         // Three tokens at 0 book until 4.5 ns; the next conforms at 1.5 ns,
@@ -1437,6 +1453,25 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Looks that take nothing (a peek, a sweep) leave a scaled table's
+    /// origin to its first request.
+    #[test]
+    fn a_scaled_tables_origin_is_set_by_a_request_not_a_look() {
+        const UNIX: u64 = 1_765_000_000_000_000_000;
+        let limiter = burst_of_three(7, 1_000_000_000);
+        assert!(limiter.peek_key_n(&1, 3, Timestamp::MAX).is_ok());
+        assert_eq!(limiter.sweep(Timestamp::MAX), 0);
+        let now = Timestamp::from_nanos(UNIX);
+        assert!(limiter.check_key_n(&1, 3, now).is_ok());
+        let next = UNIX + 142_857_143;
+        assert!(
+            limiter
+                .check_key(&1, Timestamp::from_nanos(next - 1))
+                .is_err()
+        );
+        assert!(limiter.check_key(&1, Timestamp::from_nanos(next)).is_ok());
     }
 
     /// The same on a narrow table (1 a nanosecond, a burst of 3), which

@@ -827,6 +827,27 @@ mod tests {
         }
     }
 
+    /// Asking a fresh scaled limiter about a far time (taking nothing) does
+    /// not set its origin there: decisions at ordinary times after it are
+    /// exact (had the origin been set at `Timestamp::MAX`, every time
+    /// before it would be decided as at the origin, and the limiter would
+    /// refuse forever once its burst was spent).
+    #[test]
+    fn a_look_that_takes_nothing_leaves_the_origin_to_the_first_decision() {
+        const UNIX: u64 = 1_765_000_000_000_000_000;
+        let q = Quota::per_second(7).unwrap().with_burst(3).unwrap();
+        let l = RateLimiter::new(q);
+        assert_eq!(l.available(Timestamp::MAX), 3);
+        l.peek_n(3, Timestamp::MAX).unwrap();
+        assert_eq!(l.earliest(3, Timestamp::MAX).unwrap(), Timestamp::MAX);
+        assert_eq!(l.quota(), q);
+        let now = at(UNIX);
+        l.check_n(3, now).unwrap();
+        let next = at(UNIX + 142_857_143);
+        assert_eq!(l.check(now).unwrap_err().earliest(), next);
+        l.check(next).unwrap();
+    }
+
     /// Timestamps in nanoseconds since the Unix epoch (2025-12-06, past
     /// `2^63 / a` for every `a >= 6`): every cell decides as the 128-bit
     /// one would, a scaled one counting from its first use.

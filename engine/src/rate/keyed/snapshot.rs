@@ -167,7 +167,7 @@ where
                 if state == W::DEAD {
                     return;
                 }
-                let (_, origin) = inner.time(now);
+                let (_, origin) = inner.time_peek(now);
                 let wide = W::to_wide(&inner.quota, state, now.as_nanos(), origin);
                 let booking = Booking::of(&inner.quota, wide, now);
                 if booking.is_full() {
