@@ -173,3 +173,52 @@ fn all_or_nothing_never_leaves_a_partial_charge() {
         assert_eq!(b.available(NOW), 0);
     });
 }
+
+/// A scaled cell's origin (engine/src/rate/cell.rs, `Origin`): the first
+/// decision sets it; a look that takes nothing (`available`) racing it
+/// either sees the fresh cell (the whole burst) or the decision's word with
+/// the origin it was written with, never that word with an origin of its
+/// own making. The two threads use times `2^51` ns apart, so the origin a
+/// look would make (`2^50` ns before its own time) differs from the
+/// decision's: a word read without the origin it was written with counts
+/// the token as taken 2^51 ns later, and the look would see one left. (The
+/// Acquire load of the word before the origin is what rules that out; loom
+/// did not produce the stale read with both orderings made Relaxed, so the
+/// pairing rests on its argument in `Origin::peek`, not on this model.)
+/// Also two first decisions at those times: whichever sets the origin,
+/// both count from it, so the later request always finds its bucket full
+/// (a word read against another origin would put the earlier tokens 2^51
+/// ns later, and refuse it); the earlier thread's two requests get what the
+/// 128-bit cell would give them in the same order: both before the later
+/// one, one, or none after it (its arrival time is then ahead of theirs).
+#[test]
+fn the_first_decision_sets_the_origin_every_look_and_decision_uses() {
+    const FIRST: u64 = 1 << 52;
+    const LATER: u64 = FIRST + (1 << 51);
+    model(3, || {
+        let l = Arc::new(RateLimiter::new(quotas(2)[1]));
+        let decider = {
+            let l = l.clone();
+            thread::spawn(move || l.check(Timestamp::from_nanos(FIRST)).is_ok())
+        };
+        let seen = l.available(Timestamp::from_nanos(LATER));
+        assert!(decider.join().unwrap());
+        // At `LATER` the token taken at `FIRST` has long come back.
+        assert_eq!(seen, 2);
+        assert_eq!(l.available(Timestamp::from_nanos(LATER)), 2);
+        assert_eq!(l.available(Timestamp::from_nanos(FIRST)), 1);
+    });
+    model(3, || {
+        let l = Arc::new(RateLimiter::new(quotas(2)[1]));
+        let early = {
+            let l = l.clone();
+            thread::spawn(move || {
+                let t = Timestamp::from_nanos(FIRST);
+                u32::from(l.check(t).is_ok()) + u32::from(l.check(t).is_ok())
+            })
+        };
+        assert!(l.check(Timestamp::from_nanos(LATER)).is_ok());
+        assert!(early.join().unwrap() <= 2);
+        assert_eq!(l.available(Timestamp::from_nanos(LATER + (1 << 40))), 2);
+    });
+}
