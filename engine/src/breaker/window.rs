@@ -27,7 +27,9 @@
 //! `E + buckets - 1`. So a close (or any transition) starts from an empty
 //! window without clearing anything, and a late record from an older
 //! generation lands in a tag the readers ignore. A writer that finds an older
-//! tag resets the slot to `(its tag, 1)`; one that finds a newer tag drops its
+//! tag, or an empty slot (count 0, such as a fresh one's tag 0, which the
+//! wrapping comparison calls newer than any tag from `2^31` on), resets the
+//! slot to `(its tag, 1)`; one that finds a newer tag with a count drops its
 //! record (it is late); readers count a slot only if its tag is one of the
 //! window's current tags.
 //!
@@ -506,8 +508,16 @@ impl WindowCounts {
 }
 
 /// Adds one to the slot word if its tag is `tag`, restarts it at one if its
-/// tag is older, and leaves it if its tag is newer (a late record). Returns
-/// the stripe's new count for the bucket, or `None` for a late record.
+/// tag is older or its count zero, and leaves it if its tag is newer and
+/// holds a count (a late record). Returns the stripe's new count for the
+/// bucket, or `None` for a late record.
+///
+/// An empty slot holds nothing whatever its tag: a fresh one is tag 0, which
+/// the wrapping comparison calls newer than every tag from `2^31` on, so
+/// timestamps far from zero (nanoseconds since the Unix epoch put the
+/// epoch's low 32 bits anywhere) or a long uptime (2^31 buckets: 25 days of
+/// 1 ms buckets) once found fresh slots "newer" and dropped every record
+/// into them (`tests/any_origin.rs`: a throttle that never rejected).
 #[inline]
 fn bump(word: &AtomicU64, tag: u32) -> Option<u32> {
     // ordering: SeqCst, see the module docs.
@@ -517,7 +527,7 @@ fn bump(word: &AtomicU64, tag: u32) -> Option<u32> {
         let next = if current_tag == tag {
             let count = (current & COUNT_MASK) as u32;
             (current & !COUNT_MASK) | u64::from(count.saturating_add(1))
-        } else if is_newer(current_tag, tag) {
+        } else if is_newer(current_tag, tag) && current & COUNT_MASK != 0 {
             return None;
         } else {
             (u64::from(tag) << 32) | 1
