@@ -1,9 +1,11 @@
 //! `Timestamp` counts nanoseconds from any zero its owner chooses
-//! (`docs/clocks-and-timers.md`). Every time-taking primitive, run through
-//! the same script from a clock's first second and from nanoseconds since
-//! the Unix epoch, decides the same way: nothing in the engine assumes its
-//! times start near zero. (The scaled rate cell once did: "7 a second"
-//! refused every request at Unix times, `docs/performance.md`.)
+//! (`docs/clocks-and-timers.md`). The rate limiters on every cell, the
+//! breaker's time window, the throttle, the retry budget and the timer
+//! wheel, each run through the same script from a clock's first second and
+//! from nanoseconds since the Unix epoch, decide the same way: none assumes
+//! its times start near zero. (Two did: the scaled rate cell refused every
+//! request at Unix times, and the time windows dropped records into fresh
+//! slots when the bucket number had bit 31 set; `CHANGELOG.md`.)
 
 use core::time::Duration;
 
@@ -142,4 +144,39 @@ fn throttle_and_retry_budget() {
     assert!(transcript.iter().any(|(p, _)| *p > 0));
     assert!(transcript.iter().any(|(_, retry)| !retry));
     assert!(transcript.iter().any(|(_, retry)| *retry));
+}
+
+#[test]
+fn timer_wheel() {
+    use core::task::Waker;
+    use tenlives_engine::timer::TimerWheel;
+    let transcript = same_from_every_origin(|t0| {
+        let wheel = TimerWheel::new(16, Duration::from_millis(1)).unwrap();
+        let waker = Waker::noop();
+        let mut entries = Vec::new();
+        for d in [5u64, 1, 30, 12] {
+            let r = wheel
+                .register(Timestamp::from_nanos(t0 + d * MS), waker)
+                .unwrap();
+            entries.push(r.entry);
+        }
+        let mut transcript = Vec::new();
+        for step in 0..40u64 {
+            let expired = wheel.expire(Timestamp::from_nanos(t0 + step * MS));
+            let fired: Vec<bool> = entries.iter().map(|e| wheel.fired(e)).collect();
+            transcript.push((
+                expired.fired,
+                expired.next.map(|t| t.as_nanos() - t0),
+                fired,
+            ));
+        }
+        for entry in entries {
+            wheel.cancel(entry);
+        }
+        transcript
+    });
+    // Each timer fired once, the last at its 30 ms deadline.
+    assert_eq!(transcript.iter().map(|(n, _, _)| n).sum::<usize>(), 4);
+    assert_eq!(transcript[29].2, [true, true, false, true]);
+    assert_eq!(transcript[30].2, [true; 4]);
 }
