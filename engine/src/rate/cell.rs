@@ -109,6 +109,11 @@ pub(crate) struct Origin(AtomicU64);
 impl Origin {
     const UNSET: u64 = u64::MAX;
 
+    /// The origin a state first used at `now` takes.
+    const fn for_first_use(now: u64) -> u64 {
+        now.saturating_sub(ORIGIN_SLACK)
+    }
+
     /// An origin the first use sets.
     pub(crate) fn unset() -> Self {
         Origin(AtomicU64::new(Self::UNSET))
@@ -116,7 +121,7 @@ impl Origin {
 
     /// The origin for a state first used at `now`.
     pub(crate) fn before(now: u64) -> Self {
-        Origin(AtomicU64::new(now.saturating_sub(ORIGIN_SLACK)))
+        Origin(AtomicU64::new(Self::for_first_use(now)))
     }
 
     /// The origin, set for `now` if this is the first use.
@@ -135,7 +140,7 @@ impl Origin {
     #[cold]
     #[inline(never)]
     fn set(&self, now: u64) -> u64 {
-        let origin = now.saturating_sub(ORIGIN_SLACK);
+        let origin = Self::for_first_use(now);
         // ordering: Relaxed, as in `at`.
         match self
             .0
@@ -155,7 +160,7 @@ impl Origin {
     /// full bucket whatever the origin.
     #[inline]
     pub(crate) fn peek(&self, now: u64) -> u64 {
-        self.get().unwrap_or(now.saturating_sub(ORIGIN_SLACK))
+        self.get().unwrap_or(Self::for_first_use(now))
     }
 
     /// The origin if set (a state whose origin is unset was never used,
@@ -424,7 +429,7 @@ impl Cell {
             Cell::Narrow(AtomicU64::new(narrow_of(quota, state)))
         } else {
             let origin = Origin::before(now);
-            let word = narrow_from(quota, state, now.saturating_sub(ORIGIN_SLACK));
+            let word = narrow_from(quota, state, origin.at(now));
             Cell::new_scaled(word, origin)
         }
     }

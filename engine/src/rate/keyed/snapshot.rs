@@ -158,6 +158,7 @@ where
         let mut key_bytes = Vec::new();
         let _guard = epoch::pin();
         let mut malformed = false;
+        let (_, origin) = inner.time_peek(now);
         for b in 0..inner.heads.len() {
             inner.walk(b, |entry| {
                 if malformed {
@@ -167,7 +168,6 @@ where
                 if state == W::DEAD {
                     return;
                 }
-                let (_, origin) = inner.time_peek(now);
                 let wide = W::to_wide(&inner.quota, state, now.as_nanos(), origin);
                 let booking = Booking::of(&inner.quota, wide, now);
                 if booking.is_full() {
